@@ -1,0 +1,10 @@
+// One bind_* function per kernel family; module.cpp calls each once.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace lowrank_hpc::bindings {
+
+void bind_runtime(pybind11::module_& m);
+void bind_coo_kernels(pybind11::module_& m);
+
+}  // namespace lowrank_hpc::bindings

@@ -1,0 +1,14 @@
+// NaN/inf detection shared by both backends: data is reported, never propagated silently.
+#pragma once
+#include "lowrank_hpc/core/macros.hpp"
+
+namespace lowrank_hpc::ops {
+
+// x - x is 0 for finite x and NaN for NaN or inf, and needs no math library on either side.
+template <class T>
+LRH_HD bool is_finite(T x) {
+  const T diff = x - x;
+  return diff == diff;
+}
+
+}  // namespace lowrank_hpc::ops

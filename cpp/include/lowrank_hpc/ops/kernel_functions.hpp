@@ -1,0 +1,27 @@
+// Element-wise kernels K = f(U V^T) that raise the rank of a merged low-rank update.
+#pragma once
+#include <cmath>
+
+#include "lowrank_hpc/core/macros.hpp"
+
+namespace lowrank_hpc::ops {
+
+// Order and values match lowrank_hpc.ops.kernel_product.KERNELS on the Python side.
+enum class KernelFunction : int { identity = 0, relu = 1, exponential = 2, tanh = 3, piecewise_linear = 4 };
+
+template <class T>
+LRH_HD T apply_kernel(KernelFunction f, T x) {
+  using std::exp;
+  using std::tanh;
+  switch (f) {
+    case KernelFunction::relu: return x > T(0) ? x : T(0);
+    case KernelFunction::exponential: return exp(x);
+    case KernelFunction::tanh: return tanh(x);
+    // The piecewise-linear surrogate of tanh ("hard tanh"): clamp to [-1, 1].
+    case KernelFunction::piecewise_linear: return x < T(-1) ? T(-1) : (x > T(1) ? T(1) : x);
+    case KernelFunction::identity:
+    default: return x;
+  }
+}
+
+}  // namespace lowrank_hpc::ops

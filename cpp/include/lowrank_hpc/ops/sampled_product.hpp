@@ -1,0 +1,46 @@
+// SDDMM: vals[k] = <U[b, rows[k]], V[b, cols[k]]> for the problem b that owns entry k.
+#pragma once
+#include <cstdint>
+
+#include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/simd.hpp"
+
+namespace lowrank_hpc::ops {
+
+// Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
+// a group of cooperating threads on the device.
+template <class T>
+LRH_HD T strided_dot(const T* a, const T* b, int64_t r, int lane, int width) {
+  T acc = T(0);
+  if (width == 1) {
+    LRH_SIMD_SUM(acc)
+    for (int64_t c = 0; c < r; ++c) acc += a[c] * b[c];
+  } else {
+    for (int64_t c = lane; c < r; c += width) acc += a[c] * b[c];
+  }
+  return acc;
+}
+
+template <class I>
+LRH_HD bool index_in_range(I index, int64_t bound) {
+  return index >= 0 && static_cast<int64_t>(index) < bound;
+}
+
+// One observed entry of one problem: U is (batch, m, r), V is (batch, n, r), row-major.
+template <class T, class I>
+struct SampledProduct {
+  const T* U;
+  const T* V;
+  const I* rows;
+  const I* cols;
+  int64_t m, n, r;
+
+  LRH_HD bool valid(int64_t k) const { return index_in_range(rows[k], m) && index_in_range(cols[k], n); }
+  LRH_HD const T* u_row(int64_t k, int64_t b) const { return U + (b * m + static_cast<int64_t>(rows[k])) * r; }
+  LRH_HD const T* v_row(int64_t k, int64_t b) const { return V + (b * n + static_cast<int64_t>(cols[k])) * r; }
+  LRH_HD T partial(int64_t k, int64_t b, int lane, int width) const {
+    return strided_dot(u_row(k, b), v_row(k, b), r, lane, width);
+  }
+};
+
+}  // namespace lowrank_hpc::ops

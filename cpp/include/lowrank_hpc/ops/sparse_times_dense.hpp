@@ -1,0 +1,31 @@
+// SpMM on coordinate data: out[b, key[k]] += vals[k] * B[b, other[k]], the adjoint of the
+// sampled product with respect to U (key = rows) or V (key = cols: the transposed product).
+#pragma once
+#include <cstdint>
+
+#include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/simd.hpp"
+#include "lowrank_hpc/ops/sampled_product.hpp"
+
+namespace lowrank_hpc::ops {
+
+// Problems are the diagonal blocks of one block-diagonal matrix: problem b's key row i is
+// flattened row b * n_key + i of the output, and its B row j is row b * n_other + j.
+template <class T>
+struct SparseTimesDense {
+  const T* B;  // (batch, n_other, r)
+  int64_t n_key, n_other, r;
+
+  LRH_HD const T* b_row(int64_t other, int64_t b) const { return B + (b * n_other + other) * r; }
+
+  // out_row += v * B[b, other], all r coordinates (host: one vectorized loop).
+  LRH_HD void accumulate(T* out_row, T v, int64_t other, int64_t b) const {
+    const T* src = b_row(other, b);
+    LRH_SIMD
+    for (int64_t c = 0; c < r; ++c) out_row[c] += v * src[c];
+  }
+  // One coordinate of the same update (device: one thread per coordinate).
+  LRH_HD T term(T v, int64_t other, int64_t b, int64_t c) const { return v * b_row(other, b)[c]; }
+};
+
+}  // namespace lowrank_hpc::ops

@@ -1,0 +1,45 @@
+#include <algorithm>
+#include <omp.h>
+
+#include "cpu_backend.hpp"
+#include "lowrank_hpc/core/batch.hpp"
+#include "lowrank_hpc/ops/sampled_product.hpp"
+
+namespace lowrank_hpc::cpu {
+
+template <class T, class I>
+int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
+                        const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                        int64_t nnz, T* out) {
+  const ops::SampledProduct<T, I> entry{U, V, rows, cols, m, n, r};
+  int64_t first_bad = nnz;
+#pragma omp parallel reduction(min : first_bad)
+  {
+    // Contiguous chunks: each thread finds its first problem once, then walks forward.
+    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
+    int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
+    for (int64_t k = begin; k < end; ++k) {
+      while (k >= offsets[b + 1]) ++b;
+      if (!entry.valid(k)) {
+        out[k] = T(0);
+        first_bad = std::min(first_bad, k);
+        continue;
+      }
+      out[k] = entry.partial(k, b, 0, 1);
+    }
+  }
+  return first_bad == nnz ? -1 : first_bad;
+}
+
+#define LRH_INSTANTIATE(T, I)                                                              \
+  template int64_t sampled_product<T, I>(const T*, const T*, const I*, const I*,           \
+                                         const int64_t*, int64_t, int64_t, int64_t, int64_t, \
+                                         int64_t, T*);
+LRH_INSTANTIATE(float, int32_t)
+LRH_INSTANTIATE(float, int64_t)
+LRH_INSTANTIATE(double, int32_t)
+LRH_INSTANTIATE(double, int64_t)
+#undef LRH_INSTANTIATE
+
+}  // namespace lowrank_hpc::cpu

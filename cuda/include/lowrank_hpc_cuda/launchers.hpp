@@ -1,0 +1,30 @@
+// Host-callable launchers of the CUDA kernels. Plain pointers and a stream handle only, so
+// the bindings compile with the host compiler and no CUDA headers.
+// Index errors: kernels atomically lower *first_bad (device int64, preset to nnz by the caller)
+// to the first entry with an out-of-range index. Each launcher returns a cudaError_t code.
+#pragma once
+#include <cstdint>
+
+namespace lowrank_hpc::cuda {
+
+template <class T, class I>
+int sampled_product(const T* U, const T* V, const I* rows, const I* cols, const int64_t* offsets,
+                    int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
+                    int64_t* first_bad, void* stream);
+
+// out (batch * n_key, r) = S @ B for S in coordinate form; out must be zeroed by the caller.
+// Float atomics: fast, not bit-reproducible run to run (documented on the Python side).
+template <class T, class I>
+int coo_times_dense(const I* keys, const I* others, const T* vals, const T* B, const int64_t* offsets,
+                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, int64_t nnz, T* out,
+                    int64_t* first_bad, void* stream);
+
+// Adds the number of NaN/inf values of x to *count (device int64, preset by the caller).
+template <class T>
+int count_nonfinite(const T* x, int64_t size, int64_t* count, void* stream);
+
+// Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
+int device_count();
+const char* error_string(int code);
+
+}  // namespace lowrank_hpc::cuda

@@ -1,0 +1,40 @@
+"""lowrank_hpc.info(): what this installation can do on this machine."""
+from __future__ import annotations
+
+from typing import Any
+
+from . import _backend, _cpu
+
+__version__ = "0.1.0"
+
+
+def info() -> dict[str, Any]:
+    """Version, backends built and usable, CUDA device (name, memory) or why none, OpenMP threads
+    and the float types supported."""
+    try:
+        from . import _build_info
+
+        cuda_built, archs = _build_info.CUDA_BUILT, _build_info.CUDA_ARCHS
+        compiler = _build_info.CXX_COMPILER
+    except ImportError:
+        cuda_built, archs, compiler = _backend.CUDA_BUILT, "", ""
+    cuda: dict[str, Any] = {"built": cuda_built, "archs": archs, "available": _backend.HAS_CUDA}
+    if _backend.HAS_CUDA:
+        cupy = _backend.cupy_module()
+        device = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        cuda.update(device=name, device_id=device.id, memory_bytes=int(props["totalGlobalMem"]),
+                    compute_capability=f"{props['major']}.{props['minor']}", cupy_version=cupy.__version__)
+    else:
+        cuda["reason"] = _backend.CUDA_UNAVAILABLE_REASON
+    return {
+        "version": __version__,
+        "backends_built": ["cpu"] + (["cuda"] if cuda_built else []),
+        "backend": _backend.get_backend(),
+        "cuda": cuda,
+        "openmp_threads": _cpu.max_threads(),
+        "float_dtypes": ["float32", "float64"],
+        "index_dtypes": ["int32", "int64"],
+        "compiler": compiler,
+    }

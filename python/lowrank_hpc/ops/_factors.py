@@ -1,0 +1,38 @@
+"""Checks shared by the kernels that take factor matrices U (..., m, r) and V (..., n, r)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .._arrays import Call
+
+
+def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names: tuple[str, str] = ("U", "V")):
+    """Validated (U3, V3, batched): both viewed as (batch, rows, rank) without copying."""
+    u_name, v_name = names
+    U = call.float_array(u_name, U, (2, 3), check_finite=check_finite)
+    V = call.float_array(v_name, V, (2, 3), check_finite=check_finite)
+    if U.ndim != V.ndim:
+        raise ValueError(f"{call.function}: {u_name} has shape {tuple(U.shape)} and {v_name} has shape "
+                         f"{tuple(V.shape)}; both must be batched (3-D) or neither")
+    batched = U.ndim == 3
+    if batched and U.shape[0] != V.shape[0]:
+        raise ValueError(f"{call.function}: batch sizes differ: {u_name} {tuple(U.shape)}, {v_name} {tuple(V.shape)}")
+    if U.shape[-1] != V.shape[-1]:
+        raise ValueError(f"{call.function}: rank mismatch: {u_name} has shape {tuple(U.shape)} (rank "
+                         f"{U.shape[-1]}) and {v_name} has shape {tuple(V.shape)} (rank {V.shape[-1]})")
+    m, n, r = U.shape[-2], V.shape[-2], U.shape[-1]
+    if r > max(m, n):
+        raise ValueError(f"{call.function}: rank {r} is larger than both dimensions ({m} x {n}); "
+                         "the factors' last axis is the rank")
+    if not batched:
+        U, V = U.reshape(1, m, r), V.reshape(1, n, r)
+    return U, V, batched
+
+
+def raise_index_error(call: Call, k: int, checks: list[tuple[str, Any, int]]) -> None:
+    """Report entry k's first out-of-range index among (name, indices, bound) triples."""
+    for name, indices, bound in checks:
+        value = int(indices[k])
+        if not 0 <= value < bound:
+            raise IndexError(f"{call.function}: {name}[{k}] = {value} is out of range [0, {bound})")
+    raise IndexError(f"{call.function}: entry {k} has an out-of-range index")

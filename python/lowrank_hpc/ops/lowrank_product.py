@@ -1,0 +1,26 @@
+"""U @ V^T through the vendor BLAS (numpy/OpenBLAS on the CPU, cuBLAS through CuPy on the GPU)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .._arrays import resolve
+from ._factors import factor_pair
+
+
+def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
+    """Dense product ``U @ V^T``.
+
+    Parameters
+    ----------
+    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous.
+    V : (n, r) or (batch, n, r) array of the same dtype and batching.
+    check_finite : raise ValueError if U or V holds NaN/inf.
+
+    Returns
+    -------
+    (m, n) or (batch, m, n) array of the inputs' dtype and array type (numpy or CUDA).
+    """
+    call = resolve("lowrank_product", U=U, V=V)
+    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
+    out = call.xp.matmul(U3, V3.transpose(0, 2, 1))
+    return call.wrap(out if batched else out[0])

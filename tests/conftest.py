@@ -1,0 +1,80 @@
+"""Shared fixtures: every kernel test body runs on each available backend and both dtypes.
+
+GPU cases carry the ``gpu`` marker and skip without a device, unless LOWRANK_HPC_REQUIRE_GPU=1,
+which turns that skip into a failure so a GPU run cannot pass by skipping everything.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import lowrank_hpc
+from lowrank_hpc import _backend
+
+REQUIRE_GPU = os.environ.get("LOWRANK_HPC_REQUIRE_GPU", "") not in ("", "0")
+
+# Tolerances of the issue: relative error below 1e-5 (float32) and 1e-12 (float64).
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def pytest_collection_modifyitems(config, items):
+    if _backend.HAS_CUDA:
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            if REQUIRE_GPU:
+                item.add_marker(pytest.mark.usefixtures("_fail_without_gpu"))
+            else:
+                item.add_marker(pytest.mark.skip(reason=f"no CUDA backend: {_backend.CUDA_UNAVAILABLE_REASON}"))
+
+
+@pytest.fixture
+def _fail_without_gpu():
+    pytest.fail(f"LOWRANK_HPC_REQUIRE_GPU=1 but the CUDA backend is unavailable: {_backend.CUDA_UNAVAILABLE_REASON}")
+
+
+class Backend:
+    """Moves test data to one backend and back, so one test body serves CPU and GPU."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.xp = _backend.cupy_module() if name == "cuda" else np
+
+    def put(self, x):
+        return self.xp.asarray(x) if self.name == "cuda" else x
+
+    def get(self, x):
+        return x.get() if self.name == "cuda" else np.asarray(x)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def backend(request) -> Backend:
+    return Backend(request.param)
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261123)
+
+
+def rel_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(np.linalg.norm(expected), np.finfo(np.float64).tiny)
+    return float(np.linalg.norm(actual - expected) / scale)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    before = lowrank_hpc.get_backend()
+    yield
+    lowrank_hpc.set_backend(before)
