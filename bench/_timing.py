@@ -1,0 +1,45 @@
+"""Timing helpers shared by the benchmarks: best-of-N wall time, and the result rows they print."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+def best_time(fn: Callable[[], object], repeats: int = 5, sync: Optional[Callable[[], None]] = None) -> float:
+    """Best wall-clock seconds over ``repeats`` calls after one warm-up (``sync`` waits for a GPU)."""
+    fn()
+    if sync:
+        sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass
+class Row:
+    """One line of a benchmark table: our time, the peer's in the same run, and their ratio."""
+
+    kernel: str
+    case: str
+    ours_s: float
+    peer: str
+    peer_s: float
+    note: str = ""
+
+    @property
+    def speedup(self) -> float:
+        return self.peer_s / self.ours_s
+
+    def markdown(self) -> str:
+        return (f"| {self.kernel} | {self.case} | {self.ours_s * 1e3:.2f} | {self.peer} | {self.peer_s * 1e3:.2f} "
+                f"| {self.speedup:.2f}x | {self.note} |")
+
+
+HEADER = ("| kernel | case | ours (ms) | peer | peer (ms) | speedup | note |\n"
+          "|---|---|---|---|---|---|---|")
