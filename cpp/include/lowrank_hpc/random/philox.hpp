@@ -173,7 +173,7 @@ LRH_HD double kernel_cos(double x, double y) {
                           mul_rn(mul_rn(w, w), add_rn(kC4, mul_rn(z, add_rn(kC5, mul_rn(z, kC6))))));
   const double half_z = mul_rn(0.5, z);
   const double one_minus_half_z = sub_rn(1.0, half_z);
-  // w + (((1 - w) - z/2) + (z*r - x*y)) recovers the rounding error of 1 - z/2
+  // ((1 - one_minus_half_z) - half_z) is the rounding error of 1 - z/2, added back with the tail terms
   return add_rn(one_minus_half_z, add_rn(sub_rn(sub_rn(1.0, one_minus_half_z), half_z),
                                          sub_rn(mul_rn(z, r), mul_rn(x, y))));
 }

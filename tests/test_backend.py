@@ -1,0 +1,94 @@
+"""Backend choice, info() and the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowrank_hpc as lr
+from lowrank_hpc import _backend
+
+
+def test_info_reports_build_and_runtime():
+    report = lr.info()
+    assert report["version"] == lr.__version__
+    assert report["backends_built"][0] == "cpu"
+    assert report["float_dtypes"] == ["float32", "float64"]
+    assert report["openmp_threads"] >= 1
+    cuda = report["cuda"]
+    assert cuda["available"] == _backend.HAS_CUDA
+    if cuda["available"]:
+        assert cuda["memory_bytes"] > 0 and cuda["device"]
+    else:
+        assert cuda["reason"]
+
+
+def test_cuda_module_compiled_when_nvcc_was_present():
+    """CI builds with nvcc on the PATH: the CUDA backend must have compiled (a GPU is optional)."""
+    from lowrank_hpc import _build_info
+
+    import shutil
+    if shutil.which("nvcc") is None and not _build_info.CUDA_BUILT:
+        pytest.skip("no nvcc on this machine: a CPU-only build is expected")
+    assert _build_info.CUDA_BUILT and "cuda" in lr.info()["backends_built"]
+    from lowrank_hpc import _cuda  # noqa: F401  (importable even without a GPU)
+
+
+def test_cli_info_prints_json():
+    out = subprocess.run([sys.executable, "-m", "lowrank_hpc", "info", "--compact"], check=True,
+                         capture_output=True, text=True).stdout
+    assert json.loads(out)["version"] == lr.__version__
+
+
+def test_set_backend_validates_and_forced_cpu_runs_numpy():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lr.set_backend("tpu")
+    with lr.use_backend("cpu"):
+        assert lr.get_backend() == "cpu"
+        U = np.ones((3, 2))
+        np.testing.assert_array_equal(lr.ops.lowrank_product(U, U), np.full((3, 3), 2.0))
+    assert lr.get_backend() == "auto"
+
+
+@pytest.mark.skipif(_backend.HAS_CUDA, reason="checks the error on a machine without a GPU")
+def test_asking_for_cuda_without_gpu_says_why():
+    with pytest.raises(lr.BackendUnavailableError, match="backend 'cuda' is not available: .+"):
+        lr.set_backend("cuda")
+    with pytest.raises(lr.BackendUnavailableError, match="not available"):
+        with lr.use_backend("cuda"):
+            pass
+
+
+def test_env_var_forces_backend_in_a_fresh_process():
+    code = "import lowrank_hpc as lr; print(lr.get_backend())"
+    env = {"LOWRANK_HPC_BACKEND": "cpu", "PATH": "", "PYTHONPATH": ":".join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    assert out.strip() == "cpu"
+    env["LOWRANK_HPC_BACKEND"] = "gpu"
+    failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert failed.returncode != 0 and "backend must be one of" in failed.stderr
+
+
+@pytest.mark.gpu
+def test_mixing_host_and_device_arrays_is_a_type_error():
+    cupy = _backend.cupy_module()
+    U = np.ones((3, 2))
+    with pytest.raises(TypeError, match="mix host and device arrays"):
+        lr.ops.lowrank_product(U, cupy.asarray(U))
+    with lr.use_backend("cpu"), pytest.raises(TypeError, match="backend 'cpu' is in force"):
+        lr.ops.lowrank_product(cupy.asarray(U), cupy.asarray(U))
+    with lr.use_backend("cuda"), pytest.raises(TypeError, match="backend 'cuda' is in force"):
+        lr.ops.lowrank_product(U, U)
+
+
+@pytest.mark.gpu
+def test_gpu_results_stay_on_device_without_copies():
+    cupy = _backend.cupy_module()
+    U = cupy.random.standard_normal((40, 4))
+    rows = cupy.arange(40, dtype=cupy.int64)
+    vals = lr.ops.sampled_product(U, U, rows, rows)
+    assert isinstance(vals, cupy.ndarray)
+    np.testing.assert_allclose(vals.get(), (U * U).sum(axis=1).get(), rtol=1e-12)

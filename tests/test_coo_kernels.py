@@ -1,0 +1,245 @@
+"""sampled_product, sparse_times_dense and SparsePattern against dense numpy/scipy references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowrank_hpc as lr
+from conftest import RTOL, rel_error
+import reference
+
+# (m, n, r, nnz): odd sizes, rank 1, a rank above 64, and a problem with many repeats.
+SIZES = [(1, 1, 1, 1), (7, 13, 3, 50), (31, 2, 1, 40), (71, 47, 67, 900), (97, 89, 32, 3000)]
+
+
+def _factors(rng, dtype, m, n, r, batch=None):
+    lead = () if batch is None else (batch,)
+    return (rng.standard_normal(lead + (m, r)).astype(dtype), rng.standard_normal(lead + (n, r)).astype(dtype))
+
+
+def _coords(rng, m, n, nnz, index_dtype=np.int64):
+    return rng.integers(0, m, nnz).astype(index_dtype), rng.integers(0, n, nnz).astype(index_dtype)
+
+
+def _batched_coords(rng, m, n, sizes, index_dtype=np.int64):
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    rows, cols = _coords(rng, m, n, int(offsets[-1]), index_dtype)
+    return rows, cols, offsets
+
+
+@pytest.mark.parametrize("m,n,r,nnz", SIZES)
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_sampled_product_matches_gather_einsum(backend, dtype, rng, m, n, r, nnz, index_dtype):
+    U, V = _factors(rng, dtype, m, n, r)
+    rows, cols = _coords(rng, m, n, nnz, index_dtype)
+    got = lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))
+    assert type(got) is type(backend.put(U)) and got.dtype == dtype and got.shape == (nnz,)
+    assert rel_error(backend.get(got), reference.sampled_product(U, V, rows, cols)) < RTOL[dtype]
+
+
+def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
+    U, V = _factors(rng, dtype, 11, 9, 5, batch=4)
+    rows, cols, offsets = _batched_coords(rng, 11, 9, [30, 0, 1, 45])
+    got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols, offsets))))
+    assert rel_error(got, reference.sampled_product(U, V, rows, cols, offsets)) < RTOL[dtype]
+    for b in range(4):
+        s = slice(offsets[b], offsets[b + 1])
+        if s.stop > s.start:
+            single = lr.ops.sampled_product(*map(backend.put, (U[b], V[b], rows[s], cols[s])))
+            np.testing.assert_array_equal(got[s], backend.get(single))
+
+
+def test_lowrank_product_matches_numpy(backend, dtype, rng):
+    for batch in (None, 3):
+        U, V = _factors(rng, dtype, 17, 5, 4, batch=batch)
+        got = lr.ops.lowrank_product(backend.put(U), backend.put(V))
+        assert got.shape == U.shape[:-1] + (5,) and got.dtype == dtype
+        assert rel_error(backend.get(got), reference.lowrank_product(U, V)) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("m,n,r,nnz", SIZES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_sparse_times_dense_matches_scipy(backend, dtype, rng, m, n, r, nnz, transpose):
+    rows, cols = _coords(rng, m, n, nnz)
+    vals = rng.standard_normal(nnz).astype(dtype)
+    n_out, n_in = (n, m) if transpose else (m, n)
+    B = rng.standard_normal((n_in, r)).astype(dtype)
+    got = lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), n_out, transpose=transpose)
+    assert got.shape == (n_out, r) and got.dtype == dtype
+    expected = reference.sparse_times_dense(rows, cols, vals, B, n_out, transpose)
+    assert rel_error(backend.get(got), expected) < RTOL[dtype]
+
+
+def test_sparse_times_dense_is_the_adjoint_of_sampled_product(backend, dtype, rng):
+    """<S(U V^T), y> = <U, (S^* y) V> = <V, (S^* y)^T U>: a completion gradient is two calls."""
+    U, V = _factors(rng, dtype, 40, 30, 6)
+    rows, cols = _coords(rng, 40, 30, 500)
+    y = rng.standard_normal(500).astype(dtype)
+    lhs = float(np.dot(backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))), y))
+    grad_u = backend.get(lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, y, V)), 40))
+    grad_v = backend.get(lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, y, U)), 30, transpose=True))
+    assert abs(lhs - float(np.sum(grad_u * U))) < 50 * RTOL[dtype] * abs(lhs) + 1e-6
+    assert abs(lhs - float(np.sum(grad_v * V))) < 50 * RTOL[dtype] * abs(lhs) + 1e-6
+
+
+def test_sparse_times_dense_batched(backend, dtype, rng):
+    rows, cols, offsets = _batched_coords(rng, 8, 6, [20, 0, 33])
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    for transpose, n_out, n_in in ((False, 8, 6), (True, 6, 8)):
+        B = rng.standard_normal((3, n_in, 4)).astype(dtype)
+        got = lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), n_out, transpose=transpose,
+                                        offsets=backend.put(offsets))
+        expected = reference.sparse_times_dense(rows, cols, vals, B, n_out, transpose, offsets)
+        assert got.shape == (3, n_out, 4)
+        assert rel_error(backend.get(got), expected) < RTOL[dtype]
+        np.testing.assert_array_equal(backend.get(got)[1], 0)  # the empty problem
+
+
+def test_sparse_pattern_reuse(backend, dtype, rng):
+    rows, cols = _coords(rng, 25, 19, 400)
+    pattern = lr.ops.SparsePattern(backend.put(rows), backend.put(cols), (25, 19))
+    for _ in range(2):
+        vals = rng.standard_normal(400).astype(dtype)
+        B, Bt = rng.standard_normal((19, 3)).astype(dtype), rng.standard_normal((25, 3)).astype(dtype)
+        got = backend.get(pattern.times_dense(backend.put(vals), backend.put(B)))
+        got_t = backend.get(pattern.times_dense(backend.put(vals), backend.put(Bt), transpose=True))
+        assert rel_error(got, reference.sparse_times_dense(rows, cols, vals, B, 25)) < RTOL[dtype]
+        assert rel_error(got_t, reference.sparse_times_dense(rows, cols, vals, Bt, 19, True)) < RTOL[dtype]
+
+
+def test_cpu_sparse_times_dense_is_reproducible_across_thread_counts(rng):
+    """Each output row sums its entries in input order, whatever the number of threads."""
+    from lowrank_hpc import _cpu
+
+    rows, cols = _coords(rng, 300, 200, 20000)
+    vals = rng.standard_normal(20000).astype(np.float32)
+    B = rng.standard_normal((200, 16)).astype(np.float32)
+    before = _cpu.max_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            _cpu.set_num_threads(threads)
+            results.append(lr.ops.sparse_times_dense(rows, cols, vals, B, 300))
+    finally:
+        _cpu.set_num_threads(before)
+    # Serial sum in input order, row by row, in float32: what every thread count must reproduce.
+    expected = np.zeros((300, 16), dtype=np.float32)
+    for k in range(20000):
+        expected[rows[k]] += vals[k] * B[cols[k]]
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+def _valid(rng):
+    U, V = _factors(rng, np.float64, 5, 4, 2)
+    rows, cols = _coords(rng, 5, 4, 10)
+    return U, V, rows, cols
+
+
+def test_sampled_product_rejects_bad_indices(backend, rng):
+    U, V, rows, cols = _valid(rng)
+    bad = rows.copy()
+    bad[7] = 5
+    with pytest.raises(IndexError, match=r"rows\[7\] = 5 is out of range \[0, 5\)"):
+        lr.ops.sampled_product(*map(backend.put, (U, V, bad, cols)))
+    bad = cols.copy()
+    bad[3] = -1
+    with pytest.raises(IndexError, match=r"cols\[3\] = -1"):
+        lr.ops.sampled_product(*map(backend.put, (U, V, rows, bad)))
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("float_dtype", TypeError, "U must be float32 or float64, got int64"),
+    ("mixed_float", TypeError, "V is float32 but U is float64"),
+    ("index_dtype", TypeError, "rows must be int32 or int64, got float64"),
+    ("mixed_index", TypeError, "rows is int64 but cols is int32"),
+    ("rank_mismatch", ValueError, r"rank mismatch: U has shape \(5, 2\).*V has shape \(4, 3\)"),
+    ("ndim", ValueError, "U must have 2 or 3 dimensions"),
+    ("layout", ValueError, "U must be C-contiguous"),
+    ("nan", ValueError, "V contains 1 NaN/inf"),
+    ("inf", ValueError, "U contains 1 NaN/inf"),
+    ("length", ValueError, "cols has length 9, expected 10"),
+    ("empty_rows", ValueError, "rows and cols are empty"),
+    ("empty_factor", ValueError, r"U is empty \(shape \(0, 2\)\)"),
+    ("rank_too_large", ValueError, "rank 6 is larger than both dimensions"),
+    ("list", TypeError, "rows must be a numpy.ndarray or a CUDA array"),
+    ("batched_without_offsets", ValueError, "need offsets"),
+    ("offsets_range", ValueError, "offsets must start at 0 and end at the number of entries 10"),
+])
+def test_sampled_product_bad_inputs(rng, case, error, match):
+    U, V, rows, cols = _valid(rng)
+    offsets = None
+    if case == "float_dtype":
+        U = U.astype(np.int64)
+    elif case == "mixed_float":
+        V = V.astype(np.float32)
+    elif case == "index_dtype":
+        rows = rows.astype(np.float64)
+    elif case == "mixed_index":
+        cols = cols.astype(np.int32)
+    elif case == "rank_mismatch":
+        V = np.ones((4, 3))
+    elif case == "ndim":
+        U = U.reshape(-1)
+    elif case == "layout":
+        U = np.asfortranarray(np.ones((5, 3)))[:, :2]
+    elif case == "nan":
+        V[1, 1] = np.nan
+    elif case == "inf":
+        U[0, 0] = np.inf
+    elif case == "length":
+        cols = cols[:9]
+    elif case == "empty_rows":
+        rows, cols = rows[:0], cols[:0]
+    elif case == "empty_factor":
+        U = np.ones((0, 2))
+    elif case == "rank_too_large":
+        U, V = np.ones((5, 6)), np.ones((4, 6))
+    elif case == "list":
+        rows = list(rows)
+    elif case == "batched_without_offsets":
+        U, V = np.stack([U, U]), np.stack([V, V])
+    elif case == "offsets_range":
+        U, V = np.stack([U, U]), np.stack([V, V])
+        offsets = np.array([0, 4, 9])
+    with pytest.raises(error, match=match):
+        lr.ops.sampled_product(U, V, rows, cols, offsets)
+
+
+def test_sparse_times_dense_bad_inputs(rng):
+    rows, cols = _coords(rng, 5, 4, 10)
+    vals, B = rng.standard_normal(10), rng.standard_normal((4, 3))
+    with pytest.raises(IndexError, match=r"cols\[\d+\] = \d+ is out of range \[0, 3\)"):
+        lr.ops.sparse_times_dense(rows, cols, vals, B[:3], 5)
+    with pytest.raises(IndexError, match=r"rows\[\d+\] = \d+ is out of range \[0, 2\)"):
+        lr.ops.sparse_times_dense(rows, cols, vals, B, 2)
+    with pytest.raises(ValueError, match="vals has length 9 but rows has 10"):
+        lr.ops.sparse_times_dense(rows, cols, vals[:9], B, 5)
+    with pytest.raises(ValueError, match="n_rows must be a positive integer"):
+        lr.ops.sparse_times_dense(rows, cols, vals, B, 0)
+    with pytest.raises(TypeError, match="B is float32 but vals is float64"):
+        lr.ops.sparse_times_dense(rows, cols, vals, B.astype(np.float32), 5)
+    bad_vals = vals.copy()
+    bad_vals[2] = np.nan
+    with pytest.raises(ValueError, match="vals contains 1 NaN/inf"):
+        lr.ops.sparse_times_dense(rows, cols, bad_vals, B, 5)
+    with pytest.raises(ValueError, match="offsets must"):
+        lr.ops.sparse_times_dense(rows, cols, vals, np.stack([B, B]), 5, offsets=np.array([0, 3, 11]))
+    with pytest.raises(ValueError, match="B is batched"):
+        lr.ops.sparse_times_dense(rows, cols, vals, np.stack([B, B]), 5)
+    pattern = lr.ops.SparsePattern(rows, cols, (5, 4))
+    with pytest.raises(ValueError, match=r"B has shape \(5, 3\), expected \(4, r\)"):
+        pattern.times_dense(vals, np.ones((5, 3)))
+    with pytest.raises(IndexError, match=r"rows\[\d+\] = \d+ is out of range \[0, 3\)"):
+        lr.ops.SparsePattern(rows, cols, (3, 4))
+
+
+def test_lowrank_product_bad_inputs(rng):
+    U, V, _, _ = _valid(rng)
+    with pytest.raises(ValueError, match=r"both must be batched \(3-D\) or neither"):
+        lr.ops.lowrank_product(np.stack([U, U]), V)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        lr.ops.lowrank_product(np.stack([U, U]), np.stack([V, V, V]))
+    with pytest.raises(TypeError, match="U must be a numpy.ndarray or a CUDA array"):
+        lr.ops.lowrank_product(U.tolist(), V)
