@@ -5,6 +5,9 @@
 
 namespace lowrank_hpc::cpu {
 
+// Below this many multiply-adds a parallel region costs more than it saves.
+inline constexpr int64_t kParallelMinWork = int64_t(1) << 16;
+
 template <class T, class I>
 int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                         const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,

@@ -13,7 +13,7 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                         int64_t nnz, T* out) {
   const ops::SampledProduct<T, I> entry{U, V, rows, cols, m, n, r};
   int64_t first_bad = nnz;
-#pragma omp parallel reduction(min : first_bad)
+#pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   {
     // Contiguous chunks: each thread finds its first problem once, then walks forward.
     const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();

@@ -25,7 +25,7 @@ int64_t coo_to_csr(const I* keys, const int64_t* offsets, int64_t batch, int64_t
   // scatter below is a stable sort and the result does not depend on the thread count.
   std::vector<int64_t> counts(static_cast<size_t>(threads * (n_rows + 1)), 0);
   int64_t first_bad = nnz;  // shared: the scan and the scatter run only on valid keys
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (nnz > kParallelMinWork)
   {
     const int64_t tid = omp_get_thread_num(), used = omp_get_num_threads();
     const int64_t begin = nnz * tid / used, end = nnz * (tid + 1) / used;
@@ -72,7 +72,7 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
   const ops::SparseTimesDense<T> product{B, n_key, n_other, r};
   const int64_t n_rows = batch * n_key;
   int64_t first_bad = indptr[n_rows];
-#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad)
+#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (indptr[n_rows] * r > kParallelMinWork)
   for (int64_t row = 0; row < n_rows; ++row) {
     T* out_row = out + row * r;
     std::memset(out_row, 0, sizeof(T) * static_cast<size_t>(r));
@@ -89,7 +89,7 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size) {
   int64_t bad = 0;
-#pragma omp parallel for simd reduction(+ : bad) schedule(static)
+#pragma omp parallel for simd reduction(+ : bad) schedule(static) if (size > kParallelMinWork)
   for (int64_t i = 0; i < size; ++i) bad += ops::is_finite(x[i]) ? 0 : 1;
   return bad;
 }

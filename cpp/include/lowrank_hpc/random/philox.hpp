@@ -8,8 +8,9 @@
 // Floating-point assumptions:
 //   * device: every + - * / fma sqrt goes through an __d*_rn / __fma_rn / __dsqrt_rn intrinsic, which
 //     nvcc never contracts or reorders;
-//   * host: plain operators with -ffp-contract=off (set in CMakeLists.txt; also GCC's default for
-//     -std=c++17), SSE2 double arithmetic (x86-64) and no -ffast-math (rejected below).
+//   * host: plain operators compiled with -ffp-contract=off (CMakeLists.txt sets it for host and nvcc
+//     host code: g++ fuses a*b+c by default whenever the target has FMA, even with -std=c++17, and
+//     that moves about 1% of the draws by an ulp), SSE2 doubles (x86-64), no -ffast-math (rejected below).
 #pragma once
 
 #include <cstdint>
