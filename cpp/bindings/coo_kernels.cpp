@@ -38,21 +38,43 @@ int64_t sampled_product(const HostArray<T>& U, const HostArray<T>& V, const Host
   return cpu::sampled_product<T, I>(u, v, ri, ci, o, batch, m, n, r, nnz, dst);
 }
 
-template <class I>
-int64_t coo_to_csr(const HostArray<I>& keys, const HostArray<int64_t>& offsets, int64_t n_key,
-                   HostArray<int64_t>& indptr, HostArray<int64_t>& perm) {
+// Returns (first_bad, already_sorted); vals/vals_sorted are optional (the one-shot product
+// moves the values too, a reusable pattern does not).
+template <class T, class I>
+py::tuple coo_to_csr(const HostArray<I>& keys, const HostArray<I>& others, const std::optional<HostArray<T>>& vals,
+                     const HostArray<int64_t>& offsets, int64_t n_key, HostArray<int64_t>& indptr,
+                     HostArray<int64_t>& perm, HostArray<I>& others_sorted,
+                     std::optional<HostArray<T>>& vals_sorted) {
   const int64_t nnz = keys.shape(0);
   const int64_t batch = checked_batch(offsets, nnz);
   LRH_EXPECTS(n_key >= 0, "n_key must be non-negative");
+  expect_shape(others, "others", {nnz});
   expect_shape(indptr, "indptr", {batch * n_key + 1});
   expect_shape(perm, "perm", {nnz});
+  expect_shape(others_sorted, "others_sorted", {nnz});
   expect_writable(indptr, "indptr");
   expect_writable(perm, "perm");
-  const I* k = keys.data();
+  expect_writable(others_sorted, "others_sorted");
+  LRH_EXPECTS(vals.has_value() == vals_sorted.has_value(), "vals and vals_sorted come together");
+  const T* v = nullptr;
+  T* vs = nullptr;
+  if (vals) {
+    expect_shape(*vals, "vals", {nnz});
+    expect_shape(*vals_sorted, "vals_sorted", {nnz});
+    expect_writable(*vals_sorted, "vals_sorted");
+    v = vals->data();
+    vs = vals_sorted->mutable_data();
+  }
+  const I *k = keys.data(), *oi = others.data();
   const int64_t* o = offsets.data();
   int64_t *ip = indptr.mutable_data(), *pm = perm.mutable_data();
-  py::gil_scoped_release release;
-  return cpu::coo_to_csr<I>(k, o, batch, n_key, nnz, ip, pm);
+  I* os = others_sorted.mutable_data();
+  cpu::CsrBuild built;
+  {
+    py::gil_scoped_release release;
+    built = cpu::coo_to_csr<T, I>(k, oi, v, o, batch, n_key, nnz, ip, pm, os, vs);
+  }
+  return py::make_tuple(built.first_bad, built.sorted);
 }
 
 template <class T, class I>
@@ -95,6 +117,9 @@ void bind_typed(py::module_& m) {
   m.def("sampled_product", &sampled_product<T, I>, py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("rows").noconvert(), py::arg("cols").noconvert(), py::arg("offsets").noconvert(),
         py::arg("out").noconvert());
+  m.def("coo_to_csr", &coo_to_csr<T, I>, py::arg("keys").noconvert(), py::arg("others").noconvert(),
+        py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("n_key"), py::arg("indptr").noconvert(),
+        py::arg("perm").noconvert(), py::arg("others_sorted").noconvert(), py::arg("vals_sorted").noconvert());
   m.def("csr_times_dense", &csr_times_dense<T, I>, py::arg("indptr").noconvert(), py::arg("perm").noconvert(),
         py::arg("others").noconvert(), py::arg("vals").noconvert(), py::arg("B").noconvert(), py::arg("n_key"),
         py::arg("out").noconvert());
@@ -107,10 +132,6 @@ void bind_coo_kernels(py::module_& m) {
   bind_typed<float, int64_t>(m);
   bind_typed<double, int32_t>(m);
   bind_typed<double, int64_t>(m);
-  m.def("coo_to_csr", &coo_to_csr<int32_t>, py::arg("keys").noconvert(), py::arg("offsets").noconvert(),
-        py::arg("n_key"), py::arg("indptr").noconvert(), py::arg("perm").noconvert());
-  m.def("coo_to_csr", &coo_to_csr<int64_t>, py::arg("keys").noconvert(), py::arg("offsets").noconvert(),
-        py::arg("n_key"), py::arg("indptr").noconvert(), py::arg("perm").noconvert());
   m.def("count_nonfinite", &count_nonfinite<float>, py::arg("x").noconvert());
   m.def("count_nonfinite", &count_nonfinite<double>, py::arg("x").noconvert());
 }

@@ -13,14 +13,21 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                         const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
                         int64_t nnz, T* out);
 
-// Row pointers (batch * n_key + 1) and a stable permutation that orders entries by
-// (problem, key); -1 on success, else the first entry whose key is out of range.
-template <class I>
-int64_t coo_to_csr(const I* keys, const int64_t* offsets, int64_t batch, int64_t n_key,
-                   int64_t nnz, int64_t* indptr, int64_t* perm);
+struct CsrBuild {
+  int64_t first_bad;  // -1, or the first entry whose key is out of range
+  bool sorted;        // entries were already in (problem, key) order: perm was not written
+};
 
-// out (batch * n_key, r) = S @ B with S in CSR form; entry j of the CSR order is entry
-// perm[j] of (others, vals), or entry j itself when perm is null.
+// Row pointers (batch * n_key + 1) and a stable permutation that orders entries by
+// (problem, key), with the other index (and vals, when not null) moved into that order.
+// Nothing but indptr is written when the entries are already sorted.
+template <class T, class I>
+CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* offsets, int64_t batch,
+                    int64_t n_key, int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted,
+                    T* vals_sorted);
+
+// out (batch * n_key, r) = S @ B with S in CSR form: others[j] is the B row of CSR entry j,
+// whose value is vals[perm[j]] (vals[j] when perm is null). Returns the first bad entry or -1.
 template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out);

@@ -15,33 +15,48 @@ namespace {
 constexpr int64_t kMaxHistogramBytes = int64_t(1) << 30;
 }
 
-template <class I>
-int64_t coo_to_csr(const I* keys, const int64_t* offsets, int64_t batch, int64_t n_key,
-                   int64_t nnz, int64_t* indptr, int64_t* perm) {
+template <class T, class I>
+CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* offsets, int64_t batch,
+                    int64_t n_key, int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted,
+                    T* vals_sorted) {
   const int64_t n_rows = batch * n_key;
   int64_t threads = omp_get_max_threads();
   if (threads * (n_rows + 1) * int64_t(sizeof(int64_t)) > kMaxHistogramBytes) threads = 1;
   // counts[t][row]: entries of row in thread t's chunk. Chunk t precedes chunk t+1, so the
   // scatter below is a stable sort and the result does not depend on the thread count.
   std::vector<int64_t> counts(static_cast<size_t>(threads * (n_rows + 1)), 0);
+  // Per chunk: its first and last flattened key, and whether it is sorted within.
+  std::vector<int64_t> first_key(static_cast<size_t>(threads), -1), last_key(static_cast<size_t>(threads), -1);
+  std::vector<char> chunk_sorted(static_cast<size_t>(threads), 1);
   int64_t first_bad = nnz;  // shared: the scan and the scatter run only on valid keys
+  bool sorted = true;
 #pragma omp parallel num_threads(threads) if (nnz > kParallelMinWork)
   {
     const int64_t tid = omp_get_thread_num(), used = omp_get_num_threads();
     const int64_t begin = nnz * tid / used, end = nnz * (tid + 1) / used;
     int64_t* mine = counts.data() + tid * (n_rows + 1);
-    int64_t my_bad = nnz;
+    int64_t my_bad = nnz, previous = -1;
+    bool my_sorted = true;
     int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
     for (int64_t k = begin; k < end; ++k) {
       while (k >= offsets[b + 1]) ++b;
       if (!ops::index_in_range(keys[k], n_key)) { my_bad = std::min(my_bad, k); continue; }
-      ++mine[b * n_key + static_cast<int64_t>(keys[k])];
+      const int64_t row = b * n_key + static_cast<int64_t>(keys[k]);
+      my_sorted &= row >= previous;
+      if (k == begin) first_key[tid] = row;
+      previous = row;
+      ++mine[row];
     }
+    last_key[tid] = previous;
+    chunk_sorted[tid] = my_sorted;
 #pragma omp critical(lrh_coo_to_csr_bad)
     first_bad = std::min(first_bad, my_bad);
 #pragma omp barrier
 #pragma omp single
     if (first_bad == nnz) {
+      for (int64_t t = 0; t < used; ++t) {
+        sorted = sorted && chunk_sorted[t] && (t == 0 || first_key[t] < 0 || first_key[t] >= last_key[t - 1]);
+      }
       // Exclusive scan in (row, thread) order turns counts into write positions.
       int64_t running = 0;
       for (int64_t row = 0; row < n_rows; ++row) {
@@ -55,35 +70,46 @@ int64_t coo_to_csr(const I* keys, const int64_t* offsets, int64_t batch, int64_t
       }
       indptr[n_rows] = running;
     }
-    if (first_bad == nnz) {
+    // Entries already in row order need no permutation at all. Otherwise the scatter also
+    // moves the other index (and the values) so no later pass gathers them at random.
+    if (first_bad == nnz && !sorted) {
       b = begin < end ? find_batch(offsets, batch, begin) : 0;
       for (int64_t k = begin; k < end; ++k) {
         while (k >= offsets[b + 1]) ++b;
-        perm[mine[b * n_key + static_cast<int64_t>(keys[k])]++] = k;
+        const int64_t position = mine[b * n_key + static_cast<int64_t>(keys[k])]++;
+        perm[position] = k;
+        others_sorted[position] = others[k];
+        if (vals) vals_sorted[position] = vals[k];
       }
     }
   }
-  return first_bad == nnz ? -1 : first_bad;
+  return {first_bad == nnz ? -1 : first_bad, first_bad == nnz && sorted};
 }
 
 template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
   const ops::SparseTimesDense<T> product{B, n_key, n_other, r};
-  const int64_t n_rows = batch * n_key;
-  int64_t first_bad = indptr[n_rows];
-#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (indptr[n_rows] * r > kParallelMinWork)
+  const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
+  // Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
+  constexpr int64_t kPrefetchDistance = 16;
+  int64_t first_bad = nnz;
+#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   for (int64_t row = 0; row < n_rows; ++row) {
     T* out_row = out + row * r;
     std::memset(out_row, 0, sizeof(T) * static_cast<size_t>(r));
     const int64_t b = row / n_key;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-      const int64_t k = perm ? perm[j] : j;
-      if (!ops::index_in_range(others[k], n_other)) { first_bad = std::min(first_bad, k); continue; }
-      product.accumulate(out_row, vals[k], static_cast<int64_t>(others[k]), b);
+      if (j + kPrefetchDistance < nnz) {
+        const int64_t ahead = j + kPrefetchDistance;
+        if (perm) __builtin_prefetch(vals + perm[ahead]);
+        if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
+      }
+      if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
+      product.accumulate(out_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
     }
   }
-  return first_bad == indptr[n_rows] ? -1 : first_bad;
+  return first_bad == nnz ? -1 : first_bad;
 }
 
 template <class T>
@@ -94,9 +120,9 @@ int64_t count_nonfinite(const T* x, int64_t size) {
   return bad;
 }
 
-template int64_t coo_to_csr<int32_t>(const int32_t*, const int64_t*, int64_t, int64_t, int64_t, int64_t*, int64_t*);
-template int64_t coo_to_csr<int64_t>(const int64_t*, const int64_t*, int64_t, int64_t, int64_t, int64_t*, int64_t*);
 #define LRH_INSTANTIATE(T, I)                                                                  \
+  template CsrBuild coo_to_csr<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, \
+                                     int64_t, int64_t*, int64_t*, I*, T*);                      \
   template int64_t csr_times_dense<T, I>(const int64_t*, const int64_t*, const I*, const T*,   \
                                          const T*, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_INSTANTIATE(float, int32_t)

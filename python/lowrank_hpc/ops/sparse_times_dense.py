@@ -75,7 +75,9 @@ class SparsePattern:
         self.rows, self.cols, self.shape = rows, cols, shape
         self.nnz, self.batch = int(rows.shape[0]), batch
         self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
-        self._csr: dict[bool, tuple[Any, Any]] = {}
+        # Per orientation: CSR row pointers, the permutation to CSR order (None when the entries
+        # are already in order) and the other index in CSR order.
+        self._csr: dict[bool, tuple[Any, Any, Any]] = {}
         if call.on_device:
             return  # the GPU kernel checks index ranges as it reads them
         for transpose in orders:
@@ -85,13 +87,13 @@ class SparsePattern:
                 raise_index_error(call, bad, [(name, keys, bound)])
 
     def _order(self, transpose: bool, call: Call) -> int:
-        keys = self.cols if transpose else self.rows
+        keys, others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
         n_key = self.shape[1] if transpose else self.shape[0]
-        indptr = np.empty(self.batch * n_key + 1, dtype=np.int64)
-        perm = np.empty(self.nnz, dtype=np.int64)
-        bad = call.module.coo_to_csr(keys, self.offsets, n_key, indptr, perm)
+        indptr, perm, others_sorted = _csr_buffers(self.batch * n_key, self.nnz, others.dtype)
+        bad, already_sorted = call.module.coo_to_csr(keys, others, None, self.offsets, n_key, indptr, perm,
+                                                     others_sorted, None)
         if bad < 0:
-            self._csr[transpose] = (indptr, perm)
+            self._csr[transpose] = (indptr, None, others) if already_sorted else (indptr, perm, others_sorted)
         return bad
 
     def times_dense(self, vals: Any, B: Any, *, transpose: bool = False, check_finite: bool = True) -> Any:
@@ -120,6 +122,10 @@ class SparsePattern:
         return call.wrap(out if batched else out[0])
 
 
+def _csr_buffers(n_rows: int, nnz: int, index_dtype):
+    return np.empty(n_rows + 1, dtype=np.int64), np.empty(nnz, dtype=np.int64), np.empty(nnz, dtype=index_dtype)
+
+
 def _multiply(call: Call, pattern: SparsePattern, vals, B3, transpose: bool, n_key: int, n_other: int):
     keys, others = (pattern.cols, pattern.rows) if transpose else (pattern.rows, pattern.cols)
     batch, _, r = B3.shape
@@ -132,12 +138,33 @@ def _multiply(call: Call, pattern: SparsePattern, vals, B3, transpose: bool, n_k
         bad = int(first_bad.get()[0])
         bad = -1 if bad == pattern.nnz else bad
     else:
-        indptr, perm = pattern._csr[transpose]
+        indptr, perm, others_in_order = pattern._csr[transpose]
         out = np.empty((batch, n_key, r), dtype=B3.dtype)
-        bad = call.module.csr_times_dense(indptr, perm, others, vals, B3, n_key, out)
+        bad = call.module.csr_times_dense(indptr, perm, others_in_order, vals, B3, n_key, out)
     if bad >= 0:
         raise_index_error(call, bad, [("cols" if transpose else "rows", keys, n_key),
                                       ("rows" if transpose else "cols", others, n_other)])
+    return out
+
+
+def _one_shot_cpu(call: Call, rows, cols, vals, B3, offsets, n_key: int, transpose: bool):
+    """Sort once, moving indices and values together, then one streaming pass."""
+    keys, others = (cols, rows) if transpose else (rows, cols)
+    batch, n_other, r = B3.shape
+    indptr, perm, others_sorted = _csr_buffers(batch * n_key, rows.shape[0], others.dtype)
+    vals_sorted = np.empty_like(vals)
+    bad, already_sorted = call.module.coo_to_csr(keys, others, vals, offsets, n_key, indptr, perm, others_sorted,
+                                                 vals_sorted)
+    if bad >= 0:
+        raise_index_error(call, bad, [("cols" if transpose else "rows", keys, n_key)])
+    if already_sorted:
+        others_sorted, vals_sorted = others, vals
+    out = np.empty((batch, n_key, r), dtype=B3.dtype)
+    bad = call.module.csr_times_dense(indptr, None, others_sorted, vals_sorted, B3, n_key, out)
+    if bad >= 0:
+        # Without a permutation the reported position is in sorted order: map it back.
+        position = bad if already_sorted else int(perm[bad])
+        raise_index_error(call, position, [("rows" if transpose else "cols", others, n_other)])
     return out
 
 
@@ -160,7 +187,10 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     -------
     (n_rows, r) or (batch, n_rows, r) array of the dtype of vals.
 
-    For many products with one pattern, build a :class:`SparsePattern` once.
+    On the CPU the entries are counting-sorted by output row (stable, so each row sums its
+    entries in input order: bit-reproducible whatever the thread count); entries that come
+    already sorted (CSR order, ``np.nonzero``) skip that sort. For many products with one
+    pattern, build a :class:`SparsePattern` once. The GPU sums with atomics.
     """
     call = resolve("sparse_times_dense", rows=rows, cols=cols, vals=vals, B=B, offsets=offsets)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals, check_finite)
@@ -173,7 +203,10 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     if batched and offsets is None and B3.shape[0] != 1:
         raise ValueError(f"sparse_times_dense: B is batched (batch={B3.shape[0]}) so offsets (length batch + 1) "
                          "must say which entries belong to which problem")
-    pattern = SparsePattern._for_one_product(call, rows, cols, shape, offsets, int(B3.shape[0]), transpose)
-    n_key = n_rows
-    out = _multiply(call, pattern, vals, B3, transpose, n_key, n_other)
+    offsets = offsets_array(call, "offsets", offsets, int(B3.shape[0]), int(rows.shape[0]))
+    if call.on_device:
+        pattern = SparsePattern._for_one_product(call, rows, cols, shape, offsets, int(B3.shape[0]), transpose)
+        out = _multiply(call, pattern, vals, B3, transpose, n_rows, n_other)
+    else:
+        out = _one_shot_cpu(call, rows, cols, vals, B3, offsets, n_rows, transpose)
     return call.wrap(out if batched else out[0])
