@@ -2,8 +2,25 @@
 // Each returns the position of the first entry with an out-of-range index, or -1.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace lowrank_hpc::cpu {
+
+// Calls body(std::integral_constant<int, R>) with R = r for the small ranks that many tiny
+// problems use (their loops unroll), R = 0 (rank read at run time) otherwise.
+template <class Body>
+auto dispatch_rank(int64_t r, Body&& body) {
+  switch (r) {
+    case 1: return body(std::integral_constant<int, 1>{});
+    case 2: return body(std::integral_constant<int, 2>{});
+    case 3: return body(std::integral_constant<int, 3>{});
+    case 4: return body(std::integral_constant<int, 4>{});
+    case 8: return body(std::integral_constant<int, 8>{});
+    case 16: return body(std::integral_constant<int, 16>{});
+    case 32: return body(std::integral_constant<int, 32>{});
+    default: return body(std::integral_constant<int, 0>{});
+  }
+}
 
 // Below this many multiply-adds a parallel region costs more than it saves.
 inline constexpr int64_t kParallelMinWork = int64_t(1) << 16;

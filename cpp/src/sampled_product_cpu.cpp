@@ -7,11 +7,13 @@
 
 namespace lowrank_hpc::cpu {
 
-template <class T, class I>
-int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
-                        const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
-                        int64_t nnz, T* out) {
-  const ops::SampledProduct<T, I> entry{U, V, rows, cols, m, n, r};
+namespace {
+
+template <class T, class I, int R>
+int64_t sampled_product_rank(const T* U, const T* V, const I* rows, const I* cols,
+                             const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                             int64_t nnz, T* out) {
+  const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
   int64_t first_bad = nnz;
 #pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   {
@@ -30,6 +32,17 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
     }
   }
   return first_bad == nnz ? -1 : first_bad;
+}
+
+}  // namespace
+
+template <class T, class I>
+int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
+                        const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                        int64_t nnz, T* out) {
+  return dispatch_rank(r, [&](auto rank) {
+    return sampled_product_rank<T, I, decltype(rank)::value>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
+  });
 }
 
 #define LRH_INSTANTIATE(T, I)                                                              \

@@ -86,10 +86,12 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
   return {first_bad == nnz ? -1 : first_bad, first_bad == nnz && sorted};
 }
 
-template <class T, class I>
-int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
-                        const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  const ops::SparseTimesDense<T> product{B, n_key, n_other, r};
+namespace {
+
+template <class T, class I, int R>
+int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
+                             const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
+  const ops::SparseTimesDense<T, R> product{B, n_key, n_other, r};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   // Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
   constexpr int64_t kPrefetchDistance = 16;
@@ -97,7 +99,7 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 #pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   for (int64_t row = 0; row < n_rows; ++row) {
     T* out_row = out + row * r;
-    std::memset(out_row, 0, sizeof(T) * static_cast<size_t>(r));
+    for (int64_t c = 0; c < ops::static_or<R>(r); ++c) out_row[c] = T(0);
     const int64_t b = row / n_key;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       if (j + kPrefetchDistance < nnz) {
@@ -110,6 +112,17 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
     }
   }
   return first_bad == nnz ? -1 : first_bad;
+}
+
+}  // namespace
+
+template <class T, class I>
+int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
+                        const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
+  return dispatch_rank(r, [&](auto rank) {
+    return csr_times_dense_rank<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key, n_other,
+                                                             r, out);
+  });
 }
 
 template <class T>

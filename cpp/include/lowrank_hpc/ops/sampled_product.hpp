@@ -7,14 +7,19 @@
 
 namespace lowrank_hpc::ops {
 
+// Rank known at compile time (R > 0) unrolls the short loops of small ranks; R = 0 reads r.
+template <int R>
+LRH_HD int64_t static_or(int64_t r) { return R > 0 ? R : r; }
+
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
 // a group of cooperating threads on the device.
-template <class T>
+template <class T, int R = 0>
 LRH_HD T strided_dot(const T* a, const T* b, int64_t r, int lane, int width) {
   T acc = T(0);
   if (width == 1) {
+    const int64_t rank = static_or<R>(r);
     LRH_SIMD_SUM(acc)
-    for (int64_t c = 0; c < r; ++c) acc += a[c] * b[c];
+    for (int64_t c = 0; c < rank; ++c) acc += a[c] * b[c];
   } else {
     for (int64_t c = lane; c < r; c += width) acc += a[c] * b[c];
   }
@@ -27,7 +32,7 @@ LRH_HD bool index_in_range(I index, int64_t bound) {
 }
 
 // One observed entry of one problem: U is (batch, m, r), V is (batch, n, r), row-major.
-template <class T, class I>
+template <class T, class I, int R = 0>
 struct SampledProduct {
   const T* U;
   const T* V;
@@ -39,7 +44,7 @@ struct SampledProduct {
   LRH_HD const T* u_row(int64_t k, int64_t b) const { return U + (b * m + static_cast<int64_t>(rows[k])) * r; }
   LRH_HD const T* v_row(int64_t k, int64_t b) const { return V + (b * n + static_cast<int64_t>(cols[k])) * r; }
   LRH_HD T partial(int64_t k, int64_t b, int lane, int width) const {
-    return strided_dot(u_row(k, b), v_row(k, b), r, lane, width);
+    return strided_dot<T, R>(u_row(k, b), v_row(k, b), r, lane, width);
   }
 };
 

@@ -11,7 +11,7 @@ namespace lowrank_hpc::ops {
 
 // Problems are the diagonal blocks of one block-diagonal matrix: problem b's key row i is
 // flattened row b * n_key + i of the output, and its B row j is row b * n_other + j.
-template <class T>
+template <class T, int R = 0>
 struct SparseTimesDense {
   const T* B;  // (batch, n_other, r)
   int64_t n_key, n_other, r;
@@ -21,8 +21,9 @@ struct SparseTimesDense {
   // out_row += v * B[b, other], all r coordinates (host: one vectorized loop).
   LRH_HD void accumulate(T* out_row, T v, int64_t other, int64_t b) const {
     const T* src = b_row(other, b);
+    const int64_t rank = static_or<R>(r);
     LRH_SIMD
-    for (int64_t c = 0; c < r; ++c) out_row[c] += v * src[c];
+    for (int64_t c = 0; c < rank; ++c) out_row[c] += v * src[c];
   }
   // One coordinate of the same update (device: one thread per coordinate).
   LRH_HD T term(T v, int64_t other, int64_t b, int64_t c) const { return v * b_row(other, b)[c]; }

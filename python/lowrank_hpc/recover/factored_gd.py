@@ -1,0 +1,305 @@
+"""Gradient methods on the factors: minimize 1/2 ||A(U V^T) - y||^2 (or 1/4 ||A(U U^T) - y||^2).
+
+The methods whose behaviour the recent theory explains, on one code path:
+gradient descent from small random init (Stoger & Soltanolkotabi 2021; Ye & Du 2021),
+alternating GD (Ward & Kolda 2023), ScaledGD (Tong, Ma & Chi 2021), ScaledGD(lambda) for the
+over-parameterized case (Xu, Shen, Chi & Ma 2023), and GD with a one-step rebalancing that
+removes the init-scale dependence of over-parameterized asymmetric GD (Xiong, Ding & Du 2023).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from .._arrays import resolve
+from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._operator_math import (adjoint_times, adjoint_transpose_times, operator_scale, spectral_norm,
+                             top_singular_triplets)
+from ._result import RecoveryResult
+
+METHODS = ("gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced")
+_ASYMMETRIC_ONLY = ("alternating", "gd_rebalanced")
+# A step is accepted when the loss does not grow by more than this relative amount.
+_GROWTH_ALLOWED = 1e-9
+_MAX_HALVINGS_PER_STEP = 50
+
+
+@dataclass
+class _Problem:
+    op: Any
+    y: Any
+    xp: Any
+    symmetric: bool
+    method: str
+    step: float
+    damping: float
+    rebalance_at: float
+    y_norm: float
+
+    def residual(self, U: Any, V: Any) -> Any:
+        return self.op.forward_factored(U, None if self.symmetric else V) - self.y
+
+    def loss(self, residual: Any) -> float:
+        weight = 0.25 if self.symmetric else 0.5
+        return weight * float(self.xp.vdot(residual, residual).real)
+
+    def gradients(self, U: Any, V: Any, z: Any) -> tuple[Any, Any]:
+        """(grad_U, grad_V) of the loss at (U, V) with residual z (grad_V is None when symmetric)."""
+        if self.symmetric:
+            return 0.5 * (adjoint_times(self.op, z, U) + adjoint_transpose_times(self.op, z, U)), None
+        return adjoint_times(self.op, z, V), adjoint_transpose_times(self.op, z, U)
+
+    def precondition(self, grad: Any, partner: Any) -> Any:
+        """ScaledGD: grad (P^T P)^-1, or (P^T P + lambda I)^-1 for the damped variant."""
+        if self.method not in ("scaled", "scaled_damped"):
+            return grad
+        gram = partner.T @ partner
+        if self.method == "scaled_damped":
+            gram = gram + self.damping * self.xp.eye(gram.shape[0], dtype=gram.dtype)
+        return self.xp.linalg.solve(gram, grad.T).T  # gram is symmetric: (gram^-1 grad^T)^T
+
+
+def _relative_change(xp: Any, U0: Any, V0: Any, U1: Any, V1: Any) -> float:
+    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F from r x r products only."""
+    def inner(A, B, C, D):  # <A B^T, C D^T>_F = tr((A^T C)(D^T B))
+        return float(xp.sum((A.T @ C) * (B.T @ D)))
+    before = inner(U0, V0, U0, V0)
+    squared = inner(U1, V1, U1, V1) - 2.0 * inner(U1, V1, U0, V0) + before
+    return float(np.sqrt(max(squared, 0.0) / before)) if before > 0 else float("inf")
+
+
+def _rebalance(xp: Any, U: Any, V: Any) -> tuple[Any, Any]:
+    """U <- c U (U^T U)^{-1/2}, V <- V (U^T U)^{1/2} / c, with c^2 = ||U V^T||_2: keeps U V^T and
+    gives every column direction of U the same scale, so the small directions that over-
+    parameterized GD shrinks only at rate alpha^2 now shrink at the rate of the large ones."""
+    eigenvalues, vectors = xp.linalg.eigh(U.T @ U)
+    floor = float(eigenvalues.max()) * np.finfo(U.dtype).eps
+    eigenvalues = xp.maximum(eigenvalues, floor)
+    root = (vectors * xp.sqrt(eigenvalues)) @ vectors.T
+    inverse_root = (vectors / xp.sqrt(eigenvalues)) @ vectors.T
+    q_u, r_u = xp.linalg.qr(U)
+    q_v, r_v = xp.linalg.qr(V)
+    scale = float(np.sqrt(float(xp.linalg.norm(r_u @ r_v.T, 2))))
+    return scale * (U @ inverse_root), (V @ root) / scale
+
+
+def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any]:
+    xp = problem.xp
+    if problem.method == "alternating":
+        grad_u = adjoint_times(problem.op, z, V)
+        U_new = U - step * grad_u
+        z_mid = problem.residual(U_new, V)
+        V_new = V - step * adjoint_transpose_times(problem.op, z_mid, U_new)
+        return U_new, V_new, problem.residual(U_new, V_new)
+    grad_u, grad_v = problem.gradients(U, V, z)
+    U_new = U - step * problem.precondition(grad_u, U if problem.symmetric else V)
+    V_new = U_new if problem.symmetric else V - step * problem.precondition(grad_v, U)
+    del xp
+    return U_new, V_new, problem.residual(U_new, V_new)
+
+
+def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int, seed: Optional[int],
+                     scale: float, dtype: Any) -> tuple[Any, Any]:
+    xp, (n1, n2) = problem.xp, problem.op.shape
+    if isinstance(init, str) and init == "small":
+        # Host generator, then moved: the same seed gives the same start on CPU and GPU.
+        rng = np.random.default_rng(seed)
+        U = init_scale * rng.standard_normal((n1, rank)) / np.sqrt(n1)
+        if problem.symmetric:
+            return xp.asarray(U.astype(dtype)), None
+        # Xiong, Ding & Du start V three times smaller: the imbalance drives the linear rate.
+        V = (init_scale / 3.0) * rng.standard_normal((n2, rank)) / np.sqrt(n2)
+        return xp.asarray(U.astype(dtype)), xp.asarray(V.astype(dtype))
+    if isinstance(init, str) and init == "spectral":
+        left, sigma, right = top_singular_triplets(problem.op, problem.y, rank, xp, seed=seed or 0)
+        sigma = sigma / scale  # A*(y) ~ scale * M
+        if problem.symmetric:
+            # Top eigenpairs of the symmetric part, keeping the positive ones.
+            gram = left.T @ (0.5 * (adjoint_times(problem.op, problem.y, left) +
+                                    adjoint_transpose_times(problem.op, problem.y, left))) / scale
+            eigenvalues, vectors = xp.linalg.eigh(gram)
+            U = (left @ vectors) * xp.sqrt(xp.maximum(eigenvalues, 0))
+            return U.astype(dtype), None
+        root = xp.sqrt(sigma)
+        return (left * root).astype(dtype), (right * root).astype(dtype)
+    raise ValueError(f"factored_gd: init must be 'small', 'spectral' or arrays, got {init!r}")
+
+
+def _check_init_arrays(init: Any, problem: _Problem, rank: int, dtype: Any) -> tuple[Any, Any]:
+    n1, n2 = problem.op.shape
+    pair = init if isinstance(init, (tuple, list)) else (init, None)
+    if len(pair) != 2 or (pair[1] is None) != problem.symmetric:
+        raise ValueError("factored_gd: init arrays are (U0, V0) for asymmetric problems and U0 for symmetric ones")
+    U0, V0 = pair
+    call = resolve("factored_gd", init_U=U0, init_V=V0, y=problem.y)
+    U0 = call.float_array("init U", U0, (2,))
+    if U0.shape != (n1, rank):
+        raise ValueError(f"factored_gd: init U has shape {tuple(U0.shape)}, expected ({n1}, {rank})")
+    if V0 is not None:
+        V0 = call.float_array("init V", V0, (2,))
+        if V0.shape != (n2, rank):
+            raise ValueError(f"factored_gd: init V has shape {tuple(V0.shape)}, expected ({n2}, {rank})")
+    if U0.dtype != dtype:
+        raise TypeError(f"factored_gd: init arrays are {U0.dtype} but y is {dtype}")
+    return U0.copy(), (None if V0 is None else V0.copy())
+
+
+def _check_operator(op: Any) -> None:
+    missing = [name for name in ("shape", "num_measurements", "forward_factored", "adjoint") if not hasattr(op, name)]
+    if missing:
+        raise TypeError(f"factored_gd: op must be a sensing operator (lowrank_hpc.sensing); "
+                        f"{type(op).__name__} lacks {', '.join(missing)}")
+
+
+def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: str = "gd",
+                init: Union[str, Any] = "small", init_scale: float = 1e-3, step: Optional[float] = None,
+                damping: Optional[float] = None, max_iter: int = 1000, tol: float = 1e-6,
+                seed: Optional[int] = None, callback: Optional[Callable[[int, dict], Any]] = None,
+                progress: bool = False, checkpoint: Optional[str] = None, checkpoint_every: int = 100,
+                time_limit: Optional[float] = None, rebalance_at: float = 1e-2) -> RecoveryResult:
+    """Recover a low-rank matrix from linear measurements y = A(M) by gradient methods on factors.
+
+    Minimizes 1/2 ||A(U V^T) - y||^2 over U (n1, rank), V (n2, rank), or 1/4 ||A(U U^T) - y||^2
+    over U (n, rank) when ``symmetric`` (M positive semidefinite). ``rank`` may exceed the true
+    rank (over-parameterized).
+
+    Parameters
+    ----------
+    op : a sensing operator (``lowrank_hpc.sensing``) of shape (n1, n2).
+    y : (op.num_measurements,) float32/float64 measurements, numpy (CPU) or CUDA array (GPU).
+    rank : width of the factors, 1 <= rank <= min(n1, n2).
+    method : "gd" (simultaneous steps on U and V), "alternating" (U, then V with the new U),
+        "scaled" (ScaledGD: gradients times (V^T V)^-1 and (U^T U)^-1), "scaled_damped"
+        (ScaledGD(lambda): (V^T V + lambda I)^-1), "gd_rebalanced" (GD plus one rebalancing
+        step U <- c U (U^T U)^{-1/2}, V <- V (U^T U)^{1/2} / c, once the relative residual falls
+        below ``rebalance_at``). "alternating" and "gd_rebalanced" are asymmetric only.
+    init : "small" (U0 = init_scale * G / sqrt(n1), V0 = init_scale / 3 * G' / sqrt(n2), G, G' iid
+        N(0, 1); the smaller V0 follows Xiong, Ding & Du), "spectral" (top-rank SVD of A*(y),
+        rescaled by the operator's scale, split as L S^1/2, R S^1/2), or arrays (U0, V0) (U0 alone
+        when symmetric).
+    step : step size. None picks it from the data: with s = E||A(X)||^2/||X||_F^2 (1 for
+        isotropic Gaussian sensing, the sampling rate for completion, estimated by three
+        random probes) and sigma = ||A*(y)||_2 (so sigma / s estimates ||M||_2), the step is
+        0.5 / sigma for "gd", "alternating" and "gd_rebalanced", and 0.5 / s for the scaled
+        methods. A step that would increase the loss (or make it NaN/inf) is halved and
+        retried; the result reports the final step and the number of halvings.
+    damping : lambda of "scaled_damped"; None uses 1e-2 * sigma / s (1% of ||M||_2 estimated).
+    max_iter, tol : stop after max_iter iterations, or when ||A(X) - y|| / ||y|| < tol
+        ("converged"), or when the relative change of X falls below 1e-3 * tol ("stationary").
+    seed : seeds the random init and the step/spectral estimates (None: 0).
+    callback : called as callback(iteration, {"loss", "relative_change", "U", "V"}) each iteration.
+    progress : show a tqdm bar with the current loss.
+    checkpoint, checkpoint_every : write the state to this .npz atomically every
+        ``checkpoint_every`` iterations and at the end; a call with an existing checkpoint of
+        the same problem and settings resumes from it and ends with the same result.
+    time_limit : seconds after which the solve stops ("time_limit").
+
+    Returns
+    -------
+    RecoveryResult with U (n1, rank), V (n2, rank) (V is U and X = U U^T when symmetric).
+    """
+    _check_operator(op)
+    call = resolve("factored_gd", y=y)
+    y = call.float_array("y", y, (1,))
+    if y.shape[0] != op.num_measurements:
+        raise ValueError(f"factored_gd: y has length {y.shape[0]} but the operator makes "
+                         f"{op.num_measurements} measurements")
+    n1, n2 = op.shape
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(n1, n2):
+        raise ValueError(f"factored_gd: rank must be an integer in [1, min{op.shape}] = [1, {min(n1, n2)}], "
+                         f"got {rank!r}")
+    if method not in METHODS:
+        raise ValueError(f"factored_gd: unknown method {method!r}; choose one of {METHODS}")
+    if symmetric and n1 != n2:
+        raise ValueError(f"factored_gd: symmetric recovery needs a square operator, got shape {op.shape}")
+    if symmetric and method in _ASYMMETRIC_ONLY:
+        raise ValueError(f"factored_gd: method {method!r} is for asymmetric problems (symmetric=False)")
+    if not init_scale > 0:
+        raise ValueError(f"factored_gd: init_scale must be positive, got {init_scale!r}")
+    if step is not None and not (np.isfinite(step) and step > 0):
+        raise ValueError(f"factored_gd: step must be a positive number, got {step!r}")
+    if damping is not None and not (np.isfinite(damping) and damping >= 0):
+        raise ValueError(f"factored_gd: damping must be a number >= 0, got {damping!r}")
+    settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
+                            description=f"factored_gd[{method}]")
+    settings.validate("factored_gd")
+    seed_value = 0 if seed is None else int(seed)
+
+    xp, dtype = call.xp, y.dtype
+    y_norm = float(xp.linalg.norm(y))
+    if y_norm == 0:
+        raise ValueError("factored_gd: y is all zeros; the solution is U V^T = 0")
+    scale = operator_scale(op, dtype, xp, seed=seed_value)
+    sigma = spectral_norm(op, y, xp, seed=seed_value)
+    if step is None:
+        step = 0.5 / scale if method in ("scaled", "scaled_damped") else 0.5 / sigma
+    problem = _Problem(op=op, y=y, xp=xp, symmetric=symmetric, method=method, step=float(step),
+                       damping=float(1e-2 * sigma / scale if damping is None else damping),
+                       rebalance_at=rebalance_at, y_norm=y_norm)
+
+    if isinstance(init, str):
+        U, V = _initial_factors(problem, init, init_scale, rank, seed, scale, dtype)
+    else:
+        U, V = _check_init_arrays(init, problem, rank, dtype)
+    if symmetric:
+        V = U
+    digest = fingerprint("factored_gd", method, symmetric, rank, init if isinstance(init, str) else "arrays",
+                         init_scale, problem.step, problem.damping, tol, seed_value, rebalance_at, op.shape,
+                         type(op).__name__, getattr(op, "seed", None), y, U, V)
+    state = load_checkpoint(checkpoint, digest, xp) if checkpoint else None
+    if state is None:
+        state = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0})
+    residual_cache: dict[str, Any] = {}
+
+    def advance(state: LoopState) -> tuple[float, float]:
+        U, V = state.arrays["U"], state.arrays["V"]
+        z = residual_cache.pop("z", None)
+        if z is None:
+            z = problem.residual(U, V)
+        loss = problem.loss(z)
+        step_now = state.scalars["step"]
+        for _ in range(_MAX_HALVINGS_PER_STEP):
+            U_new, V_new, z_new = _take_step(problem, U, V, z, step_now)
+            loss_new = problem.loss(z_new)
+            if np.isfinite(loss_new) and loss_new <= loss * (1 + _GROWTH_ALLOWED):
+                break
+            step_now *= 0.5
+            state.scalars["halvings"] += 1
+        else:
+            residual_cache["z"] = z
+            residual_cache["stuck"] = True
+            return loss, 0.0
+        if (problem.method == "gd_rebalanced" and not state.scalars["rebalanced"]
+                and np.sqrt(loss_new / (0.25 if symmetric else 0.5)) / y_norm < problem.rebalance_at):
+            U_new, V_new = _rebalance(xp, U_new, V_new)
+            state.scalars["rebalanced"] = float(state.iteration + 1)
+        state.scalars["step"] = step_now
+        change = _relative_change(xp, U, V, U_new, V_new)
+        state.arrays["U"], state.arrays["V"] = U_new, (U_new if symmetric else V_new)
+        residual_cache["z"] = z_new
+        return loss_new, change
+
+    weight = 0.25 if symmetric else 0.5
+
+    def stop_reason(state: LoopState) -> Optional[str]:
+        if residual_cache.pop("stuck", False):
+            return "stationary"
+        if np.sqrt(state.loss[-1] / weight) / y_norm < tol:
+            return "converged"
+        if state.relative_change[-1] < 1e-3 * tol:
+            return "stationary"
+        return None
+
+    state, reason, seconds = run_loop(settings, state, advance, digest, stop_reason)
+    U, V = state.arrays["U"], state.arrays["V"]
+    return RecoveryResult(
+        U=call.wrap(U), V=call.wrap(V), X=call.wrap(U @ U.T) if symmetric else None,
+        history={"loss": np.asarray(state.loss), "relative_change": np.asarray(state.relative_change)},
+        n_iter=state.iteration, converged=reason in ("converged", "stationary"), stop_reason=reason,
+        seconds=seconds, backend=call.backend, step=state.scalars["step"],
+        step_halvings=int(state.scalars["halvings"]),
+        info={"operator_scale": scale, "spectral_norm_adjoint_y": sigma, "damping": problem.damping,
+              "rebalanced_at_iteration": int(state.scalars["rebalanced"]) or None})
