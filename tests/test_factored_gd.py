@@ -1,0 +1,253 @@
+"""factored_gd and batched_factored_gd held to the papers' canonical experiments (small sizes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowrank_hpc as lr
+from lowrank_hpc.sensing import EntrySampling, GaussianSensing
+
+
+def _relative(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _psd_target(n: int, r: int, seed: int) -> np.ndarray:
+    Z = np.random.default_rng(seed).standard_normal((n, r))
+    return Z @ Z.T
+
+
+def _full_observation(shape):
+    """The identity as a completion operator: factorization of a fully observed matrix."""
+    rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
+    return EntrySampling(rows, cols, shape)
+
+
+@pytest.mark.parametrize("rank", [2, 10])
+def test_symmetric_gaussian_sensing_from_small_init(rank):
+    """Stoger & Soltanolkotabi: n = 50, true rank 2, m = 10 n r, exact and over-parameterized."""
+    n, r = 50, 2
+    M = _psd_target(n, r, seed=1)
+    op = GaussianSensing(10 * n * r, (n, n), seed=3, symmetric=True)
+    result = lr.recover.factored_gd(op, op.forward(M), rank, symmetric=True, init="small", init_scale=1e-3,
+                                    max_iter=3000, tol=1e-7, seed=0)
+    assert result.converged
+    assert _relative(result.X, M) < 1e-3
+    np.testing.assert_array_equal(result.U, result.V)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_asymmetric_factorization_converges_globally_from_random_init(seed):
+    """Ye & Du: min 1/2 ||U V^T - S||^2 with exact width from small random init, any seed."""
+    rng = np.random.default_rng(100 + seed)
+    S = rng.standard_normal((30, 3)) @ rng.standard_normal((3, 20))
+    op = _full_observation(S.shape)
+    result = lr.recover.factored_gd(op, op.forward(S), 3, init="small", init_scale=1e-3, max_iter=5000,
+                                    tol=1e-9, seed=seed)
+    assert result.converged, result
+    assert _relative(result.U @ result.V.T, S) < 1e-8
+
+
+def _conditioned(n: int, r: int, kappa: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    right, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return (left * np.linspace(1, 1 / kappa, r)) @ right.T
+
+
+def _iterations_to(method: str, kappa: float) -> int:
+    n, r = 40, 3
+    M = _conditioned(n, r, kappa, seed=5)
+    op = GaussianSensing(5 * n * r, (n, n), seed=9)
+    result = lr.recover.factored_gd(op, op.forward(M), r, method=method, init="spectral", max_iter=4000,
+                                    tol=1e-8, seed=0)
+    assert result.stop_reason in ("converged", "stationary") and _relative(result.U @ result.V.T, M) < 1e-6
+    return result.n_iter
+
+
+def test_scaled_gd_iterations_do_not_grow_with_condition_number():
+    """Tong, Ma & Chi: ScaledGD's linear rate is independent of kappa; GD's degrades with it."""
+    scaled = {kappa: _iterations_to("scaled", kappa) for kappa in (1, 50)}
+    plain = {kappa: _iterations_to("gd", kappa) for kappa in (1, 50)}
+    assert scaled[50] <= 2 * scaled[1]
+    assert plain[50] >= 10 * plain[1]
+    assert plain[50] >= 10 * scaled[50]
+
+
+def _overparameterized_run(method: str, alpha: float, max_iter: int):
+    """Xiong, Ding & Du's setting on factorization: n = 50, r = 3, width k = 5, step 0.1."""
+    S = _conditioned(50, 3, 1.0, seed=11) * np.sqrt(3)
+    op = _full_observation(S.shape)
+    return lr.recover.factored_gd(op, op.forward(S), 5, method=method, init="small", init_scale=alpha,
+                                  step=0.1, max_iter=max_iter, tol=1e-7, seed=0), S
+
+
+def test_overparameterized_gd_slows_with_small_init_and_rebalancing_fixes_it():
+    iterations = {}
+    for alpha in (1e-1, 1e-2):
+        plain, S = _overparameterized_run("gd", alpha, 4000)
+        rebalanced, _ = _overparameterized_run("gd_rebalanced", alpha, 4000)
+        assert rebalanced.converged and _relative(rebalanced.U @ rebalanced.V.T, S) < 1e-6
+        assert rebalanced.info["rebalanced_at_iteration"] is not None
+        iterations[alpha] = (plain, rebalanced)
+    plain_big, _ = iterations[1e-1]
+    plain_small, rebalanced_small = iterations[1e-2]
+    # Plain GD: linear convergence whose rate worsens as alpha shrinks (alpha = 1e-2 stalls).
+    assert plain_big.converged
+    assert not plain_small.converged or plain_small.n_iter > 2 * plain_big.n_iter
+    rates = [np.log(run.history["loss"][-1] / run.history["loss"][-201]) / 200 for run in (plain_big, plain_small)]
+    assert rates[1] > 0.5 * rates[0]  # (negative numbers: the small-init rate is slower)
+    # Rebalanced: about the same number of iterations whatever alpha.
+    rebalanced_big = iterations[1e-1][1]
+    assert rebalanced_small.n_iter <= 1.5 * rebalanced_big.n_iter
+
+
+def _completion_problem(n=500, r=5, fraction=0.1, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, r)) @ rng.standard_normal((r, n)) / np.sqrt(r)
+    observed = rng.random((n, n)) < fraction
+    rows, cols = (np.ascontiguousarray(a, dtype=np.int64) for a in np.nonzero(observed))
+    test_rows, test_cols = (np.ascontiguousarray(a[:5000], dtype=np.int64) for a in np.nonzero(~observed))
+    vals = M[rows, cols] + noise * rng.standard_normal(rows.shape[0])
+    return M, rows, cols, vals, test_rows, test_cols
+
+
+def test_completion_by_scaled_gd_reaches_test_rmse_1e_4():
+    M, rows, cols, vals, test_rows, test_cols = _completion_problem()
+    op = EntrySampling(rows, cols, M.shape)
+    result = lr.recover.factored_gd(op, vals, 5, method="scaled", init="spectral", max_iter=500, tol=1e-9, seed=0)
+    X = result.U @ result.V.T
+    assert np.sqrt(np.mean((X[test_rows, test_cols] - M[test_rows, test_cols]) ** 2)) < 1e-4
+
+
+def test_noisy_completion_rmse_is_near_the_noise_level():
+    sigma = 1e-2
+    M, rows, cols, vals, test_rows, test_cols = _completion_problem(noise=sigma)
+    op = EntrySampling(rows, cols, M.shape)
+    result = lr.recover.factored_gd(op, vals, 5, method="scaled", init="spectral", max_iter=300, tol=1e-9, seed=0)
+    X = result.U @ result.V.T
+    rmse = np.sqrt(np.mean((X[test_rows, test_cols] - M[test_rows, test_cols]) ** 2))
+    assert rmse < 1.5 * sigma
+
+
+@pytest.mark.parametrize("method", ["gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced"])
+def test_every_method_recovers_gaussian_sensing(method, dtype):
+    rng = np.random.default_rng(7)
+    M = rng.standard_normal((20, 2)) @ rng.standard_normal((2, 15))
+    op = GaussianSensing(400, (20, 15), seed=1)
+    y = op.forward(M.astype(dtype))
+    width = 4 if method in ("gd_rebalanced", "scaled_damped") else 2
+    result = lr.recover.factored_gd(op, y, width, method=method, init="spectral", max_iter=3000,
+                                    tol=1e-6 if dtype == np.float64 else 1e-4, seed=0)
+    assert result.U.dtype == dtype and result.converged
+    assert _relative(result.U @ result.V.T, M) < (1e-5 if dtype == np.float64 else 1e-3)
+    assert result.history["loss"].shape == (result.n_iter,) and np.all(np.diff(result.history["loss"]) <= 1e-9 *
+                                                                          result.history["loss"][:-1])
+
+
+def test_divergent_step_is_halved_and_reported_never_nan():
+    M = _psd_target(20, 2, seed=4)
+    op = GaussianSensing(400, (20, 20), seed=2, symmetric=True)
+    result = lr.recover.factored_gd(op, op.forward(M), 2, symmetric=True, step=1e3, max_iter=2000, tol=1e-6, seed=0)
+    assert result.step_halvings > 5 and result.step < 1e3
+    assert np.all(np.isfinite(result.U)) and _relative(result.X, M) < 1e-4
+
+
+def test_callback_progress_and_time_limit(capsys):
+    M = _psd_target(20, 2, seed=4)
+    op = GaussianSensing(400, (20, 20), seed=2, symmetric=True)
+    seen = []
+    lr.recover.factored_gd(op, op.forward(M), 2, symmetric=True, max_iter=5, tol=0, seed=0, progress=True,
+                           callback=lambda it, info: seen.append((it, info["loss"])))
+    assert [it for it, _ in seen] == [1, 2, 3, 4, 5]
+    assert "factored_gd" in capsys.readouterr().err  # the tqdm bar
+    result = lr.recover.factored_gd(op, op.forward(M), 2, symmetric=True, max_iter=10**6, tol=0, seed=0,
+                                    time_limit=0.2)
+    assert result.stop_reason == "time_limit" and not result.converged
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    M = _psd_target(20, 2, seed=4)
+    op = GaussianSensing(400, (20, 20), seed=2, symmetric=True)
+    y = op.forward(M)
+    full = lr.recover.factored_gd(op, y, 3, symmetric=True, max_iter=60, tol=0, seed=0)
+    path = str(tmp_path / "run.npz")
+    lr.recover.factored_gd(op, y, 3, symmetric=True, max_iter=60, tol=0, seed=0, checkpoint=path,
+                           checkpoint_every=7, time_limit=1e-9)  # stops after one iteration
+    resumed = lr.recover.factored_gd(op, y, 3, symmetric=True, max_iter=60, tol=0, seed=0, checkpoint=path,
+                                     checkpoint_every=7)
+    np.testing.assert_array_equal(resumed.U, full.U)
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
+    with pytest.raises(lr.recover.CheckpointMismatchError, match="different problem"):
+        lr.recover.factored_gd(op, y, 2, symmetric=True, max_iter=60, tol=0, seed=0, checkpoint=path)
+
+
+def test_factored_gd_bad_inputs():
+    op = GaussianSensing(100, (8, 6), seed=0)
+    y = np.ones(100)
+    with pytest.raises(ValueError, match="y has length 99 but the operator makes 100"):
+        lr.recover.factored_gd(op, y[:99], 2)
+    with pytest.raises(ValueError, match=r"rank must be an integer in \[1, min\(8, 6\)\] = \[1, 6\]"):
+        lr.recover.factored_gd(op, y, 7)
+    with pytest.raises(ValueError, match="rank must be"):
+        lr.recover.factored_gd(op, y, 0)
+    bad = y.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
+        lr.recover.factored_gd(op, bad, 2)
+    with pytest.raises(ValueError, match="unknown method 'newton'"):
+        lr.recover.factored_gd(op, y, 2, method="newton")
+    with pytest.raises(ValueError, match="symmetric recovery needs a square operator"):
+        lr.recover.factored_gd(op, y, 2, symmetric=True)
+    square = GaussianSensing(100, (6, 6), seed=0)
+    with pytest.raises(ValueError, match="'alternating' is for asymmetric problems"):
+        lr.recover.factored_gd(square, y, 2, symmetric=True, method="alternating")
+    with pytest.raises(TypeError, match="op must be a sensing operator"):
+        lr.recover.factored_gd(np.eye(3), y, 2)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        lr.recover.factored_gd(op, y, 2, max_iter=0)
+    with pytest.raises(ValueError, match="init U has shape"):
+        lr.recover.factored_gd(op, y, 2, init=(np.ones((8, 3)), np.ones((6, 2))))
+
+
+def _batched_problems(batch=12, m=10, n=9, r=2, fraction=0.7, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal((batch, m, r))
+    V = rng.standard_normal((batch, n, r))
+    mask = rng.random((batch, m, n)) < fraction
+    problem, rows, cols = (np.ascontiguousarray(a, dtype=np.int64) for a in np.nonzero(mask))
+    offsets = np.concatenate([[0], np.cumsum(mask.sum(axis=(1, 2)))]).astype(np.int64)
+    vals = np.einsum("kr,kr->k", U[problem, rows], V[problem, cols])
+    return U @ V.transpose(0, 2, 1), rows, cols, vals, offsets
+
+
+@pytest.mark.parametrize("method", ["gd", "alternating", "scaled_damped"])
+def test_batched_equals_per_problem(method):
+    M, rows, cols, vals, offsets = _batched_problems()
+    batch = M.shape[0]
+    batched = lr.recover.batched_factored_gd(rows, cols, vals, offsets, M.shape[1:], 2, method=method,
+                                             step=0.05, damping=0.1, max_iter=300, tol=1e-8, seed=3)
+    for b in range(batch):
+        s = slice(offsets[b], offsets[b + 1])
+        single = lr.recover.factored_gd(EntrySampling(rows[s], cols[s], M.shape[1:]), vals[s], 2, method=method,
+                                        step=0.05, damping=0.1, max_iter=300, tol=1e-8, seed=3 + b)
+        np.testing.assert_allclose(batched.U[b], single.U, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(batched.V[b], single.V, rtol=1e-9, atol=1e-12)
+        assert batched.converged[b] == single.converged and batched.stop_reason[b] == single.stop_reason
+
+
+def test_batched_flags_are_per_problem():
+    M, rows, cols, vals, offsets = _batched_problems(batch=6)
+    vals = vals.copy()
+    vals[offsets[4]:offsets[5]] *= 1e3  # a much larger problem keeps its own step
+    result = lr.recover.batched_factored_gd(rows, cols, vals, offsets, M.shape[1:], 2, init="spectral",
+                                            method="scaled", max_iter=2000, tol=1e-8, seed=0)
+    assert result.converged.shape == (6,) and len(result.stop_reason) == 6
+    assert result.history["loss"].shape == (result.n_iter, 6)
+    finished = result.converged
+    assert finished.sum() >= 5
+    X = result.U @ result.V.transpose(0, 2, 1)
+    for b in np.flatnonzero(finished):
+        scale = 1e3 if b == 4 else 1.0
+        s = slice(offsets[b], offsets[b + 1])
+        np.testing.assert_allclose(X[b][rows[s], cols[s]], vals[s], rtol=1e-6, atol=1e-6 * scale)
