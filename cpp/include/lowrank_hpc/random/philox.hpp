@@ -8,8 +8,9 @@
 // Floating-point assumptions:
 //   * device: every + - * / fma sqrt goes through an __d*_rn / __fma_rn / __dsqrt_rn intrinsic, which
 //     nvcc never contracts or reorders;
-//   * host: plain operators with -ffp-contract=off (set in CMakeLists.txt; also GCC's default for
-//     -std=c++17), SSE2 double arithmetic (x86-64) and no -ffast-math (rejected below).
+//   * host: plain operators compiled with -ffp-contract=off (CMakeLists.txt sets it for host and nvcc
+//     host code: g++ fuses a*b+c by default whenever the target has FMA, even with -std=c++17, and
+//     that moves about 1% of the draws by an ulp), SSE2 doubles (x86-64), no -ffast-math (rejected below).
 #pragma once
 
 #include <cstdint>
@@ -173,7 +174,7 @@ LRH_HD double kernel_cos(double x, double y) {
                           mul_rn(mul_rn(w, w), add_rn(kC4, mul_rn(z, add_rn(kC5, mul_rn(z, kC6))))));
   const double half_z = mul_rn(0.5, z);
   const double one_minus_half_z = sub_rn(1.0, half_z);
-  // w + (((1 - w) - z/2) + (z*r - x*y)) recovers the rounding error of 1 - z/2
+  // ((1 - one_minus_half_z) - half_z) is the rounding error of 1 - z/2, added back with the tail terms
   return add_rn(one_minus_half_z, add_rn(sub_rn(sub_rn(1.0, one_minus_half_z), half_z),
                                          sub_rn(mul_rn(z, r), mul_rn(x, y))));
 }
