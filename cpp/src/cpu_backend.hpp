@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "lowrank_hpc/ops/gaussian_sensing.hpp"
+
 namespace lowrank_hpc::cpu {
 
 // Calls body(std::integral_constant<int, R>) with R = r for the small ranks that many tiny
@@ -52,5 +54,17 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 // Number of NaN/inf values among x[0..size).
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size);
+
+// out (count, rows * cols): entry e of matrix i of the ensemble, rounded to T.
+template <class T>
+void gaussian_fill(const ops::GaussianEnsemble& ensemble, int64_t count, T* out);
+
+// out (batch, m) = <A_i, X_b> for the ensemble's first m matrices, X (batch, rows * cols).
+template <class T>
+void gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* X, int64_t batch, T* out);
+
+// out (batch, rows * cols) = sum_i y[b, i] A_i, y (batch, m).
+template <class T>
+void gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out);
 
 }  // namespace lowrank_hpc::cpu

@@ -5,9 +5,9 @@
 >>> lr.ops.sampled_product(U, V, np.array([0, 2]), np.array([1, 3]))
 array([2., 2.])
 """
-from . import ops, recover
+from . import ops, recover, sensing
 from ._backend import BackendUnavailableError, get_backend, set_backend, use_backend
 from ._info import __version__, info
 
-__all__ = ["BackendUnavailableError", "__version__", "get_backend", "info", "ops", "recover", "set_backend",
-           "use_backend"]
+__all__ = ["BackendUnavailableError", "__version__", "get_backend", "info", "ops", "recover", "sensing",
+           "set_backend", "use_backend"]

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/ops/gaussian_sensing.hpp"
+
 namespace lowrank_hpc::cuda {
 
 template <class T, class I>
@@ -22,6 +24,18 @@ int coo_times_dense(const I* keys, const I* others, const T* vals, const T* B, c
 // Adds the number of NaN/inf values of x to *count (device int64, preset by the caller).
 template <class T>
 int count_nonfinite(const T* x, int64_t size, int64_t* count, void* stream);
+
+// Gaussian sensing (deterministic, no atomics): out (count, rows * cols) = the ensemble's entries;
+// forward out (batch, m) = <A_i, X_b> for X (batch, rows * cols); adjoint out (batch, rows * cols)
+// = sum_i y[b, i] A_i for y (batch, m).
+template <class T>
+int gaussian_fill(const ops::GaussianEnsemble& ensemble, int64_t count, T* out, void* stream);
+template <class T>
+int gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* X, int64_t batch, T* out,
+                     void* stream);
+template <class T>
+int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out,
+                     void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

@@ -1,0 +1,278 @@
+"""What every measurement operator shares: argument checks, batching, the memory budget, and the
+scipy LinearOperator adapter.
+
+An operator A maps an (n1, n2) matrix X to m measurements y_i = <A_i, X>; its adjoint maps y back
+to sum_i y_i A_i. Arrays decide the backend (numpy -> CPU, CUDA arrays -> GPU) and the dtype
+(float32 or float64); matrices an operator generates are cached per (backend, dtype).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .. import _backend
+from .._arrays import Call, resolve
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+_memory_budget = DEFAULT_MEMORY_BUDGET
+
+
+def set_memory_budget(nbytes: int) -> None:
+    """Set the default byte budget of generated dense matrices (cached modes and ``to_dense``).
+
+    Operators built with an explicit ``memory_budget`` keep theirs. Default: 512 MiB.
+    """
+    global _memory_budget
+    _memory_budget = check_budget("set_memory_budget", "nbytes", nbytes)
+
+
+def get_memory_budget() -> int:
+    """The default byte budget of generated dense matrices (see :func:`set_memory_budget`)."""
+    return _memory_budget
+
+
+def check_budget(function: str, name: str, nbytes: Any) -> int:
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"{function}: {name} must be an int number of bytes, got {type(nbytes).__name__}")
+    if nbytes < 1:
+        raise ValueError(f"{function}: {name} must be positive, got {nbytes}")
+    return int(nbytes)
+
+
+def check_count(function: str, name: str, value: Any) -> int:
+    """A positive int (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{function}: {name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{function}: {name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_seed(function: str, seed: Any) -> int:
+    """A non-negative int below 2**64: the Philox key."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{function}: seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"{function}: seed must satisfy 0 <= seed < 2**64, got {seed}")
+    return int(seed)
+
+
+def check_shape(function: str, shape: Any, *, square: bool = False) -> tuple[int, int]:
+    """Two positive ints (n1, n2); ``square`` also requires n1 == n2."""
+    try:
+        n1, n2 = shape
+    except (TypeError, ValueError):
+        raise ValueError(f"{function}: shape must be a pair (n1, n2), got {shape!r}") from None
+    n1, n2 = check_count(function, "shape[0]", n1), check_count(function, "shape[1]", n2)
+    if square and n1 != n2:
+        raise ValueError(f"{function}: symmetric=True needs a square shape, got shape {(n1, n2)}")
+    return n1, n2
+
+
+def check_flag(function: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{function}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+class SensingOperator(ABC):
+    """Base class of the measurement operators A: (n1, n2) matrices -> m measurements.
+
+    Subclasses implement ``_forward(call, X3) -> (batch, m)``, ``_adjoint(call, y2) -> (batch, n1, n2)``
+    and ``_dense(dtype) -> (m, n1 * n2)`` numpy matrix; the base validates and batches.
+    """
+
+    _name = "SensingOperator"
+
+    def __init__(self, shape: tuple[int, int], num_measurements: int, seed: Optional[int],
+                 memory_budget: Optional[int] = None):
+        self._shape = shape
+        self._m = num_measurements
+        self._seed = seed
+        self._memory_budget = (None if memory_budget is None
+                               else check_budget(self._name, "memory_budget", memory_budget))
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n1, n2): the shape of the matrices X the operator measures."""
+        return self._shape
+
+    @property
+    def num_measurements(self) -> int:
+        """m: the length of A(X)."""
+        return self._m
+
+    @property
+    def seed(self) -> Optional[int]:
+        """The Philox seed of the generated matrices (None for operators with no randomness)."""
+        return self._seed
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes a generated dense matrix may take: this operator's budget, else the module default."""
+        return self._memory_budget if self._memory_budget is not None else get_memory_budget()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(m={self._m}, shape={self._shape}, seed={self._seed})"
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, X: Any) -> Any:
+        """A(X): X (n1, n2) or (batch, n1, n2), float32/float64, C-contiguous, numpy or CUDA.
+
+        Returns (m,) or (batch, m) of X's dtype and array type.
+        """
+        function = f"{self._name}.forward"
+        call = resolve(function, X=X)
+        X = call.float_array("X", X, (2, 3))
+        if tuple(X.shape[-2:]) != self._shape:
+            raise ValueError(f"{function}: X has shape {tuple(X.shape)}, expected {self._shape} or "
+                             f"(batch, {self._shape[0]}, {self._shape[1]})")
+        batched = X.ndim == 3
+        out = self._forward(call, X if batched else X.reshape(1, *self._shape))
+        return call.wrap(out if batched else out[0])
+
+    def adjoint(self, y: Any) -> Any:
+        """A*(y) = sum_i y_i A_i: y (m,) or (batch, m), float32/float64, C-contiguous.
+
+        Returns (n1, n2) or (batch, n1, n2) of y's dtype and array type.
+        """
+        function = f"{self._name}.adjoint"
+        call = resolve(function, y=y)
+        y = call.float_array("y", y, (1, 2))
+        if y.shape[-1] != self._m:
+            raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},) or (batch, {self._m})")
+        batched = y.ndim == 2
+        out = self._adjoint(call, y if batched else y.reshape(1, self._m))
+        return call.wrap(out if batched else out[0])
+
+    def forward_factored(self, U: Any, V: Any = None) -> Any:
+        """A(U V^T) for U (n1, r) and V (n2, r), or A(U U^T) when V is None (square shape).
+
+        float32/float64 C-contiguous arrays of one dtype; returns (m,) of that dtype.
+        """
+        function = f"{self._name}.forward_factored"
+        call = resolve(function, U=U, V=V)
+        n1, n2 = self._shape
+        U = call.float_array("U", U, (2,))
+        if V is None:
+            if n1 != n2:
+                raise ValueError(f"{function}: V=None means U U^T, which needs a square shape, got {self._shape}")
+            V = U
+        else:
+            V = call.float_array("V", V, (2,))
+        if U.shape[0] != n1 or V.shape[0] != n2 or U.shape[1] != V.shape[1]:
+            raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}, "
+                             f"expected ({n1}, r) and ({n2}, r)")
+        return call.wrap(self._forward_factored(call, U, V))
+
+    def to_dense(self, dtype: Any = np.float64) -> np.ndarray:
+        """The (m, n1 * n2) numpy matrix of the operator, rows in row-major vec order: A(X) = M @ X.ravel().
+
+        ``dtype`` float32/float64. Refuses (ValueError) above the memory budget.
+        """
+        dtype = self.check_dtype(f"{self._name}.to_dense", dtype)
+        self.check_fits(f"{self._name}.to_dense", dtype)
+        return self._dense(dtype)
+
+    def as_linear_operator(self, dtype: Any = np.float64):
+        """A scipy.sparse.linalg.LinearOperator of shape (m, n1 * n2) on numpy vectors of ``dtype``.
+
+        matvec takes vec(X) (row-major), rmatvec returns vec(A*(y)); inputs are converted to
+        ``dtype`` (scipy solvers pass float64), so lsqr, lsmr and cg work on it.
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        dtype = self.check_dtype(f"{self._name}.as_linear_operator", dtype)
+        n1, n2 = self._shape
+
+        def matvec(x):
+            return self.forward(np.ascontiguousarray(x, dtype=dtype).reshape(n1, n2))
+
+        def rmatvec(y):
+            return self.adjoint(np.ascontiguousarray(y, dtype=dtype).reshape(self._m)).reshape(n1 * n2)
+
+        def matmat(X):
+            batch = np.ascontiguousarray(np.asarray(X, dtype=dtype).T).reshape(-1, n1, n2)
+            return self.forward(batch).T
+
+        def rmatmat(Y):
+            batch = np.ascontiguousarray(np.asarray(Y, dtype=dtype).T)
+            return self.adjoint(batch).reshape(-1, n1 * n2).T
+
+        return LinearOperator((self._m, n1 * n2), matvec=matvec, rmatvec=rmatvec, matmat=matmat,
+                              rmatmat=rmatmat, dtype=dtype)
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def check_dtype(self, function: str, dtype: Any) -> np.dtype:
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{function}: dtype must be float32 or float64, got {dtype}")
+        return dtype
+
+    def dense_bytes(self, dtype: np.dtype) -> int:
+        return self._m * self._shape[0] * self._shape[1] * np.dtype(dtype).itemsize
+
+    def check_fits(self, function: str, dtype: np.dtype) -> None:
+        needed = self.dense_bytes(dtype)
+        if needed > self.memory_budget:
+            raise ValueError(f"{function}: the dense ({self._m}, {self._shape[0] * self._shape[1]}) {np.dtype(dtype)} "
+                             f"matrix needs {needed} bytes, over the memory budget of {self.memory_budget} bytes; "
+                             "raise memory_budget or lowrank_hpc.sensing.set_memory_budget")
+
+    def cached(self, call: Call, dtype: np.dtype, make: Callable[[], Any]) -> Any:
+        """The array ``make()`` builds for (call.backend, dtype), built once."""
+        key = (call.backend, np.dtype(dtype).name)
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
+        """Default: form U V^T (an (n1, n2) GEMM) and measure it."""
+        product = call.xp.matmul(U, V.T)
+        return self._forward(call, product.reshape(1, *self._shape))[0]
+
+    @abstractmethod
+    def _forward(self, call: Call, X3: Any) -> Any:
+        """(batch, m) measurements of the validated (batch, n1, n2) X3."""
+
+    @abstractmethod
+    def _adjoint(self, call: Call, y2: Any) -> Any:
+        """(batch, n1, n2) adjoint of the validated (batch, m) y2."""
+
+    @abstractmethod
+    def _dense(self, dtype: np.dtype) -> np.ndarray:
+        """The (m, n1 * n2) numpy matrix, already checked against the budget."""
+
+
+def gaussian_fill(call: Call, dtype: np.dtype, seed: int, count: int, rows: int, cols: int, *,
+                  first_stream: int = 0, index_offset: int = 0, scale: float = 1.0, symmetric: bool = False):
+    """(count, rows * cols) array on the call's backend: entry e of matrix i is
+    scale * standard_normal(seed, first_stream + i, index_offset + e), rounded to ``dtype``
+    (symmetric: the average with the transposed entry). Bit-identical on CPU and GPU."""
+    out = call.xp.empty((count, rows * cols), dtype=dtype)
+    if call.on_device:
+        call.module.gaussian_fill(np.dtype(dtype).name, seed, first_stream, rows, cols, index_offset, scale,
+                                  symmetric, count, out.data.ptr, call.stream())
+    else:
+        call.module.gaussian_fill(seed, first_stream, rows, cols, index_offset, scale, symmetric, out)
+    return out
+
+
+def backend_call(function: str, backend: str) -> Call:
+    """A Call for work that has no input array (generating a matrix) on a named backend."""
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"{function}: backend must be 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda":
+        _backend.cuda_module()  # raises BackendUnavailableError with the reason
+    return Call(function=function, backend=backend)
+
+
+def inverse_sqrt(n: int) -> float:
+    """1 / sqrt(n) in double, correctly rounded operations (identical for every backend)."""
+    return 1.0 / math.sqrt(n)
+

@@ -1,0 +1,75 @@
+"""Entry sampling, the matrix-completion operator: A(X) = X[rows, cols]."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._arrays import Call, resolve
+from ..ops import sampled_product
+from ._base import SensingOperator, check_shape
+
+
+class EntrySampling(SensingOperator):
+    """Observe the entries (rows[k], cols[k]) of an (n1, n2) matrix; repeated positions are allowed.
+
+    forward gathers X[rows, cols]; adjoint scatter-adds y into an (n1, n2) zero matrix (repeated
+    positions add up); forward_factored samples U V^T through ``lowrank_hpc.ops.sampled_product``
+    without forming it.
+
+    Parameters
+    ----------
+    rows, cols : (m,) int32/int64 arrays (numpy or CUDA), 0 <= rows < n1 and 0 <= cols < n2.
+    shape : (n1, n2) of the measured matrices.
+    """
+
+    _name = "EntrySampling"
+
+    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int]):
+        call = resolve(self._name, rows=rows, cols=cols)
+        shape = check_shape(self._name, shape)
+        rows = call.index_array("rows", rows)
+        cols = call.index_array("cols", cols, length=rows.shape[0])
+        if rows.dtype != cols.dtype:
+            raise TypeError(f"{self._name}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
+        if rows.shape[0] == 0:
+            raise ValueError(f"{self._name}: rows and cols are empty; there is no entry to observe")
+        host_rows, host_cols = (rows.get(), cols.get()) if call.on_device else (rows, cols)
+        for name, index, bound in (("rows", host_rows, shape[0]), ("cols", host_cols, shape[1])):
+            bad = np.flatnonzero((index < 0) | (index >= bound))
+            if bad.size:
+                raise IndexError(f"{self._name}: {name}[{bad[0]}] = {int(index[bad[0]])} is out of range [0, {bound})")
+        super().__init__(shape, int(rows.shape[0]), None)
+        # Copies: later changes to the caller's arrays must not change the operator.
+        self._host_rows, self._host_cols = host_rows.copy(), host_cols.copy()
+        self._host_flat = host_rows.astype(np.int64) * shape[1] + host_cols
+
+    def indices(self, call: Call) -> tuple[Any, Any, Any]:
+        """(rows, cols, rows * n2 + cols) on the call's backend."""
+        return self.cached(call, self._host_rows.dtype,
+                           lambda: tuple(call.xp.asarray(a) for a in (self._host_rows, self._host_cols, self._host_flat)))
+
+    def _forward(self, call: Call, X3: Any) -> Any:
+        flat = self.indices(call)[2]
+        return call.xp.take(X3.reshape(X3.shape[0], -1), flat, axis=1)
+
+    def _adjoint(self, call: Call, y2: Any) -> Any:
+        flat = self.indices(call)[2]
+        n1, n2 = self._shape
+        out = call.xp.zeros((y2.shape[0], n1 * n2), dtype=y2.dtype)
+        if call.on_device:
+            import cupyx
+
+            cupyx.scatter_add(out, (slice(None), flat), y2)
+        else:
+            np.add.at(out, (slice(None), flat), y2)
+        return out.reshape(y2.shape[0], n1, n2)
+
+    def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
+        rows, cols, _ = self.indices(call)
+        return sampled_product(U, V, rows, cols, check_finite=False)
+
+    def _dense(self, dtype: np.dtype) -> np.ndarray:
+        dense = np.zeros((self._m, self._shape[0] * self._shape[1]), dtype=dtype)
+        dense[np.arange(self._m), self._host_flat] = 1
+        return dense

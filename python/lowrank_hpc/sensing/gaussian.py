@@ -1,0 +1,89 @@
+"""Dense Gaussian measurements: A(X)_i = <A_i, X> with A_i iid N(0, 1/m) entries, so E[A* A] = I."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .._arrays import Call
+from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape, gaussian_fill,
+                    inverse_sqrt)
+
+MODES = ("auto", "matrix_free", "cached")
+
+
+class GaussianSensing(SensingOperator):
+    """m Gaussian measurement matrices A_i (n1, n2): entry (j, k) of A_i is
+    standard_normal(seed, stream=i, index=j*n2 + k) / sqrt(m), computed in double and rounded to the
+    dtype of the data (symmetric=True: A_i = (G_i + G_i^T) / 2, square shape).
+
+    Parameters
+    ----------
+    m : number of measurements, >= 1.
+    shape : (n1, n2) of the measured matrices.
+    seed : Philox key, an int in [0, 2**64).
+    symmetric : measure with symmetrized matrices (PSD problems).
+    mode : "matrix_free" regenerates entries in every call (memory O(n1 n2)); "cached" generates the
+        (m, n1 n2) matrix once per backend and dtype and uses BLAS; "auto" caches when that matrix
+        fits the memory budget. Both see bit-identical entries.
+    memory_budget : bytes for "auto" and ``to_dense``; None uses ``get_memory_budget()``.
+    """
+
+    _name = "GaussianSensing"
+
+    def __init__(self, m: int, shape: tuple[int, int], seed: int, symmetric: bool = False, mode: str = "auto",
+                 memory_budget: Optional[int] = None):
+        m = check_count(self._name, "m", m)
+        symmetric = check_flag(self._name, "symmetric", symmetric)
+        shape = check_shape(self._name, shape, square=symmetric)
+        seed = check_seed(self._name, seed)
+        if mode not in MODES:
+            raise ValueError(f"{self._name}: mode must be one of {MODES}, got {mode!r}")
+        super().__init__(shape, m, seed, memory_budget)
+        self.symmetric = symmetric
+        self.mode = mode
+        self._scale = inverse_sqrt(m)
+
+    def uses_cache(self, dtype: Any) -> bool:
+        """Whether calls on ``dtype`` data use the cached dense matrix (mode, and for "auto" the budget)."""
+        if self.mode != "auto":
+            return self.mode == "cached"
+        return self.dense_bytes(np.dtype(dtype)) <= self.memory_budget
+
+    def _matrix(self, call: Call, dtype: np.dtype):
+        n1, n2 = self._shape
+        return self.cached(call, dtype, lambda: gaussian_fill(call, dtype, self._seed, self._m, n1, n2,
+                                                              scale=self._scale, symmetric=self.symmetric))
+
+    def _forward(self, call: Call, X3: Any) -> Any:
+        batch = X3.shape[0]
+        X2 = X3.reshape(batch, -1)
+        if self.uses_cache(X3.dtype):
+            return call.xp.matmul(X2, self._matrix(call, X3.dtype).T)
+        out = call.xp.empty((batch, self._m), dtype=X3.dtype)
+        n1, n2 = self._shape
+        if call.on_device:
+            call.module.gaussian_forward(X3.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
+                                         X2.data.ptr, batch, self._m, out.data.ptr, call.stream())
+        else:
+            call.module.gaussian_forward(self._seed, n1, n2, self._scale, self.symmetric, X2, out)
+        return out
+
+    def _adjoint(self, call: Call, y2: Any) -> Any:
+        batch = y2.shape[0]
+        n1, n2 = self._shape
+        if self.uses_cache(y2.dtype):
+            return call.xp.matmul(y2, self._matrix(call, y2.dtype)).reshape(batch, n1, n2)
+        out = call.xp.empty((batch, n1, n2), dtype=y2.dtype)
+        if call.on_device:
+            call.module.gaussian_adjoint(y2.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
+                                         y2.data.ptr, batch, self._m, out.data.ptr, call.stream())
+        else:
+            call.module.gaussian_adjoint(self._seed, n1, n2, self._scale, self.symmetric, y2,
+                                         out.reshape(batch, n1 * n2))
+        return out
+
+    def _dense(self, dtype: np.dtype) -> np.ndarray:
+        n1, n2 = self._shape
+        return gaussian_fill(backend_call(f"{self._name}.to_dense", "cpu"), dtype, self._seed, self._m, n1, n2,
+                             scale=self._scale, symmetric=self.symmetric)
