@@ -29,8 +29,9 @@ def test_symmetric_gaussian_sensing_from_small_init(rank):
     n, r = 50, 2
     M = _psd_target(n, r, seed=1)
     op = GaussianSensing(10 * n * r, (n, n), seed=3, symmetric=True)
+    # Over-parameterized symmetric GD converges sublinearly (Xiong, Ding & Du): a modest tol.
     result = lr.recover.factored_gd(op, op.forward(M), rank, symmetric=True, init="small", init_scale=1e-3,
-                                    max_iter=3000, tol=1e-7, seed=0)
+                                    max_iter=3000, tol=1e-5, seed=0)
     assert result.converged
     assert _relative(result.X, M) < 1e-3
     np.testing.assert_array_equal(result.U, result.V)
@@ -55,13 +56,15 @@ def _conditioned(n: int, r: int, kappa: float, seed: int) -> np.ndarray:
     return (left * np.linspace(1, 1 / kappa, r)) @ right.T
 
 
-def _iterations_to(method: str, kappa: float) -> int:
+def _iterations_to(method: str, kappa: float, max_iter: int = 1500) -> int:
+    """Iterations to a relative residual of 1e-6 (max_iter when not reached)."""
     n, r = 40, 3
     M = _conditioned(n, r, kappa, seed=5)
     op = GaussianSensing(5 * n * r, (n, n), seed=9)
-    result = lr.recover.factored_gd(op, op.forward(M), r, method=method, init="spectral", max_iter=4000,
-                                    tol=1e-8, seed=0)
-    assert result.stop_reason in ("converged", "stationary") and _relative(result.U @ result.V.T, M) < 1e-6
+    result = lr.recover.factored_gd(op, op.forward(M), r, method=method, init="spectral", max_iter=max_iter,
+                                    tol=1e-6, seed=0)
+    if result.stop_reason == "converged":
+        assert _relative(result.U @ result.V.T, M) < 1e-4
     return result.n_iter
 
 
@@ -69,6 +72,7 @@ def test_scaled_gd_iterations_do_not_grow_with_condition_number():
     """Tong, Ma & Chi: ScaledGD's linear rate is independent of kappa; GD's degrades with it."""
     scaled = {kappa: _iterations_to("scaled", kappa) for kappa in (1, 50)}
     plain = {kappa: _iterations_to("gd", kappa) for kappa in (1, 50)}
+    assert max(scaled.values()) < 300
     assert scaled[50] <= 2 * scaled[1]
     assert plain[50] >= 10 * plain[1]
     assert plain[50] >= 10 * scaled[50]
@@ -83,23 +87,22 @@ def _overparameterized_run(method: str, alpha: float, max_iter: int):
 
 
 def test_overparameterized_gd_slows_with_small_init_and_rebalancing_fixes_it():
-    iterations = {}
-    for alpha in (1e-1, 1e-2):
-        plain, S = _overparameterized_run("gd", alpha, 4000)
-        rebalanced, _ = _overparameterized_run("gd_rebalanced", alpha, 4000)
-        assert rebalanced.converged and _relative(rebalanced.U @ rebalanced.V.T, S) < 1e-6
-        assert rebalanced.info["rebalanced_at_iteration"] is not None
-        iterations[alpha] = (plain, rebalanced)
-    plain_big, _ = iterations[1e-1]
-    plain_small, rebalanced_small = iterations[1e-2]
-    # Plain GD: linear convergence whose rate worsens as alpha shrinks (alpha = 1e-2 stalls).
-    assert plain_big.converged
-    assert not plain_small.converged or plain_small.n_iter > 2 * plain_big.n_iter
-    rates = [np.log(run.history["loss"][-1] / run.history["loss"][-201]) / 200 for run in (plain_big, plain_small)]
-    assert rates[1] > 0.5 * rates[0]  # (negative numbers: the small-init rate is slower)
-    # Rebalanced: about the same number of iterations whatever alpha.
-    rebalanced_big = iterations[1e-1][1]
-    assert rebalanced_small.n_iter <= 1.5 * rebalanced_big.n_iter
+    runs = {(method, alpha): _overparameterized_run(method, alpha, 3000)
+            for method in ("gd", "gd_rebalanced") for alpha in (1.0, 0.3)}
+    for (method, alpha), (result, S) in runs.items():
+        assert result.converged and _relative(result.U @ result.V.T, S) < 1e-6, (method, alpha, result)
+    # Plain GD converges linearly, ten times slower when the init is about three times smaller.
+    assert runs["gd", 0.3][0].n_iter >= 5 * runs["gd", 1.0][0].n_iter
+    # The rebalanced run takes about as many iterations whatever the init scale, and far fewer.
+    rebalanced = [runs["gd_rebalanced", alpha][0] for alpha in (1.0, 0.3)]
+    assert max(r.n_iter for r in rebalanced) <= 1.5 * min(r.n_iter for r in rebalanced)
+    assert all(r.info["rebalanced_at_iteration"] is not None for r in rebalanced)
+    assert rebalanced[1].n_iter * 5 <= runs["gd", 0.3][0].n_iter
+    # At alpha = 1e-2 plain GD stalls (the spurious directions shrink at rate alpha^2).
+    stalled, S = _overparameterized_run("gd", 1e-2, 1000)
+    fixed, _ = _overparameterized_run("gd_rebalanced", 1e-2, 1000)
+    assert not stalled.converged and stalled.history["loss"][-1] > 0.5 * stalled.history["loss"][-500]
+    assert fixed.converged and _relative(fixed.U @ fixed.V.T, S) < 1e-6
 
 
 def _completion_problem(n=500, r=5, fraction=0.1, noise=0.0, seed=0):

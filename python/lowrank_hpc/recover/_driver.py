@@ -144,7 +144,8 @@ def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState
     finally:
         if bar is not None:
             bar.close()
-    state.stop_reason = reason
+    # Only a converged run is final; one stopped by max_iter or the clock resumes on the next call.
+    state.stop_reason = reason if reason in ("converged", "stationary") else None
     if settings.checkpoint:
         save_checkpoint(settings.checkpoint, state, digest)
     return state, reason, time.perf_counter() - start

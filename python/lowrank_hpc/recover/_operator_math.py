@@ -32,6 +32,14 @@ def adjoint_transpose_times(op: Any, z: Any, B: Any) -> Any:
     return method(z, B) if method is not None else op.adjoint(z).T @ B
 
 
+def adjoint_products(op: Any, z: Any, V: Any, U: Any) -> tuple[Any, Any]:
+    """(A*(z) @ V, A*(z)^T @ U): the two gradient products, forming A*(z) at most once."""
+    if hasattr(op, "adjoint_times") and hasattr(op, "adjoint_transpose_times"):
+        return op.adjoint_times(z, V), op.adjoint_transpose_times(z, U)
+    G = op.adjoint(z)
+    return G @ V, G.T @ U
+
+
 def operator_scale(op: Any, dtype: Any, xp: Any, seed: int = 0, probes: int = 3) -> float:
     """E ||A(X)||^2 / ||X||_F^2 over random rank-one X: 1 for isotropic Gaussian sensing, the
     sampling rate for completion. Steps are set relative to it."""

@@ -73,11 +73,13 @@ def _precondition(xp, method: str, grad, partner, damping):
 
 
 def _relative_change(xp, U0, V0, U1, V1):
-    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from k x k products."""
+    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from k x k products (the difference
+    expanded as dU V1^T + U0 dV^T, free of cancellation)."""
     def inner(A, B, C, D):
         return xp.sum((A.transpose(0, 2, 1) @ C) * (B.transpose(0, 2, 1) @ D), axis=(1, 2))
+    dU, dV = U1 - U0, V1 - V0
+    squared = inner(dU, V1, dU, V1) + 2.0 * inner(dU, V1, U0, dV) + inner(U0, dV, U0, dV)
     before = inner(U0, V0, U0, V0)
-    squared = inner(U1, V1, U1, V1) - 2.0 * inner(U1, V1, U0, V0) + before
     return xp.sqrt(xp.maximum(squared, 0.0) / xp.maximum(before, np.finfo(np.float64).tiny))
 
 
@@ -201,8 +203,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
             V1 = V - s * problems.transpose_times(problems.residual(U1, V), U1)
             return U1, V1
         grad_u, grad_v = problems.times(z, V), problems.transpose_times(z, U)
-        return (U - s * _precondition(xp, method, grad_u, V, dampings),
-                V - s * _precondition(xp, method, grad_v, U, dampings))
+        return (xp.ascontiguousarray(U - s * _precondition(xp, method, grad_u, V, dampings)),
+                xp.ascontiguousarray(V - s * _precondition(xp, method, grad_v, U, dampings)))
 
     def advance(state: LoopState):
         U, V, step, active = state.arrays["U"], state.arrays["V"], state.arrays["step"], state.arrays["active"]

@@ -15,8 +15,8 @@ import numpy as np
 
 from .._arrays import resolve
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
-from ._operator_math import (adjoint_times, adjoint_transpose_times, operator_scale, spectral_norm,
-                             top_singular_triplets)
+from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
+                             spectral_norm, top_singular_triplets)
 from ._result import RecoveryResult
 
 METHODS = ("gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced")
@@ -48,8 +48,9 @@ class _Problem:
     def gradients(self, U: Any, V: Any, z: Any) -> tuple[Any, Any]:
         """(grad_U, grad_V) of the loss at (U, V) with residual z (grad_V is None when symmetric)."""
         if self.symmetric:
-            return 0.5 * (adjoint_times(self.op, z, U) + adjoint_transpose_times(self.op, z, U)), None
-        return adjoint_times(self.op, z, V), adjoint_transpose_times(self.op, z, U)
+            g_u, g_ut = adjoint_products(self.op, z, U, U)
+            return 0.5 * (g_u + g_ut), None
+        return adjoint_products(self.op, z, V, U)
 
     def precondition(self, grad: Any, partner: Any) -> Any:
         """ScaledGD: grad (P^T P)^-1, or (P^T P + lambda I)^-1 for the damped variant."""
@@ -62,11 +63,15 @@ class _Problem:
 
 
 def _relative_change(xp: Any, U0: Any, V0: Any, U1: Any, V1: Any) -> float:
-    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F from r x r products only."""
-    def inner(A, B, C, D):  # <A B^T, C D^T>_F = tr((A^T C)(D^T B))
+    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F from r x r products only.
+
+    The difference is expanded as dU V1^T + U0 dV^T so that small changes are not lost to
+    cancellation between large terms."""
+    def inner(A, B, C, D):  # <A B^T, C D^T>_F = sum((A^T C) * (B^T D))
         return float(xp.sum((A.T @ C) * (B.T @ D)))
+    dU, dV = U1 - U0, V1 - V0
+    squared = inner(dU, V1, dU, V1) + 2.0 * inner(dU, V1, U0, dV) + inner(U0, dV, U0, dV)
     before = inner(U0, V0, U0, V0)
-    squared = inner(U1, V1, U1, V1) - 2.0 * inner(U1, V1, U0, V0) + before
     return float(np.sqrt(max(squared, 0.0) / before)) if before > 0 else float("inf")
 
 
@@ -94,9 +99,9 @@ def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[
         V_new = V - step * adjoint_transpose_times(problem.op, z_mid, U_new)
         return U_new, V_new, problem.residual(U_new, V_new)
     grad_u, grad_v = problem.gradients(U, V, z)
-    U_new = U - step * problem.precondition(grad_u, U if problem.symmetric else V)
-    V_new = U_new if problem.symmetric else V - step * problem.precondition(grad_v, U)
-    del xp
+    # Kernels take row-major factors; the preconditioned gradient may come back transposed.
+    U_new = xp.ascontiguousarray(U - step * problem.precondition(grad_u, U if problem.symmetric else V))
+    V_new = U_new if problem.symmetric else xp.ascontiguousarray(V - step * problem.precondition(grad_v, U))
     return U_new, V_new, problem.residual(U_new, V_new)
 
 
@@ -121,9 +126,10 @@ def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int,
                                     adjoint_transpose_times(problem.op, problem.y, left))) / scale
             eigenvalues, vectors = xp.linalg.eigh(gram)
             U = (left @ vectors) * xp.sqrt(xp.maximum(eigenvalues, 0))
-            return U.astype(dtype), None
+            return xp.ascontiguousarray(U.astype(dtype)), None
         root = xp.sqrt(sigma)
-        return (left * root).astype(dtype), (right * root).astype(dtype)
+        return (xp.ascontiguousarray((left * root).astype(dtype)),
+                xp.ascontiguousarray((right * root).astype(dtype)))
     raise ValueError(f"factored_gd: init must be 'small', 'spectral' or arrays, got {init!r}")
 
 
