@@ -10,7 +10,8 @@ namespace {
 template <class T>
 void gaussian_fill(uint64_t seed, uint64_t first_stream, int64_t rows, int64_t cols, uint64_t index_offset,
                    double scale, bool symmetric, HostArray<T>& out) {
-  const ops::GaussianEnsemble ensemble = ops::checked_gaussian_ensemble(seed, first_stream, rows, cols, index_offset, scale, symmetric);
+  const ops::GaussianEnsemble ensemble =
+      ops::checked_gaussian_ensemble(seed, first_stream, rows, cols, index_offset, scale, symmetric);
   LRH_EXPECTS(out.ndim() == 2, "out: expected a (count, rows * cols) array");
   const int64_t count = out.shape(0);
   expect_shape(out, "out", {count, rows * cols});

@@ -8,7 +8,8 @@ void bind_sensing(py::module_& m) {
   m.def("gaussian_fill", [](const std::string& dtype, uint64_t seed, uint64_t first_stream, int64_t rows,
                             int64_t cols, uint64_t index_offset, double scale, bool symmetric, int64_t count,
                             std::uintptr_t out, std::uintptr_t stream) {
-    const ops::GaussianEnsemble ensemble = ops::checked_gaussian_ensemble(seed, first_stream, rows, cols, index_offset, scale, symmetric);
+    const ops::GaussianEnsemble ensemble =
+        ops::checked_gaussian_ensemble(seed, first_stream, rows, cols, index_offset, scale, symmetric);
     py::gil_scoped_release release;
     dispatch_float(dtype, [&](auto t) {
       using T = decltype(t);

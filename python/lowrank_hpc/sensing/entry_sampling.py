@@ -46,8 +46,8 @@ class EntrySampling(SensingOperator):
 
     def indices(self, call: Call) -> tuple[Any, Any, Any]:
         """(rows, cols, rows * n2 + cols) on the call's backend."""
-        return self.cached(call, self._host_rows.dtype,
-                           lambda: tuple(call.xp.asarray(a) for a in (self._host_rows, self._host_cols, self._host_flat)))
+        host = (self._host_rows, self._host_cols, self._host_flat)
+        return self.cached(call, self._host_rows.dtype, lambda: tuple(call.xp.asarray(a) for a in host))
 
     def _forward(self, call: Call, X3: Any) -> Any:
         flat = self.indices(call)[2]
