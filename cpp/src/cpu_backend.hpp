@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/ops/kernel_functions.hpp"
+
 namespace lowrank_hpc::cpu {
 
 template <class T, class I>
@@ -25,5 +27,16 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 // Number of NaN/inf values among x[0..size).
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size);
+
+// x[i] = f(x[i]) for the whole array (after the vendor GEMM); returns the NaN/inf count.
+template <class T>
+int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f);
+
+// Row block (rows, n) of U V^T: applies f in place, then writes each row's k largest |f|
+// (values, column indices; best first, ties to the smaller column) to (rows, k) outputs.
+// Returns the NaN/inf count of the block.
+template <class T>
+int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
+                         int64_t* indices);
 
 }  // namespace lowrank_hpc::cpu

@@ -23,6 +23,11 @@ int coo_times_dense(const I* keys, const I* others, const T* vals, const T* B, c
 template <class T>
 int count_nonfinite(const T* x, int64_t size, int64_t* count, void* stream);
 
+// x = f(x) in place for the KernelFunction code `kernel` (validated by the caller); adds the
+// number of NaN/inf results to *nonfinite (device int64, preset by the caller).
+template <class T>
+int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void* stream);
+
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
 const char* error_string(int code);
