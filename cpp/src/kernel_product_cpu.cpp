@@ -10,6 +10,9 @@ namespace lowrank_hpc::cpu {
 
 namespace {
 
+// Below this many entries, waking the thread team costs more than the work it would share.
+constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
+
 // f over one contiguous range, in place; returns how many results are NaN/inf.
 template <class T>
 int64_t apply_range(T* x, int64_t size, ops::KernelFunction f) {
@@ -27,7 +30,7 @@ int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f) {
   constexpr int64_t kChunk = 4096;
   const int64_t chunks = (size + kChunk - 1) / kChunk;
   int64_t bad = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad)
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (size > kMinParallelEntries)
   for (int64_t c = 0; c < chunks; ++c) bad += apply_range(x + c * kChunk, std::min(kChunk, size - c * kChunk), f);
   return bad;
 }
@@ -36,7 +39,7 @@ template <class T>
 int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
                          int64_t* indices) {
   int64_t bad = 0;
-#pragma omp parallel reduction(+ : bad)
+#pragma omp parallel reduction(+ : bad) if (rows * n > kMinParallelEntries)
   {
     // Bounded heap whose front is the weakest of the k best so far: one compare per entry.
     std::vector<ops::Candidate<T>> heap;

@@ -59,8 +59,15 @@ def _raise_overflow(call: Call, code: int, bad: int) -> None:
         raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
                                  f"inf in {dtype} (inner products above {limit:.1f}); scale U or V down or use "
                                  "float64")
-    raise FloatingPointError(f"kernel_product: U @ V^T overflowed: {bad} entries are NaN/inf in {dtype}; "
-                             "scale U or V down or use float64")
+    raise FloatingPointError(f"kernel_product: U @ V^T overflowed: {bad} entries of f(U V^T) are NaN/inf in "
+                             f"{dtype}; scale U or V down or use float64 (or drop check_finite=False if the "
+                             "input holds NaN/inf)")
+
+
+def _gemm(xp, a, b, out=None):
+    """a @ b by the vendor BLAS, quiet on overflow: the element step counts NaN/inf and raises."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return xp.matmul(a, b, out=out)
 
 
 def _stable_argsort(xp, a, axis: int = -1):
@@ -84,7 +91,7 @@ class _Selection:
         for start in range(0, m, self.block_rows):
             stop = min(start + self.block_rows, m)
             block = self.buffer[:stop - start]
-            xp.matmul(self.U3[b, start:stop], self.V3[b].T, out=block)
+            _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
     def _select(self, block):
@@ -175,7 +182,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     batch, m, _ = U3.shape
     n = V3.shape[1]
     if top_k is None:
-        out = call.xp.matmul(U3, V3.transpose(0, 2, 1))
+        out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
         if call.on_device:
             bad_device = call.xp.zeros(1, dtype=call.xp.int64)
             call.module.apply_kernel(out.dtype.name, out.data.ptr, out.size, code, bad_device.data.ptr, call.stream())
