@@ -12,11 +12,12 @@ namespace {
 constexpr int kBlock = 256;
 constexpr int64_t kMaxGrid = 4096;  // grid-stride loop: enough blocks to fill any current GPU
 
-template <class T>
-__global__ void apply_kernel_kernel(T* x, int64_t size, ops::KernelFunction f, int64_t* nonfinite) {
+// f is a template parameter so the per-entry switch folds away at compile time.
+template <ops::KernelFunction F, class T>
+__global__ void apply_kernel_kernel(T* x, int64_t size, int64_t* nonfinite) {
   int64_t local = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x)
-    local += ops::kernel_in_place(f, x[i]) ? 0 : 1;
+    local += ops::kernel_in_place(F, x[i]) ? 0 : 1;
   if (local) atomicAdd(reinterpret_cast<unsigned long long*>(nonfinite), static_cast<unsigned long long>(local));
 }
 
@@ -27,9 +28,10 @@ int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, vo
   if (size == 0) return cudaSuccess;
   const int64_t blocks = (size + kBlock - 1) / kBlock;
   const int64_t grid = blocks < kMaxGrid ? blocks : kMaxGrid;
-  apply_kernel_kernel<T><<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
-      x, size, static_cast<ops::KernelFunction>(kernel), nonfinite);
-  return cudaGetLastError();
+  return ops::with_kernel(static_cast<ops::KernelFunction>(kernel), [&](auto F) {
+    apply_kernel_kernel<decltype(F)::value, T><<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(x, size, nonfinite);
+    return static_cast<int>(cudaGetLastError());
+  });
 }
 
 template int apply_kernel_function<float>(float*, int64_t, int, int64_t*, void*);

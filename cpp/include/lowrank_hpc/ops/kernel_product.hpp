@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -16,6 +17,23 @@ template <class T>
 LRH_HD bool kernel_in_place(KernelFunction f, T& x) {
   x = apply_kernel(f, x);
   return is_finite(x);
+}
+
+template <KernelFunction F>
+using KernelConstant = std::integral_constant<KernelFunction, F>;
+
+// Calls body(KernelConstant<f>{}) so the loops inside see f as a compile-time constant: the
+// per-entry switch of apply_kernel folds away and the simple kernels vectorize.
+template <class Body>
+inline auto with_kernel(KernelFunction f, Body&& body) {
+  switch (f) {
+    case KernelFunction::relu: return body(KernelConstant<KernelFunction::relu>{});
+    case KernelFunction::exponential: return body(KernelConstant<KernelFunction::exponential>{});
+    case KernelFunction::tanh: return body(KernelConstant<KernelFunction::tanh>{});
+    case KernelFunction::piecewise_linear: return body(KernelConstant<KernelFunction::piecewise_linear>{});
+    case KernelFunction::identity:
+    default: return body(KernelConstant<KernelFunction::identity>{});
+  }
 }
 
 // One competitor of the top-k step: |f(x)| and its column (row mode) or flat index.
