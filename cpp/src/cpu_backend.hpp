@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
+#include "lowrank_hpc/ops/kernel_functions.hpp"
 
 namespace lowrank_hpc::cpu {
 
@@ -66,5 +67,15 @@ void gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T*
 // out (batch, rows * cols) = sum_i y[b, i] A_i, y (batch, m).
 template <class T>
 void gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out);
+
+// x[i] = f(x[i]) for the whole array (after the vendor GEMM); returns the NaN/inf count.
+template <class T>
+int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f);
+// Row block (rows, n) of U V^T: applies f in place, then writes each row's k largest |f|
+// (values, column indices; best first, ties to the smaller column) to (rows, k) outputs.
+// Returns the NaN/inf count of the block.
+template <class T>
+int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
+                         int64_t* indices);
 
 }  // namespace lowrank_hpc::cpu

@@ -20,4 +20,5 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("error_string", [](int code) { return std::string(lowrank_hpc::cuda::error_string(code)); });
   lowrank_hpc::bindings::bind_coo_kernels(m);
   lowrank_hpc::bindings::bind_sensing(m);
+  lowrank_hpc::bindings::bind_kernel_product(m);
 }

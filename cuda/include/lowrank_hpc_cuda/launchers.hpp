@@ -36,6 +36,10 @@ int gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 template <class T>
 int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out,
                      void* stream);
+// x = f(x) in place for the KernelFunction code `kernel` (validated by the caller); adds the
+// number of NaN/inf results to *nonfinite (device int64, preset by the caller).
+template <class T>
+int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

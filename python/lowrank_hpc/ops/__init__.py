@@ -1,7 +1,9 @@
 """Low-rank kernels, one math on two backends: numpy arrays run on the CPU (OpenMP), CUDA
 arrays (CuPy, or any __cuda_array_interface__/DLPack array) on the GPU."""
+from .kernel_product import KERNELS, GlobalTopK, TopK, kernel_product
 from .lowrank_product import lowrank_product
 from .sampled_product import sampled_product
 from .sparse_times_dense import SparsePattern, sparse_times_dense
 
-__all__ = ["SparsePattern", "lowrank_product", "sampled_product", "sparse_times_dense"]
+__all__ = ["KERNELS", "GlobalTopK", "SparsePattern", "TopK", "kernel_product", "lowrank_product",
+           "sampled_product", "sparse_times_dense"]

@@ -1,0 +1,89 @@
+#include <algorithm>
+#include <vector>
+#include <omp.h>
+
+#include "cpu_backend.hpp"
+#include "lowrank_hpc/core/simd.hpp"
+#include "lowrank_hpc/ops/kernel_product.hpp"
+
+namespace lowrank_hpc::cpu {
+
+namespace {
+
+// Below this many entries, waking the thread team costs more than the work it would share.
+constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
+
+// f over one contiguous range, in place; returns how many results are NaN/inf.
+template <ops::KernelFunction F, class T>
+int64_t apply_range(T* x, int64_t size) {
+  int64_t bad = 0;
+  LRH_PRAGMA(omp simd reduction(+ : bad))
+  for (int64_t i = 0; i < size; ++i) bad += ops::kernel_in_place(F, x[i]) ? 0 : 1;
+  return bad;
+}
+
+template <ops::KernelFunction F, class T>
+int64_t apply_all(T* x, int64_t size) {
+  // Chunks of 4096 keep each simd loop long while balancing the threads.
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (size + kChunk - 1) / kChunk;
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (size > kMinParallelEntries)
+  for (int64_t c = 0; c < chunks; ++c) bad += apply_range<F>(x + c * kChunk, std::min(kChunk, size - c * kChunk));
+  return bad;
+}
+
+template <ops::KernelFunction F, class T>
+int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64_t* indices) {
+  int64_t bad = 0;
+#pragma omp parallel reduction(+ : bad) if (rows * n > kMinParallelEntries)
+  {
+    // Bounded heap whose front is the weakest of the k best so far: one compare per entry.
+    std::vector<ops::Candidate<T>> heap;
+    heap.reserve(static_cast<size_t>(k));
+    const auto before = [](const ops::Candidate<T>& a, const ops::Candidate<T>& b) { return ops::ranks_before(a, b); };
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      T* row = block + i * n;
+      bad += apply_range<F>(row, n);
+      heap.clear();
+      for (int64_t j = 0; j < n; ++j) {
+        const ops::Candidate<T> c = ops::make_candidate(row[j], j);
+        if (static_cast<int64_t>(heap.size()) < k) {
+          heap.push_back(c);
+          std::push_heap(heap.begin(), heap.end(), before);
+        } else if (before(c, heap.front())) {
+          std::pop_heap(heap.begin(), heap.end(), before);
+          heap.back() = c;
+          std::push_heap(heap.begin(), heap.end(), before);
+        }
+      }
+      std::sort_heap(heap.begin(), heap.end(), before);  // best first
+      for (int64_t t = 0; t < k; ++t) {
+        values[i * k + t] = row[heap[t].index];
+        indices[i * k + t] = heap[t].index;
+      }
+    }
+  }
+  return bad;
+}
+
+}  // namespace
+
+template <class T>
+int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f) {
+  return ops::with_kernel(f, [&](auto F) { return apply_all<decltype(F)::value>(x, size); });
+}
+
+template <class T>
+int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
+                         int64_t* indices) {
+  return ops::with_kernel(f, [&](auto F) { return topk_rows<decltype(F)::value>(block, rows, n, k, values, indices); });
+}
+
+template int64_t apply_kernel_in_place<float>(float*, int64_t, ops::KernelFunction);
+template int64_t apply_kernel_in_place<double>(double*, int64_t, ops::KernelFunction);
+template int64_t kernel_topk_rows<float>(float*, int64_t, int64_t, ops::KernelFunction, int64_t, float*, int64_t*);
+template int64_t kernel_topk_rows<double>(double*, int64_t, int64_t, ops::KernelFunction, int64_t, double*, int64_t*);
+
+}  // namespace lowrank_hpc::cpu

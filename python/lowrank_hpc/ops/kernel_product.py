@@ -1,0 +1,217 @@
+"""Kernelized low-rank product K = f(U V^T), dense or reduced to its top-k entries.
+
+Element-wise kernels f raise the rank of a merged low-rank update. The GEMM runs in the vendor
+BLAS (numpy on the CPU, cuBLAS through CuPy on the GPU); f runs in place in our OpenMP/CUDA
+element-wise step, fused on the CPU with the top-k selection so that mode never forms the
+dense m x n matrix.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from .._arrays import Call, resolve
+from ._factors import factor_pair
+
+# Order matches lowrank_hpc::ops::KernelFunction in kernel_functions.hpp (the codes passed down).
+KERNELS = ("identity", "relu", "exponential", "tanh", "piecewise_linear")
+_ALIASES = {"exp": "exponential"}
+TOP_K_MODES = ("row", "global")
+_BLOCK_BYTES = 64 << 20  # a row block of U V^T stays within this unless block_rows is given
+
+
+class TopK(NamedTuple):
+    """Per-row top-k of f(U V^T): ``values`` (..., m, k) in the inputs' dtype and ``indices``
+    (..., m, k) int64 column indices, each row best first (larger |f|, ties to the smaller column)."""
+
+    values: Any
+    indices: Any
+
+
+class GlobalTopK(NamedTuple):
+    """Global top-k of f(U V^T): ``values``, ``rows``, ``cols`` of shape (..., k) (int64 indices),
+    best first (larger |f|, ties to the smaller flat index rows * n + cols)."""
+
+    values: Any
+    rows: Any
+    cols: Any
+
+
+def _kernel_code(kernel: Any) -> int:
+    name = _ALIASES.get(kernel, kernel) if isinstance(kernel, str) else kernel
+    if name not in KERNELS:
+        raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are "
+                         f"{', '.join(KERNELS)} (or 'exp' for 'exponential')")
+    return KERNELS.index(name)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"kernel_product: {name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _raise_overflow(call: Call, code: int, bad: int) -> None:
+    dtype = call.float_dtype
+    if KERNELS[code] == "exponential":
+        limit = float(np.log(np.finfo(dtype).max))
+        raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
+                                 f"inf in {dtype} (inner products above {limit:.1f}); scale U or V down or use "
+                                 "float64")
+    raise FloatingPointError(f"kernel_product: U @ V^T overflowed: {bad} entries of f(U V^T) are NaN/inf in "
+                             f"{dtype}; scale U or V down or use float64 (or drop check_finite=False if the "
+                             "input holds NaN/inf)")
+
+
+def _gemm(xp, a, b, out=None):
+    """a @ b by the vendor BLAS, quiet on overflow: the element step counts NaN/inf and raises."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return xp.matmul(a, b, out=out)
+
+
+def _stable_argsort(xp, a, axis: int = -1):
+    # CuPy sorts are always stable (and take no kind); numpy must be asked for it.
+    return np.argsort(a, axis=axis, kind="stable") if xp is np else xp.argsort(a, axis=axis)
+
+
+class _Selection:
+    """Runs the row-block loop of the top-k mode: block GEMM, f in place, per-row top-kk."""
+
+    def __init__(self, call: Call, U3, V3, code: int, kk: int, block_rows: int):
+        self.call, self.U3, self.V3, self.code, self.kk = call, U3, V3, code, kk
+        n = V3.shape[1]
+        self.block_rows = block_rows
+        self.buffer = call.xp.empty((block_rows, n), dtype=U3.dtype)  # reused by every block
+        self.nonfinite = 0 if not call.on_device else call.xp.zeros(1, dtype=call.xp.int64)
+
+    def blocks(self, b: int):
+        """Yield (first row, values, indices) of each row block of problem b."""
+        xp, m = self.call.xp, self.U3.shape[1]
+        for start in range(0, m, self.block_rows):
+            stop = min(start + self.block_rows, m)
+            block = self.buffer[:stop - start]
+            _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
+            yield (start,) + self._select(block)
+
+    def _select(self, block):
+        call, xp = self.call, self.call.xp
+        if not call.on_device:
+            values = np.empty((block.shape[0], self.kk), dtype=block.dtype)
+            indices = np.empty((block.shape[0], self.kk), dtype=np.int64)
+            self.nonfinite += call.module.kernel_topk_rows(block, self.code, values, indices)
+            return values, indices
+        call.module.apply_kernel(block.dtype.name, block.data.ptr, block.size, self.code, self.nonfinite.data.ptr,
+                                 call.stream())
+        indices = _stable_argsort(xp, -xp.abs(block), axis=1)[:, :self.kk]
+        return xp.take_along_axis(block, indices, axis=1), indices
+
+    def check(self) -> None:
+        bad = int(self.nonfinite.get()[0]) if self.call.on_device else self.nonfinite
+        if bad:
+            _raise_overflow(self.call, self.code, bad)
+
+
+def _top_k_rows(selection: _Selection, batch: int, m: int):
+    xp, dtype = selection.call.xp, selection.U3.dtype
+    values = xp.empty((batch, m, selection.kk), dtype=dtype)
+    indices = xp.empty((batch, m, selection.kk), dtype=xp.int64)
+    for b in range(batch):
+        for start, block_values, block_indices in selection.blocks(b):
+            stop = start + block_values.shape[0]
+            values[b, start:stop] = block_values
+            indices[b, start:stop] = block_indices
+    return values, indices
+
+
+def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
+    # Any entry of the global top-k is in its row's top-min(k, n), so each block only offers
+    # those; merging them with the running best k keeps memory at O(block + k).
+    xp = selection.call.xp
+    values = xp.empty((batch, k), dtype=selection.U3.dtype)
+    flat = xp.empty((batch, k), dtype=xp.int64)
+    for b in range(batch):
+        best_values = xp.empty(0, dtype=selection.U3.dtype)
+        best_flat = xp.empty(0, dtype=xp.int64)
+        for start, block_values, block_indices in selection.blocks(b):
+            rows = xp.arange(start, start + block_values.shape[0], dtype=xp.int64)[:, None]
+            merged_values = xp.concatenate([best_values, block_values.reshape(-1)])
+            merged_flat = xp.concatenate([best_flat, (rows * n + block_indices).reshape(-1)])
+            by_flat = xp.argsort(merged_flat)  # flat indices are unique: no tie to break here
+            order = by_flat[_stable_argsort(xp, -xp.abs(merged_values[by_flat]))][:k]
+            best_values, best_flat = merged_values[order], merged_flat[order]
+        values[b], flat[b] = best_values, best_flat
+    return values, flat // n, flat % n
+
+
+def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int] = None, *,
+                   top_k_mode: str = "row", block_rows: Optional[int] = None, check_finite: bool = True) -> Any:
+    """K = f(U V^T), entry-wise K[i, j] = f(<U_i, V_j>), dense or reduced to its top-k entries.
+
+    Parameters
+    ----------
+    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous (numpy, or a CUDA array).
+    V : (n, r) or (batch, n, r) array of the same dtype, batching and array type.
+    kernel : one of ``KERNELS``: "identity", "relu" (max(x, 0)), "exponential" (alias "exp"),
+        "tanh", "piecewise_linear" (hard tanh: x clamped to [-1, 1]).
+    top_k : None for the dense result; else keep the top_k entries by |f(x)|: per row
+        (1 <= top_k <= n) or over the whole matrix (1 <= top_k <= m * n) per ``top_k_mode``.
+    top_k_mode : "row" or "global".
+    block_rows : rows of U V^T formed at a time in top-k mode; default: as many as fit 64 MiB.
+    check_finite : raise ValueError if U or V holds NaN/inf.
+
+    Returns
+    -------
+    top_k None: (m, n) or (batch, m, n) array of the inputs' dtype.
+    "row": :class:`TopK` (values (..., m, top_k), indices (..., m, top_k) int64 columns).
+    "global": :class:`GlobalTopK` (values, rows, cols, each (..., top_k); int64 indices).
+    Ordering: larger |f| first, ties to the smaller column (row mode) or flat index (global).
+    The top-k mode never forms the dense m x n matrix.
+
+    Raises
+    ------
+    ValueError for an unknown kernel or mode, top_k or block_rows out of range, shapes, layout,
+    NaN/inf input; TypeError for dtypes and mixed array types; FloatingPointError when f(U V^T)
+    overflows (exponential of a large inner product, or the GEMM itself): never a silent inf.
+    """
+    call = resolve("kernel_product", U=U, V=V)
+    code = _kernel_code(kernel)
+    if top_k_mode not in TOP_K_MODES:
+        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
+    batch, m, _ = U3.shape
+    n = V3.shape[1]
+    if top_k is None:
+        out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
+        if call.on_device:
+            bad_device = call.xp.zeros(1, dtype=call.xp.int64)
+            call.module.apply_kernel(out.dtype.name, out.data.ptr, out.size, code, bad_device.data.ptr, call.stream())
+            bad = int(bad_device.get()[0])
+        else:
+            bad = call.module.apply_kernel(out, code)
+        if bad:
+            _raise_overflow(call, code, bad)
+        return call.wrap(out if batched else out[0])
+
+    top_k = _integer("top_k", top_k)
+    limit = n if top_k_mode == "row" else m * n
+    if not 1 <= top_k <= limit:
+        bound = f"n = {n}" if top_k_mode == "row" else f"m * n = {m} * {n} = {m * n}"
+        raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {bound} in {top_k_mode} mode, got {top_k}")
+    if block_rows is None:
+        block_rows = max(1, min(m, _BLOCK_BYTES // (n * U3.dtype.itemsize)))
+    else:
+        block_rows = _integer("block_rows", block_rows)
+        if block_rows < 1:
+            raise ValueError(f"kernel_product: block_rows must be >= 1, got {block_rows}")
+        block_rows = min(block_rows, m)
+    selection = _Selection(call, U3, V3, code, min(top_k, n), block_rows)
+    if top_k_mode == "row":
+        values, indices = _top_k_rows(selection, batch, m)
+        selection.check()
+        result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
+    else:
+        values, rows, cols = _top_k_global(selection, batch, n, top_k)
+        selection.check()
+        result = GlobalTopK(*(call.wrap(x if batched else x[0]) for x in (values, rows, cols)))
+    return result

@@ -1,0 +1,152 @@
+"""kernel_product: every kernel against f(U @ V^T) in float64, the top-k modes against a stable
+numpy sort of the dense result, and the error paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference
+from conftest import RTOL, rel_error
+from lowrank_hpc.ops import KERNELS, GlobalTopK, TopK, kernel_product
+
+# (batch or None, m, n, r): single rows/columns, rank 1, primes, rank above 64.
+SHAPES = [(None, 1, 5, 1), (None, 7, 1, 3), (None, 13, 17, 5), (None, 71, 67, 70), (3, 11, 13, 4)]
+
+
+def _gaussian(rng, batch, m, n, r, dtype):
+    lead = () if batch is None else (batch,)
+    scale = r ** -0.25  # inner products of unit variance: no kernel saturates or overflows
+    U = (rng.standard_normal(lead + (m, r)) * scale).astype(dtype)
+    V = (rng.standard_normal(lead + (n, r)) * scale).astype(dtype)
+    return U, V
+
+
+def _half_integers(rng, batch, m, n, r, dtype):
+    # Inner products are exact multiples of 1/4 in both precisions, so every GEMM (full or per
+    # block, CPU or GPU) gives the same bits and many entries tie exactly.
+    lead = () if batch is None else (batch,)
+    U = (rng.integers(-2, 3, lead + (m, r)) * 0.5).astype(dtype)
+    V = (rng.integers(-2, 3, lead + (n, r)) * 0.5).astype(dtype)
+    return U, V
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(d) for d in s if d is not None))
+def test_dense_matches_reference(backend, dtype, rng, kernel, shape):
+    batch, m, n, r = shape
+    U, V = _gaussian(rng, batch, m, n, r, dtype)
+    K = kernel_product(backend.put(U), backend.put(V), kernel)
+    expected_shape = (m, n) if batch is None else (batch, m, n)
+    assert K.shape == expected_shape and K.dtype == dtype
+    assert rel_error(backend.get(K), reference.kernel_product(U, V, kernel)) < RTOL[dtype]
+
+
+def test_exp_is_an_alias(backend, rng):
+    U, V = _gaussian(rng, None, 6, 9, 3, np.float64)
+    np.testing.assert_array_equal(backend.get(kernel_product(backend.put(U), backend.put(V), "exp")),
+                                  backend.get(kernel_product(backend.put(U), backend.put(V), "exponential")))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("block_rows", [None, 3])
+def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows):
+    m, n, r, k = 13, 29, 4, 6
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    dense = backend.get(kernel_product(backend.put(U), backend.put(V), kernel))
+    expected_values, expected_indices = reference.top_k_rows(dense, k)
+    result = kernel_product(backend.put(U), backend.put(V), kernel, k, block_rows=block_rows)
+    assert isinstance(result, TopK)
+    values, indices = backend.get(result.values), backend.get(result.indices)
+    assert values.shape == indices.shape == ((m, k) if batch is None else (batch, m, k))
+    assert values.dtype == dtype and indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_array_equal(values, expected_values)
+    exact = np.take_along_axis(reference.kernel_product(U, V, kernel), indices, axis=-1)
+    assert rel_error(values, exact) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (13 * 29, 5)])
+def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows):
+    m, n, r = 13, 29, 4
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    dense = backend.get(kernel_product(backend.put(U), backend.put(V), kernel))
+    expected = reference.top_k_global(dense, k)
+    result = kernel_product(backend.put(U), backend.put(V), kernel, k, top_k_mode="global", block_rows=block_rows)
+    assert isinstance(result, GlobalTopK)
+    values, rows, cols = (backend.get(x) for x in result)
+    assert values.shape == rows.shape == cols.shape == ((k,) if batch is None else (batch, k))
+    assert rows.dtype == cols.dtype == np.int64
+    np.testing.assert_array_equal(rows, expected[1])
+    np.testing.assert_array_equal(cols, expected[2])
+    np.testing.assert_array_equal(values, expected[0])
+
+
+def test_top_k_tie_rule(backend, dtype):
+    # relu(K) = [[1, 0, 1, 0, 2], [1, 0, 1, 0, 2]]: equal magnitudes go to the smaller index.
+    U = np.array([[1.0], [1.0]], dtype=dtype)
+    V = np.array([[1.0], [-1.0], [1.0], [0.0], [2.0]], dtype=dtype)
+    rows_result = kernel_product(backend.put(U), backend.put(V), "relu", 5, block_rows=1)
+    np.testing.assert_array_equal(backend.get(rows_result.indices), [[4, 0, 2, 1, 3]] * 2)
+    np.testing.assert_array_equal(backend.get(rows_result.values), [[2, 1, 1, 0, 0]] * 2)
+    top = kernel_product(backend.put(U), backend.put(V), "relu", 6, top_k_mode="global", block_rows=1)
+    np.testing.assert_array_equal(backend.get(top.rows), [0, 1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(backend.get(top.cols), [4, 4, 0, 2, 0, 2])
+    np.testing.assert_array_equal(backend.get(top.values), [2, 2, 1, 1, 1, 1])
+
+
+def test_exponential_overflow_raises(backend, dtype):
+    big = 30.0 if dtype == np.float64 else 10.0  # inner product 900 (or 100) overflows exp
+    U = np.full((3, 1), big, dtype=dtype)
+    V = np.full((4, 1), big, dtype=dtype)
+    with pytest.raises(FloatingPointError, match="exponential kernel overflowed: 12 entries"):
+        kernel_product(backend.put(U), backend.put(V), "exponential")
+    for mode in ("row", "global"):
+        with pytest.raises(FloatingPointError, match="exponential kernel overflowed"):
+            kernel_product(backend.put(U), backend.put(V), "exp", 2, top_k_mode=mode, block_rows=2)
+
+
+def test_gemm_overflow_raises(backend):
+    U = np.full((2, 1), 1e30, dtype=np.float32)
+    with pytest.raises(FloatingPointError, match=r"U @ V\^T overflowed: 4 entries"):
+        kernel_product(backend.put(U), backend.put(U.copy()), "identity")
+
+
+def _raises(backend, error, match, U, V, *args, **kwargs):
+    with pytest.raises(error, match=match):
+        kernel_product(backend.put(U), backend.put(V), *args, **kwargs)
+
+
+def test_bad_inputs(backend, rng):
+    U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
+    _raises(backend, TypeError, "U must be float32 or float64, got int64", U.astype(np.int64), V)
+    _raises(backend, TypeError, "V is float32 but U is float64", U, V.astype(np.float32))
+    _raises(backend, ValueError, r"U has shape \(4, 2\).*V has shape \(5, 3\)", U, np.ones((5, 3)))
+    _raises(backend, ValueError, r"batch sizes differ: U \(2, 4, 2\), V \(3, 5, 2\)",
+            np.ones((2, 4, 2)), np.ones((3, 5, 2)))
+    _raises(backend, ValueError, "V must be C-contiguous", U, np.ones((2, 5)).T)
+    bad = V.copy()
+    bad[1, 1] = np.nan
+    _raises(backend, ValueError, "V contains 1 NaN/inf", U, bad)
+    _raises(backend, ValueError, "unknown kernel 'sigmoid'; valid kernels are identity, relu, exponential, tanh, "
+            "piecewise_linear", U, V, "sigmoid")
+    _raises(backend, ValueError, "top_k_mode must be 'row' or 'global'", U, V, "relu", 2, top_k_mode="column")
+
+
+@pytest.mark.parametrize("top_k,mode,match", [
+    (0, "row", r"1 <= top_k <= n = 5 in row mode, got 0"),
+    (6, "row", r"1 <= top_k <= n = 5 in row mode, got 6"),
+    (21, "global", r"1 <= top_k <= m \* n = 4 \* 5 = 20 in global mode, got 21"),
+])
+def test_top_k_out_of_range(backend, rng, top_k, mode, match):
+    U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
+    _raises(backend, ValueError, match, U, V, "tanh", top_k, top_k_mode=mode)
+
+
+def test_bad_top_k_and_block_rows_types(backend, rng):
+    U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
+    _raises(backend, TypeError, "top_k must be an integer, got 2.5", U, V, "tanh", 2.5)
+    _raises(backend, TypeError, "block_rows must be an integer, got True", U, V, "tanh", 2, block_rows=True)
+    _raises(backend, ValueError, "block_rows must be >= 1, got 0", U, V, "tanh", 2, block_rows=0)
