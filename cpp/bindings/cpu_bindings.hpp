@@ -6,5 +6,6 @@ namespace lowrank_hpc::bindings {
 
 void bind_runtime(pybind11::module_& m);
 void bind_coo_kernels(pybind11::module_& m);
+void bind_als(pybind11::module_& m);
 
 }  // namespace lowrank_hpc::bindings

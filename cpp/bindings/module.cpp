@@ -22,4 +22,5 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("__version__") = LRH_VERSION;
   lowrank_hpc::bindings::bind_runtime(m);
   lowrank_hpc::bindings::bind_coo_kernels(m);
+  lowrank_hpc::bindings::bind_als(m);
 }
