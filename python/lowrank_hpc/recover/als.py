@@ -112,9 +112,9 @@ class _Problem:
         """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
         xp = self.xp
         residual = (self.vals - sampled_product(U, V, self.rows, self.cols, self.offsets, check_finite=False))
-        squares = self.per_problem_sum(residual.astype(xp.float64) ** 2)
-        penalty = ((self.row_weights * (U.astype(xp.float64) ** 2).sum(axis=2)).sum(axis=1)
-                   + (self.col_weights * (V.astype(xp.float64) ** 2).sum(axis=2)).sum(axis=1))
+        squares = self.per_problem_sum(residual.astype(xp.float64, copy=False) ** 2)
+        penalty = ((self.row_weights * (U.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1)
+                   + (self.col_weights * (V.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1))
         penalty = penalty.get() if self.call.on_device else penalty
         return 0.5 * (squares + self.reg * penalty)
 
@@ -125,7 +125,7 @@ def relative_change(xp, U, V, U0, V0) -> np.ndarray:
     ||X - X0||^2 = tr(U'U V'V) - 2 tr(U'U0 V0'V) + tr(U0'U0 V0'V0), in float64: the
     cancellation resolves changes down to about 1e-8 relative. inf when X0 = 0 and X != 0.
     """
-    U, V, U0, V0 = (x.astype(xp.float64) for x in (U, V, U0, V0))
+    U, V, U0, V0 = (x.astype(xp.float64, copy=False) for x in (U, V, U0, V0))
 
     def gram(A, B):
         return xp.matmul(A.transpose(0, 2, 1), B)

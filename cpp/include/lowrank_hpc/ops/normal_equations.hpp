@@ -34,15 +34,18 @@ struct NormalEquations {
   LRH_HD int64_t count(int64_t row) const { return indptr[row + 1] - indptr[row]; }
   LRH_HD T lambda(int64_t row) const { return count_scaling ? reg * static_cast<T>(count(row)) : reg; }
   LRH_HD T value(int64_t j) const { return vals[perm ? perm[j] : j]; }
-  LRH_HD const T* factor_row(int64_t row, int64_t j) const {
-    return F + ((row / n_key) * n_other + static_cast<int64_t>(others[j])) * r;
+  // The row's problem's block of F, found once per row (a division per entry would dominate).
+  LRH_HD const T* factor_block(int64_t row) const { return F + (row / n_key) * n_other * r; }
+  LRH_HD const T* factor_row(const T* block, int64_t j) const {
+    return block + static_cast<int64_t>(others[j]) * r;
   }
 
   // G[a, c] (c <= a) of the row's system, entries summed in CSR order (device: one thread each).
   LRH_HD T gram_entry(int64_t row, int64_t a, int64_t c) const {
+    const T* block = factor_block(row);
     T acc = T(0);
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-      const T* f = factor_row(row, j);
+      const T* f = factor_row(block, j);
       acc += f[a] * f[c];
     }
     return a == c ? acc + lambda(row) : acc;
@@ -50,8 +53,9 @@ struct NormalEquations {
 
   // g[a] of the row's right-hand side, entries summed in CSR order.
   LRH_HD T rhs_entry(int64_t row, int64_t a) const {
+    const T* block = factor_block(row);
     T acc = T(0);
-    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) acc += value(j) * factor_row(row, j)[a];
+    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) acc += value(j) * factor_row(block, j)[a];
     return acc;
   }
 
@@ -62,8 +66,9 @@ struct NormalEquations {
       g[a] = T(0);
       for (int64_t c = 0; c <= a; ++c) G[a * r + c] = T(0);
     }
+    const T* block = factor_block(row);
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-      const T* f = factor_row(row, j);
+      const T* f = factor_row(block, j);
       const T v = value(j);
       for (int64_t a = 0; a < r; ++a) {
         g[a] += v * f[a];
