@@ -8,5 +8,6 @@ void bind_runtime(pybind11::module_& m);
 void bind_coo_kernels(pybind11::module_& m);
 void bind_sensing(pybind11::module_& m);
 void bind_kernel_product(pybind11::module_& m);
+void bind_als(pybind11::module_& m);
 
 }  // namespace lowrank_hpc::bindings

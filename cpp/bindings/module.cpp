@@ -24,4 +24,5 @@ PYBIND11_MODULE(_cpu, m) {
   lowrank_hpc::bindings::bind_coo_kernels(m);
   lowrank_hpc::bindings::bind_sensing(m);
   lowrank_hpc::bindings::bind_kernel_product(m);
+  lowrank_hpc::bindings::bind_als(m);
 }

@@ -52,6 +52,17 @@ template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out);
 
+// One ALS half-step: for every key row of every active problem, out[row] = the solution of the
+// row's regularised normal equations (lowrank_hpc/ops/normal_equations.hpp) given the fixed
+// factor F (batch * n_other, r). CSR as from coo_to_csr: entry j has other index others[j]
+// (trusted to be in [0, n_other)) and value vals[perm[j]] (vals[j] when perm is null).
+// active: per-problem mask, or null for all; rows of inactive problems are left untouched.
+// Returns the number of singular rows (set to zero).
+template <class T, class I>
+int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+                        int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
+                        const uint8_t* active, T* out);
+
 // Number of NaN/inf values among x[0..size).
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size);

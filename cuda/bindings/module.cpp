@@ -21,4 +21,5 @@ PYBIND11_MODULE(_cuda, m) {
   lowrank_hpc::bindings::bind_coo_kernels(m);
   lowrank_hpc::bindings::bind_sensing(m);
   lowrank_hpc::bindings::bind_kernel_product(m);
+  lowrank_hpc::bindings::bind_als(m);
 }

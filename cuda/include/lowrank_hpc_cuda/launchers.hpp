@@ -40,6 +40,14 @@ int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 // number of NaN/inf results to *nonfinite (device int64, preset by the caller).
 template <class T>
 int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void* stream);
+// ALS half-step (lowrank_hpc/ops/normal_equations.hpp), one thread block per key row: the same
+// arguments as the CPU driver cpu::als_update_rows, all pointers on the device. Adds the number
+// of singular rows to *singular (device int64, preset by the caller). Needs (r^2 + r) *
+// sizeof(T) <= 48 KiB of shared memory (cudaErrorInvalidConfiguration otherwise).
+template <class T, class I>
+int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
+                    const uint8_t* active, T* out, int64_t* singular, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

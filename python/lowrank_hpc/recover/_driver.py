@@ -56,12 +56,15 @@ def fingerprint(*parts: Any) -> str:
 
 @dataclass
 class LoopState:
-    """What the loop carries and checkpoints: named arrays, iteration count, history, scalars."""
+    """What the loop carries and checkpoints: named arrays, iteration count, history, scalars.
+
+    History entries are floats, or (batch,) float64 arrays for batched solves (one per problem).
+    """
 
     arrays: dict[str, Any]
     iteration: int = 0
-    loss: list[float] = field(default_factory=list)
-    relative_change: list[float] = field(default_factory=list)
+    loss: list[Any] = field(default_factory=list)
+    relative_change: list[Any] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
     stop_reason: Optional[str] = None  # set once the run has ended; a resumed finished run stops at once
 
@@ -100,16 +103,31 @@ def load_checkpoint(path: str, digest: str, xp: Any) -> Optional[LoopState]:
                 "delete it or pass another checkpoint path")
         arrays = {key[len("array_"):]: xp.asarray(saved[key]) for key in saved.files if key.startswith("array_")}
         scalars = dict(zip([str(n) for n in saved["scalar_names"]], [float(v) for v in saved["scalar_values"]]))
-        return LoopState(arrays=arrays, iteration=int(saved["iteration"]), loss=[float(v) for v in saved["loss"]],
-                         relative_change=[float(v) for v in saved["relative_change"]], scalars=scalars,
+        return LoopState(arrays=arrays, iteration=int(saved["iteration"]), loss=_history(saved["loss"]),
+                         relative_change=_history(saved["relative_change"]), scalars=scalars,
                          stop_reason=str(saved["stop_reason"]) or None)
+
+
+def _history(saved: np.ndarray) -> list[Any]:
+    """A saved history as the loop keeps it: floats, or per-problem rows for batched solves."""
+    return [float(v) for v in saved] if saved.ndim == 1 else [row.copy() for row in saved]
+
+
+def _entry(value: Any) -> Any:
+    return float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64)
+
+
+def _shown(value: Any) -> float:
+    """The number the progress bar shows: the loss, or the total over the problems still running."""
+    return float(value) if np.ndim(value) == 0 else float(np.nansum(value))
 
 
 def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState], tuple[float, float]],
              digest: str, converged: Callable[[LoopState], Optional[str]]) -> tuple[LoopState, str, float]:
     """Advance ``state`` with ``step`` until ``converged`` names a reason, max_iter or the time limit.
 
-    ``step`` updates state.arrays in place (or rebinds them) and returns (loss, relative_change).
+    ``step`` updates state.arrays in place (or rebinds them) and returns (loss, relative_change):
+    floats, or (batch,) arrays for batched solves (the bar then shows the summed loss).
     Returns the final state, the stop reason and the seconds spent in this call.
     """
     start = time.perf_counter()
@@ -125,11 +143,11 @@ def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState
         while state.iteration < settings.max_iter:
             loss, change = step(state)
             state.iteration += 1
-            state.loss.append(float(loss))
-            state.relative_change.append(float(change))
+            state.loss.append(_entry(loss))
+            state.relative_change.append(_entry(change))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
+                bar.set_postfix(loss=f"{_shown(loss):.3e}", refresh=False)
             if settings.callback is not None:
                 settings.callback(state.iteration, {"loss": loss, "relative_change": change, **state.arrays})
             if settings.checkpoint and state.iteration % settings.checkpoint_every == 0:

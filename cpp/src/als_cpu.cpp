@@ -1,0 +1,40 @@
+#include <vector>
+
+#include "cpu_backend.hpp"
+#include "lowrank_hpc/ops/normal_equations.hpp"
+
+namespace lowrank_hpc::cpu {
+
+template <class T, class I>
+int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+                        int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
+                        const uint8_t* active, T* out) {
+  const ops::NormalEquations<T, I> equations{indptr, perm, others, vals, F, n_key, n_other, r, reg, count_scaling};
+  const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
+  int64_t singular = 0;
+  // Work per row is about entries * r^2 (the Gram) plus r^3 / 3 (the factorisation).
+#pragma omp parallel reduction(+ : singular) if ((nnz + n_rows * r) * r * r > kParallelMinWork)
+  {
+    std::vector<T> scratch(static_cast<size_t>(r * r + r));  // per thread: G then g
+    T* G = scratch.data();
+    T* g = G + r * r;
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t row = 0; row < n_rows; ++row) {
+      if (active && !active[row / n_key]) continue;
+      equations.accumulate(row, G, g);
+      singular += ops::solve_row(G, g, r, equations.count(row), reg, out + row * r) ? 1 : 0;
+    }
+  }
+  return singular;
+}
+
+#define LRH_INSTANTIATE(T, I)                                                                              \
+  template int64_t als_update_rows<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, int64_t, \
+                                         int64_t, int64_t, int64_t, T, bool, const uint8_t*, T*);
+LRH_INSTANTIATE(float, int32_t)
+LRH_INSTANTIATE(float, int64_t)
+LRH_INSTANTIATE(double, int32_t)
+LRH_INSTANTIATE(double, int64_t)
+#undef LRH_INSTANTIATE
+
+}  // namespace lowrank_hpc::cpu

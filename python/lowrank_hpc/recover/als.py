@@ -1,0 +1,381 @@
+"""Alternating least squares (ALS) for matrix completion: one problem, or a batch of problems
+of equal shape advanced together in the same kernel launches.
+
+Each iteration solves every row of U given V, then every row of V given U; each row's
+r x r regularised normal equations are solved by the Cholesky factorisation shared by the CPU
+(OpenMP) and GPU (CUDA) backends (``lowrank_hpc/ops/normal_equations.hpp``). The objective is
+
+    sum over observed (i, j) of (M_ij - <u_i, v_j>)^2 + reg * sum_i w_i ||u_i||^2 + reg * sum_j w_j ||v_j||^2
+
+with w = 1 (``reg_scaling="none"``) or w = the row's / column's number of observed entries
+(``reg_scaling="count"``: ALS-WR, the weighting of Spark MLlib's ALS, so the same data and reg
+give the model Spark gives). ALS never increases it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .._arrays import Call, offsets_array, resolve
+from ..ops._factors import raise_index_error
+from ..ops.sampled_product import sampled_product
+from ..ops.sparse_times_dense import _csr_buffers
+from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._result import RecoveryResult
+
+REG_SCALINGS = ("none", "count")
+_GPU_SHARED_BYTES = 48 * 1024  # the CUDA kernel keeps one row's r x r system in shared memory
+
+
+class _Problem:
+    """Validated data of B problems of one shape, with both CSR orders built once per solve.
+
+    Each order keeps (indptr, others, vals) with the values moved into CSR order once, so the
+    row solves stream them instead of gathering through a permutation every half-step.
+
+    On the CPU the orders come from ``coo_to_csr`` (a stable counting sort). On the GPU they
+    come from a stable CuPy ``argsort`` of the flattened key ``problem * n_key + key`` (CuPy's
+    sort is a stable radix sort), so both backends visit each row's entries in input order.
+    """
+
+    def __init__(self, call: Call, rows, cols, vals, offsets, batch: int, shape: tuple[int, int], rank: int,
+                 reg: float, count_scaling: bool):
+        self.call, self.xp = call, call.xp
+        self.rows, self.cols, self.vals = rows, cols, vals
+        self.batch, (self.m, self.n), self.rank = batch, shape, rank
+        self.reg, self.count_scaling = reg, count_scaling
+        self.nnz = int(rows.shape[0])
+        self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
+        host_offsets = self.offsets.get() if call.on_device else self.offsets
+        self.starts = host_offsets[:-1][host_offsets[:-1] < host_offsets[1:]]  # first entry of each non-empty problem
+        self.nonempty = host_offsets[:-1] < host_offsets[1:]
+        if call.on_device:
+            self.problem_ids = self.xp.searchsorted(self.offsets, self.xp.arange(self.nnz), side="right") - 1
+            self.by_rows = self._csr_gpu(rows, cols, self.m, "rows")
+            self.by_cols = self._csr_gpu(cols, rows, self.n, "cols")
+        else:
+            self.by_rows = self._csr_cpu(rows, cols, self.m, "rows")
+            self.by_cols = self._csr_cpu(cols, rows, self.n, "cols")
+        # Penalty weights w (batch, n_key): observation counts for "count", else ones.
+        self.row_weights = self._weights(self.by_rows[0], self.m)
+        self.col_weights = self._weights(self.by_cols[0], self.n)
+
+    def _csr_cpu(self, keys, others, n_key: int, name: str):
+        indptr, perm, others_sorted = _csr_buffers(self.batch * n_key, self.nnz, others.dtype)
+        vals_sorted = np.empty_like(self.vals)
+        bad, already_sorted = self.call.module.coo_to_csr(keys, others, self.vals, self.offsets, n_key, indptr, perm,
+                                                          others_sorted, vals_sorted)
+        if bad >= 0:
+            raise_index_error(self.call, bad, [(name, keys, n_key)])
+        return (indptr, others, self.vals) if already_sorted else (indptr, others_sorted, vals_sorted)
+
+    def _csr_gpu(self, keys, others, n_key: int, name: str):
+        xp = self.xp
+        out_of_range = (keys < 0) | (keys >= n_key)
+        if bool(out_of_range.any()):
+            raise_index_error(self.call, int(xp.argmax(out_of_range)), [(name, keys, n_key)])
+        flat = self.problem_ids * n_key + keys.astype(xp.int64)
+        perm = xp.argsort(flat)
+        indptr = xp.zeros(self.batch * n_key + 1, dtype=xp.int64)
+        indptr[1:] = xp.cumsum(xp.bincount(flat, minlength=self.batch * n_key))
+        return indptr, others[perm], self.vals[perm]
+
+    def _weights(self, indptr, n_key: int):
+        xp = self.xp
+        if not self.count_scaling:
+            return xp.ones((self.batch, n_key), dtype=xp.float64)
+        return xp.diff(indptr).reshape(self.batch, n_key).astype(xp.float64)
+
+    def update(self, out, csr, F, n_key: int, active: np.ndarray) -> int:
+        """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; singular rows."""
+        indptr, others, vals = csr
+        if not self.call.on_device:
+            return int(self.call.module.als_update_rows(indptr, None, others, vals, F, n_key, self.reg,
+                                                        self.count_scaling, active, out))
+        xp = self.xp
+        mask = xp.asarray(active)
+        singular = xp.zeros(1, dtype=xp.int64)
+        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr,
+                                         0, others.data.ptr, vals.data.ptr,
+                                         F.data.ptr, self.batch, n_key, F.shape[1], self.rank, self.reg,
+                                         self.count_scaling, mask.data.ptr, out.data.ptr, singular.data.ptr,
+                                         self.call.stream())
+        return int(singular.get()[0])
+
+    def per_problem_sum(self, values) -> np.ndarray:
+        """(batch,) float64 host sums of per-entry values over each problem's entries."""
+        if self.call.on_device:  # atomics: equal to rounding, not bitwise reproducible
+            return self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch).get()
+        sums = np.zeros(self.batch)
+        sums[self.nonempty] = np.add.reduceat(values, self.starts)
+        return sums
+
+    def loss(self, U, V) -> np.ndarray:
+        """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        xp = self.xp
+        residual = (self.vals - sampled_product(U, V, self.rows, self.cols, self.offsets, check_finite=False))
+        squares = self.per_problem_sum(residual.astype(xp.float64, copy=False) ** 2)
+        penalty = ((self.row_weights * (U.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1)
+                   + (self.col_weights * (V.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1))
+        penalty = penalty.get() if self.call.on_device else penalty
+        return 0.5 * (squares + self.reg * penalty)
+
+
+def relative_change(xp, U, V, U0, V0) -> np.ndarray:
+    """(batch,) ||U V^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from r x r Gram matrices.
+
+    ||X - X0||^2 = tr(U'U V'V) - 2 tr(U'U0 V0'V) + tr(U0'U0 V0'V0), in float64: the
+    cancellation resolves changes down to about 1e-8 relative. inf when X0 = 0 and X != 0.
+    """
+    U, V, U0, V0 = (x.astype(xp.float64, copy=False) for x in (U, V, U0, V0))
+
+    def gram(A, B):
+        return xp.matmul(A.transpose(0, 2, 1), B)
+
+    new = (gram(U, U) * gram(V, V)).sum(axis=(1, 2))
+    cross = (gram(U, U0) * gram(V, V0)).sum(axis=(1, 2))
+    old = (gram(U0, U0) * gram(V0, V0)).sum(axis=(1, 2))
+    if xp is not np:
+        new, cross, old = new.get(), cross.get(), old.get()
+    squared = np.maximum(new - 2 * cross + old, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.sqrt(squared / old)
+    change[old == 0] = np.where(squared[old == 0] > 0, np.inf, 0.0)
+    return change
+
+
+def _initial_V(seeds: Sequence[Any], n: int, rank: int, dtype) -> np.ndarray:
+    """(len(seeds), n, rank) host array: problem b's V is N(0, 1) / sqrt(rank) from default_rng(seeds[b])."""
+    V = np.empty((len(seeds), n, rank), dtype=dtype)
+    for b, seed in enumerate(seeds):
+        V[b] = np.random.default_rng(seed).standard_normal((n, rank)) / np.sqrt(rank)
+    return V
+
+
+def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling: Any) -> tuple[tuple[int, int], int]:
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise ValueError(f"{function}: shape must be two positive integers (m, n), got {shape!r}")
+    m, n = int(shape[0]), int(shape[1])
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(m, n):
+        raise ValueError(f"{function}: rank must be an integer in [1, min(shape) = {min(m, n)}], got {rank!r}")
+    if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating, np.integer)) or not (
+            np.isfinite(reg) and reg >= 0):
+        raise ValueError(f"{function}: reg must be a finite number >= 0, got {reg!r}")
+    if reg_scaling not in REG_SCALINGS:
+        raise ValueError(f"{function}: reg_scaling must be one of {REG_SCALINGS}, got {reg_scaling!r}")
+    return (m, n), int(rank)
+
+
+def _check_coordinates(call: Call, rows, cols, vals):
+    rows = call.index_array("rows", rows)
+    cols = call.index_array("cols", cols, length=rows.shape[0])
+    if rows.dtype != cols.dtype:
+        raise TypeError(f"{call.function}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
+    if rows.shape[0] == 0:
+        raise ValueError(f"{call.function}: rows and cols are empty; ALS needs observed entries")
+    vals = call.float_array("vals", vals, (1,))
+    if vals.shape[0] != rows.shape[0]:
+        raise ValueError(f"{call.function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
+    return rows, cols, vals
+
+
+def _check_init(call: Call, init, expected: tuple[int, ...]):
+    V0 = call.float_array("init", init, (len(expected),))
+    if tuple(V0.shape) != expected:
+        raise ValueError(f"{call.function}: init (the initial V) has shape {tuple(V0.shape)}, expected {expected}")
+    return V0.reshape(1, *V0.shape) if len(expected) == 2 else V0
+
+
+def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float, digest: str,
+           batched: bool, started: float) -> RecoveryResult:
+    """The loop shared by als and batched_als: B problems, each frozen once it converges."""
+    xp = call.xp
+    state = LoopState(arrays={"U": xp.zeros((problem.batch, problem.m, problem.rank), dtype=V0.dtype), "V": V0,
+                              "active": np.ones(problem.batch, dtype=np.uint8),
+                              "n_iter": np.zeros(problem.batch, dtype=np.int64)},
+                      scalars={"singular_rows": 0.0})
+    if settings.checkpoint:
+        saved = load_checkpoint(settings.checkpoint, digest, xp)
+        if saved is not None:
+            for name in ("active", "n_iter"):  # bookkeeping stays on the host
+                saved.arrays[name] = np.asarray(saved.arrays[name].get() if call.on_device else saved.arrays[name])
+            state = saved
+
+    def step(state: LoopState):
+        U, V, active = state.arrays["U"], state.arrays["V"], state.arrays["active"]
+        U0, V0 = U.copy(), V.copy()
+        singular = problem.update(U, problem.by_rows, V, problem.m, active)
+        singular += problem.update(V, problem.by_cols, U, problem.n, active)
+        running = active.astype(bool)
+        loss = problem.loss(U, V)
+        change = relative_change(xp, U, V, U0, V0)
+        loss[~running] = np.nan  # frozen problems did not iterate
+        change[~running] = np.nan
+        state.arrays["n_iter"][running] += 1
+        active[running & (change < tol)] = 0
+        state.scalars["singular_rows"] = float(singular)
+        return (loss, change) if batched else (loss[0], change[0])
+
+    def all_converged(state: LoopState) -> Optional[str]:
+        return None if state.arrays["active"].any() else "converged"
+
+    state, reason, _ = run_loop(settings, state, step, digest, all_converged)
+    converged = state.arrays["active"] == 0
+    stop = ["converged" if flag else reason for flag in converged]
+    history = {"loss": np.asarray(state.loss, dtype=np.float64),
+               "relative_change": np.asarray(state.relative_change, dtype=np.float64)}
+    info = {"singular_rows": int(state.scalars["singular_rows"]), "reg": problem.reg,
+            "reg_scaling": "count" if problem.count_scaling else "none"}
+    U, V = state.arrays["U"], state.arrays["V"]
+    if batched:
+        info["n_iter"] = state.arrays["n_iter"].copy()
+        return RecoveryResult(U=call.wrap(U), V=call.wrap(V), history=history, n_iter=state.iteration,
+                              converged=converged, stop_reason=stop, seconds=time.perf_counter() - started,
+                              backend=call.backend, info=info)
+    return RecoveryResult(U=call.wrap(U[0]), V=call.wrap(V[0]), history=history, n_iter=state.iteration,
+                          converged=bool(converged[0]), stop_reason=stop[0], seconds=time.perf_counter() - started,
+                          backend=call.backend, info=info)
+
+
+def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling, settings: LoopSettings,
+             batched: bool):
+    call = resolve(function, rows=rows, cols=cols, vals=vals, offsets=offsets, init=init)
+    (m, n), rank = _check_settings(function, shape, rank, reg, reg_scaling)
+    settings.validate(function)
+    rows, cols, vals = _check_coordinates(call, rows, cols, vals)
+    if call.on_device and (rank * rank + rank) * vals.dtype.itemsize > _GPU_SHARED_BYTES:
+        raise ValueError(f"{function}: rank {rank} is too large for the GPU kernel with {vals.dtype} "
+                         f"((rank^2 + rank) * {vals.dtype.itemsize} bytes must fit in 48 KiB of shared memory)")
+    if batched:
+        offsets = call.index_array("offsets", offsets)
+        batch = int(offsets.shape[0]) - 1
+        if batch < 1:
+            raise ValueError(f"{function}: offsets must have length B + 1 >= 2, got {offsets.shape[0]}")
+    else:
+        batch = 1
+    problem = _Problem(call, rows, cols, vals, offsets, batch, (m, n), rank, float(reg), reg_scaling == "count")
+    return call, problem
+
+
+def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
+        reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6, seed: Any = None,
+        init: Optional[Any] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
+        progress: bool = False, checkpoint: Optional[str] = None, checkpoint_every: int = 10,
+        time_limit: Optional[float] = None) -> RecoveryResult:
+    """Complete an m x n matrix of rank ``rank`` from observed entries by alternating least squares.
+
+    Minimises sum_k (vals[k] - <U[rows[k]], V[cols[k]]>)^2 + reg * sum_i w_i ||U[i]||^2
+    + reg * sum_j w_j ||V[j]||^2, with w = 1 or, for ``reg_scaling="count"``, the number of
+    observations of the row / column (ALS-WR, as in Spark MLlib). A row with no observations is
+    zero when reg > 0; with reg == 0 a singular row system sets the row to zero and is counted in
+    ``result.info["singular_rows"]`` (U and V rows of the last iteration).
+
+    Parameters
+    ----------
+    rows, cols : (nnz,) int32/int64 arrays of one dtype, 0 <= rows < m, 0 <= cols < n (numpy,
+        or CUDA arrays to solve on the GPU). Repeated coordinates count as separate observations.
+    vals : (nnz,) float32/float64 observed values (finite); the factors take this dtype.
+    shape : (m, n).
+    rank : 1 <= rank <= min(m, n).
+    reg : regularisation >= 0.
+    reg_scaling : "none" or "count".
+    max_iter, tol : stop after max_iter iterations, or once the relative change of U V^T,
+        ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, is below tol (computed from r x r Gram matrices).
+    seed : anything ``numpy.random.default_rng`` takes; V starts as
+        ``default_rng(seed).standard_normal((n, rank)) / sqrt(rank)``, drawn on the host on both
+        backends so the result does not depend on the backend. U starts at 0, so the first
+        relative change is inf.
+    init : (n, rank) initial V of the dtype of vals (e.g. a previous ``result.V``); replaces the seed.
+    callback : called as callback(iteration, {"loss", "relative_change", "U", "V", ...}) after
+        every iteration (U, V there are (1, m, rank) / (1, n, rank) views of the live factors).
+    progress : show a tqdm bar (on stderr) with the current loss.
+    checkpoint : path of an .npz the state is written to atomically every ``checkpoint_every``
+        iterations and at the end; calling again with the same path, data and settings resumes
+        from it and ends with the same U, V as an uninterrupted run.
+    time_limit : seconds after which the run stops with stop_reason "time_limit".
+
+    Returns
+    -------
+    RecoveryResult with U (m, rank), V (n, rank) (the array type of the inputs), history
+    {"loss", "relative_change"} (n_iter,) float64, where loss is half the objective above
+    (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged, stop_reason
+    ("converged", "max_iter" or "time_limit"), seconds, backend, and info["singular_rows"].
+
+    Raises
+    ------
+    TypeError for dtypes or mixed host/device arrays; ValueError for shapes, NaN/inf in vals,
+    empty input and bad settings; IndexError for an out-of-range index; CheckpointMismatchError
+    when ``checkpoint`` belongs to another problem.
+    """
+    started = time.perf_counter()
+    settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
+                            description="als")
+    call, problem = _prepare("als", rows, cols, vals, None, init, shape, rank, reg, reg_scaling, settings,
+                             batched=False)
+    if init is not None:
+        V0 = _check_init(call, init, (problem.n, problem.rank)).copy()
+    else:
+        V0 = call.xp.asarray(_initial_V([seed], problem.n, problem.rank, problem.vals.dtype))
+    # Without a checkpoint nothing is compared against, so the data need not be hashed.
+    digest = fingerprint("als", problem.rows, problem.cols, problem.vals, problem.m, problem.n, problem.rank,
+                         problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
+    return _solve(call, problem, V0, settings, tol, digest, batched=False, started=started)
+
+
+def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int,
+                reg: float = 0.1, *, reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6,
+                seed: Optional[int] = None, init: Optional[Any] = None,
+                callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
+                checkpoint: Optional[str] = None, checkpoint_every: int = 10,
+                time_limit: Optional[float] = None) -> RecoveryResult:
+    """ALS on B independent m x n problems at once, each with its own observed entries.
+
+    Every half-step solves the rows of all problems still running in one kernel launch; a
+    problem whose relative change falls below ``tol`` is frozen (its U, V no longer change) and
+    keeps its flag while the others go on. Problem b ends with the same U, V, n_iter and flag
+    as ``als(rows[s], cols[s], vals[s], shape, rank, reg, seed=(seed, b), ...)`` with
+    s = slice(offsets[b], offsets[b + 1]), the same reg_scaling, max_iter and tol.
+
+    Parameters
+    ----------
+    rows, cols, vals : (nnz,) the problems' entries concatenated; problem b owns entries
+        offsets[b]:offsets[b + 1], indices within one problem (0 <= rows < m, 0 <= cols < n).
+    offsets : (B + 1,) int array, non-decreasing from 0 to nnz. A problem may have no entries
+        (its factors are zero when reg > 0).
+    shape, rank, reg, reg_scaling, max_iter, tol, callback, progress, checkpoint,
+    checkpoint_every, time_limit : as for :func:`als`, per problem (the bar shows the loss
+        summed over the running problems).
+    seed : None or an int >= 0: problem b's V starts from ``default_rng((seed, b))`` as in
+        :func:`als`; None draws a fresh seed.
+    init : (B, n, rank) initial V, replacing the seeds.
+
+    Returns
+    -------
+    RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool, stop_reason a list
+    of B strings, history {"loss", "relative_change"} of shape (n_iter, B) (NaN once a problem
+    is frozen), n_iter the most iterations any problem ran, info["n_iter"] (B,) per problem and
+    info["singular_rows"] (all problems, last iteration).
+    """
+    started = time.perf_counter()
+    settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
+                            description="batched_als")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"batched_als: seed must be None or an integer >= 0, got {seed!r}")
+    if offsets is None:
+        raise ValueError("batched_als: offsets (length B + 1) must say which entries belong to which problem")
+    call, problem = _prepare("batched_als", rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling,
+                             settings, batched=True)
+    if init is not None:
+        V0 = _check_init(call, init, (problem.batch, problem.n, problem.rank)).copy()
+    else:
+        base = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        V0 = call.xp.asarray(_initial_V([(base, b) for b in range(problem.batch)], problem.n, problem.rank,
+                                        problem.vals.dtype))
+    digest = fingerprint("batched_als", problem.rows, problem.cols, problem.vals, problem.offsets, problem.m,
+                         problem.n, problem.rank, problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
+    return _solve(call, problem, V0, settings, tol, digest, batched=True, started=started)

@@ -1,0 +1,283 @@
+"""ALS and batched ALS: the row solves against numpy, completion accuracy, monotone objective,
+batched == per-problem, convergence flags, checkpoint resume after a kill, stopping, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lowrank_hpc
+from lowrank_hpc.recover import CheckpointMismatchError, als, batched_als
+
+TOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def low_rank_problem(rng, m, n, rank, fraction, noise=0.0, index_dtype=np.int64):
+    """Exact rank-``rank`` M, observed on a random fraction of entries (row-major order)."""
+    M = rng.standard_normal((m, rank)) @ rng.standard_normal((n, rank)).T
+    mask = rng.random((m, n)) < fraction
+    rows, cols = (np.ascontiguousarray(i, dtype=index_dtype) for i in np.nonzero(mask))
+    vals = M[rows, cols] + noise * rng.standard_normal(rows.shape[0])
+    return M, mask, rows, cols, vals
+
+
+def reference_half_steps(rows, cols, vals, shape, V0, reg, count_scaling):
+    """One ALS iteration by dense per-row least squares in float64: U given V0, then V given U."""
+    def solve_side(keys, others, n_key, F):
+        out = np.zeros((n_key, F.shape[1]))
+        for i in range(n_key):
+            picked = keys == i
+            if not picked.any():
+                continue
+            A = F[others[picked]]
+            lam = reg * picked.sum() if count_scaling else reg
+            out[i] = np.linalg.solve(A.T @ A + lam * np.eye(F.shape[1]), A.T @ vals[picked])
+        return out
+
+    U = solve_side(rows, cols, shape[0], V0.astype(np.float64))
+    return U, solve_side(cols, rows, shape[1], U)
+
+
+@pytest.mark.parametrize("reg_scaling", ["none", "count"])
+def test_one_iteration_matches_dense_solves(backend, dtype, rng, reg_scaling):
+    m, n, r = 9, 7, 3
+    rows = rng.integers(0, m, 40)
+    cols = rng.integers(0, n, 40)
+    rows[rows == 4] = 5  # row 4 has no observation: it must come out as zero
+    vals = rng.standard_normal(40).astype(dtype)
+    V0 = rng.standard_normal((n, r)).astype(dtype)
+    result = als(backend.put(rows), backend.put(cols), backend.put(vals), (m, n), r, reg=0.3,
+                 reg_scaling=reg_scaling, max_iter=1, init=backend.put(V0))
+    U_ref, V_ref = reference_half_steps(rows, cols, vals.astype(np.float64), (m, n), V0, 0.3, reg_scaling == "count")
+    np.testing.assert_allclose(backend.get(result.U), U_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(backend.get(result.V), V_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert np.all(backend.get(result.U)[4] == 0)
+    assert result.info["singular_rows"] == 0 and result.backend == backend.name
+    assert result.U.dtype == dtype and result.n_iter == 1 and result.stop_reason == "max_iter"
+
+
+def test_unregularised_singular_rows_are_zero_and_counted(backend):
+    # rank 2, reg 0: row 0 has one observation (singular 2 x 2 system), row 3 has none.
+    rows = np.array([0, 1, 1, 1, 2, 2, 2], dtype=np.int64)
+    cols = np.array([0, 0, 1, 2, 0, 1, 2], dtype=np.int64)
+    vals = np.arange(1.0, 8.0)
+    result = als(backend.put(rows), backend.put(cols), backend.put(vals), (4, 3), 2, reg=0.0, max_iter=1, seed=0)
+    U = backend.get(result.U)
+    assert np.all(U[0] == 0) and np.all(U[3] == 0) and np.all(np.isfinite(U))
+    assert result.info["singular_rows"] == 2
+
+
+def test_completes_exact_low_rank_matrix(backend, rng):
+    M, mask, rows, cols, vals = low_rank_problem(rng, 500, 500, 5, 0.10)
+    result = als(backend.put(rows), backend.put(cols), backend.put(vals), (500, 500), 5, reg=1e-8, seed=1,
+                 max_iter=100, tol=1e-7)
+    X = backend.get(result.U) @ backend.get(result.V).T
+    assert np.sqrt(np.mean((X - M)[~mask] ** 2)) < 1e-4
+    assert result.converged and result.stop_reason == "converged"
+
+
+def test_noisy_completion_reaches_the_noise_level(rng):
+    sigma = 0.01
+    M, mask, rows, cols, vals = low_rank_problem(rng, 500, 500, 5, 0.10, noise=sigma)
+    # ALS-WR with a small reg: a larger one (0.01 here) shrinks the signal more than the noise.
+    result = als(rows, cols, vals, (500, 500), 5, reg=1e-3, reg_scaling="count", seed=2, max_iter=100, tol=1e-6)
+    X = result.U @ result.V.T
+    held_out = M[~mask] + sigma * rng.standard_normal(int((~mask).sum()))
+    assert np.sqrt(np.mean((X[~mask] - held_out) ** 2)) < 1.5 * sigma
+
+
+@pytest.mark.parametrize("reg_scaling", ["none", "count"])
+def test_objective_never_increases(dtype, rng, reg_scaling):
+    _, _, rows, cols, vals = low_rank_problem(rng, 80, 60, 4, 0.3, noise=0.5)
+    result = als(rows, cols, vals.astype(dtype), (80, 60), 4, reg=0.5, reg_scaling=reg_scaling, seed=3,
+                 max_iter=30, tol=0.0)
+    loss = result.history["loss"]
+    assert loss.shape == (30,) and result.history["relative_change"].shape == (30,)
+    assert np.all(np.diff(loss) <= 10 * np.finfo(dtype).eps * loss[:-1])
+    assert result.history["relative_change"][0] == np.inf
+
+
+def batch_of_problems(rng, batch, m, n, rank, index_dtype=np.int64):
+    """Concatenated entries of ``batch`` problems with different numbers of observations."""
+    parts, offsets = [], [0]
+    for b in range(batch):
+        _, _, rows, cols, vals = low_rank_problem(rng, m, n, rank, 0.3 + 0.1 * (b % 4), noise=0.05 * (b % 2),
+                                                  index_dtype=index_dtype)
+        parts.append((rows, cols, vals))
+        offsets.append(offsets[-1] + rows.shape[0])
+    rows, cols, vals = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    return rows, cols, vals, np.array(offsets, dtype=np.int64)
+
+
+@pytest.mark.parametrize("reg_scaling", ["none", "count"])
+def test_batched_equals_per_problem_solves(backend, rng, reg_scaling):
+    rows, cols, vals, offsets = batch_of_problems(rng, 6, 12, 10, 2)
+    settings = dict(reg=0.05, reg_scaling=reg_scaling, max_iter=25, tol=1e-5)
+    batched = batched_als(backend.put(rows), backend.put(cols), backend.put(vals), backend.put(offsets), (12, 10), 2,
+                          seed=11, **settings)
+    assert batched.U.shape == (6, 12, 2) and batched.V.shape == (6, 10, 2)
+    assert batched.history["loss"].shape == (batched.n_iter, 6)
+    for b in range(6):
+        s = slice(offsets[b], offsets[b + 1])
+        single = als(backend.put(rows[s]), backend.put(cols[s]), backend.put(vals[s]), (12, 10), 2, seed=(11, b),
+                     **settings)
+        np.testing.assert_allclose(backend.get(batched.U)[b], backend.get(single.U), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(backend.get(batched.V)[b], backend.get(single.V), rtol=1e-12, atol=1e-14)
+        assert batched.info["n_iter"][b] == single.n_iter
+        assert batched.converged[b] == single.converged and batched.stop_reason[b] == single.stop_reason
+        np.testing.assert_allclose(batched.history["loss"][:single.n_iter, b], single.history["loss"], rtol=1e-10)
+        assert np.all(np.isnan(batched.history["loss"][single.n_iter:, b]))
+
+
+def test_each_problem_keeps_its_own_convergence_flag(rng):
+    # Problems 0 and 2: exact rank 2, fully observed (ALS settles in a few iterations). Problem 1:
+    # pure noise, which rank-2 ALS does not settle in 40 iterations. Problem 3 has no entries.
+    parts = [low_rank_problem(rng, 30, 30, 2, 1.0)[2:] for _ in range(3)]
+    parts[1] = (parts[1][0], parts[1][1], rng.standard_normal(parts[1][2].shape[0]))
+    rows, cols, vals = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    offsets = np.array([0, 900, 1800, 2700, 2700])
+    result = batched_als(rows, cols, vals, offsets, (30, 30), 2, reg=1e-6, seed=5, max_iter=40, tol=1e-6)
+    assert result.converged.tolist() == [True, False, True, True]
+    assert result.stop_reason == ["converged", "max_iter", "converged", "converged"]
+    assert result.info["n_iter"][1] == 40 and result.info["n_iter"][0] < 40 and result.n_iter == 40
+    assert np.all(result.U[3] == 0) and np.all(result.V[3] == 0)
+
+
+CHECKPOINT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from lowrank_hpc.recover import als
+    data = np.load(sys.argv[1])
+    # Slow iterations so the parent can kill the run half-way.
+    als(data["rows"], data["cols"], data["vals"], (120, 100), 3, reg=0.1, seed=7, max_iter=30, tol=0.0,
+        checkpoint=sys.argv[2], checkpoint_every=3, callback=lambda i, state: time.sleep(0.1))
+""")
+
+
+def test_checkpoint_resume_after_kill_matches_uninterrupted_run(tmp_path, rng):
+    _, _, rows, cols, vals = low_rank_problem(rng, 120, 100, 3, 0.2, noise=0.1)
+    settings = dict(reg=0.1, seed=7, max_iter=30, tol=0.0)
+    reference = als(rows, cols, vals, (120, 100), 3, **settings)
+    data, checkpoint = tmp_path / "data.npz", tmp_path / "run.npz"
+    np.savez(data, rows=rows, cols=cols, vals=vals)
+    script = tmp_path / "run_als.py"
+    script.write_text(CHECKPOINT_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(lowrank_hpc.__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, str(script), str(data), str(checkpoint)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert checkpoint.exists(), "the child run wrote no checkpoint"
+    finally:
+        child.kill()
+        child.wait()
+    with np.load(checkpoint) as saved:
+        assert 0 < int(saved["iteration"]) < 30 and str(saved["stop_reason"]) == ""
+    resumed = als(rows, cols, vals, (120, 100), 3, checkpoint=str(checkpoint), checkpoint_every=3, **settings)
+    np.testing.assert_array_equal(resumed.U, reference.U)
+    np.testing.assert_array_equal(resumed.V, reference.V)
+    np.testing.assert_array_equal(resumed.history["loss"], reference.history["loss"])
+    assert resumed.n_iter == 30 and resumed.stop_reason == "max_iter"
+    again = als(rows, cols, vals, (120, 100), 3, checkpoint=str(checkpoint), **settings)  # finished: returns at once
+    np.testing.assert_array_equal(again.U, reference.U)
+    with pytest.raises(CheckpointMismatchError, match="different problem"):
+        als(rows, cols, vals + 1.0, (120, 100), 3, checkpoint=str(checkpoint), **settings)
+
+
+class Interrupted(Exception):
+    """Raised by a callback to cut a run short, as a crash would."""
+
+
+def test_batched_checkpoint_resume_matches_uninterrupted_run(tmp_path, rng):
+    rows, cols, vals, offsets = batch_of_problems(rng, 5, 15, 12, 2)
+    settings = dict(reg=0.05, seed=3, max_iter=20, tol=1e-6)
+    reference = batched_als(rows, cols, vals, offsets, (15, 12), 2, **settings)
+    path = str(tmp_path / "batched.npz")
+
+    def crash_at_seven(iteration, state):
+        if iteration == 7:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        batched_als(rows, cols, vals, offsets, (15, 12), 2, checkpoint=path, checkpoint_every=3,
+                    callback=crash_at_seven, **settings)
+    resumed = batched_als(rows, cols, vals, offsets, (15, 12), 2, checkpoint=path, checkpoint_every=3, **settings)
+    np.testing.assert_array_equal(resumed.U, reference.U)
+    np.testing.assert_array_equal(resumed.V, reference.V)
+    np.testing.assert_array_equal(resumed.converged, reference.converged)
+    np.testing.assert_array_equal(resumed.info["n_iter"], reference.info["n_iter"])
+    np.testing.assert_array_equal(resumed.history["relative_change"], reference.history["relative_change"])
+    assert resumed.stop_reason == reference.stop_reason
+
+
+def test_progress_bar_writes_to_stderr(rng, capsys):
+    _, _, rows, cols, vals = low_rank_problem(rng, 40, 30, 2, 0.5)
+    als(rows, cols, vals, (40, 30), 2, seed=0, max_iter=3, tol=0.0, progress=True)
+    assert "als" in capsys.readouterr().err
+
+
+def test_time_limit_stops_the_run(rng):
+    _, _, rows, cols, vals = low_rank_problem(rng, 60, 50, 3, 0.3, noise=0.5)
+    result = als(rows, cols, vals, (60, 50), 3, seed=0, max_iter=1000, tol=0.0, time_limit=1e-6)
+    assert result.stop_reason == "time_limit" and result.n_iter == 1 and not result.converged
+
+
+def test_int32_indices_and_float32_give_float32_factors(rng):
+    _, _, rows, cols, vals = low_rank_problem(rng, 30, 20, 2, 0.5, index_dtype=np.int32)
+    result = als(rows, cols, vals.astype(np.float32), (30, 20), 2, seed=0, max_iter=5)
+    assert result.U.dtype == np.float32 and result.V.dtype == np.float32
+
+
+def _base(rng):
+    _, _, rows, cols, vals = low_rank_problem(rng, 10, 8, 2, 0.6)
+    return dict(rows=rows, cols=cols, vals=vals, shape=(10, 8), rank=2)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a["vals"].__setitem__(0, np.nan), ValueError, "vals contains 1 NaN/inf"),
+    (lambda a: a["rows"].__setitem__(2, 10), IndexError, r"rows\[2\] = 10 is out of range \[0, 10\)"),
+    (lambda a: a["cols"].__setitem__(1, -1), IndexError, r"cols\[1\] = -1 is out of range"),
+    (lambda a: a.update(rank=0), ValueError, r"rank must be an integer in \[1, min\(shape\) = 8\]"),
+    (lambda a: a.update(rank=9), ValueError, "rank must be"),
+    (lambda a: a.update(reg=-1.0), ValueError, "reg must be a finite number >= 0"),
+    (lambda a: a.update(reg=np.inf), ValueError, "reg must be"),
+    (lambda a: a.update(reg_scaling="spark"), ValueError, "reg_scaling must be one of"),
+    (lambda a: a.update(shape=(10,)), ValueError, "shape must be two positive integers"),
+    (lambda a: a.update(vals=a["vals"].astype(np.int64)), TypeError, "vals must be float32 or float64"),
+    (lambda a: a.update(rows=a["rows"].astype(np.float64)), TypeError, "rows must be int32 or int64"),
+    (lambda a: a.update(cols=a["cols"].astype(np.int32)), TypeError, "rows is int64 but cols is int32"),
+    (lambda a: a.update(vals=a["vals"][:-1].copy()), ValueError, "vals has length"),
+    (lambda a: a.update(rows=a["rows"][:0], cols=a["cols"][:0], vals=a["vals"][:0]), ValueError, "empty"),
+    (lambda a: a.update(max_iter=0), ValueError, "max_iter must be a positive integer"),
+    (lambda a: a.update(init=np.zeros((8, 3))), ValueError, r"init \(the initial V\) has shape \(8, 3\)"),
+    (lambda a: a.update(init=np.zeros((8, 2), dtype=np.float32)), TypeError, "init is float32 but vals is float64"),
+    (lambda a: a.update(time_limit=0), ValueError, "time_limit must be positive"),
+], ids=["nan", "row-range", "col-range", "rank0", "rank-big", "reg-neg", "reg-inf", "scaling", "shape",
+        "vals-int", "rows-float", "mixed-index", "vals-length", "empty", "max_iter", "init-shape", "init-dtype",
+        "time_limit"])
+def test_bad_inputs_raise_clear_errors(rng, change, error, match):
+    arguments = _base(rng)
+    change(arguments)
+    with pytest.raises(error, match=match):
+        als(**arguments)
+
+
+def test_batched_bad_inputs(rng):
+    rows, cols, vals, offsets = batch_of_problems(rng, 2, 10, 8, 2)
+    with pytest.raises(ValueError, match="offsets must start at 0 and end at the number of entries"):
+        batched_als(rows, cols, vals, offsets - 1, (10, 8), 2)
+    with pytest.raises(ValueError, match="offsets must be non-decreasing"):
+        batched_als(rows, cols, vals, offsets[[0, 2, 1, 2]], (10, 8), 2)
+    with pytest.raises(ValueError, match="seed must be None or an integer >= 0"):
+        batched_als(rows, cols, vals, offsets, (10, 8), 2, seed=-1)
+    with pytest.raises(ValueError, match=r"init must have 3 dimensions, got shape \(8, 2\)"):
+        batched_als(rows, cols, vals, offsets, (10, 8), 2, init=np.zeros((8, 2)))
+    with pytest.raises(ValueError, match="offsets"):
+        batched_als(rows, cols, vals, None, (10, 8), 2)
