@@ -170,6 +170,35 @@ class SensingOperator(ABC):
                              f"expected ({n1}, r) and ({n2}, r)")
         return call.wrap(self._forward_factored(call, U, V))
 
+    def adjoint_times(self, y: Any, B: Any) -> Any:
+        """A*(y) @ B for y (m,) and B (n2, k): the gradient product of factored solvers.
+
+        Operators with structure (entry sampling, rank-one) never form the (n1, n2) A*(y).
+        Returns (n1, k) of y's dtype and array type.
+        """
+        return self._adjoint_product("adjoint_times", y, B, transpose=False)
+
+    def adjoint_transpose_times(self, y: Any, B: Any) -> Any:
+        """A*(y)^T @ B for y (m,) and B (n1, k). Returns (n2, k)."""
+        return self._adjoint_product("adjoint_transpose_times", y, B, transpose=True)
+
+    def _adjoint_product(self, method: str, y: Any, B: Any, transpose: bool) -> Any:
+        function = f"{self._name}.{method}"
+        call = resolve(function, y=y, B=B)
+        y = call.float_array("y", y, (1,))
+        B = call.float_array("B", B, (2,))
+        rows_expected = self._shape[0] if transpose else self._shape[1]
+        if y.shape[0] != self._m:
+            raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},)")
+        if B.shape[0] != rows_expected:
+            raise ValueError(f"{function}: B has shape {tuple(B.shape)}, expected ({rows_expected}, k)")
+        return call.wrap(self._adjoint_times(call, y, B, transpose))
+
+    def _adjoint_times(self, call: Call, y: Any, B: Any, transpose: bool) -> Any:
+        """Default: form A*(y) once and multiply (one (n1, n2) matrix)."""
+        G = self._adjoint(call, y.reshape(1, self._m))[0]
+        return (G.T if transpose else G) @ B
+
     def to_dense(self, dtype: Any = np.float64) -> np.ndarray:
         """The (m, n1 * n2) numpy matrix of the operator, rows in row-major vec order: A(X) = M @ X.ravel().
 

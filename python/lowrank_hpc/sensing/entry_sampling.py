@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import Call, resolve
-from ..ops import sampled_product
+from ..ops import SparsePattern, sampled_product
 from ._base import SensingOperator, check_shape
 
 
@@ -43,6 +43,7 @@ class EntrySampling(SensingOperator):
         # Copies: later changes to the caller's arrays must not change the operator.
         self._host_rows, self._host_cols = host_rows.copy(), host_cols.copy()
         self._host_flat = host_rows.astype(np.int64) * shape[1] + host_cols
+        self._patterns: dict[str, SparsePattern] = {}
 
     def indices(self, call: Call) -> tuple[Any, Any, Any]:
         """(rows, cols, rows * n2 + cols) on the call's backend."""
@@ -68,6 +69,16 @@ class EntrySampling(SensingOperator):
     def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
         rows, cols, _ = self.indices(call)
         return sampled_product(U, V, rows, cols, check_finite=False)
+
+    def pattern(self, call: Call) -> SparsePattern:
+        """The observed positions as a SparsePattern on the call's backend, sorted once."""
+        if call.backend not in self._patterns:  # one pattern serves every float dtype
+            self._patterns[call.backend] = SparsePattern(*self.indices(call)[:2], self._shape)
+        return self._patterns[call.backend]
+
+    def _adjoint_times(self, call: Call, y: Any, B: Any, transpose: bool) -> Any:
+        # A*(y) is the sparse matrix of y at the observed positions: no (n1, n2) matrix.
+        return self.pattern(call).times_dense(y, B, transpose=transpose, check_finite=False)
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         dense = np.zeros((self._m, self._shape[0] * self._shape[1]), dtype=dtype)

@@ -62,6 +62,13 @@ class RankOneSensing(SensingOperator):
         scale = U.dtype.type(self._scale)
         return (call.xp.matmul(a, U) * call.xp.matmul(b, V)).sum(axis=1) * scale
 
+    def _adjoint_times(self, call: Call, y: Any, B: Any, transpose: bool) -> Any:
+        # A*(y) = Amat^T diag(y) Bmat / sqrt(m): O(m k (n1 + n2)), no (n1, n2) matrix.
+        a, b = self.factors(call, y.dtype)
+        scale = y.dtype.type(self._scale)
+        near, far = (b, a) if transpose else (a, b)
+        return near.T @ (y[:, None] * (far @ B)) * scale
+
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         a, b = self.factors(backend_call(f"{self._name}.to_dense", "cpu"), dtype)
         return (a[:, :, None] * b[:, None, :]).reshape(self._m, -1) * dtype.type(self._scale)
