@@ -5,11 +5,14 @@
 
 namespace lowrank_hpc::cpu {
 
-template <class T, class I>
-int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
-                        int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                        const uint8_t* active, T* out) {
-  const ops::NormalEquations<T, I> equations{indptr, perm, others, vals, F, n_key, n_other, r, reg, count_scaling};
+namespace {
+
+template <class T, class I, int R>
+int64_t als_update_rows_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
+                             const T* F, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
+                             bool count_scaling, const uint8_t* active, T* out) {
+  const ops::NormalEquations<T, I, R> equations{indptr, perm, others, vals, F, n_key, n_other, r, reg,
+                                                count_scaling};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   int64_t singular = 0;
   // Work per row is about entries * r^2 (the Gram) plus r^3 / 3 (the factorisation).
@@ -22,10 +25,22 @@ int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* oth
     for (int64_t row = 0; row < n_rows; ++row) {
       if (active && !active[row / n_key]) continue;
       equations.accumulate(row, G, g);
-      singular += ops::solve_row(G, g, r, equations.count(row), reg, out + row * r) ? 1 : 0;
+      singular += ops::solve_row<T, R>(G, g, r, equations.count(row), reg, out + row * r) ? 1 : 0;
     }
   }
   return singular;
+}
+
+}  // namespace
+
+template <class T, class I>
+int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+                        int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
+                        const uint8_t* active, T* out) {
+  return dispatch_rank(r, [&](auto rank) {
+    return als_update_rows_rank<T, I, decltype(rank)::value>(indptr, perm, others, vals, F, batch, n_key, n_other,
+                                                             r, reg, count_scaling, active, out);
+  });
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                              \

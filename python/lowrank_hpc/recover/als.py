@@ -23,6 +23,7 @@ from ..ops._factors import raise_index_error
 from ..ops.sampled_product import sampled_product
 from ..ops.sparse_times_dense import _csr_buffers
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._measures import relative_change
 from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
@@ -123,29 +124,6 @@ class _Problem:
         return 0.5 * (squares + self.reg * penalty)
 
 
-def relative_change(xp, U, V, U0, V0) -> np.ndarray:
-    """(batch,) ||U V^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from r x r Gram matrices.
-
-    ||X - X0||^2 = tr(U'U V'V) - 2 tr(U'U0 V0'V) + tr(U0'U0 V0'V0), in float64: the
-    cancellation resolves changes down to about 1e-8 relative. inf when X0 = 0 and X != 0.
-    """
-    U, V, U0, V0 = (x.astype(xp.float64, copy=False) for x in (U, V, U0, V0))
-
-    def gram(A, B):
-        return xp.matmul(A.transpose(0, 2, 1), B)
-
-    new = (gram(U, U) * gram(V, V)).sum(axis=(1, 2))
-    cross = (gram(U, U0) * gram(V, V0)).sum(axis=(1, 2))
-    old = (gram(U0, U0) * gram(V0, V0)).sum(axis=(1, 2))
-    if xp is not np:
-        new, cross, old = new.get(), cross.get(), old.get()
-    squared = np.maximum(new - 2 * cross + old, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        change = np.sqrt(squared / old)
-    change[old == 0] = np.where(squared[old == 0] > 0, np.inf, 0.0)
-    return change
-
-
 def _initial_V(seeds: Sequence[Any], n: int, rank: int, dtype) -> np.ndarray:
     """(len(seeds), n, rank) host array: problem b's V is N(0, 1) / sqrt(rank) from default_rng(seeds[b])."""
     V = np.empty((len(seeds), n, rank), dtype=dtype)
@@ -211,7 +189,8 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
         singular += problem.update(V, problem.by_cols, U, problem.n, active)
         running = active.astype(bool)
         loss = problem.loss(U, V)
-        change = relative_change(xp, U, V, U0, V0)
+        change = relative_change(xp, U0, V0, U, V)
+        change = change.get() if xp is not np else change
         loss[~running] = np.nan  # frozen problems did not iterate
         change[~running] = np.nan
         state.arrays["n_iter"][running] += 1

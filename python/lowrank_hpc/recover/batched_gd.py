@@ -10,6 +10,7 @@ import numpy as np
 from .._arrays import offsets_array, resolve
 from ..ops import SparsePattern, sampled_product
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._measures import relative_change
 from ._result import RecoveryResult
 
 BATCHED_METHODS = ("gd", "alternating", "scaled", "scaled_damped")
@@ -70,17 +71,6 @@ def _precondition(xp, method: str, grad, partner, damping):
     if method == "scaled_damped":
         gram = gram + damping[:, None, None] * xp.eye(gram.shape[-1], dtype=gram.dtype)
     return xp.linalg.solve(gram, grad.transpose(0, 2, 1)).transpose(0, 2, 1)
-
-
-def _relative_change(xp, U0, V0, U1, V1):
-    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from k x k products (the difference
-    expanded as dU V1^T + U0 dV^T, free of cancellation)."""
-    def inner(A, B, C, D):
-        return xp.sum((A.transpose(0, 2, 1) @ C) * (B.transpose(0, 2, 1) @ D), axis=(1, 2))
-    dU, dV = U1 - U0, V1 - V0
-    squared = inner(dU, V1, dU, V1) + 2.0 * inner(dU, V1, U0, dV) + inner(U0, dV, U0, dV)
-    before = inner(U0, V0, U0, V0)
-    return xp.sqrt(xp.maximum(squared, 0.0) / xp.maximum(before, np.finfo(np.float64).tiny))
 
 
 def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int, *,
@@ -228,7 +218,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
                 break
             step = xp.where(pending, 0.5 * step, step)
             state.arrays["halvings"] = state.arrays["halvings"] + pending
-        change = xp.where(active, _relative_change(xp, U, V, U_next, V_next), 0.0)
+        change = xp.where(active, relative_change(xp, U, V, U_next, V_next), 0.0)
         state.arrays.update(U=U_next, V=V_next, step=step)
         for name in ("loss_history", "change_history"):
             if state.iteration >= state.arrays[name].shape[0]:

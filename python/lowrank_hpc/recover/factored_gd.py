@@ -15,6 +15,7 @@ import numpy as np
 
 from .._arrays import resolve
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
                              spectral_norm, top_singular_triplets)
 from ._result import RecoveryResult
@@ -60,19 +61,6 @@ class _Problem:
         if self.method == "scaled_damped":
             gram = gram + self.damping * self.xp.eye(gram.shape[0], dtype=gram.dtype)
         return self.xp.linalg.solve(gram, grad.T).T  # gram is symmetric: (gram^-1 grad^T)^T
-
-
-def _relative_change(xp: Any, U0: Any, V0: Any, U1: Any, V1: Any) -> float:
-    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F from r x r products only.
-
-    The difference is expanded as dU V1^T + U0 dV^T so that small changes are not lost to
-    cancellation between large terms."""
-    def inner(A, B, C, D):  # <A B^T, C D^T>_F = sum((A^T C) * (B^T D))
-        return float(xp.sum((A.T @ C) * (B.T @ D)))
-    dU, dV = U1 - U0, V1 - V0
-    squared = inner(dU, V1, dU, V1) + 2.0 * inner(dU, V1, U0, dV) + inner(U0, dV, U0, dV)
-    before = inner(U0, V0, U0, V0)
-    return float(np.sqrt(max(squared, 0.0) / before)) if before > 0 else float("inf")
 
 
 def _rebalance(xp: Any, U: Any, V: Any) -> tuple[Any, Any]:
@@ -283,7 +271,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
             U_new, V_new = _rebalance(xp, U_new, V_new)
             state.scalars["rebalanced"] = float(state.iteration + 1)
         state.scalars["step"] = step_now
-        change = _relative_change(xp, U, V, U_new, V_new)
+        change = float(relative_change(xp, U[None], V[None], U_new[None], V_new[None])[0])
         state.arrays["U"], state.arrays["V"] = U_new, (U_new if symmetric else V_new)
         residual_cache["z"] = z_new
         return loss_new, change

@@ -14,13 +14,15 @@
 
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
+#include "lowrank_hpc/ops/sampled_product.hpp"
 
 namespace lowrank_hpc::ops {
 
 // The CSR entries of the key rows of a batch of problems (block-diagonal layout: problem b's
 // key row i is flattened row b * n_key + i, its other-side row j is F row b * n_other + j).
 // CSR entry j has other index others[j] and value vals[perm[j]] (vals[j] when perm is null).
-template <class T, class I>
+// R > 0 fixes the rank at compile time (the r x r loops of small ranks unroll); R = 0 reads r.
+template <class T, class I, int R = 0>
 struct NormalEquations {
   const int64_t* indptr;  // (batch * n_key + 1)
   const int64_t* perm;    // (nnz) or null
@@ -62,6 +64,7 @@ struct NormalEquations {
   // The whole lower triangle of G (row-major r x r) and g in one pass over the entries (host);
   // every sum runs in the same order as gram_entry / rhs_entry.
   LRH_HD void accumulate(int64_t row, T* G, T* g) const {
+    const int64_t r = static_or<R>(this->r);
     for (int64_t a = 0; a < r; ++a) {
       g[a] = T(0);
       for (int64_t c = 0; c <= a; ++c) G[a * r + c] = T(0);
@@ -84,8 +87,9 @@ struct NormalEquations {
 // triangle is read, and overwritten by the Cholesky factor L); x overwrites g. Returns false,
 // leaving G and g partly overwritten, when G is not numerically positive definite: a pivot
 // that is not finite or is <= r * eps * G[j, j] (cancellation down to rounding noise).
-template <class T>
-LRH_HD bool cholesky_solve(T* G, T* g, int64_t r) {
+template <class T, int R = 0>
+LRH_HD bool cholesky_solve(T* G, T* g, int64_t rank) {
+  const int64_t r = static_or<R>(rank);
   const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
   for (int64_t j = 0; j < r; ++j) {
     T pivot = G[j * r + j];
@@ -116,9 +120,10 @@ LRH_HD bool cholesky_solve(T* G, T* g, int64_t r) {
 // Finishes one row from its assembled system: out_row = G^-1 g, or zeros for a row without
 // observations or a singular system. Returns true when the row counts as singular: a failed
 // factorisation, or no observations with reg == 0 (an unregularised row with no data).
-template <class T>
-LRH_HD bool solve_row(T* G, T* g, int64_t r, int64_t count, T reg, T* out_row) {
-  const bool solved = count > 0 && cholesky_solve(G, g, r);
+template <class T, int R = 0>
+LRH_HD bool solve_row(T* G, T* g, int64_t rank, int64_t count, T reg, T* out_row) {
+  const int64_t r = static_or<R>(rank);
+  const bool solved = count > 0 && cholesky_solve<T, R>(G, g, r);
   for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
   return !solved && (count > 0 || !(reg > T(0)));
 }
