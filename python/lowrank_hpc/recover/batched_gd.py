@@ -48,6 +48,36 @@ class _BatchedCompletion:
         return self.pattern.times_dense(z, B, transpose=True, check_finite=False)
 
 
+class _WorkingSet:
+    """The problems still running, their entries gathered into a smaller batch once enough of
+    the others have converged (so the slow tail does not pay for the finished problems)."""
+
+    def __init__(self, call, full: _BatchedCompletion, ids: Optional[np.ndarray]):
+        self.ids = ids  # host indices into the full batch; None while every problem runs
+        if ids is None:
+            self.problems = full
+            return
+        xp = call.xp
+        offsets = full.offsets.get() if call.on_device else full.offsets
+        starts, counts = offsets[ids], offsets[ids + 1] - offsets[ids]
+        sub_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        entries = np.repeat(starts - sub_offsets[:-1], counts) + np.arange(int(sub_offsets[-1]))
+        entries, sub_offsets = xp.asarray(entries), xp.asarray(sub_offsets)
+        self.problems = _BatchedCompletion(call, xp.ascontiguousarray(full.rows[entries]),
+                                           xp.ascontiguousarray(full.cols[entries]),
+                                           xp.ascontiguousarray(full.vals[entries]), sub_offsets, full.shape)
+        self.device_ids = xp.asarray(ids)
+
+    def gather(self, array):
+        return array if self.ids is None else array[self.device_ids]
+
+    def scatter(self, full, values) -> None:
+        if self.ids is None:
+            full[...] = values
+        else:
+            full[self.device_ids] = values
+
+
 def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, iterations: int = 30):
     """||S_b(vals)||_2 per problem by power iteration on S^T S (deterministic given seed)."""
     xp = problems.xp
@@ -186,58 +216,81 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     reasons = ("running", "converged", "stationary", "max_iter", "time_limit")
     cache: dict[str, Any] = {}
 
-    def take(U, V, z, step):
+    def take(problems, U, V, z, step, damping):
         s = step[:, None, None].astype(dtype)
         if method == "alternating":
             U1 = U - s * problems.times(z, V)
             V1 = V - s * problems.transpose_times(problems.residual(U1, V), U1)
             return U1, V1
         grad_u, grad_v = problems.times(z, V), problems.transpose_times(z, U)
-        return (xp.ascontiguousarray(U - s * _precondition(xp, method, grad_u, V, dampings)),
-                xp.ascontiguousarray(V - s * _precondition(xp, method, grad_v, U, dampings)))
+        return (xp.ascontiguousarray(U - s * _precondition(xp, method, grad_u, V, damping)),
+                xp.ascontiguousarray(V - s * _precondition(xp, method, grad_v, U, damping)))
+
+    def working_set(state: LoopState) -> _WorkingSet:
+        if cache.get("work") is None:
+            active = state.arrays["active"]
+            active_host = active.get() if call.on_device else active
+            ids = None if active_host.all() else np.flatnonzero(active_host)
+            cache["work"] = _WorkingSet(call, problems, ids)
+            cache.pop("z", None)
+        return cache["work"]
 
     def advance(state: LoopState):
-        U, V, step, active = state.arrays["U"], state.arrays["V"], state.arrays["step"], state.arrays["active"]
+        work = working_set(state)
+        sub = work.problems
+        U, V = work.gather(state.arrays["U"]), work.gather(state.arrays["V"])
+        step, damping = work.gather(state.arrays["step"]), work.gather(dampings)
         z = cache.pop("z", None)
         if z is None:
-            z = problems.residual(U, V)
-        loss = 0.5 * problems.per_problem_sum(z * z)
-        pending = active.copy()
+            z = sub.residual(U, V)
+        loss = 0.5 * sub.per_problem_sum(z * z)
+        pending = xp.ones(sub.batch, dtype=bool)
+        halvings = xp.zeros(sub.batch)
         U_next, V_next, z_next, loss_next = U, V, z, loss
         for _ in range(50):
-            U1, V1 = take(U, V, z, step)
-            z1 = problems.residual(U1, V1)
-            loss1 = 0.5 * problems.per_problem_sum(z1 * z1)
+            U1, V1 = take(sub, U, V, z, step, damping)
+            z1 = sub.residual(U1, V1)
+            loss1 = 0.5 * sub.per_problem_sum(z1 * z1)
             accept = pending & xp.isfinite(loss1) & (loss1 <= loss * (1 + _GROWTH_ALLOWED))
             mask = accept[:, None, None]
             U_next, V_next = xp.where(mask, U1, U_next), xp.where(mask, V1, V_next)
-            z_next = xp.where(accept[problems.problem_of_entry], z1, z_next)
+            z_next = xp.where(accept[sub.problem_of_entry], z1, z_next)
             loss_next = xp.where(accept, loss1, loss_next)
             pending &= ~accept
             if not bool(xp.any(pending)):
                 break
             step = xp.where(pending, 0.5 * step, step)
-            state.arrays["halvings"] = state.arrays["halvings"] + pending
-        change = xp.where(active, relative_change(xp, U, V, U_next, V_next), 0.0)
-        state.arrays.update(U=U_next, V=V_next, step=step)
+            halvings += pending
+        change = relative_change(xp, U, V, U_next, V_next)
+        for name, values in (("U", U_next), ("V", V_next), ("step", step)):
+            work.scatter(state.arrays[name], values)
+        state.arrays["halvings"] = state.arrays["halvings"] + _spread(xp, work, halvings, batch, 0.0)
         for name in ("loss_history", "change_history"):
             if state.iteration >= state.arrays[name].shape[0]:
                 state.arrays[name] = xp.concatenate([state.arrays[name], xp.zeros_like(state.arrays[name])])
-        state.arrays["loss_history"][state.iteration] = loss_next
-        state.arrays["change_history"][state.iteration] = change
+        # Finished problems read NaN in the history from the iteration after they stopped.
+        state.arrays["loss_history"][state.iteration] = _spread(xp, work, loss_next, batch, np.nan)
+        state.arrays["change_history"][state.iteration] = _spread(xp, work, change, batch, np.nan)
         # A problem that cannot decrease even with tiny steps is stationary at working precision.
         cache.update(z=z_next, loss=loss_next, stuck=pending, change=change)
         return float(xp.sum(loss_next)), float(xp.max(change))
 
     def stop(state: LoopState):
-        active, reason = state.arrays["active"], state.arrays["reason"]
-        residual = xp.sqrt(2 * cache["loss"]) / vals_norm
-        done = active & (residual < tol)
-        reason[done] = 1
-        stationary = active & ~done & ((cache["change"] < 1e-3 * tol) | cache["stuck"])
-        reason[stationary] = 2
-        state.arrays["active"] = active & ~done & ~stationary
-        return None if bool(xp.any(state.arrays["active"])) else "converged"
+        work = cache["work"]
+        reason = state.arrays["reason"]
+        residual = xp.sqrt(2 * cache["loss"]) / work.gather(vals_norm)
+        done = residual < tol
+        stationary = ~done & ((cache["change"] < 1e-3 * tol) | cache["stuck"])
+        codes = xp.where(done, 1, xp.where(stationary, 2, 0)).astype(np.int8)
+        work.scatter(reason, codes)
+        still = ~done & ~stationary
+        work.scatter(state.arrays["active"], still)
+        running = int(xp.count_nonzero(still))
+        if running == 0:
+            return "converged"
+        if running <= still.shape[0] // 2:  # regroup the survivors into a smaller batch
+            cache["work"] = None
+        return None
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop)
     final = state.arrays["reason"]
@@ -255,6 +308,15 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         converged=converged, stop_reason=stop_reasons, seconds=seconds, backend=call.backend,
         step=None, step_halvings=int(to_host(state.arrays["halvings"]).sum()),
         info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings)})
+
+
+def _spread(xp, work: _WorkingSet, values, batch: int, fill: float):
+    """A (batch,) float64 array holding the working set's values at their problems, fill elsewhere."""
+    if work.ids is None:
+        return values.astype(np.float64)
+    full = xp.full(batch, fill)
+    full[work.device_ids] = values
+    return full
 
 
 def _per_problem(name: str, value: Any, batch: int, xp: Any, default: Any, allow_zero: bool = False):
