@@ -92,3 +92,26 @@ def test_gpu_results_stay_on_device_without_copies():
     vals = lr.ops.sampled_product(U, U, rows, rows)
     assert isinstance(vals, cupy.ndarray)
     np.testing.assert_allclose(vals.get(), (U * U).sum(axis=1).get(), rtol=1e-12)
+
+
+def test_cli_complete_demo_and_input_file(tmp_path):
+    """The main job: complete the built-in demo, then a CSV the user supplies."""
+    demo = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--max-iter", "30"], check=True,
+                          capture_output=True, text=True).stdout
+    report = json.loads(demo)
+    assert report["test_rmse"] < 1e-3 and report["observed"] == 150000
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((40, 2)) @ rng.standard_normal((2, 30))
+    rows, cols = np.nonzero(rng.random((40, 30)) < 0.6)
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("row,col,value\n" + "".join(f"{i},{j},{float(M[i, j])!r}\n" for i, j in zip(rows, cols)))
+    out = tmp_path / "model.npz"
+    fitted = json.loads(subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--input", str(csv),
+                                        "--rank", "2", "--reg", "1e-6", "--max-iter", "200", "--output", str(out)],
+                                       check=True, capture_output=True, text=True).stdout)
+    assert fitted["shape"] == [40, 30] and fitted["test_rmse"] < 1e-3
+    with np.load(out) as model:
+        assert model["U"].shape == (40, 2) and model["V"].shape == (30, 2)
+    bad = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--test-fraction", "1.5"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--test-fraction must be in [0, 1)" in bad.stderr
