@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <vector>
 #include <omp.h>
 
@@ -41,7 +42,7 @@ int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64
   int64_t bad = 0;
 #pragma omp parallel reduction(+ : bad) if (rows * n > kMinParallelEntries)
   {
-    // Bounded heap whose front is the weakest of the k best so far: one compare per entry.
+    // Bounded heap whose front is the weakest of the k best so far.
     std::vector<ops::Candidate<T>> heap;
     heap.reserve(static_cast<size_t>(k));
     const auto before = [](const ops::Candidate<T>& a, const ops::Candidate<T>& b) { return ops::ranks_before(a, b); };
@@ -50,16 +51,17 @@ int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64
       T* row = block + i * n;
       bad += apply_range<F>(row, n);
       heap.clear();
-      for (int64_t j = 0; j < n; ++j) {
-        const ops::Candidate<T> c = ops::make_candidate(row[j], j);
-        if (static_cast<int64_t>(heap.size()) < k) {
-          heap.push_back(c);
-          std::push_heap(heap.begin(), heap.end(), before);
-        } else if (before(c, heap.front())) {
-          std::pop_heap(heap.begin(), heap.end(), before);
-          heap.back() = c;
-          std::push_heap(heap.begin(), heap.end(), before);
-        }
+      for (int64_t j = 0; j < k; ++j) heap.push_back(ops::make_candidate(row[j], j));
+      std::make_heap(heap.begin(), heap.end(), before);
+      // Entries are offered in increasing column order, so a tie never displaces the front:
+      // one |x| > threshold test decides, and rejects almost every entry.
+      T threshold = heap.front().magnitude;
+      for (int64_t j = k; j < n; ++j) {
+        if (!(std::fabs(row[j]) > threshold)) continue;  // NaN too: it is counted in `bad` and reported
+        std::pop_heap(heap.begin(), heap.end(), before);
+        heap.back() = ops::make_candidate(row[j], j);
+        std::push_heap(heap.begin(), heap.end(), before);
+        threshold = heap.front().magnitude;
       }
       std::sort_heap(heap.begin(), heap.end(), before);  // best first
       for (int64_t t = 0; t < k; ++t) {
