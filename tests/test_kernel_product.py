@@ -84,6 +84,17 @@ def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows):
     np.testing.assert_array_equal(values, expected[0])
 
 
+@pytest.mark.parametrize("m,n,r,k,mode", [(1, 7, 2, 7, "global"), (5, 1, 1, 1, "row"), (5, 1, 1, 5, "global"),
+                                         (1, 67, 66, 3, "row")])
+def test_top_k_degenerate_shapes(backend, dtype, rng, m, n, r, k, mode):
+    U, V = _half_integers(rng, None, m, n, r, dtype)
+    dense = backend.get(kernel_product(backend.put(U), backend.put(V), "tanh"))
+    expected = (reference.top_k_rows if mode == "row" else reference.top_k_global)(dense, k)
+    result = kernel_product(backend.put(U), backend.put(V), "tanh", k, top_k_mode=mode, block_rows=2)
+    for got, want in zip(result, expected):
+        np.testing.assert_array_equal(backend.get(got), want)
+
+
 def test_top_k_tie_rule(backend, dtype):
     # relu(K) = [[1, 0, 1, 0, 2], [1, 0, 1, 0, 2]]: equal magnitudes go to the smaller index.
     U = np.array([[1.0], [1.0]], dtype=dtype)

@@ -16,8 +16,10 @@ constexpr int64_t kMaxGrid = 4096;  // grid-stride loop: enough blocks to fill a
 template <ops::KernelFunction F, class T>
 __global__ void apply_kernel_kernel(T* x, int64_t size, int64_t* nonfinite) {
   int64_t local = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x)
-    local += ops::kernel_in_place(F, x[i]) ? 0 : 1;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
+    x[i] = ops::apply_kernel(F, x[i]);
+    local += ops::is_finite(x[i]) ? 0 : 1;  // exp overflow, or a GEMM that overflowed
+  }
   if (local) atomicAdd(reinterpret_cast<unsigned long long*>(nonfinite), static_cast<unsigned long long>(local));
 }
 

@@ -60,8 +60,8 @@ def _raise_overflow(call: Call, code: int, bad: int) -> None:
                                  f"inf in {dtype} (inner products above {limit:.1f}); scale U or V down or use "
                                  "float64")
     raise FloatingPointError(f"kernel_product: U @ V^T overflowed: {bad} entries of f(U V^T) are NaN/inf in "
-                             f"{dtype}; scale U or V down or use float64 (or drop check_finite=False if the "
-                             "input holds NaN/inf)")
+                             f"{dtype}; scale U or V down or use float64 (with check_finite=False, NaN/inf in U or V "
+                             "also end up here)")
 
 
 def _gemm(xp, a, b, out=None):

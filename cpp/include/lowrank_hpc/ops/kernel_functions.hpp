@@ -1,8 +1,7 @@
 // Element-wise kernels K = f(U V^T) that raise the rank of a merged low-rank update.
 #pragma once
-#include <cmath>
-
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/ops/elementary.hpp"
 
 namespace lowrank_hpc::ops {
 
@@ -11,12 +10,10 @@ enum class KernelFunction : int { identity = 0, relu = 1, exponential = 2, tanh 
 
 template <class T>
 LRH_HD T apply_kernel(KernelFunction f, T x) {
-  using std::exp;
-  using std::tanh;
   switch (f) {
     case KernelFunction::relu: return x > T(0) ? x : T(0);
-    case KernelFunction::exponential: return exp(x);
-    case KernelFunction::tanh: return tanh(x);
+    case KernelFunction::exponential: return exp_arith(x);
+    case KernelFunction::tanh: return tanh_arith(x);
     // The piecewise-linear surrogate of tanh ("hard tanh"): clamp to [-1, 1].
     case KernelFunction::piecewise_linear: return x < T(-1) ? T(-1) : (x > T(1) ? T(1) : x);
     case KernelFunction::identity:

@@ -1,5 +1,6 @@
-// Kernelized low-rank product K = f(U V^T): the per-entry step after the vendor GEMM, and the
-// competition order of its top-k selection.
+// Kernelized low-rank product K = f(U V^T): compile-time dispatch of f (apply_kernel, in
+// kernel_functions.hpp, is the per-entry step after the vendor GEMM on both backends), and the
+// competition order of the top-k selection.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -10,14 +11,6 @@
 #include "lowrank_hpc/ops/kernel_functions.hpp"
 
 namespace lowrank_hpc::ops {
-
-// Replaces the inner product x by f(x); false when the result is NaN/inf (exp overflow, or a
-// GEMM that overflowed), which the caller reports instead of returning it.
-template <class T>
-LRH_HD bool kernel_in_place(KernelFunction f, T& x) {
-  x = apply_kernel(f, x);
-  return is_finite(x);
-}
 
 template <KernelFunction F>
 using KernelConstant = std::integral_constant<KernelFunction, F>;
