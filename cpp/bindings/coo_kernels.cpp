@@ -38,6 +38,27 @@ int64_t sampled_product(const HostArray<T>& U, const HostArray<T>& V, const Host
   return cpu::sampled_product<T, I>(u, v, ri, ci, o, batch, m, n, r, nnz, dst);
 }
 
+template <class T, class I>
+int64_t sampled_squared_residuals(const HostArray<T>& U, const HostArray<T>& V, const HostArray<I>& rows,
+                                  const HostArray<I>& cols, const HostArray<T>& vals,
+                                  const HostArray<int64_t>& offsets, HostArray<double>& out) {
+  LRH_EXPECTS(U.ndim() == 3 && V.ndim() == 3, "U, V: expected (batch, rows, rank) arrays");
+  const int64_t batch = U.shape(0), m = U.shape(1), r = U.shape(2), n = V.shape(1), nnz = rows.shape(0);
+  expect_shape(V, "V", {batch, n, r});
+  expect_shape(rows, "rows", {nnz});
+  expect_shape(cols, "cols", {nnz});
+  expect_shape(vals, "vals", {nnz});
+  expect_shape(out, "out", {nnz});
+  expect_writable(out, "out");
+  LRH_EXPECTS(checked_batch(offsets, nnz) == batch, "offsets: length must be batch + 1 = ", batch + 1);
+  const T *u = U.data(), *v = V.data(), *w = vals.data();
+  const I *ri = rows.data(), *ci = cols.data();
+  const int64_t* o = offsets.data();
+  double* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  return cpu::sampled_squared_residuals<T, I>(u, v, ri, ci, w, o, batch, m, n, r, nnz, dst);
+}
+
 // Returns (first_bad, already_sorted); vals/vals_sorted are optional (the one-shot product
 // moves the values too, a reusable pattern does not).
 template <class T, class I>
@@ -117,6 +138,9 @@ void bind_typed(py::module_& m) {
   m.def("sampled_product", &sampled_product<T, I>, py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("rows").noconvert(), py::arg("cols").noconvert(), py::arg("offsets").noconvert(),
         py::arg("out").noconvert());
+  m.def("sampled_squared_residuals", &sampled_squared_residuals<T, I>, py::arg("U").noconvert(),
+        py::arg("V").noconvert(), py::arg("rows").noconvert(), py::arg("cols").noconvert(),
+        py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("out").noconvert());
   m.def("coo_to_csr", &coo_to_csr<T, I>, py::arg("keys").noconvert(), py::arg("others").noconvert(),
         py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("n_key"), py::arg("indptr").noconvert(),
         py::arg("perm").noconvert(), py::arg("others_sorted").noconvert(), py::arg("vals_sorted").noconvert());

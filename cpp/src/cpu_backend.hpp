@@ -38,6 +38,13 @@ struct CsrBuild {
   bool sorted;        // entries were already in (problem, key) order: perm was not written
 };
 
+// out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double: a solver's loss terms in one
+// pass, without a residual array in T and its conversion.
+template <class T, class I>
+int64_t sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                                  const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                                  int64_t nnz, double* out);
+
 // Row pointers (batch * n_key + 1) and a stable permutation that orders entries by
 // (problem, key), with the other index (and vals, when not null) moved into that order.
 // Nothing but indptr is written when the entries are already sorted.

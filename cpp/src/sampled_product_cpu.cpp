@@ -34,7 +34,43 @@ int64_t sampled_product_rank(const T* U, const T* V, const I* rows, const I* col
   return first_bad == nnz ? -1 : first_bad;
 }
 
+template <class T, class I, int R>
+int64_t squared_residuals_rank(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                               const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                               int64_t nnz, double* out) {
+  const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
+  int64_t first_bad = nnz;
+#pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
+  {
+    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
+    int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
+    for (int64_t k = begin; k < end; ++k) {
+      while (k >= offsets[b + 1]) ++b;
+      if (!entry.valid(k)) {
+        out[k] = 0.0;
+        first_bad = std::min(first_bad, k);
+        continue;
+      }
+      // The residual in T (as the solver's gradient sees it), squared in double for the sum.
+      const double residual = static_cast<double>(vals[k] - entry.partial(k, b, 0, 1));
+      out[k] = residual * residual;
+    }
+  }
+  return first_bad == nnz ? -1 : first_bad;
+}
+
 }  // namespace
+
+template <class T, class I>
+int64_t sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                                  const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                                  int64_t nnz, double* out) {
+  return dispatch_rank(r, [&](auto rank) {
+    return squared_residuals_rank<T, I, decltype(rank)::value>(U, V, rows, cols, vals, offsets, batch, m, n, r,
+                                                               nnz, out);
+  });
+}
 
 template <class T, class I>
 int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
@@ -48,7 +84,10 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
 #define LRH_INSTANTIATE(T, I)                                                              \
   template int64_t sampled_product<T, I>(const T*, const T*, const I*, const I*,           \
                                          const int64_t*, int64_t, int64_t, int64_t, int64_t, \
-                                         int64_t, T*);
+                                         int64_t, T*);                                      \
+  template int64_t sampled_squared_residuals<T, I>(const T*, const T*, const I*, const I*, const T*,   \
+                                                   const int64_t*, int64_t, int64_t, int64_t, int64_t, \
+                                                   int64_t, double*);
 LRH_INSTANTIATE(float, int32_t)
 LRH_INSTANTIATE(float, int64_t)
 LRH_INSTANTIATE(double, int32_t)

@@ -54,3 +54,16 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any]
     if bad >= 0:
         raise_index_error(call, bad, [("rows", rows, m), ("cols", cols, n)])
     return call.wrap(out)
+
+
+def squared_residuals(call, U3, V3, rows, cols, vals, offsets):
+    """(nnz,) float64 (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 for validated (batch, rows, r)
+    factors: the loss terms of the completion solvers in one fused pass (private to them)."""
+    if call.on_device:
+        residual = vals - sampled_product(U3, V3, rows, cols, offsets, check_finite=False)
+        return residual.astype(call.xp.float64) ** 2
+    out = call.xp.empty(rows.shape[0], dtype=call.xp.float64)
+    bad = call.module.sampled_squared_residuals(U3, V3, rows, cols, vals, offsets, out)
+    if bad >= 0:
+        raise_index_error(call, bad, [("rows", rows, U3.shape[1]), ("cols", cols, V3.shape[1])])
+    return out

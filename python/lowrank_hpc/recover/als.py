@@ -20,7 +20,7 @@ import numpy as np
 
 from .._arrays import Call, offsets_array, resolve
 from ..ops._factors import raise_index_error
-from ..ops.sampled_product import sampled_product
+from ..ops.sampled_product import sampled_product, squared_residuals
 from ..ops.sparse_times_dense import _csr_buffers
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
 from ._measures import relative_change
@@ -116,10 +116,10 @@ class _Problem:
     def loss(self, U, V) -> np.ndarray:
         """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
         xp = self.xp
-        residual = (self.vals - sampled_product(U, V, self.rows, self.cols, self.offsets, check_finite=False))
-        squares = self.per_problem_sum(residual.astype(xp.float64, copy=False) ** 2)
-        penalty = ((self.row_weights * (U.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1)
-                   + (self.col_weights * (V.astype(xp.float64, copy=False) ** 2).sum(axis=2)).sum(axis=1))
+        squares = self.per_problem_sum(squared_residuals(self.call, U, V, self.rows, self.cols, self.vals,
+                                                         self.offsets))
+        penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
+                   + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
         penalty = penalty.get() if self.call.on_device else penalty
         return 0.5 * (squares + self.reg * penalty)
 
