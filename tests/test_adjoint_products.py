@@ -42,3 +42,16 @@ def test_adjoint_products_bad_inputs(rng):
         op.adjoint_transpose_times(np.ones(39), np.ones((7, 3)))
     with pytest.raises(TypeError, match="B is float32 but y is float64"):
         op.adjoint_times(np.ones(40), np.ones((5, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "rank_one", "entry_sampling", "column_sketch"])
+def test_forward_factored_takes_a_batch(rng, name):
+    op = _operators(rng)[name]
+    n1, n2 = op.shape
+    U, V = rng.standard_normal((3, n1, 2)), rng.standard_normal((3, n2, 2))
+    got = op.forward_factored(U, V)
+    assert got.shape == (3, op.num_measurements)
+    for b in range(3):
+        assert rel_error(got[b], op.forward(U[b] @ V[b].T)) < 1e-12
+    with pytest.raises(ValueError, match=r"expected \(batch, 7, r\)"):
+        op.forward_factored(U, V[:2])

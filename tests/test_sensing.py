@@ -381,7 +381,9 @@ def test_forward_factored_rejects_bad_factors(name):
         op.forward_factored(np.zeros((n1, 2)), np.zeros((n2, 3)))
     with pytest.raises(TypeError, match="V is float32 but U is float64"):
         op.forward_factored(np.zeros((n1, 2)), np.zeros((n2, 2), dtype=np.float32))
-    with pytest.raises(ValueError, match="U must have 2 dimensions"):
+    with pytest.raises(ValueError, match="U must have 2 or 3 dimensions"):
+        op.forward_factored(np.zeros(n1), np.zeros((n2, 2)))
+    with pytest.raises(ValueError, match=rf"U has shape \(1, {n1}, 2\) and V has shape \({n2}, 2\)"):
         op.forward_factored(np.zeros((1, n1, 2)), np.zeros((n2, 2)))
     with pytest.raises(ValueError, match="V contains"):
         op.forward_factored(np.zeros((n1, 2)), np.full((n2, 2), np.nan))

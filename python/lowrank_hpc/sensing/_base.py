@@ -153,22 +153,28 @@ class SensingOperator(ABC):
     def forward_factored(self, U: Any, V: Any = None) -> Any:
         """A(U V^T) for U (n1, r) and V (n2, r), or A(U U^T) when V is None (square shape).
 
-        float32/float64 C-contiguous arrays of one dtype; returns (m,) of that dtype.
+        A leading batch axis is optional: U (batch, n1, r), V (batch, n2, r) give (batch, m).
+        float32/float64 C-contiguous arrays of one dtype; returns (m,) or (batch, m) of that dtype.
         """
         function = f"{self._name}.forward_factored"
         call = resolve(function, U=U, V=V)
         n1, n2 = self._shape
-        U = call.float_array("U", U, (2,))
+        U = call.float_array("U", U, (2, 3))
         if V is None:
             if n1 != n2:
                 raise ValueError(f"{function}: V=None means U U^T, which needs a square shape, got {self._shape}")
             V = U
         else:
-            V = call.float_array("V", V, (2,))
-        if U.shape[0] != n1 or V.shape[0] != n2 or U.shape[1] != V.shape[1]:
+            V = call.float_array("V", V, (2, 3))
+        batched = U.ndim == 3
+        if (V.ndim != U.ndim or U.shape[-2] != n1 or V.shape[-2] != n2 or U.shape[-1] != V.shape[-1]
+                or (batched and U.shape[0] != V.shape[0])):
+            lead = "(batch, " if batched else "("
             raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}, "
-                             f"expected ({n1}, r) and ({n2}, r)")
-        return call.wrap(self._forward_factored(call, U, V))
+                             f"expected {lead}{n1}, r) and {lead}{n2}, r)")
+        if not batched:
+            return call.wrap(self._forward_factored(call, U, V))
+        return call.wrap(call.xp.stack([self._forward_factored(call, U[b], V[b]) for b in range(U.shape[0])]))
 
     def adjoint_times(self, y: Any, B: Any) -> Any:
         """A*(y) @ B for y (m,) and B (n2, k): the gradient product of factored solvers.
