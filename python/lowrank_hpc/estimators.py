@@ -328,6 +328,7 @@ class MatrixCompletion(_Estimator):
         """
         function = f"{type(self).__name__}.fit"
         rank = self._check_params(function)
+        seed = _seed(function, self.random_state)
         side = _side(self.backend, X, cols, vals)
         X = _to_side(X, side)
         if X.ndim == 2 and vals is None:
@@ -349,7 +350,6 @@ class MatrixCompletion(_Estimator):
             # The wording names n_samples/n_features, which scikit-learn's checks look for.
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
                              f"n_samples = {shape[0]}, n_features = {shape[1]}")
-        seed = _seed(function, self.random_state)
         with _backend_scope(function, self.backend):
             if self.method == "als":
                 init = None if self.init is None else _as_float(function, "init", self.init, side, 2)
