@@ -145,6 +145,23 @@ def test_float32_data_gives_a_float32_model():
     assert estimator.transform(X.astype(np.float32)).dtype == np.float32
 
 
+def test_backend_follows_the_arrays_or_the_parameter(backend):
+    M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6)
+    auto = lr.MatrixCompletion(rank=2, max_iter=10, random_state=0).fit(backend.put(X))
+    assert auto.result_.backend == backend.name
+    named = lr.MatrixCompletion(rank=2, max_iter=10, random_state=0, backend=backend.name).fit(X)  # moved there
+    assert named.result_.backend == backend.name
+    np.testing.assert_array_equal(backend.get(named.U_), backend.get(auto.U_))
+    # Later host inputs go to the factors' side.
+    np.testing.assert_allclose(backend.get(named.predict(X)), backend.get(auto.predict(backend.put(X))))
+
+
+@pytest.mark.skipif(lr._backend.HAS_CUDA, reason="needs a machine without a usable CUDA backend")
+def test_cuda_backend_without_gpu_says_why():
+    with pytest.raises(lr.BackendUnavailableError, match="not available"):
+        lr.MatrixCompletion(rank=1, backend="cuda").fit(np.ones((3, 2)))
+
+
 def test_matrix_sensing_recovers_gaussian_measurements():
     rng = np.random.default_rng(4)
     n1, n2, r = 20, 15, 2

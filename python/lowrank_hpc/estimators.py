@@ -61,13 +61,13 @@ def _not_fitted(estimator: Any, method: str) -> NotFittedError:
 
 # ---------------------------------------------------------------------- input conversion
 def _side(backend: str, *arrays: Any) -> str:
-    """"cpu" or "cuda": the named backend, else where the arrays live (any CUDA array -> "cuda")."""
+    """The side to compute on, "cpu" or "cuda": the named backend, else where the arrays live."""
     if backend in ("cpu", "cuda"):
         return backend
     return "cuda" if any(is_device_array(a) for a in arrays if a is not None) else "cpu"
 
 
-def _to_side(x: Any, side: str) -> Any:
+def _to_side(function: str, x: Any, side: str) -> Any:
     """x as a numpy array (side "cpu") or a CuPy array (side "cuda"), copied only to move it."""
     if is_device_array(x):
         cupy = _backend.cupy_module()
@@ -75,7 +75,7 @@ def _to_side(x: Any, side: str) -> Any:
         return array.get() if side == "cpu" else array
     sparse = sys.modules.get("scipy.sparse")  # a sparse matrix exists only once scipy.sparse is loaded
     if sparse is not None and sparse.issparse(x):
-        raise TypeError("sparse input is not supported; pass a dense array with NaN for the missing entries, "
+        raise TypeError(f"{function}: sparse input is not supported; pass a dense array with NaN for the missing entries, "
                         "or the observed entries as (rows, cols, vals)")
     array = np.asarray(x)
     return _backend.cupy_module().asarray(array) if side == "cuda" else array
@@ -83,7 +83,7 @@ def _to_side(x: Any, side: str) -> Any:
 
 def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
     """A C-contiguous float32/float64 array of ``ndim`` dimensions on ``side``; other numbers become float64."""
-    array = _to_side(x, side)
+    array = _to_side(function, x, side)
     xp = np if side == "cpu" else _backend.cupy_module()
     kind = array.dtype.kind
     if kind == "c":
@@ -94,7 +94,7 @@ def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
         array = array.astype(np.float64)  # object arrays of non-numbers raise TypeError here
     if array.ndim != ndim:
         hint = (" (Reshape your data: X.reshape(1, -1) for one sample; entries of the fitted matrix are "
-                "given as rows and cols)") if ndim == 2 and array.ndim == 1 else ""
+                "given as rows, cols (and vals for score))") if ndim == 2 and array.ndim == 1 else ""
         raise ValueError(f"{function}: {name} must have {ndim} dimension(s), got shape {tuple(array.shape)}{hint}")
     if ndim == 2:
         if array.shape[1] == 0:
@@ -108,7 +108,7 @@ def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
 
 def _as_index(function: str, name: str, x: Any, side: str) -> Any:
     """A 1-D int32/int64 array on ``side`` (other integer dtypes become int64)."""
-    array = _to_side(x, side)
+    array = _to_side(function, x, side)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{function}: {name} must hold integer indices, got dtype {array.dtype}")
     if array.ndim != 1:
@@ -199,9 +199,8 @@ def _seed(function: str, random_state: Any) -> int:
                      f"Generator, got {random_state!r}")
 
 
-def _backend_scope(function: str, backend: Any):
+def _backend_scope(backend: str):
     """use_backend(backend) for "cpu"/"cuda" (raises if CUDA is unavailable), nothing for "auto"."""
-    _check_choice(function, "backend", backend, _backend.BACKENDS)
     return contextlib.nullcontext() if backend == "auto" else _backend.use_backend(backend)
 
 
@@ -330,7 +329,7 @@ class MatrixCompletion(_Estimator):
         rank = self._check_params(function)
         seed = _seed(function, self.random_state)
         side = _side(self.backend, X, cols, vals)
-        X = _to_side(X, side)
+        X = _to_side(function, X, side)
         if X.ndim == 2 and vals is None:
             matrix = _as_float(function, "X", X, side, 2)
             shape = tuple(int(n) for n in matrix.shape)
@@ -350,7 +349,7 @@ class MatrixCompletion(_Estimator):
             # The wording names n_samples/n_features, which scikit-learn's checks look for.
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
                              f"n_samples = {shape[0]}, n_features = {shape[1]}")
-        with _backend_scope(function, self.backend):
+        with _backend_scope(self.backend):
             if self.method == "als":
                 init = None if self.init is None else _as_float(function, "init", self.init, side, 2)
                 result = als(rows, cols, vals, shape, rank, self.reg, reg_scaling=self.reg_scaling,
@@ -565,10 +564,11 @@ class MatrixSensing(_Estimator):
             raise ValueError(f"{function}: symmetric must be a bool, got {self.symmetric!r}")
         _check_int(function, "max_iter", self.max_iter)
         _check_nonnegative(function, "tol", self.tol)
+        _check_choice(function, "backend", self.backend, _backend.BACKENDS)
         seed = _seed(function, self.random_state)
         side = _side(self.backend, y)
         y = _as_float(function, "y", y, side, 1)
-        with _backend_scope(function, self.backend):
+        with _backend_scope(self.backend):
             result = factored_gd(op, y, self.rank, symmetric=bool(self.symmetric), method=self.method,
                                  init=self.init, init_scale=self.init_scale, step=self.step, damping=self.damping,
                                  max_iter=self.max_iter, tol=self.tol, seed=seed)
