@@ -1,0 +1,618 @@
+"""scikit-learn style estimators: :class:`MatrixCompletion` and :class:`MatrixSensing`.
+
+The constructor stores hyper-parameters only; ``fit`` validates them, runs a solver of
+``lowrank_hpc.recover`` and stores the fitted attributes, whose names end with "_".
+scikit-learn is not a dependency: ``get_params``/``set_params`` follow its BaseEstimator
+protocol from the ``__init__`` signature, and ``__sklearn_tags__`` imports scikit-learn only
+when scikit-learn itself asks for the tags.
+
+Inputs are converted the way scikit-learn's ``check_array`` converts them (array-likes, any
+layout, integer and object dtypes to float64; float32 and float64 are kept): an estimator
+keeps its own copy of the observed entries anyway, so the library's no-silent-copy rule
+gives way to the scikit-learn contract here. Arrays stay on their side (numpy -> CPU, CUDA
+arrays -> GPU) unless ``backend`` names one, which moves them there; a fitted estimator moves
+later inputs to the side of its factors.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _backend
+from ._arrays import is_device_array
+from .ops import sampled_product
+from .recover import METHODS, als, factored_gd
+from .recover.als import REG_SCALINGS
+from .sensing import EntrySampling
+
+COMPLETION_METHODS = ("als",) + METHODS
+_SCALED_METHODS = ("scaled", "scaled_damped")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``.
+
+    Like scikit-learn's class of the same name it is a ValueError and an AttributeError; when
+    scikit-learn is loaded, the error raised is also an instance of
+    ``sklearn.exceptions.NotFittedError``, so scikit-learn's tools recognise it.
+    """
+
+
+@functools.lru_cache(maxsize=None)
+def _with_sklearn_base(sklearn_class: type) -> type:
+    return type("NotFittedError", (NotFittedError, sklearn_class),
+                {"__module__": __name__, "__doc__": NotFittedError.__doc__})
+
+
+def _not_fitted(estimator: Any, method: str) -> NotFittedError:
+    message = (f"This {type(estimator).__name__} instance is not fitted yet; call fit before {method}")
+    # Code that catches scikit-learn's class has imported it by then, so looking in sys.modules
+    # is enough and the library never imports scikit-learn itself.
+    sklearn_exceptions = sys.modules.get("sklearn.exceptions")
+    if sklearn_exceptions is None:
+        return NotFittedError(message)
+    return _with_sklearn_base(sklearn_exceptions.NotFittedError)(message)
+
+
+# ---------------------------------------------------------------------- input conversion
+def _side(backend: str, *arrays: Any) -> str:
+    """The side to compute on, "cpu" or "cuda": the named backend, else where the arrays live."""
+    if backend in ("cpu", "cuda"):
+        return backend
+    return "cuda" if any(is_device_array(a) for a in arrays if a is not None) else "cpu"
+
+
+def _to_side(function: str, x: Any, side: str) -> Any:
+    """x as a numpy array (side "cpu") or a CuPy array (side "cuda"), copied only to move it."""
+    if is_device_array(x):
+        cupy = _backend.cupy_module()
+        array = cupy.asarray(x) if hasattr(x, "__cuda_array_interface__") else cupy.from_dlpack(x)
+        return array.get() if side == "cpu" else array
+    sparse = sys.modules.get("scipy.sparse")  # a sparse matrix exists only once scipy.sparse is loaded
+    if sparse is not None and sparse.issparse(x):
+        raise TypeError(f"{function}: sparse input is not supported; pass a dense array with NaN for the missing entries, "
+                        "or the observed entries as (rows, cols, vals)")
+    array = np.asarray(x)
+    return _backend.cupy_module().asarray(array) if side == "cuda" else array
+
+
+def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
+    """A C-contiguous float32/float64 array of ``ndim`` dimensions on ``side``; other numbers become float64."""
+    array = _to_side(function, x, side)
+    xp = np if side == "cpu" else _backend.cupy_module()
+    kind = array.dtype.kind
+    if kind == "c":
+        raise ValueError(f"{function}: {name} is complex; Complex data not supported")
+    if kind not in "biufO":
+        raise TypeError(f"{function}: {name} must hold numbers, got dtype {array.dtype}")
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)  # object arrays of non-numbers raise TypeError here
+    if array.ndim != ndim:
+        hint = (" (Reshape your data: X.reshape(1, -1) for one sample; entries of the fitted matrix are "
+                "given as rows, cols (and vals for score))") if ndim == 2 and array.ndim == 1 else ""
+        raise ValueError(f"{function}: {name} must have {ndim} dimension(s), got shape {tuple(array.shape)}{hint}")
+    if ndim == 2:
+        if array.shape[1] == 0:
+            raise ValueError(f"{function}: found array with 0 feature(s) (shape={tuple(array.shape)}) "
+                             "while a minimum of 1 is required.")
+        if array.shape[0] == 0:
+            raise ValueError(f"{function}: found array with 0 sample(s) (shape={tuple(array.shape)}) "
+                             "while a minimum of 1 is required.")
+    return xp.ascontiguousarray(array)
+
+
+def _as_index(function: str, name: str, x: Any, side: str) -> Any:
+    """A 1-D int32/int64 array on ``side`` (other integer dtypes become int64)."""
+    array = _to_side(function, x, side)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{function}: {name} must hold integer indices, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{function}: {name} must be 1-D, got shape {tuple(array.shape)}")
+    if array.dtype not in (np.int32, np.int64):
+        array = array.astype(np.int64)
+    xp = np if side == "cpu" else _backend.cupy_module()
+    return xp.ascontiguousarray(array)
+
+
+def _coordinates(function: str, rows: Any, cols: Any, side: str) -> tuple[Any, Any]:
+    rows, cols = _as_index(function, "rows", rows, side), _as_index(function, "cols", cols, side)
+    if rows.shape != cols.shape:
+        raise ValueError(f"{function}: rows has shape {tuple(rows.shape)} but cols has shape {tuple(cols.shape)}")
+    if rows.dtype != cols.dtype:  # the kernels take one index dtype
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    return rows, cols
+
+
+def _entries(function: str, rows: Any, cols: Any, vals: Any, side: str) -> tuple[Any, Any, Any]:
+    """Validated (rows, cols, vals) of observed entries: equal lengths, finite vals."""
+    rows, cols = _coordinates(function, rows, cols, side)
+    vals = _as_float(function, "vals", vals, side, 1)
+    if vals.shape != rows.shape:
+        raise ValueError(f"{function}: vals has shape {tuple(vals.shape)} but rows has shape {tuple(rows.shape)}")
+    if rows.shape[0] == 0:
+        raise ValueError(f"{function}: rows, cols and vals are empty; there is no observed entry")
+    xp = np if side == "cpu" else _backend.cupy_module()
+    if not bool(xp.isfinite(vals).all()):
+        raise ValueError(f"{function}: vals contains NaN or inf; pass only the observed entries")
+    return rows, cols, vals
+
+
+def _observed_in(function: str, X: Any) -> tuple[Any, Any, Any]:
+    """(rows, cols, vals) of the non-NaN entries of a 2-D float X, row-major; inf is an error."""
+    xp = np if isinstance(X, np.ndarray) else _backend.cupy_module()
+    if bool(xp.isinf(X).any()):
+        raise ValueError(f"{function}: X contains inf; NaN marks a missing entry, inf is not allowed")
+    rows, cols = xp.nonzero(~xp.isnan(X))
+    if rows.shape[0] == 0:
+        raise ValueError(f"{function}: X has no observed entry (all values are NaN)")
+    return rows.astype(np.int64), cols.astype(np.int64), X[rows, cols]
+
+
+def _check_shape(function: str, shape: Any) -> tuple[int, int]:
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise ValueError(f"{function}: shape must be two positive integers (n1, n2), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _rmse(xp: Any, errors: Any) -> float:
+    return float(xp.sqrt(xp.mean(errors.astype(np.float64) ** 2)))
+
+
+# ---------------------------------------------------------------------- hyper-parameter checks
+def _check_int(function: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{function}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_nonnegative(function: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value >= 0):
+        raise ValueError(f"{function}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_choice(function: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{function}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _seed(function: str, random_state: Any) -> int:
+    """An int seed from scikit-learn's random_state: None (fresh entropy), an int >= 0, a
+    numpy RandomState or Generator (one draw from it, so repeated fits differ as in scikit-learn)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int32).max))
+    raise ValueError(f"{function}: random_state must be None, an integer >= 0, a numpy RandomState or "
+                     f"Generator, got {random_state!r}")
+
+
+def _backend_scope(backend: str):
+    """use_backend(backend) for "cpu"/"cuda" (raises if CUDA is unavailable), nothing for "auto"."""
+    return contextlib.nullcontext() if backend == "auto" else _backend.use_backend(backend)
+
+
+# ---------------------------------------------------------------------- shared estimator protocol
+class _Estimator:
+    """get_params / set_params / repr from the ``__init__`` signature, as scikit-learn's BaseEstimator."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyper-parameters as {name: value} (``deep`` is accepted for scikit-learn; nothing nests)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "_Estimator":
+        """Set hyper-parameters by name (validated by the next ``fit``); returns self."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}; "
+                                 f"valid parameters are {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
+                   if not _is_default(value, defaults[name])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, method: str) -> None:
+        if "result_" not in vars(self):
+            raise _not_fitted(self, method)
+
+    def _xp(self) -> Any:
+        return _backend.cupy_module() if self.result_.backend == "cuda" else np
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    # Arrays (init) are never "default"; comparing them with == would be element-wise.
+    return value is default or (type(value) is type(default) and isinstance(value, (str, int, float))
+                                and value == default)
+
+
+# ---------------------------------------------------------------------- matrix completion
+class MatrixCompletion(_Estimator):
+    """Complete a partially observed (n1, n2) matrix with a rank-``rank`` model U V^T.
+
+    Rows of the matrix are samples and columns are features: ``fit(X)`` takes a dense X with
+    NaN for the missing entries, ``fit(rows, cols, vals, shape=...)`` the observed entries.
+    New rows (2-D X with NaN) are folded in by a ridge least squares of their observed entries
+    against ``V_``, row by row, so each row's result does not depend on the others.
+
+    Parameters
+    ----------
+    rank : int >= 1, at most min(n1, n2): width of the factors.
+    method : "als" (:func:`lowrank_hpc.recover.als`) or a :func:`lowrank_hpc.recover.factored_gd`
+        method on :class:`lowrank_hpc.sensing.EntrySampling`: "gd", "alternating", "scaled",
+        "scaled_damped", "gd_rebalanced".
+    reg : ridge weight >= 0. ALS minimises the squared error plus reg * (||U||^2 + ||V||^2)
+        (weighted per ``reg_scaling``); the gradient methods fit without it. Every method uses it
+        when folding in rows (``transform``, ``predict``/``score`` on 2-D X).
+    reg_scaling : "none", or "count" (each row's and column's ridge times its number of
+        observations, ALS-WR).
+    max_iter, tol : the solver's iteration limit and tolerance (ALS: relative change of U V^T;
+        gradient methods: relative residual).
+    init : None picks the method's default: ALS draws V from ``random_state``, "scaled" and
+        "scaled_damped" start from "spectral", the other gradient methods from "small". Else
+        an (n2, rank) array (ALS's initial V), or "small", "spectral" or (U0, V0) arrays for the
+        gradient methods.
+    backend : "auto" (numpy -> CPU, CUDA arrays -> GPU), "cpu" or "cuda" (inputs are moved there
+        and the solver runs under :func:`lowrank_hpc.use_backend`).
+    random_state : None, an int >= 0, or a numpy RandomState/Generator: seeds the initial
+        factors and the solvers' estimates; an int makes fits reproducible.
+
+    Attributes
+    ----------
+    U_ : (n1, rank) float32/float64 row factors, V_ : (n2, rank) column factors, numpy or CuPy
+        (the backend of the fit), of the dtype of the observed values.
+    shape_ : (n1, n2). n_features_in_ : n2.
+    n_iter_, converged_ : iterations run and whether the solver met ``tol``.
+    train_rmse_ : float, RMSE of U_ V_^T on the training entries.
+    result_ : the :class:`lowrank_hpc.recover.RecoveryResult` of the solve.
+
+    Every method also accepts ``y=None`` by keyword and ignores it, as scikit-learn passes it.
+    """
+
+    def __init__(self, rank: int = 10, method: str = "als", reg: float = 0.1, reg_scaling: str = "none",
+                 max_iter: int = 100, tol: float = 1e-6, init: Any = None, backend: str = "auto",
+                 random_state: Any = None):
+        self.rank = rank
+        self.method = method
+        self.reg = reg
+        self.reg_scaling = reg_scaling
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.backend = backend
+        self.random_state = random_state
+
+    def fit(self, X: Any, cols: Any = None, vals: Any = None, *, shape: Optional[tuple[int, int]] = None,
+            y: Any = None) -> "MatrixCompletion":
+        """Fit U_ and V_ to the observed entries.
+
+        Parameters
+        ----------
+        X : either the (n1, n2) matrix, float32/float64 (other numbers become float64), NaN for
+            a missing entry; or, 1-D, ``rows`` (nnz,) integer row indices of the observed entries.
+        cols : (nnz,) integer column indices with 1-D X; ignored with 2-D X (scikit-learn passes
+            its y here).
+        vals : (nnz,) finite observed values with 1-D X (float32/float64 kept, else float64).
+        shape : (n1, n2), required with 1-D X.
+        y : ignored.
+
+        Returns
+        -------
+        self, with U_, V_, shape_, n_features_in_, n_iter_, converged_, train_rmse_, result_.
+
+        Raises
+        ------
+        ValueError for a bad hyper-parameter (named), shapes, NaN in vals, inf in X, or no
+        observed entry; IndexError for an index outside ``shape``; TypeError for non-numeric input.
+        """
+        function = f"{type(self).__name__}.fit"
+        rank = self._check_params(function)
+        seed = _seed(function, self.random_state)
+        side = _side(self.backend, X, cols, vals)
+        X = _to_side(function, X, side)
+        if X.ndim == 2 and vals is None:
+            matrix = _as_float(function, "X", X, side, 2)
+            shape = tuple(int(n) for n in matrix.shape)
+            rows, cols, vals = _observed_in(function, matrix)
+        elif X.ndim == 1:
+            if cols is None or vals is None or shape is None:
+                raise ValueError(f"{function}: a 1-D X holds the row indices of observed entries and needs cols, "
+                                 "vals and shape=(n1, n2); for a dense matrix pass a 2-D X (Reshape your data "
+                                 "with X.reshape(1, -1) for a single sample)")
+            shape = _check_shape(function, shape)
+            rows, cols, vals = _entries(function, X, cols, vals, side)
+        else:
+            raise ValueError(f"{function}: X must be a 2-D matrix (NaN for missing) or 1-D row indices with cols, "
+                             f"vals and shape; got shape {tuple(X.shape)}" +
+                             (" and vals, which only a 1-D X takes" if vals is not None else ""))
+        if rank > min(shape):
+            # The wording names n_samples/n_features, which scikit-learn's checks look for.
+            raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
+                             f"n_samples = {shape[0]}, n_features = {shape[1]}")
+        with _backend_scope(self.backend):
+            if self.method == "als":
+                init = None if self.init is None else _as_float(function, "init", self.init, side, 2)
+                result = als(rows, cols, vals, shape, rank, self.reg, reg_scaling=self.reg_scaling,
+                             max_iter=self.max_iter, tol=self.tol, seed=seed,
+                             init=None if init is None else init.astype(vals.dtype, copy=False))
+            else:
+                init = self.init
+                if init is None:
+                    init = "spectral" if self.method in _SCALED_METHODS else "small"
+                result = factored_gd(EntrySampling(rows, cols, shape), vals, rank, method=self.method, init=init,
+                                     max_iter=self.max_iter, tol=self.tol, seed=seed)
+            fitted = sampled_product(result.U, result.V, rows, cols)
+        xp = np if side == "cpu" else _backend.cupy_module()
+        # Folding in uses the ridge of this fit, even if set_params changes reg before the next fit.
+        self._ridge = (float(self.reg), self.reg_scaling == "count")
+        self.U_, self.V_ = result.U, result.V
+        self.shape_ = shape
+        self.n_features_in_ = shape[1]
+        self.n_iter_ = result.n_iter
+        self.converged_ = bool(result.converged)
+        self.train_rmse_ = _rmse(xp, fitted - vals)
+        self.result_ = result
+        return self
+
+    def _check_params(self, function: str) -> int:
+        rank = _check_int(function, "rank", self.rank)
+        _check_choice(function, "method", self.method, COMPLETION_METHODS)
+        _check_nonnegative(function, "reg", self.reg)
+        _check_choice(function, "reg_scaling", self.reg_scaling, REG_SCALINGS)
+        _check_int(function, "max_iter", self.max_iter)
+        _check_nonnegative(function, "tol", self.tol)
+        if isinstance(self.init, str) and (self.method == "als" or self.init not in ("small", "spectral")):
+            raise ValueError(f"{function}: init {self.init!r} is not valid for method {self.method!r}; "
+                             "ALS takes None or an (n2, rank) array, the gradient methods None, 'small', "
+                             "'spectral' or (U0, V0) arrays")
+        _check_choice(function, "backend", self.backend, _backend.BACKENDS)
+        return rank
+
+    def _new_rows(self, function: str, X: Any) -> Any:
+        """2-D X validated against the fit: (n_samples, n_features_in_) float on the factors' side."""
+        self._check_fitted(function.split(".")[-1])
+        X = _as_float(function, "X", X, self.result_.backend, 2)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"{function}: X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")
+        xp = self._xp()
+        if bool(xp.isinf(X).any()):
+            raise ValueError(f"{function}: X contains inf; NaN marks a missing entry, inf is not allowed")
+        return X
+
+    def _fold_in(self, X: Any) -> Any:
+        """(n_samples, rank) ridge solutions u_i = argmin ||x_i,obs - V_obs u||^2 + lam_i ||u||^2,
+        lam_i = reg (times the row's count of observations for reg_scaling "count")."""
+        xp = self._xp()
+        dtype = np.result_type(X.dtype, self.V_.dtype)
+        V = self.V_.astype(dtype, copy=False)
+        X = X.astype(dtype, copy=False)
+        n_features, rank = V.shape
+        observed = ~xp.isnan(X)
+        weights = observed.astype(dtype)
+        # All the per-row Gram matrices V_obs^T V_obs in one GEMM against the outer products v_j v_j^T.
+        outer = (V[:, :, None] * V[:, None, :]).reshape(n_features, rank * rank)
+        gram = (weights @ outer).reshape(-1, rank, rank)
+        reg, count_scaling = self._ridge
+        ridge = reg * (weights.sum(axis=1) if count_scaling else xp.ones(X.shape[0], dtype))
+        gram += ridge[:, None, None] * xp.eye(rank, dtype=dtype)
+        rhs = xp.where(observed, X, 0) @ V
+        # Pseudo-inverse by eigh: a row with fewer observations than rank and reg = 0 gets the
+        # minimum-norm solution (a row with none gets zeros) instead of a singular-matrix error.
+        eigenvalues, vectors = xp.linalg.eigh(gram)
+        keep = eigenvalues > eigenvalues[:, -1:] * (rank * np.finfo(dtype).eps)
+        inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
+        projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
+        return xp.einsum("nij,nj->ni", vectors, projected)
+
+    def _complete(self, X: Any) -> Any:
+        """(n_samples, n_features_in_) fold-in of X times V_^T."""
+        factors = self._fold_in(X)
+        return factors @ self.V_.T.astype(factors.dtype, copy=False)
+
+    def transform(self, X: Any, *, y: Any = None) -> Any:
+        """Row factors of new rows: (n_samples, n_features_in_) X, NaN for missing ->
+        (n_samples, rank) array of the dtype of X and V_ promoted, on the factors' side.
+
+        Each row is folded in on its own by the ridge least squares of its observed entries
+        against V_ (ridge ``reg``, per ``reg_scaling``); a row with no observed entry gives zeros.
+        """
+        X = self._new_rows(f"{type(self).__name__}.transform", X)
+        return self._fold_in(X)
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        """fit(X).transform(X) for a 2-D X with NaN for missing: (n_samples, rank) row factors.
+
+        These are the rows folded in against the final V_; they are close to, not equal to,
+        U_, which ALS solved against the V of the previous iteration.
+        """
+        return self.fit(X).transform(X)
+
+    def predict(self, X: Any, cols: Any = None, *, y: Any = None) -> Any:
+        """Predicted entries.
+
+        ``predict(rows, cols)``: rows, cols (nnz,) integer indices into the fitted (n1, n2)
+        matrix -> (nnz,) values of U_ V_^T there (``lowrank_hpc.ops.sampled_product``).
+        ``predict(X)``: X (n_samples, n_features_in_), NaN for missing -> the completed
+        (n_samples, n_features_in_) matrix transform(X) @ V_^T; observed entries are predicted
+        too (not copied from X), so every entry comes from the same low-rank model.
+        Outputs have the factors' dtype (promoted with X's) and side (numpy or CuPy).
+        """
+        function = f"{type(self).__name__}.predict"
+        self._check_fitted("predict")
+        if cols is None:
+            return self._complete(self._new_rows(function, X))
+        rows, cols = _coordinates(function, X, cols, self.result_.backend)
+        return sampled_product(self.U_, self.V_, rows, cols)
+
+    def score(self, X: Any, cols: Any = None, vals: Any = None, *, y: Any = None) -> float:
+        """Negative RMSE (higher is better, 0 is exact), a Python float.
+
+        ``score(rows, cols, vals)``: over the given (nnz,) entries of the fitted matrix, e.g.
+        held-out ones. ``score(X)``: over the observed (non-NaN) entries of the 2-D X
+        (n_samples, n_features_in_), predicted by ``predict(X)``; since those rows are folded in
+        from the same entries this measures how well V_ explains new rows, not held-out error.
+        """
+        function = f"{type(self).__name__}.score"
+        self._check_fitted("score")
+        xp = self._xp()
+        if vals is None:
+            X = self._new_rows(function, X)
+            observed = ~xp.isnan(X)
+            if not bool(observed.any()):
+                raise ValueError(f"{function}: X has no observed entry (all values are NaN)")
+            errors = (self._complete(X) - X)[observed]
+            return -_rmse(xp, errors)
+        if cols is None:
+            raise ValueError(f"{function}: vals needs rows (X) and cols")
+        rows, cols, vals = _entries(function, X, cols, vals, self.result_.backend)
+        return -_rmse(xp, sampled_product(self.U_, self.V_, rows, cols) - vals)
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: NaN allowed in X (it marks missing entries), dense 2-D float input,
+        no target, float32 and float64 preserved by transform. Imports scikit-learn: only it calls this."""
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
+                    input_tags=InputTags(allow_nan=True))
+
+
+# ---------------------------------------------------------------------- matrix sensing
+class MatrixSensing(_Estimator):
+    """Recover a rank-``rank`` matrix M from linear measurements y = A(M) with
+    :func:`lowrank_hpc.recover.factored_gd`.
+
+    ``fit(op, y)`` takes a sensing operator of ``lowrank_hpc.sensing`` instead of a data matrix,
+    so scikit-learn's ``check_estimator`` does not apply (its tags say so: it is skipped with a
+    warning) and pipelines cannot feed it; get_params, set_params and clone work.
+
+    Parameters
+    ----------
+    rank, method, symmetric, init, init_scale, step, damping, max_iter, tol : as for
+        :func:`lowrank_hpc.recover.factored_gd` (method one of "gd", "alternating", "scaled",
+        "scaled_damped", "gd_rebalanced").
+    backend : "auto" (numpy y -> CPU, CUDA y -> GPU), "cpu" or "cuda" (y is moved there).
+    random_state : None, an int >= 0, or a numpy RandomState/Generator: seeds the initial
+        factors and the step estimates.
+
+    Attributes
+    ----------
+    U_ : (n1, rank), V_ : (n2, rank) float32/float64 factors (V_ is U_ when symmetric), numpy or
+        CuPy, of y's dtype. The (n1, n2) matrix is not stored, since it may not fit where the
+        factors do: :meth:`recovered_matrix` forms it.
+    shape_ : the operator's (n1, n2). n_iter_, converged_ : as reported by the solver.
+    result_ : the :class:`lowrank_hpc.recover.RecoveryResult`.
+    """
+
+    def __init__(self, rank: int = 10, method: str = "gd", symmetric: bool = False, init: Any = "small",
+                 init_scale: float = 1e-3, step: Optional[float] = None, damping: Optional[float] = None,
+                 max_iter: int = 1000, tol: float = 1e-6, backend: str = "auto", random_state: Any = None):
+        self.rank = rank
+        self.method = method
+        self.symmetric = symmetric
+        self.init = init
+        self.init_scale = init_scale
+        self.step = step
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+        self.backend = backend
+        self.random_state = random_state
+
+    def fit(self, op: Any, y: Any) -> "MatrixSensing":
+        """Fit the factors to y ~ A(U V^T) (A(U U^T) when symmetric).
+
+        Parameters
+        ----------
+        op : a ``lowrank_hpc.sensing`` operator of shape (n1, n2).
+        y : (op.num_measurements,) finite measurements, float32/float64 (other numbers become float64).
+
+        Returns
+        -------
+        self, with U_, V_, shape_, n_iter_, converged_, result_.
+
+        Raises
+        ------
+        ValueError naming a bad hyper-parameter, or for a y of the wrong length or with NaN/inf;
+        TypeError when op is not a sensing operator.
+        """
+        function = f"{type(self).__name__}.fit"
+        _check_int(function, "rank", self.rank)
+        _check_choice(function, "method", self.method, METHODS)
+        if not isinstance(self.symmetric, (bool, np.bool_)):
+            raise ValueError(f"{function}: symmetric must be a bool, got {self.symmetric!r}")
+        _check_int(function, "max_iter", self.max_iter)
+        _check_nonnegative(function, "tol", self.tol)
+        _check_choice(function, "backend", self.backend, _backend.BACKENDS)
+        seed = _seed(function, self.random_state)
+        side = _side(self.backend, y)
+        y = _as_float(function, "y", y, side, 1)
+        with _backend_scope(self.backend):
+            result = factored_gd(op, y, self.rank, symmetric=bool(self.symmetric), method=self.method,
+                                 init=self.init, init_scale=self.init_scale, step=self.step, damping=self.damping,
+                                 max_iter=self.max_iter, tol=self.tol, seed=seed)
+        self.U_, self.V_ = result.U, result.V
+        self.shape_ = tuple(op.shape)
+        self.n_iter_ = result.n_iter
+        self.converged_ = bool(result.converged)
+        self.result_ = result
+        return self
+
+    def _check_operator(self, function: str, op: Any) -> None:
+        if tuple(getattr(op, "shape", ())) != self.shape_:
+            raise ValueError(f"{function}: op has shape {getattr(op, 'shape', None)}, but the estimator was fitted "
+                             f"to shape {self.shape_}")
+
+    def predict(self, op: Any) -> Any:
+        """Measurements of the recovered matrix: op.forward_factored(U_, V_), (op.num_measurements,)
+        of the factors' dtype and side. ``op`` must have the fitted shape (any measurements)."""
+        function = f"{type(self).__name__}.predict"
+        self._check_fitted("predict")
+        self._check_operator(function, op)
+        return op.forward_factored(self.U_, self.V_)
+
+    def score(self, op: Any, y: Any) -> float:
+        """Negative RMSE of the measurements, -sqrt(mean((A(U_ V_^T) - y)^2)), a Python float.
+
+        With :class:`lowrank_hpc.sensing.EntrySampling` this is MatrixCompletion's score of the
+        same entries. y : (op.num_measurements,) float measurements.
+        """
+        function = f"{type(self).__name__}.score"
+        predicted = self.predict(op)
+        y = _as_float(function, "y", y, self.result_.backend, 1)
+        if y.shape != predicted.shape:
+            raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected {tuple(predicted.shape)}")
+        return -_rmse(self._xp(), predicted - y)
+
+    def recovered_matrix(self) -> Any:
+        """The (n1, n2) matrix U_ V_^T (U_ U_^T when symmetric), formed on each call."""
+        self._check_fitted("recovered_matrix")
+        return self.U_ @ self.V_.T
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: fit takes an operator, not a 2-D X, so check_estimator skips this estimator."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True),
+                    input_tags=InputTags(two_d_array=False))
