@@ -1,6 +1,13 @@
 """factored_gd and batched_factored_gd held to the papers' canonical experiments (small sizes)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -183,6 +190,44 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
     with pytest.raises(lr.recover.CheckpointMismatchError, match="different problem"):
         lr.recover.factored_gd(op, y, 2, symmetric=True, max_iter=60, tol=0, seed=0, checkpoint=path)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import lowrank_hpc as lr
+    from lowrank_hpc.sensing import GaussianSensing
+    M = np.load(sys.argv[1])["M"]
+    op = GaussianSensing(400, (20, 20), seed=2, symmetric=True)
+    # Slow iterations so the parent can kill the run half-way.
+    lr.recover.factored_gd(op, op.forward(M), 3, symmetric=True, max_iter=60, tol=0, seed=0, checkpoint=sys.argv[2],
+                           checkpoint_every=4, callback=lambda i, state: time.sleep(0.05))
+""")
+
+
+def test_checkpoint_resume_after_a_killed_run_equals_uninterrupted(tmp_path):
+    M = _psd_target(20, 2, seed=4)
+    op = GaussianSensing(400, (20, 20), seed=2, symmetric=True)
+    full = lr.recover.factored_gd(op, op.forward(M), 3, symmetric=True, max_iter=60, tol=0, seed=0)
+    data, checkpoint, script = tmp_path / "M.npz", tmp_path / "run.npz", tmp_path / "run.py"
+    np.savez(data, M=M)
+    script.write_text(KILLED_RUN)
+    env = dict(os.environ, PYTHONPATH=str(Path(lr.__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, str(script), str(data), str(checkpoint)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert checkpoint.exists(), "the child run wrote no checkpoint"
+    finally:
+        child.kill()
+        child.wait()
+    with np.load(checkpoint) as saved:
+        assert 0 < int(saved["iteration"]) < 60
+    resumed = lr.recover.factored_gd(op, op.forward(M), 3, symmetric=True, max_iter=60, tol=0, seed=0,
+                                     checkpoint=str(checkpoint), checkpoint_every=4)
+    np.testing.assert_array_equal(resumed.U, full.U)
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
 
 
 def test_factored_gd_bad_inputs():
