@@ -6,6 +6,10 @@ which turns that skip into a failure so a GPU run cannot pass by skipping everyt
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +82,18 @@ def _restore_backend():
     before = lowrank_hpc.get_backend()
     yield
     lowrank_hpc.set_backend(before)
+
+
+def run_until_checkpoint_then_kill(script: Path, args: list[str], checkpoint: Path, timeout: float = 60) -> None:
+    """Start ``python script *args`` and kill it as soon as it has written ``checkpoint``: a run
+    that dies mid-way, as a node failure would end it."""
+    env = dict(os.environ, PYTHONPATH=str(Path(lowrank_hpc.__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, str(script), *args], env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert checkpoint.exists(), "the child run wrote no checkpoint"
+    finally:
+        child.kill()
+        child.wait()

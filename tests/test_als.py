@@ -2,17 +2,12 @@
 batched == per-problem, convergence flags, checkpoint resume after a kill, stopping, errors."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import lowrank_hpc
+from conftest import run_until_checkpoint_then_kill
 from lowrank_hpc.recover import CheckpointMismatchError, als, batched_als
 
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -168,16 +163,7 @@ def test_checkpoint_resume_after_kill_matches_uninterrupted_run(tmp_path, rng):
     np.savez(data, rows=rows, cols=cols, vals=vals)
     script = tmp_path / "run_als.py"
     script.write_text(CHECKPOINT_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(Path(lowrank_hpc.__file__).resolve().parents[1]))
-    child = subprocess.Popen([sys.executable, str(script), str(data), str(checkpoint)], env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert checkpoint.exists(), "the child run wrote no checkpoint"
-    finally:
-        child.kill()
-        child.wait()
+    run_until_checkpoint_then_kill(script, [str(data), str(checkpoint)], checkpoint)
     with np.load(checkpoint) as saved:
         assert 0 < int(saved["iteration"]) < 30 and str(saved["stop_reason"]) == ""
     resumed = als(rows, cols, vals, (120, 100), 3, checkpoint=str(checkpoint), checkpoint_every=3, **settings)

@@ -1,17 +1,13 @@
 """factored_gd and batched_factored_gd held to the papers' canonical experiments (small sizes)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lowrank_hpc as lr
+from conftest import run_until_checkpoint_then_kill
 from lowrank_hpc.sensing import EntrySampling, GaussianSensing
 
 
@@ -212,16 +208,7 @@ def test_checkpoint_resume_after_a_killed_run_equals_uninterrupted(tmp_path):
     data, checkpoint, script = tmp_path / "M.npz", tmp_path / "run.npz", tmp_path / "run.py"
     np.savez(data, M=M)
     script.write_text(KILLED_RUN)
-    env = dict(os.environ, PYTHONPATH=str(Path(lr.__file__).resolve().parents[1]))
-    child = subprocess.Popen([sys.executable, str(script), str(data), str(checkpoint)], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert checkpoint.exists(), "the child run wrote no checkpoint"
-    finally:
-        child.kill()
-        child.wait()
+    run_until_checkpoint_then_kill(script, [str(data), str(checkpoint)], checkpoint)
     with np.load(checkpoint) as saved:
         assert 0 < int(saved["iteration"]) < 60
     resumed = lr.recover.factored_gd(op, op.forward(M), 3, symmetric=True, max_iter=60, tol=0, seed=0,
@@ -300,3 +287,26 @@ def test_batched_flags_are_per_problem():
         scale = 1e3 if b == 4 else 1.0
         s = slice(offsets[b], offsets[b + 1])
         np.testing.assert_allclose(X[b][rows[s], cols[s]], vals[s], rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_batched_factored_gd_bad_inputs():
+    M, rows, cols, vals, offsets = _batched_problems(batch=3)
+    shape = M.shape[1:]
+    with pytest.raises(ValueError, match="offsets .* is required"):
+        lr.recover.batched_factored_gd(rows, cols, vals, None, shape, 2)
+    with pytest.raises(ValueError, match="vals has length"):
+        lr.recover.batched_factored_gd(rows, cols, vals[:-1], offsets, shape, 2)
+    with pytest.raises(ValueError, match="unknown method 'gd_rebalanced'"):
+        lr.recover.batched_factored_gd(rows, cols, vals, offsets, shape, 2, method="gd_rebalanced")
+    with pytest.raises(ValueError, match="rank must be an integer"):
+        lr.recover.batched_factored_gd(rows, cols, vals, offsets, shape, 0)
+    with pytest.raises(ValueError, match=r"step must be a number or a \(3,\) array"):
+        lr.recover.batched_factored_gd(rows, cols, vals, offsets, shape, 2, step=np.ones(2))
+    with pytest.raises(ValueError, match="step must be positive"):
+        lr.recover.batched_factored_gd(rows, cols, vals, offsets, shape, 2, step=-1.0)
+    with pytest.raises(ValueError, match="init must be 'small', 'spectral' or a pair"):
+        lr.recover.batched_factored_gd(rows, cols, vals, offsets, shape, 2, init="random")
+    with pytest.raises(IndexError, match=r"rows\[\d+\] = 99 is out of range"):
+        bad = rows.copy()
+        bad[3] = 99
+        lr.recover.batched_factored_gd(bad, cols, vals, offsets, shape, 2)

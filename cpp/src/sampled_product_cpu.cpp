@@ -9,29 +9,39 @@ namespace lowrank_hpc::cpu {
 
 namespace {
 
-template <class T, class I, int R>
-int64_t sampled_product_rank(const T* U, const T* V, const I* rows, const I* cols,
-                             const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
-                             int64_t nnz, T* out) {
-  const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
+// Runs write(k, b) for every entry k of problem b whose indices are in range and bad(k) for
+// the others, in contiguous per-thread chunks (each thread finds its first problem once, then
+// walks forward). Returns the first bad entry or -1.
+template <class Entry, class Write, class Bad>
+int64_t for_each_entry(const Entry& entry, const int64_t* offsets, int64_t batch, int64_t nnz, int64_t r,
+                       Write write, Bad bad) {
   int64_t first_bad = nnz;
 #pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   {
-    // Contiguous chunks: each thread finds its first problem once, then walks forward.
     const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
     int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
     for (int64_t k = begin; k < end; ++k) {
       while (k >= offsets[b + 1]) ++b;
       if (!entry.valid(k)) {
-        out[k] = T(0);
+        bad(k);
         first_bad = std::min(first_bad, k);
         continue;
       }
-      out[k] = entry.partial(k, b, 0, 1);
+      write(k, b);
     }
   }
   return first_bad == nnz ? -1 : first_bad;
+}
+
+template <class T, class I, int R>
+int64_t sampled_product_rank(const T* U, const T* V, const I* rows, const I* cols,
+                             const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
+                             int64_t nnz, T* out) {
+  const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
+  return for_each_entry(
+      entry, offsets, batch, nnz, r, [&](int64_t k, int64_t b) { out[k] = entry.partial(k, b, 0, 1); },
+      [&](int64_t k) { out[k] = T(0); });
 }
 
 template <class T, class I, int R>
@@ -39,25 +49,14 @@ int64_t squared_residuals_rank(const T* U, const T* V, const I* rows, const I* c
                                const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
                                int64_t nnz, double* out) {
   const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
-  int64_t first_bad = nnz;
-#pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
-  {
-    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
-    int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
-    for (int64_t k = begin; k < end; ++k) {
-      while (k >= offsets[b + 1]) ++b;
-      if (!entry.valid(k)) {
-        out[k] = 0.0;
-        first_bad = std::min(first_bad, k);
-        continue;
-      }
-      // The residual in T (as the solver's gradient sees it), squared in double for the sum.
-      const double residual = static_cast<double>(vals[k] - entry.partial(k, b, 0, 1));
-      out[k] = residual * residual;
-    }
-  }
-  return first_bad == nnz ? -1 : first_bad;
+  return for_each_entry(
+      entry, offsets, batch, nnz, r,
+      [&](int64_t k, int64_t b) {
+        // The residual in T (as the solver's gradient sees it), squared in double for the sum.
+        const double residual = static_cast<double>(vals[k] - entry.partial(k, b, 0, 1));
+        out[k] = residual * residual;
+      },
+      [&](int64_t k) { out[k] = 0.0; });
 }
 
 }  // namespace

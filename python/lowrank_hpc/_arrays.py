@@ -116,6 +116,16 @@ class Call:
         self._check_layout(name, x)
         return x
 
+    def coordinates(self, rows: Any, cols: Any):
+        """Validated (rows, cols): 1-D, equal length, one int32/int64 dtype, not empty."""
+        rows = self.index_array("rows", rows)
+        cols = self.index_array("cols", cols, length=rows.shape[0])
+        if rows.dtype != cols.dtype:
+            raise TypeError(f"{self.function}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
+        if rows.shape[0] == 0:
+            raise ValueError(f"{self.function}: rows and cols are empty; there is no entry")
+        return rows, cols
+
     @property
     def float_dtype(self) -> np.dtype:
         assert self._float_dtype is not None, "float_array must be called first"

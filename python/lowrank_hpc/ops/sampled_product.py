@@ -31,13 +31,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any]
     """
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)
     U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite)
-    rows = call.index_array("rows", rows)
-    cols = call.index_array("cols", cols, length=rows.shape[0])
-    if rows.dtype != cols.dtype:
-        raise TypeError(f"sampled_product: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
+    rows, cols = call.coordinates(rows, cols)
     nnz = rows.shape[0]
-    if nnz == 0:
-        raise ValueError("sampled_product: rows and cols are empty; there is no entry to sample")
     batch, m, r = U3.shape
     n = V3.shape[1]
     offsets = offsets_array(call, "offsets", offsets, batch, nnz)

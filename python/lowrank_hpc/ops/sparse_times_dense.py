@@ -19,18 +19,8 @@ def _dense_operand(call: Call, B: Any, check_finite: bool):
     return (B if batched else B.reshape(1, *B.shape)), batched
 
 
-def _check_indices(call: Call, rows: Any, cols: Any):
-    rows = call.index_array("rows", rows)
-    cols = call.index_array("cols", cols, length=rows.shape[0])
-    if rows.dtype != cols.dtype:
-        raise TypeError(f"{call.function}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
-    if rows.shape[0] == 0:
-        raise ValueError(f"{call.function}: rows and cols are empty; there is no entry")
-    return rows, cols
-
-
 def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite: bool):
-    rows, cols = _check_indices(call, rows, cols)
+    rows, cols = call.coordinates(rows, cols)
     vals = call.float_array("vals", vals, (1,), check_finite=check_finite, allow_empty=True)
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"{call.function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
@@ -58,7 +48,7 @@ class SparsePattern:
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], offsets: Optional[Any] = None):
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
-        rows, cols = _check_indices(call, rows, cols)
+        rows, cols = call.coordinates(rows, cols)
         if len(shape) != 2 or min(shape) < 1:
             raise ValueError(f"SparsePattern: shape must be two positive sizes, got {shape!r}")
         batch = 1 if offsets is None else int(offsets.shape[0]) - 1

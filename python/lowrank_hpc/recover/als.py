@@ -20,7 +20,7 @@ import numpy as np
 
 from .._arrays import Call, offsets_array, resolve
 from ..ops._factors import raise_index_error
-from ..ops.sampled_product import sampled_product, squared_residuals
+from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import _csr_buffers
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
 from ._measures import relative_change
@@ -148,12 +148,7 @@ def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling:
 
 
 def _check_coordinates(call: Call, rows, cols, vals):
-    rows = call.index_array("rows", rows)
-    cols = call.index_array("cols", cols, length=rows.shape[0])
-    if rows.dtype != cols.dtype:
-        raise TypeError(f"{call.function}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
-    if rows.shape[0] == 0:
-        raise ValueError(f"{call.function}: rows and cols are empty; ALS needs observed entries")
+    rows, cols = call.coordinates(rows, cols)
     vals = call.float_array("vals", vals, (1,))
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"{call.function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")

@@ -119,7 +119,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     Parameters
     ----------
     rows, cols : (nnz,) int32/int64 indices, 0 <= rows < m, 0 <= cols < n.
-    vals : (nnz,) float32/float64 observed values.
+    vals : (nnz,) float32/float64 observed values; every problem needs a nonzero one.
     offsets : (B + 1,) int array, non-decreasing from 0 to nnz: problem b's entry range.
     shape : (m, n) of every problem.
     rank : factor width, 1 <= rank <= min(m, n).
@@ -144,9 +144,10 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     pair = init if isinstance(init, (tuple, list)) else (None, None)
     call = resolve("batched_factored_gd", rows=rows, cols=cols, vals=vals, offsets=offsets,
                    init_U=pair[0] if len(pair) == 2 else None, init_V=pair[1] if len(pair) == 2 else None)
+    rows, cols = call.coordinates(rows, cols)
     vals = call.float_array("vals", vals, (1,))
-    rows = call.index_array("rows", rows, length=vals.shape[0])
-    cols = call.index_array("cols", cols, length=vals.shape[0])
+    if vals.shape[0] != rows.shape[0]:
+        raise ValueError(f"batched_factored_gd: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
     if offsets is None:
         raise ValueError("batched_factored_gd: offsets (B + 1,) is required")
     batch = int(offsets.shape[0]) - 1

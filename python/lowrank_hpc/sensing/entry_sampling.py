@@ -28,12 +28,7 @@ class EntrySampling(SensingOperator):
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int]):
         call = resolve(self._name, rows=rows, cols=cols)
         shape = check_shape(self._name, shape)
-        rows = call.index_array("rows", rows)
-        cols = call.index_array("cols", cols, length=rows.shape[0])
-        if rows.dtype != cols.dtype:
-            raise TypeError(f"{self._name}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
-        if rows.shape[0] == 0:
-            raise ValueError(f"{self._name}: rows and cols are empty; there is no entry to observe")
+        rows, cols = call.coordinates(rows, cols)
         host_rows, host_cols = (rows.get(), cols.get()) if call.on_device else (rows, cols)
         for name, index, bound in (("rows", host_rows, shape[0]), ("cols", host_cols, shape[1])):
             bad = np.flatnonzero((index < 0) | (index >= bound))
