@@ -11,14 +11,6 @@ namespace lowrank_hpc::cpu {
 
 namespace {
 
-// Element loops compiled for AVX-512, AVX2 and the baseline, picked at load time by the CPU
-// (numpy's ufuncs do the same); x86-64 with GNU ifunc support only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LRH_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LRH_CPU_CLONES
-#endif
-
 // Below this many entries, waking the thread team costs more than the work it would share.
 constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
 
