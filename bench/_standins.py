@@ -8,7 +8,9 @@ on lowrank_hpc.ops, so factored_gd on them runs the library's own solver and ker
   forward, SparsePattern products for the gradients), so its timings stand for factored_gd on
   lowrank_hpc.sensing.EntrySampling;
 - GaussianSensing keeps the dense (m, n1*n2) matrix with N(0, 1/m) entries (isotropic:
-  E||A(X)||^2 = ||X||_F^2) and multiplies by it, as the torch peer does.
+  E||A(X)||^2 = ||X||_F^2) and multiplies by it, as the torch peer does: one product forward
+  and one adjoint per gradient (factored_gd asks for A*(z) @ V and A*(z)^T @ U with the same
+  residual z, so A*(z) is kept for the second request).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ class GaussianSensing:
         self.shape, self.num_measurements, self.seed = (int(shape[0]), int(shape[1])), int(m), seed
         rng = np.random.default_rng(seed)
         self.matrix = (rng.standard_normal((m, self.shape[0] * self.shape[1])) / np.sqrt(m)).astype(dtype)
+        # (z, A*(z)) of the latest adjoint; keyed on identity: the solver never edits a residual in place.
+        self._last: tuple = (None, None)
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         return self.matrix @ X.reshape(-1)
@@ -60,4 +64,12 @@ class GaussianSensing:
         return self.forward(U @ V.T)
 
     def adjoint(self, z: np.ndarray) -> np.ndarray:
-        return (z @ self.matrix).reshape(self.shape)
+        if self._last[0] is not z:
+            self._last = (z, (z @ self.matrix).reshape(self.shape))
+        return self._last[1]
+
+    def adjoint_times(self, z: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return self.adjoint(z) @ B
+
+    def adjoint_transpose_times(self, z: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return self.adjoint(z).T @ B

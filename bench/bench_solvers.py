@@ -221,7 +221,8 @@ def case_completion_vs_fancyimpute(quick: bool, workdir: Path) -> list:
     final test RMSE (the iteration count is found in a separate run that evaluates the test
     RMSE in a callback, so that evaluation is not timed)."""
     n, rank, fraction = (1000, 5, 0.05) if quick else (5000, 10, 0.02)
-    max_iters = {"SoftImpute": 20 if quick else 100, "IterativeSVD": 10 if quick else 30}
+    # SoftImpute's default iteration cap; IterativeSVD's default (200) would take ~10 minutes here.
+    max_iters = {"SoftImpute": 20 if quick else 100, "IterativeSVD": 10 if quick else 50}
     data = split_entries(random_low_rank(n, n, rank, seed=6), int(fraction * n * n), 100_000, seed=7,
                          dtype=np.float64)
     case = f"{n}x{n} r={rank} {fraction:.0%} obs f64 noiseless"
@@ -410,20 +411,24 @@ def main() -> None:
     parser.add_argument("--output", default=str(BENCH.parent / "BENCHMARKS.md"))
     args = parser.parse_args()
 
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     table: list = []
     with tempfile.TemporaryDirectory(prefix="bench_solvers_") as tmp:
         workdir = Path(tmp)
-        cases = [lambda: case_gd_vs_torch(args.quick, workdir), lambda: case_completion_vs_fancyimpute(args.quick, workdir),
-                 lambda: case_spark_als(args.quick, workdir), lambda: case_batched(args.quick)]
+        cases = [lambda: case_gd_vs_torch(args.quick, workdir),
+                 lambda: case_completion_vs_fancyimpute(args.quick, workdir),
+                 lambda: case_spark_als(args.quick, workdir),
+                 lambda: case_batched(args.quick)]
         for case in cases:
             rows = case()
             print("\n".join(row.markdown() for row in rows), flush=True)  # progress: a full run takes minutes
             table += rows
 
     report = lr.info()
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared: timings are "
-               f"best-of-N and noisy), {report['openmp_threads']} OpenMP threads")
+    # The machine may be shared: the load average tells how much the best-of-N timings had to fight.
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{report['openmp_threads']} OpenMP threads, 1-minute load average {load_before:.1f} at the start "
+               f"and {os.getloadavg()[0]:.1f} at the end")
     command = f"PYTHONPATH=python python bench/bench_solvers.py{' --quick' if args.quick else ''}"
     text = "\n".join([
         f"### bench_solvers.py, {datetime.date.today().isoformat()}",

@@ -47,7 +47,8 @@ make_venv torch "import torch; print('torch', torch.__version__)" "torch==2.13.0
 
 # fancyimpute 0.7's install_requires also lists pytest and nose (its tests only) and cvxopt (an
 # optional cvxpy solver); `import fancyimpute` needs knnimpute, scikit-learn and cvxpy (its
-# __init__ imports NuclearNormMinimization). So: fancyimpute without deps, then those with theirs.
+# __init__ imports NuclearNormMinimization). So: fancyimpute without deps, then those with theirs
+# (pip then warns that cvxopt, nose and pytest are missing: expected).
 make_venv fancyimpute \
   "import fancyimpute, sklearn, skimage; print('fancyimpute', fancyimpute.__version__, 'sklearn', sklearn.__version__)" \
   "--no-deps fancyimpute==0.7.0" "knnimpute scikit-learn<1.6 cvxpy scikit-image"

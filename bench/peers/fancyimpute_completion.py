@@ -29,7 +29,9 @@ def main() -> None:
         settings = {"max_rank": rank, "max_iters": max_iters}
         solver = fancyimpute.SoftImpute(verbose=False, **settings)
     elif solver_name == "IterativeSVD":
-        settings = {"rank": rank, "max_iters": max_iters}
+        # Randomized truncated SVDs instead of the default ARPACK: several times faster on a dense
+        # 5,000 x 5,000 matrix and as accurate for a rank-10 target.
+        settings = {"rank": rank, "max_iters": max_iters, "svd_algorithm": "randomized"}
         solver = fancyimpute.IterativeSVD(verbose=False, **settings)
     else:
         raise SystemExit(f"unknown solver {solver_name!r}")
