@@ -226,13 +226,19 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     y_norm = float(xp.linalg.norm(y))
     if y_norm == 0:
         raise ValueError("factored_gd: y is all zeros; the solution is U V^T = 0")
-    scale = operator_scale(op, dtype, xp, seed=seed_value)
-    sigma = spectral_norm(op, y, xp, seed=seed_value)
+    # The data-driven estimates cost a few operator passes: made only when a default needs them.
+    scaled = method in ("scaled", "scaled_damped")
+    needs_sigma = (step is None and not scaled) or (method == "scaled_damped" and damping is None)
+    spectral = isinstance(init, str) and init == "spectral"
+    needs_scale = (step is None and scaled) or (method == "scaled_damped" and damping is None) or spectral
+    scale = operator_scale(op, dtype, xp, seed=seed_value) if needs_scale else None
+    sigma = spectral_norm(op, y, xp, seed=seed_value) if needs_sigma else None
     if step is None:
-        step = 0.5 / scale if method in ("scaled", "scaled_damped") else 0.5 / sigma
+        step = 0.5 / scale if scaled else 0.5 / sigma
+    if damping is None:
+        damping = 1e-2 * sigma / scale if method == "scaled_damped" else 0.0
     problem = _Problem(op=op, y=y, xp=xp, symmetric=symmetric, method=method, step=float(step),
-                       damping=float(1e-2 * sigma / scale if damping is None else damping),
-                       rebalance_at=rebalance_at, y_norm=y_norm)
+                       damping=float(damping), rebalance_at=rebalance_at, y_norm=y_norm)
 
     if isinstance(init, str):
         U, V = _initial_factors(problem, init, init_scale, rank, seed, scale, dtype)
