@@ -30,12 +30,15 @@ def _gaussian_rows(n: int, m: int, modes: tuple[str, ...], repeats: int) -> list
     peer_adjoint = best_time(lambda: dense.T @ y, repeats)
     case = f"{n}x{n}, m={m}, float32"
     rows = []
+    notes = {"cached": "dense copy, what mode='auto' picks under the memory budget",
+             "matrix_free": f"regenerates all {m * n * n:.1e} Philox entries per call: O(m + n1 n2) memory, "
+                            "for operators that do not fit"}
     for mode in modes:
         op = GaussianSensing(m, (n, n), 1, mode=mode)
         rows.append(Row(f"GaussianSensing.forward ({mode})", case, best_time(lambda: op.forward(X), repeats),
-                        PEER, peer_forward))
+                        PEER, peer_forward, notes[mode]))
         rows.append(Row(f"GaussianSensing.adjoint ({mode})", case, best_time(lambda: op.adjoint(y), repeats),
-                        PEER, peer_adjoint))
+                        PEER, peer_adjoint, notes[mode]))
     return rows
 
 
