@@ -137,7 +137,7 @@ def time_gd_against_torch(label: str, case: str, op: Any, y: np.ndarray, rank: i
                           problem: Path, extra: dict, ours_rmse, note: str) -> list:
     """Our factored_gd(method="gd") and the torch peer from the same start with the same fixed
     step for ``iters`` iterations; per-iteration seconds from the wall time of the whole call
-    (ours includes its step/scale estimates, which run even with a fixed step)."""
+    (with the step given, ours makes no step/scale estimates)."""
     # The step factored_gd would pick itself (0.5 / ||A*(y)||_2), fixed so torch uses it too.
     probe = lr.recover.factored_gd(op, y, rank, init=start, max_iter=1, tol=0.0)
     step = 0.5 / probe.info["spectral_norm_adjoint_y"]
@@ -150,7 +150,7 @@ def time_gd_against_torch(label: str, case: str, op: Any, y: np.ndarray, rank: i
         return result
 
     result = ours()
-    assert result.n_iter == iters and result.step_halvings == 0, (result.n_iter, result.step_halvings)
+    assert result.n_iter == iters, result.n_iter
     ours_s = best_time(ours, repeats=5) / iters
     np.savez(problem, U0=start[0], V0=start[1], step=step, iters=iters, **extra)
     peer, reason = run_peer("torch", "torch_gd.py", problem, 5)
@@ -160,7 +160,7 @@ def time_gd_against_torch(label: str, case: str, op: Any, y: np.ndarray, rank: i
     return [Row(label, case, ours_s, f"PyTorch {peer['version']} CPU autograd+SGD ({peer['threads']} threads)",
                 peer["seconds_per_iter"],
                 f"per iteration (wall / {iters} its; loop alone {min(loop_seconds) / iters * 1e3:.2f} ms), "
-                f"step {step:.3g}, best of 5; test RMSE ours {ours_rmse(result):.4g}, "
+                f"step {step:.3g} ({result.step_halvings} halvings: extra passes ours pays), best of 5; test RMSE ours {ours_rmse(result):.4g}, "
                 f"torch {peer['test_rmse']:.4g}; final loss ours {ours_loss:.6g}, torch {peer['final_loss']:.6g}"
                 f"{'; ' + note if note else ''}")]
 

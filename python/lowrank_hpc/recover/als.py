@@ -14,11 +14,12 @@ give the model Spark gives). ALS never increases it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .._arrays import Call, offsets_array, resolve
+from .._random import gaussian_fill
 from ..ops._factors import raise_index_error
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import _csr_buffers
@@ -124,12 +125,23 @@ class _Problem:
         return 0.5 * (squares + self.reg * penalty)
 
 
-def _initial_V(seeds: Sequence[Any], n: int, rank: int, dtype) -> np.ndarray:
-    """(len(seeds), n, rank) host array: problem b's V is N(0, 1) / sqrt(rank) from default_rng(seeds[b])."""
-    V = np.empty((len(seeds), n, rank), dtype=dtype)
-    for b, seed in enumerate(seeds):
-        V[b] = np.random.default_rng(seed).standard_normal((n, rank)) / np.sqrt(rank)
-    return V
+def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank: int, dtype):
+    """(count, n, rank) on the call's backend: problem b's V is N(0, 1) / sqrt(rank), entry
+    (j, c) the Philox draw (key, stream first_stream + b, index j * rank + c). One call for all
+    problems, and bit-identical on the CPU and the GPU."""
+    V = gaussian_fill(call, dtype, key, count, n, rank, first_stream=first_stream, scale=1.0 / np.sqrt(rank))
+    return V.reshape(count, n, rank)
+
+
+def _seed_key_stream(function: str, seed: Any) -> tuple[int, int]:
+    """(key, stream) of a seed: an int s is (s, 0), a pair (s, b) is itself, None is fresh entropy."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy) % (1 << 64), 0
+    parts = seed if isinstance(seed, (tuple, list)) else (seed, 0)
+    if len(parts) != 2 or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < (1 << 64)
+                              for p in parts):
+        raise ValueError(f"{function}: seed must be None, an integer in [0, 2**64) or a pair of them, got {seed!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling: Any) -> tuple[tuple[int, int], int]:
@@ -258,10 +270,9 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     reg_scaling : "none" or "count".
     max_iter, tol : stop after max_iter iterations, or once the relative change of U V^T,
         ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, is below tol (computed from r x r Gram matrices).
-    seed : anything ``numpy.random.default_rng`` takes; V starts as
-        ``default_rng(seed).standard_normal((n, rank)) / sqrt(rank)``, drawn on the host on both
-        backends so the result does not depend on the backend. U starts at 0, so the first
-        relative change is inf.
+    seed : None (fresh entropy), an integer s or a pair (s, b): V starts as standard normal
+        draws / sqrt(rank) from the counter-based generator with key s and stream b (0 for an
+        integer), identical on CPU and GPU. U starts at 0, so the first relative change is inf.
     init : (n, rank) initial V of the dtype of vals (e.g. a previous ``result.V``); replaces the seed.
     callback : called as callback(iteration, {"loss", "relative_change", "U", "V", ...}) after
         every iteration (U, V there are (1, m, rank) / (1, n, rank) views of the live factors).
@@ -293,7 +304,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     if init is not None:
         V0 = _check_init(call, init, (problem.n, problem.rank)).copy()
     else:
-        V0 = call.xp.asarray(_initial_V([seed], problem.n, problem.rank, problem.vals.dtype))
+        key, stream = _seed_key_stream("als", seed)
+        V0 = _initial_V(call, key, stream, 1, problem.n, problem.rank, problem.vals.dtype)
     # Without a checkpoint nothing is compared against, so the data need not be hashed.
     digest = fingerprint("als", problem.rows, problem.cols, problem.vals, problem.m, problem.n, problem.rank,
                          problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
@@ -323,8 +335,8 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     shape, rank, reg, reg_scaling, max_iter, tol, callback, progress, checkpoint,
     checkpoint_every, time_limit : as for :func:`als`, per problem (the bar shows the loss
         summed over the running problems).
-    seed : None or an int >= 0: problem b's V starts from ``default_rng((seed, b))`` as in
-        :func:`als`; None draws a fresh seed.
+    seed : None or an int >= 0: problem b's V starts from stream b of key ``seed``, exactly as
+        ``als(..., seed=(seed, b))``; None draws a fresh key.
     init : (B, n, rank) initial V, replacing the seeds.
 
     Returns
@@ -347,9 +359,8 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     if init is not None:
         V0 = _check_init(call, init, (problem.batch, problem.n, problem.rank)).copy()
     else:
-        base = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
-        V0 = call.xp.asarray(_initial_V([(base, b) for b in range(problem.batch)], problem.n, problem.rank,
-                                        problem.vals.dtype))
+        key, _ = _seed_key_stream("batched_als", seed)
+        V0 = _initial_V(call, key, 0, problem.batch, problem.n, problem.rank, problem.vals.dtype)
     digest = fingerprint("batched_als", problem.rows, problem.cols, problem.vals, problem.offsets, problem.m,
                          problem.n, problem.rank, problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
     return _solve(call, problem, V0, settings, tol, digest, batched=True, started=started)

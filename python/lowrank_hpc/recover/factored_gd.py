@@ -44,7 +44,8 @@ class _Problem:
 
     def loss(self, residual: Any) -> float:
         weight = 0.25 if self.symmetric else 0.5
-        return weight * float(self.xp.vdot(residual, residual).real)
+        residual = residual.astype(np.float64, copy=False)  # float32 sums would hide small decreases
+        return weight * float(self.xp.vdot(residual, residual))
 
     def gradients(self, U: Any, V: Any, z: Any) -> tuple[Any, Any]:
         """(grad_U, grad_V) of the loss at (U, V) with residual z (grad_V is None when symmetric)."""

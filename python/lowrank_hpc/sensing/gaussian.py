@@ -6,7 +6,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .._arrays import Call
-from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape, gaussian_fill,
+from .._random import gaussian_fill
+from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape,
                     inverse_sqrt)
 
 MODES = ("auto", "matrix_free", "cached")
