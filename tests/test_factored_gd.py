@@ -310,3 +310,27 @@ def test_batched_factored_gd_bad_inputs():
         bad = rows.copy()
         bad[3] = 99
         lr.recover.batched_factored_gd(bad, cols, vals, offsets, shape, 2)
+
+
+@pytest.mark.parametrize("dtype_", [np.float64, np.float32])
+def test_batched_scaled_from_given_factors_equals_per_problem(dtype_):
+    M, rows, cols, vals, offsets = _batched_problems(batch=5, seed=2)
+    rng = np.random.default_rng(8)
+    # A start near the truth (ScaledGD's local regime): its factors, perturbed.
+    left, sigma, right_t = np.linalg.svd(M, full_matrices=False)
+    root = np.sqrt(sigma[:, :2])[:, None, :]
+    U0 = (left[:, :, :2] * root + 0.1 * rng.standard_normal((5, M.shape[1], 2))).astype(dtype_)
+    V0 = (right_t[:, :2, :].transpose(0, 2, 1) * root + 0.1 * rng.standard_normal((5, M.shape[2], 2))).astype(dtype_)
+    settings = dict(method="scaled", step=0.5, max_iter=300, tol=1e-6 if dtype_ == np.float64 else 1e-4)
+    batched = lr.recover.batched_factored_gd(rows, cols, vals.astype(dtype_), offsets, M.shape[1:], 2,
+                                             init=(U0, V0), **settings)
+    assert batched.U.dtype == dtype_
+    tolerance = 1e-6 if dtype_ == np.float64 else 2e-3
+    for b in range(5):
+        s = slice(offsets[b], offsets[b + 1])
+        single = lr.recover.factored_gd(EntrySampling(rows[s], cols[s], M.shape[1:]), vals[s].astype(dtype_), 2,
+                                        init=(U0[b], V0[b]), **settings)
+        np.testing.assert_allclose(batched.U[b] @ batched.V[b].T, single.U @ single.V.T, rtol=tolerance,
+                                   atol=tolerance)
+        assert batched.stop_reason[b] == single.stop_reason
+        assert single.history["loss"][-1] < 1e-3 * single.history["loss"][0]

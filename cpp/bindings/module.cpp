@@ -22,6 +22,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("__version__") = LRH_VERSION;
   lowrank_hpc::bindings::bind_runtime(m);
   lowrank_hpc::bindings::bind_coo_kernels(m);
+  lowrank_hpc::bindings::bind_completion_step(m);
   lowrank_hpc::bindings::bind_sensing(m);
   lowrank_hpc::bindings::bind_kernel_product(m);
   lowrank_hpc::bindings::bind_als(m);

@@ -46,6 +46,16 @@ struct CsrBuild {
   bool sorted;        // entries were already in (problem, key) order: perm was not written
 };
 
+// One gradient iteration of every active problem of a batch of small completion problems
+// (lowrank_hpc/solvers/completion_step.hpp), with per-problem step halving. U, V are
+// (batch, m, k) / (batch, n, k); U1, V1 receive the next iterate (a copy for inactive
+// problems); steps is updated in place; scratch holds batch * ((m + n) k + 2 k^2) values.
+template <class T, class I>
+void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,
+                      int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
+                      T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
+                      double* changes, int64_t* halvings, uint8_t* stuck);
+
 // out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double: a solver's loss terms in one
 // pass, without a residual array in T and its conversion.
 template <class T, class I>

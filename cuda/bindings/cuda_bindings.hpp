@@ -5,6 +5,7 @@
 namespace lowrank_hpc::bindings {
 
 void bind_coo_kernels(pybind11::module_& m);
+void bind_completion_step(pybind11::module_& m);
 void bind_sensing(pybind11::module_& m);
 void bind_kernel_product(pybind11::module_& m);
 void bind_als(pybind11::module_& m);

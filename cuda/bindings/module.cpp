@@ -19,6 +19,7 @@ PYBIND11_MODULE(_cuda, m) {
         "Number of CUDA devices, or minus the cudaError_t code that explains why there is none");
   m.def("error_string", [](int code) { return std::string(lowrank_hpc::cuda::error_string(code)); });
   lowrank_hpc::bindings::bind_coo_kernels(m);
+  lowrank_hpc::bindings::bind_completion_step(m);
   lowrank_hpc::bindings::bind_sensing(m);
   lowrank_hpc::bindings::bind_kernel_product(m);
   lowrank_hpc::bindings::bind_als(m);

@@ -49,6 +49,14 @@ int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                     const uint8_t* active, T* out, int64_t* singular, void* stream);
 
+// The batched completion solver's fused iteration, one thread per problem: the same arguments
+// as cpu::completion_steps, all pointers on the device.
+template <class T, class I>
+int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,
+                     int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
+                     T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
+                     double* changes, int64_t* halvings, uint8_t* stuck, void* stream);
+
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
 const char* error_string(int code);

@@ -10,7 +10,6 @@ import numpy as np
 from .._arrays import offsets_array, resolve
 from ..ops import SparsePattern, sampled_product
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
-from ._measures import relative_change
 from ._result import RecoveryResult
 
 BATCHED_METHODS = ("gd", "alternating", "scaled", "scaled_damped")
@@ -48,36 +47,6 @@ class _BatchedCompletion:
         return self.pattern.times_dense(z, B, transpose=True, check_finite=False)
 
 
-class _WorkingSet:
-    """The problems still running, their entries gathered into a smaller batch once enough of
-    the others have converged (so the slow tail does not pay for the finished problems)."""
-
-    def __init__(self, call, full: _BatchedCompletion, ids: Optional[np.ndarray]):
-        self.ids = ids  # host indices into the full batch; None while every problem runs
-        if ids is None:
-            self.problems = full
-            return
-        xp = call.xp
-        offsets = full.offsets.get() if call.on_device else full.offsets
-        starts, counts = offsets[ids], offsets[ids + 1] - offsets[ids]
-        sub_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        entries = np.repeat(starts - sub_offsets[:-1], counts) + np.arange(int(sub_offsets[-1]))
-        entries, sub_offsets = xp.asarray(entries), xp.asarray(sub_offsets)
-        self.problems = _BatchedCompletion(call, xp.ascontiguousarray(full.rows[entries]),
-                                           xp.ascontiguousarray(full.cols[entries]),
-                                           xp.ascontiguousarray(full.vals[entries]), sub_offsets, full.shape)
-        self.device_ids = xp.asarray(ids)
-
-    def gather(self, array):
-        return array if self.ids is None else array[self.device_ids]
-
-    def scatter(self, full, values) -> None:
-        if self.ids is None:
-            full[...] = values
-        else:
-            full[self.device_ids] = values
-
-
 def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, iterations: int = 30):
     """||S_b(vals)||_2 per problem by power iteration on S^T S (deterministic given seed)."""
     xp = problems.xp
@@ -91,17 +60,6 @@ def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, itera
         sigma = xp.linalg.norm(u, axis=(1, 2))
         v = problems.transpose_times(problems.vals, u)
     return sigma.astype(np.float64)
-
-
-def _precondition(xp, method: str, grad, partner, damping):
-    """grad (P^T P)^-1 or (P^T P + lambda I)^-1 per problem: batched k x k solves."""
-    if method not in ("scaled", "scaled_damped"):
-        return grad
-    gram = partner.transpose(0, 2, 1) @ partner
-    if method == "scaled_damped":
-        gram = gram + damping[:, None, None] * xp.eye(gram.shape[-1], dtype=gram.dtype)
-    # k x k inverses then one batched product: far cheaper than a solve with m right-hand sides.
-    return grad @ xp.linalg.inv(gram)
 
 
 def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int, *,
@@ -173,10 +131,14 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         empty = int(xp.flatnonzero(vals_norm == 0)[0])
         raise ValueError(f"batched_factored_gd: problem {empty} has no nonzero observation")
     fraction = (offsets[1:] - offsets[:-1]).astype(np.float64) / (m * n)
-    sigma = _batched_spectral_norm(problems, dtype, seed_value)
-    steps = _per_problem("step", step, batch, xp,
-                         default=(0.5 / fraction) if method in ("scaled", "scaled_damped") else 0.5 / sigma)
-    dampings = _per_problem("damping", damping, batch, xp, default=1e-2 * sigma / fraction, allow_zero=True)
+    scaled = method in ("scaled", "scaled_damped")
+    # The power iteration costs a few sparse products: run only when a default needs it.
+    needs_sigma = (step is None and not scaled) or (method == "scaled_damped" and damping is None)
+    sigma = _batched_spectral_norm(problems, dtype, seed_value) if needs_sigma else None
+    steps = _per_problem("step", step, batch, xp, default=(lambda: 0.5 / fraction) if scaled else (lambda: 0.5 / sigma))
+    dampings = _per_problem("damping", damping, batch, xp, allow_zero=True,
+                            default=(lambda: 1e-2 * sigma / fraction) if method == "scaled_damped"
+                            else (lambda: xp.zeros(batch)))
 
     if isinstance(init, str) and init == "small":
         U = np.empty((batch, m, rank))
@@ -206,128 +168,114 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         raise ValueError(f"batched_factored_gd: init must be 'small', 'spectral' or a pair of arrays (U0, V0), "
                          f"got {init!r}")
 
+    _check_ranges(call, rows, cols, m, n)
+    # Hashing the data is only needed to match a checkpoint.
     digest = fingerprint("batched_factored_gd", method, rank, init_scale, tol, seed_value, (m, n),
-                         rows, cols, vals, offsets, steps, dampings, U, V)
+                         rows, cols, vals, offsets, steps, dampings, U, V) if checkpoint else ""
     state = load_checkpoint(checkpoint, digest, xp) if checkpoint else None
     if state is None:
         # Per-problem history lives in (rows, B) arrays that double when full, so checkpoints carry it.
         state = LoopState(arrays={"U": U, "V": V, "step": steps, "active": xp.ones(batch, dtype=bool),
-                                  "reason": xp.zeros(batch, dtype=np.int8), "halvings": xp.zeros(batch),
+                                  "reason": xp.zeros(batch, dtype=np.int8),
+                                  "halvings": xp.zeros(batch, dtype=np.int64),
                                   "loss_history": xp.zeros((min(max_iter, 64), batch)),
                                   "change_history": xp.zeros((min(max_iter, 64), batch))})
     reasons = ("running", "converged", "stationary", "max_iter", "time_limit")
-    cache: dict[str, Any] = {}
-
-    def take(problems, U, V, z, step, damping):
-        s = step[:, None, None].astype(dtype)
-        if method == "alternating":
-            U1 = U - s * problems.times(z, V)
-            V1 = V - s * problems.transpose_times(problems.residual(U1, V), U1)
-            return U1, V1
-        grad_u, grad_v = problems.times(z, V), problems.transpose_times(z, U)
-        return (xp.ascontiguousarray(U - s * _precondition(xp, method, grad_u, V, damping)),
-                xp.ascontiguousarray(V - s * _precondition(xp, method, grad_v, U, damping)))
-
-    def working_set(state: LoopState) -> _WorkingSet:
-        if cache.get("work") is None:
-            active = state.arrays["active"]
-            active_host = active.get() if call.on_device else active
-            ids = None if active_host.all() else np.flatnonzero(active_host)
-            cache["work"] = _WorkingSet(call, problems, ids)
-            cache.pop("z", None)
-        return cache["work"]
+    kernel = _FusedSteps(call, rows, cols, vals, offsets, batch, (m, n), rank, method, dampings)
 
     def advance(state: LoopState):
-        work = working_set(state)
-        sub = work.problems
-        U, V = work.gather(state.arrays["U"]), work.gather(state.arrays["V"])
-        step, damping = work.gather(state.arrays["step"]), work.gather(dampings)
-        z = cache.pop("z", None)
-        if z is None:
-            z = sub.residual(U, V)
-        loss = 0.5 * sub.per_problem_sum(z * z)
-        pending = xp.ones(sub.batch, dtype=bool)
-        halvings = xp.zeros(sub.batch)
-        U_next, V_next, z_next, loss_next = U, V, z, loss
-        for _ in range(50):
-            U1, V1 = take(sub, U, V, z, step, damping)
-            z1 = sub.residual(U1, V1)
-            loss1 = 0.5 * sub.per_problem_sum(z1 * z1)
-            accept = pending & xp.isfinite(loss1) & (loss1 <= loss * (1 + _GROWTH_ALLOWED))
-            if bool(xp.all(accept)):  # the common case: every problem took its step, nothing to merge
-                U_next, V_next, z_next, loss_next = U1, V1, z1, loss1
-            else:
-                mask = accept[:, None, None]
-                U_next, V_next = xp.where(mask, U1, U_next), xp.where(mask, V1, V_next)
-                z_next = xp.where(accept[sub.problem_of_entry], z1, z_next)
-                loss_next = xp.where(accept, loss1, loss_next)
-            pending &= ~accept
-            if not bool(xp.any(pending)):
-                break
-            step = xp.where(pending, 0.5 * step, step)
-            halvings += pending
-        change = relative_change(xp, U, V, U_next, V_next)
-        for name, values in (("U", U_next), ("V", V_next), ("step", step)):
-            work.scatter(state.arrays[name], values)
-        state.arrays["halvings"] = state.arrays["halvings"] + _spread(xp, work, halvings, batch, 0.0)
+        arrays = state.arrays
+        running = arrays["active"]
+        U_next, V_next, loss, change, stuck = kernel.run(arrays["U"], arrays["V"], running, arrays["step"],
+                                                         arrays["halvings"])
+        arrays["U"], arrays["V"] = U_next, V_next
         for name in ("loss_history", "change_history"):
-            if state.iteration >= state.arrays[name].shape[0]:
-                state.arrays[name] = xp.concatenate([state.arrays[name], xp.zeros_like(state.arrays[name])])
+            if state.iteration >= arrays[name].shape[0]:
+                arrays[name] = xp.concatenate([arrays[name], xp.zeros_like(arrays[name])])
         # Finished problems read NaN in the history from the iteration after they stopped.
-        state.arrays["loss_history"][state.iteration] = _spread(xp, work, loss_next, batch, np.nan)
-        state.arrays["change_history"][state.iteration] = _spread(xp, work, change, batch, np.nan)
-        # A problem that cannot decrease even with tiny steps is stationary at working precision.
-        cache.update(z=z_next, loss=loss_next, stuck=pending, change=change)
-        return float(xp.sum(loss_next)), float(xp.max(change))
+        arrays["loss_history"][state.iteration] = xp.where(running, loss, np.nan)
+        arrays["change_history"][state.iteration] = xp.where(running, change, np.nan)
+        cache.update(loss=loss, change=change, stuck=stuck)
+        return float(xp.sum(xp.where(running, loss, 0.0))), float(xp.max(xp.where(running, change, 0.0)))
+
+    cache: dict[str, Any] = {}
 
     def stop(state: LoopState):
-        work = cache["work"]
-        reason = state.arrays["reason"]
-        residual = xp.sqrt(2 * cache["loss"]) / work.gather(vals_norm)
-        done = residual < tol
-        stationary = ~done & ((cache["change"] < 1e-3 * tol) | cache["stuck"])
-        codes = xp.where(done, 1, xp.where(stationary, 2, 0)).astype(np.int8)
-        work.scatter(reason, codes)
-        still = ~done & ~stationary
-        work.scatter(state.arrays["active"], still)
-        running = int(xp.count_nonzero(still))
-        if running == 0:
-            return "converged"
-        if running <= still.shape[0] // 2:  # regroup the survivors into a smaller batch
-            cache["work"] = None
-        return None
+        running, reason = state.arrays["active"], state.arrays["reason"]
+        residual = xp.sqrt(2 * cache["loss"]) / vals_norm
+        done = running & (residual < tol)
+        # A problem that cannot decrease even with tiny steps is stationary at working precision.
+        stationary = running & ~done & ((cache["change"] < 1e-3 * tol) | cache["stuck"])
+        reason[done] = 1
+        reason[stationary] = 2
+        state.arrays["active"] = running & ~done & ~stationary
+        return None if bool(xp.any(state.arrays["active"])) else "converged"
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop)
     final = state.arrays["reason"]
     if reason in ("max_iter", "time_limit"):
         final[state.arrays["active"]] = reasons.index(reason)
-    final_host = final.get() if call.on_device else final
-    stop_reasons = [reasons[int(code)] for code in final_host]
     to_host = (lambda a: a.get()) if call.on_device else np.asarray
-    history_loss = to_host(state.arrays["loss_history"][:state.iteration])
-    history_change = to_host(state.arrays["change_history"][:state.iteration])
-    converged = np.isin(final_host, (1, 2))
+    final_host = to_host(final)
     return RecoveryResult(
         U=call.wrap(state.arrays["U"]), V=call.wrap(state.arrays["V"]),
-        history={"loss": history_loss, "relative_change": history_change}, n_iter=state.iteration,
-        converged=converged, stop_reason=stop_reasons, seconds=seconds, backend=call.backend,
+        history={"loss": to_host(state.arrays["loss_history"][:state.iteration]),
+                 "relative_change": to_host(state.arrays["change_history"][:state.iteration])},
+        n_iter=state.iteration, converged=np.isin(final_host, (1, 2)),
+        stop_reason=[reasons[int(code)] for code in final_host], seconds=seconds, backend=call.backend,
         step=None, step_halvings=int(to_host(state.arrays["halvings"]).sum()),
         info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings)})
 
 
-def _spread(xp, work: _WorkingSet, values, batch: int, fill: float):
-    """A (batch,) float64 array holding the working set's values at their problems, fill elsewhere."""
-    if work.ids is None:
-        return values.astype(np.float64)
-    full = xp.full(batch, fill)
-    full[work.device_ids] = values
-    return full
+class _FusedSteps:
+    """One call of the fused per-problem kernel (lowrank_hpc/solvers/completion_step.hpp) per
+    iteration: gradients, preconditioning, step halving and measures for every running problem."""
+
+    def __init__(self, call, rows, cols, vals, offsets, batch: int, shape, rank: int, method: str, dampings):
+        self.call, self.xp = call, call.xp
+        self.rows, self.cols, self.vals, self.offsets = rows, cols, vals, offsets
+        self.batch, (self.m, self.n), self.rank = batch, shape, rank
+        self.method = BATCHED_METHODS.index(method)
+        self.dampings = dampings.astype(np.float64)
+        xp, dtype = self.xp, vals.dtype
+        self.scratch = xp.empty(batch * ((self.m + self.n) * rank + 2 * rank * rank), dtype=dtype)
+        self.spare = (xp.empty((batch, self.m, rank), dtype=dtype), xp.empty((batch, self.n, rank), dtype=dtype))
+
+    def run(self, U, V, running, steps, halvings):
+        """Next (U, V) and per-problem (loss, change, stuck); steps and halvings update in place."""
+        xp = self.xp
+        U1, V1 = self.spare
+        loss, change = xp.zeros(self.batch), xp.zeros(self.batch)
+        stuck = xp.zeros(self.batch, dtype=np.uint8)
+        active = running.astype(np.uint8)
+        if self.call.on_device:
+            self.call.module.completion_steps(
+                self.vals.dtype.name, self.rows.dtype.name, self.rows.data.ptr, self.cols.data.ptr,
+                self.vals.data.ptr, self.offsets.data.ptr, self.batch, self.m, self.n, self.rank, self.method,
+                active.data.ptr, U.data.ptr, V.data.ptr, U1.data.ptr, V1.data.ptr, steps.data.ptr,
+                self.dampings.data.ptr, self.scratch.data.ptr, loss.data.ptr, change.data.ptr, halvings.data.ptr,
+                stuck.data.ptr, self.call.stream())
+        else:
+            self.call.module.completion_steps(self.rows, self.cols, self.vals, self.offsets, self.method, active, U, V,
+                                              U1, V1, steps, self.dampings, self.scratch, loss, change, halvings,
+                                              stuck)
+        self.spare = (U, V)  # double buffering: the old iterate's memory takes the next one
+        return U1, V1, loss, change, stuck.astype(bool)
 
 
-def _per_problem(name: str, value: Any, batch: int, xp: Any, default: Any, allow_zero: bool = False):
+def _check_ranges(call, rows, cols, m: int, n: int) -> None:
+    """Index ranges, once per solve (the fused kernel reads without checking)."""
+    for name, index, bound in (("rows", rows, m), ("cols", cols, n)):
+        bad = (index < 0) | (index >= bound)
+        if bool(bad.any()):
+            first = int(call.xp.argmax(bad))
+            raise IndexError(f"batched_factored_gd: {name}[{first}] = {int(index[first])} is out of range [0, {bound})")
+
+
+def _per_problem(name: str, value: Any, batch: int, xp: Any, default: Callable[[], Any], allow_zero: bool = False):
     if value is None:
-        return xp.asarray(default, dtype=np.float64)
-    array = xp.asarray(value, dtype=np.float64)
+        return xp.ascontiguousarray(xp.asarray(default(), dtype=np.float64))
+    array = xp.array(value, dtype=np.float64)  # a copy: the solver updates steps in place
     if array.ndim == 0:
         array = xp.full(batch, float(array))
     if array.shape != (batch,):

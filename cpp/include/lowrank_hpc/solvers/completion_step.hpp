@@ -1,0 +1,189 @@
+// One gradient iteration of a small matrix-completion problem, done entirely by one worker:
+// the batched solvers run one per problem (an OpenMP iteration on the CPU, a thread on the
+// GPU), so ten thousand tiny problems cost one launch and no per-problem Python.
+//
+// Problem b minimises 1/2 sum_k (U_i . V_j - v_k)^2 over its entries k in [offsets[b],
+// offsets[b+1]). One call tries the step of the chosen method from (U, V); if the loss grows
+// (or is not finite) it halves the step and tries again, up to kMaxHalvings times, exactly as
+// lowrank_hpc.recover.factored_gd does for one problem.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/ops/finite.hpp"
+
+namespace lowrank_hpc::solvers {
+
+enum class StepMethod : int { gd = 0, alternating = 1, scaled = 2, scaled_damped = 3 };
+
+// In-place Cholesky factor of a k x k SPD matrix (row-major, lower triangle); false if not SPD.
+template <class T>
+LRH_HD bool cholesky_factor(T* G, int64_t k) {
+  using std::sqrt;
+  for (int64_t j = 0; j < k; ++j) {
+    T pivot = G[j * k + j];
+    for (int64_t c = 0; c < j; ++c) pivot -= G[j * k + c] * G[j * k + c];
+    if (!(pivot > T(0)) || !ops::is_finite(pivot)) return false;
+    const T diagonal = sqrt(pivot);
+    G[j * k + j] = diagonal;
+    for (int64_t i = j + 1; i < k; ++i) {
+      T entry = G[i * k + j];
+      for (int64_t c = 0; c < j; ++c) entry -= G[i * k + c] * G[j * k + c];
+      G[i * k + j] = entry / diagonal;
+    }
+  }
+  return true;
+}
+
+// x <- (L L^T)^-1 x for the factor L of cholesky_factor.
+template <class T>
+LRH_HD void cholesky_apply(const T* L, T* x, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    T entry = x[i];
+    for (int64_t c = 0; c < i; ++c) entry -= L[i * k + c] * x[c];
+    x[i] = entry / L[i * k + i];
+  }
+  for (int64_t i = k - 1; i >= 0; --i) {
+    T entry = x[i];
+    for (int64_t c = i + 1; c < k; ++c) entry -= L[c * k + i] * x[c];
+    x[i] = entry / L[i * k + i];
+  }
+}
+
+template <class T, class I>
+struct CompletionStep {
+  static constexpr int kMaxHalvings = 50;
+
+  const I* rows;
+  const I* cols;
+  const T* vals;
+  const int64_t* offsets;
+  int64_t m, n, k;
+  StepMethod method;
+  // Scratch of (m + n) k + 2 k^2 values per problem (gradients and Gram factors).
+  T* scratch;
+
+  struct Outcome {
+    double loss;     // after the accepted step (or the current loss when stuck)
+    double change;   // ||U'V'^T - UV^T||_F / ||UV^T||_F
+    T step;          // the step in force afterwards
+    int halvings;
+    bool stuck;      // no step decreased the loss: stationary at working precision
+  };
+
+  LRH_HD T dot(const T* a, const T* b) const {
+    T acc = T(0);
+    for (int64_t c = 0; c < k; ++c) acc += a[c] * b[c];
+    return acc;
+  }
+
+  LRH_HD double loss(const T* U, const T* V, int64_t begin, int64_t end) const {
+    double total = 0.0;
+    for (int64_t e = begin; e < end; ++e) {
+      const double z = static_cast<double>(dot(U + rows[e] * k, V + cols[e] * k) - vals[e]);
+      total += z * z;
+    }
+    return 0.5 * total;
+  }
+
+  // grad = sum_e z_e (key_e -> other row), z from (U, V); G is (rows_of_grad, k), zeroed here.
+  LRH_HD void gradient(const T* U, const T* V, int64_t begin, int64_t end, bool for_u, T* grad) const {
+    const int64_t extent = (for_u ? m : n) * k;
+    for (int64_t t = 0; t < extent; ++t) grad[t] = T(0);
+    for (int64_t e = begin; e < end; ++e) {
+      const T* u = U + rows[e] * k;
+      const T* v = V + cols[e] * k;
+      const T z = dot(u, v) - vals[e];
+      T* g = grad + (for_u ? rows[e] : cols[e]) * k;
+      const T* partner = for_u ? v : u;
+      for (int64_t c = 0; c < k; ++c) g[c] += z * partner[c];
+    }
+  }
+
+  // grad (rows x k) <- grad (P^T P + damping I)^-1; false if that Gram is singular.
+  LRH_HD bool precondition(T* grad, int64_t grad_rows, const T* P, int64_t p_rows, T damping, T* gram) const {
+    for (int64_t a = 0; a < k; ++a) {
+      for (int64_t c = 0; c <= a; ++c) {
+        T acc = T(0);
+        for (int64_t i = 0; i < p_rows; ++i) acc += P[i * k + a] * P[i * k + c];
+        gram[a * k + c] = acc + (a == c ? damping : T(0));
+      }
+    }
+    if (!cholesky_factor(gram, k)) return false;
+    for (int64_t i = 0; i < grad_rows; ++i) cholesky_apply(gram, grad + i * k, k);
+    return true;
+  }
+
+  // <A B^T, C D^T>_F for (rows x k) A, C and (cols x k) B, D, in double.
+  LRH_HD double inner(const T* A, const T* B, const T* C, const T* D, int64_t a_rows, int64_t b_rows) const {
+    double total = 0.0;
+    for (int64_t a = 0; a < k; ++a) {
+      for (int64_t c = 0; c < k; ++c) {
+        double left = 0.0, right = 0.0;
+        for (int64_t i = 0; i < a_rows; ++i) left += static_cast<double>(A[i * k + a]) * C[i * k + c];
+        for (int64_t j = 0; j < b_rows; ++j) right += static_cast<double>(B[j * k + a]) * D[j * k + c];
+        total += left * right;
+      }
+    }
+    return total;
+  }
+
+  // Problem b: from (U, V) (its (m, k) and (n, k) blocks) write the next iterate to (U1, V1).
+  LRH_HD Outcome operator()(int64_t b, const T* U, const T* V, T* U1, T* V1, T step, T damping) const {
+    const int64_t begin = offsets[b], end = offsets[b + 1];
+    T* grad_u = scratch + b * ((m + n) * k + 2 * k * k);
+    T* grad_v = grad_u + m * k;
+    T* gram = grad_v + n * k;
+    const double current = loss(U, V, begin, end);
+    const bool scaled = method == StepMethod::scaled || method == StepMethod::scaled_damped;
+    const T shift = method == StepMethod::scaled_damped ? damping : T(0);
+    bool usable = true;
+    if (method != StepMethod::alternating) {
+      gradient(U, V, begin, end, true, grad_u);
+      gradient(U, V, begin, end, false, grad_v);
+      if (scaled) {
+        usable = precondition(grad_u, m, V, n, shift, gram) && precondition(grad_v, n, U, m, shift, gram + k * k);
+      }
+    }
+    Outcome outcome{current, 0.0, step, 0, true};
+    const T first_step = step;
+    for (int attempt = 0; usable && attempt < kMaxHalvings; ++attempt) {
+      if (method == StepMethod::alternating) {
+        gradient(U, V, begin, end, true, grad_u);
+        for (int64_t t = 0; t < m * k; ++t) U1[t] = U[t] - step * grad_u[t];
+        gradient(U1, V, begin, end, false, grad_v);  // V's step sees the new U
+        for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t] - step * grad_v[t];
+      } else {
+        for (int64_t t = 0; t < m * k; ++t) U1[t] = U[t] - step * grad_u[t];
+        for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t] - step * grad_v[t];
+      }
+      const double next = loss(U1, V1, begin, end);
+      if (next == next && next <= current * (1.0 + 1e-9)) {
+        outcome.loss = next;
+        outcome.stuck = false;
+        break;
+      }
+      step *= T(0.5);
+      ++outcome.halvings;
+    }
+    if (outcome.stuck) {  // keep the iterate: the problem is stationary at working precision
+      for (int64_t t = 0; t < m * k; ++t) U1[t] = U[t];
+      for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t];
+    }
+    outcome.step = outcome.stuck ? first_step : step;
+    // ||U1 V1^T - U V^T||^2 expanded as dU V1^T + U dV^T (no cancellation), over ||U V^T||^2.
+    for (int64_t t = 0; t < m * k; ++t) grad_u[t] = U1[t] - U[t];
+    for (int64_t t = 0; t < n * k; ++t) grad_v[t] = V1[t] - V[t];
+    const double squared = inner(grad_u, V1, grad_u, V1, m, n) + 2.0 * inner(grad_u, V1, U, grad_v, m, n) +
+                           inner(U, grad_v, U, grad_v, m, n);
+    const double before = inner(U, V, U, V, m, n);
+    using std::sqrt;
+    const double unbounded = std::numeric_limits<double>::infinity();
+    outcome.change = before > 0.0 ? sqrt(squared > 0.0 ? squared / before : 0.0) : (squared > 0.0 ? unbounded : 0.0);
+    return outcome;
+  }
+};
+
+}  // namespace lowrank_hpc::solvers

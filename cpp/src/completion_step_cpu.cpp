@@ -1,0 +1,42 @@
+#include "cpu_backend.hpp"
+#include "lowrank_hpc/solvers/completion_step.hpp"
+
+namespace lowrank_hpc::cpu {
+
+template <class T, class I>
+void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,
+                      int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
+                      T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
+                      double* changes, int64_t* halvings, uint8_t* stuck) {
+  const solvers::CompletionStep<T, I> step{rows, cols, vals, offsets, m, n, k,
+                                           static_cast<solvers::StepMethod>(method), scratch};
+  // Problems differ in size and in how often they retry: dynamic scheduling balances them.
+#pragma omp parallel for schedule(dynamic, 16) if (offsets[batch] * k > kParallelMinWork)
+  for (int64_t b = 0; b < batch; ++b) {
+    const T *u = U + b * m * k, *v = V + b * n * k;
+    T *u1 = U1 + b * m * k, *v1 = V1 + b * n * k;
+    if (!active[b]) {  // finished problems keep their factors
+      for (int64_t t = 0; t < m * k; ++t) u1[t] = u[t];
+      for (int64_t t = 0; t < n * k; ++t) v1[t] = v[t];
+      continue;
+    }
+    const auto outcome = step(b, u, v, u1, v1, static_cast<T>(steps[b]), static_cast<T>(dampings[b]));
+    losses[b] = outcome.loss;
+    changes[b] = outcome.change;
+    steps[b] = static_cast<double>(outcome.step);
+    halvings[b] += outcome.halvings;
+    stuck[b] = outcome.stuck ? 1 : 0;
+  }
+}
+
+#define LRH_INSTANTIATE(T, I)                                                                                   \
+  template void completion_steps<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
+                                       int64_t, int, const uint8_t*, const T*, const T*, T*, T*, double*,      \
+                                       const double*, T*, double*, double*, int64_t*, uint8_t*);
+LRH_INSTANTIATE(float, int32_t)
+LRH_INSTANTIATE(float, int64_t)
+LRH_INSTANTIATE(double, int32_t)
+LRH_INSTANTIATE(double, int64_t)
+#undef LRH_INSTANTIATE
+
+}  // namespace lowrank_hpc::cpu
