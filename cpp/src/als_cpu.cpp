@@ -21,11 +21,15 @@ int64_t als_update_rows_rank(const int64_t* indptr, const int64_t* perm, const I
     std::vector<T> scratch(static_cast<size_t>(r * r + r));  // per thread: G then g
     T* G = scratch.data();
     T* g = G + r * r;
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t row = 0; row < n_rows; ++row) {
-      if (active && !active[row / n_key]) continue;
-      equations.accumulate(row, G, g);
-      singular += ops::solve_row<T, R>(G, g, r, equations.count(row), reg, out + row * r) ? 1 : 0;
+    // (problem, row) pairs: the problem comes from the loop, not from a division per row.
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < n_key; ++i) {
+        if (active && !active[b]) continue;
+        const int64_t row = b * n_key + i;
+        equations.accumulate(row, b, G, g);
+        singular += ops::solve_row<T, R>(G, g, r, equations.count(row), reg, out + row * r) ? 1 : 0;
+      }
     }
   }
   return singular;

@@ -56,6 +56,13 @@ void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t
                       T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                       double* changes, int64_t* halvings, uint8_t* stuck);
 
+// Per active problem of a batch: half its sum of squared residuals and the relative change
+// ||U V^T - U0 V0^T||_F / ||U0 V0^T||_F (inactive problems are left untouched).
+template <class T, class I>
+void problem_measures(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
+                      int64_t n, int64_t k, const uint8_t* active, const T* U0, const T* V0, const T* U, const T* V,
+                      double* half_squares, double* changes);
+
 // out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double: a solver's loss terms in one
 // pass, without a residual array in T and its conversion.
 template <class T, class I>

@@ -114,15 +114,30 @@ class _Problem:
         sums[self.nonempty] = np.add.reduceat(values, self.starts)
         return sums
 
-    def loss(self, U, V) -> np.ndarray:
-        """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+    def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
+        """(batch,) host (loss, relative change of U V^T from U0 V0^T) of the active problems, the
+        loss being half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        if self.call.on_device:
+            change = relative_change(self.xp, U0, V0, U, V).get()
+            return self.loss(U, V), change
+        half_squares, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
+        # One pass per problem (problems in parallel), skipping the frozen ones.
+        self.call.module.problem_measures(self.rows, self.cols, self.vals, self.offsets, active, U0, V0, U, V,
+                                          half_squares, change)
+        return half_squares + 0.5 * self.reg * self.penalty(U, V), change
+
+    def penalty(self, U, V):
+        """(batch,) host sum_i w_i ||U_i||^2 + sum_j w_j ||V_j||^2 per problem."""
         xp = self.xp
-        squares = self.per_problem_sum(squared_residuals(self.call, U, V, self.rows, self.cols, self.vals,
-                                                         self.offsets))
         penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
                    + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
-        penalty = penalty.get() if self.call.on_device else penalty
-        return 0.5 * (squares + self.reg * penalty)
+        return penalty.get() if self.call.on_device else penalty
+
+    def loss(self, U, V) -> np.ndarray:
+        """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        squares = self.per_problem_sum(squared_residuals(self.call, U, V, self.rows, self.cols, self.vals,
+                                                         self.offsets))
+        return 0.5 * (squares + self.reg * self.penalty(U, V))
 
 
 def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank: int, dtype):
@@ -195,9 +210,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
         singular = problem.update(U, problem.by_rows, V, problem.m, active)
         singular += problem.update(V, problem.by_cols, U, problem.n, active)
         running = active.astype(bool)
-        loss = problem.loss(U, V)
-        change = relative_change(xp, U0, V0, U, V)
-        change = change.get() if xp is not np else change
+        loss, change = problem.measures(U0, V0, U, V, active)
         loss[~running] = np.nan  # frozen problems did not iterate
         change[~running] = np.nan
         state.arrays["n_iter"][running] += 1

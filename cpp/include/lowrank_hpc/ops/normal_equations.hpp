@@ -63,13 +63,16 @@ struct NormalEquations {
 
   // The whole lower triangle of G (row-major r x r) and g in one pass over the entries (host);
   // every sum runs in the same order as gram_entry / rhs_entry.
-  LRH_HD void accumulate(int64_t row, T* G, T* g) const {
+  LRH_HD void accumulate(int64_t row, T* G, T* g) const { accumulate(row, row / n_key, G, g); }
+
+  // The same, for a caller that walks problems and knows the row's problem b (no division).
+  LRH_HD void accumulate(int64_t row, int64_t b, T* G, T* g) const {
     const int64_t r = static_or<R>(this->r);
     for (int64_t a = 0; a < r; ++a) {
       g[a] = T(0);
       for (int64_t c = 0; c <= a; ++c) G[a * r + c] = T(0);
     }
-    const T* block = factor_block(row);
+    const T* block = F + b * n_other * this->r;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
       const T v = value(j);
@@ -84,7 +87,8 @@ struct NormalEquations {
 };
 
 // Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
-// triangle is read, and overwritten by the Cholesky factor L); x overwrites g. Returns false,
+// triangle is read, and overwritten by the Cholesky factor L with 1 / L[j, j] on its diagonal);
+// x overwrites g. Returns false,
 // leaving G and g partly overwritten, when G is not numerically positive definite: a pivot
 // that is not finite or is <= r * eps * G[j, j] (cancellation down to rounding noise).
 template <class T, int R = 0>
@@ -96,23 +100,25 @@ LRH_HD bool cholesky_solve(T* G, T* g, int64_t rank) {
     const T scale = pivot;
     for (int64_t k = 0; k < j; ++k) pivot -= G[j * r + k] * G[j * r + k];
     if (!is_finite(pivot) || !(pivot > noise * scale) || !(pivot > T(0))) return false;
-    const T diagonal = std::sqrt(pivot);
-    G[j * r + j] = diagonal;
+    // The diagonal slot keeps 1 / L[j, j]: one division per pivot, multiplications after it
+    // (divisions dominate the tiny systems of small ranks).
+    const T inverse = T(1) / std::sqrt(pivot);
+    G[j * r + j] = inverse;
     for (int64_t i = j + 1; i < r; ++i) {
       T entry = G[i * r + j];
       for (int64_t k = 0; k < j; ++k) entry -= G[i * r + k] * G[j * r + k];
-      G[i * r + j] = entry / diagonal;
+      G[i * r + j] = entry * inverse;
     }
   }
   for (int64_t i = 0; i < r; ++i) {  // L y = g
     T entry = g[i];
     for (int64_t k = 0; k < i; ++k) entry -= G[i * r + k] * g[k];
-    g[i] = entry / G[i * r + i];
+    g[i] = entry * G[i * r + i];
   }
   for (int64_t i = r - 1; i >= 0; --i) {  // L^T x = y
     T entry = g[i];
     for (int64_t k = i + 1; k < r; ++k) entry -= G[k * r + i] * g[k];
-    g[i] = entry / G[i * r + i];
+    g[i] = entry * G[i * r + i];
   }
   return true;
 }

@@ -52,6 +52,60 @@ LRH_HD void cholesky_apply(const T* L, T* x, int64_t k) {
   }
 }
 
+// 1/2 sum over entries [begin, end) of (<U[rows[e]], V[cols[e]]> - vals[e])^2, in double, for
+// one problem's (m, k) U and (n, k) V blocks.
+template <class T, class I>
+LRH_HD double half_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                                     int64_t begin, int64_t end, int64_t k) {
+  double total = 0.0;
+  for (int64_t e = begin; e < end; ++e) {
+    const T* u = U + static_cast<int64_t>(rows[e]) * k;
+    const T* v = V + static_cast<int64_t>(cols[e]) * k;
+    T dot = T(0);
+    for (int64_t c = 0; c < k; ++c) dot += u[c] * v[c];
+    const double z = static_cast<double>(dot - vals[e]);
+    total += z * z;
+  }
+  return 0.5 * total;
+}
+
+// (X^T Y)[a, c] for row-major (rows, k) X, Y, in double; dX = X1 - X0 when X0 is given.
+template <class T>
+LRH_HD double gram_entry(const T* X1, const T* X0, const T* Y1, const T* Y0, int64_t rows, int64_t k, int64_t a,
+                         int64_t c) {
+  double total = 0.0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const double x = X0 ? static_cast<double>(X1[i * k + a]) - X0[i * k + a] : X1[i * k + a];
+    const double y = Y0 ? static_cast<double>(Y1[i * k + c]) - Y0[i * k + c] : Y1[i * k + c];
+    total += x * y;
+  }
+  return total;
+}
+
+// ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem from k x k products: the difference
+// is expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation.
+template <class T>
+LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
+                              int64_t k) {
+  double squared = 0.0, before = 0.0;
+  for (int64_t a = 0; a < k; ++a) {
+    for (int64_t c = 0; c < k; ++c) {
+      const double du_du = gram_entry(U1, U0, U1, U0, m, k, a, c);
+      const double v1_v1 = gram_entry(V1, static_cast<const T*>(nullptr), V1, static_cast<const T*>(nullptr), n, k, a, c);
+      const double du_u0 = gram_entry(U1, U0, U0, static_cast<const T*>(nullptr), m, k, a, c);
+      const double v1_dv = gram_entry(V1, static_cast<const T*>(nullptr), V1, V0, n, k, a, c);
+      const double u0_u0 = gram_entry(U0, static_cast<const T*>(nullptr), U0, static_cast<const T*>(nullptr), m, k, a, c);
+      const double dv_dv = gram_entry(V1, V0, V1, V0, n, k, a, c);
+      const double v0_v0 = gram_entry(V0, static_cast<const T*>(nullptr), V0, static_cast<const T*>(nullptr), n, k, a, c);
+      squared += du_du * v1_v1 + 2.0 * du_u0 * v1_dv + u0_u0 * dv_dv;
+      before += u0_u0 * v0_v0;
+    }
+  }
+  using std::sqrt;
+  if (before > 0.0) return sqrt(squared > 0.0 ? squared / before : 0.0);
+  return squared > 0.0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
 template <class T, class I>
 struct CompletionStep {
   static constexpr int kMaxHalvings = 50;
@@ -80,12 +134,7 @@ struct CompletionStep {
   }
 
   LRH_HD double loss(const T* U, const T* V, int64_t begin, int64_t end) const {
-    double total = 0.0;
-    for (int64_t e = begin; e < end; ++e) {
-      const double z = static_cast<double>(dot(U + rows[e] * k, V + cols[e] * k) - vals[e]);
-      total += z * z;
-    }
-    return 0.5 * total;
+    return half_squared_residuals(U, V, rows, cols, vals, begin, end, k);
   }
 
   // grad = sum_e z_e (key_e -> other row), z from (U, V); G is (rows_of_grad, k), zeroed here.
@@ -114,20 +163,6 @@ struct CompletionStep {
     if (!cholesky_factor(gram, k)) return false;
     for (int64_t i = 0; i < grad_rows; ++i) cholesky_apply(gram, grad + i * k, k);
     return true;
-  }
-
-  // <A B^T, C D^T>_F for (rows x k) A, C and (cols x k) B, D, in double.
-  LRH_HD double inner(const T* A, const T* B, const T* C, const T* D, int64_t a_rows, int64_t b_rows) const {
-    double total = 0.0;
-    for (int64_t a = 0; a < k; ++a) {
-      for (int64_t c = 0; c < k; ++c) {
-        double left = 0.0, right = 0.0;
-        for (int64_t i = 0; i < a_rows; ++i) left += static_cast<double>(A[i * k + a]) * C[i * k + c];
-        for (int64_t j = 0; j < b_rows; ++j) right += static_cast<double>(B[j * k + a]) * D[j * k + c];
-        total += left * right;
-      }
-    }
-    return total;
   }
 
   // Problem b: from (U, V) (its (m, k) and (n, k) blocks) write the next iterate to (U1, V1).
@@ -173,15 +208,7 @@ struct CompletionStep {
       for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t];
     }
     outcome.step = outcome.stuck ? first_step : step;
-    // ||U1 V1^T - U V^T||^2 expanded as dU V1^T + U dV^T (no cancellation), over ||U V^T||^2.
-    for (int64_t t = 0; t < m * k; ++t) grad_u[t] = U1[t] - U[t];
-    for (int64_t t = 0; t < n * k; ++t) grad_v[t] = V1[t] - V[t];
-    const double squared = inner(grad_u, V1, grad_u, V1, m, n) + 2.0 * inner(grad_u, V1, U, grad_v, m, n) +
-                           inner(U, grad_v, U, grad_v, m, n);
-    const double before = inner(U, V, U, V, m, n);
-    using std::sqrt;
-    const double unbounded = std::numeric_limits<double>::infinity();
-    outcome.change = before > 0.0 ? sqrt(squared > 0.0 ? squared / before : 0.0) : (squared > 0.0 ? unbounded : 0.0);
+    outcome.change = relative_change(U, V, U1, V1, m, n, k);
     return outcome;
   }
 };
