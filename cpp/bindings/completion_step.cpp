@@ -1,5 +1,4 @@
-// Bindings of the per-problem kernels of the batched completion solvers: the fused gradient
-// iteration and the per-problem loss and relative change.
+// Binding of the fused per-problem gradient iteration of the batched completion solver.
 #include "cpu_bindings.hpp"
 #include "host_arrays.hpp"
 #include "../src/cpu_backend.hpp"
@@ -47,37 +46,8 @@ void completion_steps(const HostArray<I>& rows, const HostArray<I>& cols, const 
 }
 
 template <class T, class I>
-void problem_measures(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
-                      const HostArray<int64_t>& offsets, const HostArray<uint8_t>& active, const HostArray<T>& U0,
-                      const HostArray<T>& V0, const HostArray<T>& U, const HostArray<T>& V,
-                      HostArray<double>& half_squares, HostArray<double>& changes) {
-  LRH_EXPECTS(U.ndim() == 3 && V.ndim() == 3, "U, V: expected (batch, rows, rank) arrays");
-  const int64_t batch = U.shape(0), m = U.shape(1), k = U.shape(2), n = V.shape(1), nnz = rows.shape(0);
-  expect_shape(V, "V", {batch, n, k});
-  expect_shape(U0, "U0", {batch, m, k});
-  expect_shape(V0, "V0", {batch, n, k});
-  expect_shape(cols, "cols", {nnz});
-  expect_shape(vals, "vals", {nnz});
-  expect_shape(offsets, "offsets", {batch + 1});
-  LRH_EXPECTS(offsets.data()[0] == 0 && offsets.data()[batch] == nnz, "offsets: must run from 0 to nnz");
-  expect_shape(active, "active", {batch});
-  expect_shape(half_squares, "half_squares", {batch});
-  expect_shape(changes, "changes", {batch});
-  const I *r = rows.data(), *c = cols.data();
-  const T *v = vals.data(), *u0 = U0.data(), *v0 = V0.data(), *u1 = U.data(), *v1 = V.data();
-  const int64_t* o = offsets.data();
-  const uint8_t* a = active.data();
-  double *h = half_squares.mutable_data(), *ch = changes.mutable_data();
-  py::gil_scoped_release release;
-  cpu::problem_measures<T, I>(r, c, v, o, batch, m, n, k, a, u0, v0, u1, v1, h, ch);
-}
-
-template <class T, class I>
 void bind_typed(py::module_& m) {
-  m.def("problem_measures", &problem_measures<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
-        py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("active").noconvert(),
-        py::arg("U0").noconvert(), py::arg("V0").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
-        py::arg("half_squares").noconvert(), py::arg("changes").noconvert());
+
   m.def("completion_steps", &completion_steps<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
         py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("method"),
         py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),

@@ -29,23 +29,7 @@ void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t
   }
 }
 
-template <class T, class I>
-void problem_measures(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
-                      int64_t n, int64_t k, const uint8_t* active, const T* U0, const T* V0, const T* U, const T* V,
-                      double* half_squares, double* changes) {
-#pragma omp parallel for schedule(dynamic, 16) if (offsets[batch] * k > kParallelMinWork)
-  for (int64_t b = 0; b < batch; ++b) {
-    if (!active[b]) continue;
-    const T *u = U + b * m * k, *v = V + b * n * k;
-    half_squares[b] = solvers::half_squared_residuals(u, v, rows, cols, vals, offsets[b], offsets[b + 1], k);
-    changes[b] = solvers::relative_change(U0 + b * m * k, V0 + b * n * k, u, v, m, n, k);
-  }
-}
-
 #define LRH_INSTANTIATE(T, I)                                                                                   \
-  template void problem_measures<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
-                                       int64_t, const uint8_t*, const T*, const T*, const T*, const T*, double*, \
-                                       double*);                                                                \
   template void completion_steps<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
                                        int64_t, int, const uint8_t*, const T*, const T*, T*, T*, double*,      \
                                        const double*, T*, double*, double*, int64_t*, uint8_t*);

@@ -56,13 +56,6 @@ void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t
                       T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                       double* changes, int64_t* halvings, uint8_t* stuck);
 
-// Per active problem of a batch: half its sum of squared residuals and the relative change
-// ||U V^T - U0 V0^T||_F / ||U0 V0^T||_F (inactive problems are left untouched).
-template <class T, class I>
-void problem_measures(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
-                      int64_t n, int64_t k, const uint8_t* active, const T* U0, const T* V0, const T* U, const T* V,
-                      double* half_squares, double* changes);
-
 // out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double: a solver's loss terms in one
 // pass, without a residual array in T and its conversion.
 template <class T, class I>
@@ -89,6 +82,30 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 // factor F (batch * n_other, r). CSR as from coo_to_csr: entry j has other index others[j]
 // (trusted to be in [0, n_other)) and value vals[perm[j]] (vals[j] when perm is null).
 // active: per-problem mask, or null for all; rows of inactive problems are left untouched.
+// A batch of completion problems as the fused ALS iteration reads it: the entries in input
+// order (for the loss), and both CSR orders with the other index and the value moved in.
+template <class T, class I>
+struct AlsBatch {
+  const I* rows;
+  const I* cols;
+  const T* vals;
+  const int64_t* offsets;
+  const int64_t* row_indptr;  // (batch * m + 1)
+  const I* row_others;
+  const T* row_vals;
+  const int64_t* col_indptr;  // (batch * n + 1)
+  const I* col_others;
+  const T* col_vals;
+  int64_t batch, m, n;
+};
+
+// One whole ALS iteration (U rows, then V rows, then loss and relative change) of each active
+// problem in turn, problems in parallel: each problem's data stays in cache throughout.
+// Returns the number of singular rows.
+template <class T, class I>
+int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
+                       T* U, T* V, double* losses, double* changes);
+
 // Returns the number of singular rows (set to zero).
 template <class T, class I>
 int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,

@@ -114,17 +114,28 @@ class _Problem:
         sums[self.nonempty] = np.add.reduceat(values, self.starts)
         return sums
 
-    def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
-        """(batch,) host (loss, relative change of U V^T from U0 V0^T) of the active problems, the
-        loss being half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+    def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
+        """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
+
+        The CPU runs each problem's whole iteration in one pass (its data stays in cache); the GPU
+        runs each half-step for all rows, then the measures."""
         if self.call.on_device:
-            change = relative_change(self.xp, U0, V0, U, V).get()
-            return self.loss(U, V), change
-        half_squares, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
-        # One pass per problem (problems in parallel), skipping the frozen ones.
-        self.call.module.problem_measures(self.rows, self.cols, self.vals, self.offsets, active, U0, V0, U, V,
-                                          half_squares, change)
-        return half_squares + 0.5 * self.reg * self.penalty(U, V), change
+            U0, V0 = U.copy(), V.copy()
+            singular = self.update(U, self.by_rows, V, self.m, active)
+            singular += self.update(V, self.by_cols, U, self.n, active)
+            loss, change = self.measures(U0, V0, U, V, active)
+            return singular, loss, change
+        loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
+        (row_indptr, row_others, row_vals), (col_indptr, col_others, col_vals) = self.by_rows, self.by_cols
+        singular = self.call.module.als_iterations(self.rows, self.cols, self.vals, self.offsets, row_indptr,
+                                                   row_others, row_vals, col_indptr, col_others, col_vals, self.reg,
+                                                   self.count_scaling, active, U, V, loss, change)
+        return int(singular), loss, change
+
+    def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
+        """(batch,) host (loss, relative change of U V^T from U0 V0^T) on the GPU, the loss being
+        half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        return self.loss(U, V), relative_change(self.xp, U0, V0, U, V).get()
 
     def penalty(self, U, V):
         """(batch,) host sum_i w_i ||U_i||^2 + sum_j w_j ||V_j||^2 per problem."""
@@ -206,11 +217,8 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
 
     def step(state: LoopState):
         U, V, active = state.arrays["U"], state.arrays["V"], state.arrays["active"]
-        U0, V0 = U.copy(), V.copy()
-        singular = problem.update(U, problem.by_rows, V, problem.m, active)
-        singular += problem.update(V, problem.by_cols, U, problem.n, active)
         running = active.astype(bool)
-        loss, change = problem.measures(U0, V0, U, V, active)
+        singular, loss, change = problem.iterate(U, V, active)
         loss[~running] = np.nan  # frozen problems did not iterate
         change[~running] = np.nan
         state.arrays["n_iter"][running] += 1
