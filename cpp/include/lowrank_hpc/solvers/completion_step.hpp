@@ -69,34 +69,32 @@ LRH_HD double half_squared_residuals(const T* U, const T* V, const I* rows, cons
   return 0.5 * total;
 }
 
-// (X^T Y)[a, c] for row-major (rows, k) X, Y, in double; dX = X1 - X0 when X0 is given.
-template <class T>
-LRH_HD double gram_entry(const T* X1, const T* X0, const T* Y1, const T* Y0, int64_t rows, int64_t k, int64_t a,
-                         int64_t c) {
-  double total = 0.0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const double x = X0 ? static_cast<double>(X1[i * k + a]) - X0[i * k + a] : X1[i * k + a];
-    const double y = Y0 ? static_cast<double>(Y1[i * k + c]) - Y0[i * k + c] : Y1[i * k + c];
-    total += x * y;
-  }
-  return total;
-}
-
 // ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem from k x k products: the difference
-// is expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation.
+// is expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation. For each
+// (a, c), one pass over U's rows and one over V's gather every Gram entry the terms need.
 template <class T>
 LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
                               int64_t k) {
   double squared = 0.0, before = 0.0;
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t c = 0; c < k; ++c) {
-      const double du_du = gram_entry(U1, U0, U1, U0, m, k, a, c);
-      const double v1_v1 = gram_entry(V1, static_cast<const T*>(nullptr), V1, static_cast<const T*>(nullptr), n, k, a, c);
-      const double du_u0 = gram_entry(U1, U0, U0, static_cast<const T*>(nullptr), m, k, a, c);
-      const double v1_dv = gram_entry(V1, static_cast<const T*>(nullptr), V1, V0, n, k, a, c);
-      const double u0_u0 = gram_entry(U0, static_cast<const T*>(nullptr), U0, static_cast<const T*>(nullptr), m, k, a, c);
-      const double dv_dv = gram_entry(V1, V0, V1, V0, n, k, a, c);
-      const double v0_v0 = gram_entry(V0, static_cast<const T*>(nullptr), V0, static_cast<const T*>(nullptr), n, k, a, c);
+      double du_du = 0.0, du_u0 = 0.0, u0_u0 = 0.0;
+      for (int64_t i = 0; i < m; ++i) {
+        const double u0a = U0[i * k + a], u0c = U0[i * k + c];
+        const double dua = U1[i * k + a] - u0a, duc = U1[i * k + c] - u0c;
+        du_du += dua * duc;
+        du_u0 += dua * u0c;
+        u0_u0 += u0a * u0c;
+      }
+      double v1_v1 = 0.0, v1_dv = 0.0, dv_dv = 0.0, v0_v0 = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double v0a = V0[j * k + a], v0c = V0[j * k + c];
+        const double v1a = V1[j * k + a], v1c = V1[j * k + c];
+        v1_v1 += v1a * v1c;
+        v1_dv += v1a * (v1c - v0c);
+        dv_dv += (v1a - v0a) * (v1c - v0c);
+        v0_v0 += v0a * v0c;
+      }
       squared += du_du * v1_v1 + 2.0 * du_u0 * v1_dv + u0_u0 * dv_dv;
       before += u0_u0 * v0_v0;
     }
