@@ -28,7 +28,11 @@ from ._measures import relative_change
 from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
-_GPU_SHARED_BYTES = 48 * 1024  # the CUDA kernel keeps one row's r x r system in shared memory
+_GPU_SHARED_BYTES = 48 * 1024
+# Below this many problems per thread, parallel rows beat parallel problems, unless the whole
+# batch is less work than is worth sharing among threads.
+_FUSED_MIN_PROBLEMS = 8
+_FUSED_MAX_SERIAL_WORK = 1 << 18  # the CUDA kernel keeps one row's r x r system in shared memory
 
 
 class _Problem:
@@ -117,25 +121,29 @@ class _Problem:
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
 
-        The CPU runs each problem's whole iteration in one pass (its data stays in cache); the GPU
-        runs each half-step for all rows, then the measures."""
-        if self.call.on_device:
-            U0, V0 = U.copy(), V.copy()
-            singular = self.update(U, self.by_rows, V, self.m, active)
-            singular += self.update(V, self.by_cols, U, self.n, active)
-            loss, change = self.measures(U0, V0, U, V, active)
-            return singular, loss, change
-        loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
-        (row_indptr, row_others, row_vals), (col_indptr, col_others, col_vals) = self.by_rows, self.by_cols
-        singular = self.call.module.als_iterations(self.rows, self.cols, self.vals, self.offsets, row_indptr,
-                                                   row_others, row_vals, col_indptr, col_others, col_vals, self.reg,
-                                                   self.count_scaling, active, U, V, loss, change)
-        return int(singular), loss, change
+        Many problems (or little work) on the CPU: each problem's whole iteration in one pass,
+        problems in parallel, its data in cache throughout. Otherwise (few large problems, or
+        the GPU): each half-step over all rows in parallel, then the measures."""
+        many = self.batch >= _FUSED_MIN_PROBLEMS * self.call.module.max_threads()
+        small = self.nnz * self.rank * self.rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
+        if not self.call.on_device and (many or small):
+            loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
+            (row_indptr, row_others, row_vals), (col_indptr, col_others, col_vals) = self.by_rows, self.by_cols
+            singular = self.call.module.als_iterations(self.rows, self.cols, self.vals, self.offsets, row_indptr,
+                                                       row_others, row_vals, col_indptr, col_others, col_vals,
+                                                       self.reg, self.count_scaling, active, U, V, loss, change)
+            return int(singular), loss, change
+        U0, V0 = U.copy(), V.copy()
+        singular = self.update(U, self.by_rows, V, self.m, active)
+        singular += self.update(V, self.by_cols, U, self.n, active)
+        loss, change = self.measures(U0, V0, U, V, active)
+        return singular, loss, change
 
     def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
-        """(batch,) host (loss, relative change of U V^T from U0 V0^T) on the GPU, the loss being
-        half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
-        return self.loss(U, V), relative_change(self.xp, U0, V0, U, V).get()
+        """(batch,) host (loss, relative change of U V^T from U0 V0^T), the loss being half the
+        objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        change = relative_change(self.xp, U0, V0, U, V)
+        return self.loss(U, V), (change.get() if self.call.on_device else change)
 
     def penalty(self, U, V):
         """(batch,) host sum_i w_i ||U_i||^2 + sum_j w_j ||V_j||^2 per problem."""

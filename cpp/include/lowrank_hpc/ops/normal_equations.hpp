@@ -67,12 +67,23 @@ struct NormalEquations {
 
   // The same, for a caller that walks problems and knows the row's problem b (no division).
   LRH_HD void accumulate(int64_t row, int64_t b, T* G, T* g) const {
-    const int64_t r = static_or<R>(this->r);
-    for (int64_t a = 0; a < r; ++a) {
-      g[a] = T(0);
-      for (int64_t c = 0; c <= a; ++c) G[a * r + c] = T(0);
+    if constexpr (R > 0) {
+      // A compile-time rank keeps the sums in registers, not in G and g (memory round trips).
+      T Gl[R * R] = {}, gl[R] = {};
+      accumulate_into(row, b, R, Gl, gl);
+      for (int64_t t = 0; t < R * R; ++t) G[t] = Gl[t];
+      for (int64_t t = 0; t < R; ++t) g[t] = gl[t];
+    } else {
+      for (int64_t t = 0; t < r * r; ++t) G[t] = T(0);
+      for (int64_t t = 0; t < r; ++t) g[t] = T(0);
+      accumulate_into(row, b, r, G, g);
     }
-    const T* block = F + b * n_other * this->r;
+  }
+
+  // Adds the row's terms to zeroed G (lower triangle) and g, then the shift on G's diagonal.
+  LRH_HD void accumulate_into(int64_t row, int64_t b, int64_t rank, T* G, T* g) const {
+    const int64_t r = static_or<R>(rank);
+    const T* block = F + b * n_other * r;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
       const T v = value(j);
