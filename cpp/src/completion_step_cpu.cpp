@@ -12,21 +12,8 @@ void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t
                                            static_cast<solvers::StepMethod>(method), scratch};
   // Problems differ in size and in how often they retry: dynamic scheduling balances them.
 #pragma omp parallel for schedule(dynamic, 16) if (offsets[batch] * k > kParallelMinWork)
-  for (int64_t b = 0; b < batch; ++b) {
-    const T *u = U + b * m * k, *v = V + b * n * k;
-    T *u1 = U1 + b * m * k, *v1 = V1 + b * n * k;
-    if (!active[b]) {  // finished problems keep their factors
-      for (int64_t t = 0; t < m * k; ++t) u1[t] = u[t];
-      for (int64_t t = 0; t < n * k; ++t) v1[t] = v[t];
-      continue;
-    }
-    const auto outcome = step(b, u, v, u1, v1, static_cast<T>(steps[b]), static_cast<T>(dampings[b]));
-    losses[b] = outcome.loss;
-    changes[b] = outcome.change;
-    steps[b] = static_cast<double>(outcome.step);
-    halvings[b] += outcome.halvings;
-    stuck[b] = outcome.stuck ? 1 : 0;
-  }
+  for (int64_t b = 0; b < batch; ++b)
+    solvers::step_problem(step, b, active, U, V, U1, V1, steps, dampings, losses, changes, halvings, stuck);
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                                   \

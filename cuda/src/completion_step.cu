@@ -16,20 +16,7 @@ __global__ void completion_steps_kernel(solvers::CompletionStep<T, I> step, int6
                                         int64_t* halvings, uint8_t* stuck) {
   const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
-  const int64_t mk = step.m * step.k, nk = step.n * step.k;
-  const T *u = U + b * mk, *v = V + b * nk;
-  T *u1 = U1 + b * mk, *v1 = V1 + b * nk;
-  if (!active[b]) {
-    for (int64_t t = 0; t < mk; ++t) u1[t] = u[t];
-    for (int64_t t = 0; t < nk; ++t) v1[t] = v[t];
-    return;
-  }
-  const auto outcome = step(b, u, v, u1, v1, static_cast<T>(steps[b]), static_cast<T>(dampings[b]));
-  losses[b] = outcome.loss;
-  changes[b] = outcome.change;
-  steps[b] = static_cast<double>(outcome.step);
-  halvings[b] += outcome.halvings;
-  stuck[b] = outcome.stuck ? 1 : 0;
+  solvers::step_problem(step, b, active, U, V, U1, V1, steps, dampings, losses, changes, halvings, stuck);
 }
 
 }  // namespace

@@ -211,4 +211,26 @@ struct CompletionStep {
   }
 };
 
+// Problem b of a batch, as both backends run it: a finished problem keeps its factors, a running
+// one takes a step and records its outcome in the per-problem arrays.
+template <class T, class I>
+LRH_HD void step_problem(const CompletionStep<T, I>& step, int64_t b, const uint8_t* active, const T* U, const T* V,
+                         T* U1, T* V1, double* steps, const double* dampings, double* losses, double* changes,
+                         int64_t* halvings, uint8_t* stuck) {
+  const int64_t mk = step.m * step.k, nk = step.n * step.k;
+  const T *u = U + b * mk, *v = V + b * nk;
+  T *u1 = U1 + b * mk, *v1 = V1 + b * nk;
+  if (!active[b]) {
+    for (int64_t t = 0; t < mk; ++t) u1[t] = u[t];
+    for (int64_t t = 0; t < nk; ++t) v1[t] = v[t];
+    return;
+  }
+  const auto outcome = step(b, u, v, u1, v1, static_cast<T>(steps[b]), static_cast<T>(dampings[b]));
+  losses[b] = outcome.loss;
+  changes[b] = outcome.change;
+  steps[b] = static_cast<double>(outcome.step);
+  halvings[b] += outcome.halvings;
+  stuck[b] = outcome.stuck ? 1 : 0;
+}
+
 }  // namespace lowrank_hpc::solvers
