@@ -1,6 +1,9 @@
 """Timing helpers shared by the benchmarks: best-of-N wall time, and the result rows they print."""
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -43,3 +46,20 @@ class Row:
 
 HEADER = ("| kernel | case | ours (ms) | peer | peer (ms) | speedup | note |\n"
           "|---|---|---|---|---|---|---|")
+
+
+def machine_line(openmp_threads: int, extra: str = "") -> str:
+    """The machine a table was measured on, as every report states it."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {openmp_threads} OpenMP threads"
+            + (f", {extra}" if extra else ""))
+
+
+def report(script: str, machine: str, versions: str, command: str, rows: list, output: str, write: bool) -> str:
+    """Print a benchmark's markdown section and, when ``write``, append it to ``output``."""
+    text = "\n".join([f"### {script}, {datetime.date.today().isoformat()}", f"Machine: {machine}. {versions}",
+                      f"Command: `{command}`", "", HEADER, *[row.markdown() for row in rows], ""])
+    print(text)
+    if write:
+        with open(output, "a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+    return text

@@ -10,9 +10,6 @@ GPU against CuPy (cuBLAS, cupyx.scipy.sparse).
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import HEADER, Row, best_time  # noqa: E402
+from _timing import Row, best_time, machine_line, report  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 
@@ -159,20 +156,12 @@ def main() -> None:
     if args.gpu:
         table += bench_gpu(U, V, rows, cols)
 
-    report = lr.info()
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"{report['openmp_threads']} OpenMP threads"
-               + (f", GPU {report['cuda']['device']}" if args.gpu and report["cuda"]["available"] else ""))
-    text = "\n".join([
-        f"### bench_kernels.py{' --gpu' if args.gpu else ''}, {datetime.date.today().isoformat()}",
-        f"Machine: {machine}. numpy {np.__version__}, lowrank_hpc {lr.__version__}.",
-        f"Command: `python bench/bench_kernels.py{' --gpu' if args.gpu else ''}`", "", HEADER,
-        *[row.markdown() for row in table], ""])
-    print(text)
-    if not args.quick:
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
-
+    info = lr.info()
+    gpu = f"GPU {info['cuda']['device']}" if args.gpu and info["cuda"]["available"] else ""
+    flag = " --gpu" if args.gpu else ""
+    report(f"bench_kernels.py{flag}", machine_line(info["openmp_threads"], gpu),
+           f"numpy {np.__version__}, lowrank_hpc {lr.__version__}.", f"python bench/bench_kernels.py{flag}", table,
+           args.output, write=not args.quick)
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,6 @@ that is not available is reported in its row as "not measured: <reason>"; nothin
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -40,7 +39,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from _timing import HEADER, Row, best_time  # noqa: E402
+from _timing import Row, best_time, machine_line, report  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc.sensing import EntrySampling, GaussianSensing  # noqa: E402
@@ -398,23 +397,13 @@ def main() -> None:
             print("\n".join(row.markdown() for row in rows), flush=True)  # progress: a full run takes minutes
             table += rows
 
-    report = lr.info()
     # The machine may be shared: the load average tells how much the best-of-N timings had to fight.
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"{report['openmp_threads']} OpenMP threads, 1-minute load average {load_before:.1f} at the start "
-               f"and {os.getloadavg()[0]:.1f} at the end")
-    command = f"PYTHONPATH=python python bench/bench_solvers.py{' --quick' if args.quick else ''}"
-    text = "\n".join([
-        f"### bench_solvers.py, {datetime.date.today().isoformat()}",
-        f"Machine: {machine}. Python {platform.python_version()}, numpy {np.__version__}, "
-        f"lowrank_hpc {lr.__version__}. Peers in their own venvs (bench/setup_peers.sh). "
-        f"Whole run {time.perf_counter() - started:.0f} s.",
-        f"Command: `{command}`", "", HEADER, *[row.markdown() for row in table], ""])
-    print(text)
-    if not args.quick:
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
-
+    load = f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
+    report("bench_solvers.py", machine_line(lr.info()["openmp_threads"], load),
+           f"Python {platform.python_version()}, numpy {np.__version__}, lowrank_hpc {lr.__version__}. Peers in "
+           f"their own venvs (bench/setup_peers.sh). Whole run {time.perf_counter() - started:.0f} s.",
+           f"PYTHONPATH=python python bench/bench_solvers.py{' --quick' if args.quick else ''}", table, args.output,
+           write=not args.quick)
 
 if __name__ == "__main__":
     main()
