@@ -1,5 +1,6 @@
 #include <vector>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "cpu_backend.hpp"
 #include "lowrank_hpc/ops/normal_equations.hpp"
 #include "lowrank_hpc/solvers/completion_step.hpp"
@@ -121,10 +122,7 @@ int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* oth
                                         double*);                                                               \
   template int64_t als_update_rows<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, int64_t, \
                                          int64_t, int64_t, int64_t, T, bool, const uint8_t*, T*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cpu

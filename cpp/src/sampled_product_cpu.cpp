@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <omp.h>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "cpu_backend.hpp"
 #include "lowrank_hpc/core/batch.hpp"
 #include "lowrank_hpc/ops/sampled_product.hpp"
@@ -87,10 +88,7 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
   template int64_t sampled_squared_residuals<T, I>(const T*, const T*, const I*, const I*, const T*,   \
                                                    const int64_t*, int64_t, int64_t, int64_t, int64_t, \
                                                    int64_t, double*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cpu

@@ -3,6 +3,7 @@
 #include <vector>
 #include <omp.h>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "cpu_backend.hpp"
 #include "lowrank_hpc/core/batch.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -138,10 +139,7 @@ int64_t count_nonfinite(const T* x, int64_t size) {
                                      int64_t, int64_t*, int64_t*, I*, T*);                      \
   template int64_t csr_times_dense<T, I>(const int64_t*, const int64_t*, const I*, const T*,   \
                                          const T*, int64_t, int64_t, int64_t, int64_t, T*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 template int64_t count_nonfinite<float>(const float*, int64_t);
 template int64_t count_nonfinite<double>(const double*, int64_t);

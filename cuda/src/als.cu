@@ -1,6 +1,7 @@
 // ALS half-step on the GPU: one thread block per key row over the shared normal equations.
 #include <cuda_runtime.h>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "lowrank_hpc/ops/normal_equations.hpp"
 #include "lowrank_hpc_cuda/launchers.hpp"
 
@@ -58,10 +59,7 @@ int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others,
 #define LRH_INSTANTIATE(T, I)                                                                              \
   template int als_update_rows<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, int64_t, \
                                      int64_t, int64_t, int64_t, T, bool, const uint8_t*, T*, int64_t*, void*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cuda

@@ -2,6 +2,7 @@
 // same CompletionStep the CPU runs (lowrank_hpc/solvers/completion_step.hpp).
 #include <cuda_runtime.h>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "lowrank_hpc/solvers/completion_step.hpp"
 #include "lowrank_hpc_cuda/launchers.hpp"
 
@@ -40,10 +41,7 @@ int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t*
   template int completion_steps<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
                                       int64_t, int, const uint8_t*, const T*, const T*, T*, T*, double*,       \
                                       const double*, T*, double*, double*, int64_t*, uint8_t*, void*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cuda

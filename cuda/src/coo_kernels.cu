@@ -1,6 +1,7 @@
 // CUDA kernels of the coordinate-format family over the functors in lowrank_hpc/ops.
 #include <cuda_runtime.h>
 
+#include "lowrank_hpc/core/instantiate.hpp"
 #include "lowrank_hpc/core/batch.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
 #include "lowrank_hpc/ops/sampled_product.hpp"
@@ -115,10 +116,7 @@ const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaE
                                      int64_t, int64_t, int64_t, int64_t, T*, int64_t*, void*);       \
   template int coo_times_dense<T, I>(const I*, const I*, const T*, const T*, const int64_t*, int64_t, \
                                      int64_t, int64_t, int64_t, int64_t, T*, int64_t*, void*);
-LRH_INSTANTIATE(float, int32_t)
-LRH_INSTANTIATE(float, int64_t)
-LRH_INSTANTIATE(double, int32_t)
-LRH_INSTANTIATE(double, int64_t)
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 template int count_nonfinite<float>(const float*, int64_t, int64_t*, void*);
 template int count_nonfinite<double>(const double*, int64_t, int64_t*, void*);
