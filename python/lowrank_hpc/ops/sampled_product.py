@@ -32,10 +32,14 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any]
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)
     U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite)
     rows, cols = call.coordinates(rows, cols)
-    nnz = rows.shape[0]
+    offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
+    return call.wrap(_sampled(call, U3, V3, rows, cols, offsets))
+
+
+def _sampled(call, U3, V3, rows, cols, offsets):
+    """The kernel on validated arrays: (nnz,) values, IndexError for an out-of-range index."""
     batch, m, r = U3.shape
-    n = V3.shape[1]
-    offsets = offsets_array(call, "offsets", offsets, batch, nnz)
+    n, nnz = V3.shape[1], rows.shape[0]
     out = call.xp.empty(nnz, dtype=U3.dtype)
     if call.on_device:
         first_bad = call.xp.full(1, nnz, dtype=call.xp.int64)
@@ -48,14 +52,14 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any]
         bad = call.module.sampled_product(U3, V3, rows, cols, offsets, out)
     if bad >= 0:
         raise_index_error(call, bad, [("rows", rows, m), ("cols", cols, n)])
-    return call.wrap(out)
+    return out
 
 
 def squared_residuals(call, U3, V3, rows, cols, vals, offsets):
     """(nnz,) float64 (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 for validated (batch, rows, r)
     factors: the loss terms of the completion solvers in one fused pass (private to them)."""
-    if call.on_device:
-        residual = vals - sampled_product(U3, V3, rows, cols, offsets, check_finite=False)
+    if call.on_device:  # the arrays are validated: no second pass over offsets (a sync) per call
+        residual = vals - _sampled(call, U3, V3, rows, cols, offsets)
         return residual.astype(call.xp.float64) ** 2
     out = call.xp.empty(rows.shape[0], dtype=call.xp.float64)
     bad = call.module.sampled_squared_residuals(U3, V3, rows, cols, vals, offsets, out)
