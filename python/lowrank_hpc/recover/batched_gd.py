@@ -3,12 +3,14 @@ kernel launches over all problems, each problem with its own step, divergence co
 convergence flag (converged problems are frozen)."""
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .._arrays import offsets_array, resolve
-from ..ops import SparsePattern, sampled_product
+from ..ops import SparsePattern
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
 from ._result import RecoveryResult
 
@@ -17,25 +19,29 @@ _GROWTH_ALLOWED = 1e-9
 
 
 class _BatchedCompletion:
-    """The batch of operators P_Omega_b with their sparse products."""
+    """The batch of operators P_Omega_b with their sparse products (for the setup estimates; the
+    iterations run in the fused kernel)."""
 
     def __init__(self, call, rows, cols, vals, offsets, shape):
-        self.xp, self.shape, self.vals = call.xp, shape, vals
+        self.call, self.xp, self.shape, self.vals = call, call.xp, shape, vals
         self.offsets = offsets
         self.batch = int(offsets.shape[0]) - 1
         self.rows, self.cols = rows, cols
-        self.pattern = SparsePattern(rows, cols, shape, offsets=offsets)
         counts = (offsets[1:] - offsets[:-1])
         self.problem_of_entry = self.xp.repeat(self.xp.arange(self.batch), counts)
         # reduceat sums [start_b, start_{b+1}); an empty problem must read 0, not its neighbour.
         self._starts = self.xp.minimum(offsets[:-1], max(int(rows.shape[0]) - 1, 0))
         self._empty = counts == 0
 
-    def residual(self, U, V):
-        return sampled_product(U, V, self.rows, self.cols, self.offsets, check_finite=False) - self.vals
+    @functools.cached_property
+    def pattern(self) -> SparsePattern:
+        """Both sorted orders, built only when a default needs the power iteration."""
+        return SparsePattern(self.rows, self.cols, self.shape, offsets=self.offsets)
 
     def per_problem_sum(self, values):
         """Sum of entry-wise values within each problem, (batch,) float64."""
+        if self.call.on_device:  # CuPy has no ufunc.reduceat
+            return self.xp.bincount(self.problem_of_entry, weights=values.astype(np.float64), minlength=self.batch)
         sums = self.xp.add.reduceat(values, self._starts, dtype=np.float64)
         sums[self._empty] = 0.0
         return sums
