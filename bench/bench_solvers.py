@@ -308,8 +308,8 @@ class Batch:
     def test_rmse(self, U: np.ndarray, V: np.ndarray, count: int) -> float:
         """Test RMSE over the first ``count`` problems, with U (count, m, r), V (count, n, r)."""
         t_rows, t_cols, t_vals = (a[:count] for a in self.test)
-        predicted = np.einsum("bkr,bkr->bk", np.take_along_axis(U, t_rows[..., None], 1),
-                              np.take_along_axis(V, t_cols[..., None], 1))
+        problems = np.arange(count)[:, None]
+        predicted = np.einsum("bkr,bkr->bk", U[problems, t_rows], V[problems, t_cols])
         return float(np.sqrt(np.mean((predicted - t_vals) ** 2)))
 
 

@@ -12,8 +12,7 @@ namespace {
 
 // out (batch, n_key, r) = row-wise solves against F (batch, n_other, r); returns singular rows.
 template <class T, class I>
-int64_t als_update_rows(const HostArray<int64_t>& indptr, const std::optional<HostArray<int64_t>>& perm,
-                        const HostArray<I>& others, const HostArray<T>& vals, const HostArray<T>& F, int64_t n_key,
+int64_t als_update_rows(const HostArray<int64_t>& indptr, const HostArray<I>& others, const HostArray<T>& vals, const HostArray<T>& F, int64_t n_key,
                         double reg, bool count_scaling, const std::optional<HostArray<uint8_t>>& active,
                         HostArray<T>& out) {
   LRH_EXPECTS(F.ndim() == 3, "F: expected a (batch, n_other, rank) array, got ", F.ndim(), " dimensions");
@@ -33,11 +32,6 @@ int64_t als_update_rows(const HostArray<int64_t>& indptr, const std::optional<Ho
   for (int64_t j = 0; j < nnz; ++j)
     LRH_EXPECTS(oi[j] >= 0 && static_cast<int64_t>(oi[j]) < n_other, "others[", j, "] = ", oi[j],
                 " is out of range [0, ", n_other, ")");
-  const int64_t* pm = nullptr;
-  if (perm) {
-    expect_shape(*perm, "perm", {nnz});
-    pm = perm->data();  // trusted: only coo_to_csr makes it
-  }
   const uint8_t* mask = nullptr;
   if (active) {
     expect_shape(*active, "active", {batch});
@@ -46,36 +40,33 @@ int64_t als_update_rows(const HostArray<int64_t>& indptr, const std::optional<Ho
   const T *v = vals.data(), *f = F.data();
   T* dst = out.mutable_data();
   py::gil_scoped_release release;
-  return cpu::als_update_rows<T, I>(ip, pm, oi, v, f, batch, n_key, n_other, r, static_cast<T>(reg), count_scaling,
+  return cpu::als_update_rows<T, I>(ip, oi, v, f, batch, n_key, n_other, r, static_cast<T>(reg), count_scaling,
                                     mask, dst);
 }
 
 // The fused ALS iteration of a batch; the CSR orders come from coo_to_csr (trusted, as in
 // als_update_rows: only lowrank_hpc.recover.als builds them).
 template <class T, class I>
-int64_t als_iterations(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
-                       const HostArray<int64_t>& offsets, const HostArray<int64_t>& row_indptr,
+int64_t als_iterations(const HostArray<int64_t>& row_indptr,
                        const HostArray<I>& row_others, const HostArray<T>& row_vals,
                        const HostArray<int64_t>& col_indptr, const HostArray<I>& col_others,
                        const HostArray<T>& col_vals, double reg, bool count_scaling, const HostArray<uint8_t>& active,
                        HostArray<T>& U, HostArray<T>& V, HostArray<double>& losses, HostArray<double>& changes) {
   LRH_EXPECTS(U.ndim() == 3 && V.ndim() == 3, "U, V: expected (batch, rows, rank) arrays");
-  const int64_t batch = U.shape(0), m = U.shape(1), r = U.shape(2), n = V.shape(1), nnz = rows.shape(0);
+  const int64_t batch = U.shape(0), m = U.shape(1), r = U.shape(2), n = V.shape(1), nnz = row_others.shape(0);
   expect_shape(V, "V", {batch, n, r});
-  for (const auto* index : {&cols, &row_others, &col_others}) expect_shape(*index, "index array", {nnz});
-  for (const auto* values : {&vals, &row_vals, &col_vals}) expect_shape(*values, "values", {nnz});
-  expect_shape(offsets, "offsets", {batch + 1});
+  expect_shape(col_others, "col_others", {nnz});
+  for (const auto* values : {&row_vals, &col_vals}) expect_shape(*values, "values", {nnz});
   expect_shape(row_indptr, "row_indptr", {batch * m + 1});
   expect_shape(col_indptr, "col_indptr", {batch * n + 1});
-  LRH_EXPECTS(row_indptr.data()[batch * m] == nnz && col_indptr.data()[batch * n] == nnz &&
-                  offsets.data()[batch] == nnz,
-              "indptr/offsets: must end at nnz = ", nnz);
+  LRH_EXPECTS(row_indptr.data()[batch * m] == nnz && col_indptr.data()[batch * n] == nnz,
+              "row_indptr, col_indptr: must end at nnz = ", nnz);
   expect_shape(active, "active", {batch});
   expect_shape(losses, "losses", {batch});
   expect_shape(changes, "changes", {batch});
   expect_writable(U, "U");
   expect_writable(V, "V");
-  const cpu::AlsBatch<T, I> data{rows.data(), cols.data(), vals.data(), offsets.data(), row_indptr.data(),
+  const cpu::AlsBatch<T, I> data{row_indptr.data(),
                                  row_others.data(), row_vals.data(), col_indptr.data(), col_others.data(),
                                  col_vals.data(), batch, m, n};
   const uint8_t* mask = active.data();
@@ -87,13 +78,12 @@ int64_t als_iterations(const HostArray<I>& rows, const HostArray<I>& cols, const
 
 template <class T, class I>
 void bind_typed(py::module_& m) {
-  m.def("als_iterations", &als_iterations<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
-        py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("row_indptr").noconvert(),
+  m.def("als_iterations", &als_iterations<T, I>, py::arg("row_indptr").noconvert(),
         py::arg("row_others").noconvert(), py::arg("row_vals").noconvert(), py::arg("col_indptr").noconvert(),
         py::arg("col_others").noconvert(), py::arg("col_vals").noconvert(), py::arg("reg"),
         py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("losses").noconvert(), py::arg("changes").noconvert());
-  m.def("als_update_rows", &als_update_rows<T, I>, py::arg("indptr").noconvert(), py::arg("perm").noconvert(),
+  m.def("als_update_rows", &als_update_rows<T, I>, py::arg("indptr").noconvert(),
         py::arg("others").noconvert(), py::arg("vals").noconvert(), py::arg("F").noconvert(), py::arg("n_key"),
         py::arg("reg"), py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("out").noconvert());
 }

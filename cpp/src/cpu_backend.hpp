@@ -80,16 +80,12 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 // One ALS half-step: for every key row of every active problem, out[row] = the solution of the
 // row's regularised normal equations (lowrank_hpc/ops/normal_equations.hpp) given the fixed
 // factor F (batch * n_other, r). CSR as from coo_to_csr: entry j has other index others[j]
-// (trusted to be in [0, n_other)) and value vals[perm[j]] (vals[j] when perm is null).
+// (trusted to be in [0, n_other)) and value vals[j] (values moved into CSR order).
 // active: per-problem mask, or null for all; rows of inactive problems are left untouched.
-// A batch of completion problems as the fused ALS iteration reads it: the entries in input
-// order (for the loss), and both CSR orders with the other index and the value moved in.
+// A batch of completion problems as the fused ALS iteration reads it: both CSR orders, with
+// the other index and the value moved in (the loss is summed over the column order).
 template <class T, class I>
 struct AlsBatch {
-  const I* rows;
-  const I* cols;
-  const T* vals;
-  const int64_t* offsets;
   const int64_t* row_indptr;  // (batch * m + 1)
   const I* row_others;
   const T* row_vals;
@@ -108,7 +104,7 @@ int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_
 
 // Returns the number of singular rows (set to zero).
 template <class T, class I>
-int64_t als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                         int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                         const uint8_t* active, T* out);
 

@@ -100,7 +100,7 @@ int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I
 #pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   for (int64_t row = 0; row < n_rows; ++row) {
     T* out_row = out + row * r;
-    for (int64_t c = 0; c < ops::static_or<R>(r); ++c) out_row[c] = T(0);
+    for (int64_t c = 0; c < static_or<R>(r); ++c) out_row[c] = T(0);
     const int64_t b = row / n_key;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       if (j + kPrefetchDistance < nnz) {

@@ -5,9 +5,9 @@
 namespace lowrank_hpc::bindings {
 
 void bind_als(py::module_& m) {
-  // perm and active may be 0 (none); singular is a device int64 the kernel adds to.
+  // active may be 0 (none); singular is a device int64 the kernel adds to.
   m.def("als_update_rows",
-        [](const std::string& dtype, const std::string& index_dtype, std::uintptr_t indptr, std::uintptr_t perm,
+        [](const std::string& dtype, const std::string& index_dtype, std::uintptr_t indptr,
            std::uintptr_t others, std::uintptr_t vals, std::uintptr_t F, int64_t batch, int64_t n_key,
            int64_t n_other, int64_t r, double reg, bool count_scaling, std::uintptr_t active, std::uintptr_t out,
            std::uintptr_t singular, std::uintptr_t stream) {
@@ -18,7 +18,7 @@ void bind_als(py::module_& m) {
           dispatch_float_index(dtype, index_dtype, [&](auto t, auto i) {
             using T = decltype(t);
             using I = decltype(i);
-            check_cuda(cuda::als_update_rows<T, I>(as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(perm),
+            check_cuda(cuda::als_update_rows<T, I>(as_ptr<const int64_t>(indptr),
                                                    as_ptr<const I>(others), as_ptr<const T>(vals),
                                                    as_ptr<const T>(F), batch, n_key, n_other, r,
                                                    static_cast<T>(reg), count_scaling, as_ptr<const uint8_t>(active),

@@ -39,7 +39,7 @@ __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, con
 }  // namespace
 
 template <class T, class I>
-int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                     const uint8_t* active, T* out, int64_t* singular, void* stream) {
   const int64_t n_rows = batch * n_key;
@@ -49,7 +49,7 @@ int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others,
   // One warp covers the r^2 + r entries of small ranks; larger ranks use up to 256 threads.
   const int64_t work = r * r + r;
   const int threads = work >= 256 ? 256 : static_cast<int>((work + 31) / 32 * 32);
-  const ops::NormalEquations<T, I> equations{indptr, perm, others, vals, F, n_key, n_other, r, reg, count_scaling};
+  const ops::NormalEquations<T, I> equations{indptr, others, vals, F, n_key, n_other, r, reg, count_scaling};
   als_update_rows_kernel<T, I><<<static_cast<unsigned>(n_rows), threads, static_cast<size_t>(shared_bytes),
                                  static_cast<cudaStream_t>(stream)>>>(
       equations, active, out, reinterpret_cast<unsigned long long*>(singular));
@@ -57,7 +57,7 @@ int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others,
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                              \
-  template int als_update_rows<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, int64_t, \
+  template int als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, \
                                      int64_t, int64_t, int64_t, T, bool, const uint8_t*, T*, int64_t*, void*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE

@@ -45,7 +45,7 @@ int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, vo
 // of singular rows to *singular (device int64, preset by the caller). Needs (r^2 + r) *
 // sizeof(T) <= 48 KiB of shared memory (cudaErrorInvalidConfiguration otherwise).
 template <class T, class I>
-int als_update_rows(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* F,
+int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                     const uint8_t* active, T* out, int64_t* singular, void* stream);
 

@@ -98,13 +98,12 @@ class _Problem:
         """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; singular rows."""
         indptr, others, vals = csr
         if not self.call.on_device:
-            return int(self.call.module.als_update_rows(indptr, None, others, vals, F, n_key, self.reg,
+            return int(self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg,
                                                         self.count_scaling, active, out))
         xp = self.xp
         mask = xp.asarray(active)
         singular = xp.zeros(1, dtype=xp.int64)
-        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr,
-                                         0, others.data.ptr, vals.data.ptr,
+        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr, others.data.ptr, vals.data.ptr,
                                          F.data.ptr, self.batch, n_key, F.shape[1], self.rank, self.reg,
                                          self.count_scaling, mask.data.ptr, out.data.ptr, singular.data.ptr,
                                          self.call.stream())
@@ -129,9 +128,9 @@ class _Problem:
         if not self.call.on_device and (many or small):
             loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
             (row_indptr, row_others, row_vals), (col_indptr, col_others, col_vals) = self.by_rows, self.by_cols
-            singular = self.call.module.als_iterations(self.rows, self.cols, self.vals, self.offsets, row_indptr,
-                                                       row_others, row_vals, col_indptr, col_others, col_vals,
-                                                       self.reg, self.count_scaling, active, U, V, loss, change)
+            singular = self.call.module.als_iterations(row_indptr, row_others, row_vals, col_indptr, col_others,
+                                                       col_vals, self.reg, self.count_scaling, active, U, V, loss,
+                                                       change)
             return int(singular), loss, change
         U0, V0 = U.copy(), V.copy()
         singular = self.update(U, self.by_rows, V, self.m, active)

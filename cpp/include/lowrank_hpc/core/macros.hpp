@@ -5,7 +5,9 @@
 #define LRH_HD __host__ __device__ __forceinline__
 #define LRH_DEVICE_COMPILE 1
 #else
-#define LRH_HD inline
+// Forced, as __forceinline__ is on the device: a call left out of line from a per-ISA clone
+// (LRH_CPU_CLONES) would run the baseline code.
+#define LRH_HD inline __attribute__((always_inline))
 #define LRH_DEVICE_COMPILE 0
 #endif
 
@@ -15,3 +17,13 @@
 #else
 #define LRH_ON_DEVICE 0
 #endif
+
+#include <cstdint>
+
+namespace lowrank_hpc {
+
+// Rank known at compile time (R > 0) unrolls the short loops of small ranks; R = 0 reads r.
+template <int R>
+LRH_HD int64_t static_or(int64_t r) { return R > 0 ? R : r; }
+
+}  // namespace lowrank_hpc

@@ -18,16 +18,65 @@
 
 namespace lowrank_hpc::ops {
 
+// Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
+// triangle is read) by the square-root-free factorisation G = L D L^T: the many tiny systems of
+// ALS are bound by the latency and throughput of divisions and square roots, and LDL^T needs
+// one division per pivot and no square root. The lower triangle is overwritten by L D, the
+// upper by L^T, the diagonal by 1 / D; x overwrites g. Returns false, leaving G and g partly
+// overwritten, when G is not numerically positive definite: a pivot D[j] that is not finite or
+// is <= r * eps * G[j, j] (cancellation down to rounding noise).
+template <class T, int R = 0>
+LRH_HD bool ldlt_solve(T* G, T* g, int64_t rank) {
+  const int64_t r = static_or<R>(rank);
+  const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
+  for (int64_t j = 0; j < r; ++j) {
+    // (L D)[j, k] * L[j, k] = L[j, k]^2 D[k]
+    T pivot = G[j * r + j];
+    const T scale = pivot;
+    for (int64_t k = 0; k < j; ++k) pivot -= G[j * r + k] * G[k * r + j];
+    if (!is_finite(pivot) || !(pivot > noise * scale) || !(pivot > T(0))) return false;
+    const T inverse = T(1) / pivot;
+    G[j * r + j] = inverse;
+    for (int64_t i = j + 1; i < r; ++i) {
+      T entry = G[i * r + j];  // becomes (L D)[i, j]
+      for (int64_t k = 0; k < j; ++k) entry -= G[i * r + k] * G[k * r + j];
+      G[i * r + j] = entry;
+      G[j * r + i] = entry * inverse;  // L[i, j], kept transposed in the upper triangle
+    }
+  }
+  for (int64_t i = 0; i < r; ++i) {  // L y = g
+    T entry = g[i];
+    for (int64_t k = 0; k < i; ++k) entry -= G[k * r + i] * g[k];
+    g[i] = entry;
+  }
+  for (int64_t i = r - 1; i >= 0; --i) {  // L^T x = D^-1 y
+    T entry = g[i] * G[i * r + i];
+    for (int64_t k = i + 1; k < r; ++k) entry -= G[i * r + k] * g[k];
+    g[i] = entry;
+  }
+  return true;
+}
+
+// Finishes one row from its assembled system: out_row = G^-1 g, or zeros for a row without
+// observations or a singular system. Returns true when the row counts as singular: a failed
+// factorisation, or no observations with reg == 0 (an unregularised row with no data).
+template <class T, int R = 0>
+LRH_HD bool solve_row(T* G, T* g, int64_t rank, int64_t count, T reg, T* out_row) {
+  const int64_t r = static_or<R>(rank);
+  const bool solved = count > 0 && ldlt_solve<T, R>(G, g, r);
+  for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
+  return !solved && (count > 0 || !(reg > T(0)));
+}
+
 // The CSR entries of the key rows of a batch of problems (block-diagonal layout: problem b's
 // key row i is flattened row b * n_key + i, its other-side row j is F row b * n_other + j).
-// CSR entry j has other index others[j] and value vals[perm[j]] (vals[j] when perm is null).
+// CSR entry j has other index others[j] and value vals[j] (the values moved into CSR order once).
 // R > 0 fixes the rank at compile time (the r x r loops of small ranks unroll); R = 0 reads r.
 template <class T, class I, int R = 0>
 struct NormalEquations {
   const int64_t* indptr;  // (batch * n_key + 1)
-  const int64_t* perm;    // (nnz) or null
   const I* others;        // (nnz), in CSR order, each in [0, n_other)
-  const T* vals;          // (nnz), in input order
+  const T* vals;          // (nnz), in CSR order
   const T* F;             // (batch, n_other, r), the fixed factor
   int64_t n_key, n_other, r;
   T reg;
@@ -35,11 +84,11 @@ struct NormalEquations {
 
   LRH_HD int64_t count(int64_t row) const { return indptr[row + 1] - indptr[row]; }
   LRH_HD T lambda(int64_t row) const { return count_scaling ? reg * static_cast<T>(count(row)) : reg; }
-  LRH_HD T value(int64_t j) const { return vals[perm ? perm[j] : j]; }
+  LRH_HD T value(int64_t j) const { return vals[j]; }
   // The row's problem's block of F, found once per row (a division per entry would dominate).
-  LRH_HD const T* factor_block(int64_t row) const { return F + (row / n_key) * n_other * r; }
+  LRH_HD const T* factor_block(int64_t row) const { return F + (row / n_key) * n_other * static_or<R>(r); }
   LRH_HD const T* factor_row(const T* block, int64_t j) const {
-    return block + static_cast<int64_t>(others[j]) * r;
+    return block + static_cast<int64_t>(others[j]) * static_or<R>(r);
   }
 
   // G[a, c] (c <= a) of the row's system, entries summed in CSR order (device: one thread each).
@@ -61,30 +110,67 @@ struct NormalEquations {
     return acc;
   }
 
-  // The whole lower triangle of G (row-major r x r) and g in one pass over the entries (host);
-  // every sum runs in the same order as gram_entry / rhs_entry.
-  LRH_HD void accumulate(int64_t row, T* G, T* g) const { accumulate(row, row / n_key, G, g); }
-
-  // The same, for a caller that walks problems and knows the row's problem b (no division).
-  LRH_HD void accumulate(int64_t row, int64_t b, T* G, T* g) const {
+  // Assembles the row's system in one pass over its entries (host; every sum runs in the same
+  // order as gram_entry / rhs_entry) and solves it into out_row (solve_row); true when singular.
+  // b is the row's problem, known to a caller that walks problems (no division per row).
+  // G (r x r) and g (r) are scratch for a run-time rank; a compile-time rank ignores them.
+  LRH_HD bool solve(int64_t row, int64_t b, T* G, T* g, T* out_row) const {
     if constexpr (R > 0) {
-      // A compile-time rank keeps the sums in registers, not in G and g (memory round trips).
+      // The sums stay in registers (local arrays of a compile-time size); summed in memory,
+      // each update would wait on a store-to-load round trip. The solve gets its own copy,
+      // since its indexed accesses would pull the sums into memory.
       T Gl[R * R] = {}, gl[R] = {};
       accumulate_into(row, b, R, Gl, gl);
-      for (int64_t t = 0; t < R * R; ++t) G[t] = Gl[t];
-      for (int64_t t = 0; t < R; ++t) g[t] = gl[t];
+      T Gs[R * R], gs[R];
+      for (int64_t t = 0; t < R * R; ++t) Gs[t] = Gl[t];
+      for (int64_t t = 0; t < R; ++t) gs[t] = gl[t];
+      return solve_row<T, R>(Gs, gs, R, count(row), reg, out_row);
     } else {
       for (int64_t t = 0; t < r * r; ++t) G[t] = T(0);
       for (int64_t t = 0; t < r; ++t) g[t] = T(0);
       accumulate_into(row, b, r, G, g);
+      return solve_row<T, 0>(G, g, r, count(row), reg, out_row);
     }
+  }
+
+  // sum over the row's entries of (<x, f_j> - v_j)^2 in double, x its (r) solution: the fit
+  // term of the objective, summed while the row's factor rows are still in cache.
+  LRH_HD double squared_residuals(int64_t row, int64_t b, const T* x) const {
+    const int64_t r = static_or<R>(this->r);
+    const T* block = F + b * n_other * r;
+    double total = 0.0;
+    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+      const T* f = factor_row(block, j);
+      T dot = T(0);
+      for (int64_t c = 0; c < r; ++c) dot += x[c] * f[c];
+      const double z = static_cast<double>(dot - value(j));
+      total += z * z;
+    }
+    return total;
   }
 
   // Adds the row's terms to zeroed G (lower triangle) and g, then the shift on G's diagonal.
   LRH_HD void accumulate_into(int64_t row, int64_t b, int64_t rank, T* G, T* g) const {
     const int64_t r = static_or<R>(rank);
     const T* block = F + b * n_other * r;
-    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+    int64_t j = indptr[row];
+    if constexpr (R == 0 || R >= 8) {
+      // G too large for registers: four entries per pass over it, a quarter of the loads and
+      // stores of G. Each sum still adds the entries one at a time in CSR order.
+      for (; j + 4 <= indptr[row + 1]; j += 4) {
+        const T *f0 = factor_row(block, j), *f1 = factor_row(block, j + 1), *f2 = factor_row(block, j + 2),
+                *f3 = factor_row(block, j + 3);
+        const T v0 = value(j), v1 = value(j + 1), v2 = value(j + 2), v3 = value(j + 3);
+        for (int64_t a = 0; a < r; ++a) {
+          g[a] = (((g[a] + v0 * f0[a]) + v1 * f1[a]) + v2 * f2[a]) + v3 * f3[a];
+          const T x0 = f0[a], x1 = f1[a], x2 = f2[a], x3 = f3[a];
+          T* G_a = G + a * r;
+          for (int64_t c = 0; c <= a; ++c)
+            G_a[c] = (((G_a[c] + x0 * f0[c]) + x1 * f1[c]) + x2 * f2[c]) + x3 * f3[c];
+        }
+      }
+    }
+    for (; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
       const T v = value(j);
       for (int64_t a = 0; a < r; ++a) {
@@ -96,53 +182,5 @@ struct NormalEquations {
     for (int64_t a = 0; a < r; ++a) G[a * r + a] += shift;
   }
 };
-
-// Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
-// triangle is read, and overwritten by the Cholesky factor L with 1 / L[j, j] on its diagonal);
-// x overwrites g. Returns false,
-// leaving G and g partly overwritten, when G is not numerically positive definite: a pivot
-// that is not finite or is <= r * eps * G[j, j] (cancellation down to rounding noise).
-template <class T, int R = 0>
-LRH_HD bool cholesky_solve(T* G, T* g, int64_t rank) {
-  const int64_t r = static_or<R>(rank);
-  const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
-  for (int64_t j = 0; j < r; ++j) {
-    T pivot = G[j * r + j];
-    const T scale = pivot;
-    for (int64_t k = 0; k < j; ++k) pivot -= G[j * r + k] * G[j * r + k];
-    if (!is_finite(pivot) || !(pivot > noise * scale) || !(pivot > T(0))) return false;
-    // The diagonal slot keeps 1 / L[j, j]: one division per pivot, multiplications after it
-    // (divisions dominate the tiny systems of small ranks).
-    const T inverse = T(1) / std::sqrt(pivot);
-    G[j * r + j] = inverse;
-    for (int64_t i = j + 1; i < r; ++i) {
-      T entry = G[i * r + j];
-      for (int64_t k = 0; k < j; ++k) entry -= G[i * r + k] * G[j * r + k];
-      G[i * r + j] = entry * inverse;
-    }
-  }
-  for (int64_t i = 0; i < r; ++i) {  // L y = g
-    T entry = g[i];
-    for (int64_t k = 0; k < i; ++k) entry -= G[i * r + k] * g[k];
-    g[i] = entry * G[i * r + i];
-  }
-  for (int64_t i = r - 1; i >= 0; --i) {  // L^T x = y
-    T entry = g[i];
-    for (int64_t k = i + 1; k < r; ++k) entry -= G[k * r + i] * g[k];
-    g[i] = entry * G[i * r + i];
-  }
-  return true;
-}
-
-// Finishes one row from its assembled system: out_row = G^-1 g, or zeros for a row without
-// observations or a singular system. Returns true when the row counts as singular: a failed
-// factorisation, or no observations with reg == 0 (an unregularised row with no data).
-template <class T, int R = 0>
-LRH_HD bool solve_row(T* G, T* g, int64_t rank, int64_t count, T reg, T* out_row) {
-  const int64_t r = static_or<R>(rank);
-  const bool solved = count > 0 && cholesky_solve<T, R>(G, g, r);
-  for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
-  return !solved && (count > 0 || !(reg > T(0)));
-}
 
 }  // namespace lowrank_hpc::ops

@@ -7,10 +7,6 @@
 
 namespace lowrank_hpc::ops {
 
-// Rank known at compile time (R > 0) unrolls the short loops of small ranks; R = 0 reads r.
-template <int R>
-LRH_HD int64_t static_or(int64_t r) { return R > 0 ? R : r; }
-
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
 // a group of cooperating threads on the device.
 template <class T, int R = 0>

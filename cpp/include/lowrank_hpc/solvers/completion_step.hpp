@@ -69,39 +69,67 @@ LRH_HD double half_squared_residuals(const T* U, const T* V, const I* rows, cons
   return 0.5 * total;
 }
 
-// ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem from k x k products: the difference
-// is expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation. For each
-// (a, c), one pass over U's rows and one over V's gather every Gram entry the terms need.
-template <class T>
+// ||U1 V1^T - U0 V0^T||_F^2 and ||U0 V0^T||_F^2 from k x k Gram products: the difference is
+// expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation. Entry
+// (a, c) of each Gram product gathers one row of U (LeftGram) or of V (RightGram) at a time.
+struct LeftGram {
+  double du_du = 0.0, du_u0 = 0.0, u0_u0 = 0.0;
+  LRH_HD void add(double u0a, double u0c, double u1a, double u1c) {
+    const double dua = u1a - u0a, duc = u1c - u0c;
+    du_du += dua * duc;
+    du_u0 += dua * u0c;
+    u0_u0 += u0a * u0c;
+  }
+};
+
+struct RightGram {
+  double v1_v1 = 0.0, v1_dv = 0.0, dv_dv = 0.0, v0_v0 = 0.0;
+  LRH_HD void add(double v0a, double v0c, double v1a, double v1c) {
+    v1_v1 += v1a * v1c;
+    v1_dv += v1a * (v1c - v0c);
+    dv_dv += (v1a - v0a) * (v1c - v0c);
+    v0_v0 += v0a * v0c;
+  }
+};
+
+struct ChangeSums {
+  double squared = 0.0, before = 0.0;  // ||U1 V1^T - U0 V0^T||^2, ||U0 V0^T||^2
+  LRH_HD void add(const LeftGram& left, const RightGram& right) {
+    squared += left.du_du * right.v1_v1 + 2.0 * left.du_u0 * right.v1_dv + left.u0_u0 * right.dv_dv;
+    before += left.u0_u0 * right.v0_v0;
+  }
+  // The ratio, inf for a change away from zero, 0 for none.
+  LRH_HD double relative() const {
+    using std::sqrt;
+    if (before > 0.0) return sqrt(squared > 0.0 ? squared / before : 0.0);
+    return squared > 0.0 ? std::numeric_limits<double>::infinity() : 0.0;
+  }
+};
+
+// Adds one row pair (before u0, after u1; length k) to the k x k Gram entries of a factor.
+template <class Gram, class T>
+LRH_HD void add_gram_row(Gram* gram, const T* row0, const T* row1, int64_t k) {
+  for (int64_t a = 0; a < k; ++a)
+    for (int64_t c = 0; c < k; ++c) gram[a * k + c].add(row0[a], row0[c], row1[a], row1[c]);
+}
+
+// ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem, without storage: one (a, c) entry of
+// the Gram products at a time (one pass over U's rows, one over V's).
+template <class T, int R = 0>
 LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
-                              int64_t k) {
-  double squared = 0.0, before = 0.0;
+                              int64_t rank) {
+  const int64_t k = static_or<R>(rank);
+  ChangeSums sums;
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t c = 0; c < k; ++c) {
-      double du_du = 0.0, du_u0 = 0.0, u0_u0 = 0.0;
-      for (int64_t i = 0; i < m; ++i) {
-        const double u0a = U0[i * k + a], u0c = U0[i * k + c];
-        const double dua = U1[i * k + a] - u0a, duc = U1[i * k + c] - u0c;
-        du_du += dua * duc;
-        du_u0 += dua * u0c;
-        u0_u0 += u0a * u0c;
-      }
-      double v1_v1 = 0.0, v1_dv = 0.0, dv_dv = 0.0, v0_v0 = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
-        const double v0a = V0[j * k + a], v0c = V0[j * k + c];
-        const double v1a = V1[j * k + a], v1c = V1[j * k + c];
-        v1_v1 += v1a * v1c;
-        v1_dv += v1a * (v1c - v0c);
-        dv_dv += (v1a - v0a) * (v1c - v0c);
-        v0_v0 += v0a * v0c;
-      }
-      squared += du_du * v1_v1 + 2.0 * du_u0 * v1_dv + u0_u0 * dv_dv;
-      before += u0_u0 * v0_v0;
+      LeftGram left;
+      for (int64_t i = 0; i < m; ++i) left.add(U0[i * k + a], U0[i * k + c], U1[i * k + a], U1[i * k + c]);
+      RightGram right;
+      for (int64_t j = 0; j < n; ++j) right.add(V0[j * k + a], V0[j * k + c], V1[j * k + a], V1[j * k + c]);
+      sums.add(left, right);
     }
   }
-  using std::sqrt;
-  if (before > 0.0) return sqrt(squared > 0.0 ? squared / before : 0.0);
-  return squared > 0.0 ? std::numeric_limits<double>::infinity() : 0.0;
+  return sums.relative();
 }
 
 template <class T, class I>
