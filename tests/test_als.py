@@ -57,6 +57,23 @@ def test_one_iteration_matches_dense_solves(backend, dtype, rng, reg_scaling):
     assert result.U.dtype == dtype and result.n_iter == 1 and result.stop_reason == "max_iter"
 
 
+@pytest.mark.parametrize("rank", [3, 8, 11])  # registers; compile-time rank, blocked; run-time rank, blocked
+@pytest.mark.parametrize("m, n, nnz", [(14, 12, 110), (400, 300, 30000)])  # one fused pass; row-parallel half-steps
+def test_one_iteration_matches_dense_solves_at_every_rank_path(rng, rank, m, n, nnz):
+    rows = rng.integers(0, m, nnz)
+    cols = rng.integers(0, n, nnz)
+    vals = rng.standard_normal(nnz)
+    V0 = rng.standard_normal((n, rank))
+    result = als(rows, cols, vals, (m, n), rank, reg=0.2, reg_scaling="count", max_iter=1, init=V0)
+    U_ref, V_ref = reference_half_steps(rows, cols, vals, (m, n), V0, 0.2, True)
+    np.testing.assert_allclose(result.U, U_ref, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(result.V, V_ref, rtol=1e-9, atol=1e-10)
+    residual = vals - np.einsum("kr,kr->k", result.U[rows], result.V[cols])
+    penalty = (np.bincount(rows, minlength=m) @ (result.U ** 2).sum(1)
+               + np.bincount(cols, minlength=n) @ (result.V ** 2).sum(1))
+    np.testing.assert_allclose(result.history["loss"][0], 0.5 * residual @ residual + 0.1 * penalty, rtol=1e-12)
+
+
 def test_unregularised_singular_rows_are_zero_and_counted(backend):
     # rank 2, reg 0: row 0 has one observation (singular 2 x 2 system), row 3 has none.
     rows = np.array([0, 1, 1, 1, 2, 2, 2], dtype=np.int64)
