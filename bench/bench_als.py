@@ -94,7 +94,7 @@ def bench_large(quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    """The ALS rows of the benchmark table (bench_kernels.py collects them too)."""
+    """The ALS rows of the benchmark table (printed; bench_solvers.py records the batched case)."""
     return bench_batched(quick) + bench_large(quick)
 
 

@@ -2,8 +2,9 @@
 of equal shape advanced together in the same kernel launches.
 
 Each iteration solves every row of U given V, then every row of V given U; each row's
-r x r regularised normal equations are solved by the Cholesky factorisation shared by the CPU
-(OpenMP) and GPU (CUDA) backends (``lowrank_hpc/ops/normal_equations.hpp``). The objective is
+r x r regularised normal equations are solved by the square-root-free Cholesky factorisation
+(G = L D L^T) shared by the CPU (OpenMP) and GPU (CUDA) backends
+(``lowrank_hpc/ops/normal_equations.hpp``). The objective is
 
     sum over observed (i, j) of (M_ij - <u_i, v_j>)^2 + reg * sum_i w_i ||u_i||^2 + reg * sum_j w_j ||v_j||^2
 

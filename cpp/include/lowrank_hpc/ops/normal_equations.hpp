@@ -19,7 +19,7 @@
 namespace lowrank_hpc::ops {
 
 // Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
-// triangle is read) by the square-root-free factorisation G = L D L^T: the many tiny systems of
+// triangle is read) by the square-root-free Cholesky factorisation G = L D L^T: the tiny systems of
 // ALS are bound by the latency and throughput of divisions and square roots, and LDL^T needs
 // one division per pivot and no square root. The lower triangle is overwritten by L D, the
 // upper by L^T, the diagonal by 1 / D; x overwrites g. Returns false, leaving G and g partly
