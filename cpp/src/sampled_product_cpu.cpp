@@ -14,7 +14,7 @@ namespace {
 // the others, in contiguous per-thread chunks (each thread finds its first problem once, then
 // walks forward). Returns the first bad entry or -1.
 template <class Entry, class Write, class Bad>
-LRH_CPU_CLONES int64_t for_each_entry(const Entry& entry, const int64_t* offsets, int64_t batch, int64_t nnz, int64_t r,
+int64_t for_each_entry(const Entry& entry, const int64_t* offsets, int64_t batch, int64_t nnz, int64_t r,
                        Write write, Bad bad) {
   int64_t first_bad = nnz;
 #pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)

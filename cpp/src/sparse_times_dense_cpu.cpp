@@ -90,9 +90,8 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
 namespace {
 
 template <class T, class I, int R>
-LRH_CPU_CLONES int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I* others,
-                                            const T* vals, const T* B, int64_t batch, int64_t n_key,
-                                            int64_t n_other, int64_t r, T* out) {
+int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
+                             const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
   const ops::SparseTimesDense<T, R> product{B, n_key, n_other, r};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   // Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
