@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_until_checkpoint_then_kill
+from lowrank_hpc import _cpu as lr_cpu
 from lowrank_hpc.recover import CheckpointMismatchError, als, batched_als
 
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -145,6 +146,61 @@ def test_batched_equals_per_problem_solves(backend, rng, reg_scaling):
         assert batched.converged[b] == single.converged and batched.stop_reason[b] == single.stop_reason
         np.testing.assert_allclose(batched.history["loss"][:single.n_iter, b], single.history["loss"], rtol=1e-10)
         assert np.all(np.isnan(batched.history["loss"][single.n_iter:, b]))
+
+
+def dense_batch(rng, m, n, dtype, index_dtype=np.int32):
+    """Enough small, half-observed problems (entries in (row, col) order) for the dense kernel:
+    a group of 64 bytes' worth of problems for every thread, and some past a whole group. Some
+    problems have an empty row, one has no entries; values from exact rank 2 plus noise."""
+    groups = 2 * max(1, lr_cpu.max_threads()) + 1
+    batch = groups * (64 // np.dtype(dtype).itemsize) - 3
+    M = np.einsum("bir,bjr->bij", rng.standard_normal((batch, m, 2)), rng.standard_normal((batch, n, 2)))
+    seen = rng.random((batch, m, n)) < 0.5
+    seen[::5, 1, :] = False
+    seen[7] = False
+    problem, rows, cols = np.nonzero(seen)
+    vals = (M[problem, rows, cols] + 0.1 * rng.standard_normal(rows.shape[0])).astype(dtype)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(problem, minlength=batch))]).astype(np.int64)
+    return rows.astype(index_dtype), cols.astype(index_dtype), vals, offsets
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 4])
+@pytest.mark.parametrize("reg_scaling, reg", [("none", 0.05), ("count", 0.02), ("none", 0.0)])
+def test_dense_kernel_gives_each_problem_the_per_problem_bits(dtype, rng, rank, reg_scaling, reg):
+    m, n = 9, 8
+    rows, cols, vals, offsets = dense_batch(rng, m, n, dtype)
+    settings = dict(reg=reg, reg_scaling=reg_scaling, max_iter=12, tol=2e-2)  # some freeze early, some run on
+    batched = batched_als(rows, cols, vals, offsets, (m, n), rank, seed=3, **settings)
+    assert batched.info["kernel"] == "dense" and batched.U.dtype == dtype
+    assert 1 < batched.converged.sum() < batched.converged.shape[0] - 1
+    singular = 0
+    for b in range(offsets.shape[0] - 1):
+        if b == 7:  # no entries: als refuses it; batched_als leaves it at zero (checked below)
+            continue
+        s = slice(offsets[b], offsets[b + 1])
+        single = als(rows[s], cols[s], vals[s], (m, n), rank, seed=(3, b), **settings)
+        assert single.info["kernel"] == "fused"
+        np.testing.assert_array_equal(batched.U[b], single.U)
+        np.testing.assert_array_equal(batched.V[b], single.V)
+        assert batched.info["n_iter"][b] == single.n_iter and batched.converged[b] == single.converged
+        np.testing.assert_array_equal(batched.history["loss"][:single.n_iter, b], single.history["loss"])
+        np.testing.assert_array_equal(batched.history["relative_change"][:single.n_iter, b],
+                                      single.history["relative_change"])
+        if single.n_iter == batched.n_iter:  # singular rows are counted in the last iteration
+            singular += single.info["singular_rows"]
+    assert np.all(batched.U[7] == 0) and np.all(batched.U[::5, 1] == 0)
+    if reg == 0.0:
+        assert batched.info["singular_rows"] == singular > 0
+
+
+def test_dense_kernel_leaves_entries_out_of_order_to_the_sparse_kernel(rng):
+    rows, cols, vals, offsets = dense_batch(rng, 9, 8, np.float64)
+    order = np.concatenate([rng.permutation(np.arange(offsets[b], offsets[b + 1])) for b in range(len(offsets) - 1)])
+    settings = dict(reg=0.05, max_iter=10, seed=4)
+    ordered = batched_als(rows, cols, vals, offsets, (9, 8), 2, **settings)
+    shuffled = batched_als(rows[order], cols[order], vals[order], offsets, (9, 8), 2, **settings)
+    assert ordered.info["kernel"] == "dense" and shuffled.info["kernel"] == "fused"
+    np.testing.assert_allclose(shuffled.U, ordered.U, rtol=1e-9, atol=1e-12)
 
 
 def test_each_problem_keeps_its_own_convergence_flag(rng):

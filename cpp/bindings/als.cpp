@@ -1,10 +1,12 @@
 // Binding of the ALS half-step (one batched row-wise normal-equations solve).
 #include <optional>
+#include <type_traits>
 #include <pybind11/stl.h>
 
 #include "host_arrays.hpp"
 #include "../src/cpu_backend.hpp"
 #include "cpu_bindings.hpp"
+#include "lowrank_hpc/core/lanes.hpp"
 
 namespace lowrank_hpc::bindings {
 
@@ -76,6 +78,69 @@ int64_t als_iterations(const HostArray<int64_t>& row_indptr,
   return cpu::als_iterations<T, I>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
 }
 
+// Fills zeroed dense groups of W = 64 / sizeof(T) problems (cpu::AlsLanes; numpy.zeros gives
+// pages the first write zeroes, so nothing is written twice). False when some problem's entries
+// are not in strictly increasing (row, col) order or out of range: then the sparse kernels.
+template <class T, class I>
+bool als_lanes_pack(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
+                    const HostArray<int64_t>& offsets, py::array& seen, HostArray<T>& values,
+                    HostArray<T>& row_counts, HostArray<T>& col_counts) {
+  constexpr int64_t W = lanes::Lanes<T>::width;
+  const int64_t nnz = rows.shape(0), batch = offsets.shape(0) - 1, groups = (batch + W - 1) / W;
+  LRH_EXPECTS(batch >= 1 && values.ndim() == 4, "values: expected a (groups, m, n, W) array");
+  const int64_t m = values.shape(1), n = values.shape(2);
+  expect_shape(cols, "cols", {nnz});
+  expect_shape(vals, "vals", {nnz});
+  expect_shape(values, "values", {groups, m, n, W});
+  expect_shape(row_counts, "row_counts", {groups, m, W});
+  expect_shape(col_counts, "col_counts", {groups, n, W});
+  LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
+                  seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style) && seen.writeable(),
+              "seen: expected a writable C-contiguous (groups, m, n) array of ", W, "-bit integers");
+  for (auto* out : {&values, &row_counts, &col_counts}) expect_writable(*out, "lanes arrays");
+  LRH_EXPECTS(offsets.data()[0] == 0 && offsets.data()[batch] == nnz, "offsets: must run from 0 to nnz = ", nnz);
+  for (int64_t b = 0; b < batch; ++b)
+    LRH_EXPECTS(offsets.data()[b] <= offsets.data()[b + 1], "offsets: must be non-decreasing");
+  const cpu::AlsLanes<T> out{seen.mutable_data(), values.mutable_data(), row_counts.mutable_data(),
+                             col_counts.mutable_data(), batch, m, n};
+  const I *r = rows.data(), *c = cols.data();
+  const T* v = vals.data();
+  const int64_t* o = offsets.data();
+  py::gil_scoped_release release;
+  return cpu::als_lanes_pack<T, I>(r, c, v, o, batch, m, n, out);
+}
+
+// The fused ALS iteration on the dense groups of als_lanes_pack (ranks 1 to 4).
+template <class T>
+int64_t als_lanes_iterations(const py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
+                             HostArray<T>& col_counts, double reg, bool count_scaling,
+                             const HostArray<uint8_t>& active, HostArray<T>& U, HostArray<T>& V,
+                             HostArray<double>& losses, HostArray<double>& changes) {
+  constexpr int64_t W = lanes::Lanes<T>::width;
+  LRH_EXPECTS(U.ndim() == 3 && V.ndim() == 3, "U, V: expected (batch, rows, rank) arrays");
+  const int64_t batch = U.shape(0), m = U.shape(1), r = U.shape(2), n = V.shape(1), groups = (batch + W - 1) / W;
+  LRH_EXPECTS(r >= 1 && r <= 4, "the dense ALS kernel takes ranks 1 to 4, got ", r);
+  expect_shape(V, "V", {batch, n, r});
+  LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
+                  seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style),
+              "seen: expected the C-contiguous (groups, m, n) bit array of als_lanes_pack");
+  expect_shape(values, "values", {groups, m, n, W});
+  expect_shape(row_counts, "row_counts", {groups, m, W});
+  expect_shape(col_counts, "col_counts", {groups, n, W});
+  expect_shape(active, "active", {batch});
+  expect_shape(losses, "losses", {batch});
+  expect_shape(changes, "changes", {batch});
+  expect_writable(U, "U");
+  expect_writable(V, "V");
+  const cpu::AlsLanes<T> data{const_cast<void*>(seen.data()), values.mutable_data(), row_counts.mutable_data(),
+                              col_counts.mutable_data(), batch, m, n};
+  const uint8_t* mask = active.data();
+  T *u = U.mutable_data(), *v = V.mutable_data();
+  double *l = losses.mutable_data(), *c = changes.mutable_data();
+  py::gil_scoped_release release;
+  return cpu::als_lanes_iterations<T>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
+}
+
 template <class T, class I>
 void bind_typed(py::module_& m) {
   m.def("als_iterations", &als_iterations<T, I>, py::arg("row_indptr").noconvert(),
@@ -83,9 +148,20 @@ void bind_typed(py::module_& m) {
         py::arg("col_others").noconvert(), py::arg("col_vals").noconvert(), py::arg("reg"),
         py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("losses").noconvert(), py::arg("changes").noconvert());
+  m.def("als_lanes_pack", &als_lanes_pack<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
+        py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("seen"), py::arg("values").noconvert(),
+        py::arg("row_counts").noconvert(), py::arg("col_counts").noconvert());
   m.def("als_update_rows", &als_update_rows<T, I>, py::arg("indptr").noconvert(),
         py::arg("others").noconvert(), py::arg("vals").noconvert(), py::arg("F").noconvert(), py::arg("n_key"),
         py::arg("reg"), py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("out").noconvert());
+}
+
+template <class T>
+void bind_lanes(py::module_& m) {
+  m.def("als_lanes_iterations", &als_lanes_iterations<T>, py::arg("seen"), py::arg("values").noconvert(),
+        py::arg("row_counts").noconvert(), py::arg("col_counts").noconvert(), py::arg("reg"),
+        py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
+        py::arg("losses").noconvert(), py::arg("changes").noconvert());
 }
 
 }  // namespace
@@ -95,6 +171,8 @@ void bind_als(py::module_& m) {
   bind_typed<float, int64_t>(m);
   bind_typed<double, int32_t>(m);
   bind_typed<double, int64_t>(m);
+  bind_lanes<float>(m);
+  bind_lanes<double>(m);
 }
 
 }  // namespace lowrank_hpc::bindings

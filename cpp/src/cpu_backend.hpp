@@ -77,11 +77,6 @@ template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out);
 
-// One ALS half-step: for every key row of every active problem, out[row] = the solution of the
-// row's regularised normal equations (lowrank_hpc/ops/normal_equations.hpp) given the fixed
-// factor F (batch * n_other, r). CSR as from coo_to_csr: entry j has other index others[j]
-// (trusted to be in [0, n_other)) and value vals[j] (values moved into CSR order).
-// active: per-problem mask, or null for all; rows of inactive problems are left untouched.
 // A batch of completion problems as the fused ALS iteration reads it: both CSR orders, with
 // the other index and the value moved in (the loss is summed over the column order).
 template <class T, class I>
@@ -102,6 +97,36 @@ template <class T, class I>
 int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
                        T* U, T* V, double* losses, double* changes);
 
+// Many small problems laid out densely, W = 64 / sizeof(T) problems per group (one SIMD
+// register of lanes, core/lanes.hpp): seen (groups, m, n) has bit l set where problem
+// group * W + l observes (i, j) (uint8 for W = 8, uint16 for W = 16); values (groups, m, n, W),
+// 0 where not observed; row_counts (groups, m, W) and col_counts (groups, n, W) count them.
+template <class T>
+struct AlsLanes {
+  void* seen;
+  T* values;
+  T* row_counts;
+  T* col_counts;
+  int64_t batch, m, n;
+};
+
+// Fills a zeroed AlsLanes from the problems' entries. False when some problem's entries are not
+// in strictly increasing (row, col) order (or out of range): the dense kernel gives the
+// per-problem solver's bits only for entries in that order (and has no room for repeats).
+template <class T, class I>
+bool als_lanes_pack(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
+                    int64_t n, const AlsLanes<T>& out);
+
+// als_iterations on the dense groups of als_lanes_pack, for ranks 1 to 4 (-1 for another).
+template <class T>
+int64_t als_lanes_iterations(const AlsLanes<T>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
+                             T* U, T* V, double* losses, double* changes);
+
+// One ALS half-step: for every key row of every active problem, out[row] = the solution of the
+// row's regularised normal equations (lowrank_hpc/ops/normal_equations.hpp) given the fixed
+// factor F (batch * n_other, r). CSR as from coo_to_csr: entry j has other index others[j]
+// (trusted to be in [0, n_other)) and value vals[j] (values moved into CSR order).
+// active: per-problem mask, or null for all; rows of inactive problems are left untouched.
 // Returns the number of singular rows (set to zero).
 template <class T, class I>
 int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,

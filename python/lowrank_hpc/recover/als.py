@@ -33,7 +33,13 @@ _GPU_SHARED_BYTES = 48 * 1024
 # Below this many problems per thread, parallel rows beat parallel problems, unless the whole
 # batch is less work than is worth sharing among threads.
 _FUSED_MIN_PROBLEMS = 8
-_FUSED_MAX_SERIAL_WORK = 1 << 18  # the CUDA kernel keeps one row's r x r system in shared memory
+_FUSED_MAX_SERIAL_WORK = 1 << 18
+# The dense kernel (a SIMD register of problems per group, every lane on the same m x n grid)
+# pays for unobserved cells too: worth it for small, densely observed problems of small rank,
+# with a group for every thread. It gives each problem the same bits as the sparse kernels.
+_DENSE_MAX_RANK = 4
+_DENSE_MAX_CELLS = 4096
+_DENSE_MIN_DENSITY = 0.2
 
 
 class _Problem:
@@ -58,6 +64,13 @@ class _Problem:
         host_offsets = self.offsets.get() if call.on_device else self.offsets
         self.starts = host_offsets[:-1][host_offsets[:-1] < host_offsets[1:]]  # first entry of each non-empty problem
         self.nonempty = host_offsets[:-1] < host_offsets[1:]
+        self.dense = None if call.on_device else self._dense_groups()
+        if self.dense is not None:
+            self.kernel = "dense"
+            return  # the dense kernel needs neither CSR order nor the weights
+        many = batch >= _FUSED_MIN_PROBLEMS * call.module.max_threads()
+        small = self.nnz * rank * rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
+        self.kernel = "fused" if not call.on_device and (many or small) else "rows"
         if call.on_device:
             self.problem_ids = self.xp.searchsorted(self.offsets, self.xp.arange(self.nnz), side="right") - 1
             self.by_rows = self._csr_gpu(rows, cols, self.m, "rows")
@@ -88,6 +101,24 @@ class _Problem:
         indptr = xp.zeros(self.batch * n_key + 1, dtype=xp.int64)
         indptr[1:] = xp.cumsum(xp.bincount(flat, minlength=self.batch * n_key))
         return indptr, others[perm], self.vals[perm]
+
+    def _dense_groups(self):
+        """The arrays of the dense kernel (groups of 64 bytes' worth of problems, one per SIMD
+        lane, laid out on the full m x n grid), or None where the sparse kernels fit better, or
+        where the entries are not in strictly increasing (row, col) order within each problem
+        (then only the sparse kernels give each problem the bits the single-problem solver does)."""
+        width = 64 // self.vals.dtype.itemsize
+        cells = self.m * self.n
+        if (self.rank > _DENSE_MAX_RANK or cells > _DENSE_MAX_CELLS or self.nnz < _DENSE_MIN_DENSITY * self.batch * cells
+                or self.batch < width * self.call.module.max_threads()):
+            return None
+        groups = -(-self.batch // width)
+        arrays = (np.zeros((groups, self.m, self.n), dtype=np.uint8 if width == 8 else np.uint16),
+                  np.zeros((groups, self.m, self.n, width), dtype=self.vals.dtype),
+                  np.zeros((groups, self.m, width), dtype=self.vals.dtype),
+                  np.zeros((groups, self.n, width), dtype=self.vals.dtype))
+        ordered = self.call.module.als_lanes_pack(self.rows, self.cols, self.vals, self.offsets, *arrays)
+        return arrays if ordered else None
 
     def _weights(self, indptr, n_key: int):
         xp = self.xp
@@ -121,12 +152,17 @@ class _Problem:
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
 
-        Many problems (or little work) on the CPU: each problem's whole iteration in one pass,
-        problems in parallel, its data in cache throughout. Otherwise (few large problems, or
-        the GPU): each half-step over all rows in parallel, then the measures."""
-        many = self.batch >= _FUSED_MIN_PROBLEMS * self.call.module.max_threads()
-        small = self.nnz * self.rank * self.rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
-        if not self.call.on_device and (many or small):
+        The kernel (chosen once, ``self.kernel``): "dense" for many small densely observed
+        problems on the CPU, a SIMD register of problems at a time; "fused" for many problems
+        (or little work) on the CPU, each problem's whole iteration in one pass, problems in
+        parallel, its data in cache throughout; "rows" (few large problems, or the GPU): each
+        half-step over all rows in parallel, then the measures. All give a problem the same U, V."""
+        if self.kernel == "dense":
+            loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
+            singular = self.call.module.als_lanes_iterations(*self.dense, self.reg, self.count_scaling, active, U, V,
+                                                             loss, change)
+            return int(singular), loss, change
+        if self.kernel == "fused":
             loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
             (row_indptr, row_others, row_vals), (col_indptr, col_others, col_vals) = self.by_rows, self.by_cols
             singular = self.call.module.als_iterations(row_indptr, row_others, row_vals, col_indptr, col_others,
@@ -242,7 +278,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
     stop = ["converged" if flag else reason for flag in converged]
     history = {"loss": np.asarray(state.loss, dtype=np.float64),
                "relative_change": np.asarray(state.relative_change, dtype=np.float64)}
-    info = {"singular_rows": int(state.scalars["singular_rows"]), "reg": problem.reg,
+    info = {"singular_rows": int(state.scalars["singular_rows"]), "reg": problem.reg, "kernel": problem.kernel,
             "reg_scaling": "count" if problem.count_scaling else "none"}
     U, V = state.arrays["U"], state.arrays["V"]
     if batched:
@@ -316,7 +352,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     RecoveryResult with U (m, rank), V (n, rank) (the array type of the inputs), history
     {"loss", "relative_change"} (n_iter,) float64, where loss is half the objective above
     (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged, stop_reason
-    ("converged", "max_iter" or "time_limit"), seconds, backend, and info["singular_rows"].
+    ("converged", "max_iter" or "time_limit"), seconds, backend, info["singular_rows"] and
+    info["kernel"] (which ALS kernel ran: "fused", "rows" or "dense"; all give the same U, V).
 
     Raises
     ------
@@ -373,7 +410,9 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool, stop_reason a list
     of B strings, history {"loss", "relative_change"} of shape (n_iter, B) (NaN once a problem
     is frozen), n_iter the most iterations any problem ran, info["n_iter"] (B,) per problem and
-    info["singular_rows"] (all problems, last iteration).
+    info["singular_rows"] (all problems, last iteration), info["kernel"] as for :func:`als`
+    ("dense", for many small densely observed problems of rank <= 4 whose entries come in
+    (row, col) order, runs a SIMD register of problems at a time).
     """
     started = time.perf_counter()
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,

@@ -5,8 +5,9 @@
 namespace lowrank_hpc::ops {
 
 // x - x is 0 for finite x and NaN for NaN or inf, and needs no math library on either side.
+// A bool for a number; for a GCC vector of numbers (core/lanes.hpp), a mask of its lanes.
 template <class T>
-LRH_HD bool is_finite(T x) {
+LRH_HD auto is_finite(T x) {
   const T diff = x - x;
   return diff == diff;
 }

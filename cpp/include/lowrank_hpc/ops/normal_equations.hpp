@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -18,24 +20,38 @@
 
 namespace lowrank_hpc::ops {
 
+// The numbers a T holds: T itself, or the lane type of a GCC vector (core/lanes.hpp).
+template <class T, class = void>
+struct element_of {
+  using type = T;
+};
+template <class T>
+struct element_of<T, std::void_t<decltype(std::declval<T>()[0])>> {
+  using type = std::decay_t<decltype(std::declval<T>()[0])>;
+};
+
 // Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
 // triangle is read) by the square-root-free Cholesky factorisation G = L D L^T: the tiny systems of
 // ALS are bound by the latency and throughput of divisions and square roots, and LDL^T needs
 // one division per pivot and no square root. The lower triangle is overwritten by L D, the
-// upper by L^T, the diagonal by 1 / D; x overwrites g. Returns false, leaving G and g partly
-// overwritten, when G is not numerically positive definite: a pivot D[j] that is not finite or
-// is <= r * eps * G[j, j] (cancellation down to rounding noise).
+// upper by L^T, the diagonal by 1 / D; x overwrites g. Returns whether G is numerically
+// positive definite: false when a pivot D[j] is not finite or is <= r * eps * G[j, j]
+// (cancellation down to rounding noise), and then x is meaningless.
+// No early exit: T may be a GCC vector holding one system per lane (the result is then a mask
+// of the lanes), and the same code runs for one system on the host and the device.
 template <class T, int R = 0>
-LRH_HD bool ldlt_solve(T* G, T* g, int64_t rank) {
+LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
+  using E = typename element_of<T>::type;
   const int64_t r = static_or<R>(rank);
-  const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
+  const E noise = static_cast<E>(r) * std::numeric_limits<E>::epsilon();
+  auto ok = G[0] == G[0] || G[0] != G[0];  // true (every lane)
   for (int64_t j = 0; j < r; ++j) {
     // (L D)[j, k] * L[j, k] = L[j, k]^2 D[k]
     T pivot = G[j * r + j];
     const T scale = pivot;
     for (int64_t k = 0; k < j; ++k) pivot -= G[j * r + k] * G[k * r + j];
-    if (!is_finite(pivot) || !(pivot > noise * scale) || !(pivot > T(0))) return false;
-    const T inverse = T(1) / pivot;
+    ok = ok && is_finite(pivot) && pivot > noise * scale && pivot > E(0);
+    const T inverse = E(1) / pivot;
     G[j * r + j] = inverse;
     for (int64_t i = j + 1; i < r; ++i) {
       T entry = G[i * r + j];  // becomes (L D)[i, j]
@@ -54,7 +70,7 @@ LRH_HD bool ldlt_solve(T* G, T* g, int64_t rank) {
     for (int64_t k = i + 1; k < r; ++k) entry -= G[i * r + k] * g[k];
     g[i] = entry;
   }
-  return true;
+  return ok;
 }
 
 // Finishes one row from its assembled system: out_row = G^-1 g, or zeros for a row without

@@ -72,19 +72,22 @@ LRH_HD double half_squared_residuals(const T* U, const T* V, const I* rows, cons
 // ||U1 V1^T - U0 V0^T||_F^2 and ||U0 V0^T||_F^2 from k x k Gram products: the difference is
 // expanded as dU V1^T + U0 dV^T so that small changes are not lost to cancellation. Entry
 // (a, c) of each Gram product gathers one row of U (LeftGram) or of V (RightGram) at a time.
+// D is double, or a GCC vector of doubles holding one problem per lane (core/lanes.hpp).
+template <class D = double>
 struct LeftGram {
-  double du_du = 0.0, du_u0 = 0.0, u0_u0 = 0.0;
-  LRH_HD void add(double u0a, double u0c, double u1a, double u1c) {
-    const double dua = u1a - u0a, duc = u1c - u0c;
+  D du_du{}, du_u0{}, u0_u0{};
+  LRH_HD void add(D u0a, D u0c, D u1a, D u1c) {
+    const D dua = u1a - u0a, duc = u1c - u0c;
     du_du += dua * duc;
     du_u0 += dua * u0c;
     u0_u0 += u0a * u0c;
   }
 };
 
+template <class D = double>
 struct RightGram {
-  double v1_v1 = 0.0, v1_dv = 0.0, dv_dv = 0.0, v0_v0 = 0.0;
-  LRH_HD void add(double v0a, double v0c, double v1a, double v1c) {
+  D v1_v1{}, v1_dv{}, dv_dv{}, v0_v0{};
+  LRH_HD void add(D v0a, D v0c, D v1a, D v1c) {
     v1_v1 += v1a * v1c;
     v1_dv += v1a * (v1c - v0c);
     dv_dv += (v1a - v0a) * (v1c - v0c);
@@ -92,13 +95,14 @@ struct RightGram {
   }
 };
 
+template <class D = double>
 struct ChangeSums {
-  double squared = 0.0, before = 0.0;  // ||U1 V1^T - U0 V0^T||^2, ||U0 V0^T||^2
-  LRH_HD void add(const LeftGram& left, const RightGram& right) {
+  D squared{}, before{};  // ||U1 V1^T - U0 V0^T||^2, ||U0 V0^T||^2
+  LRH_HD void add(const LeftGram<D>& left, const RightGram<D>& right) {
     squared += left.du_du * right.v1_v1 + 2.0 * left.du_u0 * right.v1_dv + left.u0_u0 * right.dv_dv;
     before += left.u0_u0 * right.v0_v0;
   }
-  // The ratio, inf for a change away from zero, 0 for none.
+  // The ratio, inf for a change away from zero, 0 for none (D = double).
   LRH_HD double relative() const {
     using std::sqrt;
     if (before > 0.0) return sqrt(squared > 0.0 ? squared / before : 0.0);
@@ -106,25 +110,18 @@ struct ChangeSums {
   }
 };
 
-// Adds one row pair (before u0, after u1; length k) to the k x k Gram entries of a factor.
-template <class Gram, class T>
-LRH_HD void add_gram_row(Gram* gram, const T* row0, const T* row1, int64_t k) {
-  for (int64_t a = 0; a < k; ++a)
-    for (int64_t c = 0; c < k; ++c) gram[a * k + c].add(row0[a], row0[c], row1[a], row1[c]);
-}
-
 // ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem, without storage: one (a, c) entry of
 // the Gram products at a time (one pass over U's rows, one over V's).
 template <class T, int R = 0>
 LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
                               int64_t rank) {
   const int64_t k = static_or<R>(rank);
-  ChangeSums sums;
+  ChangeSums<> sums;
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t c = 0; c < k; ++c) {
-      LeftGram left;
+      LeftGram<> left;
       for (int64_t i = 0; i < m; ++i) left.add(U0[i * k + a], U0[i * k + c], U1[i * k + a], U1[i * k + c]);
-      RightGram right;
+      RightGram<> right;
       for (int64_t j = 0; j < n; ++j) right.add(V0[j * k + a], V0[j * k + c], V1[j * k + a], V1[j * k + c]);
       sums.add(left, right);
     }
