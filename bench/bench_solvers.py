@@ -375,7 +375,8 @@ def case_batched(quick: bool) -> list:
     rows.append(Row("batched_als", case, ours_s, "Python loop over als", loop_s,
                     f"{extrapolation}; test RMSE (first {looped}) batched "
                     f"{batch.test_rmse(together.U[:looped], together.V[:looped], looped):.3g}, loop "
-                    f"{batch.test_rmse(U, V, looped):.3g}"))
+                    f"{batch.test_rmse(U, V, looped):.3g}; kernels: batched {together.info['kernel']}, "
+                    f"loop {singles[0].info['kernel']}"))
     return rows
 
 

@@ -78,11 +78,11 @@ int64_t als_iterations(const HostArray<int64_t>& row_indptr,
   return cpu::als_iterations<T, I>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
 }
 
-// Fills zeroed dense groups of W = 64 / sizeof(T) problems (cpu::AlsLanes; numpy.zeros gives
+// Fills zeroed dense groups of W = 64 / sizeof(T) problems (cpu::AlsDense; numpy.zeros gives
 // pages the first write zeroes, so nothing is written twice). False when some problem's entries
 // are not in strictly increasing (row, col) order or out of range: then the sparse kernels.
 template <class T, class I>
-bool als_lanes_pack(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
+bool als_dense_pack(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
                     const HostArray<int64_t>& offsets, py::array& seen, HostArray<T>& values,
                     HostArray<T>& row_counts, HostArray<T>& col_counts) {
   constexpr int64_t W = lanes::Lanes<T>::width;
@@ -97,22 +97,22 @@ bool als_lanes_pack(const HostArray<I>& rows, const HostArray<I>& cols, const Ho
   LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
                   seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style) && seen.writeable(),
               "seen: expected a writable C-contiguous (groups, m, n) array of ", W, "-bit integers");
-  for (auto* out : {&values, &row_counts, &col_counts}) expect_writable(*out, "lanes arrays");
+  for (auto* out : {&values, &row_counts, &col_counts}) expect_writable(*out, "dense arrays");
   LRH_EXPECTS(offsets.data()[0] == 0 && offsets.data()[batch] == nnz, "offsets: must run from 0 to nnz = ", nnz);
   for (int64_t b = 0; b < batch; ++b)
     LRH_EXPECTS(offsets.data()[b] <= offsets.data()[b + 1], "offsets: must be non-decreasing");
-  const cpu::AlsLanes<T> out{seen.mutable_data(), values.mutable_data(), row_counts.mutable_data(),
+  const cpu::AlsDense<T> out{seen.mutable_data(), values.mutable_data(), row_counts.mutable_data(),
                              col_counts.mutable_data(), batch, m, n};
   const I *r = rows.data(), *c = cols.data();
   const T* v = vals.data();
   const int64_t* o = offsets.data();
   py::gil_scoped_release release;
-  return cpu::als_lanes_pack<T, I>(r, c, v, o, batch, m, n, out);
+  return cpu::als_dense_pack<T, I>(r, c, v, o, batch, m, n, out);
 }
 
-// The fused ALS iteration on the dense groups of als_lanes_pack (ranks 1 to 4).
+// The fused ALS iteration on the dense groups of als_dense_pack (ranks 1 to 4).
 template <class T>
-int64_t als_lanes_iterations(const py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
+int64_t als_dense_iterations(const py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
                              HostArray<T>& col_counts, double reg, bool count_scaling,
                              const HostArray<uint8_t>& active, HostArray<T>& U, HostArray<T>& V,
                              HostArray<double>& losses, HostArray<double>& changes) {
@@ -123,7 +123,7 @@ int64_t als_lanes_iterations(const py::array& seen, HostArray<T>& values, HostAr
   expect_shape(V, "V", {batch, n, r});
   LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
                   seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style),
-              "seen: expected the C-contiguous (groups, m, n) bit array of als_lanes_pack");
+              "seen: expected the C-contiguous (groups, m, n) bit array of als_dense_pack");
   expect_shape(values, "values", {groups, m, n, W});
   expect_shape(row_counts, "row_counts", {groups, m, W});
   expect_shape(col_counts, "col_counts", {groups, n, W});
@@ -132,13 +132,13 @@ int64_t als_lanes_iterations(const py::array& seen, HostArray<T>& values, HostAr
   expect_shape(changes, "changes", {batch});
   expect_writable(U, "U");
   expect_writable(V, "V");
-  const cpu::AlsLanes<T> data{const_cast<void*>(seen.data()), values.mutable_data(), row_counts.mutable_data(),
+  const cpu::AlsDense<T> data{const_cast<void*>(seen.data()), values.mutable_data(), row_counts.mutable_data(),
                               col_counts.mutable_data(), batch, m, n};
   const uint8_t* mask = active.data();
   T *u = U.mutable_data(), *v = V.mutable_data();
   double *l = losses.mutable_data(), *c = changes.mutable_data();
   py::gil_scoped_release release;
-  return cpu::als_lanes_iterations<T>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
+  return cpu::als_dense_iterations<T>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
 }
 
 template <class T, class I>
@@ -148,7 +148,7 @@ void bind_typed(py::module_& m) {
         py::arg("col_others").noconvert(), py::arg("col_vals").noconvert(), py::arg("reg"),
         py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("losses").noconvert(), py::arg("changes").noconvert());
-  m.def("als_lanes_pack", &als_lanes_pack<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
+  m.def("als_dense_pack", &als_dense_pack<T, I>, py::arg("rows").noconvert(), py::arg("cols").noconvert(),
         py::arg("vals").noconvert(), py::arg("offsets").noconvert(), py::arg("seen"), py::arg("values").noconvert(),
         py::arg("row_counts").noconvert(), py::arg("col_counts").noconvert());
   m.def("als_update_rows", &als_update_rows<T, I>, py::arg("indptr").noconvert(),
@@ -157,8 +157,8 @@ void bind_typed(py::module_& m) {
 }
 
 template <class T>
-void bind_lanes(py::module_& m) {
-  m.def("als_lanes_iterations", &als_lanes_iterations<T>, py::arg("seen"), py::arg("values").noconvert(),
+void bind_dense(py::module_& m) {
+  m.def("als_dense_iterations", &als_dense_iterations<T>, py::arg("seen"), py::arg("values").noconvert(),
         py::arg("row_counts").noconvert(), py::arg("col_counts").noconvert(), py::arg("reg"),
         py::arg("count_scaling"), py::arg("active").noconvert(), py::arg("U").noconvert(), py::arg("V").noconvert(),
         py::arg("losses").noconvert(), py::arg("changes").noconvert());
@@ -171,8 +171,8 @@ void bind_als(py::module_& m) {
   bind_typed<float, int64_t>(m);
   bind_typed<double, int32_t>(m);
   bind_typed<double, int64_t>(m);
-  bind_lanes<float>(m);
-  bind_lanes<double>(m);
+  bind_dense<float>(m);
+  bind_dense<double>(m);
 }
 
 }  // namespace lowrank_hpc::bindings

@@ -102,7 +102,7 @@ int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_
 // group * W + l observes (i, j) (uint8 for W = 8, uint16 for W = 16); values (groups, m, n, W),
 // 0 where not observed; row_counts (groups, m, W) and col_counts (groups, n, W) count them.
 template <class T>
-struct AlsLanes {
+struct AlsDense {
   void* seen;
   T* values;
   T* row_counts;
@@ -110,16 +110,16 @@ struct AlsLanes {
   int64_t batch, m, n;
 };
 
-// Fills a zeroed AlsLanes from the problems' entries. False when some problem's entries are not
+// Fills a zeroed AlsDense from the problems' entries. False when some problem's entries are not
 // in strictly increasing (row, col) order (or out of range): the dense kernel gives the
 // per-problem solver's bits only for entries in that order (and has no room for repeats).
 template <class T, class I>
-bool als_lanes_pack(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
-                    int64_t n, const AlsLanes<T>& out);
+bool als_dense_pack(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
+                    int64_t n, const AlsDense<T>& out);
 
-// als_iterations on the dense groups of als_lanes_pack, for ranks 1 to 4 (-1 for another).
+// als_iterations on the dense groups of als_dense_pack, for ranks 1 to 4 (-1 for another).
 template <class T>
-int64_t als_lanes_iterations(const AlsLanes<T>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
+int64_t als_dense_iterations(const AlsDense<T>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
                              T* U, T* V, double* losses, double* changes);
 
 // One ALS half-step: for every key row of every active problem, out[row] = the solution of the

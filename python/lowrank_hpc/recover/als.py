@@ -117,7 +117,7 @@ class _Problem:
                   np.zeros((groups, self.m, self.n, width), dtype=self.vals.dtype),
                   np.zeros((groups, self.m, width), dtype=self.vals.dtype),
                   np.zeros((groups, self.n, width), dtype=self.vals.dtype))
-        ordered = self.call.module.als_lanes_pack(self.rows, self.cols, self.vals, self.offsets, *arrays)
+        ordered = self.call.module.als_dense_pack(self.rows, self.cols, self.vals, self.offsets, *arrays)
         return arrays if ordered else None
 
     def _weights(self, indptr, n_key: int):
@@ -159,7 +159,7 @@ class _Problem:
         half-step over all rows in parallel, then the measures. All give a problem the same U, V."""
         if self.kernel == "dense":
             loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
-            singular = self.call.module.als_lanes_iterations(*self.dense, self.reg, self.count_scaling, active, U, V,
+            singular = self.call.module.als_dense_iterations(*self.dense, self.reg, self.count_scaling, active, U, V,
                                                              loss, change)
             return int(singular), loss, change
         if self.kernel == "fused":

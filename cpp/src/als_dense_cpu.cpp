@@ -75,7 +75,7 @@ LRH_HD int64_t half_step(const Bits<T>* seen, lanes::LaneArray<T> values, lanes:
 }
 
 template <class T, int R>
-LRH_CPU_CLONES int64_t als_lanes_iterations_rank(const AlsLanes<T>& data, T reg, bool count_scaling,
+LRH_CPU_CLONES int64_t als_dense_iterations_rank(const AlsDense<T>& data, T reg, bool count_scaling,
                                                  const uint8_t* active, T* U, T* V, double* losses,
                                                  double* changes) {
   using Vec = lanes::vec<T>;
@@ -180,8 +180,8 @@ LRH_CPU_CLONES int64_t als_lanes_iterations_rank(const AlsLanes<T>& data, T reg,
 }  // namespace
 
 template <class T, class I>
-bool als_lanes_pack(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
-                    int64_t n, const AlsLanes<T>& out) {
+bool als_dense_pack(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch, int64_t m,
+                    int64_t n, const AlsDense<T>& out) {
   constexpr int W = lanes::Lanes<T>::width;
   auto* seen = reinterpret_cast<Bits<T>*>(out.seen);
   const int64_t groups = (batch + W - 1) / W;
@@ -211,25 +211,25 @@ bool als_lanes_pack(const I* rows, const I* cols, const T* vals, const int64_t* 
 }
 
 template <class T>
-int64_t als_lanes_iterations(const AlsLanes<T>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
+int64_t als_dense_iterations(const AlsDense<T>& data, int64_t r, T reg, bool count_scaling, const uint8_t* active,
                              T* U, T* V, double* losses, double* changes) {
   switch (r) {
-    case 1: return als_lanes_iterations_rank<T, 1>(data, reg, count_scaling, active, U, V, losses, changes);
-    case 2: return als_lanes_iterations_rank<T, 2>(data, reg, count_scaling, active, U, V, losses, changes);
-    case 3: return als_lanes_iterations_rank<T, 3>(data, reg, count_scaling, active, U, V, losses, changes);
-    case 4: return als_lanes_iterations_rank<T, 4>(data, reg, count_scaling, active, U, V, losses, changes);
+    case 1: return als_dense_iterations_rank<T, 1>(data, reg, count_scaling, active, U, V, losses, changes);
+    case 2: return als_dense_iterations_rank<T, 2>(data, reg, count_scaling, active, U, V, losses, changes);
+    case 3: return als_dense_iterations_rank<T, 3>(data, reg, count_scaling, active, U, V, losses, changes);
+    case 4: return als_dense_iterations_rank<T, 4>(data, reg, count_scaling, active, U, V, losses, changes);
     default: return -1;
   }
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                                 \
-  template bool als_lanes_pack<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
-                                     const AlsLanes<T>&);
+  template bool als_dense_pack<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
+                                     const AlsDense<T>&);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
-template int64_t als_lanes_iterations<float>(const AlsLanes<float>&, int64_t, float, bool, const uint8_t*, float*,
+template int64_t als_dense_iterations<float>(const AlsDense<float>&, int64_t, float, bool, const uint8_t*, float*,
                                              float*, double*, double*);
-template int64_t als_lanes_iterations<double>(const AlsLanes<double>&, int64_t, double, bool, const uint8_t*,
+template int64_t als_dense_iterations<double>(const AlsDense<double>&, int64_t, double, bool, const uint8_t*,
                                               double*, double*, double*, double*);
 
 }  // namespace lowrank_hpc::cpu
