@@ -14,9 +14,9 @@ namespace {
 
 // out (batch, n_key, r) = row-wise solves against F (batch, n_other, r); returns singular rows.
 template <class T, class I>
-int64_t als_update_rows(const HostArray<int64_t>& indptr, const HostArray<I>& others, const HostArray<T>& vals, const HostArray<T>& F, int64_t n_key,
-                        double reg, bool count_scaling, const std::optional<HostArray<uint8_t>>& active,
-                        HostArray<T>& out) {
+int64_t als_update_rows(const HostArray<int64_t>& indptr, const HostArray<I>& others, const HostArray<T>& vals,
+                        const HostArray<T>& F, int64_t n_key, double reg, bool count_scaling,
+                        const std::optional<HostArray<uint8_t>>& active, HostArray<T>& out) {
   LRH_EXPECTS(F.ndim() == 3, "F: expected a (batch, n_other, rank) array, got ", F.ndim(), " dimensions");
   const int64_t batch = F.shape(0), n_other = F.shape(1), r = F.shape(2), nnz = others.shape(0);
   LRH_EXPECTS(n_key >= 1 && r >= 1, "n_key and the rank must be positive, got ", n_key, " and ", r);

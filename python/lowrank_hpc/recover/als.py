@@ -109,7 +109,8 @@ class _Problem:
         (then only the sparse kernels give each problem the bits the single-problem solver does)."""
         width = 64 // self.vals.dtype.itemsize
         cells = self.m * self.n
-        if (self.rank > _DENSE_MAX_RANK or cells > _DENSE_MAX_CELLS or self.nnz < _DENSE_MIN_DENSITY * self.batch * cells
+        if (self.rank > _DENSE_MAX_RANK or cells > _DENSE_MAX_CELLS
+                or self.nnz < _DENSE_MIN_DENSITY * self.batch * cells
                 or self.batch < width * self.call.module.max_threads()):
             return None
         groups = -(-self.batch // width)
@@ -135,8 +136,8 @@ class _Problem:
         xp = self.xp
         mask = xp.asarray(active)
         singular = xp.zeros(1, dtype=xp.int64)
-        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr, others.data.ptr, vals.data.ptr,
-                                         F.data.ptr, self.batch, n_key, F.shape[1], self.rank, self.reg,
+        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr, others.data.ptr,
+                                         vals.data.ptr, F.data.ptr, self.batch, n_key, F.shape[1], self.rank, self.reg,
                                          self.count_scaling, mask.data.ptr, out.data.ptr, singular.data.ptr,
                                          self.call.stream())
         return int(singular.get()[0])
@@ -156,7 +157,8 @@ class _Problem:
         problems on the CPU, a SIMD register of problems at a time; "fused" for many problems
         (or little work) on the CPU, each problem's whole iteration in one pass, problems in
         parallel, its data in cache throughout; "rows" (few large problems, or the GPU): each
-        half-step over all rows in parallel, then the measures. All give a problem the same U, V."""
+        half-step over all rows in parallel, then the measures. On the CPU all three give a
+        problem the same U, V (the GPU's may differ in rounding)."""
         if self.kernel == "dense":
             loss, change = np.full(self.batch, np.nan), np.full(self.batch, np.nan)
             singular = self.call.module.als_dense_iterations(*self.dense, self.reg, self.count_scaling, active, U, V,
@@ -353,7 +355,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     {"loss", "relative_change"} (n_iter,) float64, where loss is half the objective above
     (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged, stop_reason
     ("converged", "max_iter" or "time_limit"), seconds, backend, info["singular_rows"] and
-    info["kernel"] (which ALS kernel ran: "fused", "rows" or "dense"; all give the same U, V).
+    info["kernel"] (which ALS kernel ran: "fused", "rows" or "dense"; on the CPU all three give the
+    same U, V).
 
     Raises
     ------
