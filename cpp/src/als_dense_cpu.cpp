@@ -142,6 +142,8 @@ LRH_CPU_CLONES int64_t als_dense_iterations_rank(const AlsDense<T>& data, T reg,
           Vec dot{};
           for (int c = 0; c < R; ++c) dot += x[c] * f[c];
           const Wide z = lanes::widen<T>(dot - values[i * n + j]);
+          // The mask in double lanes (float lanes' masks are 32-bit); selected, since 0 * z^2 is
+          // NaN where an unobserved prediction overflows.
           const auto observed = lanes::widen<T>(lane_mask<T>(seen[i * n + j]) ? Vec{} + T(1) : Vec{}) != 0.0;
           column += observed ? z * z : Wide{};
         }
