@@ -78,62 +78,65 @@ int64_t als_iterations(const HostArray<int64_t>& row_indptr,
   return cpu::als_iterations<T, I>(data, r, static_cast<T>(reg), count_scaling, mask, u, v, l, c);
 }
 
-// Fills zeroed dense groups of W = 64 / sizeof(T) problems (cpu::AlsDense; numpy.zeros gives
-// pages the first write zeroes, so nothing is written twice). False when some problem's entries
-// are not in strictly increasing (row, col) order or out of range: then the sparse kernels.
-template <class T, class I>
-bool als_dense_pack(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
-                    const HostArray<int64_t>& offsets, py::array& seen, HostArray<T>& values,
-                    HostArray<T>& row_counts, HostArray<T>& col_counts) {
+// The dense groups of `batch` problems (cpu::AlsDense) after checking the four arrays
+// against each other: seen (groups, m, n) of W-bit integers, values (groups, m, n, W),
+// row_counts (groups, m, W), col_counts (groups, n, W), all C-contiguous and writable.
+template <class T>
+cpu::AlsDense<T> dense_groups(py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
+                              HostArray<T>& col_counts, int64_t batch) {
   constexpr int64_t W = lanes::Lanes<T>::width;
-  const int64_t nnz = rows.shape(0), batch = offsets.shape(0) - 1, groups = (batch + W - 1) / W;
+  const int64_t groups = (batch + W - 1) / W;
   LRH_EXPECTS(batch >= 1 && values.ndim() == 4, "values: expected a (groups, m, n, W) array");
   const int64_t m = values.shape(1), n = values.shape(2);
-  expect_shape(cols, "cols", {nnz});
-  expect_shape(vals, "vals", {nnz});
   expect_shape(values, "values", {groups, m, n, W});
   expect_shape(row_counts, "row_counts", {groups, m, W});
   expect_shape(col_counts, "col_counts", {groups, n, W});
   LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
                   seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style) && seen.writeable(),
               "seen: expected a writable C-contiguous (groups, m, n) array of ", W, "-bit integers");
-  for (auto* out : {&values, &row_counts, &col_counts}) expect_writable(*out, "dense arrays");
+  for (auto* array : {&values, &row_counts, &col_counts}) expect_writable(*array, "dense arrays");
+  return {seen.mutable_data(), values.mutable_data(), row_counts.mutable_data(), col_counts.mutable_data(), batch, m,
+          n};
+}
+
+// Fills zeroed dense groups (numpy.zeros gives pages the first write zeroes, so nothing is
+// written twice). False when some problem's entries are not in strictly increasing (row, col)
+// order or out of range: then the sparse kernels.
+template <class T, class I>
+bool als_dense_pack(const HostArray<I>& rows, const HostArray<I>& cols, const HostArray<T>& vals,
+                    const HostArray<int64_t>& offsets, py::array& seen, HostArray<T>& values,
+                    HostArray<T>& row_counts, HostArray<T>& col_counts) {
+  const int64_t nnz = rows.shape(0), batch = offsets.shape(0) - 1;
+  const cpu::AlsDense<T> out = dense_groups<T>(seen, values, row_counts, col_counts, batch);
+  expect_shape(cols, "cols", {nnz});
+  expect_shape(vals, "vals", {nnz});
   LRH_EXPECTS(offsets.data()[0] == 0 && offsets.data()[batch] == nnz, "offsets: must run from 0 to nnz = ", nnz);
   for (int64_t b = 0; b < batch; ++b)
     LRH_EXPECTS(offsets.data()[b] <= offsets.data()[b + 1], "offsets: must be non-decreasing");
-  const cpu::AlsDense<T> out{seen.mutable_data(), values.mutable_data(), row_counts.mutable_data(),
-                             col_counts.mutable_data(), batch, m, n};
   const I *r = rows.data(), *c = cols.data();
   const T* v = vals.data();
   const int64_t* o = offsets.data();
   py::gil_scoped_release release;
-  return cpu::als_dense_pack<T, I>(r, c, v, o, batch, m, n, out);
+  return cpu::als_dense_pack<T, I>(r, c, v, o, out.batch, out.m, out.n, out);
 }
 
 // The fused ALS iteration on the dense groups of als_dense_pack (ranks 1 to 4).
 template <class T>
-int64_t als_dense_iterations(const py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
+int64_t als_dense_iterations(py::array& seen, HostArray<T>& values, HostArray<T>& row_counts,
                              HostArray<T>& col_counts, double reg, bool count_scaling,
                              const HostArray<uint8_t>& active, HostArray<T>& U, HostArray<T>& V,
                              HostArray<double>& losses, HostArray<double>& changes) {
-  constexpr int64_t W = lanes::Lanes<T>::width;
   LRH_EXPECTS(U.ndim() == 3 && V.ndim() == 3, "U, V: expected (batch, rows, rank) arrays");
-  const int64_t batch = U.shape(0), m = U.shape(1), r = U.shape(2), n = V.shape(1), groups = (batch + W - 1) / W;
+  const int64_t batch = U.shape(0), r = U.shape(2);
+  const cpu::AlsDense<T> data = dense_groups<T>(seen, values, row_counts, col_counts, batch);
   LRH_EXPECTS(r >= 1 && r <= 4, "the dense ALS kernel takes ranks 1 to 4, got ", r);
-  expect_shape(V, "V", {batch, n, r});
-  LRH_EXPECTS(seen.ndim() == 3 && seen.shape(0) == groups && seen.shape(1) == m && seen.shape(2) == n &&
-                  seen.itemsize() == W / 8 && (seen.flags() & py::array::c_style),
-              "seen: expected the C-contiguous (groups, m, n) bit array of als_dense_pack");
-  expect_shape(values, "values", {groups, m, n, W});
-  expect_shape(row_counts, "row_counts", {groups, m, W});
-  expect_shape(col_counts, "col_counts", {groups, n, W});
+  expect_shape(U, "U", {batch, data.m, r});
+  expect_shape(V, "V", {batch, data.n, r});
   expect_shape(active, "active", {batch});
   expect_shape(losses, "losses", {batch});
   expect_shape(changes, "changes", {batch});
   expect_writable(U, "U");
   expect_writable(V, "V");
-  const cpu::AlsDense<T> data{const_cast<void*>(seen.data()), values.mutable_data(), row_counts.mutable_data(),
-                              col_counts.mutable_data(), batch, m, n};
   const uint8_t* mask = active.data();
   T *u = U.mutable_data(), *v = V.mutable_data();
   double *l = losses.mutable_data(), *c = changes.mutable_data();

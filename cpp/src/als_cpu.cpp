@@ -56,11 +56,6 @@ LRH_CPU_CLONES int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r
     T* g = G + r * r;
     T* U0 = g + r;
     T* V0 = U0 + m * r;
-    const auto squared_norm = [r](const T* x) {
-      double total = 0.0;
-      for (int64_t c = 0; c < static_or<R>(r); ++c) total += static_cast<double>(x[c]) * x[c];
-      return total;
-    };
 #pragma omp for schedule(dynamic, 8)
     for (int64_t b = 0; b < batch; ++b) {
       if (!active[b]) continue;
@@ -71,12 +66,13 @@ LRH_CPU_CLONES int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r
       double fit = 0.0, norms = 0.0;
       for (int64_t i = 0; i < m; ++i) singular += by_rows.solve(b * m + i, b, G, g, u + i * r) ? 1 : 0;
       for (int64_t i = 0; i < m; ++i)
-        norms += (count_scaling ? static_cast<double>(by_rows.count(b * m + i)) : 1.0) * squared_norm(u + i * r);
+        norms += (count_scaling ? static_cast<double>(by_rows.count(b * m + i)) : 1.0) *
+                 solvers::squared_norm<R>(u + i * r, r);
       for (int64_t j = 0; j < n; ++j) singular += by_cols.solve(b * n + j, b, G, g, v + j * r) ? 1 : 0;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t col = b * n + j;
         T* x = v + j * r;
-        norms += (count_scaling ? static_cast<double>(by_cols.count(col)) : 1.0) * squared_norm(x);
+        norms += (count_scaling ? static_cast<double>(by_cols.count(col)) : 1.0) * solvers::squared_norm<R>(x, r);
         fit += by_cols.squared_residuals(col, b, x);  // U is final: these are the iteration's residuals
       }
       losses[b] = 0.5 * fit + 0.5 * static_cast<double>(reg) * norms;

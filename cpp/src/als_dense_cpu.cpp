@@ -35,7 +35,7 @@ LRH_HD auto lane_mask(Bits<T> bits) {
 
 // One half-step for a group: out[k] (k < n_key) solves key k's system against F (n_other
 // rows), the cell (k, o) being at grid position k * key_stride + o * other_stride. Returns the
-// singular rows among the counted lanes, as ops::solve_row counts them.
+// singular rows among the counted lanes.
 template <class T, int R>
 LRH_HD int64_t half_step(const Bits<T>* seen, lanes::LaneArray<T> values, lanes::LaneArray<T> counts,
                          int64_t n_key, int64_t n_other, int64_t key_stride, int64_t other_stride,
@@ -63,12 +63,10 @@ LRH_HD int64_t half_step(const Bits<T>* seen, lanes::LaneArray<T> values, lanes:
     int t = 0;
     for (int a = 0; a < R; ++a)
       for (int c = 0; c <= a; ++c) G[a * R + c] = G_sums[t++];
-    const V shift = count_scaling ? reg * counts[k] : V{} + reg;
+    const V count = counts[k];
+    const V shift = count_scaling ? reg * count : V{} + reg;
     for (int a = 0; a < R; ++a) G[a * R + a] += shift;
-    const auto has_data = counts[k] > T(0);
-    const auto solved = has_data && ops::ldlt_solve<V, R>(G, g, R);
-    for (int c = 0; c < R; ++c) out[k * R + c] = solved ? g[c] : V{};
-    const auto bad = !solved && (has_data || !(reg > T(0)));
+    const auto bad = ops::solve_row<V, R>(G, g, R, count, reg, out + k * R);
     for (int l = 0; l < lanes::Lanes<T>::width; ++l) singular += ((counted >> l) & 1u) && bad[l] ? 1 : 0;
   }
   return singular;
@@ -123,47 +121,25 @@ LRH_CPU_CLONES int64_t als_dense_iterations_rank(const AlsDense<T>& data, T reg,
       singular += half_step<T, R>(seen, values, col_counts, n, m, 1, n, Ul, reg, count_scaling, counted, products,
                                   Vl);
       // The objective and the change, summed in the order of the sparse kernel (als_cpu.cpp).
-      const auto squared_norm = [](const Vec* x) {
-        Wide total{};
-        for (int c = 0; c < R; ++c) total += lanes::widen<T>(x[c]) * lanes::widen<T>(x[c]);
-        return total;
-      };
-      const auto weight = [count_scaling](const Vec count) {
-        return count_scaling ? lanes::widen<T>(count) : Wide{} + 1.0;
-      };
+      const auto weight = [count_scaling](const Vec count) { return count_scaling ? to_double(count) : Wide{} + 1.0; };
       Wide fit{}, norms{};
-      for (int64_t i = 0; i < m; ++i) norms += weight(row_counts[i]) * squared_norm(Ul + i * R);
+      for (int64_t i = 0; i < m; ++i) norms += weight(row_counts[i]) * solvers::squared_norm<R>(Ul + i * R, R);
       for (int64_t j = 0; j < n; ++j) {
         const Vec* x = Vl + j * R;
-        norms += weight(col_counts[j]) * squared_norm(x);
+        norms += weight(col_counts[j]) * solvers::squared_norm<R>(x, R);
         Wide column{};
         for (int64_t i = 0; i < m; ++i) {
           const Vec* f = Ul + i * R;
           Vec dot{};
           for (int c = 0; c < R; ++c) dot += x[c] * f[c];
-          const Wide z = lanes::widen<T>(dot - values[i * n + j]);
-          // The mask in double lanes (float lanes' masks are 32-bit); selected, since 0 * z^2 is
-          // NaN where an unobserved prediction overflows.
-          const auto observed = lanes::widen<T>(lane_mask<T>(seen[i * n + j]) ? Vec{} + T(1) : Vec{}) != 0.0;
-          column += observed ? z * z : Wide{};
+          // An unobserved cell adds +0 (its residual is not squared: it could overflow).
+          const Wide z = to_double(lane_mask<T>(seen[i * n + j]) ? dot - values[i * n + j] : Vec{});
+          column += z * z;
         }
         fit += column;
       }
       const Wide loss = 0.5 * fit + 0.5 * static_cast<double>(reg) * norms;
-      solvers::ChangeSums<Wide> change;
-      for (int a = 0; a < R; ++a) {
-        for (int c = 0; c < R; ++c) {
-          solvers::LeftGram<Wide> left;
-          for (int64_t i = 0; i < m; ++i)
-            left.add(lanes::widen<T>(U0[i * R + a]), lanes::widen<T>(U0[i * R + c]), lanes::widen<T>(Ul[i * R + a]),
-                     lanes::widen<T>(Ul[i * R + c]));
-          solvers::RightGram<Wide> right;
-          for (int64_t j = 0; j < n; ++j)
-            right.add(lanes::widen<T>(V0[j * R + a]), lanes::widen<T>(V0[j * R + c]), lanes::widen<T>(Vl[j * R + a]),
-                      lanes::widen<T>(Vl[j * R + c]));
-          change.add(left, right);
-        }
-      }
+      const auto change = solvers::change_sums<Vec, R>(U0, V0, Ul, Vl, m, n, R);
       for (int l = 0; l < W; ++l) {
         if (!((counted >> l) & 1u)) continue;  // frozen or padding: left as it was
         const int64_t b = first + l;

@@ -4,6 +4,10 @@
 // every lane rounds exactly as the scalar code does.
 #pragma once
 #include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "lowrank_hpc/core/numbers.hpp"
 
 namespace lowrank_hpc::lanes {
 
@@ -24,11 +28,6 @@ using vec = typename Lanes<T>::type;
 template <class T>
 using wide = typename Lanes<T>::wide;
 
-template <class T>
-inline __attribute__((always_inline)) wide<T> widen(vec<T> x) {
-  return __builtin_convertvector(x, wide<T>);
-}
-
 // Lane vectors stored in memory aligned only to T (numpy's arrays): element k is the W numbers
 // at k * W, read without assuming the vector's 64-byte alignment.
 template <class T>
@@ -43,3 +42,15 @@ struct LaneArray {
 };
 
 }  // namespace lowrank_hpc::lanes
+
+namespace lowrank_hpc {
+
+// to_double of a vector: every lane widened to double.
+template <class X>
+struct Widening<X, std::void_t<decltype(std::declval<X>()[0])>> {
+  static inline __attribute__((always_inline)) auto of(X x) {
+    return __builtin_convertvector(x, lanes::wide<typename element_of<X>::type>);
+  }
+};
+
+}  // namespace lowrank_hpc

@@ -11,24 +11,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
-#include <utility>
 
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
 #include "lowrank_hpc/ops/sampled_product.hpp"
 
 namespace lowrank_hpc::ops {
-
-// The numbers a T holds: T itself, or the lane type of a GCC vector (core/lanes.hpp).
-template <class T, class = void>
-struct element_of {
-  using type = T;
-};
-template <class T>
-struct element_of<T, std::void_t<decltype(std::declval<T>()[0])>> {
-  using type = std::decay_t<decltype(std::declval<T>()[0])>;
-};
 
 // Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
 // triangle is read) by the square-root-free Cholesky factorisation G = L D L^T: the tiny systems of
@@ -73,15 +62,17 @@ LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
   return ok;
 }
 
-// Finishes one row from its assembled system: out_row = G^-1 g, or zeros for a row without
-// observations or a singular system. Returns true when the row counts as singular: a failed
-// factorisation, or no observations with reg == 0 (an unregularised row with no data).
-template <class T, int R = 0>
-LRH_HD bool solve_row(T* G, T* g, int64_t rank, int64_t count, T reg, T* out_row) {
+// Finishes one row from its assembled system (count: its observations): out_row = G^-1 g, or
+// zeros for a row without observations or a singular system. Returns whether the row counts as
+// singular: a failed factorisation, or no observations with reg == 0 (an unregularised row
+// with no data). For lanes (T and count GCC vectors), the same per lane, as a mask.
+template <class T, int R = 0, class Count>
+LRH_HD auto solve_row(T* G, T* g, int64_t rank, Count count, typename element_of<T>::type reg, T* out_row) {
   const int64_t r = static_or<R>(rank);
-  const bool solved = count > 0 && ldlt_solve<T, R>(G, g, r);
-  for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
-  return !solved && (count > 0 || !(reg > T(0)));
+  const auto has_data = count > 0;
+  const auto solved = has_data && ldlt_solve<T, R>(G, g, r);
+  for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T{};
+  return !solved && (has_data || !(reg > 0));
 }
 
 // The CSR entries of the key rows of a batch of problems (block-diagonal layout: problem b's

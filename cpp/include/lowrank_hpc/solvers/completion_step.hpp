@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
 
 namespace lowrank_hpc::solvers {
@@ -110,23 +111,42 @@ struct ChangeSums {
   }
 };
 
-// ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem, without storage: one (a, c) entry of
-// the Gram products at a time (one pass over U's rows, one over V's).
-template <class T, int R = 0>
-LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
-                              int64_t rank) {
+// The ChangeSums of one problem (or of one problem per lane when X is a GCC vector), without
+// storage: one (a, c) entry of the Gram products at a time (one pass over U's rows, one over V's).
+template <class X, int R = 0>
+LRH_HD auto change_sums(const X* U0, const X* V0, const X* U1, const X* V1, int64_t m, int64_t n, int64_t rank) {
+  using D = decltype(to_double(U0[0]));
   const int64_t k = static_or<R>(rank);
-  ChangeSums<> sums;
+  ChangeSums<D> sums;
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t c = 0; c < k; ++c) {
-      LeftGram<> left;
-      for (int64_t i = 0; i < m; ++i) left.add(U0[i * k + a], U0[i * k + c], U1[i * k + a], U1[i * k + c]);
-      RightGram<> right;
-      for (int64_t j = 0; j < n; ++j) right.add(V0[j * k + a], V0[j * k + c], V1[j * k + a], V1[j * k + c]);
+      LeftGram<D> left;
+      for (int64_t i = 0; i < m; ++i)
+        left.add(to_double(U0[i * k + a]), to_double(U0[i * k + c]), to_double(U1[i * k + a]),
+                 to_double(U1[i * k + c]));
+      RightGram<D> right;
+      for (int64_t j = 0; j < n; ++j)
+        right.add(to_double(V0[j * k + a]), to_double(V0[j * k + c]), to_double(V1[j * k + a]),
+                  to_double(V1[j * k + c]));
       sums.add(left, right);
     }
   }
-  return sums.relative();
+  return sums;
+}
+
+// ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem.
+template <class T, int R = 0>
+LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
+                              int64_t rank) {
+  return change_sums<T, R>(U0, V0, U1, V1, m, n, rank).relative();
+}
+
+// sum_c x[c]^2 in double of one factor row (r values; one row per lane for GCC vectors).
+template <int R = 0, class X>
+LRH_HD auto squared_norm(const X* x, int64_t rank) {
+  decltype(to_double(x[0])) total{};
+  for (int64_t c = 0; c < static_or<R>(rank); ++c) total += to_double(x[c]) * to_double(x[c]);
+  return total;
 }
 
 template <class T, class I>
