@@ -15,7 +15,6 @@
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
-#include "lowrank_hpc/ops/sampled_product.hpp"
 
 namespace lowrank_hpc::ops {
 
