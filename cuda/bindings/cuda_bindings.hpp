@@ -9,5 +9,6 @@ void bind_completion_step(pybind11::module_& m);
 void bind_sensing(pybind11::module_& m);
 void bind_kernel_product(pybind11::module_& m);
 void bind_als(pybind11::module_& m);
+void bind_device_info(pybind11::module_& m);
 
 }  // namespace lowrank_hpc::bindings

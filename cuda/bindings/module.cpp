@@ -23,4 +23,5 @@ PYBIND11_MODULE(_cuda, m) {
   lowrank_hpc::bindings::bind_sensing(m);
   lowrank_hpc::bindings::bind_kernel_product(m);
   lowrank_hpc::bindings::bind_als(m);
+  lowrank_hpc::bindings::bind_device_info(m);
 }
