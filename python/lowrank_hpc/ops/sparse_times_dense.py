@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call, offsets_array, resolve
 from ._factors import raise_index_error
 
@@ -42,17 +43,19 @@ class SparsePattern:
     Parameters
     ----------
     rows, cols : (nnz,) int32/int64 arrays of one dtype (numpy, or CUDA arrays for the GPU).
-    shape : (n_rows, n_cols) of one problem.
+        A position may repeat: as in scipy's COO format (``coo_matrix(...).tocsr()``), the
+        values of repeated positions add up in every product.
+    shape : (n_rows, n_cols) of one problem, two ints >= 1 (a float is a TypeError).
     offsets : (batch + 1,) entry ranges of the problems, for a batch of patterns (optional).
     """
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], offsets: Optional[Any] = None):
+        _checks.required("SparsePattern", rows=rows, cols=cols)
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
         rows, cols = call.coordinates(rows, cols)
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"SparsePattern: shape must be two positive sizes, got {shape!r}")
+        shape = _checks.shape_2d("SparsePattern", "shape", shape)
         batch = 1 if offsets is None else int(offsets.shape[0]) - 1
-        self._setup(call, rows, cols, (int(shape[0]), int(shape[1])), offsets, batch, orders=(False, True))
+        self._setup(call, rows, cols, shape, offsets, batch, orders=(False, True))
 
     @classmethod
     def _for_one_product(cls, call: Call, rows, cols, shape, offsets, batch: int, transpose: bool) -> "SparsePattern":
@@ -165,7 +168,9 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     Parameters
     ----------
     rows, cols : (nnz,) int32/int64 arrays of one dtype: entry k sits at (rows[k], cols[k]).
-        Repeated coordinates add up.
+        Repeated coordinates add up, as in scipy: the result equals
+        ``scipy.sparse.coo_matrix((vals, (rows, cols)), shape).tocsr() @ B`` with duplicates
+        summed (unlike ``lowrank_hpc.recover.als``, which treats them as separate observations).
     vals : (nnz,) float32/float64 values.
     B : (k, r) or (batch, k, r) dense array of the dtype of vals, C-contiguous, where k is the
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).
