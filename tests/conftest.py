@@ -23,20 +23,32 @@ REQUIRE_GPU = os.environ.get("LOWRANK_HPC_REQUIRE_GPU", "") not in ("", "0")
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-def pytest_collection_modifyitems(config, items):
-    if _backend.HAS_CUDA:
+_MISSING_GPU = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Skip a ``gpu`` test without a usable CUDA backend, or fail it under LOWRANK_HPC_REQUIRE_GPU=1.
+
+    Decided when the test is set up, before its fixtures run: a marker or fixture added after
+    collection would never be seen (the fixtures of an item are fixed when it is collected).
+    """
+    if item.get_closest_marker("gpu") is None or _backend.HAS_CUDA:
         return
-    for item in items:
-        if "gpu" in item.keywords:
-            if REQUIRE_GPU:
-                item.add_marker(pytest.mark.usefixtures("_fail_without_gpu"))
-            else:
-                item.add_marker(pytest.mark.skip(reason=f"no CUDA backend: {_backend.CUDA_UNAVAILABLE_REASON}"))
+    reason = _backend.CUDA_UNAVAILABLE_REASON
+    if REQUIRE_GPU:
+        item.stash[_MISSING_GPU] = reason
+        pytest.fail(f"LOWRANK_HPC_REQUIRE_GPU=1 but the CUDA backend is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"no CUDA backend: {reason}")
 
 
-@pytest.fixture
-def _fail_without_gpu():
-    pytest.fail(f"LOWRANK_HPC_REQUIRE_GPU=1 but the CUDA backend is unavailable: {_backend.CUDA_UNAVAILABLE_REASON}")
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Count a required-but-missing GPU as a failed test (F), not as an error in its setup (E)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "setup" and report.failed and _MISSING_GPU in item.stash:
+        report.when = "call"
 
 
 class Backend:

@@ -2,12 +2,15 @@
 batched == per-problem, convergence flags, checkpoint resume after a kill, stopping, errors."""
 from __future__ import annotations
 
+import inspect
 import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import run_until_checkpoint_then_kill
+import reference
+from conftest import rel_error, run_until_checkpoint_then_kill
+from philox_reference import standard_normal
 from lowrank_hpc import _cpu as lr_cpu
 from lowrank_hpc.recover import CheckpointMismatchError, als, batched_als
 
@@ -23,23 +26,6 @@ def low_rank_problem(rng, m, n, rank, fraction, noise=0.0, index_dtype=np.int64)
     return M, mask, rows, cols, vals
 
 
-def reference_half_steps(rows, cols, vals, shape, V0, reg, count_scaling):
-    """One ALS iteration by dense per-row least squares in float64: U given V0, then V given U."""
-    def solve_side(keys, others, n_key, F):
-        out = np.zeros((n_key, F.shape[1]))
-        for i in range(n_key):
-            picked = keys == i
-            if not picked.any():
-                continue
-            A = F[others[picked]]
-            lam = reg * picked.sum() if count_scaling else reg
-            out[i] = np.linalg.solve(A.T @ A + lam * np.eye(F.shape[1]), A.T @ vals[picked])
-        return out
-
-    U = solve_side(rows, cols, shape[0], V0.astype(np.float64))
-    return U, solve_side(cols, rows, shape[1], U)
-
-
 @pytest.mark.parametrize("reg_scaling", ["none", "count"])
 def test_one_iteration_matches_dense_solves(backend, dtype, rng, reg_scaling):
     m, n, r = 9, 7, 3
@@ -50,7 +36,7 @@ def test_one_iteration_matches_dense_solves(backend, dtype, rng, reg_scaling):
     V0 = rng.standard_normal((n, r)).astype(dtype)
     result = als(backend.put(rows), backend.put(cols), backend.put(vals), (m, n), r, reg=0.3,
                  reg_scaling=reg_scaling, max_iter=1, init=backend.put(V0))
-    U_ref, V_ref = reference_half_steps(rows, cols, vals.astype(np.float64), (m, n), V0, 0.3, reg_scaling == "count")
+    U_ref, V_ref = reference.als_half_steps(rows, cols, vals, (m, n), V0, 0.3, reg_scaling == "count")
     np.testing.assert_allclose(backend.get(result.U), U_ref, rtol=TOL[dtype], atol=TOL[dtype])
     np.testing.assert_allclose(backend.get(result.V), V_ref, rtol=TOL[dtype], atol=TOL[dtype])
     assert np.all(backend.get(result.U)[4] == 0)
@@ -66,7 +52,7 @@ def test_one_iteration_matches_dense_solves_at_every_rank_path(rng, rank, m, n, 
     vals = rng.standard_normal(nnz)
     V0 = rng.standard_normal((n, rank))
     result = als(rows, cols, vals, (m, n), rank, reg=0.2, reg_scaling="count", max_iter=1, init=V0)
-    U_ref, V_ref = reference_half_steps(rows, cols, vals, (m, n), V0, 0.2, True)
+    U_ref, V_ref = reference.als_half_steps(rows, cols, vals, (m, n), V0, 0.2, True)
     np.testing.assert_allclose(result.U, U_ref, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(result.V, V_ref, rtol=1e-9, atol=1e-10)
     residual = vals - np.einsum("kr,kr->k", result.U[rows], result.V[cols])
@@ -151,17 +137,29 @@ def test_batched_equals_per_problem_solves(backend, rng, reg_scaling):
 def dense_batch(rng, m, n, dtype, index_dtype=np.int32):
     """Enough small, half-observed problems (entries in (row, col) order) for the dense kernel:
     a group of 64 bytes' worth of problems for every thread, and some past a whole group. Some
-    problems have an empty row, one has no entries; values from exact rank 2 plus noise."""
-    groups = 2 * max(1, lr_cpu.max_threads()) + 1
-    batch = groups * (64 // np.dtype(dtype).itemsize) - 3
-    M = np.einsum("bir,bjr->bij", rng.standard_normal((batch, m, 2)), rng.standard_normal((batch, n, 2)))
-    seen = rng.random((batch, m, n)) < 0.5
-    seen[::5, 1, :] = False
-    seen[7] = False
-    problem, rows, cols = np.nonzero(seen)
-    vals = (M[problem, rows, cols] + 0.1 * rng.standard_normal(rows.shape[0])).astype(dtype)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(problem, minlength=batch))]).astype(np.int64)
-    return rows.astype(index_dtype), cols.astype(index_dtype), vals, offsets
+    problems have an empty row, one has no entries; values from exact rank 2 plus noise.
+
+    Problem b's data depends on b alone, never on the thread count: the problems are drawn one
+    after the other, and a machine with more threads only appends problems (at least the 5 groups
+    two threads need, so one and two threads solve the very same batch)."""
+    width = 64 // np.dtype(dtype).itemsize
+    batch = max(5, 2 * lr_cpu.max_threads() + 1) * width - 3
+    problems, rows, cols, vals = [], [], [], []
+    for b in range(batch):
+        M = rng.standard_normal((m, 2)) @ rng.standard_normal((2, n))
+        seen = rng.random((m, n)) < 0.5
+        if b % 5 == 0:
+            seen[1, :] = False
+        if b == 7:
+            seen[:] = False
+        r, c = np.nonzero(seen)
+        rows.append(r)
+        cols.append(c)
+        vals.append(M[r, c] + 0.1 * rng.standard_normal(r.shape[0]))
+        problems.append(r.shape[0])
+    offsets = np.concatenate([[0], np.cumsum(problems)]).astype(np.int64)
+    return (np.concatenate(rows).astype(index_dtype), np.concatenate(cols).astype(index_dtype),
+            np.concatenate(vals).astype(dtype), offsets)
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3, 4])
@@ -314,10 +312,10 @@ def _base(rng):
     (lambda a: a.update(cols=a["cols"].astype(np.int32)), TypeError, "rows is int64 but cols is int32"),
     (lambda a: a.update(vals=a["vals"][:-1].copy()), ValueError, "vals has length"),
     (lambda a: a.update(rows=a["rows"][:0], cols=a["cols"][:0], vals=a["vals"][:0]), ValueError, "empty"),
-    (lambda a: a.update(max_iter=0), ValueError, "max_iter must be a positive integer"),
+    (lambda a: a.update(max_iter=-1), ValueError, "max_iter must be"),
     (lambda a: a.update(init=np.zeros((8, 3))), ValueError, r"init \(the initial V\) has shape \(8, 3\)"),
     (lambda a: a.update(init=np.zeros((8, 2), dtype=np.float32)), TypeError, "init is float32 but vals is float64"),
-    (lambda a: a.update(time_limit=0), ValueError, "time_limit must be positive"),
+    (lambda a: a.update(time_limit=-1.0), ValueError, "time_limit must be"),
 ], ids=["nan", "row-range", "col-range", "rank0", "rank-big", "reg-neg", "reg-inf", "scaling", "shape",
         "vals-int", "rows-float", "mixed-index", "vals-length", "empty", "max_iter", "init-shape", "init-dtype",
         "time_limit"])
@@ -340,3 +338,180 @@ def test_batched_bad_inputs(rng):
         batched_als(rows, cols, vals, offsets, (10, 8), 2, init=np.zeros((8, 2)))
     with pytest.raises(ValueError, match="offsets"):
         batched_als(rows, cols, vals, None, (10, 8), 2)
+
+
+# ------------------------------------------------------------------ pinned defaults and measures
+def _one_iteration_data(rng, m=9, n=7, r=3, nnz=40):
+    rows = rng.integers(0, m, nnz)
+    cols = rng.integers(0, n, nnz)
+    return rows, cols, rng.standard_normal(nnz), rng.standard_normal((n, r))
+
+
+def test_default_reg_and_reg_scaling(rng):
+    """reg = 0.1 with reg_scaling = "none" when not given: the signature says so, and one
+    iteration equals the dense ridge solves with lambda = 0.1 for every row (not 0.1 * count)."""
+    for function in (als, batched_als):
+        parameters = inspect.signature(function).parameters
+        assert parameters["reg"].default == 0.1, function.__name__
+        assert parameters["reg_scaling"].default == "none", function.__name__
+    m, n, r = 9, 7, 3
+    rows, cols, vals, V0 = _one_iteration_data(rng, m, n, r)
+    U_ref, V_ref = reference.als_half_steps(rows, cols, vals, (m, n), V0, 0.1, False)
+    single = als(rows, cols, vals, (m, n), r, max_iter=1, init=V0)
+    batched = batched_als(rows, cols, vals, np.array([0, rows.shape[0]]), (m, n), r, max_iter=1, init=V0[None])
+    for U, V in ((single.U, single.V), (batched.U[0], batched.V[0])):
+        np.testing.assert_allclose(U, U_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(V, V_ref, rtol=1e-10, atol=1e-12)
+    # The defaults are told apart from neighbouring values: another reg, or the count scaling.
+    for other in (reference.als_half_steps(rows, cols, vals, (m, n), V0, 0.2, False),
+                  reference.als_half_steps(rows, cols, vals, (m, n), V0, 0.1, True)):
+        assert rel_error(single.U, other[0]) > 1e-3
+    assert single.info["reg"] == 0.1 and single.info["reg_scaling"] == "none"
+
+
+def test_seeded_start_is_the_documented_philox_draws(rng):
+    """seed=(s, b): V0[j, c] = standard_normal(s, b, j * rank + c) / sqrt(rank) (the counter-based
+    generator, here its independent numpy reference); an int seed s is stream 0, and batched_als
+    gives problem b stream b. One iteration from those V0 equals one from the seed."""
+    m, n, r = 9, 7, 3
+    rows, cols, vals, _ = _one_iteration_data(rng, m, n, r)
+
+    def start(key, stream):
+        return standard_normal(key, stream, np.arange(n * r)).reshape(n, r) / np.sqrt(r)
+
+    for seed, (key, stream) in (((5, 2), (5, 2)), (11, (11, 0))):
+        seeded = als(rows, cols, vals, (m, n), r, max_iter=1, seed=seed)
+        given = als(rows, cols, vals, (m, n), r, max_iter=1, init=start(key, stream))
+        np.testing.assert_allclose(seeded.U, given.U, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(seeded.V, given.V, rtol=1e-10, atol=1e-12)
+    offsets = np.array([0, 20, 40])
+    batched = batched_als(rows, cols, vals, offsets, (m, n), r, max_iter=1, seed=13)
+    for b in range(2):
+        s = slice(offsets[b], offsets[b + 1])
+        given = als(rows[s], cols[s], vals[s], (m, n), r, max_iter=1, init=start(13, b))
+        np.testing.assert_allclose(batched.V[b], given.V, rtol=1e-10, atol=1e-12)
+
+
+def _change_and_loss_problem(rng, kernel: str):
+    """(rows, cols, vals, offsets, shape, rank) of two problems that batched_als solves with ``kernel``:
+    "rows" (few problems with much work each: half-steps over all rows in parallel, the
+    measures in Python) or "fused" (little work: each problem's whole iteration in C++)."""
+    m, n, rank, fraction = (70, 60, 10, 0.7) if kernel == "rows" else (14, 11, 3, 0.6)
+    parts = [low_rank_problem(rng, m, n, rank, fraction, noise=0.3)[2:] for _ in range(2)]
+    rows, cols, vals = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    offsets = np.array([0, parts[0][0].shape[0], rows.shape[0]], dtype=np.int64)
+    return rows, cols, vals, offsets, (m, n), rank
+
+
+@pytest.mark.parametrize("kernel", ["rows", "fused"])
+@pytest.mark.parametrize("reg_scaling", ["none", "count"])
+def test_history_is_the_relative_change_and_objective_of_the_factors(rng, kernel, reg_scaling):
+    """history["relative_change"][k] = ||U_k+1 V_k+1^T - U_k V_k^T||_F / ||U_k V_k^T||_F and
+    history["loss"][k] = half the objective at (U_k+1, V_k+1), both computed densely in numpy
+    from the factors of runs stopped after k and k + 1 iterations (same seed)."""
+    rows, cols, vals, offsets, shape, rank = _change_and_loss_problem(rng, kernel)
+    settings = dict(reg=0.3, reg_scaling=reg_scaling, tol=0.0, seed=17)
+    runs = {k: batched_als(rows, cols, vals, offsets, shape, rank, max_iter=k, **settings) for k in (3, 4)}
+    assert runs[4].info["kernel"] == kernel
+    np.testing.assert_array_equal(runs[4].history["relative_change"][0], np.inf)  # U starts at zero
+    for b in range(2):
+        s = slice(offsets[b], offsets[b + 1])
+        expected_change = reference.relative_change(runs[3].U[b], runs[3].V[b], runs[4].U[b], runs[4].V[b])
+        assert 1e-6 < expected_change < 1.0  # a change a wrong formula would not match
+        np.testing.assert_allclose(runs[4].history["relative_change"][3, b], expected_change, rtol=1e-8)
+        expected_loss = reference.completion_objective(runs[4].U[b], runs[4].V[b], rows[s], cols[s], vals[s],
+                                                       0.3, reg_scaling == "count")
+        np.testing.assert_allclose(runs[4].history["loss"][3, b], expected_loss, rtol=1e-10)
+
+
+def test_single_problem_rows_kernel_reports_the_relative_change(rng):
+    rows, cols, vals, offsets, shape, rank = _change_and_loss_problem(rng, "rows")
+    s = slice(0, offsets[1])
+    runs = {k: als(rows[s], cols[s], vals[s], shape, rank, reg=0.3, tol=0.0, seed=4, max_iter=k) for k in (2, 3)}
+    assert runs[3].info["kernel"] == "rows"
+    expected = reference.relative_change(runs[2].U, runs[2].V, runs[3].U, runs[3].V)
+    np.testing.assert_allclose(runs[3].history["relative_change"][2], expected, rtol=1e-8)
+
+
+def test_tolerance_stops_at_the_first_change_below_it(rng):
+    """converged at the first iteration whose relative change is below tol, not one later or earlier."""
+    _, _, rows, cols, vals = low_rank_problem(rng, 40, 30, 2, 0.5, noise=0.05)
+    free = als(rows, cols, vals, (40, 30), 2, reg=0.1, seed=6, max_iter=60, tol=0.0)
+    changes = free.history["relative_change"]
+    tol = float(np.sqrt(changes[5] * changes[6]))  # between two iterations' changes
+    assert changes[6] < tol < changes[5]
+    stopped = als(rows, cols, vals, (40, 30), 2, reg=0.1, seed=6, max_iter=60, tol=tol)
+    first_below = int(np.flatnonzero(changes < tol)[0]) + 1
+    assert stopped.n_iter == first_below and stopped.converged and stopped.stop_reason == "converged"
+    np.testing.assert_array_equal(stopped.U, als(rows, cols, vals, (40, 30), 2, reg=0.1, seed=6, max_iter=first_below,
+                                                 tol=0.0).U)
+
+
+# ------------------------------------------------------------------ thread count
+def _with_threads(threads: int, solve):
+    before = lr_cpu.max_threads()
+    lr_cpu.set_num_threads(threads)
+    try:
+        return solve()
+    finally:
+        lr_cpu.set_num_threads(before)
+
+
+def test_sparse_kernels_give_the_same_bits_whatever_the_thread_count(rng):
+    """20 problems with enough work each: "fused" while 20 >= 8 threads, "rows" from 3 threads on.
+    Both give each problem the same U, V bit for bit (als's docstring), so the thread count,
+    which picks the kernel, changes no factor; the measures (loss, relative change) are summed
+    in another order by each kernel: equal to 1e-12 relative, not bitwise."""
+    rows, cols, vals, offsets = batch_of_problems(rng, 20, 30, 30, 6)
+    assert rows.shape[0] * 36 >= 1 << 18  # too much work for the serial shortcut
+    runs = {threads: _with_threads(threads, lambda: batched_als(rows, cols, vals, offsets, (30, 30), 6, reg=0.1,
+                                                                 seed=2, max_iter=8, tol=1e-3))
+            for threads in (1, 2, 3)}
+    assert runs[1].info["kernel"] == "fused" and runs[3].info["kernel"] == "rows"
+    for threads in (2, 3):
+        np.testing.assert_array_equal(runs[threads].U, runs[1].U)
+        np.testing.assert_array_equal(runs[threads].V, runs[1].V)
+        np.testing.assert_array_equal(runs[threads].info["n_iter"], runs[1].info["n_iter"])
+        np.testing.assert_allclose(runs[threads].history["loss"], runs[1].history["loss"], rtol=1e-12)
+        np.testing.assert_allclose(runs[threads].history["relative_change"], runs[1].history["relative_change"],
+                                   rtol=1e-12)
+
+
+def test_dense_kernel_gives_the_same_bits_whatever_the_thread_count(rng):
+    """37 problems of float64: the dense kernel for up to 4 threads, the sparse one from 5 on."""
+    rows, cols, vals, offsets = dense_batch(np.random.default_rng(8), 9, 8, np.float64)
+    rows, cols, vals, offsets = rows[:offsets[37]], cols[:offsets[37]], vals[:offsets[37]], offsets[:38]
+    runs = {threads: _with_threads(threads, lambda: batched_als(rows, cols, vals, offsets, (9, 8), 2, reg=0.05,
+                                                                 seed=1, max_iter=10, tol=1e-3))
+            for threads in (1, 2, 5)}
+    assert runs[1].info["kernel"] == runs[2].info["kernel"] == "dense" and runs[5].info["kernel"] == "fused"
+    for threads in (2, 5):
+        np.testing.assert_array_equal(runs[threads].U, runs[1].U)
+        np.testing.assert_array_equal(runs[threads].V, runs[1].V)
+        np.testing.assert_array_equal(runs[threads].history["relative_change"], runs[1].history["relative_change"])
+
+
+# ------------------------------------------------------------------ GPU against CPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("reg_scaling", ["none", "count"])
+def test_gpu_batched_als_equals_cpu(dtype, rng, reg_scaling):
+    """The GPU result against the CPU one: relative error below 1e-8 (float64) or 1e-4 (float32)."""
+    from lowrank_hpc import _backend
+
+    cupy = _backend.cupy_module()
+    rows, cols, vals, offsets = batch_of_problems(rng, 6, 40, 30, 3)
+    vals = vals.astype(dtype)
+    settings = dict(reg=0.1, reg_scaling=reg_scaling, max_iter=12, tol=0.0, seed=11)
+    cpu = batched_als(rows, cols, vals, offsets, (40, 30), 3, **settings)
+    gpu = batched_als(*map(cupy.asarray, (rows, cols, vals, offsets)), (40, 30), 3, **settings)
+    assert gpu.backend == "cuda" and isinstance(gpu.U, cupy.ndarray) and gpu.U.dtype == dtype
+    tolerance = 1e-8 if dtype == np.float64 else 1e-4
+    U, V = gpu.U.get(), gpu.V.get()
+    for b in range(6):
+        assert rel_error(U[b], cpu.U[b]) < tolerance, b
+        assert rel_error(V[b], cpu.V[b]) < tolerance, b
+    # The measures follow from the factors: the loss to about twice their relative error, the
+    # relative change (a difference of products) to about twice it in absolute terms.
+    np.testing.assert_allclose(gpu.history["loss"], cpu.history["loss"], rtol=4 * tolerance)
+    np.testing.assert_allclose(gpu.history["relative_change"][1:], cpu.history["relative_change"][1:], rtol=0,
+                               atol=4 * tolerance)

@@ -162,7 +162,6 @@ def test_sampled_product_rejects_bad_indices(backend, rng):
     ("length", ValueError, "cols has length 9, expected 10"),
     ("empty_rows", ValueError, "rows and cols are empty"),
     ("empty_factor", ValueError, r"U is empty \(shape \(0, 2\)\)"),
-    ("rank_too_large", ValueError, "rank 6 is larger than both dimensions"),
     ("list", TypeError, "rows must be a numpy.ndarray or a CUDA array"),
     ("batched_without_offsets", ValueError, "need offsets"),
     ("offsets_range", ValueError, "offsets must start at 0 and end at the number of entries 10"),
@@ -194,8 +193,6 @@ def test_sampled_product_bad_inputs(rng, case, error, match):
         rows, cols = rows[:0], cols[:0]
     elif case == "empty_factor":
         U = np.ones((0, 2))
-    elif case == "rank_too_large":
-        U, V = np.ones((5, 6)), np.ones((4, 6))
     elif case == "list":
         rows = list(rows)
     elif case == "batched_without_offsets":
@@ -207,32 +204,58 @@ def test_sampled_product_bad_inputs(rng, case, error, match):
         lr.ops.sampled_product(U, V, rows, cols, offsets)
 
 
-def test_sparse_times_dense_bad_inputs(rng):
+def test_factors_wider_than_both_dimensions_are_valid(backend, rng):
+    """An over-parameterized width r > max(m, n) is a legitimate factorization, not an error."""
+    U, V = _factors(rng, np.float64, 5, 4, 6)
+    rows, cols = _coords(rng, 5, 4, 10)
+    got = lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))
+    assert rel_error(backend.get(got), reference.sampled_product(U, V, rows, cols)) < RTOL[np.float64]
+
+
+def test_sparse_times_dense_bad_inputs(backend, rng):
     rows, cols = _coords(rng, 5, 4, 10)
     vals, B = rng.standard_normal(10), rng.standard_normal((4, 3))
-    with pytest.raises(IndexError, match=r"cols\[\d+\] = \d+ is out of range \[0, 3\)"):
-        lr.ops.sparse_times_dense(rows, cols, vals, B[:3], 5)
+    put = backend.put
+    rows_, cols_, vals_, B_ = put(rows), put(cols), put(vals), put(B)
+    with pytest.raises(IndexError, match=r"cols\[\d+\] = 3 is out of range \[0, 3\)"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(B[:3]), 5)
     with pytest.raises(IndexError, match=r"rows\[\d+\] = \d+ is out of range \[0, 2\)"):
-        lr.ops.sparse_times_dense(rows, cols, vals, B, 2)
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, B_, 2)
+    # Transposed, cols index the output and rows the operand.
+    with pytest.raises(IndexError, match=r"cols\[\d+\] = 3 is out of range \[0, 3\)"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(rng.standard_normal((5, 3))), 3, transpose=True)
+    with pytest.raises(IndexError, match=r"rows\[\d+\] = \d+ is out of range \[0, 2\)"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(rng.standard_normal((2, 3))), 4, transpose=True)
     with pytest.raises(ValueError, match="vals has length 9 but rows has 10"):
-        lr.ops.sparse_times_dense(rows, cols, vals[:9], B, 5)
+        lr.ops.sparse_times_dense(rows_, cols_, put(vals[:9]), B_, 5)
     with pytest.raises(ValueError, match="n_rows must be a positive integer"):
-        lr.ops.sparse_times_dense(rows, cols, vals, B, 0)
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, B_, 0)
     with pytest.raises(TypeError, match="B is float32 but vals is float64"):
-        lr.ops.sparse_times_dense(rows, cols, vals, B.astype(np.float32), 5)
-    bad_vals = vals.copy()
-    bad_vals[2] = np.nan
-    with pytest.raises(ValueError, match="vals contains 1 NaN/inf"):
-        lr.ops.sparse_times_dense(rows, cols, bad_vals, B, 5)
-    with pytest.raises(ValueError, match="offsets must"):
-        lr.ops.sparse_times_dense(rows, cols, vals, np.stack([B, B]), 5, offsets=np.array([0, 3, 11]))
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(B.astype(np.float32)), 5)
+    for bad in (np.nan, np.inf, -np.inf):
+        bad_vals = vals.copy()
+        bad_vals[2] = bad
+        with pytest.raises(ValueError, match="vals contains 1 NaN/inf"):
+            lr.ops.sparse_times_dense(rows_, cols_, put(bad_vals), B_, 5)
+        bad_B = B.copy()
+        bad_B[1, 2] = bad
+        with pytest.raises(ValueError, match="B contains 1 NaN/inf"):
+            lr.ops.sparse_times_dense(rows_, cols_, vals_, put(bad_B), 5)
+    with pytest.raises(ValueError, match="offsets must start at 0 and end at the number of entries 10"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(np.stack([B, B])), 5, offsets=put(np.array([0, 3, 11])))
+    with pytest.raises(ValueError, match="offsets must start at 0 and end at the number of entries 10"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(np.stack([B, B])), 5, offsets=put(np.array([2, 3, 10])))
+    with pytest.raises(ValueError, match="offsets must be non-decreasing"):
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(np.stack([B, B, B])), 5,
+                                  offsets=put(np.array([0, 6, 4, 10])))
     with pytest.raises(ValueError, match="B is batched"):
-        lr.ops.sparse_times_dense(rows, cols, vals, np.stack([B, B]), 5)
-    pattern = lr.ops.SparsePattern(rows, cols, (5, 4))
+        lr.ops.sparse_times_dense(rows_, cols_, vals_, put(np.stack([B, B])), 5)
+    pattern = lr.ops.SparsePattern(rows_, cols_, (5, 4))
     with pytest.raises(ValueError, match=r"B has shape \(5, 3\), expected \(4, r\)"):
-        pattern.times_dense(vals, np.ones((5, 3)))
+        pattern.times_dense(vals_, put(np.ones((5, 3))))
     with pytest.raises(IndexError, match=r"rows\[\d+\] = \d+ is out of range \[0, 3\)"):
-        lr.ops.SparsePattern(rows, cols, (3, 4))
+        small = lr.ops.SparsePattern(rows_, cols_, (3, 4))  # the CPU checks the indices here,
+        small.times_dense(vals_, B_)  # the GPU as its product reads them
 
 
 def test_lowrank_product_bad_inputs(rng):

@@ -3,6 +3,7 @@ dense-with-NaN == coordinate input, completion accuracy, fold-in against numpy l
 sensing recovery, and the error paths."""
 from __future__ import annotations
 
+import inspect
 import pickle
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 import lowrank_hpc as lr
+import reference
+from conftest import rel_error
 from lowrank_hpc.sensing import EntrySampling, GaussianSensing
 
 # check_fit_score_takes_y asserts that the second parameter of fit and score is named y. Ours is
@@ -115,7 +118,11 @@ def test_predict_transform_shapes_and_fold_in_matches_numpy_least_squares():
     assert completed.shape == (5, 20)
     np.testing.assert_allclose(completed, factors @ V.T, rtol=1e-12)
     assert np.all(completed[3] == 0)
-    np.testing.assert_allclose(estimator.fit_transform(X), estimator.transform(X))
+    # fit_transform fits (the same model as fit) and folds X in against the V_ of that fit.
+    fresh = lr.MatrixCompletion(rank=2, reg=0.5, max_iter=30, random_state=0)
+    folded = fresh.fit_transform(X)
+    np.testing.assert_array_equal(fresh.V_, V)
+    np.testing.assert_allclose(folded, reference.ridge_fold_in(V, X, 0.5), rtol=1e-9, atol=1e-12)
     rows, cols = np.array([0, 59, 7]), np.array([19, 0, 3])
     np.testing.assert_allclose(estimator.predict(rows, cols), (estimator.U_ @ V.T)[rows, cols], rtol=1e-12)
     observed = ~np.isnan(new)
@@ -224,20 +231,30 @@ def test_completion_hyper_parameters_are_validated_in_fit(params, message):
         estimator.fit(X)
 
 
-def test_sensing_hyper_parameters_are_validated_in_fit():
+def test_sensing_hyper_parameters_are_validated_in_fit(backend):
     op = GaussianSensing(30, (5, 4), seed=0)
-    y = op.forward(np.ones((5, 4)))
+    y_host = op.forward(np.ones((5, 4)))
+    y = backend.put(y_host)
     with pytest.raises(ValueError, match="method must be one of"):
         lr.MatrixSensing(method="als").fit(op, y)
     with pytest.raises(ValueError, match="rank must be an integer >= 1"):
         lr.MatrixSensing(rank=0).fit(op, y)
     with pytest.raises(ValueError, match="symmetric must be a bool"):
         lr.MatrixSensing(symmetric="yes").fit(op, y)
+    with pytest.raises(ValueError, match="max_iter must be"):
+        lr.MatrixSensing(max_iter=-1).fit(op, y)
     with pytest.raises(ValueError, match="y has length 29"):
         lr.MatrixSensing(rank=1).fit(op, y[:-1])
+    bad = y_host.copy()
+    bad[4] = np.nan
+    with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
+        lr.MatrixSensing(rank=1).fit(op, backend.put(bad))
     fitted = lr.MatrixSensing(rank=1, max_iter=5, random_state=0).fit(op, y)
+    assert fitted.result_.backend == backend.name
     with pytest.raises(ValueError, match=r"op has shape \(4, 5\), but the estimator was fitted to shape \(5, 4\)"):
         fitted.predict(GaussianSensing(30, (4, 5), seed=0))
+    with pytest.raises(ValueError, match=r"y has shape \(29,\), expected \(30,\)"):
+        fitted.score(op, y[:-1])
 
 
 def test_completion_input_errors():
@@ -267,3 +284,79 @@ def test_completion_input_errors():
         estimator.transform(X[0])
     with pytest.raises(TypeError, match="integer indices"):
         estimator.predict(np.array([0.0]), np.array([1.0]))
+
+
+# ---------------------------------------------------------------------- pinned defaults and attributes
+def _entries_of(M, mask):
+    rows, cols = (np.ascontiguousarray(a, dtype=np.int64) for a in np.nonzero(mask))
+    return rows, cols, M[rows, cols]
+
+
+def test_completion_default_reg_and_reg_scaling():
+    """reg = 0.1 and reg_scaling = "none" by default: in the signature, in one ALS iteration
+    (the dense ridge solves with lambda = 0.1 for every row) and in the fold-in of new rows."""
+    parameters = inspect.signature(lr.MatrixCompletion).parameters
+    assert parameters["reg"].default == 0.1 and parameters["reg_scaling"].default == "none"
+    M, mask, X = completion_problem((12, 9), rank=3, fraction=0.6, seed=3)
+    rows, cols, vals = _entries_of(M, mask)
+    V0 = np.random.default_rng(1).standard_normal((9, 3))
+    estimator = lr.MatrixCompletion(rank=3, max_iter=1, init=V0).fit(rows, cols, vals, shape=M.shape)
+    U_ref, V_ref = reference.als_half_steps(rows, cols, vals, M.shape, V0, 0.1, False)
+    np.testing.assert_allclose(estimator.U_, U_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(estimator.V_, V_ref, rtol=1e-10, atol=1e-12)
+    assert rel_error(estimator.U_, reference.als_half_steps(rows, cols, vals, M.shape, V0, 0.1, True)[0]) > 1e-3
+    np.testing.assert_allclose(estimator.transform(X), reference.ridge_fold_in(estimator.V_, X, 0.1), rtol=1e-9,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("reg, reg_scaling", [(0.3, "count"), (0.0, "none"), (2.0, "none")])
+def test_completion_als_uses_reg_and_reg_scaling(reg, reg_scaling):
+    M, mask, X = completion_problem((12, 9), rank=3, fraction=0.6, seed=4)
+    rows, cols, vals = _entries_of(M, mask)
+    V0 = np.random.default_rng(2).standard_normal((9, 3))
+    estimator = lr.MatrixCompletion(rank=3, reg=reg, reg_scaling=reg_scaling, max_iter=1, init=V0).fit(X)
+    U_ref, V_ref = reference.als_half_steps(rows, cols, vals, M.shape, V0, reg, reg_scaling == "count")
+    np.testing.assert_allclose(estimator.U_, U_ref, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(estimator.V_, V_ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", ["als", "gd", "scaled"])
+def test_train_rmse_is_the_rmse_of_the_model_on_the_training_entries(method):
+    M, mask, X = completion_problem((40, 30), rank=2, fraction=0.5, seed=5)
+    noisy = np.where(mask, X + 0.1 * np.random.default_rng(0).standard_normal(X.shape), np.nan)
+    estimator = lr.MatrixCompletion(rank=2, method=method, max_iter=40, random_state=0).fit(noisy)
+    rows, cols = np.nonzero(mask)
+    errors = (estimator.U_ @ estimator.V_.T)[rows, cols] - noisy[rows, cols]
+    expected = float(np.sqrt(np.mean(errors ** 2)))
+    assert 0.01 < expected < 1.0  # a fit that leaves the noise: every error counts
+    assert isinstance(estimator.train_rmse_, float)
+    assert estimator.train_rmse_ == pytest.approx(expected, rel=1e-10)
+    assert -estimator.score(rows, cols, noisy[rows, cols]) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["gd", "scaled"])
+def test_gradient_methods_fit_without_reg_and_fold_in_with_it(method):
+    """As documented: the gradient methods fit 1/2 ||P(U V^T) - vals||^2 without the ridge, so
+    reg and reg_scaling leave U_ and V_ unchanged; folding in new rows uses both (lambda = reg,
+    times the row's count of observed entries for "count")."""
+    M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6, seed=6)
+    settings = dict(rank=2, method=method, max_iter=30, random_state=0)
+    plain = lr.MatrixCompletion(reg=0.0, reg_scaling="none", **settings).fit(X)
+    ridged = lr.MatrixCompletion(reg=0.7, reg_scaling="count", **settings).fit(X)
+    np.testing.assert_array_equal(ridged.U_, plain.U_)
+    np.testing.assert_array_equal(ridged.V_, plain.V_)
+    new = np.where(np.random.default_rng(3).random((6, 20)) < 0.4, np.random.default_rng(4).standard_normal((6, 20)),
+                   np.nan)
+    np.testing.assert_allclose(ridged.transform(new), reference.ridge_fold_in(ridged.V_, new, 0.7, True), rtol=1e-9,
+                               atol=1e-12)
+    by_none = lr.MatrixCompletion(reg=0.7, reg_scaling="none", **settings).fit(X)
+    np.testing.assert_allclose(by_none.transform(new), reference.ridge_fold_in(by_none.V_, new, 0.7, False),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_fold_in_uses_the_ridge_of_the_fit_not_a_later_set_params():
+    M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6, seed=7)
+    estimator = lr.MatrixCompletion(rank=2, reg=0.4, reg_scaling="count", max_iter=10, random_state=0).fit(X)
+    estimator.set_params(reg=5.0, reg_scaling="none")
+    np.testing.assert_allclose(estimator.transform(X[:5]), reference.ridge_fold_in(estimator.V_, X[:5], 0.4, True),
+                               rtol=1e-9, atol=1e-12)

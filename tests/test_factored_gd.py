@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import lowrank_hpc as lr
+import reference
 from conftest import run_until_checkpoint_then_kill
 from lowrank_hpc.sensing import EntrySampling, GaussianSensing
 
@@ -143,12 +144,121 @@ def test_every_method_recovers_gaussian_sensing(method, dtype):
     op = GaussianSensing(400, (20, 15), seed=1)
     y = op.forward(M.astype(dtype))
     width = 4 if method in ("gd_rebalanced", "scaled_damped") else 2
+    seen = []
     result = lr.recover.factored_gd(op, y, width, method=method, init="spectral", max_iter=3000,
-                                    tol=1e-6 if dtype == np.float64 else 1e-4, seed=0)
+                                    tol=1e-6 if dtype == np.float64 else 1e-4, seed=0,
+                                    callback=lambda it, state: seen.append((state["U"].copy(), state["V"].copy())))
     assert result.U.dtype == dtype and result.converged
     assert _relative(result.U @ result.V.T, M) < (1e-5 if dtype == np.float64 else 1e-3)
-    assert result.history["loss"].shape == (result.n_iter,) and np.all(np.diff(result.history["loss"]) <= 1e-9 *
-                                                                          result.history["loss"][:-1])
+    # The reported history is the objective 1/2 ||A(U V^T) - y||^2 of the iterates (the solver
+    # enforces a non-increasing loss, so monotonicity would prove nothing) and the relative change
+    # of U V^T, both recomputed here in float64 from the dense operator and the dense products.
+    assert result.history["loss"].shape == result.history["relative_change"].shape == (result.n_iter,)
+    assert len(seen) == result.n_iter
+    A = op.to_dense(np.float64)
+    y64 = y.astype(np.float64)
+    residual_norms = np.array([np.linalg.norm(A @ (U.astype(np.float64) @ V.T.astype(np.float64)).ravel() - y64)
+                               for U, V in seen])
+    atol = (1e-12 if dtype == np.float64 else 1e-5) * np.linalg.norm(y64)
+    np.testing.assert_allclose(np.sqrt(2 * result.history["loss"]), residual_norms, rtol=1e-6, atol=atol)
+    changes = [reference.relative_change(*seen[i - 1], *seen[i]) for i in range(1, len(seen))]
+    # Both in float64 from the same factors (float32 products are exact in float64).
+    np.testing.assert_allclose(result.history["relative_change"][1:], changes, rtol=1e-7, atol=1e-14)
+
+
+def _start_of(op, y, rank, **kwargs):
+    """The factors factored_gd starts from: a step far below the rounding of the factors leaves
+    them unchanged bit for bit (U - 1e-300 * grad == U), so one iteration returns the start."""
+    return lr.recover.factored_gd(op, y, rank, step=1e-300, max_iter=1, tol=0.0, seed=0, **kwargs)
+
+
+def _observed_twice(shape):
+    """Every entry observed twice: A*(A(X)) = 2 X and ||A(X)||^2 = 2 ||X||_F^2 for every X, so
+    the operator's scale E||A(X)||^2 / ||X||_F^2 is exactly 2, whatever the random probes."""
+    rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
+    return EntrySampling(np.tile(rows, 2), np.tile(cols, 2), shape)
+
+
+def test_spectral_init_is_the_truncated_svd_of_the_adjoint_over_the_scale():
+    """init="spectral": U0 V0^T = the best rank-r approximation of A*(y) / scale, split evenly
+    (U0 = L S^1/2, V0 = R S^1/2, so U0^T U0 = V0^T V0 = S). With every entry observed twice,
+    A*(y) / scale is M itself."""
+    M = np.random.default_rng(21).standard_normal((12, 10))  # full rank: the truncation matters
+    op = _observed_twice(M.shape)
+    start = _start_of(op, op.forward(M), 3, init="spectral")
+    assert start.info["operator_scale"] == pytest.approx(2.0, rel=1e-12)
+    np.testing.assert_allclose(start.U @ start.V.T, reference.truncated_svd(M, 3), rtol=1e-9, atol=1e-11)
+    sigma = np.linalg.svd(M, compute_uv=False)[:3]
+    np.testing.assert_allclose(start.U.T @ start.U, np.diag(sigma), atol=1e-9)
+    np.testing.assert_allclose(start.V.T @ start.V, np.diag(sigma), atol=1e-9)
+
+
+def test_spectral_init_of_gaussian_sensing_divides_by_the_operator_scale():
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((20, 2)) @ rng.standard_normal((2, 10))
+    op = GaussianSensing(300, (20, 10), seed=4)
+    y = op.forward(M)
+    start = _start_of(op, y, 2, init="spectral")
+    scale = start.info["operator_scale"]
+    adjoint = (op.to_dense().T @ y).reshape(20, 10)  # A*(y) from the dense operator
+    # rank 2 + 10 oversampling columns span all 10 columns: the randomized SVD is exact here.
+    np.testing.assert_allclose(start.U @ start.V.T, reference.truncated_svd(adjoint / scale, 2), rtol=1e-9,
+                               atol=1e-11)
+    assert 0.5 < scale < 2.0  # E||A(X)||^2 = ||X||_F^2 for this isotropic operator, estimated by 3 probes
+
+
+def test_symmetric_spectral_init_keeps_the_positive_eigenvalues():
+    """Symmetric: U0 U0^T = sum of lambda_i q_i q_i^T over the top-r eigenpairs of A*(y) / scale
+    by |lambda| whose lambda > 0 (a PSD model cannot hold the negative ones)."""
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    eigenvalues = np.array([5.0, 4.0, -3.5, 3.0, 1.0, 0.5, -0.4, 0.3, 0.2, 0.1])
+    M = (Q * eigenvalues) @ Q.T
+    op = _observed_twice(M.shape)
+    start = _start_of(op, op.forward(M), 3, init="spectral", symmetric=True)
+    expected = 5.0 * np.outer(Q[:, 0], Q[:, 0]) + 4.0 * np.outer(Q[:, 1], Q[:, 1])  # -3.5 is dropped
+    np.testing.assert_allclose(start.U @ start.U.T, expected, atol=1e-9)
+
+
+def test_small_init_has_the_documented_scales():
+    """init="small": U0 = init_scale * G / sqrt(n1), V0 = init_scale / 3 * G' / sqrt(n2), from
+    numpy's default_rng(seed) (U's draws first)."""
+    op = _full_observation((30, 20))
+    y = op.forward(np.random.default_rng(1).standard_normal((30, 20)))
+    start = _start_of(op, y, 4, init="small", init_scale=0.01)
+    draws = np.random.default_rng(0)
+    np.testing.assert_array_equal(start.U, 0.01 * draws.standard_normal((30, 4)) / np.sqrt(30))
+    np.testing.assert_array_equal(start.V, (0.01 / 3.0) * draws.standard_normal((20, 4)) / np.sqrt(20))
+
+
+def test_tolerance_stops_at_the_relative_residual():
+    """converged once ||A(U V^T) - y|| / ||y|| < tol, at the first such iteration."""
+    S = np.random.default_rng(2).standard_normal((15, 2)) @ np.random.default_rng(3).standard_normal((2, 12))
+    op = _full_observation(S.shape)
+    y = op.forward(S)
+    free = lr.recover.factored_gd(op, y, 2, max_iter=400, tol=0.0, seed=0)
+    residuals = np.sqrt(2 * free.history["loss"]) / np.linalg.norm(y)
+    tol = float(np.sqrt(residuals[120] * residuals[121]))
+    assert residuals[121] < tol < residuals[120]
+    stopped = lr.recover.factored_gd(op, y, 2, max_iter=400, tol=tol, seed=0)
+    assert stopped.stop_reason == "converged" and stopped.converged
+    assert stopped.n_iter == int(np.flatnonzero(residuals < tol)[0]) + 1
+
+
+def test_stationary_when_the_change_falls_below_a_thousandth_of_tol():
+    """A residual that cannot reach tol (rank 2 fit of a full-rank matrix) ends "stationary" at the
+    first iteration whose relative change of X is below 1e-3 * tol."""
+    S = np.random.default_rng(9).standard_normal((15, 12))
+    op = _full_observation(S.shape)
+    y = op.forward(S)
+    free = lr.recover.factored_gd(op, y, 2, max_iter=3000, tol=0.0, seed=0, step=0.05)
+    changes = free.history["relative_change"]
+    assert np.sqrt(2 * free.history["loss"].min()) / np.linalg.norm(y) > 0.1  # far above any tol below
+    tol = 1e-3
+    first = int(np.flatnonzero(changes < 1e-3 * tol)[0]) + 1
+    assert 10 < first < 3000
+    stopped = lr.recover.factored_gd(op, y, 2, max_iter=3000, tol=tol, seed=0, step=0.05)
+    assert stopped.stop_reason == "stationary" and stopped.n_iter == first
 
 
 def test_divergent_step_is_halved_and_reported_never_nan():
@@ -217,19 +327,20 @@ def test_checkpoint_resume_after_a_killed_run_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
 
 
-def test_factored_gd_bad_inputs():
+def test_factored_gd_bad_inputs(backend):
     op = GaussianSensing(100, (8, 6), seed=0)
-    y = np.ones(100)
+    y = backend.put(np.ones(100))
     with pytest.raises(ValueError, match="y has length 99 but the operator makes 100"):
         lr.recover.factored_gd(op, y[:99], 2)
-    with pytest.raises(ValueError, match=r"rank must be an integer in \[1, min\(8, 6\)\] = \[1, 6\]"):
-        lr.recover.factored_gd(op, y, 7)
     with pytest.raises(ValueError, match="rank must be"):
         lr.recover.factored_gd(op, y, 0)
-    bad = y.copy()
+    bad = np.ones(100)
     bad[3] = np.nan
     with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
-        lr.recover.factored_gd(op, bad, 2)
+        lr.recover.factored_gd(op, backend.put(bad), 2)
+    bad[3] = np.inf
+    with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
+        lr.recover.factored_gd(op, backend.put(bad), 2)
     with pytest.raises(ValueError, match="unknown method 'newton'"):
         lr.recover.factored_gd(op, y, 2, method="newton")
     with pytest.raises(ValueError, match="symmetric recovery needs a square operator"):
@@ -239,10 +350,14 @@ def test_factored_gd_bad_inputs():
         lr.recover.factored_gd(square, y, 2, symmetric=True, method="alternating")
     with pytest.raises(TypeError, match="op must be a sensing operator"):
         lr.recover.factored_gd(np.eye(3), y, 2)
-    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
-        lr.recover.factored_gd(op, y, 2, max_iter=0)
+    with pytest.raises(ValueError, match="max_iter must be"):
+        lr.recover.factored_gd(op, y, 2, max_iter=-1)
     with pytest.raises(ValueError, match="init U has shape"):
-        lr.recover.factored_gd(op, y, 2, init=(np.ones((8, 3)), np.ones((6, 2))))
+        lr.recover.factored_gd(op, y, 2, init=(backend.put(np.ones((8, 3))), backend.put(np.ones((6, 2)))))
+    with pytest.raises(ValueError, match="init V has shape"):
+        lr.recover.factored_gd(op, y, 2, init=(backend.put(np.ones((8, 2))), backend.put(np.ones((7, 2)))))
+    with pytest.raises(ValueError, match="y is all zeros"):
+        lr.recover.factored_gd(op, backend.put(np.zeros(100)), 2)
 
 
 def _batched_problems(batch=12, m=10, n=9, r=2, fraction=0.7, seed=0):
