@@ -14,12 +14,26 @@ int sampled_product(const T* U, const T* V, const I* rows, const I* cols, const 
                     int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
                     int64_t* first_bad, void* stream);
 
-// out (batch * n_key, r) = S @ B for S in coordinate form; out must be zeroed by the caller.
-// Float atomics: fast, not bit-reproducible run to run (documented on the Python side).
+// out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double (cpu::sampled_squared_residuals).
 template <class T, class I>
-int coo_times_dense(const I* keys, const I* others, const T* vals, const T* B, const int64_t* offsets,
-                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, int64_t nnz, T* out,
-                    int64_t* first_bad, void* stream);
+int sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                              const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz,
+                              double* out, int64_t* first_bad, void* stream);
+
+// CSR order of coordinates (cpu::coo_to_csr): indptr (batch * n_key + 1), the stable permutation
+// perm and the other index (and vals, when not null) moved into it. status[0] is lowered to the
+// first out-of-range key, status[1] set to 0 (the permutation is always written on the device).
+template <class T, class I>
+int coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* offsets, int64_t batch, int64_t n_key,
+               int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted, T* vals_sorted, int64_t* status,
+               void* stream);
+
+// out (batch * n_key, r) = S @ B with S in CSR form (cpu::csr_times_dense): each row sums its
+// entries in CSR order, no atomics. *first_bad is lowered to the input position of a bad index.
+template <class T, class I>
+int csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* B,
+                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out, int64_t* first_bad,
+                    void* stream);
 
 // Adds the number of NaN/inf values of x to *count (device int64, preset by the caller).
 template <class T>

@@ -12,10 +12,12 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .._arrays import Call, resolve
+from .._backend import CONSTANTS
 from ._factors import factor_pair
 
-# Order matches lowrank_hpc::ops::KernelFunction in kernel_functions.hpp (the codes passed down).
-KERNELS = ("identity", "relu", "exponential", "tanh", "piecewise_linear")
+# The codes of lowrank_hpc::ops::KernelFunction (kernel_functions.hpp), by name, from the core.
+_KERNEL_CODES: dict[str, int] = CONSTANTS["kernel_functions"]
+KERNELS = tuple(sorted(_KERNEL_CODES, key=_KERNEL_CODES.__getitem__))
 _ALIASES = {"exp": "exponential"}
 TOP_K_MODES = ("row", "global")
 _BLOCK_BYTES = 64 << 20  # a row block of U V^T stays within this unless block_rows is given
@@ -43,7 +45,7 @@ def _kernel_code(kernel: Any) -> int:
     if name not in KERNELS:
         raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are "
                          f"{', '.join(KERNELS)} (or 'exp' for 'exponential')")
-    return KERNELS.index(name)
+    return _KERNEL_CODES[name]
 
 
 def _integer(name: str, value: Any) -> int:
@@ -83,7 +85,9 @@ class _Selection:
         n = V3.shape[1]
         self.block_rows = block_rows
         self.buffer = call.xp.empty((block_rows, n), dtype=U3.dtype)  # reused by every block
-        self.nonfinite = 0 if not call.on_device else call.xp.zeros(1, dtype=call.xp.int64)
+        self.nonfinite = call.status(0)  # summed over the blocks, read once at the end
+        # The CPU module fuses f and the selection in one pass over a block still in cache.
+        self.fused = hasattr(call.module, "kernel_topk_rows")
 
     def blocks(self, b: int):
         """Yield (first row, values, indices) of each row block of problem b."""
@@ -96,18 +100,17 @@ class _Selection:
 
     def _select(self, block):
         call, xp = self.call, self.call.xp
-        if not call.on_device:
-            values = np.empty((block.shape[0], self.kk), dtype=block.dtype)
-            indices = np.empty((block.shape[0], self.kk), dtype=np.int64)
-            self.nonfinite += call.module.kernel_topk_rows(block, self.code, values, indices)
+        if self.fused:
+            values = xp.empty((block.shape[0], self.kk), dtype=block.dtype)
+            indices = xp.empty((block.shape[0], self.kk), dtype=np.int64)
+            call.module.kernel_topk_rows(block, self.code, values, indices, self.nonfinite)
             return values, indices
-        call.module.apply_kernel(block.dtype.name, block.data.ptr, block.size, self.code, self.nonfinite.data.ptr,
-                                 call.stream())
+        call.module.apply_kernel(block, self.code, self.nonfinite, call.stream())
         indices = _stable_argsort(xp, -xp.abs(block), axis=1)[:, :self.kk]
         return xp.take_along_axis(block, indices, axis=1), indices
 
     def check(self) -> None:
-        bad = int(self.nonfinite.get()[0]) if self.call.on_device else self.nonfinite
+        bad = self.call.read(self.nonfinite)[0]
         if bad:
             _raise_overflow(self.call, self.code, bad)
 
@@ -150,7 +153,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
 
     Parameters
     ----------
-    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous (numpy, or a CUDA array).
+    U : (m, r) or (batch, m, r) float32/float64 array, any layout (numpy, or a CUDA array).
     V : (n, r) or (batch, n, r) array of the same dtype, batching and array type.
     kernel : one of ``KERNELS``: "identity", "relu" (max(x, 0)), "exponential" (alias "exp"),
         "tanh", "piecewise_linear" (hard tanh: x clamped to [-1, 1]).
@@ -183,12 +186,9 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     n = V3.shape[1]
     if top_k is None:
         out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
-        if call.on_device:
-            bad_device = call.xp.zeros(1, dtype=call.xp.int64)
-            call.module.apply_kernel(out.dtype.name, out.data.ptr, out.size, code, bad_device.data.ptr, call.stream())
-            bad = int(bad_device.get()[0])
-        else:
-            bad = call.module.apply_kernel(out, code)
+        nonfinite = call.status(0)
+        call.module.apply_kernel(out, code, nonfinite, call.stream())
+        bad = call.read(nonfinite)[0]
         if bad:
             _raise_overflow(call, code, bad)
         return call.wrap(out if batched else out[0])

@@ -10,12 +10,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .._arrays import offsets_array, resolve
+from .._backend import CONSTANTS
 from ..ops import SparsePattern
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
 from ._result import RecoveryResult
 
-BATCHED_METHODS = ("gd", "alternating", "scaled", "scaled_damped")
-_GROWTH_ALLOWED = 1e-9
+# The codes of lowrank_hpc::solvers::StepMethod (completion_step.hpp), by name, from the core.
+_METHOD_CODES: dict[str, int] = CONSTANTS["step_methods"]
+BATCHED_METHODS = tuple(sorted(_METHOD_CODES, key=_METHOD_CODES.__getitem__))
 
 
 class _BatchedCompletion:
@@ -29,9 +31,6 @@ class _BatchedCompletion:
         self.rows, self.cols = rows, cols
         counts = (offsets[1:] - offsets[:-1])
         self.problem_of_entry = self.xp.repeat(self.xp.arange(self.batch), counts)
-        # reduceat sums [start_b, start_{b+1}); an empty problem must read 0, not its neighbour.
-        self._starts = self.xp.minimum(offsets[:-1], max(int(rows.shape[0]) - 1, 0))
-        self._empty = counts == 0
 
     @functools.cached_property
     def pattern(self) -> SparsePattern:
@@ -39,12 +38,8 @@ class _BatchedCompletion:
         return SparsePattern(self.rows, self.cols, self.shape, offsets=self.offsets)
 
     def per_problem_sum(self, values):
-        """Sum of entry-wise values within each problem, (batch,) float64."""
-        if self.call.on_device:  # CuPy has no ufunc.reduceat
-            return self.xp.bincount(self.problem_of_entry, weights=values.astype(np.float64), minlength=self.batch)
-        sums = self.xp.add.reduceat(values, self._starts, dtype=np.float64)
-        sums[self._empty] = 0.0
-        return sums
+        """Sum of entry-wise values within each problem, (batch,) float64 (0 for an empty one)."""
+        return self.xp.bincount(self.problem_of_entry, weights=values.astype(np.float64), minlength=self.batch)
 
     def times(self, z, B):  # S_b(z) @ B_b for every b: (batch, m, k)
         return self.pattern.times_dense(z, B, check_finite=False)
@@ -221,7 +216,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     final = state.arrays["reason"]
     if reason in ("max_iter", "time_limit"):
         final[state.arrays["active"]] = reasons.index(reason)
-    to_host = (lambda a: a.get()) if call.on_device else np.asarray
+    to_host = call.to_host
     final_host = to_host(final)
     return RecoveryResult(
         U=call.wrap(state.arrays["U"]), V=call.wrap(state.arrays["V"]),
@@ -241,7 +236,7 @@ class _FusedSteps:
         self.call, self.xp = call, call.xp
         self.rows, self.cols, self.vals, self.offsets = rows, cols, vals, offsets
         self.batch, (self.m, self.n), self.rank = batch, shape, rank
-        self.method = BATCHED_METHODS.index(method)
+        self.method = _METHOD_CODES[method]
         self.dampings = dampings.astype(np.float64)
         xp, dtype = self.xp, vals.dtype
         self.scratch = xp.empty(batch * ((self.m + self.n) * rank + 2 * rank * rank), dtype=dtype)
@@ -254,17 +249,9 @@ class _FusedSteps:
         loss, change = xp.zeros(self.batch), xp.zeros(self.batch)
         stuck = xp.zeros(self.batch, dtype=np.uint8)
         active = running.astype(np.uint8)
-        if self.call.on_device:
-            self.call.module.completion_steps(
-                self.vals.dtype.name, self.rows.dtype.name, self.rows.data.ptr, self.cols.data.ptr,
-                self.vals.data.ptr, self.offsets.data.ptr, self.batch, self.m, self.n, self.rank, self.method,
-                active.data.ptr, U.data.ptr, V.data.ptr, U1.data.ptr, V1.data.ptr, steps.data.ptr,
-                self.dampings.data.ptr, self.scratch.data.ptr, loss.data.ptr, change.data.ptr, halvings.data.ptr,
-                stuck.data.ptr, self.call.stream())
-        else:
-            self.call.module.completion_steps(self.rows, self.cols, self.vals, self.offsets, self.method, active, U, V,
-                                              U1, V1, steps, self.dampings, self.scratch, loss, change, halvings,
-                                              stuck)
+        self.call.module.completion_steps(self.rows, self.cols, self.vals, self.offsets, self.method, active, U, V,
+                                          U1, V1, steps, self.dampings, self.scratch, loss, change, halvings, stuck,
+                                          self.call.stream())
         self.spare = (U, V)  # double buffering: the old iterate's memory takes the next one
         return U1, V1, loss, change, stuck.astype(bool)
 

@@ -63,11 +63,7 @@ class GaussianSensing(SensingOperator):
             return call.xp.matmul(X2, self._matrix(call, X3.dtype).T)
         out = call.xp.empty((batch, self._m), dtype=X3.dtype)
         n1, n2 = self._shape
-        if call.on_device:
-            call.module.gaussian_forward(X3.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
-                                         X2.data.ptr, batch, self._m, out.data.ptr, call.stream())
-        else:
-            call.module.gaussian_forward(self._seed, n1, n2, self._scale, self.symmetric, X2, out)
+        call.module.gaussian_forward(self._seed, n1, n2, self._scale, self.symmetric, X2, out, call.stream())
         return out
 
     def _adjoint(self, call: Call, y2: Any) -> Any:
@@ -76,12 +72,8 @@ class GaussianSensing(SensingOperator):
         if self.uses_cache(y2.dtype):
             return call.xp.matmul(y2, self._matrix(call, y2.dtype)).reshape(batch, n1, n2)
         out = call.xp.empty((batch, n1, n2), dtype=y2.dtype)
-        if call.on_device:
-            call.module.gaussian_adjoint(y2.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
-                                         y2.data.ptr, batch, self._m, out.data.ptr, call.stream())
-        else:
-            call.module.gaussian_adjoint(self._seed, n1, n2, self._scale, self.symmetric, y2,
-                                         out.reshape(batch, n1 * n2))
+        call.module.gaussian_adjoint(self._seed, n1, n2, self._scale, self.symmetric, y2,
+                                     out.reshape(batch, n1 * n2), call.stream())
         return out
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:

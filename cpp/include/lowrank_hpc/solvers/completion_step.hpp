@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "lowrank_hpc/core/constants.hpp"
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -151,7 +152,7 @@ LRH_HD auto squared_norm(const X* x, int64_t rank) {
 
 template <class T, class I>
 struct CompletionStep {
-  static constexpr int kMaxHalvings = 50;
+  static constexpr int kMaxHalvings = kMaxStepHalvings;
 
   const I* rows;
   const I* cols;
@@ -238,7 +239,7 @@ struct CompletionStep {
         for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t] - step * grad_v[t];
       }
       const double next = loss(U1, V1, begin, end);
-      if (next == next && next <= current * (1.0 + 1e-9)) {
+      if (next == next && next <= current * (1.0 + kStepGrowthAllowed)) {
         outcome.loss = next;
         outcome.stuck = false;
         break;
