@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cpu_backend.hpp"
+#include "map_reduce.hpp"
 
 namespace lowrank_hpc::cpu::launch {
 
@@ -68,12 +69,6 @@ int gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 template <class T>
 int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out, void*) {
   cpu::gaussian_adjoint<T>(ensemble, m, y, batch, out);
-  return 0;
-}
-
-template <class T>
-int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void*) {
-  *nonfinite += cpu::apply_kernel_in_place<T>(x, size, static_cast<ops::KernelFunction>(kernel));
   return 0;
 }
 

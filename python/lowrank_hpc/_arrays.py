@@ -145,6 +145,22 @@ class Call:
             raise ValueError(f"{self.function}: rows and cols are empty; there is no entry")
         return rows, cols
 
+    def output_array(self, name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype):
+        """An array the call writes into: it must already be what the kernel writes (this
+        backend's array type, C-contiguous, writable, exact shape and dtype); never converted,
+        since a copy would not be the caller's array."""
+        xp = self.xp
+        if not isinstance(out, xp.ndarray):
+            raise TypeError(f"{self.function}: {name} must be a {xp.__name__}.ndarray to write into, got {_kind(out)}")
+        if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+            raise ValueError(f"{self.function}: {name} has shape {tuple(out.shape)} and dtype {out.dtype}, expected "
+                             f"{tuple(shape)} and {np.dtype(dtype)}")
+        if not out.flags.c_contiguous:
+            raise ValueError(f"{self.function}: {name} must be C-contiguous to be written in place")
+        if not self.on_device and not out.flags.writeable:
+            raise ValueError(f"{self.function}: {name} is read-only")
+        return out
+
     @property
     def float_dtype(self) -> np.dtype:
         assert self._float_dtype is not None, "float_array must be called first"

@@ -68,6 +68,7 @@ struct ArrayView {
     return total;
   }
   bool c_contiguous() const {
+    if (size() == 0) return true;  // nothing is read: numpy calls any empty array contiguous
     int64_t expected = itemsize;
     for (int axis = ndim - 1; axis >= 0; --axis) {
       if (shape[axis] != 1 && strides[axis] != expected) return false;

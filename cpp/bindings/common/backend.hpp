@@ -45,7 +45,7 @@ inline void* stream_of(std::uintptr_t stream) { return reinterpret_cast<void*>(s
 // One bind_* function per kernel family, the same on both modules.
 void bind_coo_kernels(py::module_& m);
 void bind_sensing(py::module_& m);
-void bind_elementwise(py::module_& m);
+void bind_maps(py::module_& m);
 void bind_als(py::module_& m);
 void bind_completion_step(py::module_& m);
 void bind_constants(py::module_& m);
@@ -54,7 +54,7 @@ void bind_constants(py::module_& m);
 inline void bind_shared(py::module_& m) {
   bind_coo_kernels(m);
   bind_sensing(m);
-  bind_elementwise(m);
+  bind_maps(m);
   bind_als(m);
   bind_completion_step(m);
   bind_constants(m);

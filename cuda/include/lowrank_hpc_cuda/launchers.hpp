@@ -50,10 +50,6 @@ int gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 template <class T>
 int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out,
                      void* stream);
-// x = f(x) in place for the KernelFunction code `kernel` (validated by the caller); adds the
-// number of NaN/inf results to *nonfinite (device int64, preset by the caller).
-template <class T>
-int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void* stream);
 // ALS half-step (lowrank_hpc/ops/normal_equations.hpp), one thread block per key row: the same
 // arguments as the CPU driver cpu::als_update_rows, all pointers on the device. Adds the number
 // of singular rows to *singular (device int64, preset by the caller). Needs (r^2 + r) *
@@ -70,6 +66,17 @@ int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t*
                      int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
                      T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                      double* changes, int64_t* halvings, uint8_t* stuck, void* stream);
+
+// The element-wise map and row/column reductions over a functor of lowrank_hpc/ops/maps.hpp
+// (cpu/src/map_reduce.hpp has the CPU's, same signatures): out[i] = f(x[i]) (out may be x),
+// *nonfinite += the NaN/inf results; out[i] = sum_j f(x[i, j]) and out[j] = sum_i f(x[i, j])
+// for x (rows, cols), summed in double. Instantiated for every map in cuda/src/maps.cu.
+template <class T, class F>
+int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void* stream);
+template <class T, class F>
+int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
+template <class T, class F>
+int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

@@ -14,6 +14,7 @@ import numpy as np
 from .._arrays import Call, resolve
 from .._backend import CONSTANTS
 from ._factors import factor_pair
+from ._maps import elementwise
 
 # The codes of lowrank_hpc::ops::KernelFunction (kernel_functions.hpp), by name, from the core.
 _KERNEL_CODES: dict[str, int] = CONSTANTS["kernel_functions"]
@@ -105,7 +106,7 @@ class _Selection:
             indices = xp.empty((block.shape[0], self.kk), dtype=np.int64)
             call.module.kernel_topk_rows(block, self.code, values, indices, self.nonfinite)
             return values, indices
-        call.module.apply_kernel(block, self.code, self.nonfinite, call.stream())
+        call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite, call.stream())
         indices = _stable_argsort(xp, -xp.abs(block), axis=1)[:, :self.kk]
         return xp.take_along_axis(block, indices, axis=1), indices
 
@@ -186,8 +187,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     n = V3.shape[1]
     if top_k is None:
         out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
-        nonfinite = call.status(0)
-        call.module.apply_kernel(out, code, nonfinite, call.stream())
+        _, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", out, out=out)
         bad = call.read(nonfinite)[0]
         if bad:
             _raise_overflow(call, code, bad)
