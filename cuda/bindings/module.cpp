@@ -6,6 +6,8 @@
 
 namespace lowrank_hpc::bindings {
 
+void bind_device_info(py::module_& m);  // device_info.cpp: the queries of the import-time check
+
 void raise_launch_error(int code, const char* what) {
   throw CudaError(std::string(what) + " kernel launch failed: " + cuda::error_string(code));
 }
@@ -29,6 +31,7 @@ PYBIND11_MODULE(_cuda, m) {
         "Number of CUDA devices, or minus the cudaError_t code that explains why there is none");
   m.def("error_string", [](int code) { return std::string(lowrank_hpc::cuda::error_string(code)); });
   bindings::bind_shared(m);
+  bindings::bind_device_info(m);
   // A row's normal equations live in one block's shared memory.
   m.attr("ALS_SYSTEM_BYTES_LIMIT") = lowrank_hpc::kAlsSharedBytes;
 }

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import warnings
 from types import ModuleType
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 # Idle OpenMP threads that spin steal the cores OpenBLAS needs for the numpy calls between our
 # kernels (measured: 10x slower small calls on 2 cores). Set before libgomp loads; users may override.
@@ -25,8 +26,113 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend is not usable on this machine; the message says why."""
 
 
+class CudaImage(NamedTuple):
+    """One kernel image in the build: SASS for sm_XY or PTX for compute_XY (``suffix`` "a" or "f"
+    for the arch- and family-specific variants)."""
+
+    kind: str  # "sass" or "ptx"
+    major: int
+    minor: int
+    suffix: str = ""
+
+    @property
+    def name(self) -> str:
+        prefix = "sm" if self.kind == "sass" else "compute"
+        return f"{prefix}_{self.major}{self.minor}{self.suffix}"
+
+    def runs_on(self, capability: tuple[int, int]) -> bool:
+        """Whether the CUDA driver runs this image on a device of ``capability``: SASS on the same
+        major with a minor at least the image's; PTX, JIT-compiled, on any later device;
+        "a" images on that exact capability only; "f" images within their major."""
+        major, minor = capability
+        if self.suffix == "a":
+            return (major, minor) == (self.major, self.minor)
+        if self.kind == "sass" or self.suffix == "f":
+            return major == self.major and minor >= self.minor
+        return (major, minor) >= (self.major, self.minor)
+
+
+_ARCH_ENTRY = re.compile(r"^(\d+)([af]?)(-real|-virtual)?$")
+
+
+def parse_cuda_archs(archs: Union[str, Sequence[str]]) -> Optional[list[CudaImage]]:
+    """The kernel images of a CMake CUDA_ARCHITECTURES list (``_build_info.CUDA_ARCHS``, or the
+    LOWRANK_HPC_CUDA_ARCHS string "86;90"): "86-real" is SASS sm_86, "86-virtual" PTX compute_86,
+    a plain "86" both. None when an entry is not a number (``native``, ``all``): unknown images."""
+    entries = re.split(r"[;,\s]+", archs) if isinstance(archs, str) else list(archs)
+    images: list[CudaImage] = []
+    for entry in entries:
+        entry = str(entry).strip()
+        if not entry:
+            continue
+        match = _ARCH_ENTRY.match(entry)
+        if match is None:
+            return None
+        number, suffix, variant = int(match.group(1)), match.group(2), match.group(3)
+        major, minor = divmod(number, 10)
+        if variant != "-virtual":
+            images.append(CudaImage("sass", major, minor, suffix))
+        if variant != "-real":
+            images.append(CudaImage("ptx", major, minor, suffix))
+    return images
+
+
+def describe_cuda_archs(images: Sequence[CudaImage]) -> str:
+    """ "sm_75, sm_80, sm_120 (PTX compute_120)": the SASS images, then the PTX ones."""
+    sass = ", ".join(image.name for image in images if image.kind == "sass")
+    ptx = ", ".join(image.name for image in images if image.kind == "ptx")
+    if sass and ptx:
+        return f"{sass} (PTX {ptx})"
+    return sass or (f"PTX {ptx}" if ptx else "no architecture")
+
+
+def cuda_arch_mismatch(archs: Union[str, Sequence[str]], capability: tuple[int, int],
+                       device: Optional[str] = None,
+                       compiler_archs: Sequence[int] = ()) -> Optional[str]:
+    """Why a device of ``capability`` (major, minor) has no kernel image in a build compiled for
+    ``archs`` (``_build_info.CUDA_ARCHS``), or None when one runs on it (or the list is not
+    understood: then the first launch decides). ``device`` names the device in the message;
+    ``compiler_archs`` (``_build_info.CUDA_COMPILER_ARCHS``) lets it say when the compiling
+    toolkit cannot build for that device at all."""
+    images = parse_cuda_archs(archs)
+    if images is None or any(image.runs_on(capability) for image in images):
+        return None
+    major, minor = capability
+    if device is None:
+        device = f"a device of compute capability {major}.{minor}"
+    arch = f"{major}{minor}"
+    reason = (f"this build has kernels for {describe_cuda_archs(images)}; {device} has none: "
+              f"rebuild with LOWRANK_HPC_CUDA_ARCHS={arch}")
+    if compiler_archs and major * 10 + minor not in compiler_archs:
+        reason += (f" using a CUDA toolkit that supports sm_{arch} (the nvcc of this build supports "
+                   f"sm_{min(compiler_archs)} to sm_{max(compiler_archs)})")
+    return reason
+
+
+def _device_arch_problem(cuda: ModuleType) -> Optional[str]:
+    """The import-time check: does the current device have an image in this build?"""
+    try:
+        from . import _build_info
+    except ImportError:
+        return None
+    archs = getattr(_build_info, "CUDA_ARCHS", None)
+    if not archs or not hasattr(cuda, "device_compute_capability"):  # an older build: no check
+        return None
+    device = cuda.current_device()
+    if device < 0:
+        return f"no usable CUDA device: {cuda.error_string(-device)}"
+    capability = cuda.device_compute_capability(device)
+    if isinstance(capability, int):
+        return f"no usable CUDA device: {cuda.error_string(-capability)}"
+    name = cuda.device_name(device)
+    label = f"device {device} ({name + ', ' if name else ''}compute capability {capability[0]}.{capability[1]})"
+    return cuda_arch_mismatch(archs, tuple(capability), label,
+                              getattr(_build_info, "CUDA_COMPILER_ARCHS", ()))
+
+
 def _probe_cuda() -> tuple[Optional[ModuleType], Optional[ModuleType], str]:
-    """Import _cuda and CuPy and count devices; never raises (a broken GPU build only warns)."""
+    """Import _cuda and CuPy, count devices and check that the current one has a kernel image in
+    this build; never raises (a broken GPU build only warns)."""
     try:
         from . import _build_info
 
@@ -43,6 +149,9 @@ def _probe_cuda() -> tuple[Optional[ModuleType], Optional[ModuleType], str]:
         return _cuda, None, f"no usable CUDA device: {_cuda.error_string(-count)}"
     if count == 0:
         return _cuda, None, "no CUDA device is visible"
+    problem = _device_arch_problem(_cuda)
+    if problem:
+        return _cuda, None, problem
     try:
         import cupy  # noqa: F401
     except ImportError:

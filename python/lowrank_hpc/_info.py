@@ -9,16 +9,20 @@ __version__ = "0.1.0"
 
 
 def info() -> dict[str, Any]:
-    """Version, backends built and usable, CUDA device (name, memory) or why none, OpenMP threads
-    and the float types supported."""
+    """Version, backends built and usable, the CUDA kernel images compiled, CUDA device (name,
+    memory) or why none (no device, or none the compiled images run on), OpenMP threads and the
+    float types supported."""
     try:
         from . import _build_info
 
         cuda_built, archs = _build_info.CUDA_BUILT, _build_info.CUDA_ARCHS
         compiler = _build_info.CXX_COMPILER
     except ImportError:
-        cuda_built, archs, compiler = _backend.CUDA_BUILT, "", ""
-    cuda: dict[str, Any] = {"built": cuda_built, "archs": archs, "available": _backend.HAS_CUDA}
+        cuda_built, archs, compiler = _backend.CUDA_BUILT, [], ""
+    images = _backend.parse_cuda_archs(archs)
+    # The kernel images compiled, as nvcc names them: ["sm_80", "sm_90", "compute_90"].
+    arch_names = [image.name for image in images] if images is not None else [archs] if isinstance(archs, str) else list(archs)
+    cuda: dict[str, Any] = {"built": cuda_built, "archs": arch_names, "available": _backend.HAS_CUDA}
     if _backend.HAS_CUDA:
         cupy = _backend.cupy_module()
         device = cupy.cuda.Device()
