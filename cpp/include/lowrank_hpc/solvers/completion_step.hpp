@@ -15,44 +15,11 @@
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
+#include "lowrank_hpc/ops/normal_equations.hpp"
 
 namespace lowrank_hpc::solvers {
 
 enum class StepMethod : int { gd = 0, alternating = 1, scaled = 2, scaled_damped = 3 };
-
-// In-place Cholesky factor of a k x k SPD matrix (row-major, lower triangle); false if not SPD.
-template <class T>
-LRH_HD bool cholesky_factor(T* G, int64_t k) {
-  using std::sqrt;
-  for (int64_t j = 0; j < k; ++j) {
-    T pivot = G[j * k + j];
-    for (int64_t c = 0; c < j; ++c) pivot -= G[j * k + c] * G[j * k + c];
-    if (!(pivot > T(0)) || !ops::is_finite(pivot)) return false;
-    const T diagonal = sqrt(pivot);
-    G[j * k + j] = diagonal;
-    for (int64_t i = j + 1; i < k; ++i) {
-      T entry = G[i * k + j];
-      for (int64_t c = 0; c < j; ++c) entry -= G[i * k + c] * G[j * k + c];
-      G[i * k + j] = entry / diagonal;
-    }
-  }
-  return true;
-}
-
-// x <- (L L^T)^-1 x for the factor L of cholesky_factor.
-template <class T>
-LRH_HD void cholesky_apply(const T* L, T* x, int64_t k) {
-  for (int64_t i = 0; i < k; ++i) {
-    T entry = x[i];
-    for (int64_t c = 0; c < i; ++c) entry -= L[i * k + c] * x[c];
-    x[i] = entry / L[i * k + i];
-  }
-  for (int64_t i = k - 1; i >= 0; --i) {
-    T entry = x[i];
-    for (int64_t c = i + 1; c < k; ++c) entry -= L[c * k + i] * x[c];
-    x[i] = entry / L[i * k + i];
-  }
-}
 
 // 1/2 sum over entries [begin, end) of (<U[rows[e]], V[cols[e]]> - vals[e])^2, in double, for
 // one problem's (m, k) U and (n, k) V blocks.
@@ -204,8 +171,8 @@ struct CompletionStep {
         gram[a * k + c] = acc + (a == c ? damping : T(0));
       }
     }
-    if (!cholesky_factor(gram, k)) return false;
-    for (int64_t i = 0; i < grad_rows; ++i) cholesky_apply(gram, grad + i * k, k);
+    if (!ops::ldlt_factor(gram, k)) return false;
+    for (int64_t i = 0; i < grad_rows; ++i) ops::ldlt_apply(gram, grad + i * k, k);
     return true;
   }
 
