@@ -311,7 +311,7 @@ def _base(rng):
     (lambda a: a.update(shape=(10,)), ValueError, "shape must be two positive integers"),
     (lambda a: a.update(vals=a["vals"].astype(np.complex128)), TypeError, "vals must be real numbers"),
     (lambda a: a.update(rows=a["rows"].astype(np.float64)), TypeError, "rows must hold integers"),
-    (lambda a: a.update(cols=None), TypeError, "cols is required, got None"),
+    (lambda a: a.update(cols=None), TypeError, "cols is None; pass an array"),
     (lambda a: a.update(vals=a["vals"][:-1].copy()), ValueError, "vals has length"),
     (lambda a: a.update(rows=a["rows"][:0], cols=a["cols"][:0], vals=a["vals"][:0]), ValueError, "empty"),
     (lambda a: a.update(max_iter=0), ValueError, "max_iter must be a positive integer"),

@@ -162,7 +162,7 @@ def test_sampled_product_rejects_bad_indices(backend, rng):
     ("empty_rows", ValueError, "rows and cols are empty"),
     ("empty_factor", ValueError, r"U is empty \(shape \(0, 2\)\)"),
     ("rank_too_large", ValueError, "rank 6 is larger than both dimensions"),
-    ("none", TypeError, "rows is required, got None"),
+    ("none", TypeError, "rows is None; pass an array"),
     ("object", TypeError, "cols must be an array"),
     ("batched_without_offsets", ValueError, "need offsets"),
     ("offsets_range", ValueError, "offsets must start at 0 and end at the number of entries 10"),

@@ -329,7 +329,7 @@ def test_to_dense_refuses_above_the_budget():
     (lambda: EntrySampling(np.array([], dtype=np.int64), np.array([], dtype=np.int64), (2, 2)), ValueError, "empty"),
     (lambda: EntrySampling(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), (2, 2)), ValueError,
      "rows must be 1-D"),
-    (lambda: EntrySampling(None, [0], (2, 2)), TypeError, "rows is required, got None"),
+    (lambda: EntrySampling(None, [0], (2, 2)), TypeError, "rows is None; pass an array"),
     (lambda: EntrySampling(np.array([0]), np.array([0]), (2, 0)), ValueError, r"shape\[1\]"),
 ])
 def test_constructors_reject_bad_arguments(build, error, match):

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _checks
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -73,7 +73,7 @@ class Call:
     def _as_backend_array(self, name: str, x: Any):
         """x as an ndarray of the call's backend (lists become arrays; CUDA arrays are views)."""
         if x is None:
-            raise TypeError(f"{self.function}: {name} is required, got None")
+            _checks.required(self.function, **{name: x})
         if not self.on_device:
             try:
                 return np.asarray(x)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _checks
 from ._arrays import is_device_array
 from .ops import sampled_product
 from .recover import METHODS, als, factored_gd
@@ -154,10 +154,7 @@ def _observed_in(function: str, X: Any) -> tuple[Any, Any, Any]:
 
 
 def _check_shape(function: str, shape: Any) -> tuple[int, int]:
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
-            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape)):
-        raise ValueError(f"{function}: shape must be two positive integers (n1, n2), got {shape!r}")
-    return int(shape[0]), int(shape[1])
+    return _checks.shape_2d(function, "shape", shape)
 
 
 def _rmse(xp: Any, errors: Any) -> float:
@@ -188,7 +185,7 @@ def _seed(function: str, random_state: Any) -> int:
     """An int seed from scikit-learn's random_state: None (fresh entropy), an int >= 0, a
     numpy RandomState or Generator (one draw from it, so repeated fits differ as in scikit-learn)."""
     if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1)[0])
+        return _checks.draw_seed()
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):

@@ -20,10 +20,9 @@ def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names:
     if U.shape[-1] != V.shape[-1]:
         raise ValueError(f"{call.function}: rank mismatch: {u_name} has shape {tuple(U.shape)} (rank "
                          f"{U.shape[-1]}) and {v_name} has shape {tuple(V.shape)} (rank {V.shape[-1]})")
+    # Any width r >= 1 is valid, r > max(m, n) included: over-parameterized factorizations are
+    # legitimate, and the kernels loop over r independently of m and n.
     m, n, r = U.shape[-2], V.shape[-2], U.shape[-1]
-    if r > max(m, n):
-        raise ValueError(f"{call.function}: rank {r} is larger than both dimensions ({m} x {n}); "
-                         "the factors' last axis is the rank")
     if not batched:
         U, V = U.reshape(1, m, r), V.reshape(1, n, r)
     return U, V, batched

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call, offsets_array, resolve
 from ._factors import raise_index_error
 
@@ -42,20 +43,20 @@ class SparsePattern:
 
     Parameters
     ----------
-    rows, cols : (nnz,) integer arrays (any integer dtype; numpy, or CUDA arrays for the GPU).
-        Repeated coordinates add up (as scipy.sparse sums duplicates).
-    shape : (n_rows, n_cols) of one problem: two positive integers.
+    rows, cols : (nnz,) integer arrays (any integer dtype and layout; numpy, or CUDA arrays for
+        the GPU). A position may repeat: as in scipy's COO format (``coo_matrix(...).tocsr()``),
+        the values of repeated positions add up in every product.
+    shape : (n_rows, n_cols) of one problem, two ints >= 1 (a float is a TypeError).
     offsets : (batch + 1,) entry ranges of the problems, for a batch of patterns (optional).
     """
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], offsets: Optional[Any] = None):
+        _checks.required("SparsePattern", rows=rows, cols=cols)
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
         rows, cols = call.coordinates(rows, cols)
-        if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-                or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape)):
-            raise ValueError(f"SparsePattern: shape must be two positive integers, got {shape!r}")
+        shape = _checks.shape_2d("SparsePattern", "shape", shape)
         batch = 1 if offsets is None else len(offsets) - 1
-        self._setup(call, rows, cols, (int(shape[0]), int(shape[1])), offsets, batch, orders=(False, True))
+        self._setup(call, rows, cols, shape, offsets, batch, orders=(False, True))
 
     def _setup(self, call: Call, rows, cols, shape, offsets, batch: int, orders) -> None:
         self._backend = call.backend
@@ -143,8 +144,10 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
 
     Parameters
     ----------
-    rows, cols : (nnz,) integer arrays (any integer dtype, any layout): entry k sits at
-        (rows[k], cols[k]). Repeated coordinates add up, as scipy.sparse sums duplicates.
+    rows, cols : (nnz,) integer arrays (any integer dtype and layout): entry k sits at
+        (rows[k], cols[k]). Repeated coordinates add up, as in scipy: the result equals
+        ``scipy.sparse.coo_matrix((vals, (rows, cols)), shape).tocsr() @ B`` with duplicates
+        summed (unlike ``lowrank_hpc.recover.als``, which treats them as separate observations).
     vals : (nnz,) float32/float64 values.
     B : (k, r) or (batch, k, r) dense array of the dtype of vals, any layout, where k is the
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).

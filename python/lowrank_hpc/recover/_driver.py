@@ -6,13 +6,27 @@ import hashlib
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _checks
 
-class CheckpointMismatchError(ValueError):
+# Reasons that end a run for good: a rerun with the same checkpoint returns at once. "max_iter"
+# and "time_limit" are not final: a rerun with the checkpoint goes on from where it stopped.
+FINAL_REASONS = ("converged", "stationary", "diverged", "no_progress")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: unreadable, truncated, empty, not written by
+    lowrank_hpc, inconsistent, or in a directory that does not exist. The message names the
+    file and what is wrong."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """The checkpoint file belongs to a different problem or solver configuration."""
 
 
@@ -28,16 +42,39 @@ class LoopSettings:
     description: str = "lowrank_hpc"
 
     def validate(self, function: str) -> None:
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise ValueError(f"{function}: max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float, np.floating)) and self.tol >= 0 and np.isfinite(self.tol)):
-            raise ValueError(f"{function}: tol must be a finite number >= 0, got {self.tol!r}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"{function}: checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"{function}: time_limit must be positive seconds, got {self.time_limit!r}")
+        """Check the settings (normalizing numbers and the checkpoint path) before any work.
+
+        max_iter = 0 and time_limit = 0 are valid: the run returns its starting point.
+        A checkpoint path must lie in an existing, writable directory (checked here, so a
+        long run does not fail at its first save).
+        """
+        self.max_iter = _checks.nonnegative_int(function, "max_iter", self.max_iter)
+        self.tol = _checks.nonnegative_float(function, "tol", self.tol)
+        self.checkpoint_every = _checks.positive_int(function, "checkpoint_every", self.checkpoint_every)
+        if self.time_limit is not None:
+            self.time_limit = _checks.nonnegative_float(function, "time_limit", self.time_limit, finite=False)
         if self.callback is not None and not callable(self.callback):
             raise TypeError(f"{function}: callback must be callable, got {type(self.callback).__name__}")
+        if self.checkpoint is not None:
+            self.checkpoint = checkpoint_path(function, self.checkpoint)
+
+
+def checkpoint_path(function: str, path: Any) -> str:
+    """The checkpoint path as a str, after checking that its directory exists and is writable."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{function}: checkpoint must be a file path (str or os.PathLike), got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"{function}: checkpoint must be a non-empty str path, got {path!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{function}: the directory {directory!r} of checkpoint {path!r} does not exist; "
+                              "create it first (checked before the run, so no work is lost)")
+    if not os.access(directory, os.W_OK):
+        raise CheckpointError(f"{function}: the directory {directory!r} of checkpoint {path!r} is not writable")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{function}: checkpoint {path!r} is a directory; pass a file path (.npz)")
+    return path
 
 
 def fingerprint(*parts: Any) -> str:
@@ -59,6 +96,8 @@ class LoopState:
     """What the loop carries and checkpoints: named arrays, iteration count, history, scalars.
 
     History entries are floats, or (batch,) float64 arrays for batched solves (one per problem).
+    ``seed`` is the seed the run uses (drawn when the call passed None), saved with the state so
+    a resumed run goes on with it.
     """
 
     arrays: dict[str, Any]
@@ -67,6 +106,17 @@ class LoopState:
     relative_change: list[Any] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
     stop_reason: Optional[str] = None  # set once the run has ended; a resumed finished run stops at once
+    seed: Any = None  # an int, an (int, int) pair (als), or None
+
+
+def _seed_array(seed: Any) -> np.ndarray:
+    parts = () if seed is None else (tuple(seed) if isinstance(seed, (tuple, list)) else (seed,))
+    return np.asarray([int(p) for p in parts], dtype=np.uint64)
+
+
+def _seed_value(saved: np.ndarray) -> Any:
+    parts = [int(p) for p in np.asarray(saved).reshape(-1)]
+    return None if not parts else (parts[0] if len(parts) == 1 else tuple(parts))
 
 
 def save_checkpoint(path: str, state: LoopState, digest: str) -> None:
@@ -78,7 +128,8 @@ def save_checkpoint(path: str, state: LoopState, digest: str) -> None:
                    relative_change=np.asarray(state.relative_change, dtype=np.float64),
                    scalar_names=np.asarray(list(state.scalars), dtype=str),
                    scalar_values=np.asarray(list(state.scalars.values()), dtype=np.float64),
-                   fingerprint=np.asarray(digest), stop_reason=np.asarray(state.stop_reason or ""))
+                   fingerprint=np.asarray(digest), stop_reason=np.asarray(state.stop_reason or ""),
+                   seed=_seed_array(state.seed))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -92,20 +143,100 @@ def save_checkpoint(path: str, state: LoopState, digest: str) -> None:
         raise
 
 
-def load_checkpoint(path: str, digest: str, xp: Any) -> Optional[LoopState]:
-    """The saved state if ``path`` exists and matches ``digest``; None if there is no file."""
+# What reading a damaged or foreign file raises, inside numpy's loader and zipfile.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError)
+_REQUIRED = ("fingerprint", "iteration", "loss", "relative_change", "scalar_names", "scalar_values", "stop_reason",
+             "seed")
+
+
+def _read(path: str) -> dict[str, np.ndarray]:
+    """Every entry of the checkpoint at ``path``, or CheckpointError naming the file and the fault."""
+    try:
+        with open(path, "rb") as stream:  # numpy reads from our handle, which closes on every path
+            if not stream.read(1):
+                raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes); delete it or pass another path")
+            stream.seek(0)
+            loaded = np.load(stream, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"checkpoint {path!r} is a single .npy array, not a lowrank_hpc checkpoint "
+                                      "(.npz); delete it or pass another path")
+            with loaded:
+                missing = [key for key in _REQUIRED if key not in loaded.files]
+                if missing:
+                    raise CheckpointError(f"checkpoint {path!r} is not a lowrank_hpc checkpoint (it lacks "
+                                          f"{', '.join(map(repr, missing))}); delete it or pass another path")
+                return {key: loaded[key] for key in loaded.files}
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as error:
+        raise CheckpointError(f"checkpoint {path!r} cannot be read ({type(error).__name__}: {error}): it is "
+                              "truncated, damaged or not an .npz file; delete it or pass another path") from None
+
+
+def resolve_seed(seed: Any, checkpoint: Optional[str]) -> tuple[Any, Any]:
+    """(the seed a run uses, what its fingerprint records for it), for a validated ``seed``.
+
+    An explicit seed is used as given and enters the fingerprint. None draws a fresh seed
+    (:func:`lowrank_hpc._checks.draw_seed`) and the fingerprint records "drawn", not the value,
+    so a later call with seed=None matches the checkpoint; when that checkpoint exists the seed
+    it stores (the one its run drew) is used again, so the resumed run is the same run.
+    """
+    if seed is not None:
+        return seed, seed
+    if checkpoint and os.path.exists(checkpoint):
+        saved = _seed_value(_read(checkpoint)["seed"])
+        if saved is not None:
+            return saved, "drawn"
+    return _checks.draw_seed(), "drawn"
+
+
+def load_checkpoint(path: str, digest: str, xp: Any, template: Optional[LoopState] = None,
+                    growable: tuple[str, ...] = ()) -> Optional[LoopState]:
+    """The saved state if ``path`` exists and matches ``digest``; None if there is no file.
+
+    CheckpointMismatchError when the file belongs to another problem or settings;
+    CheckpointError when it cannot be read, is not a lowrank_hpc checkpoint, or (given the fresh
+    state ``template``) its arrays do not have the shapes and dtypes of this run's (arrays named
+    in ``growable`` may differ in their first axis: histories that grow).
+    """
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        if str(saved["fingerprint"]) != digest:
-            raise CheckpointMismatchError(
-                f"checkpoint {path!r} was written by a different problem or solver settings; "
-                "delete it or pass another checkpoint path")
-        arrays = {key[len("array_"):]: xp.asarray(saved[key]) for key in saved.files if key.startswith("array_")}
-        scalars = dict(zip([str(n) for n in saved["scalar_names"]], [float(v) for v in saved["scalar_values"]]))
-        return LoopState(arrays=arrays, iteration=int(saved["iteration"]), loss=_history(saved["loss"]),
-                         relative_change=_history(saved["relative_change"]), scalars=scalars,
-                         stop_reason=str(saved["stop_reason"]) or None)
+    saved = _read(path)
+    if str(saved["fingerprint"]) != digest:
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} was written by a different problem or solver settings; "
+            "delete it or pass another checkpoint path")
+    arrays = {key[len("array_"):]: saved[key] for key in saved if key.startswith("array_")}
+    iteration = int(saved["iteration"]) if saved["iteration"].shape == () else -1
+    loss, change = saved["loss"], saved["relative_change"]
+    fault = None
+    if iteration < 0 or loss.shape[:1] != (iteration,) or change.shape != loss.shape:
+        fault = (f"an iteration count of {saved['iteration']!r} with histories of shapes {loss.shape} and "
+                 f"{change.shape}")
+    elif saved["scalar_names"].shape != saved["scalar_values"].shape:
+        fault = "scalar names and values of different lengths"
+    if fault is None and template is not None:
+        names = {str(n) for n in saved["scalar_names"]}
+        for name in sorted(set(template.scalars) - names):
+            fault = f"no scalar {name!r}"
+        for name, fresh in template.arrays.items():
+            if fault is not None:
+                break
+            if name not in arrays:
+                fault = f"no array {name!r}"
+                continue
+            have, want = arrays[name], fresh
+            same = have.shape == tuple(want.shape) or (name in growable and have.shape[1:] == tuple(want.shape[1:]))
+            if have.dtype != want.dtype or not same:
+                fault = (f"{name} of shape {have.shape} and dtype {have.dtype} where this run has shape "
+                         f"{tuple(want.shape)} and dtype {want.dtype}")
+    if fault is not None:
+        raise CheckpointError(f"checkpoint {path!r} does not fit this run: it holds {fault}; it was altered or "
+                              "written by another version; delete it or pass another path")
+    scalars = dict(zip([str(n) for n in saved["scalar_names"]], [float(v) for v in saved["scalar_values"]]))
+    return LoopState(arrays={name: xp.asarray(value) for name, value in arrays.items()}, iteration=iteration,
+                     loss=_history(loss), relative_change=_history(change), scalars=scalars,
+                     stop_reason=str(saved["stop_reason"]) or None, seed=_seed_value(saved["seed"]))
 
 
 def _history(saved: np.ndarray) -> list[Any]:
@@ -128,6 +259,8 @@ def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState
 
     ``step`` updates state.arrays in place (or rebinds them) and returns (loss, relative_change):
     floats, or (batch,) arrays for batched solves (the bar then shows the summed loss).
+    The clock is read after each iteration, so a positive time_limit runs at least one;
+    time_limit = 0 (like max_iter = 0) returns the starting state.
     Returns the final state, the stop reason and the seconds spent in this call.
     """
     start = time.perf_counter()
@@ -138,9 +271,9 @@ def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.max_iter, initial=state.iteration, desc=settings.description, leave=False)
-    reason = "max_iter"
+    reason = "time_limit" if settings.time_limit == 0 and state.iteration < settings.max_iter else "max_iter"
     try:
-        while state.iteration < settings.max_iter:
+        while reason != "time_limit" and state.iteration < settings.max_iter:
             loss, change = step(state)
             state.iteration += 1
             state.loss.append(_entry(loss))
@@ -162,8 +295,9 @@ def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState
     finally:
         if bar is not None:
             bar.close()
-    # Only a converged run is final; one stopped by max_iter or the clock resumes on the next call.
-    state.stop_reason = reason if reason in ("converged", "stationary") else None
+    # A run that ended for a final reason stays ended; one stopped by max_iter or the clock
+    # resumes on the next call.
+    state.stop_reason = reason if reason in FINAL_REASONS else None
     if settings.checkpoint:
         save_checkpoint(settings.checkpoint, state, digest)
     return state, reason, time.perf_counter() - start

@@ -19,11 +19,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call, offsets_array, resolve
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
 from ._measures import relative_change
 from ._result import RecoveryResult
 
@@ -181,30 +182,32 @@ def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank
     return V.reshape(count, n, rank)
 
 
-def _seed_key_stream(function: str, seed: Any) -> tuple[int, int]:
-    """(key, stream) of a seed: an int s is (s, 0), a pair (s, b) is itself, None is fresh entropy."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy) % (1 << 64), 0
-    parts = seed if isinstance(seed, (tuple, list)) else (seed, 0)
-    if len(parts) != 2 or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < (1 << 64)
-                              for p in parts):
-        raise ValueError(f"{function}: seed must be None, an integer in [0, 2**64) or a pair of them, got {seed!r}")
-    return int(parts[0]), int(parts[1])
+def _check_seed(function: str, seed: Any) -> Any:
+    """None, an int in [0, 2**64), or a pair (key, stream) of them (als only)."""
+    if isinstance(seed, (tuple, list)):
+        if len(seed) != 2:
+            raise ValueError(f"{function}: seed must be None, an integer in [0, 2**64) or a pair of them, "
+                             f"got {seed!r}")
+        return (_checks.seed(function, seed[0], name="seed[0]"), _checks.seed(function, seed[1], name="seed[1]"))
+    return _checks.seed(function, seed)
+
+
+def _key_stream(seed: Any) -> tuple[int, int]:
+    """(Philox key, stream) of a resolved seed: an int s is (s, 0), a pair (s, b) is itself."""
+    return (int(seed[0]), int(seed[1])) if isinstance(seed, tuple) else (int(seed), 0)
 
 
 def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling: Any) -> tuple[tuple[int, int], int]:
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape)):
-        raise ValueError(f"{function}: shape must be two positive integers (m, n), got {shape!r}")
-    m, n = int(shape[0]), int(shape[1])
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(m, n):
+    m, n = _checks.shape_2d(function, "shape", shape)
+    rank = _checks.integer(function, "rank", rank)
+    # ALS keeps rank <= min(m, n): each row is an exact least-squares solve of width rank, whose
+    # normal equations are singular for every row past that without reg, and U V^T gains nothing.
+    if not 1 <= rank <= min(m, n):
         raise ValueError(f"{function}: rank must be an integer in [1, min(shape) = {min(m, n)}], got {rank!r}")
-    if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating, np.integer)) or not (
-            np.isfinite(reg) and reg >= 0):
-        raise ValueError(f"{function}: reg must be a finite number >= 0, got {reg!r}")
+    _checks.nonnegative_float(function, "reg", reg)
     if reg_scaling not in REG_SCALINGS:
         raise ValueError(f"{function}: reg_scaling must be one of {REG_SCALINGS}, got {reg_scaling!r}")
-    return (m, n), int(rank)
+    return (m, n), rank
 
 
 def _check_coordinates(call: Call, rows, cols, vals):
@@ -222,18 +225,26 @@ def _check_init(call: Call, init, expected: tuple[int, ...]):
     return V0.reshape(1, *V0.shape) if len(expected) == 2 else V0
 
 
+# Per-problem outcomes of the ALS loop (state.arrays["reason"]).
+_RUNNING, _CONVERGED, _DIVERGED = 0, 1, 2
+
+
 def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float, digest: str,
-           batched: bool, started: float) -> RecoveryResult:
-    """The loop shared by als and batched_als: B problems, each frozen once it converges."""
+           batched: bool, started: float, seed: Any) -> RecoveryResult:
+    """The loop shared by als and batched_als: B problems, each frozen once it converges, or once
+    its loss is NaN/inf ("diverged", converged False)."""
     xp = call.xp
-    state = LoopState(arrays={"U": xp.zeros((problem.batch, problem.m, problem.rank), dtype=V0.dtype), "V": V0,
+    host = ("active", "n_iter", "reason")  # bookkeeping stays on the host
+    fresh = LoopState(arrays={"U": xp.zeros((problem.batch, problem.m, problem.rank), dtype=V0.dtype), "V": V0,
                               "active": np.ones(problem.batch, dtype=np.uint8),
-                              "n_iter": np.zeros(problem.batch, dtype=np.int64)},
-                      scalars={"singular_rows": 0.0})
+                              "n_iter": np.zeros(problem.batch, dtype=np.int64),
+                              "reason": np.zeros(problem.batch, dtype=np.uint8)},
+                      scalars={"singular_rows": 0.0}, seed=seed)
+    state = fresh
     if settings.checkpoint:
-        saved = load_checkpoint(settings.checkpoint, digest, xp)
+        saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh)
         if saved is not None:
-            for name in ("active", "n_iter"):  # bookkeeping stays on the host
+            for name in host:
                 saved.arrays[name] = call.to_host(saved.arrays[name])
             state = saved
 
@@ -244,20 +255,26 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
         loss[~running] = np.nan  # frozen problems did not iterate
         change[~running] = np.nan
         state.arrays["n_iter"][running] += 1
-        active[running & (change < tol)] = 0
+        diverged = running & ~np.isfinite(loss)
+        state.arrays["reason"][diverged] = _DIVERGED
+        converged = running & ~diverged & (change < tol)
+        state.arrays["reason"][converged] = _CONVERGED
+        active[diverged | converged] = 0
         state.scalars["singular_rows"] = float(singular)
         return (loss, change) if batched else (loss[0], change[0])
 
-    def all_converged(state: LoopState) -> Optional[str]:
+    def all_stopped(state: LoopState) -> Optional[str]:
         return None if state.arrays["active"].any() else "converged"
 
-    state, reason, _ = run_loop(settings, state, step, digest, all_converged)
-    converged = state.arrays["active"] == 0
-    stop = ["converged" if flag else reason for flag in converged]
-    history = {"loss": np.asarray(state.loss, dtype=np.float64),
-               "relative_change": np.asarray(state.relative_change, dtype=np.float64)}
+    state, reason, _ = run_loop(settings, state, step, digest, all_stopped)
+    codes = state.arrays["reason"]
+    converged = codes == _CONVERGED
+    stop = ["converged" if code == _CONVERGED else "diverged" if code == _DIVERGED else reason for code in codes]
+    empty = (0, problem.batch) if batched else (0,)
+    history = {name: (np.asarray(values, dtype=np.float64) if values else np.zeros(empty))
+               for name, values in (("loss", state.loss), ("relative_change", state.relative_change))}
     info = {"singular_rows": int(state.scalars["singular_rows"]), "reg": problem.reg, "kernel": problem.kernel,
-            "reg_scaling": "count" if problem.count_scaling else "none"}
+            "reg_scaling": "count" if problem.count_scaling else "none", "seed": state.seed}
     U, V = state.arrays["U"], state.arrays["V"]
     if batched:
         info["n_iter"] = state.arrays["n_iter"].copy()
@@ -271,6 +288,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
 
 def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling, settings: LoopSettings,
              batched: bool):
+    _checks.required(function, rows=rows, cols=cols, vals=vals)
     call = resolve(function, rows=rows, cols=cols, vals=vals, offsets=offsets, init=init)
     (m, n), rank = _check_settings(function, shape, rank, reg, reg_scaling)
     settings.validate(function)
@@ -307,56 +325,71 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     Parameters
     ----------
     rows, cols : (nnz,) int32/int64 arrays of one dtype, 0 <= rows < m, 0 <= cols < n (numpy,
-        or CUDA arrays to solve on the GPU). Repeated coordinates count as separate observations.
+        or CUDA arrays to solve on the GPU). Repeated coordinates count as separate observations:
+        c entries (i, j) with values v_1..v_c add sum_k (v_k - x_ij)^2 = c (mean(v) - x_ij)^2 +
+        const to the objective, so the fit is the one of a single entry holding their mean with
+        weight c (the same U, V as c copies of the mean; for reg_scaling="count" each copy counts).
     vals : (nnz,) float32/float64 observed values (finite); the factors take this dtype.
-    shape : (m, n).
-    rank : 1 <= rank <= min(m, n).
+    shape : (m, n), two ints >= 1 (a float such as 30.9 or 30.0 is a TypeError, never truncated).
+    rank : an int, 1 <= rank <= min(m, n) (each row solve is a least-squares fit of width rank:
+        past min(m, n) its normal equations are singular without reg, and U V^T gains nothing).
     reg : regularisation >= 0.
     reg_scaling : "none" or "count".
-    max_iter, tol : stop after max_iter iterations, or once the relative change of U V^T,
+    max_iter, tol : stop after max_iter iterations ("max_iter"; max_iter=0 returns the start: U
+        = 0 and the initial V, n_iter 0, empty history), or once the relative change of U V^T,
         ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, is below tol (computed from r x r Gram matrices).
-    seed : None (fresh entropy), an integer s or a pair (s, b): V starts as standard normal
-        draws / sqrt(rank) from the counter-based generator with key s and stream b (0 for an
-        integer), identical on CPU and GPU. U starts at 0, so the first relative change is inf.
+        A NaN/inf loss (values beyond the float range of a squared loss, e.g. near 1e160 in
+        float64) stops the run with stop_reason "diverged" and converged False.
+    seed : None (fresh entropy: a key is drawn for this call), an integer s in [0, 2**64) or a
+        pair (s, b): V starts as standard normal draws / sqrt(rank) from the counter-based
+        generator with key s and stream b (0 for an integer), identical on CPU and GPU; an int
+        makes the run reproducible. ``result.info["seed"]`` is the seed used (the drawn key for
+        None). U starts at 0, so the first relative change is inf.
     init : (n, rank) initial V of the dtype of vals (e.g. a previous ``result.V``); replaces the seed.
     callback : called as callback(iteration, {"loss", "relative_change", "U", "V", ...}) after
         every iteration (U, V there are (1, m, rank) / (1, n, rank) views of the live factors).
     progress : show a tqdm bar (on stderr) with the current loss.
     checkpoint : path of an .npz the state is written to atomically every ``checkpoint_every``
         iterations and at the end; calling again with the same path, data and settings resumes
-        from it and ends with the same U, V as an uninterrupted run.
-    time_limit : seconds after which the run stops with stop_reason "time_limit".
+        from it and ends with the same U, V as an uninterrupted run (also with seed=None: the
+        checkpoint stores the drawn seed and a seed=None call reuses it). Its directory must
+        exist (checked before the first iteration).
+    time_limit : seconds after which the run stops with stop_reason "time_limit", read after
+        each iteration (a positive limit runs at least one); 0 returns the start.
 
     Returns
     -------
     RecoveryResult with U (m, rank), V (n, rank) (the array type of the inputs), history
     {"loss", "relative_change"} (n_iter,) float64, where loss is half the objective above
-    (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged, stop_reason
-    ("converged", "max_iter" or "time_limit"), seconds, backend, info["singular_rows"] and
-    info["kernel"] (which ALS kernel ran: "fused", "rows" or "dense"; on the CPU all three give the
-    same U, V).
+    (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged (a bool), stop_reason
+    (a str: "converged", "max_iter", "time_limit" or "diverged"), seconds, backend,
+    info["singular_rows"], info["seed"] and info["kernel"] (which ALS kernel ran: "fused",
+    "rows" or "dense"; on the CPU all three give the same U, V).
 
     Raises
     ------
-    TypeError for dtypes or mixed host/device arrays; ValueError for shapes, NaN/inf in vals,
-    empty input and bad settings; IndexError for an out-of-range index; CheckpointMismatchError
-    when ``checkpoint`` belongs to another problem.
+    TypeError for dtypes, mixed host/device arrays, None for an array, a non-int size, rank or
+    seed; ValueError for shapes, NaN/inf in vals, empty input and bad settings; IndexError for
+    an out-of-range index; CheckpointError for an unusable checkpoint file or directory, and its
+    subclass CheckpointMismatchError when ``checkpoint`` belongs to another problem.
     """
     started = time.perf_counter()
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="als")
+    seed = _check_seed("als", seed)
     call, problem = _prepare("als", rows, cols, vals, None, init, shape, rank, reg, reg_scaling, settings,
                              batched=False)
+    seed, seed_key = resolve_seed(seed, settings.checkpoint)
     if init is not None:
         V0 = _check_init(call, init, (problem.n, problem.rank)).copy()
     else:
-        key, stream = _seed_key_stream("als", seed)
+        key, stream = _key_stream(seed)
         V0 = _initial_V(call, key, stream, 1, problem.n, problem.rank, problem.vals.dtype)
     # Without a checkpoint nothing is compared against, so the data need not be hashed.
     digest = fingerprint("als", problem.rows, problem.cols, problem.vals, problem.m, problem.n, problem.rank,
-                         problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
-    return _solve(call, problem, V0, settings, tol, digest, batched=False, started=started)
+                         problem.reg, reg_scaling, settings.tol, repr(seed_key), init) if checkpoint else ""
+    return _solve(call, problem, V0, settings, settings.tol, digest, batched=False, started=started, seed=seed)
 
 
 def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int,
@@ -377,20 +410,24 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     ----------
     rows, cols, vals : (nnz,) the problems' entries concatenated; problem b owns entries
         offsets[b]:offsets[b + 1], indices within one problem (0 <= rows < m, 0 <= cols < n).
+        Repeated coordinates within a problem count as separate observations, as in :func:`als`
+        (the fit sees their mean, weighted by their count).
     offsets : (B + 1,) int array, non-decreasing from 0 to nnz. A problem may have no entries
         (its factors are zero when reg > 0).
     shape, rank, reg, reg_scaling, max_iter, tol, callback, progress, checkpoint,
     checkpoint_every, time_limit : as for :func:`als`, per problem (the bar shows the loss
         summed over the running problems).
-    seed : None or an int >= 0: problem b's V starts from stream b of key ``seed``, exactly as
-        ``als(..., seed=(seed, b))``; None draws a fresh key.
+    seed : None or an int in [0, 2**64): problem b's V starts from stream b of key ``seed``,
+        exactly as ``als(..., seed=(seed, b))``; None draws a fresh key for the call (reported
+        in ``info["seed"]``, stored in checkpoints so a seed=None rerun resumes).
     init : (B, n, rank) initial V, replacing the seeds.
 
     Returns
     -------
-    RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool, stop_reason a list
-    of B strings, history {"loss", "relative_change"} of shape (n_iter, B) (NaN once a problem
-    is frozen), n_iter the most iterations any problem ran, info["n_iter"] (B,) per problem and
+    RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool array, stop_reason a
+    list of B str ("converged", "diverged", "max_iter" or "time_limit" per problem), history
+    {"loss", "relative_change"} of shape (n_iter, B) (NaN once a problem is frozen), n_iter the
+    most iterations any problem ran, info["n_iter"] (B,) int64 per problem, info["seed"] and
     info["singular_rows"] (all problems, last iteration), info["kernel"] as for :func:`als`
     ("dense", for many small densely observed problems of rank <= 4 whose entries come in
     (row, col) order, runs a SIMD register of problems at a time).
@@ -399,17 +436,17 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="batched_als")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"batched_als: seed must be None or an integer >= 0, got {seed!r}")
+    seed = _checks.seed("batched_als", seed)
     if offsets is None:
         raise ValueError("batched_als: offsets (length B + 1) must say which entries belong to which problem")
     call, problem = _prepare("batched_als", rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling,
                              settings, batched=True)
+    seed, seed_key = resolve_seed(seed, settings.checkpoint)
     if init is not None:
         V0 = _check_init(call, init, (problem.batch, problem.n, problem.rank)).copy()
     else:
-        key, _ = _seed_key_stream("batched_als", seed)
-        V0 = _initial_V(call, key, 0, problem.batch, problem.n, problem.rank, problem.vals.dtype)
+        V0 = _initial_V(call, seed, 0, problem.batch, problem.n, problem.rank, problem.vals.dtype)
     digest = fingerprint("batched_als", problem.rows, problem.cols, problem.vals, problem.offsets, problem.m,
-                         problem.n, problem.rank, problem.reg, reg_scaling, tol, repr(seed), init) if checkpoint else ""
-    return _solve(call, problem, V0, settings, tol, digest, batched=True, started=started)
+                         problem.n, problem.rank, problem.reg, reg_scaling, settings.tol, repr(seed_key),
+                         init) if checkpoint else ""
+    return _solve(call, problem, V0, settings, settings.tol, digest, batched=True, started=started, seed=seed)

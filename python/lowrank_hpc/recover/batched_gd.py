@@ -9,11 +9,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import offsets_array, resolve
 from .._backend import CONSTANTS
 from ..ops import SparsePattern
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
 from ._result import RecoveryResult
+from .factored_gd import PRECISION_CHANGE, quiet
 
 # The codes of lowrank_hpc::solvers::StepMethod (completion_step.hpp), by name, from the core.
 _METHOD_CODES: dict[str, int] = CONSTANTS["step_methods"]
@@ -81,8 +83,9 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     rows, cols : (nnz,) int32/int64 indices, 0 <= rows < m, 0 <= cols < n.
     vals : (nnz,) float32/float64 observed values; every problem needs a nonzero one.
     offsets : (B + 1,) int array, non-decreasing from 0 to nnz: problem b's entry range.
-    shape : (m, n) of every problem.
-    rank : factor width, 1 <= rank <= min(m, n).
+    shape : (m, n) of every problem, two ints >= 1.
+    rank : factor width, an int >= 1; as in :func:`factored_gd` it may exceed min(m, n)
+        (over-parameterized) except with method "scaled" or init "spectral".
     method : "gd", "alternating", "scaled" or "scaled_damped".
     init : "small" (problem b uses the init factored_gd would draw with seed = seed + b),
         "spectral" (top-rank SVD of each problem's zero-filled observations divided by its
@@ -94,13 +97,22 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         number or a (B,) array.
     max_iter, tol, callback, progress, checkpoint, checkpoint_every, time_limit : as in
         :func:`factored_gd`; a problem stops when its relative residual is below tol
-        ("converged") or its relative change below 1e-3 * tol ("stationary").
+        ("converged") or its relative change below 1e-3 * tol ("stationary"), or, with
+        converged False, when its loss is NaN/inf ("diverged") or an iteration cannot move its
+        factors ("no_progress"), exactly as :func:`factored_gd` decides for one problem.
+    seed : None (fresh entropy: one seed is drawn for the call) or an int in [0, 2**64): problem
+        b draws its "small" init with seed + b, as factored_gd(..., seed=seed + b) does.
+        ``result.info["seed"]`` is the seed used; a checkpointed run with seed=None resumes
+        with the seed it drew (stored in the checkpoint).
 
     Returns
     -------
     RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool array,
-    stop_reason (list of B strings), history["loss"] and ["relative_change"] (n_iter, B).
+    stop_reason (list of B strings), history["loss"] and ["relative_change"] (n_iter, B),
+    n_iter the most iterations any problem ran, info["n_iter"] (B,) int64 per problem (as
+    :func:`batched_als` reports), info["steps"], info["dampings"], info["seed"].
     """
+    _checks.required("batched_factored_gd", rows=rows, cols=cols, vals=vals)
     pair = init if isinstance(init, (tuple, list)) else (None, None)
     call = resolve("batched_factored_gd", rows=rows, cols=cols, vals=vals, offsets=offsets,
                    init_U=pair[0] if len(pair) == 2 else None, init_V=pair[1] if len(pair) == 2 else None)
@@ -110,24 +122,36 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         raise ValueError(f"batched_factored_gd: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
     if offsets is None:
         raise ValueError("batched_factored_gd: offsets (B + 1,) is required")
+    if not hasattr(offsets, "shape"):
+        raise TypeError(f"batched_factored_gd: offsets must be an int array, got {type(offsets).__name__}")
     batch = int(offsets.shape[0]) - 1
     offsets = offsets_array(call, "offsets", offsets, batch, int(vals.shape[0]))
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"batched_factored_gd: shape must be two positive sizes, got {shape!r}")
-    m, n = int(shape[0]), int(shape[1])
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(m, n):
-        raise ValueError(f"batched_factored_gd: rank must be an integer in [1, {min(m, n)}], got {rank!r}")
+    m, n = _checks.shape_2d("batched_factored_gd", "shape", shape)
+    rank = _checks.integer("batched_factored_gd", "rank", rank)
+    if rank < 1:
+        raise ValueError(f"batched_factored_gd: rank must be an integer >= 1, got {rank}")
     if method not in BATCHED_METHODS:
         raise ValueError(f"batched_factored_gd: unknown method {method!r}; choose one of {BATCHED_METHODS}")
+    if rank > min(m, n) and (method == "scaled" or (isinstance(init, str) and init == "spectral")):
+        what = "method 'scaled' (it inverts the rank x rank V^T V)" if method == "scaled" else "init='spectral'"
+        raise ValueError(f"batched_factored_gd: rank {rank} exceeds min{(m, n)} = {min(m, n)}, which {what} "
+                         "cannot take; over-parameterized factors need another method or init")
+    init_scale = _checks.positive_float("batched_factored_gd", "init_scale", init_scale)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"batched_factored_gd[{method}]")
     settings.validate("batched_factored_gd")
+    tol = settings.tol
     xp, dtype = call.xp, vals.dtype
-    seed_value = 0 if seed is None else int(seed)
+    seed_value, seed_key = resolve_seed(_checks.seed("batched_factored_gd", seed), settings.checkpoint)
     problems = _BatchedCompletion(call, rows, cols, vals, offsets, (m, n))
 
-    vals_norm = xp.sqrt(problems.per_problem_sum(vals * vals))
+    # Per-problem ||vals_b|| in float64, scaled by max |vals| so values near the float range
+    # neither overflow nor underflow when squared.
+    magnitude = float(xp.max(xp.abs(vals)))
+    unit = magnitude if magnitude > 0 and np.isfinite(magnitude) else 1.0
+    scaled_vals = vals.astype(np.float64) / unit
+    vals_norm = unit * xp.sqrt(problems.per_problem_sum(scaled_vals * scaled_vals))
     if bool(xp.any(vals_norm == 0)):
         empty = int(xp.flatnonzero(vals_norm == 0)[0])
         raise ValueError(f"batched_factored_gd: problem {empty} has no nonzero observation")
@@ -135,11 +159,12 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     scaled = method in ("scaled", "scaled_damped")
     # The power iteration costs a few sparse products: run only when a default needs it.
     needs_sigma = (step is None and not scaled) or (method == "scaled_damped" and damping is None)
-    sigma = _batched_spectral_norm(problems, dtype, seed_value) if needs_sigma else None
-    steps = _per_problem("step", step, batch, xp, default=(lambda: 0.5 / fraction) if scaled else (lambda: 0.5 / sigma))
+    sigma = quiet(_batched_spectral_norm)(problems, dtype, seed_value) if needs_sigma else None
+    steps = _per_problem("step", step, batch, xp,
+                         default=quiet((lambda: 0.5 / fraction) if scaled else (lambda: 0.5 / sigma)))
     dampings = _per_problem("damping", damping, batch, xp, allow_zero=True,
-                            default=(lambda: 1e-2 * sigma / fraction) if method == "scaled_damped"
-                            else (lambda: xp.zeros(batch)))
+                            default=quiet((lambda: 1e-2 * sigma / fraction) if method == "scaled_damped"
+                                          else (lambda: xp.zeros(batch))))
 
     if isinstance(init, str) and init == "small":
         U = np.empty((batch, m, rank))
@@ -170,26 +195,34 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
                          f"got {init!r}")
 
     _check_ranges(call, rows, cols, m, n)
-    # Hashing the data is only needed to match a checkpoint.
-    digest = fingerprint("batched_factored_gd", method, rank, init_scale, tol, seed_value, (m, n),
-                         rows, cols, vals, offsets, steps, dampings, U, V) if checkpoint else ""
-    state = load_checkpoint(checkpoint, digest, xp) if checkpoint else None
+    # Hashing the settings and data is only needed to match a checkpoint (the random start is a
+    # function of them and the seed; a drawn seed enters as "drawn" and is saved in the state).
+    given = (U, V) if isinstance(init, (tuple, list)) else (init,)
+    digest = fingerprint("batched_factored_gd", method, rank, init_scale, tol, seed_key, (m, n),
+                         rows, cols, vals, offsets, _given(step), _given(damping), *given) if checkpoint else ""
+    # Per-problem history lives in (rows, B) arrays that double when full, so checkpoints carry it.
+    fresh = LoopState(arrays={"U": U, "V": V, "step": steps, "active": xp.ones(batch, dtype=bool),
+                              "reason": xp.zeros(batch, dtype=np.int8),
+                              "halvings": xp.zeros(batch, dtype=np.int64),
+                              "n_iter": xp.zeros(batch, dtype=np.int64),
+                              "loss_history": xp.zeros((max(min(settings.max_iter, 64), 1), batch)),
+                              "change_history": xp.zeros((max(min(settings.max_iter, 64), 1), batch))},
+                      seed=seed_value)
+    growable = ("loss_history", "change_history")
+    state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh, growable=growable) if checkpoint else None
     if state is None:
-        # Per-problem history lives in (rows, B) arrays that double when full, so checkpoints carry it.
-        state = LoopState(arrays={"U": U, "V": V, "step": steps, "active": xp.ones(batch, dtype=bool),
-                                  "reason": xp.zeros(batch, dtype=np.int8),
-                                  "halvings": xp.zeros(batch, dtype=np.int64),
-                                  "loss_history": xp.zeros((min(max_iter, 64), batch)),
-                                  "change_history": xp.zeros((min(max_iter, 64), batch))})
-    reasons = ("running", "converged", "stationary", "max_iter", "time_limit")
+        state = fresh
+    reasons = ("running", "converged", "stationary", "max_iter", "time_limit", "diverged", "no_progress")
     kernel = _FusedSteps(call, rows, cols, vals, offsets, batch, (m, n), rank, method, dampings)
 
+    @quiet
     def advance(state: LoopState):
         arrays = state.arrays
         running = arrays["active"]
         U_next, V_next, loss, change, stuck = kernel.run(arrays["U"], arrays["V"], running, arrays["step"],
                                                          arrays["halvings"])
         arrays["U"], arrays["V"] = U_next, V_next
+        arrays["n_iter"] += running
         for name in ("loss_history", "change_history"):
             if state.iteration >= arrays[name].shape[0]:
                 arrays[name] = xp.concatenate([arrays[name], xp.zeros_like(arrays[name])])
@@ -201,15 +234,28 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
 
     cache: dict[str, Any] = {}
 
+    @quiet
     def stop(state: LoopState):
         running, reason = state.arrays["active"], state.arrays["reason"]
-        residual = xp.sqrt(2 * cache["loss"]) / vals_norm
-        done = running & (residual < tol)
-        # A problem that cannot decrease even with tiny steps is stationary at working precision.
-        stationary = running & ~done & ((cache["change"] < 1e-3 * tol) | cache["stuck"])
+        loss, change, stuck = cache["loss"], cache["change"], cache["stuck"]
+        diverged = running & ~xp.isfinite(loss)
+        residual = xp.sqrt(2 * xp.where(diverged, 0.0, loss)) / vals_norm
+        done = running & ~diverged & (residual < tol)
+        # An iterate that did not move (no step decreased the loss, or the step could not change
+        # the factors) is stationary at working precision after a tiny previous change, else it
+        # made no progress; as factored_gd decides for one problem.
+        previous = (state.arrays["change_history"][state.iteration - 2] if state.iteration >= 2
+                    else xp.full(batch, np.inf))
+        tiny = xp.isfinite(previous) & (previous < PRECISION_CHANGE[np.dtype(dtype)])
+        open_ = running & ~diverged & ~done
+        unmoved = open_ & (stuck | (change == 0))
+        no_progress = unmoved & ~tiny
+        stationary = open_ & ~no_progress & ((change < 1e-3 * tol) | stuck)
         reason[done] = 1
         reason[stationary] = 2
-        state.arrays["active"] = running & ~done & ~stationary
+        reason[diverged] = 5
+        reason[no_progress] = 6
+        state.arrays["active"] = open_ & ~no_progress & ~stationary
         return None if bool(xp.any(state.arrays["active"])) else "converged"
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop)
@@ -225,7 +271,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         n_iter=state.iteration, converged=np.isin(final_host, (1, 2)),
         stop_reason=[reasons[int(code)] for code in final_host], seconds=seconds, backend=call.backend,
         step=None, step_halvings=int(to_host(state.arrays["halvings"]).sum()),
-        info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings)})
+        info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings),
+              "n_iter": to_host(state.arrays["n_iter"]).astype(np.int64), "seed": state.seed})
 
 
 class _FusedSteps:
@@ -263,6 +310,13 @@ def _check_ranges(call, rows, cols, m: int, n: int) -> None:
         if bool(bad.any()):
             first = int(call.xp.argmax(bad))
             raise IndexError(f"batched_factored_gd: {name}[{first}] = {int(index[first])} is out of range [0, {bound})")
+
+
+def _given(value: Any) -> Any:
+    """A step or damping argument as the fingerprint records it: None, a number or a host array."""
+    if value is None or np.ndim(value) == 0:
+        return value if value is None else float(value)
+    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
 
 
 def _per_problem(name: str, value: Any, batch: int, xp: Any, default: Callable[[], Any], allow_zero: bool = False):

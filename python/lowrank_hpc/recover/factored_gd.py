@@ -8,13 +8,15 @@ removes the init-scale dependence of over-parameterized asymmetric GD (Xiong, Di
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import resolve
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, run_loop
+from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
                              spectral_norm, top_singular_triplets)
@@ -25,6 +27,29 @@ _ASYMMETRIC_ONLY = ("alternating", "gd_rebalanced")
 # A step is accepted when the loss does not grow by more than this relative amount.
 _GROWTH_ALLOWED = 1e-9
 _MAX_HALVINGS_PER_STEP = 50
+# A stuck iterate (no step decreases the loss) counts as stationary only when the previous
+# iteration already changed X by less than this (about 16 sqrt(eps) of the dtype: a minimum at
+# working precision); after a larger change, or at the first iteration, it is "no_progress".
+PRECISION_CHANGE = {np.dtype(np.float32): 16 * float(np.sqrt(np.finfo(np.float32).eps)),
+                    np.dtype(np.float64): 16 * float(np.sqrt(np.finfo(np.float64).eps))}
+
+
+def robust_norm(xp: Any, x: Any) -> float:
+    """||x||_2 in float64, scaled so that values near the float range neither overflow nor underflow."""
+    x = x.astype(np.float64)
+    scale = float(xp.max(xp.abs(x))) if x.size else 0.0
+    if scale == 0 or not np.isfinite(scale):
+        return scale
+    return scale * float(xp.linalg.norm(x / scale))
+
+
+def stalled_reason(previous: Optional[float], dtype: Any) -> str:
+    """The reason of an iteration that did not move the factors (no step decreased the loss, or
+    the step was too small to change them): "stationary" after a previous change below the
+    working precision, else "no_progress". (An accepted step that leaves the factors unchanged
+    after a tiny change is left to the tolerance test, so tol=0 still runs to max_iter.)"""
+    tiny = previous is not None and np.isfinite(previous) and previous < PRECISION_CHANGE[np.dtype(dtype)]
+    return "stationary" if tiny else "no_progress"
 
 
 @dataclass
@@ -79,22 +104,45 @@ def _rebalance(xp: Any, U: Any, V: Any) -> tuple[Any, Any]:
     return scale * (U @ inverse_root), (V @ root) / scale
 
 
+def quiet(function: Callable) -> Callable:
+    """``function`` run without numpy's overflow/invalid/divide warnings: the solvers test the
+    loss and factors for NaN/inf themselves and report it as stop_reason "diverged" (or halve
+    the step), so the warnings numpy would print from inside them carry nothing more."""
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return function(*args, **kwargs)
+    return run
+
+
+def _finite(xp: Any, *arrays: Any) -> bool:
+    return all(bool(xp.isfinite(a).all()) for a in arrays if a is not None)
+
+
 def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any]:
+    """(U', V', residual at them); the residual is None when a step overflowed the factors
+    (the caller then treats the loss as infinite and halves the step)."""
     xp = problem.xp
     if problem.method == "alternating":
         grad_u = adjoint_times(problem.op, z, V)
         U_new = U - step * grad_u
+        if not _finite(xp, U_new):
+            return U_new, V, None
         z_mid = problem.residual(U_new, V)
         V_new = V - step * adjoint_transpose_times(problem.op, z_mid, U_new)
+        if not _finite(xp, V_new):
+            return U_new, V_new, None
         return U_new, V_new, problem.residual(U_new, V_new)
     grad_u, grad_v = problem.gradients(U, V, z)
     # Kernels take row-major factors; the preconditioned gradient may come back transposed.
     U_new = xp.ascontiguousarray(U - step * problem.precondition(grad_u, U if problem.symmetric else V))
     V_new = U_new if problem.symmetric else xp.ascontiguousarray(V - step * problem.precondition(grad_v, U))
+    if not _finite(xp, U_new, None if problem.symmetric else V_new):
+        return U_new, V_new, None
     return U_new, V_new, problem.residual(U_new, V_new)
 
 
-def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int, seed: Optional[int],
+def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int, seed: int,
                      scale: float, dtype: Any) -> tuple[Any, Any]:
     xp, (n1, n2) = problem.xp, problem.op.shape
     if isinstance(init, str) and init == "small":
@@ -107,7 +155,7 @@ def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int,
         V = (init_scale / 3.0) * rng.standard_normal((n2, rank)) / np.sqrt(n2)
         return xp.asarray(U.astype(dtype)), xp.asarray(V.astype(dtype))
     if isinstance(init, str) and init == "spectral":
-        left, sigma, right = top_singular_triplets(problem.op, problem.y, rank, xp, seed=seed or 0)
+        left, sigma, right = top_singular_triplets(problem.op, problem.y, rank, xp, seed=seed)
         sigma = sigma / scale  # A*(y) ~ scale * M
         if problem.symmetric:
             # Top eigenpairs of the symmetric part, keeping the positive ones.
@@ -164,7 +212,9 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     ----------
     op : a sensing operator (``lowrank_hpc.sensing``) of shape (n1, n2).
     y : (op.num_measurements,) float32/float64 measurements, numpy (CPU) or CUDA array (GPU).
-    rank : width of the factors, 1 <= rank <= min(n1, n2).
+    rank : width of the factors, an int >= 1. It may exceed min(n1, n2) (over-parameterized
+        factors), except with method "scaled" (which inverts the rank x rank V^T V) and
+        init "spectral" (the top-rank singular vectors of A*(y)).
     method : "gd" (simultaneous steps on U and V), "alternating" (U, then V with the new U),
         "scaled" (ScaledGD: gradients times (V^T V)^-1 and (U^T U)^-1), "scaled_damped"
         (ScaledGD(lambda): (V^T V + lambda I)^-1), "gd_rebalanced" (GD plus one rebalancing
@@ -181,50 +231,74 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         methods. A step that would increase the loss (or make it NaN/inf) is halved and
         retried; the result reports the final step and the number of halvings.
     damping : lambda of "scaled_damped"; None uses 1e-2 * sigma / s (1% of ||M||_2 estimated).
-    max_iter, tol : stop after max_iter iterations, or when ||A(X) - y|| / ||y|| < tol
-        ("converged"), or when the relative change of X falls below 1e-3 * tol ("stationary").
-    seed : seeds the random init and the step/spectral estimates (None: 0).
+    max_iter, tol : stop after max_iter iterations ("max_iter"; max_iter=0 returns the start),
+        or when ||A(X) - y|| / ||y|| < tol ("converged"), or when the relative change of X
+        falls below 1e-3 * tol ("stationary"). The run also stops, with converged=False, when
+        the loss is NaN or inf ("diverged": data beyond the float range of a squared loss, e.g.
+        values near 1e160 in float64) or when an iteration cannot move the factors
+        ("no_progress": every step of the halving sequence, 50 halvings, increases the loss,
+        or the step is too small to change them, as a ``step`` far too large or too small
+        gives). Such a stall right after a change of X below 16 sqrt(eps) of the dtype is a
+        minimum at working precision: "stationary".
+    seed : None (fresh entropy: a seed is drawn for this call) or an int in [0, 2**64): seeds
+        the random init and the step/spectral estimates; an int makes the run reproducible.
+        ``result.info["seed"]`` is the seed used (the drawn one for None).
     callback : called as callback(iteration, {"loss", "relative_change", "U", "V"}) each iteration.
     progress : show a tqdm bar with the current loss.
     checkpoint, checkpoint_every : write the state to this .npz atomically every
         ``checkpoint_every`` iterations and at the end; a call with an existing checkpoint of
-        the same problem and settings resumes from it and ends with the same result.
-    time_limit : seconds after which the solve stops ("time_limit").
+        the same problem and settings resumes from it and ends with the same result (also
+        with seed=None: the checkpoint stores the seed drawn and a seed=None call reuses it).
+        The checkpoint's directory must exist (checked before the first iteration).
+    time_limit : seconds after which the solve stops ("time_limit"), read after each
+        iteration (so a positive limit runs at least one); 0 returns the start.
 
     Returns
     -------
-    RecoveryResult with U (n1, rank), V (n2, rank) (V is U and X = U U^T when symmetric).
+    RecoveryResult with U (n1, rank), V (n2, rank) (V is U and X = U U^T when symmetric),
+    converged a bool, stop_reason a str (see :class:`RecoveryResult`), info["seed"].
+
+    Raises
+    ------
+    TypeError for a non-int rank or seed, None for y, dtypes; ValueError for shapes and bad
+    settings; CheckpointError for an unusable checkpoint file or directory,
+    CheckpointMismatchError for a checkpoint of another problem.
     """
     _check_operator(op)
+    _checks.required("factored_gd", y=y)
     call = resolve("factored_gd", y=y)
     y = call.float_array("y", y, (1,))
     if y.shape[0] != op.num_measurements:
         raise ValueError(f"factored_gd: y has length {y.shape[0]} but the operator makes "
                          f"{op.num_measurements} measurements")
     n1, n2 = op.shape
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(n1, n2):
-        raise ValueError(f"factored_gd: rank must be an integer in [1, min{op.shape}] = [1, {min(n1, n2)}], "
-                         f"got {rank!r}")
+    rank = _checks.integer("factored_gd", "rank", rank)
+    if rank < 1:
+        raise ValueError(f"factored_gd: rank must be an integer >= 1, got {rank}")
     if method not in METHODS:
         raise ValueError(f"factored_gd: unknown method {method!r}; choose one of {METHODS}")
+    if rank > min(n1, n2) and (method == "scaled" or (isinstance(init, str) and init == "spectral")):
+        what = "method 'scaled' (it inverts the rank x rank V^T V)" if method == "scaled" else "init='spectral'"
+        raise ValueError(f"factored_gd: rank {rank} exceeds min{tuple(op.shape)} = {min(n1, n2)}, which {what} "
+                         "cannot take; over-parameterized factors need another method or init")
     if symmetric and n1 != n2:
         raise ValueError(f"factored_gd: symmetric recovery needs a square operator, got shape {op.shape}")
     if symmetric and method in _ASYMMETRIC_ONLY:
         raise ValueError(f"factored_gd: method {method!r} is for asymmetric problems (symmetric=False)")
-    if not init_scale > 0:
-        raise ValueError(f"factored_gd: init_scale must be positive, got {init_scale!r}")
-    if step is not None and not (np.isfinite(step) and step > 0):
-        raise ValueError(f"factored_gd: step must be a positive number, got {step!r}")
-    if damping is not None and not (np.isfinite(damping) and damping >= 0):
-        raise ValueError(f"factored_gd: damping must be a number >= 0, got {damping!r}")
+    init_scale = _checks.positive_float("factored_gd", "init_scale", init_scale)
+    if step is not None:
+        step = _checks.positive_float("factored_gd", "step", step)
+    if damping is not None:
+        damping = _checks.nonnegative_float("factored_gd", "damping", damping)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"factored_gd[{method}]")
     settings.validate("factored_gd")
-    seed_value = 0 if seed is None else int(seed)
+    seed_value, seed_key = resolve_seed(_checks.seed("factored_gd", seed), settings.checkpoint)
+    step_given, damping_given = step, damping
 
     xp, dtype = call.xp, y.dtype
-    y_norm = float(xp.linalg.norm(y))
+    y_norm = robust_norm(xp, y)
     if y_norm == 0:
         raise ValueError("factored_gd: y is all zeros; the solution is U V^T = 0")
     # The data-driven estimates cost a few operator passes: made only when a default needs them.
@@ -232,8 +306,8 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     needs_sigma = (step is None and not scaled) or (method == "scaled_damped" and damping is None)
     spectral = isinstance(init, str) and init == "spectral"
     needs_scale = (step is None and scaled) or (method == "scaled_damped" and damping is None) or spectral
-    scale = operator_scale(op, dtype, xp, seed=seed_value) if needs_scale else None
-    sigma = spectral_norm(op, y, xp, seed=seed_value) if needs_sigma else None
+    scale = quiet(operator_scale)(op, dtype, xp, seed=seed_value) if needs_scale else None
+    sigma = quiet(spectral_norm)(op, y, xp, seed=seed_value) if needs_sigma else None
     if step is None:
         step = 0.5 / scale if scaled else 0.5 / sigma
     if damping is None:
@@ -242,19 +316,25 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
                        damping=float(damping), rebalance_at=rebalance_at, y_norm=y_norm)
 
     if isinstance(init, str):
-        U, V = _initial_factors(problem, init, init_scale, rank, seed, scale, dtype)
+        U, V = quiet(_initial_factors)(problem, init, init_scale, rank, seed_value, scale, dtype)
     else:
         U, V = _check_init_arrays(init, problem, rank, dtype)
     if symmetric:
         V = U
+    # The settings and the data (a random start is a function of them and the seed; a drawn seed
+    # enters as "drawn", its value being saved in the checkpoint and reused on resume).
+    given = () if isinstance(init, str) else (U, V)
     digest = fingerprint("factored_gd", method, symmetric, rank, init if isinstance(init, str) else "arrays",
-                         init_scale, problem.step, problem.damping, tol, seed_value, rebalance_at, op.shape,
-                         type(op).__name__, getattr(op, "seed", None), y, U, V)
-    state = load_checkpoint(checkpoint, digest, xp) if checkpoint else None
+                         init_scale, step_given, damping_given, tol, seed_key, rebalance_at, op.shape,
+                         type(op).__name__, getattr(op, "seed", None), y, *given)
+    fresh = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0},
+                      seed=seed_value)
+    state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh) if settings.checkpoint else None
     if state is None:
-        state = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0})
+        state = fresh
     residual_cache: dict[str, Any] = {}
 
+    @quiet
     def advance(state: LoopState) -> tuple[float, float]:
         U, V = state.arrays["U"], state.arrays["V"]
         z = residual_cache.pop("z", None)
@@ -264,7 +344,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         step_now = state.scalars["step"]
         for _ in range(_MAX_HALVINGS_PER_STEP):
             U_new, V_new, z_new = _take_step(problem, U, V, z, step_now)
-            loss_new = problem.loss(z_new)
+            loss_new = problem.loss(z_new) if z_new is not None else np.inf
             if np.isfinite(loss_new) and loss_new <= loss * (1 + _GROWTH_ALLOWED):
                 break
             step_now *= 0.5
@@ -285,12 +365,20 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
 
     weight = 0.25 if symmetric else 0.5
 
+    @quiet
     def stop_reason(state: LoopState) -> Optional[str]:
-        if residual_cache.pop("stuck", False):
-            return "stationary"
+        stuck = residual_cache.pop("stuck", False)
+        if not np.isfinite(state.loss[-1]):
+            return "diverged"
         if np.sqrt(state.loss[-1] / weight) / y_norm < tol:
             return "converged"
-        if state.relative_change[-1] < 1e-3 * tol:
+        change = state.relative_change[-1]
+        if stuck or change == 0:
+            previous = state.relative_change[-2] if len(state.relative_change) > 1 else None
+            reason = stalled_reason(previous, dtype)
+            if stuck or reason == "no_progress":
+                return reason
+        if change < 1e-3 * tol:
             return "stationary"
         return None
 
@@ -303,4 +391,4 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         seconds=seconds, backend=call.backend, step=state.scalars["step"],
         step_halvings=int(state.scalars["halvings"]),
         info={"operator_scale": scale, "spectral_norm_adjoint_y": sigma, "damping": problem.damping,
-              "rebalanced_at_iteration": int(state.scalars["rebalanced"]) or None})
+              "rebalanced_at_iteration": int(state.scalars["rebalanced"]) or None, "seed": state.seed})

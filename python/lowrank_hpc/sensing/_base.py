@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _checks
 from .._arrays import Call, resolve
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -35,38 +35,26 @@ def get_memory_budget() -> int:
 
 
 def check_budget(function: str, name: str, nbytes: Any) -> int:
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
-        raise TypeError(f"{function}: {name} must be an int number of bytes, got {type(nbytes).__name__}")
-    if nbytes < 1:
-        raise ValueError(f"{function}: {name} must be positive, got {nbytes}")
-    return int(nbytes)
+    """A positive int number of bytes."""
+    return _checks.positive_int(function, name, nbytes)
 
 
 def check_count(function: str, name: str, value: Any) -> int:
     """A positive int (not a bool, not a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{function}: {name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{function}: {name} must be >= 1, got {value}")
-    return int(value)
+    return _checks.positive_int(function, name, value)
 
 
 def check_seed(function: str, seed: Any) -> int:
-    """A non-negative int below 2**64: the Philox key."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{function}: seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"{function}: seed must satisfy 0 <= seed < 2**64, got {seed}")
-    return int(seed)
+    """A non-negative int below 2**64: the Philox key. Required: an operator is its seed, so
+    None (fresh entropy in the solvers) is refused here."""
+    if seed is None:
+        raise TypeError(f"{function}: seed must be an int in [0, 2**64) (the operator's Philox key), got None")
+    return _checks.seed(function, seed)
 
 
 def check_shape(function: str, shape: Any, *, square: bool = False) -> tuple[int, int]:
     """Two positive ints (n1, n2); ``square`` also requires n1 == n2."""
-    try:
-        n1, n2 = shape
-    except (TypeError, ValueError):
-        raise ValueError(f"{function}: shape must be a pair (n1, n2), got {shape!r}") from None
-    n1, n2 = check_count(function, "shape[0]", n1), check_count(function, "shape[1]", n2)
+    n1, n2 = _checks.shape_2d(function, "shape", shape)
     if square and n1 != n2:
         raise ValueError(f"{function}: symmetric=True needs a square shape, got shape {(n1, n2)}")
     return n1, n2
@@ -127,6 +115,7 @@ class SensingOperator(ABC):
         Returns (m,) or (batch, m) of X's dtype and array type.
         """
         function = f"{self._name}.forward"
+        _checks.required(function, X=X)
         call = resolve(function, X=X)
         X = call.float_array("X", X, (2, 3))
         if tuple(X.shape[-2:]) != self._shape:
@@ -142,6 +131,7 @@ class SensingOperator(ABC):
         Returns (n1, n2) or (batch, n1, n2) of y's dtype and array type.
         """
         function = f"{self._name}.adjoint"
+        _checks.required(function, y=y)
         call = resolve(function, y=y)
         y = call.float_array("y", y, (1, 2))
         if y.shape[-1] != self._m:
@@ -157,6 +147,7 @@ class SensingOperator(ABC):
         float32/float64 C-contiguous arrays of one dtype; returns (m,) or (batch, m) of that dtype.
         """
         function = f"{self._name}.forward_factored"
+        _checks.required(function, U=U)
         call = resolve(function, U=U, V=V)
         n1, n2 = self._shape
         U = call.float_array("U", U, (2, 3))
@@ -190,6 +181,7 @@ class SensingOperator(ABC):
 
     def _adjoint_product(self, method: str, y: Any, B: Any, transpose: bool) -> Any:
         function = f"{self._name}.{method}"
+        _checks.required(function, y=y, B=B)
         call = resolve(function, y=y, B=B)
         y = call.float_array("y", y, (1,))
         B = call.float_array("B", B, (2,))

@@ -27,7 +27,10 @@ class GaussianSensing(SensingOperator):
     mode : "matrix_free" regenerates entries in every call (memory O(n1 n2)); "cached" generates the
         (m, n1 n2) matrix once per backend and dtype and uses BLAS; "auto" caches when that matrix
         fits the memory budget. Both see bit-identical entries.
-    memory_budget : bytes for "auto" and ``to_dense``; None uses ``get_memory_budget()``.
+    memory_budget : bytes for "auto", "cached" and ``to_dense``; None uses ``get_memory_budget()``.
+        "cached" never exceeds it: ValueError (naming memory_budget and the bytes needed) at
+        construction when even the float32 matrix (4 m n1 n2 bytes) is over it, else at the
+        first call on data whose dtype's matrix is over it (float64: 8 m n1 n2 bytes).
     """
 
     _name = "GaussianSensing"
@@ -44,15 +47,29 @@ class GaussianSensing(SensingOperator):
         self.symmetric = symmetric
         self.mode = mode
         self._scale = inverse_sqrt(m)
+        if mode == "cached":
+            self._check_cache_fits(self._name, np.float32)
+
+    def _check_cache_fits(self, function: str, dtype: Any) -> None:
+        needed = self.dense_bytes(np.dtype(dtype))
+        if needed > self.memory_budget:
+            n1, n2 = self._shape
+            raise ValueError(f"{function}: mode='cached' needs the dense ({self._m}, {n1 * n2}) {np.dtype(dtype)} "
+                             f"matrix of {needed} bytes, over memory_budget = {self.memory_budget} bytes; raise "
+                             "memory_budget (or lowrank_hpc.sensing.set_memory_budget), or use mode='auto' or "
+                             "'matrix_free'")
 
     def uses_cache(self, dtype: Any) -> bool:
-        """Whether calls on ``dtype`` data use the cached dense matrix (mode, and for "auto" the budget)."""
+        """Whether calls on ``dtype`` data use the cached dense matrix (mode, and for "auto" the
+        budget). Mode "cached" always does, and a call whose matrix is over the budget raises."""
         if self.mode != "auto":
             return self.mode == "cached"
         return self.dense_bytes(np.dtype(dtype)) <= self.memory_budget
 
     def _matrix(self, call: Call, dtype: np.dtype):
         n1, n2 = self._shape
+        if (call.backend, np.dtype(dtype).name) not in self._cache:
+            self._check_cache_fits(call.function, dtype)
         return self.cached(call, dtype, lambda: gaussian_fill(call, dtype, self._seed, self._m, n1, n2,
                                                               scale=self._scale, symmetric=self.symmetric))
 

@@ -1,0 +1,109 @@
+"""Checks of scalar arguments, declared once and shared by every public function.
+
+Each check takes the public function's name (for the message), the argument's name and its
+value, and returns the value normalized (a Python int or float) or raises: TypeError when the
+value is of the wrong kind (a float or str where an int is meant, None where an array is
+meant), ValueError when it is of the right kind but out of range. Python ints and numpy
+integers count as integers; bool, float (even 30.0) and str do not, so a size is never
+truncated or rounded silently.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+SEED_LIMIT = 2**64  # seeds are Philox keys (and numpy seeds): integers in [0, 2**64)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def integer(function: str, name: str, value: Any) -> int:
+    """An int of any value (Python or numpy integer); TypeError for anything else."""
+    if not _is_int(value):
+        raise TypeError(f"{function}: {name} must be an int, got {_shown(value)}")
+    return int(value)
+
+
+def positive_int(function: str, name: str, value: Any) -> int:
+    """An int >= 1 (a size or a count)."""
+    value = integer(function, name, value)
+    if value < 1:
+        raise ValueError(f"{function}: {name} must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(function: str, name: str, value: Any) -> int:
+    """An int >= 0 (an iteration limit, where 0 means "return the start")."""
+    value = integer(function, name, value)
+    if value < 0:
+        raise ValueError(f"{function}: {name} must be >= 0, got {value}")
+    return value
+
+
+def shape_2d(function: str, name: str, value: Any) -> tuple[int, int]:
+    """A pair of positive ints (n1, n2) from a tuple, list or 1-D array of two integers."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{function}: {name} must be a pair (n1, n2); {name} must be two positive integers, "
+                         f"got {value!r}")
+    return positive_int(function, f"{name}[0]", value[0]), positive_int(function, f"{name}[1]", value[1])
+
+
+def real(function: str, name: str, value: Any) -> float:
+    """A real number (int or float, Python or numpy; not bool); TypeError for anything else."""
+    if not _is_real(value):
+        raise TypeError(f"{function}: {name} must be a number, got {_shown(value)}")
+    return float(value)
+
+
+def nonnegative_float(function: str, name: str, value: Any, *, finite: bool = True) -> float:
+    """A number >= 0; finite unless ``finite=False`` (then inf is allowed, NaN never)."""
+    value = real(function, name, value)
+    if math.isnan(value) or value < 0 or (finite and math.isinf(value)):
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{function}: {name} must be {kind} >= 0, got {value!r}")
+    return value
+
+
+def positive_float(function: str, name: str, value: Any) -> float:
+    """A finite number > 0."""
+    value = real(function, name, value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{function}: {name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def seed(function: str, value: Any, *, name: str = "seed") -> Optional[int]:
+    """None or an int in [0, 2**64). None means fresh entropy: see :func:`draw_seed`."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{function}: {name} must be None or an integer >= 0, got {_shown(value)}")
+    if not 0 <= int(value) < SEED_LIMIT:
+        raise ValueError(f"{function}: {name} must be None or an integer >= 0 (below 2**64), got {value}")
+    return int(value)
+
+
+def draw_seed() -> int:
+    """A fresh seed from the operating system's entropy, in [0, 2**63) (so seed + b stays a valid
+    seed for every problem b of a batch). What ``seed=None`` means in every solver; the seed drawn
+    is reported in ``result.info["seed"]`` and stored in checkpoints."""
+    return int(np.random.SeedSequence().generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def required(function: str, **arrays: Any) -> None:
+    """TypeError naming the first argument that is None where an array is required."""
+    for name, value in arrays.items():
+        if value is None:
+            raise TypeError(f"{function}: {name} is None; pass an array (numpy, or a CUDA array for the GPU)")
