@@ -7,6 +7,7 @@
 
 #include "cpu_backend.hpp"
 #include "map_reduce.hpp"
+#include "lowrank_hpc/solvers/completion_step.hpp"
 
 namespace lowrank_hpc::cpu::launch {
 
@@ -88,6 +89,15 @@ int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t*
                      int64_t* halvings, uint8_t* stuck, void*) {
   cpu::completion_steps<T, I>(rows, cols, vals, offsets, batch, m, n, k, method, active, U, V, U1, V1, steps,
                               dampings, scratch, losses, changes, halvings, stuck);
+  return 0;
+}
+
+// out[b] = the relative change of problem b from its Gram products (batch, 3, k, k) and
+// (batch, 4, k, k) (solvers::relative_change_from_grams).
+inline int relative_change_from_grams(const double* left, const double* right, int64_t batch, int64_t k, double* out,
+                                      void*) {
+  for (int64_t b = 0; b < batch; ++b)
+    out[b] = solvers::relative_change_from_grams(left + b * 3 * k * k, right + b * 4 * k * k, k);
   return 0;
 }
 

@@ -44,9 +44,25 @@ void completion_steps(const ArrayView& rows, const ArrayView& cols, const ArrayV
   });
 }
 
+// out (batch,) = ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem, from the Gram products
+// left (batch, 3, k, k) and right (batch, 4, k, k) (solvers::relative_change_from_grams).
+void relative_change(const ArrayView& left, const ArrayView& right, const ArrayView& out, std::uintptr_t stream) {
+  expect().typed(left, "left", DType::float64, {-1, 3, -1, -1});
+  const int64_t batch = left.shape[0], k = left.shape[2];
+  expect().typed(left, "left", DType::float64, {batch, 3, k, k});
+  expect().typed(right, "right", DType::float64, {batch, 4, k, k});
+  expect().output(out, "out", DType::float64, {batch});
+  py::gil_scoped_release release;
+  check_launch(launch::relative_change_from_grams(left.data<double>(), right.data<double>(), batch, k,
+                                                  out.data<double>(), stream_of(stream)),
+               "relative_change");
+}
+
 }  // namespace
 
 void bind_completion_step(py::module_& m) {
+  m.def("relative_change", &relative_change, arg("left"), arg("right"), arg("out"), arg("stream") = 0,
+        "out[b] = the relative change of problem b's product from its Gram products");
   m.def("completion_steps", &completion_steps, arg("rows"), arg("cols"), arg("vals"), arg("offsets"), arg("method"),
         arg("active"), arg("U"), arg("V"), arg("U1"), arg("V1"), arg("steps"), arg("dampings"), arg("scratch"),
         arg("losses"), arg("changes"), arg("halvings"), arg("stuck"), arg("stream") = 0);

@@ -67,6 +67,11 @@ int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t*
                      T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                      double* changes, int64_t* halvings, uint8_t* stuck, void* stream);
 
+// out[b] = the relative change of problem b from its Gram products (batch, 3, k, k) and
+// (batch, 4, k, k) (solvers::relative_change_from_grams), one thread per problem.
+int relative_change_from_grams(const double* left, const double* right, int64_t batch, int64_t k, double* out,
+                               void* stream);
+
 // The element-wise map and row/column reductions over a functor of lowrank_hpc/ops/maps.hpp
 // (cpu/src/map_reduce.hpp has the CPU's, same signatures): out[i] = f(x[i]) (out may be x),
 // *nonfinite += the NaN/inf results; out[i] = sum_j f(x[i, j]) and out[j] = sum_i f(x[i, j])

@@ -151,7 +151,7 @@ class _Problem:
     def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
         """(batch,) host (loss, relative change of U V^T from U0 V0^T), the loss being half the
         objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
-        change = relative_change(self.xp, U0, V0, U, V)
+        change = relative_change(self.call, U0, V0, U, V)
         return self.loss(U, V), self.call.to_host(change)
 
     def penalty(self, U, V):

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import resolve
+from .._backend import CONSTANTS
 from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
@@ -25,8 +26,10 @@ from ._result import RecoveryResult
 METHODS = ("gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced")
 _ASYMMETRIC_ONLY = ("alternating", "gd_rebalanced")
 # A step is accepted when the loss does not grow by more than this relative amount.
-_GROWTH_ALLOWED = 1e-9
-_MAX_HALVINGS_PER_STEP = 50
+# Step control, as the batched kernel's (lowrank_hpc/core/constants.hpp): a step whose loss grows
+# by more than this relative amount (or is not finite) is halved, at most this often an iteration.
+_GROWTH_ALLOWED: float = CONSTANTS["step_growth_allowed"]
+_MAX_HALVINGS_PER_STEP: int = CONSTANTS["max_step_halvings"]
 # A stuck iterate (no step decreases the loss) counts as stationary only when the previous
 # iteration already changed X by less than this (about 16 sqrt(eps) of the dtype: a minimum at
 # working precision); after a larger change, or at the first iteration, it is "no_progress".
@@ -358,7 +361,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
             U_new, V_new = _rebalance(xp, U_new, V_new)
             state.scalars["rebalanced"] = float(state.iteration + 1)
         state.scalars["step"] = step_now
-        change = float(relative_change(xp, U[None], V[None], U_new[None], V_new[None])[0])
+        change = float(relative_change(call, U[None], V[None], U_new[None], V_new[None])[0])
         state.arrays["U"], state.arrays["V"] = U_new, (U_new if symmetric else V_new)
         residual_cache["z"] = z_new
         return loss_new, change

@@ -102,6 +102,27 @@ LRH_HD auto change_sums(const X* U0, const X* V0, const X* U1, const X* V1, int6
   return sums;
 }
 
+// The same ratio from the k x k Gram products formed elsewhere (by the vendor GEMM, for large
+// factors): left (3, k, k) holds dU^T dU, dU^T U0, U0^T U0 and right (4, k, k) holds V1^T V1,
+// V1^T dV, dV^T dV, V0^T V0, each row-major (dU = U1 - U0, dV = V1 - V0).
+LRH_HD double relative_change_from_grams(const double* left, const double* right, int64_t k) {
+  const int64_t kk = k * k;
+  ChangeSums<double> sums;
+  for (int64_t e = 0; e < kk; ++e) {
+    LeftGram<double> l;
+    l.du_du = left[e];
+    l.du_u0 = left[kk + e];
+    l.u0_u0 = left[2 * kk + e];
+    RightGram<double> r;
+    r.v1_v1 = right[e];
+    r.v1_dv = right[kk + e];
+    r.dv_dv = right[2 * kk + e];
+    r.v0_v0 = right[3 * kk + e];
+    sums.add(l, r);
+  }
+  return sums.relative();
+}
+
 // ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem.
 template <class T, int R = 0>
 LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
