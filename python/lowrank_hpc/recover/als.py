@@ -116,9 +116,9 @@ class _Problem:
         self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active, out,
                                          singular, self.call.stream())
 
-    def per_problem_sum(self, values) -> np.ndarray:
-        """(batch,) float64 host sums of per-entry values over each problem's entries."""
-        return self.call.to_host(self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch))
+    def per_problem_sum(self, values):
+        """(batch,) float64 sums of per-entry values over each problem's entries, on the device."""
+        return self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch)
 
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
@@ -145,28 +145,20 @@ class _Problem:
         singular, mask = self.call.status(0), self.xp.asarray(active)
         self.update(U, self.by_rows, V, self.m, mask, singular)
         self.update(V, self.by_cols, U, self.n, mask, singular)
-        loss, change = self.measures(U0, V0, U, V, active)
-        return self.call.read(singular)[0], loss, change
-
-    def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
-        """(batch,) host (loss, relative change of U V^T from U0 V0^T), the loss being half the
-        objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
+        # Everything the loop reads comes back in one transfer: the iteration's only host sync.
         change = relative_change(self.call, U0, V0, U, V)
-        return self.loss(U, V), self.call.to_host(change)
+        measures = self.call.to_host(self.xp.concatenate([self.loss(U, V), change, singular.astype(np.float64)]))
+        return int(measures[-1]), measures[:self.batch], measures[self.batch:2 * self.batch]
 
-    def penalty(self, U, V):
-        """(batch,) host sum_i w_i ||U_i||^2 + sum_j w_j ||V_j||^2 per problem."""
+    def loss(self, U, V):
+        """(batch,) half the objective on the device: 0.5 * (sum of squared residuals + reg *
+        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2)."""
         xp = self.xp
-        penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
-                   + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
-        return self.call.to_host(penalty)
-
-    def loss(self, U, V) -> np.ndarray:
-        """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
         # Every index was checked by coo_to_csr: the status word of the terms need not be read.
         terms, _ = squared_residuals(self.call, U, V, self.rows, self.cols, self.vals, self.offsets)
-        squares = self.per_problem_sum(terms)
-        return 0.5 * (squares + self.reg * self.penalty(U, V))
+        penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
+                   + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
+        return 0.5 * (self.per_problem_sum(terms) + self.reg * penalty)
 
 
 def _threads(call: Call) -> int:

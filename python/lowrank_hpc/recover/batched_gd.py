@@ -217,6 +217,9 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
 
     @quiet
     def advance(state: LoopState):
+        """One fused step of every running problem, then its stopping test, on the device; the
+        loop's numbers (summed loss, largest change, problems still running) come back in one
+        transfer: the iteration's only host sync."""
         arrays = state.arrays
         running = arrays["active"]
         U_next, V_next, loss, change, stuck = kernel.run(arrays["U"], arrays["V"], running, arrays["step"],
@@ -229,39 +232,42 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         # Finished problems read NaN in the history from the iteration after they stopped.
         arrays["loss_history"][state.iteration] = xp.where(running, loss, np.nan)
         arrays["change_history"][state.iteration] = xp.where(running, change, np.nan)
-        cache.update(loss=loss, change=change, stuck=stuck)
-        return float(xp.sum(xp.where(running, loss, 0.0))), float(xp.max(xp.where(running, change, 0.0)))
+        _decide(state, running, loss, change, stuck)
+        summary = call.to_host(xp.stack([xp.sum(xp.where(running, loss, 0.0)), xp.max(xp.where(running, change, 0.0)),
+                                         xp.sum(arrays["active"]).astype(np.float64)]))
+        cache["running"] = int(summary[2])
+        return float(summary[0]), float(summary[1])
 
     cache: dict[str, Any] = {}
 
-    @quiet
-    def stop(state: LoopState):
-        running, reason = state.arrays["active"], state.arrays["reason"]
-        loss, change, stuck = cache["loss"], cache["change"], cache["stuck"]
+    def _decide(state: LoopState, running, loss, change, stuck) -> None:
+        """Each running problem's stop code after this iteration (device arrays, no sync)."""
         diverged = running & ~xp.isfinite(loss)
         residual = xp.sqrt(2 * xp.where(diverged, 0.0, loss)) / vals_norm
         done = running & ~diverged & (residual < tol)
         # An iterate that did not move (no step decreased the loss, or the step could not change
         # the factors) is stationary at working precision after a tiny previous change, else it
         # made no progress; as factored_gd decides for one problem.
-        previous = (state.arrays["change_history"][state.iteration - 2] if state.iteration >= 2
+        previous = (state.arrays["change_history"][state.iteration - 1] if state.iteration >= 1
                     else xp.full(batch, np.inf))
         tiny = xp.isfinite(previous) & (previous < PRECISION_CHANGE[np.dtype(dtype)])
         open_ = running & ~diverged & ~done
         unmoved = open_ & (stuck | (change == 0))
         no_progress = unmoved & ~tiny
         stationary = open_ & ~no_progress & ((change < 1e-3 * tol) | stuck)
-        reason[done] = 1
-        reason[stationary] = 2
-        reason[diverged] = 5
-        reason[no_progress] = 6
+        reason = state.arrays["reason"]
+        for flag, code in ((done, 1), (stationary, 2), (diverged, 5), (no_progress, 6)):
+            reason = xp.where(flag, np.int8(code), reason)
+        state.arrays["reason"] = reason
         state.arrays["active"] = open_ & ~no_progress & ~stationary
-        return None if bool(xp.any(state.arrays["active"])) else "converged"
+
+    def stop(state: LoopState):
+        return None if cache["running"] else "converged"
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop)
     final = state.arrays["reason"]
     if reason in ("max_iter", "time_limit"):
-        final[state.arrays["active"]] = reasons.index(reason)
+        final = xp.where(state.arrays["active"], np.int8(reasons.index(reason)), final)
     to_host = call.to_host
     final_host = to_host(final)
     return RecoveryResult(
