@@ -309,7 +309,7 @@ def _base(rng):
     (lambda a: a.update(reg=np.inf), ValueError, "reg must be"),
     (lambda a: a.update(reg_scaling="spark"), ValueError, "reg_scaling must be one of"),
     (lambda a: a.update(shape=(10,)), ValueError, "shape must be two positive integers"),
-    (lambda a: a.update(vals=a["vals"].astype(np.complex128)), TypeError, "vals must be real numbers"),
+    (lambda a: a.update(vals=a["vals"].astype(np.complex128)), TypeError, "vals is complex; Complex data not supported"),
     (lambda a: a.update(rows=a["rows"].astype(np.float64)), TypeError, "rows must hold integers"),
     (lambda a: a.update(cols=None), TypeError, "cols is None; pass an array"),
     (lambda a: a.update(vals=a["vals"][:-1].copy()), ValueError, "vals has length"),

@@ -150,7 +150,7 @@ def test_sampled_product_rejects_bad_indices(backend, rng):
 
 
 @pytest.mark.parametrize("case,error,match", [
-    ("float_dtype", TypeError, "U must be real numbers"),
+    ("float_dtype", TypeError, "U is complex; Complex data not supported"),
     ("mixed_float", TypeError, "V is float32 but U is float64"),
     ("index_dtype", TypeError, "rows must hold integers"),
     ("bool_index", TypeError, "cols must hold integers"),

@@ -28,6 +28,21 @@ INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA and kDLCUDAManaged
 
 
+class ComplexDataError(TypeError, ValueError):
+    """Complex values where real ones are meant: a TypeError (the wrong dtype) that is also the
+    ValueError scikit-learn raises for complex data."""
+
+
+def for_backend(function: str, backend: str) -> "Call":
+    """A call on a named backend ("cpu" or "cuda"), for functions that place the data themselves
+    (estimators moving input to their backend, operators generating their matrices)."""
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"{function}: backend must be 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda":
+        _backend.cuda_module()  # raises BackendUnavailableError with the reason
+    return Call(function=function, backend=backend)
+
+
 def is_device_array(x: Any) -> bool:
     """True for arrays that live on a CUDA device (CuPy, PyTorch CUDA tensors, Numba, JAX...)."""
     if isinstance(x, np.ndarray):
@@ -99,9 +114,16 @@ class Call:
         earlier argument set it); complex or non-numeric input is a TypeError."""
         x = self._as_backend_array(name, x)
         if x.dtype not in FLOAT_DTYPES:
-            if x.dtype.kind not in "iubf":
+            if x.dtype.kind == "c":
+                raise ComplexDataError(f"{self.function}: {name} is complex; Complex data not supported (pass real "
+                                       "float32/float64 values)")
+            if x.dtype.kind not in "iubfO":
                 raise TypeError(f"{self.function}: {name} must be real numbers (float32 or float64), got {x.dtype}")
-            x = x.astype(self._float_dtype if self._float_dtype is not None else np.float64)
+            try:  # object arrays (lists of mixed numbers, pandas columns) convert when they hold numbers
+                x = x.astype(self._float_dtype if self._float_dtype is not None else np.float64)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{self.function}: {name} must be real numbers (float32 or float64), got "
+                                f"{x.dtype} values that are not numbers ({error})") from None
         if self._float_dtype is None:
             self._float_dtype, self._float_owner = x.dtype, name
         elif x.dtype != self._float_dtype:

@@ -5,9 +5,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import Call
+from .._arrays import Call, for_backend
 from .._random import gaussian_fill
-from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape,
+from ._base import (SensingOperator, check_count, check_flag, check_seed, check_shape,
                     inverse_sqrt)
 
 MODES = ("auto", "matrix_free", "cached")
@@ -95,5 +95,5 @@ class GaussianSensing(SensingOperator):
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         n1, n2 = self._shape
-        return gaussian_fill(backend_call(f"{self._name}.to_dense", "cpu"), dtype, self._seed, self._m, n1, n2,
+        return gaussian_fill(for_backend(f"{self._name}.to_dense", "cpu"), dtype, self._seed, self._m, n1, n2,
                              scale=self._scale, symmetric=self.symmetric)
