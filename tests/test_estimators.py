@@ -265,5 +265,5 @@ def test_completion_input_errors():
         estimator.predict(X[:, :7])
     with pytest.raises(ValueError, match="Reshape your data"):
         estimator.transform(X[0])
-    with pytest.raises(TypeError, match="integer indices"):
+    with pytest.raises(TypeError, match="rows must hold integers"):
         estimator.predict(np.array([0.0]), np.array([1.0]))
