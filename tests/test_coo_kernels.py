@@ -161,7 +161,6 @@ def test_sampled_product_rejects_bad_indices(backend, rng):
     ("length", ValueError, "cols has length 9, expected 10"),
     ("empty_rows", ValueError, "rows and cols are empty"),
     ("empty_factor", ValueError, r"U is empty \(shape \(0, 2\)\)"),
-    ("rank_too_large", ValueError, "rank 6 is larger than both dimensions"),
     ("none", TypeError, "rows is None; pass an array"),
     ("object", TypeError, "cols must be an array"),
     ("batched_without_offsets", ValueError, "need offsets"),
@@ -192,8 +191,6 @@ def test_sampled_product_bad_inputs(rng, case, error, match):
         rows, cols = rows[:0], cols[:0]
     elif case == "empty_factor":
         U = np.ones((0, 2))
-    elif case == "rank_too_large":
-        U, V = np.ones((5, 6)), np.ones((4, 6))
     elif case == "none":
         rows = None
     elif case == "object":
@@ -216,7 +213,7 @@ def test_sparse_times_dense_bad_inputs(rng):
         lr.ops.sparse_times_dense(rows, cols, vals, B, 2)
     with pytest.raises(ValueError, match="vals has length 9 but rows has 10"):
         lr.ops.sparse_times_dense(rows, cols, vals[:9], B, 5)
-    with pytest.raises(ValueError, match="n_rows must be a positive integer"):
+    with pytest.raises(ValueError, match="n_rows must be >= 1"):
         lr.ops.sparse_times_dense(rows, cols, vals, B, 0)
     with pytest.raises(TypeError, match="B is float32 but vals is float64"):
         lr.ops.sparse_times_dense(rows, cols, vals, B.astype(np.float32), 5)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call, resolve
 from .._backend import CONSTANTS
 from ._factors import factor_pair
@@ -47,12 +48,6 @@ def _kernel_code(kernel: Any) -> int:
         raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are "
                          f"{', '.join(KERNELS)} (or 'exp' for 'exponential')")
     return _KERNEL_CODES[name]
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"kernel_product: {name} must be an integer, got {value!r}")
-    return int(value)
 
 
 def _raise_overflow(call: Call, code: int, bad: int) -> None:
@@ -148,6 +143,8 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
     return values, flat // n, flat % n
 
 
+@_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),
+                     block_rows=_checks.optional(_checks.positive_int), check_finite=_checks.flag)
 def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int] = None, *,
                    top_k_mode: str = "row", block_rows: Optional[int] = None, check_finite: bool = True) -> Any:
     """K = f(U V^T), entry-wise K[i, j] = f(<U_i, V_j>), dense or reduced to its top-k entries.
@@ -180,8 +177,6 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     """
     call = resolve("kernel_product", U=U, V=V)
     code = _kernel_code(kernel)
-    if top_k_mode not in TOP_K_MODES:
-        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
     U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
     batch, m, _ = U3.shape
     n = V3.shape[1]
@@ -193,7 +188,6 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
             _raise_overflow(call, code, bad)
         return call.wrap(out if batched else out[0])
 
-    top_k = _integer("top_k", top_k)
     limit = n if top_k_mode == "row" else m * n
     if not 1 <= top_k <= limit:
         bound = f"n = {n}" if top_k_mode == "row" else f"m * n = {m} * {n} = {m * n}"
@@ -201,9 +195,6 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     if block_rows is None:
         block_rows = max(1, min(m, _BLOCK_BYTES // (n * U3.dtype.itemsize)))
     else:
-        block_rows = _integer("block_rows", block_rows)
-        if block_rows < 1:
-            raise ValueError(f"kernel_product: block_rows must be >= 1, got {block_rows}")
         block_rows = min(block_rows, m)
     selection = _Selection(call, U3, V3, code, min(top_k, n), block_rows)
     if top_k_mode == "row":

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
-
+from .. import _checks
 from .._arrays import resolve
 from ._maps import elementwise
 
 
+@_checks.constrained(threshold=_checks.nonnegative_float, check_finite=_checks.flag)
 def soft_threshold(x: Any, threshold: float, *, out: Optional[Any] = None, check_finite: bool = True) -> Any:
     """sign(x) * max(|x| - threshold, 0), entry-wise: the proximal operator of threshold * ||x||_1.
 
@@ -25,8 +25,5 @@ def soft_threshold(x: Any, threshold: float, *, out: Optional[Any] = None, check
     """
     call = resolve("soft_threshold", x=x, out=out)
     x = call.float_array("x", x, range(0, 33), check_finite=check_finite, allow_empty=True)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or not (
-            np.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"soft_threshold: threshold must be a finite number >= 0, got {threshold!r}")
     result, _ = elementwise(call, "soft_threshold", x, [threshold], out=out)
     return call.wrap(result)

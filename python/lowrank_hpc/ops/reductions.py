@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _checks
 from .._arrays import resolve
 from ._maps import reduction
 
 
+@_checks.constrained(axis=_checks.one_of(0, 1), check_finite=_checks.flag)
 def sum_of_squares(x: Any, axis: int = 1, *, check_finite: bool = True) -> Any:
     """Squared Euclidean norms of the rows (``axis=1``) or columns (``axis=0``) of a matrix.
 
@@ -21,7 +23,5 @@ def sum_of_squares(x: Any, axis: int = 1, *, check_finite: bool = True) -> Any:
     (rows,) or (cols,) array of x's dtype, each sum accumulated in float64.
     """
     call = resolve("sum_of_squares", x=x)
-    if axis not in (0, 1) or isinstance(axis, bool):
-        raise ValueError(f"sum_of_squares: axis must be 0 or 1, got {axis!r}")
     x = call.float_array("x", x, (2,), check_finite=check_finite, allow_empty=True)
     return call.wrap(reduction(call, "square", x, axis))

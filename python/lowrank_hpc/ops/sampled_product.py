@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .. import _checks
 from .._arrays import offsets_array, resolve
 from ._factors import factor_pair, raise_index_error
 
 
+@_checks.constrained(check_finite=_checks.flag)
 def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[Any] = None,
                     check_finite: bool = True) -> Any:
     """Entries of ``U @ V^T`` at (rows[k], cols[k]), without forming the product.

@@ -28,12 +28,6 @@ def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite
     return rows, cols, vals
 
 
-def _check_n_rows(call: Call, n_rows: Any) -> int:
-    if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
-        raise ValueError(f"{call.function}: n_rows must be a positive integer, got {n_rows!r}")
-    return int(n_rows)
-
-
 class SparsePattern:
     """The positions of a sparse matrix, prepared once for repeated products with new values.
 
@@ -138,6 +132,7 @@ def csr_product(call: Call, indptr, perm, others, vals, B3, n_key: int, other_ch
     return out
 
 
+@_checks.constrained(n_rows=_checks.positive_int, transpose=_checks.flag, check_finite=_checks.flag)
 def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, transpose: bool = False,
                        offsets: Optional[Any] = None, check_finite: bool = True) -> Any:
     """S @ B for the sparse S given by coordinates, or S^T @ B with ``transpose=True``.
@@ -167,7 +162,6 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     call = resolve("sparse_times_dense", rows=rows, cols=cols, vals=vals, B=B, offsets=offsets)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals, check_finite)
     B3, batched = _dense_operand(call, B, check_finite)
-    n_rows = _check_n_rows(call, n_rows)
     n_other = B3.shape[1]
     if not batched and offsets is not None:
         raise ValueError("sparse_times_dense: offsets given but B is not batched (2-D)")

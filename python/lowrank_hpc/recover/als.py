@@ -24,7 +24,8 @@ from .._arrays import Call, offsets_array, resolve
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._measures import relative_change
 from ._result import RecoveryResult
 
@@ -174,14 +175,20 @@ def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank
     return V.reshape(count, n, rank)
 
 
-def _check_seed(function: str, seed: Any) -> Any:
+def _check_seed(function: str, name: str, seed: Any) -> Any:
     """None, an int in [0, 2**64), or a pair (key, stream) of them (als only)."""
     if isinstance(seed, (tuple, list)):
         if len(seed) != 2:
-            raise ValueError(f"{function}: seed must be None, an integer in [0, 2**64) or a pair of them, "
+            raise ValueError(f"{function}: {name} must be None, an integer in [0, 2**64) or a pair of them, "
                              f"got {seed!r}")
-        return (_checks.seed(function, seed[0], name="seed[0]"), _checks.seed(function, seed[1], name="seed[1]"))
-    return _checks.seed(function, seed)
+        return (_checks.seed(function, seed[0], name=f"{name}[0]"), _checks.seed(function, seed[1], name=f"{name}[1]"))
+    return _checks.seed(function, seed, name=name)
+
+
+# The declared constraints of the ALS solvers' scalar arguments (rank's range depends on shape:
+# checked in the body).
+_ALS_CONSTRAINTS = dict(LOOP_CONSTRAINTS, shape=_checks.shape_2d, reg=_checks.nonnegative_float,
+                        reg_scaling=_checks.one_of(*REG_SCALINGS))
 
 
 def _key_stream(seed: Any) -> tuple[int, int]:
@@ -189,17 +196,14 @@ def _key_stream(seed: Any) -> tuple[int, int]:
     return (int(seed[0]), int(seed[1])) if isinstance(seed, tuple) else (int(seed), 0)
 
 
-def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling: Any) -> tuple[tuple[int, int], int]:
-    m, n = _checks.shape_2d(function, "shape", shape)
+def _check_rank(function: str, shape: tuple[int, int], rank: Any) -> int:
+    m, n = shape
     rank = _checks.integer(function, "rank", rank)
     # ALS keeps rank <= min(m, n): each row is an exact least-squares solve of width rank, whose
     # normal equations are singular for every row past that without reg, and U V^T gains nothing.
     if not 1 <= rank <= min(m, n):
         raise ValueError(f"{function}: rank must be an integer in [1, min(shape) = {min(m, n)}], got {rank!r}")
-    _checks.nonnegative_float(function, "reg", reg)
-    if reg_scaling not in REG_SCALINGS:
-        raise ValueError(f"{function}: reg_scaling must be one of {REG_SCALINGS}, got {reg_scaling!r}")
-    return (m, n), rank
+    return rank
 
 
 def _check_coordinates(call: Call, rows, cols, vals):
@@ -282,8 +286,8 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
              batched: bool):
     _checks.required(function, rows=rows, cols=cols, vals=vals)
     call = resolve(function, rows=rows, cols=cols, vals=vals, offsets=offsets, init=init)
-    (m, n), rank = _check_settings(function, shape, rank, reg, reg_scaling)
-    settings.validate(function)
+    m, n = shape
+    rank = _check_rank(function, shape, rank)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
     limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
     if limit is not None and (rank * rank + rank) * vals.dtype.itemsize > limit:
@@ -301,6 +305,7 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
     return call, problem
 
 
+@_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed)
 def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
         reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6, seed: Any = None,
         init: Optional[Any] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
@@ -369,7 +374,6 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="als")
-    seed = _check_seed("als", seed)
     call, problem = _prepare("als", rows, cols, vals, None, init, shape, rank, reg, reg_scaling, settings,
                              batched=False)
     seed, seed_key = resolve_seed(seed, settings.checkpoint)
@@ -384,6 +388,7 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     return _solve(call, problem, V0, settings, settings.tol, digest, batched=False, started=started, seed=seed)
 
 
+@_checks.constrained(**_ALS_CONSTRAINTS, seed=_checks.seed_argument)
 def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int,
                 reg: float = 0.1, *, reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6,
                 seed: Optional[int] = None, init: Optional[Any] = None,
@@ -428,7 +433,6 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="batched_als")
-    seed = _checks.seed("batched_als", seed)
     if offsets is None:
         raise ValueError("batched_als: offsets (length B + 1) must say which entries belong to which problem")
     call, problem = _prepare("batched_als", rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling,

@@ -13,7 +13,8 @@ from .. import _checks
 from .._arrays import offsets_array, resolve
 from .._backend import CONSTANTS
 from ..ops import SparsePattern
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._result import RecoveryResult
 from .factored_gd import PRECISION_CHANGE, quiet
 
@@ -65,6 +66,8 @@ def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, itera
     return sigma.astype(np.float64)
 
 
+@_checks.constrained(**LOOP_CONSTRAINTS, shape=_checks.shape_2d, init_scale=_checks.positive_float,
+                     seed=_checks.seed_argument)
 def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int, *,
                         method: str = "gd", init: Any = "small", init_scale: float = 1e-3, step: Any = None,
                         damping: Any = None, max_iter: int = 1000, tol: float = 1e-6, seed: Optional[int] = None,
@@ -126,7 +129,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         raise TypeError(f"batched_factored_gd: offsets must be an int array, got {type(offsets).__name__}")
     batch = int(offsets.shape[0]) - 1
     offsets = offsets_array(call, "offsets", offsets, batch, int(vals.shape[0]))
-    m, n = _checks.shape_2d("batched_factored_gd", "shape", shape)
+    m, n = shape
     rank = _checks.integer("batched_factored_gd", "rank", rank)
     if rank < 1:
         raise ValueError(f"batched_factored_gd: rank must be an integer >= 1, got {rank}")
@@ -136,14 +139,11 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         what = "method 'scaled' (it inverts the rank x rank V^T V)" if method == "scaled" else "init='spectral'"
         raise ValueError(f"batched_factored_gd: rank {rank} exceeds min{(m, n)} = {min(m, n)}, which {what} "
                          "cannot take; over-parameterized factors need another method or init")
-    init_scale = _checks.positive_float("batched_factored_gd", "init_scale", init_scale)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"batched_factored_gd[{method}]")
-    settings.validate("batched_factored_gd")
-    tol = settings.tol
     xp, dtype = call.xp, vals.dtype
-    seed_value, seed_key = resolve_seed(_checks.seed("batched_factored_gd", seed), settings.checkpoint)
+    seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     problems = _BatchedCompletion(call, rows, cols, vals, offsets, (m, n))
 
     # Per-problem ||vals_b|| in float64, scaled by max |vals| so values near the float range

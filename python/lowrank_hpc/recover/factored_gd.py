@@ -17,7 +17,8 @@ import numpy as np
 from .. import _checks
 from .._arrays import resolve
 from .._backend import CONSTANTS
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
                              spectral_norm, top_singular_triplets)
@@ -199,6 +200,9 @@ def _check_operator(op: Any) -> None:
                         f"{type(op).__name__} lacks {', '.join(missing)}")
 
 
+@_checks.constrained(**LOOP_CONSTRAINTS, symmetric=_checks.flag, init_scale=_checks.positive_float,
+                     step=_checks.optional(_checks.positive_float), damping=_checks.optional(_checks.nonnegative_float),
+                     seed=_checks.seed_argument, rebalance_at=_checks.positive_float)
 def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: str = "gd",
                 init: Union[str, Any] = "small", init_scale: float = 1e-3, step: Optional[float] = None,
                 damping: Optional[float] = None, max_iter: int = 1000, tol: float = 1e-6,
@@ -288,16 +292,10 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         raise ValueError(f"factored_gd: symmetric recovery needs a square operator, got shape {op.shape}")
     if symmetric and method in _ASYMMETRIC_ONLY:
         raise ValueError(f"factored_gd: method {method!r} is for asymmetric problems (symmetric=False)")
-    init_scale = _checks.positive_float("factored_gd", "init_scale", init_scale)
-    if step is not None:
-        step = _checks.positive_float("factored_gd", "step", step)
-    if damping is not None:
-        damping = _checks.nonnegative_float("factored_gd", "damping", damping)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"factored_gd[{method}]")
-    settings.validate("factored_gd")
-    seed_value, seed_key = resolve_seed(_checks.seed("factored_gd", seed), settings.checkpoint)
+    seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     step_given, damping_given = step, damping
 
     xp, dtype = call.xp, y.dtype
