@@ -70,7 +70,8 @@ __global__ void sampled_product_kernel(ops::SampledProduct<T, I> entry, const in
   }
 }
 
-// Flattened CSR key of entry k, b * n_key + keys[k], or -1 (out of range: reported).
+// Flattened CSR key of entry k, b * n_key + keys[k], counted for indptr; an out-of-range key is
+// reported and given batch * n_key (it sorts last, and the caller raises before reading the order).
 template <class I>
 __global__ void csr_keys_kernel(const I* keys, const int64_t* offsets, int64_t batch, int64_t n_key, int64_t nnz,
                                 int64_t* flat, int64_t* perm, unsigned long long* counts, int64_t* first_bad) {
@@ -78,7 +79,7 @@ __global__ void csr_keys_kernel(const I* keys, const int64_t* offsets, int64_t b
   if (k >= nnz) return;
   perm[k] = k;
   if (!ops::index_in_range(keys[k], n_key)) {
-    flat[k] = batch * n_key;  // sorts last; the caller raises before reading the order
+    flat[k] = batch * n_key;
     record_bad(first_bad, k);
     return;
   }

@@ -284,3 +284,10 @@ def offsets_array(call: Call, name: str, offsets: Any, batch: int, nnz: int):
     if np.any(np.diff(host) < 0):
         raise ValueError(f"{call.function}: {name} must be non-decreasing")
     return offsets.astype(np.int64, copy=False)
+
+
+def problem_of_entries(call: Call, offsets: Any, nnz: int):
+    """(nnz,) int64 problem index of every entry on the call's backend: the last b with
+    offsets[b] <= k (empty problems own nothing). A sort-free search that numpy and CuPy run
+    alike (CuPy's repeat takes no device array of counts)."""
+    return call.xp.searchsorted(offsets, call.xp.arange(nnz, dtype=np.int64), side="right") - 1

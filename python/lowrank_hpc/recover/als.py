@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, resolve
+from .._arrays import Call, offsets_array, problem_of_entries, resolve
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
@@ -67,8 +67,7 @@ class _Problem:
         small = self.nnz * rank * rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
         # The fused iteration is the CPU module's own kernel (its data stays in one core's cache).
         self.kernel = "fused" if hasattr(call.module, "als_iterations") and (many or small) else "rows"
-        counts = self.offsets[1:] - self.offsets[:-1]
-        self.problem_ids = self.xp.repeat(self.xp.arange(batch), counts)
+        self.problem_ids = problem_of_entries(call, self.offsets, self.nnz)
         self.by_rows = self._order(rows, cols, self.m, "rows")
         self.by_cols = self._order(cols, rows, self.n, "cols")
         # Penalty weights w (batch, n_key): observation counts for "count", else ones.

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import offsets_array, resolve
+from .._arrays import offsets_array, problem_of_entries, resolve
 from .._backend import CONSTANTS
 from ..ops import SparsePattern
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
@@ -32,8 +32,7 @@ class _BatchedCompletion:
         self.offsets = offsets
         self.batch = int(offsets.shape[0]) - 1
         self.rows, self.cols = rows, cols
-        counts = (offsets[1:] - offsets[:-1])
-        self.problem_of_entry = self.xp.repeat(self.xp.arange(self.batch), counts)
+        self.problem_of_entry = problem_of_entries(call, offsets, int(rows.shape[0]))
 
     @functools.cached_property
     def pattern(self) -> SparsePattern:
