@@ -307,9 +307,9 @@ def _base(rng):
     (lambda a: a.update(reg=np.inf), ValueError, "reg must be"),
     (lambda a: a.update(reg_scaling="spark"), ValueError, "reg_scaling must be one of"),
     (lambda a: a.update(shape=(10,)), ValueError, "shape must be two positive integers"),
-    (lambda a: a.update(vals=a["vals"].astype(np.int64)), TypeError, "vals must be float32 or float64"),
-    (lambda a: a.update(rows=a["rows"].astype(np.float64)), TypeError, "rows must be int32 or int64"),
-    (lambda a: a.update(cols=a["cols"].astype(np.int32)), TypeError, "rows is int64 but cols is int32"),
+    (lambda a: a.update(vals=a["vals"].astype(np.complex128)), TypeError, "vals is complex; Complex data not supported"),
+    (lambda a: a.update(rows=a["rows"].astype(np.float64)), TypeError, "rows must hold integers"),
+    (lambda a: a.update(cols=None), TypeError, "cols is None; pass an array"),
     (lambda a: a.update(vals=a["vals"][:-1].copy()), ValueError, "vals has length"),
     (lambda a: a.update(rows=a["rows"][:0], cols=a["cols"][:0], vals=a["vals"][:0]), ValueError, "empty"),
     (lambda a: a.update(max_iter=-1), ValueError, "max_iter must be"),
@@ -317,7 +317,7 @@ def _base(rng):
     (lambda a: a.update(init=np.zeros((8, 2), dtype=np.float32)), TypeError, "init is float32 but vals is float64"),
     (lambda a: a.update(time_limit=-1.0), ValueError, "time_limit must be"),
 ], ids=["nan", "row-range", "col-range", "rank0", "rank-big", "reg-neg", "reg-inf", "scaling", "shape",
-        "vals-int", "rows-float", "mixed-index", "vals-length", "empty", "max_iter", "init-shape", "init-dtype",
+        "vals-complex", "rows-float", "cols-none", "vals-length", "empty", "max_iter", "init-shape", "init-dtype",
         "time_limit"])
 def test_bad_inputs_raise_clear_errors(rng, change, error, match):
     arguments = _base(rng)

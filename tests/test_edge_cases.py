@@ -412,8 +412,8 @@ def test_factor_width_above_both_dimensions(backend):
     offsets = np.array([0, 2, 4], dtype=np.int64)
     expected = np.concatenate([np.einsum("kr,kr->k", U3[b][rows[2 * b:2 * b + 2]], V3[b][cols[2 * b:2 * b + 2]])
                                for b in range(2)])
-    np.testing.assert_allclose(backend.get(sampled_product(*put_all(backend, U3, V3, rows, cols, offsets))),
-                               expected, rtol=1e-12)
+    np.testing.assert_allclose(backend.get(sampled_product(*put_all(backend, U3, V3, rows, cols),
+                                                           offsets=backend.put(offsets))), expected, rtol=1e-12)
 
 
 def test_over_parameterized_gradient_solves(backend):

@@ -265,7 +265,7 @@ def test_completion_input_errors():
         estimator.fit(rows)
     with pytest.raises(ValueError, match="needs cols, vals and shape"):
         estimator.fit(rows, cols, M[mask])
-    with pytest.raises(ValueError, match="vals contains NaN"):
+    with pytest.raises(ValueError, match="vals contains 1 NaN/inf"):
         estimator.fit(rows, cols, np.where(np.arange(rows.size) == 3, np.nan, M[mask]), shape=M.shape)
     with pytest.raises(ValueError, match=r"vals has shape \(\d+,\) but rows has shape"):
         estimator.fit(rows, cols, M[mask][:-1], shape=M.shape)
@@ -282,7 +282,7 @@ def test_completion_input_errors():
         estimator.predict(X[:, :7])
     with pytest.raises(ValueError, match="Reshape your data"):
         estimator.transform(X[0])
-    with pytest.raises(TypeError, match="integer indices"):
+    with pytest.raises(TypeError, match="rows must hold integers"):
         estimator.predict(np.array([0.0]), np.array([1.0]))
 
 

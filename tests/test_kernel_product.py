@@ -145,18 +145,17 @@ def _raises(backend, error, match, U, V, *args, **kwargs):
 
 def test_bad_inputs(backend, rng):
     U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
-    _raises(backend, TypeError, "U must be float32 or float64, got int64", U.astype(np.int64), V)
+    _raises(backend, TypeError, "U is complex; Complex data not supported", U.astype(np.complex128), V)
     _raises(backend, TypeError, "V is float32 but U is float64", U, V.astype(np.float32))
     _raises(backend, ValueError, r"U has shape \(4, 2\).*V has shape \(5, 3\)", U, np.ones((5, 3)))
     _raises(backend, ValueError, r"batch sizes differ: U \(2, 4, 2\), V \(3, 5, 2\)",
             np.ones((2, 4, 2)), np.ones((3, 5, 2)))
-    _raises(backend, ValueError, "V must be C-contiguous", U, np.ones((2, 5)).T)
     bad = V.copy()
     bad[1, 1] = np.nan
     _raises(backend, ValueError, "V contains 1 NaN/inf", U, bad)
     _raises(backend, ValueError, "unknown kernel 'sigmoid'; valid kernels are identity, relu, exponential, tanh, "
             "piecewise_linear", U, V, "sigmoid")
-    _raises(backend, ValueError, "top_k_mode must be 'row' or 'global'", U, V, "relu", 2, top_k_mode="column")
+    _raises(backend, ValueError, r"top_k_mode must be one of \('row', 'global'\)", U, V, "relu", 2, top_k_mode="column")
 
 
 @pytest.mark.parametrize("top_k,mode,match", [
@@ -171,6 +170,6 @@ def test_top_k_out_of_range(backend, rng, top_k, mode, match):
 
 def test_bad_top_k_and_block_rows_types(backend, rng):
     U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
-    _raises(backend, TypeError, "top_k must be an integer, got 2.5", U, V, "tanh", 2.5)
-    _raises(backend, TypeError, "block_rows must be an integer, got True", U, V, "tanh", 2, block_rows=True)
+    _raises(backend, TypeError, "top_k must be an int, got float 2.5", U, V, "tanh", 2.5)
+    _raises(backend, TypeError, "block_rows must be an int, got bool True", U, V, "tanh", 2, block_rows=True)
     _raises(backend, ValueError, "block_rows must be >= 1, got 0", U, V, "tanh", 2, block_rows=0)

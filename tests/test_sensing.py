@@ -11,7 +11,7 @@ from scipy.sparse.linalg import lsqr
 
 from lowrank_hpc import sensing
 from lowrank_hpc.sensing import ColumnSketch, EntrySampling, GaussianSensing, RankOneSensing
-from lowrank_hpc.sensing._base import backend_call
+from lowrank_hpc._arrays import for_backend as backend_call
 
 SEED = 20261123
 
@@ -321,16 +321,15 @@ def test_to_dense_refuses_above_the_budget():
     (lambda: ColumnSketch(2, (3, 3), 1, shared=1), TypeError, "shared"),
     (lambda: ColumnSketch(2, (3, 3), "1"), TypeError, "seed"),
     (lambda: ColumnSketch(2, (3, 0), 1), ValueError, r"shape\[1\]"),
-    (lambda: EntrySampling(np.array([0.0]), np.array([0]), (2, 2)), TypeError, "rows must be int32 or int64"),
-    (lambda: EntrySampling(np.array([0]), np.array([0], dtype=np.uint8), (2, 2)), TypeError, "cols"),
+    (lambda: EntrySampling(np.array([0.0]), np.array([0]), (2, 2)), TypeError, "rows must hold integers"),
+    (lambda: EntrySampling(np.array([0]), np.array([True]), (2, 2)), TypeError, "cols must hold integers"),
     (lambda: EntrySampling(np.array([0, 2]), np.array([0, 1]), (2, 2)), IndexError, r"rows\[1\] = 2"),
     (lambda: EntrySampling(np.array([0, 1]), np.array([-1, 1]), (2, 2)), IndexError, r"cols\[0\] = -1"),
     (lambda: EntrySampling(np.array([0, 1]), np.array([0]), (2, 2)), ValueError, "cols has length 1"),
-    (lambda: EntrySampling(np.array([0], dtype=np.int32), np.array([0]), (2, 2)), TypeError, "one index dtype"),
     (lambda: EntrySampling(np.array([], dtype=np.int64), np.array([], dtype=np.int64), (2, 2)), ValueError, "empty"),
     (lambda: EntrySampling(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), (2, 2)), ValueError,
      "rows must be 1-D"),
-    (lambda: EntrySampling([0], [0], (2, 2)), TypeError, "rows must be a numpy.ndarray"),
+    (lambda: EntrySampling(None, [0], (2, 2)), TypeError, "rows is None; pass an array"),
     (lambda: EntrySampling(np.array([0]), np.array([0]), (2, 0)), ValueError, r"shape\[1\]"),
 ])
 def test_constructors_reject_bad_arguments(build, error, match):
@@ -345,16 +344,14 @@ def test_forward_rejects_bad_x(name):
         op.forward(np.zeros((n1 + 1, n2)))
     with pytest.raises(ValueError, match="X must have 2 or 3 dimensions"):
         op.forward(np.zeros(n1 * n2))
-    with pytest.raises(TypeError, match="X must be float32 or float64"):
-        op.forward(np.zeros((n1, n2), dtype=np.int64))
-    with pytest.raises(TypeError, match="X must be a numpy.ndarray"):
-        op.forward(np.zeros((n1, n2)).tolist())
+    with pytest.raises(TypeError, match="X is complex; Complex data not supported"):
+        op.forward(np.zeros((n1, n2), dtype=np.complex64))
+    with pytest.raises(TypeError, match="X must be an array"):
+        op.forward("X")
     bad = np.zeros((n1, n2))
     bad[-1, -1] = np.nan
     with pytest.raises(ValueError, match="X contains 1 NaN/inf"):
         op.forward(bad)
-    with pytest.raises(ValueError, match="X must be C-contiguous"):
-        op.forward(np.zeros((n2, n1)).T if n1 > 1 and n2 > 1 else np.zeros((n1, 2 * n2))[:, ::2])
 
 
 def test_adjoint_rejects_bad_y(name):
@@ -364,12 +361,10 @@ def test_adjoint_rejects_bad_y(name):
         op.adjoint(np.zeros(m + 1))
     with pytest.raises(ValueError, match="y must have 1 or 2 dimensions"):
         op.adjoint(np.zeros((1, 1, m)))
-    with pytest.raises(TypeError, match="y must be float32 or float64"):
-        op.adjoint(np.zeros(m, dtype=np.float16))
+    with pytest.raises(TypeError, match="y is complex; Complex data not supported"):
+        op.adjoint(np.zeros(m, dtype=np.complex128))
     with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
         op.adjoint(np.concatenate([np.zeros(m - 1), [np.inf]]))
-    with pytest.raises(ValueError, match="y must be C-contiguous"):
-        op.adjoint(np.zeros(2 * m)[::2])
 
 
 def test_forward_factored_rejects_bad_factors(name):

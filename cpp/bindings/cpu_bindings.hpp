@@ -1,14 +1,13 @@
-// One bind_* function per kernel family; module.cpp calls each once.
+// The kernels only the CPU module has (the shared ones are in common/): algorithms whose GPU
+// counterpart is a different kernel (the fused and dense ALS iterations, the fused top-k).
+// The Python layer asks for them by capability (lowrank_hpc._backend), never by device.
 #pragma once
-#include <pybind11/pybind11.h>
+#include "common/backend.hpp"
 
 namespace lowrank_hpc::bindings {
 
-void bind_runtime(pybind11::module_& m);
-void bind_coo_kernels(pybind11::module_& m);
-void bind_completion_step(pybind11::module_& m);
-void bind_sensing(pybind11::module_& m);
-void bind_kernel_product(pybind11::module_& m);
-void bind_als(pybind11::module_& m);
+void bind_runtime(py::module_& m);
+void bind_als_fused(py::module_& m);
+void bind_top_k(py::module_& m);
 
 }  // namespace lowrank_hpc::bindings

@@ -1,11 +1,14 @@
-// The _cpu extension module: thin typed entry points over the OpenMP drivers.
+// The _cpu extension module: the shared bindings over the OpenMP drivers, plus the CPU-only ones.
 #include <omp.h>
 
-#include "host_arrays.hpp"
-#include "../src/cpu_backend.hpp"
 #include "cpu_bindings.hpp"
 
 namespace lowrank_hpc::bindings {
+
+// The CPU drivers report no launch errors; this is never reached.
+void raise_launch_error(int code, const char* what) {
+  throw std::runtime_error(std::string(what) + " failed with code " + std::to_string(code));
+}
 
 void bind_runtime(py::module_& m) {
   m.def("max_threads", [] { return omp_get_max_threads(); }, "OpenMP threads a parallel region uses");
@@ -18,12 +21,12 @@ void bind_runtime(py::module_& m) {
 }  // namespace lowrank_hpc::bindings
 
 PYBIND11_MODULE(_cpu, m) {
+  namespace bindings = lowrank_hpc::bindings;
   m.doc() = "lowrank_hpc CPU backend (OpenMP). Private: use lowrank_hpc.ops and lowrank_hpc.sensing.";
   m.attr("__version__") = LRH_VERSION;
-  lowrank_hpc::bindings::bind_runtime(m);
-  lowrank_hpc::bindings::bind_coo_kernels(m);
-  lowrank_hpc::bindings::bind_completion_step(m);
-  lowrank_hpc::bindings::bind_sensing(m);
-  lowrank_hpc::bindings::bind_kernel_product(m);
-  lowrank_hpc::bindings::bind_als(m);
+  bindings::bind_shared(m);
+  m.attr("ALS_SYSTEM_BYTES_LIMIT") = pybind11::none();  // a row's normal equations may take any size
+  bindings::bind_runtime(m);
+  bindings::bind_als_fused(m);
+  bindings::bind_top_k(m);
 }

@@ -149,9 +149,6 @@ void gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T*
 template <class T>
 void gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out);
 
-// x[i] = f(x[i]) for the whole array (after the vendor GEMM); returns the NaN/inf count.
-template <class T>
-int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f);
 // Row block (rows, n) of U V^T: applies f in place, then writes each row's k largest |f|
 // (values, column indices; best first, ties to the smaller column) to (rows, k) outputs.
 // Returns the NaN/inf count of the block.

@@ -27,17 +27,6 @@ LRH_CPU_CLONES int64_t apply_range(T* x, int64_t size) {
 }
 
 template <ops::KernelFunction F, class T>
-int64_t apply_all(T* x, int64_t size) {
-  // Chunks of 4096 keep each simd loop long while balancing the threads.
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (size + kChunk - 1) / kChunk;
-  int64_t bad = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad) if (size > kMinParallelEntries)
-  for (int64_t c = 0; c < chunks; ++c) bad += apply_range<F>(x + c * kChunk, std::min(kChunk, size - c * kChunk));
-  return bad;
-}
-
-template <ops::KernelFunction F, class T>
 int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64_t* indices) {
   int64_t bad = 0;
 #pragma omp parallel reduction(+ : bad) if (rows * n > kMinParallelEntries)
@@ -76,18 +65,11 @@ int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64
 }  // namespace
 
 template <class T>
-int64_t apply_kernel_in_place(T* x, int64_t size, ops::KernelFunction f) {
-  return ops::with_kernel(f, [&](auto F) { return apply_all<decltype(F)::value>(x, size); });
-}
-
-template <class T>
 int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
                          int64_t* indices) {
   return ops::with_kernel(f, [&](auto F) { return topk_rows<decltype(F)::value>(block, rows, n, k, values, indices); });
 }
 
-template int64_t apply_kernel_in_place<float>(float*, int64_t, ops::KernelFunction);
-template int64_t apply_kernel_in_place<double>(double*, int64_t, ops::KernelFunction);
 template int64_t kernel_topk_rows<float>(float*, int64_t, int64_t, ops::KernelFunction, int64_t, float*, int64_t*);
 template int64_t kernel_topk_rows<double>(double*, int64_t, int64_t, ops::KernelFunction, int64_t, double*, int64_t*);
 

@@ -1,6 +1,7 @@
 // Bindings of the device queries: the import-time architecture check in lowrank_hpc._backend
 // calls them before anything launches a kernel, so none of them raises.
-#include "cuda_bindings.hpp"
+#include <pybind11/pybind11.h>
+
 #include "lowrank_hpc_cuda/device_info.hpp"
 
 #include <string>

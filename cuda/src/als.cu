@@ -1,6 +1,7 @@
 // ALS half-step on the GPU: one thread block per key row over the shared normal equations.
 #include <cuda_runtime.h>
 
+#include "lowrank_hpc/core/constants.hpp"
 #include "lowrank_hpc/core/instantiate.hpp"
 #include "lowrank_hpc/ops/normal_equations.hpp"
 #include "lowrank_hpc_cuda/launchers.hpp"
@@ -10,7 +11,6 @@ namespace lowrank_hpc::cuda {
 namespace {
 
 // The default dynamic shared memory a block may take without opting in.
-constexpr int64_t kMaxSharedBytes = 48 * 1024;
 
 // The block's threads fill the Gram's lower triangle and the right-hand side in shared memory
 // (one entry per thread, each summing the row's observations in CSR order); then one thread
@@ -45,7 +45,7 @@ int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const
   const int64_t n_rows = batch * n_key;
   if (n_rows == 0) return cudaSuccess;
   const int64_t shared_bytes = (r * r + r) * static_cast<int64_t>(sizeof(T));
-  if (r < 1 || shared_bytes > kMaxSharedBytes || n_rows > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (r < 1 || shared_bytes > kAlsSharedBytes || n_rows > 0x7fffffff) return cudaErrorInvalidConfiguration;
   // One warp covers the r^2 + r entries of small ranks; larger ranks use up to 256 threads.
   const int64_t work = r * r + r;
   const int threads = work >= 256 ? 256 : static_cast<int>((work + 31) / 32 * 32);

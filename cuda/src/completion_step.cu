@@ -20,7 +20,23 @@ __global__ void completion_steps_kernel(solvers::CompletionStep<T, I> step, int6
   solvers::step_problem(step, b, active, U, V, U1, V1, steps, dampings, losses, changes, halvings, stuck);
 }
 
+__global__ void relative_change_kernel(const double* left, const double* right, int64_t batch, int64_t k,
+                                       double* out) {
+  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (b >= batch) return;
+  out[b] = solvers::relative_change_from_grams(left + b * 3 * k * k, right + b * 4 * k * k, k);
+}
+
 }  // namespace
+
+int relative_change_from_grams(const double* left, const double* right, int64_t batch, int64_t k, double* out,
+                               void* stream) {
+  if (batch == 0) return cudaSuccess;
+  constexpr int kBlock = 128;
+  const auto grid = static_cast<unsigned>((batch + kBlock - 1) / kBlock);
+  relative_change_kernel<<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(left, right, batch, k, out);
+  return cudaGetLastError();
+}
 
 template <class T, class I>
 int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,

@@ -1,9 +1,17 @@
-"""Arrays across the boundary: backend resolution and the checks every public call makes.
+"""Arrays across the boundary: backend resolution, conversion and the checks every public call makes.
+
+Every public function takes what numpy (or CuPy) takes: any strides, Fortran order, read-only
+arrays, lists, any integer dtype for indices. Each argument is converted once, at the call's
+entry, to what the kernels read (C-contiguous, float32/float64 values, int32/int64 indices), and
+copied only when it is not that already; solvers convert before their loop, never inside it.
+CUDA arrays are viewed through CuPy (``__cuda_array_interface__`` or DLPack) without a copy.
+
+Both compiled modules take the same arguments (``cpp/bindings/common``), so a kernel call is
+``call.module.kernel(..., call.stream())`` on either backend; status words (first bad index,
+counts) are int64 arrays on the call's device, read once by :meth:`Call.read`.
 
 Every check names the argument and the fix: TypeError for the wrong kind or dtype of array,
-ValueError for shape, layout, empty or non-finite data, IndexError for out-of-range indices.
-Nothing is copied silently: CUDA arrays are viewed through CuPy without a copy, and host
-arrays must already be C-contiguous with the right dtype.
+ValueError for shape, empty or non-finite data, IndexError for out-of-range indices.
 """
 from __future__ import annotations
 
@@ -13,11 +21,26 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _checks
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA and kDLCUDAManaged
+
+
+class ComplexDataError(TypeError, ValueError):
+    """Complex values where real ones are meant: a TypeError (the wrong dtype) that is also the
+    ValueError scikit-learn raises for complex data."""
+
+
+def for_backend(function: str, backend: str) -> "Call":
+    """A call on a named backend ("cpu" or "cuda"), for functions that place the data themselves
+    (estimators moving input to their backend, operators generating their matrices)."""
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"{function}: backend must be 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda":
+        _backend.cuda_module()  # raises BackendUnavailableError with the reason
+    return Call(function=function, backend=backend)
 
 
 def is_device_array(x: Any) -> bool:
@@ -63,8 +86,14 @@ class Call:
 
     # ------------------------------------------------------------------ conversion
     def _as_backend_array(self, name: str, x: Any):
+        """x as an ndarray of the call's backend (lists become arrays; CUDA arrays are views)."""
+        if x is None:
+            _checks.required(self.function, **{name: x})
         if not self.on_device:
-            return x
+            try:
+                return np.asarray(x)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{self.function}: {name} must be array-like, got {_kind(x)} ({error})") from None
         cupy = _backend.cupy_module()
         if isinstance(x, cupy.ndarray):
             array = x
@@ -78,17 +107,23 @@ class Call:
                              f"device is {current}; use `with cupy.cuda.Device({array.device.id}):`")
         return array
 
-    def _check_layout(self, name: str, x: Any) -> None:
-        if not x.flags.c_contiguous:
-            fix = "numpy.ascontiguousarray" if not self.on_device else "cupy.ascontiguousarray"
-            raise ValueError(f"{self.function}: {name} must be C-contiguous (row-major); pass {fix}({name})")
-
     def float_array(self, name: str, x: Any, ndims: Sequence[int], *, check_finite: bool = True,
                     allow_empty: bool = False):
-        """A float32/float64 array of one of ``ndims`` dimensions, same dtype as the call's others."""
+        """A C-contiguous float32/float64 array of one of ``ndims`` dimensions, in the call's one
+        float dtype. Integer, boolean and float16 input becomes float64 (the call's dtype when an
+        earlier argument set it); complex or non-numeric input is a TypeError."""
         x = self._as_backend_array(name, x)
         if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{self.function}: {name} must be float32 or float64, got {x.dtype}")
+            if x.dtype.kind == "c":
+                raise ComplexDataError(f"{self.function}: {name} is complex; Complex data not supported (pass real "
+                                       "float32/float64 values)")
+            if x.dtype.kind not in "iubfO":
+                raise TypeError(f"{self.function}: {name} must be real numbers (float32 or float64), got {x.dtype}")
+            try:  # object arrays (lists of mixed numbers, pandas columns) convert when they hold numbers
+                x = x.astype(self._float_dtype if self._float_dtype is not None else np.float64)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{self.function}: {name} must be real numbers (float32 or float64), got "
+                                f"{x.dtype} values that are not numbers ({error})") from None
         if self._float_dtype is None:
             self._float_dtype, self._float_owner = x.dtype, name
         elif x.dtype != self._float_dtype:
@@ -99,32 +134,54 @@ class Call:
             raise ValueError(f"{self.function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
         if x.size == 0 and not allow_empty:
             raise ValueError(f"{self.function}: {name} is empty (shape {tuple(x.shape)})")
-        self._check_layout(name, x)
+        x = self.xp.ascontiguousarray(x)
         if check_finite:
             self.check_finite(name, x)
         return x
 
     def index_array(self, name: str, x: Any, length: Optional[int] = None):
-        """A 1-D int32/int64 index array (range is checked by the kernels that read it)."""
+        """A C-contiguous 1-D int32/int64 index array from any integer input (range is checked
+        by the kernels that read it): int32 and int64 are kept, other integer dtypes become int64."""
         x = self._as_backend_array(name, x)
+        if x.dtype.kind not in "iu" or x.dtype == np.uint64 and x.size and int(x.max()) > np.iinfo(np.int64).max:
+            if x.dtype.kind == "f" and x.size == 0:
+                x = x.astype(np.int64)  # np.asarray([]) is float64: an empty list of indices
+            else:
+                raise TypeError(f"{self.function}: {name} must hold integers (any integer dtype), got {x.dtype}")
         if x.dtype not in INDEX_DTYPES:
-            raise TypeError(f"{self.function}: {name} must be int32 or int64, got {x.dtype}")
+            x = x.astype(np.int64)
         if x.ndim != 1:
             raise ValueError(f"{self.function}: {name} must be 1-D, got shape {tuple(x.shape)}")
         if length is not None and x.shape[0] != length:
             raise ValueError(f"{self.function}: {name} has length {x.shape[0]}, expected {length}")
-        self._check_layout(name, x)
-        return x
+        return self.xp.ascontiguousarray(x)
 
     def coordinates(self, rows: Any, cols: Any):
-        """Validated (rows, cols): 1-D, equal length, one int32/int64 dtype, not empty."""
+        """Validated (rows, cols): 1-D, equal length, one int32/int64 dtype (int64 when they
+        differ), not empty."""
         rows = self.index_array("rows", rows)
         cols = self.index_array("cols", cols, length=rows.shape[0])
         if rows.dtype != cols.dtype:
-            raise TypeError(f"{self.function}: rows is {rows.dtype} but cols is {cols.dtype}; use one index dtype")
+            rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         if rows.shape[0] == 0:
             raise ValueError(f"{self.function}: rows and cols are empty; there is no entry")
         return rows, cols
+
+    def output_array(self, name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype):
+        """An array the call writes into: it must already be what the kernel writes (this
+        backend's array type, C-contiguous, writable, exact shape and dtype); never converted,
+        since a copy would not be the caller's array."""
+        xp = self.xp
+        if not isinstance(out, xp.ndarray):
+            raise TypeError(f"{self.function}: {name} must be a {xp.__name__}.ndarray to write into, got {_kind(out)}")
+        if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+            raise ValueError(f"{self.function}: {name} has shape {tuple(out.shape)} and dtype {out.dtype}, expected "
+                             f"{tuple(shape)} and {np.dtype(dtype)}")
+        if not out.flags.c_contiguous:
+            raise ValueError(f"{self.function}: {name} must be C-contiguous to be written in place")
+        if not self.on_device and not out.flags.writeable:
+            raise ValueError(f"{self.function}: {name} is read-only")
+        return out
 
     @property
     def float_dtype(self) -> np.dtype:
@@ -139,7 +196,21 @@ class Call:
                              "clean or mask them before the call")
 
     def stream(self) -> int:
+        """The handle the kernels run on: CuPy's current stream on the GPU, 0 on the CPU."""
         return _backend.cupy_module().cuda.get_current_stream().ptr if self.on_device else 0
+
+    def status(self, *values: int):
+        """An int64 status word array on the call's device, preset to ``values``; a kernel lowers
+        or adds to it (first bad entry, counts) and :meth:`read` fetches it once."""
+        return self.xp.asarray(np.array(values, dtype=np.int64))
+
+    def read(self, status) -> list[int]:
+        """The values of a status word array on the host (the one device sync of a kernel call)."""
+        return [int(v) for v in self.to_host(status)]
+
+    def to_host(self, x: Any) -> np.ndarray:
+        """A numpy copy (GPU) or the array itself (CPU)."""
+        return x.get() if self.on_device else np.asarray(x)
 
     def wrap(self, out: Any) -> Any:
         """Give a result the array type of the inputs (CuPy results go back through DLPack)."""
@@ -157,12 +228,9 @@ def count_nonfinite(call: Call, x: Any) -> int:
     """Number of NaN/inf values in a C-contiguous float array on the call's backend."""
     if x.size == 0:
         return 0
-    if not call.on_device:
-        return int(call.module.count_nonfinite(x.reshape(-1)))
-    cupy = _backend.cupy_module()
-    count = cupy.zeros(1, dtype=cupy.int64)
-    call.module.count_nonfinite(x.dtype.name, x.data.ptr, x.size, count.data.ptr, call.stream())
-    return int(count.get()[0])
+    count = call.status(0)
+    call.module.count_nonfinite(x, count, call.stream())
+    return call.read(count)[0]
 
 
 def resolve(function: str, **arrays: Any) -> Call:
@@ -175,14 +243,14 @@ def resolve(function: str, **arrays: Any) -> Call:
     for name, x in arrays.items():
         if x is None:
             continue
-        if isinstance(x, np.ndarray):
+        if isinstance(x, (np.ndarray, list, tuple, np.generic)) or hasattr(x, "__array_interface__"):
             host.append(name)
         elif is_device_array(x):
             device.append(name)
             template = x if template is None else template
         else:
-            raise TypeError(f"{function}: {name} must be a numpy.ndarray or a CUDA array "
-                            f"(CuPy, or any __cuda_array_interface__/DLPack array), got {_kind(x)}")
+            raise TypeError(f"{function}: {name} must be an array (numpy, a list, or a CUDA array: CuPy, or any "
+                            f"__cuda_array_interface__/DLPack array), got {_kind(x)}")
     if host and device:
         raise TypeError(f"{function}: arguments mix host and device arrays ({', '.join(host)} on the host, "
                         f"{', '.join(device)} on the GPU); move them to one side first")
@@ -201,18 +269,25 @@ def resolve(function: str, **arrays: Any) -> Call:
 
 
 def offsets_array(call: Call, name: str, offsets: Any, batch: int, nnz: int):
-    """Validated int64 offsets of length batch + 1 (0, ..., nnz, non-decreasing) on the call's backend."""
-    xp = call.xp
+    """Validated int64 offsets of length batch + 1 (0, ..., nnz, non-decreasing) on the call's
+    backend: read on the host once per call (a solver validates them once per solve)."""
     if offsets is None:
         if batch != 1:
             raise ValueError(f"{call.function}: batched factors (batch={batch}) need {name}, an array of "
                              f"length batch + 1 that splits the entries among the problems")
-        return xp.asarray(np.array([0, nnz], dtype=np.int64))
+        return call.xp.asarray(np.array([0, nnz], dtype=np.int64))
     offsets = call.index_array(name, offsets, length=batch + 1)
-    host = offsets.get() if call.on_device else offsets
+    host = call.to_host(offsets)
     if host[0] != 0 or host[-1] != nnz:
         raise ValueError(f"{call.function}: {name} must start at 0 and end at the number of entries {nnz}, "
                          f"got {int(host[0])} ... {int(host[-1])}")
     if np.any(np.diff(host) < 0):
         raise ValueError(f"{call.function}: {name} must be non-decreasing")
-    return offsets.astype(np.int64, copy=False) if offsets.dtype != np.int64 else offsets
+    return offsets.astype(np.int64, copy=False)
+
+
+def problem_of_entries(call: Call, offsets: Any, nnz: int):
+    """(nnz,) int64 problem index of every entry on the call's backend: the last b with
+    offsets[b] <= k (empty problems own nothing). A sort-free search that numpy and CuPy run
+    alike (CuPy's repeat takes no device array of counts)."""
+    return call.xp.searchsorted(offsets, call.xp.arange(nnz, dtype=np.int64), side="right") - 1

@@ -222,3 +222,8 @@ def cupy_module() -> ModuleType:
     if _cupy is None:
         raise BackendUnavailableError(f"the CUDA backend is not available: {CUDA_UNAVAILABLE_REASON}")
     return _cupy
+
+
+# Numbers defined once in the core (cpp/include/lowrank_hpc/core/constants.hpp and the enums the
+# kernels take), exported by both modules alike: the halving limits, method and kernel codes.
+CONSTANTS: dict = _cpu.CONSTANTS

@@ -9,8 +9,10 @@ truncated or rounded silently.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -95,6 +97,11 @@ def seed(function: str, value: Any, *, name: str = "seed") -> Optional[int]:
     return int(value)
 
 
+def seed_argument(function: str, name: str, value: Any) -> Optional[int]:
+    """:func:`seed` in the form of a declared constraint."""
+    return seed(function, value, name=name)
+
+
 def draw_seed() -> int:
     """A fresh seed from the operating system's entropy, in [0, 2**63) (so seed + b stays a valid
     seed for every problem b of a batch). What ``seed=None`` means in every solver; the seed drawn
@@ -107,3 +114,59 @@ def required(function: str, **arrays: Any) -> None:
     for name, value in arrays.items():
         if value is None:
             raise TypeError(f"{function}: {name} is None; pass an array (numpy, or a CUDA array for the GPU)")
+
+
+# ---------------------------------------------------------------------- declared constraints
+# A public function declares the constraints of its scalar arguments once, next to its
+# signature (scikit-learn's _parameter_constraints is the model); ``constrained`` runs them once
+# per call, before the body, and passes the normalized values on. Each constraint is a check of
+# the form check(function, name, value) -> value.
+Check = Callable[[str, str, Any], Any]
+
+
+def optional(check: Check) -> Check:
+    """None, or what ``check`` accepts."""
+    def none_or(function: str, name: str, value: Any) -> Any:
+        return None if value is None else check(function, name, value)
+    none_or.__doc__ = f"None or {check.__doc__ or check.__name__}"
+    return none_or
+
+
+def one_of(*choices: Any) -> Check:
+    """One of ``choices`` (strings compared exactly)."""
+    def choice(function: str, name: str, value: Any) -> Any:
+        if isinstance(value, bool) or value not in choices or not isinstance(value, type(choices[0])):
+            raise ValueError(f"{function}: {name} must be one of {choices}, got {value!r}")
+        return value
+    return choice
+
+
+def flag(function: str, name: str, value: Any) -> bool:
+    """True or False (numpy bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{function}: {name} must be True or False, got {_shown(value)}")
+    return bool(value)
+
+
+def constrained(**constraints: Check) -> Callable:
+    """Decorator: check the named arguments of every call once, on entry, by their constraints;
+    the function's ``constraints`` attribute lists them (for documentation and tests)."""
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+        unknown = set(constraints) - set(signature.parameters)
+        assert not unknown, f"{function.__name__}: constraints for unknown parameters {unknown}"
+        label = function.__qualname__.replace(".__init__", "")
+
+        @functools.wraps(function)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            for name, check in constraints.items():
+                if name in bound.arguments:
+                    bound.arguments[name] = check(label, name, bound.arguments[name])
+                else:  # a default: checked too, so a bad default cannot slip through
+                    check(label, name, signature.parameters[name].default)
+            return function(*bound.args, **bound.kwargs)
+
+        checked.constraints = constraints
+        return checked
+    return decorate

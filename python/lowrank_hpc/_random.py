@@ -14,9 +14,5 @@ def gaussian_fill(call: Call, dtype: np.dtype, seed: int, count: int, rows: int,
     scale * standard_normal(seed, first_stream + i, index_offset + e), rounded to ``dtype``
     (symmetric: the average with the transposed entry). Bit-identical on CPU and GPU."""
     out = call.xp.empty((count, rows * cols), dtype=dtype)
-    if call.on_device:
-        call.module.gaussian_fill(np.dtype(dtype).name, seed, first_stream, rows, cols, index_offset, scale,
-                                  symmetric, count, out.data.ptr, call.stream())
-    else:
-        call.module.gaussian_fill(seed, first_stream, rows, cols, index_offset, scale, symmetric, out)
+    call.module.gaussian_fill(seed, first_stream, rows, cols, index_offset, scale, symmetric, out, call.stream())
     return out

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _backend, _checks
-from ._arrays import is_device_array
+from ._arrays import for_backend, is_device_array
 from .ops import sampled_product
 from .recover import METHODS, als, factored_gd
 from .recover.als import REG_SCALINGS
@@ -82,16 +82,9 @@ def _to_side(function: str, x: Any, side: str) -> Any:
 
 
 def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
-    """A C-contiguous float32/float64 array of ``ndim`` dimensions on ``side``; other numbers become float64."""
+    """A C-contiguous float32/float64 array of ``ndim`` dimensions on ``side``, converted by the
+    library's one conversion layer (lowrank_hpc._arrays); scikit-learn's wording for empty input."""
     array = _to_side(function, x, side)
-    xp = np if side == "cpu" else _backend.cupy_module()
-    kind = array.dtype.kind
-    if kind == "c":
-        raise ValueError(f"{function}: {name} is complex; Complex data not supported")
-    if kind not in "biufO":
-        raise TypeError(f"{function}: {name} must hold numbers, got dtype {array.dtype}")
-    if array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float64)  # object arrays of non-numbers raise TypeError here
     if array.ndim != ndim:
         hint = (" (Reshape your data: X.reshape(1, -1) for one sample; entries of the fitted matrix are "
                 "given as rows, cols (and vals for score))") if ndim == 2 and array.ndim == 1 else ""
@@ -103,24 +96,14 @@ def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
         if array.shape[0] == 0:
             raise ValueError(f"{function}: found array with 0 sample(s) (shape={tuple(array.shape)}) "
                              "while a minimum of 1 is required.")
-    return xp.ascontiguousarray(array)
-
-
-def _as_index(function: str, name: str, x: Any, side: str) -> Any:
-    """A 1-D int32/int64 array on ``side`` (other integer dtypes become int64)."""
-    array = _to_side(function, x, side)
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"{function}: {name} must hold integer indices, got dtype {array.dtype}")
-    if array.ndim != 1:
-        raise ValueError(f"{function}: {name} must be 1-D, got shape {tuple(array.shape)}")
-    if array.dtype not in (np.int32, np.int64):
-        array = array.astype(np.int64)
-    xp = np if side == "cpu" else _backend.cupy_module()
-    return xp.ascontiguousarray(array)
+    return for_backend(function, side).float_array(name, array, (ndim,), check_finite=False, allow_empty=True)
 
 
 def _coordinates(function: str, rows: Any, cols: Any, side: str) -> tuple[Any, Any]:
-    rows, cols = _as_index(function, "rows", rows, side), _as_index(function, "cols", cols, side)
+    """(rows, cols) as the kernels take them (any integer dtype in, one index dtype out)."""
+    call = for_backend(function, side)
+    rows = call.index_array("rows", _to_side(function, rows, side))
+    cols = call.index_array("cols", _to_side(function, cols, side))
     if rows.shape != cols.shape:
         raise ValueError(f"{function}: rows has shape {tuple(rows.shape)} but cols has shape {tuple(cols.shape)}")
     if rows.dtype != cols.dtype:  # the kernels take one index dtype
@@ -136,9 +119,7 @@ def _entries(function: str, rows: Any, cols: Any, vals: Any, side: str) -> tuple
         raise ValueError(f"{function}: vals has shape {tuple(vals.shape)} but rows has shape {tuple(rows.shape)}")
     if rows.shape[0] == 0:
         raise ValueError(f"{function}: rows, cols and vals are empty; there is no observed entry")
-    xp = np if side == "cpu" else _backend.cupy_module()
-    if not bool(xp.isfinite(vals).all()):
-        raise ValueError(f"{function}: vals contains NaN or inf; pass only the observed entries")
+    for_backend(function, side).check_finite("vals", vals)
     return rows, cols, vals
 
 

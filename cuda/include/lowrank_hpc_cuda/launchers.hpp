@@ -14,12 +14,26 @@ int sampled_product(const T* U, const T* V, const I* rows, const I* cols, const 
                     int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
                     int64_t* first_bad, void* stream);
 
-// out (batch * n_key, r) = S @ B for S in coordinate form; out must be zeroed by the caller.
-// Float atomics: fast, not bit-reproducible run to run (documented on the Python side).
+// out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in double (cpu::sampled_squared_residuals).
 template <class T, class I>
-int coo_times_dense(const I* keys, const I* others, const T* vals, const T* B, const int64_t* offsets,
-                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, int64_t nnz, T* out,
-                    int64_t* first_bad, void* stream);
+int sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
+                              const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz,
+                              double* out, int64_t* first_bad, void* stream);
+
+// CSR order of coordinates (cpu::coo_to_csr): indptr (batch * n_key + 1), the stable permutation
+// perm and the other index (and vals, when not null) moved into it. status[0] is lowered to the
+// first out-of-range key, status[1] set to 0 (the permutation is always written on the device).
+template <class T, class I>
+int coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* offsets, int64_t batch, int64_t n_key,
+               int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted, T* vals_sorted, int64_t* status,
+               void* stream);
+
+// out (batch * n_key, r) = S @ B with S in CSR form (cpu::csr_times_dense): each row sums its
+// entries in CSR order, no atomics. *first_bad is lowered to the input position of a bad index.
+template <class T, class I>
+int csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* B,
+                    int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out, int64_t* first_bad,
+                    void* stream);
 
 // Adds the number of NaN/inf values of x to *count (device int64, preset by the caller).
 template <class T>
@@ -36,10 +50,6 @@ int gaussian_forward(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 template <class T>
 int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* y, int64_t batch, T* out,
                      void* stream);
-// x = f(x) in place for the KernelFunction code `kernel` (validated by the caller); adds the
-// number of NaN/inf results to *nonfinite (device int64, preset by the caller).
-template <class T>
-int apply_kernel_function(T* x, int64_t size, int kernel, int64_t* nonfinite, void* stream);
 // ALS half-step (lowrank_hpc/ops/normal_equations.hpp), one thread block per key row: the same
 // arguments as the CPU driver cpu::als_update_rows, all pointers on the device. Adds the number
 // of singular rows to *singular (device int64, preset by the caller). Needs (r^2 + r) *
@@ -56,6 +66,22 @@ int completion_steps(const I* rows, const I* cols, const T* vals, const int64_t*
                      int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
                      T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                      double* changes, int64_t* halvings, uint8_t* stuck, void* stream);
+
+// out[b] = the relative change of problem b from its Gram products (batch, 3, k, k) and
+// (batch, 4, k, k) (solvers::relative_change_from_grams), one thread per problem.
+int relative_change_from_grams(const double* left, const double* right, int64_t batch, int64_t k, double* out,
+                               void* stream);
+
+// The element-wise map and row/column reductions over a functor of lowrank_hpc/ops/maps.hpp
+// (cpu/src/map_reduce.hpp has the CPU's, same signatures): out[i] = f(x[i]) (out may be x),
+// *nonfinite += the NaN/inf results; out[i] = sum_j f(x[i, j]) and out[j] = sum_i f(x[i, j])
+// for x (rows, cols), summed in double. Instantiated for every map in cuda/src/maps.cu.
+template <class T, class F>
+int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void* stream);
+template <class T, class F>
+int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
+template <class T, class F>
+int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

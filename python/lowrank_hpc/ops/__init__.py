@@ -2,8 +2,10 @@
 arrays (CuPy, or any __cuda_array_interface__/DLPack array) on the GPU."""
 from .kernel_product import KERNELS, GlobalTopK, TopK, kernel_product
 from .lowrank_product import lowrank_product
+from .proximal import soft_threshold
+from .reductions import sum_of_squares
 from .sampled_product import sampled_product
 from .sparse_times_dense import SparsePattern, sparse_times_dense
 
 __all__ = ["KERNELS", "GlobalTopK", "SparsePattern", "TopK", "kernel_product", "lowrank_product",
-           "sampled_product", "sparse_times_dense"]
+           "sampled_product", "soft_threshold", "sparse_times_dense", "sum_of_squares"]

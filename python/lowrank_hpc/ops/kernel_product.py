@@ -11,11 +11,15 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call, resolve
+from .._backend import CONSTANTS
 from ._factors import factor_pair
+from ._maps import elementwise
 
-# Order matches lowrank_hpc::ops::KernelFunction in kernel_functions.hpp (the codes passed down).
-KERNELS = ("identity", "relu", "exponential", "tanh", "piecewise_linear")
+# The codes of lowrank_hpc::ops::KernelFunction (kernel_functions.hpp), by name, from the core.
+_KERNEL_CODES: dict[str, int] = CONSTANTS["kernel_functions"]
+KERNELS = tuple(sorted(_KERNEL_CODES, key=_KERNEL_CODES.__getitem__))
 _ALIASES = {"exp": "exponential"}
 TOP_K_MODES = ("row", "global")
 _BLOCK_BYTES = 64 << 20  # a row block of U V^T stays within this unless block_rows is given
@@ -43,13 +47,7 @@ def _kernel_code(kernel: Any) -> int:
     if name not in KERNELS:
         raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are "
                          f"{', '.join(KERNELS)} (or 'exp' for 'exponential')")
-    return KERNELS.index(name)
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"kernel_product: {name} must be an integer, got {value!r}")
-    return int(value)
+    return _KERNEL_CODES[name]
 
 
 def _raise_overflow(call: Call, code: int, bad: int) -> None:
@@ -83,7 +81,9 @@ class _Selection:
         n = V3.shape[1]
         self.block_rows = block_rows
         self.buffer = call.xp.empty((block_rows, n), dtype=U3.dtype)  # reused by every block
-        self.nonfinite = 0 if not call.on_device else call.xp.zeros(1, dtype=call.xp.int64)
+        self.nonfinite = call.status(0)  # summed over the blocks, read once at the end
+        # The CPU module fuses f and the selection in one pass over a block still in cache.
+        self.fused = hasattr(call.module, "kernel_topk_rows")
 
     def blocks(self, b: int):
         """Yield (first row, values, indices) of each row block of problem b."""
@@ -96,18 +96,17 @@ class _Selection:
 
     def _select(self, block):
         call, xp = self.call, self.call.xp
-        if not call.on_device:
-            values = np.empty((block.shape[0], self.kk), dtype=block.dtype)
-            indices = np.empty((block.shape[0], self.kk), dtype=np.int64)
-            self.nonfinite += call.module.kernel_topk_rows(block, self.code, values, indices)
+        if self.fused:
+            values = xp.empty((block.shape[0], self.kk), dtype=block.dtype)
+            indices = xp.empty((block.shape[0], self.kk), dtype=np.int64)
+            call.module.kernel_topk_rows(block, self.code, values, indices, self.nonfinite)
             return values, indices
-        call.module.apply_kernel(block.dtype.name, block.data.ptr, block.size, self.code, self.nonfinite.data.ptr,
-                                 call.stream())
+        call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite, call.stream())
         indices = _stable_argsort(xp, -xp.abs(block), axis=1)[:, :self.kk]
         return xp.take_along_axis(block, indices, axis=1), indices
 
     def check(self) -> None:
-        bad = int(self.nonfinite.get()[0]) if self.call.on_device else self.nonfinite
+        bad = self.call.read(self.nonfinite)[0]
         if bad:
             _raise_overflow(self.call, self.code, bad)
 
@@ -144,13 +143,15 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
     return values, flat // n, flat % n
 
 
+@_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),
+                     block_rows=_checks.optional(_checks.positive_int), check_finite=_checks.flag)
 def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int] = None, *,
                    top_k_mode: str = "row", block_rows: Optional[int] = None, check_finite: bool = True) -> Any:
     """K = f(U V^T), entry-wise K[i, j] = f(<U_i, V_j>), dense or reduced to its top-k entries.
 
     Parameters
     ----------
-    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous (numpy, or a CUDA array).
+    U : (m, r) or (batch, m, r) float32/float64 array, any layout (numpy, or a CUDA array).
     V : (n, r) or (batch, n, r) array of the same dtype, batching and array type.
     kernel : one of ``KERNELS``: "identity", "relu" (max(x, 0)), "exponential" (alias "exp"),
         "tanh", "piecewise_linear" (hard tanh: x clamped to [-1, 1]).
@@ -176,24 +177,17 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     """
     call = resolve("kernel_product", U=U, V=V)
     code = _kernel_code(kernel)
-    if top_k_mode not in TOP_K_MODES:
-        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
     U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
     batch, m, _ = U3.shape
     n = V3.shape[1]
     if top_k is None:
         out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
-        if call.on_device:
-            bad_device = call.xp.zeros(1, dtype=call.xp.int64)
-            call.module.apply_kernel(out.dtype.name, out.data.ptr, out.size, code, bad_device.data.ptr, call.stream())
-            bad = int(bad_device.get()[0])
-        else:
-            bad = call.module.apply_kernel(out, code)
+        _, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", out, out=out)
+        bad = call.read(nonfinite)[0]
         if bad:
             _raise_overflow(call, code, bad)
         return call.wrap(out if batched else out[0])
 
-    top_k = _integer("top_k", top_k)
     limit = n if top_k_mode == "row" else m * n
     if not 1 <= top_k <= limit:
         bound = f"n = {n}" if top_k_mode == "row" else f"m * n = {m} * {n} = {m * n}"
@@ -201,9 +195,6 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     if block_rows is None:
         block_rows = max(1, min(m, _BLOCK_BYTES // (n * U3.dtype.itemsize)))
     else:
-        block_rows = _integer("block_rows", block_rows)
-        if block_rows < 1:
-            raise ValueError(f"kernel_product: block_rows must be >= 1, got {block_rows}")
         block_rows = min(block_rows, m)
     selection = _Selection(call, U3, V3, code, min(top_k, n), block_rows)
     if top_k_mode == "row":

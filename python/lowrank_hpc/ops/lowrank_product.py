@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _checks
 from .._arrays import resolve
 from ._factors import factor_pair
 
 
+@_checks.constrained(check_finite=_checks.flag)
 def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
     """Dense product ``U @ V^T``.
 

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .. import _checks
 from .._arrays import offsets_array, resolve
 from ._factors import factor_pair, raise_index_error
 
 
-def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any] = None, *,
+@_checks.constrained(check_finite=_checks.flag)
+def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[Any] = None,
                     check_finite: bool = True) -> Any:
     """Entries of ``U @ V^T`` at (rows[k], cols[k]), without forming the product.
 
     Parameters
     ----------
-    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous.
+    U : (m, r) or (batch, m, r) float32/float64 array, any layout (a list too; integer input
+        becomes float64). r may exceed m and n (an over-parameterized factorization).
     V : (n, r) or (batch, n, r) array of the same dtype.
-    rows, cols : (nnz,) int32/int64 arrays of the same dtype; 0 <= rows < m, 0 <= cols < n.
+    rows, cols : (nnz,) integer arrays of any integer dtype (``np.nonzero``'s output as it is);
+        0 <= rows < m, 0 <= cols < n.
     offsets : (batch + 1,) int array, needed with batched factors: problem b owns entries
         offsets[b]:offsets[b + 1] (non-decreasing, from 0 to nnz), its own index range.
     check_finite : raise ValueError if U or V holds NaN/inf.
@@ -38,31 +42,25 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, offsets: Optional[Any]
 
 def _sampled(call, U3, V3, rows, cols, offsets):
     """The kernel on validated arrays: (nnz,) values, IndexError for an out-of-range index."""
-    batch, m, r = U3.shape
-    n, nnz = V3.shape[1], rows.shape[0]
-    out = call.xp.empty(nnz, dtype=U3.dtype)
-    if call.on_device:
-        first_bad = call.xp.full(1, nnz, dtype=call.xp.int64)
-        call.module.sampled_product(U3.dtype.name, rows.dtype.name, U3.data.ptr, V3.data.ptr, rows.data.ptr,
-                                    cols.data.ptr, offsets.data.ptr, batch, m, n, r, nnz, out.data.ptr,
-                                    first_bad.data.ptr, call.stream())
-        bad = int(first_bad.get()[0])
-        bad = -1 if bad == nnz else bad
-    else:
-        bad = call.module.sampled_product(U3, V3, rows, cols, offsets, out)
-    if bad >= 0:
-        raise_index_error(call, bad, [("rows", rows, m), ("cols", cols, n)])
+    out = call.xp.empty(rows.shape[0], dtype=U3.dtype)
+    first_bad = call.status(rows.shape[0])
+    call.module.sampled_product(U3, V3, rows, cols, offsets, out, first_bad, call.stream())
+    _raise_if_bad(call, first_bad, U3, V3, rows, cols)
     return out
 
 
 def squared_residuals(call, U3, V3, rows, cols, vals, offsets):
     """(nnz,) float64 (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 for validated (batch, rows, r)
-    factors: the loss terms of the completion solvers in one fused pass (private to them)."""
-    if call.on_device:  # the arrays are validated: no second pass over offsets (a sync) per call
-        residual = vals - _sampled(call, U3, V3, rows, cols, offsets)
-        return residual.astype(call.xp.float64) ** 2
+    factors: the loss terms of the completion solvers in one fused pass (private to them).
+    Returns the terms and the device status word of the first bad entry, for the caller to read
+    when it reads its loss (no sync here)."""
     out = call.xp.empty(rows.shape[0], dtype=call.xp.float64)
-    bad = call.module.sampled_squared_residuals(U3, V3, rows, cols, vals, offsets, out)
-    if bad >= 0:
+    first_bad = call.status(rows.shape[0])
+    call.module.sampled_squared_residuals(U3, V3, rows, cols, vals, offsets, out, first_bad, call.stream())
+    return out, first_bad
+
+
+def _raise_if_bad(call, first_bad, U3, V3, rows, cols) -> None:
+    bad = call.read(first_bad)[0]
+    if bad < rows.shape[0]:
         raise_index_error(call, bad, [("rows", rows, U3.shape[1]), ("cols", cols, V3.shape[1])])
-    return out

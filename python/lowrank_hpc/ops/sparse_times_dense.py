@@ -28,23 +28,18 @@ def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite
     return rows, cols, vals
 
 
-def _check_n_rows(call: Call, n_rows: Any) -> int:
-    if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
-        raise ValueError(f"{call.function}: n_rows must be a positive integer, got {n_rows!r}")
-    return int(n_rows)
-
-
 class SparsePattern:
     """The positions of a sparse matrix, prepared once for repeated products with new values.
 
-    Solvers multiply the same pattern by new residuals every iteration; on the CPU this keeps
-    the row- and column-sorted orders (a counting sort each) so every later product is one pass.
+    Solvers multiply the same pattern by new residuals every iteration; this keeps the row- and
+    column-sorted (CSR) orders, built once by a stable counting sort (CPU) or a stable radix
+    sort (GPU), so every later product is one pass that sums each output row in input order.
 
     Parameters
     ----------
-    rows, cols : (nnz,) int32/int64 arrays of one dtype (numpy, or CUDA arrays for the GPU).
-        A position may repeat: as in scipy's COO format (``coo_matrix(...).tocsr()``), the
-        values of repeated positions add up in every product.
+    rows, cols : (nnz,) integer arrays (any integer dtype and layout; numpy, or CUDA arrays for
+        the GPU). A position may repeat: as in scipy's COO format (``coo_matrix(...).tocsr()``),
+        the values of repeated positions add up in every product.
     shape : (n_rows, n_cols) of one problem, two ints >= 1 (a float is a TypeError).
     offsets : (batch + 1,) entry ranges of the problems, for a batch of patterns (optional).
     """
@@ -54,14 +49,8 @@ class SparsePattern:
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
         rows, cols = call.coordinates(rows, cols)
         shape = _checks.shape_2d("SparsePattern", "shape", shape)
-        batch = 1 if offsets is None else int(offsets.shape[0]) - 1
+        batch = 1 if offsets is None else len(offsets) - 1
         self._setup(call, rows, cols, shape, offsets, batch, orders=(False, True))
-
-    @classmethod
-    def _for_one_product(cls, call: Call, rows, cols, shape, offsets, batch: int, transpose: bool) -> "SparsePattern":
-        pattern = cls.__new__(cls)
-        pattern._setup(call, rows, cols, shape, offsets, batch, orders=(transpose,))
-        return pattern
 
     def _setup(self, call: Call, rows, cols, shape, offsets, batch: int, orders) -> None:
         self._backend = call.backend
@@ -71,32 +60,20 @@ class SparsePattern:
         # Per orientation: CSR row pointers, the permutation to CSR order (None when the entries
         # are already in order) and the other index in CSR order.
         self._csr: dict[bool, tuple[Any, Any, Any]] = {}
-        if call.on_device:
-            return  # the GPU kernel checks index ranges as it reads them
         for transpose in orders:
-            bad = self._order(transpose, call)
-            if bad >= 0:
-                name, keys, bound = ("cols", cols, shape[1]) if transpose else ("rows", rows, shape[0])
-                raise_index_error(call, bad, [(name, keys, bound)])
-
-    def _order(self, transpose: bool, call: Call) -> int:
-        keys, others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
-        n_key = self.shape[1] if transpose else self.shape[0]
-        indptr, perm, others_sorted = _csr_buffers(self.batch * n_key, self.nnz, others.dtype)
-        bad, already_sorted = call.module.coo_to_csr(keys, others, None, self.offsets, n_key, indptr, perm,
-                                                     others_sorted, None)
-        if bad < 0:
-            self._csr[transpose] = (indptr, None, others) if already_sorted else (indptr, perm, others_sorted)
-        return bad
+            keys, others = (cols, rows) if transpose else (rows, cols)
+            n_key = shape[1] if transpose else shape[0]
+            indptr, perm, others_sorted, _ = csr_order(call, keys, others, None, self.offsets, n_key,
+                                                       "cols" if transpose else "rows")
+            self._csr[transpose] = (indptr, perm, others_sorted)
 
     def times_dense(self, vals: Any, B: Any, *, transpose: bool = False, check_finite: bool = True) -> Any:
         """S @ B (or S^T @ B when ``transpose``) for S with this pattern and values ``vals``.
 
         vals : (nnz,) float32/float64; B : (n_cols, r) or (batch, n_cols, r) of the same dtype
         ((n_rows, r) with ``transpose``). Returns (n_rows, r) ((n_cols, r) with ``transpose``),
-        batched like B. The CPU result is bit-reproducible: each output row sums its entries in
-        their input order, whatever the thread count. The GPU sums with atomics (not bitwise
-        reproducible, same value to rounding).
+        batched like B. Each output row sums its entries in their input order, on both
+        backends: bit-reproducible whatever the thread count.
         """
         call = resolve("SparsePattern.times_dense", vals=vals, B=B)
         if call.backend != self._backend:
@@ -111,68 +88,63 @@ class SparsePattern:
             wanted = f"({self.batch}, {n_other}, r)" if self.batch > 1 else f"({n_other}, r)"
             raise ValueError(f"SparsePattern.times_dense: B has shape {tuple(B.shape)}, expected {wanted} for a "
                              f"{'transposed ' if transpose else ''}product with a {self.shape} pattern")
-        out = _multiply(call, self, vals, B3, transpose, n_key, n_other)
+        if transpose not in self._csr:  # a one-product pattern asked for the other orientation
+            raise ValueError("SparsePattern.times_dense: this pattern was prepared for the other orientation")
+        indptr, perm, others = self._csr[transpose]
+        out = csr_product(call, indptr, perm, others, vals, B3, n_key,
+                          [("rows" if transpose else "cols", self.rows if transpose else self.cols, n_other)])
         return call.wrap(out if batched else out[0])
 
 
-def _csr_buffers(n_rows: int, nnz: int, index_dtype):
-    return np.empty(n_rows + 1, dtype=np.int64), np.empty(nnz, dtype=np.int64), np.empty(nnz, dtype=index_dtype)
-
-
-def _multiply(call: Call, pattern: SparsePattern, vals, B3, transpose: bool, n_key: int, n_other: int):
-    keys, others = (pattern.cols, pattern.rows) if transpose else (pattern.rows, pattern.cols)
-    batch, _, r = B3.shape
-    if call.on_device:
-        out = call.xp.zeros((batch, n_key, r), dtype=B3.dtype)
-        first_bad = call.xp.full(1, pattern.nnz, dtype=call.xp.int64)
-        call.module.coo_times_dense(B3.dtype.name, keys.dtype.name, keys.data.ptr, others.data.ptr, vals.data.ptr,
-                                    B3.data.ptr, pattern.offsets.data.ptr, batch, n_key, n_other, r, pattern.nnz,
-                                    out.data.ptr, first_bad.data.ptr, call.stream())
-        bad = int(first_bad.get()[0])
-        bad = -1 if bad == pattern.nnz else bad
-    else:
-        indptr, perm, others_in_order = pattern._csr[transpose]
-        out = np.empty((batch, n_key, r), dtype=B3.dtype)
-        bad = call.module.csr_times_dense(indptr, perm, others_in_order, vals, B3, n_key, out)
-    if bad >= 0:
-        raise_index_error(call, bad, [("cols" if transpose else "rows", keys, n_key),
-                                      ("rows" if transpose else "cols", others, n_other)])
-    return out
-
-
-def _one_shot_cpu(call: Call, rows, cols, vals, B3, offsets, n_key: int, transpose: bool):
-    """Sort once, moving indices and values together, then one streaming pass."""
-    keys, others = (cols, rows) if transpose else (rows, cols)
-    batch, n_other, r = B3.shape
-    indptr, perm, others_sorted = _csr_buffers(batch * n_key, rows.shape[0], others.dtype)
-    vals_sorted = np.empty_like(vals)
-    bad, already_sorted = call.module.coo_to_csr(keys, others, vals, offsets, n_key, indptr, perm, others_sorted,
-                                                 vals_sorted)
-    if bad >= 0:
-        raise_index_error(call, bad, [("cols" if transpose else "rows", keys, n_key)])
+def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str):
+    """(indptr, perm, others, vals) in CSR order by (problem, key), from one kernel call on the
+    call's backend: perm is None when the entries were already in order (then others and vals
+    are the inputs). Every key is range-checked here; IndexError names the first bad one."""
+    xp, nnz = call.xp, int(keys.shape[0])
+    batch = int(offsets.shape[0]) - 1
+    indptr = xp.empty(batch * n_key + 1, dtype=np.int64)
+    perm = xp.empty(nnz, dtype=np.int64)
+    others_sorted = xp.empty(nnz, dtype=others.dtype)
+    vals_sorted = None if vals is None else xp.empty_like(vals)
+    status = call.status(nnz, 0)
+    call.module.coo_to_csr(keys, others, vals, offsets, n_key, indptr, perm, others_sorted, vals_sorted, status,
+                           call.stream())
+    bad, already_sorted = call.read(status)
+    if bad < nnz:
+        raise_index_error(call, bad, [(key_name, keys, n_key)])
     if already_sorted:
-        others_sorted, vals_sorted = others, vals
-    out = np.empty((batch, n_key, r), dtype=B3.dtype)
-    bad = call.module.csr_times_dense(indptr, None, others_sorted, vals_sorted, B3, n_key, out)
-    if bad >= 0:
-        # Without a permutation the reported position is in sorted order: map it back.
-        position = bad if already_sorted else int(perm[bad])
-        raise_index_error(call, position, [("rows" if transpose else "cols", others, n_other)])
+        return indptr, None, others, vals
+    return indptr, perm, others_sorted, vals_sorted
+
+
+def csr_product(call: Call, indptr, perm, others, vals, B3, n_key: int, other_check, positions=None):
+    """(batch, n_key, r) = S @ B3 for S in CSR form; IndexError for an out-of-range other index
+    (``other_check`` = [(name, indices in input order, bound)]; ``positions`` maps a CSR position
+    back to the input's when the values were moved into CSR order)."""
+    batch, _, r = B3.shape
+    out = call.xp.empty((batch, n_key, r), dtype=B3.dtype)
+    first_bad = call.status(int(others.shape[0]))
+    call.module.csr_times_dense(indptr, perm, others, vals, B3, n_key, out, first_bad, call.stream())
+    bad = call.read(first_bad)[0]
+    if bad < others.shape[0]:
+        raise_index_error(call, bad if positions is None else int(call.to_host(positions[bad:bad + 1])[0]),
+                          other_check)
     return out
 
 
+@_checks.constrained(n_rows=_checks.positive_int, transpose=_checks.flag, check_finite=_checks.flag)
 def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, transpose: bool = False,
                        offsets: Optional[Any] = None, check_finite: bool = True) -> Any:
     """S @ B for the sparse S given by coordinates, or S^T @ B with ``transpose=True``.
 
     Parameters
     ----------
-    rows, cols : (nnz,) int32/int64 arrays of one dtype: entry k sits at (rows[k], cols[k]).
-        Repeated coordinates add up, as in scipy: the result equals
+    rows, cols : (nnz,) integer arrays (any integer dtype and layout): entry k sits at
+        (rows[k], cols[k]). Repeated coordinates add up, as in scipy: the result equals
         ``scipy.sparse.coo_matrix((vals, (rows, cols)), shape).tocsr() @ B`` with duplicates
         summed (unlike ``lowrank_hpc.recover.als``, which treats them as separate observations).
     vals : (nnz,) float32/float64 values.
-    B : (k, r) or (batch, k, r) dense array of the dtype of vals, C-contiguous, where k is the
+    B : (k, r) or (batch, k, r) dense array of the dtype of vals, any layout, where k is the
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).
     n_rows : rows of the result: S's row count, or its column count with ``transpose``.
     offsets : (batch + 1,) entry ranges of the problems when B is batched.
@@ -182,26 +154,25 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     -------
     (n_rows, r) or (batch, n_rows, r) array of the dtype of vals.
 
-    On the CPU the entries are counting-sorted by output row (stable, so each row sums its
-    entries in input order: bit-reproducible whatever the thread count); entries that come
-    already sorted (CSR order, ``np.nonzero``) skip that sort. For many products with one
-    pattern, build a :class:`SparsePattern` once. The GPU sums with atomics.
+    The entries are sorted by output row (stable: a counting sort on the CPU, a radix sort on
+    the GPU), so each row sums its entries in input order: bit-reproducible whatever the thread
+    count. Entries that come already sorted (CSR order, ``np.nonzero``) skip that sort on the
+    CPU. For many products with one pattern, build a :class:`SparsePattern` once.
     """
     call = resolve("sparse_times_dense", rows=rows, cols=cols, vals=vals, B=B, offsets=offsets)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals, check_finite)
     B3, batched = _dense_operand(call, B, check_finite)
-    n_rows = _check_n_rows(call, n_rows)
     n_other = B3.shape[1]
-    shape = (n_other, n_rows) if transpose else (n_rows, n_other)
     if not batched and offsets is not None:
         raise ValueError("sparse_times_dense: offsets given but B is not batched (2-D)")
     if batched and offsets is None and B3.shape[0] != 1:
         raise ValueError(f"sparse_times_dense: B is batched (batch={B3.shape[0]}) so offsets (length batch + 1) "
                          "must say which entries belong to which problem")
     offsets = offsets_array(call, "offsets", offsets, int(B3.shape[0]), int(rows.shape[0]))
-    if call.on_device:
-        pattern = SparsePattern._for_one_product(call, rows, cols, shape, offsets, int(B3.shape[0]), transpose)
-        out = _multiply(call, pattern, vals, B3, transpose, n_rows, n_other)
-    else:
-        out = _one_shot_cpu(call, rows, cols, vals, B3, offsets, n_rows, transpose)
+    # Sort once, moving indices and values together, then one streaming pass in CSR order.
+    keys, others = (cols, rows) if transpose else (rows, cols)
+    indptr, perm, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_rows,
+                                                         "cols" if transpose else "rows")
+    out = csr_product(call, indptr, None, others_sorted, vals_sorted, B3, n_rows,
+                      [("rows" if transpose else "cols", others, n_other)], positions=perm)
     return call.wrap(out if batched else out[0])

@@ -2,6 +2,7 @@
 limit, and atomic checkpoints that a rerun resumes from with the same final result."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -42,21 +43,36 @@ class LoopSettings:
     description: str = "lowrank_hpc"
 
     def validate(self, function: str) -> None:
-        """Check the settings (normalizing numbers and the checkpoint path) before any work.
+        """Check the settings (normalizing numbers and the checkpoint path) before any work: the
+        checks of LOOP_CONSTRAINTS, for a caller that did not declare them."""
+        for name, check in LOOP_CONSTRAINTS.items():
+            setattr(self, name, check(function, name, getattr(self, name)))
 
-        max_iter = 0 and time_limit = 0 are valid: the run returns its starting point.
-        A checkpoint path must lie in an existing, writable directory (checked here, so a
-        long run does not fail at its first save).
-        """
-        self.max_iter = _checks.nonnegative_int(function, "max_iter", self.max_iter)
-        self.tol = _checks.nonnegative_float(function, "tol", self.tol)
-        self.checkpoint_every = _checks.positive_int(function, "checkpoint_every", self.checkpoint_every)
-        if self.time_limit is not None:
-            self.time_limit = _checks.nonnegative_float(function, "time_limit", self.time_limit, finite=False)
-        if self.callback is not None and not callable(self.callback):
-            raise TypeError(f"{function}: callback must be callable, got {type(self.callback).__name__}")
-        if self.checkpoint is not None:
-            self.checkpoint = checkpoint_path(function, self.checkpoint)
+
+def _callable(function: str, name: str, value: Any) -> Any:
+    """Something to call."""
+    if not callable(value):
+        raise TypeError(f"{function}: {name} must be callable, got {type(value).__name__}")
+    return value
+
+
+def _checkpoint(function: str, name: str, value: Any) -> str:
+    return checkpoint_path(function, value)
+
+
+# The constraints of the loop's settings, declared once and spread into every solver's table.
+# max_iter = 0 and time_limit = 0 are valid: the run returns its starting point. A checkpoint
+# path must lie in an existing, writable directory (checked first, so a long run does not fail
+# at its first save).
+LOOP_CONSTRAINTS: dict[str, _checks.Check] = {
+    "max_iter": _checks.nonnegative_int,
+    "tol": _checks.nonnegative_float,
+    "checkpoint_every": _checks.positive_int,
+    "time_limit": _checks.optional(functools.partial(_checks.nonnegative_float, finite=False)),
+    "callback": _checks.optional(_callable),
+    "checkpoint": _checks.optional(_checkpoint),
+    "progress": _checks.flag,
+}
 
 
 def checkpoint_path(function: str, path: Any) -> str:

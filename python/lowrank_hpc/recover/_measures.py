@@ -5,22 +5,28 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import Call
 
-def relative_change(xp: Any, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
+
+def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
     """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem for (batch, rows, r) factors, (batch,)
     float64 on the factors' backend, from r x r products only (never an m x n matrix).
 
-    The difference is expanded as dU V1^T + U0 dV^T, so a small change is computed from small
+    The Gram products come from the vendor GEMM in float64; the ratio from the core's
+    ``solvers::relative_change_from_grams``, the one formula the fused C++ iterations use too:
+    the difference is expanded as dU V1^T + U0 dV^T, so a small change is computed from small
     terms and not lost to cancellation between large ones. inf where U0 V0^T = 0 and the new
     product is not; 0 where both are 0.
     """
+    xp = call.xp
     U0, V0, U1, V1 = (x.astype(np.float64, copy=False) for x in (U0, V0, U1, V1))
-
-    def inner(A, B, C, D):  # <A B^T, C D^T>_F per problem = sum((A^T C) * (B^T D))
-        return xp.sum(xp.matmul(A.transpose(0, 2, 1), C) * xp.matmul(B.transpose(0, 2, 1), D), axis=(1, 2))
-
     dU, dV = U1 - U0, V1 - V0
-    squared = xp.maximum(inner(dU, V1, dU, V1) + 2.0 * inner(dU, V1, U0, dV) + inner(U0, dV, U0, dV), 0.0)
-    before = inner(U0, V0, U0, V0)
-    safe = xp.where(before > 0, before, 1.0)
-    return xp.where(before > 0, xp.sqrt(squared / safe), xp.where(squared > 0, np.inf, 0.0))
+
+    def gram(A, B):  # A^T B per problem
+        return xp.matmul(A.transpose(0, 2, 1), B)
+
+    left = xp.ascontiguousarray(xp.stack([gram(dU, dU), gram(dU, U0), gram(U0, U0)], axis=1))
+    right = xp.ascontiguousarray(xp.stack([gram(V1, V1), gram(V1, dV), gram(dV, dV), gram(V0, V0)], axis=1))
+    out = xp.empty(U0.shape[0], dtype=np.float64)
+    call.module.relative_change(left, right, out, call.stream())
+    return out

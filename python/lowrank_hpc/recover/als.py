@@ -20,17 +20,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, resolve
+from .._arrays import Call, offsets_array, problem_of_entries, resolve
 from .._random import gaussian_fill
-from ..ops._factors import raise_index_error
 from ..ops.sampled_product import squared_residuals
-from ..ops.sparse_times_dense import _csr_buffers
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ..ops.sparse_times_dense import csr_order
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._measures import relative_change
 from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
-_GPU_SHARED_BYTES = 48 * 1024
 # Below this many problems per thread, parallel rows beat parallel problems, unless the whole
 # batch is less work than is worth sharing among threads.
 _FUSED_MIN_PROBLEMS = 8
@@ -47,11 +46,9 @@ class _Problem:
     """Validated data of B problems of one shape, with both CSR orders built once per solve.
 
     Each order keeps (indptr, others, vals) with the values moved into CSR order once, so the
-    row solves stream them instead of gathering through a permutation every half-step.
-
-    On the CPU the orders come from ``coo_to_csr`` (a stable counting sort). On the GPU they
-    come from a stable CuPy ``argsort`` of the flattened key ``problem * n_key + key`` (CuPy's
-    sort is a stable radix sort), so both backends visit each row's entries in input order.
+    row solves stream them instead of gathering through a permutation every half-step. Both
+    come from the backend's ``coo_to_csr`` (a stable sort: each row keeps its entries in input
+    order on either backend), which also checks every index once per solve.
     """
 
     def __init__(self, call: Call, rows, cols, vals, offsets, batch: int, shape: tuple[int, int], rank: int,
@@ -62,63 +59,47 @@ class _Problem:
         self.reg, self.count_scaling = reg, count_scaling
         self.nnz = int(rows.shape[0])
         self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
-        host_offsets = self.offsets.get() if call.on_device else self.offsets
-        self.starts = host_offsets[:-1][host_offsets[:-1] < host_offsets[1:]]  # first entry of each non-empty problem
-        self.nonempty = host_offsets[:-1] < host_offsets[1:]
-        self.dense = None if call.on_device else self._dense_groups()
+        self.dense = self._dense_groups()
         if self.dense is not None:
             self.kernel = "dense"
             return  # the dense kernel needs neither CSR order nor the weights
-        many = batch >= _FUSED_MIN_PROBLEMS * call.module.max_threads()
+        many = batch >= _FUSED_MIN_PROBLEMS * _threads(call)
         small = self.nnz * rank * rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
-        self.kernel = "fused" if not call.on_device and (many or small) else "rows"
-        if call.on_device:
-            self.problem_ids = self.xp.searchsorted(self.offsets, self.xp.arange(self.nnz), side="right") - 1
-            self.by_rows = self._csr_gpu(rows, cols, self.m, "rows")
-            self.by_cols = self._csr_gpu(cols, rows, self.n, "cols")
-        else:
-            self.by_rows = self._csr_cpu(rows, cols, self.m, "rows")
-            self.by_cols = self._csr_cpu(cols, rows, self.n, "cols")
+        # The fused iteration is the CPU module's own kernel (its data stays in one core's cache).
+        self.kernel = "fused" if hasattr(call.module, "als_iterations") and (many or small) else "rows"
+        self.problem_ids = problem_of_entries(call, self.offsets, self.nnz)
+        self.by_rows = self._order(rows, cols, self.m, "rows")
+        self.by_cols = self._order(cols, rows, self.n, "cols")
         # Penalty weights w (batch, n_key): observation counts for "count", else ones.
         self.row_weights = self._weights(self.by_rows[0], self.m)
         self.col_weights = self._weights(self.by_cols[0], self.n)
 
-    def _csr_cpu(self, keys, others, n_key: int, name: str):
-        indptr, perm, others_sorted = _csr_buffers(self.batch * n_key, self.nnz, others.dtype)
-        vals_sorted = np.empty_like(self.vals)
-        bad, already_sorted = self.call.module.coo_to_csr(keys, others, self.vals, self.offsets, n_key, indptr, perm,
-                                                          others_sorted, vals_sorted)
-        if bad >= 0:
-            raise_index_error(self.call, bad, [(name, keys, n_key)])
-        return (indptr, others, self.vals) if already_sorted else (indptr, others_sorted, vals_sorted)
-
-    def _csr_gpu(self, keys, others, n_key: int, name: str):
-        xp = self.xp
-        out_of_range = (keys < 0) | (keys >= n_key)
-        if bool(out_of_range.any()):
-            raise_index_error(self.call, int(xp.argmax(out_of_range)), [(name, keys, n_key)])
-        flat = self.problem_ids * n_key + keys.astype(xp.int64)
-        perm = xp.argsort(flat)
-        indptr = xp.zeros(self.batch * n_key + 1, dtype=xp.int64)
-        indptr[1:] = xp.cumsum(xp.bincount(flat, minlength=self.batch * n_key))
-        return indptr, others[perm], self.vals[perm]
+    def _order(self, keys, others, n_key: int, name: str):
+        """(indptr, others, vals) of one CSR orientation."""
+        indptr, _, others_sorted, vals_sorted = csr_order(self.call, keys, others, self.vals, self.offsets, n_key,
+                                                          name)
+        return indptr, others_sorted, vals_sorted
 
     def _dense_groups(self):
         """The arrays of the dense kernel (groups of 64 bytes' worth of problems, one per SIMD
-        lane, laid out on the full m x n grid), or None where the sparse kernels fit better, or
-        where the entries are not in strictly increasing (row, col) order within each problem
-        (then only the sparse kernels give each problem the bits the single-problem solver does)."""
+        lane, laid out on the full m x n grid), or None where the sparse kernels fit better
+        (or the backend has no dense kernel), or where the entries are not in strictly
+        increasing (row, col) order within each problem (then only the sparse kernels give each
+        problem the bits the single-problem solver does)."""
+        if not hasattr(self.call.module, "als_dense_pack"):
+            return None
         width = 64 // self.vals.dtype.itemsize
         cells = self.m * self.n
         if (self.rank > _DENSE_MAX_RANK or cells > _DENSE_MAX_CELLS
                 or self.nnz < _DENSE_MIN_DENSITY * self.batch * cells
-                or self.batch < width * self.call.module.max_threads()):
+                or self.batch < width * _threads(self.call)):
             return None
         groups = -(-self.batch // width)
-        arrays = (np.zeros((groups, self.m, self.n), dtype=np.uint8 if width == 8 else np.uint16),
-                  np.zeros((groups, self.m, self.n, width), dtype=self.vals.dtype),
-                  np.zeros((groups, self.m, width), dtype=self.vals.dtype),
-                  np.zeros((groups, self.n, width), dtype=self.vals.dtype))
+        xp = self.xp
+        arrays = (xp.zeros((groups, self.m, self.n), dtype=np.uint8 if width == 8 else np.uint16),
+                  xp.zeros((groups, self.m, self.n, width), dtype=self.vals.dtype),
+                  xp.zeros((groups, self.m, width), dtype=self.vals.dtype),
+                  xp.zeros((groups, self.n, width), dtype=self.vals.dtype))
         ordered = self.call.module.als_dense_pack(self.rows, self.cols, self.vals, self.offsets, *arrays)
         return arrays if ordered else None
 
@@ -128,28 +109,16 @@ class _Problem:
             return xp.ones((self.batch, n_key), dtype=xp.float64)
         return xp.diff(indptr).reshape(self.batch, n_key).astype(xp.float64)
 
-    def update(self, out, csr, F, n_key: int, active: np.ndarray) -> int:
-        """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; singular rows."""
+    def update(self, out, csr, F, n_key: int, active, singular) -> None:
+        """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; adds the
+        singular rows to the device status word ``singular``."""
         indptr, others, vals = csr
-        if not self.call.on_device:
-            return int(self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg,
-                                                        self.count_scaling, active, out))
-        xp = self.xp
-        mask = xp.asarray(active)
-        singular = xp.zeros(1, dtype=xp.int64)
-        self.call.module.als_update_rows(out.dtype.name, others.dtype.name, indptr.data.ptr, others.data.ptr,
-                                         vals.data.ptr, F.data.ptr, self.batch, n_key, F.shape[1], self.rank, self.reg,
-                                         self.count_scaling, mask.data.ptr, out.data.ptr, singular.data.ptr,
-                                         self.call.stream())
-        return int(singular.get()[0])
+        self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active, out,
+                                         singular, self.call.stream())
 
-    def per_problem_sum(self, values) -> np.ndarray:
-        """(batch,) float64 host sums of per-entry values over each problem's entries."""
-        if self.call.on_device:  # atomics: equal to rounding, not bitwise reproducible
-            return self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch).get()
-        sums = np.zeros(self.batch)
-        sums[self.nonempty] = np.add.reduceat(values, self.starts)
-        return sums
+    def per_problem_sum(self, values):
+        """(batch,) float64 sums of per-entry values over each problem's entries, on the device."""
+        return self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch)
 
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
@@ -173,29 +142,28 @@ class _Problem:
                                                        change)
             return int(singular), loss, change
         U0, V0 = U.copy(), V.copy()
-        singular = self.update(U, self.by_rows, V, self.m, active)
-        singular += self.update(V, self.by_cols, U, self.n, active)
-        loss, change = self.measures(U0, V0, U, V, active)
-        return singular, loss, change
+        singular, mask = self.call.status(0), self.xp.asarray(active)
+        self.update(U, self.by_rows, V, self.m, mask, singular)
+        self.update(V, self.by_cols, U, self.n, mask, singular)
+        # Everything the loop reads comes back in one transfer: the iteration's only host sync.
+        change = relative_change(self.call, U0, V0, U, V)
+        measures = self.call.to_host(self.xp.concatenate([self.loss(U, V), change, singular.astype(np.float64)]))
+        return int(measures[-1]), measures[:self.batch], measures[self.batch:2 * self.batch]
 
-    def measures(self, U0, V0, U, V, active) -> tuple[np.ndarray, np.ndarray]:
-        """(batch,) host (loss, relative change of U V^T from U0 V0^T), the loss being half the
-        objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
-        change = relative_change(self.xp, U0, V0, U, V)
-        return self.loss(U, V), (change.get() if self.call.on_device else change)
-
-    def penalty(self, U, V):
-        """(batch,) host sum_i w_i ||U_i||^2 + sum_j w_j ||V_j||^2 per problem."""
+    def loss(self, U, V):
+        """(batch,) half the objective on the device: 0.5 * (sum of squared residuals + reg *
+        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2)."""
         xp = self.xp
+        # Every index was checked by coo_to_csr: the status word of the terms need not be read.
+        terms, _ = squared_residuals(self.call, U, V, self.rows, self.cols, self.vals, self.offsets)
         penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
                    + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
-        return penalty.get() if self.call.on_device else penalty
+        return 0.5 * (self.per_problem_sum(terms) + self.reg * penalty)
 
-    def loss(self, U, V) -> np.ndarray:
-        """(batch,) half the objective: 0.5 * (sum of squared residuals + reg * weighted penalty)."""
-        squares = self.per_problem_sum(squared_residuals(self.call, U, V, self.rows, self.cols, self.vals,
-                                                         self.offsets))
-        return 0.5 * (squares + self.reg * self.penalty(U, V))
+
+def _threads(call: Call) -> int:
+    """Threads the backend's parallel regions use (1 where it has no such notion)."""
+    return call.module.max_threads() if hasattr(call.module, "max_threads") else 1
 
 
 def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank: int, dtype):
@@ -206,14 +174,20 @@ def _initial_V(call: Call, key: int, first_stream: int, count: int, n: int, rank
     return V.reshape(count, n, rank)
 
 
-def _check_seed(function: str, seed: Any) -> Any:
+def _check_seed(function: str, name: str, seed: Any) -> Any:
     """None, an int in [0, 2**64), or a pair (key, stream) of them (als only)."""
     if isinstance(seed, (tuple, list)):
         if len(seed) != 2:
-            raise ValueError(f"{function}: seed must be None, an integer in [0, 2**64) or a pair of them, "
+            raise ValueError(f"{function}: {name} must be None, an integer in [0, 2**64) or a pair of them, "
                              f"got {seed!r}")
-        return (_checks.seed(function, seed[0], name="seed[0]"), _checks.seed(function, seed[1], name="seed[1]"))
-    return _checks.seed(function, seed)
+        return (_checks.seed(function, seed[0], name=f"{name}[0]"), _checks.seed(function, seed[1], name=f"{name}[1]"))
+    return _checks.seed(function, seed, name=name)
+
+
+# The declared constraints of the ALS solvers' scalar arguments (rank's range depends on shape:
+# checked in the body).
+_ALS_CONSTRAINTS = dict(LOOP_CONSTRAINTS, shape=_checks.shape_2d, reg=_checks.nonnegative_float,
+                        reg_scaling=_checks.one_of(*REG_SCALINGS))
 
 
 def _key_stream(seed: Any) -> tuple[int, int]:
@@ -221,17 +195,14 @@ def _key_stream(seed: Any) -> tuple[int, int]:
     return (int(seed[0]), int(seed[1])) if isinstance(seed, tuple) else (int(seed), 0)
 
 
-def _check_settings(function: str, shape: Any, rank: Any, reg: Any, reg_scaling: Any) -> tuple[tuple[int, int], int]:
-    m, n = _checks.shape_2d(function, "shape", shape)
+def _check_rank(function: str, shape: tuple[int, int], rank: Any) -> int:
+    m, n = shape
     rank = _checks.integer(function, "rank", rank)
     # ALS keeps rank <= min(m, n): each row is an exact least-squares solve of width rank, whose
     # normal equations are singular for every row past that without reg, and U V^T gains nothing.
     if not 1 <= rank <= min(m, n):
         raise ValueError(f"{function}: rank must be an integer in [1, min(shape) = {min(m, n)}], got {rank!r}")
-    _checks.nonnegative_float(function, "reg", reg)
-    if reg_scaling not in REG_SCALINGS:
-        raise ValueError(f"{function}: reg_scaling must be one of {REG_SCALINGS}, got {reg_scaling!r}")
-    return (m, n), rank
+    return rank
 
 
 def _check_coordinates(call: Call, rows, cols, vals):
@@ -269,7 +240,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
         saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh)
         if saved is not None:
             for name in host:
-                saved.arrays[name] = np.asarray(saved.arrays[name].get() if call.on_device else saved.arrays[name])
+                saved.arrays[name] = call.to_host(saved.arrays[name])
             state = saved
 
     def step(state: LoopState):
@@ -314,12 +285,14 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
              batched: bool):
     _checks.required(function, rows=rows, cols=cols, vals=vals)
     call = resolve(function, rows=rows, cols=cols, vals=vals, offsets=offsets, init=init)
-    (m, n), rank = _check_settings(function, shape, rank, reg, reg_scaling)
-    settings.validate(function)
+    m, n = shape
+    rank = _check_rank(function, shape, rank)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
-    if call.on_device and (rank * rank + rank) * vals.dtype.itemsize > _GPU_SHARED_BYTES:
-        raise ValueError(f"{function}: rank {rank} is too large for the GPU kernel with {vals.dtype} "
-                         f"((rank^2 + rank) * {vals.dtype.itemsize} bytes must fit in 48 KiB of shared memory)")
+    limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
+    if limit is not None and (rank * rank + rank) * vals.dtype.itemsize > limit:
+        raise ValueError(f"{function}: rank {rank} is too large for the {call.backend} ALS kernel with {vals.dtype} "
+                         f"((rank^2 + rank) * {vals.dtype.itemsize} bytes must fit in {limit // 1024} KiB of "
+                         "shared memory)")
     if batched:
         offsets = call.index_array("offsets", offsets)
         batch = int(offsets.shape[0]) - 1
@@ -331,6 +304,7 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
     return call, problem
 
 
+@_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed)
 def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
         reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6, seed: Any = None,
         init: Optional[Any] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
@@ -399,7 +373,6 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="als")
-    seed = _check_seed("als", seed)
     call, problem = _prepare("als", rows, cols, vals, None, init, shape, rank, reg, reg_scaling, settings,
                              batched=False)
     seed, seed_key = resolve_seed(seed, settings.checkpoint)
@@ -414,6 +387,7 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     return _solve(call, problem, V0, settings, settings.tol, digest, batched=False, started=started, seed=seed)
 
 
+@_checks.constrained(**_ALS_CONSTRAINTS, seed=_checks.seed_argument)
 def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int,
                 reg: float = 0.1, *, reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6,
                 seed: Optional[int] = None, init: Optional[Any] = None,
@@ -458,7 +432,6 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="batched_als")
-    seed = _checks.seed("batched_als", seed)
     if offsets is None:
         raise ValueError("batched_als: offsets (length B + 1) must say which entries belong to which problem")
     call, problem = _prepare("batched_als", rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling,

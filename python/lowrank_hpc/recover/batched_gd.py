@@ -10,14 +10,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import offsets_array, resolve
+from .._arrays import offsets_array, problem_of_entries, resolve
+from .._backend import CONSTANTS
 from ..ops import SparsePattern
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._result import RecoveryResult
 from .factored_gd import PRECISION_CHANGE, quiet
 
-BATCHED_METHODS = ("gd", "alternating", "scaled", "scaled_damped")
-_GROWTH_ALLOWED = 1e-9
+# The codes of lowrank_hpc::solvers::StepMethod (completion_step.hpp), by name, from the core.
+_METHOD_CODES: dict[str, int] = CONSTANTS["step_methods"]
+BATCHED_METHODS = tuple(sorted(_METHOD_CODES, key=_METHOD_CODES.__getitem__))
 
 
 class _BatchedCompletion:
@@ -29,11 +32,7 @@ class _BatchedCompletion:
         self.offsets = offsets
         self.batch = int(offsets.shape[0]) - 1
         self.rows, self.cols = rows, cols
-        counts = (offsets[1:] - offsets[:-1])
-        self.problem_of_entry = self.xp.repeat(self.xp.arange(self.batch), counts)
-        # reduceat sums [start_b, start_{b+1}); an empty problem must read 0, not its neighbour.
-        self._starts = self.xp.minimum(offsets[:-1], max(int(rows.shape[0]) - 1, 0))
-        self._empty = counts == 0
+        self.problem_of_entry = problem_of_entries(call, offsets, int(rows.shape[0]))
 
     @functools.cached_property
     def pattern(self) -> SparsePattern:
@@ -41,12 +40,8 @@ class _BatchedCompletion:
         return SparsePattern(self.rows, self.cols, self.shape, offsets=self.offsets)
 
     def per_problem_sum(self, values):
-        """Sum of entry-wise values within each problem, (batch,) float64."""
-        if self.call.on_device:  # CuPy has no ufunc.reduceat
-            return self.xp.bincount(self.problem_of_entry, weights=values.astype(np.float64), minlength=self.batch)
-        sums = self.xp.add.reduceat(values, self._starts, dtype=np.float64)
-        sums[self._empty] = 0.0
-        return sums
+        """Sum of entry-wise values within each problem, (batch,) float64 (0 for an empty one)."""
+        return self.xp.bincount(self.problem_of_entry, weights=values.astype(np.float64), minlength=self.batch)
 
     def times(self, z, B):  # S_b(z) @ B_b for every b: (batch, m, k)
         return self.pattern.times_dense(z, B, check_finite=False)
@@ -70,6 +65,8 @@ def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, itera
     return sigma.astype(np.float64)
 
 
+@_checks.constrained(**LOOP_CONSTRAINTS, shape=_checks.shape_2d, init_scale=_checks.positive_float,
+                     seed=_checks.seed_argument)
 def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int, *,
                         method: str = "gd", init: Any = "small", init_scale: float = 1e-3, step: Any = None,
                         damping: Any = None, max_iter: int = 1000, tol: float = 1e-6, seed: Optional[int] = None,
@@ -131,7 +128,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         raise TypeError(f"batched_factored_gd: offsets must be an int array, got {type(offsets).__name__}")
     batch = int(offsets.shape[0]) - 1
     offsets = offsets_array(call, "offsets", offsets, batch, int(vals.shape[0]))
-    m, n = _checks.shape_2d("batched_factored_gd", "shape", shape)
+    m, n = shape
     rank = _checks.integer("batched_factored_gd", "rank", rank)
     if rank < 1:
         raise ValueError(f"batched_factored_gd: rank must be an integer >= 1, got {rank}")
@@ -141,14 +138,11 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         what = "method 'scaled' (it inverts the rank x rank V^T V)" if method == "scaled" else "init='spectral'"
         raise ValueError(f"batched_factored_gd: rank {rank} exceeds min{(m, n)} = {min(m, n)}, which {what} "
                          "cannot take; over-parameterized factors need another method or init")
-    init_scale = _checks.positive_float("batched_factored_gd", "init_scale", init_scale)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"batched_factored_gd[{method}]")
-    settings.validate("batched_factored_gd")
-    tol = settings.tol
     xp, dtype = call.xp, vals.dtype
-    seed_value, seed_key = resolve_seed(_checks.seed("batched_factored_gd", seed), settings.checkpoint)
+    seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     problems = _BatchedCompletion(call, rows, cols, vals, offsets, (m, n))
 
     # Per-problem ||vals_b|| in float64, scaled by max |vals| so values near the float range
@@ -222,6 +216,9 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
 
     @quiet
     def advance(state: LoopState):
+        """One fused step of every running problem, then its stopping test, on the device; the
+        loop's numbers (summed loss, largest change, problems still running) come back in one
+        transfer: the iteration's only host sync."""
         arrays = state.arrays
         running = arrays["active"]
         U_next, V_next, loss, change, stuck = kernel.run(arrays["U"], arrays["V"], running, arrays["step"],
@@ -234,40 +231,43 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         # Finished problems read NaN in the history from the iteration after they stopped.
         arrays["loss_history"][state.iteration] = xp.where(running, loss, np.nan)
         arrays["change_history"][state.iteration] = xp.where(running, change, np.nan)
-        cache.update(loss=loss, change=change, stuck=stuck)
-        return float(xp.sum(xp.where(running, loss, 0.0))), float(xp.max(xp.where(running, change, 0.0)))
+        _decide(state, running, loss, change, stuck)
+        summary = call.to_host(xp.stack([xp.sum(xp.where(running, loss, 0.0)), xp.max(xp.where(running, change, 0.0)),
+                                         xp.sum(arrays["active"]).astype(np.float64)]))
+        cache["running"] = int(summary[2])
+        return float(summary[0]), float(summary[1])
 
     cache: dict[str, Any] = {}
 
-    @quiet
-    def stop(state: LoopState):
-        running, reason = state.arrays["active"], state.arrays["reason"]
-        loss, change, stuck = cache["loss"], cache["change"], cache["stuck"]
+    def _decide(state: LoopState, running, loss, change, stuck) -> None:
+        """Each running problem's stop code after this iteration (device arrays, no sync)."""
         diverged = running & ~xp.isfinite(loss)
         residual = xp.sqrt(2 * xp.where(diverged, 0.0, loss)) / vals_norm
         done = running & ~diverged & (residual < tol)
         # An iterate that did not move (no step decreased the loss, or the step could not change
         # the factors) is stationary at working precision after a tiny previous change, else it
         # made no progress; as factored_gd decides for one problem.
-        previous = (state.arrays["change_history"][state.iteration - 2] if state.iteration >= 2
+        previous = (state.arrays["change_history"][state.iteration - 1] if state.iteration >= 1
                     else xp.full(batch, np.inf))
         tiny = xp.isfinite(previous) & (previous < PRECISION_CHANGE[np.dtype(dtype)])
         open_ = running & ~diverged & ~done
         unmoved = open_ & (stuck | (change == 0))
         no_progress = unmoved & ~tiny
         stationary = open_ & ~no_progress & ((change < 1e-3 * tol) | stuck)
-        reason[done] = 1
-        reason[stationary] = 2
-        reason[diverged] = 5
-        reason[no_progress] = 6
+        reason = state.arrays["reason"]
+        for flag, code in ((done, 1), (stationary, 2), (diverged, 5), (no_progress, 6)):
+            reason = xp.where(flag, np.int8(code), reason)
+        state.arrays["reason"] = reason
         state.arrays["active"] = open_ & ~no_progress & ~stationary
-        return None if bool(xp.any(state.arrays["active"])) else "converged"
+
+    def stop(state: LoopState):
+        return None if cache["running"] else "converged"
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop)
     final = state.arrays["reason"]
     if reason in ("max_iter", "time_limit"):
-        final[state.arrays["active"]] = reasons.index(reason)
-    to_host = (lambda a: a.get()) if call.on_device else np.asarray
+        final = xp.where(state.arrays["active"], np.int8(reasons.index(reason)), final)
+    to_host = call.to_host
     final_host = to_host(final)
     return RecoveryResult(
         U=call.wrap(state.arrays["U"]), V=call.wrap(state.arrays["V"]),
@@ -288,7 +288,7 @@ class _FusedSteps:
         self.call, self.xp = call, call.xp
         self.rows, self.cols, self.vals, self.offsets = rows, cols, vals, offsets
         self.batch, (self.m, self.n), self.rank = batch, shape, rank
-        self.method = BATCHED_METHODS.index(method)
+        self.method = _METHOD_CODES[method]
         self.dampings = dampings.astype(np.float64)
         xp, dtype = self.xp, vals.dtype
         self.scratch = xp.empty(batch * ((self.m + self.n) * rank + 2 * rank * rank), dtype=dtype)
@@ -301,17 +301,9 @@ class _FusedSteps:
         loss, change = xp.zeros(self.batch), xp.zeros(self.batch)
         stuck = xp.zeros(self.batch, dtype=np.uint8)
         active = running.astype(np.uint8)
-        if self.call.on_device:
-            self.call.module.completion_steps(
-                self.vals.dtype.name, self.rows.dtype.name, self.rows.data.ptr, self.cols.data.ptr,
-                self.vals.data.ptr, self.offsets.data.ptr, self.batch, self.m, self.n, self.rank, self.method,
-                active.data.ptr, U.data.ptr, V.data.ptr, U1.data.ptr, V1.data.ptr, steps.data.ptr,
-                self.dampings.data.ptr, self.scratch.data.ptr, loss.data.ptr, change.data.ptr, halvings.data.ptr,
-                stuck.data.ptr, self.call.stream())
-        else:
-            self.call.module.completion_steps(self.rows, self.cols, self.vals, self.offsets, self.method, active, U, V,
-                                              U1, V1, steps, self.dampings, self.scratch, loss, change, halvings,
-                                              stuck)
+        self.call.module.completion_steps(self.rows, self.cols, self.vals, self.offsets, self.method, active, U, V,
+                                          U1, V1, steps, self.dampings, self.scratch, loss, change, halvings, stuck,
+                                          self.call.stream())
         self.spare = (U, V)  # double buffering: the old iterate's memory takes the next one
         return U1, V1, loss, change, stuck.astype(bool)
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import resolve
-from ._driver import LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from .._backend import CONSTANTS
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+                      run_loop)
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
                              spectral_norm, top_singular_triplets)
@@ -25,8 +27,10 @@ from ._result import RecoveryResult
 METHODS = ("gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced")
 _ASYMMETRIC_ONLY = ("alternating", "gd_rebalanced")
 # A step is accepted when the loss does not grow by more than this relative amount.
-_GROWTH_ALLOWED = 1e-9
-_MAX_HALVINGS_PER_STEP = 50
+# Step control, as the batched kernel's (lowrank_hpc/core/constants.hpp): a step whose loss grows
+# by more than this relative amount (or is not finite) is halved, at most this often an iteration.
+_GROWTH_ALLOWED: float = CONSTANTS["step_growth_allowed"]
+_MAX_HALVINGS_PER_STEP: int = CONSTANTS["max_step_halvings"]
 # A stuck iterate (no step decreases the loss) counts as stationary only when the previous
 # iteration already changed X by less than this (about 16 sqrt(eps) of the dtype: a minimum at
 # working precision); after a larger change, or at the first iteration, it is "no_progress".
@@ -196,6 +200,9 @@ def _check_operator(op: Any) -> None:
                         f"{type(op).__name__} lacks {', '.join(missing)}")
 
 
+@_checks.constrained(**LOOP_CONSTRAINTS, symmetric=_checks.flag, init_scale=_checks.positive_float,
+                     step=_checks.optional(_checks.positive_float), damping=_checks.optional(_checks.nonnegative_float),
+                     seed=_checks.seed_argument, rebalance_at=_checks.positive_float)
 def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: str = "gd",
                 init: Union[str, Any] = "small", init_scale: float = 1e-3, step: Optional[float] = None,
                 damping: Optional[float] = None, max_iter: int = 1000, tol: float = 1e-6,
@@ -285,16 +292,10 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         raise ValueError(f"factored_gd: symmetric recovery needs a square operator, got shape {op.shape}")
     if symmetric and method in _ASYMMETRIC_ONLY:
         raise ValueError(f"factored_gd: method {method!r} is for asymmetric problems (symmetric=False)")
-    init_scale = _checks.positive_float("factored_gd", "init_scale", init_scale)
-    if step is not None:
-        step = _checks.positive_float("factored_gd", "step", step)
-    if damping is not None:
-        damping = _checks.nonnegative_float("factored_gd", "damping", damping)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"factored_gd[{method}]")
-    settings.validate("factored_gd")
-    seed_value, seed_key = resolve_seed(_checks.seed("factored_gd", seed), settings.checkpoint)
+    seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     step_given, damping_given = step, damping
 
     xp, dtype = call.xp, y.dtype
@@ -358,7 +359,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
             U_new, V_new = _rebalance(xp, U_new, V_new)
             state.scalars["rebalanced"] = float(state.iteration + 1)
         state.scalars["step"] = step_now
-        change = float(relative_change(xp, U[None], V[None], U_new[None], V_new[None])[0])
+        change = float(relative_change(call, U[None], V[None], U_new[None], V_new[None])[0])
         state.arrays["U"], state.arrays["V"] = U_new, (U_new if symmetric else V_new)
         residual_cache["z"] = z_new
         return loss_new, change

@@ -276,15 +276,6 @@ class SensingOperator(ABC):
         """The (m, n1 * n2) numpy matrix, already checked against the budget."""
 
 
-def backend_call(function: str, backend: str) -> Call:
-    """A Call for work that has no input array (generating a matrix) on a named backend."""
-    if backend not in ("cpu", "cuda"):
-        raise ValueError(f"{function}: backend must be 'cpu' or 'cuda', got {backend!r}")
-    if backend == "cuda":
-        _backend.cuda_module()  # raises BackendUnavailableError with the reason
-    return Call(function=function, backend=backend)
-
-
 def inverse_sqrt(n: int) -> float:
     """1 / sqrt(n) in double, correctly rounded operations (identical for every backend)."""
     return 1.0 / math.sqrt(n)

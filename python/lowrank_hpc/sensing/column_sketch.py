@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import Call
+from .._arrays import Call, for_backend
 from .._random import gaussian_fill
-from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape,
+from ._base import (SensingOperator, check_count, check_flag, check_seed, check_shape,
                     inverse_sqrt)
 
 
@@ -70,7 +70,7 @@ class ColumnSketch(SensingOperator):
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         n1, n2 = self._shape
-        A = self.matrices(backend_call(f"{self._name}.to_dense", "cpu"), dtype)
+        A = self.matrices(for_backend(f"{self._name}.to_dense", "cpu"), dtype)
         dense = np.zeros((n2, self.m_per_column, n1, n2), dtype=dtype)
         for j in range(n2):
             dense[j, :, :, j] = A[0 if self.shared else j]

@@ -19,7 +19,8 @@ class EntrySampling(SensingOperator):
 
     Parameters
     ----------
-    rows, cols : (m,) int32/int64 arrays (numpy or CUDA), 0 <= rows < n1 and 0 <= cols < n2.
+    rows, cols : (m,) integer arrays of any integer dtype and layout (numpy or CUDA),
+        0 <= rows < n1 and 0 <= cols < n2.
     shape : (n1, n2) of the measured matrices.
     """
 
@@ -29,7 +30,7 @@ class EntrySampling(SensingOperator):
         call = resolve(self._name, rows=rows, cols=cols)
         shape = check_shape(self._name, shape)
         rows, cols = call.coordinates(rows, cols)
-        host_rows, host_cols = (rows.get(), cols.get()) if call.on_device else (rows, cols)
+        host_rows, host_cols = call.to_host(rows), call.to_host(cols)
         for name, index, bound in (("rows", host_rows, shape[0]), ("cols", host_cols, shape[1])):
             bad = np.flatnonzero((index < 0) | (index >= bound))
             if bad.size:
@@ -52,14 +53,9 @@ class EntrySampling(SensingOperator):
     def _adjoint(self, call: Call, y2: Any) -> Any:
         flat = self.indices(call)[2]
         n1, n2 = self._shape
-        out = call.xp.zeros((y2.shape[0], n1 * n2), dtype=y2.dtype)
-        if call.on_device:
-            import cupyx
-
-            cupyx.scatter_add(out, (slice(None), flat), y2)
-        else:
-            np.add.at(out, (slice(None), flat), y2)
-        return out.reshape(y2.shape[0], n1, n2)
+        # Repeated positions add up; bincount sums in float64 on either backend.
+        out = call.xp.stack([call.xp.bincount(flat, weights=y, minlength=n1 * n2) for y in y2])
+        return out.astype(y2.dtype, copy=False).reshape(y2.shape[0], n1, n2)
 
     def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
         rows, cols, _ = self.indices(call)

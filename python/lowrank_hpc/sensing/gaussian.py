@@ -5,9 +5,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import Call
+from .._arrays import Call, for_backend
 from .._random import gaussian_fill
-from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape,
+from ._base import (SensingOperator, check_count, check_flag, check_seed, check_shape,
                     inverse_sqrt)
 
 MODES = ("auto", "matrix_free", "cached")
@@ -80,11 +80,7 @@ class GaussianSensing(SensingOperator):
             return call.xp.matmul(X2, self._matrix(call, X3.dtype).T)
         out = call.xp.empty((batch, self._m), dtype=X3.dtype)
         n1, n2 = self._shape
-        if call.on_device:
-            call.module.gaussian_forward(X3.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
-                                         X2.data.ptr, batch, self._m, out.data.ptr, call.stream())
-        else:
-            call.module.gaussian_forward(self._seed, n1, n2, self._scale, self.symmetric, X2, out)
+        call.module.gaussian_forward(self._seed, n1, n2, self._scale, self.symmetric, X2, out, call.stream())
         return out
 
     def _adjoint(self, call: Call, y2: Any) -> Any:
@@ -93,15 +89,11 @@ class GaussianSensing(SensingOperator):
         if self.uses_cache(y2.dtype):
             return call.xp.matmul(y2, self._matrix(call, y2.dtype)).reshape(batch, n1, n2)
         out = call.xp.empty((batch, n1, n2), dtype=y2.dtype)
-        if call.on_device:
-            call.module.gaussian_adjoint(y2.dtype.name, self._seed, n1, n2, self._scale, self.symmetric,
-                                         y2.data.ptr, batch, self._m, out.data.ptr, call.stream())
-        else:
-            call.module.gaussian_adjoint(self._seed, n1, n2, self._scale, self.symmetric, y2,
-                                         out.reshape(batch, n1 * n2))
+        call.module.gaussian_adjoint(self._seed, n1, n2, self._scale, self.symmetric, y2,
+                                     out.reshape(batch, n1 * n2), call.stream())
         return out
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         n1, n2 = self._shape
-        return gaussian_fill(backend_call(f"{self._name}.to_dense", "cpu"), dtype, self._seed, self._m, n1, n2,
+        return gaussian_fill(for_backend(f"{self._name}.to_dense", "cpu"), dtype, self._seed, self._m, n1, n2,
                              scale=self._scale, symmetric=self.symmetric)

@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import Call
+from .._arrays import Call, for_backend
 from .._random import gaussian_fill
-from ._base import (SensingOperator, backend_call, check_count, check_flag, check_seed, check_shape,
+from ._base import (SensingOperator, check_count, check_flag, check_seed, check_shape,
                     inverse_sqrt)
 
 
@@ -71,5 +71,5 @@ class RankOneSensing(SensingOperator):
         return near.T @ (y[:, None] * (far @ B)) * scale
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
-        a, b = self.factors(backend_call(f"{self._name}.to_dense", "cpu"), dtype)
+        a, b = self.factors(for_backend(f"{self._name}.to_dense", "cpu"), dtype)
         return (a[:, :, None] * b[:, None, :]).reshape(self._m, -1) * dtype.type(self._scale)

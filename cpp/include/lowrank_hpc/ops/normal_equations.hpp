@@ -18,17 +18,19 @@
 
 namespace lowrank_hpc::ops {
 
-// Solves G x = g in place for a symmetric positive definite r x r G (row-major; only its lower
-// triangle is read) by the square-root-free Cholesky factorisation G = L D L^T: the tiny systems of
-// ALS are bound by the latency and throughput of divisions and square roots, and LDL^T needs
-// one division per pivot and no square root. The lower triangle is overwritten by L D, the
-// upper by L^T, the diagonal by 1 / D; x overwrites g. Returns whether G is numerically
-// positive definite: false when a pivot D[j] is not finite or is <= r * eps * G[j, j]
-// (cancellation down to rounding noise), and then x is meaningless.
-// No early exit: T may be a GCC vector holding one system per lane (the result is then a mask
-// of the lanes), and the same code runs for one system on the host and the device.
+// The one small SPD solver of the core: G x = g for a symmetric positive definite r x r G
+// (row-major; only its lower triangle is read) by the square-root-free Cholesky factorisation
+// G = L D L^T. The tiny systems of ALS and of the preconditioned gradient steps are bound by
+// the latency and throughput of divisions and square roots, and LDL^T needs one division per
+// pivot and no square root.
+//
+// ldlt_factor overwrites the lower triangle by L D, the upper by L^T, the diagonal by 1 / D,
+// and returns whether G is numerically positive definite: false when a pivot D[j] is not
+// finite or is <= r * eps * G[j, j] (cancellation down to rounding noise); the factor is then
+// meaningless. No early exit: T may be a GCC vector holding one system per lane (the result is
+// then a mask of the lanes), and the same code runs for one system on the host and the device.
 template <class T, int R = 0>
-LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
+LRH_HD auto ldlt_factor(T* G, int64_t rank) {
   using E = typename element_of<T>::type;
   const int64_t r = static_or<R>(rank);
   const E noise = static_cast<E>(r) * std::numeric_limits<E>::epsilon();
@@ -48,6 +50,13 @@ LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
       G[j * r + i] = entry * inverse;  // L[i, j], kept transposed in the upper triangle
     }
   }
+  return ok;
+}
+
+// g <- G^-1 g for the factor of ldlt_factor (one right-hand side; call again for another).
+template <class T, int R = 0>
+LRH_HD void ldlt_apply(const T* G, T* g, int64_t rank) {
+  const int64_t r = static_or<R>(rank);
   for (int64_t i = 0; i < r; ++i) {  // L y = g
     T entry = g[i];
     for (int64_t k = 0; k < i; ++k) entry -= G[k * r + i] * g[k];
@@ -58,6 +67,14 @@ LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
     for (int64_t k = i + 1; k < r; ++k) entry -= G[i * r + k] * g[k];
     g[i] = entry;
   }
+}
+
+// Solves G x = g in place (x overwrites g); returns ldlt_factor's verdict (x is meaningless
+// where it is false).
+template <class T, int R = 0>
+LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
+  const auto ok = ldlt_factor<T, R>(G, rank);
+  ldlt_apply<T, R>(G, g, rank);
   return ok;
 }
 

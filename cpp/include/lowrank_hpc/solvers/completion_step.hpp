@@ -11,47 +11,15 @@
 #include <cstdint>
 #include <limits>
 
+#include "lowrank_hpc/core/constants.hpp"
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
+#include "lowrank_hpc/ops/normal_equations.hpp"
 
 namespace lowrank_hpc::solvers {
 
 enum class StepMethod : int { gd = 0, alternating = 1, scaled = 2, scaled_damped = 3 };
-
-// In-place Cholesky factor of a k x k SPD matrix (row-major, lower triangle); false if not SPD.
-template <class T>
-LRH_HD bool cholesky_factor(T* G, int64_t k) {
-  using std::sqrt;
-  for (int64_t j = 0; j < k; ++j) {
-    T pivot = G[j * k + j];
-    for (int64_t c = 0; c < j; ++c) pivot -= G[j * k + c] * G[j * k + c];
-    if (!(pivot > T(0)) || !ops::is_finite(pivot)) return false;
-    const T diagonal = sqrt(pivot);
-    G[j * k + j] = diagonal;
-    for (int64_t i = j + 1; i < k; ++i) {
-      T entry = G[i * k + j];
-      for (int64_t c = 0; c < j; ++c) entry -= G[i * k + c] * G[j * k + c];
-      G[i * k + j] = entry / diagonal;
-    }
-  }
-  return true;
-}
-
-// x <- (L L^T)^-1 x for the factor L of cholesky_factor.
-template <class T>
-LRH_HD void cholesky_apply(const T* L, T* x, int64_t k) {
-  for (int64_t i = 0; i < k; ++i) {
-    T entry = x[i];
-    for (int64_t c = 0; c < i; ++c) entry -= L[i * k + c] * x[c];
-    x[i] = entry / L[i * k + i];
-  }
-  for (int64_t i = k - 1; i >= 0; --i) {
-    T entry = x[i];
-    for (int64_t c = i + 1; c < k; ++c) entry -= L[c * k + i] * x[c];
-    x[i] = entry / L[i * k + i];
-  }
-}
 
 // 1/2 sum over entries [begin, end) of (<U[rows[e]], V[cols[e]]> - vals[e])^2, in double, for
 // one problem's (m, k) U and (n, k) V blocks.
@@ -134,6 +102,27 @@ LRH_HD auto change_sums(const X* U0, const X* V0, const X* U1, const X* V1, int6
   return sums;
 }
 
+// The same ratio from the k x k Gram products formed elsewhere (by the vendor GEMM, for large
+// factors): left (3, k, k) holds dU^T dU, dU^T U0, U0^T U0 and right (4, k, k) holds V1^T V1,
+// V1^T dV, dV^T dV, V0^T V0, each row-major (dU = U1 - U0, dV = V1 - V0).
+LRH_HD double relative_change_from_grams(const double* left, const double* right, int64_t k) {
+  const int64_t kk = k * k;
+  ChangeSums<double> sums;
+  for (int64_t e = 0; e < kk; ++e) {
+    LeftGram<double> l;
+    l.du_du = left[e];
+    l.du_u0 = left[kk + e];
+    l.u0_u0 = left[2 * kk + e];
+    RightGram<double> r;
+    r.v1_v1 = right[e];
+    r.v1_dv = right[kk + e];
+    r.dv_dv = right[2 * kk + e];
+    r.v0_v0 = right[3 * kk + e];
+    sums.add(l, r);
+  }
+  return sums.relative();
+}
+
 // ||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F for one problem.
 template <class T, int R = 0>
 LRH_HD double relative_change(const T* U0, const T* V0, const T* U1, const T* V1, int64_t m, int64_t n,
@@ -151,7 +140,7 @@ LRH_HD auto squared_norm(const X* x, int64_t rank) {
 
 template <class T, class I>
 struct CompletionStep {
-  static constexpr int kMaxHalvings = 50;
+  static constexpr int kMaxHalvings = kMaxStepHalvings;
 
   const I* rows;
   const I* cols;
@@ -203,8 +192,8 @@ struct CompletionStep {
         gram[a * k + c] = acc + (a == c ? damping : T(0));
       }
     }
-    if (!cholesky_factor(gram, k)) return false;
-    for (int64_t i = 0; i < grad_rows; ++i) cholesky_apply(gram, grad + i * k, k);
+    if (!ops::ldlt_factor(gram, k)) return false;
+    for (int64_t i = 0; i < grad_rows; ++i) ops::ldlt_apply(gram, grad + i * k, k);
     return true;
   }
 
@@ -238,7 +227,7 @@ struct CompletionStep {
         for (int64_t t = 0; t < n * k; ++t) V1[t] = V[t] - step * grad_v[t];
       }
       const double next = loss(U1, V1, begin, end);
-      if (next == next && next <= current * (1.0 + 1e-9)) {
+      if (next == next && next <= current * (1.0 + kStepGrowthAllowed)) {
         outcome.loss = next;
         outcome.stuck = false;
         break;

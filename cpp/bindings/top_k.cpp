@@ -1,0 +1,40 @@
+// The kernelized product's fused top-k selection (CPU: f and the per-row selection in one pass
+// over a block that is still in cache).
+#include "cpu_bindings.hpp"
+#include "lowrank_hpc/ops/kernel_functions.hpp"
+
+namespace lowrank_hpc::bindings {
+
+namespace {
+
+// f in place on a (rows, n) block, then each row's top-k by |f| into values and indices
+// (rows, k); nonfinite[0] += the block's NaN/inf count.
+void kernel_topk_rows(const ArrayView& block, int kernel, const ArrayView& values, const ArrayView& indices,
+                      const ArrayView& nonfinite) {
+  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
+              "kernel: unknown kernel function code ", kernel);
+  expect().shape(block, "block", {-1, -1});
+  expect().shape(values, "values", {block.shape[0], -1});
+  const int64_t rows = block.shape[0], n = block.shape[1], k = values.shape[1];
+  LRH_EXPECTS(k >= 1 && k <= n, "values: k = ", k, " must be in [1, ", n, "]");
+  expect().output(indices, "indices", DType::int64, {rows, k});
+  expect().output(nonfinite, "nonfinite", DType::int64, {1});
+  dispatch_float(block, "block", [&](auto t) {
+    using T = decltype(t);
+    expect().output(block, "block", dtype_of<T>(), {rows, n});
+    expect().output(values, "values", dtype_of<T>(), {rows, k});
+    py::gil_scoped_release release;
+    *nonfinite.data<int64_t>() += cpu::kernel_topk_rows<T>(block.data<T>(), rows, n,
+                                                           static_cast<ops::KernelFunction>(kernel), k,
+                                                           values.data<T>(), indices.data<int64_t>());
+  });
+}
+
+}  // namespace
+
+void bind_top_k(py::module_& m) {
+  m.def("kernel_topk_rows", &kernel_topk_rows, py::arg("block"), py::arg("kernel"), py::arg("values"),
+        py::arg("indices"), py::arg("nonfinite"));
+}
+
+}  // namespace lowrank_hpc::bindings

@@ -1,0 +1,53 @@
+// Element-wise maps and the per-entry terms of row/column reductions: the only code a new
+// element-wise kernel needs. Each functor is built from its scalar parameters (doubles, as the
+// bindings pass them) and maps one entry; the shared launchers (cpu/src/map_reduce.hpp,
+// cuda/include/lowrank_hpc_cuda/map_reduce.cuh) run it over arrays on either backend, and
+// LRH_FOR_EACH_MAP below makes it callable from Python by name.
+#pragma once
+#include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/ops/kernel_functions.hpp"
+
+namespace lowrank_hpc::ops {
+
+// f(x) = one of the kernelized product's kernel functions (kernel_functions.hpp).
+template <KernelFunction F>
+struct KernelMap {
+  static constexpr int kParams = 0;
+  explicit KernelMap(const double*) {}
+  template <class T>
+  LRH_HD T operator()(T x) const { return apply_kernel(F, x); }
+};
+
+// The proximal operator of t * |x| (soft thresholding): sign(x) * max(|x| - t, 0).
+struct SoftThreshold {
+  static constexpr int kParams = 1;
+  double threshold;
+  explicit SoftThreshold(const double* params) : threshold(params[0]) {}
+  template <class T>
+  LRH_HD T operator()(T x) const {
+    const T t = static_cast<T>(threshold);
+    return x > t ? x - t : (x < -t ? x + t : T(0));
+  }
+};
+
+// x^2: the term of squared row/column norms (and of Adafactor's factored second moments).
+struct Square {
+  static constexpr int kParams = 0;
+  explicit Square(const double*) {}
+  template <class T>
+  LRH_HD T operator()(T x) const { return x * x; }
+};
+
+}  // namespace lowrank_hpc::ops
+
+// Every map by its Python name: M(name, functor type). Both backends instantiate each one for
+// float and double, and the bindings look them up here.
+#define LRH_FOR_EACH_MAP(M)                                                          \
+  M(kernel_identity, ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::identity>) \
+  M(kernel_relu, ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::relu>)         \
+  M(kernel_exponential, ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::exponential>) \
+  M(kernel_tanh, ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::tanh>)         \
+  M(kernel_piecewise_linear,                                                         \
+    ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::piecewise_linear>)          \
+  M(soft_threshold, ::lowrank_hpc::ops::SoftThreshold)                               \
+  M(square, ::lowrank_hpc::ops::Square)

@@ -1,0 +1,23 @@
+// The CPU's element-wise map and row/column reduction launchers (the CUDA ones are in
+// cuda/include/lowrank_hpc_cuda/map_reduce.cuh, with the same signatures): OpenMP loops over a
+// per-entry functor of lowrank_hpc/ops/maps.hpp. Instantiated for every map in maps_cpu.cpp.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "lowrank_hpc/core/simd.hpp"
+#include "lowrank_hpc/ops/finite.hpp"
+
+namespace lowrank_hpc::cpu::launch {
+
+// out[i] = f(x[i]) (out may be x); *nonfinite += the number of NaN/inf results.
+template <class T, class F>
+int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void* stream);
+// out[i] = sum_j f(x[i, j]) for x (rows, cols), summed in double.
+template <class T, class F>
+int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
+// out[j] = sum_i f(x[i, j]) for x (rows, cols), summed in double.
+template <class T, class F>
+int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
+
+}  // namespace lowrank_hpc::cpu::launch

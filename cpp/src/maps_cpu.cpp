@@ -1,0 +1,84 @@
+// The element-wise map and row/column reduction launchers of the CPU, instantiated for every
+// map of lowrank_hpc/ops/maps.hpp.
+#include <omp.h>
+
+#include "cpu_backend.hpp"
+#include "map_reduce.hpp"
+#include "lowrank_hpc/ops/maps.hpp"
+
+namespace lowrank_hpc::cpu::launch {
+
+namespace {
+
+// Below this many entries, waking the thread team costs more than the work it would share.
+constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
+// Chunks of 4096 keep each simd loop long while balancing the threads.
+constexpr int64_t kChunk = 4096;
+
+// Two loops over a chunk still in cache: g++ vectorizes each, not always the fused one.
+template <class T, class F>
+LRH_CPU_CLONES int64_t map_chunk(const T* x, T* out, int64_t size, const F& f) {
+  LRH_SIMD
+  for (int64_t i = 0; i < size; ++i) out[i] = f(x[i]);
+  int64_t bad = 0;
+  LRH_SIMD_SUM(bad)
+  for (int64_t i = 0; i < size; ++i) bad += ops::is_finite(out[i]) ? 0 : 1;
+  return bad;
+}
+
+}  // namespace
+
+template <class T, class F>
+int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void*) {
+  const int64_t chunks = (size + kChunk - 1) / kChunk;
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (size > kMinParallelEntries)
+  for (int64_t c = 0; c < chunks; ++c)
+    bad += map_chunk(x + c * kChunk, out + c * kChunk, std::min(kChunk, size - c * kChunk), f);
+  *nonfinite += bad;
+  return 0;
+}
+
+template <class T, class F>
+int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void*) {
+#pragma omp parallel for schedule(static) if (rows * cols > kMinParallelEntries)
+  for (int64_t i = 0; i < rows; ++i) {
+    double total = 0.0;
+    const T* row = x + i * cols;
+    LRH_SIMD_SUM(total)
+    for (int64_t j = 0; j < cols; ++j) total += static_cast<double>(f(row[j]));
+    out[i] = static_cast<T>(total);
+  }
+  return 0;
+}
+
+template <class T, class F>
+int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void*) {
+  // Column blocks per thread, rows streamed in order: each thread reads whole cache lines.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (rows * cols > kMinParallelEntries)
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t begin = block * kBlock, width = std::min(kBlock, cols - begin);
+    double totals[kBlock] = {};
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* row = x + i * cols + begin;
+      LRH_SIMD
+      for (int64_t j = 0; j < width; ++j) totals[j] += static_cast<double>(f(row[j]));
+    }
+    for (int64_t j = 0; j < width; ++j) out[begin + j] = static_cast<T>(totals[j]);
+  }
+  return 0;
+}
+
+#define LRH_INSTANTIATE_MAP(name, F)                                                       \
+  template int map<float, F>(const float*, float*, int64_t, F, int64_t*, void*);           \
+  template int map<double, F>(const double*, double*, int64_t, F, int64_t*, void*);        \
+  template int reduce_rows<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
+  template int reduce_rows<double, F>(const double*, int64_t, int64_t, F, double*, void*); \
+  template int reduce_cols<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
+  template int reduce_cols<double, F>(const double*, int64_t, int64_t, F, double*, void*);
+LRH_FOR_EACH_MAP(LRH_INSTANTIATE_MAP)
+#undef LRH_INSTANTIATE_MAP
+
+}  // namespace lowrank_hpc::cpu::launch
