@@ -118,7 +118,15 @@ def sync(scratch: Path) -> None:
     """Make the scratch tree's sources equal to the working tree's, copying only files that
     differ (so the scratch build stays incremental), then give it the working tree's modules."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for name in tracked_files():
+    names = tracked_files()
+    # Sources deleted or moved since the last run must go too: the build globs its folders.
+    wanted = set(names)
+    for folder in ("cpp", "cuda", "python", "tests", "tools"):
+        for path in (scratch / folder).rglob("*"):
+            if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts \
+                    and path.suffix not in (".so",) and str(path.relative_to(scratch)) not in wanted:
+                path.unlink()
+    for name in names:
         source, target = ROOT / name, scratch / name
         if target.is_file() and not target.is_symlink() and filecmp.cmp(source, target, shallow=False):
             continue

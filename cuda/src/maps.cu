@@ -75,14 +75,6 @@ int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* strea
   return cudaGetLastError();
 }
 
-#define LRH_INSTANTIATE_MAP(name, F)                                                       \
-  template int map<float, F>(const float*, float*, int64_t, F, int64_t*, void*);           \
-  template int map<double, F>(const double*, double*, int64_t, F, int64_t*, void*);        \
-  template int reduce_rows<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
-  template int reduce_rows<double, F>(const double*, int64_t, int64_t, F, double*, void*); \
-  template int reduce_cols<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
-  template int reduce_cols<double, F>(const double*, int64_t, int64_t, F, double*, void*);
-LRH_FOR_EACH_MAP(LRH_INSTANTIATE_MAP)
-#undef LRH_INSTANTIATE_MAP
+LRH_FOR_EACH_MAP(LRH_INSTANTIATE_MAP_LAUNCHERS)
 
 }  // namespace lowrank_hpc::cuda

@@ -51,3 +51,13 @@ struct Square {
     ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::piecewise_linear>)          \
   M(soft_threshold, ::lowrank_hpc::ops::SoftThreshold)                               \
   M(square, ::lowrank_hpc::ops::Square)
+
+// The explicit instances of one map's launchers (map, reduce_rows, reduce_cols) for float and
+// double, written once for both backends: expanded inside each backend's launcher namespace.
+#define LRH_INSTANTIATE_MAP_LAUNCHERS(name, F)                                              \
+  template int map<float, F>(const float*, float*, int64_t, F, int64_t*, void*);           \
+  template int map<double, F>(const double*, double*, int64_t, F, int64_t*, void*);        \
+  template int reduce_rows<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
+  template int reduce_rows<double, F>(const double*, int64_t, int64_t, F, double*, void*); \
+  template int reduce_cols<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
+  template int reduce_cols<double, F>(const double*, int64_t, int64_t, F, double*, void*);
