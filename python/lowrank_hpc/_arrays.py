@@ -71,18 +71,16 @@ class Call:
     template: Any = None  # an input array whose type the outputs take
     _float_dtype: Optional[np.dtype] = field(default=None, repr=False)
     _float_owner: str = field(default="", repr=False)
+    # Resolved once per call (small kernels are called often): the device flag, the array
+    # module (numpy or CuPy) and the compiled module (_cpu or _cuda).
+    on_device: bool = field(init=False, repr=False)
+    xp: Any = field(init=False, repr=False)
+    module: Any = field(init=False, repr=False)
 
-    @property
-    def on_device(self) -> bool:
-        return self.backend == "cuda"
-
-    @property
-    def xp(self):
-        return _backend.cupy_module() if self.on_device else np
-
-    @property
-    def module(self):
-        return _backend.cuda_module() if self.on_device else _backend.cpu_module()
+    def __post_init__(self) -> None:
+        self.on_device = self.backend == "cuda"
+        self.xp = _backend.cupy_module() if self.on_device else np
+        self.module = _backend.cuda_module() if self.on_device else _backend.cpu_module()
 
     # ------------------------------------------------------------------ conversion
     def _as_backend_array(self, name: str, x: Any):
@@ -206,7 +204,7 @@ class Call:
 
     def read(self, status) -> list[int]:
         """The values of a status word array on the host (the one device sync of a kernel call)."""
-        return [int(v) for v in self.to_host(status)]
+        return self.to_host(status).tolist()
 
     def to_host(self, x: Any) -> np.ndarray:
         """A numpy copy (GPU) or the array itself (CPU)."""

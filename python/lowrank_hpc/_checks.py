@@ -150,22 +150,29 @@ def flag(function: str, name: str, value: Any) -> bool:
 
 def constrained(**constraints: Check) -> Callable:
     """Decorator: check the named arguments of every call once, on entry, by their constraints;
-    the function's ``constraints`` attribute lists them (for documentation and tests)."""
+    the function's ``constraints`` attribute lists them (for documentation and tests). Defaults
+    are the function's own and are not checked."""
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
         unknown = set(constraints) - set(signature.parameters)
         assert not unknown, f"{function.__name__}: constraints for unknown parameters {unknown}"
         label = function.__qualname__.replace(".__init__", "")
+        # Where each constrained argument arrives: its position when passed positionally (kinds
+        # allowing it), else by keyword. No signature.bind per call: small kernels call this often.
+        order = list(signature.parameters)
+        positional = {name: order.index(name) for name in constraints
+                      if signature.parameters[name].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                             inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
         @functools.wraps(function)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
             for name, check in constraints.items():
-                if name in bound.arguments:
-                    bound.arguments[name] = check(label, name, bound.arguments[name])
-                else:  # a default: checked too, so a bad default cannot slip through
-                    check(label, name, signature.parameters[name].default)
-            return function(*bound.args, **bound.kwargs)
+                position = positional.get(name, len(args))
+                if position < len(args):
+                    args = args[:position] + (check(label, name, args[position]),) + args[position + 1:]
+                elif name in kwargs:
+                    kwargs[name] = check(label, name, kwargs[name])
+            return function(*args, **kwargs)
 
         checked.constraints = constraints
         return checked
