@@ -156,3 +156,23 @@ def test_index_dtypes_beyond_int64_are_refused_or_converted(problem):
     mask[rows, cols] = True
     r, c = np.nonzero(mask)
     np.testing.assert_allclose(ops.sampled_product(U, V, r, c), (U @ V.T)[mask], rtol=1e-12)
+
+
+class _HostDLPackOnly:
+    """A host array that offers nothing but DLPack (as some libraries' tensors do)."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_host_dlpack_arrays_are_read_without_a_copy(problem):
+    U, V, rows, cols = problem["U"], problem["V"], problem["rows"], problem["cols"]
+    expected = ops.sampled_product(U, V, rows, cols)
+    got = ops.sampled_product(_HostDLPackOnly(U), _HostDLPackOnly(V), _HostDLPackOnly(rows), _HostDLPackOnly(cols))
+    np.testing.assert_array_equal(got, expected)

@@ -89,6 +89,8 @@ class Call:
             _checks.required(self.function, **{name: x})
         if not self.on_device:
             try:
+                if hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
+                    return np.from_dlpack(x)  # a host DLPack array, viewed without a copy
                 return np.asarray(x)
             except (TypeError, ValueError) as error:
                 raise TypeError(f"{self.function}: {name} must be array-like, got {_kind(x)} ({error})") from None
@@ -241,11 +243,13 @@ def resolve(function: str, **arrays: Any) -> Call:
     for name, x in arrays.items():
         if x is None:
             continue
-        if isinstance(x, (np.ndarray, list, tuple, np.generic)) or hasattr(x, "__array_interface__"):
-            host.append(name)
-        elif is_device_array(x):
+        # Device first: CuPy arrays define __array__ too (to refuse an implicit copy).
+        if is_device_array(x):
             device.append(name)
             template = x if template is None else template
+        elif (isinstance(x, (np.ndarray, list, tuple, np.generic)) or hasattr(x, "__array_interface__")
+                or hasattr(x, "__array__") or hasattr(x, "__dlpack__")):
+            host.append(name)
         else:
             raise TypeError(f"{function}: {name} must be an array (numpy, a list, or a CUDA array: CuPy, or any "
                             f"__cuda_array_interface__/DLPack array), got {_kind(x)}")
