@@ -95,23 +95,27 @@ def test_gpu_results_stay_on_device_without_copies():
 
 
 def test_cli_complete_demo_and_input_file(tmp_path):
-    """The main job: complete the built-in demo, then a CSV the user supplies."""
-    demo = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--max-iter", "30"], check=True,
-                          capture_output=True, text=True).stdout
-    report = json.loads(demo)
-    assert report["test_rmse"] < 1e-3 and report["observed"] == 150000
+    """The main job: the built-in demo, then a CSV the user supplies."""
+    demo = json.loads(subprocess.run([sys.executable, "-m", "lowrank_hpc", "demo", "--json", "--no-picture"],
+                                     check=True, capture_output=True, text=True).stdout)
+    n1, n2 = demo["shape"]
+    assert abs(demo["observed_pixels"] / (n1 * n2) - 0.3) < 0.01
+    assert demo["rmse_hidden"] < 0.5 * demo["rmse_mean_predictor"]
+    # A planted rank-2 matrix, no offsets and a negligible penalty: the held-out entries are recovered.
     rng = np.random.default_rng(0)
     M = rng.standard_normal((40, 2)) @ rng.standard_normal((2, 30))
     rows, cols = np.nonzero(rng.random((40, 30)) < 0.6)
     csv = tmp_path / "ratings.csv"
     csv.write_text("row,col,value\n" + "".join(f"{i},{j},{float(M[i, j])!r}\n" for i, j in zip(rows, cols)))
     out = tmp_path / "model.npz"
-    fitted = json.loads(subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--input", str(csv),
-                                        "--rank", "2", "--reg", "1e-6", "--max-iter", "200", "--output", str(out)],
+    fitted = json.loads(subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", str(csv), "--method", "als",
+                                        "--center", "none", "--rank", "2", "--reg", "1e-6", "--max-iter", "200",
+                                        "--output", str(out), "--json"],
                                        check=True, capture_output=True, text=True).stdout)
-    assert fitted["shape"] == [40, 30] and fitted["test_rmse"] < 1e-3
+    assert fitted["shape"] == [40, 30] and fitted["test_entries"] > 50
+    assert fitted["test_rmse"] < 1e-3 and fitted["mean_predictor_rmse"] > 0.5
     with np.load(out) as model:
         assert model["U"].shape == (40, 2) and model["V"].shape == (30, 2)
-    bad = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", "--test-fraction", "1.5"],
+    bad = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", str(csv), "--test-fraction", "1.5"],
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and "--test-fraction must be in [0, 1)" in bad.stderr
+    assert bad.returncode == 2 and "--test-fraction must be in [0, 1)" in bad.stderr

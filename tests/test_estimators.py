@@ -26,6 +26,35 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+def offset_fold_in(V, X, intercept, col_bias, reg, bias_reg, count_scaling=False):
+    """Row factors and row offsets of new rows X (NaN for missing) under center="both": per row
+    argmin ||x_obs - mu - b_obs - V_obs u - a||^2 + lam ||u||^2 + bias_reg a^2 (lam = reg, times
+    the row's count when ``count_scaling``), by numpy's lstsq on the stacked system
+    [[V_obs, 1]; [sqrt(lam) I, 0]; [0, sqrt(bias_reg)]]. A row with nothing observed gives zeros."""
+    V = np.asarray(V, dtype=np.float64)
+    r = V.shape[1]
+    factors, offsets = np.zeros((X.shape[0], r)), np.zeros(X.shape[0])
+    for i, row in enumerate(np.asarray(X, dtype=np.float64)):
+        seen = ~np.isnan(row)
+        if not seen.any():
+            continue
+        lam = reg * seen.sum() if count_scaling else reg
+        A = np.vstack([np.column_stack([V[seen], np.ones(seen.sum())]),
+                       np.column_stack([np.sqrt(lam) * np.eye(r), np.zeros(r)]),
+                       np.concatenate([np.zeros(r), [np.sqrt(bias_reg)]])[None]])
+        target = np.concatenate([row[seen] - intercept - np.asarray(col_bias, np.float64)[seen], np.zeros(r + 1)])
+        solution = np.linalg.lstsq(A, target, rcond=None)[0]
+        factors[i], offsets[i] = solution[:r], solution[r]
+    return factors, offsets
+
+
+def model_matrix(estimator):
+    """The dense fitted model mu + a_i + b_j + (U_ V_^T)_ij in float64."""
+    U, V = estimator.U_.astype(np.float64), estimator.V_.astype(np.float64)
+    return (U @ V.T + estimator.intercept_ + estimator.row_bias_.astype(np.float64)[:, None]
+            + estimator.col_bias_.astype(np.float64)[None, :])
+
+
 def completion_problem(shape=(200, 150), rank=3, fraction=0.3, seed=0):
     """Exact rank-``rank`` M, a mask of observed entries, and X = M with NaN where unobserved."""
     rng = np.random.default_rng(seed)
@@ -34,7 +63,7 @@ def completion_problem(shape=(200, 150), rank=3, fraction=0.3, seed=0):
     return M, mask, np.where(mask, M, np.nan)
 
 
-@pytest.mark.parametrize("method", ["als", "scaled"])
+@pytest.mark.parametrize("method", ["als", "soft_impute", "scaled"])
 def test_passes_sklearn_check_estimator(method):
     estimator_checks = pytest.importorskip("sklearn.utils.estimator_checks")
     # By design: the estimators do not inherit sklearn.base.BaseEstimator (sklearn is not a
@@ -68,9 +97,9 @@ def test_get_params_set_params_and_clone(Estimator):
     params = estimator.get_params()
     assert params["rank"] == 4 and params["max_iter"] == 7 and params["random_state"] == 3
     assert Estimator(**params).get_params() == params
-    assert estimator.set_params(rank=2, tol=1e-3) is estimator
-    assert (estimator.rank, estimator.tol) == (2, 1e-3)
-    assert repr(estimator) == f"{Estimator.__name__}(rank=2, max_iter=7, tol=0.001, random_state=3)"
+    assert estimator.set_params(rank=2, tol=1e-7) is estimator  # a tol neither estimator has by default
+    assert (estimator.rank, estimator.tol) == (2, 1e-7)
+    assert repr(estimator) == f"{Estimator.__name__}(rank=2, max_iter=7, tol=1e-07, random_state=3)"
     with pytest.raises(ValueError, match="Invalid parameter 'ranks'"):
         estimator.set_params(ranks=3)
     base = pytest.importorskip("sklearn.base")
@@ -92,7 +121,11 @@ def test_dense_with_nan_and_coordinates_give_the_same_model():
 @pytest.mark.parametrize("method, reg", [("als", 1e-8), ("scaled", 0.1)])
 def test_completes_rank_3_matrix_from_30_percent(method, reg):
     M, mask, X = completion_problem()
-    estimator = lr.MatrixCompletion(rank=3, method=method, reg=reg, max_iter=300, tol=1e-10, random_state=0).fit(X)
+    # Exact recovery of an uncentered low-rank M: no offsets, a (near) zero or unused penalty.
+    estimator = lr.MatrixCompletion(rank=3, method=method, reg=reg, center="none", max_iter=300, tol=1e-10,
+                                    random_state=0).fit(X)
+    assert estimator.path_ == [] and estimator.intercept_ == 0.0
+    assert estimator.reg_ == (reg if method == "als" else 0.0)
     held_rows, held_cols = np.nonzero(~mask)
     assert estimator.score(held_rows, held_cols, M[held_rows, held_cols]) > -1e-4
     assert estimator.U_.shape == (200, 3) and estimator.V_.shape == (150, 3)
@@ -101,39 +134,56 @@ def test_completes_rank_3_matrix_from_30_percent(method, reg):
     np.testing.assert_allclose(estimator.predict(held_rows, held_cols), M[held_rows, held_cols], atol=1e-3)
 
 
-def test_predict_transform_shapes_and_fold_in_matches_numpy_least_squares():
+@pytest.mark.parametrize("method", ["als", "soft_impute"])
+def test_predict_transform_shapes_and_fold_in_matches_numpy_least_squares(method):
     M, mask, X = completion_problem((60, 20), rank=2, fraction=0.6, seed=1)
-    estimator = lr.MatrixCompletion(rank=2, reg=0.5, max_iter=30, random_state=0).fit(X)
+    X = X + 3.0  # not centered: the offsets carry the mean
+    # center="both" (the default) with bias_reg=10: the fold-in solves for u and a row offset.
+    estimator = lr.MatrixCompletion(rank=2, method=method, reg=0.5, max_iter=30, random_state=0).fit(X)
+    assert estimator.center_ == "both" and estimator.reg_ == 0.5
+    assert abs(estimator.intercept_ - 3.0) < 0.5 and np.any(estimator.row_bias_ != 0)
     rng = np.random.default_rng(7)
-    new = np.where(rng.random((5, 20)) < 0.5, rng.standard_normal((5, 20)), np.nan)
+    new = np.where(rng.random((5, 20)) < 0.5, rng.standard_normal((5, 20)) + 3.0, np.nan)
     new[3] = np.nan  # a row with nothing observed folds in to zeros
     factors = estimator.transform(new)
     assert factors.shape == (5, 2) and factors.dtype == np.float64
     V = estimator.V_
-    for i in range(5):
+    mu, b = estimator.intercept_, estimator.col_bias_
+    expected_factors, expected_offsets = offset_fold_in(V, new, mu, b, 0.5, 10.0)
+    for i in range(5):  # and by the normal equations, row by row
         seen = ~np.isnan(new[i])
-        expected = np.linalg.solve(V[seen].T @ V[seen] + 0.5 * np.eye(2), V[seen].T @ new[i, seen])
-        np.testing.assert_allclose(factors[i], expected, rtol=1e-10, atol=1e-12)
+        if not seen.any():
+            continue
+        A = np.column_stack([V[seen], np.ones(seen.sum())])
+        solution = np.linalg.solve(A.T @ A + np.diag([0.5, 0.5, 10.0]), A.T @ (new[i, seen] - mu - b[seen]))
+        np.testing.assert_allclose(expected_factors[i], solution[:2], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(expected_offsets[i], solution[2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(factors, expected_factors, rtol=1e-10, atol=1e-12)
     completed = estimator.predict(new)
     assert completed.shape == (5, 20)
-    np.testing.assert_allclose(completed, factors @ V.T, rtol=1e-12)
-    assert np.all(completed[3] == 0)
+    np.testing.assert_allclose(completed, factors @ V.T + expected_offsets[:, None] + b + mu, rtol=1e-12)
+    np.testing.assert_allclose(completed[3], mu + b, rtol=1e-12)  # nothing observed: mu + b_j
     # fit_transform fits (the same model as fit) and folds X in against the V_ of that fit.
-    fresh = lr.MatrixCompletion(rank=2, reg=0.5, max_iter=30, random_state=0)
+    fresh = lr.MatrixCompletion(rank=2, method=method, reg=0.5, max_iter=30, random_state=0)
     folded = fresh.fit_transform(X)
     np.testing.assert_array_equal(fresh.V_, V)
-    np.testing.assert_allclose(folded, reference.ridge_fold_in(V, X, 0.5), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(folded, offset_fold_in(V, X, mu, b, 0.5, 10.0)[0], rtol=1e-9, atol=1e-12)
     rows, cols = np.array([0, 59, 7]), np.array([19, 0, 3])
-    np.testing.assert_allclose(estimator.predict(rows, cols), (estimator.U_ @ V.T)[rows, cols], rtol=1e-12)
+    np.testing.assert_allclose(estimator.predict(rows, cols), model_matrix(estimator)[rows, cols], rtol=1e-12)
     observed = ~np.isnan(new)
     assert estimator.score(new) == pytest.approx(-np.sqrt(np.mean((completed - new)[observed] ** 2)))
+    held_rows, held_cols = np.nonzero(~mask)
+    assert estimator.score(held_rows, held_cols, M[held_rows, held_cols] + 3.0) == pytest.approx(
+        -np.sqrt(np.mean((model_matrix(estimator) - M - 3.0)[held_rows, held_cols] ** 2)), rel=1e-10)
     again = pickle.loads(pickle.dumps(estimator))
     np.testing.assert_array_equal(again.predict(new), completed)
 
 
 def test_fold_in_without_ridge_is_least_squares():
     M, mask, X = completion_problem((50, 12), rank=3, fraction=0.8, seed=2)
-    estimator = lr.MatrixCompletion(rank=3, reg=0.0, max_iter=20, random_state=0).fit(X)
+    # No offsets and no penalty: the fold-in is plain least squares against V_.
+    estimator = lr.MatrixCompletion(rank=3, method="als", reg=0.0, center="none", max_iter=20, random_state=0).fit(X)
+    assert estimator.reg_ == 0.0
     row = np.where(np.arange(12) % 3 == 0, np.nan, np.linspace(-1, 1, 12))
     seen = ~np.isnan(row)
     expected = np.linalg.lstsq(estimator.V_[seen], row[seen], rcond=None)[0]
@@ -143,6 +193,15 @@ def test_fold_in_without_ridge_is_least_squares():
     sparse_row[[1, 5]] = [1.0, -2.0]
     expected = np.linalg.lstsq(estimator.V_[[1, 5]], sparse_row[[1, 5]], rcond=None)[0]
     np.testing.assert_allclose(estimator.transform(sparse_row[None])[0], expected, rtol=1e-8, atol=1e-10)
+    # center="both" with reg = bias_reg = 0: least squares of x_obs - mu - b_obs on [V_obs, 1].
+    both = lr.MatrixCompletion(rank=3, method="als", reg=0.0, bias_reg=0.0, max_iter=20, random_state=0).fit(X + 1.5)
+    mu, b = both.intercept_, both.col_bias_
+    assert abs(mu - 1.5) < 0.5
+    expected = np.linalg.lstsq(np.column_stack([both.V_[seen], np.ones(seen.sum())]), row[seen] - mu - b[seen],
+                               rcond=None)[0]
+    factors = both.transform(row[None])
+    np.testing.assert_allclose(factors[0], expected[:3], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(both.predict(row[None])[0], both.V_ @ expected[:3] + expected[3] + mu + b, rtol=1e-8)
 
 
 def test_float32_data_gives_a_float32_model():
@@ -190,7 +249,8 @@ def test_matrix_sensing_recovers_gaussian_measurements():
 def test_sensing_on_entry_sampling_matches_completion():
     """The same factored_gd solve through either estimator: same factors, same score."""
     M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6)
-    completion = lr.MatrixCompletion(rank=2, method="gd", max_iter=50, random_state=0).fit(X)
+    # MatrixSensing has no offsets: compare with the uncentered completion model.
+    completion = lr.MatrixCompletion(rank=2, method="gd", center="none", max_iter=50, random_state=0).fit(X)
     observed = EntrySampling(*map(np.ascontiguousarray, np.nonzero(mask)), M.shape)
     sensing = lr.MatrixSensing(rank=2, method="gd", max_iter=50, random_state=0).fit(observed, M[mask])
     np.testing.assert_array_equal(sensing.U_, completion.U_)
@@ -220,7 +280,8 @@ def test_not_fitted_errors():
     ({"max_iter": 0}, "max_iter must be an integer >= 1"),
     ({"tol": float("nan")}, "tol must be a finite number >= 0"),
     ({"backend": "tpu"}, "backend must be one of"),
-    ({"init": "spectral"}, "init 'spectral' is not valid for method 'als'"),
+    ({"method": "als", "init": "spectral"}, "init 'spectral' is not valid for method 'als'"),
+    ({"method": "soft_impute", "init": "spectral"}, "init 'spectral' is not valid for method 'soft_impute'"),
     ({"random_state": -1}, "random_state must be None"),
     ({"rank": 9}, "rank=9 exceeds min"),
 ])
@@ -292,15 +353,22 @@ def _entries_of(M, mask):
     return rows, cols, M[rows, cols]
 
 
-def test_completion_default_reg_and_reg_scaling():
-    """reg = 0.1 and reg_scaling = "none" by default: in the signature, in one ALS iteration
-    (the dense ridge solves with lambda = 0.1 for every row) and in the fold-in of new rows."""
+def test_completion_defaults_and_an_explicit_reg():
+    """The pinned defaults (signature), and an explicit reg = 0.1 without offsets is one ALS
+    iteration of dense ridge solves with lambda = 0.1 for every row, and the fold-in's ridge."""
     parameters = inspect.signature(lr.MatrixCompletion).parameters
-    assert parameters["reg"].default == 0.1 and parameters["reg_scaling"].default == "none"
+    defaults = {name: parameters[name].default for name in
+                ("rank", "method", "reg", "reg_scaling", "center", "bias_reg", "tol", "verbose", "checkpoint",
+                 "callback")}
+    assert defaults == {"rank": 20, "method": "soft_impute", "reg": "auto", "reg_scaling": "none", "center": "both",
+                        "bias_reg": 10.0, "tol": 1e-3, "verbose": False, "checkpoint": None, "callback": None}
     M, mask, X = completion_problem((12, 9), rank=3, fraction=0.6, seed=3)
     rows, cols, vals = _entries_of(M, mask)
     V0 = np.random.default_rng(1).standard_normal((9, 3))
-    estimator = lr.MatrixCompletion(rank=3, max_iter=1, init=V0).fit(rows, cols, vals, shape=M.shape)
+    estimator = lr.MatrixCompletion(rank=3, method="als", reg=0.1, center="none", max_iter=1, init=V0).fit(rows, cols, vals,
+                                                                                             shape=M.shape)
+    assert estimator.reg_ == 0.1 and estimator.path_ == [] and estimator.center_ == "none"
+    assert estimator.intercept_ == 0.0 and not estimator.row_bias_.any() and not estimator.col_bias_.any()
     U_ref, V_ref = reference.als_half_steps(rows, cols, vals, M.shape, V0, 0.1, False)
     np.testing.assert_allclose(estimator.U_, U_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(estimator.V_, V_ref, rtol=1e-10, atol=1e-12)
@@ -314,19 +382,23 @@ def test_completion_als_uses_reg_and_reg_scaling(reg, reg_scaling):
     M, mask, X = completion_problem((12, 9), rank=3, fraction=0.6, seed=4)
     rows, cols, vals = _entries_of(M, mask)
     V0 = np.random.default_rng(2).standard_normal((9, 3))
-    estimator = lr.MatrixCompletion(rank=3, reg=reg, reg_scaling=reg_scaling, max_iter=1, init=V0).fit(X)
+    estimator = lr.MatrixCompletion(rank=3, method="als", reg=reg, reg_scaling=reg_scaling, center="none",
+                                    max_iter=1, init=V0).fit(X)
+    assert estimator.reg_ == reg
     U_ref, V_ref = reference.als_half_steps(rows, cols, vals, M.shape, V0, reg, reg_scaling == "count")
     np.testing.assert_allclose(estimator.U_, U_ref, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(estimator.V_, V_ref, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("method", ["als", "gd", "scaled"])
+@pytest.mark.parametrize("method", ["als", "soft_impute", "gd", "scaled"])
 def test_train_rmse_is_the_rmse_of_the_model_on_the_training_entries(method):
     M, mask, X = completion_problem((40, 30), rank=2, fraction=0.5, seed=5)
     noisy = np.where(mask, X + 0.1 * np.random.default_rng(0).standard_normal(X.shape), np.nan)
     estimator = lr.MatrixCompletion(rank=2, method=method, max_iter=40, random_state=0).fit(noisy)
     rows, cols = np.nonzero(mask)
-    errors = (estimator.U_ @ estimator.V_.T)[rows, cols] - noisy[rows, cols]
+    # The model includes the offsets (center="both" by default): mu + a_i + b_j + (U V^T)_ij.
+    assert estimator.center_ == "both" and np.any(estimator.row_bias_ != 0) and np.any(estimator.col_bias_ != 0)
+    errors = model_matrix(estimator)[rows, cols] - noisy[rows, cols]
     expected = float(np.sqrt(np.mean(errors ** 2)))
     assert 0.01 < expected < 1.0  # a fit that leaves the noise: every error counts
     assert isinstance(estimator.train_rmse_, float)
@@ -335,28 +407,39 @@ def test_train_rmse_is_the_rmse_of_the_model_on_the_training_entries(method):
 
 
 @pytest.mark.parametrize("method", ["gd", "scaled"])
-def test_gradient_methods_fit_without_reg_and_fold_in_with_it(method):
-    """As documented: the gradient methods fit 1/2 ||P(U V^T) - vals||^2 without the ridge, so
-    reg and reg_scaling leave U_ and V_ unchanged; folding in new rows uses both (lambda = reg,
-    times the row's count of observed entries for "count")."""
+def test_gradient_methods_ignore_reg_and_fold_in_with_a_fixed_ridge(method):
+    """As documented: the gradient methods fit 1/2 ||P(model) - vals||^2 without a penalty, so
+    reg and reg_scaling leave the fit unchanged (reg_ = 0); folding in new rows uses the fixed
+    ridge 0.1 on u (no count scaling) and bias_reg on the row offset."""
     M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6, seed=6)
     settings = dict(rank=2, method=method, max_iter=30, random_state=0)
     plain = lr.MatrixCompletion(reg=0.0, reg_scaling="none", **settings).fit(X)
     ridged = lr.MatrixCompletion(reg=0.7, reg_scaling="count", **settings).fit(X)
     np.testing.assert_array_equal(ridged.U_, plain.U_)
     np.testing.assert_array_equal(ridged.V_, plain.V_)
+    np.testing.assert_array_equal(ridged.row_bias_, plain.row_bias_)
+    assert ridged.reg_ == plain.reg_ == 0.0
     new = np.where(np.random.default_rng(3).random((6, 20)) < 0.4, np.random.default_rng(4).standard_normal((6, 20)),
                    np.nan)
-    np.testing.assert_allclose(ridged.transform(new), reference.ridge_fold_in(ridged.V_, new, 0.7, True), rtol=1e-9,
-                               atol=1e-12)
-    by_none = lr.MatrixCompletion(reg=0.7, reg_scaling="none", **settings).fit(X)
-    np.testing.assert_allclose(by_none.transform(new), reference.ridge_fold_in(by_none.V_, new, 0.7, False),
+    # The fold-in (center="both" by default) adds the row offset, with ridge bias_reg = 10.
+    factors, offsets = offset_fold_in(ridged.V_, new, ridged.intercept_, ridged.col_bias_, 0.1, 10.0, False)
+    np.testing.assert_allclose(ridged.transform(new), factors, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ridged.predict(new), factors @ ridged.V_.T + offsets[:, None] + ridged.col_bias_
+                               + ridged.intercept_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(plain.transform(new), ridged.transform(new))
+    # A different ridge would give a different fold-in: the assertion above can fail.
+    assert rel_error(factors, offset_fold_in(ridged.V_, new, ridged.intercept_, ridged.col_bias_, 0.7, 10.0,
+                                             True)[0]) > 1e-3
+    # Without offsets the fold-in is the plain ridge against V_.
+    uncentered = lr.MatrixCompletion(reg=0.7, reg_scaling="count", center="none", **settings).fit(X)
+    np.testing.assert_allclose(uncentered.transform(new), reference.ridge_fold_in(uncentered.V_, new, 0.1, False),
                                rtol=1e-9, atol=1e-12)
 
 
 def test_fold_in_uses_the_ridge_of_the_fit_not_a_later_set_params():
     M, mask, X = completion_problem((30, 20), rank=2, fraction=0.6, seed=7)
-    estimator = lr.MatrixCompletion(rank=2, reg=0.4, reg_scaling="count", max_iter=10, random_state=0).fit(X)
-    estimator.set_params(reg=5.0, reg_scaling="none")
-    np.testing.assert_allclose(estimator.transform(X[:5]), reference.ridge_fold_in(estimator.V_, X[:5], 0.4, True),
-                               rtol=1e-9, atol=1e-12)
+    estimator = lr.MatrixCompletion(rank=2, method="als", reg=0.4, reg_scaling="count", bias_reg=3.0, max_iter=10,
+                                    random_state=0).fit(X)
+    estimator.set_params(reg=5.0, reg_scaling="none", bias_reg=100.0, center="none")
+    expected = offset_fold_in(estimator.V_, X[:5], estimator.intercept_, estimator.col_bias_, 0.4, 3.0, True)[0]
+    np.testing.assert_allclose(estimator.transform(X[:5]), expected, rtol=1e-9, atol=1e-12)

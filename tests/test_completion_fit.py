@@ -1,0 +1,314 @@
+"""MatrixCompletion's fit on real-data-like matrices (lowrank_hpc.recover.completion_fit and
+offsets): the offsets against a dense least-squares solve, the offsets' gain in accuracy, the
+penalty chosen on held-out entries against a grid of fixed penalties and against lambda_max
+computed by numpy, rank="auto", the fallback without a validation split, checkpoints,
+callbacks and float32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowrank_hpc as lr
+from lowrank_hpc.recover.completion_fit import OFFSET_SWEEPS
+from lowrank_hpc.recover.offsets import Offsets, fit_offsets, zero_offsets
+
+
+def planted(shape=(60, 50), rank=3, fraction=0.5, noise=0.05, seed=0, mu=3.5):
+    """X = mu + a_i + b_j + L (rank ``rank``) + noise: the noiseless M, the mask of observed
+    entries and the observed (rows, cols, vals) of the noisy matrix."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(shape[0]), rng.standard_normal(shape[1])
+    L = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((shape[1], rank)).T
+    M = mu + a[:, None] + b[None, :] + L
+    mask = rng.random(shape) < fraction
+    noisy = M + noise * rng.standard_normal(shape)
+    rows, cols = (np.ascontiguousarray(i, dtype=np.int64) for i in np.nonzero(mask))
+    return M, mask, (rows, cols, noisy[rows, cols])
+
+
+def held_out_rmse(estimator, M, mask):
+    rows, cols = np.nonzero(~mask)
+    return -estimator.score(rows, cols, M[rows, cols])
+
+
+def dense_observed(rows, cols, vals, shape):
+    """The (n1, n2) matrix holding vals at (rows, cols) and zeros elsewhere."""
+    D = np.zeros(shape)
+    D[rows, cols] = vals
+    return D
+
+
+# ---------------------------------------------------------------------- fit_offsets
+def exact_offsets(rows, cols, r, shape, bias_reg):
+    """argmin sum_k (r_k - mu - a_rows[k] - b_cols[k])^2 + bias_reg (|a|^2 + |b|^2) by numpy's
+    lstsq on the dense design [1, one-hot rows, one-hot cols] with ridge rows for a and b only."""
+    n1, n2 = shape
+    nnz = rows.shape[0]
+    design = np.zeros((nnz, 1 + n1 + n2))
+    design[:, 0] = 1.0
+    design[np.arange(nnz), 1 + rows] = 1.0
+    design[np.arange(nnz), 1 + n1 + cols] = 1.0
+    ridge = np.hstack([np.zeros((n1 + n2, 1)), np.sqrt(bias_reg) * np.eye(n1 + n2)])
+    solution = np.linalg.lstsq(np.vstack([design, ridge]), np.concatenate([r, np.zeros(n1 + n2)]), rcond=None)[0]
+    return solution[0], solution[1:1 + n1], solution[1 + n1:]
+
+
+def offsets_problem(seed=0):
+    """Observed entries of a 15 x 12 matrix with row 4 and column 7 never observed."""
+    rng = np.random.default_rng(seed)
+    shape = (15, 12)
+    mask = rng.random(shape) < 0.6
+    mask[4, :] = False
+    mask[:, 7] = False
+    rows, cols = (np.ascontiguousarray(i, dtype=np.int64) for i in np.nonzero(mask))
+    a, b = rng.standard_normal(shape[0]), rng.standard_normal(shape[1])
+    r = 2.0 + a[rows] + b[cols] + 0.3 * rng.standard_normal(rows.shape[0])
+    return rows, cols, r, shape
+
+
+@pytest.mark.parametrize("bias_reg", [0.5, 2.0, 10.0])
+def test_fit_offsets_both_converges_to_the_exact_ridge_minimiser(bias_reg):
+    rows, cols, r, shape = offsets_problem()
+    offsets = fit_offsets(rows, cols, r, shape, "both", bias_reg, zero_offsets(np, shape, r.dtype), sweeps=400)
+    mu, a, b = exact_offsets(rows, cols, r, shape, bias_reg)
+    assert isinstance(offsets.intercept, float)
+    assert offsets.row.shape == (15,) and offsets.col.shape == (12,) and offsets.row.dtype == np.float64
+    assert offsets.intercept == pytest.approx(mu, rel=1e-10)
+    np.testing.assert_allclose(offsets.row, a, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(offsets.col, b, rtol=1e-9, atol=1e-11)
+    # Unobserved row 4 and column 7 get 0 (the exact minimiser says so too).
+    assert offsets.row[4] == 0.0 and offsets.col[7] == 0.0 and abs(a[4]) < 1e-12 and abs(b[7]) < 1e-12
+    np.testing.assert_allclose(offsets.at(rows, cols), mu + a[rows] + b[cols], rtol=1e-9)
+    # Few sweeps are not the minimiser yet: the comparison above can fail.
+    one = fit_offsets(rows, cols, r, shape, "both", bias_reg, zero_offsets(np, shape, r.dtype), sweeps=1)
+    assert np.abs(one.row - a).max() > 1e-6
+
+
+def test_fit_offsets_starts_from_the_given_offsets():
+    """Gauss-Seidel from the exact minimiser stays there (it is a fixed point of a sweep)."""
+    rows, cols, r, shape = offsets_problem(seed=1)
+    mu, a, b = exact_offsets(rows, cols, r, shape, 3.0)
+    again = fit_offsets(rows, cols, r, shape, "both", 3.0, Offsets(mu, a.copy(), b.copy()), sweeps=1)
+    assert again.intercept == pytest.approx(mu, rel=1e-12)
+    np.testing.assert_allclose(again.row, a, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(again.col, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fit_offsets_global_is_the_mean_and_none_is_zero():
+    rows, cols, r, shape = offsets_problem(seed=2)
+    start = Offsets(5.0, np.ones(shape[0]), np.ones(shape[1]))  # ignored by "global" and "none"
+    glob = fit_offsets(rows, cols, r, shape, "global", 2.0, start, sweeps=3)
+    assert glob.intercept == pytest.approx(float(np.mean(r)), rel=1e-13)
+    assert not glob.row.any() and not glob.col.any()
+    assert glob.row.shape == (15,) and glob.col.shape == (12,)
+    none = fit_offsets(rows, cols, r, shape, "none", 2.0, start, sweeps=3)
+    assert none.intercept == 0.0 and not none.row.any() and not none.col.any()
+    assert none.row.dtype == none.col.dtype == np.float64
+
+
+def test_fit_offsets_without_ridge_leaves_unobserved_rows_at_zero():
+    rows, cols, r, shape = offsets_problem(seed=3)
+    offsets = fit_offsets(rows, cols, r, shape, "both", 0.0, zero_offsets(np, shape, r.dtype), sweeps=200)
+    assert offsets.row[4] == 0.0 and offsets.col[7] == 0.0
+    # Unpenalized, the fit of the observed entries is the least-squares fit of the additive model
+    # (its offsets are not unique, its fitted values are).
+    mu, a, b = exact_offsets(rows, cols, r, shape, 1e-12)
+    np.testing.assert_allclose(offsets.at(rows, cols), mu + a[rows] + b[cols], rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------- the offsets in the estimator
+@pytest.mark.parametrize("method", ["als", "soft_impute"])
+def test_centering_recovers_an_offset_matrix_better_and_predict_adds_the_offsets(method):
+    M, mask, (rows, cols, vals) = planted((60, 50), rank=3, fraction=0.4, noise=0.05)
+    settings = dict(rank=3, method=method, reg=0.5, bias_reg=1.0, random_state=0)
+    both = lr.MatrixCompletion(center="both", **settings).fit(rows, cols, vals, shape=M.shape)
+    none = lr.MatrixCompletion(center="none", **settings).fit(rows, cols, vals, shape=M.shape)
+    # Rank 3 holds the low-rank part; without offsets it must also hold mu + a_i + b_j (rank 2).
+    assert held_out_rmse(both, M, mask) < 0.2
+    assert held_out_rmse(none, M, mask) > 0.5
+    assert held_out_rmse(none, M, mask) > 3 * held_out_rmse(both, M, mask)
+    assert abs(both.intercept_ - 3.5) < 0.5  # the planted mu (the offsets' means shift it a little)
+    assert none.intercept_ == 0.0 and not none.row_bias_.any() and not none.col_bias_.any()
+    pick = np.random.default_rng(1)
+    r, c = pick.integers(0, 60, 40), pick.integers(0, 50, 40)
+    expected = (both.intercept_ + both.row_bias_[r] + both.col_bias_[c]
+                + np.einsum("kr,kr->k", both.U_[r], both.V_[c]))
+    np.testing.assert_allclose(both.predict(r, c), expected, rtol=1e-12, atol=1e-12)
+    assert both.train_rmse_ == pytest.approx(np.sqrt(np.mean((both.predict(rows, cols) - vals) ** 2)), rel=1e-10)
+
+
+# ---------------------------------------------------------------------- reg="auto"
+def _centered(rows, cols, vals, shape, center, bias_reg):
+    """vals minus the offsets fit_completion starts from: none, the mean, or OFFSET_SWEEPS
+    Gauss-Seidel sweeps of fit_offsets from zero (checked above against the dense solve)."""
+    if center == "none":
+        return vals
+    if center == "global":
+        return vals - vals.mean()
+    start = fit_offsets(rows, cols, vals, shape, "both", bias_reg, zero_offsets(np, shape, vals.dtype),
+                        sweeps=OFFSET_SWEEPS)
+    return vals - start.at(rows, cols)
+
+
+@pytest.mark.parametrize("method, center, reg_scaling", [
+    ("als", "none", "none"), ("als", "global", "none"), ("als", "both", "none"), ("als", "global", "count"),
+    ("soft_impute", "both", "none"), ("soft_impute", "global", "none"),
+])
+def test_auto_reg_is_the_best_path_fraction_of_lambda_max(method, center, reg_scaling):
+    M, mask, (rows, cols, vals) = planted((50, 40), rank=3, fraction=0.5, noise=0.3, seed=2)
+    shape = M.shape
+    estimator = lr.MatrixCompletion(rank=5, method=method, center=center, reg_scaling=reg_scaling, bias_reg=10.0,
+                                    random_state=5).fit(rows, cols, vals, shape=shape)
+    path = estimator.path_
+    assert len(path) >= 3
+    assert [point.fraction for point in path] == [0.5 ** k for k in range(1, len(path) + 1)]
+    chosen = min(path, key=lambda point: point.validation_rmse)
+    # The chosen point is a real minimum of the walk: not its first point (lambda_max / 2).
+    assert chosen.fraction < 0.5 and chosen.validation_rmse < path[0].validation_rmse
+    lambda_max = np.linalg.norm(dense_observed(rows, cols, _centered(rows, cols, vals, shape, center, 10.0), shape), 2)
+    scale = (shape[0] + shape[1]) / (2 * rows.shape[0]) if reg_scaling == "count" else 1.0
+    assert estimator.reg_ == pytest.approx(chosen.fraction * lambda_max * scale, rel=1e-9)
+    # The path's regs are fractions of lambda_max of the training part: 90% of the entries,
+    # held out by a permutation seeded with random_state.
+    held = int(round(0.1 * rows.shape[0]))
+    train = np.sort(np.random.default_rng(5).permutation(rows.shape[0])[held:])
+    train_vals = _centered(rows[train], cols[train], vals[train], shape, center, 10.0)
+    train_lambda_max = np.linalg.norm(dense_observed(rows[train], cols[train], train_vals, shape), 2)
+    train_scale = (shape[0] + shape[1]) / (2 * train.shape[0]) if reg_scaling == "count" else 1.0
+    np.testing.assert_allclose([point.reg for point in path],
+                               [point.fraction * train_lambda_max * train_scale for point in path], rtol=1e-9)
+    assert estimator.rank_ <= 5 and all(point.rank == 5 for point in path)
+
+
+def test_auto_reg_split_is_seeded_by_random_state():
+    M, mask, (rows, cols, vals) = planted((50, 40), rank=3, fraction=0.5, noise=0.3, seed=3)
+    settings = dict(rank=5, method="als", center="global")
+    first = lr.MatrixCompletion(random_state=7, **settings).fit(rows, cols, vals, shape=M.shape)
+    second = lr.MatrixCompletion(random_state=7, **settings).fit(rows, cols, vals, shape=M.shape)
+    assert first.path_ == second.path_ and first.reg_ == second.reg_
+    np.testing.assert_array_equal(first.U_, second.U_)
+    np.testing.assert_array_equal(first.V_, second.V_)
+    # path_[0].reg is lambda_max(training entries) / 2, which depends on the split only (with
+    # center="global"): another random_state holds out other entries.
+    other = lr.MatrixCompletion(random_state=8, **settings).fit(rows, cols, vals, shape=M.shape)
+    assert abs(other.path_[0].reg / first.path_[0].reg - 1) > 1e-6
+    # On all entries lambda_max is the same: reg_ differs only by the chosen fraction.
+    lambda_max = np.linalg.norm(dense_observed(rows, cols, vals - vals.mean(), M.shape), 2)
+    for estimator in (first, other):
+        assert estimator.reg_ / lambda_max == pytest.approx(
+            min(estimator.path_, key=lambda p: p.validation_rmse).fraction, rel=1e-9)
+
+
+def test_auto_reg_is_close_to_the_best_fixed_reg_of_a_grid():
+    """A noisy rank-3 matrix with offsets, fitted at rank 8: reg="auto" predicts the unseen
+    entries about as well as the best of 13 fixed penalties (chosen with the truth), far better
+    than no penalty (overfit) or a huge one (only the offsets)."""
+    M, mask, (rows, cols, vals) = planted((150, 120), rank=3, fraction=0.3, noise=0.3, seed=1)
+    settings = dict(rank=8, method="als", center="both", bias_reg=1.0, random_state=0)
+    auto = lr.MatrixCompletion(**settings).fit(rows, cols, vals, shape=M.shape)
+    assert auto.path_ and auto.reg_ > 0
+    lambda_max = np.linalg.norm(dense_observed(rows, cols, vals - vals.mean(), M.shape), 2)
+    grid = lambda_max * np.geomspace(1 / 1024, 1, 13)
+    errors = [held_out_rmse(lr.MatrixCompletion(reg=reg, **settings).fit(rows, cols, vals, shape=M.shape), M, mask)
+              for reg in grid]
+    best = min(errors)
+    auto_error = held_out_rmse(auto, M, mask)
+    assert auto_error <= 1.05 * best
+    unpenalized = lr.MatrixCompletion(reg=0.0, **settings).fit(rows, cols, vals, shape=M.shape)
+    huge = held_out_rmse(lr.MatrixCompletion(reg=10 * lambda_max, **settings).fit(rows, cols, vals, shape=M.shape),
+                         M, mask)
+    # No penalty overfits: it fits the training entries closer and predicts the others worse.
+    assert unpenalized.train_rmse_ < auto.train_rmse_
+    assert held_out_rmse(unpenalized, M, mask) > 1.5 * auto_error
+    assert huge > 4 * auto_error
+    assert max(errors) > 2 * best  # the grid spans penalties that matter
+
+
+def test_too_few_entries_for_a_validation_split_fall_back_to_lambda_max_over_50():
+    rng = np.random.default_rng(0)
+    X = np.full((10, 8), np.nan)
+    X.flat[rng.choice(80, 30, replace=False)] = 2.0 + rng.standard_normal(30)
+    rows, cols = np.nonzero(~np.isnan(X))
+    vals = X[rows, cols]
+    for method in ("als", "soft_impute"):
+        estimator = lr.MatrixCompletion(rank=2, method=method, center="global", random_state=0).fit(X)
+        assert estimator.path_ == []
+        lambda_max = np.linalg.norm(dense_observed(rows, cols, vals - vals.mean(), X.shape), 2)
+        assert estimator.reg_ == pytest.approx(lambda_max / 50, rel=1e-9)
+        assert estimator.intercept_ == pytest.approx(vals.mean(), abs=0.5)
+        assert np.all(np.isfinite(estimator.U_)) and estimator.train_rmse_ < np.std(vals)
+
+
+# ---------------------------------------------------------------------- rank="auto"
+def test_auto_rank_with_soft_impute_grows_the_bound_and_is_rejected_for_als():
+    """Rank 14 plus offsets: the first bound, 10, is too narrow, so it is doubled."""
+    M, mask, (rows, cols, vals) = planted((80, 60), rank=14, fraction=0.7, noise=0.01, seed=0)
+    estimator = lr.MatrixCompletion(rank="auto", method="soft_impute", random_state=0).fit(rows, cols, vals,
+                                                                                           shape=M.shape)
+    bound = estimator.U_.shape[1]
+    assert bound in (20, 40) and estimator.V_.shape == (60, bound)  # doubled from 10 at least once
+    assert {point.rank for point in estimator.path_} >= {10, 20}
+    assert 14 <= estimator.rank_ <= bound
+    singular_values = np.linalg.svd(estimator.U_ @ estimator.V_.T, compute_uv=False)
+    assert estimator.rank_ == int(np.sum(singular_values > 1e-8 * singular_values[0]))
+    error = held_out_rmse(estimator, M, mask)
+    assert error < 0.5  # entries of M have standard deviation 4
+    # The fixed bound 10 cannot hold rank 14: rank="auto" is several times more accurate.
+    narrow = lr.MatrixCompletion(rank=10, method="soft_impute", random_state=0).fit(rows, cols, vals, shape=M.shape)
+    assert narrow.rank_ <= 10 and held_out_rmse(narrow, M, mask) > 3 * error
+    with pytest.raises(ValueError, match="rank='auto' needs method 'soft_impute'"):
+        lr.MatrixCompletion(rank="auto", method="als").fit(rows, cols, vals, shape=M.shape)
+    with pytest.raises(ValueError, match="rank"):
+        lr.MatrixCompletion(rank="big", method="soft_impute").fit(rows, cols, vals, shape=M.shape)
+
+
+# ---------------------------------------------------------------------- checkpoint, callback, dtype
+@pytest.mark.parametrize("method", ["als", "soft_impute"])
+def test_checkpoint_rerun_is_identical_and_callback_sees_the_offsets(method, tmp_path):
+    M, mask, (rows, cols, vals) = planted((60, 50), rank=3, fraction=0.5, noise=0.05)
+    path = tmp_path / "fit.npz"
+    calls = []
+    settings = dict(rank=5, method=method, center="global", random_state=0)
+    first = lr.MatrixCompletion(checkpoint=str(path), callback=lambda i, info: calls.append((i, info)),
+                                **settings).fit(rows, cols, vals, shape=M.shape)
+    assert path.exists() and path.stat().st_size > 0
+    assert calls and [i for i, _ in calls] == list(range(1, len(calls) + 1))
+    offsets = calls[0][1]["offsets"]
+    assert isinstance(offsets, Offsets)
+    # The first round's offsets: with center="global", the mean of the observed values.
+    assert offsets.intercept == pytest.approx(float(vals.mean()), rel=1e-12)
+    assert {"U", "V", "loss", "relative_change"} <= set(calls[0][1])
+    again = lr.MatrixCompletion(checkpoint=str(path), **settings).fit(rows, cols, vals, shape=M.shape)
+    np.testing.assert_array_equal(again.U_, first.U_)
+    np.testing.assert_array_equal(again.V_, first.V_)
+    plain = lr.MatrixCompletion(**settings).fit(rows, cols, vals, shape=M.shape)
+    np.testing.assert_array_equal(plain.U_, first.U_)
+    assert held_out_rmse(first, M, mask) < 0.1  # rank 5 holds the rank-3 part and a_i + b_j
+
+
+def test_callback_offsets_with_center_both_have_the_row_and_column_shapes():
+    M, mask, (rows, cols, vals) = planted((40, 30), rank=2, fraction=0.6)
+    seen = []
+    lr.MatrixCompletion(rank=2, method="als", reg=0.5, max_iter=5, random_state=0,
+                        callback=lambda i, info: seen.append(info["offsets"])).fit(rows, cols, vals, shape=M.shape)
+    assert seen and seen[0].row.shape == (40,) and seen[0].col.shape == (30,)
+    start = fit_offsets(rows, cols, vals, M.shape, "both", 10.0, zero_offsets(np, M.shape, vals.dtype),
+                        sweeps=OFFSET_SWEEPS)
+    assert seen[0].intercept == pytest.approx(start.intercept, rel=1e-12)
+    np.testing.assert_allclose(seen[0].row, start.row, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["als", "soft_impute"])
+def test_float32_input_gives_a_float32_model(method):
+    M, mask, (rows, cols, vals) = planted((50, 40), rank=3, fraction=0.5, noise=0.05)
+    settings = dict(rank=3, method=method, reg=0.5, bias_reg=1.0, random_state=0)
+    single = lr.MatrixCompletion(**settings).fit(rows, cols, vals.astype(np.float32), shape=M.shape)
+    double = lr.MatrixCompletion(**settings).fit(rows, cols, vals, shape=M.shape)
+    assert single.U_.dtype == single.V_.dtype == np.float32
+    assert single.row_bias_.dtype == single.col_bias_.dtype == np.float32
+    assert isinstance(single.intercept_, float)
+    held_rows, held_cols = np.nonzero(~mask)
+    predicted = single.predict(held_rows, held_cols)
+    assert predicted.dtype == np.float32
+    np.testing.assert_allclose(predicted, double.predict(held_rows, held_cols), rtol=0, atol=1e-4)
+    assert held_out_rmse(single, M, mask) < 0.2
