@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 
 def best_time(fn: Callable[[], object], repeats: int = 5, sync: Optional[Callable[[], None]] = None) -> float:
@@ -63,3 +66,25 @@ def report(script: str, machine: str, versions: str, command: str, rows: list, o
         with open(output, "a", encoding="utf-8") as handle:
             handle.write("\n" + text)
     return text
+
+
+BENCH = Path(__file__).resolve().parent
+VENVS = BENCH / ".venvs"
+PEERS = BENCH / "peers"
+PEER_TIMEOUT_S = 900
+
+
+def run_peer(venv: str, script: str, problem: Path, *args: Any) -> tuple[Optional[dict], str]:
+    """Run bench/peers/<script> with bench/.venvs/<venv>'s python; (its JSON, "") or (None, why not)."""
+    python = VENVS / venv / "bin" / "python"
+    if not python.exists():
+        return None, f"{venv} venv missing (run bench/setup_peers.sh)"
+    try:
+        done = subprocess.run([str(python), str(PEERS / script), str(problem), *map(str, args)],
+                              capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, f"{script} ran past {PEER_TIMEOUT_S} s"
+    if done.returncode != 0 or not done.stdout.strip():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"{script} failed: {last[:200]}"
+    return json.loads(done.stdout.strip().splitlines()[-1]), ""

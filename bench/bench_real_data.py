@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,33 +44,14 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from _timing import best_time, machine_line  # noqa: E402
+from _timing import best_time, machine_line, run_peer  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc import datasets  # noqa: E402
 
-VENVS = BENCH / ".venvs"
-PEERS = BENCH / "peers"
-PEER_TIMEOUT_S = 900
 SPARK_RANK, SPARK_ITERS, SPARK_REPEATS = 10, 10, 2
 SPARK_REG = {"movielens_sample": 0.1, "camera": 0.01, "digits": 0.01, "china": 0.01}
 BASELINE_RIDGE = 5.0
-
-
-def run_peer(venv: str, script: str, problem: Path, *args: Any) -> tuple[Optional[dict], str]:
-    """Run bench/peers/<script> with bench/.venvs/<venv>'s python; (its JSON, "") or (None, why not)."""
-    python = VENVS / venv / "bin" / "python"
-    if not python.exists():
-        return None, f"{venv} venv missing (run bench/setup_peers.sh)"
-    try:
-        done = subprocess.run([str(python), str(PEERS / script), str(problem), *map(str, args)],
-                              capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"{script} ran past {PEER_TIMEOUT_S} s"
-    if done.returncode != 0 or not done.stdout.strip():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"{script} failed: {last[:200]}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), ""
 
 
 def rmse(predicted: np.ndarray, vals: np.ndarray) -> float:

@@ -24,7 +24,6 @@ that is not available is reported in its row as "not measured: <reason>"; nothin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -39,14 +38,11 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from _timing import Row, best_time, machine_line, report  # noqa: E402
+from _timing import VENVS, Row, best_time, machine_line, report, run_peer  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc.sensing import EntrySampling, GaussianSensing  # noqa: E402
 
-VENVS = BENCH / ".venvs"
-PEERS = BENCH / "peers"
-PEER_TIMEOUT_S = 900
 
 
 @dataclass
@@ -60,22 +56,6 @@ class NotMeasured:
 
     def markdown(self) -> str:
         return f"| {self.kernel} | {self.case} | - | {self.peer} | - | - | not measured: {self.reason} |"
-
-
-def run_peer(venv: str, script: str, problem: Path, *args: Any) -> tuple[Optional[dict], str]:
-    """Run bench/peers/<script> with bench/.venvs/<venv>'s python; (its JSON, "") or (None, why not)."""
-    python = VENVS / venv / "bin" / "python"
-    if not python.exists():
-        return None, f"{venv} venv missing (run bench/setup_peers.sh)"
-    try:
-        done = subprocess.run([str(python), str(PEERS / script), str(problem), *map(str, args)],
-                              capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"{script} ran past {PEER_TIMEOUT_S} s"
-    if done.returncode != 0 or not done.stdout.strip():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"{script} failed: {last[:200]}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), ""
 
 
 def rmse(U: np.ndarray, V: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> float:

@@ -81,35 +81,37 @@ def _seed(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, valid: Any, message: str) -> float:
+    """float(text) when valid(value) holds, else argparse's error ``message`` (text not a number fails too)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < 1:
-        # The whole message, so it reads as the old CLI's: "--test-fraction must be in [0, 1)".
-        raise argparse.ArgumentTypeError(f"--test-fraction must be in [0, 1), got {text}")
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{message}, got {text}")
     return value
+
+
+def _fraction(text: str) -> float:
+    # The whole message, so it reads as the old CLI's: "--test-fraction must be in [0, 1)".
+    return _number(text, lambda value: 0 <= value < 1, "--test-fraction must be in [0, 1)")
 
 
 def _observed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
-    return value
+    return _number(text, lambda value: 0 < value < 1, "must be a fraction in (0, 1)")
 
 
 def _nonnegative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _number(text, lambda value: math.isfinite(value) and value >= 0, "must be a finite number >= 0")
+
+
+def _estimator_default(name: str) -> str:
+    """The default of MatrixCompletion's parameter ``name``, for the help text."""
+    import inspect
+
+    from ..estimators import MatrixCompletion
+
+    return str(inspect.signature(MatrixCompletion.__init__).parameters[name].default)
 
 
 def _methods() -> tuple[str, ...]:
@@ -140,23 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
                           help="text input: is the first line a header (default: auto-detect)")
     complete.add_argument("--rank", type=_rank, default=None,
-                          help="rank of the model, an integer, or 'auto' with --method soft_impute (default: the "
-                               "estimator's)")
+                          help="rank of the model, an integer, or 'auto' with --method soft_impute (default: "
+                               f"{_estimator_default('rank')})")
     complete.add_argument("--method", choices=_methods(), default=None,
-                          help="solver (default: the estimator's)")
+                          help=f"solver (default: {_estimator_default('method')})")
     complete.add_argument("--reg", type=_reg, default=None,
                           help="penalty, a number >= 0, or 'auto': chosen on a seeded tenth of the training "
-                               "entries (default: the estimator's)")
+                               f"entries (default: {_estimator_default('reg')})")
     complete.add_argument("--center", choices=("none", "global", "both"), default=None,
-                          help="model a global mean (global) and row/column biases (both) (default: the "
-                               "estimator's)")
+                          help="model a global mean (global) and row/column biases (both) (default: "
+                               f"{_estimator_default('center')})")
     complete.add_argument("--reg-scaling", choices=("none", "count"), default=None, help=argparse.SUPPRESS)
     complete.add_argument("--test-fraction", type=_fraction, default=0.1,
                           help="share of the entries held out to measure RMSE, in [0, 1) (default: 0.1)")
     complete.add_argument("--seed", type=_seed, default=0, help="seed of the split and the solver (default: 0)")
     complete.add_argument("--max-iter", type=_max_iter, default=None,
-                          help="iteration limit, >= 1 (default: the estimator's)")
-    complete.add_argument("--tol", type=_nonnegative, default=None, help="tolerance (default: the estimator's)")
+                          help=f"iteration limit, >= 1 (default: {_estimator_default('max_iter')})")
+    complete.add_argument("--tol", type=_nonnegative, default=None, help=f"tolerance (default: {_estimator_default('tol')})")
     complete.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="where to fit")
     complete.add_argument("--output", "-o", metavar="MODEL.npz",
                           help="save the fitted model with its id maps (load with lowrank_hpc.cli.load_model)")
@@ -182,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the hidden pixels and the solver (default: 0)")
     demo.add_argument("--observed", type=_observed, default=0.3, help="share of pixels shown (default: 0.3)")
     demo.add_argument("--rank", type=_rank, default=None,
-                      help="rank, an integer, or 'auto' with --method soft_impute (default: the estimator's)")
-    demo.add_argument("--method", choices=_methods(), default=None, help="solver (default: the estimator's)")
+                      help="rank, an integer, or 'auto' with --method soft_impute (default: "
+                           f"{_estimator_default('rank')})")
+    demo.add_argument("--method", choices=_methods(), default=None, help=f"solver (default: {_estimator_default('method')})")
     demo.add_argument("--picture", default="lowrank_hpc_demo.png", metavar="PNG",
                       help="where to write the picture (default: lowrank_hpc_demo.png)")
     demo.add_argument("--no-picture", action="store_true", help="write no picture")
