@@ -88,7 +88,8 @@ def measure_ours(train: datasets.Entries, test: datasets.Entries, repeats: int) 
     model, predicted = run()
     seconds = best_time(run, repeats=repeats)
     return {"seconds": seconds, "test_rmse": rmse(predicted, test.vals), "train_rmse": float(model.train_rmse_),
-            "n_iter": int(model.n_iter_), "rank": int(model.U_.shape[1])}
+            "n_iter": int(model.n_iter_), "rank": int(model.rank_), "bound": int(model.U_.shape[1]),
+            "reg": float(model.reg_), "path": len(model.path_)}
 
 
 def one_data_set(name: str, peers: set[str], repeats: int, workdir: Path) -> dict:
@@ -99,7 +100,7 @@ def one_data_set(name: str, peers: set[str], repeats: int, workdir: Path) -> dic
                            "baseline_rmse": rmse(biased_baseline(train)(test.rows, test.cols), test.vals)}
     try:
         row["ours"] = measure_ours(train, test, repeats)
-    except Exception as error:  # the estimator is being changed: report, do not crash the table
+    except Exception as error:  # report a failure in the table rather than losing the peers' figures
         row["ours_reason"] = f"{type(error).__name__}: {str(error)[:200]}"
     if "softimpute" in peers:
         row["softimpute"], row["softimpute_reason"] = run_peer("fancyimpute", "fancyimpute_defaults.py", problem)
@@ -158,8 +159,8 @@ def main() -> None:
     for row in rows:
         if row.get("ours"):
             o = row["ours"]
-            details.append(f"- {row['name']}: ours rank {o['rank']}, {o['n_iter']} iterations, train RMSE "
-                           f"{o['train_rmse']:.4f}")
+            details.append(f"- {row['name']}: ours rank {o['rank']} (bound {o['bound']}), reg {o['reg']:.4g} chosen "
+                           f"over {o['path']} path points, {o['n_iter']} iterations, train RMSE {o['train_rmse']:.4f}")
     versions = {peer: next((r[peer]["version"] for r in rows if r.get(peer)), None) for peer in ("softimpute", "spark")}
     load = f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     text = "\n".join([

@@ -6,6 +6,7 @@ and the ``LOWRANK_HPC_BACKEND`` environment variable force one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -235,8 +236,14 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
     Solvers whose dense work is tall-skinny (n x r SVDs and Grams, r small) between OpenMP
     kernels run it in here: OpenBLAS's threads and the kernels' OpenMP threads spin-wait for
     each other otherwise, and on a loaded 2-core machine a 1797 x 20 SVD took 114 ms instead of
-    2 ms. threadpoolctl is scikit-learn's tool for exactly this oversubscription.
+    2 ms. threadpoolctl is scikit-learn's tool for exactly this oversubscription; its scan of
+    the loaded libraries (about 1 ms) is done once.
     """
-    from threadpoolctl import threadpool_limits
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
