@@ -12,7 +12,9 @@ import re
 import threading
 import warnings
 from types import ModuleType
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
 
 # Idle OpenMP threads that spin steal the cores OpenBLAS needs for the numpy calls between our
 # kernels (measured: 10x slower small calls on 2 cores). Set before libgomp loads; users may override.
@@ -228,6 +230,11 @@ def cupy_module() -> ModuleType:
 # Numbers defined once in the core (cpp/include/lowrank_hpc/core/constants.hpp and the enums the
 # kernels take), exported by both modules alike: the halving limits, method and kernel codes.
 CONSTANTS: dict = _cpu.CONSTANTS
+
+
+def array_module(x: Any) -> ModuleType:
+    """numpy for a numpy array, CuPy for a CuPy array: the module whose functions take x."""
+    return np if isinstance(x, np.ndarray) else cupy_module()
 
 
 def single_threaded_blas() -> contextlib.AbstractContextManager:

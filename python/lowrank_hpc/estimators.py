@@ -128,7 +128,7 @@ def _entries(function: str, rows: Any, cols: Any, vals: Any, side: str) -> tuple
 
 def _observed_in(function: str, X: Any) -> tuple[Any, Any, Any]:
     """(rows, cols, vals) of the non-NaN entries of a 2-D float X, row-major; inf is an error."""
-    xp = np if isinstance(X, np.ndarray) else _backend.cupy_module()
+    xp = _backend.array_module(X)
     if bool(xp.isinf(X).any()):
         raise ValueError(f"{function}: X contains inf; NaN marks a missing entry, inf is not allowed")
     rows, cols = xp.nonzero(~xp.isnan(X))

@@ -12,14 +12,6 @@ from typing import Any
 import numpy as np
 
 
-def array_module(x: Any):
-    if isinstance(x, np.ndarray):
-        return np
-    from .._backend import cupy_module
-
-    return cupy_module()
-
-
 def adjoint_times(op: Any, z: Any, B: Any) -> Any:
     """A*(z) @ B, (n1, k)."""
     method = getattr(op, "adjoint_times", None)

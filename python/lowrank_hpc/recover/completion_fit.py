@@ -19,13 +19,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._backend import single_threaded_blas
+from .._backend import array_module, single_threaded_blas
 from ..ops import sampled_product
 from ..sensing import EntrySampling
 from ._result import RecoveryResult
 from .als import als
 from .factored_gd import factored_gd
 from .offsets import Offsets, fit_offsets, zero_offsets
+from .soft_impute import observed_spectral_norm, soft_impute
 
 PENALIZED_METHODS = ("als", "soft_impute")
 # The path: lambda_max * PATH_RATIO**k for k = 1..PATH_LENGTH (down to lambda_max / 4096).
@@ -94,24 +95,6 @@ def _rmse(xp: Any, errors: Any) -> float:
     return float(xp.sqrt(xp.mean(errors.astype(np.float64) ** 2)))
 
 
-def _array_module(x: Any) -> Any:
-    from .offsets import _array_module as module
-
-    return module(x)
-
-
-def observed_spectral_norm(*args: Any, **kwargs: Any) -> float:
-    from .soft_impute import observed_spectral_norm as norm
-
-    return norm(*args, **kwargs)
-
-
-def soft_impute(*args: Any, **kwargs: Any) -> RecoveryResult:
-    from .soft_impute import soft_impute as solve
-
-    return solve(*args, **kwargs)
-
-
 def _penalty_scale(settings: CompletionSettings, nnz: int, shape: tuple[int, int]) -> float:
     """The solver's reg per unit of lambda: 1, or 1 / (mean observations per row and column)
     for ALS's reg_scaling="count", whose penalty of a row is reg times its count."""
@@ -139,7 +122,7 @@ def _solve(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg
 
 
 def _initial_offsets(settings: CompletionSettings, rows, cols, vals, shape) -> Offsets:
-    xp = _array_module(vals)
+    xp = array_module(vals)
     return fit_offsets(rows, cols, vals, shape, settings.center, settings.bias_reg,
                        zero_offsets(xp, shape, vals.dtype), sweeps=OFFSET_SWEEPS)
 
@@ -157,7 +140,7 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
     """The held-out RMSE along lambda_max * PATH_RATIO**k; returns the path, the best point's
     result and the rank bound. With rank="auto" (soft-impute) the bound starts at AUTO_RANK_START
     and doubles, and the path is walked again, while the best point uses every direction."""
-    xp = _array_module(vals)
+    xp = array_module(vals)
     split = _validation_split(settings, rows.shape[0], xp)
     rank = settings.rank if settings.rank != "auto" else min(AUTO_RANK_START, min(shape))
     if split is None:
@@ -188,8 +171,8 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
             elif sum(point.validation_rmse > walk_best for point in walked[-PATH_PATIENCE:]) == PATH_PATIENCE:
                 break
         path += walked
-        # rank="auto": a walk whose bound bound some point (every direction kept) and that beat
-        # the narrower bounds is walked again with twice the bound.
+        # rank="auto": when a point of this walk kept every direction the bound allows and this
+        # walk holds the best point so far, walk again with twice the bound.
         binding = any(point.effective_rank == rank for point in walked)
         if settings.rank != "auto" or best_rank != rank or not binding or rank == min(shape):
             return path, best_result, best_rank
@@ -214,7 +197,7 @@ def _fit_completion(settings: CompletionSettings, rows, cols, vals, shape: tuple
     the long solve: it alone shows progress, calls the callback and writes the checkpoint (its
     input is a deterministic function of the data and settings, so a rerun resumes it).
     """
-    xp = _array_module(vals)
+    xp = array_module(vals)
     path, warm, rank = [], None, settings.rank
     if settings.method in PENALIZED_METHODS and settings.reg == "auto":
         path, warm, rank = _walk_path(settings, rows, cols, vals, shape)

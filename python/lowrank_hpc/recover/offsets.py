@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from .._backend import array_module
 
 CENTERS = ("none", "global", "both")
 
@@ -45,7 +45,7 @@ def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], cen
     int64 and residual on one side (numpy or CuPy). Each sweep costs O(nnz). With
     center="global", a and b stay zero and mu is the mean residual; "none" returns zeros.
     """
-    xp = _array_module(residual)
+    xp = array_module(residual)
     dtype = residual.dtype
     if center == "none":
         return zero_offsets(xp, shape, dtype)
@@ -62,11 +62,3 @@ def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], cen
         a = (xp.bincount(rows, weights=residual - mu - b[cols], minlength=shape[0]) / row_scale).astype(dtype)
         b = (xp.bincount(cols, weights=residual - mu - a[rows], minlength=shape[1]) / col_scale).astype(dtype)
     return Offsets(mu, a, b)
-
-
-def _array_module(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return np
-    from .._backend import cupy_module
-
-    return cupy_module()
