@@ -37,6 +37,7 @@ from .errors import DataError, UsageError
 from .model_file import CompletionModel
 from .report import json_safe, rmse
 
+
 def run(args: argparse.Namespace) -> int:
     path = args.input or args.input_option
     if args.input and args.input_option:
