@@ -417,3 +417,51 @@ def test_gpu_soft_impute_equals_cpu(dtype, rng):
     warm = soft_impute(*map(cupy.asarray, (rows, cols, vals)), (90, 70), 8, lam / 2, init=gpu, **settings)
     warm_cpu = soft_impute(rows, cols, vals, (90, 70), 8, lam / 2, init=cpu, **settings)
     assert rel_error(warm.U.get() @ warm.V.get().T, estimate(warm_cpu)) < 10 * tolerance
+
+
+# ------------------------------------------------------------------ offsets fitted jointly with the factors
+def test_centered_solve_is_the_joint_minimiser(rng):
+    """center="both": at convergence each block is optimal given the other: the offsets are the
+    exact ridge minimiser (dense lstsq) for vals - Z, and Z is the nuclear-norm solution (dense
+    SVT soft-impute) for vals minus the offsets."""
+    from test_completion_fit import exact_offsets
+
+    m, n = 30, 25
+    _, mask, rows, cols, vals = planted(rng, m, n, 3, 0.6, noise=0.1)
+    vals = vals + 2.0 + rng.standard_normal(m)[rows] + rng.standard_normal(n)[cols]
+    lam, bias_reg = 1.0, 2.0
+    result = soft_impute(rows, cols, vals, (m, n), 12, lam, max_iter=20000, tol=1e-12, seed=1, center="both",
+                         bias_reg=bias_reg)
+    assert result.converged
+    offsets, Z = result.info["offsets"], estimate(result)
+    mu, a, b = exact_offsets(rows, cols, vals - Z[rows, cols], (m, n), bias_reg)
+    assert offsets.intercept == pytest.approx(mu, abs=1e-7)
+    np.testing.assert_allclose(offsets.row, a, atol=1e-7)
+    np.testing.assert_allclose(offsets.col, b, atol=1e-7)
+    assert np.abs(a).max() > 0.3  # the offsets are far from zero: the test is not trivially met
+    Z_ref = dense_svt_soft_impute(dense_observed(mask, rows, cols, vals - offsets.at(rows, cols)), mask, lam)
+    assert rel_error(Z, Z_ref) < 1e-6
+    # The loss is the joint objective.
+    joint = (0.5 * np.sum((vals - offsets.at(rows, cols) - Z[rows, cols]) ** 2)
+             + lam * np.linalg.svd(Z, compute_uv=False).sum() + 0.5 * bias_reg * (a @ a + b @ b))
+    assert result.history["loss"][-1] == pytest.approx(joint, rel=1e-8)
+
+
+def test_centered_checkpoint_resume_is_bit_identical(tmp_path, rng):
+    _, _, rows, cols, vals = planted(rng, 40, 30, 2, 0.5, noise=0.1)
+    vals = vals + 3.0
+    settings = dict(max_iter=12, tol=0.0, seed=3, center="both", bias_reg=5.0)
+    reference = soft_impute(rows, cols, vals, (40, 30), 4, 0.5, **settings)
+    path = str(tmp_path / "centered.npz")
+
+    def crash_at_seven(iteration, state):
+        if iteration == 7:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        soft_impute(rows, cols, vals, (40, 30), 4, 0.5, checkpoint=path, checkpoint_every=3, callback=crash_at_seven,
+                    **settings)
+    resumed = soft_impute(rows, cols, vals, (40, 30), 4, 0.5, checkpoint=path, **settings)
+    np.testing.assert_array_equal(resumed.U, reference.U)
+    np.testing.assert_array_equal(resumed.info["offsets"].row, reference.info["offsets"].row)
+    np.testing.assert_array_equal(resumed.history["loss"], reference.history["loss"])

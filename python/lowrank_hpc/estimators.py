@@ -270,7 +270,9 @@ class MatrixCompletion(_Estimator):
     reg_scaling : ALS only: "none", or "count" (each row's and column's ridge times its number
         of observations, ALS-WR).
     center : "both" (mu + row and column offsets, default), "global" (mu only) or "none". The
-        offsets are ridge regressions of the residual, alternated with the factors.
+        offsets are ridge regressions of vals minus the low-rank part, fitted jointly with the
+        factors: soft-impute updates them after every sweep (the fit is the joint minimiser),
+        the other methods alternate them with whole solves (at most 3 rounds).
     bias_reg : float >= 0, the offsets' ridge: each offset is shrunk towards 0 as if it had
         ``bias_reg`` more observations of the mean.
     max_iter, tol : the final solve's iteration limit and tolerance (relative change of the

@@ -5,7 +5,8 @@ Real matrices are not centered: ratings have a mean near 3.5, pixels near 0.5, a
 offsets, and a ridge penalty shrinks those towards 0 rather than towards the mean. The offsets
 are fitted by ridge regressions of the residual on the observed entries, alternated between rows
 and columns (a Gauss-Seidel sweep of the normal equations, as the softImpute R package's biScale
-centers); the estimator alternates them with the low-rank fit, so both minimise one objective.
+centers). soft-impute updates them after each of its sweeps, the estimator alternates them with
+the other solvers' whole solves: either way offsets and factors minimise one objective.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from .._backend import array_module
 
 CENTERS = ("none", "global", "both")
+START_OFFSET_SWEEPS = 10  # Gauss-Seidel sweeps of the offsets alone, before any factor exists
 
 
 @dataclass
@@ -35,30 +37,42 @@ def zero_offsets(xp: Any, shape: tuple[int, int], dtype: Any) -> Offsets:
     return Offsets(0.0, xp.zeros(shape[0], dtype), xp.zeros(shape[1], dtype))
 
 
+class OffsetFit:
+    """The ridge regression of the offsets on one set of observed entries: rows, cols (nnz,)
+    int64 on one side (numpy or CuPy), counted once, then :meth:`sweep` as often as needed."""
+
+    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], center: str, bias_reg: float, dtype: Any):
+        xp = array_module(rows)
+        self.rows, self.cols, self.shape, self.center, self.xp = rows, cols, shape, center, xp
+        if center == "both":
+            # counts + bias_reg >= 1 where a row has an observation; elsewhere its sum is 0, as is its offset.
+            self.row_scale = xp.maximum(xp.bincount(rows, minlength=shape[0]).astype(dtype) + bias_reg, 1)
+            self.col_scale = xp.maximum(xp.bincount(cols, minlength=shape[1]).astype(dtype) + bias_reg, 1)
+
+    def sweep(self, residual: Any, start: Offsets, sweeps: int = 1) -> Offsets:
+        """Offsets that minimise sum_k (residual_k - mu - a_rows[k] - b_cols[k])^2
+        + bias_reg * (||a||^2 + ||b||^2) (mu unpenalized), by ``sweeps`` Gauss-Seidel sweeps
+        from ``start``: mu, then each a_i, then each b_j, exactly given the others.
+
+        ``residual`` (nnz,) is vals minus the low-rank part at the observed entries. Each sweep
+        costs O(nnz). With center="global", a and b stay zero and mu is the mean residual;
+        "none" returns zeros.
+        """
+        xp, rows, cols, (n1, n2), dtype = self.xp, self.rows, self.cols, self.shape, residual.dtype
+        if self.center == "none":
+            return zero_offsets(xp, self.shape, dtype)
+        if self.center == "global":
+            return Offsets(float(residual.mean()), xp.zeros(n1, dtype), xp.zeros(n2, dtype))
+        a, b = start.row, start.col
+        for _ in range(sweeps):
+            without_col = residual - b[cols]
+            mu = float((without_col - a[rows]).mean())
+            a = (xp.bincount(rows, weights=without_col - mu, minlength=n1) / self.row_scale).astype(dtype)
+            b = (xp.bincount(cols, weights=residual - mu - a[rows], minlength=n2) / self.col_scale).astype(dtype)
+        return Offsets(mu, a, b)
+
+
 def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], center: str, bias_reg: float,
                 start: Offsets, *, sweeps: int = 1) -> Offsets:
-    """Offsets that minimise sum_k (residual_k - mu - a_rows[k] - b_cols[k])^2
-    + bias_reg * (||a||^2 + ||b||^2) (mu unpenalized), by ``sweeps`` Gauss-Seidel sweeps from
-    ``start``: mu, then each a_i, then each b_j, exactly given the others.
-
-    ``residual`` is vals minus the low-rank part at the observed entries; rows, cols (nnz,)
-    int64 and residual on one side (numpy or CuPy). Each sweep costs O(nnz). With
-    center="global", a and b stay zero and mu is the mean residual; "none" returns zeros.
-    """
-    xp = array_module(residual)
-    dtype = residual.dtype
-    if center == "none":
-        return zero_offsets(xp, shape, dtype)
-    if center == "global":
-        return Offsets(float(residual.mean()), xp.zeros(shape[0], dtype), xp.zeros(shape[1], dtype))
-    row_counts = xp.bincount(rows, minlength=shape[0]).astype(dtype)
-    col_counts = xp.bincount(cols, minlength=shape[1]).astype(dtype)
-    # counts + bias_reg >= 1 wherever a row has an observation; elsewhere the sum is 0 and so is the offset.
-    row_scale = xp.maximum(row_counts + bias_reg, 1)
-    col_scale = xp.maximum(col_counts + bias_reg, 1)
-    a, b, mu = start.row, start.col, start.intercept
-    for _ in range(sweeps):
-        mu = float((residual - a[rows] - b[cols]).mean())
-        a = (xp.bincount(rows, weights=residual - mu - b[cols], minlength=shape[0]) / row_scale).astype(dtype)
-        b = (xp.bincount(cols, weights=residual - mu - a[rows], minlength=shape[1]) / col_scale).astype(dtype)
-    return Offsets(mu, a, b)
+    """``sweeps`` Gauss-Seidel sweeps of :class:`OffsetFit` from ``start`` (one call)."""
+    return OffsetFit(rows, cols, shape, center, bias_reg, residual.dtype).sweep(residual, start, sweeps)

@@ -37,6 +37,7 @@ from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, loa
 from ._measures import relative_change
 from ._result import RecoveryResult
 from .als import _check_coordinates, _check_rank
+from .offsets import CENTERS, START_OFFSET_SWEEPS, OffsetFit, Offsets, fit_offsets, zero_offsets
 
 # Lanczos bidiagonalization for the observed spectral norm: stop once the top Ritz value's
 # residual bound is below this fraction of it (the value itself is then exact to about its
@@ -56,18 +57,23 @@ class _Problem:
         self.rows, self.cols, self.vals = rows, cols, vals
         (self.m, self.n), self.rank, self.reg = shape, rank, reg
         self.dtype = vals.dtype
+        self.target = vals  # what Z fits: vals minus the offsets in force (centered solves)
         self.pattern = SparsePattern(rows, cols, shape)  # range-checks rows and cols (IndexError)
         self.offsets = call.xp.asarray(np.array([0, rows.shape[0]], dtype=np.int64))
 
     def residual(self, U, d, V):
-        """(nnz,) S = vals - <U_i diag(d), V_j> on Omega, in the dtype of vals. Every index was
-        checked when the pattern was built: the kernel's status word is not read (no sync)."""
+        """(nnz,) S = target - <U_i diag(d), V_j> on Omega, in the dtype of vals."""
+        return self.target - self.lowrank_at_observed(U, d, V)
+
+    def lowrank_at_observed(self, U, d, V):
+        """(nnz,) <U_i diag(d), V_j> on Omega. Every index was checked when the pattern was
+        built: the kernel's status word is not read (no sync)."""
         out = self.xp.empty(self.rows.shape[0], dtype=self.dtype)
         status = self.call.status(self.rows.shape[0])
         left = self.xp.ascontiguousarray(U * d)[None]
         self.call.module.sampled_product(left, self.xp.ascontiguousarray(V)[None], self.rows, self.cols,
                                          self.offsets, out, status, self.call.stream())
-        return self.vals - out
+        return out
 
     def filled_times(self, S, L, d, R, transpose: bool):
         """X* R (or X*^T R with ``transpose``, then L, R swap roles: X*^T = S^T + V diag(d) U^T),
@@ -163,6 +169,28 @@ def _warm_start(call: Call, init: Any, problem: _Problem, key: int):
     d0 = xp.concatenate([s[:kept], xp.repeat(d_pad, pad)]).astype(dtype)
     U0 = xp.ascontiguousarray(xp.concatenate([U_keep, xp.zeros((problem.m, pad), dtype=dtype)], axis=1))
     return U0, d0, _pad_right(call, V_keep, problem.n, problem.rank, dtype, key)
+
+
+def _start_offsets(call: Call, init: Any, problem: _Problem, center: str, bias_reg: float) -> Offsets:
+    """The offsets a centered solve starts from: a warm start's, else their fit to vals alone."""
+    previous = init.info.get("offsets") if isinstance(init, RecoveryResult) else None
+    if previous is not None:
+        return Offsets(float(previous.intercept), call.xp.asarray(previous.row, dtype=problem.dtype),
+                       call.xp.asarray(previous.col, dtype=problem.dtype))
+    zero = zero_offsets(call.xp, (problem.m, problem.n), problem.dtype)
+    return fit_offsets(problem.rows, problem.cols, problem.vals, (problem.m, problem.n), center, bias_reg, zero,
+                       sweeps=START_OFFSET_SWEEPS)
+
+
+def _offset_arrays(xp: Any, offsets: Offsets) -> dict[str, Any]:
+    """The offsets as loop-state arrays (checkpointed with the factors)."""
+    return {"intercept": xp.asarray([offsets.intercept], dtype=np.float64), "row_offsets": offsets.row,
+            "col_offsets": offsets.col}
+
+
+def _offsets_of(state: LoopState) -> Offsets:
+    arrays = state.arrays
+    return Offsets(float(arrays["intercept"][0]), arrays["row_offsets"], arrays["col_offsets"])
 
 
 def _cold_start(call: Call, problem: _Problem, key: int):
@@ -263,9 +291,10 @@ def observed_spectral_norm(rows: Any, cols: Any, vals: Any, shape: tuple[int, in
 
 
 @_checks.constrained(**LOOP_CONSTRAINTS, shape=_checks.shape_2d, reg=_checks.optional(_checks.nonnegative_float),
-                     seed=_checks.seed_argument)
+                     seed=_checks.seed_argument, center=_checks.one_of(*CENTERS), bias_reg=_checks.nonnegative_float)
 def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: Optional[float] = None, *,
                 max_iter: int = 100, tol: float = 1e-5, seed: Optional[int] = None, init: Optional[Any] = None,
+                center: str = "none", bias_reg: float = 0.0,
                 callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
                 checkpoint: Optional[str] = None, checkpoint_every: int = 10,
                 time_limit: Optional[float] = None) -> RecoveryResult:
@@ -304,9 +333,15 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         Its top ``rank`` directions with d > 0 are kept; missing ones are padded as the
         softImpute package does (new orthonormal V columns from ``seed``, zero U columns, d =
         the smallest kept value).
+    center, bias_reg : "none" (default), "global" or "both": fit the model mu + a_i + b_j +
+        (A B^T)_ij jointly, the offsets updated after every sweep by one Gauss-Seidel sweep of
+        their ridge regression on vals - A B^T (:func:`lowrank_hpc.recover.offsets.fit_offsets`;
+        penalty bias_reg/2 (||a||^2 + ||b||^2), mu unpenalized). They start from a warm start's
+        ``info["offsets"]``, else from their fit to vals alone, and are returned in
+        ``info["offsets"]`` (an :class:`~lowrank_hpc.recover.offsets.Offsets`).
     callback : called as callback(iteration, {"loss", "relative_change", "U", "d", "V"}) after
         every sweep, with the live iterate (U (n1, rank), d (rank,), V (n2, rank): A B^T =
-        U diag(d) V^T).
+        U diag(d) V^T; centered solves add "offsets").
     progress, checkpoint, checkpoint_every, time_limit : as for :func:`lowrank_hpc.recover.als`
         (a run resumed from its checkpoint ends with the same result as an uninterrupted one).
 
@@ -315,7 +350,8 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     RecoveryResult with U (n1, rank) and V (n2, rank) in the dtype and array type of vals,
     U = U_s sqrt(d), V = V_s sqrt(d), so U @ V.T is the estimate (zero columns where d = 0);
     history {"loss", "relative_change"} (n_iter,) float64, loss the objective above after each
-    sweep (with A = U_t D, B = V_t D: 1/2 ||P_Omega(X - Z_t)||^2 + reg sum(d_t)); n_iter,
+    sweep (with A = U_t D, B = V_t D: 1/2 ||P_Omega(X - Z_t)||^2 + reg sum(d_t), plus the
+    offsets' residual and penalty when centered); n_iter,
     converged, stop_reason ("converged", "max_iter", "time_limit" or "diverged"), seconds,
     backend, and info: "reg" (the lambda used), "singular_values" (d, (rank,) descending numpy
     float64), "effective_rank" (the number of d > 0), "seed", and "factors" (U_s (n1, rank),
@@ -350,10 +386,18 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     digest = fingerprint(function, problem.rows, problem.cols, problem.vals, problem.m, problem.n, rank,
                          problem.reg, settings.tol, repr(seed_key),
                          *((U0, d0, V0) if init is not None else ())) if checkpoint else ""
-    fresh = LoopState(arrays={"U": U0, "d": d0, "V": V0}, seed=seed)
+    centered = center != "none"
+    if centered:
+        start = _start_offsets(call, init, problem, center, bias_reg)
+        digest = fingerprint(digest, center, bias_reg, start.intercept, start.row, start.col) if checkpoint else ""
+    fresh = LoopState(arrays={"U": U0, "d": d0, "V": V0, **(_offset_arrays(xp, start) if centered else {})},
+                      seed=seed)
     state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh) if settings.checkpoint else None
     if state is None:
         state = fresh
+    if centered:
+        offset_fit = OffsetFit(problem.rows, problem.cols, shape, center, bias_reg, problem.dtype)
+        problem.target = problem.vals - _offsets_of(state).at(problem.rows, problem.cols)
     cache: dict[str, Any] = {}  # the residual of the current iterate, carried from one sweep to the next
 
     def residual(state: LoopState):
@@ -364,9 +408,19 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         U0, d0, V0 = state.arrays["U"], state.arrays["d"], state.arrays["V"]
         U, d, V = problem.half_step(residual(state), U0, d0, V0, transpose=False)
         V, d, U = problem.half_step(problem.residual(U, d, V), V, d, U, transpose=True)
-        S = problem.residual(U, d, V)
+        lowrank = problem.lowrank_at_observed(U, d, V)
+        if centered:  # one sweep of the offsets on vals - Z
+            offsets = offset_fit.sweep(problem.vals - lowrank, _offsets_of(state))
+            # The expression a resumed run starts from, so that it continues with the same bits.
+            problem.target = problem.vals - offsets.at(problem.rows, problem.cols)
+            state.arrays.update(_offset_arrays(xp, offsets))
+        S = problem.target - lowrank
+        loss = problem.loss(S, d)
+        if centered:
+            loss = loss + 0.5 * bias_reg * (offsets.row.astype(np.float64) @ offsets.row
+                                            + offsets.col.astype(np.float64) @ offsets.col)
         change = relative_change(call, (U0 * d0)[None], V0[None], (U * d)[None], V[None])
-        measures = call.to_host(xp.stack([problem.loss(S, d), change[0]]))  # the sweep's one transfer
+        measures = call.to_host(xp.stack([loss, change[0]]))  # the sweep's one transfer
         state.arrays.update(U=U, d=d, V=V)
         cache["S"] = S
         return float(measures[0]), float(measures[1])
@@ -389,6 +443,8 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     info = {"reg": problem.reg, "singular_values": singular_values,
             "effective_rank": int((singular_values > 0).sum()), "seed": state.seed,
             "factors": (call.wrap(U_s), call.wrap(d), call.wrap(V_s))}
+    if centered:
+        info["offsets"] = _offsets_of(state)
     return RecoveryResult(U=call.wrap(U_s * root), V=call.wrap(V_s * root), history=history, n_iter=state.iteration,
                           converged=reason == "converged", stop_reason=reason,
                           seconds=time.perf_counter() - started, backend=call.backend, info=info)
