@@ -15,7 +15,7 @@ predictions at the test entries:
   ``fit(rows, cols, vals, shape=shape)`` then ``predict(test.rows, test.cols)``; the time is
   fit + predict, best of ``--repeats`` after one warm-up.
 * fancyimpute ``SoftImpute()`` with its defaults (only verbose=False): bench/peers/
-  fancyimpute_defaults.py in bench/.venvs/fancyimpute; one fit_transform (the dense NaN matrix
+  fancyimpute_defaults.py in bench/.venvs/fancyimpute; fit_transform best of ``--repeats`` after a warm-up (the dense NaN matrix
   build is not timed).
 * Spark MLlib ALS (local[2], rank 10, 10 iterations = Spark's default maxIter, regParam scaled
   per row/column count as Spark does): bench/peers/spark_als.py in bench/.venvs/spark; best of 2
@@ -103,7 +103,8 @@ def one_data_set(name: str, peers: set[str], repeats: int, workdir: Path) -> dic
     except Exception as error:  # report a failure in the table rather than losing the peers' figures
         row["ours_reason"] = f"{type(error).__name__}: {str(error)[:200]}"
     if "softimpute" in peers:
-        row["softimpute"], row["softimpute_reason"] = run_peer("fancyimpute", "fancyimpute_defaults.py", problem)
+        row["softimpute"], row["softimpute_reason"] = run_peer("fancyimpute", "fancyimpute_defaults.py", problem,
+                                                               repeats)
     if "spark" in peers:
         row["spark"], row["spark_reason"] = run_peer("spark", "spark_als.py", problem, SPARK_RANK,
                                                      SPARK_REG[name], SPARK_ITERS, 0, SPARK_REPEATS)
@@ -169,9 +170,10 @@ def main() -> None:
         f"{np.__version__}, lowrank_hpc {lr.__version__}; peers: {versions['softimpute'] or 'SoftImpute not run'}; "
         f"{versions['spark'] or 'Spark not run'}. Whole run {time.perf_counter() - started:.0f} s.",
         f"Command: `PYTHONPATH=python python bench/bench_real_data.py{'' if args.sets == ','.join(datasets.NAMES) else ' --sets ' + args.sets}"
-        f"{'' if args.peers == 'softimpute,spark' else ' --peers ' + repr(args.peers)}`",
+        f"{'' if args.peers == 'softimpute,spark' else ' --peers ' + repr(args.peers)}"
+        f"{'' if args.repeats == 3 else f' --repeats {args.repeats}'} --write`",
         "Test RMSE on split(name, seed=0); times: ours fit + predict best of "
-        f"{args.repeats}, SoftImpute() one fit_transform, Spark ALS (rank {SPARK_RANK}, regParam "
+        f"{args.repeats}, SoftImpute() fit_transform best of {args.repeats}, Spark ALS (rank {SPARK_RANK}, regParam "
         f"{', '.join(f'{SPARK_REG[n]} ({n})' for n in names)}, maxIter {SPARK_ITERS}, local[2]) best of {SPARK_REPEATS} fits. Ratio = peer time / ours.",
         "", HEADER, *[markdown(row) for row in rows], "", *details, ""])
     print("\n" + text)

@@ -1,7 +1,7 @@
 """Peer: fancyimpute's SoftImpute with ITS DEFAULTS (only verbose=False) on a completion problem.
 
 Runs in bench/.venvs/fancyimpute (fancyimpute 0.7 needs scikit-learn < 1.6). Usage:
-``python fancyimpute_defaults.py PROBLEM.npz``; prints one JSON object
+``python fancyimpute_defaults.py PROBLEM.npz [REPEATS]``; prints one JSON object
 {"seconds", "test_rmse", "n_test", "settings", "version"}.
 
 This is what a user gets from ``fancyimpute.SoftImpute().fit_transform(X)``: shrinkage value
@@ -10,7 +10,8 @@ This is what a user gets from ``fancyimpute.SoftImpute().fit_transform(X)``: shr
 .npz holds ``shape``, the observed ``rows``, ``cols``, ``vals`` and the held-out
 ``test_rows``, ``test_cols``, ``test_vals`` (the format of the other peers). fancyimpute takes a
 dense matrix with NaN where an entry is missing; building it is not timed, so ``seconds`` is
-fit_transform alone, one run (SoftImpute is deterministic: the same result every run).
+fit_transform alone: the best of REPEATS (default 3) fits after one warm-up, as ours is timed
+(SoftImpute is deterministic: every fit gives the same result).
 """
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ def main() -> None:
                 if name not in ("self", "verbose") and p.default is not inspect.Parameter.empty}
     X = np.full(tuple(int(n) for n in data["shape"]), np.nan)
     X[data["rows"], data["cols"]] = data["vals"]
-    start = time.perf_counter()
-    completed = solver.fit_transform(X)
-    seconds = time.perf_counter() - start
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    completed = solver.fit_transform(X.copy())  # warm-up: imports and first-call costs
+    seconds = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        completed = solver.fit_transform(X.copy())
+        seconds = min(seconds, time.perf_counter() - start)
     error = completed[data["test_rows"], data["test_cols"]] - data["test_vals"]
     print(json.dumps({"seconds": seconds, "test_rmse": float(np.sqrt(np.mean(error ** 2))),
                       "n_test": int(error.shape[0]), "settings": {"defaults": True, **{k: repr(v) for k, v in defaults.items()}},
