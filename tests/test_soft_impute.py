@@ -328,18 +328,22 @@ class Interrupted(Exception):
     """Raised by a callback to cut a run short, as a crash would."""
 
 
+def crash_at(stop: int):
+    """A callback that raises Interrupted after sweep ``stop``."""
+    def callback(iteration, state):
+        if iteration == stop:
+            raise Interrupted
+
+    return callback
+
+
 def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, rng):
     _, _, rows, cols, vals = planted(rng, 70, 60, 3, 0.3, noise=0.1)
     settings = dict(max_iter=25, tol=0.0, seed=7)
     reference = soft_impute(rows, cols, vals, (70, 60), 6, 0.8, **settings)
     path = str(tmp_path / "run.npz")
-
-    def crash_at_eight(iteration, state):
-        if iteration == 8:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        soft_impute(rows, cols, vals, (70, 60), 6, 0.8, checkpoint=path, checkpoint_every=3, callback=crash_at_eight,
+        soft_impute(rows, cols, vals, (70, 60), 6, 0.8, checkpoint=path, checkpoint_every=3, callback=crash_at(8),
                     **settings)
     with np.load(path) as saved:
         assert int(saved["iteration"]) == 6
@@ -453,13 +457,8 @@ def test_centered_checkpoint_resume_is_bit_identical(tmp_path, rng):
     settings = dict(max_iter=12, tol=0.0, seed=3, center="both", bias_reg=5.0)
     reference = soft_impute(rows, cols, vals, (40, 30), 4, 0.5, **settings)
     path = str(tmp_path / "centered.npz")
-
-    def crash_at_seven(iteration, state):
-        if iteration == 7:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        soft_impute(rows, cols, vals, (40, 30), 4, 0.5, checkpoint=path, checkpoint_every=3, callback=crash_at_seven,
+        soft_impute(rows, cols, vals, (40, 30), 4, 0.5, checkpoint=path, checkpoint_every=3, callback=crash_at(7),
                     **settings)
     resumed = soft_impute(rows, cols, vals, (40, 30), 4, 0.5, checkpoint=path, **settings)
     np.testing.assert_array_equal(resumed.U, reference.U)
