@@ -10,6 +10,19 @@ namespace {
 
 using py::arg;
 
+// The operands both sampled kernels read: factors (batch, m, r) and (batch, n, r) of type T,
+// nnz coordinates of type I, batch + 1 offsets and the first-bad status word.
+template <class T, class I>
+void expect_sampled_operands(const ArrayView& V, const ArrayView& rows, const ArrayView& cols,
+                             const ArrayView& offsets, const ArrayView& first_bad, int64_t batch, int64_t r,
+                             int64_t nnz) {
+  expect().typed(V, "V", dtype_of<T>(), {batch, -1, r});
+  expect().typed(rows, "rows", dtype_of<I>(), {nnz});
+  expect().typed(cols, "cols", dtype_of<I>(), {nnz});
+  expect().typed(offsets, "offsets", DType::int64, {batch + 1});
+  expect().output(first_bad, "first_bad", DType::int64, {1});
+}
+
 void sampled_product(const ArrayView& U, const ArrayView& V, const ArrayView& rows, const ArrayView& cols,
                      const ArrayView& offsets, const ArrayView& out, const ArrayView& first_bad,
                      std::uintptr_t stream) {
@@ -18,12 +31,8 @@ void sampled_product(const ArrayView& U, const ArrayView& V, const ArrayView& ro
   dispatch_float_index(U, "U", rows, "rows", [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    expect().typed(V, "V", dtype_of<T>(), {batch, -1, r});
-    expect().typed(rows, "rows", dtype_of<I>(), {nnz});
-    expect().typed(cols, "cols", dtype_of<I>(), {nnz});
-    expect().typed(offsets, "offsets", DType::int64, {batch + 1});
+    expect_sampled_operands<T, I>(V, rows, cols, offsets, first_bad, batch, r, nnz);
     expect().output(out, "out", dtype_of<T>(), {nnz});
-    expect().output(first_bad, "first_bad", DType::int64, {1});
     py::gil_scoped_release release;
     check_launch(launch::sampled_product<T, I>(U.data<T>(), V.data<T>(), rows.data<I>(), cols.data<I>(),
                                                offsets.data<int64_t>(), batch, m, n, r, nnz, out.data<T>(),
@@ -40,13 +49,9 @@ void sampled_squared_residuals(const ArrayView& U, const ArrayView& V, const Arr
   dispatch_float_index(U, "U", rows, "rows", [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    expect().typed(V, "V", dtype_of<T>(), {batch, -1, r});
-    expect().typed(rows, "rows", dtype_of<I>(), {nnz});
-    expect().typed(cols, "cols", dtype_of<I>(), {nnz});
+    expect_sampled_operands<T, I>(V, rows, cols, offsets, first_bad, batch, r, nnz);
     expect().typed(vals, "vals", dtype_of<T>(), {nnz});
-    expect().typed(offsets, "offsets", DType::int64, {batch + 1});
     expect().output(out, "out", DType::float64, {nnz});
-    expect().output(first_bad, "first_bad", DType::int64, {1});
     py::gil_scoped_release release;
     check_launch(launch::sampled_squared_residuals<T, I>(U.data<T>(), V.data<T>(), rows.data<I>(), cols.data<I>(),
                                                          vals.data<T>(), offsets.data<int64_t>(), batch, m, n, r,
