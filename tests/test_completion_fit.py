@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lowrank_hpc as lr
-from lowrank_hpc.recover.completion_fit import OFFSET_SWEEPS
+from lowrank_hpc.recover.offsets import START_OFFSET_SWEEPS as OFFSET_SWEEPS
 from lowrank_hpc.recover.offsets import Offsets, fit_offsets, zero_offsets
 
 

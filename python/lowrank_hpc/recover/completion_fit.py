@@ -26,7 +26,7 @@ from ..sensing import EntrySampling
 from ._result import RecoveryResult
 from .als import als
 from .factored_gd import factored_gd
-from .offsets import Offsets, fit_offsets, zero_offsets
+from .offsets import Offsets, fit_offsets, initial_offsets
 from .soft_impute import observed_spectral_norm, soft_impute
 
 PENALIZED_METHODS = ("als", "soft_impute")
@@ -46,7 +46,6 @@ FOLD_IN_REG = 0.1  # the ridge of transform() for the gradient methods, which fi
 OFFSET_ROUNDS = 3
 ROUND_MAX_ITER = 10  # the rounds after the first start next to their solution
 OFFSET_ROUND_SWEEPS = 2  # Gauss-Seidel sweeps of the offsets per round
-OFFSET_SWEEPS = 10  # Gauss-Seidel sweeps of the offsets alone, before any factor exists
 
 
 @dataclass
@@ -86,10 +85,8 @@ class CompletionFit:
     offsets: Offsets
     reg: float
     path: list[PathPoint] = field(default_factory=list)
-    validation_rmse: Optional[float] = None
     n_iter: int = 0  # over every round
     converged: bool = False  # the last solve met tol and the offsets settled
-    rounds: int = 0  # solves of the factors, alternated with the offsets
 
 
 def _rmse(xp: Any, errors: Any) -> float:
@@ -107,7 +104,7 @@ def _penalty_scale(settings: CompletionSettings, nnz: int, shape: tuple[int, int
 def _solve(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg: float, warm: Any, max_iter: int,
            tol: float, **loop: Any) -> RecoveryResult:
     """One solve of the low-rank part; ``warm`` is the previous result of the same method or None;
-    ``loop`` holds the final solve's progress, checkpoint and callback."""
+    ``loop`` holds the final solve's progress, checkpoint and callback (and soft-impute's start offsets)."""
     method = settings.method
     if method == "als":
         init = warm.V if warm is not None else settings.init
@@ -123,9 +120,7 @@ def _solve(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg
 
 
 def _initial_offsets(settings: CompletionSettings, rows, cols, vals, shape) -> Offsets:
-    xp = array_module(vals)
-    return fit_offsets(rows, cols, vals, shape, settings.center, settings.bias_reg,
-                       zero_offsets(xp, shape, vals.dtype), sweeps=OFFSET_SWEEPS)
+    return initial_offsets(rows, cols, vals, shape, settings.center, settings.bias_reg)
 
 
 def _validation_split(settings: CompletionSettings, nnz: int, xp: Any) -> Optional[tuple[Any, Any]]:
@@ -220,20 +215,19 @@ def _fit_completion(settings: CompletionSettings, rows, cols, vals, shape: tuple
     loop: dict[str, Any] = {"progress": settings.progress, "checkpoint": settings.checkpoint}
     if settings.callback is not None:
         loop["callback"] = _with_offsets(settings.callback, offsets)
-    if _fits_offsets(settings):
-        result = _solve(settings, rows, cols, vals, shape, rank, reg, warm, settings.max_iter, settings.tol, **loop)
+    if _fits_offsets(settings):  # from the offsets fitted alone, not fitted again inside
+        result = _solve(settings, rows, cols, vals, shape, rank, reg, warm, settings.max_iter, settings.tol,
+                        offsets=offsets, **loop)
         offsets = _result_offsets(result, offsets)
-        n_iter, converged, rounds = result.n_iter, bool(result.converged), 1
+        n_iter, converged = result.n_iter, bool(result.converged)
     else:
-        result, n_iter, converged, rounds, offsets = _alternate(settings, rows, cols, vals, shape, rank, reg, warm,
-                                                                 offsets, loop)
-    best = min((point.validation_rmse for point in path), default=None)
-    return CompletionFit(result=result, offsets=offsets, reg=reg, path=path, validation_rmse=best, n_iter=n_iter,
-                         converged=converged, rounds=rounds)
+        result, n_iter, converged, offsets = _alternate(settings, rows, cols, vals, shape, rank, reg, warm, offsets,
+                                                        loop)
+    return CompletionFit(result=result, offsets=offsets, reg=reg, path=path, n_iter=n_iter, converged=converged)
 
 
 def _alternate(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg: float, warm: Any,
-               offsets: Offsets, loop: dict[str, Any]) -> tuple[RecoveryResult, int, bool, int, Offsets]:
+               offsets: Offsets, loop: dict[str, Any]) -> tuple[RecoveryResult, int, bool, Offsets]:
     """Solvers without offsets of their own: solves of the factors on vals minus the offsets,
     alternated with the offsets' fit to vals minus the factors (block coordinate descent)."""
     xp = array_module(vals)
@@ -257,7 +251,7 @@ def _alternate(settings: CompletionSettings, rows, cols, vals, shape, rank: int,
         if _relative_difference(xp, offsets.at(rows, cols), previous.at(rows, cols)) < settings.tol:
             break
         converged = False
-    return result, n_iter, converged, rounds, offsets
+    return result, n_iter, converged, offsets
 
 
 def _fits_offsets(settings: CompletionSettings) -> bool:

@@ -76,3 +76,9 @@ def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], cen
                 start: Offsets, *, sweeps: int = 1) -> Offsets:
     """``sweeps`` Gauss-Seidel sweeps of :class:`OffsetFit` from ``start`` (one call)."""
     return OffsetFit(rows, cols, shape, center, bias_reg, residual.dtype).sweep(residual, start, sweeps)
+
+
+def initial_offsets(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], center: str, bias_reg: float) -> Offsets:
+    """The offsets fitted to vals alone (no low-rank part yet): START_OFFSET_SWEEPS sweeps from zero."""
+    return fit_offsets(rows, cols, vals, shape, center, bias_reg, zero_offsets(array_module(vals), shape, vals.dtype),
+                       sweeps=START_OFFSET_SWEEPS)

@@ -37,7 +37,7 @@ from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, loa
 from ._measures import relative_change
 from ._result import RecoveryResult
 from .als import _check_coordinates, _check_rank
-from .offsets import CENTERS, START_OFFSET_SWEEPS, OffsetFit, Offsets, fit_offsets, zero_offsets
+from .offsets import CENTERS, OffsetFit, Offsets, initial_offsets
 
 # Lanczos bidiagonalization for the observed spectral norm: stop once the top Ritz value's
 # residual bound is below this fraction of it (the value itself is then exact to about its
@@ -171,15 +171,15 @@ def _warm_start(call: Call, init: Any, problem: _Problem, key: int):
     return U0, d0, _pad_right(call, V_keep, problem.n, problem.rank, dtype, key)
 
 
-def _start_offsets(call: Call, init: Any, problem: _Problem, center: str, bias_reg: float) -> Offsets:
-    """The offsets a centered solve starts from: a warm start's, else their fit to vals alone."""
-    previous = init.info.get("offsets") if isinstance(init, RecoveryResult) else None
+def _start_offsets(call: Call, given: Optional[Offsets], init: Any, problem: _Problem, center: str,
+                   bias_reg: float) -> Offsets:
+    """The offsets a centered solve starts from: those given, a warm start's, else their fit to vals alone."""
+    previous = given if given is not None else (init.info.get("offsets") if isinstance(init, RecoveryResult)
+                                                else None)
     if previous is not None:
         return Offsets(float(previous.intercept), call.xp.asarray(previous.row, dtype=problem.dtype),
                        call.xp.asarray(previous.col, dtype=problem.dtype))
-    zero = zero_offsets(call.xp, (problem.m, problem.n), problem.dtype)
-    return fit_offsets(problem.rows, problem.cols, problem.vals, (problem.m, problem.n), center, bias_reg, zero,
-                       sweeps=START_OFFSET_SWEEPS)
+    return initial_offsets(problem.rows, problem.cols, problem.vals, (problem.m, problem.n), center, bias_reg)
 
 
 def _offset_arrays(xp: Any, offsets: Offsets) -> dict[str, Any]:
@@ -294,7 +294,7 @@ def observed_spectral_norm(rows: Any, cols: Any, vals: Any, shape: tuple[int, in
                      seed=_checks.seed_argument, center=_checks.one_of(*CENTERS), bias_reg=_checks.nonnegative_float)
 def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: Optional[float] = None, *,
                 max_iter: int = 100, tol: float = 1e-5, seed: Optional[int] = None, init: Optional[Any] = None,
-                center: str = "none", bias_reg: float = 0.0,
+                center: str = "none", bias_reg: float = 0.0, offsets: Optional[Offsets] = None,
                 callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
                 checkpoint: Optional[str] = None, checkpoint_every: int = 10,
                 time_limit: Optional[float] = None) -> RecoveryResult:
@@ -336,9 +336,10 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     center, bias_reg : "none" (default), "global" or "both": fit the model mu + a_i + b_j +
         (A B^T)_ij jointly, the offsets updated after every sweep by one Gauss-Seidel sweep of
         their ridge regression on vals - A B^T (:func:`lowrank_hpc.recover.offsets.fit_offsets`;
-        penalty bias_reg/2 (||a||^2 + ||b||^2), mu unpenalized). They start from a warm start's
-        ``info["offsets"]``, else from their fit to vals alone, and are returned in
-        ``info["offsets"]`` (an :class:`~lowrank_hpc.recover.offsets.Offsets`).
+        penalty bias_reg/2 (||a||^2 + ||b||^2), mu unpenalized). They start from ``offsets``
+        (an :class:`~lowrank_hpc.recover.offsets.Offsets` on vals' backend), else from a warm
+        start's ``info["offsets"]``, else from their fit to vals alone, and are returned in
+        ``info["offsets"]``.
     callback : called as callback(iteration, {"loss", "relative_change", "U", "d", "V"}) after
         every sweep, with the live iterate (U (n1, rank), d (rank,), V (n2, rank): A B^T =
         U diag(d) V^T; centered solves add "offsets").
@@ -388,7 +389,7 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
                          *((U0, d0, V0) if init is not None else ())) if checkpoint else ""
     centered = center != "none"
     if centered:
-        start = _start_offsets(call, init, problem, center, bias_reg)
+        start = _start_offsets(call, offsets, init, problem, center, bias_reg)
         digest = fingerprint(digest, center, bias_reg, start.intercept, start.row, start.col) if checkpoint else ""
     fresh = LoopState(arrays={"U": U0, "d": d0, "V": V0, **(_offset_arrays(xp, start) if centered else {})},
                       seed=seed)
@@ -397,7 +398,8 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         state = fresh
     if centered:
         offset_fit = OffsetFit(problem.rows, problem.cols, shape, center, bias_reg, problem.dtype)
-        problem.target = problem.vals - _offsets_of(state).at(problem.rows, problem.cols)
+        live = {"offsets": _offsets_of(state)}  # the state's, kept as an Offsets: not read back every sweep
+        problem.target = problem.vals - live["offsets"].at(problem.rows, problem.cols)
     cache: dict[str, Any] = {}  # the residual of the current iterate, carried from one sweep to the next
 
     def residual(state: LoopState):
@@ -410,15 +412,15 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         V, d, U = problem.half_step(problem.residual(U, d, V), V, d, U, transpose=True)
         lowrank = problem.lowrank_at_observed(U, d, V)
         if centered:  # one sweep of the offsets on vals - Z
-            offsets = offset_fit.sweep(problem.vals - lowrank, _offsets_of(state))
+            swept = live["offsets"] = offset_fit.sweep(problem.vals - lowrank, live["offsets"])
             # The expression a resumed run starts from, so that it continues with the same bits.
-            problem.target = problem.vals - offsets.at(problem.rows, problem.cols)
-            state.arrays.update(_offset_arrays(xp, offsets))
+            problem.target = problem.vals - swept.at(problem.rows, problem.cols)
+            state.arrays.update(_offset_arrays(xp, swept))
         S = problem.target - lowrank
         loss = problem.loss(S, d)
         if centered:
-            loss = loss + 0.5 * bias_reg * (offsets.row.astype(np.float64) @ offsets.row
-                                            + offsets.col.astype(np.float64) @ offsets.col)
+            loss = loss + 0.5 * bias_reg * (swept.row.astype(np.float64) @ swept.row
+                                            + swept.col.astype(np.float64) @ swept.col)
         change = relative_change(call, (U0 * d0)[None], V0[None], (U * d)[None], V[None])
         measures = call.to_host(xp.stack([loss, change[0]]))  # the sweep's one transfer
         state.arrays.update(U=U, d=d, V=V)
@@ -444,7 +446,7 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
             "effective_rank": int((singular_values > 0).sum()), "seed": state.seed,
             "factors": (call.wrap(U_s), call.wrap(d), call.wrap(V_s))}
     if centered:
-        info["offsets"] = _offsets_of(state)
+        info["offsets"] = live["offsets"]
     return RecoveryResult(U=call.wrap(U_s * root), V=call.wrap(V_s * root), history=history, n_iter=state.iteration,
                           converged=reason == "converged", stop_reason=reason,
                           seconds=time.perf_counter() - started, backend=call.backend, info=info)
