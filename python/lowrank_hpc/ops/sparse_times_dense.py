@@ -60,6 +60,7 @@ class SparsePattern:
         # Per orientation: CSR row pointers, the permutation to CSR order (None when the entries
         # are already in order) and the other index in CSR order.
         self._csr: dict[bool, tuple[Any, Any, Any]] = {}
+        self._unread_status = None  # solver_product's status word: written by the kernel, never read
         for transpose in orders:
             keys, others = (cols, rows) if transpose else (rows, cols)
             n_key = shape[1] if transpose else shape[0]
@@ -94,6 +95,20 @@ class SparsePattern:
         out = csr_product(call, indptr, perm, others, vals, B3, n_key,
                           [("rows" if transpose else "cols", self.rows if transpose else self.cols, n_other)])
         return call.wrap(out if batched else out[0])
+
+    def solver_product(self, call: Call, vals: Any, B: Any, transpose: bool = False) -> Any:
+        """times_dense for a solver's loop over one problem (batch 1), whose operands were
+        validated once at its entry: vals (nnz,) and a contiguous B (n_cols, r) ((n_rows, r) with ``transpose``) of one dtype
+        on this pattern's backend. No checks and no status read (every index was checked when
+        the pattern was built), so an iteration costs the kernel and one allocation."""
+        indptr, perm, others = self._csr[transpose]
+        n_key = self.shape[1] if transpose else self.shape[0]
+        out = call.xp.empty((1, n_key, B.shape[1]), dtype=B.dtype)
+        if self._unread_status is None:
+            self._unread_status = call.status(int(others.shape[0]))
+        call.module.csr_times_dense(indptr, perm, others, vals, B[None], n_key, out, self._unread_status,
+                                    call.stream())
+        return out[0]
 
 
 def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str):

@@ -20,13 +20,16 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
     """
     xp = call.xp
     U0, V0, U1, V1 = (x.astype(np.float64, copy=False) for x in (U0, V0, U1, V1))
-    dU, dV = U1 - U0, V1 - V0
+    k = U0.shape[2]
 
-    def gram(A, B):  # A^T B per problem
-        return xp.matmul(A.transpose(0, 2, 1), B)
+    def gram(A):  # A^T A per problem: one GEMM gives every block of the expansion
+        return xp.matmul(A.transpose(0, 2, 1), A)
 
-    left = xp.ascontiguousarray(xp.stack([gram(dU, dU), gram(dU, U0), gram(U0, U0)], axis=1))
-    right = xp.ascontiguousarray(xp.stack([gram(V1, V1), gram(V1, dV), gram(dV, dV), gram(V0, V0)], axis=1))
+    G = gram(xp.concatenate([U1 - U0, U0], axis=2))  # [dU, U0]
+    H = gram(xp.concatenate([V1, V1 - V0, V0], axis=2))  # [V1, dV, V0]
+    first, second, third = slice(0, k), slice(k, 2 * k), slice(2 * k, 3 * k)
+    left = xp.stack([G[:, first, first], G[:, first, second], G[:, second, second]], axis=1)
+    right = xp.stack([H[:, first, first], H[:, first, second], H[:, second, second], H[:, third, third]], axis=1)
     out = xp.empty(U0.shape[0], dtype=np.float64)
     call.module.relative_change(left, right, out, call.stream())
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .._backend import array_module
 
 CENTERS = ("none", "global", "both")
@@ -41,41 +43,49 @@ class OffsetFit:
     """The ridge regression of the offsets on one set of observed entries: rows, cols (nnz,)
     int64 on one side (numpy or CuPy), counted once, then :meth:`sweep` as often as needed."""
 
-    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], center: str, bias_reg: float, dtype: Any):
+    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], center: str, bias_reg: float):
         xp = array_module(rows)
         self.rows, self.cols, self.shape, self.center, self.xp = rows, cols, shape, center, xp
         if center == "both":
+            # float64, as bincount's weighted sums are: mu's sums are taken in it whatever the dtype.
+            self.row_count = xp.bincount(rows, minlength=shape[0]).astype(np.float64)
+            self.col_count = xp.bincount(cols, minlength=shape[1]).astype(np.float64)
             # counts + bias_reg >= 1 where a row has an observation; elsewhere its sum is 0, as is its offset.
-            self.row_scale = xp.maximum(xp.bincount(rows, minlength=shape[0]).astype(dtype) + bias_reg, 1)
-            self.col_scale = xp.maximum(xp.bincount(cols, minlength=shape[1]).astype(dtype) + bias_reg, 1)
+            self.row_scale = xp.maximum(self.row_count + bias_reg, 1)
+            self.col_scale = xp.maximum(self.col_count + bias_reg, 1)
 
     def sweep(self, residual: Any, start: Offsets, sweeps: int = 1) -> Offsets:
         """Offsets that minimise sum_k (residual_k - mu - a_rows[k] - b_cols[k])^2
         + bias_reg * (||a||^2 + ||b||^2) (mu unpenalized), by ``sweeps`` Gauss-Seidel sweeps
         from ``start``: mu, then each a_i, then each b_j, exactly given the others.
 
-        ``residual`` (nnz,) is vals minus the low-rank part at the observed entries. Each sweep
-        costs O(nnz). With center="global", a and b stay zero and mu is the mean residual;
-        "none" returns zeros.
+        ``residual`` (nnz,) is vals minus the low-rank part at the observed entries. The row and
+        column sums of the residual are taken once; a sweep then costs two gathers and two
+        bincounts over the entries (mu comes from the sums: sum_k a_rows[k] = counts . a).
+        With center="global", a and b stay zero and mu is the mean residual; "none" returns zeros.
         """
         xp, rows, cols, (n1, n2), dtype = self.xp, self.rows, self.cols, self.shape, residual.dtype
         if self.center == "none":
             return zero_offsets(xp, self.shape, dtype)
         if self.center == "global":
             return Offsets(float(residual.mean()), xp.zeros(n1, dtype), xp.zeros(n2, dtype))
+        row_sums = xp.bincount(rows, weights=residual, minlength=n1)
+        col_sums = xp.bincount(cols, weights=residual, minlength=n2)
+        total, nnz = float(row_sums.sum()), residual.shape[0]
         a, b = start.row, start.col
         for _ in range(sweeps):
-            without_col = residual - b[cols]
-            mu = float((without_col - a[rows]).mean())
-            a = (xp.bincount(rows, weights=without_col - mu, minlength=n1) / self.row_scale).astype(dtype)
-            b = (xp.bincount(cols, weights=residual - mu - a[rows], minlength=n2) / self.col_scale).astype(dtype)
+            mu = (total - float(self.row_count @ a) - float(self.col_count @ b)) / nnz
+            a = ((row_sums - mu * self.row_count - xp.bincount(rows, weights=b[cols], minlength=n1))
+                 / self.row_scale).astype(dtype)
+            b = ((col_sums - mu * self.col_count - xp.bincount(cols, weights=a[rows], minlength=n2))
+                 / self.col_scale).astype(dtype)
         return Offsets(mu, a, b)
 
 
 def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], center: str, bias_reg: float,
                 start: Offsets, *, sweeps: int = 1) -> Offsets:
     """``sweeps`` Gauss-Seidel sweeps of :class:`OffsetFit` from ``start`` (one call)."""
-    return OffsetFit(rows, cols, shape, center, bias_reg, residual.dtype).sweep(residual, start, sweeps)
+    return OffsetFit(rows, cols, shape, center, bias_reg).sweep(residual, start, sweeps)
 
 
 def initial_offsets(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], center: str, bias_reg: float) -> Offsets:

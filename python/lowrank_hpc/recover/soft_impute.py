@@ -44,8 +44,17 @@ from .offsets import CENTERS, OffsetFit, Offsets, initial_offsets
 # square), or after this many steps (or min(shape), where the Krylov space is the whole space).
 _LANCZOS_RTOL = 1e-13
 _LANCZOS_MAX_STEPS = 500
+# Up to this many flops (n1 n2 min(n1, n2)) and entries (n1 n2), one dense SVD of P_Omega(X)
+# costs less than the Lanczos steps' overhead (3 ms of it on a 30 x 100 matrix, 0.1 ms dense).
+_DENSE_NORM_MAX_WORK = 1 << 24
+_DENSE_NORM_MAX_ENTRIES = 1 << 22
 # fancyimpute's SoftImpute default: shrinkage value = max singular value of P_Omega(X) / 50.
 _DEFAULT_REG_DIVISOR = 50.0
+# accelerate=True: each sweep is a step of the proximal-gradient view (soft-impute is the step
+# 1), over-relaxed to this step: forward-backward iterations converge for steps below 2 / L, and
+# the gradient of 1/2 ||P_Omega(X - Z)||^2 is 1-Lipschitz (P_Omega is a projection). On the
+# real data sets it and the momentum below took 1.5-1.8x fewer sweeps to the same tol.
+_RELAXATION = 1.9
 
 
 class _Problem:
@@ -60,6 +69,7 @@ class _Problem:
         self.target = vals  # what Z fits: vals minus the offsets in force (centered solves)
         self.pattern = SparsePattern(rows, cols, shape)  # range-checks rows and cols (IndexError)
         self.offsets = call.xp.asarray(np.array([0, rows.shape[0]], dtype=np.int64))
+        self.unread_status = None  # the sampled product's status word, allocated once
 
     def residual(self, U, d, V):
         """(nnz,) S = target - <U_i diag(d), V_j> on Omega, in the dtype of vals."""
@@ -69,34 +79,40 @@ class _Problem:
         """(nnz,) <U_i diag(d), V_j> on Omega. Every index was checked when the pattern was
         built: the kernel's status word is not read (no sync)."""
         out = self.xp.empty(self.rows.shape[0], dtype=self.dtype)
-        status = self.call.status(self.rows.shape[0])
-        left = self.xp.ascontiguousarray(U * d)[None]
-        self.call.module.sampled_product(left, self.xp.ascontiguousarray(V)[None], self.rows, self.cols,
-                                         self.offsets, out, status, self.call.stream())
+        if self.unread_status is None:
+            self.unread_status = self.call.status(self.rows.shape[0])
+        self.call.module.sampled_product((U * d)[None], V[None], self.rows, self.cols, self.offsets, out,
+                                         self.unread_status, self.call.stream())
         return out
 
-    def filled_times(self, S, L, d, R, transpose: bool):
-        """X* R (or X*^T R with ``transpose``, then L, R swap roles: X*^T = S^T + V diag(d) U^T),
-        for X* = S + L diag(d) R^T: one sparse pass and r x r Gram work, never an n1 x n2 matrix."""
-        sparse = self.pattern.times_dense(S, self.xp.ascontiguousarray(R), transpose=transpose, check_finite=False)
-        return sparse + L @ (d[:, None] * (R.T @ R))
+    def filled_times(self, S, terms, R, transpose: bool, relaxation: float):
+        """X* R / relaxation for the filled matrix X* = relaxation S + sum_k c_k L_k diag(d_k) R_k^T
+        over ``terms`` [(c_k, L_k, d_k, R_k)] (with ``transpose`` the product with X*^T, whose
+        terms are given transposed: (c_k, R_k, d_k, L_k)): one sparse pass and r x r Gram work,
+        never an n1 x n2 matrix. Dividing by the relaxation keeps the pass over S unscaled."""
+        M = self.pattern.solver_product(self.call, S, R, transpose)
+        for c, L, d, R_k in terms:
+            M += L @ ((c / relaxation * d)[:, None] * (R_k.T @ R))
+        return M
 
-    def half_step(self, S, L, d, R, transpose: bool):
-        """The update of the left factor (L = U, R = V) or, with ``transpose``, of the right one
-        (L = V, R = U): M = X* R diag(d / (d + reg)) = L~ diag(s) Q^T; returns (L~, s, R Q)."""
-        weights = d / (d + self.reg) if self.reg > 0 else self.xp.ones_like(d)
-        M = self.filled_times(S, L, d, R, transpose) * weights
+    def half_step(self, S, terms, d, R, transpose: bool, relaxation: float):
+        """The update of the left factor (R = V) or, with ``transpose``, of the right one (R = U)
+        against the filled matrix of ``terms`` (see filled_times) whose current right factor is
+        R diag(d): M = X* R diag(d / (d + relaxation reg)) = L~ diag(s) Q^T; returns (L~, s, R Q),
+        C-contiguous (the kernels' layout)."""
+        M = self.filled_times(S, terms, R, transpose, relaxation)
+        M *= relaxation * d / (d + relaxation * self.reg) if self.reg > 0 else relaxation
         left, s, q_t = self.xp.linalg.svd(M, full_matrices=False)
-        return self.xp.ascontiguousarray(left), s, self.xp.ascontiguousarray(R @ q_t.T)
+        return self.xp.ascontiguousarray(left), s, R @ q_t.T
 
     def loss(self, S, d):
         """1/2 ||S||^2 + reg sum(d) (= reg/2 (||A||^2 + ||B||^2) for A = U D, B = V D), float64 on the device."""
-        S64 = S.astype(np.float64)
-        return 0.5 * (S64 @ S64) + self.reg * d.astype(np.float64).sum()
+        S64 = S.astype(np.float64, copy=False)
+        return 0.5 * (S64 @ S64) + self.reg * d.astype(np.float64, copy=False).sum()
 
     def finish(self, S, U, d, V):
-        """M = X* V = U_s diag(D_s) R^T; (U_s, max(D_s - reg, 0), V R)."""
-        M = self.filled_times(S, U, d, V, transpose=False)
+        """The plain step (no relaxation): M = X* V = U_s diag(D_s) R^T; (U_s, max(D_s - reg, 0), V R)."""
+        M = self.filled_times(S, [(1.0, U, d, V)], V, False, 1.0)
         left, s, q_t = self.xp.linalg.svd(M, full_matrices=False)
         return left, self.xp.maximum(s - self.reg, 0), V @ q_t.T
 
@@ -144,7 +160,8 @@ def _init_array(call: Call, name: str, x: Any, ndim: int, dtype):
 
 def _warm_start(call: Call, init: Any, problem: _Problem, key: int):
     """(U, d, V) to start from: the estimate U diag(d) V^T of ``init`` re-factored through QR of
-    U and V and an SVD of the k x k core (so any factors of the estimate will do), its top
+    U and V and an SVD of the k x k core (so any factors of the estimate will do; a soft_impute
+    result's own factors are an SVD already and are taken as they are), its top
     ``rank`` directions with d > 0 kept; missing columns get V orthogonal to the kept ones (seeded),
     U = 0 and d = the smallest kept d (1 if none is kept), as the softImpute package pads."""
     xp, dtype = call.xp, problem.dtype
@@ -156,14 +173,20 @@ def _warm_start(call: Call, init: Any, problem: _Problem, key: int):
     if U.shape != (problem.m, k) or V.shape != (problem.n, k) or k == 0:
         raise ValueError(f"{call.function}: init (U, d, V) has shapes {tuple(U.shape)}, {tuple(d.shape)}, "
                          f"{tuple(V.shape)}; expected ({problem.m}, k), (k,), ({problem.n}, k) with k >= 1")
-    q_u, r_u = xp.linalg.qr(U)
-    q_v, r_v = xp.linalg.qr(V)
-    a, s, b_t = xp.linalg.svd((r_u * d) @ r_v.T, full_matrices=False)
+    if isinstance(init, RecoveryResult) and init.info["factors"][1].dtype == dtype:
+        # A soft_impute result's factors are already an SVD (orthonormal, d descending): a path
+        # point needs no QR and SVD of its predecessor.
+        s, U_basis, V_basis = d, U, V
+    else:
+        q_u, r_u = xp.linalg.qr(U)
+        q_v, r_v = xp.linalg.qr(V)
+        a, s, b_t = xp.linalg.svd((r_u * d) @ r_v.T, full_matrices=False)
+        U_basis, V_basis = q_u @ a, q_v @ b_t.T
     # Directions below the rounding of the largest are zero (a d = 0 of the previous solve).
     floor = float(s[0]) * max(s.shape[0], 1) * float(np.finfo(dtype).eps)
     kept = min(int(call.to_host((s > floor).sum())), problem.rank)
-    U_keep = xp.ascontiguousarray(q_u @ a[:, :kept])
-    V_keep = xp.ascontiguousarray(q_v @ b_t[:kept].T)
+    U_keep = xp.ascontiguousarray(U_basis[:, :kept])
+    V_keep = xp.ascontiguousarray(V_basis[:, :kept])
     pad = problem.rank - kept
     d_pad = s[kept - 1:kept] if kept else xp.ones(1, dtype=dtype)
     d0 = xp.concatenate([s[:kept], xp.repeat(d_pad, pad)]).astype(dtype)
@@ -240,6 +263,10 @@ def _lanczos_top(xp: Any, times: Callable[[Any], Any], times_t: Callable[[Any], 
 def _spectral_norm(call: Call, problem: _Problem, seed: int) -> float:
     """||P_Omega(X)||_2 for validated entries, in float64 (whatever the dtype of vals)."""
     vals = problem.vals.astype(np.float64)
+    m, n, xp = problem.m, problem.n, call.xp
+    if m * n * min(m, n) <= _DENSE_NORM_MAX_WORK and m * n <= _DENSE_NORM_MAX_ENTRIES:  # repeated coordinates add up, as in the sparse products
+        dense = xp.bincount(problem.rows.astype(np.int64) * n + problem.cols, weights=vals, minlength=m * n)
+        return float(xp.linalg.svd(dense.reshape(m, n), compute_uv=False)[0])
     pattern = problem.pattern
     start = gaussian_fill(call, np.float64, seed, 1, problem.n, 1).reshape(problem.n, 1)
     return _lanczos_top(call.xp, lambda v: pattern.times_dense(vals, v, check_finite=False),
@@ -282,7 +309,8 @@ def observed_spectral_norm(rows: Any, cols: Any, vals: Any, shape: tuple[int, in
     1e-13 relative (at most min(shape, 500) steps, each one product with P_Omega(X) and one
     with its transpose). rows, cols, vals, shape as for :func:`soft_impute` (repeated
     coordinates add up, as in scipy's COO format); seed (an int in [0, 2**64), default 0) seeds
-    the start vector. Returns a Python float.
+    the Lanczos start vector. Small matrices (n1 n2 min(n1, n2) <= 2**24) take one dense SVD
+    instead, exact to rounding. Returns a Python float.
     """
     call = resolve("observed_spectral_norm", rows=rows, cols=cols, vals=vals)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
@@ -291,10 +319,11 @@ def observed_spectral_norm(rows: Any, cols: Any, vals: Any, shape: tuple[int, in
 
 
 @_checks.constrained(**LOOP_CONSTRAINTS, shape=_checks.shape_2d, reg=_checks.optional(_checks.nonnegative_float),
-                     seed=_checks.seed_argument, center=_checks.one_of(*CENTERS), bias_reg=_checks.nonnegative_float)
+                     seed=_checks.seed_argument, center=_checks.one_of(*CENTERS), bias_reg=_checks.nonnegative_float,
+                     accelerate=_checks.flag)
 def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: Optional[float] = None, *,
                 max_iter: int = 100, tol: float = 1e-5, seed: Optional[int] = None, init: Optional[Any] = None,
-                center: str = "none", bias_reg: float = 0.0, offsets: Optional[Offsets] = None,
+                center: str = "none", bias_reg: float = 0.0, offsets: Optional[Offsets] = None, accelerate: bool = True,
                 callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
                 checkpoint: Optional[str] = None, checkpoint_every: int = 10,
                 time_limit: Optional[float] = None) -> RecoveryResult:
@@ -340,9 +369,16 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         (an :class:`~lowrank_hpc.recover.offsets.Offsets` on vals' backend), else from a warm
         start's ``info["offsets"]``, else from their fit to vals alone, and are returned in
         ``info["offsets"]``.
-    callback : called as callback(iteration, {"loss", "relative_change", "U", "d", "V"}) after
-        every sweep, with the live iterate (U (n1, rank), d (rank,), V (n2, rank): A B^T =
-        U diag(d) V^T; centered solves add "offsets").
+    accelerate : True (default): over-relax each sweep as a proximal-gradient step of 1.9
+        instead of 1 and extrapolate the iterate before it (Nesterov momentum, beta = (t - 1) /
+        (t + 2)), restarting the momentum when the loss rises and returning to the plain
+        iteration for good when a sweep without momentum raises it; the fixed points, hence the
+        solution, are those of the plain iteration, reached in fewer sweeps (1.5-1.8x fewer on
+        the bundled real data sets). False: exactly Algorithm 3.1, whose loss never rises.
+    callback : called as callback(iteration, {"loss", "relative_change", "U", "d", "V", ...})
+        after every sweep, with the live iterate (U (n1, rank), d (rank,), V (n2, rank): A B^T =
+        U diag(d) V^T; also the previous one as "previous_U", "previous_d", "previous_V";
+        centered solves add "offsets").
     progress, checkpoint, checkpoint_every, time_limit : as for :func:`lowrank_hpc.recover.als`
         (a run resumed from its checkpoint ends with the same result as an uninterrupted one).
 
@@ -385,31 +421,52 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     # The data and settings; a warm start enters through the start it gives (a function of init
     # and the seed), a cold one through the seed ("drawn" for a drawn one, saved in the file).
     digest = fingerprint(function, problem.rows, problem.cols, problem.vals, problem.m, problem.n, rank,
-                         problem.reg, settings.tol, repr(seed_key),
+                         problem.reg, settings.tol, repr(seed_key), accelerate,
                          *((U0, d0, V0) if init is not None else ())) if checkpoint else ""
     centered = center != "none"
     if centered:
         start = _start_offsets(call, offsets, init, problem, center, bias_reg)
         digest = fingerprint(digest, center, bias_reg, start.intercept, start.row, start.col) if checkpoint else ""
-    fresh = LoopState(arrays={"U": U0, "d": d0, "V": V0, **(_offset_arrays(xp, start) if centered else {})},
-                      seed=seed)
+    fresh = LoopState(arrays={"U": U0, "d": d0, "V": V0, "previous_U": U0, "previous_d": d0, "previous_V": V0,
+                              **(_offset_arrays(xp, start) if centered else {})},
+                      scalars={"momentum_step": 1.0 if accelerate else 0.0,
+                               "relaxation": _RELAXATION if accelerate else 1.0}, seed=seed)
     state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh) if settings.checkpoint else None
     if state is None:
         state = fresh
     if centered:
-        offset_fit = OffsetFit(problem.rows, problem.cols, shape, center, bias_reg, problem.dtype)
+        offset_fit = OffsetFit(problem.rows, problem.cols, shape, center, bias_reg)
         live = {"offsets": _offsets_of(state)}  # the state's, kept as an Offsets: not read back every sweep
         problem.target = problem.vals - live["offsets"].at(problem.rows, problem.cols)
-    cache: dict[str, Any] = {}  # the residual of the current iterate, carried from one sweep to the next
+    # Z on Omega for the current and the previous iterate, carried from one sweep to the next (a
+    # resumed run recomputes them from the state's factors, with the same bits).
+    cache: dict[str, Any] = {}
 
-    def residual(state: LoopState):
-        S = cache.pop("S", None)
-        return S if S is not None else problem.residual(state.arrays["U"], state.arrays["d"], state.arrays["V"])
+    def lowrank_of(state: LoopState, key: str, prefix: str = ""):
+        cached = cache.pop(key, None)
+        if cached is not None:
+            return cached
+        arrays = state.arrays
+        return problem.lowrank_at_observed(arrays[prefix + "U"], arrays[prefix + "d"], arrays[prefix + "V"])
 
     def sweep(state: LoopState) -> tuple[float, float]:
         U0, d0, V0 = state.arrays["U"], state.arrays["d"], state.arrays["V"]
-        U, d, V = problem.half_step(residual(state), U0, d0, V0, transpose=False)
-        V, d, U = problem.half_step(problem.residual(U, d, V), V, d, U, transpose=True)
+        lowrank0 = lowrank_of(state, "lowrank")
+        step, relaxation = int(state.scalars["momentum_step"]), state.scalars["relaxation"]
+        # Nesterov's extrapolation Z_t + beta (Z_t - Z_{t-1}), beta = (t - 1) / (t + 2), t the
+        # sweeps since the last restart (step 0: momentum off). The filled matrix of the first
+        # half-step is built from it: on Omega from the two iterates' values, elsewhere as a
+        # rank-2r term, so it is never formed.
+        beta = (step - 1) / (step + 2) if step >= 1 else 0.0
+        if beta > 0:
+            previous_lowrank = lowrank_of(state, "previous_lowrank", "previous_")
+            S0 = problem.target - ((1 + beta) * lowrank0 - beta * previous_lowrank)
+            terms = [(1 + beta, U0, d0, V0), (-beta, state.arrays["previous_U"], state.arrays["previous_d"],
+                                              state.arrays["previous_V"])]
+        else:
+            S0, terms = problem.target - lowrank0, [(1.0, U0, d0, V0)]
+        U, d, V = problem.half_step(S0, terms, d0, V0, False, relaxation)
+        V, d, U = problem.half_step(problem.residual(U, d, V), [(1.0, V, d, U)], d, U, True, relaxation)
         lowrank = problem.lowrank_at_observed(U, d, V)
         if centered:  # one sweep of the offsets on vals - Z
             swept = live["offsets"] = offset_fit.sweep(problem.vals - lowrank, live["offsets"])
@@ -422,10 +479,18 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
             loss = loss + 0.5 * bias_reg * (swept.row.astype(np.float64) @ swept.row
                                             + swept.col.astype(np.float64) @ swept.col)
         change = relative_change(call, (U0 * d0)[None], V0[None], (U * d)[None], V[None])
-        measures = call.to_host(xp.stack([loss, change[0]]))  # the sweep's one transfer
-        state.arrays.update(U=U, d=d, V=V)
-        cache["S"] = S
-        return float(measures[0]), float(measures[1])
+        loss, change = (float(x) for x in call.to_host(xp.stack([loss, change[0]])))  # the sweep's one transfer
+        # Adaptive restart (O'Donoghue and Candes 2015): a sweep whose loss rises restarts the
+        # momentum; one without momentum whose loss rises ends the acceleration, leaving the
+        # paper's iteration, whose loss never rises, to converge.
+        if state.loss and loss > state.loss[-1]:
+            step, relaxation = (1, relaxation) if beta > 0 else (0, 1.0)
+        elif step >= 1:
+            step += 1
+        state.scalars.update(momentum_step=float(step), relaxation=relaxation)
+        state.arrays.update(U=U, d=d, V=V, previous_U=U0, previous_d=d0, previous_V=V0)
+        cache.update(lowrank=lowrank, previous_lowrank=lowrank0)
+        return loss, change
 
     def stop(state: LoopState) -> Optional[str]:
         if not np.isfinite(state.loss[-1]):
@@ -436,7 +501,7 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf loss is reported as "diverged"
         state, reason, _ = run_loop(settings, state, sweep, digest, stop)
         U, d, V = state.arrays["U"], state.arrays["d"], state.arrays["V"]
-        U_s, d, V_s = problem.finish(residual(state), U, d, V)
+        U_s, d, V_s = problem.finish(problem.target - lowrank_of(state, "lowrank"), U, d, V)
     U_s, V_s = xp.ascontiguousarray(U_s), xp.ascontiguousarray(V_s)
     root = xp.sqrt(d)
     singular_values = call.to_host(d).astype(np.float64)
