@@ -249,7 +249,7 @@ class MatrixCompletion(_Estimator):
     bounds it) with its penalty chosen on a seeded tenth of the observed entries held out
     (``reg="auto"``), and an intercept plus row and column offsets. ALS at the same rank and
     penalty solves the same problem (its ridge on the factors is the nuclear norm) and reaches
-    the same RMSE (within 1%) in 0.9-1.4x the time. BENCHMARKS.md has the figures on real data sets.
+    the same RMSE (within 1%) in 1.2-1.5x the time. BENCHMARKS.md has the figures on real data sets.
 
     Parameters
     ----------
