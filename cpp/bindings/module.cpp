@@ -1,4 +1,6 @@
-// The _cpu extension module: the shared bindings over the OpenMP drivers, plus the CPU-only ones.
+// The CPU extension module (_cpu, or _cpu_avx2 / _cpu_avx512: the same sources for a wider
+// x86-64 level, see CMakeLists.txt): the shared bindings over the OpenMP drivers, plus the
+// CPU-only ones.
 #include <omp.h>
 
 #include "cpu_bindings.hpp"
@@ -20,10 +22,16 @@ void bind_runtime(py::module_& m) {
 
 }  // namespace lowrank_hpc::bindings
 
-PYBIND11_MODULE(_cpu, m) {
+#ifndef LRH_CPU_MODULE
+#define LRH_CPU_MODULE _cpu
+#define LRH_CPU_LEVEL "baseline"
+#endif
+
+PYBIND11_MODULE(LRH_CPU_MODULE, m) {
   namespace bindings = lowrank_hpc::bindings;
   m.doc() = "lowrank_hpc CPU backend (OpenMP). Private: use lowrank_hpc.ops and lowrank_hpc.sensing.";
   m.attr("__version__") = LRH_VERSION;
+  m.attr("CPU_LEVEL") = LRH_CPU_LEVEL;
   bindings::bind_shared(m);
   m.attr("ALS_SYSTEM_BYTES_LIMIT") = pybind11::none();  // a row's normal equations may take any size
   bindings::bind_runtime(m);

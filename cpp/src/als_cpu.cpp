@@ -10,9 +10,9 @@ namespace lowrank_hpc::cpu {
 namespace {
 
 template <class T, class I, int R>
-LRH_CPU_CLONES int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
-                                            int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
-                                            bool count_scaling, const uint8_t* active, T* out) {
+int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
+                             int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
+                             bool count_scaling, const uint8_t* active, T* out) {
   const ops::NormalEquations<T, I, R> equations{indptr, others, vals, F, n_key, n_other, r, reg,
                                                 count_scaling};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
@@ -40,8 +40,8 @@ LRH_CPU_CLONES int64_t als_update_rows_rank(const int64_t* indptr, const I* othe
 // while its data is in cache: both half-steps, then the objective (its residuals summed over
 // the column order, whose rows of U are final) and the relative change.
 template <class T, class I, int R>
-LRH_CPU_CLONES int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_scaling,
-                                           const uint8_t* active, T* U, T* V, double* losses, double* changes) {
+int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_scaling,
+                            const uint8_t* active, T* U, T* V, double* losses, double* changes) {
   const int64_t batch = data.batch, m = data.m, n = data.n;
   const ops::NormalEquations<T, I, R> by_rows{data.row_indptr, data.row_others, data.row_vals, V,
                                               m, n, r, reg, count_scaling};

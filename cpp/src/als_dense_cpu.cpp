@@ -73,9 +73,9 @@ LRH_HD int64_t half_step(const Bits<T>* seen, lanes::LaneArray<T> values, lanes:
 }
 
 template <class T, int R>
-LRH_CPU_CLONES int64_t als_dense_iterations_rank(const AlsDense<T>& data, T reg, bool count_scaling,
-                                                 const uint8_t* active, T* U, T* V, double* losses,
-                                                 double* changes) {
+int64_t als_dense_iterations_rank(const AlsDense<T>& data, T reg, bool count_scaling,
+                                  const uint8_t* active, T* U, T* V, double* losses,
+                                  double* changes) {
   using Vec = lanes::vec<T>;
   using Wide = lanes::wide<T>;
   constexpr int W = lanes::Lanes<T>::width;

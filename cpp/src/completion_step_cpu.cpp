@@ -5,7 +5,7 @@
 namespace lowrank_hpc::cpu {
 
 template <class T, class I>
-LRH_CPU_CLONES void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,
+void completion_steps(const I* rows, const I* cols, const T* vals, const int64_t* offsets, int64_t batch,
                       int64_t m, int64_t n, int64_t k, int method, const uint8_t* active, const T* U, const T* V,
                       T* U1, T* V1, double* steps, const double* dampings, T* scratch, double* losses,
                       double* changes, int64_t* halvings, uint8_t* stuck) {

@@ -7,14 +7,6 @@
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
 #include "lowrank_hpc/ops/kernel_functions.hpp"
 
-// Hot loops compiled for AVX-512, AVX2 and the baseline, picked at load time by the CPU
-// (numpy's ufuncs do the same); x86-64 with GNU ifunc support only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LRH_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LRH_CPU_CLONES
-#endif
-
 namespace lowrank_hpc::cpu {
 
 // Calls body(std::integral_constant<int, R>) with R = r for the small ranks that many tiny

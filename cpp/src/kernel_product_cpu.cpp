@@ -17,7 +17,7 @@ constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
 // f over one contiguous range, in place; returns how many results are NaN/inf. Two loops over
 // data still in cache: g++ vectorizes each, but not the fused map-and-count for every kernel.
 template <ops::KernelFunction F, class T>
-LRH_CPU_CLONES int64_t apply_range(T* x, int64_t size) {
+int64_t apply_range(T* x, int64_t size) {
   LRH_SIMD
   for (int64_t i = 0; i < size; ++i) x[i] = ops::apply_kernel(F, x[i]);
   int64_t bad = 0;

@@ -17,7 +17,7 @@ constexpr int64_t kChunk = 4096;
 
 // Two loops over a chunk still in cache: g++ vectorizes each, not always the fused one.
 template <class T, class F>
-LRH_CPU_CLONES int64_t map_chunk(const T* x, T* out, int64_t size, const F& f) {
+int64_t map_chunk(const T* x, T* out, int64_t size, const F& f) {
   LRH_SIMD
   for (int64_t i = 0; i < size; ++i) out[i] = f(x[i]);
   int64_t bad = 0;

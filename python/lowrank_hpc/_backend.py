@@ -20,7 +20,10 @@ import numpy as np
 # kernels (measured: 10x slower small calls on 2 cores). Set before libgomp loads; users may override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import _cpu  # noqa: E402
+from . import _cpu_isa  # noqa: E402
+
+# The CPU backend at the widest instruction-set level this processor runs (see _cpu_isa).
+_cpu = _cpu_isa.load()
 
 BACKENDS = ("auto", "cpu", "cuda")
 

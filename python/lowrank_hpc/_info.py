@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, _cpu
+from . import _backend, _cpu_isa
 
 __version__ = "0.1.0"
 
 
 def info() -> dict[str, Any]:
     """Version, backends built and usable, the CUDA kernel images compiled, CUDA device (name,
-    memory) or why none (no device, or none the compiled images run on), OpenMP threads and the
-    float types supported."""
+    memory) or why none (no device, or none the compiled images run on), OpenMP threads, the CPU
+    kernels' instruction-set level and the float types supported."""
     try:
         from . import _build_info
 
@@ -37,7 +37,10 @@ def info() -> dict[str, Any]:
         "backends_built": ["cpu"] + (["cuda"] if cuda_built else []),
         "backend": _backend.get_backend(),
         "cuda": cuda,
-        "openmp_threads": _cpu.max_threads(),
+        "openmp_threads": _backend.cpu_module().max_threads(),
+        # The CPU kernels' instruction-set level in use, and those built (see _cpu_isa).
+        "cpu_level": _backend.cpu_module().CPU_LEVEL,
+        "cpu_levels_built": _cpu_isa.built_levels(),
         "float_dtypes": ["float32", "float64"],
         "index_dtypes": ["int32", "int64"],
         "compiler": compiler,

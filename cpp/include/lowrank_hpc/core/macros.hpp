@@ -5,8 +5,7 @@
 #define LRH_HD __host__ __device__ __forceinline__
 #define LRH_DEVICE_COMPILE 1
 #else
-// Forced, as __forceinline__ is on the device: a call left out of line from a per-ISA clone
-// (LRH_CPU_CLONES) would run the baseline code.
+// Forced, as __forceinline__ is on the device: the kernels' loops inline their functors.
 #define LRH_HD inline __attribute__((always_inline))
 #define LRH_DEVICE_COMPILE 0
 #endif
