@@ -12,7 +12,7 @@ namespace {
 template <class T, class I, int R>
 int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
                              int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
-                             bool count_scaling, const uint8_t* active, T* out) {
+                             bool count_scaling, const uint8_t* active, int cg_steps, T* out) {
   const ops::NormalEquations<T, I, R> equations{indptr, others, vals, F, n_key, n_other, r, reg,
                                                 count_scaling};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
@@ -20,7 +20,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
   // Work per row is about entries * r^2 (the Gram) plus r^3 / 3 (the factorisation).
 #pragma omp parallel reduction(+ : singular) if ((nnz + n_rows * r) * r * r > kParallelMinWork)
   {
-    std::vector<T> scratch(static_cast<size_t>(r * r + r));  // per thread: G then g
+    std::vector<T> scratch(static_cast<size_t>(r * r + 3 * r));  // per thread: G then g (or CG's 3 r)
     T* G = scratch.data();
     T* g = G + r * r;
     // (problem, row) pairs: the problem comes from the loop, not from a division per row.
@@ -29,7 +29,10 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
       for (int64_t i = 0; i < n_key; ++i) {
         if (active && !active[b]) continue;
         const int64_t row = b * n_key + i;
-        singular += equations.solve(row, b, G, g, out + row * r) ? 1 : 0;
+        // cg_steps > 0: conjugate gradients from out's row (its previous value), G as scratch.
+        const bool failed = cg_steps > 0 ? equations.cg_solve(row, b, cg_steps, G, out + row * r)
+                                         : equations.solve(row, b, G, g, out + row * r);
+        singular += failed ? 1 : 0;
       }
     }
   }
@@ -96,10 +99,10 @@ int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_
 template <class T, class I>
 int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                         int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                        const uint8_t* active, T* out) {
+                        const uint8_t* active, int cg_steps, T* out) {
   return dispatch_rank(r, [&](auto rank) {
     return als_update_rows_rank<T, I, decltype(rank)::value>(indptr, others, vals, F, batch, n_key, n_other,
-                                                             r, reg, count_scaling, active, out);
+                                                             r, reg, count_scaling, active, cg_steps, out);
   });
 }
 
@@ -107,7 +110,7 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
   template int64_t als_iterations<T, I>(const AlsBatch<T, I>&, int64_t, T, bool, const uint8_t*, T*, T*, double*,  \
                                         double*);                                                               \
   template int64_t als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, \
-                                         int64_t, int64_t, int64_t, T, bool, const uint8_t*, T*);
+                                         int64_t, int64_t, int64_t, T, bool, const uint8_t*, int, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 

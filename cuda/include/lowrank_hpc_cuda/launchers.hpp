@@ -53,11 +53,12 @@ int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 // ALS half-step (lowrank_hpc/ops/normal_equations.hpp), one thread block per key row: the same
 // arguments as the CPU driver cpu::als_update_rows, all pointers on the device. Adds the number
 // of singular rows to *singular (device int64, preset by the caller). Needs (r^2 + r) *
-// sizeof(T) <= 48 KiB of shared memory (cudaErrorInvalidConfiguration otherwise).
+// sizeof(T) <= 48 KiB of shared memory (cudaErrorInvalidConfiguration otherwise); with
+// cg_steps > 0 (conjugate gradients from out's rows) 3 r * sizeof(T), any rank that fits it.
 template <class T, class I>
 int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                    const uint8_t* active, T* out, int64_t* singular, void* stream);
+                    const uint8_t* active, int cg_steps, T* out, int64_t* singular, void* stream);
 
 // The batched completion solver's fused iteration, one thread per problem: the same arguments
 // as cpu::completion_steps, all pointers on the device.

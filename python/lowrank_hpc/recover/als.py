@@ -30,6 +30,12 @@ from ._measures import relative_change
 from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
+SOLVERS = ("auto", "cholesky", "cg")
+# solver="auto" takes conjugate gradients from this rank on: a row's exact solve costs
+# entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
+# entries * r, and the steps' inexactness costs less than 0.1% of the loss there (tests/test_als.py).
+CG_MIN_RANK = 64
+CG_STEPS = 3
 # Below this many problems per thread, parallel rows beat parallel problems, unless the whole
 # batch is less work than is worth sharing among threads.
 _FUSED_MIN_PROBLEMS = 8
@@ -52,21 +58,23 @@ class _Problem:
     """
 
     def __init__(self, call: Call, rows, cols, vals, offsets, batch: int, shape: tuple[int, int], rank: int,
-                 reg: float, count_scaling: bool):
+                 reg: float, count_scaling: bool, cg_steps: int = 0):
         self.call, self.xp = call, call.xp
         self.rows, self.cols, self.vals = rows, cols, vals
         self.batch, (self.m, self.n), self.rank = batch, shape, rank
         self.reg, self.count_scaling = reg, count_scaling
+        self.cg_steps = cg_steps  # 0: exact row solves; else conjugate-gradient steps (the "rows" kernel)
         self.nnz = int(rows.shape[0])
         self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
-        self.dense = self._dense_groups()
+        self.dense = self._dense_groups() if cg_steps == 0 else None
         if self.dense is not None:
             self.kernel = "dense"
             return  # the dense kernel needs neither CSR order nor the weights
         many = batch >= _FUSED_MIN_PROBLEMS * _threads(call)
         small = self.nnz * rank * rank < _FUSED_MAX_SERIAL_WORK  # too little work to share out
         # The fused iteration is the CPU module's own kernel (its data stays in one core's cache).
-        self.kernel = "fused" if hasattr(call.module, "als_iterations") and (many or small) else "rows"
+        fused = hasattr(call.module, "als_iterations") and (many or small) and cg_steps == 0
+        self.kernel = "fused" if fused else "rows"
         self.problem_ids = problem_of_entries(call, self.offsets, self.nnz)
         self.by_rows = self._order(rows, cols, self.m, "rows")
         self.by_cols = self._order(cols, rows, self.n, "cols")
@@ -113,8 +121,8 @@ class _Problem:
         """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; adds the
         singular rows to the device status word ``singular``."""
         indptr, others, vals = csr
-        self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active, out,
-                                         singular, self.call.stream())
+        self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active,
+                                         self.cg_steps, out, singular, self.call.stream())
 
     def per_problem_sum(self, values):
         """(batch,) float64 sums of per-entry values over each problem's entries, on the device."""
@@ -187,7 +195,8 @@ def _check_seed(function: str, name: str, seed: Any) -> Any:
 # The declared constraints of the ALS solvers' scalar arguments (rank's range depends on shape:
 # checked in the body).
 _ALS_CONSTRAINTS = dict(LOOP_CONSTRAINTS, shape=_checks.shape_2d, reg=_checks.nonnegative_float,
-                        reg_scaling=_checks.one_of(*REG_SCALINGS))
+                        reg_scaling=_checks.one_of(*REG_SCALINGS), solver=_checks.one_of(*SOLVERS),
+                        cg_steps=_checks.positive_int)
 
 
 def _key_stream(seed: Any) -> tuple[int, int]:
@@ -269,6 +278,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
     history = {name: (np.asarray(values, dtype=np.float64) if values else np.zeros(empty))
                for name, values in (("loss", state.loss), ("relative_change", state.relative_change))}
     info = {"singular_rows": int(state.scalars["singular_rows"]), "reg": problem.reg, "kernel": problem.kernel,
+            "solver": "cg" if problem.cg_steps else "cholesky",
             "reg_scaling": "count" if problem.count_scaling else "none", "seed": state.seed}
     U, V = state.arrays["U"], state.arrays["V"]
     if batched:
@@ -282,17 +292,18 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
 
 
 def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling, settings: LoopSettings,
-             batched: bool):
+             batched: bool, solver: str = "cholesky", cg_steps: int = CG_STEPS):
     _checks.required(function, rows=rows, cols=cols, vals=vals)
     call = resolve(function, rows=rows, cols=cols, vals=vals, offsets=offsets, init=init)
     m, n = shape
     rank = _check_rank(function, shape, rank)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
+    use_cg = solver == "cg" or (solver == "auto" and rank >= CG_MIN_RANK)
     limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
-    if limit is not None and (rank * rank + rank) * vals.dtype.itemsize > limit:
+    words, what = (3 * rank, "3 rank") if use_cg else (rank * rank + rank, "(rank^2 + rank)")
+    if limit is not None and words * vals.dtype.itemsize > limit:
         raise ValueError(f"{function}: rank {rank} is too large for the {call.backend} ALS kernel with {vals.dtype} "
-                         f"((rank^2 + rank) * {vals.dtype.itemsize} bytes must fit in {limit // 1024} KiB of "
-                         "shared memory)")
+                         f"({what} * {vals.dtype.itemsize} bytes must fit in {limit // 1024} KiB of shared memory)")
     if batched:
         offsets = call.index_array("offsets", offsets)
         batch = int(offsets.shape[0]) - 1
@@ -300,15 +311,17 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
             raise ValueError(f"{function}: offsets must have length B + 1 >= 2, got {offsets.shape[0]}")
     else:
         batch = 1
-    problem = _Problem(call, rows, cols, vals, offsets, batch, (m, n), rank, float(reg), reg_scaling == "count")
+    problem = _Problem(call, rows, cols, vals, offsets, batch, (m, n), rank, float(reg), reg_scaling == "count",
+                       cg_steps if use_cg else 0)
     return call, problem
 
 
 @_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed)
 def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
-        reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6, seed: Any = None,
-        init: Optional[Any] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
-        progress: bool = False, checkpoint: Optional[str] = None, checkpoint_every: int = 10,
+        reg_scaling: str = "none", solver: str = "auto", cg_steps: int = CG_STEPS, max_iter: int = 50,
+        tol: float = 1e-6, seed: Any = None, init: Optional[Any] = None,
+        callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
+        checkpoint: Optional[str] = None, checkpoint_every: int = 10,
         time_limit: Optional[float] = None) -> RecoveryResult:
     """Complete an m x n matrix of rank ``rank`` from observed entries by alternating least squares.
 
@@ -331,6 +344,15 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         past min(m, n) its normal equations are singular without reg, and U V^T gains nothing).
     reg : regularisation >= 0.
     reg_scaling : "none" or "count".
+    solver : how each row's r x r system is solved. "cholesky": exactly (square-root-free
+        Cholesky of the assembled normal equations, O(entries r^2 + r^3) per row); "cg":
+        ``cg_steps`` conjugate-gradient steps warm-started from the row's previous value
+        (Takacs, Pilaszy and Tikk 2011; implicit's default), never forming the system, O(entries
+        r) per step, so the cost grows linearly in r. Each CG step still lowers the row's
+        quadratic, so the loss never rises either; the iterates are not the exact ALS ones.
+        "auto" (default): "cg" from rank CG_MIN_RANK = 64 on, else "cholesky".
+        ``info["solver"]`` says which ran. CG uses the "rows" kernel.
+    cg_steps : conjugate-gradient steps per row and half-step (default 3), an int >= 1.
     max_iter, tol : stop after max_iter iterations ("max_iter"; max_iter=0 returns the start: U
         = 0 and the initial V, n_iter 0, empty history), or once the relative change of U V^T,
         ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, is below tol (computed from r x r Gram matrices).
@@ -359,7 +381,7 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     {"loss", "relative_change"} (n_iter,) float64, where loss is half the objective above
     (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged (a bool), stop_reason
     (a str: "converged", "max_iter", "time_limit" or "diverged"), seconds, backend,
-    info["singular_rows"], info["seed"] and info["kernel"] (which ALS kernel ran: "fused",
+    info["singular_rows"], info["seed"], info["solver"] and info["kernel"] (which ALS kernel ran: "fused",
     "rows" or "dense"; on the CPU all three give the same U, V).
 
     Raises
@@ -374,7 +396,7 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="als")
     call, problem = _prepare("als", rows, cols, vals, None, init, shape, rank, reg, reg_scaling, settings,
-                             batched=False)
+                             batched=False, solver=solver, cg_steps=cg_steps)
     seed, seed_key = resolve_seed(seed, settings.checkpoint)
     if init is not None:
         V0 = _check_init(call, init, (problem.n, problem.rank)).copy()
@@ -383,13 +405,15 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         V0 = _initial_V(call, key, stream, 1, problem.n, problem.rank, problem.vals.dtype)
     # Without a checkpoint nothing is compared against, so the data need not be hashed.
     digest = fingerprint("als", problem.rows, problem.cols, problem.vals, problem.m, problem.n, problem.rank,
-                         problem.reg, reg_scaling, settings.tol, repr(seed_key), init) if checkpoint else ""
+                         problem.reg, reg_scaling, problem.cg_steps, settings.tol, repr(seed_key),
+                         init) if checkpoint else ""
     return _solve(call, problem, V0, settings, settings.tol, digest, batched=False, started=started, seed=seed)
 
 
 @_checks.constrained(**_ALS_CONSTRAINTS, seed=_checks.seed_argument)
 def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int,
-                reg: float = 0.1, *, reg_scaling: str = "none", max_iter: int = 50, tol: float = 1e-6,
+                reg: float = 0.1, *, reg_scaling: str = "none", solver: str = "auto", cg_steps: int = CG_STEPS,
+                max_iter: int = 50, tol: float = 1e-6,
                 seed: Optional[int] = None, init: Optional[Any] = None,
                 callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
                 checkpoint: Optional[str] = None, checkpoint_every: int = 10,
@@ -410,7 +434,7 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
         (the fit sees their mean, weighted by their count).
     offsets : (B + 1,) int array, non-decreasing from 0 to nnz. A problem may have no entries
         (its factors are zero when reg > 0).
-    shape, rank, reg, reg_scaling, max_iter, tol, callback, progress, checkpoint,
+    shape, rank, reg, reg_scaling, solver, cg_steps, max_iter, tol, callback, progress, checkpoint,
     checkpoint_every, time_limit : as for :func:`als`, per problem (the bar shows the loss
         summed over the running problems).
     seed : None or an int in [0, 2**64): problem b's V starts from stream b of key ``seed``,
@@ -435,13 +459,13 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
     if offsets is None:
         raise ValueError("batched_als: offsets (length B + 1) must say which entries belong to which problem")
     call, problem = _prepare("batched_als", rows, cols, vals, offsets, init, shape, rank, reg, reg_scaling,
-                             settings, batched=True)
+                             settings, batched=True, solver=solver, cg_steps=cg_steps)
     seed, seed_key = resolve_seed(seed, settings.checkpoint)
     if init is not None:
         V0 = _check_init(call, init, (problem.batch, problem.n, problem.rank)).copy()
     else:
         V0 = _initial_V(call, seed, 0, problem.batch, problem.n, problem.rank, problem.vals.dtype)
     digest = fingerprint("batched_als", problem.rows, problem.cols, problem.vals, problem.offsets, problem.m,
-                         problem.n, problem.rank, problem.reg, reg_scaling, settings.tol, repr(seed_key),
-                         init) if checkpoint else ""
+                         problem.n, problem.rank, problem.reg, reg_scaling, problem.cg_steps, settings.tol,
+                         repr(seed_key), init) if checkpoint else ""
     return _solve(call, problem, V0, settings, settings.tol, digest, batched=True, started=started, seed=seed)

@@ -156,6 +156,60 @@ struct NormalEquations {
     }
   }
 
+  // Conjugate gradients on the row's system G x = g from x (the row's previous factor: a warm
+  // start), ``steps`` steps (Takacs, Pilaszy and Tikk 2011; implicit's default solver). G is
+  // never formed: G p = sum_j <f_j, p> f_j + lambda p is one pass over the row's entries, so a
+  // step costs O(entries r) against the exact solve's O(entries r^2 + r^3). scratch: 3 r.
+  // A row without observations becomes zero (true, singular, when reg == 0, as solve_row says).
+  LRH_HD bool cg_solve(int64_t row, int64_t b, int steps, T* scratch, T* x) const {
+    const int64_t r = static_or<R>(this->r);
+    if (count(row) == 0) {
+      for (int64_t c = 0; c < r; ++c) x[c] = T(0);
+      return !(reg > T(0));
+    }
+    const T* block = F + b * n_other * r;
+    const T shift = lambda(row);
+    T* residual = scratch;  // g - G x
+    T* direction = residual + r;
+    T* product = direction + r;  // G direction
+    for (int64_t c = 0; c < r; ++c) residual[c] = -shift * x[c];
+    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+      const T* f = factor_row(block, j);
+      T dot = T(0);
+      for (int64_t c = 0; c < r; ++c) dot += f[c] * x[c];
+      const T error = value(j) - dot;
+      for (int64_t c = 0; c < r; ++c) residual[c] += error * f[c];
+    }
+    T squared = T(0);
+    for (int64_t c = 0; c < r; ++c) {
+      direction[c] = residual[c];
+      squared += residual[c] * residual[c];
+    }
+    for (int step = 0; step < steps && squared > T(0); ++step) {
+      for (int64_t c = 0; c < r; ++c) product[c] = shift * direction[c];
+      for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+        const T* f = factor_row(block, j);
+        T dot = T(0);
+        for (int64_t c = 0; c < r; ++c) dot += f[c] * direction[c];
+        for (int64_t c = 0; c < r; ++c) product[c] += dot * f[c];
+      }
+      T curvature = T(0);
+      for (int64_t c = 0; c < r; ++c) curvature += direction[c] * product[c];
+      if (!(curvature > T(0))) break;  // a singular direction (reg == 0, fewer entries than r)
+      const T alpha = squared / curvature;
+      T next = T(0);
+      for (int64_t c = 0; c < r; ++c) {
+        x[c] += alpha * direction[c];
+        residual[c] -= alpha * product[c];
+        next += residual[c] * residual[c];
+      }
+      const T beta = next / squared;
+      for (int64_t c = 0; c < r; ++c) direction[c] = residual[c] + beta * direction[c];
+      squared = next;
+    }
+    return false;
+  }
+
   // sum over the row's entries of (<x, f_j> - v_j)^2 in double, x its (r) solution: the fit
   // term of the objective, summed while the row's factor rows are still in cache.
   LRH_HD double squared_residuals(int64_t row, int64_t b, const T* x) const {
