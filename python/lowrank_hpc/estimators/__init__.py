@@ -16,7 +16,8 @@ arrays -> GPU) unless ``backend`` names one, which moves them there; a fitted es
 later inputs to the side of its factors.
 """
 from ._base import NotFittedError
+from .boolean_mf import BooleanMF
 from .completion import COMPLETION_METHODS, MatrixCompletion
 from .sensing import MatrixSensing
 
-__all__ = ["COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "NotFittedError"]
+__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "NotFittedError"]
