@@ -17,7 +17,10 @@ int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T
   for (int64_t b = 0; b < batch; ++b) steps[b] = ops::palm_step_size(gram + b * k * k, k, inertia);
   const int64_t rows = batch * n;
 #pragma omp parallel for schedule(static) if (rows * k * k > kParallelMinWork)
-  for (int64_t r = 0; r < rows; ++r) step(r / n, r % n, U, U_prev, gram, cross, active, n, k, steps[r / n], out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / n;
+    step(b, r - b * n, U, U_prev, gram, cross, active, n, k, steps[b], out);
+  }
   return 0;
 }
 

@@ -54,10 +54,13 @@ LRH_HD double palm_step_size(const T* gram, int64_t k, double inertia) {
 
 // One row of the fused half-step for the factor U (n x k) against the fixed factor V (k x m):
 //   Y = U + b (U - U_prev),  out = prox(Y - step (Y G - C); kappa step, lambda step)
-// with G = V V^T (k x k) and C = A V^T (n x k) formed by the vendor GEMM. The row of Y is
-// recomputed per output column instead of stored, so no per-thread scratch is needed.
+// with G = V V^T (k x k) and C = A V^T (n x k) formed by the vendor GEMM.
 template <class T>
 struct ElasticBinaryHalfStep {
+  // Ranks up to this keep the row of Y and of the gradient in registers (or the GPU's local
+  // memory); larger ones recompute Y per output column instead of needing scratch.
+  static constexpr int64_t kStackRank = 32;
+
   double kappa;    // l1 weight (fixed)
   double lambda;   // l2 weight at this iteration (lambda * growth^t)
   double inertia;  // b >= 0; 0 is PALM
@@ -66,6 +69,21 @@ struct ElasticBinaryHalfStep {
   LRH_HD void row(const T* u, const T* u_prev, const T* gram, const T* cross, T* out, int64_t k, double step) const {
     const T b = static_cast<T>(inertia), t = static_cast<T>(step);
     const T l1 = static_cast<T>(kappa * step), l2 = static_cast<T>(lambda * step);
+    if (k <= kStackRank) {
+      T y[kStackRank], gradient[kStackRank];
+      for (int64_t c = 0; c < k; ++c) {
+        y[c] = u[c] + b * (u[c] - u_prev[c]);
+        gradient[c] = -cross[c];
+      }
+      // Row a of G at a time: the inner loop runs along contiguous memory and vectorizes.
+      for (int64_t a = 0; a < k; ++a) {
+        const T ya = y[a];
+        const T* g = gram + a * k;
+        for (int64_t c = 0; c < k; ++c) gradient[c] += ya * g[c];
+      }
+      for (int64_t c = 0; c < k; ++c) out[c] = elastic_binary_prox(y[c] - t * gradient[c], l1, l2, nonnegative);
+      return;
+    }
     for (int64_t c = 0; c < k; ++c) {
       T gradient = -cross[c];
       for (int64_t a = 0; a < k; ++a) gradient += (u[a] + b * (u[a] - u_prev[a])) * gram[a * k + c];
