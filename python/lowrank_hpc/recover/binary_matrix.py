@@ -78,8 +78,8 @@ class BinaryMatrix:
 
     def _from_dense(self, name: str, A: Any, dtype: Any, ndim: int) -> None:
         call, xp = self.call, self.call.xp
-        if call.on_device:
-            array = call._as_backend_array(name, A)
+        if call.on_device:  # a host array is moved once; a CUDA array is viewed
+            array = call._as_backend_array(name, A) if is_device_array(A) else call.xp.asarray(np.asarray(A))
         else:
             array = np.asarray(A.get() if hasattr(A, "get") and not isinstance(A, np.ndarray) else A)
             if array.dtype == object:
