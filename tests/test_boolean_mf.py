@@ -244,6 +244,16 @@ def test_batched_problems_advance_like_single_ones():
         assert batched.stop_reason[b] == single.stop_reason
 
 
+def test_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
+    A = np.random.default_rng(0).random((40, 30)) < 0.3
+    full = boolean_mf(A, 3, seed=1, max_iter=200, tol=0.0)
+    path = str(tmp_path / "run.npz")
+    assert boolean_mf(A, 3, seed=1, max_iter=120, tol=0.0, checkpoint=path, checkpoint_every=50).n_iter == 120
+    resumed = boolean_mf(A, 3, seed=1, max_iter=200, tol=0.0, checkpoint=path, checkpoint_every=50)
+    np.testing.assert_array_equal(resumed.U, full.U)
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
+
+
 # ---------------------------------------------------------------------- the estimator
 def test_estimator_attributes_transform_and_reproducibility():
     clean, noisy, _, _ = planted_tiles(90, 60, 3, 0.0, seed=6)
