@@ -374,7 +374,8 @@ def _read_npz(path: str, *, pairs: bool = False) -> Ratings:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
                 raise DataError(f"{path} holds a single array, not .npz arrays rows, cols, vals")
-            missing = [key for key in ("rows", "cols", "vals") if key not in data.files and not (pairs and key == "vals")]
+            wanted = ("rows", "cols") if pairs else ("rows", "cols", "vals")
+            missing = [key for key in wanted if key not in data.files]
             if missing:
                 raise DataError(f"{path} lacks the array(s) {', '.join(missing)}; a .npz of entries holds rows, cols, "
                                 f"{'optionally vals' if pairs else 'vals'} and optionally shape")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import _backend, _checks
 
+
 class NotFittedError(ValueError, AttributeError):
     """A method that needs a fitted estimator was called before ``fit``.
 

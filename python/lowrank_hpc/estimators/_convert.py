@@ -13,6 +13,7 @@ from .. import _backend, _checks
 from .._arrays import for_backend, is_device_array
 from ..recover.binary_matrix import BinaryMatrix, is_sparse
 
+
 def _side(backend: str, *arrays: Any) -> str:
     """The side to compute on, "cpu" or "cuda": the named backend, else where the arrays live."""
     if backend in ("cpu", "cuda"):
