@@ -84,6 +84,13 @@ int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* strea
 template <class T, class F>
 int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
 
+// The fused elastic-binary half-step, one thread per factor row: the same arguments as the CPU
+// driver (cpp/src/launchers.hpp), all pointers on the device.
+template <class T>
+int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T* cross, int64_t batch, int64_t n,
+                             int64_t k, double kappa, double lambda, double inertia, bool nonnegative,
+                             const uint8_t* active, T* out, void* stream);
+
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
 const char* error_string(int code);

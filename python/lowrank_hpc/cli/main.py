@@ -1,6 +1,7 @@
 """The ``lowrank-hpc`` command line: argument parsing, and the one place user errors become one line.
 
     lowrank-hpc complete INPUT [options]   complete a file of observed (row, col, value) entries
+    lowrank-hpc bmf INPUT [options]        Boolean factors of a 0/1 matrix given by its (row, col) ones
     lowrank-hpc demo [options]             complete a photograph from 30% of its pixels
     lowrank-hpc info [--compact]           backends, CUDA device, threads and dtypes (JSON)
 
@@ -123,7 +124,7 @@ def _methods() -> tuple[str, ...]:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{complete,demo,info}")
+    commands = parser.add_subparsers(dest="command", metavar="{complete,bmf,demo,info}")
 
     complete = commands.add_parser(
         "complete", help="complete a file of observed (row, col, value) entries",
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="save the solve's state there as it runs; rerunning the same command on the same "
                                "data resumes it (Ctrl-C keeps the file)")
     complete.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    from . import bmf
+
+    bmf.add_parser(commands, _positive_int, _seed, _max_iter, _nonnegative)
 
     demo = commands.add_parser(
         "demo", help="complete a photograph from 30%% of its pixels (the built-in example)",
@@ -230,7 +235,8 @@ def _fail(error: BaseException, code: int) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command is None:
-        raise UsageError("choose a command: complete (your data), demo (the built-in example) or info; "
+        raise UsageError("choose a command: complete (your data), bmf (Boolean factors of a 0/1 matrix), demo (the "
+                         "built-in example) or info; "
                          f"see {PROG} --help")
     if args.command == "info":
         from .. import info
@@ -241,6 +247,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import demo
 
         return demo.run(args)
+    if args.command == "bmf":
+        from . import bmf
+
+        return bmf.run(args)
     from . import complete
 
     return complete.run(args)

@@ -110,6 +110,33 @@ def read_ratings(path: str, *, header: str = "auto", format: Optional[str] = Non
     return _merged(Ratings(rows, cols, vals, row_ids, col_ids, path, kind, header=had_header))
 
 
+def _pairs_header(fields: Sequence[str]) -> bool:
+    """A first line is a header when neither of its ids is a number (``user,item``)."""
+    return not any(_is_number(token) for token in fields[:2])
+
+
+def read_pairs(path: str, *, header: str = "auto", format: Optional[str] = None) -> Ratings:
+    """The ones of a 0/1 matrix: (row, col) pairs from text (extra columns ignored), a .npz of
+    rows, cols (vals optional, else ones; shape optional) or a .mtx (pattern, integer or real);
+    ids mapped as :func:`read_ratings` maps them, repeated pairs merged. DataError for any fault;
+    values other than 0/1 are left for the factorization to name."""
+    path = os.fspath(path)
+    check_readable(path)
+    kind = format or detect_format(path)
+    if kind == "npz":
+        return _read_npz(path, pairs=True)
+    if kind == "mtx":
+        return _read_mtx(path, pairs=True)
+    if kind != "text":
+        raise DataError(f"format {kind!r} is not read for pairs; use text (row,col lines), .npz or .mtx")
+    columns, numbers, had_header = read_text_fields(path, 2, header=header, is_header=_pairs_header)
+    where = line_locator(path, numbers)
+    row_ids, rows = map_ids(parse_ids(columns[0], where, "row"))
+    col_ids, cols = map_ids(parse_ids(columns[1], where, "column"))
+    ones = np.ones(rows.shape[0], dtype=np.float64)
+    return _merged(Ratings(rows, cols, ones, row_ids, col_ids, path, kind, header=had_header))
+
+
 # ---------------------------------------------------------------------- files
 def check_readable(path: str) -> None:
     """DataError unless ``path`` is an existing regular file this process can read."""
@@ -339,18 +366,22 @@ def _merged(ratings: Ratings) -> Ratings:
 
 
 # ---------------------------------------------------------------------- binary formats
-def _read_npz(path: str) -> Ratings:
+def _read_npz(path: str, *, pairs: bool = False) -> Ratings:
+    """Entries of a .npz (rows, cols, vals[, shape]); with ``pairs`` vals may be absent (ones)."""
     import zipfile
 
     try:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
                 raise DataError(f"{path} holds a single array, not .npz arrays rows, cols, vals")
-            missing = [key for key in ("rows", "cols", "vals") if key not in data.files]
+            wanted = ("rows", "cols") if pairs else ("rows", "cols", "vals")
+            missing = [key for key in wanted if key not in data.files]
             if missing:
                 raise DataError(f"{path} lacks the array(s) {', '.join(missing)}; a .npz of entries holds rows, cols, "
-                                "vals and optionally shape")
+                                f"{'optionally vals' if pairs else 'vals'} and optionally shape")
             arrays = {key: data[key] for key in ("rows", "cols", "vals", "shape") if key in data.files}
+            if "vals" not in arrays:
+                arrays["vals"] = np.ones(arrays["rows"].shape, dtype=np.float64)
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -411,7 +442,8 @@ def _npz_ids(path: str, ids: np.ndarray, axis: str) -> np.ndarray:
     raise DataError(f"{path}: {axis} ids have dtype {ids.dtype}; use integers or strings")
 
 
-def _read_mtx(path: str) -> Ratings:
+def _read_mtx(path: str, *, pairs: bool = False) -> Ratings:
+    """Entries of a coordinate Matrix Market file; with ``pairs`` the 'pattern' field (ones) too."""
     import scipy.io
     import scipy.sparse
 
@@ -422,7 +454,7 @@ def _read_mtx(path: str) -> Ratings:
     if layout != "coordinate":
         raise DataError(f"{path} is a dense ('{layout}') Matrix Market file; give the observed entries in "
                         "coordinate format")
-    if field not in ("real", "integer", "double"):
+    if field not in ("real", "integer", "double") and not (pairs and field == "pattern"):
         raise DataError(f"{path}: Matrix Market field '{field}' has no real values to complete (need real or "
                         "integer)")
     try:

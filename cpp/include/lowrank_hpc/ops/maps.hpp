@@ -5,6 +5,7 @@
 // LRH_FOR_EACH_MAP below makes it callable from Python by name.
 #pragma once
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/ops/elastic_binary.hpp"
 #include "lowrank_hpc/ops/kernel_functions.hpp"
 
 namespace lowrank_hpc::ops {
@@ -50,7 +51,8 @@ struct Square {
   M(kernel_piecewise_linear,                                                         \
     ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::piecewise_linear>)          \
   M(soft_threshold, ::lowrank_hpc::ops::SoftThreshold)                               \
-  M(square, ::lowrank_hpc::ops::Square)
+  M(square, ::lowrank_hpc::ops::Square)                                              \
+  M(elastic_binary_prox, ::lowrank_hpc::ops::ElasticBinaryProx)
 
 // The explicit instances of one map's launchers (map, reduce_rows, reduce_cols) for float and
 // double, written once for both backends: expanded inside each backend's launcher namespace.

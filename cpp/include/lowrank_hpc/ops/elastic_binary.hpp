@@ -1,0 +1,108 @@
+// Elastic-binary proximal steps (Dalleiger & Vreeken, NeurIPS 2022, "Elbmf"): the proximal
+// operator of the bimodal elastic net whose minima sit at 0 and 1, and the PALM / inertial PALM
+// half-step of Boolean matrix factorization built on it. Compiled by g++ (OpenMP drivers) and
+// nvcc (kernels) alike; formulas in shared/specs/elbmf.md.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "lowrank_hpc/core/macros.hpp"
+
+namespace lowrank_hpc::ops {
+
+// sign(x) in {-1, 0, 1}.
+template <class T>
+LRH_HD T sign_of(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+
+// The elastic-binary proximal operator with l1 weight `l1` and l2 weight `l2` (both already
+// scaled by the step), as the reference implementation: the elastic-net prox towards 0 for
+// x <= 1/2 and towards 1 above; nonnegative clamps the result at 0.
+template <class T>
+LRH_HD T elastic_binary_prox(T x, T l1, T l2, bool nonnegative) {
+  const T y = x <= T(0.5) ? (x - l1 * sign_of(x)) / (T(1) + l2)
+                          : (x - l1 * sign_of(x - T(1)) + l2) / (T(1) + l2);
+  return nonnegative && y < T(0) ? T(0) : y;
+}
+
+// The map of lowrank_hpc.ops.elastic_binary_prox: params (l1, l2, nonnegative as 0/1).
+struct ElasticBinaryProx {
+  static constexpr int kParams = 3;
+  double l1, l2;
+  bool nonnegative;
+  explicit ElasticBinaryProx(const double* params)
+      : l1(params[0]), l2(params[1]), nonnegative(params[2] != 0.0) {}
+  template <class T>
+  LRH_HD T operator()(T x) const {
+    return elastic_binary_prox(x, static_cast<T>(l1), static_cast<T>(l2), nonnegative);
+  }
+};
+
+// Below this Lipschitz estimate the step would blow up (an all-zero factor): the spec's floor.
+inline constexpr double kMinLipschitz = 1e-4;
+
+// The step of one half-step from the k x k Gram matrix G = V V^T of the fixed factor:
+// L = max(||G||_F, 1e-4); PALM (inertia 0) 1 / (1.1 L), iPALM 2 (1 - b) / ((1 + 2 b) L).
+template <class T>
+LRH_HD double palm_step_size(const T* gram, int64_t k, double inertia) {
+  using std::sqrt;
+  double squares = 0.0;
+  for (int64_t e = 0; e < k * k; ++e) squares += static_cast<double>(gram[e]) * static_cast<double>(gram[e]);
+  double lipschitz = sqrt(squares);
+  lipschitz = lipschitz > kMinLipschitz ? lipschitz : kMinLipschitz;
+  return inertia > 0.0 ? 2.0 * (1.0 - inertia) / ((1.0 + 2.0 * inertia) * lipschitz) : 1.0 / (1.1 * lipschitz);
+}
+
+// One row of the fused half-step for the factor U (n x k) against the fixed factor V (k x m):
+//   Y = U + b (U - U_prev),  out = prox(Y - step (Y G - C); kappa step, lambda step)
+// with G = V V^T (k x k) and C = A V^T (n x k) formed by the vendor GEMM.
+template <class T>
+struct ElasticBinaryHalfStep {
+  // Ranks up to this keep the row of Y and of the gradient in registers (or the GPU's local
+  // memory); larger ones recompute Y per output column instead of needing scratch.
+  static constexpr int64_t kStackRank = 32;
+
+  double kappa;    // l1 weight (fixed)
+  double lambda;   // l2 weight at this iteration (lambda * growth^t)
+  double inertia;  // b >= 0; 0 is PALM
+  bool nonnegative;
+
+  LRH_HD void row(const T* u, const T* u_prev, const T* gram, const T* cross, T* out, int64_t k, double step) const {
+    const T b = static_cast<T>(inertia), t = static_cast<T>(step);
+    const T l1 = static_cast<T>(kappa * step), l2 = static_cast<T>(lambda * step);
+    if (k <= kStackRank) {
+      T y[kStackRank], gradient[kStackRank];
+      for (int64_t c = 0; c < k; ++c) {
+        y[c] = u[c] + b * (u[c] - u_prev[c]);
+        gradient[c] = -cross[c];
+      }
+      // Row a of G at a time: the inner loop runs along contiguous memory and vectorizes.
+      for (int64_t a = 0; a < k; ++a) {
+        const T ya = y[a];
+        const T* g = gram + a * k;
+        for (int64_t c = 0; c < k; ++c) gradient[c] += ya * g[c];
+      }
+      for (int64_t c = 0; c < k; ++c) out[c] = elastic_binary_prox(y[c] - t * gradient[c], l1, l2, nonnegative);
+      return;
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      T gradient = -cross[c];
+      for (int64_t a = 0; a < k; ++a) gradient += (u[a] + b * (u[a] - u_prev[a])) * gram[a * k + c];
+      const T y = u[c] + b * (u[c] - u_prev[c]);
+      out[c] = elastic_binary_prox(y - t * gradient, l1, l2, nonnegative);
+    }
+  }
+
+  // Row i of problem b of a batch: U, U_prev, cross (batch, n, k), gram (batch, k, k); an
+  // inactive problem copies its U.
+  LRH_HD void operator()(int64_t b, int64_t i, const T* U, const T* U_prev, const T* gram, const T* cross,
+                         const uint8_t* active, int64_t n, int64_t k, double step, T* out) const {
+    const int64_t offset = (b * n + i) * k;
+    if (active != nullptr && !active[b]) {
+      for (int64_t c = 0; c < k; ++c) out[offset + c] = U[offset + c];
+      return;
+    }
+    row(U + offset, U_prev + offset, gram + b * k * k, cross + offset, out + offset, k, step);
+  }
+};
+
+}  // namespace lowrank_hpc::ops

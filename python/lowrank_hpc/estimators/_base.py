@@ -1,0 +1,123 @@
+"""What every estimator shares: the scikit-learn protocol (get_params / set_params / repr from
+the ``__init__`` signature), NotFittedError, and the checks of hyper-parameters and random_state."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+from typing import Any
+
+import numpy as np
+
+from .. import _backend, _checks
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``.
+
+    Like scikit-learn's class of the same name it is a ValueError and an AttributeError; when
+    scikit-learn is loaded, the error raised is also an instance of
+    ``sklearn.exceptions.NotFittedError``, so scikit-learn's tools recognise it.
+    """
+
+
+@functools.lru_cache(maxsize=None)
+def _with_sklearn_base(sklearn_class: type) -> type:
+    return type("NotFittedError", (NotFittedError, sklearn_class),
+                {"__module__": "lowrank_hpc.estimators", "__doc__": NotFittedError.__doc__})
+
+
+def _not_fitted(estimator: Any, method: str) -> NotFittedError:
+    message = (f"This {type(estimator).__name__} instance is not fitted yet; call fit before {method}")
+    # Code that catches scikit-learn's class has imported it by then, so looking in sys.modules
+    # is enough and the library never imports scikit-learn itself.
+    sklearn_exceptions = sys.modules.get("sklearn.exceptions")
+    if sklearn_exceptions is None:
+        return NotFittedError(message)
+    return _with_sklearn_base(sklearn_exceptions.NotFittedError)(message)
+
+
+# ---------------------------------------------------------------------- hyper-parameter checks
+def _check_int(function: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{function}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_nonnegative(function: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value >= 0):
+        raise ValueError(f"{function}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_choice(function: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{function}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _seed(function: str, random_state: Any) -> int:
+    """An int seed from scikit-learn's random_state: None (fresh entropy), an int >= 0, a
+    numpy RandomState or Generator (one draw from it, so repeated fits differ as in scikit-learn)."""
+    if random_state is None:
+        return _checks.draw_seed()
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int32).max))
+    raise ValueError(f"{function}: random_state must be None, an integer >= 0, a numpy RandomState or "
+                     f"Generator, got {random_state!r}")
+
+
+def _backend_scope(backend: str):
+    """use_backend(backend) for "cpu"/"cuda" (raises if CUDA is unavailable), nothing for "auto"."""
+    return contextlib.nullcontext() if backend == "auto" else _backend.use_backend(backend)
+
+
+# ---------------------------------------------------------------------- shared estimator protocol
+class _Estimator:
+    """get_params / set_params / repr from the ``__init__`` signature, as scikit-learn's BaseEstimator."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyper-parameters as {name: value} (``deep`` is accepted for scikit-learn; nothing nests)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "_Estimator":
+        """Set hyper-parameters by name (validated by the next ``fit``); returns self."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}; "
+                                 f"valid parameters are {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
+                   if not _is_default(value, defaults[name])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, method: str) -> None:
+        if "result_" not in vars(self):
+            raise _not_fitted(self, method)
+
+    def _xp(self) -> Any:
+        return _backend.cupy_module() if self.result_.backend == "cuda" else np
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    # Arrays (init) are never "default"; comparing them with == would be element-wise.
+    return value is default or (type(value) is type(default) and isinstance(value, (str, int, float))
+                                and value == default)
+
+
+NotFittedError.__module__ = "lowrank_hpc.estimators"  # its public home
