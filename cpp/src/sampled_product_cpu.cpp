@@ -10,6 +10,18 @@ namespace lowrank_hpc::cpu {
 
 namespace {
 
+// Far enough ahead to hide the cache misses on the factor rows an entry gathers (a V row of a
+// large factor is rarely cached: columns come in random order within a row).
+constexpr int64_t kPrefetchDistance = 16;
+
+// Every 64-byte line of a factor row of r values (a rank-128 float32 row spans eight).
+template <class T>
+inline void prefetch_row(const T* row, int64_t r) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  const int64_t size = r * static_cast<int64_t>(sizeof(T));
+  for (int64_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset);
+}
+
 // Runs write(k, b) for every entry k of problem b whose indices are in range and bad(k) for
 // the others, in contiguous per-thread chunks (each thread finds its first problem once, then
 // walks forward). Returns the first bad entry or -1.
@@ -24,6 +36,11 @@ int64_t for_each_entry(const Entry& entry, const int64_t* offsets, int64_t batch
     int64_t b = begin < end ? find_batch(offsets, batch, begin) : 0;
     for (int64_t k = begin; k < end; ++k) {
       while (k >= offsets[b + 1]) ++b;
+      // A hint only: an entry of the next problem prefetches the wrong rows, harmlessly.
+      if (k + kPrefetchDistance < end && entry.valid(k + kPrefetchDistance)) {
+        prefetch_row(entry.u_row(k + kPrefetchDistance, b), r);
+        prefetch_row(entry.v_row(k + kPrefetchDistance, b), r);
+      }
       if (!entry.valid(k)) {
         bad(k);
         first_bad = std::min(first_bad, k);
