@@ -49,6 +49,7 @@ void bind_maps(py::module_& m);
 void bind_als(py::module_& m);
 void bind_completion_step(py::module_& m);
 void bind_constants(py::module_& m);
+void bind_adafactor(py::module_& m);
 
 // Everything above, called once by each module's PYBIND11_MODULE.
 inline void bind_shared(py::module_& m) {
@@ -58,6 +59,7 @@ inline void bind_shared(py::module_& m) {
   bind_als(m);
   bind_completion_step(m);
   bind_constants(m);
+  bind_adafactor(m);
 }
 
 }  // namespace lowrank_hpc::bindings

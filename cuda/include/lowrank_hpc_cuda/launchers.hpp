@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/ops/adafactor.hpp"
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
 
 namespace lowrank_hpc::cuda {
@@ -82,6 +83,13 @@ template <class T, class F>
 int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
 template <class T, class F>
 int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
+
+// One Adafactor step of a batch of parameters of one shape, in place (lowrank_hpc/ops/adafactor.hpp).
+// problems: a host array (staged to the device here) of `batch` entries; status (batch,), on the device, receives each parameter's
+// ops::AdafactorStatus; a parameter whose gradient or value is not finite is left untouched.
+template <class P, class S>
+int adafactor_step(const ops::AdafactorProblem<P, S>* problems, int64_t batch, ops::AdafactorShape shape,
+                   const ops::AdafactorOptions& options, int64_t* status, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
