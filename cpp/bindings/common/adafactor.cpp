@@ -117,7 +117,9 @@ void adafactor_step(const std::string& param_format, const std::vector<ArrayView
 }  // namespace
 
 void bind_adafactor(py::module_& m) {
-  py::class_<ops::AdafactorOptions>(m, "AdafactorOptions", "The options of an Adafactor step (ops/adafactor.hpp)")
+  // Module-local: _cpu and _cuda each register this C++ type, which pybind11 otherwise refuses.
+  py::class_<ops::AdafactorOptions>(m, "AdafactorOptions", py::module_local(),
+                                    "The options of an Adafactor step (ops/adafactor.hpp)")
       .def(py::init([](double lr, double beta2_decay, double eps1, double eps2, double d, double weight_decay,
                        double beta1, bool maximize, bool relative_step, bool scale_parameter, bool warmup_init) {
              return ops::AdafactorOptions{lr, beta2_decay, eps1, eps2, d, weight_decay, beta1,
