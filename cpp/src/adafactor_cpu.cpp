@@ -20,6 +20,9 @@ using ops::AdafactorShape;
 
 // Below this many entries a parameter is stepped by one thread: waking the team costs more.
 constexpr int64_t kMinParallelEntries = int64_t(1) << 15;
+// Up to this many entries, a batch of at least two parameters per thread runs one parameter per
+// thread: one thread's passes 2 and 3 (from the cache) overlap another's pass 1 (from memory).
+constexpr int64_t kMaxEntriesPerThread = int64_t(1) << 21;
 
 // The rows [begin, end) of `count` that thread `t` of `team` owns (contiguous, in order).
 inline void owned(int64_t count, int t, int team, int64_t* begin, int64_t* end) {
@@ -29,18 +32,18 @@ inline void owned(int64_t count, int t, int team, int64_t* begin, int64_t* end) 
 
 // Pass 3 of one row: X = step(X, U), U's entries recomputed exactly as in pass 2.
 template <class P, class S>
-LRH_CPU_CLONES void update_row(P* param, const P* grad, const S* col_var, S row_factor, S* exp_avg, int64_t m,
+LRH_CPU_CLONES void update_row(P* param, const P* grad, const S* col_roots, S row_root, S* exp_avg, int64_t m,
                                const AdafactorEntry<S>& entry) {
   if (exp_avg == nullptr) {
     LRH_SIMD
     for (int64_t j = 0; j < m; ++j) {
-      const S u = entry.direction(load_as<S>(grad[j]), row_factor * col_var[j]);
+      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
       param[j] = store_as<P>(entry.step(load_as<S>(param[j]), u, nullptr));
     }
   } else {
     LRH_SIMD
     for (int64_t j = 0; j < m; ++j) {
-      const S u = entry.direction(load_as<S>(grad[j]), row_factor * col_var[j]);
+      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
       param[j] = store_as<P>(entry.step(load_as<S>(param[j]), u, exp_avg + j));
     }
   }
@@ -48,12 +51,12 @@ LRH_CPU_CLONES void update_row(P* param, const P* grad, const S* col_var, S row_
 
 // Pass 2 of one row: the sum of U^2 in double.
 template <class P, class S>
-LRH_CPU_CLONES double update_squares_row(const P* grad, const S* col_var, S row_factor, int64_t m,
+LRH_CPU_CLONES double update_squares_row(const P* grad, const S* col_roots, S row_root, int64_t m,
                                          const AdafactorEntry<S>& entry) {
   double total = 0.0;
   LRH_SIMD_SUM(total)
   for (int64_t j = 0; j < m; ++j) {
-    const double u = entry.direction(load_as<S>(grad[j]), row_factor * col_var[j]);
+    const double u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
     total += u * u;
   }
   return total;
@@ -82,6 +85,7 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
   const int64_t slices = shape.slices, n = shape.rows, m = shape.cols, rows = slices * n;
   // O(threads (slices m) + slices n) doubles: never a temporary of the parameter's size.
   std::vector<double> col_sums(size_t(threads) * slices * m, 0.0), row_sums(rows), row_scale(slices);
+  std::vector<S> col_roots(slices * m);
   std::vector<double> grad_sums(threads, 0.0), param_sums(threads, 0.0), update_sums(threads, 0.0);
   AdafactorEntry<S> entry(o);
   int64_t status = 0;
@@ -117,6 +121,7 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
         double total = 0.0;
         for (int k = 0; k < team; ++k) total += col_sums[size_t(k) * slices * m + c];
         pr.col_var[c] = ops::updated_moment(pr.col_var[c], total, n, pr.moment_weight);
+        col_roots[c] = ops::inverse_root(pr.col_var[c]);
       }
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -127,8 +132,8 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
       }
       double updates = 0.0;
       for (int64_t r = begin; r < end; ++r) {
-        const S factor = static_cast<S>(pr.row_var[r] * row_scale[r / n]);
-        updates += update_squares_row(pr.grad + r * m, pr.col_var + (r / n) * m, factor, m, entry);
+        const S root = ops::adafactor_row_root(pr.row_var[r], row_scale[r / n]);
+        updates += update_squares_row(pr.grad + r * m, col_roots.data() + (r / n) * m, root, m, entry);
       }
       update_sums[t] = updates;
 #pragma omp barrier
@@ -141,8 +146,8 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
                                      ops::adafactor_clip_divisor(o, u, size));
       }
       for (int64_t r = begin; r < end; ++r) {
-        const S factor = static_cast<S>(pr.row_var[r] * row_scale[r / n]);
-        update_row(pr.param + r * m, pr.grad + r * m, pr.col_var + (r / n) * m, factor,
+        const S root = ops::adafactor_row_root(pr.row_var[r], row_scale[r / n]);
+        update_row(pr.param + r * m, pr.grad + r * m, col_roots.data() + (r / n) * m, root,
                    pr.exp_avg ? pr.exp_avg + r * m : nullptr, m, entry);
       }
     }
@@ -156,6 +161,7 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
                     int threads) {
   const int64_t size = shape.size();
   std::vector<double> grad_sums(threads, 0.0), param_sums(threads, 0.0), update_sums(threads, 0.0);
+  std::vector<S> roots(size);  // a vector's moment is its size: so is this
   AdafactorEntry<S> entry(o);
   int64_t status = 0;
   double param_total = 0.0;
@@ -185,8 +191,9 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
       for (int64_t j = begin; j < end; ++j) {
         const double g = load_as<double>(pr.grad[j]);
         pr.col_var[j] = ops::updated_moment(pr.col_var[j], g * g, 1, pr.moment_weight);
+        roots[j] = ops::inverse_root(pr.col_var[j]);
       }
-      update_sums[t] = update_squares_row(pr.grad + begin, pr.col_var + begin, S(1), end - begin, entry);
+      update_sums[t] = update_squares_row(pr.grad + begin, roots.data() + begin, S(1), end - begin, entry);
 #pragma omp barrier
 #pragma omp single
       {
@@ -195,7 +202,7 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
         entry.scale = static_cast<S>(ops::adafactor_step_size(o, pr.rho, param_total, size) /
                                      ops::adafactor_clip_divisor(o, u, size));
       }
-      update_row(pr.param + begin, pr.grad + begin, pr.col_var + begin, S(1),
+      update_row(pr.param + begin, pr.grad + begin, roots.data() + begin, S(1),
                  pr.exp_avg ? pr.exp_avg + begin : nullptr, end - begin, entry);
     }
   }
@@ -213,11 +220,12 @@ int64_t step_one(const AdafactorProblem<P, S>& pr, const AdafactorShape& shape, 
 template <class P, class S>
 int adafactor_step(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorShape shape,
                    const AdafactorOptions& options, int64_t* status, void*) {
-  if (shape.size() < kMinParallelEntries) {
+  const int threads = omp_get_max_threads();
+  const int64_t size = shape.size();
+  if (size < kMinParallelEntries || (batch >= 2 * threads && size <= kMaxEntriesPerThread)) {
 #pragma omp parallel for schedule(dynamic, 1) if (batch > 1)
     for (int64_t b = 0; b < batch; ++b) status[b] = step_one(problems[b], shape, options, 1);
   } else {
-    const int threads = omp_get_max_threads();
     for (int64_t b = 0; b < batch; ++b) status[b] = step_one(problems[b], shape, options, threads);
   }
   return 0;

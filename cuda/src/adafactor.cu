@@ -3,7 +3,8 @@
 // deterministic: (1) tiles of a row band x 512 columns sum G^2 per row and per column band and
 // X^2, G^2 per tile; (2) one block per slice checks the parameter, updates R and C and takes
 // mean(R); (3) warps over rows sum U^2; (4) one thread per parameter makes the scale; (5) warps
-// over rows apply the step. Scratch is O(slices (rows + cols)) per parameter, stream-ordered.
+// over rows apply the step. Scratch is O(slices (rows + cols)) per parameter, stream-ordered
+// (plus the inverse roots of C: the size of the moment, for a vector too).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) moments_kernel(const AdafactorProble
                                                            AdafactorShape shape, Layout layout,
                                                            AdafactorOptions options, const double* row_partials,
                                                            const double* col_partials, const double* tile_sums,
-                                                           double* row_scale, double* param_sums,
+                                                           double* row_scale, S* col_roots, double* param_sums,
                                                            int64_t* status) {
   __shared__ double shared[kWarps];
   const int64_t b = blockIdx.y, l = blockIdx.x;
@@ -145,7 +146,9 @@ __global__ void __launch_bounds__(kThreads) moments_kernel(const AdafactorProble
   for (int64_t j = threadIdx.x; j < m; j += kThreads) {
     double sum = 0.0;
     for (int64_t h = 0; h < layout.bands; ++h) sum += col_partials[((b * L + l) * layout.bands + h) * m + j];
-    pr.col_var[l * m + j] = ops::updated_moment(pr.col_var[l * m + j], sum, n, pr.moment_weight);
+    const S moment = ops::updated_moment(pr.col_var[l * m + j], sum, n, pr.moment_weight);
+    pr.col_var[l * m + j] = moment;
+    col_roots[(b * L + l) * m + j] = ops::inverse_root(moment);
   }
   row_total = block_sum(row_total, shared);
   if (threadIdx.x == 0) row_scale[b * L + l] = shape.factored ? ops::adafactor_row_scale(options, row_total, n) : 1.0;
@@ -157,8 +160,8 @@ template <class P, class S, bool kApply>
 __global__ void __launch_bounds__(kThreads) direction_kernel(const AdafactorProblem<P, S>* problems,
                                                              AdafactorShape shape, Layout layout,
                                                              AdafactorOptions options, const double* row_scale,
-                                                             const double* scales, const int64_t* status,
-                                                             double* update_partials) {
+                                                             const S* col_roots, const double* scales,
+                                                             const int64_t* status, double* update_partials) {
   __shared__ double shared[kWarps];
   const int64_t b = blockIdx.y;
   if (status[b] != 0) return;  // the whole block leaves together
@@ -170,15 +173,15 @@ __global__ void __launch_bounds__(kThreads) direction_kernel(const AdafactorProb
   double squares = 0.0;
   for (int64_t r = blockIdx.x * int64_t(kWarps) + warp; r < layout.rows; r += int64_t(gridDim.x) * kWarps) {
     const int64_t begin = r * layout.row_len, len = min(layout.row_len, size - begin);
-    S factor = S(1);
-    const S* col = pr.col_var + begin;
+    S row_root = S(1);
+    const S* roots = col_roots + b * shape.slices * m + begin;  // a vector: its entries' roots
     if (shape.factored) {
       const int64_t l = r / n;
-      factor = static_cast<S>(pr.row_var[r] * row_scale[b * shape.slices + l]);
-      col = pr.col_var + l * m;
+      row_root = ops::adafactor_row_root(pr.row_var[r], row_scale[b * shape.slices + l]);
+      roots = col_roots + (b * shape.slices + l) * m;
     }
     for (int64_t j = lane; j < len; j += 32) {
-      const S u = entry.direction(load_as<S>(pr.grad[begin + j]), factor * col[j]);
+      const S u = entry.direction(load_as<S>(pr.grad[begin + j]), row_root, roots[j]);
       if (kApply) {
         S* moment = pr.exp_avg ? pr.exp_avg + begin + j : nullptr;
         pr.param[begin + j] = store_as<P>(entry.step(load_as<S>(pr.param[begin + j]), u, moment));
@@ -231,7 +234,8 @@ int step_chunk(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorS
                                           std::max<int64_t>(1, kTargetBlocks / batch));
 
   // Scratch: the staged problems, then the partial sums, freed in stream order.
-  const int64_t bytes = 256 * 9 + int64_t(sizeof(AdafactorProblem<P, S>)) * batch +
+  const int64_t bytes = 256 * 10 + int64_t(sizeof(AdafactorProblem<P, S>)) * batch +
+                        int64_t(sizeof(S)) * batch * L * m +
                         8 * (batch * L * layout.windows * n + batch * L * layout.bands * m + batch * layout.tiles * 2 +
                              batch * L + 3 * batch + batch * layout.pass2_blocks);
   void* buffer = nullptr;
@@ -243,6 +247,7 @@ int step_chunk(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorS
   double* col_partials = carve<double>(cursor, batch * L * layout.bands * m);
   double* tile_sums = carve<double>(cursor, batch * layout.tiles * 2);
   double* row_scale = carve<double>(cursor, batch * L);
+  S* col_roots = carve<S>(cursor, batch * L * m);
   double* param_sums = carve<double>(cursor, batch);
   double* scales = carve<double>(cursor, batch);
   double* update_partials = carve<double>(cursor, batch * layout.pass2_blocks);
@@ -254,14 +259,15 @@ int step_chunk(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorS
     grad_squares_kernel<P, S><<<grid1, kThreads, 0, stream>>>(table, shape, layout, row_partials, col_partials,
                                                               tile_sums);
     moments_kernel<P, S><<<dim3(static_cast<unsigned>(L), static_cast<unsigned>(batch)), kThreads, 0, stream>>>(
-        table, shape, layout, options, row_partials, col_partials, tile_sums, row_scale, param_sums, status);
+        table, shape, layout, options, row_partials, col_partials, tile_sums, row_scale, col_roots, param_sums,
+        status);
     const dim3 grid2(static_cast<unsigned>(layout.pass2_blocks), static_cast<unsigned>(batch));
-    direction_kernel<P, S, false><<<grid2, kThreads, 0, stream>>>(table, shape, layout, options, row_scale, scales,
-                                                                  status, update_partials);
+    direction_kernel<P, S, false><<<grid2, kThreads, 0, stream>>>(table, shape, layout, options, row_scale,
+                                                                  col_roots, scales, status, update_partials);
     scale_kernel<P, S><<<static_cast<unsigned>((batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         table, batch, shape, layout, options, update_partials, param_sums, status, scales);
-    direction_kernel<P, S, true><<<grid2, kThreads, 0, stream>>>(table, shape, layout, options, row_scale, scales,
-                                                                 status, update_partials);
+    direction_kernel<P, S, true><<<grid2, kThreads, 0, stream>>>(table, shape, layout, options, row_scale,
+                                                                 col_roots, scales, status, update_partials);
     code = cudaGetLastError();
   }
   const cudaError_t freed = cudaFreeAsync(buffer, stream);

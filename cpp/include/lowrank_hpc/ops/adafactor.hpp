@@ -7,7 +7,7 @@
 // dimensions factored; rows = 1 and an unfactored moment for a vector):
 //   pass 1  sums of G^2 per row and per column, and of X^2 (the parameter scale);
 //   then    R = lerp(R, rowmean(G^2), w), C = lerp(C, colmean(G^2), w), w = t^beta2_decay;
-//   pass 2  sum of U^2, U = G / sqrt(max(R_i C_j / max(mean(R), eps1), eps1^2));
+//   pass 2  sum of U^2, U = G / sqrt(max(R_i C_j / max(mean(R), eps1), eps1^2)) (roots per row and column);
 //   pass 3  X = X (1 - lr wd) - alpha / max(1, RMS(U) / d) U  (or minus the first moment of that).
 #pragma once
 #include <cmath>
@@ -106,11 +106,17 @@ LRH_HD double adafactor_row_scale(const AdafactorOptions& o, double sum_row_var,
   return 1.0 / max_of(sum_row_var / double(rows), o.eps1);
 }
 
+// 1 / sqrt(v): inf at 0, which the floor of AdafactorEntry::direction turns into 1 / eps1.
+template <class S>
+LRH_HD S inverse_root(S v) { return S(1) / square_root(v); }
+
 // The entries of U = G / sqrt(max(V, eps1^2)) and of the step, in the compute type S.
+// 1 / sqrt(max(R_i C_j / mean(R), eps1^2)) = min(row_root * col_root, 1 / eps1) with the roots of
+// R_i / mean(R) and C_j taken once per row and column: two products per entry, no root or division.
 template <class S>
 struct AdafactorEntry {
   S sign;           // -1 when maximizing
-  S eps1_squared;
+  S inverse_eps1;   // 1 / eps1 (inf for eps1 = 0)
   S decay;          // 1 - lr * weight_decay
   S scale;          // alpha_t / max(1, RMS(U) / d); set after pass 2
   S beta1, one_minus_beta1;
@@ -118,15 +124,17 @@ struct AdafactorEntry {
 
   LRH_HD AdafactorEntry(const AdafactorOptions& o)
       : sign(o.maximize ? S(-1) : S(1)),
-        eps1_squared(static_cast<S>(o.eps1 * o.eps1)),
+        inverse_eps1(static_cast<S>(1.0 / o.eps1)),  // IEEE: inf for eps1 = 0
         decay(static_cast<S>(1.0 - o.lr * o.weight_decay)),
         scale(0),
         beta1(static_cast<S>(o.beta1)),
         one_minus_beta1(static_cast<S>(1.0 - o.beta1)),
         momentum(o.beta1 != 0.0) {}
 
-  // U's entry for gradient g and estimate v = row_factor * C_j (or the unfactored moment).
-  LRH_HD S direction(S g, S v) const { return sign * g / square_root(max_of(v, eps1_squared)); }
+  // U's entry for gradient g, the row's inverse root (1 for a vector) and the column's (entry's).
+  LRH_HD S direction(S g, S row_root, S col_root) const {
+    return sign * g * min_of(row_root * col_root, inverse_eps1);
+  }
 
   // The parameter after the step; exp_avg (when momentum) holds the first moment of scale * u.
   LRH_HD S step(S param, S u, S* exp_avg) const {
@@ -137,6 +145,12 @@ struct AdafactorEntry {
     return decayed - moment;
   }
 };
+
+// The inverse root of row r's factor R_r / max(mean(R), eps1) (row_scale from adafactor_row_scale).
+template <class S>
+LRH_HD S adafactor_row_root(S row_var, double row_scale) {
+  return inverse_root(static_cast<S>(row_var * row_scale));
+}
 
 // Status of one parameter after a launch (the bindings' status array).
 enum class AdafactorStatus : int64_t { ok = 0, nonfinite_grad = 1, nonfinite_param = 2 };
