@@ -6,12 +6,12 @@ Tensors go to the kernel without copies: CPU tensors as numpy views, CUDA tensor
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import contextlib
+from typing import Any, Callable, ContextManager, Iterable, Optional
 
-import numpy as np
 import torch
 
-from .. import _checks
+from .. import _backend, _checks
 from .._arrays import resolve
 from .adafactor import (NonFiniteError, _beta1, _beta2_decay, _clip_threshold, _eps, run_step)
 
@@ -130,6 +130,15 @@ class Adafactor(torch.optim.Optimizer):
             tensor = tensor.view(torch.int16)
         return call._as_backend_array(name, tensor)
 
+    @staticmethod
+    def _stream_of(param: torch.Tensor) -> ContextManager:
+        """The kernel runs on torch's current stream of the parameter's device (CuPy's otherwise),
+        so it is ordered after the backward pass that made the gradients."""
+        if param.device.type != "cuda":
+            return contextlib.nullcontext()
+        stream = torch.cuda.current_stream(param.device)
+        return _backend.cupy_module().cuda.ExternalStream(stream.cuda_stream, param.device.index)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One step of every parameter with a gradient; returns the closure's loss if given."""
@@ -193,11 +202,12 @@ class Adafactor(torch.optim.Optimizer):
         bad: list[int] = []
         kinds: list[str] = []
         try:
-            run_step(call, fmt, arrays["params"], arrays["grads"], arrays["row_vars"], arrays["col_vars"],
-                     arrays["exp_avgs"], steps, lr=group["lr"], beta2_decay=group["beta2_decay"], eps1=eps1,
-                     eps2=eps2, d=group["d"], weight_decay=group["weight_decay"], beta1=group["beta1"] or 0.0,
-                     maximize=group["maximize"], relative_step=group["relative_step"],
-                     scale_parameter=group["scale_parameter"], warmup_init=group["warmup_init"], names=labels)
+            with self._stream_of(params[0]):
+                run_step(call, fmt, arrays["params"], arrays["grads"], arrays["row_vars"], arrays["col_vars"],
+                         arrays["exp_avgs"], steps, lr=group["lr"], beta2_decay=group["beta2_decay"], eps1=eps1,
+                         eps2=eps2, d=group["d"], weight_decay=group["weight_decay"], beta1=group["beta1"] or 0.0,
+                         maximize=group["maximize"], relative_step=group["relative_step"],
+                         scale_parameter=group["scale_parameter"], warmup_init=group["warmup_init"], names=labels)
         except NonFiniteError as error:
             bad, kinds = error.indices, error.kinds
         for b, state in enumerate(states):
