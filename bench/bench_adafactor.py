@@ -76,7 +76,8 @@ def bench_case(torch, label: str, count: int, n: int, m: int, bandwidth: float, 
 def state_memory_line(torch, n: int, m: int) -> str:
     """Bytes of optimizer state for one n x m float32 parameter: ours, torch's Adafactor, Adam."""
     if torch is None:
-        return f"State per {n}x{m} float32 parameter: Adafactor 4 (n + m) = {4 * (n + m)} B, Adam 8 n m = {8 * n * m} B."
+        return (f"State per {n}x{m} float32 parameter: Adafactor 4 (n + m) = {4 * (n + m)} B, "
+                f"Adam 8 n m = {8 * n * m} B.")
     sizes = {}
     for name, make in (("lowrank_hpc Adafactor", lambda p: optim.Adafactor([p])),
                        ("torch Adafactor", lambda p: torch.optim.Adafactor([p])),

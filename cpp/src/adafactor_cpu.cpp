@@ -30,33 +30,46 @@ inline void owned(int64_t count, int t, int team, int64_t* begin, int64_t* end) 
   *end = count * (t + 1) / team;
 }
 
+// The column roots of a factored row (taken once per column), or of a vector's entries (taken per
+// entry from its moment, so that no array of the vector's size is allocated).
+template <class S>
+struct GivenRoots {
+  const S* roots;
+  LRH_HD S operator()(int64_t j) const { return roots[j]; }
+};
+template <class S>
+struct MomentRoots {
+  const S* moment;
+  LRH_HD S operator()(int64_t j) const { return ops::inverse_root(moment[j]); }
+};
+
 // Pass 3 of one row: X = step(X, U), U's entries recomputed exactly as in pass 2.
-template <class P, class S>
-LRH_CPU_CLONES void update_row(P* param, const P* grad, const S* col_roots, S row_root, S* exp_avg, int64_t m,
+template <class P, class S, class Roots>
+LRH_CPU_CLONES void update_row(P* param, const P* grad, Roots col_roots, S row_root, S* exp_avg, int64_t m,
                                const AdafactorEntry<S>& entry) {
   if (exp_avg == nullptr) {
     LRH_SIMD
     for (int64_t j = 0; j < m; ++j) {
-      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
+      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots(j));
       param[j] = store_as<P>(entry.step(load_as<S>(param[j]), u, nullptr));
     }
   } else {
     LRH_SIMD
     for (int64_t j = 0; j < m; ++j) {
-      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
+      const S u = entry.direction(load_as<S>(grad[j]), row_root, col_roots(j));
       param[j] = store_as<P>(entry.step(load_as<S>(param[j]), u, exp_avg + j));
     }
   }
 }
 
 // Pass 2 of one row: the sum of U^2 in double.
-template <class P, class S>
-LRH_CPU_CLONES double update_squares_row(const P* grad, const S* col_roots, S row_root, int64_t m,
+template <class P, class S, class Roots>
+LRH_CPU_CLONES double update_squares_row(const P* grad, Roots col_roots, S row_root, int64_t m,
                                          const AdafactorEntry<S>& entry) {
   double total = 0.0;
   LRH_SIMD_SUM(total)
   for (int64_t j = 0; j < m; ++j) {
-    const double u = entry.direction(load_as<S>(grad[j]), row_root, col_roots[j]);
+    const double u = entry.direction(load_as<S>(grad[j]), row_root, col_roots(j));
     total += u * u;
   }
   return total;
@@ -133,7 +146,8 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
       double updates = 0.0;
       for (int64_t r = begin; r < end; ++r) {
         const S root = ops::adafactor_row_root(pr.row_var[r], row_scale[r / n]);
-        updates += update_squares_row(pr.grad + r * m, col_roots.data() + (r / n) * m, root, m, entry);
+        const GivenRoots<S> roots{col_roots.data() + (r / n) * m};
+        updates += update_squares_row(pr.grad + r * m, roots, root, m, entry);
       }
       update_sums[t] = updates;
 #pragma omp barrier
@@ -147,7 +161,7 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
       }
       for (int64_t r = begin; r < end; ++r) {
         const S root = ops::adafactor_row_root(pr.row_var[r], row_scale[r / n]);
-        update_row(pr.param + r * m, pr.grad + r * m, col_roots.data() + (r / n) * m, root,
+        update_row(pr.param + r * m, pr.grad + r * m, GivenRoots<S>{col_roots.data() + (r / n) * m}, root,
                    pr.exp_avg ? pr.exp_avg + r * m : nullptr, m, entry);
       }
     }
@@ -161,7 +175,6 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
                     int threads) {
   const int64_t size = shape.size();
   std::vector<double> grad_sums(threads, 0.0), param_sums(threads, 0.0), update_sums(threads, 0.0);
-  std::vector<S> roots(size);  // a vector's moment is its size: so is this
   AdafactorEntry<S> entry(o);
   int64_t status = 0;
   double param_total = 0.0;
@@ -191,9 +204,9 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
       for (int64_t j = begin; j < end; ++j) {
         const double g = load_as<double>(pr.grad[j]);
         pr.col_var[j] = ops::updated_moment(pr.col_var[j], g * g, 1, pr.moment_weight);
-        roots[j] = ops::inverse_root(pr.col_var[j]);
       }
-      update_sums[t] = update_squares_row(pr.grad + begin, roots.data() + begin, S(1), end - begin, entry);
+      const MomentRoots<S> roots{pr.col_var + begin};
+      update_sums[t] = update_squares_row(pr.grad + begin, roots, S(1), end - begin, entry);
 #pragma omp barrier
 #pragma omp single
       {
@@ -202,7 +215,7 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
         entry.scale = static_cast<S>(ops::adafactor_step_size(o, pr.rho, param_total, size) /
                                      ops::adafactor_clip_divisor(o, u, size));
       }
-      update_row(pr.param + begin, pr.grad + begin, roots.data() + begin, S(1),
+      update_row(pr.param + begin, pr.grad + begin, roots, S(1),
                  pr.exp_avg ? pr.exp_avg + begin : nullptr, end - begin, entry);
     }
   }

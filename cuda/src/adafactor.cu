@@ -3,8 +3,7 @@
 // deterministic: (1) tiles of a row band x 512 columns sum G^2 per row and per column band and
 // X^2, G^2 per tile; (2) one block per slice checks the parameter, updates R and C and takes
 // mean(R); (3) warps over rows sum U^2; (4) one thread per parameter makes the scale; (5) warps
-// over rows apply the step. Scratch is O(slices (rows + cols)) per parameter, stream-ordered
-// (plus the inverse roots of C: the size of the moment, for a vector too).
+// over rows apply the step. Scratch is O(slices (rows + cols)) per parameter, stream-ordered.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -148,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) moments_kernel(const AdafactorProble
     for (int64_t h = 0; h < layout.bands; ++h) sum += col_partials[((b * L + l) * layout.bands + h) * m + j];
     const S moment = ops::updated_moment(pr.col_var[l * m + j], sum, n, pr.moment_weight);
     pr.col_var[l * m + j] = moment;
-    col_roots[(b * L + l) * m + j] = ops::inverse_root(moment);
+    if (shape.factored) col_roots[(b * L + l) * m + j] = ops::inverse_root(moment);
   }
   row_total = block_sum(row_total, shared);
   if (threadIdx.x == 0) row_scale[b * L + l] = shape.factored ? ops::adafactor_row_scale(options, row_total, n) : 1.0;
@@ -174,14 +173,15 @@ __global__ void __launch_bounds__(kThreads) direction_kernel(const AdafactorProb
   for (int64_t r = blockIdx.x * int64_t(kWarps) + warp; r < layout.rows; r += int64_t(gridDim.x) * kWarps) {
     const int64_t begin = r * layout.row_len, len = min(layout.row_len, size - begin);
     S row_root = S(1);
-    const S* roots = col_roots + b * shape.slices * m + begin;  // a vector: its entries' roots
+    const S* roots = nullptr;  // a vector: its entries' roots, taken from its moment entry by entry
     if (shape.factored) {
       const int64_t l = r / n;
       row_root = ops::adafactor_row_root(pr.row_var[r], row_scale[b * shape.slices + l]);
       roots = col_roots + (b * shape.slices + l) * m;
     }
     for (int64_t j = lane; j < len; j += 32) {
-      const S u = entry.direction(load_as<S>(pr.grad[begin + j]), row_root, roots[j]);
+      const S col_root = roots ? roots[j] : ops::inverse_root(pr.col_var[begin + j]);
+      const S u = entry.direction(load_as<S>(pr.grad[begin + j]), row_root, col_root);
       if (kApply) {
         S* moment = pr.exp_avg ? pr.exp_avg + begin + j : nullptr;
         pr.param[begin + j] = store_as<P>(entry.step(load_as<S>(pr.param[begin + j]), u, moment));
@@ -235,7 +235,7 @@ int step_chunk(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorS
 
   // Scratch: the staged problems, then the partial sums, freed in stream order.
   const int64_t bytes = 256 * 10 + int64_t(sizeof(AdafactorProblem<P, S>)) * batch +
-                        int64_t(sizeof(S)) * batch * L * m +
+                        int64_t(sizeof(S)) * (shape.factored ? batch * L * m : 0) +
                         8 * (batch * L * layout.windows * n + batch * L * layout.bands * m + batch * layout.tiles * 2 +
                              batch * L + 3 * batch + batch * layout.pass2_blocks);
   void* buffer = nullptr;
@@ -247,7 +247,7 @@ int step_chunk(const AdafactorProblem<P, S>* problems, int64_t batch, AdafactorS
   double* col_partials = carve<double>(cursor, batch * L * layout.bands * m);
   double* tile_sums = carve<double>(cursor, batch * layout.tiles * 2);
   double* row_scale = carve<double>(cursor, batch * L);
-  S* col_roots = carve<S>(cursor, batch * L * m);
+  S* col_roots = carve<S>(cursor, shape.factored ? batch * L * m : 0);
   double* param_sums = carve<double>(cursor, batch);
   double* scales = carve<double>(cursor, batch);
   double* update_partials = carve<double>(cursor, batch * layout.pass2_blocks);

@@ -170,7 +170,8 @@ class Adafactor(torch.optim.Optimizer):
                 if not param.is_contiguous():
                     raise ValueError(f"Adafactor: {label} is not contiguous; it is updated in place")
                 self._state_of(param, group, label)
-                buckets.setdefault((param.device, param.dtype, tuple(param.shape)), []).append((index - 1, label, param))
+                key = (param.device, param.dtype, tuple(param.shape))
+                buckets.setdefault(key, []).append((index - 1, label, param))
             for (_, dtype, _), members in buckets.items():
                 failures += self._step_bucket(group, _FORMATS[dtype], members)
         if failures:
