@@ -144,7 +144,9 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
         row_scale[l] = ops::adafactor_row_scale(o, total, n);
       }
       double updates = 0.0;
-      for (int64_t r = begin; r < end; ++r) {
+      // Backwards: the rows pass 1 read last are still in the cache, and pass 3 (forwards) then
+      // starts on the rows this pass read last.
+      for (int64_t r = end - 1; r >= begin; --r) {
         const S root = ops::adafactor_row_root(pr.row_var[r], row_scale[r / n]);
         const GivenRoots<S> roots{col_roots.data() + (r / n) * m};
         updates += update_squares_row(pr.grad + r * m, roots, root, m, entry);
