@@ -7,9 +7,17 @@
 
 #include "cpu_backend.hpp"
 #include "map_reduce.hpp"
+#include "lowrank_hpc/ops/adafactor.hpp"
 #include "lowrank_hpc/solvers/completion_step.hpp"
 
 namespace lowrank_hpc::cpu::launch {
+
+// One Adafactor step of a batch of parameters of one shape, in place (lowrank_hpc/ops/adafactor.hpp).
+// problems: a host array of `batch` entries; status (batch,) receives each parameter's
+// ops::AdafactorStatus; a parameter whose gradient or value is not finite is left untouched.
+template <class P, class S>
+int adafactor_step(const ops::AdafactorProblem<P, S>* problems, int64_t batch, ops::AdafactorShape shape,
+                   const ops::AdafactorOptions& options, int64_t* status, void* stream);
 
 // A driver's "first bad entry or -1" folded into a status word that holds the lowest so far.
 inline void lower(int64_t* first_bad, int64_t bad) {

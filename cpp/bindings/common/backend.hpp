@@ -50,6 +50,7 @@ void bind_als(py::module_& m);
 void bind_completion_step(py::module_& m);
 void bind_constants(py::module_& m);
 void bind_elastic_binary(py::module_& m);
+void bind_adafactor(py::module_& m);
 
 // Everything above, called once by each module's PYBIND11_MODULE.
 inline void bind_shared(py::module_& m) {
@@ -60,6 +61,7 @@ inline void bind_shared(py::module_& m) {
   bind_completion_step(m);
   bind_constants(m);
   bind_elastic_binary(m);
+  bind_adafactor(m);
 }
 
 }  // namespace lowrank_hpc::bindings

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/ops/adafactor.hpp"
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
 
 namespace lowrank_hpc::cuda {
@@ -90,6 +91,13 @@ template <class T>
 int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T* cross, int64_t batch, int64_t n,
                              int64_t k, double kappa, double lambda, double inertia, bool nonnegative,
                              const uint8_t* active, T* out, void* stream);
+
+// One Adafactor step of a batch of parameters of one shape, in place (lowrank_hpc/ops/adafactor.hpp).
+// problems: a host array (staged to the device here) of `batch` entries; status (batch,), on the device, receives each parameter's
+// ops::AdafactorStatus; a parameter whose gradient or value is not finite is left untouched.
+template <class P, class S>
+int adafactor_step(const ops::AdafactorProblem<P, S>* problems, int64_t batch, ops::AdafactorShape shape,
+                   const ops::AdafactorOptions& options, int64_t* status, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
