@@ -27,6 +27,16 @@ def best_time(fn: Callable[[], object], repeats: int = 5, sync: Optional[Callabl
     return best
 
 
+def stream_bandwidth() -> float:
+    """Bytes per second of a large numpy copy (read + write): the machine's practical bound."""
+    import numpy as np
+
+    src = np.ones(2**27, dtype=np.float32)  # 512 MiB
+    dst = np.empty_like(src)
+    seconds = best_time(lambda: np.copyto(dst, src), repeats=3)
+    return 2 * src.nbytes / seconds
+
+
 @dataclass
 class Row:
     """One line of a benchmark table: our time, the peer's in the same run, and their ratio."""

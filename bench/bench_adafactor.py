@@ -18,18 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Row, best_time, machine_line, report  # noqa: E402
+from _timing import Row, best_time, machine_line, report, stream_bandwidth  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc import optim  # noqa: E402
-
-
-def stream_bandwidth() -> float:
-    """Bytes per second of a large numpy copy (read + write): the machine's practical bound."""
-    src = np.ones(2**27, dtype=np.float32)  # 512 MiB
-    dst = np.empty_like(src)
-    seconds = best_time(lambda: np.copyto(dst, src), repeats=3)
-    return 2 * src.nbytes / seconds
 
 
 def bench_case(torch, label: str, count: int, n: int, m: int, bandwidth: float, repeats: int) -> list[Row]:

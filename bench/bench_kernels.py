@@ -17,17 +17,9 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Row, best_time, machine_line, report  # noqa: E402
+from _timing import Row, best_time, machine_line, report, stream_bandwidth  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
-
-
-def stream_bandwidth() -> float:
-    """Bytes per second of a large numpy copy (read + write): the machine's practical bound."""
-    src = np.ones(2**27, dtype=np.float32)  # 512 MiB
-    dst = np.empty_like(src)
-    seconds = best_time(lambda: np.copyto(dst, src), repeats=3)
-    return 2 * src.nbytes / seconds
 
 
 def coo_problem(m: int, n: int, r: int, nnz: int, seed: int = 0):

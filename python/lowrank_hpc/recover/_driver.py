@@ -206,6 +206,21 @@ def resolve_seed(seed: Any, checkpoint: Optional[str]) -> tuple[Any, Any]:
     return _checks.draw_seed(), "drawn"
 
 
+def resume_or_start(settings: LoopSettings, digest: str, xp: Any, fresh: LoopState, host: tuple[str, ...] = (),
+                    growable: tuple[str, ...] = ()) -> LoopState:
+    """The state a run starts from: its checkpoint's when ``settings.checkpoint`` names a file
+    that matches ``digest`` (see :func:`load_checkpoint`), else ``fresh``. Arrays named in
+    ``host`` (bookkeeping the loop keeps in numpy) come back as numpy arrays."""
+    saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh,
+                            growable=growable) if settings.checkpoint else None
+    if saved is None:
+        return fresh
+    for name in host:
+        array = saved.arrays[name]
+        saved.arrays[name] = array if isinstance(array, np.ndarray) else array.get()
+    return saved
+
+
 def load_checkpoint(path: str, digest: str, xp: Any, template: Optional[LoopState] = None,
                     growable: tuple[str, ...] = ()) -> Optional[LoopState]:
     """The saved state if ``path`` exists and matches ``digest``; None if there is no file.

@@ -24,7 +24,7 @@ from .._arrays import Call, offsets_array, problem_of_entries, resolve
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
-from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._measures import relative_change
 from ._result import RecoveryResult
@@ -244,13 +244,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
                               "n_iter": np.zeros(problem.batch, dtype=np.int64),
                               "reason": np.zeros(problem.batch, dtype=np.uint8)},
                       scalars={"singular_rows": 0.0}, seed=seed)
-    state = fresh
-    if settings.checkpoint:
-        saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh)
-        if saved is not None:
-            for name in host:
-                saved.arrays[name] = call.to_host(saved.arrays[name])
-            state = saved
+    state = resume_or_start(settings, digest, xp, fresh, host=host)
 
     def step(state: LoopState):
         U, V, active = state.arrays["U"], state.arrays["V"], state.arrays["active"]

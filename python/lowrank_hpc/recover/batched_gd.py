@@ -13,7 +13,7 @@ from .. import _checks
 from .._arrays import offsets_array, problem_of_entries, resolve
 from .._backend import CONSTANTS
 from ..ops import SparsePattern
-from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._result import RecoveryResult
 from .factored_gd import PRECISION_CHANGE, quiet
@@ -208,9 +208,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
                               "change_history": xp.zeros((max(min(settings.max_iter, 64), 1), batch))},
                       seed=seed_value)
     growable = ("loss_history", "change_history")
-    state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh, growable=growable) if checkpoint else None
-    if state is None:
-        state = fresh
+    state = resume_or_start(settings, digest, xp, fresh, growable=growable)
     reasons = ("running", "converged", "stationary", "max_iter", "time_limit", "diverged", "no_progress")
     kernel = _FusedSteps(call, rows, cols, vals, offsets, batch, (m, n), rank, method, dampings)
 

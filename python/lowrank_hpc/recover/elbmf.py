@@ -25,7 +25,7 @@ import numpy as np
 from .. import _checks
 from .._backend import single_threaded_blas
 from ..ops.elastic_binary import _inertia, half_step
-from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._result import RecoveryResult
 from .binary_matrix import BinaryMatrix
 from .boolean_product import binarize
@@ -174,14 +174,7 @@ def solve(matrix: BinaryMatrix, k: int, U0, Vt0, *, l1: float, l2: float, reg_gr
                               "active": np.ones(batch, dtype=np.uint8), "n_iter": np.zeros(batch, dtype=np.int64),
                               "reason": np.zeros(batch, dtype=np.uint8),
                               "last_loss": np.full(batch, np.nan)}, seed=seed)
-    state = fresh
-    host = ("active", "n_iter", "reason", "last_loss")
-    if settings.checkpoint:
-        saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh)
-        if saved is not None:
-            for name in host:
-                saved.arrays[name] = call.to_host(saved.arrays[name])
-            state = saved
+    state = resume_or_start(settings, digest, xp, fresh, host=("active", "n_iter", "reason", "last_loss"))
     iteration = _Elbmf(matrix, k, l1, l2, reg_growth, inertia, nonnegative, update_v)
 
     def step(state: LoopState):

@@ -17,7 +17,7 @@ import numpy as np
 from .. import _checks
 from .._arrays import resolve
 from .._backend import CONSTANTS
-from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed,
+from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
@@ -330,9 +330,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
                          type(op).__name__, getattr(op, "seed", None), y, *given)
     fresh = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0},
                       seed=seed_value)
-    state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh) if settings.checkpoint else None
-    if state is None:
-        state = fresh
+    state = resume_or_start(settings, digest, xp, fresh)
     residual_cache: dict[str, Any] = {}
 
     @quiet

@@ -33,7 +33,7 @@ from .._arrays import Call, resolve
 from .._backend import single_threaded_blas
 from .._random import gaussian_fill
 from ..ops import SparsePattern
-from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, load_checkpoint, resolve_seed, run_loop
+from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._measures import relative_change
 from ._result import RecoveryResult
 from .als import _check_coordinates, _check_rank
@@ -435,9 +435,7 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
                               **(_offset_arrays(xp, start) if centered else {})},
                       scalars={"momentum_step": 1.0 if accelerate else 0.0,
                                "relaxation": _RELAXATION if accelerate else 1.0}, seed=seed)
-    state = load_checkpoint(settings.checkpoint, digest, xp, template=fresh) if settings.checkpoint else None
-    if state is None:
-        state = fresh
+    state = resume_or_start(settings, digest, xp, fresh)
     if centered:
         offset_fit = OffsetFit(problem.rows, problem.cols, shape, center, bias_reg)
         live = {"offsets": _offsets_of(state)}  # the state's, kept as an Offsets: not read back every sweep
