@@ -92,6 +92,16 @@ double grad_squares_row(const P* grad, const P* param, int64_t m, double* col_su
 }
 
 // One parameter with factored moments, on up to `threads` threads. Returns its status.
+// A parameter's status from its threads' partial sums of G^2 and X^2, added in thread order (the
+// result does not depend on the schedule); *param_total gets the sum of X^2.
+inline int64_t team_status(const std::vector<double>& grad_sums, const std::vector<double>& param_sums, int team,
+                           double* param_total) {
+  double g = 0.0, p = 0.0;
+  for (int k = 0; k < team; ++k) g += grad_sums[k], p += param_sums[k];
+  *param_total = p;
+  return static_cast<int64_t>(ops::adafactor_status(g, p));
+}
+
 template <class P, class S>
 int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& shape, const AdafactorOptions& o,
                       int threads) {
@@ -119,12 +129,7 @@ int64_t step_factored(const AdafactorProblem<P, S>& pr, const AdafactorShape& sh
     param_sums[t] = params;
 #pragma omp barrier
 #pragma omp single
-    {
-      double g = 0.0, p = 0.0;
-      for (int k = 0; k < team; ++k) g += grad_sums[k], p += param_sums[k];
-      status = ops::adafactor_status(g, p);
-      param_sums[0] = p;
-    }
+    status = team_status(grad_sums, param_sums, team, &param_sums[0]);
     if (status == 0) {
       for (int64_t r = begin; r < end; ++r)
         pr.row_var[r] = ops::updated_moment(pr.row_var[r], row_sums[r], m, pr.moment_weight);
@@ -196,12 +201,7 @@ int64_t step_vector(const AdafactorProblem<P, S>& pr, const AdafactorShape& shap
     param_sums[t] = params;
 #pragma omp barrier
 #pragma omp single
-    {
-      double g = 0.0, p = 0.0;
-      for (int k = 0; k < team; ++k) g += grad_sums[k], p += param_sums[k];
-      status = ops::adafactor_status(g, p);
-      param_total = p;
-    }
+    status = team_status(grad_sums, param_sums, team, &param_total);
     if (status == 0) {
       for (int64_t j = begin; j < end; ++j) {
         const double g = load_as<double>(pr.grad[j]);
