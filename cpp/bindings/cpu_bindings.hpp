@@ -9,5 +9,6 @@ namespace lowrank_hpc::bindings {
 void bind_runtime(py::module_& m);
 void bind_als_fused(py::module_& m);
 void bind_top_k(py::module_& m);
+void bind_thin_svd(py::module_& m);
 
 }  // namespace lowrank_hpc::bindings

@@ -25,6 +25,13 @@ auto dispatch_rank(int64_t r, Body&& body) {
   }
 }
 
+// Thin SVD M = left diag(s) q^T of a row-major (n, r) M, n >= r, by one-sided Jacobi (one
+// thread, double inside): left (n, r) orthonormal columns, s (r,) descending, q (r, r)
+// orthogonal. Returns the sweeps used, or -1 when M is not finite or max_sweeps did not converge
+// (then nothing is written).
+template <class T>
+int thin_svd_jacobi(const T* M, int64_t n, int64_t r, int max_sweeps, T* left, T* s, T* q);
+
 // Below this many multiply-adds a parallel region costs more than it saves.
 inline constexpr int64_t kParallelMinWork = int64_t(1) << 16;
 
