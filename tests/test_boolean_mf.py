@@ -11,7 +11,7 @@ import scipy.sparse
 import lowrank_hpc as lr
 from lowrank_hpc import ops
 from lowrank_hpc.cli.main import main as cli_main
-from lowrank_hpc.recover import batched_boolean_mf, boolean_mf, boolean_product
+from lowrank_hpc.recover import batched_boolean_mf, binary_matrix, boolean_mf, boolean_product
 
 # float32 results of a few roundings in a row; float64 ones of a k-term sum.
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -156,9 +156,44 @@ def test_half_step_errors():
         ops.elastic_binary_half_step(U, U, np.ones((2, 2), np.float32), U, 0.1, 0.1)
 
 
+# ---------------------------------------------------------------------- products with A
+@pytest.fixture(params=["gather", "scatter", "vendor"])
+def products(request, monkeypatch):
+    """On the CPU A is bit-packed and multiplied by the core, gathering the factor's rows (a
+    factor that stays in cache) or scattering them; too large to pack, by the vendor's GEMM
+    (dense) or sparse products: the tests that take this run on all three."""
+    if request.param == "vendor":
+        monkeypatch.setattr(binary_matrix, "_PACKED_MAX_BYTES", 0)
+    monkeypatch.setattr(binary_matrix, "_GATHER_MAX_BYTES", 1 << 40 if request.param == "gather" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("k", [1, 8, 10, 70])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 64), (70, 130), (200, 129)])
+def test_products_match_numpy(products, dtype, shape, k):
+    """A @ F and A^T @ F for dense (one problem and a batch) and sparse A, against numpy in
+    float64: sizes around the 64-bit words, ranks with a compiled width (1, 8), without (10) and
+    past the 64 accumulated in registers (70)."""
+    rng = np.random.default_rng(sum(shape) + k)
+    stack = (rng.random((3, *shape)) < 0.3).astype(np.float64)
+    stack[0, 0, 0] = 1.0  # no empty sparse matrix
+    F = rng.standard_normal((3, shape[1], k)).astype(dtype)
+    G = rng.standard_normal((3, shape[0], k)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for A, batch in ((binary_matrix.BinaryMatrix("t", "A", stack, dtype=dtype, batched=True), 3),
+                     (binary_matrix.BinaryMatrix("t", "A", stack[0], dtype=dtype), 1),
+                     (binary_matrix.BinaryMatrix("t", "A", scipy.sparse.csr_matrix(stack[0]), dtype=dtype), 1)):
+        assert (A.packed is not None) == (products != "vendor")
+        expected = stack[:batch] @ F[:batch].astype(np.float64)
+        np.testing.assert_allclose(A.times(F[:batch]), expected, rtol=tol, atol=tol * np.abs(expected).max())
+        expected = stack[:batch].transpose(0, 2, 1) @ G[:batch].astype(np.float64)
+        np.testing.assert_allclose(A.transpose_times(G[:batch]), expected, rtol=tol,
+                                   atol=tol * np.abs(expected).max())
+
+
 # ---------------------------------------------------------------------- the solver against the spec
 @pytest.mark.parametrize("beta", [0.0, 0.2])
-def test_iterations_match_numpy_transcription(beta):
+def test_iterations_match_numpy_transcription(beta, products):
     """Five whole iterations (both half-steps, the growing lambda, the loss) against the spec's loop."""
     _, A, _, _ = planted_tiles(30, 24, 3, 0.05, seed=3)
     rng = np.random.default_rng(4)
@@ -220,7 +255,7 @@ def test_boolean_silhouette_image():
     assert model.reconstruction_scores()["f1"] == pytest.approx(score)
 
 
-def test_sparse_input_gives_the_dense_factors():
+def test_sparse_input_gives_the_dense_factors(products):
     _, noisy, _, _ = planted_tiles(80, 70, 3, 0.02, seed=5)
     dense = boolean_mf(noisy, 4, seed=1, max_iter=300)
     sparse = boolean_mf(scipy.sparse.csr_matrix(noisy.astype(np.int8)), 4, seed=1, max_iter=300)
@@ -232,7 +267,7 @@ def test_sparse_input_gives_the_dense_factors():
     assert sparse.n_iter == dense.n_iter
 
 
-def test_batched_problems_advance_like_single_ones():
+def test_batched_problems_advance_like_single_ones(products):
     stack = np.stack([planted_tiles(30, 20, 2, 0.02, seed=s)[1] for s in range(4)])
     batched = batched_boolean_mf(stack, 3, seed=11, max_iter=400, tol=1e-6)
     for b in range(4):

@@ -38,4 +38,5 @@ PYBIND11_MODULE(LRH_CPU_MODULE, m) {
   bindings::bind_als_fused(m);
   bindings::bind_top_k(m);
   bindings::bind_thin_svd(m);
+  bindings::bind_binary_product(m);
 }

@@ -32,6 +32,22 @@ auto dispatch_rank(int64_t r, Body&& body) {
 template <class T>
 int thin_svd_jacobi(const T* M, int64_t n, int64_t r, int max_sweeps, T* left, T* s, T* q);
 
+// A 0/1 matrix bit-packed by rows: row i's bit j is bit (j % 64) of word i * binary_words(m) + j / 64.
+inline int64_t binary_words(int64_t n_cols) { return (n_cols + 63) / 64; }
+
+// words (n_rows, binary_words(n_cols)) = the bits of the ones at (rows[e], cols[e]); returns the
+// first e out of range (words then incomplete), or -1.
+int64_t pack_binary(const int64_t* rows, const int64_t* cols, int64_t count, int64_t n_rows, int64_t n_cols,
+                    uint64_t* words);
+
+// out (batch, n, r) = A_b F_b for the packed 0/1 A (batch, n, binary_words(m)) and F (batch, m, r).
+template <class T>
+void binary_times_dense(const uint64_t* words, const T* F, int64_t batch, int64_t n, int64_t m, int64_t r, T* out);
+// out (batch, m, r) = A_b^T G_b for the same packing of A and G (batch, n, r), by scattering G's rows.
+template <class T>
+void binary_transpose_times_dense(const uint64_t* words, const T* G, int64_t batch, int64_t n, int64_t m, int64_t r,
+                                  T* out);
+
 // Below this many multiply-adds a parallel region costs more than it saves.
 inline constexpr int64_t kParallelMinWork = int64_t(1) << 16;
 
