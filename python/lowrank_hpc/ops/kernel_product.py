@@ -155,6 +155,9 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
                         + block_indices).reshape(-1))
                       for start, block_values, block_indices in selection.blocks(b))
         for offered_values, offered_flat in offers:
+            if best_flat.shape[0] == 0 and whole_rows:  # the first block: already in flat order
+                best_values, best_flat = _best(xp, offered_values, offered_flat, k)
+                continue
             merged_values = xp.concatenate([best_values, offered_values])
             merged_flat = xp.concatenate([best_flat, offered_flat])
             by_flat = xp.argsort(merged_flat)  # flat indices are unique: no tie to break here

@@ -1,6 +1,6 @@
 """The kernels as torch custom operators (namespace ``lowrank_hpc``): real implementations on
 the core's kernels, fake ones for ``torch.compile``, and autograd formulas written with the
-same operators (so second derivatives work too).
+same operators (so second derivatives work too); the dense products' backward GEMMs are torch's.
 
 Tensors reach the kernels without copies: CPU tensors as numpy views of their storage, CUDA
 tensors as CuPy views through DLPack (the kernel runs on torch's current stream). Results come
@@ -206,12 +206,13 @@ def _pair_setup(ctx, inputs, output):
 
 
 def _gemm_backward(ctx, grad_product, U, V):
-    """(d U, d V) of U V^T given d(U V^T): grad V and grad^T U, as lowrank products."""
+    """(d U, d V) of U V^T given d(U V^T): grad V and grad^T U, by torch's GEMM (dense GEMM is
+    the vendor BLAS's job; torch's takes the transposed grad without copying it)."""
     grad_U = grad_V = None
     if ctx.needs_input_grad[0]:
-        grad_U = lowrank_product_op(grad_product, V.transpose(-1, -2))
+        grad_U = torch.matmul(grad_product, V)
     if ctx.needs_input_grad[1]:
-        grad_V = lowrank_product_op(grad_product.transpose(-1, -2), U.transpose(-1, -2))
+        grad_V = torch.matmul(grad_product.transpose(-1, -2), U)
     return grad_U, grad_V
 
 
