@@ -147,7 +147,7 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
         best_values = xp.empty(0, dtype=selection.U3.dtype)
         best_flat = xp.empty(0, dtype=xp.int64)
         if whole_rows:
-            offers = ((block.reshape(-1).copy(), xp.arange(start * n, start * n + block.size, dtype=xp.int64))
+            offers = ((block.reshape(-1), xp.arange(start * n, start * n + block.size, dtype=xp.int64))
                       for start, block in selection.dense_blocks(b))
         else:
             offers = ((block_values.reshape(-1),
@@ -168,7 +168,8 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
 
 def _best(xp, values, flat, k: int):
     """The k entries of largest |values| (ties to the smaller flat index; ``flat`` ascending),
-    best first: a partition finds the k-th magnitude, and only the entries kept are sorted."""
+    best first: a partition finds the k-th magnitude, and only the entries kept are sorted.
+    Returns new arrays (fancy indexing copies), so ``values`` may be a reused buffer."""
     if values.shape[0] > k:
         magnitude = xp.abs(values)
         threshold = xp.partition(magnitude, magnitude.shape[0] - k)[magnitude.shape[0] - k]
