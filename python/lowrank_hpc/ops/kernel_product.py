@@ -94,6 +94,17 @@ class _Selection:
             _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
+    def dense_blocks(self, b: int):
+        """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
+        xp, m = self.call.xp, self.U3.shape[1]
+        for start in range(0, m, self.block_rows):
+            stop = min(start + self.block_rows, m)
+            block = self.buffer[:stop - start]
+            _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
+            self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
+                                 self.call.stream())
+            yield start, block
+
     def _select(self, block):
         call, xp = self.call, self.call.xp
         if self.fused:
@@ -125,22 +136,52 @@ def _top_k_rows(selection: _Selection, batch: int, m: int):
 
 def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
     # Any entry of the global top-k is in its row's top-min(k, n), so each block only offers
-    # those; merging them with the running best k keeps memory at O(block + k).
+    # those; merging them with the running best k keeps memory at O(block + k). When the rows
+    # would offer most of themselves (k >= n / 4: a SNELL adapter keeps a fraction of the whole
+    # matrix), a per-row selection saves nothing: the block's entries compete directly.
     xp = selection.call.xp
     values = xp.empty((batch, k), dtype=selection.U3.dtype)
     flat = xp.empty((batch, k), dtype=xp.int64)
+    whole_rows = 4 * min(k, n) >= n
     for b in range(batch):
         best_values = xp.empty(0, dtype=selection.U3.dtype)
         best_flat = xp.empty(0, dtype=xp.int64)
-        for start, block_values, block_indices in selection.blocks(b):
-            rows = xp.arange(start, start + block_values.shape[0], dtype=xp.int64)[:, None]
-            merged_values = xp.concatenate([best_values, block_values.reshape(-1)])
-            merged_flat = xp.concatenate([best_flat, (rows * n + block_indices).reshape(-1)])
+        if whole_rows:
+            offers = ((block.reshape(-1), xp.arange(start * n, start * n + block.size, dtype=xp.int64))
+                      for start, block in selection.dense_blocks(b))
+        else:
+            offers = ((block_values.reshape(-1),
+                       (xp.arange(start, start + block_values.shape[0], dtype=xp.int64)[:, None] * n
+                        + block_indices).reshape(-1))
+                      for start, block_values, block_indices in selection.blocks(b))
+        for offered_values, offered_flat in offers:
+            if best_flat.shape[0] == 0 and whole_rows:  # the first block: already in flat order
+                best_values, best_flat = _best(xp, offered_values, offered_flat, k)
+                continue
+            merged_values = xp.concatenate([best_values, offered_values])
+            merged_flat = xp.concatenate([best_flat, offered_flat])
             by_flat = xp.argsort(merged_flat)  # flat indices are unique: no tie to break here
-            order = by_flat[_stable_argsort(xp, -xp.abs(merged_values[by_flat]))][:k]
-            best_values, best_flat = merged_values[order], merged_flat[order]
+            best_values, best_flat = _best(xp, merged_values[by_flat], merged_flat[by_flat], k)
         values[b], flat[b] = best_values, best_flat
     return values, flat // n, flat % n
+
+
+def _best(xp, values, flat, k: int):
+    """The k entries of largest |values| (ties to the smaller flat index; ``flat`` ascending),
+    best first: a partition finds the k-th magnitude, and only the entries kept are sorted.
+    Returns new arrays (fancy indexing copies), so ``values`` may be a reused buffer."""
+    if values.shape[0] > k:
+        magnitude = xp.abs(values)
+        threshold = xp.partition(magnitude, magnitude.shape[0] - k)[magnitude.shape[0] - k]
+        keep = magnitude > threshold
+        if not (threshold == threshold):  # NaN magnitudes (an overflow, raised by the caller)
+            keep = xp.zeros(magnitude.shape[0], dtype=bool)
+            keep[:k] = True
+        tied = xp.flatnonzero(magnitude == threshold)[:k - int(keep.sum())]
+        keep[tied] = True
+        values, flat = values[keep], flat[keep]
+    order = _stable_argsort(xp, -xp.abs(values))
+    return values[order], flat[order]
 
 
 @_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),

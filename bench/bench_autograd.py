@@ -1,0 +1,207 @@
+"""Forward + backward of lowrank_hpc.torch's operators (and lowrank_hpc.jax's) against the same
+math written in plain torch (jax.numpy under jit), measured in the same run, float32 on the CPU.
+
+    python bench/bench_autograd.py            # SDDMM/SpMM with 1M entries, r = 32; 2000^2 dense
+    python bench/bench_autograd.py --quick    # 100k entries; 500^2 dense
+    python bench/bench_autograd.py --jax      # also the JAX rows (needs jax)
+
+Each timed call is one forward and one backward: loss = sum(out * W) for a fixed random W, the
+gradients of every float input. Peers: SDDMM as (U[rows] * V[cols]).sum(1); SpMM as
+index_add of vals[:, None] * B[cols]; U @ V.T; f(U @ V.T); top-k as torch.topk of the dense
+f(U V^T) then a gather; the SNELL adapter as the dense masked update of its definition.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import HEADER, Row, best_time  # noqa: E402
+
+import lowrank_hpc.torch as lt  # noqa: E402
+
+
+# Top-k rows take one scalar weight: the order of near-equal magnitudes may differ between two
+# GEMMs' roundings, and the loss must not depend on it.
+
+
+def _fwd_bwd(function, inputs, weight):
+    def run():
+        for x in inputs:
+            x.grad = None
+        out = function(*inputs)
+        out = out.values if isinstance(out, tuple) else out
+        (out * weight).sum().backward()
+    return run
+
+
+def _leaves(*tensors):
+    return [t.clone().requires_grad_(True) for t in tensors]
+
+
+def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repeats, note="", rtol=1e-3):
+    generator = torch.Generator().manual_seed(9)
+    weight = torch.randn(weight_shape, generator=generator)
+    ours_in, peer_in = _leaves(*inputs), _leaves(*inputs)
+    run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
+    run_ours()
+    run_peer()
+    for a, b in zip(ours_in, peer_in):  # the same gradients, or the comparison means nothing
+        scale = float(b.grad.abs().max())
+        assert float((a.grad - b.grad).abs().max()) <= rtol * scale, f"{name}: gradients differ"
+    return Row(name, case, best_time(run_ours, repeats), peer_name, best_time(run_peer, repeats), note)
+
+
+def torch_rows(quick: bool) -> list[Row]:
+    rng = torch.Generator().manual_seed(0)
+    nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
+    dense, k_row = (500, 16) if quick else (2000, 16)
+    repeats = 5 if quick else 3
+    U = torch.randn(size, r, generator=rng) / r ** 0.25
+    V = torch.randn(size, r, generator=rng) / r ** 0.25
+    rows = torch.randint(0, size, (nnz,), generator=rng)
+    cols = torch.randint(0, size, (nnz,), generator=rng)
+    vals = torch.randn(nnz, generator=rng)
+    sparse_case = f"{size}x{size}, {nnz:,} entries, r={r} f32"
+    out = []
+    out.append(_compare("sampled_product (SDDMM)", sparse_case, lambda U, V: lt.sampled_product(U, V, rows, cols),
+                        "(U[rows] * V[cols]).sum(1)", lambda U, V: (U[rows] * V[cols]).sum(1), (U, V), (nnz,),
+                        repeats, "backward: two SpMMs"))
+    out.append(_compare("sparse_times_dense (SpMM)", sparse_case,
+                        lambda v, B: lt.sparse_times_dense(rows, cols, v, B, size),
+                        "zeros.index_add(0, rows, v[:, None] * B[cols])",
+                        lambda v, B: torch.zeros(size, r).index_add(0, rows, v[:, None] * B[cols]), (vals, V),
+                        (size, r), repeats, "backward: SDDMM + transposed SpMM"))
+    Ud = torch.randn(dense, r, generator=rng) / r ** 0.25
+    Vd = torch.randn(dense, r, generator=rng) / r ** 0.25
+    dense_case = f"{dense}x{dense} r={r} f32"
+    out.append(_compare("lowrank_product", dense_case, lt.lowrank_product, "U @ V.T", lambda U, V: U @ V.T, (Ud, Vd),
+                        (dense, dense), repeats, "both BLAS"))
+    out.append(_compare("kernel_product tanh", dense_case, lambda U, V: lt.kernel_product(U, V, "tanh"),
+                        "torch.tanh(U @ V.T)", lambda U, V: torch.tanh(U @ V.T), (Ud, Vd), (dense, dense), repeats,
+                        "f' from the output"))
+
+    def torch_top_rows(U, V):
+        K = torch.tanh(U @ V.T)
+        return torch.gather(K, 1, torch.topk(K.detach().abs(), k_row, dim=1).indices)
+
+    out.append(_compare(f"kernel_product tanh top_k={k_row} row", dense_case,
+                        lambda U, V: lt.kernel_product(U, V, "tanh", k_row), "tanh(U @ V.T) + topk + gather",
+                        torch_top_rows, (Ud, Vd), (), repeats, "backward sparse: SpMMs over m*k"))
+    keep = dense * dense // 10
+
+    def torch_top_global(U, V):
+        K = torch.tanh(U @ V.T).reshape(-1)
+        return K[torch.topk(K.detach().abs(), keep).indices]
+
+    def ours_global(U, V):
+        return lt.kernel_product(U, V, "tanh", keep, top_k_mode="global").values
+
+    out.append(_compare_global("kernel_product tanh top 10% global", dense_case, ours_global, torch_top_global,
+                               (Ud, Vd), repeats))
+    out.append(_snell_row(quick, repeats))
+    return out
+
+
+def _compare_global(name, case, ours_fn, peer_fn, inputs, repeats):
+    ours_in, peer_in = _leaves(*inputs), _leaves(*inputs)
+    weight = torch.tensor(0.5)
+    run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
+    run_ours()
+    run_peer()
+    for a, b in zip(ours_in, peer_in):
+        assert float((a.grad - b.grad).abs().max()) <= 1e-3 * float(b.grad.abs().max()), f"{name}: gradients differ"
+    return Row(name, case, best_time(run_ours, repeats), "tanh(U @ V.T) + topk of all", best_time(run_peer, repeats),
+               "SNELL's competition")
+
+
+def _snell_row(quick: bool, repeats: int) -> Row:
+    features, tokens = (256, 256) if quick else (1024, 512)
+    base = torch.nn.Linear(features, features)
+    adapter = lt.KernelizedLoRA(base, rank=16, kernel="piecewise_linear", keep=0.1, init_scale=0.05,
+                                generator=torch.Generator().manual_seed(1))
+    x = torch.randn(tokens, features, generator=torch.Generator().manual_seed(2))
+    weight = torch.randn(tokens, features, generator=torch.Generator().manual_seed(3))
+
+    def plain():
+        D = torch.clamp(adapter.A @ adapter.B.T, -1, 1)
+        kept = torch.zeros(D.numel(), dtype=torch.bool)
+        kept[torch.topk(D.detach().abs().reshape(-1), adapter.top_k).indices] = True
+        W = base.weight + D * kept.reshape(D.shape)
+        return torch.nn.functional.linear(x, W, base.bias)
+
+    def step(forward):
+        def run():
+            adapter.A.grad = adapter.B.grad = None
+            (forward() * weight).sum().backward()
+        return run
+
+    run_ours, run_peer = step(lambda: adapter(x)), step(plain)
+    run_ours()
+    grads = adapter.A.grad.clone(), adapter.B.grad.clone()
+    run_peer()
+    for a, b in zip(grads, (adapter.A.grad, adapter.B.grad)):
+        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()), "KernelizedLoRA: gradients differ"
+    return Row("KernelizedLoRA (SNELL) layer", f"{features}x{features} r=16 keep 10%, {tokens} tokens f32",
+               best_time(run_ours, repeats), "plain torch: dense f, topk mask, linear", best_time(run_peer, repeats),
+               "sparse update: top-k kernel + SpMM")
+
+
+def jax_rows(quick: bool) -> list[Row]:
+    import jax
+    import jax.numpy as jnp
+
+    import lowrank_hpc.jax as lj
+
+    nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
+    repeats = 5 if quick else 3
+    rng = np.random.default_rng(0)
+    U = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
+    V = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
+    rows = jnp.asarray(rng.integers(0, size, nnz).astype(np.int32))
+    cols = jnp.asarray(rng.integers(0, size, nnz).astype(np.int32))
+    vals = jnp.asarray(rng.standard_normal(nnz, dtype=np.float32))
+    W1 = jnp.asarray(rng.standard_normal(nnz, dtype=np.float32))
+    W2 = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
+    case = f"{size}x{size}, {nnz:,} entries, r={r} f32"
+
+    def timed(loss, args):
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        return grad, best_time(lambda: jax.block_until_ready(grad(*args)), repeats)
+
+    out = []
+    pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
+              "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V)),
+             ("sparse_times_dense (SpMM), JAX", lambda v, B: jnp.sum(lj.sparse_times_dense(rows, cols, v, B, size) * W2),
+              "jnp .at[rows].add(v[:, None] * B[cols]), jit",
+              lambda v, B: jnp.sum(jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]) * W2),
+              (vals, V))]
+    for name, ours, peer_name, peer, args in pairs:
+        ours_grad, ours_s = timed(ours, args)
+        peer_grad, peer_s = timed(peer, args)
+        for a, b in zip(ours_grad(*args), peer_grad(*args)):
+            assert float(jnp.abs(a - b).max()) <= 1e-3 * float(jnp.abs(b).max()), f"{name}: gradients differ"
+        out.append(Row(name, case, ours_s, peer_name, peer_s, "pure_callback + custom_vjp"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--jax", action="store_true", help="also the JAX rows")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    print(HEADER)
+    for row in torch_rows(args.quick):
+        print(row.markdown(), flush=True)
+    if args.jax:
+        for row in jax_rows(args.quick):
+            print(row.markdown(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""lowrank_hpc's kernels as differentiable JAX functions.
+
+Importing this package imports jax (an optional extra: ``pip install lowrank_hpc[jax]``); the
+rest of lowrank_hpc never does. Each kernel runs through ``jax.pure_callback`` (the host
+arrays XLA hands over go to the CPU kernels as numpy arrays, the results come back the same
+way), so the functions work under ``jit``; ``jax.custom_vjp`` gives them reverse-mode
+derivatives made of the same kernels (second derivatives too). Static arguments (sizes, flags,
+kernel names, k) are Python values. float32/float64 arrays (float64 needs ``jax_enable_x64``).
+
+Not done: the XLA FFI / GPU path (a CUDA array goes through the host callback), and
+forward-mode derivatives (``custom_vjp`` defines reverse mode only).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import ops
+from ..ops import GlobalTopK, TopK
+
+__all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
+
+_ALIASES = {"exp": "exponential"}
+
+
+def _check_float(function: str, name: str, x, ndims, like=None) -> None:
+    if x.dtype not in (jnp.float32, jnp.float64):
+        raise TypeError(f"{function}: {name} must be a float32 or float64 array, got {x.dtype}")
+    if x.ndim not in ndims:
+        wanted = " or ".join(str(d) for d in ndims)
+        raise ValueError(f"{function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
+    if like is not None and x.dtype != like[1].dtype:
+        raise TypeError(f"{function}: {name} is {x.dtype} but {like[0]} is {like[1].dtype}; pass both in one precision")
+
+
+def _check_indices(function: str, rows, cols) -> None:
+    for name, x in (("rows", rows), ("cols", cols)):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"{function}: {name} must be an integer array, got {x.dtype}")
+        if x.ndim != 1:
+            raise ValueError(f"{function}: {name} must be 1-D, got shape {tuple(x.shape)}")
+    if rows.shape[0] != cols.shape[0]:
+        raise ValueError(f"{function}: rows has length {rows.shape[0]} but cols has {cols.shape[0]}")
+
+
+def _check_pair(function: str, U, V, ndims=(2,)) -> None:
+    _check_float(function, "U", U, ndims)
+    _check_float(function, "V", V, ndims, like=("U", U))
+    if U.ndim != V.ndim or U.shape[:-2] != V.shape[:-2] or U.shape[-1] != V.shape[-1]:
+        raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}; expected "
+                         "(..., m, r) and (..., n, r) with the same batch and rank r")
+
+
+def _kernel_name(kernel: str) -> str:
+    name = _ALIASES.get(kernel, kernel)
+    if name not in ops.KERNELS:
+        raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are {', '.join(ops.KERNELS)} "
+                         "(or 'exp' for 'exponential')")
+    return name
+
+
+def _callback(function, result_shapes, *args):
+    """function(*numpy arrays) run by XLA on the host; results as ShapeDtypeStructs."""
+    def host(*arrays):
+        out = function(*(np.asarray(a) for a in arrays))
+        return tuple(np.asarray(o) for o in out) if isinstance(out, tuple) else np.asarray(out)
+    return jax.pure_callback(host, result_shapes, *args, vmap_method="sequential")
+
+
+# -- sampled_product ------------------------------------------------------------------------------
+
+@jax.custom_vjp
+def _sampled(U, V, rows, cols):
+    return _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
+                     jax.ShapeDtypeStruct(rows.shape, U.dtype), U, V, rows, cols)
+
+
+def _sampled_fwd(U, V, rows, cols):
+    return _sampled(U, V, rows, cols), (U, V, rows, cols)
+
+
+def _sampled_bwd(residuals, grad):
+    U, V, rows, cols = residuals
+    return (_spmm(rows, cols, grad, V, U.shape[0], False), _spmm(rows, cols, grad, U, V.shape[0], True), None, None)
+
+
+_sampled.defvjp(_sampled_fwd, _sampled_bwd)
+
+
+def sampled_product(U, V, rows, cols):
+    """vals[k] = <U[rows[k]], V[cols[k]]> (SDDMM), differentiable in U (m, r) and V (n, r)."""
+    _check_pair("sampled_product", U, V)
+    _check_indices("sampled_product", rows, cols)
+    return _sampled(U, V, rows, cols)
+
+
+# -- sparse_times_dense ---------------------------------------------------------------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _spmm(rows, cols, vals, B, n_rows: int, transpose: bool):
+    return _callback(lambda r, c, v, B: ops.sparse_times_dense(r, c, v, B, n_rows, transpose=transpose,
+                                                               check_finite=False),
+                     jax.ShapeDtypeStruct((n_rows, B.shape[1]), B.dtype), rows, cols, vals, B)
+
+
+def _spmm_fwd(rows, cols, vals, B, n_rows, transpose):
+    return _spmm(rows, cols, vals, B, n_rows, transpose), (rows, cols, vals, B)
+
+
+def _spmm_bwd(n_rows, transpose, residuals, grad):
+    rows, cols, vals, B = residuals
+    out_index, in_index = (cols, rows) if transpose else (rows, cols)
+    return (None, None, _sampled(grad, B, out_index, in_index),
+            _spmm(rows, cols, vals, grad, B.shape[0], not transpose))
+
+
+_spmm.defvjp(_spmm_fwd, _spmm_bwd)
+
+
+def sparse_times_dense(rows, cols, vals, B, n_rows: int, *, transpose: bool = False):
+    """S @ B (S^T @ B with ``transpose``) for S with entries vals[k] at (rows[k], cols[k]),
+    differentiable in vals (nnz,) and B (k, r). n_rows and transpose are static."""
+    _check_float("sparse_times_dense", "vals", vals, (1,))
+    _check_float("sparse_times_dense", "B", B, (2,), like=("vals", vals))
+    _check_indices("sparse_times_dense", rows, cols)
+    if vals.shape[0] != rows.shape[0]:
+        raise ValueError(f"sparse_times_dense: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
+    return _spmm(rows, cols, vals, B, int(n_rows), bool(transpose))
+
+
+# -- lowrank_product and kernel_product -----------------------------------------------------------
+
+def _derivative(kernel: str, values):
+    """f'(x) from y = f(x)."""
+    if kernel == "identity":
+        return jnp.ones_like(values)
+    if kernel == "relu":
+        return (values > 0).astype(values.dtype)
+    if kernel == "exponential":
+        return values
+    if kernel == "tanh":
+        return 1 - values * values
+    return (jnp.abs(values) < 1).astype(values.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _kernel_dense(U, V, kernel: str):
+    shape = U.shape[:-1] + V.shape[-2:-1]
+    if kernel == "identity":
+        function = lambda U, V: ops.lowrank_product(U, V, check_finite=False)  # noqa: E731
+    else:
+        function = lambda U, V: ops.kernel_product(U, V, kernel, check_finite=False)  # noqa: E731
+    return _callback(function, jax.ShapeDtypeStruct(shape, U.dtype), U, V)
+
+
+def _kernel_dense_fwd(U, V, kernel):
+    out = _kernel_dense(U, V, kernel)
+    return out, (U, V, out)
+
+
+def _kernel_dense_bwd(kernel, residuals, grad):
+    U, V, out = residuals
+    weighted = grad * _derivative(kernel, out)
+    swap = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
+    # d U = G' V = lowrank(G', V^T), d V = G'^T U = lowrank(G'^T, U^T): the same kernel again.
+    return _kernel_dense(weighted, swap(V), "identity"), _kernel_dense(swap(weighted), swap(U), "identity")
+
+
+_kernel_dense.defvjp(_kernel_dense_fwd, _kernel_dense_bwd)
+
+
+def lowrank_product(U, V):
+    """U @ V^T for U (..., m, r), V (..., n, r) (2-D or 3-D), differentiable."""
+    _check_pair("lowrank_product", U, V, (2, 3))
+    return _kernel_dense(U, V, "identity")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _top_k(U, V, kernel: str, k: int, mode: str):
+    m = U.shape[0]
+    if mode == "row":
+        shapes = (jax.ShapeDtypeStruct((m, k), U.dtype), jax.ShapeDtypeStruct((m, k), jnp.int32))
+    else:
+        shapes = (jax.ShapeDtypeStruct((k,), U.dtype), jax.ShapeDtypeStruct((k,), jnp.int32),
+                  jax.ShapeDtypeStruct((k,), jnp.int32))
+
+    def host(U, V):
+        result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, check_finite=False)
+        # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
+        return (result[0],) + tuple(x.astype(np.int32) for x in result[1:])
+
+    return _callback(host, shapes, U, V)
+
+
+def _top_k_fwd(U, V, kernel, k, mode):
+    out = _top_k(U, V, kernel, k, mode)
+    return out, (U, V, out)
+
+
+def _top_k_bwd(kernel, k, mode, residuals, grads):
+    U, V, out = residuals
+    values = out[0].reshape(-1)
+    weights = grads[0].reshape(-1) * _derivative(kernel, values)
+    if mode == "row":
+        rows = jnp.repeat(jnp.arange(U.shape[0], dtype=jnp.int32), k)
+        cols = out[1].reshape(-1)
+    else:
+        rows, cols = out[1], out[2]
+    return _spmm(rows, cols, weights, V, U.shape[0], False), _spmm(rows, cols, weights, U, V.shape[0], True)
+
+
+_top_k.defvjp(_top_k_fwd, _top_k_bwd)
+
+
+def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, *,
+                   top_k_mode: str = "row") -> Union[jax.Array, TopK, GlobalTopK]:
+    """K = f(U V^T) (``lowrank_hpc.ops.kernel_product``), dense or its top-k entries by |f|,
+    differentiable in U and V (through the kept entries in top-k mode). Top-k indices are int32.
+    kernel, top_k and top_k_mode are static."""
+    kernel = _kernel_name(kernel)
+    if top_k is None:
+        _check_pair("kernel_product", U, V, (2, 3))
+        return _kernel_dense(U, V, kernel)
+    _check_pair("kernel_product", U, V)
+    if top_k_mode not in ("row", "global"):
+        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    m, n = U.shape[0], V.shape[0]
+    limit = n if top_k_mode == "row" else m * n
+    if not 1 <= top_k <= limit:
+        raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {limit} in {top_k_mode} mode, got {top_k}")
+    if m * n >= 2**31:
+        raise ValueError(f"kernel_product: m * n = {m * n} does not fit the int32 indices of the JAX top-k")
+    result = _top_k(U, V, kernel, int(top_k), top_k_mode)
+    return TopK(*result) if top_k_mode == "row" else GlobalTopK(*result)

@@ -1,0 +1,70 @@
+"""lowrank_hpc's kernels inside torch's autograd graphs, and the SNELL adapter.
+
+Importing this package imports torch (an optional extra: ``pip install lowrank_hpc[torch]``);
+the rest of lowrank_hpc never does. The kernels are registered as torch custom operators
+(``torch.ops.lowrank_hpc.*``) with fake implementations, so ``torch.compile(fullgraph=True)``
+traces them, and autograd formulas made of the same operators. float32/float64 tensors on the
+CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from ..ops import GlobalTopK, TopK
+from ._ops import (kernel_name, kernel_product_op, kernel_top_k_global_op, kernel_top_k_rows_op, lowrank_product_op,
+                   sampled_product_op, sparse_times_dense_op)
+from .lora import KernelizedLoRA
+
+__all__ = ["GlobalTopK", "KernelizedLoRA", "TopK", "kernel_product", "lowrank_product", "sampled_product",
+           "sparse_times_dense"]
+
+
+def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """vals[k] = <U[rows[k]], V[cols[k]]>: entries of U V^T at (rows, cols) (SDDMM), differentiable
+    in U and V.
+
+    U (m, r), V (n, r): float32/float64 tensors of one dtype and device; rows, cols (nnz,) int32
+    or int64 tensors on that device. Returns (nnz,). IndexError for an index out of range.
+    """
+    return sampled_product_op(U, V, rows, cols)
+
+
+def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor, n_rows: int, *,
+                       transpose: bool = False) -> torch.Tensor:
+    """S @ B (S^T @ B with ``transpose``) for S with entries vals[k] at (rows[k], cols[k])
+    (repeated positions add up), differentiable in vals and B.
+
+    vals (nnz,), B (k, r) float32/float64 of one dtype and device; rows, cols (nnz,) int32/int64;
+    n_rows: rows of the result. Returns (n_rows, r).
+    """
+    return sparse_times_dense_op(rows, cols, vals, B, int(n_rows), bool(transpose))
+
+
+def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """U @ V^T for U (..., m, r), V (..., n, r) (2-D, or 3-D batched), differentiable."""
+    return lowrank_product_op(U, V)
+
+
+def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", top_k: Optional[int] = None, *,
+                   top_k_mode: str = "row") -> Union[torch.Tensor, TopK, GlobalTopK]:
+    """K = f(U V^T) entry-wise (``lowrank_hpc.ops.kernel_product``), dense or its top-k entries by
+    |f|, differentiable in U and V (through the kept entries in top-k mode; the selection is
+    piecewise constant).
+
+    kernel: one of ``lowrank_hpc.ops.KERNELS`` (or "exp"). top_k None: the dense (..., m, n)
+    tensor (2-D or 3-D inputs). top_k with ``top_k_mode="row"``: :class:`TopK` (values (m, k),
+    indices (m, k) int64); ``"global"``: :class:`GlobalTopK` (values, rows, cols of shape (k,)).
+    Top-k mode takes 2-D U and V and never forms the dense m x n matrix.
+    """
+    kernel = kernel_name("kernel_product", kernel)
+    if top_k is None:
+        return kernel_product_op(U, V, kernel)
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"kernel_product: top_k must be an int or None, got {type(top_k).__name__}")
+    if top_k_mode == "row":
+        return TopK(*kernel_top_k_rows_op(U, V, kernel, top_k))
+    if top_k_mode == "global":
+        return GlobalTopK(*kernel_top_k_global_op(U, V, kernel, top_k))
+    raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")

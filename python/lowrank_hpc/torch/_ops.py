@@ -1,0 +1,342 @@
+"""The kernels as torch custom operators (namespace ``lowrank_hpc``): real implementations on
+the core's kernels, fake ones for ``torch.compile``, and autograd formulas written with the
+same operators (so second derivatives work too); the dense products' backward GEMMs are torch's.
+
+Tensors reach the kernels without copies: CPU tensors as numpy views of their storage, CUDA
+tensors as CuPy views through DLPack (the kernel runs on torch's current stream). Results come
+back the same way (``torch.from_numpy`` / ``torch.from_dlpack``).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import _backend, ops
+
+_FLOATS = (torch.float32, torch.float64)
+_INDICES = (torch.int32, torch.int64)
+_ALIASES = {"exp": "exponential"}
+
+
+# -- checks shared by the real and the fake implementations (errors name the argument) ------------
+
+def _check_float(function: str, name: str, x: torch.Tensor, ndims: Sequence[int], like: Optional[tuple] = None):
+    if x.dtype not in _FLOATS:
+        hint = (" (float16/bfloat16 factors are not supported by the kernels yet: pass float32)"
+                if x.dtype in (torch.float16, torch.bfloat16) else "")
+        raise TypeError(f"{function}: {name} must be a float32 or float64 tensor, got {x.dtype}{hint}")
+    if x.dim() not in ndims:
+        wanted = " or ".join(str(d) for d in ndims)
+        raise ValueError(f"{function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
+    if like is not None:
+        other_name, other = like
+        if x.dtype != other.dtype:
+            raise TypeError(f"{function}: {name} is {x.dtype} but {other_name} is {other.dtype}; pass both in "
+                            "one precision")
+        _check_device(function, name, x, other_name, other)
+
+
+def _check_device(function: str, name: str, x: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    if x.device != other.device:
+        raise ValueError(f"{function}: {name} is on {x.device} but {other_name} is on {other.device}; move both "
+                         "to one device")
+    if x.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{function}: {name} is on {x.device}; the kernels take CPU or CUDA tensors")
+
+
+def _check_indices(function: str, rows: torch.Tensor, cols: torch.Tensor, like: tuple) -> None:
+    for name, x in (("rows", rows), ("cols", cols)):
+        if x.dtype not in _INDICES:
+            raise TypeError(f"{function}: {name} must be an int32 or int64 tensor, got {x.dtype}")
+        if x.dim() != 1:
+            raise ValueError(f"{function}: {name} must be 1-D, got shape {tuple(x.shape)}")
+        _check_device(function, name, x, *like)
+    if rows.shape[0] != cols.shape[0]:
+        raise ValueError(f"{function}: rows has length {rows.shape[0]} but cols has {cols.shape[0]}")
+
+
+def _check_pair(function: str, U: torch.Tensor, V: torch.Tensor, ndims: Sequence[int] = (2,)) -> None:
+    _check_float(function, "U", U, ndims)
+    _check_float(function, "V", V, ndims, like=("U", U))
+    if U.dim() != V.dim() or U.shape[:-2] != V.shape[:-2] or U.shape[-1] != V.shape[-1]:
+        raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}; expected "
+                         "(..., m, r) and (..., n, r) with the same batch and rank r")
+
+
+def kernel_name(function: str, kernel: str) -> str:
+    name = _ALIASES.get(kernel, kernel)
+    if name not in ops.KERNELS:
+        raise ValueError(f"{function}: unknown kernel {kernel!r}; valid kernels are {', '.join(ops.KERNELS)} "
+                         "(or 'exp' for 'exponential')")
+    return name
+
+
+# -- tensors to arrays and back, without copies ----------------------------------------------------
+
+def _array(x: torch.Tensor) -> Any:
+    """A numpy (CPU) or CuPy (CUDA) view of the tensor's memory."""
+    x = x.detach()
+    if x.device.type == "cuda":
+        return _backend.cupy_module().from_dlpack(x)
+    return x.numpy()
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+
+
+def _stream(x: torch.Tensor) -> ContextManager:
+    """torch's current stream of a CUDA tensor's device as CuPy's (ordered after the autograd
+    work that produced the inputs); nothing on the CPU."""
+    if x.device.type != "cuda":
+        return contextlib.nullcontext()
+    stream = torch.cuda.current_stream(x.device)
+    return _backend.cupy_module().cuda.ExternalStream(stream.cuda_stream, x.device.index)
+
+
+# -- sampled_product: vals[k] = <U[rows[k]], V[cols[k]]> -------------------------------------------
+
+@torch.library.custom_op("lowrank_hpc::sampled_product", mutates_args=())
+def sampled_product_op(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    _check_sampled(U, V, rows, cols)
+    with _stream(U):
+        return _tensor(ops.sampled_product(_array(U), _array(V), _array(rows), _array(cols), check_finite=False))
+
+
+def _check_sampled(U, V, rows, cols):
+    _check_pair("sampled_product", U, V)
+    _check_indices("sampled_product", rows, cols, ("U", U))
+
+
+@sampled_product_op.register_fake
+def _(U, V, rows, cols):
+    _check_sampled(U, V, rows, cols)
+    return U.new_empty(rows.shape[0])
+
+
+def _sampled_setup(ctx, inputs, output):
+    U, V, rows, cols = inputs
+    ctx.save_for_backward(U, V, rows, cols)
+
+
+def _sampled_backward(ctx, grad):
+    U, V, rows, cols = ctx.saved_tensors
+    grad_U = grad_V = None
+    if ctx.needs_input_grad[0]:
+        grad_U = sparse_times_dense_op(rows, cols, grad, V, U.shape[0], False)
+    if ctx.needs_input_grad[1]:
+        grad_V = sparse_times_dense_op(rows, cols, grad, U, V.shape[0], True)
+    return grad_U, grad_V, None, None
+
+
+sampled_product_op.register_autograd(_sampled_backward, setup_context=_sampled_setup)
+
+
+# -- sparse_times_dense: S @ B (S^T @ B with transpose) for S given by coordinates -----------------
+
+@torch.library.custom_op("lowrank_hpc::sparse_times_dense", mutates_args=())
+def sparse_times_dense_op(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor,
+                          n_rows: int, transpose: bool) -> torch.Tensor:
+    _check_spmm(rows, cols, vals, B, n_rows)
+    with _stream(B):
+        out = ops.sparse_times_dense(_array(rows), _array(cols), _array(vals), _array(B), n_rows,
+                                     transpose=transpose, check_finite=False)
+    return _tensor(out)
+
+
+def _check_spmm(rows, cols, vals, B, n_rows):
+    function = "sparse_times_dense"
+    _check_float(function, "vals", vals, (1,))
+    _check_float(function, "B", B, (2,), like=("vals", vals))
+    _check_indices(function, rows, cols, ("vals", vals))
+    if vals.shape[0] != rows.shape[0]:
+        raise ValueError(f"{function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
+    if n_rows < 1:
+        raise ValueError(f"{function}: n_rows must be >= 1, got {n_rows}")
+
+
+@sparse_times_dense_op.register_fake
+def _(rows, cols, vals, B, n_rows, transpose):
+    _check_spmm(rows, cols, vals, B, n_rows)
+    return B.new_empty((n_rows, B.shape[1]))
+
+
+def _spmm_setup(ctx, inputs, output):
+    rows, cols, vals, B, n_rows, transpose = inputs
+    ctx.transpose = transpose
+    ctx.save_for_backward(rows, cols, vals, B)
+
+
+def _spmm_backward(ctx, grad):
+    rows, cols, vals, B = ctx.saved_tensors
+    # Entry k adds vals[k] B[cols[k]] to row rows[k] of the result (the other way round with
+    # transpose): d vals[k] = <grad[rows[k]], B[cols[k]]>, d B = S^T grad (S grad with transpose).
+    out_index, in_index = (cols, rows) if ctx.transpose else (rows, cols)
+    grad_vals = grad_B = None
+    if ctx.needs_input_grad[2]:
+        grad_vals = sampled_product_op(grad, B, out_index, in_index)
+    if ctx.needs_input_grad[3]:
+        grad_B = sparse_times_dense_op(rows, cols, vals, grad, B.shape[0], not ctx.transpose)
+    return None, None, grad_vals, grad_B, None, None
+
+
+sparse_times_dense_op.register_autograd(_spmm_backward, setup_context=_spmm_setup)
+
+
+# -- lowrank_product: U @ V^T ----------------------------------------------------------------------
+
+@torch.library.custom_op("lowrank_hpc::lowrank_product", mutates_args=())
+def lowrank_product_op(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    _check_pair("lowrank_product", U, V, (2, 3))
+    with _stream(U):
+        return _tensor(ops.lowrank_product(_array(U), _array(V), check_finite=False))
+
+
+@lowrank_product_op.register_fake
+def _(U, V):
+    _check_pair("lowrank_product", U, V, (2, 3))
+    return U.new_empty(U.shape[:-1] + V.shape[-2:-1])
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _gemm_backward(ctx, grad_product, U, V):
+    """(d U, d V) of U V^T given d(U V^T): grad V and grad^T U, by torch's GEMM (dense GEMM is
+    the vendor BLAS's job; torch's takes the transposed grad without copying it)."""
+    grad_U = grad_V = None
+    if ctx.needs_input_grad[0]:
+        grad_U = torch.matmul(grad_product, V)
+    if ctx.needs_input_grad[1]:
+        grad_V = torch.matmul(grad_product.transpose(-1, -2), U)
+    return grad_U, grad_V
+
+
+def _lowrank_backward(ctx, grad):
+    U, V = ctx.saved_tensors
+    return _gemm_backward(ctx, grad, U, V)
+
+
+lowrank_product_op.register_autograd(_lowrank_backward, setup_context=_pair_setup)
+
+
+# -- kernel_product: f(U V^T), dense or its top-k ---------------------------------------------------
+
+def kernel_derivative(kernel: str, values: torch.Tensor) -> torch.Tensor:
+    """f'(x) from y = f(x), for every kernel of the core (no need to keep x = <U_i, V_j>)."""
+    if kernel == "identity":
+        return torch.ones_like(values)
+    if kernel == "relu":
+        return (values > 0).to(values.dtype)
+    if kernel == "exponential":
+        return values
+    if kernel == "tanh":
+        return 1 - values * values
+    return (values.abs() < 1).to(values.dtype)  # piecewise_linear: x clamped to [-1, 1]
+
+
+@torch.library.custom_op("lowrank_hpc::kernel_product", mutates_args=())
+def kernel_product_op(U: torch.Tensor, V: torch.Tensor, kernel: str) -> torch.Tensor:
+    _check_pair("kernel_product", U, V, (2, 3))
+    kernel = kernel_name("kernel_product", kernel)
+    with _stream(U):
+        return _tensor(ops.kernel_product(_array(U), _array(V), kernel, check_finite=False))
+
+
+@kernel_product_op.register_fake
+def _(U, V, kernel):
+    _check_pair("kernel_product", U, V, (2, 3))
+    kernel_name("kernel_product", kernel)
+    return U.new_empty(U.shape[:-1] + V.shape[-2:-1])
+
+
+def _kernel_setup(ctx, inputs, output):
+    U, V, kernel = inputs
+    ctx.kernel = kernel_name("kernel_product", kernel)
+    ctx.save_for_backward(U, V, output)
+
+
+def _kernel_backward(ctx, grad):
+    U, V, output = ctx.saved_tensors
+    grad_U, grad_V = _gemm_backward(ctx, grad * kernel_derivative(ctx.kernel, output), U, V)
+    return grad_U, grad_V, None
+
+
+kernel_product_op.register_autograd(_kernel_backward, setup_context=_kernel_setup)
+
+
+def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str) -> None:
+    _check_pair(function, U, V)
+    kernel_name(function, kernel)
+    if not 1 <= k <= limit:
+        raise ValueError(f"{function}: top_k must satisfy 1 <= top_k <= {limit} in {mode} mode, got {k}")
+
+
+@torch.library.custom_op("lowrank_hpc::kernel_top_k_rows", mutates_args=())
+def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row")
+    with _stream(U):
+        result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
+                                    top_k_mode="row", check_finite=False)
+    return _tensor(result.values), _tensor(result.indices)
+
+
+@kernel_top_k_rows_op.register_fake
+def _(U, V, kernel, k):
+    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row")
+    return U.new_empty((U.shape[0], k)), U.new_empty((U.shape[0], k), dtype=torch.int64)
+
+
+@torch.library.custom_op("lowrank_hpc::kernel_top_k_global", mutates_args=())
+def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str,
+                           k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global")
+    with _stream(U):
+        result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
+                                    top_k_mode="global", check_finite=False)
+    return _tensor(result.values), _tensor(result.rows), _tensor(result.cols)
+
+
+@kernel_top_k_global_op.register_fake
+def _(U, V, kernel, k):
+    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global")
+    return U.new_empty(k), U.new_empty(k, dtype=torch.int64), U.new_empty(k, dtype=torch.int64)
+
+
+def _top_k_setup(ctx, inputs, output):
+    U, V, kernel, k = inputs
+    ctx.kernel = kernel_name("kernel_product", kernel)
+    ctx.save_for_backward(U, V, *output)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
+    """(d U, d V) of the selected values f(<U[rows[k]], V[cols[k]]>): the sampled product's
+    adjoint, weighted by f' (the selection itself is piecewise constant)."""
+    weights = grad_values * kernel_derivative(ctx.kernel, values)
+    grad_U = grad_V = None
+    if ctx.needs_input_grad[0]:
+        grad_U = sparse_times_dense_op(rows, cols, weights, V, U.shape[0], False)
+    if ctx.needs_input_grad[1]:
+        grad_V = sparse_times_dense_op(rows, cols, weights, U, V.shape[0], True)
+    return grad_U, grad_V, None, None
+
+
+def _top_k_rows_backward(ctx, grad_values, grad_indices):
+    U, V, values, indices = ctx.saved_tensors
+    k = indices.shape[1]
+    rows = torch.arange(U.shape[0], device=U.device).repeat_interleave(k)
+    return _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, indices.reshape(-1), U, V)
+
+
+def _top_k_global_backward(ctx, grad_values, grad_rows, grad_cols):
+    U, V, values, rows, cols = ctx.saved_tensors
+    return _selected_backward(ctx, grad_values, values, rows, cols, U, V)
+
+
+kernel_top_k_rows_op.register_autograd(_top_k_rows_backward, setup_context=_top_k_setup)
+kernel_top_k_global_op.register_autograd(_top_k_global_backward, setup_context=_top_k_setup)

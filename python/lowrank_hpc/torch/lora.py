@@ -1,0 +1,131 @@
+"""KernelizedLoRA: the SNELL adapter (sparse tuning with kernelized LoRA) around an nn.Linear.
+
+The update of the frozen weight W (out x in) is a kernel function of a low-rank product,
+sparsified by competition at every step:
+
+    D = scale * f(A B^T),  A (out, rank), B (in, rank) trainable,
+    only the top_k entries of D by |D| are kept (recomputed from A and B at every forward),
+    y = x W^T + b + x D_kept^T.
+
+The nonlinear f raises the rank of the merged update above ``rank``; the competition keeps the
+entries that matter without storing their indices (they are recomputed, never learned), so the
+trainable state is that of LoRA: (out + in) * rank numbers. The kept entries come from the core's
+fused top-k kernel (``kernel_product`` in top-k mode, which never forms the dense out x in
+matrix) and the update is applied by its sparse-times-dense kernel, both differentiable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import _checks
+from ..ops import GlobalTopK
+from ._ops import kernel_name, kernel_top_k_global_op, kernel_top_k_rows_op, sparse_times_dense_op
+
+_MODES = ("global", "row")
+
+
+class KernelizedLoRA(nn.Module):
+    """SNELL adapter wrapping ``base`` (an ``nn.Linear``, frozen here).
+
+    Args:
+        base: the linear layer to adapt; its weight and bias stop requiring gradients.
+        rank: width of the factors A (out_features, rank) and B (in_features, rank).
+        kernel: f, one of ``lowrank_hpc.ops.KERNELS`` ("piecewise_linear", "tanh", "relu",
+            "identity", "exponential"/"exp").
+        keep: fraction of the update's entries kept per step, in (0, 1]: over the whole matrix
+            (``top_k_mode="global"``: round(keep * out * in) entries) or per output row ("row").
+        scale: multiplies f(A B^T).
+        init_scale: standard deviation of A at the start; B starts at N(0, 1 / in_features).
+            A starts small but not zero: a zero A ties every entry of the competition, and the
+            rows it drops at the first step would never be selected again.
+        generator: a torch.Generator for the initialization (reproducible runs).
+
+    ``merge()`` adds the kept update into ``base.weight`` (the forward then runs the plain layer)
+    and records the entries it changed; ``unmerge()`` restores them bit for bit.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 8, *, kernel: str = "piecewise_linear", keep: float = 0.5,
+                 top_k_mode: str = "global", scale: float = 1.0, init_scale: float = 1e-3,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        name = "KernelizedLoRA"
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"{name}: base must be an nn.Linear, got {type(base).__name__}")
+        rank = _checks.positive_int(name, "rank", rank)
+        keep = _checks.positive_float(name, "keep", keep)
+        if keep > 1:
+            raise ValueError(f"{name}: keep must be a fraction in (0, 1], got {keep}")
+        if top_k_mode not in _MODES:
+            raise ValueError(f"{name}: top_k_mode must be 'global' or 'row', got {top_k_mode!r}")
+        self.kernel = kernel_name(name, kernel)
+        self.base, self.rank, self.keep, self.top_k_mode = base, rank, keep, top_k_mode
+        self.scale = float(scale)
+        out_features, in_features = base.weight.shape
+        per = out_features * in_features if top_k_mode == "global" else in_features
+        self.top_k = max(1, min(per, round(keep * per)))
+        base.requires_grad_(False)
+        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
+        self.A = nn.Parameter(torch.randn(out_features, rank, generator=generator).to(**factory) * init_scale)
+        self.B = nn.Parameter(torch.randn(in_features, rank, generator=generator).to(**factory)
+                              / math.sqrt(in_features))
+        self._merged: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def merged(self) -> bool:
+        return self._merged is not None
+
+    def sparse_delta(self) -> GlobalTopK:
+        """The kept entries of the update: values (scale * f, differentiable in A and B), rows and
+        cols (int64), top_k of them (out_features * top_k in row mode), best first."""
+        if self.top_k_mode == "global":
+            values, rows, cols = kernel_top_k_global_op(self.A, self.B, self.kernel, self.top_k)
+        else:
+            values, indices = kernel_top_k_rows_op(self.A, self.B, self.kernel, self.top_k)
+            rows = torch.arange(self.A.shape[0], device=self.A.device).repeat_interleave(self.top_k)
+            values, cols = values.reshape(-1), indices.reshape(-1)
+        return GlobalTopK(values * self.scale if self.scale != 1.0 else values, rows, cols)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The kept update as a dense (out_features, in_features) tensor (differentiable)."""
+        values, rows, cols = self.sparse_delta()
+        dense = values.new_zeros(self.base.weight.shape)
+        return dense.index_put((rows, cols), values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        values, rows, cols = self.sparse_delta()
+        out_features, in_features = self.base.weight.shape
+        tokens = x.reshape(-1, in_features)
+        # D_kept @ x^T by the sparse-times-dense kernel: (out, tokens), touching only kept entries.
+        delta = sparse_times_dense_op(rows, cols, values, tokens.T, out_features, False)
+        return y + delta.T.reshape(*x.shape[:-1], out_features)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the kept update into base.weight; the forward then is the plain layer's."""
+        if self.merged:
+            raise RuntimeError("KernelizedLoRA.merge: already merged (unmerge first)")
+        values, rows, cols = self.sparse_delta()
+        weight = self.base.weight
+        saved = weight[rows, cols].clone()
+        weight.index_put_((rows, cols), values.to(weight.dtype), accumulate=True)
+        self._merged = (rows, cols, saved)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the entries merge() changed, bit for bit."""
+        if not self.merged:
+            raise RuntimeError("KernelizedLoRA.unmerge: not merged")
+        rows, cols, saved = self._merged
+        self.base.weight.index_put_((rows, cols), saved)
+        self._merged = None
+
+    def extra_repr(self) -> str:
+        return (f"rank={self.rank}, kernel={self.kernel!r}, keep={self.keep}, top_k_mode={self.top_k_mode!r}, "
+                f"top_k={self.top_k}, scale={self.scale}")

@@ -1,0 +1,237 @@
+"""lowrank_hpc.torch's custom operators: values against the numpy kernels and dense references,
+gradients by gradcheck (float64) and against plain-torch autograd of the same math, opcheck,
+a torch.compile(fullgraph=True) trace, and the errors. Skipped without torch (optional extra)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (optional extra; in the test extra)")
+
+import lowrank_hpc  # noqa: E402
+import lowrank_hpc.torch as lt  # noqa: E402
+from lowrank_hpc import ops  # noqa: E402
+from lowrank_hpc.torch import _ops  # noqa: E402
+
+import reference  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+# Plain-torch transcriptions of the kernels, the autograd references.
+TORCH_KERNELS = {"identity": lambda x: x, "relu": torch.relu, "exponential": torch.exp, "tanh": torch.tanh,
+                 "piecewise_linear": lambda x: torch.clamp(x, -1, 1)}
+
+
+def problem(dtype=torch.float64, m=7, n=6, r=3, nnz=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    U = torch.randn(m, r, generator=generator, dtype=dtype)
+    V = torch.randn(n, r, generator=generator, dtype=dtype)
+    rows = torch.randint(0, m, (nnz,), generator=generator)
+    cols = torch.randint(0, n, (nnz,), generator=generator)
+    rows[1], cols[1] = rows[0], cols[0]  # a repeated position: its values add up
+    vals = torch.randn(nnz, generator=generator, dtype=dtype)
+    return U, V, rows, cols, vals
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def grads_of(f, inputs):
+    out = f(*inputs)
+    seed = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    return torch.autograd.grad((out * seed).sum(), inputs)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_values_equal_the_numpy_kernels_and_the_references(name):
+    dtype = DTYPES[name]
+    U, V, rows, cols, vals = problem(dtype)
+    Un, Vn, rn, cn, vn = (t.numpy() for t in (U, V, rows, cols, vals))
+    np.testing.assert_array_equal(lt.sampled_product(U, V, rows, cols).numpy(), ops.sampled_product(Un, Vn, rn, cn))
+    np.testing.assert_allclose(lt.sampled_product(U, V, rows, cols).numpy(), reference.sampled_product(Un, Vn, rn, cn),
+                               **TOL[dtype])
+    for transpose, B, n_rows in ((False, V, 7), (True, U, 6)):
+        got = lt.sparse_times_dense(rows, cols, vals, B, n_rows, transpose=transpose).numpy()
+        np.testing.assert_array_equal(got, ops.sparse_times_dense(rn, cn, vn, B.numpy(), n_rows, transpose=transpose))
+        np.testing.assert_allclose(got, reference.sparse_times_dense(rn, cn, vn, B.numpy(), n_rows, transpose),
+                                   **TOL[dtype])
+    np.testing.assert_allclose(lt.lowrank_product(U, V).numpy(), reference.lowrank_product(Un, Vn), **TOL[dtype])
+    for kernel in ops.KERNELS:
+        dense = reference.kernel_product(Un, Vn, kernel)
+        np.testing.assert_allclose(lt.kernel_product(U, V, kernel).numpy(), dense, **TOL[dtype])
+        values, indices = lt.kernel_product(U, V, kernel, 2)
+        ref_values, ref_indices = reference.top_k_rows(dense, 2)
+        np.testing.assert_array_equal(indices.numpy(), ref_indices)
+        np.testing.assert_allclose(values.numpy(), ref_values, **TOL[dtype])
+        result = lt.kernel_product(U, V, kernel, 9, top_k_mode="global")
+        ref = reference.top_k_global(dense, 9)
+        np.testing.assert_array_equal(result.rows.numpy(), ref[1])
+        np.testing.assert_array_equal(result.cols.numpy(), ref[2])
+        np.testing.assert_allclose(result.values.numpy(), ref[0], **TOL[dtype])
+
+
+def test_batched_lowrank_and_kernel_products():
+    generator = torch.Generator().manual_seed(3)
+    U, V = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64), torch.randn(2, 4, 3, generator=generator,
+                                                                                          dtype=torch.float64)
+    torch.testing.assert_close(lt.lowrank_product(U, V), U @ V.transpose(1, 2))
+    torch.testing.assert_close(lt.kernel_product(U, V, "tanh"), torch.tanh(U @ V.transpose(1, 2)))
+    assert torch.autograd.gradcheck(lambda U, V: lt.kernel_product(U, V, "tanh"), leaves(U, V))
+
+
+def _cases(U, V, rows, cols, vals):
+    """(label, lowrank_hpc function, plain-torch function, differentiable inputs)."""
+    B_rows, B_cols = V, U  # S is m x n: S @ B takes B (n, r), S^T @ B takes (m, r)
+    cases = [
+        ("sampled_product", lambda U, V: lt.sampled_product(U, V, rows, cols),
+         lambda U, V: (U[rows] * V[cols]).sum(1), (U, V)),
+        ("sparse_times_dense", lambda v, B: lt.sparse_times_dense(rows, cols, v, B, U.shape[0]),
+         lambda v, B: torch.zeros(U.shape[0], B.shape[1], dtype=B.dtype).index_add(0, rows, v[:, None] * B[cols]),
+         (vals, B_rows)),
+        ("sparse_times_dense_T", lambda v, B: lt.sparse_times_dense(rows, cols, v, B, V.shape[0], transpose=True),
+         lambda v, B: torch.zeros(V.shape[0], B.shape[1], dtype=B.dtype).index_add(0, cols, v[:, None] * B[rows]),
+         (vals, B_cols)),
+        ("lowrank_product", lt.lowrank_product, lambda U, V: U @ V.T, (U, V)),
+    ]
+    for kernel in ops.KERNELS:
+        f = TORCH_KERNELS[kernel]
+        scale = 0.4  # keeps piecewise_linear's entries off its corners at +-1
+        cases.append((f"kernel_{kernel}", lambda U, V, k=kernel: lt.kernel_product(U, V, k),
+                      lambda U, V, f=f: f(U @ V.T), (U * scale, V)))
+        cases.append((f"top_k_rows_{kernel}", lambda U, V, k=kernel: lt.kernel_product(U, V, k, 2).values,
+                      lambda U, V, f=f, k=kernel: torch.gather(f(U @ V.T), 1, lt.kernel_product(U, V, k, 2).indices),
+                      (U * scale, V)))
+        cases.append((f"top_k_global_{kernel}",
+                      lambda U, V, k=kernel: lt.kernel_product(U, V, k, 9, top_k_mode="global").values,
+                      lambda U, V, f=f, k=kernel: f(U @ V.T)[_global(U, V, k)], (U * scale, V)))
+    return cases
+
+
+def _global(U, V, kernel):
+    result = lt.kernel_product(U.detach(), V.detach(), kernel, 9, top_k_mode="global")
+    return result.rows, result.cols
+
+
+CASES = [case[0] for case in _cases(*problem())]
+
+
+@pytest.mark.parametrize("label", CASES)
+def test_gradcheck_and_gradients_equal_plain_torch(label):
+    label_, ours, plain, inputs = next(case for case in _cases(*problem()) if case[0] == label)
+    assert torch.autograd.gradcheck(ours, leaves(*inputs))
+    for got, expected in zip(grads_of(ours, leaves(*inputs)), grads_of(plain, leaves(*inputs))):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("label", ["sampled_product", "sparse_times_dense", "kernel_tanh", "top_k_global_exponential"])
+def test_second_derivatives(label):
+    _, ours, _, inputs = next(case for case in _cases(*problem()) if case[0] == label)
+    assert torch.autograd.gradgradcheck(ours, leaves(*inputs))
+
+
+def test_opcheck_every_operator():
+    U, V, rows, cols, vals = problem()
+    U, V, vals = leaves(U, V, vals)
+    namespace = torch.ops.lowrank_hpc
+    calls = [(namespace.sampled_product, (U, V, rows, cols)),
+             (namespace.sparse_times_dense, (rows, cols, vals, V, 7, False)),
+             (namespace.sparse_times_dense, (rows.to(torch.int32), cols.to(torch.int32), vals, U, 6, True)),
+             (namespace.lowrank_product, (U, V)),
+             (namespace.kernel_product, (U, V, "tanh")),
+             (namespace.kernel_top_k_rows, (U, V, "relu", 2)),
+             (namespace.kernel_top_k_global, (U, V, "exponential", 5))]
+    for op, args in calls:
+        result = torch.library.opcheck(op, args)
+        assert set(result.values()) == {"SUCCESS"}, (op, result)
+
+
+def test_compile_fullgraph_traces_every_operator():
+    U, V, rows, cols, vals = problem()
+
+    def loss(U, V, vals):
+        sampled = lt.sampled_product(U, V, rows, cols)
+        spmm = lt.sparse_times_dense(rows, cols, sampled * vals, V, U.shape[0])
+        spmm_t = lt.sparse_times_dense(rows, cols, vals, U, V.shape[0], transpose=True)
+        row_top = lt.kernel_product(U, V, "tanh", 2)
+        global_top = lt.kernel_product(U, V, "relu", 5, top_k_mode="global")
+        return (spmm.square().sum() + spmm_t.sum() + lt.kernel_product(U, V, "exp").sum()
+                + lt.lowrank_product(U, V).square().sum() + row_top.values.sum() + global_top.values.sum())
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager_inputs, compiled_inputs = leaves(U, V, vals), leaves(U, V, vals)
+    eager, traced = loss(*eager_inputs), compiled(*compiled_inputs)
+    torch.testing.assert_close(traced, eager)
+    eager.backward()
+    traced.backward()
+    for a, b in zip(eager_inputs, compiled_inputs):
+        torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_cpu_tensors_reach_the_kernels_without_copies():
+    U = torch.randn(5, 3, dtype=torch.float64)
+    view = _ops._array(U)
+    assert view.ctypes.data == U.data_ptr()
+    view[0, 0] = 42.0
+    assert U[0, 0] == 42.0
+    out = _ops._tensor(view)
+    assert out.data_ptr() == view.ctypes.data
+
+
+def test_errors_name_the_argument():
+    U, V, rows, cols, vals = problem()
+    with pytest.raises(TypeError, match="sampled_product: U must be a float32 or float64 tensor.*float16"):
+        lt.sampled_product(U.half(), V.half(), rows, cols)
+    with pytest.raises(TypeError, match="sampled_product: V is torch.float32 but U is torch.float64"):
+        lt.sampled_product(U, V.float(), rows, cols)
+    with pytest.raises(TypeError, match="sampled_product: rows must be an int32 or int64 tensor"):
+        lt.sampled_product(U, V, rows.double(), cols)
+    with pytest.raises(ValueError, match="sampled_product: V is on meta but U is on cpu"):
+        lt.sampled_product(U, V.to("meta"), rows, cols)
+    with pytest.raises(ValueError, match="sampled_product: cols is on meta"):
+        lt.sampled_product(U, V, rows, cols.to("meta"))
+    with pytest.raises(ValueError, match=r"sampled_product: U has shape \(7, 3\) and V has shape \(6, 2\)"):
+        lt.sampled_product(U, V[:, :2], rows, cols)
+    with pytest.raises(IndexError, match=r"sampled_product: rows\[3\] = 99 is out of range \[0, 7\)"):
+        lt.sampled_product(U, V, torch.where(torch.arange(12) == 3, 99, rows), cols)
+    with pytest.raises(TypeError, match="sparse_times_dense: B is torch.float32 but vals is torch.float64"):
+        lt.sparse_times_dense(rows, cols, vals, V.float(), 7)
+    with pytest.raises(TypeError, match="sparse_times_dense: vals must be a float32 or float64 tensor.*bfloat16"):
+        lt.sparse_times_dense(rows, cols, vals.bfloat16(), V.bfloat16(), 7)
+    with pytest.raises(ValueError, match="sparse_times_dense: vals has length 11 but rows has 12"):
+        lt.sparse_times_dense(rows, cols, vals[:11], V, 7)
+    with pytest.raises(ValueError, match="kernel_product: unknown kernel 'rbf'"):
+        lt.kernel_product(U, V, "rbf")
+    with pytest.raises(ValueError, match=r"kernel_product: top_k must satisfy 1 <= top_k <= 6 in row mode, got 7"):
+        lt.kernel_product(U, V, "relu", 7)
+    with pytest.raises(ValueError, match="kernel_product: top_k_mode must be 'row' or 'global'"):
+        lt.kernel_product(U, V, "relu", 2, top_k_mode="col")
+    with pytest.raises(TypeError, match="lowrank_product: U must be a float32 or float64 tensor, got torch.int64"):
+        lt.lowrank_product(rows[:, None], cols[:, None])
+
+
+def test_the_core_does_not_import_torch():
+    code = "import sys, lowrank_hpc, lowrank_hpc.ops, lowrank_hpc.recover; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_match_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    U, V, rows, cols, vals = problem()
+    U, V, vals = leaves(U, V, vals)
+    cpu = lt.sampled_product(U, V, rows, cols)
+    (cpu * cpu).sum().backward()
+    gU, gV = U.grad.clone(), V.grad.clone()
+    Uc, Vc = leaves(U.cuda(), V.cuda())
+    gpu = lt.sampled_product(Uc, Vc, rows.cuda(), cols.cuda())
+    (gpu * gpu).sum().backward()
+    torch.testing.assert_close(gpu.cpu(), cpu)
+    torch.testing.assert_close(Uc.grad.cpu(), gU)
+    torch.testing.assert_close(Vc.grad.cpu(), gV)
+    torch.testing.assert_close(lt.kernel_product(Uc, Vc, "tanh").cpu(), lt.kernel_product(U, V, "tanh"))
+    assert lowrank_hpc.get_backend() in ("auto", "cuda")
