@@ -39,6 +39,7 @@ import numpy as np
 from .. import _checks
 from .._arrays import resolve
 from ..ops.sampled_product import sampled_product
+from .als import _Problem as _AlsProblem
 from .als import als, batched_als
 
 DEFAULT_RESTARTS = 4
@@ -248,13 +249,15 @@ class _Mixture:
         return result.U, result.V
 
     def anneal(self, U, V, R: int, steps: int, decay: float):
-        """Phase 1: soft weights, one ALS sweep per component on the imputed targets, per step."""
+        """Phase 1: soft weights, one ALS sweep per component on the imputed targets, per step.
+        The step is batched_als(..., max_iter=1, init=V) on one pattern whose values change: its
+        problem (CSR orders) is built once and given the new targets each step."""
         xp = self.xp
         rows, cols, offsets = self.tiled(R * self.K)
-        history = []
-        scale = None
+        history, scale, problem = [], None, None
+        active = np.ones(R * self.K, dtype=np.uint8)
+        prediction = self.predictions(U, V, R)
         for _ in range(steps):
-            prediction = self.predictions(U, V, R)
             residual = (prediction - self.vals) ** 2
             if scale is None:
                 scale = xp.maximum(residual.mean(axis=(1, 2)), xp.finfo(residual.dtype).tiny)[:, None, None]
@@ -262,11 +265,22 @@ class _Mixture:
             logits -= logits.max(axis=1, keepdims=True)
             weights = xp.exp(logits)
             weights /= weights.sum(axis=1, keepdims=True)
-            targets = weights * self.vals + (1 - weights) * prediction
-            result = batched_als(rows, cols, xp.ascontiguousarray(targets.reshape(-1)), offsets, self.shape,
-                                 self.rank, self.reg, max_iter=1, tol=0.0, seed=0, init=V)
-            U, V = result.U, result.V
-            history.append(self.objective(U, V, R)[0])
+            targets = xp.ascontiguousarray((weights * self.vals + (1 - weights) * prediction).reshape(-1))
+            if problem is None:
+                problem = _AlsProblem(self.call, rows, cols, targets, offsets, R * self.K, self.shape, self.rank,
+                                      self.reg, False)
+            else:
+                problem.replace_values(targets)
+            U, V = xp.zeros_like(U), V.copy()
+            if problem.kernel == "rows":  # the two half-steps alone: the loop's measures are not needed
+                singular = self.call.status(0)
+                problem.update(U, problem.by_rows, V, problem.m, xp.asarray(active), singular)
+                problem.update(V, problem.by_cols, U, problem.n, xp.asarray(active), singular)
+            else:
+                problem.iterate(U, V, active)
+            prediction = self.predictions(U, V, R)
+            history.append(self.call.to_host(0.5 * ((prediction - self.vals) ** 2).min(axis=1)
+                                             .astype(np.float64).sum(axis=1)))
             scale = scale * decay
         return U, V, history
 
