@@ -79,16 +79,21 @@ def draw(path, n1, n2, ranks, lengths, results):
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), squeeze=False)
     r_line = np.linspace(ranks[0] - 0.5, ranks[-1] + 0.5, 50)
     for ax, (method, rates) in zip(axes[0], results.items()):
-        ax.imshow(rates, origin="lower", aspect="auto", cmap="gray", vmin=0, vmax=1,
+        image = ax.imshow(rates, origin="lower", aspect="auto", cmap="gray", vmin=0, vmax=1,
                   extent=(ranks[0] - 0.5, ranks[-1] + 0.5, lengths[0] - 0.5 * (lengths[1] - lengths[0]),
                           lengths[-1] + 0.5 * (lengths[1] - lengths[0])))
         ax.plot(r_line, r_line, "r--", label="L = r")
         ax.plot(r_line, r_line * (n1 + n2 - r_line) / n2, "c-", label="L n2 = r (n1 + n2 - r)")
+        found = [(L50, r) for L50, r in zip(transition(rates, ranks, lengths), ranks) if L50 is not None]
+        if found:
+            c = float(np.median([L50 / r for L50, r in found]))
+            ax.plot(r_line, c * r_line, "y:", linewidth=2, label=f"L = {c:.1f} r (50% success, median)")
         ax.set_xlabel("rank r")
         ax.set_ylabel("sketches per column L")
         ax.set_title(f"{method}: success rate ({n1} x {n2})")
         ax.set_ylim(lengths[0] - 0.5, lengths[-1] + 0.5)
         ax.legend(loc="upper left", fontsize=8)
+        fig.colorbar(image, ax=ax, label="success rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -103,7 +108,7 @@ def main() -> None:
     if args.quick:
         n1, n2, ranks, lengths, trials = 30, 25, [1, 2], list(range(2, 17, 2)), args.trials or 2
     else:
-        n1, n2, ranks, lengths, trials = 60, 50, [1, 2, 3, 4, 5], list(range(2, 42, 2)), args.trials or 5
+        n1, n2, ranks, lengths, trials = 40, 30, [1, 2, 3, 4], list(range(2, 34, 2)), args.trials or 4
     print(f"{n1} x {n2}, ranks {ranks}, L in {lengths[0]}..{lengths[-1]} step {lengths[1] - lengths[0]}, "
           f"{trials} trials, success = relative error < {SUCCESS:g}; load average {os.getloadavg()[0]:.2f}")
     results, seconds = {}, {}
@@ -118,7 +123,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for method, rates in results.items():
         for rank, L50, low in zip(ranks, transition(rates, ranks, lengths), floor):
-            shown = ("> " + str(lengths[-1]), "-", "-") if L50 is None else (L50, f"{L50 / rank:.1f}", f"{L50 / low:.2f}")
+            if L50 is None:
+                shown = ("> " + str(lengths[-1]), "-", "-")
+            else:
+                shown = (L50, f"{L50 / rank:.1f}", f"{L50 / low:.2f}")
             print(f"| {method} | {rank} | {shown[0]} | {shown[1]} | {low:.1f} | {shown[2]} |")
     for method, rates in results.items():
         print(f"\n{method} success rate ({seconds[method]:.0f} s), rows L, columns r = {ranks}:")

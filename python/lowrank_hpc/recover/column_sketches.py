@@ -195,7 +195,10 @@ def _nuclear(call, op: ColumnSketch, y, rank: int, reg: Optional[float], max_ite
         else:
             Z_new = X_new + ((t - 1) / t_new) * (X_new - X)
         norm = float(xp.linalg.norm(X_new))
-        change = float(xp.linalg.norm(X_new - X)) / norm if norm > 0 else 0.0 if not float(xp.linalg.norm(X)) else np.inf
+        if norm > 0:
+            change = float(xp.linalg.norm(X_new - X)) / norm
+        else:
+            change = 0.0 if float(xp.linalg.norm(X)) == 0 else np.inf
         kept.update(sigma=sigma, left=left, right=right_t)
         misfit = op.forward(X_new) - y
         state.scalars["residual"] = robust_norm(xp, misfit) / y_norm
