@@ -22,8 +22,8 @@ ALS solve of :func:`lowrank_hpc.recover.batched_als` with one problem per (resta
    one batched_als call per step. The cooling must be slow: 80 steps at 0.9 failed every
    restart on planted 120 x 100 rank-2 mixtures that the default 200 steps at 0.96 solve.
 2. Hard alternation (the paper's): labels = argmin_k res_k, then each component refitted on its
-   own entries (``inner_iter`` ALS sweeps, warm-started), until no label changes or ``max_iter``
-   rounds. The restart with the smallest objective is kept.
+   own entries (``inner_iter`` ALS sweeps, warm-started), until the labels settle (in every
+   restart, or in the one of least objective) or ``max_iter`` rounds. That restart is kept.
 3. Repair: a row (column) whose residual stands out is a local minimum of that row alone: given
    the other side's factors, each flagged row solves its own K-component mixed linear regression
    from ``repair_trials`` seeded label draws (plus its current labels), keeping the best; then
@@ -298,9 +298,10 @@ class _Mixture:
         return U, V, history
 
     def alternate(self, U, V, labels, R: int, rounds: int):
-        """Phase 2: refit on own entries, reassign, until every restart has settled: no label
-        changed in the last round, or the objective moved by less than _STALL of itself
-        (entries two components predict alike may swap back and forth at rounding level).
+        """Phase 2: refit on own entries, reassign, until every restart has settled (no label
+        changed in the last round, or the objective moved by less than _STALL of itself:
+        entries two components predict alike may swap back and forth at rounding level), or
+        the restart of least objective has settled.
         Returns (U, V, labels, history, settled (R,) bool)."""
         history, settled = [], np.zeros(R, dtype=bool)
         for _ in range(rounds):
@@ -310,7 +311,10 @@ class _Mixture:
             history.append(values)
             settled = stalled | ~self.call.to_host((new != labels).any(axis=1))
             labels = new
-            if settled.all():
+            best = int(np.argmin(values))
+            # Done when all have settled, or the best has and the others are all worse: hard
+            # rounds lower a restart's objective, they do not carry it into another basin.
+            if settled.all() or (settled[best] and bool(np.all(np.delete(values, best) > values[best]))):
                 break
         return U, V, labels, history, settled
 
