@@ -92,15 +92,20 @@ def numpy_mixture(rows, cols, vals, shape, K, rank, seed, restarts=DEFAULT_RESTA
         scale = scale * decay
 
     def hard(U, V, labels):
+        previous = None
         for _ in range(max_iter):
             U, V = refit(U, V, labels, inner)
             residual = (predict(U, V) - vals) ** 2
             new = residual.argmin(axis=1)
-            stable = bool((new == labels).all())
-            labels = new
-            if stable:
+            objective = 0.5 * residual.min(axis=1).sum(axis=1)
+            settled = (new == labels).all(axis=1)
+            if previous is not None:
+                settled |= np.abs(previous - objective) <= 1e-9 * previous
+            previous, labels = objective, new
+            best = int(np.argmin(objective))
+            if settled.all() or (settled[best] and np.all(np.delete(objective, best) > objective[best])):
                 break
-        return U, V, labels, 0.5 * residual.min(axis=1).sum(axis=1)
+        return U, V, labels, objective
 
     U, V, labels, objective = hard(U, V, ((prediction - vals) ** 2).argmin(axis=1))
     best = int(np.argmin(objective))
