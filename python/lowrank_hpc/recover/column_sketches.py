@@ -172,7 +172,7 @@ def _nuclear(call, op: ColumnSketch, y, rank: int, reg: Optional[float], max_ite
     step = 1.0 / sketch_norm_squared(call, op, dtype)
     bregman = reg is None
     if bregman:
-        reg = _BREGMAN_REG * float(xp.linalg.norm(op.adjoint(y).astype(np.float64), 2))
+        reg = _BREGMAN_REG * float(xp.linalg.svd(op.adjoint(y).astype(np.float64), compute_uv=False)[0])
     y_norm = robust_norm(xp, y)
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             time_limit=time_limit, description="from_column_sketches[nuclear]")
