@@ -1,6 +1,6 @@
-"""scikit-learn style estimators: :class:`MatrixCompletion`, :class:`MatrixSensing` and
-:class:`BooleanMF`, one module per model over one shared conversion layer (``_convert``) and
-protocol (``_base``).
+"""scikit-learn style estimators: :class:`MatrixCompletion`, :class:`MatrixSensing`,
+:class:`BooleanMF` and :class:`MixtureCompletion`, one module per model over one shared
+conversion layer (``_convert``) and protocol (``_base``).
 
 The constructor stores hyper-parameters only; ``fit`` validates them, runs a solver of
 ``lowrank_hpc.recover`` and stores the fitted attributes, whose names end with "_".
@@ -18,6 +18,8 @@ later inputs to the side of its factors.
 from ._base import NotFittedError
 from .boolean_mf import BooleanMF
 from .completion import COMPLETION_METHODS, MatrixCompletion
+from .mixture import MixtureCompletion
 from .sensing import MatrixSensing
 
-__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "NotFittedError"]
+__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "MixtureCompletion",
+           "NotFittedError"]

@@ -65,6 +65,7 @@ class _Problem:
         self.reg, self.count_scaling = reg, count_scaling
         self.cg_steps = cg_steps  # 0: exact row solves; else conjugate-gradient steps (the "rows" kernel)
         self.nnz = int(rows.shape[0])
+        self._perms: dict[str, Any] = {}
         self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
         self.dense = self._dense_groups() if cg_steps == 0 else None
         if self.dense is not None:
@@ -83,10 +84,22 @@ class _Problem:
         self.col_weights = self._weights(self.by_cols[0], self.n)
 
     def _order(self, keys, others, n_key: int, name: str):
-        """(indptr, others, vals) of one CSR orientation."""
-        indptr, _, others_sorted, vals_sorted = csr_order(self.call, keys, others, self.vals, self.offsets, n_key,
-                                                          name)
+        """(indptr, others, vals) of one CSR orientation (its permutation kept for replace_values)."""
+        indptr, perm, others_sorted, vals_sorted = csr_order(self.call, keys, others, self.vals, self.offsets, n_key,
+                                                             name)
+        self._perms[name] = perm
         return indptr, others_sorted, vals_sorted
+
+    def replace_values(self, vals) -> None:
+        """New values (nnz,) on the same entries, keeping the CSR orders: for a solver that refits
+        one pattern many times (mixture completion's annealing), the sorts are paid once."""
+        self.vals = vals
+        if self.dense is not None:
+            self.dense = self._dense_groups()
+            return
+        moved = {name: vals if perm is None else vals[perm] for name, perm in self._perms.items()}
+        self.by_rows = (self.by_rows[0], self.by_rows[1], moved["rows"])
+        self.by_cols = (self.by_cols[0], self.by_cols[1], moved["cols"])
 
     def _dense_groups(self):
         """The arrays of the dense kernel (groups of 64 bytes' worth of problems, one per SIMD
