@@ -271,6 +271,27 @@ def test_no_missing_is_the_unmasked_solver_and_full_mask_agrees(digits):
     np.testing.assert_allclose(masked.components_, plain.components_, rtol=1e-7, atol=1e-9)
 
 
+def test_sparse_with_mask_equals_dense_with_nan():
+    M, hidden, X = planted(shape=(50, 40), seed=6)
+    M[M < 0.4] = 0  # zeros that are observed, and implicit in the sparse matrix
+    S = sp.csr_matrix(M)
+    params = dict(n_components=3, init="random", random_state=0, tol=0, max_iter=40)
+    for solver in ("cd", "mu"):
+        dense = lr.NMF(solver=solver, **params).fit(np.where(hidden, np.nan, M))
+        sparse = lr.NMF(solver=solver, **params).fit(S, mask=sp.csr_matrix(~hidden))
+        np.testing.assert_allclose(sparse.components_, dense.components_, rtol=1e-9, atol=1e-12)
+        assert sparse.reconstruction_err_ == pytest.approx(dense.reconstruction_err_, rel=1e-9)
+
+
+def test_more_sweeps_lower_the_loss_per_iteration(digits):
+    losses = []
+    for sweeps in (1, 3):
+        model = lr.NMF(n_components=8, random_state=0, tol=0, max_iter=15, sweeps=sweeps).fit(digits[:500])
+        losses.append(model.reconstruction_err_)
+        assert np.all(np.diff(model.loss_curve_) <= 1e-9 * model.loss_curve_[0])  # HALS never increases the loss
+    assert losses[1] < losses[0]
+
+
 def test_transform_respects_missing():
     M, hidden, X = planted(seed=5)
     model = lr.NMF(n_components=3, init="random", random_state=0, tol=0, max_iter=1500).fit(X)

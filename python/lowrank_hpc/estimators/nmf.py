@@ -192,11 +192,14 @@ class NMF(_Estimator):
             values = X.data
             self._check_shape(function, X.shape, fitted)
             self._check_values(function, xp, values, allow_nan=False)
-            if mask is not None:
-                rows, cols = self._mask(function, mask, X.shape, xp)
-                vals = xp.asarray(X[call.to_host(rows) if side == "cpu" else rows,
-                                    call.to_host(cols) if side == "cpu" else cols]).ravel().astype(X.dtype)
-                return _nmf.NmfData(call, observed=(rows, cols, xp.ascontiguousarray(vals)), shape=X.shape)
+            if mask is not None:  # the observed entries' values, implicit zeros included (read on the host)
+                rows, cols = self._mask(function, mask, X.shape, np)
+                host = X.get() if type(X).__module__.startswith("cupyx") else X
+                vals = np.asarray(host[rows, cols], dtype=X.dtype).ravel()
+                if rows.shape[0] == 0:
+                    raise ValueError(f"{function}: mask marks no entry of X as observed")
+                return _nmf.NmfData(call, observed=(xp.asarray(rows), xp.asarray(cols), xp.asarray(vals)),
+                                    shape=X.shape)
             return _nmf.NmfData(call, X)
         if is_device_array(X):
             cupy = cupy_module()
