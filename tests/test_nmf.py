@@ -56,24 +56,40 @@ def test_hals_sweep_matches_sklearn_cython(dtype, k, l1, l2):
     violation_ref = _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
     got = W.copy()
     violations = np.empty(n)
-    lr._backend.cpu_module().hals_sweep(got, gram, cross, order, l1, l2, 1, violations)
+    lr._backend.cpu_module().hals_sweep(got, gram, cross, order, l1, l2, 1, 0.0, violations)
     np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     assert violations.sum() == pytest.approx(float(violation_ref), rel=1e-4 if dtype == np.float32 else 1e-10)
     # Two sweeps are the sweep applied twice, the violation the first's.
     twice = W.copy()
-    lr._backend.cpu_module().hals_sweep(twice, gram, cross, order, l1, l2, 2, violations)
+    lr._backend.cpu_module().hals_sweep(twice, gram, cross, order, l1, l2, 2, 0.0, violations)
     _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
     np.testing.assert_allclose(twice, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     assert violations.sum() == pytest.approx(float(violation_ref), rel=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hals_sweeps_to_the_rows_nnls_solution(dtype):
+    """Many sweeps with an early stop solve each row's NNLS min ||x - w H||, w >= 0 (scipy's nnls)."""
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(1)
+    n, m, k = 45, 30, 6
+    X, Ht = rng.random((n, m)), rng.random((m, k))
+    W = np.zeros((n, k), dtype=dtype)
+    violations = np.empty(n)
+    lr._backend.cpu_module().hals_sweep(W, (Ht.T @ Ht).astype(dtype), (X @ Ht).astype(dtype), np.arange(k), 0.0,
+                                        0.0, 5000, 1e-7, violations)
+    expected = np.array([nnls(Ht, x)[0] for x in X])
+    np.testing.assert_allclose(W, expected, atol=2e-3 if dtype == np.float32 else 1e-6)
 
 
 def test_hals_sweep_rejects_bad_arrays():
     module = lr._backend.cpu_module()
     W = np.zeros((4, 3))
     with pytest.raises(ValueError, match="gram"):
-        module.hals_sweep(W, np.zeros((2, 2)), np.zeros((4, 3)), np.arange(3), 0.0, 0.0, 1, np.empty(4))
+        module.hals_sweep(W, np.zeros((2, 2)), np.zeros((4, 3)), np.arange(3), 0.0, 0.0, 1, 0.0, np.empty(4))
     with pytest.raises(ValueError, match="sweeps"):
-        module.hals_sweep(W, np.zeros((3, 3)), np.zeros((4, 3)), np.arange(3), 0.0, 0.0, 0, np.empty(4))
+        module.hals_sweep(W, np.zeros((3, 3)), np.zeros((4, 3)), np.arange(3), 0.0, 0.0, 0, 0.0, np.empty(4))
 
 
 # ---------------------------------------------------------------------------- against scikit-learn
@@ -285,11 +301,11 @@ def test_sparse_with_mask_equals_dense_with_nan():
 
 def test_more_sweeps_lower_the_loss_per_iteration(digits):
     losses = []
-    for sweeps in (1, 3):
+    for sweeps in (1, 3, "auto"):
         model = lr.NMF(n_components=8, random_state=0, tol=0, max_iter=15, sweeps=sweeps).fit(digits[:500])
         losses.append(model.reconstruction_err_)
         assert np.all(np.diff(model.loss_curve_) <= 1e-9 * model.loss_curve_[0])  # HALS never increases the loss
-    assert losses[1] < losses[0]
+    assert losses[1] < losses[0] and losses[2] < losses[0]
 
 
 def test_transform_respects_missing():

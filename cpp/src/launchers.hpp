@@ -122,6 +122,6 @@ int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T
 // receives each row's projected-gradient violation of the first sweep.
 template <class T>
 int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_t n, int64_t k, double l1,
-               double l2, int sweeps, double* violations, void* stream);
+               double l2, int sweeps, double inner_tol, double* violations, void* stream);
 
 }  // namespace lowrank_hpc::cpu::launch

@@ -11,29 +11,31 @@ namespace {
 
 template <class T>
 __global__ void hals_sweep_kernel(ops::HalsSweep<T> step, T* W, const T* gram, const T* cross, const int64_t* order,
-                                  int64_t n, int64_t k, int sweeps, double* violations) {
+                                  int64_t n, int64_t k, int sweeps, double inner_tol,
+                                  double* violations) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  violations[i] = static_cast<double>(step.row(W + i * k, cross + i * k, gram, order, k, sweeps));
+  violations[i] =
+      static_cast<double>(step.row(W + i * k, cross + i * k, gram, order, k, sweeps, static_cast<T>(inner_tol)));
 }
 
 }  // namespace
 
 template <class T>
 int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_t n, int64_t k, double l1,
-               double l2, int sweeps, double* violations, void* stream) {
+               double l2, int sweeps, double inner_tol, double* violations, void* stream) {
   if (n == 0) return cudaSuccess;
   constexpr int kBlock = 128;
   const auto grid = static_cast<unsigned>((n + kBlock - 1) / kBlock);
   const ops::HalsSweep<T> step{static_cast<T>(l1), static_cast<T>(l2)};
   hals_sweep_kernel<T><<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(step, W, gram, cross, order, n, k,
-                                                                               sweeps, violations);
+                                                                               sweeps, inner_tol, violations);
   return cudaGetLastError();
 }
 
 template int hals_sweep<float>(float*, const float*, const float*, const int64_t*, int64_t, int64_t, double, double,
-                               int, double*, void*);
+                               int, double, double*, void*);
 template int hals_sweep<double>(double*, const double*, const double*, const int64_t*, int64_t, int64_t, double,
-                                double, int, double*, void*);
+                                double, int, double, double*, void*);
 
 }  // namespace lowrank_hpc::cuda

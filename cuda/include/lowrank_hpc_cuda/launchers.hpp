@@ -104,7 +104,7 @@ int adafactor_step(const ops::AdafactorProblem<P, S>* problems, int64_t batch, o
 // receives each row's projected-gradient violation of the first sweep.
 template <class T>
 int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_t n, int64_t k, double l1,
-               double l2, int sweeps, double* violations, void* stream);
+               double l2, int sweeps, double inner_tol, double* violations, void* stream);
 
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();

@@ -311,8 +311,21 @@ class Penalty:
         self.l1_W, self.l1_H, self.l2_W, self.l2_H = l1_W, l1_H, l2_W, l2_H
 
 
-def _hals(call: Call, F, gram, cross, order, l1: float, l2: float, sweeps: int, violations) -> None:
-    call.module.hals_sweep(F, gram, cross, order, l1, l2, sweeps, violations, call.stream())
+# sweeps="auto" (accelerated HALS, Gillis & Glineur 2012): a half-step sweeps up to
+# 1 + floor(ALPHA rho) times, rho = 1 + (the products' cost) / (one sweep's cost), and stops once
+# a sweep changes every row by at most INNER_TOL times the first sweep's change.
+AUTO_ALPHA = 0.5
+AUTO_INNER_TOL = 0.1
+
+
+def auto_sweeps(product_cost: float, rows: int, k: int) -> int:
+    """Gillis & Glineur's bound on the inner sweeps of a half-step of ``rows`` rows."""
+    return 1 + int(AUTO_ALPHA * (1.0 + product_cost / max(rows * k * (k + 1), 1)))
+
+
+def _hals(call: Call, F, gram, cross, order, l1: float, l2: float, sweeps: int, inner_tol: float,
+          violations) -> None:
+    call.module.hals_sweep(F, gram, cross, order, l1, l2, sweeps, inner_tol, violations, call.stream())
 
 
 class _CD:
@@ -322,6 +335,14 @@ class _CD:
         self.data, self.k, self.penalty, self.update_H = data, k, penalty, update_H
         self.shuffle, self.rng, self.sweeps = shuffle, rng, sweeps
         xp = data.xp
+        n, m = data.shape
+        if sweeps == "auto":  # products: X H^T and H H^T for W, X^T W and W^T W for H
+            cost = (data.nnz if data.sparse else n * m) * k
+            self.sweeps_W, self.sweeps_H = auto_sweeps(cost + m * k * k, n, k), auto_sweeps(cost + n * k * k, m, k)
+            self.inner_tol = AUTO_INNER_TOL
+        else:
+            self.sweeps_W = self.sweeps_H = int(sweeps)
+            self.inner_tol = 0.0
         self.identity = xp.arange(k, dtype=np.int64)
         self.row_violations = xp.empty(data.shape[0], dtype=np.float64)
         self.col_violations = xp.empty(data.shape[1], dtype=np.float64)
@@ -336,12 +357,14 @@ class _CD:
         data, call, p = self.data, self.data.call, self.penalty
         gram_H = Ht.T @ Ht
         cross_W = data.times(Ht)
-        _hals(call, W, gram_H, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps, self.row_violations)
+        _hals(call, W, gram_H, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
+              self.row_violations)
         violation = self.row_violations.sum()
         gram_W = W.T @ W
         if self.update_H:
             cross_H = data.transpose_times(W)
-            _hals(call, Ht, gram_W, cross_H, self._order(), p.l1_H, p.l2_H, self.sweeps, self.col_violations)
+            _hals(call, Ht, gram_W, cross_H, self._order(), p.l1_H, p.l2_H, self.sweeps_H, self.inner_tol,
+                  self.col_violations)
             violation = violation + self.col_violations.sum()
             gram_H = Ht.T @ Ht
             inner = (cross_H * Ht).sum(dtype=np.float64)
@@ -358,9 +381,10 @@ class _MaskedCD:
     t of W: grad_i = -sum_j R_ij H_tj + l2 W_it + l1, curvature sum_j H_tj^2 + l2 over row i's
     observed j (both by the sparse-times-dense kernel), W_it <- max(W_it - grad_i / curv_i, 0)."""
 
-    def __init__(self, data: NmfData, k: int, penalty: Penalty, update_H: bool, shuffle: bool, rng, sweeps: int):
+    def __init__(self, data: NmfData, k: int, penalty: Penalty, update_H: bool, shuffle: bool, rng, sweeps: Any):
         self.data, self.k, self.penalty, self.update_H = data, k, penalty, update_H
-        self.shuffle, self.rng, self.sweeps = shuffle, rng, sweeps
+        # Each column's products cost as much as its sweep here: "auto" is one sweep.
+        self.shuffle, self.rng, self.sweeps = shuffle, rng, 1 if sweeps == "auto" else int(sweeps)
         self.residual = None
 
     def _order(self):
@@ -516,7 +540,7 @@ class _MU:
 
 
 def fit(data: NmfData, W, Ht, *, solver: str, beta: float, tol: float, max_iter: int, penalty: Penalty,
-        update_H: bool = True, shuffle: bool = False, random_state: Any = None, sweeps: int = 1,
+        update_H: bool = True, shuffle: bool = False, random_state: Any = None, sweeps: Any = 1,
         verbose: bool = False, callback: Optional[Callable] = None, relu_threshold: float = 0.0,
         relu_step: float = 0.5, description: str = "NMF") -> dict[str, Any]:
     """Run ``solver`` from (W (n, k), H^T (m, k)) (modified in place); returns

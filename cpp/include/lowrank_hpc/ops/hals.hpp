@@ -12,6 +12,7 @@
 // and nvcc (one thread per row: V is T); each lane rounds exactly as the scalar code does.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "lowrank_hpc/core/macros.hpp"
 
@@ -36,6 +37,19 @@ LRH_HD V hals_abs(V x) {
   return x < zero ? -x : x;
 }
 
+// True when every lane of a is <= the same lane of b (a plain comparison for one row).
+template <class V>
+LRH_HD bool hals_all_at_most(V a, V b) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return a <= b;
+  } else {
+    const auto below = a <= b;
+    for (unsigned lane = 0; lane < sizeof(V) / sizeof(a[0]); ++lane)
+      if (!below[lane]) return false;
+    return true;
+  }
+}
+
 template <class T>
 struct HalsSweep {
   T l1;  // subtracted from every entry of C (the l1 penalty of W's entries)
@@ -43,10 +57,12 @@ struct HalsSweep {
 
   // One sweep over the k coordinates of a row (or of W rows at once, one per lane of V):
   // w[r] and cross[r] hold entry r of the row(s), gram is G row-major (symmetric), order a
-  // permutation of 0..k-1. Returns the row's violation. w is updated in place.
+  // permutation of 0..k-1. Adds the row's violation to *violation and the sum of |change| of
+  // its entries to *change. w is updated in place.
   template <class V>
-  LRH_HD V sweep(V* w, const V* cross, const T* gram, const int64_t* order, int64_t k) const {
-    V violation = hals_zero<V>();
+  LRH_HD void sweep(V* w, const V* cross, const T* gram, const int64_t* order, int64_t k, V* violation,
+                    V* change) const {
+    const V zero = hals_zero<V>();
     for (int64_t s = 0; s < k; ++s) {
       const int64_t t = order[s];
       const T* g = gram + t * k;
@@ -54,21 +70,33 @@ struct HalsSweep {
       // The order of the additions is scikit-learn's (_cdnmf_fast): -(C - l1), then r = 0..k-1.
       V grad = -(cross[t] - l1);
       for (int64_t r = 0; r < k; ++r) grad += (r == t ? hess : g[r]) * w[r];
-      const V zero = hals_zero<V>();
       const V lower = grad < zero ? grad : zero;
       const V projected = w[t] == zero ? lower : grad;
-      violation += hals_abs(projected);
-      if (hess != T(0)) w[t] = hals_relu(w[t] - grad / hess);
+      *violation += hals_abs(projected);
+      if (hess != T(0)) {
+        const V updated = hals_relu(w[t] - grad / hess);
+        *change += hals_abs(updated - w[t]);
+        w[t] = updated;
+      }
     }
-    return violation;
   }
 
-  // `sweeps` sweeps of one row; the violation is the first sweep's (the measure at the point
-  // the half-step started from, as with one sweep).
+  // Up to `sweeps` sweeps of one row (of a group of rows); the violation is the first sweep's
+  // (the measure at the point the half-step started from, as with one sweep). With
+  // inner_tol > 0 the sweeps stop once a sweep changes every row by at most inner_tol times
+  // what the first sweep changed it (accelerated HALS, Gillis & Glineur 2012); inner_tol = 0
+  // runs all of them.
   template <class V>
-  LRH_HD V row(V* w, const V* cross, const T* gram, const int64_t* order, int64_t k, int sweeps) const {
-    const V violation = sweep(w, cross, gram, order, k);
-    for (int repeat = 1; repeat < sweeps; ++repeat) sweep(w, cross, gram, order, k);
+  LRH_HD V row(V* w, const V* cross, const T* gram, const int64_t* order, int64_t k, int sweeps,
+               T inner_tol) const {
+    V violation = hals_zero<V>(), first = hals_zero<V>();
+    sweep(w, cross, gram, order, k, &violation, &first);
+    const V bound = first * inner_tol;
+    for (int repeat = 1; repeat < sweeps; ++repeat) {
+      V ignored = hals_zero<V>(), change = hals_zero<V>();
+      sweep(w, cross, gram, order, k, &ignored, &change);
+      if (inner_tol > T(0) && hals_all_at_most(change, bound)) break;
+    }
     return violation;
   }
 };
