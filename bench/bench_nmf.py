@@ -122,7 +122,7 @@ def main():
         seconds, target, iterations = peer
         row = [label, f"{seconds:.3f}", f"{single:.3f}", str(iterations), f"{target:.6g}"]
         for sweeps in (1, "auto"):
-            if params["solver"] != "cd" and sweeps != 1:
+            if params.get("beta_loss", "frobenius") != "frobenius" and sweeps != 1:
                 row += ["-", "-", "-", "-"]
                 continue
             ours = min((ours_to_target(X, params, target, sweeps) for _ in range(args.repeats)), key=lambda r: r[0])

@@ -306,6 +306,10 @@ def test_more_sweeps_lower_the_loss_per_iteration(digits):
         losses.append(model.reconstruction_err_)
         assert np.all(np.diff(model.loss_curve_) <= 1e-9 * model.loss_curve_[0])  # HALS never increases the loss
     assert losses[1] < losses[0] and losses[2] < losses[0]
+    # accelerated MU: the same repetition for the multiplicative updates (Frobenius)
+    mu = [lr.NMF(n_components=8, solver="mu", random_state=0, tol=0, max_iter=15, sweeps=s).fit(digits[:500])
+          for s in (1, "auto")]
+    assert mu[1].reconstruction_err_ < mu[0].reconstruction_err_
 
 
 def test_transform_respects_missing():

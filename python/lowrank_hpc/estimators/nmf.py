@@ -72,7 +72,9 @@ class NMF(_Estimator):
       accelerated HALS (Gillis & Glineur 2012): up to 1 + 0.5 rho sweeps (rho = 1 + the GEMMs'
       cost over one sweep's), stopping once a sweep changes each row by at most 0.1 of the first
       sweep's change. Fewer GEMMs reach the same loss (bench/bench_nmf.py); scikit-learn's
-      violation stopping rule reads the first sweep of each half-step.
+      violation stopping rule reads the first sweep of each half-step. With solver="mu" and the
+      Frobenius loss the same setting repeats each factor's multiplicative update against the
+      same products with X (accelerated MU, same authors).
 
     Parameters
     ----------

@@ -428,9 +428,18 @@ class _MU:
     """Multiplicative updates for the beta-divergence (scikit-learn's rules), on the full, sparse
     or observed-only matrix."""
 
-    def __init__(self, data: NmfData, k: int, penalty: Penalty, update_H: bool, beta: float):
+    def __init__(self, data: NmfData, k: int, penalty: Penalty, update_H: bool, beta: float, sweeps: Any = 1):
         self.data, self.k, self.penalty, self.update_H, self.beta = data, k, penalty, update_H, beta
         self.gamma = _mu_gamma(beta)
+        n, m = data.shape
+        if sweeps == "auto":
+            cost = (data.nnz if data.sparse else n * m) * k
+            self.extra_W = auto_sweeps(cost + m * k * k, n, k) - 1
+            self.extra_H = auto_sweeps(cost + n * k * k, m, k) - 1
+            self.inner_tol = AUTO_INNER_TOL
+        else:
+            self.extra_W = self.extra_H = int(sweeps) - 1
+            self.inner_tol = 0.0
         self._fixed = None  # (cross, gram) of a fixed H (transform)
 
     def _ratio(self, W, Ht, for_H: bool):
@@ -526,15 +535,35 @@ class _MU:
             delta = delta ** self.gamma
         F *= delta.astype(F.dtype, copy=False)
 
+    def _repeat(self, F, G, numerator, gram_of_G, l1: float, l2: float, count: int) -> None:
+        """Frobenius: `count` more updates of F against the same X G and G^T G (accelerated MU,
+        Gillis & Glineur 2012: the products with X are the expensive part); with "auto" they
+        stop once an update changes F by at most AUTO_INNER_TOL of the first's change."""
+        xp = self.data.xp
+        first = None
+        for _ in range(count):
+            before = F.copy()
+            self._apply(F, numerator, F @ gram_of_G, l1, l2)
+            change = float(xp.linalg.norm(F - before))
+            if first is None:
+                first = change
+            elif self.inner_tol > 0 and change <= self.inner_tol * first:
+                break
+
     def iterate(self, W, Ht) -> None:
         p, beta = self.penalty, self.beta
         numerator, denominator = self._ratio(W, Ht, for_H=False)
         self._apply(W, numerator, denominator, p.l1_W, p.l2_W)
+        repeat = beta == 2 and not self.data.masked and self.extra_W > 0
+        if repeat:
+            self._repeat(W, Ht, numerator, Ht.T @ Ht, p.l1_W, p.l2_W, self.extra_W)
         if beta < 1:
             W[W < TINY64] = 0.0
         if self.update_H:
             numerator, denominator = self._ratio(W, Ht, for_H=True)
             self._apply(Ht, numerator, denominator, p.l1_H, p.l2_H)
+            if repeat and self.extra_H > 0:
+                self._repeat(Ht, W, numerator, W.T @ W, p.l1_H, p.l2_H, self.extra_H)
             if beta <= 1:
                 Ht[Ht < TINY64] = 0.0
 
@@ -567,7 +596,7 @@ def fit(data: NmfData, W, Ht, *, solver: str, beta: float, tol: float, max_iter:
                 return "converged"
             return None
     elif solver == "mu":
-        method = _MU(data, k, penalty, update_H, beta)
+        method = _MU(data, k, penalty, update_H, beta, sweeps)
         memory["initial"] = memory["previous"] = beta_divergence(data, W, Ht, beta, square_root=True)
 
         def step(state: LoopState):
