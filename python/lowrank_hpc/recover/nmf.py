@@ -96,8 +96,8 @@ class NmfData:
             self.dense = X
             self.shape = tuple(int(s) for s in X.shape)
             self.dtype = X.dtype
-            self.squared_norm = float((X.astype(np.float64, copy=False) ** 2).sum()) if X.dtype != np.float64 else \
-                float(xp.vdot(X.ravel(), X.ravel()))
+            flat = X.ravel().astype(np.float64, copy=False)
+            self.squared_norm = float(xp.dot(flat, flat))
             self.total = float(X.sum(dtype=np.float64))
             self.mean = float(X.mean())
 
@@ -151,8 +151,8 @@ def _lu_normalize(A):
     return scipy.linalg.lu(A, permute_l=True, check_finite=False)[0]
 
 
-def _qr_basis(xp, A):
-    return xp.linalg.qr(A, mode="reduced")[0] if xp is not np else np.linalg.qr(A, mode="reduced")[0]
+def _qr_basis(A):
+    return np.linalg.qr(A, mode="reduced")[0]
 
 
 def randomized_svd(data: NmfData, k: int, random_state: Any):
@@ -182,7 +182,7 @@ def randomized_svd(data: NmfData, k: int, random_state: Any):
     for _ in range(n_iter):
         Q = xp.asarray(_lu_normalize(host(apply(xp.ascontiguousarray(Q)))).astype(data.dtype, copy=False))
         Q = xp.asarray(_lu_normalize(host(apply_t(xp.ascontiguousarray(Q)))).astype(data.dtype, copy=False))
-    Q = _qr_basis(np, host(apply(xp.ascontiguousarray(Q))))
+    Q = _qr_basis(host(apply(xp.ascontiguousarray(Q))))
     B = host(apply_t(xp.ascontiguousarray(xp.asarray(Q)))).T  # Q^T M, (size, cols of M)
     import scipy.linalg
 
@@ -457,7 +457,7 @@ class _MU:
                         self._fixed = (cross, gram)
                 else:
                     cross, gram = self._fixed
-                numerator = cross.copy() if not self.update_H else cross
+                numerator = cross  # never written: the updates divide into a new array
                 denominator = W @ gram
             return numerator, denominator
         if data.sparse:  # W H only at the stored (observed) entries
