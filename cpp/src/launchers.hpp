@@ -117,4 +117,11 @@ int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T
                              int64_t k, double kappa, double lambda, double inertia, bool nonnegative,
                              const uint8_t* active, T* out, void* stream);
 
+// The HALS coordinate-descent sweep of NMF (lowrank_hpc/ops/hals.hpp): W (n, k) in place, `sweeps`
+// sweeps per row in the order `order` (k,), against gram (k, k) and cross (n, k); violations (n,)
+// receives each row's projected-gradient violation of the first sweep.
+template <class T>
+int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_t n, int64_t k, double l1,
+               double l2, int sweeps, double inner_tol, double* violations, void* stream);
+
 }  // namespace lowrank_hpc::cpu::launch

@@ -8,8 +8,9 @@ array([2., 2.])
 from . import ops, optim, recover, sensing
 from ._backend import BackendUnavailableError, get_backend, set_backend, use_backend
 from ._info import __version__, info
-from .estimators import BooleanMF, MatrixCompletion, MatrixSensing, MixtureCompletion, NotFittedError
+from .estimators import NMF, BooleanMF, MatrixCompletion, MatrixSensing, MixtureCompletion, NotFittedError
 from .recover import CheckpointError
 
-__all__ = ["BackendUnavailableError", "BooleanMF", "CheckpointError", "MatrixCompletion", "MatrixSensing", "NotFittedError",
-           "MixtureCompletion", "__version__", "get_backend", "info", "ops", "optim", "recover", "sensing", "set_backend", "use_backend"]
+__all__ = ["BackendUnavailableError", "BooleanMF", "CheckpointError", "MatrixCompletion", "MatrixSensing",
+           "MixtureCompletion", "NMF", "NotFittedError", "__version__", "get_backend", "info", "ops", "optim",
+           "recover", "sensing", "set_backend", "use_backend"]

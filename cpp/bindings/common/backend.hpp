@@ -51,6 +51,7 @@ void bind_completion_step(py::module_& m);
 void bind_constants(py::module_& m);
 void bind_elastic_binary(py::module_& m);
 void bind_adafactor(py::module_& m);
+void bind_hals(py::module_& m);
 
 // Everything above, called once by each module's PYBIND11_MODULE.
 inline void bind_shared(py::module_& m) {
@@ -62,6 +63,7 @@ inline void bind_shared(py::module_& m) {
   bind_constants(m);
   bind_elastic_binary(m);
   bind_adafactor(m);
+  bind_hals(m);
 }
 
 }  // namespace lowrank_hpc::bindings

@@ -99,6 +99,13 @@ template <class P, class S>
 int adafactor_step(const ops::AdafactorProblem<P, S>* problems, int64_t batch, ops::AdafactorShape shape,
                    const ops::AdafactorOptions& options, int64_t* status, void* stream);
 
+// The HALS coordinate-descent sweep of NMF (lowrank_hpc/ops/hals.hpp): W (n, k) in place, `sweeps`
+// sweeps per row in the order `order` (k,), against gram (k, k) and cross (n, k); violations (n,)
+// receives each row's projected-gradient violation of the first sweep.
+template <class T>
+int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_t n, int64_t k, double l1,
+               double l2, int sweeps, double inner_tol, double* violations, void* stream);
+
 // Device query for lowrank_hpc.info(): count, or a negative cudaError_t code.
 int device_count();
 const char* error_string(int code);

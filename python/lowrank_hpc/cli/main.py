@@ -2,6 +2,7 @@
 
     lowrank-hpc complete INPUT [options]   complete a file of observed (row, col, value) entries
     lowrank-hpc bmf INPUT [options]        Boolean factors of a 0/1 matrix given by its (row, col) ones
+    lowrank-hpc nmf INPUT -k K [options]   non-negative factors W, H of a matrix given by its entries
     lowrank-hpc demo [options]             complete a photograph from 30% of its pixels
     lowrank-hpc info [--compact]           backends, CUDA device, threads and dtypes (JSON)
 
@@ -124,7 +125,7 @@ def _methods() -> tuple[str, ...]:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{complete,bmf,demo,info}")
+    commands = parser.add_subparsers(dest="command", metavar="{complete,bmf,nmf,demo,info}")
 
     complete = commands.add_parser(
         "complete", help="complete a file of observed (row, col, value) entries",
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bmf
 
     bmf.add_parser(commands, _positive_int, _seed, _max_iter, _nonnegative)
+    from . import nmf
+
+    nmf.add_parser(commands, _positive_int, _seed, _max_iter, _nonnegative)
 
     demo = commands.add_parser(
         "demo", help="complete a photograph from 30%% of its pixels (the built-in example)",
@@ -235,7 +239,7 @@ def _fail(error: BaseException, code: int) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command is None:
-        raise UsageError("choose a command: complete (your data), bmf (Boolean factors of a 0/1 matrix), demo (the "
+        raise UsageError("choose a command: complete (your data), bmf (Boolean factors of a 0/1 matrix), nmf (non-negative factors), demo (the "
                          "built-in example) or info; "
                          f"see {PROG} --help")
     if args.command == "info":
@@ -251,6 +255,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import bmf
 
         return bmf.run(args)
+    if args.command == "nmf":
+        from . import nmf
+
+        return nmf.run(args)
     from . import complete
 
     return complete.run(args)

@@ -1,5 +1,5 @@
 """scikit-learn style estimators: :class:`MatrixCompletion`, :class:`MatrixSensing`,
-:class:`BooleanMF` and :class:`MixtureCompletion`, one module per model over one shared
+:class:`BooleanMF`, :class:`MixtureCompletion` and :class:`NMF`, one module per model over one shared
 conversion layer (``_convert``) and protocol (``_base``).
 
 The constructor stores hyper-parameters only; ``fit`` validates them, runs a solver of
@@ -19,7 +19,8 @@ from ._base import NotFittedError
 from .boolean_mf import BooleanMF
 from .completion import COMPLETION_METHODS, MatrixCompletion
 from .mixture import MixtureCompletion
+from .nmf import NMF
 from .sensing import MatrixSensing
 
-__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "MixtureCompletion",
+__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "MixtureCompletion", "NMF",
            "NotFittedError"]
