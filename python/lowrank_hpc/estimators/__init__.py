@@ -18,6 +18,7 @@ later inputs to the side of its factors.
 from ._base import NotFittedError
 from .boolean_mf import BooleanMF
 from .completion import COMPLETION_METHODS, MatrixCompletion
+from .ebmf import EBMF
 from .sensing import MatrixSensing
 
-__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "NotFittedError"]
+__all__ = ["BooleanMF", "COMPLETION_METHODS", "EBMF", "MatrixCompletion", "MatrixSensing", "NotFittedError"]

@@ -7,8 +7,9 @@ from .elbmf import batched_boolean_mf, boolean_mf
 from .boolean_product import boolean_product
 from .batched_gd import BATCHED_METHODS, batched_factored_gd
 from .factored_gd import METHODS, factored_gd
+from .lifted_sensing import lifted_sensing
 from .soft_impute import observed_spectral_norm, soft_impute
 
 __all__ = ["BATCHED_METHODS", "METHODS", "CheckpointError", "CheckpointMismatchError", "RecoveryResult", "als",
            "batched_als", "batched_boolean_mf", "batched_factored_gd", "boolean_mf", "boolean_product",
-           "factored_gd", "observed_spectral_norm", "soft_impute"]
+           "factored_gd", "lifted_sensing", "observed_spectral_norm", "soft_impute"]
