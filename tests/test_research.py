@@ -144,6 +144,39 @@ def test_ebmf_recovers_a_planted_sparse_factor_model_and_the_elbo_never_decrease
     assert np.array_equal(again.L_, model.L_) and np.array_equal(again.elbo_history_, history)
 
 
+def _point_normal_kl(mean, second, prob, pi, variance):
+    """KL(q || g) for q = (1 - w) delta_0 + w N(mu, v) and g = (1 - pi) delta_0 + pi N(0, variance),
+    from q's moments, in closed form (entries with w = 0 contribute their weight term only)."""
+    total = 0.0
+    for m, s2, w in zip(mean, second, prob):
+        total += (1 - w) * np.log((1 - w) / (1 - pi)) if w < 1 else 0.0
+        if w > 0:
+            mu = m / w
+            v = s2 / w - mu * mu
+            total += w * np.log(w / pi) + w * 0.5 * (np.log(variance / v) + (v + mu * mu) / variance - 1)
+    return total
+
+
+def test_ebmf_elbo_equals_the_closed_form_objective(rng):
+    _, _, _, Y = _planted(rng, 30, 20, 1, 0.5, 0.5)
+    result = research.ebmf(Y, 3, seed=0)
+    n, p = Y.shape
+    L, F = result.L, result.F
+    L2, F2 = result.L_var + L * L, result.F_var + F * F
+    residual2 = np.sum((Y - L @ F.T) ** 2) + sum(L2[:, k].sum() * F2[:, k].sum() - (L[:, k] @ L[:, k]) *
+                                                 (F[:, k] @ F[:, k]) for k in range(result.n_factors))
+    loglik = -0.5 * n * p * np.log(2 * np.pi / result.tau) - 0.5 * result.tau * residual2
+    kl = 0.0
+    for k in range(result.n_factors):
+        for mean, second, prob, prior in ((L[:, k], L2[:, k], result.L_prob[:, k], result.priors_L[k]),
+                                          (F[:, k], F2[:, k], result.F_prob[:, k], result.priors_F[k])):
+            pi = float(1 / (1 + np.exp(-prior.coef[0])))
+            kl += _point_normal_kl(mean, second, prob, pi, prior.variance)
+    assert result.n_factors >= 1
+    assert result.elbo == pytest.approx(loglik - kl, rel=1e-9)
+    assert result.tau == pytest.approx(n * p / residual2, rel=1e-9)
+
+
 def test_cebmf_learns_the_covariate_effect_on_the_prior_weights(rng):
     n, p = 80, 40
     z = rng.standard_normal(n)

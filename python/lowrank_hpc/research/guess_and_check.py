@@ -106,7 +106,7 @@ def guess_and_check(train: Any, shape: tuple[int, int], *, width: int, depth: in
         real values), 0 <= rows < n1, 0 <= cols < n2.
     shape : (n1, n2) of W.
     width : k >= 1. depth : d >= 2 (d = 2 is W = W_2 W_1, the usual U V^T).
-    n_samples : draws in total (rounded up to whole batches of ``batch_size``).
+    n_samples : draws in total (rounded up to whole batches of ``batch_size``; reported).
     tol : epsilon_train: a draw is accepted when mean_i (W[rows_i, cols_i] - vals_i)^2 < tol.
     test : None or (rows, cols, vals) held-out entries: the generalization loss is their MSE
         (for completion, the paper's L_gen over the unobserved entries).
@@ -137,6 +137,7 @@ def guess_and_check(train: Any, shape: tuple[int, int], *, width: int, depth: in
     xp, float_dtype = call.xp, np.dtype(dtype)
     n1, n2 = shape
     nnz = rows.size
+    batch_size = min(batch_size, n_samples)
     batches = -(-n_samples // batch_size)
     total = batches * batch_size
 
@@ -191,7 +192,7 @@ def guess_and_check(train: Any, shape: tuple[int, int], *, width: int, depth: in
 def _generator(xp: Any, seed: int) -> Any:
     if xp is np:
         return np.random.default_rng(seed)
-    return xp.random.default_rng(seed % 2**63)
+    return xp.random.RandomState(seed % 2**63)  # CuPy's generator (standard_normal takes a dtype)
 
 
 def _draw(xp: Any, generator: Any, batch: int, n1: int, n2: int, k: int, depth: int, scale: float,
