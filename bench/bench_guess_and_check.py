@@ -20,6 +20,7 @@ from _timing import Row, machine_line, report  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc import _backend  # noqa: E402
+from lowrank_hpc.research.guess_and_check import _draw  # noqa: E402
 
 CASES = [(3, 2, 2), (3, 8, 3), (10, 16, 2), (10, 16, 4)]  # (n, width, depth)
 
@@ -81,9 +82,23 @@ def main() -> None:
 
             ours_s = timed(ours, sync)
             peer_s = timed(lambda: peer(xp, train, n, width, depth, draws, batch, tol, 1), sync)
+            peer_name = "numpy dense" if backend == "cpu" else "cupy dense"
             rows.append(Row("guess_and_check", f"{backend} n={n} k={width} d={depth}, {draws} draws", ours_s,
-                            "numpy dense" if backend == "cpu" else "cupy dense", peer_s,
-                            f"{draws / ours_s:.3g} draws/s (peer {draws / peer_s:.3g})"))
+                            peer_name, peer_s, f"{draws / ours_s:.3g} draws/s (peer {draws / peer_s:.3g})"))
+            print(rows[-1].markdown(), flush=True)
+            # The check alone, on one drawn batch: the batched sampled product against the dense
+            # products and a gather (the draw itself, the prior's normals, is the same in both).
+            U, V, _ = _draw(xp, np.random.default_rng(2) if xp is np else xp.random.RandomState(2), batch, n, n,
+                            width, depth, np.dtype(np.float64))
+            r, c, _ = (np.asarray(a) for a in train)
+            tiled_r, tiled_c = xp.asarray(np.tile(r, batch)), xp.asarray(np.tile(c, batch))
+            offsets = xp.asarray(np.arange(batch + 1, dtype=np.int64) * r.size)
+            dr, dc = xp.asarray(r), xp.asarray(c)
+            check_s = timed(lambda: lr.ops.sampled_product(U, V, tiled_r, tiled_c, offsets=offsets,
+                                                           check_finite=False), sync)
+            dense_s = timed(lambda: (U @ V.transpose(0, 2, 1))[:, dr, dc], sync)
+            rows.append(Row("check (sampled_product)", f"{backend} n={n} k={width} d={depth}, {batch} draws",
+                            check_s, f"{peer_name} + gather", dense_s, f"{batch / check_s:.3g} draws/s"))
             print(rows[-1].markdown(), flush=True)
     import os
     report("bench_guess_and_check.py", machine_line(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))),

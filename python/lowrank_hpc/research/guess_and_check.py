@@ -154,15 +154,17 @@ def guess_and_check(train: Any, shape: tuple[int, int], *, width: int, depth: in
         test_rows, test_cols, test_vals = (xp.asarray(a) for a in test_entries)
     start = time.perf_counter()
     for _ in range(batches):
-        U, V = _draw(xp, generator, batch_size, n1, n2, width, depth, prior_scale, float_dtype)
+        U, V, unit = _draw(xp, generator, batch_size, n1, n2, width, depth, float_dtype)
+        scale = float_dtype.type(unit * prior_scale ** depth)
         predicted = sampled_product(U, V, batch_rows, batch_cols, offsets=offsets, check_finite=False)
-        residual = predicted.reshape(batch_size, nnz) - target
+        residual = scale * predicted.reshape(batch_size, nnz) - target
         loss = (residual * residual).mean(axis=1)
         hits = xp.flatnonzero(loss < tol)
         if int(hits.size) == 0:
             continue
         accepted_loss.append(call.to_host(loss[hits]).astype(np.float64))
-        full = lowrank_product(xp.ascontiguousarray(U[hits]), xp.ascontiguousarray(V[hits]), check_finite=False)
+        full = scale * lowrank_product(xp.ascontiguousarray(U[hits]), xp.ascontiguousarray(V[hits]),
+                                       check_finite=False)
         if test_entries is not None:
             error = full[:, test_rows, test_cols].astype(np.float64) - test_vals
             accepted_test.append(call.to_host((error * error).mean(axis=1)))
@@ -195,20 +197,17 @@ def _generator(xp: Any, seed: int) -> Any:
     return xp.random.RandomState(seed % 2**63)  # CuPy's generator (standard_normal takes a dtype)
 
 
-def _draw(xp: Any, generator: Any, batch: int, n1: int, n2: int, k: int, depth: int, scale: float,
-          dtype: np.dtype) -> tuple[Any, Any]:
-    """(U, V) with U V^T = W_d ... W_1 for ``batch`` draws: U = W_d ... W_2 (batch, n1, k),
-    V = W_1^T (batch, n2, k), both C-contiguous."""
-    def gaussian(shape: tuple[int, ...], fan_in: int) -> Any:
-        x = generator.standard_normal(shape, dtype=dtype)
-        x *= dtype.type(scale / np.sqrt(fan_in))
-        return x
-
-    V = gaussian((batch, n2, k), n2)  # W_1^T: W_1 is (k, n2) with fan-in n2
-    U = gaussian((batch, n1, k), k)   # W_d
+def _draw(xp: Any, generator: Any, batch: int, n1: int, n2: int, k: int, depth: int,
+          dtype: np.dtype) -> tuple[Any, Any, float]:
+    """(U, V, c) with c U V^T = W_d ... W_1 for ``batch`` draws of the prior at scale 1: U = G_d ...
+    G_2 (batch, n1, k), V = G_1^T (batch, n2, k) of standard normal G_j, C-contiguous, and
+    c = prod_j 1 / sqrt(fan_in_j) (times prior_scale^d by the caller). The scales are applied to
+    the few sampled values, not to every drawn number."""
+    V = generator.standard_normal((batch, n2, k), dtype=dtype)   # G_1^T: G_1 is (k, n2), fan-in n2
+    U = generator.standard_normal((batch, n1, k), dtype=dtype)   # G_d, fan-in k
     for _ in range(depth - 2):
-        U = xp.matmul(U, gaussian((batch, k, k), k))
-    return xp.ascontiguousarray(U), V
+        U = xp.matmul(U, generator.standard_normal((batch, k, k), dtype=dtype))
+    return xp.ascontiguousarray(U), V, float(1.0 / np.sqrt(n2) / np.sqrt(k) ** (depth - 1))
 
 
 def _gradient_descent(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], width: int,
