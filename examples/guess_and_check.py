@@ -2,7 +2,7 @@
 Cohen, NeurIPS 2025): draw deep factorizations W = W_d ... W_1 from a Gaussian prior, keep those
 that fit the observed entries, and compare their error on the hidden entries with GD's.
 
-    python examples/guess_and_check.py            # seconds: 2^16 draws per setting
+    python examples/guess_and_check.py            # seconds: 2^15 draws per setting
     python examples/guess_and_check.py --paper    # 2^24 draws per setting, widths to 32, depths to 6
 """
 import sys
@@ -12,7 +12,7 @@ import numpy as np
 import lowrank_hpc as lr
 
 paper = "--paper" in sys.argv[1:]
-draws = 2 ** 24 if paper else 2 ** 16
+draws = 2 ** 24 if paper else 2 ** 15
 widths = (2, 4, 8, 16, 32) if paper else (2, 8)
 depths = (2, 3, 4, 6) if paper else (2, 3)
 

@@ -150,7 +150,8 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
     y : (m,) real measurements.
     level : l >= 1, the tensor order (1: plain factored GD on x x^T).
     width : k >= 1 columns of W (the lifted problem's Burer-Monteiro rank; 1 in the papers).
-    init : "small" (W0 = init_scale * S / ||S||_F, S a symmetrized iid Gaussian (n^l, k) tensor array), or an (n,) array x0, lifted
+    init : "small" (W0 = init_scale * S / ||S||_F, S an iid Gaussian (n^l, width) array with each
+        column symmetrized as a tensor), or an (n,) array x0, lifted
         to x0^{(x) l} (its k columns equal), or an (n^l, width) array W0.
     init_scale : the small start's scale. step : gradient step; None: 0.5 / ||A*(y)||_2^l (the
         growth rate of the small start's leading direction); a step that raises the loss is halved
@@ -200,7 +201,8 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
     N = n ** level
     if isinstance(init, str):
         if init != "small":
-            raise ValueError(f"{_FUNCTION}: init must be 'small', an (n,) vector or an (n^l, width) array, got {init!r}")
+            raise ValueError(f"{_FUNCTION}: init must be 'small', an (n,) vector or an (n^l, width) array, "
+                             f"got {init!r}")
         rng = np.random.default_rng(seed_value)
         W0 = symmetrize(rng.standard_normal((N, width)), n, level)
         W0 *= init_scale / np.linalg.norm(W0)
@@ -212,7 +214,8 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
         if W0.shape == (n,):
             W0 = np.repeat(_lift(W0, level)[:, None], width, axis=1) / np.sqrt(width)
         elif W0.shape != (N, width):
-            raise ValueError(f"{_FUNCTION}: init has shape {W0.shape}; expected ({n},) or (n^l, width) = ({N}, {width})")
+            raise ValueError(f"{_FUNCTION}: init has shape {W0.shape}; expected ({n},) or (n^l, width) = "
+                             f"({N}, {width})")
         if not np.all(np.isfinite(W0)):
             raise ValueError(f"{_FUNCTION}: init contains NaN/inf")
     if step is None:

@@ -145,7 +145,8 @@ class EBMFResult:
     priors_L, priors_F : K fitted :class:`PointNormalPrior` each.
     tau : the fitted noise precision (1 / noise variance). elbo : the final ELBO.
     elbo_history : (steps,) the ELBO after each accepted greedy factor and each backfitting
-        update of one factor: non-decreasing. n_factors : K.
+        update of one factor: non-decreasing. n_factors : K. info : greedy_factors,
+        backfit_sweeps, seed (the one used; drawn when None was passed).
     """
 
     L: np.ndarray
@@ -320,7 +321,8 @@ def ebmf(Y: Any, max_factors: int = 10, *, row_covariates: Any = None, col_covar
         raise ValueError(f"{function}: Y contains NaN/inf values (missing entries are not supported)")
     if not np.any(Y):
         raise ValueError(f"{function}: Y is all zeros; there is nothing to factor")
-    rng = np.random.default_rng(_checks.draw_seed() if seed is None else seed)
+    seed = _checks.draw_seed() if seed is None else seed
+    rng = np.random.default_rng(seed)
     model = _Model(Y, _design(function, "row_covariates", row_covariates, Y.shape[0]),
                    _design(function, "col_covariates", col_covariates, Y.shape[1]))
     model.update_tau()
@@ -383,4 +385,4 @@ def ebmf(Y: Any, max_factors: int = 10, *, row_covariates: Any = None, col_covar
                       L_prob=stack(model.l, "prob", Y.shape[0]), F_prob=stack(model.f, "prob", Y.shape[1]),
                       priors_L=[s.prior for s in model.l], priors_F=[s.prior for s in model.f], tau=model.tau,
                       elbo=history[-1], elbo_history=np.asarray(history), n_factors=K,
-                      info={"greedy_factors": n_greedy, "backfit_sweeps": sweeps})
+                      info={"greedy_factors": n_greedy, "backfit_sweeps": sweeps, "seed": seed})

@@ -79,7 +79,8 @@ def _entries(function: str, name: str, value: Any, shape: tuple[int, int]) -> tu
     for label, index, bound in (("rows", rows, shape[0]), ("cols", cols, shape[1])):
         bad = np.flatnonzero((index < 0) | (index >= bound))
         if bad.size:
-            raise IndexError(f"{function}: {name} {label}[{bad[0]}] = {int(index[bad[0]])} is out of range [0, {bound})")
+            raise IndexError(f"{function}: {name} {label}[{bad[0]}] = {int(index[bad[0]])} is out of range "
+                             f"[0, {bound})")
     vals = vals.astype(np.float64)
     if not np.all(np.isfinite(vals)):
         raise ValueError(f"{function}: {name} vals contain NaN/inf")

@@ -50,7 +50,7 @@ class Word2VecDynamics:
     predicted_learning_times : (d,) log((lambda_k - s_k) / s_k) / (2 lambda_k) with
         s_k = q_k^T X(0) q_k: exact for a start aligned with the eigenvectors, the small-init
         estimate otherwise.
-    init : (V, d) the start W0.
+    init : (V, d) the start W0. seed : the seed of a random start (drawn when None was passed).
     """
 
     target: np.ndarray
@@ -64,6 +64,7 @@ class Word2VecDynamics:
     learning_times: np.ndarray
     predicted_learning_times: np.ndarray
     init: np.ndarray
+    seed: Optional[int] = None
 
     def gram(self, index: int) -> np.ndarray:
         """(V, V) X(t) = W(t) W(t)^T at ``times[index]``."""
@@ -197,7 +198,8 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
 
     if isinstance(init, str):
         if init == "random":
-            rng = np.random.default_rng(_checks.draw_seed() if seed is None else seed)
+            seed = _checks.draw_seed() if seed is None else seed
+            rng = np.random.default_rng(seed)
             W0 = init_scale * rng.standard_normal((V, d)) / np.sqrt(d)
         elif init == "aligned":
             W0 = init_scale * Q[:, :d]
@@ -246,7 +248,8 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
                              + target_norm2, 0.0)
     return Word2VecDynamics(target=target, eigenvalues=eigenvalues, eigenvectors=Q, times=times,
                             embeddings=embeddings, singular_values=singular_values, overlaps=overlaps, loss=loss,
-                            learning_times=learning_times, predicted_learning_times=predicted, init=W0)
+                            learning_times=learning_times, predicted_learning_times=predicted, init=W0,
+                            seed=seed if isinstance(init, str) and init == "random" else None)
 
 
 def _learning_time(flow: _Flow, k: int, lam: float, guess: float) -> float:
