@@ -3,7 +3,8 @@ Bahri and DeWeese, NeurIPS 2025): the closed-form gradient flow on the co-occurr
 a synthetic topic-model corpus, its learning times and its stepwise singular values.
 
     python examples/word2vec_dynamics.py            # V = 200 words, d = 6
-    python examples/word2vec_dynamics.py --paper    # V = 10,000 words, d = 200 (minutes: eigh of 10^4 x 10^4)
+    python examples/word2vec_dynamics.py --paper    # V = 10,000 words, d = 200: long (an eigh of 10^4 x 10^4,
+                                                    # then about 2,000 thin SVDs of 10^4 x 200)
 """
 import sys
 

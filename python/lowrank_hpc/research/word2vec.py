@@ -218,8 +218,7 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
     with np.errstate(divide="ignore", invalid="ignore"):
         predicted = np.where((lam > 0) & (start < lam) & (start > 0),
                              np.log((lam - start) / start) / (2.0 * lam), np.inf)
-    learned = [_learning_time(flow, k, float(lam[k]), predicted[k]) for k in range(d)]
-    learning_times = np.asarray(learned, dtype=np.float64)
+    learning_times = _learning_times(flow, lam, predicted)
 
     if times is None:
         finite = learning_times[np.isfinite(learning_times)]
@@ -252,28 +251,35 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
                             seed=seed if isinstance(init, str) and init == "random" else None)
 
 
-def _learning_time(flow: _Flow, k: int, lam: float, guess: float) -> float:
-    """The first t with q_k^T X(t) q_k = lambda_k / 2 (inf when lambda_k <= 0 or never reached)."""
-    if lam <= 0:
-        return np.inf
+def _learning_times(flow: _Flow, lam: np.ndarray, predicted: np.ndarray, points: int = 64) -> np.ndarray:
+    """(d,) the first t with q_k^T X(t) q_k = lambda_k / 2 (inf when lambda_k <= 0 or never
+    reached). The overlaps of all d directions come from one closed-form evaluation per time, so
+    the crossings are bracketed on a shared grid (extended by doubling until each direction has
+    crossed), then each is refined by Brent's method on its bracket."""
+    d = lam.size
     half = 0.5 * lam
-    if flow.overlap(0.0, k) >= half:
-        return 0.0
-    # Bracket on a doubling grid from the small-init estimate, then refine by Brent's method.
-    hi = guess if np.isfinite(guess) and guess > 0 else 1.0 / lam
-    lo = 0.0
-    for _ in range(200):
-        if flow.overlap(hi, k) >= half:
+    times = np.full(d, np.inf)
+    pending = lam > 0
+    finite = predicted[np.isfinite(predicted) & (predicted > 0)]
+    lo, hi = 0.0, 1.25 * float(finite.max()) if finite.size else 1.0 / float(lam[0])
+    previous_t, previous = 0.0, None
+    for _ in range(60):
+        if not pending.any():
             break
+        grid = np.linspace(lo, hi, points + 1)[(0 if previous is None else 1):]
+        for t in grid:
+            F = flow.factor(float(t))
+            values = np.einsum("kd,kd->k", F[:d], F[:d]) - half
+            crossed = pending & (values >= 0)
+            for k in np.flatnonzero(crossed):
+                if previous is None or t == 0:
+                    times[k] = float(t)
+                else:
+                    times[k] = float(optimize.brentq(lambda u: flow.overlap(u, int(k)) - half[k], previous_t, t,
+                                                     xtol=1e-13 * max(t, 1.0), rtol=1e-12))
+            pending &= ~crossed
+            previous_t, previous = float(t), values
+            if not pending.any():
+                break
         lo, hi = hi, 2.0 * hi
-    else:
-        return np.inf
-    # The overlap can cross lambda_k / 2 after a dip (a direction first crowded out by larger
-    # ones): scan the bracket for its first crossing before refining it.
-    grid = np.linspace(lo, hi, 33)
-    values = np.array([flow.overlap(t, k) for t in grid]) - half
-    first = int(np.argmax(values >= 0))
-    a, b = grid[max(first - 1, 0)], grid[first]
-    if a == b:
-        return float(a)
-    return float(optimize.brentq(lambda t: flow.overlap(t, k) - half, a, b, xtol=1e-12 * max(b, 1.0), rtol=1e-12))
+    return times
