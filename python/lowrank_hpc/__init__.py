@@ -5,12 +5,12 @@
 >>> lr.ops.sampled_product(U, V, np.array([0, 2]), np.array([1, 3]))
 array([2., 2.])
 """
-from . import ops, optim, recover, sensing
+from . import ops, optim, recover, research, sensing
 from ._backend import BackendUnavailableError, get_backend, set_backend, use_backend
 from ._info import __version__, info
-from .estimators import NMF, BooleanMF, MatrixCompletion, MatrixSensing, MixtureCompletion, NotFittedError
+from .estimators import EBMF, NMF, BooleanMF, MatrixCompletion, MatrixSensing, MixtureCompletion, NotFittedError
 from .recover import CheckpointError
 
-__all__ = ["BackendUnavailableError", "BooleanMF", "CheckpointError", "MatrixCompletion", "MatrixSensing",
+__all__ = ["BackendUnavailableError", "BooleanMF", "CheckpointError", "EBMF", "MatrixCompletion", "MatrixSensing",
            "MixtureCompletion", "NMF", "NotFittedError", "__version__", "get_backend", "info", "ops", "optim",
-           "recover", "sensing", "set_backend", "use_backend"]
+           "recover", "research", "sensing", "set_backend", "use_backend"]

@@ -18,9 +18,10 @@ later inputs to the side of its factors.
 from ._base import NotFittedError
 from .boolean_mf import BooleanMF
 from .completion import COMPLETION_METHODS, MatrixCompletion
+from .ebmf import EBMF
 from .mixture import MixtureCompletion
 from .nmf import NMF
 from .sensing import MatrixSensing
 
-__all__ = ["BooleanMF", "COMPLETION_METHODS", "MatrixCompletion", "MatrixSensing", "MixtureCompletion", "NMF",
+__all__ = ["BooleanMF", "COMPLETION_METHODS", "EBMF", "MatrixCompletion", "MatrixSensing", "MixtureCompletion", "NMF",
            "NotFittedError"]

@@ -1,5 +1,6 @@
 """Recovery solvers: factored gradient methods for sensing and completion, ALS, batched solves,
-Boolean matrix factorization (Elbmf), mixture matrix completion, recovery from column sketches."""
+Boolean matrix factorization (Elbmf), mixture matrix completion, recovery from column sketches,
+lifted matrix sensing."""
 from ._driver import CheckpointError, CheckpointMismatchError
 from ._result import RecoveryResult
 from .als import als, batched_als
@@ -8,10 +9,11 @@ from .boolean_product import boolean_product
 from .column_sketches import SKETCH_METHODS, from_column_sketches
 from .batched_gd import BATCHED_METHODS, batched_factored_gd
 from .factored_gd import METHODS, factored_gd
+from .lifted_sensing import lifted_sensing
 from .mixture_completion import MixtureResult, mixture_completion
 from .soft_impute import observed_spectral_norm, soft_impute
 
-__all__ = ["BATCHED_METHODS", "METHODS", "CheckpointError", "CheckpointMismatchError", "RecoveryResult", "als",
-           "batched_als", "batched_boolean_mf", "batched_factored_gd", "boolean_mf", "boolean_product",
-           "factored_gd", "observed_spectral_norm", "soft_impute",
-           "MixtureResult", "SKETCH_METHODS", "from_column_sketches", "mixture_completion"]
+__all__ = ["BATCHED_METHODS", "METHODS", "SKETCH_METHODS", "CheckpointError", "CheckpointMismatchError",
+           "MixtureResult", "RecoveryResult", "als", "batched_als", "batched_boolean_mf", "batched_factored_gd",
+           "boolean_mf", "boolean_product", "factored_gd", "from_column_sketches", "lifted_sensing",
+           "mixture_completion", "observed_spectral_norm", "soft_impute"]

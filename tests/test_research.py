@@ -1,0 +1,361 @@
+"""The research toolkit (issue 15, items 3-6): Guess & Check, lifted sensing, EBMF / cEBMF and the
+closed-form quartic word2vec dynamics, each against an independent reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+import lowrank_hpc as lr
+from lowrank_hpc import research
+from lowrank_hpc.recover import lifted_sensing
+
+
+# ---------------------------------------------------------------------- quartic word2vec
+def _spectrum_target(rng, V, eigenvalues):
+    Q, _ = np.linalg.qr(rng.standard_normal((V, V)))
+    lam = np.concatenate([eigenvalues, rng.uniform(-0.3, 0.1, V - len(eigenvalues))])
+    return (Q * lam) @ Q.T
+
+
+def test_word2vec_closed_form_matches_the_integrated_gradient_flow(rng):
+    V, d = 12, 3
+    M = _spectrum_target(rng, V, [3.0, 2.0, 1.2, 0.6])
+    result = research.quartic_word2vec_dynamics(M, d, statistics="target", init_scale=1e-3, seed=3)
+    W0 = result.init
+
+    def flow(_, w):
+        W = w.reshape(V, d)
+        return ((M - W @ W.T) @ W).ravel()
+
+    solved = integrate.solve_ivp(flow, (0, result.times[-1]), W0.ravel(), t_eval=result.times, method="DOP853",
+                                 rtol=1e-10, atol=1e-14)
+    assert solved.success
+    for i in range(0, result.times.size, 7):
+        W = solved.y[:, i].reshape(V, d)
+        X = W @ W.T
+        assert np.linalg.norm(result.gram(i) - X) <= 1e-7 * max(np.linalg.norm(X), 1e-6)
+        assert result.loss[i] == pytest.approx(0.25 * np.linalg.norm(X - M) ** 2, rel=1e-6, abs=1e-10)
+    # Stepwise: the top directions are learned one at a time, in the order of their eigenvalues,
+    # and each saturates at its eigenvalue.
+    times = result.learning_times
+    assert np.all(np.diff(times) > 0.5)
+    assert np.allclose(result.overlaps[-1], [3.0, 2.0, 1.2], rtol=1e-3)
+    assert np.allclose(result.singular_values[-1] ** 2, [3.0, 2.0, 1.2], rtol=1e-3)
+    # At each learning time the flow has half-learned that direction (checked on the integration).
+    for k, t in enumerate(times):
+        at = integrate.solve_ivp(flow, (0, t), W0.ravel(), method="DOP853", rtol=1e-10, atol=1e-14).y[:, -1]
+        q = result.eigenvectors[:, k]
+        W = at.reshape(V, d)
+        assert float(q @ W @ W.T @ q) == pytest.approx(result.eigenvalues[k] / 2, rel=1e-5)
+    assert np.allclose(result.predicted_learning_times, times, rtol=0.15)
+
+
+def test_word2vec_aligned_start_follows_the_logistic_curves_exactly(rng):
+    V, d = 10, 2
+    M = _spectrum_target(rng, V, [2.0, 0.5])
+    result = research.quartic_word2vec_dynamics(M, d, statistics="target", init="aligned", init_scale=1e-2,
+                                                 times=np.linspace(0, 12, 25))
+    s0 = 1e-4
+    for k, lam in enumerate([2.0, 0.5]):
+        e = np.exp(2 * lam * result.times)
+        expected = lam * s0 * e / (lam + s0 * (e - 1))
+        assert np.allclose(result.overlaps[:, k], expected, rtol=1e-9, atol=1e-15)
+        assert result.learning_times[k] == pytest.approx(np.log((lam - s0) / s0) / (2 * lam), rel=1e-9)
+
+
+def test_word2vec_target_from_cooccurrence_counts(rng):
+    C = rng.integers(1, 50, (6, 6))
+    C = C + C.T
+    P = C / C.sum()
+    p = P.sum(1)
+    expected = 2 * (P - np.outer(p, p)) / (P + np.outer(p, p))
+    assert np.allclose(research.word2vec_target(C), expected, rtol=1e-14)
+    result = research.quartic_word2vec_dynamics(C, 2, seed=0, times=[0.0, 1.0])
+    assert np.allclose(result.target, expected)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"M": np.ones((3, 4))}, ValueError, "M must be a square"),
+    ({"M": np.triu(np.ones((4, 4)))}, ValueError, "cooccurrence must be symmetric"),
+    ({"d": 0}, ValueError, "d must be >= 1"),
+    ({"d": 2.0}, TypeError, "d must be an int"),
+    ({"d": 9}, ValueError, "d = 9 exceeds the vocabulary size V = 4"),
+    ({"times": [-1.0]}, ValueError, "times must be finite and >= 0"),
+    ({"init": np.ones((4, 3))}, ValueError, r"init has shape \(4, 3\), expected"),
+    ({"statistics": "counts"}, ValueError, "statistics must be one of"),
+    ({"M": -np.ones((4, 4))}, ValueError, "cooccurrence must be non-negative"),
+])
+def test_word2vec_errors_name_the_argument(kwargs, error, match):
+    arguments = {"M": np.ones((4, 4)) + np.eye(4), "d": 2, "seed": 0}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        research.quartic_word2vec_dynamics(arguments.pop("M"), arguments.pop("d"), **arguments)
+
+
+# ---------------------------------------------------------------------- EBMF / cEBMF
+def test_point_normal_posterior_matches_numerical_integration():
+    x, s2, pi, variance = np.array([0.3, -2.5]), np.array([0.5, 0.2]), np.array([0.3, 0.7]), 1.7
+    marginal, mean, second, prob = research.point_normal_posterior(x, s2, pi, variance)
+    for i in range(2):
+        def normal(t, v):
+            return np.exp(-0.5 * t * t / v) / np.sqrt(2 * np.pi * v)
+
+        def likelihood(theta):
+            return normal(x[i] - theta, s2[i])
+
+        slab = [integrate.quad(lambda t: pi[i] * normal(t, variance) * likelihood(t) * t ** power, -30, 30,
+                               epsabs=1e-13)[0] for power in (0, 1, 2)]
+        total = (1 - pi[i]) * likelihood(0.0) + slab[0]
+        assert np.exp(marginal[i]) == pytest.approx(total, rel=1e-9)
+        assert mean[i] == pytest.approx(slab[1] / total, rel=1e-8)
+        assert second[i] == pytest.approx(slab[2] / total, rel=1e-8)
+        assert prob[i] == pytest.approx(slab[0] / total, rel=1e-9)
+
+
+def _planted(rng, n, p, K, density, noise):
+    L = rng.standard_normal((n, K)) * 2 * (rng.random((n, K)) < density)
+    F = rng.standard_normal((p, K)) * 2 * (rng.random((p, K)) < density)
+    signal = L @ F.T
+    return L, F, signal, signal + noise * rng.standard_normal((n, p))
+
+
+def test_ebmf_recovers_a_planted_sparse_factor_model_and_the_elbo_never_decreases(rng):
+    L, F, signal, Y = _planted(rng, 60, 40, 2, 0.3, 0.5)
+    model = lr.EBMF(max_factors=5, tol=1e-7, random_state=0).fit(Y)
+    history = model.elbo_history_
+    assert np.all(np.diff(history) >= -1e-9 * np.abs(history[1:]))
+    assert model.n_factors_ == 2
+    assert model.noise_variance_ == pytest.approx(0.25, rel=0.2)
+    # Each planted loading vector is matched by one fitted factor (|correlation| > 0.95).
+    correlation = np.abs(np.corrcoef(model.L_.T, L.T)[:2, 2:])
+    assert np.all(correlation.max(axis=0) > 0.95)
+    # Better than the truncated SVD of the same rank, which does not know the factors are sparse.
+    u, s, vt = np.linalg.svd(Y, full_matrices=False)
+    svd_error = np.linalg.norm((u[:, :2] * s[:2]) @ vt[:2] - signal)
+    assert np.linalg.norm(model.reconstruct() - signal) < 0.9 * svd_error
+    # Sparsity: the zero loadings get a small posterior probability of being non-zero.
+    matched = np.argmax(correlation, axis=0)
+    zero = L == 0
+    assert np.mean(model.L_prob_[:, matched][zero] < 0.5) > 0.9
+    assert np.all(model.L_var_ >= 0) and model.L_var_.shape == L.shape
+    # Reproducible.
+    again = lr.EBMF(max_factors=5, tol=1e-7, random_state=0).fit(Y)
+    assert np.array_equal(again.L_, model.L_) and np.array_equal(again.elbo_history_, history)
+
+
+def _point_normal_kl(mean, second, prob, pi, variance):
+    """KL(q || g) for q = (1 - w) delta_0 + w N(mu, v) and g = (1 - pi) delta_0 + pi N(0, variance),
+    from q's moments, in closed form (entries with w = 0 contribute their weight term only)."""
+    total = 0.0
+    for m, s2, w in zip(mean, second, prob):
+        total += (1 - w) * np.log((1 - w) / (1 - pi)) if w < 1 else 0.0
+        if w > 0:
+            mu = m / w
+            v = s2 / w - mu * mu
+            total += w * np.log(w / pi) + w * 0.5 * (np.log(variance / v) + (v + mu * mu) / variance - 1)
+    return total
+
+
+def test_ebmf_elbo_equals_the_closed_form_objective(rng):
+    _, _, _, Y = _planted(rng, 30, 20, 1, 0.5, 0.5)
+    result = research.ebmf(Y, 3, seed=0)
+    n, p = Y.shape
+    L, F = result.L, result.F
+    L2, F2 = result.L_var + L * L, result.F_var + F * F
+    residual2 = np.sum((Y - L @ F.T) ** 2) + sum(L2[:, k].sum() * F2[:, k].sum() - (L[:, k] @ L[:, k]) *
+                                                 (F[:, k] @ F[:, k]) for k in range(result.n_factors))
+    loglik = -0.5 * n * p * np.log(2 * np.pi / result.tau) - 0.5 * result.tau * residual2
+    kl = 0.0
+    for k in range(result.n_factors):
+        for mean, second, prob, prior in ((L[:, k], L2[:, k], result.L_prob[:, k], result.priors_L[k]),
+                                          (F[:, k], F2[:, k], result.F_prob[:, k], result.priors_F[k])):
+            pi = float(1 / (1 + np.exp(-prior.coef[0])))
+            kl += _point_normal_kl(mean, second, prob, pi, prior.variance)
+    assert result.n_factors >= 1
+    assert result.elbo == pytest.approx(loglik - kl, rel=1e-9)
+    assert result.tau == pytest.approx(n * p / residual2, rel=1e-9)
+
+
+def test_cebmf_learns_the_covariate_effect_on_the_prior_weights(rng):
+    n, p = 80, 40
+    z = rng.standard_normal(n)
+    active = rng.random(n) < 1 / (1 + np.exp(-(3 * z - 1)))  # rows with large z are loaded
+    L = (rng.standard_normal(n) * 2 * active)[:, None]
+    F = rng.standard_normal((p, 1))
+    signal = L @ F.T
+    Y = signal + rng.standard_normal((n, p))
+    plain = lr.EBMF(max_factors=3, random_state=0).fit(Y)
+    moderated = lr.EBMF(max_factors=3, random_state=0).fit(Y, row_covariates=z)
+    assert np.all(np.diff(moderated.elbo_history_) >= -1e-9 * np.abs(moderated.elbo_history_[1:]))
+    assert moderated.n_factors_ == 1
+    coef = moderated.priors_L_[0].coef
+    assert coef.shape == (2,) and coef[1] > 1.0  # the slope on the covariate is found, positive
+    assert moderated.elbo_ > plain.elbo_
+    weights = moderated.priors_L_[0].weights(np.column_stack([np.ones(n), (z - z.mean()) / z.std()]))
+    assert weights[z > 1].mean() > 0.8 > 0.2 > weights[z < -1].mean()
+
+
+@pytest.mark.parametrize("fit, error, match", [
+    (lambda m: m.fit(np.ones((3, 3)) * np.nan), ValueError, "Y contains NaN/inf"),
+    (lambda m: m.fit(np.ones(5)), ValueError, r"Y must be an \(n, p\) matrix"),
+    (lambda m: m.fit(np.zeros((4, 4))), ValueError, "Y is all zeros"),
+    (lambda m: m.fit(np.eye(4), row_covariates=np.ones((3, 1))), ValueError,
+     r"row_covariates must have shape \(4, c\)"),
+    (lambda m: m.set_params(max_factors=0).fit(np.eye(4)), ValueError, "max_factors must be an integer >= 1"),
+    (lambda m: m.reconstruct(), lr.NotFittedError, "not fitted yet"),
+])
+def test_ebmf_errors_name_the_argument(fit, error, match):
+    with pytest.raises(error, match=match):
+        fit(lr.EBMF(random_state=0))
+
+
+# ---------------------------------------------------------------------- lifted sensing
+def _perturbed_completion(n, eps):
+    """Perturbed matrix completion of M* = 1 1^T: the entries within the two diagonal blocks are
+    measured with weight 1, the others with weight sqrt(eps). x = (1, .., 1, -1, .., -1) fits both
+    blocks: a spurious local minimum of the plain Burer-Monteiro loss for small eps."""
+    half, matrices = n // 2, []
+    for i in range(n):
+        for j in range(i, n):
+            weight = 1.0 if (i < half) == (j < half) else np.sqrt(eps)
+            A = np.zeros((n, n))
+            A[i, j] = A[j, i] = weight if i == j else weight / np.sqrt(2)
+            matrices.append(A)
+    A = np.array(matrices)
+    return A, np.einsum("ipq,p,q->i", A, np.ones(n), np.ones(n))
+
+
+def _plain_gd(A, y, x, step, iterations):
+    """Factored GD on 1/4 sum_i (<A_i, x x^T> - y_i)^2, a dense numpy transcription."""
+    for _ in range(iterations):
+        residual = np.einsum("ipq,p,q->i", A, x, x) - y
+        x = x - step * np.einsum("i,ipq,q->p", residual, A, x)
+    return x
+
+
+def test_lifting_recovers_where_plain_gd_from_a_bad_start_is_stuck(rng):
+    n = 4
+    A, y = _perturbed_completion(n, 0.2)
+    truth = np.ones((n, n))
+    bad = np.r_[np.ones(n // 2), -np.ones(n // 2)] + 0.05 * rng.standard_normal(n)
+    stuck = _plain_gd(A, y, bad, 0.1, 3000)
+    stuck_error = np.linalg.norm(np.outer(stuck, stuck) - truth) / n
+    gradient = np.einsum("i,ipq,q->p", np.einsum("ipq,p,q->i", A, stuck, stuck) - y, A, stuck)
+    assert stuck_error > 1.0 and np.linalg.norm(gradient) < 1e-8  # a spurious stationary point
+    assert np.all(np.linalg.eigvalsh(_hessian(A, y, stuck)) > 0)  # ... and a local minimum
+    level1 = lifted_sensing(A, y, level=1, init=bad, max_iter=3000, tol=0)  # the same, through lifted_sensing
+    assert np.linalg.norm(level1.X - truth) / n > 1.0
+    for seed in range(3):
+        lifted = lifted_sensing(A, y, level=2, init_scale=1e-3, max_iter=3000, tol=1e-7, seed=seed)
+        assert lifted.converged and np.linalg.norm(lifted.X - truth) / n < 1e-5
+        assert lifted.info["rank1_residual"] < 1e-4  # GD kept W close to a symmetric rank-1 tensor
+    # In the lifted space the spurious point is a strict saddle: GD leaves it.
+    escaped = lifted_sensing(A, y, level=2, init=bad, max_iter=3000, tol=1e-7)
+    assert np.linalg.norm(escaped.X - truth) / n < 1e-4
+
+
+def _hessian(A, y, x):
+    residual = np.einsum("ipq,p,q->i", A, x, x) - y
+    Ax = np.einsum("ipq,q->ip", A, x)
+    return 2 * Ax.T @ Ax + np.einsum("i,ipq->pq", residual, A)
+
+
+def test_lifted_measurements_match_the_kronecker_products(rng):
+    n, m = 3, 4
+    A = rng.standard_normal((m, n, n))
+    A = (A + A.transpose(0, 2, 1)) / 2
+    y = rng.standard_normal(m)
+    from lowrank_hpc.recover.lifted_sensing import _Lifted
+    W = rng.standard_normal((n * n, 2))
+    residual, _ = _Lifted(A, y, 2).residual(W)
+    expected = [np.trace(np.kron(A[i], A[j]) @ W @ W.T) - y[i] * y[j] for i in range(m) for j in range(m)]
+    assert np.allclose(residual, expected, rtol=1e-12)
+
+
+def test_lifted_sensing_takes_a_sensing_operator_and_checks_its_arguments():
+    op = lr.sensing.GaussianSensing(30, (4, 4), seed=1, symmetric=True)
+    x = np.array([1.0, -0.5, 0.3, 0.8])
+    y = op.forward(np.outer(x, x))
+    result = lifted_sensing(op, y, level=1, max_iter=3000, tol=1e-8, seed=0)
+    assert np.linalg.norm(result.X - np.outer(x, x)) < 1e-5
+    with pytest.raises(ValueError, match="y has shape"):
+        lifted_sensing(op, y[:-1])
+    with pytest.raises(ValueError, match="level must be >= 1"):
+        lifted_sensing(op, y, level=0)
+    with pytest.raises(ValueError, match="needs .* numbers per iteration"):
+        lifted_sensing(op, y, level=6)
+    with pytest.raises(ValueError, match="op as an array must have shape"):
+        lifted_sensing(np.ones((3, 2, 4)), np.ones(3))
+
+
+# ---------------------------------------------------------------------- Guess & Check
+def _completion_problem(rng, n=4, observed=10):
+    W = np.outer(rng.standard_normal(n), rng.standard_normal(n))
+    W /= np.sqrt(np.mean(W ** 2) * n)  # entries of the prior's scale, variance 1 / n
+    flat = rng.permutation(n * n)
+    train, test = flat[:observed], flat[observed:]
+    return W, (train // n, train % n, W.flat[train]), (test // n, test % n, W.flat[test])
+
+
+def test_guess_and_check_keeps_exactly_the_draws_that_fit(rng):
+    W, train, test = _completion_problem(rng)
+    kwargs = dict(width=3, depth=3, n_samples=3000, batch_size=1000, tol=0.5, test=test, keep=10 ** 6,
+                  compare_gd=False, seed=7)
+    result = research.guess_and_check(train, (4, 4), **kwargs)
+    # The same draws, made here with the same generator calls, checked densely in numpy.
+    generator = np.random.default_rng(7)
+    kept = []
+    for _ in range(3):
+        V = generator.standard_normal((1000, 4, 3)) / np.sqrt(4)
+        U = generator.standard_normal((1000, 4, 3)) / np.sqrt(3)
+        U = U @ (generator.standard_normal((1000, 3, 3)) / np.sqrt(3))
+        products = U @ V.transpose(0, 2, 1)
+        loss = ((products[:, train[0], train[1]] - train[2]) ** 2).mean(axis=1)
+        kept.append(products[loss < 0.5])
+    kept = np.concatenate(kept)
+    assert result.n_samples == 3000 and result.n_accepted == kept.shape[0] > 0
+    assert np.allclose(result.products, kept, rtol=1e-12)
+    assert np.allclose(result.train_loss, ((kept[:, train[0], train[1]] - train[2]) ** 2).mean(axis=1))
+    assert np.allclose(result.test_loss, ((kept[:, test[0], test[1]] - test[2]) ** 2).mean(axis=1))
+    assert result.test_loss_mean == pytest.approx(result.test_loss.mean())
+    again = research.guess_and_check(train, (4, 4), **kwargs)
+    assert np.array_equal(again.products, result.products)
+
+
+def test_guess_and_check_reports_gradient_descent_next_to_it(rng):
+    W, train, test = _completion_problem(rng)
+    result = research.guess_and_check(train, (4, 4), width=4, n_samples=4096, batch_size=4096, tol=0.05, test=test,
+                                      seed=1, gd_max_iter=3000)
+    assert result.gd_train_loss < 1e-6
+    # GD from a small start completes the rank-1 matrix: far below the zero guess and G&C.
+    assert result.gd_test_loss < 0.1 * result.baseline_test_loss
+    assert result.n_accepted == 0 or result.test_loss_mean > result.gd_test_loss
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"depth": 1}, ValueError, "depth must be >= 2"),
+    ({"width": 0}, ValueError, "width must be >= 1"),
+    ({"tol": 0.0}, ValueError, "tol must be a finite number > 0"),
+    ({"train": ([0, 9], [0, 1], [1.0, 2.0])}, IndexError, r"train rows\[1\] = 9 is out of range"),
+    ({"train": ([0.5], [0], [1.0])}, TypeError, "train rows must hold integers"),
+    ({"test": ([0], [0])}, TypeError, "test must be a triple"),
+    ({"backend": "gpu"}, ValueError, "backend must be one of"),
+])
+def test_guess_and_check_errors_name_the_argument(kwargs, error, match):
+    arguments = {"train": ([0, 1], [0, 1], [1.0, 2.0]), "shape": (3, 3), "width": 2, "n_samples": 10,
+                 "compare_gd": False}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        research.guess_and_check(arguments.pop("train"), arguments.pop("shape"), **arguments)
+
+
+@pytest.mark.gpu
+def test_guess_and_check_on_the_gpu_accepts_what_it_should(rng):
+    W, train, test = _completion_problem(rng)
+    result = research.guess_and_check(train, (4, 4), width=3, depth=2, n_samples=20000, batch_size=5000, tol=0.5,
+                                      test=test, compare_gd=False, backend="cuda", seed=3, keep=10 ** 6)
+    assert result.n_accepted > 0
+    kept = result.products
+    assert np.allclose(result.train_loss, ((kept[:, train[0], train[1]] - train[2]) ** 2).mean(axis=1), rtol=1e-10)
+    assert np.allclose(result.test_loss, ((kept[:, test[0], test[1]] - test[2]) ** 2).mean(axis=1), rtol=1e-10)
