@@ -36,6 +36,8 @@ class DistributedALS:
     the U, V, loss history and stop of ``recover.als`` with the same data, seed and settings
     (to rounding of the sums behind the loss and the relative change: 1e-8 relative or better).
     The client reads a few r x r sums per iteration; factors never pass through it until the end.
+    A worker lost in mid-solve loses its shards and blocks, and the solve raises (no
+    checkpoints on a cluster): rerun it. solve_batch, whose chunks carry their data, survives that.
 
     Parameters
     ----------
