@@ -1,8 +1,11 @@
 """Peer: Spark MLlib's ALS (explicit feedback) on a matrix completion problem, local[2].
 
 Runs in bench/.venvs/spark (pyspark, Java 17). Usage:
-``python spark_als.py PROBLEM.npz RANK REG MAX_ITER SEED REPEATS``; prints one JSON object
-{"seconds", "startup_seconds", "test_rmse", "settings", "version"}.
+``python spark_als.py PROBLEM.npz RANK REG MAX_ITER SEED REPEATS [CORES]``; prints one JSON object
+{"seconds", "startup_seconds", "test_rmse", "settings", "version"}. CORES (default 2) is the
+local[CORES] master and the number of user and item blocks. When PROBLEM.npz holds a "parquet"
+path, the training entries are read from that Parquet file (columns row, col, value) instead of
+being sent from Python (which takes minutes for millions of entries).
 
 Spark's regParam is scaled by each row's/column's number of observations (ALS-WR), which is
 lowrank_hpc.recover.als(reg_scaling="count"). ``seconds`` is the best of REPEATS calls of
@@ -34,18 +37,22 @@ def main() -> None:
     data = np.load(sys.argv[1])
     rank, reg, max_iter, seed, repeats = (int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]),
                                           int(sys.argv[5]), int(sys.argv[6]))
+    cores = int(sys.argv[7]) if len(sys.argv) > 7 else 2
     started = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").appName("bench_solvers")
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("bench_solvers")
              .config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
-             .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+             .config("spark.sql.shuffle.partitions", str(cores)).getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    triples = list(zip(data["rows"].tolist(), data["cols"].tolist(), data["vals"].tolist()))
-    train = spark.createDataFrame(triples, ["row", "col", "value"]).repartition(2).cache()
+    if "parquet" in data.files:  # big problems: Spark reads the entries from Parquet (row, col, value)
+        train = spark.read.parquet(str(data["parquet"])).repartition(cores).cache()
+    else:
+        triples = list(zip(data["rows"].tolist(), data["cols"].tolist(), data["vals"].tolist()))
+        train = spark.createDataFrame(triples, ["row", "col", "value"]).repartition(cores).cache()
     train.count()
     startup = time.perf_counter() - started
-    # Two blocks per side: one per core of local[2] (Spark's default is 10).
-    settings = {"rank": rank, "regParam": reg, "maxIter": max_iter, "seed": seed, "numUserBlocks": 2,
-                "numItemBlocks": 2, "implicitPrefs": False, "nonnegative": False}
+    # One block per side and core of local[cores] (Spark's default is 10).
+    settings = {"rank": rank, "regParam": reg, "maxIter": max_iter, "seed": seed, "numUserBlocks": cores,
+                "numItemBlocks": cores, "implicitPrefs": False, "nonnegative": False}
     als = ALS(userCol="row", itemCol="col", ratingCol="value", **settings)
     best = float("inf")
     for attempt in range(repeats + 1):

@@ -13,6 +13,8 @@ fits on every entry). Choices made here:
 - ``--recommend K`` ranks every row's unobserved columns (observed in the whole input, held-out
   entries included) by the model's prediction, biases included;
 - when --predict or --recommend writes CSV to stdout, the report goes to stderr.
+- ``--scheduler ADDRESS`` (a Dask scheduler's address or scheduler file) runs every ALS solve of
+  the fit on that cluster (cli/cluster.py: DistributedALS, the same factors as recover.als);
 - the estimator does the rest: ``--checkpoint`` is its ``checkpoint`` (the final solve's first
   round saves its state; a rerun walks the seeded penalty path again and resumes the solve, and
   the report's ``resumed_at_iteration`` says where), the progress bar its ``verbose`` (when
@@ -32,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import readers
+from . import cluster, readers
 from .errors import DataError, UsageError
 from .model_file import CompletionModel
 from .report import json_safe, rmse
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise DataError("--plot needs matplotlib, which is not installed: pip install 'lowrank_hpc[plot]' (or drop "
                         "--plot)")
+    cluster.check_options(args)
     estimator = _estimator(args)
     for option, target in (("--output", args.output), ("--predictions-out", args.predictions_out),
                            ("--recommendations-out", args.recommendations_out), ("--plot", args.plot)):
@@ -73,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(str(error)) from None
     if args.predict:
         readers.check_readable(args.predict)
+    with cluster.connect(args) as on_cluster:
+        return _run(args, path, estimator, to_stdout, on_cluster)
 
+
+def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[str],
+         on_cluster: Optional[dict[str, Any]]) -> int:
     started = time.perf_counter()
     data = readers.read_ratings(path, header=args.header, format=None if args.format == "auto" else args.format)
     read_seconds = time.perf_counter() - started
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"too few entries to fit: {path} holds {data.nnz} entr{'y' if data.nnz == 1 else 'ies'} and "
                         f"--test-fraction {args.test_fraction} holds out {test.size}; lower --test-fraction")
 
-    trace = _Trace(data, test, record_test=bool(args.plot))
+    # On a cluster the factors stay on the workers during the solve: --plot shows the loss only.
+    trace = _Trace(data, test, record_test=bool(args.plot) and on_cluster is None)
     trace.stored_loss = _checkpoint_loss(args.checkpoint)
     estimator.set_params(verbose=_progress_bar(), checkpoint=args.checkpoint, callback=trace.callback)
     fit_started = time.perf_counter()
@@ -114,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         "fit_seconds": round(fit_seconds, 3), "train_rmse": float(estimator.train_rmse_),
         "test_rmse": test_rmse, "mean_predictor_rmse": baseline, "model": None, "checkpoint": args.checkpoint,
         "resumed_at_iteration": trace.resumed_at()}
+    if on_cluster is not None:
+        report.update(on_cluster)
     if args.output:
         model.save(args.output)
         report["model"] = args.output
@@ -163,7 +174,9 @@ def _estimator(args: argparse.Namespace) -> Any:
     """MatrixCompletion with the options given, the estimator's defaults for the others."""
     from ..estimators import MatrixCompletion
 
-    params: dict[str, Any] = {"random_state": args.seed, "backend": args.backend}
+    # With --scheduler, --backend is the workers' (DistributedALS's); the client's part runs on its CPU.
+    params: dict[str, Any] = {"random_state": args.seed,
+                              "backend": "cpu" if getattr(args, "scheduler", None) else args.backend}
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
@@ -358,7 +371,9 @@ def _human(report: dict[str, Any]) -> str:
     lines = [f"{report['input']}: {report['entries']:,} entries, {report['rows']:,} rows x {report['cols']:,} columns"
              + (f" ({merged:,} repeated pairs averaged)" if merged else ""),
              f"{report['method']}, rank {report['rank']}, reg {number(report['reg'])}, center {report['center']}: "
-             f"{report['iterations']} iterations in {report['fit_seconds']:.3g} s on {report['backend']} "
+             f"{report['iterations']} iterations in {report['fit_seconds']:.3g} s on {report['backend']}"
+             + (f" ({report['workers']} Dask workers at {report['scheduler']})" if report.get("scheduler") else "")
+             + " "
              f"({report['stop_reason']})",
              f"RMSE: train {number(report['train_rmse'])}, test {number(report['test_rmse'])} "
              f"on {report['test_entries']:,} held-out entries (mean predictor {number(report['mean_predictor_rmse'])})"]

@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--checkpoint", metavar="FILE.npz",
                           help="save the solve's state there as it runs; rerunning the same command on the same "
                                "data resumes it (Ctrl-C keeps the file)")
+    complete.add_argument("--scheduler", metavar="ADDRESS",
+                          help="run the ALS solves on a Dask cluster: its scheduler's address (tcp://host:8786) or "
+                               "scheduler file (needs lowrank_hpc[dask]; implies --method als; --backend is then the "
+                               "workers')")
     complete.add_argument("--json", action="store_true", help="print the report as JSON")
 
     from . import bmf

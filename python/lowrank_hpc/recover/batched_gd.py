@@ -112,7 +112,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     RecoveryResult with U (B, m, rank), V (B, n, rank), converged (B,) bool array,
     stop_reason (list of B strings), history["loss"] and ["relative_change"] (n_iter, B),
     n_iter the most iterations any problem ran, info["n_iter"] (B,) int64 per problem (as
-    :func:`batched_als` reports), info["steps"], info["dampings"], info["seed"].
+    :func:`batched_als` reports), info["steps"], info["dampings"], info["step_halvings"] (B,) int64
+    per problem (``step_halvings`` is their total), info["seed"].
     """
     _checks.required("batched_factored_gd", rows=rows, cols=cols, vals=vals)
     pair = init if isinstance(init, (tuple, list)) else (None, None)
@@ -166,13 +167,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
                                           else (lambda: xp.zeros(batch))))
 
     if isinstance(init, str) and init == "small":
-        U = np.empty((batch, m, rank))
-        V = np.empty((batch, n, rank))
-        for b in range(batch):  # factored_gd's draws with seed + b, so single and batched solves agree
-            rng = np.random.default_rng(seed_value + b)
-            U[b] = init_scale * rng.standard_normal((m, rank)) / np.sqrt(m)
-            V[b] = (init_scale / 3.0) * rng.standard_normal((n, rank)) / np.sqrt(n)
-        U, V = xp.asarray(U.astype(dtype)), xp.asarray(V.astype(dtype))
+        U, V = small_init([seed_value + b for b in range(batch)], (m, n), rank, init_scale, dtype)
+        U, V = xp.asarray(U), xp.asarray(V)
     elif isinstance(init, str) and init == "spectral":
         # Zero-filled observations rescaled by the sampling rate: small problems, so dense SVDs.
         dense = xp.zeros((batch, m, n), dtype=dtype)
@@ -275,7 +271,22 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         stop_reason=[reasons[int(code)] for code in final_host], seconds=seconds, backend=call.backend,
         step=None, step_halvings=int(to_host(state.arrays["halvings"]).sum()),
         info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings),
+              "step_halvings": to_host(state.arrays["halvings"]).astype(np.int64),
               "n_iter": to_host(state.arrays["n_iter"]).astype(np.int64), "seed": state.seed})
+
+
+def small_init(seeds, shape: tuple[int, int], rank: int, init_scale: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The "small" starts (U0 (B, m, rank), V0 (B, n, rank)) numpy arrays of ``dtype``, problem b's
+    drawn with seed ``seeds[b]`` exactly as factored_gd(..., seed=seeds[b]) draws its own, so
+    single and batched solves (and :func:`lowrank_hpc.distributed.solve_batch`'s chunks) agree."""
+    m, n = shape
+    U = np.empty((len(seeds), m, rank))
+    V = np.empty((len(seeds), n, rank))
+    for b, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        U[b] = init_scale * rng.standard_normal((m, rank)) / np.sqrt(m)
+        V[b] = (init_scale / 3.0) * rng.standard_normal((n, rank)) / np.sqrt(n)
+    return U.astype(dtype), V.astype(dtype)
 
 
 class _FusedSteps:

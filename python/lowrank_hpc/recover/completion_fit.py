@@ -14,6 +14,8 @@ all the entries (whose lambda_max is larger).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -46,6 +48,23 @@ FOLD_IN_REG = 0.1  # the ridge of transform() for the gradient methods, which fi
 OFFSET_ROUNDS = 3
 ROUND_MAX_ITER = 10  # the rounds after the first start next to their solution
 OFFSET_ROUND_SWEEPS = 2  # Gauss-Seidel sweeps of the offsets per round
+
+
+# The function that runs method="als": recover.als, or within ``als_solver(f)`` another with its
+# call (lowrank-hpc complete --scheduler passes DistributedALS(client).als).
+_ALS_SOLVER: contextvars.ContextVar[Optional[Callable[..., RecoveryResult]]] = contextvars.ContextVar(
+    "als_solver", default=None)
+
+
+@contextlib.contextmanager
+def als_solver(solver: Callable[..., RecoveryResult]):
+    """Within the block, the completion fits of this thread solve ALS with ``solver`` (a function
+    taking recover.als's arguments), e.g. ``DistributedALS(client=client).als`` for a cluster."""
+    token = _ALS_SOLVER.set(solver)
+    try:
+        yield solver
+    finally:
+        _ALS_SOLVER.reset(token)
 
 
 @dataclass
@@ -108,7 +127,7 @@ def _solve(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg
     method = settings.method
     if method == "als":
         init = warm.V if warm is not None else settings.init
-        return als(rows, cols, vals, shape, rank, reg, reg_scaling=settings.reg_scaling, max_iter=max_iter,
+        return (_ALS_SOLVER.get() or als)(rows, cols, vals, shape, rank, reg, reg_scaling=settings.reg_scaling, max_iter=max_iter,
                    tol=tol, seed=settings.seed, init=None if init is None else init.astype(vals.dtype, copy=False),
                    **loop)
     if method == "soft_impute":  # fits the offsets with the factors, after every sweep
