@@ -12,3 +12,9 @@ from .soft_impute import observed_spectral_norm, soft_impute
 __all__ = ["BATCHED_METHODS", "METHODS", "CheckpointError", "CheckpointMismatchError", "RecoveryResult", "als",
            "batched_als", "batched_boolean_mf", "batched_factored_gd", "boolean_mf", "boolean_product",
            "factored_gd", "observed_spectral_norm", "soft_impute"]
+from .pruning import prune_and_finetune
+
+__all__ += ["prune_and_finetune"]
+from .mirror_descent import MIRROR_MAPS, mirror_descent
+
+__all__ += ["MIRROR_MAPS", "mirror_descent"]
