@@ -102,7 +102,8 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     Raises
     ------
     TypeError for non-int width or seed, None for y, dtypes; ValueError for shapes, a non-square
-    operator and settings out of range.
+    operator and settings out of range; FloatingPointError when the regularized phase diverges
+    (non-finite U) or the penalty zeroes every column (reg far too large for the data).
     """
     _check_operator(op)
     _checks.required(_FUNCTION, y=y)
