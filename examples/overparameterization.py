@@ -46,7 +46,7 @@ def error_curve(M, symmetric=False):
 curves = {}
 # ---- 1. Xiong, Ding & Du: the slowdown and its one-step fix --------------------------------
 n, r, k = 50, 3, 5
-steps = 1500 if args.quick else 6000
+steps = 1000 if args.quick else 6000
 rng = np.random.default_rng(1)
 M = rng.standard_normal((n, r)) @ rng.standard_normal((r, n)) / n
 rows, cols = np.divmod(np.arange(n * n, dtype=np.int64), n)
@@ -68,7 +68,7 @@ for alpha in (1e-1, 1e-2, 1e-3):
 
 # ---- 2. Stoger & Soltanolkotabi: the error follows alpha, not the width ---------------------
 n, r = 50, 5
-steps = 1000 if args.quick else 5000
+steps = 500 if args.quick else 5000
 Z = np.random.default_rng(0).standard_normal((n, r))
 M = Z @ Z.T
 M /= np.trace(M)
