@@ -29,6 +29,7 @@ def test_readme_py_blocks_compile(block):
 
 @pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_examples_run(script, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(script)])
+    quick = ["--quick"] if "--quick" in script.read_text() else []  # examples at a paper's size
+    monkeypatch.setattr(sys, "argv", [str(script), *quick])
     runpy.run_path(str(script), run_name="__main__")
     assert capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Recovery solvers: factored gradient methods for sensing and completion, ALS, batched solves,
 Boolean matrix factorization (Elbmf), mixture matrix completion, recovery from column sketches,
-lifted matrix sensing."""
+lifted matrix sensing, mirror descent, group-lasso pruning."""
 from ._driver import CheckpointError, CheckpointMismatchError
 from ._result import RecoveryResult
 from .als import als, batched_als
@@ -10,10 +10,12 @@ from .column_sketches import SKETCH_METHODS, from_column_sketches
 from .batched_gd import BATCHED_METHODS, batched_factored_gd
 from .factored_gd import METHODS, factored_gd
 from .lifted_sensing import lifted_sensing
+from .mirror_descent import MIRROR_MAPS, mirror_descent
 from .mixture_completion import MixtureResult, mixture_completion
+from .pruning import prune_and_finetune
 from .soft_impute import observed_spectral_norm, soft_impute
 
-__all__ = ["BATCHED_METHODS", "METHODS", "SKETCH_METHODS", "CheckpointError", "CheckpointMismatchError",
+__all__ = ["BATCHED_METHODS", "METHODS", "MIRROR_MAPS", "SKETCH_METHODS", "CheckpointError", "CheckpointMismatchError",
            "MixtureResult", "RecoveryResult", "als", "batched_als", "batched_boolean_mf", "batched_factored_gd",
            "boolean_mf", "boolean_product", "factored_gd", "from_column_sketches", "lifted_sensing",
-           "mixture_completion", "observed_spectral_norm", "soft_impute"]
+           "mirror_descent", "mixture_completion", "observed_spectral_norm", "prune_and_finetune", "soft_impute"]
