@@ -98,7 +98,13 @@ void scatter_rows(const uint64_t* words, const T* G, int64_t batch, int64_t n, i
     for (int64_t block = 0; block < blocks; ++block) {
       T* sums = partial.data() + (b * blocks + block) * m * rank;
       for (int64_t i = n * block / blocks; i < n * (block + 1) / blocks; ++i) {
-        const T* src = G + (b * n + i) * rank;
+        const T* row = G + (b * n + i) * rank;
+        // G's row in registers: read once, not again after every store into the (possibly
+        // aliasing, for the compiler) partial sums.
+        T local[R > 0 ? R : 1];
+        if constexpr (R > 0)
+          for (int c = 0; c < R; ++c) local[c] = row[c];
+        const T* src = R > 0 ? local : row;
         for_each_one(words + (b * n + i) * per_row, per_row, [&](int64_t j) { add_row<R>(sums + j * rank, src, rank); });
       }
     }

@@ -19,8 +19,8 @@ from ..ops import SparsePattern
 # past it, the GEMM or sparse products: their memory grows with the ones, not with n x m.
 _PACKED_MAX_BYTES = 1 << 28
 # The packed products gather the factor's rows at random while it takes at most this many bytes
-# (it stays in L2), else stream it and scatter into the output (3.9x faster for a 50,000 x 10
-# float64 factor).
+# (it stays in L2), else stream it and scatter into the output (a gathered 50,000 x 10 float64
+# factor misses the cache on most ones).
 _GATHER_MAX_BYTES = 1 << 19
 
 
@@ -73,8 +73,7 @@ class BinaryMatrix:
             self._from_dense(name, A, dtype, 3 if batched else 2)
         self.batch = 1 if self.sparse else int(self.dense.shape[0])
         self.packed = self._pack()
-        if self.sparse and self.packed is None:
-            self._sparse_products()
+        self.pattern = None  # a sparse A's vendor products, built when first needed
 
     # ------------------------------------------------------------------ conversion
     def _float_dtype(self, given: Any, found: np.dtype) -> np.dtype:
@@ -158,7 +157,9 @@ class BinaryMatrix:
         self.ones = np.array([float(rows.shape[0])])
 
     def _sparse_products(self) -> None:
-        """The CSR pattern for A @ F and the CSC matrix for A^T @ F of an unpacked sparse A."""
+        """The CSR pattern for A @ F and the CSC matrix for A^T @ F of a sparse A, once."""
+        if self.pattern is not None:
+            return
         rows, cols, xp = self.rows, self.cols, self.call.xp
         self.pattern = SparsePattern(rows, cols, self.shape)
         self.vals = xp.ones(rows.shape[0], dtype=self.dtype)
@@ -190,6 +191,12 @@ class BinaryMatrix:
             packed.append(words)
         return packed[0], packed[1]
 
+    def _packed_gathers(self, F) -> bool:
+        """Whether the packed product gathers F's rows (F stays in cache). Past that it scatters
+        them, which beats the dense GEMM but not scipy's CSC product of a sparse A (19 against
+        14 ms at 50,000 x 5,000, 1% ones, F 50,000 x 10): a sparse A then takes the vendor's."""
+        return F[0].nbytes <= _GATHER_MAX_BYTES
+
     def _packed_times(self, F, transpose: bool):
         """A @ F, or A^T @ F with ``transpose``, from the packings: gathering F's rows (of the ones
         of each output row) while F stays in cache, else scattering them (streaming F, the output
@@ -197,7 +204,7 @@ class BinaryMatrix:
         n, m = self.shape
         by_rows, by_cols = self.packed
         F = np.ascontiguousarray(F)
-        gather = F[0].nbytes <= _GATHER_MAX_BYTES
+        gather = self._packed_gathers(F)
         # A^T is packed A^T, or A with the kernel's transposed (scatter) product; A likewise.
         packed_a = gather != transpose
         out = np.empty((F.shape[0], m if transpose else n, F.shape[2]), dtype=F.dtype)
@@ -209,9 +216,10 @@ class BinaryMatrix:
     def times(self, F):
         """A @ F for F (batch, m, k): (batch, n, k); a sparse A by the library's CSR kernel (OpenMP /
         CUDA), gathering rows of the small F."""
-        if self.packed is not None:
+        if self.packed is not None and not (self.sparse and not self._packed_gathers(F)):
             return self._packed_times(F, False)
         if self.sparse:
+            self._sparse_products()
             return self.pattern.solver_product(self.call, self.vals, F[0])[None]
         if self.batch == 1:  # a plain 2-D GEMM: the vendor's fastest path
             return (self.dense[0] @ F[0])[None]
@@ -219,9 +227,10 @@ class BinaryMatrix:
 
     def transpose_times(self, F):
         """A^T @ F for F (batch, n, k): (batch, m, k)."""
-        if self.packed is not None:
+        if self.packed is not None and not (self.sparse and not self._packed_gathers(F)):
             return self._packed_times(F, True)
         if self.sparse:
+            self._sparse_products()
             return self.call.xp.ascontiguousarray(self.transposed @ F[0])[None]
         if self.batch == 1:
             return (self.dense[0].T @ F[0])[None]
