@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
 import numpy as np
 
 from . import readers
-from .complete import _progress_bar, check_writable
+from .complete import _progress_bar, check_writable, default_factors_output
 from .errors import DataError
 from .report import json_safe
-
-
-def default_output(path: str) -> str:
-    """INPUT's name without its extensions plus ``.bmf.npz``, in the current directory."""
-    name = os.path.basename(path)
-    for suffix in (".gz", ".csv", ".tsv", ".txt", ".mtx", ".npz"):
-        if name.lower().endswith(suffix):
-            name = name[:-len(suffix)]
-    return f"{name or 'factors'}.bmf.npz"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from .._backend import BackendUnavailableError
     from ..estimators import BooleanMF
 
-    output = args.output or default_output(args.input)
+    output = args.output or default_factors_output(args.input, "bmf")
     check_writable(output, "--output")
     estimator = BooleanMF(n_components=args.components, l1=args.l1, l2=args.l2, reg_growth=args.reg_growth,
                           inertia=args.inertia, max_iter=args.max_iter, tol=args.tol, backend=args.backend,

@@ -145,6 +145,19 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
 
 
 # ---------------------------------------------------------------------- steps
+_DATA_SUFFIXES = (".gz", ".csv", ".tsv", ".txt", ".dat", ".mtx", ".npz", ".parquet")
+
+
+def default_factors_output(path: str, kind: str) -> str:
+    """INPUT's name without its data extensions plus ``.{kind}.npz``, in the current directory
+    (the factor files of the ``bmf`` and ``nmf`` subcommands)."""
+    name = os.path.basename(path)
+    for suffix in _DATA_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+    return f"{name or 'factors'}.{kind}.npz"
+
+
 def check_writable(path: str, option: str) -> None:
     """DataError unless ``path`` can be written, found by creating it (and removing it again if
     it did not exist) before any work, so a long fit never ends in a failed save."""

@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
 import numpy as np
 
 from . import readers
-from .complete import _progress_bar, check_writable
+from .complete import _progress_bar, check_writable, default_factors_output
 from .errors import DataError
 from .report import json_safe
-
-
-def default_output(path: str) -> str:
-    """INPUT's name without its extensions plus ``.nmf.npz``, in the current directory."""
-    name = os.path.basename(path)
-    for suffix in (".gz", ".csv", ".tsv", ".txt", ".dat", ".mtx", ".npz", ".parquet"):
-        if name.lower().endswith(suffix):
-            name = name[:-len(suffix)]
-    return f"{name or 'factors'}.nmf.npz"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from .._backend import BackendUnavailableError
     from ..estimators import NMF
 
-    output = args.output or default_output(args.input)
+    output = args.output or default_factors_output(args.input, "nmf")
     check_writable(output, "--output")
     alpha_H = "same" if args.alpha_H is None else args.alpha_H
     estimator = NMF(n_components=args.components, init=None if args.init == "auto" else args.init,

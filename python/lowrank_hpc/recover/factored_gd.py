@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _checks
-from .._arrays import resolve
+from .._arrays import Call, resolve
 from .._backend import CONSTANTS
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
@@ -193,11 +193,24 @@ def _check_init_arrays(init: Any, problem: _Problem, rank: int, dtype: Any) -> t
     return U0.copy(), (None if V0 is None else V0.copy())
 
 
-def _check_operator(op: Any) -> None:
+def _check_operator(op: Any, function: str = "factored_gd") -> None:
     missing = [name for name in ("shape", "num_measurements", "forward_factored", "adjoint") if not hasattr(op, name)]
     if missing:
-        raise TypeError(f"factored_gd: op must be a sensing operator (lowrank_hpc.sensing); "
+        raise TypeError(f"{function}: op must be a sensing operator (lowrank_hpc.sensing); "
                         f"{type(op).__name__} lacks {', '.join(missing)}")
+
+
+def sensing_measurements(function: str, op: Any, y: Any) -> tuple[Call, Any]:
+    """(call, y) for a solver of ``op``'s measurements ``y``: op checked to be a sensing
+    operator, y a float vector of op.num_measurements values on its backend."""
+    _check_operator(op, function)
+    _checks.required(function, y=y)
+    call = resolve(function, y=y)
+    y = call.float_array("y", y, (1,))
+    if y.shape[0] != op.num_measurements:
+        raise ValueError(f"{function}: y has length {y.shape[0]} but the operator makes "
+                         f"{op.num_measurements} measurements")
+    return call, y
 
 
 @_checks.constrained(**LOOP_CONSTRAINTS, symmetric=_checks.flag, init_scale=_checks.positive_float,
@@ -271,13 +284,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     settings; CheckpointError for an unusable checkpoint file or directory,
     CheckpointMismatchError for a checkpoint of another problem.
     """
-    _check_operator(op)
-    _checks.required("factored_gd", y=y)
-    call = resolve("factored_gd", y=y)
-    y = call.float_array("y", y, (1,))
-    if y.shape[0] != op.num_measurements:
-        raise ValueError(f"factored_gd: y has length {y.shape[0]} but the operator makes "
-                         f"{op.num_measurements} measurements")
+    call, y = sensing_measurements("factored_gd", op, y)
     n1, n2 = op.shape
     rank = _checks.integer("factored_gd", "rank", rank)
     if rank < 1:

@@ -12,11 +12,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import resolve
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._operator_math import spectral_norm
 from ._result import RecoveryResult
-from .factored_gd import _GROWTH_ALLOWED, _MAX_HALVINGS_PER_STEP, _check_operator, quiet, robust_norm
+from .factored_gd import _GROWTH_ALLOWED, _MAX_HALVINGS_PER_STEP, quiet, robust_norm, sensing_measurements
 
 _FUNCTION = "mirror_descent"
 MIRROR_MAPS = ("entropy", "hypentropy")
@@ -99,13 +98,7 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
     TypeError for None y, a non-operator op or bad dtypes; ValueError for shapes (a non-square
     operator with "entropy") and settings out of range.
     """
-    _check_operator(op)
-    _checks.required(_FUNCTION, y=y)
-    call = resolve(_FUNCTION, y=y)
-    y = call.float_array("y", y, (1,))
-    if y.shape[0] != op.num_measurements:
-        raise ValueError(f"{_FUNCTION}: y has length {y.shape[0]} but the operator makes "
-                         f"{op.num_measurements} measurements")
+    call, y = sensing_measurements(_FUNCTION, op, y)
     n1, n2 = op.shape
     if mirror == "entropy" and n1 != n2:
         raise ValueError(f"{_FUNCTION}: mirror='entropy' recovers PSD matrices and needs a square operator, got "

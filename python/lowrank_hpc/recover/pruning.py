@@ -13,12 +13,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import resolve
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, run_loop
 from ._operator_math import spectral_norm
 from ._result import RecoveryResult
-from .factored_gd import (_MAX_HALVINGS_PER_STEP, _GROWTH_ALLOWED, _check_operator, _Problem, factored_gd, quiet,
-                          robust_norm)
+from .factored_gd import (_GROWTH_ALLOWED, _MAX_HALVINGS_PER_STEP, _Problem, factored_gd, quiet, robust_norm,
+                          sensing_measurements)
 
 _FUNCTION = "prune_and_finetune"
 _LOOP = {name: LOOP_CONSTRAINTS[name] for name in ("tol", "callback", "progress", "time_limit")}
@@ -105,13 +104,7 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     operator and settings out of range; FloatingPointError when the regularized phase diverges
     (non-finite U) or the penalty zeroes every column (reg far too large for the data).
     """
-    _check_operator(op)
-    _checks.required(_FUNCTION, y=y)
-    call = resolve(_FUNCTION, y=y)
-    y = call.float_array("y", y, (1,))
-    if y.shape[0] != op.num_measurements:
-        raise ValueError(f"{_FUNCTION}: y has length {y.shape[0]} but the operator makes "
-                         f"{op.num_measurements} measurements")
+    call, y = sensing_measurements(_FUNCTION, op, y)
     n1, n2 = op.shape
     if n1 != n2:
         raise ValueError(f"{_FUNCTION}: op must be square (the model is U U^T), got shape {op.shape}")
