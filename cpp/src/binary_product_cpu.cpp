@@ -64,15 +64,22 @@ void gather_rows(const uint64_t* words, const T* F, int64_t batch, int64_t n, in
   for (int64_t row = 0; row < batch * n; ++row) {
     const T* factor = F + (row / n) * m * rank;
     T* target = out + row * rank;
-    // Two accumulators (even and odd ones) halve the chain of dependent adds.
-    T even[R > 0 ? R : 1], odd[R > 0 ? R : 1];
     if constexpr (R > 0) {
+      // Two accumulators held in registers (the ones of a word taken in pairs, never through a
+      // pointer that would send them to memory) halve the chain of dependent adds.
+      T even[R], odd[R];
       for (int c = 0; c < R; ++c) even[c] = odd[c] = T(0);
-      bool parity = false;
-      for_each_one(words + row * per_row, per_row, [&](int64_t j) {
-        add_row<R>(parity ? odd : even, factor + j * R, R);
-        parity = !parity;
-      });
+      const uint64_t* bits = words + row * per_row;
+      for (int64_t w = 0; w < per_row; ++w) {
+        uint64_t x = bits[w];
+        while (x != 0) {
+          add_row<R>(even, factor + ((w << 6) + __builtin_ctzll(x)) * R, R);
+          x &= x - 1;
+          if (x == 0) break;
+          add_row<R>(odd, factor + ((w << 6) + __builtin_ctzll(x)) * R, R);
+          x &= x - 1;
+        }
+      }
       for (int c = 0; c < R; ++c) target[c] = even[c] + odd[c];
     } else {
       for (int64_t c = 0; c < rank; ++c) target[c] = T(0);
