@@ -2,6 +2,7 @@
 (one cluster for the module), against the single-node solvers; and without a client, without Dask."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -33,6 +34,22 @@ def client():
 def transitions(client) -> int:
     """The scheduler's count of task state transitions: unchanged when no task was sent."""
     return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
+
+
+def settled_transitions(client, timeout: float = 20.0) -> int:
+    """The transition count once the scheduler is quiet: the keys of earlier tests' released
+    futures are forgotten asynchronously (their transitions landed inside a later test's window
+    under a loaded CI run), so wait until the count holds still for half a second."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    count = transitions(client)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = transitions(client)
+        if now == count:
+            return now
+        count = now
+    return count
 
 
 def stack(seed=0, B=120, shape=(12, 10), rank=2, observed=0.5):
@@ -134,7 +151,7 @@ def test_a_failing_problem_returns_its_error_in_its_slot(client):
 def test_bad_input_raises_before_any_task_is_sent(client, bad, error, fragment):
     arguments = dict(problems=stack(), rank=2, client=client, seed=0)
     arguments.update(bad)
-    before = transitions(client)
+    before = settled_transitions(client)
     with pytest.raises(error) as raised:
         solve_batch(arguments.pop("problems"), arguments.pop("rank"), **arguments)
     assert fragment in str(raised.value) and str(raised.value).startswith("solve_batch: ")
@@ -207,7 +224,7 @@ def test_distributed_als_bad_input_raises_before_any_task_is_sent(client, change
     rows, cols, vals = completion(nnz=500)
     rows[0] = change.get("index", rows[0])
     vals[0] = change.get("value", vals[0])
-    before = transitions(client)
+    before = settled_transitions(client)
     with pytest.raises(error) as raised:
         DistributedALS(change.get("rank", 5), change.get("reg", 0.1), client=client).fit(
             rows, cols, vals, shape=(300, 200), init=change.get("init"))
