@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Row, machine_line, report  # noqa: E402
+from _timing import Row, best_time, machine_line, report  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc import _backend  # noqa: E402
@@ -48,18 +47,6 @@ def peer(xp, train, n, width, depth, draws, batch, tol, seed):
     return accepted
 
 
-def timed(fn, sync=None):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -80,8 +67,8 @@ def main() -> None:
                                                    batch_size=batch, tol=tol, compare_gd=False, backend=backend,
                                                    seed=1)
 
-            ours_s = timed(ours, sync)
-            peer_s = timed(lambda: peer(xp, train, n, width, depth, draws, batch, tol, 1), sync)
+            ours_s = best_time(ours, repeats=3, sync=sync)
+            peer_s = best_time(lambda: peer(xp, train, n, width, depth, draws, batch, tol, 1), repeats=3, sync=sync)
             peer_name = "numpy dense" if backend == "cpu" else "cupy dense"
             rows.append(Row("guess_and_check", f"{backend} n={n} k={width} d={depth}, {draws} draws", ours_s,
                             peer_name, peer_s, f"{draws / ours_s:.3g} draws/s (peer {draws / peer_s:.3g})"))
@@ -94,9 +81,9 @@ def main() -> None:
             tiled_r, tiled_c = xp.asarray(np.tile(r, batch)), xp.asarray(np.tile(c, batch))
             offsets = xp.asarray(np.arange(batch + 1, dtype=np.int64) * r.size)
             dr, dc = xp.asarray(r), xp.asarray(c)
-            check_s = timed(lambda: lr.ops.sampled_product(U, V, tiled_r, tiled_c, offsets=offsets,
-                                                           check_finite=False), sync)
-            dense_s = timed(lambda: (U @ V.transpose(0, 2, 1))[:, dr, dc], sync)
+            check_s = best_time(lambda: lr.ops.sampled_product(U, V, tiled_r, tiled_c, offsets=offsets,
+                                                               check_finite=False), repeats=3, sync=sync)
+            dense_s = best_time(lambda: (U @ V.transpose(0, 2, 1))[:, dr, dc], repeats=3, sync=sync)
             rows.append(Row("check (sampled_product)", f"{backend} n={n} k={width} d={depth}, {batch} draws",
                             check_s, f"{peer_name} + gather", dense_s, f"{batch / check_s:.3g} draws/s"))
             print(rows[-1].markdown(), flush=True)

@@ -9,6 +9,8 @@ import itertools
 import uuid
 from typing import Any, Callable, Optional, Sequence
 
+from .. import _backend
+
 _DASK_MISSING = ("lowrank_hpc.distributed needs Dask's distributed scheduler for a cluster: "
                  "pip install 'lowrank_hpc[dask]' (or pass client=None to run in this process)")
 
@@ -122,3 +124,14 @@ def executor(client: Any, retries: int = 0) -> Any:
         raise TypeError(f"client must be a dask.distributed Client or None, got {type(client).__module__}."
                         f"{type(client).__name__}")
     return DaskExecutor(client, retries)
+
+
+def worker_backend(choice: str, function: str) -> str:
+    """The backend a task runs on: the worker's GPU for "auto" when it has one; "cuda" on a
+    worker without a usable GPU is a BackendUnavailableError naming ``function``."""
+    if choice == "auto":
+        return "cuda" if _backend.HAS_CUDA else "cpu"
+    if choice == "cuda" and not _backend.HAS_CUDA:
+        raise _backend.BackendUnavailableError(f"{function}: backend 'cuda' but this worker has no usable GPU: "
+                                               f"{_backend.CUDA_UNAVAILABLE_REASON}")
+    return choice

@@ -15,23 +15,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .. import _backend
 from .._arrays import Call, for_backend
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
+from ._executor import worker_backend
 
 FUNCTION = "DistributedALS"
-
-
-def worker_backend(choice: str) -> str:
-    """The backend a shard runs on: the worker's GPU for "auto" when it has one."""
-    if choice == "auto":
-        return "cuda" if _backend.HAS_CUDA else "cpu"
-    if choice == "cuda" and not _backend.HAS_CUDA:
-        raise _backend.BackendUnavailableError(f"{FUNCTION}: backend 'cuda' but this worker has no usable GPU: "
-                                               f"{_backend.CUDA_UNAVAILABLE_REASON}")
-    return choice
 
 
 def _on(call: Call, x: Any) -> Any:
@@ -147,7 +137,7 @@ class Shard:
 
 def build_shard(lo: int, hi: int, backend: str, side: str, index_dtype: str, dtype: str, *pieces) -> Shard:
     """The shard of keys [lo, hi) from its pieces (one per input part, in input order)."""
-    backend = worker_backend(backend)
+    backend = worker_backend(backend, FUNCTION)
     call = for_backend(FUNCTION, backend)
     xp = call.xp
     keys = np.concatenate([p[0] for p in pieces]) - lo if pieces else np.zeros(0, np.int64)
@@ -180,7 +170,7 @@ def starting_block(lo: int, hi: int, rank: int, backend: str, dtype: str, key: O
                    stream: int = 0, given: Optional[np.ndarray] = None) -> Block:
     """Rows [lo, hi) of the start: zeros (U, key None), the given rows, or those of recover.als's
     seeded V: N(0, 1) / sqrt(rank) Philox draws (key, stream, index j * rank + c), read at j >= lo."""
-    call = for_backend(FUNCTION, worker_backend(backend))
+    call = for_backend(FUNCTION, worker_backend(backend, FUNCTION))
     if given is not None:
         return Block(call.xp.asarray(given))
     if key is None:

@@ -16,7 +16,7 @@ from ..recover.als import _initial_V
 from ..recover.batched_gd import small_init
 from ..sensing import EntrySampling
 from . import _problems
-from ._executor import executor
+from ._executor import executor, worker_backend
 from ._problems import FUNCTION, PATH_OPTIONS, REFUSED_OPTIONS, Chunk
 from .failure import ProblemFailure
 
@@ -231,20 +231,11 @@ def _dry_run(kind: tuple, method: str, rank: int, scalar: dict[str, Any]) -> Non
 # ---------------------------------------------------------------------- the chunk, on a worker
 def _solve_chunk(chunk: Chunk, settings: dict[str, Any]) -> list[Any]:
     """Every problem of the chunk: a RecoveryResult (numpy factors) or a ProblemFailure, in order."""
-    backend = _worker_backend(settings["backend"])
+    backend = worker_backend(settings["backend"], FUNCTION)
     with _backend.use_backend(backend):
         if chunk.path == "single":
             return [_solve_single(chunk, k, settings, backend) for k in range(len(chunk.indices))]
         return _solve_batched(chunk, settings, backend)
-
-
-def _worker_backend(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if _backend.HAS_CUDA else "cpu"
-    if choice == "cuda" and not _backend.HAS_CUDA:
-        raise _backend.BackendUnavailableError(f"{FUNCTION}: backend 'cuda' but this worker has no usable GPU: "
-                                               f"{_backend.CUDA_UNAVAILABLE_REASON}")
-    return choice
 
 
 def _to(backend: str, x: Any) -> Any:

@@ -88,6 +88,28 @@ def _observed_in(function: str, X: Any) -> tuple[Any, Any, Any]:
     return rows.astype(np.int64), cols.astype(np.int64), X[rows, cols]
 
 
+def _completion_entries(function: str, X: Any, cols: Any, vals: Any, shape: Any,
+                        side: str) -> tuple[Any, Any, Any, tuple[int, int]]:
+    """(rows, cols, vals, shape) of a completion estimator's ``fit(X, cols, vals, shape=)``:
+    a 2-D X (NaN for missing; the shape is X's) or 1-D row indices with cols, vals and shape.
+    Indices are range-checked by :func:`_check_index_range` once the caller has its shape checks."""
+    X = _to_side(function, X, side)
+    if X.ndim == 2 and vals is None:
+        matrix = _as_float(function, "X", X, side, 2)
+        rows, cols, vals = _observed_in(function, matrix)
+        return rows, cols, vals, tuple(int(n) for n in matrix.shape)
+    if X.ndim == 1:
+        if cols is None or vals is None or shape is None:
+            raise ValueError(f"{function}: a 1-D X holds the row indices of observed entries and needs cols, "
+                             "vals and shape=(n1, n2); for a dense matrix pass a 2-D X with NaN for missing (Reshape "
+                             "your data with X.reshape(1, -1) for a single sample)")
+        shape = _check_shape(function, shape)
+        return (*_entries(function, X, cols, vals, side), shape)
+    raise ValueError(f"{function}: X must be a 2-D matrix (NaN for missing) or 1-D row indices with cols, "
+                     f"vals and shape; got shape {tuple(X.shape)}" +
+                     (" and vals, which only a 1-D X takes" if vals is not None else ""))
+
+
 def _check_index_range(function: str, rows: Any, cols: Any, shape: tuple[int, int]) -> None:
     """IndexError unless 0 <= rows < n1 and 0 <= cols < n2 (the offsets index with them before any kernel does)."""
     for name, index, n in (("rows", rows, shape[0]), ("cols", cols, shape[1])):

@@ -13,8 +13,7 @@ from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint,
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
-from ._convert import (_as_float, _check_index_range, _check_shape, _coordinates, _entries, _observed_in, _rmse,
-                       _side, _to_side)
+from ._convert import _as_float, _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
 
 COMPLETION_METHODS = ("soft_impute", "als") + METHODS
 _SCALED_METHODS = ("scaled", "scaled_damped")
@@ -143,22 +142,7 @@ class MatrixCompletion(_Estimator):
         rank = self._check_params(function)
         seed = _seed(function, self.random_state)
         side = _side(self.backend, X, cols, vals)
-        X = _to_side(function, X, side)
-        if X.ndim == 2 and vals is None:
-            matrix = _as_float(function, "X", X, side, 2)
-            shape = tuple(int(n) for n in matrix.shape)
-            rows, cols, vals = _observed_in(function, matrix)
-        elif X.ndim == 1:
-            if cols is None or vals is None or shape is None:
-                raise ValueError(f"{function}: a 1-D X holds the row indices of observed entries and needs cols, "
-                                 "vals and shape=(n1, n2); for a dense matrix pass a 2-D X (Reshape your data "
-                                 "with X.reshape(1, -1) for a single sample)")
-            shape = _check_shape(function, shape)
-            rows, cols, vals = _entries(function, X, cols, vals, side)
-        else:
-            raise ValueError(f"{function}: X must be a 2-D matrix (NaN for missing) or 1-D row indices with cols, "
-                             f"vals and shape; got shape {tuple(X.shape)}" +
-                             (" and vals, which only a 1-D X takes" if vals is not None else ""))
+        rows, cols, vals, shape = _completion_entries(function, X, cols, vals, shape, side)
         if rank != "auto" and rank > min(shape):
             # The wording names n_samples/n_features, which scikit-learn's checks look for.
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "

@@ -10,8 +10,7 @@ from ..ops import sampled_product
 from ..recover.mixture_completion import (DEFAULT_ANNEAL_ITER, DEFAULT_REPAIR_TRIALS, DEFAULT_RESTARTS,
                                           mixture_completion)
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
-from ._convert import (_as_float, _check_index_range, _check_shape, _coordinates, _entries, _observed_in, _rmse,
-                       _side, _to_side)
+from ._convert import _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
 
 
 class MixtureCompletion(_Estimator):
@@ -95,20 +94,7 @@ class MixtureCompletion(_Estimator):
         self._check_params(function)
         seed = _seed(function, self.random_state)
         side = _side(self.backend, X, cols, vals)
-        X = _to_side(function, X, side)
-        if X.ndim == 2 and vals is None:
-            matrix = _as_float(function, "X", X, side, 2)
-            shape = tuple(int(n) for n in matrix.shape)
-            rows, cols, vals = _observed_in(function, matrix)
-        elif X.ndim == 1:
-            if cols is None or vals is None or shape is None:
-                raise ValueError(f"{function}: a 1-D X holds the row indices of observed entries and needs cols, "
-                                 "vals and shape=(n1, n2); for a dense matrix pass a 2-D X with NaN for missing")
-            shape = _check_shape(function, shape)
-            rows, cols, vals = _entries(function, X, cols, vals, side)
-        else:
-            raise ValueError(f"{function}: X must be a 2-D matrix (NaN for missing) or 1-D row indices with cols, "
-                             f"vals and shape; got shape {tuple(X.shape)}")
+        rows, cols, vals, shape = _completion_entries(function, X, cols, vals, shape, side)
         if self.rank > min(shape):
             raise ValueError(f"{function}: rank={self.rank} exceeds min(n_samples, n_features) = {min(shape)} "
                              f"for shape {shape}")
