@@ -119,3 +119,27 @@ def test_cli_complete_demo_and_input_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lowrank_hpc", "complete", str(csv), "--test-fraction", "1.5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--test-fraction must be in [0, 1)" in bad.stderr
+
+
+def test_single_threaded_blas_nests_and_restores_the_callers_limit():
+    """The outermost scope sets one BLAS thread, inner ones keep it, and the caller's own limit
+    comes back only when the outermost scope closes (an inner one closing must not lift it)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from lowrank_hpc._backend import single_threaded_blas
+
+    def blas_threads():
+        return {info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
+
+    if not blas_threads():
+        pytest.skip("no BLAS library loaded that threadpoolctl can see")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}
+        with single_threaded_blas():
+            assert blas_threads() == {1}
+            with single_threaded_blas():
+                assert blas_threads() == {1}
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
+        with pytest.raises(RuntimeError), single_threaded_blas():
+            raise RuntimeError("a solver that fails inside the scope")
+        assert blas_threads() == {2}

@@ -64,6 +64,21 @@ def test_zero_and_negligible_columns_get_an_orthonormal_completion():
     np.testing.assert_allclose(left.T @ left, np.eye(4), atol=1e-15)
 
 
+def test_tiny_columns_that_are_not_orthogonal_are_rotated():
+    """Columns of scale 1e-60 to 1e-80 (what a converged soft-impute iterate holds past its
+    rank), correlated with each other: their pair test must not underflow into "orthogonal"
+    (a squared form, gamma^2 <= tol^2 alpha beta, did, leaving left 2e-8 from orthonormal)."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((30, 12))
+    base[:, 9:] = base[:, [8]] + 0.3 * base[:, 9:]  # the tiny columns share a direction
+    M = base * np.array([30.0, 20.0, 10.0, 9.0, 1.0, 0.5, 0.06, 4e-18, 1e-30, 1e-60, 1e-73, 1e-81])
+    sweeps, left, s, q = thin_svd(M)
+    assert sweeps >= 1
+    np.testing.assert_allclose(left.T @ left, np.eye(12), atol=1e-13)
+    np.testing.assert_allclose(q.T @ q, np.eye(12), atol=1e-13)
+    np.testing.assert_allclose((left * s) @ q.T, M, atol=1e-13 * np.linalg.norm(M, 2))
+
+
 def test_float32():
     rng = np.random.default_rng(7)
     M = rng.standard_normal((60, 10)).astype(np.float32)

@@ -81,7 +81,14 @@ int thin_svd_jacobi(const T* M, int64_t n, int64_t r, int max_sweeps, T* left, T
   int exponent = 0;
   std::frexp(largest, &exponent);
   const double scale = std::ldexp(1.0, exponent);
-  for (double& x : W) x = std::ldexp(x, -exponent);
+  // A product with 2^-exponent is exact, as ldexp is, and vectorises (ldexp is a libm call per
+  // element); 2^-exponent itself is a normal double unless largest is subnormal.
+  const double inverse_scale = std::ldexp(1.0, -exponent);
+  if (std::isnormal(inverse_scale)) {
+    for (double& x : W) x *= inverse_scale;
+  } else {
+    for (double& x : W) x = std::ldexp(x, -exponent);
+  }
   for (int64_t c = 0; c < r; ++c) Qt[c * r + c] = 1.0;
   std::vector<double> norms(static_cast<size_t>(r));
   // Columns below 2^-450 of the largest entry (singular values under 1e-135 of the largest,
@@ -89,7 +96,8 @@ int thin_svd_jacobi(const T* M, int64_t n, int64_t r, int max_sweeps, T* left, T
   std::vector<double> lengths(static_cast<size_t>(r));
   for (int64_t c = 0; c < r; ++c)
     if (dot(&W[c * n], &W[c * n], n) < kNegligibleSquaredNorm) std::fill_n(&W[c * n], n, 0.0);
-  // A pair counts as orthogonal once |a.b| <= tol |a| |b|: LAPACK's gesvj uses sqrt(n) eps.
+  // A pair counts as orthogonal once |a.b| <= tol |a| |b|: LAPACK's gesvj uses sqrt(n) eps. (Not
+  // squared: gamma^2 and alpha beta underflow for the tiny columns a converged iterate has.)
   const double tol = std::sqrt(static_cast<double>(n)) * std::numeric_limits<T>::epsilon();
   int sweeps = 0;
   bool converged = false;

@@ -247,9 +247,33 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
     kernels run it in here: OpenBLAS's threads and the kernels' OpenMP threads spin-wait for
     each other otherwise, and on a loaded 2-core machine a 1797 x 20 SVD took 114 ms instead of
     2 ms. threadpoolctl is scikit-learn's tool for exactly this oversubscription; its scan of
-    the loaded libraries (about 1 ms) is done once.
+    the loaded libraries (about 1 ms) is done once. Nested scopes (a solver inside an estimator's
+    fit) cost nothing: the limit is set by the outermost scope and lifted when the last one open,
+    in any thread, closes (a threadpoolctl limit costs about 0.1 ms each way).
     """
-    return _blas_controller().limit(limits=1, user_api="blas")
+    return _single_threaded_scope()
+
+
+_blas_scope_lock = threading.Lock()
+_blas_scope_depth = 0
+_blas_scope_limit: Any = None
+
+
+@contextlib.contextmanager
+def _single_threaded_scope() -> Iterator[None]:
+    global _blas_scope_depth, _blas_scope_limit
+    with _blas_scope_lock:
+        if _blas_scope_depth == 0:
+            _blas_scope_limit = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_scope_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_scope_lock:
+            _blas_scope_depth -= 1
+            if _blas_scope_depth == 0:
+                _blas_scope_limit.restore_original_limits()
+                _blas_scope_limit = None
 
 
 @functools.lru_cache(maxsize=1)
