@@ -159,9 +159,9 @@ def test_half_step_errors():
 # ---------------------------------------------------------------------- products with A
 @pytest.fixture(params=["gather", "scatter", "vendor"])
 def products(request, monkeypatch):
-    """On the CPU A is bit-packed and multiplied by the core, gathering the factor's rows (a
-    factor that stays in cache) or scattering them; too large to pack, by the vendor's GEMM
-    (dense) or sparse products: the tests that take this run on all three."""
+    """On the CPU A is bit-packed (dense) or index-listed (sparse) and multiplied by the core,
+    gathering the factor's rows (a factor that stays in cache) or scattering them; too large for
+    that, by the vendor's GEMM (dense) or sparse products: the tests that take this run on all three."""
     if request.param == "vendor":
         monkeypatch.setattr(binary_matrix, "_PACKED_MAX_BYTES", 0)
     monkeypatch.setattr(binary_matrix, "_GATHER_MAX_BYTES", 1 << 40 if request.param == "gather" else 0)
@@ -183,12 +183,34 @@ def test_products_match_numpy(products, dtype, shape, k):
     for A, batch in ((binary_matrix.BinaryMatrix("t", "A", stack, dtype=dtype, batched=True), 3),
                      (binary_matrix.BinaryMatrix("t", "A", stack[0], dtype=dtype), 1),
                      (binary_matrix.BinaryMatrix("t", "A", scipy.sparse.csr_matrix(stack[0]), dtype=dtype), 1)):
-        assert (A.packed is not None) == (products != "vendor")
+        assert (A.packed is not None or A.indexed is not None) == (products != "vendor")
         expected = stack[:batch] @ F[:batch].astype(np.float64)
         np.testing.assert_allclose(A.times(F[:batch]), expected, rtol=tol, atol=tol * np.abs(expected).max())
         expected = stack[:batch].transpose(0, 2, 1) @ G[:batch].astype(np.float64)
         np.testing.assert_allclose(A.transpose_times(G[:batch]), expected, rtol=tol,
                                    atol=tol * np.abs(expected).max())
+
+
+def test_tall_scatter_products_split_in_blocks_match_numpy_for_any_thread_count():
+    """A^T G for a tall G (it does not stay in cache: the core scatters its rows) is summed in
+    fixed blocks of rows, then the blocks' partial outputs in order: 20,000 rows make several
+    blocks on both the packed (dense A) and the indexed (sparse A) form, and one OpenMP thread
+    gives the same bits as the default team."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(12)
+    dense = (rng.random((20000, 70)) < 0.05).astype(np.float64)
+    G = rng.standard_normal((1, 20000, 10))
+    expected = dense.T @ G[0]
+    for A in (binary_matrix.BinaryMatrix("t", "A", dense), binary_matrix.BinaryMatrix("t", "A", scipy.sparse.csr_matrix(dense))):
+        assert A.packed is not None or A.indexed is not None
+        assert not A._packed_gathers(G)
+        product = A.transpose_times(G)[0]
+        np.testing.assert_allclose(product, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+        with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+            np.testing.assert_array_equal(A.transpose_times(G)[0], product)
+        # And A @ F for a tall F (70 x 10 is small: gathered) against numpy.
+        F = rng.standard_normal((1, 70, 10))
+        np.testing.assert_allclose(A.times(F)[0], dense @ F[0], rtol=1e-12, atol=1e-12 * np.abs(dense @ F[0]).max())
 
 
 # ---------------------------------------------------------------------- the solver against the spec

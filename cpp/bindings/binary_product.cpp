@@ -39,6 +39,27 @@ void binary_times_dense(const ArrayView& words, int64_t m, const ArrayView& F, c
   });
 }
 
+// For a sparse 0/1 A (n, m) listed in CSR order by indptr (n + 1,) int64 and indices (nnz,) int32
+// (validated by the caller: nondecreasing indptr from 0, indices in [0, m)): out (n, r) = A F for
+// F (m, r), or with ``transpose`` out (m, r) = A^T F for F (n, r).
+void binary_indexed_times_dense(const ArrayView& indptr, const ArrayView& indices, int64_t m, const ArrayView& F,
+                                const ArrayView& out, bool transpose) {
+  LRH_EXPECTS(m >= 1, "binary_indexed_times_dense: m = ", m, " must be >= 1");
+  expect().typed(indptr, "indptr", DType::int64, {-1});
+  expect().typed(indices, "indices", DType::int32, {-1});
+  const int64_t n = indptr.shape[0] - 1;
+  LRH_EXPECTS(n >= 1, "binary_indexed_times_dense: indptr must hold n + 1 >= 2 offsets");
+  expect().shape(F, "F", {transpose ? n : m, -1});
+  const int64_t r = F.shape[1];
+  dispatch_float(F, "F", [&](auto t) {
+    using T = decltype(t);
+    expect().output(out, "out", dtype_of<T>(), {transpose ? m : n, r});
+    py::gil_scoped_release release;
+    cpu::binary_indexed_times_dense<T>(indptr.data<int64_t>(), indices.data<int32_t>(), F.data<T>(), n, m, r,
+                                       transpose, out.data<T>());
+  });
+}
+
 }  // namespace
 
 void bind_binary_product(py::module_& m) {
@@ -46,6 +67,8 @@ void bind_binary_product(py::module_& m) {
         py::arg("words"));
   m.def("binary_times_dense", &binary_times_dense, py::arg("words"), py::arg("m"), py::arg("F"), py::arg("out"),
         py::arg("transpose") = false);
+  m.def("binary_indexed_times_dense", &binary_indexed_times_dense, py::arg("indptr"), py::arg("indices"),
+        py::arg("m"), py::arg("F"), py::arg("out"), py::arg("transpose") = false);
 }
 
 }  // namespace lowrank_hpc::bindings

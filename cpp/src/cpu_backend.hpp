@@ -48,6 +48,13 @@ template <class T>
 void binary_transpose_times_dense(const uint64_t* words, const T* G, int64_t batch, int64_t n, int64_t m, int64_t r,
                                   T* out);
 
+// The same products for a sparse 0/1 A given by the column indices of its ones in CSR order
+// (indptr (n + 1,), indices (nnz,) in [0, m)): out (n, r) = A F for F (m, r), or with transpose
+// out (m, r) = A^T G for G (n, r), by gathering F's rows or by scattering G's.
+template <class T>
+void binary_indexed_times_dense(const int64_t* indptr, const int32_t* indices, const T* F, int64_t n, int64_t m,
+                                int64_t r, bool transpose, T* out);
+
 // Below this many multiply-adds a parallel region costs more than it saves.
 inline constexpr int64_t kParallelMinWork = int64_t(1) << 16;
 

@@ -96,6 +96,13 @@ class SparsePattern:
                           [("rows" if transpose else "cols", self.rows if transpose else self.cols, n_other)])
         return call.wrap(out if batched else out[0])
 
+    def csr_arrays(self, transpose: bool = False) -> tuple[Any, Any]:
+        """(indptr, indices) of the row-sorted (with ``transpose`` column-sorted) order: indptr
+        (batch * n_rows + 1,) int64 and the column (row) indices in that order (their given dtype), each
+        row's entries in their input order (for a caller's own kernels over the same pattern)."""
+        indptr, _, others = self._csr[transpose]
+        return indptr, others
+
     def solver_product(self, call: Call, vals: Any, B: Any, transpose: bool = False) -> Any:
         """times_dense for a solver's loop over one problem (batch 1), whose operands were
         validated once at its entry: vals (nnz,) and a contiguous B (n_cols, r) ((n_rows, r) with ``transpose``) of one dtype

@@ -1,9 +1,10 @@
 """A 0/1 matrix (or a batch of them) as Boolean matrix factorization reads it: validated once at
-entry, then only multiplied by thin factors (A @ F and A^T @ F). On the CPU A is bit-packed once
-(A and A^T, 1/64 of a float64 copy each) and the products sum the factor rows of its ones
-(cpp/src/binary_product_cpu.cpp); too large to pack, or on the GPU, a dense A goes to the vendor
-GEMM and a sparse one (never densified) to the library's CSR kernel (A @ F) and scipy's /
-cupyx's CSC product (A^T @ F)."""
+entry, then only multiplied by thin factors (A @ F and A^T @ F). On the CPU a dense A is
+bit-packed once (A and A^T, 1/64 of a float64 copy each) and a sparse one listed once by the
+int32 column indices of its ones (A and A^T in CSR order), and the products sum the factor rows of
+its ones (cpp/src/binary_product_cpu.cpp); too large for that, or on the GPU, a dense A goes to
+the vendor GEMM and a sparse one (never densified) to the library's CSR kernel (A @ F) and
+scipy's / cupyx's CSC product (A^T @ F)."""
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,9 @@ from .._arrays import Call, is_device_array
 from ..ops import SparsePattern
 
 
-# Pack A when its two packings take at most this many bytes (a 50,000 x 5,000 A takes 62 MB);
-# past it, the GEMM or sparse products: their memory grows with the ones, not with n x m.
+# Pack a dense A (index a sparse one) when its two packings (index lists) take at most this many
+# bytes (a 50,000 x 5,000 A takes 62 MB packed; with 1% ones, 21 MB indexed); past it, the GEMM or
+# the sparse products.
 _PACKED_MAX_BYTES = 1 << 28
 # The packed products gather the factor's rows at random while it takes at most this many bytes
 # (it stays in L2), else stream it and scatter into the output (a gathered 50,000 x 10 float64
@@ -72,7 +74,8 @@ class BinaryMatrix:
         else:
             self._from_dense(name, A, dtype, 3 if batched else 2)
         self.batch = 1 if self.sparse else int(self.dense.shape[0])
-        self.packed = self._pack()
+        self.packed = None if self.sparse else self._pack()
+        self.indexed = self._index() if self.sparse else None
         self.pattern = None  # a sparse A's vendor products, built when first needed
 
     # ------------------------------------------------------------------ conversion
@@ -168,55 +171,72 @@ class BinaryMatrix:
         library = sys.modules["cupyx.scipy.sparse" if self.call.on_device else "scipy.sparse"]
         self.transposed = library.csr_matrix((self.vals, (rows, cols)), shape=self.shape).T
 
+    def _compact_form_allowed(self, size: int) -> bool:
+        """The core's products apply: on the CPU, in a module that has them, within the budget."""
+        return (not self.call.on_device and hasattr(self.call.module, "binary_indexed_times_dense")
+                and size <= _PACKED_MAX_BYTES)
+
     def _pack(self) -> Optional[tuple[Any, Any]]:
-        """(A, A^T) bit-packed by rows, (batch, n, ceil(m / 64)) and (batch, m, ceil(n / 64)) int64
-        words, on the CPU when they fit _PACKED_MAX_BYTES; else None."""
-        module = self.call.module
-        if self.call.on_device or not hasattr(module, "binary_times_dense"):
-            return None
+        """(A, A^T) of a dense A bit-packed by rows, (batch, n, ceil(m / 64)) and (batch, m,
+        ceil(n / 64)) int64 words, when allowed (see _compact_form_allowed); else None."""
         n, m = self.shape
-        if 8 * self.batch * (n * -(-m // 64) + m * -(-n // 64)) > _PACKED_MAX_BYTES:
+        if not self._compact_form_allowed(8 * self.batch * (n * -(-m // 64) + m * -(-n // 64))):
             return None
-        if self.sparse:
-            b, i, j = np.zeros(1, dtype=np.int64), self.rows, self.cols
-        else:
-            b, i, j = (index.astype(np.int64, copy=False) for index in np.nonzero(self.dense))
+        b, i, j = (index.astype(np.int64, copy=False) for index in np.nonzero(self.dense))
         packed = []
         for key, other, size, width in ((i, j, n, m), (j, i, m, n)):
             words = np.empty((self.batch, size, -(-width // 64)), dtype=np.int64)
-            bad = module.pack_binary(b * size + key, np.ascontiguousarray(other), self.batch * size, width,
-                                     words.reshape(self.batch * size, -1))
+            bad = self.call.module.pack_binary(b * size + key, np.ascontiguousarray(other), self.batch * size, width,
+                                               words.reshape(self.batch * size, -1))
             if bad >= 0:  # the indices were validated: a failure here is a bug, never a wrong product
                 raise AssertionError(f"{self.function}: packing entry {bad} of A failed")
             packed.append(words)
         return packed[0], packed[1]
 
+    def _index(self) -> Optional[tuple[tuple[Any, Any], tuple[Any, Any]]]:
+        """((indptr, indices) of A, the same of A^T) in CSR order, indptr int64 and indices int32,
+        for a sparse A when allowed (see _compact_form_allowed) and its sizes fit int32; else None."""
+        n, m = self.shape
+        nnz = int(self.rows.shape[0])
+        if max(n, m) >= 2**31 or not self._compact_form_allowed(8 * nnz + 8 * (n + m + 2)):
+            return None
+        # The library's stable counting sort into both CSR orders (the ones of a row in increasing
+        # column order, as in the packed form: scipy's sum_duplicates sorted them by row, then column).
+        pattern = SparsePattern(self.rows, self.cols, self.shape)
+        (indptr, indices), (indptr_t, indices_t) = pattern.csr_arrays(False), pattern.csr_arrays(True)
+        return (indptr, indices.astype(np.int32)), (indptr_t, indices_t.astype(np.int32))
+
     def _packed_gathers(self, F) -> bool:
-        """Whether the packed product gathers F's rows (F stays in cache). Past that it scatters
-        them, which beats the dense GEMM but not scipy's CSC product of a sparse A (19 against
-        14 ms at 50,000 x 5,000, 1% ones, F 50,000 x 10): a sparse A then takes the vendor's."""
+        """Whether the core's product gathers F's rows (F stays in cache); past that it streams
+        them and scatters into the output."""
         return F[0].nbytes <= _GATHER_MAX_BYTES
 
     def _packed_times(self, F, transpose: bool):
-        """A @ F, or A^T @ F with ``transpose``, from the packings: gathering F's rows (of the ones
-        of each output row) while F stays in cache, else scattering them (streaming F, the output
-        in cache)."""
+        """A @ F, or A^T @ F with ``transpose``, from the packings (dense A) or index lists (sparse
+        A): gathering F's rows (of the ones of each output row) while F stays in cache, else
+        scattering them (streaming F, the output in cache)."""
         n, m = self.shape
-        by_rows, by_cols = self.packed
         F = np.ascontiguousarray(F)
         gather = self._packed_gathers(F)
-        # A^T is packed A^T, or A with the kernel's transposed (scatter) product; A likewise.
-        packed_a = gather != transpose
+        # A^T F gathers over A^T's rows or scatters over A's; A F likewise.
+        by_a = gather != transpose
+        if self.indexed is not None:
+            indptr, indices = self.indexed[0 if by_a else 1]
+            out = np.empty((m if transpose else n, F.shape[2]), dtype=F.dtype)
+            self.call.module.binary_indexed_times_dense(indptr, indices, m if by_a else n, F[0], out,
+                                                        transpose=not gather)
+            return out[None]
+        by_rows, by_cols = self.packed
         out = np.empty((F.shape[0], m if transpose else n, F.shape[2]), dtype=F.dtype)
-        self.call.module.binary_times_dense(by_rows if packed_a else by_cols, m if packed_a else n, F, out,
+        self.call.module.binary_times_dense(by_rows if by_a else by_cols, m if by_a else n, F, out,
                                             transpose=not gather)
         return out
 
     # ------------------------------------------------------------------ products
     def times(self, F):
-        """A @ F for F (batch, m, k): (batch, n, k); a sparse A by the library's CSR kernel (OpenMP /
-        CUDA), gathering rows of the small F."""
-        if self.packed is not None and not (self.sparse and not self._packed_gathers(F)):
+        """A @ F for F (batch, m, k): (batch, n, k); past the core's compact forms, a sparse A by
+        the library's CSR kernel (OpenMP / CUDA), gathering rows of the small F."""
+        if self.packed is not None or self.indexed is not None:
             return self._packed_times(F, False)
         if self.sparse:
             self._sparse_products()
@@ -227,7 +247,7 @@ class BinaryMatrix:
 
     def transpose_times(self, F):
         """A^T @ F for F (batch, n, k): (batch, m, k)."""
-        if self.packed is not None and not (self.sparse and not self._packed_gathers(F)):
+        if self.packed is not None or self.indexed is not None:
             return self._packed_times(F, True)
         if self.sparse:
             self._sparse_products()
