@@ -37,6 +37,18 @@ def test_sampled_product_matches_gather_einsum(backend, dtype, rng, m, n, r, nnz
     assert rel_error(backend.get(got), reference.sampled_product(U, V, rows, cols)) < RTOL[dtype]
 
 
+@pytest.mark.parametrize("r", [5, 7, 9, 15, 17, 20, 23, 31, 33, 40, 63, 65, 100, 129, 300])
+def test_sampled_product_at_run_time_ranks_matches_float64(dtype, rng, r):
+    """Ranks without a compiled width take the run-time dot (64-byte blocks of partial sums,
+    then the remainder): every block count and remainder against float64 einsum, per entry."""
+    U, V = _factors(rng, dtype, 23, 19, r)
+    rows, cols = _coords(rng, 23, 19, 200)
+    got = lr.ops.sampled_product(U, V, rows, cols)
+    exact = np.einsum("kr,kr->k", U[rows].astype(np.float64), V[cols].astype(np.float64))
+    scale = np.einsum("kr,kr->k", np.abs(U[rows]).astype(np.float64), np.abs(V[cols]).astype(np.float64))
+    assert np.all(np.abs(got - exact) <= 4 * r * np.finfo(dtype).eps * scale)
+
+
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
     U, V = _factors(rng, dtype, 11, 9, 5, batch=4)
     rows, cols, offsets = _batched_coords(rng, 11, 9, [30, 0, 1, 45])
