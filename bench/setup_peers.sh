@@ -7,6 +7,7 @@
 #   bench/.venvs/fancyimpute  fancyimpute==0.7.0 with scikit-learn<1.6 (0.7 passes sklearn's
 #                             `force_all_finite`, removed in 1.6); scikit-image for the moon image
 #   bench/.venvs/spark        pyspark (needs Java 17+ on PATH), numpy
+#   bench/.venvs/implicit     implicit (Ben Frederickson's ALS for implicit feedback), numpy, scipy
 # A peer that fails to install is reported and skipped; bench_solvers.py then prints
 # "not measured: <reason>" for it. Re-running the script re-creates only the missing venvs.
 set -uo pipefail
@@ -52,6 +53,8 @@ make_venv torch "import torch; print('torch', torch.__version__)" "torch==2.13.0
 make_venv fancyimpute \
   "import fancyimpute, sklearn, skimage; print('fancyimpute', fancyimpute.__version__, 'sklearn', sklearn.__version__)" \
   "--no-deps fancyimpute==0.7.0" "knnimpute scikit-learn<1.6 cvxpy scikit-image"
+
+make_venv implicit "import implicit; print('implicit', implicit.__version__)" "implicit numpy scipy threadpoolctl"
 
 if java -version >/dev/null 2>&1; then
   make_venv spark "import pyspark; print('pyspark', pyspark.__version__)" "pyspark numpy"

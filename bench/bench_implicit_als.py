@@ -1,0 +1,103 @@
+"""Implicit-feedback ALS: ``lowrank_hpc.recover.implicit_als`` against ``implicit``'s CPU ALS on
+the same matrix and objective (Hu, Koren, Volinsky 2008: confidence 1 + alpha v, preference 1 on
+the observed pairs, 0 elsewhere, penalty reg (||X||^2 + ||Y||^2)).
+
+    bash bench/setup_peers.sh                                   # once: bench/.venvs/implicit
+    PYTHONPATH=python python bench/bench_implicit_als.py        # 60,000 x 12,000, 2M pairs, r = 32, 64, 128
+    PYTHONPATH=python python bench/bench_implicit_als.py --quick
+
+The matrix: rows and columns drawn with power-law (Zipf 1.1) weights, DISTINCT (row, col) pairs
+(repeats dropped and redrawn), interaction strengths 1 + Poisson(2); float32 for both sides
+(implicit's default). Both run ``--iterations`` iterations from their own random start (ours:
+0.01 N(0, 1) seeded; implicit: its random_state 0); the table gives seconds per iteration and
+each side's objective after them, computed here in float64 by the same formula, so "at equal
+loss" can be read off. implicit runs with its OpenMP threads on every core and BLAS on one
+thread (what it asks for); ours with its OpenMP kernels and BLAS on one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lowrank_hpc as lr  # noqa: E402
+from lowrank_hpc.recover import implicit_als  # noqa: E402
+from _timing import Row, machine_line, report, run_peer  # noqa: E402
+
+
+def interactions(n_rows: int, n_cols: int, nnz: int, seed: int = 0):
+    """(rows, cols, vals) of nnz distinct pairs with power-law row and column degrees."""
+    rng = np.random.default_rng(seed)
+    row_weights = 1.0 / np.arange(1, n_rows + 1) ** 1.1
+    col_weights = 1.0 / np.arange(1, n_cols + 1) ** 1.1
+    keys = np.zeros(0, dtype=np.int64)
+    while keys.shape[0] < nnz:
+        draw = 2 * (nnz - keys.shape[0])
+        rows = rng.choice(n_rows, draw, p=row_weights / row_weights.sum())
+        cols = rng.choice(n_cols, draw, p=col_weights / col_weights.sum())
+        keys = np.unique(np.concatenate([keys, rows.astype(np.int64) * n_cols + cols]))
+    keys = rng.permutation(keys)[:nnz]
+    keys.sort()
+    vals = (1 + rng.poisson(2.0, nnz)).astype(np.float32)
+    return (keys // n_cols), (keys % n_cols), vals
+
+
+def objective(rows, cols, vals, X, Y, alpha: float, reg: float) -> float:
+    """The implicit-feedback objective of factors X, Y in float64 (the Y^T Y expansion)."""
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    scores = lr.ops.sampled_product(X, Y, rows, cols)
+    confidence = 1.0 + alpha * vals.astype(np.float64)
+    return float(np.sum((X.T @ X) * (Y.T @ Y)) + np.sum(confidence * (1.0 - scores) ** 2 - scores ** 2)
+                 + reg * (np.sum(X * X) + np.sum(Y * Y)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--ranks", default="32,64,128")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    shape, nnz = ((6000, 1200), 200_000) if args.quick else ((60_000, 12_000), 2_000_000)
+    alpha, reg = 1.0, 0.01
+    rows, cols, vals = interactions(*shape, nnz)
+    table = []
+    with tempfile.TemporaryDirectory() as scratch:
+        problem = Path(scratch) / "problem.npz"
+        np.savez(problem, shape=np.array(shape), rows=rows, cols=cols, vals=vals)
+        for rank in (int(r) for r in args.ranks.split(",")):
+            implicit_als(rows, cols, vals, shape, rank, alpha=alpha, reg=reg, max_iter=1, seed=0)  # warm-up
+            start = time.perf_counter()
+            ours = implicit_als(rows, cols, vals, shape, rank, alpha=alpha, reg=reg, max_iter=args.iterations, seed=0)
+            ours_s = (time.perf_counter() - start) / args.iterations
+            ours_loss = objective(rows, cols, vals, ours.U, ours.V, alpha, reg)
+            for solver in ("cg", "cholesky"):
+                factors = Path(scratch) / f"implicit_{solver}_{rank}.npz"
+                peer, why = run_peer("implicit", "implicit_als.py", problem, rank, args.iterations, solver, reg,
+                                     alpha, factors)
+                case = f"{shape[0]}x{shape[1]}, {nnz:,} distinct pairs, r={rank}, {args.iterations} its, float32"
+                if peer is None:
+                    print(f"implicit {solver}, r = {rank}: not measured ({why}); ours {1e3 * ours_s:.1f} ms per "
+                          f"iteration, loss {ours_loss:.6g}", flush=True)
+                    continue
+                saved = np.load(factors)
+                peer_s = peer["seconds"] / peer["iterations"]
+                peer_loss = objective(rows, cols, vals, saved["user_factors"], saved["item_factors"], alpha, reg)
+                table.append(Row("implicit_als (cg, 3 steps)", case, ours_s, f"implicit {peer['version']} {solver}",
+                                 peer_s, f"per iteration; loss after {args.iterations} its: ours {ours_loss:.6g}, "
+                                 f"implicit {peer_loss:.6g} ({ours_loss / peer_loss - 1:+.2%})"))
+                print(table[-1].markdown(), flush=True)
+    load = os.getloadavg()[0]
+    report("bench_implicit_als.py", machine_line(2, f"1-minute load {load:.1f}"), f"lowrank_hpc {lr.__version__}",
+                 "PYTHONPATH=python python bench/bench_implicit_als.py" + (" --quick" if args.quick else ""), table,
+                 str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"), args.write)
+
+
+if __name__ == "__main__":
+    main()

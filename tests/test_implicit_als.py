@@ -1,0 +1,126 @@
+"""Implicit-feedback ALS (Hu, Koren, Volinsky 2008) against a dense numpy transcription of the
+paper: the objective over every pair, each row's exact weighted ridge solve, and CG's approach to it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowrank_hpc.recover import implicit_als
+
+
+def interactions(seed=0, m=40, n=30, density=0.2):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((m, n)) < density
+    mask[0, 0] = True
+    counts = np.where(mask, rng.integers(1, 20, size=(m, n)).astype(np.float64), 0.0)
+    rows, cols = np.nonzero(mask)
+    return counts, rows, cols, counts[rows, cols]
+
+
+def dense_loss(counts, X, Y, alpha, reg):
+    preference = (counts > 0).astype(np.float64)
+    confidence = 1.0 + alpha * counts
+    return float(np.sum(confidence * (preference - X @ Y.T) ** 2) + reg * (np.sum(X * X) + np.sum(Y * Y)))
+
+
+def dense_half_step(counts, Y, alpha, reg):
+    """Each row's minimiser given Y: (Y^T C_u Y + reg I) x_u = Y^T C_u p_u over every column."""
+    preference = (counts > 0).astype(np.float64)
+    confidence = 1.0 + alpha * counts
+    r = Y.shape[1]
+    return np.stack([np.linalg.solve((Y.T * c) @ Y + reg * np.eye(r), (Y.T * c) @ p)
+                     for c, p in zip(confidence, preference)])
+
+
+@pytest.mark.parametrize("alpha,reg", [(1.0, 0.01), (10.0, 0.5), (0.0, 0.1)])
+def test_exact_solver_is_the_papers_alternating_minimisation(alpha, reg):
+    counts, rows, cols, vals = interactions()
+    result = implicit_als(rows, cols, vals, counts.shape, 5, reg=reg, alpha=alpha, solver="exact", max_iter=4,
+                          seed=3)
+    # The same start (X = 0, Y from the seed) replayed with dense solves.
+    start = implicit_als(rows, cols, vals, counts.shape, 5, reg=reg, alpha=alpha, solver="exact", max_iter=0, seed=3)
+    Y = np.asarray(start.V)
+    losses = []
+    for _ in range(4):
+        X = dense_half_step(counts, Y, alpha, reg)
+        Y = dense_half_step(counts.T, X, alpha, reg)
+        losses.append(dense_loss(counts, X, Y, alpha, reg))
+    np.testing.assert_allclose(result.U, X, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(result.V, Y, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(result.history["loss"], losses, rtol=1e-10)
+    assert np.all(np.diff(result.history["loss"]) <= 1e-9 * losses[0])  # exact alternating steps never rise
+
+
+def test_cg_approaches_the_exact_half_steps_and_its_loss():
+    counts, rows, cols, vals = interactions(seed=1, m=60, n=45)
+    exact = implicit_als(rows, cols, vals, counts.shape, 6, alpha=5.0, solver="exact", max_iter=10, seed=0)
+    many = implicit_als(rows, cols, vals, counts.shape, 6, alpha=5.0, cg_steps=30, max_iter=10, seed=0)
+    default = implicit_als(rows, cols, vals, counts.shape, 6, alpha=5.0, max_iter=10, seed=0)
+    # CG run to convergence (30 steps >= rank 6) is the exact solve.
+    np.testing.assert_allclose(many.U @ many.V.T, exact.U @ exact.V.T, rtol=1e-7, atol=1e-8)
+    # Three warm-started steps: the loss within 1% of the exact solver's after 10 iterations.
+    assert default.history["loss"][-1] <= 1.01 * exact.history["loss"][-1]
+    assert default.history["loss"][-1] < 0.5 * default.history["loss"][0]
+    # The reported loss is the dense objective of the returned factors.
+    assert default.history["loss"][-1] == pytest.approx(dense_loss(counts, default.U, default.V, 5.0, 0.01), rel=1e-10)
+
+
+def test_observed_pairs_rank_above_unobserved_ones():
+    """Planted user and item groups: each user interacts with its group's items; the scores rank
+    a held-out pair of the user's group above the other groups' items."""
+    rng = np.random.default_rng(5)
+    users, items = np.arange(90) % 3, np.arange(60) % 3
+    likes = (users[:, None] == items[None, :]) & (rng.random((90, 60)) < 0.6)
+    rows, cols = np.nonzero(likes)
+    result = implicit_als(rows, cols, rng.integers(1, 5, rows.shape[0]).astype(np.float64), (90, 60), 3,
+                          alpha=10.0, reg=0.1, seed=1)
+    scores = result.U @ result.V.T
+    same = users[:, None] == items[None, :]
+    held = same & ~likes
+    assert scores[held].mean() > 0.5 and np.abs(scores[~same]).mean() < 0.1
+
+
+def test_float32_and_reproducible_seed():
+    counts, rows, cols, vals = interactions(seed=2)
+    a = implicit_als(rows, cols, vals.astype(np.float32), counts.shape, 4, seed=9, max_iter=5)
+    b = implicit_als(rows.astype(np.int32), cols, vals.astype(np.float32), counts.shape, 4, seed=9, max_iter=5)
+    assert a.U.dtype == np.float32
+    np.testing.assert_array_equal(a.U, b.U)
+    reference = implicit_als(rows, cols, vals, counts.shape, 4, seed=9, max_iter=5)
+    np.testing.assert_allclose(a.U @ a.V.T, reference.U @ reference.V.T, atol=1e-4)
+
+
+def test_repeated_pairs_add_up():
+    """An interaction log lists a pair once per event: the same as one entry holding the sum."""
+    counts, rows, cols, vals = interactions(seed=4)
+    halves = np.concatenate([vals * 0.25, vals * 0.75])
+    order = np.random.default_rng(0).permutation(2 * rows.shape[0])
+    logged = implicit_als(np.concatenate([rows, rows])[order], np.concatenate([cols, cols])[order], halves[order],
+                          counts.shape, 4, alpha=3.0, seed=2, max_iter=4)
+    once = implicit_als(rows, cols, vals, counts.shape, 4, alpha=3.0, seed=2, max_iter=4)
+    np.testing.assert_allclose(logged.U, once.U, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logged.history["loss"], once.history["loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(vals=-1.0), ValueError, "vals must be >= 0"),
+    (dict(alpha=-1.0), ValueError, "alpha"),
+    (dict(reg=float("nan")), ValueError, "reg"),
+    (dict(solver="lu"), ValueError, "solver"),
+    (dict(cg_steps=0), ValueError, "cg_steps"),
+    (dict(rank=0), ValueError, "rank"),
+    (dict(row=99), IndexError, "rows"),
+    (dict(vals=np.nan), ValueError, "vals"),
+])
+def test_bad_input_is_named(change, error, match):
+    counts, rows, cols, vals = interactions()
+    rows, cols, vals = rows.copy(), cols.copy(), vals.copy()
+    settings = dict(reg=0.01, alpha=1.0, solver="cg", cg_steps=3, max_iter=2, seed=0)
+    rank = change.pop("rank", 3)
+    if "vals" in change:
+        vals[4] = change.pop("vals")
+    if "row" in change:
+        rows[2] = change.pop("row")
+    settings.update(change)
+    with pytest.raises(error, match=match):
+        implicit_als(rows, cols, vals, counts.shape, rank, **settings)
