@@ -203,3 +203,24 @@ def test_dtype_errors_stay_clear(backend, half, rng):
     with pytest.raises(ValueError, match=f"U: must be float32 or float64, got {half.name}"):
         module.sampled_squared_residuals(U3, V3, r, c, backend.put(random_half(rng, 20, half)), offsets,
                                          xp.empty(20), status, 0)
+
+
+class _DeviceArray:
+    """A stand-in for a CUDA array: only its __cuda_array_interface__ (never read here)."""
+
+    def __init__(self, typestr, descr=None):
+        self.__cuda_array_interface__ = {"shape": (4,), "typestr": typestr, "data": (0, False), "version": 3,
+                                         "strides": None}
+        if descr is not None:
+            self.__cuda_array_interface__["descr"] = descr
+
+
+@pytest.mark.parametrize("typestr, descr, recognised", [
+    ("<f2", None, True), ("<V2", [("bfloat16", "<V2")], True), ("<V2", [("", "<V2")], False), ("<i2", None, False)])
+def test_cuda_array_interface_names_the_16_bit_formats(typestr, descr, recognised):
+    # The dtype is read before the device is checked: a recognised 16-bit array reaches the
+    # device check (the CPU module refuses CUDA memory), an unknown one stops at the dtype.
+    count = np.zeros(1, dtype=np.int64)
+    message = "x: is on the wrong device" if recognised else "x: must be float32, float64, float16 or bfloat16"
+    with pytest.raises(ValueError, match=message):
+        _backend.cpu_module().count_nonfinite(_DeviceArray(typestr, descr), count, 0)
