@@ -183,8 +183,9 @@ def test_cpu_tensors_reach_the_kernels_without_copies():
 
 def test_errors_name_the_argument():
     U, V, rows, cols, vals = problem()
-    with pytest.raises(TypeError, match="sampled_product: U must be a float32 or float64 tensor.*float16"):
-        lt.sampled_product(U.half(), V.half(), rows, cols)
+    with pytest.raises(TypeError, match="sampled_product: U must be a float32, float64, float16 or bfloat16 tensor, "
+                                        "got torch.int32"):
+        lt.sampled_product(U.int(), V.int(), rows, cols)
     with pytest.raises(TypeError, match="sampled_product: V is torch.float32 but U is torch.float64"):
         lt.sampled_product(U, V.float(), rows, cols)
     with pytest.raises(TypeError, match="sampled_product: rows must be an int32 or int64 tensor"):
@@ -199,8 +200,9 @@ def test_errors_name_the_argument():
         lt.sampled_product(U, V, torch.where(torch.arange(12) == 3, 99, rows), cols)
     with pytest.raises(TypeError, match="sparse_times_dense: B is torch.float32 but vals is torch.float64"):
         lt.sparse_times_dense(rows, cols, vals, V.float(), 7)
-    with pytest.raises(TypeError, match="sparse_times_dense: vals must be a float32 or float64 tensor.*bfloat16"):
-        lt.sparse_times_dense(rows, cols, vals.bfloat16(), V.bfloat16(), 7)
+    with pytest.raises(TypeError, match="sparse_times_dense: vals must be a float32, float64, float16 or bfloat16 "
+                                        "tensor, got torch.complex64"):
+        lt.sparse_times_dense(rows, cols, vals.to(torch.complex64), V.to(torch.complex64), 7)
     with pytest.raises(ValueError, match="sparse_times_dense: vals has length 11 but rows has 12"):
         lt.sparse_times_dense(rows, cols, vals[:11], V, 7)
     with pytest.raises(ValueError, match="kernel_product: unknown kernel 'rbf'"):
@@ -209,7 +211,7 @@ def test_errors_name_the_argument():
         lt.kernel_product(U, V, "relu", 7)
     with pytest.raises(ValueError, match="kernel_product: top_k_mode must be 'row' or 'global'"):
         lt.kernel_product(U, V, "relu", 2, top_k_mode="col")
-    with pytest.raises(TypeError, match="lowrank_product: U must be a float32 or float64 tensor, got torch.int64"):
+    with pytest.raises(TypeError, match="lowrank_product: U must be a float32, float64, float16 or bfloat16 tensor, got torch.int64"):
         lt.lowrank_product(rows[:, None], cols[:, None])
 
 

@@ -58,8 +58,8 @@ int64_t sampled_product_rank(const T* U, const T* V, const I* rows, const I* col
                              int64_t nnz, T* out) {
   const ops::SampledProduct<T, I, R> entry{U, V, rows, cols, m, n, r};
   return for_each_entry(
-      entry, offsets, batch, nnz, r, [&](int64_t k, int64_t b) { out[k] = entry.partial(k, b, 0, 1); },
-      [&](int64_t k) { out[k] = T(0); });
+      entry, offsets, batch, nnz, r, [&](int64_t k, int64_t b) { out[k] = store_as<T>(entry.partial(k, b, 0, 1)); },
+      [&](int64_t k) { out[k] = store_as<T>(0.0f); });
 }
 
 template <class T, class I, int R>
@@ -93,9 +93,13 @@ template <class T, class I>
 int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                         const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
                         int64_t nnz, T* out) {
-  return dispatch_rank(r, [&](auto rank) {
-    return sampled_product_rank<T, I, decltype(rank)::value>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
-  });
+  if constexpr (is_half_v<T>) {  // 16-bit storage: the general-rank loop only (compile time)
+    return sampled_product_rank<T, I, 0>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
+  } else {
+    return dispatch_rank(r, [&](auto rank) {
+      return sampled_product_rank<T, I, decltype(rank)::value>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
+    });
+  }
 }
 
 #define LRH_INSTANTIATE(T, I)                                                              \
@@ -106,6 +110,12 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                                                    const int64_t*, int64_t, int64_t, int64_t, int64_t, \
                                                    int64_t, double*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
+#undef LRH_INSTANTIATE
+#define LRH_INSTANTIATE(T, I)                                                              \
+  template int64_t sampled_product<T, I>(const T*, const T*, const I*, const I*,           \
+                                         const int64_t*, int64_t, int64_t, int64_t, int64_t, \
+                                         int64_t, T*);
+LRH_FOR_HALF_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cpu

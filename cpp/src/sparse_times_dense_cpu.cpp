@@ -92,24 +92,37 @@ namespace {
 template <class T, class I, int R>
 int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                              const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
+  using A = accumulate_t<T>;
   const ops::SparseTimesDense<T, R> product{B, n_key, n_other, r};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   // Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
   constexpr int64_t kPrefetchDistance = 16;
   int64_t first_bad = nnz;
-#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (nnz * r > kParallelMinWork)
-  for (int64_t row = 0; row < n_rows; ++row) {
-    T* out_row = out + row * r;
-    for (int64_t c = 0; c < static_or<R>(r); ++c) out_row[c] = T(0);
-    const int64_t b = row / n_key;
-    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-      if (j + kPrefetchDistance < nnz) {
-        const int64_t ahead = j + kPrefetchDistance;
-        if (perm) __builtin_prefetch(vals + perm[ahead]);
-        if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
+#pragma omp parallel if (nnz * r > kParallelMinWork)
+  {
+    // 16-bit storage sums a row in a float row of its own and stores it once; float and
+    // double sum in the output row itself.
+    std::vector<A> scratch(is_half_v<T> ? static_cast<size_t>(r) : 0);
+#pragma omp for schedule(dynamic, 64) reduction(min : first_bad)
+    for (int64_t row = 0; row < n_rows; ++row) {
+      A* acc_row;
+      if constexpr (is_half_v<T>) acc_row = scratch.data();
+      else acc_row = out + row * r;
+      for (int64_t c = 0; c < static_or<R>(r); ++c) acc_row[c] = A(0);
+      const int64_t b = row / n_key;
+      for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+        if (j + kPrefetchDistance < nnz) {
+          const int64_t ahead = j + kPrefetchDistance;
+          if (perm) __builtin_prefetch(vals + perm[ahead]);
+          if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
+        }
+        if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
+        product.accumulate(acc_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
       }
-      if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
-      product.accumulate(out_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
+      if constexpr (is_half_v<T>) {
+        T* out_row = out + row * r;
+        for (int64_t c = 0; c < r; ++c) out_row[c] = store_as<T>(acc_row[c]);
+      }
     }
   }
   return first_bad == nnz ? -1 : first_bad;
@@ -120,10 +133,14 @@ int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I
 template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  return dispatch_rank(r, [&](auto rank) {
-    return csr_times_dense_rank<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key, n_other,
-                                                             r, out);
-  });
+  if constexpr (is_half_v<T>) {  // 16-bit storage: the general-rank loop only (compile time)
+    return csr_times_dense_rank<T, I, 0>(indptr, perm, others, vals, B, batch, n_key, n_other, r, out);
+  } else {
+    return dispatch_rank(r, [&](auto rank) {
+      return csr_times_dense_rank<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key,
+                                                               n_other, r, out);
+    });
+  }
 }
 
 template <class T>
@@ -140,8 +157,11 @@ int64_t count_nonfinite(const T* x, int64_t size) {
   template int64_t csr_times_dense<T, I>(const int64_t*, const int64_t*, const I*, const T*,   \
                                          const T*, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
+LRH_FOR_HALF_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 template int64_t count_nonfinite<float>(const float*, int64_t);
 template int64_t count_nonfinite<double>(const double*, int64_t);
+template int64_t count_nonfinite<float16>(const float16*, int64_t);
+template int64_t count_nonfinite<bfloat16>(const bfloat16*, int64_t);
 
 }  // namespace lowrank_hpc::cpu

@@ -31,11 +31,12 @@ __device__ void record_bad(int64_t* first_bad, int64_t k) {
 
 // What an entry's dot product becomes: the product itself, or the solvers' loss term
 // (vals[k] - <u, v>)^2, the residual in T and its square in double as on the CPU.
+// 16-bit storage: the dot product summed in float (accumulate_t<T>), rounded once here.
 template <class T>
 struct EmitProduct {
   T* out;
-  __device__ void operator()(int64_t k, T dot) const { out[k] = dot; }
-  __device__ void bad(int64_t k) const { out[k] = T(0); }
+  __device__ void operator()(int64_t k, accumulate_t<T> dot) const { out[k] = store_as<T>(dot); }
+  __device__ void bad(int64_t k) const { out[k] = store_as<T>(0.0f); }
 };
 template <class T>
 struct EmitSquaredResidual {
@@ -57,7 +58,7 @@ __global__ void sampled_product_kernel(ops::SampledProduct<T, I> entry, const in
   const int lane = static_cast<int>(thread % lanes);
   const bool active = k < nnz;
   const bool valid = active && entry.valid(k);
-  T acc = T(0);
+  accumulate_t<T> acc = 0;
   if (valid) acc = entry.partial(k, find_batch(offsets, batch, k), lane, lanes);
   for (int step = lanes / 2; step > 0; step /= 2) acc += __shfl_down_sync(0xffffffffu, acc, step, lanes);
   if (active && lane == 0) {
@@ -107,7 +108,7 @@ __global__ void csr_times_dense_kernel(ops::SparseTimesDense<T> product, const i
   const int64_t row = thread / product.r, c = thread % product.r;
   if (row >= n_rows) return;
   const int64_t b = row / product.n_key;
-  T acc = T(0);
+  accumulate_t<T> acc = 0;
   for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
     const int64_t source = perm ? perm[j] : j;
     if (!ops::index_in_range(others[j], product.n_other)) {
@@ -116,7 +117,7 @@ __global__ void csr_times_dense_kernel(ops::SparseTimesDense<T> product, const i
     }
     acc += product.term(vals[source], static_cast<int64_t>(others[j]), b, c);
   }
-  out[row * product.r + c] = acc;
+  out[row * product.r + c] = store_as<T>(acc);
 }
 
 template <class T>
@@ -238,7 +239,19 @@ const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaE
                                      int64_t, int64_t, int64_t, T*, int64_t*, void*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
+// 16-bit storage: the product kernels torch/JAX users call, not the solvers' residuals.
+#define LRH_INSTANTIATE(T, I)                                                                      \
+  template int sampled_product<T, I>(const T*, const T*, const I*, const I*, const int64_t*, int64_t, \
+                                     int64_t, int64_t, int64_t, int64_t, T*, int64_t*, void*);       \
+  template int coo_to_csr<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, int64_t,     \
+                                int64_t*, int64_t*, I*, T*, int64_t*, void*);                               \
+  template int csr_times_dense<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, int64_t,  \
+                                     int64_t, int64_t, int64_t, T*, int64_t*, void*);
+LRH_FOR_HALF_INDEX(LRH_INSTANTIATE)
+#undef LRH_INSTANTIATE
 template int count_nonfinite<float>(const float*, int64_t, int64_t*, void*);
 template int count_nonfinite<double>(const double*, int64_t, int64_t*, void*);
+template int count_nonfinite<float16>(const float16*, int64_t, int64_t*, void*);
+template int count_nonfinite<bfloat16>(const bfloat16*, int64_t, int64_t*, void*);
 
 }  // namespace lowrank_hpc::cuda

@@ -24,6 +24,13 @@ import numpy as np
 from . import _backend, _checks
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF_DTYPE_NAMES = ("float16", "bfloat16")  # bfloat16: ml_dtypes' numpy dtype, recognised by name
+
+
+def is_half(dtype: Any) -> bool:
+    """True for the 16-bit formats the low-precision kernels store (numpy/CuPy float16 and
+    ml_dtypes.bfloat16); found by name, so the core never imports ml_dtypes."""
+    return np.dtype(dtype).name in HALF_DTYPE_NAMES
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA and kDLCUDAManaged
 
@@ -108,12 +115,13 @@ class Call:
         return array
 
     def float_array(self, name: str, x: Any, ndims: Sequence[int], *, check_finite: bool = True,
-                    allow_empty: bool = False):
+                    allow_empty: bool = False, halves: bool = False):
         """A C-contiguous float32/float64 array of one of ``ndims`` dimensions, in the call's one
         float dtype. Integer, boolean and float16 input becomes float64 (the call's dtype when an
-        earlier argument set it); complex or non-numeric input is a TypeError."""
+        earlier argument set it); complex or non-numeric input is a TypeError. With ``halves``
+        (the low-precision kernels) float16 and bfloat16 arrays are kept as they are."""
         x = self._as_backend_array(name, x)
-        if x.dtype not in FLOAT_DTYPES:
+        if x.dtype not in FLOAT_DTYPES and not (halves and is_half(x.dtype)):
             if x.dtype.kind == "c":
                 raise ComplexDataError(f"{self.function}: {name} is complex; Complex data not supported (pass real "
                                        "float32/float64 values)")

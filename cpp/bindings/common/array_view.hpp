@@ -12,13 +12,14 @@
 #include <pybind11/pybind11.h>
 
 #include "lowrank_hpc/core/error.hpp"
+#include "lowrank_hpc/core/half.hpp"
 
 namespace lowrank_hpc::bindings {
 
 namespace py = pybind11;
 
 enum class Device : uint8_t { absent, host, cuda };
-enum class DType : uint8_t { other, float32, float64, int32, int64, uint8, uint16 };
+enum class DType : uint8_t { other, float32, float64, int32, int64, uint8, uint16, float16, bfloat16 };
 
 inline const char* device_name(Device device) {
   return device == Device::host ? "host (numpy)" : device == Device::cuda ? "CUDA device" : "absent (None)";
@@ -32,6 +33,8 @@ inline const char* dtype_name(DType dtype) {
     case DType::int64: return "int64";
     case DType::uint8: return "uint8";
     case DType::uint16: return "uint16";
+    case DType::float16: return "float16";
+    case DType::bfloat16: return "bfloat16";
     default: return "an unsupported dtype";
   }
 }
@@ -42,6 +45,7 @@ inline DType dtype_of_typestr(const std::string& typestr) {
   const std::string code = typestr.substr(1);
   if (code == "f4") return DType::float32;
   if (code == "f8") return DType::float64;
+  if (code == "f2") return DType::float16;
   if (code == "i4") return DType::int32;
   if (code == "i8") return DType::int64;
   if (code == "u1" || code == "b1") return DType::uint8;
@@ -132,6 +136,8 @@ constexpr DType dtype_of() {
   else if constexpr (std::is_same_v<T, int32_t>) return DType::int32;
   else if constexpr (std::is_same_v<T, int64_t>) return DType::int64;
   else if constexpr (std::is_same_v<T, uint8_t>) return DType::uint8;
+  else if constexpr (std::is_same_v<T, float16>) return DType::float16;
+  else if constexpr (std::is_same_v<T, bfloat16>) return DType::bfloat16;
   else return DType::uint16;
 }
 
@@ -144,16 +150,40 @@ auto dispatch_float(const ArrayView& a, const char* name, Body&& body) {
   return body(double{});
 }
 
+// Calls body(T{}) for the storage types of the low-precision kernels: float32, float64 and the
+// 16-bit formats (lowrank_hpc::float16, lowrank_hpc::bfloat16; core/half.hpp).
+template <class Body>
+auto dispatch_storage(const ArrayView& a, const char* name, Body&& body) {
+  if (a.dtype == DType::float16) return body(float16{});
+  if (a.dtype == DType::bfloat16) return body(bfloat16{});
+  LRH_EXPECTS(a.dtype == DType::float32 || a.dtype == DType::float64, name,
+              ": must be float32, float64, float16 or bfloat16, got ", dtype_name(a.dtype));
+  return dispatch_float(a, name, body);
+}
+
+// Calls body(I{}) for an int32/int64 index array's element type.
+template <class Body>
+auto dispatch_index(const ArrayView& index, const char* index_name, Body&& body) {
+  LRH_EXPECTS(index.dtype == DType::int32 || index.dtype == DType::int64, index_name,
+              ": must be int32 or int64, got ", dtype_name(index.dtype));
+  if (index.dtype == DType::int32) return body(int32_t{});
+  return body(int64_t{});
+}
+
 // Calls body(T{}, I{}) for a float array's and an index array's element types.
 template <class Body>
 auto dispatch_float_index(const ArrayView& a, const char* name, const ArrayView& index, const char* index_name,
                           Body&& body) {
-  LRH_EXPECTS(index.dtype == DType::int32 || index.dtype == DType::int64, index_name,
-              ": must be int32 or int64, got ", dtype_name(index.dtype));
-  return dispatch_float(a, name, [&](auto t) {
-    if (index.dtype == DType::int32) return body(t, int32_t{});
-    return body(t, int64_t{});
-  });
+  return dispatch_index(index, index_name,
+                        [&](auto i) { return dispatch_float(a, name, [&](auto t) { return body(t, i); }); });
+}
+
+// The same with T from dispatch_storage (the 16-bit formats too).
+template <class Body>
+auto dispatch_storage_index(const ArrayView& a, const char* name, const ArrayView& index, const char* index_name,
+                            Body&& body) {
+  return dispatch_index(index, index_name,
+                        [&](auto i) { return dispatch_storage(a, name, [&](auto t) { return body(t, i); }); });
 }
 
 }  // namespace lowrank_hpc::bindings
@@ -179,6 +209,9 @@ struct type_caster<lowrank_hpc::bindings::ArrayView> {
       value.dtype = lowrank_hpc::bindings::dtype_of_typestr(
           std::string(1, a.dtype().byteorder() == '>' ? '>' : '<') + a.dtype().kind() +
           std::to_string(a.itemsize()));
+      if (value.dtype == lowrank_hpc::bindings::DType::other && a.itemsize() == 2 &&
+          a.dtype().attr("name").cast<std::string>() == "bfloat16")
+        value.dtype = lowrank_hpc::bindings::DType::bfloat16;  // ml_dtypes.bfloat16 (kind 'V')
       value.itemsize = a.itemsize();
       value.ndim = static_cast<int>(a.ndim());
       for (int axis = 0; axis < value.ndim; ++axis) {
@@ -199,6 +232,12 @@ struct type_caster<lowrank_hpc::bindings::ArrayView> {
     value.readonly = data[1].cast<bool>();
     value.dtype = lowrank_hpc::bindings::dtype_of_typestr(typestr);
     value.itemsize = std::stoll(typestr.substr(2));
+    // bfloat16 has no typestr: "<V2" with a descr naming it ([("bfloat16", "<V2")]).
+    if (value.dtype == lowrank_hpc::bindings::DType::other && value.itemsize == 2 && cai.contains("descr")) {
+      auto descr = cai["descr"].cast<list>();
+      if (descr.size() == 1 && descr[0].cast<tuple>()[0].cast<std::string>() == "bfloat16")
+        value.dtype = lowrank_hpc::bindings::DType::bfloat16;
+    }
     value.ndim = static_cast<int>(shape.size());
     int64_t stride = value.itemsize;
     for (int axis = value.ndim - 1; axis >= 0; --axis) {  // C order when "strides" is None

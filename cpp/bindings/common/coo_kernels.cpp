@@ -1,5 +1,7 @@
 // The coordinate-format kernels: sampled product (and the solvers' squared residuals), CSR
 // order, CSR times dense, and the NaN/inf count every public call makes of its data.
+// The sampled product, CSR order and product and the count also take 16-bit storage (float16,
+// bfloat16): read as float, summed in float, each output rounded once to the input's format.
 // Status words (first bad entry, counts) are int64 arrays on the module's device, so neither
 // module reads device memory here; the Python layer reads them when it needs the answer.
 #include "backend.hpp"
@@ -28,7 +30,7 @@ void sampled_product(const ArrayView& U, const ArrayView& V, const ArrayView& ro
                      std::uintptr_t stream) {
   expect().shape(U, "U", {-1, -1, -1});
   const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1], nnz = rows.shape[0];
-  dispatch_float_index(U, "U", rows, "rows", [&](auto t, auto i) {
+  dispatch_storage_index(U, "U", rows, "rows", [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     expect_sampled_operands<T, I>(V, rows, cols, offsets, first_bad, batch, r, nnz);
@@ -72,7 +74,7 @@ void coo_to_csr(const ArrayView& keys, const ArrayView& others, const ArrayView&
   LRH_EXPECTS(vals.present() == vals_sorted.present(), "vals and vals_sorted come together");
   // The dtype of the values only matters when they move; float32 stands in otherwise.
   const ArrayView& float_like = vals.present() ? vals : ArrayView{nullptr, kDevice, DType::float32};
-  dispatch_float_index(float_like, "vals", keys, "keys", [&](auto t, auto i) {
+  dispatch_storage_index(float_like, "vals", keys, "keys", [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     expect().typed(others, "others", dtype_of<I>(), {nnz});
@@ -101,7 +103,7 @@ void csr_times_dense(const ArrayView& indptr, const ArrayView& perm, const Array
   expect().shape(others, "others", {-1});
   const int64_t batch = B.shape[0], n_other = B.shape[1], r = B.shape[2], nnz = others.shape[0];
   LRH_EXPECTS(n_key >= 1, "n_key must be >= 1, got ", n_key);
-  dispatch_float_index(B, "B", others, "others", [&](auto t, auto i) {
+  dispatch_storage_index(B, "B", others, "others", [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     expect().typed(indptr, "indptr", DType::int64, {batch * n_key + 1});
@@ -120,7 +122,7 @@ void csr_times_dense(const ArrayView& indptr, const ArrayView& perm, const Array
 void count_nonfinite(const ArrayView& x, const ArrayView& count, std::uintptr_t stream) {
   LRH_EXPECTS(x.present() && x.c_contiguous(), "x: must be a C-contiguous array");
   expect().output(count, "count", DType::int64, {1});
-  dispatch_float(x, "x", [&](auto t) {
+  dispatch_storage(x, "x", [&](auto t) {
     using T = decltype(t);
     LRH_EXPECTS(x.device == kDevice, "x: is on the wrong device for this backend");
     py::gil_scoped_release release;

@@ -6,11 +6,13 @@ from typing import Any
 from .._arrays import Call
 
 
-def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names: tuple[str, str] = ("U", "V")):
-    """Validated (U3, V3, batched): both viewed as (batch, rows, rank) without copying."""
+def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names: tuple[str, str] = ("U", "V"),
+                halves: bool = False):
+    """Validated (U3, V3, batched): both viewed as (batch, rows, rank) without copying; with
+    ``halves`` float16/bfloat16 factors are kept (the low-precision kernels)."""
     u_name, v_name = names
-    U = call.float_array(u_name, U, (2, 3), check_finite=check_finite)
-    V = call.float_array(v_name, V, (2, 3), check_finite=check_finite)
+    U = call.float_array(u_name, U, (2, 3), check_finite=check_finite, halves=halves)
+    V = call.float_array(v_name, V, (2, 3), check_finite=check_finite, halves=halves)
     if U.ndim != V.ndim:
         raise ValueError(f"{call.function}: {u_name} has shape {tuple(U.shape)} and {v_name} has shape "
                          f"{tuple(V.shape)}; both must be batched (3-D) or neither")

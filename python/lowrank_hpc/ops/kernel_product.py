@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, resolve
+from .._arrays import Call, count_nonfinite, is_half, resolve
 from .._backend import CONSTANTS
 from ._factors import factor_pair
 from ._maps import elementwise
@@ -50,10 +50,16 @@ def _kernel_code(kernel: Any) -> int:
     return _KERNEL_CODES[name]
 
 
+def _finfo_max(dtype) -> float:
+    if np.dtype(dtype).name == "bfloat16":  # numpy's finfo does not know ml_dtypes' type
+        return 3.3895313892515355e38  # (2 - 2^-7) 2^127
+    return float(np.finfo(dtype).max)
+
+
 def _raise_overflow(call: Call, code: int, bad: int) -> None:
     dtype = call.float_dtype
     if KERNELS[code] == "exponential":
-        limit = float(np.log(np.finfo(dtype).max))
+        limit = float(np.log(_finfo_max(dtype)))
         raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
                                  f"inf in {dtype} (inner products above {limit:.1f}); scale U or V down or use "
                                  "float64")
@@ -184,6 +190,19 @@ def _best(xp, values, flat, k: int):
     return values[order], flat[order]
 
 
+def _round_to(call: Call, code: int, half, values):
+    """float32 values rounded once to the 16-bit format ``half`` (None: as they are); an entry
+    finite in float32 but beyond the format's range is the overflow error, never a silent inf."""
+    if half is None:
+        return values
+    with np.errstate(over="ignore"):
+        values = values.astype(half)
+    bad = count_nonfinite(call, values)
+    if bad:
+        _raise_overflow(call, code, bad)
+    return values
+
+
 @_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),
                      block_rows=_checks.optional(_checks.positive_int), check_finite=_checks.flag)
 def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int] = None, *,
@@ -193,6 +212,9 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     Parameters
     ----------
     U : (m, r) or (batch, m, r) float32/float64 array, any layout (numpy, or a CUDA array).
+        float16/bfloat16 factors (``ml_dtypes.bfloat16`` in numpy) are computed in float32 (the
+        GEMM, f and the ranking; the factors are upcast once, a copy) and the values rounded
+        once to the input's format; an entry that overflows that format raises as below.
     V : (n, r) or (batch, n, r) array of the same dtype, batching and array type.
     kernel : one of ``KERNELS``: "identity", "relu" (max(x, 0)), "exponential" (alias "exp"),
         "tanh", "piecewise_linear" (hard tanh: x clamped to [-1, 1]).
@@ -218,7 +240,10 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     """
     call = resolve("kernel_product", U=U, V=V)
     code = _kernel_code(kernel)
-    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
+    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite, halves=True)
+    half = U3.dtype if is_half(U3.dtype) else None
+    if half is not None:  # float32 throughout, rounded once at the end
+        U3, V3 = U3.astype(np.float32), V3.astype(np.float32)
     batch, m, _ = U3.shape
     n = V3.shape[1]
     if top_k is None:
@@ -227,6 +252,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         bad = call.read(nonfinite)[0]
         if bad:
             _raise_overflow(call, code, bad)
+        out = _round_to(call, code, half, out)
         return call.wrap(out if batched else out[0])
 
     limit = n if top_k_mode == "row" else m * n
@@ -241,9 +267,11 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     if top_k_mode == "row":
         values, indices = _top_k_rows(selection, batch, m)
         selection.check()
+        values = _round_to(call, code, half, values)
         result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
     else:
         values, rows, cols = _top_k_global(selection, batch, n, top_k)
         selection.check()
+        values = _round_to(call, code, half, values)
         result = GlobalTopK(*(call.wrap(x if batched else x[0]) for x in (values, rows, cols)))
     return result

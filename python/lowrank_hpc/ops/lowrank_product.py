@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks
-from .._arrays import resolve
+import numpy as np
+
+from .._arrays import is_half, resolve
 from ._factors import factor_pair
 
 
@@ -14,7 +16,9 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
 
     Parameters
     ----------
-    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous.
+    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous. float16/bfloat16 factors
+        (``ml_dtypes.bfloat16`` in numpy) are upcast once to float32 (a copy of the factors),
+        multiplied by the float32 GEMM and the product rounded once to their format.
     V : (n, r) or (batch, n, r) array of the same dtype and batching.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
@@ -23,7 +27,15 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
     (m, n) or (batch, m, n) array of the inputs' dtype and array type (numpy or CUDA).
     """
     call = resolve("lowrank_product", U=U, V=V)
-    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite)
+    U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite, halves=True)
+    half = U3.dtype if is_half(U3.dtype) else None
+    if half is not None:  # the BLAS has no 16-bit GEMM we can count on: float32, rounded once
+        U3, V3 = U3.astype(np.float32), V3.astype(np.float32)
     if not batched:  # the 2-D product takes the BLAS path directly, the stacked one may not
-        return call.wrap(U3[0] @ V3[0].T)
-    return call.wrap(call.xp.matmul(U3, V3.transpose(0, 2, 1)))
+        out = U3[0] @ V3[0].T
+    else:
+        out = call.xp.matmul(U3, V3.transpose(0, 2, 1))
+    if half is not None:
+        with np.errstate(over="ignore"):  # beyond the format's range: inf, as the GEMM gives
+            out = out.astype(half)
+    return call.wrap(out)

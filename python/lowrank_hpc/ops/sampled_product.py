@@ -17,6 +17,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     ----------
     U : (m, r) or (batch, m, r) float32/float64 array, any layout (a list too; integer input
         becomes float64). r may exceed m and n (an over-parameterized factorization).
+        float16 and bfloat16 (``ml_dtypes.bfloat16`` in numpy; float16 in CuPy) are low-precision
+        storage: each product is read and summed in float32 and rounded once to the format.
     V : (n, r) or (batch, n, r) array of the same dtype.
     rows, cols : (nnz,) integer arrays of any integer dtype (``np.nonzero``'s output as it is);
         0 <= rows < m, 0 <= cols < n.
@@ -26,7 +28,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
 
     Returns
     -------
-    (nnz,) array of the factors' dtype: vals[k] = sum_c U[b, rows[k], c] * V[b, cols[k], c].
+    (nnz,) array of the factors' dtype: vals[k] = sum_c U[b, rows[k], c] * V[b, cols[k], c]
+    (float16/bfloat16 factors: the float32 sum rounded to nearest even in their format).
 
     Raises
     ------
@@ -34,7 +37,7 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     mixed host/device arrays, ValueError for shapes, layout, empty input or NaN/inf.
     """
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)
-    U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite)
+    U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite, halves=True)
     rows, cols = call.coordinates(rows, cols)
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     return call.wrap(_sampled(call, U3, V3, rows, cols, offsets))

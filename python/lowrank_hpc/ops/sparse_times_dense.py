@@ -15,14 +15,14 @@ from ._factors import raise_index_error
 
 
 def _dense_operand(call: Call, B: Any, check_finite: bool):
-    B = call.float_array("B", B, (2, 3), check_finite=check_finite)
+    B = call.float_array("B", B, (2, 3), check_finite=check_finite, halves=True)
     batched = B.ndim == 3
     return (B if batched else B.reshape(1, *B.shape)), batched
 
 
 def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite: bool):
     rows, cols = call.coordinates(rows, cols)
-    vals = call.float_array("vals", vals, (1,), check_finite=check_finite, allow_empty=True)
+    vals = call.float_array("vals", vals, (1,), check_finite=check_finite, allow_empty=True, halves=True)
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"{call.function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
     return rows, cols, vals
@@ -71,7 +71,8 @@ class SparsePattern:
     def times_dense(self, vals: Any, B: Any, *, transpose: bool = False, check_finite: bool = True) -> Any:
         """S @ B (or S^T @ B when ``transpose``) for S with this pattern and values ``vals``.
 
-        vals : (nnz,) float32/float64; B : (n_cols, r) or (batch, n_cols, r) of the same dtype
+        vals : (nnz,) float32/float64 (or float16/bfloat16, summed in float32 as in
+        :func:`sparse_times_dense`); B : (n_cols, r) or (batch, n_cols, r) of the same dtype
         ((n_rows, r) with ``transpose``). Returns (n_rows, r) ((n_cols, r) with ``transpose``),
         batched like B. Each output row sums its entries in their input order, on both
         backends: bit-reproducible whatever the thread count.
@@ -80,7 +81,7 @@ class SparsePattern:
         if call.backend != self._backend:
             raise TypeError(f"SparsePattern.times_dense: the pattern lives on the {self._backend} backend "
                             f"but the arrays are {call.backend} arrays")
-        vals = call.float_array("vals", vals, (1,), check_finite=check_finite)
+        vals = call.float_array("vals", vals, (1,), check_finite=check_finite, halves=True)
         if vals.shape[0] != self.nnz:
             raise ValueError(f"SparsePattern.times_dense: vals has length {vals.shape[0]}, expected nnz = {self.nnz}")
         B3, batched = _dense_operand(call, B, check_finite)
@@ -165,7 +166,9 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
         (rows[k], cols[k]). Repeated coordinates add up, as in scipy: the result equals
         ``scipy.sparse.coo_matrix((vals, (rows, cols)), shape).tocsr() @ B`` with duplicates
         summed (unlike ``lowrank_hpc.recover.als``, which treats them as separate observations).
-    vals : (nnz,) float32/float64 values.
+    vals : (nnz,) float32/float64 values, or float16/bfloat16 (``ml_dtypes.bfloat16`` in numpy;
+        float16 in CuPy): low-precision storage, read and summed in float32, each output entry
+        rounded once (to nearest even) to the format.
     B : (k, r) or (batch, k, r) dense array of the dtype of vals, any layout, where k is the
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).
     n_rows : rows of the result: S's row count, or its column count with ``transpose``.

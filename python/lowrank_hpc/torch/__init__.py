@@ -3,7 +3,8 @@
 Importing this package imports torch (an optional extra: ``pip install lowrank_hpc[torch]``);
 the rest of lowrank_hpc never does. The kernels are registered as torch custom operators
 (``torch.ops.lowrank_hpc.*``) with fake implementations, so ``torch.compile(fullgraph=True)``
-traces them, and autograd formulas made of the same operators. float32/float64 tensors on the
+traces them, and autograd formulas made of the same operators. float32/float64 tensors (and
+float16/bfloat16: summed in float32, each output rounded once to their dtype) on the
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
 """
 from __future__ import annotations

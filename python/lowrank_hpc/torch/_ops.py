@@ -5,6 +5,12 @@ same operators (so second derivatives work too); the dense products' backward GE
 Tensors reach the kernels without copies: CPU tensors as numpy views of their storage, CUDA
 tensors as CuPy views through DLPack (the kernel runs on torch's current stream). Results come
 back the same way (``torch.from_numpy`` / ``torch.from_dlpack``).
+
+Low precision: every operator also takes float16 and bfloat16 tensors (read and summed in
+float32, each output rounded once to the input's format; the dense products' backward GEMMs
+are torch's, in the tensors' dtype). CPU
+bfloat16 tensors travel as ``ml_dtypes.bfloat16`` numpy views (ml_dtypes is in the torch extra);
+CuPy has no bfloat16, so CUDA bfloat16 tensors are refused with a TypeError.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch
 from .. import _backend, ops
 
 _FLOATS = (torch.float32, torch.float64)
+_HALVES = (torch.float16, torch.bfloat16)
 _INDICES = (torch.int32, torch.int64)
 _ALIASES = {"exp": "exponential"}
 
@@ -24,10 +31,11 @@ _ALIASES = {"exp": "exponential"}
 # -- checks shared by the real and the fake implementations (errors name the argument) ------------
 
 def _check_float(function: str, name: str, x: torch.Tensor, ndims: Sequence[int], like: Optional[tuple] = None):
-    if x.dtype not in _FLOATS:
-        hint = (" (float16/bfloat16 factors are not supported by the kernels yet: pass float32)"
-                if x.dtype in (torch.float16, torch.bfloat16) else "")
-        raise TypeError(f"{function}: {name} must be a float32 or float64 tensor, got {x.dtype}{hint}")
+    if x.dtype not in _FLOATS and x.dtype not in _HALVES:
+        raise TypeError(f"{function}: {name} must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
+    if x.dtype == torch.bfloat16 and x.device.type == "cuda":
+        raise TypeError(f"{function}: {name} is a CUDA bfloat16 tensor; CuPy has no bfloat16, so on the GPU the "
+                        "kernels take float16, float32 or float64 (bfloat16 works on the CPU)")
     if x.dim() not in ndims:
         wanted = " or ".join(str(d) for d in ndims)
         raise ValueError(f"{function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
@@ -77,15 +85,31 @@ def kernel_name(function: str, kernel: str) -> str:
 # -- tensors to arrays and back, without copies ----------------------------------------------------
 
 def _array(x: torch.Tensor) -> Any:
-    """A numpy (CPU) or CuPy (CUDA) view of the tensor's memory."""
+    """A numpy (CPU) or CuPy (CUDA) view of the tensor's memory (CPU bfloat16: an
+    ``ml_dtypes.bfloat16`` view, as numpy has no bfloat16 of its own)."""
     x = x.detach()
     if x.device.type == "cuda":
         return _backend.cupy_module().from_dlpack(x)
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(_bfloat16())
     return x.numpy()
 
 
+def _bfloat16() -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("bfloat16 tensors need ml_dtypes (pip install 'lowrank_hpc[torch]' or ml_dtypes): "
+                        "numpy has no bfloat16 of its own") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def _tensor(a: Any) -> torch.Tensor:
-    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    if isinstance(a, np.ndarray):
+        if a.dtype.name == "bfloat16":  # the bits, viewed back as torch's bfloat16 (no copy)
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
 
 
 def _stream(x: torch.Tensor) -> ContextManager:

@@ -86,4 +86,64 @@ LRH_HD P store_as(S x) {
   else return static_cast<P>(x);
 }
 
+// The type a kernel accumulates a storage type in: float for the 16-bit formats (their
+// products and sums in float32, rounded once when stored), the type itself otherwise.
+template <class T>
+struct accumulator {
+  using type = T;
+};
+template <>
+struct accumulator<bfloat16> {
+  using type = float;
+};
+template <>
+struct accumulator<float16> {
+  using type = float;
+};
+template <class T>
+using accumulate_t = typename accumulator<T>::type;
+
+template <class T>
+inline constexpr bool is_half_v = std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>;
+
 }  // namespace lowrank_hpc
+
+// Host code with F16C (x86-64-v3 and up): float16 rows converted 8 at a time by vcvtph2ps, as
+// GCC does not vectorize the bit code above (nor _Float16 conversions). The same conversion,
+// exact either way; only the order of the float32 sums differs, as between any two ISA levels.
+#if !LRH_DEVICE_COMPILE && defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#define LRH_HOST_F16C 1
+
+namespace lowrank_hpc {
+
+inline __m256 load8_f16c(const float16* x) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+
+// sum_c a[c] b[c] over r entries, in float.
+inline float dot_f16c(const float16* a, const float16* b, int64_t r) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= r; c += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(load8_f16c(a + c), load8_f16c(b + c)));
+  __m128 half_sum = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  half_sum = _mm_add_ps(half_sum, _mm_movehl_ps(half_sum, half_sum));
+  half_sum = _mm_add_ss(half_sum, _mm_movehdup_ps(half_sum));
+  float total = _mm_cvtss_f32(half_sum);
+  for (; c < r; ++c) total += to_float(a[c]) * to_float(b[c]);
+  return total;
+}
+
+// acc[c] += scale * x[c] over r entries.
+inline void axpy_f16c(float* acc, float scale, const float16* x, int64_t r) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t c = 0;
+  for (; c + 8 <= r; c += 8)
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), _mm256_mul_ps(s, load8_f16c(x + c))));
+  for (; c < r; ++c) acc[c] += scale * to_float(x[c]);
+}
+
+}  // namespace lowrank_hpc
+#else
+#define LRH_HOST_F16C 0
+#endif

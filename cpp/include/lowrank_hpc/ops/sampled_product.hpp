@@ -2,33 +2,41 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/simd.hpp"
 
 namespace lowrank_hpc::ops {
 
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
-// a group of cooperating threads on the device.
+// a group of cooperating threads on the device. 16-bit storage is read as float and summed in
+// float (accumulate_t<T>); float and double are read as they are.
 template <class T, int R = 0>
-LRH_HD T strided_dot(const T* a, const T* b, int64_t r, int lane, int width) {
-  T acc = T(0);
+LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, int width) {
+  using A = accumulate_t<T>;
+#if LRH_HOST_F16C
+  if constexpr (std::is_same_v<T, float16>) {
+    if (width == 1) return dot_f16c(a, b, r);  // the host loop (width is 1 on the host)
+  }
+#endif
+  A acc = A(0);
   if (width == 1 && R > 0) {
     LRH_SIMD_SUM(acc)
-    for (int64_t c = 0; c < R; ++c) acc += a[c] * b[c];
+    for (int64_t c = 0; c < R; ++c) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   } else if (width == 1) {
     // A run-time rank: 64-byte blocks summed lane by lane into one register's worth of partial
     // sums, reduced once, then the rest (a run-time simd loop took 2.3x as long at r = 20).
-    constexpr int kBlock = 64 / sizeof(T);
-    T part[kBlock] = {};
+    constexpr int kBlock = 64 / sizeof(A);
+    A part[kBlock] = {};
     int64_t c = 0;
     for (; c + kBlock <= r; c += kBlock) {
       LRH_SIMD
-      for (int l = 0; l < kBlock; ++l) part[l] += a[c + l] * b[c + l];
+      for (int l = 0; l < kBlock; ++l) part[l] += load_as<A>(a[c + l]) * load_as<A>(b[c + l]);
     }
     for (int l = 0; l < kBlock; ++l) acc += part[l];
-    for (; c < r; ++c) acc += a[c] * b[c];
+    for (; c < r; ++c) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   } else {
-    for (int64_t c = lane; c < r; c += width) acc += a[c] * b[c];
+    for (int64_t c = lane; c < r; c += width) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   }
   return acc;
 }
@@ -50,7 +58,7 @@ struct SampledProduct {
   LRH_HD bool valid(int64_t k) const { return index_in_range(rows[k], m) && index_in_range(cols[k], n); }
   LRH_HD const T* u_row(int64_t k, int64_t b) const { return U + (b * m + static_cast<int64_t>(rows[k])) * r; }
   LRH_HD const T* v_row(int64_t k, int64_t b) const { return V + (b * n + static_cast<int64_t>(cols[k])) * r; }
-  LRH_HD T partial(int64_t k, int64_t b, int lane, int width) const {
+  LRH_HD accumulate_t<T> partial(int64_t k, int64_t b, int lane, int width) const {
     return strided_dot<T, R>(u_row(k, b), v_row(k, b), r, lane, width);
   }
 };

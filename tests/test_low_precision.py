@@ -1,0 +1,226 @@
+"""float16/bfloat16 storage with float32 accumulation (issue 16): every kernel against the exact
+(float64) result of the same inputs upcast, within the format's one rounding plus float32's
+summation error, so a kernel that summed in 16 bits fails; the rounding itself bit for bit
+against numpy's/ml_dtypes' casts (to nearest, ties to even); and the dtype errors.
+
+GPU: float16 through CuPy (CuPy has no bfloat16)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowrank_hpc import _backend, ops
+
+import reference
+
+try:
+    import ml_dtypes
+except ImportError:  # optional: bfloat16 cases skip without it
+    ml_dtypes = None
+
+HALVES = [np.dtype(np.float16)] + ([np.dtype(ml_dtypes.bfloat16)] if ml_dtypes is not None else [])
+# Unit roundoff (half an ulp, relative) of each format, and float32's.
+UNIT = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+F32_UNIT = 2.0 ** -24
+
+
+@pytest.fixture(params=HALVES, ids=lambda d: d.name)
+def half(request, backend):
+    if backend.name == "cuda" and request.param.name == "bfloat16":
+        pytest.skip("CuPy has no bfloat16 dtype")
+    return request.param
+
+
+def random_half(rng, shape, half, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(half)
+
+
+def assert_one_rounding(got, exact, magnitude, terms, half):
+    """|got - exact| <= u |exact| (the one rounding to the format) + terms * 2^-23 * magnitude
+    (float32 summation of `terms` products of total size `magnitude`) + the format's smallest
+    subnormal step. Summing in the 16-bit format instead errs by ~ sqrt(terms) u magnitude."""
+    assert got.dtype == half
+    got = np.asarray(got).astype(np.float64)
+    tiny = 2.0 ** -24 if half.name == "float16" else 0.0
+    bound = UNIT[half.name] * np.abs(exact) + 2 * terms * F32_UNIT * magnitude + tiny
+    excess = np.abs(got - exact) - bound
+    assert np.all(excess <= 0), f"worst excess {excess.max():.3g} at {np.argmax(excess)}"
+
+
+def sampled_problem(rng, half, m=40, n=30, r=64, nnz=500):
+    U, V = random_half(rng, (m, r), half), random_half(rng, (n, r), half)
+    rows, cols = rng.integers(0, m, nnz), rng.integers(0, n, nnz)
+    return U, V, rows, cols
+
+
+def test_sampled_product_rounds_a_float32_sum_once(backend, half, rng):
+    U, V, rows, cols = sampled_problem(rng, half)
+    got = backend.get(ops.sampled_product(backend.put(U), backend.put(V), backend.put(rows), backend.put(cols)))
+    exact = reference.sampled_product(U, V, rows, cols)
+    magnitude = reference.sampled_product(np.abs(U.astype(np.float64)), np.abs(V.astype(np.float64)), rows, cols)
+    assert_one_rounding(got, exact, magnitude, U.shape[1], half)
+    # The float32 kernel on the upcast inputs, rounded: the same number but where a tie broke otherwise.
+    f32 = backend.get(ops.sampled_product(*(backend.put(x.astype(np.float32)) for x in (U, V)), backend.put(rows),
+                                          backend.put(cols)))
+    assert np.mean(got.view(np.uint16) == f32.astype(half).view(np.uint16)) > 0.95
+
+
+def test_sampled_product_batched_int32_indices(backend, half, rng):
+    U, V = random_half(rng, (3, 12, 20), half), random_half(rng, (3, 9, 20), half)
+    offsets = np.array([0, 40, 40, 100])
+    rows, cols = rng.integers(0, 12, 100).astype(np.int32), rng.integers(0, 9, 100).astype(np.int32)
+    got = backend.get(ops.sampled_product(backend.put(U), backend.put(V), backend.put(rows), backend.put(cols),
+                                          offsets=backend.put(offsets)))
+    exact = reference.sampled_product(U, V, rows, cols, offsets)
+    magnitude = reference.sampled_product(np.abs(U.astype(np.float64)), np.abs(V.astype(np.float64)), rows, cols,
+                                          offsets)
+    assert_one_rounding(got, exact, magnitude, 20, half)
+
+
+def test_sixteen_bit_products_round_to_nearest_even(backend, half, rng):
+    # r = 1: a 16-bit product is exact in float32 (11 + 11 or 8 + 8 significant bits), so the
+    # output is that float32 number rounded once, bit for bit numpy's (ml_dtypes') cast.
+    a = random_half(rng, (4000, 1), half, scale=4.0)
+    b = random_half(rng, (4000, 1), half, scale=4.0)
+    b[:8] = np.array([1, 0.5, 2 ** -10, 2 ** -14, 2 ** -20, 3, -1, 0]).astype(half)[:, None]  # subnormal, ties
+    index = np.arange(4000)
+    got = backend.get(ops.sampled_product(backend.put(a), backend.put(b), backend.put(index), backend.put(index)))
+    expected = (a[:, 0].astype(np.float32) * b[:, 0].astype(np.float32)).astype(half)
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["S", "S^T"])
+def test_sparse_times_dense_rounds_each_row_sum_once(backend, half, rng, transpose):
+    m, n, r, nnz = 30, 25, 16, 900
+    rows, cols = rng.integers(0, m, nnz), rng.integers(0, n, nnz)
+    rows[1], cols[1] = rows[0], cols[0]  # a repeated position adds up
+    vals = random_half(rng, nnz, half)
+    B = random_half(rng, (m if transpose else n, r), half)
+    n_rows = n if transpose else m
+    got = backend.get(ops.sparse_times_dense(backend.put(rows), backend.put(cols), backend.put(vals), backend.put(B),
+                                             n_rows, transpose=transpose))
+    exact = reference.sparse_times_dense(rows, cols, vals, B, n_rows, transpose)
+    magnitude = reference.sparse_times_dense(rows, cols, np.abs(vals.astype(np.float64)),
+                                             np.abs(B.astype(np.float64)), n_rows, transpose)
+    per_row = np.bincount(cols if transpose else rows, minlength=n_rows).max()
+    assert_one_rounding(got, exact, magnitude, per_row, half)
+
+
+def test_sparse_pattern_and_batched_operands(backend, half, rng):
+    rows, cols = rng.integers(0, 10, 120), rng.integers(0, 8, 120)
+    offsets = np.array([0, 70, 120])
+    vals, B = random_half(rng, 120, half), random_half(rng, (2, 8, 5), half)
+    got = backend.get(ops.sparse_times_dense(*(backend.put(x) for x in (rows, cols, vals, B)), 10,
+                                             offsets=backend.put(offsets)))
+    exact = reference.sparse_times_dense(rows, cols, vals, B, 10, offsets=offsets)
+    magnitude = reference.sparse_times_dense(rows, cols, np.abs(vals.astype(np.float64)),
+                                             np.abs(B.astype(np.float64)), 10, offsets=offsets)
+    assert_one_rounding(got, exact, magnitude, 120, half)
+    pattern = ops.SparsePattern(backend.put(rows[:70]), backend.put(cols[:70]), (10, 8))
+    for transpose, operand in ((False, B[0]), (True, random_half(rng, (10, 5), half))):
+        got = backend.get(pattern.times_dense(backend.put(vals[:70]), backend.put(operand), transpose=transpose))
+        exact = reference.sparse_times_dense(rows[:70], cols[:70], vals[:70], operand, 8 if transpose else 10,
+                                             transpose)
+        magnitude = reference.sparse_times_dense(rows[:70], cols[:70], np.abs(vals[:70].astype(np.float64)),
+                                                 np.abs(operand.astype(np.float64)), 8 if transpose else 10, transpose)
+        assert_one_rounding(got, exact, magnitude, 70, half)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["2d", "3d"])
+def test_lowrank_and_dense_kernel_products(backend, half, rng, batched):
+    shape = (2,) if batched else ()
+    U, V = random_half(rng, shape + (20, 48), half, 0.3), random_half(rng, shape + (15, 48), half, 0.3)
+    U64, V64 = U.astype(np.float64), V.astype(np.float64)
+    magnitude = reference.lowrank_product(np.abs(U64), np.abs(V64))
+    got = backend.get(ops.lowrank_product(backend.put(U), backend.put(V)))
+    assert_one_rounding(got, reference.lowrank_product(U64, V64), magnitude, 48, half)
+    for kernel in ops.KERNELS:
+        got = backend.get(ops.kernel_product(backend.put(U), backend.put(V), kernel))
+        exact = reference.kernel_product(U64, V64, kernel)
+        # f is 1-Lipschitz here except exp, whose slope at x is exp(x): the float32 GEMM error scaled.
+        slope = np.abs(exact) if kernel == "exponential" else 1.0
+        assert_one_rounding(got, exact, magnitude * slope, 48, half)
+
+
+def test_kernel_top_k_ranks_in_float32_and_rounds_the_values(backend, half, rng):
+    U, V = random_half(rng, (16, 24), half, 0.4), random_half(rng, (30, 24), half, 0.4)
+    U32, V32 = (backend.put(x.astype(np.float32)) for x in (U, V))
+    for kernel in ("tanh", "relu"):
+        rows_mode = ops.kernel_product(backend.put(U), backend.put(V), kernel, 4)
+        ref = ops.kernel_product(U32, V32, kernel, 4)
+        np.testing.assert_array_equal(backend.get(rows_mode.indices), backend.get(ref.indices))
+        np.testing.assert_array_equal(backend.get(rows_mode.values).view(np.uint16),
+                                      backend.get(ref.values).astype(half).view(np.uint16))
+        global_mode = ops.kernel_product(backend.put(U), backend.put(V), kernel, 25, top_k_mode="global")
+        ref = ops.kernel_product(U32, V32, kernel, 25, top_k_mode="global")
+        for got, want in zip(global_mode[1:], ref[1:]):
+            np.testing.assert_array_equal(backend.get(got), backend.get(want))
+        assert global_mode.values.dtype == half
+
+
+def test_overflow_of_the_format_is_an_error_not_an_inf(backend, rng):
+    U = np.full((3, 4), 2.0, dtype=np.float16)  # <u, v> = 16, exp(16) > 65504 (float16's max)
+    with pytest.raises(FloatingPointError, match="exponential kernel overflowed: 9 entries .* float16"):
+        ops.kernel_product(backend.put(U), backend.put(U), "exp")
+    with pytest.raises(FloatingPointError, match="exponential kernel overflowed"):
+        ops.kernel_product(backend.put(U), backend.put(U), "exp", 2)
+
+
+def test_nan_in_16_bit_input_is_reported(backend, half, rng):
+    U, V, rows, cols = sampled_problem(rng, half, nnz=20)
+    U[3, 5] = np.nan
+    with pytest.raises(ValueError, match="sampled_product: U contains 1 NaN/inf"):
+        ops.sampled_product(backend.put(U), backend.put(V), backend.put(rows), backend.put(cols))
+    vals = random_half(rng, 20, half)
+    vals[7] = np.inf
+    with pytest.raises(ValueError, match="sparse_times_dense: vals contains 1 NaN/inf"):
+        ops.sparse_times_dense(backend.put(rows), backend.put(cols), backend.put(vals), backend.put(V), 40)
+
+
+def test_dtype_errors_stay_clear(backend, half, rng):
+    U, V, rows, cols = sampled_problem(rng, half, nnz=20)
+    with pytest.raises(TypeError, match=f"sampled_product: V is float32 but U is {half.name}; pass both in one"):
+        ops.sampled_product(backend.put(U), backend.put(V.astype(np.float32)), backend.put(rows), backend.put(cols))
+    with pytest.raises(TypeError, match=f"sparse_times_dense: B is float64 but vals is {half.name}"):
+        ops.sparse_times_dense(backend.put(rows), backend.put(cols), backend.put(random_half(rng, 20, half)),
+                               backend.put(V.astype(np.float64)), 40)
+    with pytest.raises(TypeError, match="lowrank_product: U is complex"):
+        ops.lowrank_product(backend.put(U.astype(np.complex64)), backend.put(V))
+    # The compiled modules name the argument and what they take.
+    module = _backend.cuda_module() if backend.name == "cuda" else _backend.cpu_module()
+    xp = backend.xp
+    U3, V3 = backend.put(U[None]), backend.put(V[None])
+    r, c = backend.put(rows), backend.put(cols)
+    offsets, status = xp.asarray(np.array([0, 20])), xp.asarray(np.array([20]))
+    with pytest.raises(ValueError, match=f"out: expected {half.name}, got float32"):
+        module.sampled_product(U3, V3, r, c, offsets, xp.empty(20, dtype=np.float32), status, 0)
+    with pytest.raises(ValueError, match=f"V: expected {half.name}, got float64"):
+        module.sampled_product(U3, backend.put(V[None].astype(np.float64)), r, c, offsets, xp.empty(20, half),
+                               status, 0)
+    with pytest.raises(ValueError, match="U: must be float32, float64, float16 or bfloat16, got int32"):
+        module.sampled_product(backend.put(np.ones((1, 4, 2), np.int32)), V3, r, c, offsets, xp.empty(20), status, 0)
+    # The solvers' kernels stay float32/float64: a 16-bit factor is named, not misread.
+    with pytest.raises(ValueError, match=f"U: must be float32 or float64, got {half.name}"):
+        module.sampled_squared_residuals(U3, V3, r, c, backend.put(random_half(rng, 20, half)), offsets,
+                                         xp.empty(20), status, 0)
+
+
+class _DeviceArray:
+    """A stand-in for a CUDA array: only its __cuda_array_interface__ (never read here)."""
+
+    def __init__(self, typestr, descr=None):
+        self.__cuda_array_interface__ = {"shape": (4,), "typestr": typestr, "data": (0, False), "version": 3,
+                                         "strides": None}
+        if descr is not None:
+            self.__cuda_array_interface__["descr"] = descr
+
+
+@pytest.mark.parametrize("typestr, descr, recognised", [
+    ("<f2", None, True), ("<V2", [("bfloat16", "<V2")], True), ("<V2", [("", "<V2")], False), ("<i2", None, False)])
+def test_cuda_array_interface_names_the_16_bit_formats(typestr, descr, recognised):
+    # The dtype is read before the device is checked: a recognised 16-bit array reaches the
+    # device check (the CPU module refuses CUDA memory), an unknown one stops at the dtype.
+    count = np.zeros(1, dtype=np.int64)
+    message = "x: is on the wrong device" if recognised else "x: must be float32, float64, float16 or bfloat16"
+    with pytest.raises(ValueError, match=message):
+        _backend.cpu_module().count_nonfinite(_DeviceArray(typestr, descr), count, 0)
