@@ -124,3 +124,16 @@ def test_bad_input_is_named(change, error, match):
     settings.update(change)
     with pytest.raises(error, match=match):
         implicit_als(rows, cols, vals, counts.shape, rank, **settings)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_gpu_matches_cpu(solver):
+    cupy = pytest.importorskip("cupy")
+    counts, rows, cols, vals = interactions(seed=6)
+    cpu = implicit_als(rows, cols, vals, counts.shape, 4, alpha=2.0, solver=solver, seed=1, max_iter=5)
+    gpu = implicit_als(cupy.asarray(rows), cupy.asarray(cols), cupy.asarray(vals), counts.shape, 4, alpha=2.0,
+                       solver=solver, seed=1, max_iter=5)
+    assert gpu.backend == "cuda"
+    np.testing.assert_allclose(gpu.U.get() @ gpu.V.get().T, cpu.U @ cpu.V.T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(gpu.history["loss"], cpu.history["loss"], rtol=1e-10)
