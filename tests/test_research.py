@@ -51,6 +51,37 @@ def test_word2vec_closed_form_matches_the_integrated_gradient_flow(rng):
     assert np.allclose(result.predicted_learning_times, times, rtol=0.15)
 
 
+def test_word2vec_learning_times_from_the_compressed_rows_match_the_integrated_flow(rng):
+    """V = 40 >> 3 d: the learning-time search reads the top rows from a (3d, d) compression of the
+    V x d factor (_Flow.top_overlaps); at each time found the integrated flow is half-learned, and
+    keep_embeddings=False gives the same curves without the embeddings."""
+    V, d = 40, 4
+    M = _spectrum_target(rng, V, [3.0, 2.2, 1.5, 1.1, 0.4])
+    result = research.quartic_word2vec_dynamics(M, d, statistics="target", init_scale=1e-4, seed=1)
+    light = research.quartic_word2vec_dynamics(M, d, statistics="target", init_scale=1e-4, seed=1,
+                                               keep_embeddings=False)
+    assert light.embeddings is None and np.array_equal(light.learning_times, result.learning_times)
+    assert np.allclose(light.singular_values, result.singular_values, rtol=1e-12)
+    assert np.allclose(light.loss, result.loss, rtol=1e-12)
+    with pytest.raises(ValueError, match="keep_embeddings"):
+        light.gram(0)
+    assert np.allclose(research.quartic_word2vec_dynamics(M, d, statistics="target", init_scale=1e-4, seed=1,
+                                                          times=7).times, np.linspace(0, result.times[-1], 7))
+    with pytest.raises(TypeError, match="keep_embeddings must be True or False"):
+        research.quartic_word2vec_dynamics(M, d, statistics="target", keep_embeddings="no")
+
+    def flow(_, w):
+        W = w.reshape(V, d)
+        return ((M - W @ W.T) @ W).ravel()
+
+    ends = integrate.solve_ivp(flow, (0, result.learning_times[-1]), result.init.ravel(), method="DOP853",
+                               t_eval=result.learning_times, rtol=1e-11, atol=1e-15)
+    for k in range(d):
+        W = ends.y[:, k].reshape(V, d)
+        q = result.eigenvectors[:, k]
+        assert float(q @ W @ W.T @ q) == pytest.approx(result.eigenvalues[k] / 2, rel=1e-6)
+
+
 def test_word2vec_aligned_start_follows_the_logistic_curves_exactly(rng):
     V, d = 10, 2
     M = _spectrum_target(rng, V, [2.0, 0.5])
