@@ -325,6 +325,22 @@ def _hessian(A, y, x):
     return 2 * Ax.T @ Ax + np.einsum("i,ipq->pq", residual, A)
 
 
+@pytest.mark.gpu
+def test_lifted_sensing_on_the_gpu_matches_the_cpu(rng):
+    n = 4
+    A, y = _perturbed_completion(n, 0.2)
+    for level in (2, 3):  # from the same small start: the same iterates
+        cpu = lifted_sensing(A, y, level=level, max_iter=3000, tol=1e-7, seed=4)
+        gpu = lifted_sensing(A, y, level=level, max_iter=3000, tol=1e-7, seed=4, backend="cuda")
+        assert gpu.backend == "cuda" and isinstance(gpu.X, np.ndarray) and gpu.n_iter == cpu.n_iter
+        assert np.allclose(gpu.info["tensor"], cpu.info["tensor"], rtol=1e-9, atol=1e-12)
+        assert np.linalg.norm(gpu.X - np.ones((n, n))) / n < 1e-5
+    # From next to the spurious point (a saddle escape amplifies rounding: compare outcomes only).
+    bad = np.r_[1.0, 1.0, -1.0, -1.0] + 0.05 * rng.standard_normal(n)
+    escaped = lifted_sensing(A, y, level=2, init=bad, max_iter=3000, tol=1e-7, backend="cuda")
+    assert np.linalg.norm(escaped.X - np.ones((n, n))) / n < 1e-4
+
+
 def test_lifted_measurements_match_the_kronecker_products(rng):
     n, m = 3, 4
     A = rng.standard_normal((m, n, n))
@@ -345,6 +361,8 @@ def test_lifted_sensing_takes_a_sensing_operator_and_checks_its_arguments():
     assert np.linalg.norm(result.X - np.outer(x, x)) < 1e-5
     with pytest.raises(ValueError, match="y has shape"):
         lifted_sensing(op, y[:-1])
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lifted_sensing(op, y, backend="gpu")
     with pytest.raises(ValueError, match="level must be >= 1"):
         lifted_sensing(op, y, level=0)
     with pytest.raises(ValueError, match="needs .* numbers per iteration"):
