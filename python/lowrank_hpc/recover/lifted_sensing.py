@@ -16,6 +16,15 @@ original problem stay critical points x^^{(x) l} of the lifted loss but turn int
 a small start stays close to symmetric rank-1 tensors (the implicit regularization of the NeurIPS
 paper), so it escapes to a global solution. x is then read off W's leading tensor component.
 
+Which level: the level that converts a spurious minimum grows as the operator's restricted isometry
+worsens. Measured on the papers' perturbed completion of 1 1^T (n = 4, off-diagonal-block entries
+weighted sqrt(eps); plain GD has the spurious minimum x = (1, 1, -1, -1) scaled for eps < 1/3): the
+smallest eigenvalue of the lifted Hessian at the spurious tensor turns negative for eps > 0.168 at
+level 2, eps > 0.112 at level 3 and between 0.07 and 0.1 at level 4 (at eps = 0.1: +1.62, +1.31,
+-4.38 at levels 2, 3, 4). Below its threshold a level keeps the spurious minimum (GD started there
+stays); from a small start GD often avoids its basin anyway (eps = 0.05: 6 of 10 seeds at level 2,
+7 of 10 at level 3, but also 7 of 10 for plain GD from a small start).
+
 Cost: the lifted operator is applied mode by mode (one GEMM with the stacked (m n, n) matrix of the
 A_i per mode), O(k (m n)^l) memory and work per iteration: small n, m and l only (the papers'
 sizes: n <= 10, l <= 4). Level 1 is plain factored gradient descent on x x^T.
@@ -28,6 +37,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _checks
+from .._arrays import for_backend
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._result import RecoveryResult
@@ -61,21 +71,21 @@ def _matrices(op: Any) -> np.ndarray:
 class _Lifted:
     """The level-l operator on W (n^l, k) given the (m, n, n) matrices."""
 
-    def __init__(self, A: np.ndarray, y: np.ndarray, level: int):
+    def __init__(self, A: np.ndarray, y: np.ndarray, level: int, xp: Any = np):
         self.m, self.n = A.shape[0], A.shape[1]
-        self.level = level
-        self.stacked = A.reshape(self.m * self.n, self.n)  # rows (i, p), columns q
+        self.level, self.xp = level, xp
+        self.stacked = xp.asarray(A.reshape(self.m * self.n, self.n))  # rows (i, p), columns q
         target = y
         for _ in range(level - 1):
             target = np.multiply.outer(target, y)
-        self.target = target.reshape(-1)  # y_I, I in row-major order of (i_1, ..., i_l)
+        self.target = xp.asarray(target.reshape(-1))  # y_I, I in row-major order of (i_1, ..., i_l)
 
     def applied(self, W: np.ndarray) -> np.ndarray:
         """(k, m^l, n^l) Z with Z[c, I, p] = ((A_{i_1} (x) ... (x) A_{i_l}) w_c)[p]."""
         k, n, m, level = W.shape[1], self.n, self.m, self.level
         T = W.T.reshape((k,) + (n,) * level)
         for _ in range(level):  # contract the first tensor mode, append the (i, p) mode at the end
-            T = np.tensordot(T, self.stacked, axes=([1], [1]))
+            T = self.xp.tensordot(T, self.stacked, axes=([1], [1]))
         T = T.reshape((k,) + (m, n) * level)
         order = (0,) + tuple(1 + 2 * j for j in range(level)) + tuple(2 + 2 * j for j in range(level))
         return T.transpose(order).reshape(k, m ** level, n ** level)
@@ -83,12 +93,11 @@ class _Lifted:
     def residual(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(<A_I, W W^T> - y_I over I, Z)."""
         Z = self.applied(W)
-        return np.einsum("cip,pc->i", Z, W) - self.target, Z
+        return self.xp.einsum("cip,pc->i", Z, W) - self.target, Z
 
-    @staticmethod
-    def gradient(residual: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    def gradient(self, residual: Any, Z: Any) -> Any:
         """d/dW of 1/4 ||residual||^2: sum_I r_I A_I w_c for every column c (A_I symmetric)."""
-        return np.einsum("i,cip->pc", residual, Z)
+        return self.xp.einsum("i,cip->pc", residual, Z)
 
 
 def leading_vector(W: np.ndarray, n: int, level: int) -> tuple[np.ndarray, float]:
@@ -113,7 +122,7 @@ def leading_vector(W: np.ndarray, n: int, level: int) -> tuple[np.ndarray, float
     return x, residual
 
 
-def symmetrize(W: np.ndarray, n: int, level: int) -> np.ndarray:
+def symmetrize(W: Any, n: int, level: int) -> Any:
     """(n^l, k) W with each column replaced by the average of its tensor over all l! orders of its
     modes: the projection onto symmetric tensors, which gradient descent on the lifted loss keeps
     (y_I and A_I are symmetric under permutations of I, so the gradient at a symmetric W is symmetric)."""
@@ -121,7 +130,7 @@ def symmetrize(W: np.ndarray, n: int, level: int) -> np.ndarray:
     T = W.T.reshape((k,) + (n,) * level)
     orders = list(itertools.permutations(range(1, level + 1)))
     total = sum(T.transpose((0,) + order) for order in orders) / len(orders)
-    return np.ascontiguousarray(total.reshape(k, -1).T)
+    return total.reshape(k, -1).T.copy()  # C-contiguous, numpy or CuPy alike
 
 
 def _lift(x: np.ndarray, level: int) -> np.ndarray:
@@ -133,12 +142,12 @@ def _lift(x: np.ndarray, level: int) -> np.ndarray:
 
 @_checks.constrained(**LOOP_CONSTRAINTS, level=_checks.positive_int, width=_checks.positive_int,
                      init_scale=_checks.positive_float, step=_checks.optional(_checks.positive_float),
-                     seed=_checks.seed_argument)
+                     seed=_checks.seed_argument, backend=_checks.one_of("cpu", "cuda"))
 def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Union[str, Any] = "small",
                    init_scale: float = 1e-3, step: Optional[float] = None, max_iter: int = 5000, tol: float = 1e-6,
                    seed: Optional[int] = None, callback: Optional[Callable[[int, dict], Any]] = None,
                    progress: bool = False, checkpoint: Optional[str] = None, checkpoint_every: int = 100,
-                   time_limit: Optional[float] = None) -> RecoveryResult:
+                   time_limit: Optional[float] = None, backend: str = "cpu") -> RecoveryResult:
     """Recover x x^T from y_i = <A_i, x x^T> by gradient descent on the level-l lifted problem
     (Ma, Lavaei & Sojoudi, NeurIPS 2023): minimize 1/4 sum_I (<A_I, W W^T> - y_I)^2 over
     W (n^l, width), then read x off W's leading symmetric rank-1 tensor component.
@@ -162,19 +171,25 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
     seed : None (fresh entropy) or an int seeding the small start.
     callback, progress, checkpoint, checkpoint_every, time_limit : as in
         :func:`lowrank_hpc.recover.factored_gd`.
+    backend : "cpu" (numpy) or "cuda" (the lifted operator's contractions, the iterate and its
+        gradient live on the GPU through CuPy, cuBLAS doing the GEMMs; the start is drawn on the
+        host, so both backends start from the same W0; the result comes back as numpy).
 
     Returns
     -------
     RecoveryResult with U = V = x (n, 1), X = x x^T (n, n), history (lifted loss, relative change),
     info: "tensor" (the final W, (n^l, width)), "level", "rank1_residual" (the distance of W W^T from
     the symmetric rank-1 x^{(x) l} (x^{(x) l})^T, relative), "measurement_residual"
-    (||A(x x^T) - y|| / ||y||, the original problem's), "seed". Numpy only (CPU).
+    (||A(x x^T) - y|| / ||y||, the original problem's), "seed"; numpy arrays on either backend.
 
     Raises
     ------
     TypeError for non-numeric input or non-int sizes; ValueError for shapes, NaN/inf, y all zero,
-    or a lifted problem beyond 2**27 numbers per iteration.
+    or a lifted problem beyond 2**27 numbers per iteration; BackendUnavailableError for
+    backend="cuda" without a GPU.
     """
+    call = for_backend(_FUNCTION, backend)
+    xp = call.xp
     A = _matrices(op)
     m, n = A.shape[0], A.shape[1]
     _checks.required(_FUNCTION, y=y)
@@ -197,7 +212,7 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
                             checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description=f"lifted_sensing[l={level}]")
     seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
-    problem = _Lifted(A, y, level)
+    problem = _Lifted(A, y, level, xp)
     N = n ** level
     if isinstance(init, str):
         if init != "small":
@@ -221,14 +236,15 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
     if step is None:
         sigma = float(np.abs(np.linalg.eigvalsh(np.tensordot(y, A, axes=1))).max())
         step = 0.5 / sigma ** level
-    target_norm = float(np.linalg.norm(problem.target))
+    target_norm = float(xp.linalg.norm(problem.target))
     digest = fingerprint(_FUNCTION, level, width, init if isinstance(init, str) else "arrays", init_scale, step, tol,
                          seed_key, A, y, *(() if isinstance(init, str) else (W0,)))
-    fresh = LoopState(arrays={"W": W0}, scalars={"step": float(step), "halvings": 0.0}, seed=seed_value)
-    state = resume_or_start(settings, digest, np, fresh)
+    fresh = LoopState(arrays={"W": xp.asarray(W0)}, scalars={"step": float(step), "halvings": 0.0}, seed=seed_value)
+    state = resume_or_start(settings, digest, xp, fresh)
     cache: dict[str, Any] = {}
-    symmetric = level > 1 and bool(np.allclose(symmetrize(state.arrays["W"], n, level), state.arrays["W"],
-                                               rtol=1e-12, atol=1e-300))
+    start_host = call.to_host(state.arrays["W"])
+    symmetric = level > 1 and bool(np.allclose(symmetrize(start_host, n, level), start_host, rtol=1e-12,
+                                               atol=1e-300))
 
     def advance(state: LoopState) -> tuple[float, float]:
         W = state.arrays["W"]
@@ -252,8 +268,8 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
                 return loss, 0.0
         state.scalars["step"] = step_now
         cache["r"], cache["Z"] = r_new, Z_new
-        norm = float(np.linalg.norm(W))
-        change = float(np.linalg.norm(W_new - W)) / norm if norm > 0 else float("inf")
+        norm = float(xp.linalg.norm(W))
+        change = float(xp.linalg.norm(W_new - W)) / norm if norm > 0 else float("inf")
         state.arrays["W"] = W_new
         return loss_new, change
 
@@ -268,7 +284,7 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
         return None
 
     state, reason, seconds = run_loop(settings, state, advance, digest, stop_reason)
-    W = state.arrays["W"]
+    W = call.to_host(state.arrays["W"])
     x, rank1 = leading_vector(W, n, level)
     measured = np.einsum("ipq,p,q->i", A, x, x)
     U = x[:, None]
@@ -276,6 +292,6 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
         U=U, V=U, X=np.outer(x, x),
         history={"loss": np.asarray(state.loss), "relative_change": np.asarray(state.relative_change)},
         n_iter=state.iteration, converged=reason in ("converged", "stationary"), stop_reason=reason, seconds=seconds,
-        backend="cpu", step=state.scalars["step"], step_halvings=int(state.scalars["halvings"]),
+        backend=call.backend, step=state.scalars["step"], step_halvings=int(state.scalars["halvings"]),
         info={"tensor": W, "level": level, "rank1_residual": rank1,
               "measurement_residual": float(np.linalg.norm(measured - y) / np.linalg.norm(y)), "seed": state.seed})

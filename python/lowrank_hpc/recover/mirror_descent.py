@@ -67,6 +67,17 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
     chosen relative to the data: 2 / ||A*(y)||_2 (about 2.7 on the unit-nuclear-norm problems of
     the tests); a step that increases the loss is halved, and stays halved.
 
+    How close to minimum nuclear norm: run to convergence, the result is the interpolant of least
+    Bregman divergence from X_0 (the dual iterate stays in W_0 + range(A*)), for "entropy"
+    argmin tr X + tr(X log X - X) / log(1/alpha). It tends to the minimum-nuclear-norm
+    interpolant as alpha -> 0, but only at the rate 1/log(1/alpha) where that interpolant is
+    not M (measured, PSD 20 x 20 rank 2, m = 60: distance 0.26, 0.13, 0.069 at alpha = 1e-3,
+    1e-6, 1e-12, i.e. 1.8 / log(1/alpha); rectangular 8 x 10, m = 30, "hypentropy": 0.062 at
+    1e-10, 0.017 at 1e-40, where the error is the minimum-nuclear-norm solution's to 1%). Where
+    nuclear-norm minimization recovers M the approach is much faster. Smaller alpha needs more
+    iterations (each eigen-direction grows from alpha: ~log(1/alpha) / gradient), so pick the
+    smallest alpha the iteration budget converges from (float64 takes alpha down to ~1e-300).
+
     Parameters
     ----------
     op : a sensing operator (``lowrank_hpc.sensing``) of shape (n1, n2); square for "entropy"

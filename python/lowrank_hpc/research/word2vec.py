@@ -29,6 +29,7 @@ import numpy as np
 from scipy import optimize
 
 from .. import _checks
+from .._backend import single_threaded_blas
 
 _FUNCTION = "quartic_word2vec_dynamics"
 
@@ -40,7 +41,8 @@ class Word2VecDynamics:
     target : (V, V) M*, the symmetric target. eigenvalues : (V,) of M*, descending;
         eigenvectors : (V, V) Q, column k the eigen-direction q_k.
     times : (T,) the times asked for. embeddings : (T, V, d) W(t) with W(t) W(t)^T = X(t)
-        (a factor of the closed-form X, so equal to the flow's W up to a rotation of its columns).
+        (a factor of the closed-form X, so equal to the flow's W up to a rotation of its columns),
+        or None when the call passed keep_embeddings=False.
     singular_values : (T, d) of W(t), descending: each rises from the init scale to
         sqrt(lambda_k) at its learning time (the stepwise curves).
     overlaps : (T, d) q_k^T X(t) q_k for the top d eigen-directions (lambda_k when learned).
@@ -57,7 +59,7 @@ class Word2VecDynamics:
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
     times: np.ndarray
-    embeddings: np.ndarray
+    embeddings: Optional[np.ndarray]
     singular_values: np.ndarray
     overlaps: np.ndarray
     loss: np.ndarray
@@ -68,6 +70,8 @@ class Word2VecDynamics:
 
     def gram(self, index: int) -> np.ndarray:
         """(V, V) X(t) = W(t) W(t)^T at ``times[index]``."""
+        if self.embeddings is None:
+            raise ValueError("Word2VecDynamics.gram: the embeddings were not kept (keep_embeddings=False)")
         W = self.embeddings[index]
         return W @ W.T
 
@@ -128,31 +132,58 @@ class _Flow:
         """(V, d) F in the eigenbasis with F F^T = Q^T X(t) Q."""
         if t == 0:
             return self.B.copy()
+        scaled_h, inverse_r2, decay = self._scales(t)
+        psi = np.sqrt(np.maximum(scaled_h, 0.0))[:, None] * self.B
+        U, sv, _ = np.linalg.svd(psi, full_matrices=False)
+        gain = sv / np.sqrt(decay + sv * sv)
+        return (U / np.sqrt(inverse_r2)[:, None]) * gain
+
+    def _scales(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(h_i e^{-2 s t}, 1 / R_i^2 = h_i e^{-2 lambda_i t}, e^{-2 s t}); h_i e^{-2 s t} below
+        1e-250 is flushed to 0 (its square root would reach the SVD as subnormal products, which
+        run many times slower, for a contribution far below rounding)."""
         lam, s = self.lam, self.top
         zero = lam == 0
         safe = np.where(zero, 1.0, lam)
         with np.errstate(over="ignore", under="ignore"):
-            # h_i e^{-2 s t}, and 1 / R_i^2 = h_i e^{-2 lambda_i t}.
             positive = lam > 0
             scaled_h = np.where(positive, (np.exp(2.0 * (lam - s) * t) - np.exp(-2.0 * s * t)) / safe,
                                 np.exp(-2.0 * s * t) * np.expm1(2.0 * lam * t) / safe)
             scaled_h = np.where(zero, 2.0 * t * np.exp(-2.0 * s * t), scaled_h)
             inverse_r2 = np.where(zero, 2.0 * t, -np.expm1(-2.0 * lam * t) / safe)
-        psi = np.sqrt(np.maximum(scaled_h, 0.0))[:, None] * self.B
-        U, sv, _ = np.linalg.svd(psi, full_matrices=False)
-        gain = sv / np.sqrt(np.exp(-2.0 * s * t) + sv * sv)
-        return (U / np.sqrt(inverse_r2)[:, None]) * gain
+        scaled_h[scaled_h < 1e-250] = 0.0
+        return scaled_h, inverse_r2, float(np.exp(-2.0 * s * t))
 
     def overlap(self, t: float, index: int) -> float:
-        F = self.factor(t)
-        return float(F[index] @ F[index])
+        return float(self.top_overlaps(t, index + 1)[index])
+
+    def top_overlaps(self, t: float, d: int) -> np.ndarray:
+        """(d,) q_k^T X(t) q_k for k < d, the rows of F for the top d directions only.
+
+        The rows below the first ``keep`` (= 2 d) enter F's top rows only through their Gram
+        Psi_rest^T Psi_rest, so they are replaced by a (d, d) factor of it (an eigh of the Gram): an
+        SVD of (keep + d) x d instead of V x d. Those rows' eigenvalues are below lambda_keep, so
+        their Gram's rounding (eps of its norm) stays below the scale of every top-d direction."""
+        keep = min(2 * d, self.lam.size)
+        if t == 0 or keep + d >= self.lam.size:
+            F = self.factor(t)
+            return np.einsum("kd,kd->k", F[:d], F[:d])
+        scaled_h, inverse_r2, decay = self._scales(t)
+        psi = np.sqrt(np.maximum(scaled_h, 0.0))[:, None] * self.B
+        rest = psi[keep:]
+        values, vectors = np.linalg.eigh(rest.T @ rest)
+        compressed = np.sqrt(np.maximum(values, 0.0))[:, None] * vectors.T
+        U, sv, _ = np.linalg.svd(np.vstack([psi[:keep], compressed]), full_matrices=False)
+        F = (U[:d] / np.sqrt(inverse_r2[:d])[:, None]) * (sv / np.sqrt(decay + sv * sv))
+        return np.einsum("kd,kd->k", F, F)
 
 
 @_checks.constrained(d=_checks.positive_int, init_scale=_checks.positive_float,
-                     statistics=_checks.one_of("cooccurrence", "target"), seed=_checks.seed_argument)
+                     statistics=_checks.one_of("cooccurrence", "target"), seed=_checks.seed_argument,
+                     keep_embeddings=_checks.flag)
 def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, init: Union[str, Any] = "random",
                               init_scale: float = 1e-6, statistics: str = "cooccurrence",
-                              seed: Optional[int] = None) -> Word2VecDynamics:
+                              seed: Optional[int] = None, keep_embeddings: bool = True) -> Word2VecDynamics:
     """The closed-form gradient flow of the quartic word2vec loss: the embeddings learn the top
     eigen-directions of M* one at a time (Karkada, Simon, Bahri and DeWeese, NeurIPS 2025).
 
@@ -163,12 +194,19 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
         statistics="target": M* itself (symmetric).
     d : embedding dimension, 1 <= d <= V.
     times : (T,) non-negative flow times (gradient descent with learning rate eta reaches time
-        eta * steps); None: 200 points from 0 to 1.5 times the last learning time.
+        eta * steps); None: 200 points from 0 to 1.5 times the last learning time; an int T: T
+        such points.
     init : "random" (W0 = init_scale * G / sqrt(d), G iid N(0, 1): the paper's small random start),
         "aligned" (W0 = init_scale * Q_d, the top d eigenvectors: every direction then follows
         the logistic curve exactly), or a (V, d) array W0.
     init_scale : the start's scale (> 0); the learning times grow like log(1 / init_scale^2).
     seed : None (fresh entropy) or an int, seeding the random start.
+    keep_embeddings : False leaves ``embeddings`` None (at V = 10,000, d = 200 and 200 times they
+        are 3.2 GB and 200 products of 10^4 x 10^4 by 10^4 x 200); the other curves are kept.
+
+    Cost: one eigh of the V x V target, then per time one thin SVD (V x d) and per learning time
+    3-6 SVDs of 3d x d; the thin work runs with single-threaded BLAS (on a loaded 2-core machine
+    threaded OpenBLAS took a 2,000 x 60 SVD from 4 ms to 0.27 s). Paper size: see BENCHMARKS.md.
 
     Returns
     -------
@@ -212,6 +250,13 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
         if not np.all(np.isfinite(W0)):
             raise ValueError(f"{_FUNCTION}: init contains NaN/inf values")
     flow = _Flow(eigenvalues, Q.T @ W0)
+    with single_threaded_blas():
+        return _trajectory(flow, target, eigenvalues, Q, W0, d, times, init, seed, keep_embeddings)
+
+
+def _trajectory(flow: "_Flow", target: np.ndarray, eigenvalues: np.ndarray, Q: np.ndarray, W0: np.ndarray, d: int,
+                times: Any, init: Any, seed: Optional[int], keep_embeddings: bool) -> Word2VecDynamics:
+    V = target.shape[0]
 
     start = np.einsum("kd,kd->k", flow.B[:d], flow.B[:d])  # q_k^T X(0) q_k
     lam = eigenvalues[:d]
@@ -220,10 +265,13 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
                              np.log((lam - start) / start) / (2.0 * lam), np.inf)
     learning_times = _learning_times(flow, lam, predicted)
 
-    if times is None:
+    if times is None or (isinstance(times, (int, np.integer)) and not isinstance(times, bool)):
+        points = 200 if times is None else int(times)
+        if points < 1:
+            raise ValueError(f"{_FUNCTION}: times as a number of points must be >= 1, got {points}")
         finite = learning_times[np.isfinite(learning_times)]
         horizon = 1.5 * float(finite.max()) if finite.size else 10.0 / eigenvalues[0]
-        times = np.linspace(0.0, horizon, 200)
+        times = np.linspace(0.0, horizon, points)
     times = np.asarray(times, dtype=np.float64)
     if times.ndim != 1 or times.size == 0:
         raise ValueError(f"{_FUNCTION}: times must be a non-empty 1-D array, got shape {times.shape}")
@@ -231,14 +279,15 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
         raise ValueError(f"{_FUNCTION}: times must be finite and >= 0")
 
     T = times.size
-    embeddings = np.empty((T, V, d))
+    embeddings = np.empty((T, V, d)) if keep_embeddings else None
     singular_values = np.empty((T, d))
     overlaps = np.empty((T, d))
     loss = np.empty(T)
     target_norm2 = float(np.sum(eigenvalues ** 2))
     for i, t in enumerate(times):
         F = flow.factor(float(t))
-        embeddings[i] = Q @ F
+        if embeddings is not None:
+            embeddings[i] = Q @ F
         singular_values[i] = np.linalg.svd(F, compute_uv=False)
         overlaps[i] = np.einsum("kd,kd->k", F[:d], F[:d])
         # ||X - M*||^2 in the eigenbasis: ||F F^T||^2 - 2 tr(F^T diag(lambda) F) + ||lambda||^2.
@@ -251,11 +300,20 @@ def quartic_word2vec_dynamics(M: Any, d: int, *, times: Optional[Any] = None, in
                             seed=seed if isinstance(init, str) and init == "random" else None)
 
 
+def _logit(t: float, flow: _Flow, d: int, k: int, lam: float) -> float:
+    """log(o / (lambda_k - o)) with o = q_k^T X(t) q_k: zero where o = lambda_k / 2 and nearly
+    linear in t around it (the logistic curve), so Brent's method needs few evaluations."""
+    o = float(flow.top_overlaps(t, d)[k])
+    tiny = np.finfo(np.float64).tiny
+    return float(np.log(max(o, tiny)) - np.log(max(lam - o, tiny)))
+
+
 def _learning_times(flow: _Flow, lam: np.ndarray, predicted: np.ndarray, points: int = 64) -> np.ndarray:
     """(d,) the first t with q_k^T X(t) q_k = lambda_k / 2 (inf when lambda_k <= 0 or never
     reached). The overlaps of all d directions come from one closed-form evaluation per time, so
     the crossings are bracketed on a shared grid (extended by doubling until each direction has
-    crossed), then each is refined by Brent's method on its bracket."""
+    crossed), then each is refined by Brent's method on its bracket, applied to the logit of the
+    overlap (3-6 evaluations of the top rows, see _Flow.top_overlaps)."""
     d = lam.size
     half = 0.5 * lam
     times = np.full(d, np.inf)
@@ -268,14 +326,13 @@ def _learning_times(flow: _Flow, lam: np.ndarray, predicted: np.ndarray, points:
             break
         grid = np.linspace(lo, hi, points + 1)[(0 if previous is None else 1):]
         for t in grid:
-            F = flow.factor(float(t))
-            values = np.einsum("kd,kd->k", F[:d], F[:d]) - half
+            values = flow.top_overlaps(float(t), d) - half
             crossed = pending & (values >= 0)
             for k in np.flatnonzero(crossed):
                 if previous is None or t == 0:
                     times[k] = float(t)
                 else:
-                    times[k] = float(optimize.brentq(lambda u: flow.overlap(u, int(k)) - half[k], previous_t, t,
+                    times[k] = float(optimize.brentq(_logit, previous_t, t, args=(flow, d, int(k), lam[k]),
                                                      xtol=1e-13 * max(t, 1.0), rtol=1e-12))
             pending &= ~crossed
             previous_t, previous = float(t), values
