@@ -83,7 +83,7 @@ def ours_to_target(X, params, target, sweeps):
     start = time.perf_counter()
     call = for_backend("bench", "cpu")
     data = solvers.NmfData(call, X if sp.issparse(X) else np.ascontiguousarray(X))
-    W, H = solvers.initialize(data, params["n_components"], params.get("init"), 0)
+    W, H = solvers.initialize(data, params["n_components"], params.get("init"), 0, fast=sweeps == "auto")
     W, Ht = np.ascontiguousarray(W), np.ascontiguousarray(H.T)
 
     def callback(iteration, info):
