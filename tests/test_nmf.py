@@ -68,6 +68,34 @@ def test_hals_sweep_matches_sklearn_cython(dtype, k, l1, l2):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, l1, l2", [(7, 0.3, 0.2), (32, 0.0, 0.5)])
+def test_accelerated_sweeps_match_sklearn_cython(dtype, k, l1, l2):
+    """The sweeps="auto" path (inner_tol > 0, here 1e-300: never met, so no early stop): three
+    sweeps equal three of scikit-learn's _update_cdnmf_fast, the violation the first's."""
+    from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
+
+    rng = np.random.default_rng(k + 1)
+    n, m = 37, 23
+    X = rng.random((n, m)).astype(dtype)
+    W = rng.random((n, k)).astype(dtype)
+    W[rng.random((n, k)) < 0.2] = 0
+    Ht = rng.random((m, k)).astype(dtype)
+    gram, cross = Ht.T @ Ht, X @ Ht
+    order = rng.permutation(k).astype(np.int64)
+    expected = W.copy()
+    hhT = gram.copy()
+    hhT.flat[::k + 1] += dtype(l2)
+    violation_ref = _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
+    for _ in range(2):
+        _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
+    got, violations = W.copy(), np.empty(n)
+    lr._backend.cpu_module().hals_sweep(got, gram, cross, order, l1, l2, 3, 1e-300, violations)
+    np.testing.assert_allclose(got, expected, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert violations.sum() == pytest.approx(float(violation_ref), rel=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_hals_sweeps_to_the_rows_nnls_solution(dtype):
     """Many sweeps with an early stop solve each row's NNLS min ||x - w H||, w >= 0 (scipy's nnls)."""
     from scipy.optimize import nnls
@@ -105,6 +133,53 @@ def test_dense_digits_matches_sklearn(digits, solver, beta_loss, init):
     # The same start and iteration: the factors agree far beyond the 1% the issue asks.
     np.testing.assert_allclose(ours.components_, theirs.components_, rtol=1e-6, atol=1e-6)
     assert W.shape == W_ref.shape and ours.n_components_ == 10 and ours.n_features_in_ == 64
+
+
+def _init_loss(X, W, H):
+    return float(np.linalg.norm(X - W @ H))
+
+
+def test_fast_initialisation_against_sklearn(digits):
+    """sweeps="auto"'s start (randomized_svd(fast=True)): on a planted matrix whose top k singular
+    values stand clear of the rest, scikit-learn's _initialize_nmf output (float32 products,
+    the stopping rule's 1e-3) after fewer passes over X; on digits (no such gap: all of
+    scikit-learn's power iterations) the same start up to float32 rounding. nndsvd, nndsvda,
+    nndsvdar and float32 X alike."""
+    from sklearn.decomposition._nmf import _initialize_nmf
+
+    from lowrank_hpc._arrays import for_backend
+
+    rng = np.random.default_rng(5)
+    planted = rng.random((600, 12)) @ rng.random((12, 300)) + 0.01 * rng.random((600, 300))
+    counted = []
+
+    class Counting(nmf_solvers._Float32Products):
+        def times(self, F):
+            counted.append(1)
+            return super().times(F)
+
+    original = nmf_solvers._Float32Products
+    nmf_solvers._Float32Products = Counting
+    try:
+        for X, k, init, tol in [(planted, 12, "nndsvda", 1e-3), (planted.T.copy(), 12, "nndsvd", 1e-3),
+                                (planted.astype(np.float32), 12, "nndsvdar", 1e-3), (digits, 10, "nndsvda", 1e-4)]:
+            data = nmf_solvers.NmfData(for_backend("test", "cpu"), X)
+            counted.clear()
+            W, H = nmf_solvers.initialize(data, k, init, 0, fast=True)
+            W_ref, H_ref = _initialize_nmf(X, k, init=init, random_state=0)
+            assert W.dtype == H.dtype == X.dtype
+            scale = max(np.abs(W_ref).max(), np.abs(H_ref).max())
+            np.testing.assert_allclose(W, W_ref, atol=tol * scale)
+            np.testing.assert_allclose(H, H_ref, atol=tol * scale)
+            assert _init_loss(X, W, H) == pytest.approx(_init_loss(X, W_ref, H_ref), rel=1e-5)
+            # scikit-learn passes 2 n_iter + 2 times over X (n_iter = 7 at k < 0.1 min(n, m), else 4)
+            passes = 2 * len(counted)
+            assert passes <= (6 if X is not digits else 2 * 4 + 2)
+    finally:
+        nmf_solvers._Float32Products = original
+    # Without fast (sweeps=1 or an int): scikit-learn's start to float64 rounding.
+    exact = nmf_solvers.initialize(nmf_solvers.NmfData(for_backend("test", "cpu"), planted), 12, None, 0)
+    np.testing.assert_allclose(exact[1], _initialize_nmf(planted, 12, random_state=0)[1], rtol=1e-9, atol=1e-12)
 
 
 def test_cd_with_penalties_shuffle_and_tolerance(digits):

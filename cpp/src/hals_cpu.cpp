@@ -22,7 +22,9 @@ int hals_sweep(T* W, const T* gram, const T* cross, const int64_t* order, int64_
 #pragma omp parallel if (n * k * k * sweeps > kParallelMinWork)
   {
     std::vector<V> w(k), c(k);
-#pragma omp for schedule(static)
+    // Dynamic chunks: on a machine shared with other work a descheduled thread's static share
+    // held the whole team at the barrier (the chunk's claim costs one atomic per 16 groups).
+#pragma omp for schedule(dynamic, 16)
     for (int64_t group = 0; group < groups; ++group) {
       const int64_t first = group * width;
       for (int64_t r = 0; r < k; ++r)

@@ -74,7 +74,11 @@ class NMF(_Estimator):
       sweep's change. Fewer GEMMs reach the same loss (bench/bench_nmf.py); scikit-learn's
       violation stopping rule reads the first sweep of each half-step. With solver="mu" and the
       Frobenius loss the same setting repeats each factor's multiplicative update against the
-      same products with X (accelerated MU, same authors).
+      same products with X (accelerated MU, same authors). "auto" also computes the nndsvd*
+      initialisations fast (float32 products, power iterations stopped once the top-k singular
+      subspace holds still: scikit-learn's start to ~1e-3 when the top k singular values stand
+      clear of the rest, its loss to rounding otherwise; recover.nmf.randomized_svd); 1 or an
+      int keep scikit-learn's initialisation exactly.
 
     Parameters
     ----------
@@ -344,7 +348,8 @@ class NMF(_Estimator):
                     warnings.warn("When init!='custom', provided W or H are ignored. Set  init='custom' to use them "
                                   "as initialization.", RuntimeWarning, stacklevel=3)
                 k = m if k in (None, "auto") else int(k)
-                W0, H0 = _nmf.initialize(data, k, self.init, self.random_state)
+                W0, H0 = _nmf.initialize(data, k, self.init, self.random_state,
+                                         fast=isinstance(self.sweeps, str) and self.sweeps == "auto")
         else:
             k = self.n_components_
             H0 = data.call.to_host(self.components_)
