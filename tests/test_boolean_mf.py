@@ -164,7 +164,8 @@ def products(request, monkeypatch):
     that, by the vendor's GEMM (dense) or sparse products: the tests that take this run on all three."""
     if request.param == "vendor":
         monkeypatch.setattr(binary_matrix, "_PACKED_MAX_BYTES", 0)
-    monkeypatch.setattr(binary_matrix, "_GATHER_MAX_BYTES", 1 << 40 if request.param == "gather" else 0)
+    for limit in ("_GATHER_MAX_BYTES", "_INDEXED_GATHER_MAX_BYTES"):
+        monkeypatch.setattr(binary_matrix, limit, 1 << 40 if request.param == "gather" else 0)
     return request.param
 
 
@@ -191,12 +192,13 @@ def test_products_match_numpy(products, dtype, shape, k):
                                    atol=tol * np.abs(expected).max())
 
 
-def test_tall_scatter_products_split_in_blocks_match_numpy_for_any_thread_count():
+def test_tall_scatter_products_split_in_blocks_match_numpy_for_any_thread_count(monkeypatch):
     """A^T G for a tall G (it does not stay in cache: the core scatters its rows) is summed in
     fixed blocks of rows, then the blocks' partial outputs in order: 20,000 rows make several
     blocks on both the packed (dense A) and the indexed (sparse A) form, and one OpenMP thread
     gives the same bits as the default team."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(binary_matrix, "_INDEXED_GATHER_MAX_BYTES", 1 << 19)  # as for the packed form
     rng = np.random.default_rng(12)
     dense = (rng.random((20000, 70)) < 0.05).astype(np.float64)
     G = rng.standard_normal((1, 20000, 10))

@@ -56,6 +56,8 @@ struct SampledProduct {
   int64_t m, n, r;
 
   LRH_HD bool valid(int64_t k) const { return index_in_range(rows[k], m) && index_in_range(cols[k], n); }
+  // Bytes of U and V of one problem (what a host thread reads at random).
+  LRH_HD int64_t factor_bytes() const { return (m + n) * r * static_cast<int64_t>(sizeof(T)); }
   LRH_HD const T* u_row(int64_t k, int64_t b) const { return U + (b * m + static_cast<int64_t>(rows[k])) * r; }
   LRH_HD const T* v_row(int64_t k, int64_t b) const { return V + (b * n + static_cast<int64_t>(cols[k])) * r; }
   LRH_HD accumulate_t<T> partial(int64_t k, int64_t b, int lane, int width) const {
