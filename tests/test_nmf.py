@@ -34,6 +34,23 @@ def fit_both(X, **params):
     return ours, W, theirs, W_ref
 
 
+def sweep_problem(seed, dtype, k, l2):
+    """One HALS sweep's operands on a 37 x 23 problem (n not a lane multiple, a fifth of W zero):
+    W, the Gram and cross products of a random H, a random order, and scikit-learn's HHt (the
+    Gram with l2 on its diagonal)."""
+    rng = np.random.default_rng(seed)
+    n, m = 37, 23
+    X = rng.random((n, m)).astype(dtype)
+    W = rng.random((n, k)).astype(dtype)
+    W[rng.random((n, k)) < 0.2] = 0
+    Ht = rng.random((m, k)).astype(dtype)
+    gram, cross = Ht.T @ Ht, X @ Ht
+    order = rng.permutation(k).astype(np.int64)
+    hhT = gram.copy()
+    hhT.flat[::k + 1] += dtype(l2)
+    return W, gram, cross, order, hhT
+
+
 # ---------------------------------------------------------------------------- the kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k, l1, l2", [(5, 0.0, 0.0), (7, 0.3, 0.2), (32, 0.0, 0.5)])
@@ -42,17 +59,9 @@ def test_hals_sweep_matches_sklearn_cython(dtype, k, l1, l2):
     XHt and HHt), rows in SIMD lanes and the leftover rows alike (n = 37 is not a lane multiple)."""
     from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
 
-    rng = np.random.default_rng(k)
-    n, m = 37, 23
-    X = rng.random((n, m)).astype(dtype)
-    W = rng.random((n, k)).astype(dtype)
-    W[rng.random((n, k)) < 0.2] = 0
-    Ht = rng.random((m, k)).astype(dtype)
-    gram, cross = Ht.T @ Ht, X @ Ht
-    order = rng.permutation(k).astype(np.int64)
+    W, gram, cross, order, hhT = sweep_problem(k, dtype, k, l2)
+    n = W.shape[0]
     expected = W.copy()
-    hhT = gram.copy()
-    hhT.flat[::k + 1] += dtype(l2)
     violation_ref = _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
     got = W.copy()
     violations = np.empty(n)
@@ -74,17 +83,9 @@ def test_accelerated_sweeps_match_sklearn_cython(dtype, k, l1, l2):
     sweeps equal three of scikit-learn's _update_cdnmf_fast, the violation the first's."""
     from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
 
-    rng = np.random.default_rng(k + 1)
-    n, m = 37, 23
-    X = rng.random((n, m)).astype(dtype)
-    W = rng.random((n, k)).astype(dtype)
-    W[rng.random((n, k)) < 0.2] = 0
-    Ht = rng.random((m, k)).astype(dtype)
-    gram, cross = Ht.T @ Ht, X @ Ht
-    order = rng.permutation(k).astype(np.int64)
+    W, gram, cross, order, hhT = sweep_problem(k + 1, dtype, k, l2)
+    n = W.shape[0]
     expected = W.copy()
-    hhT = gram.copy()
-    hhT.flat[::k + 1] += dtype(l2)
     violation_ref = _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
     for _ in range(2):
         _update_cdnmf_fast(expected, hhT, cross - dtype(l1), order.astype(np.intp))
