@@ -37,14 +37,15 @@ _FUNCTION = "implicit_als"
 SOLVERS = ("cg", "exact")
 # The start's Y: standard normal draws times this (implicit starts from small random factors).
 _INIT_SCALE = 0.01
-# Rows of the exact solver's systems formed at once: bounds its (rows, r, r) work arrays.
+# Numbers in the r x r outer products the exact solver forms at once (16 MB in float64): it takes
+# the rows whose entries fit, one row at least.
 _EXACT_CHUNK_ENTRIES = 1 << 21
 
 
 class _Side:
-    """One half-step's data: the observed entries of the solved factor's rows in CSR order (the
-    pattern of the matrix or of its transpose), their confidence weights alpha v and targets
-    1 + alpha v."""
+    """One half-step's data: the observed entries indexed by the solved factor first (rows for X,
+    cols for Y; the shared pattern keeps both CSR orders), their confidence weights alpha v and
+    targets 1 + alpha v, in the input's order."""
 
     def __init__(self, call: Call, pattern: SparsePattern, rows, cols, vals, alpha: float, transpose: bool):
         self.call, self.pattern, self.transpose = call, pattern, transpose
