@@ -43,28 +43,31 @@ _EXACT_CHUNK_ENTRIES = 1 << 21
 
 
 class _Side:
-    """One half-step's data: the observed entries indexed by the solved factor first (rows for X,
-    cols for Y; the shared pattern keeps both CSR orders), their confidence weights alpha v and
-    targets 1 + alpha v, in the input's order."""
+    """One half-step's data: the observed entries in the CSR order of the solved factor (rows for
+    X, cols for Y; the shared pattern holds both orders), with that factor's index and the other
+    one per entry, and their confidence weights alpha v and targets 1 + alpha v in that order, so
+    that the sampled product and the sparse product both walk the entries in sequence."""
 
-    def __init__(self, call: Call, pattern: SparsePattern, rows, cols, vals, alpha: float, transpose: bool):
+    def __init__(self, call: Call, pattern: SparsePattern, vals, alpha: float, n_rows: int, transpose: bool):
+        xp = call.xp
         self.call, self.pattern, self.transpose = call, pattern, transpose
-        self.rows, self.cols = (cols, rows) if transpose else (rows, cols)  # solved factor's index first
-        self.weights = alpha * vals
+        indptr, self.cols = pattern.csr_arrays(transpose)
+        self.rows = xp.repeat(xp.arange(n_rows, dtype=self.cols.dtype), xp.diff(indptr).astype(np.int64))
+        self.weights = alpha * pattern.in_csr_order(vals, transpose)
         self.targets = 1.0 + self.weights
-        self.offsets = call.xp.asarray(np.array([0, rows.shape[0]], dtype=np.int64))
-        self.status = call.status(int(rows.shape[0]))
+        self.offsets = xp.asarray(np.array([0, self.rows.shape[0]], dtype=np.int64))
+        self.status = call.status(int(self.rows.shape[0]))
 
     def at_entries(self, X, Y):
-        """(nnz,) x_u . y_i at the observed entries (u the solved factor's row)."""
+        """(nnz,) x_u . y_i at the observed entries in this side's order (u the solved factor's row)."""
         out = self.call.xp.empty(self.rows.shape[0], dtype=X.dtype)
         self.call.module.sampled_product(X[None], Y[None], self.rows, self.cols, self.offsets, out, self.status,
                                          self.call.stream())
         return out
 
     def times(self, entry_vals, Y):
-        """(n_rows, r): row u = sum over its observed entries of entry_vals * y_i."""
-        return self.pattern.solver_product(self.call, entry_vals, Y, self.transpose)
+        """(n_rows, r): row u = sum over its observed entries of entry_vals (in this side's order) * y_i."""
+        return self.pattern.solver_product(self.call, entry_vals, Y, self.transpose, in_order=True)
 
     def apply(self, P, Y, gram):
         """(Y^T Y + reg I) p_u + sum_i alpha v_ui (y_i . p_u) y_i for every row p_u of P."""
@@ -97,10 +100,8 @@ class _Side:
         xp = self.call.xp
         r = Y.shape[1]
         right = self.times(self.targets, Y)
-        order = xp.argsort(self.rows, kind="stable")  # entries grouped by the solved factor's row
-        owners, others, weights = self.rows[order], self.cols[order], self.weights[order]
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(self.call.to_host(xp.bincount(owners, minlength=n_rows)), out=indptr[1:])
+        owners, others, weights = self.rows, self.cols, self.weights  # grouped by the solved factor's row
+        indptr = self.call.to_host(self.pattern.csr_arrays(self.transpose)[0])
         out = xp.empty((n_rows, r), dtype=Y.dtype)
         chunk = max(1, _EXACT_CHUNK_ENTRIES // (r * r))
         start = 0
@@ -209,8 +210,8 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
         rows, cols, vals = summed
         pattern = SparsePattern(rows, cols, shape)
     xp, dtype = call.xp, vals.dtype
-    by_rows = _Side(call, pattern, rows, cols, vals, alpha, transpose=False)
-    by_cols = _Side(call, pattern, rows, cols, vals, alpha, transpose=True)
+    by_rows = _Side(call, pattern, vals, alpha, shape[0], transpose=False)
+    by_cols = _Side(call, pattern, vals, alpha, shape[1], transpose=True)
     seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     Y0 = (_INIT_SCALE * gaussian_fill(call, dtype, seed_value, 1, shape[1], rank).reshape(shape[1], rank)).astype(dtype)
     digest = fingerprint(_FUNCTION, rows, cols, vals, shape[0], shape[1], rank, reg, alpha, solver, cg_steps,
