@@ -89,21 +89,22 @@ void gather_rows(const uint64_t* words, const T* F, int64_t batch, int64_t n, in
 }
 
 // Scatter form: out = A^T G by streaming G's rows i into the rows j of the ones of row i (out
-// read at random: for a tall G that does not stay in cache while out does). Rows are split into
-// at most kScatterBlocks fixed blocks, each summed into its own partial out, and the partials
-// added in block order: the same sums for any thread count.
-constexpr int64_t kScatterBlocks = 64;
-constexpr int64_t kScatterMinRows = 2048;
-
-template <class T, int R>
-void scatter_rows(const uint64_t* words, const T* G, int64_t batch, int64_t n, int64_t m, int64_t r, T* out) {
-  const int64_t per_row = binary_words(m), rank = static_or<R>(r);
-  const int64_t blocks = std::max<int64_t>(1, std::min(kScatterBlocks, n / kScatterMinRows));
-  std::vector<T> partial(static_cast<size_t>(batch * blocks * m * rank), T(0));
-#pragma omp parallel for schedule(dynamic, 1) collapse(2) if (batch * n * per_row * 8 * rank > kParallelMinWork)
+// read at random: for a tall G that does not stay in cache while out does). ones(b, i, visit)
+// calls visit(j) for the ones of problem b's row i. Rows are split into fixed blocks of at least
+// min_rows rows (at most max_blocks); block 0 sums into out, each other block into its own
+// partial out, added in block order at the end: the same sums for any thread count.
+template <class T, int R, class Ones>
+void scatter_rows(const Ones& ones, const T* G, int64_t batch, int64_t n, int64_t m, int64_t r, int64_t work,
+                  int64_t min_rows, int64_t max_blocks, T* out) {
+  const int64_t rank = static_or<R>(r);
+  const int64_t blocks = std::clamp<int64_t>(n / min_rows, 1, max_blocks);
+  std::vector<T> partial(static_cast<size_t>(batch * (blocks - 1) * m * rank));
+  std::fill_n(out, batch * m * rank, T(0));
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if (work * rank > kParallelMinWork)
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t block = 0; block < blocks; ++block) {
-      T* sums = partial.data() + (b * blocks + block) * m * rank;
+      T* sums = block == 0 ? out + b * m * rank : partial.data() + (b * (blocks - 1) + block - 1) * m * rank;
+      if (block > 0) std::fill_n(sums, m * rank, T(0));
       for (int64_t i = n * block / blocks; i < n * (block + 1) / blocks; ++i) {
         const T* row = G + (b * n + i) * rank;
         // G's row in registers: read once, not again after every store into the (possibly
@@ -112,21 +113,29 @@ void scatter_rows(const uint64_t* words, const T* G, int64_t batch, int64_t n, i
         if constexpr (R > 0)
           for (int c = 0; c < R; ++c) local[c] = row[c];
         const T* src = R > 0 ? local : row;
-        for_each_one(words + (b * n + i) * per_row, per_row, [&](int64_t j) { add_row<R>(sums + j * rank, src, rank); });
+        ones(b, i, [&](int64_t j) { add_row<R>(sums + j * rank, src, rank); });
       }
     }
+  if (blocks == 1) return;
 #pragma omp parallel for schedule(static) if (batch * m * rank * blocks > kParallelMinWork)
   for (int64_t row = 0; row < batch * m; ++row) {
     const int64_t b = row / m, j = row % m;
-    T* target = out + row * rank;
-    for (int64_t c = 0; c < rank; ++c) target[c] = T(0);
-    for (int64_t block = 0; block < blocks; ++block) add_row<R>(target, partial.data() + ((b * blocks + block) * m + j) * rank, rank);
+    for (int64_t block = 1; block < blocks; ++block)
+      add_row<R>(out + row * rank, partial.data() + ((b * (blocks - 1) + block - 1) * m + j) * rank, rank);
   }
 }
 
-// The forms above for a sparse A listed by its ones' column indices (CSR): at 1% ones a packed
-// row's words mostly hold zero or one set bit, and finding them mispredicts a branch per word,
-// while the indices give each row's ones with a known count (2.6M ones: 4 against 10 ms).
+// The packed scatter's blocks: many small ones (the words of a dense A are cheap to scan).
+constexpr int64_t kPackedScatterMinRows = 2048;
+constexpr int64_t kPackedScatterBlocks = 64;
+// The indexed scatter's: fewer, larger ones (fewer partial outputs to add at the end).
+constexpr int64_t kIndexedScatterMinRows = 8192;
+constexpr int64_t kIndexedScatterBlocks = 16;
+
+// The gather form for a sparse A listed by its ones' column indices (CSR; scatter_rows serves
+// that listing too): at 1% ones a packed row's words mostly hold zero or one set bit, and finding
+// them mispredicts a branch per word, while the indices give each row's ones with a known count
+// (2.6M ones: 4 against 10 ms).
 template <class T, int R>
 void gather_indexed(const int64_t* indptr, const int32_t* indices, const T* F, int64_t n, int64_t r, T* out) {
   const int64_t rank = static_or<R>(r);
@@ -151,39 +160,6 @@ void gather_indexed(const int64_t* indptr, const int32_t* indices, const T* F, i
   }
 }
 
-// Rows per block of the indexed scatter, and at most this many blocks: a fixed split (the same
-// sums for any thread count) whose partial outputs, added in block order at the end, stay few.
-constexpr int64_t kIndexedScatterMinRows = 8192;
-constexpr int64_t kIndexedScatterBlocks = 16;
-
-template <class T, int R>
-void scatter_indexed(const int64_t* indptr, const int32_t* indices, const T* G, int64_t n, int64_t m, int64_t r,
-                     T* out) {
-  const int64_t rank = static_or<R>(r);
-  const int64_t blocks = std::clamp<int64_t>(n / kIndexedScatterMinRows, 1, kIndexedScatterBlocks);
-  // Block 0 sums into out itself, the others into their own partials.
-  std::vector<T> partial(static_cast<size_t>((blocks - 1) * m * rank));
-  std::fill_n(out, m * rank, T(0));
-#pragma omp parallel for schedule(dynamic, 1) if (indptr[n] * rank > kParallelMinWork)
-  for (int64_t block = 0; block < blocks; ++block) {
-    T* sums = block == 0 ? out : partial.data() + (block - 1) * m * rank;
-    if (block > 0) std::fill_n(sums, m * rank, T(0));
-    for (int64_t i = n * block / blocks; i < n * (block + 1) / blocks; ++i) {
-      T local[R > 0 ? R : 1];  // G's row in registers (see scatter_rows)
-      if constexpr (R > 0)
-        for (int c = 0; c < R; ++c) local[c] = G[i * R + c];
-      const T* src = R > 0 ? local : G + i * rank;
-      for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e)
-        add_row<R>(sums + static_cast<int64_t>(indices[e]) * rank, src, rank);
-    }
-  }
-  if (blocks == 1) return;
-#pragma omp parallel for schedule(static) if (m * rank * blocks > kParallelMinWork)
-  for (int64_t j = 0; j < m; ++j)
-    for (int64_t block = 1; block < blocks; ++block)
-      add_row<R>(out + j * rank, partial.data() + ((block - 1) * m + j) * rank, rank);
-}
-
 }  // namespace
 
 template <class T>
@@ -194,16 +170,27 @@ void binary_times_dense(const uint64_t* words, const T* F, int64_t batch, int64_
 template <class T>
 void binary_transpose_times_dense(const uint64_t* words, const T* G, int64_t batch, int64_t n, int64_t m, int64_t r,
                                   T* out) {
-  dispatch_width(r, [&](auto width) { scatter_rows<T, decltype(width)::value>(words, G, batch, n, m, r, out); });
+  const int64_t per_row = binary_words(m);
+  const auto ones = [&](int64_t b, int64_t i, auto&& visit) {
+    for_each_one(words + (b * n + i) * per_row, per_row, visit);
+  };
+  dispatch_width(r, [&](auto width) {
+    scatter_rows<T, decltype(width)::value>(ones, G, batch, n, m, r, batch * n * per_row * 8, kPackedScatterMinRows,
+                                            kPackedScatterBlocks, out);
+  });
 }
 
 template <class T>
 void binary_indexed_times_dense(const int64_t* indptr, const int32_t* indices, const T* F, int64_t n, int64_t m,
                                 int64_t r, bool transpose, T* out) {
   dispatch_width(r, [&](auto width) {
-    if (transpose)
-      scatter_indexed<T, decltype(width)::value>(indptr, indices, F, n, m, r, out);
-    else
+    if (transpose) {
+      const auto ones = [&](int64_t, int64_t i, auto&& visit) {
+        for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) visit(static_cast<int64_t>(indices[e]));
+      };
+      scatter_rows<T, decltype(width)::value>(ones, F, 1, n, m, r, indptr[n], kIndexedScatterMinRows,
+                                              kIndexedScatterBlocks, out);
+    } else
       gather_indexed<T, decltype(width)::value>(indptr, indices, F, n, r, out);
   });
 }

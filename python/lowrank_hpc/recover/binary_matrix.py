@@ -215,7 +215,7 @@ class BinaryMatrix:
         them and scatters into the output."""
         return F[0].nbytes <= (_INDEXED_GATHER_MAX_BYTES if self.indexed is not None else _GATHER_MAX_BYTES)
 
-    def _packed_times(self, F, transpose: bool):
+    def _core_times(self, F, transpose: bool):
         """A @ F, or A^T @ F with ``transpose``, from the packings (dense A) or index lists (sparse
         A): gathering F's rows (of the ones of each output row) while F stays in cache, else
         scattering them (streaming F, the output in cache)."""
@@ -241,7 +241,7 @@ class BinaryMatrix:
         """A @ F for F (batch, m, k): (batch, n, k); past the core's compact forms, a sparse A by
         the library's CSR kernel (OpenMP / CUDA), gathering rows of the small F."""
         if self.packed is not None or self.indexed is not None:
-            return self._packed_times(F, False)
+            return self._core_times(F, False)
         if self.sparse:
             self._sparse_products()
             return self.pattern.solver_product(self.call, self.vals, F[0])[None]
@@ -252,7 +252,7 @@ class BinaryMatrix:
     def transpose_times(self, F):
         """A^T @ F for F (batch, n, k): (batch, m, k)."""
         if self.packed is not None or self.indexed is not None:
-            return self._packed_times(F, True)
+            return self._core_times(F, True)
         if self.sparse:
             self._sparse_products()
             return self.call.xp.ascontiguousarray(self.transposed @ F[0])[None]
