@@ -153,6 +153,16 @@ def _lu_normalize(A):
     return scipy.linalg.lu(A, permute_l=True, check_finite=False)[0]
 
 
+def _beta_scaled(X, WH, beta: float):
+    """X (W H)^(beta - 2), the multiplicative update's numerator term (WH already clipped away
+    from 0 where beta < 2): X itself for beta 2, X / WH for beta 1."""
+    if beta == 2:
+        return X
+    if beta == 1:
+        return X / WH
+    return X * WH ** -2 if beta == 0 else X * WH ** (beta - 2)
+
+
 def _qr_basis(A):
     return np.linalg.qr(A, mode="reduced")[0]
 
@@ -551,15 +561,8 @@ class _MU:
             X_data = data.vals
             if beta < 2:
                 WH = xp.maximum(WH, EPSILON)
-            if beta == 2:
-                scaled = X_data
-            elif beta == 1:
-                scaled = X_data / WH
-            elif beta == 0:
-                scaled = X_data * WH ** -2
-            else:
-                scaled = X_data * WH ** (beta - 2)
-            numerator = data.entries_times(scaled.astype(F.dtype, copy=False), G, transpose=for_H)
+            numerator = data.entries_times(_beta_scaled(X_data, WH, beta).astype(F.dtype, copy=False), G,
+                                           transpose=for_H)
             if data.masked:  # the denominator also runs over the observed entries only
                 values = xp.ones_like(WH) if beta == 1 else WH if beta == 2 else WH ** (beta - 1)
                 denominator = data.entries_times(values.astype(F.dtype, copy=False), G, transpose=for_H)
@@ -570,13 +573,7 @@ class _MU:
             return numerator, denominator
         WH = W @ Ht.T
         X = data.dense
-        safe = xp.maximum(WH, EPSILON) if beta < 2 else WH
-        if beta == 1:
-            scaled = X / safe
-        elif beta == 0:
-            scaled = X * safe ** -2
-        else:
-            scaled = X * safe ** (beta - 2)
+        scaled = _beta_scaled(X, xp.maximum(WH, EPSILON) if beta < 2 else WH, beta)
         numerator = scaled.T @ W if for_H else scaled @ Ht
         if beta == 1:
             denominator = self._sums(G, for_H, F.shape)
