@@ -143,3 +143,24 @@ def test_single_threaded_blas_nests_and_restores_the_callers_limit():
         with pytest.raises(RuntimeError), single_threaded_blas():
             raise RuntimeError("a solver that fails inside the scope")
         assert blas_threads() == {2}
+
+
+def test_nested_single_threaded_blas_scopes_set_the_limit_once(monkeypatch):
+    """threadpoolctl's limit (about 0.1 ms each way) is set by the outermost scope only."""
+    from lowrank_hpc import _backend
+
+    controller, calls = _backend._blas_controller(), []
+
+    class Counting:
+        def limit(self, **kwargs):
+            calls.append(kwargs)
+            return controller.limit(**kwargs)
+
+    monkeypatch.setattr(_backend, "_blas_controller", lambda: Counting())
+    with _backend.single_threaded_blas():
+        for _ in range(3):
+            with _backend.single_threaded_blas():
+                pass
+    with _backend.single_threaded_blas():
+        pass
+    assert calls == [{"limits": 1, "user_api": "blas"}] * 2
