@@ -8,7 +8,7 @@ import inspect
 import numpy as np
 import pytest
 
-from lowrank_hpc import ops, recover
+from lowrank_hpc import _checks, ops, recover
 
 DECLARED = [ops.kernel_product, ops.sparse_times_dense, ops.sampled_product, ops.lowrank_product,
             ops.soft_threshold, ops.sum_of_squares, recover.als, recover.batched_als, recover.factored_gd,
@@ -57,3 +57,17 @@ def test_constraints_run_once_per_call(rng, monkeypatch):
     monkeypatch.setitem(recover.als.constraints, "max_iter", lambda *a: calls.append(a) or check(*a))
     recover.als(rows, cols, vals, (10, 6), 2, max_iter=7, tol=0.0, seed=1)
     assert calls == [("als", "max_iter", 7)]
+
+
+@pytest.mark.parametrize("check,accepted,refused,interval", [
+    (_checks.fraction, [1e-300, 0.5, 0.999], [0, 0.0, 1, 1.5, -0.1, float("nan"), float("inf")], "(0, 1)"),
+    (_checks.fraction_or_zero, [0, 0.0, 0.5], [1, -1e-300, float("nan"), float("-inf")], "[0, 1)"),
+])
+def test_unit_interval_checks(check, accepted, refused, interval):
+    for value in accepted:
+        assert check("f", "x", value) == value
+    for value in refused:
+        with pytest.raises(ValueError, match=rf"f: x must be in \{interval[0]}0, 1\), got"):
+            check("f", "x", value)
+    with pytest.raises(TypeError):
+        check("f", "x", "0.5")

@@ -86,6 +86,23 @@ def positive_float(function: str, name: str, value: Any) -> float:
     return value
 
 
+def fraction(function: str, name: str, value: Any) -> float:
+    """A number in (0, 1)."""
+    return _below_one(function, name, value, zero=False)
+
+
+def fraction_or_zero(function: str, name: str, value: Any) -> float:
+    """A number in [0, 1)."""
+    return _below_one(function, name, value, zero=True)
+
+
+def _below_one(function: str, name: str, value: Any, *, zero: bool) -> float:
+    value = real(function, name, value)
+    if not ((0 <= value if zero else 0 < value) and value < 1):  # NaN fails both
+        raise ValueError(f"{function}: {name} must be in {'[0, 1)' if zero else '(0, 1)'}, got {value!r}")
+    return value
+
+
 def seed(function: str, value: Any, *, name: str = "seed") -> Optional[int]:
     """None or an int in [0, 2**64). None means fresh entropy: see :func:`draw_seed`."""
     if value is None:

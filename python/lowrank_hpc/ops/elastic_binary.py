@@ -12,14 +12,6 @@ from .._arrays import Call, resolve
 from ._maps import elementwise
 
 
-def _inertia(function: str, name: str, value: Any) -> float:
-    """A number in [0, 1): the iPALM extrapolation weight (0 is plain PALM)."""
-    value = _checks.nonnegative_float(function, name, value)
-    if value >= 1:
-        raise ValueError(f"{function}: {name} must be in [0, 1), got {value!r}")
-    return value
-
-
 @_checks.constrained(l1=_checks.nonnegative_float, l2=_checks.nonnegative_float, nonnegative=_checks.flag,
                      check_finite=_checks.flag)
 def elastic_binary_prox(x: Any, l1: float, l2: float, *, nonnegative: bool = False, out: Optional[Any] = None,
@@ -58,7 +50,7 @@ def half_step(call: Call, U, U_prev, gram, cross, kappa: float, lam: float, iner
 
 
 @_checks.constrained(l1=_checks.nonnegative_float, l2=_checks.nonnegative_float,
-                     inertia=_inertia, nonnegative=_checks.flag)
+                     inertia=_checks.fraction_or_zero, nonnegative=_checks.flag)
 def elastic_binary_half_step(U: Any, U_prev: Any, gram: Any, cross: Any, l1: float, l2: float, *,
                              inertia: float = 0.0, nonnegative: bool = False, out: Optional[Any] = None) -> Any:
     """One PALM (inertia 0) or iPALM half-step of Elbmf for the factor U, fused in one pass:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _checks
 from .._backend import single_threaded_blas
-from ..ops.elastic_binary import _inertia, half_step
+from ..ops.elastic_binary import half_step
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._result import RecoveryResult
 from .binary_matrix import BinaryMatrix
@@ -64,7 +64,7 @@ def _dtype(function: str, name: str, value: Any) -> Any:
 
 # The declared constraints of the Elbmf solvers' scalar arguments.
 BMF_CONSTRAINTS = dict(LOOP_CONSTRAINTS, n_components=_checks.positive_int, l1=_checks.nonnegative_float,
-                       l2=_checks.nonnegative_float, reg_growth=_growth, inertia=_inertia,
+                       l2=_checks.nonnegative_float, reg_growth=_growth, inertia=_checks.fraction_or_zero,
                        nonnegative=_checks.flag, seed=_checks.seed_argument, dtype=_dtype)
 
 

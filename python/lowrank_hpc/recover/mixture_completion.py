@@ -93,16 +93,9 @@ class MixtureResult:
         return [(self.U[k], self.V[k]) for k in range(self.U.shape[0])]
 
 
-def _unit_interval(function: str, name: str, value: Any) -> float:
-    value = _checks.positive_float(function, name, value)
-    if value >= 1:
-        raise ValueError(f"{function}: {name} must be in (0, 1), got {value!r}")
-    return value
-
-
 @_checks.constrained(shape=_checks.shape_2d, n_components=_checks.positive_int, rank=_checks.positive_int,
                      reg=_checks.nonnegative_float, restarts=_checks.positive_int,
-                     anneal_iter=_checks.nonnegative_int, anneal_decay=_unit_interval,
+                     anneal_iter=_checks.nonnegative_int, anneal_decay=_checks.fraction,
                      max_iter=_checks.nonnegative_int, inner_iter=_checks.positive_int,
                      repair_trials=_checks.nonnegative_int, repair_rounds=_checks.nonnegative_int,
                      tol=_checks.nonnegative_float, seed=_checks.seed_argument)

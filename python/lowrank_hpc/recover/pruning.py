@@ -23,14 +23,6 @@ _FUNCTION = "prune_and_finetune"
 _LOOP = {name: LOOP_CONSTRAINTS[name] for name in ("tol", "callback", "progress", "time_limit")}
 
 
-def _fraction(function: str, name: str, value: Any) -> float:
-    """A float in (0, 1)."""
-    value = _checks.real(function, name, value)
-    if not 0 < value < 1:
-        raise ValueError(f"{function}: {name} must be in (0, 1), got {value!r}")
-    return value
-
-
 def group_lasso(xp: Any, U: Any, smoothing: float) -> tuple[float, Any]:
     """(sum_i sqrt(||U e_i||^2 + smoothing^2), its gradient U / sqrt(||U e_i||^2 + smoothing^2))."""
     smoothed = xp.sqrt(xp.sum(U.astype(np.float64) ** 2, axis=0) + smoothing ** 2)
@@ -38,7 +30,7 @@ def group_lasso(xp: Any, U: Any, smoothing: float) -> tuple[float, Any]:
 
 
 @_checks.constrained(**_LOOP, width=_checks.positive_int, reg=_checks.nonnegative_float,
-                     smoothing=_checks.positive_float, threshold=_fraction, init_scale=_checks.positive_float,
+                     smoothing=_checks.positive_float, threshold=_checks.fraction, init_scale=_checks.positive_float,
                      step=_checks.optional(_checks.positive_float), max_iter=_checks.nonnegative_int,
                      finetune_iter=_checks.nonnegative_int, seed=_checks.seed_argument)
 def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smoothing: float = 1e-3,
