@@ -144,6 +144,37 @@ def test_half_step_batched_is_each_problem(dtype):
                                    rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
 
 
+@pytest.mark.parametrize("k", [1, 5, 10, 16, 17, 32, 33])
+def test_half_step_sums_the_new_factors_gram_in_the_same_pass(backend, dtype, k):
+    # Ranks 1-16 and 32 run rows unrolled at compile time, 17 and 33 read k at run time (33 past
+    # the rows kept in registers); 2,500 rows are three blocks of partial Grams, the last short;
+    # problem 1 is inactive (its rows are copied, its Gram is of the copy).
+    from lowrank_hpc.ops.elastic_binary import half_step
+
+    rng = np.random.default_rng(k)
+    batch, n = 3, 2500
+    U, P, C = (rng.random((batch, n, k)).astype(dtype) for _ in range(3))
+    G = np.stack([V @ V.T for V in rng.random((batch, k, 40))]).astype(dtype)
+    call = resolve_call(backend)
+    out, gram_out = backend.xp.empty((batch, n, k), dtype), backend.xp.full((batch, k, k), np.nan, dtype)
+    active = backend.put(np.array([1, 0, 1], np.uint8))
+    half_step(call, *map(backend.put, (U, P, G, C)), 0.01, 0.3, 0.2, True, out, active, gram_out)
+    out, gram_out = backend.get(out), backend.get(gram_out)
+    for b in range(batch):
+        expected = U[b] if b == 1 else half_step_reference(U[b], P[b], G[b], C[b], 0.01, 0.3, 0.2, True)
+        np.testing.assert_allclose(out[b], expected, rtol=100 * TOL[dtype], atol=100 * TOL[dtype])
+        exact = out[b].astype(np.float64).T @ out[b].astype(np.float64)
+        np.testing.assert_allclose(gram_out[b], exact, rtol=TOL[dtype])  # summed in float64, rounded once
+        np.testing.assert_array_equal(gram_out[b], gram_out[b].T)
+
+
+def resolve_call(backend):
+    """A kernel call on the test's backend, as the solver loops hold one."""
+    from lowrank_hpc._arrays import resolve
+
+    return resolve("test", x=backend.put(np.zeros(1)))
+
+
 def test_half_step_errors():
     U = np.ones((4, 2))
     with pytest.raises(ValueError, match=r"gram has shape \(3, 3\), expected \(2, 2\)"):

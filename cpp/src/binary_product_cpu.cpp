@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu_backend.hpp"
+#include "lowrank_hpc/core/lanes.hpp"
 
 namespace lowrank_hpc::cpu {
 
@@ -25,21 +26,6 @@ int64_t pack_binary(const int64_t* rows, const int64_t* cols, int64_t count, int
 }
 
 namespace {
-
-// Calls body(std::integral_constant<int, R>) with R = r for r <= 16 and r = 32 (the add of a
-// factor row then unrolls into registers: 3x faster at r = 10 than the run-time loop), else 0.
-template <class Body>
-void dispatch_width(int64_t r, Body&& body) {
-  switch (r) {
-#define LRH_WIDTH(R) \
-  case R: return body(std::integral_constant<int, R>{});
-    LRH_WIDTH(1) LRH_WIDTH(2) LRH_WIDTH(3) LRH_WIDTH(4) LRH_WIDTH(5) LRH_WIDTH(6) LRH_WIDTH(7) LRH_WIDTH(8)
-    LRH_WIDTH(9) LRH_WIDTH(10) LRH_WIDTH(11) LRH_WIDTH(12) LRH_WIDTH(13) LRH_WIDTH(14) LRH_WIDTH(15)
-    LRH_WIDTH(16) LRH_WIDTH(32)
-#undef LRH_WIDTH
-    default: return body(std::integral_constant<int, 0>{});
-  }
-}
 
 // Visits the columns j of the set bits of one packed row, in increasing order.
 template <class Visit>
@@ -65,22 +51,24 @@ void gather_rows(const uint64_t* words, const T* F, int64_t batch, int64_t n, in
     const T* factor = F + (row / n) * m * rank;
     T* target = out + row * rank;
     if constexpr (R > 0) {
-      // Two accumulators held in registers (the ones of a word taken in pairs, never through a
-      // pointer that would send them to memory) halve the chain of dependent adds.
-      T even[R], odd[R];
-      for (int c = 0; c < R; ++c) even[c] = odd[c] = T(0);
+      // Two accumulators held in registers (the ones of a word taken in pairs) halve the chain
+      // of dependent adds.
+      lanes::RegisterRow<T, R> even, odd;
+      even.zero();
+      odd.zero();
       const uint64_t* bits = words + row * per_row;
       for (int64_t w = 0; w < per_row; ++w) {
         uint64_t x = bits[w];
         while (x != 0) {
-          add_row<R>(even, factor + ((w << 6) + __builtin_ctzll(x)) * R, R);
+          even.add(factor + ((w << 6) + __builtin_ctzll(x)) * R);
           x &= x - 1;
           if (x == 0) break;
-          add_row<R>(odd, factor + ((w << 6) + __builtin_ctzll(x)) * R, R);
+          odd.add(factor + ((w << 6) + __builtin_ctzll(x)) * R);
           x &= x - 1;
         }
       }
-      for (int c = 0; c < R; ++c) target[c] = even[c] + odd[c];
+      even.add(odd);
+      even.store(target);
     } else {
       for (int64_t c = 0; c < rank; ++c) target[c] = T(0);
       for_each_one(words + row * per_row, per_row, [&](int64_t j) { add_row<0>(target, factor + j * rank, rank); });
@@ -145,14 +133,16 @@ void gather_indexed(const int64_t* indptr, const int32_t* indices, const T* F, i
     const int64_t end = indptr[row + 1];
     int64_t e = indptr[row];
     if constexpr (R > 0) {
-      T even[R], odd[R];  // two chains of adds in registers, as in gather_rows
-      for (int c = 0; c < R; ++c) even[c] = odd[c] = T(0);
+      lanes::RegisterRow<T, R> even, odd;  // two chains of adds in registers, as in gather_rows
+      even.zero();
+      odd.zero();
       for (; e + 1 < end; e += 2) {
-        add_row<R>(even, F + static_cast<int64_t>(indices[e]) * R, R);
-        add_row<R>(odd, F + static_cast<int64_t>(indices[e + 1]) * R, R);
+        even.add(F + static_cast<int64_t>(indices[e]) * R);
+        odd.add(F + static_cast<int64_t>(indices[e + 1]) * R);
       }
-      if (e < end) add_row<R>(even, F + static_cast<int64_t>(indices[e]) * R, R);
-      for (int c = 0; c < R; ++c) target[c] = even[c] + odd[c];
+      if (e < end) even.add(F + static_cast<int64_t>(indices[e]) * R);
+      even.add(odd);
+      even.store(target);
     } else {
       for (int64_t c = 0; c < rank; ++c) target[c] = T(0);
       for (; e < end; ++e) add_row<0>(target, F + static_cast<int64_t>(indices[e]) * rank, rank);
@@ -164,7 +154,7 @@ void gather_indexed(const int64_t* indptr, const int32_t* indices, const T* F, i
 
 template <class T>
 void binary_times_dense(const uint64_t* words, const T* F, int64_t batch, int64_t n, int64_t m, int64_t r, T* out) {
-  dispatch_width(r, [&](auto width) { gather_rows<T, decltype(width)::value>(words, F, batch, n, m, r, out); });
+  dispatch_narrow_rank(r, [&](auto width) { gather_rows<T, decltype(width)::value>(words, F, batch, n, m, r, out); });
 }
 
 template <class T>
@@ -174,7 +164,7 @@ void binary_transpose_times_dense(const uint64_t* words, const T* G, int64_t bat
   const auto ones = [&](int64_t b, int64_t i, auto&& visit) {
     for_each_one(words + (b * n + i) * per_row, per_row, visit);
   };
-  dispatch_width(r, [&](auto width) {
+  dispatch_narrow_rank(r, [&](auto width) {
     scatter_rows<T, decltype(width)::value>(ones, G, batch, n, m, r, batch * n * per_row * 8, kPackedScatterMinRows,
                                             kPackedScatterBlocks, out);
   });
@@ -183,7 +173,7 @@ void binary_transpose_times_dense(const uint64_t* words, const T* G, int64_t bat
 template <class T>
 void binary_indexed_times_dense(const int64_t* indptr, const int32_t* indices, const T* F, int64_t n, int64_t m,
                                 int64_t r, bool transpose, T* out) {
-  dispatch_width(r, [&](auto width) {
+  dispatch_narrow_rank(r, [&](auto width) {
     if (transpose) {
       const auto ones = [&](int64_t, int64_t i, auto&& visit) {
         for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) visit(static_cast<int64_t>(indices[e]));

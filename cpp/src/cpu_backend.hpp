@@ -25,6 +25,22 @@ auto dispatch_rank(int64_t r, Body&& body) {
   }
 }
 
+// Calls body(std::integral_constant<int, R>) with R = r for every r <= 16 and r = 32, else R = 0:
+// for row-at-a-time kernels whose rows then unroll into registers (a Boolean product's add of a
+// factor row: 3x faster at r = 10 than the run-time loop).
+template <class Body>
+void dispatch_narrow_rank(int64_t r, Body&& body) {
+  switch (r) {
+#define LRH_WIDTH(R) \
+  case R: return body(std::integral_constant<int, R>{});
+    LRH_WIDTH(1) LRH_WIDTH(2) LRH_WIDTH(3) LRH_WIDTH(4) LRH_WIDTH(5) LRH_WIDTH(6) LRH_WIDTH(7) LRH_WIDTH(8)
+    LRH_WIDTH(9) LRH_WIDTH(10) LRH_WIDTH(11) LRH_WIDTH(12) LRH_WIDTH(13) LRH_WIDTH(14) LRH_WIDTH(15)
+    LRH_WIDTH(16) LRH_WIDTH(32)
+#undef LRH_WIDTH
+    default: return body(std::integral_constant<int, 0>{});
+  }
+}
+
 // Thin SVD M = left diag(s) q^T of a row-major (n, r) M, n >= r, by one-sided Jacobi (one
 // thread, double inside): left (n, r) orthonormal columns, s (r,) descending, q (r, r)
 // orthogonal. Returns the sweeps used, or -1 when M is not finite or max_sweeps did not converge

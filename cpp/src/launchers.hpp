@@ -112,10 +112,11 @@ inline int relative_change_from_grams(const double* left, const double* right, i
 // The fused elastic-binary half-step (lowrank_hpc/ops/elastic_binary.hpp) of B problems: for
 // U, U_prev, cross (batch, n, k) and gram (batch, k, k), out = prox(Y - step (Y gram - cross)),
 // Y = U + inertia (U - U_prev), step from ||gram||_F per problem; inactive problems copy U.
+// gram_out (batch, k, k), unless null, receives out^T out per problem.
 template <class T>
 int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T* cross, int64_t batch, int64_t n,
                              int64_t k, double kappa, double lambda, double inertia, bool nonnegative,
-                             const uint8_t* active, T* out, void* stream);
+                             const uint8_t* active, T* out, T* gram_out, void* stream);
 
 // The HALS coordinate-descent sweep of NMF (lowrank_hpc/ops/hals.hpp): W (n, k) in place, `sweeps`
 // sweeps per row in the order `order` (k,), against gram (k, k) and cross (n, k); violations (n,)

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "lowrank_hpc/core/instantiate.hpp"
+#include "lowrank_hpc/core/lanes.hpp"
 #include "cpu_backend.hpp"
 #include "lowrank_hpc/core/batch.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -89,40 +90,127 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
 
 namespace {
 
-template <class T, class I, int R>
-int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
-                             const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
+// 16-bit storage: each entry's row update through a float scratch row (one loop for any rank).
+template <class T, class I>
+int64_t csr_times_dense_half(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* B,
+                             int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
   using A = accumulate_t<T>;
-  const ops::SparseTimesDense<T, R> product{B, n_key, n_other, r};
+  const ops::SparseTimesDense<T> product{B, n_key, n_other, r};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
-  // Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
-  constexpr int64_t kPrefetchDistance = 16;
   int64_t first_bad = nnz;
 #pragma omp parallel if (nnz * r > kParallelMinWork)
   {
-    // 16-bit storage sums a row in a float row of its own and stores it once; float and
-    // double sum in the output row itself.
-    std::vector<A> scratch(is_half_v<T> ? static_cast<size_t>(r) : 0);
+    std::vector<A> scratch(static_cast<size_t>(r));
 #pragma omp for schedule(dynamic, 64) reduction(min : first_bad)
     for (int64_t row = 0; row < n_rows; ++row) {
-      A* acc_row;
-      if constexpr (is_half_v<T>) acc_row = scratch.data();
-      else acc_row = out + row * r;
-      for (int64_t c = 0; c < static_or<R>(r); ++c) acc_row[c] = A(0);
+      A* acc_row = scratch.data();
+      for (int64_t c = 0; c < r; ++c) acc_row[c] = A(0);
       const int64_t b = row / n_key;
       for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-        if (j + kPrefetchDistance < nnz) {
-          const int64_t ahead = j + kPrefetchDistance;
-          if (perm) __builtin_prefetch(vals + perm[ahead]);
-          if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
-        }
         if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
         product.accumulate(acc_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
       }
-      if constexpr (is_half_v<T>) {
-        T* out_row = out + row * r;
-        for (int64_t c = 0; c < r; ++c) out_row[c] = store_as<T>(acc_row[c]);
+      T* out_row = out + row * r;
+      for (int64_t c = 0; c < r; ++c) out_row[c] = store_as<T>(acc_row[c]);
+    }
+  }
+  return first_bad == nnz ? -1 : first_bad;
+}
+
+// Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
+constexpr int64_t kPrefetchDistance = 16;
+// B up to this size stays in the caches: no prefetch (it only costs issue slots then).
+constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
+
+// Columns [c0, c0 + W) of one output row: the sum over the row's entries, in their order, of
+// v * B[other], held in registers and stored once (summing into the output row in memory made
+// every entry wait on the previous one's store).
+template <int W, class T, class I>
+inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others, const T* vals,
+                     const T* B_problem, int64_t r, int64_t c0, bool prefetch, T* out_row) {
+  lanes::RegisterRow<T, W> acc;
+  acc.zero();
+  for (int64_t j = begin; j < end; ++j) {
+    // Ahead within this row: the same columns (the next pass); past it, the next rows' first tile.
+    if (prefetch && j + kPrefetchDistance < nnz) {
+      const int64_t ahead = j + kPrefetchDistance;
+      if (perm) __builtin_prefetch(vals + perm[ahead]);
+      const T* line = B_problem + static_cast<int64_t>(others[ahead]) * r + (ahead < end ? c0 : 0);
+      __builtin_prefetch(line);
+      if constexpr (W * sizeof(T) > 64) __builtin_prefetch(line + W - 1);
+    }
+    acc.add_scaled(vals[perm ? perm[j] : j], B_problem + static_cast<int64_t>(others[j]) * r + c0);
+  }
+  acc.store(out_row + c0);
+}
+
+// Columns [c0, c0 + width) for a run-time width < 16: the compiled tile of that width.
+template <class T, class I>
+inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others,
+                           const T* vals, const T* B_problem, int64_t r, int64_t c0, bool prefetch, T* out_row) {
+  switch (width) {
+#define LRH_TILE(W) \
+  case W: return row_tile<W>(begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
+    LRH_TILE(1) LRH_TILE(2) LRH_TILE(3) LRH_TILE(4) LRH_TILE(5) LRH_TILE(6) LRH_TILE(7) LRH_TILE(8)
+    LRH_TILE(9) LRH_TILE(10) LRH_TILE(11) LRH_TILE(12) LRH_TILE(13) LRH_TILE(14) LRH_TILE(15)
+#undef LRH_TILE
+    default: return;
+  }
+}
+
+// Full tiles: four vector registers of accumulators (AVX-512: 256 bytes; narrower ISAs 128
+// bytes, their 16 registers also hold the loads). Wider tiles mean fewer passes over a row's
+// entries, each gathering a longer piece of every B row.
+#if defined(__AVX512F__)
+constexpr int64_t kTileBytes = 256;
+#else
+constexpr int64_t kTileBytes = 128;
+#endif
+
+// float / double: each output row is built tile by tile in registers. R > 0 (ranks up to 16,
+// and 32): one tile of width R. R = 0: full tiles of kTileBytes, then halving tiles down to 16
+// columns, then a compiled remainder tile. Every coordinate sums its row's entries in input
+// order, as the GPU kernel does: the result does not depend on the thread count.
+template <class T, class I, int R>
+int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
+                              const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
+  constexpr int kTile = kTileBytes / sizeof(T);
+  const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
+  const bool prefetch = batch * n_other * r * int64_t(sizeof(T)) > kPrefetchMinBytes;
+  int64_t first_bad = nnz;
+#pragma omp parallel for schedule(dynamic, 64) reduction(min : first_bad) if (nnz * r > kParallelMinWork)
+  for (int64_t row = 0; row < n_rows; ++row) {
+    const int64_t begin = indptr[row], end = indptr[row + 1];
+    const T* B_problem = B + (row / n_key) * n_other * r;
+    T* out_row = out + row * r;
+    // Indices were checked where the pattern was built; a stray one still may not read outside B.
+    bool in_range = true;
+    for (int64_t j = begin; j < end; ++j) in_range &= ops::index_in_range(others[j], n_other);
+    if (!in_range) {
+      for (int64_t j = begin; j < end; ++j)
+        if (!ops::index_in_range(others[j], n_other)) first_bad = std::min(first_bad, perm ? perm[j] : j);
+      std::fill_n(out_row, r, T(0));  // the caller raises; never leave the row unwritten
+      continue;
+    }
+    if constexpr (R > 0) {
+      row_tile<R>(begin, end, nnz, perm, others, vals, B_problem, r, 0, prefetch, out_row);
+    } else {
+      int64_t c0 = 0;
+      for (; c0 + kTile <= r; c0 += kTile)
+        row_tile<kTile>(begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
+      if constexpr (kTile > 32) {
+        if (c0 + 32 <= r) {
+          row_tile<32>(begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
+          c0 += 32;
+        }
       }
+      if constexpr (kTile > 16) {
+        if (c0 + 16 <= r) {
+          row_tile<16>(begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
+          c0 += 16;
+        }
+      }
+      if (c0 < r) remainder_tile(r - c0, begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
     }
   }
   return first_bad == nnz ? -1 : first_bad;
@@ -133,13 +221,15 @@ int64_t csr_times_dense_rank(const int64_t* indptr, const int64_t* perm, const I
 template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  if constexpr (is_half_v<T>) {  // 16-bit storage: the general-rank loop only (compile time)
-    return csr_times_dense_rank<T, I, 0>(indptr, perm, others, vals, B, batch, n_key, n_other, r, out);
+  if constexpr (is_half_v<T>) {
+    return csr_times_dense_half<T, I>(indptr, perm, others, vals, B, batch, n_key, n_other, r, out);
   } else {
-    return dispatch_rank(r, [&](auto rank) {
-      return csr_times_dense_rank<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key,
-                                                               n_other, r, out);
+    int64_t first_bad = -1;
+    dispatch_narrow_rank(r, [&](auto rank) {
+      first_bad = csr_times_dense_tiled<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key,
+                                                                     n_other, r, out);
     });
+    return first_bad;
   }
 }
 

@@ -90,7 +90,7 @@ int reduce_cols(const T* x, int64_t rows, int64_t cols, F f, T* out, void* strea
 template <class T>
 int elastic_binary_half_step(const T* U, const T* U_prev, const T* gram, const T* cross, int64_t batch, int64_t n,
                              int64_t k, double kappa, double lambda, double inertia, bool nonnegative,
-                             const uint8_t* active, T* out, void* stream);
+                             const uint8_t* active, T* out, T* gram_out, void* stream);
 
 // One Adafactor step of a batch of parameters of one shape, in place (lowrank_hpc/ops/adafactor.hpp).
 // problems: a host array (staged to the device here) of `batch` entries; status (batch,), on the device, receives each parameter's

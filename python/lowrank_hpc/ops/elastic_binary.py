@@ -43,10 +43,11 @@ def elastic_binary_prox(x: Any, l1: float, l2: float, *, nonnegative: bool = Fal
 
 
 def half_step(call: Call, U, U_prev, gram, cross, kappa: float, lam: float, inertia: float, nonnegative: bool,
-              out, active=None) -> None:
-    """The kernel call for a solver loop whose (batch, n, k) operands were validated once."""
+              out, active=None, gram_out=None) -> None:
+    """The kernel call for a solver loop whose (batch, n, k) operands were validated once;
+    gram_out (batch, k, k), if given, receives out^T out from the same pass."""
     call.module.elastic_binary_half_step(U, U_prev, gram, cross, kappa, lam, inertia, nonnegative, active, out,
-                                         call.stream())
+                                         gram_out, call.stream())
 
 
 @_checks.constrained(l1=_checks.nonnegative_float, l2=_checks.nonnegative_float,

@@ -114,21 +114,23 @@ class _Elbmf:
         self.inertia, self.nonnegative, self.update_v = inertia, nonnegative, update_v
         self._spare: dict[str, Any] = {}
         self._fixed: Optional[tuple[Any, Any]] = None  # fold-in: gram and cross of the fixed V
-        self._gram_v: Optional[tuple[Any, Any]] = None  # (V^T, its Gram) from the last loss, reused once
 
     def gram(self, F):
         """F^T F per problem: (batch, k, k) from (batch, rows, k)."""
         return self.xp.matmul(F.transpose(0, 2, 1), F)
 
-    def _half_step(self, state: LoopState, name: str, gram, cross, lam: float, active) -> None:
-        """One fused half-step of factor ``name`` and the rotation current -> previous -> spare."""
+    def _half_step(self, state: LoopState, name: str, gram, cross, lam: float, active):
+        """One fused half-step of factor ``name`` and the rotation current -> previous -> spare;
+        returns the new factor's Gram matrix (batch, k, k), summed by the same pass."""
         current, previous = state.arrays[name], state.arrays[name + "_prev"]
         spare = self._spare.get(name)
         if spare is None or spare.shape != current.shape:
             spare = self.xp.empty_like(current)
+        gram_out = self.xp.empty((current.shape[0], self.k, self.k), dtype=current.dtype)
         half_step(self.call, current, previous, gram, cross, self.l1, lam, self.inertia, self.nonnegative, spare,
-                  active)
+                  active, gram_out)
         state.arrays[name + "_prev"], state.arrays[name], self._spare[name] = current, spare, previous
+        return gram_out
 
     def iterate(self, state: LoopState) -> np.ndarray:
         """One iteration of every running problem; returns the (batch,) float64 losses ||A - U V||_F^2."""
@@ -138,25 +140,21 @@ class _Elbmf:
         active = None if running.all() else xp.asarray(running)
         Vt = state.arrays["Vt"]
         if self.update_v:
-            cached = self._gram_v
-            gram_v = cached[1] if cached is not None and cached[0] is Vt else self.gram(Vt)
+            gram_v = state.arrays["gram_v"]  # summed by the last V half-step (checkpointed with it)
             cross_u = matrix.times(Vt)
         else:
             if self._fixed is None:
                 self._fixed = (self.gram(Vt), matrix.times(Vt))
             gram_v, cross_u = self._fixed
-        self._half_step(state, "U", gram_v, cross_u, lam, active)
+        gram_u = self._half_step(state, "U", gram_v, cross_u, lam, active)
         U = state.arrays["U"]
-        gram_u = self.gram(U)
         if not self.update_v:
             inner = (cross_u * U).sum(axis=(1, 2), dtype=np.float64)
             quadratic = (gram_u * gram_v).sum(axis=(1, 2), dtype=np.float64)
         else:
             cross_v = matrix.transpose_times(U)
-            self._half_step(state, "Vt", gram_u, cross_v, lam, active)
+            gram_v = state.arrays["gram_v"] = self._half_step(state, "Vt", gram_u, cross_v, lam, active)
             Vt = state.arrays["Vt"]
-            gram_v = self.gram(Vt)
-            self._gram_v = (Vt, gram_v)  # the next U half-step's Gram
             inner = (cross_v * Vt).sum(axis=(1, 2), dtype=np.float64)
             quadratic = (gram_u * gram_v).sum(axis=(1, 2), dtype=np.float64)
         return matrix.ones - 2.0 * self.call.to_host(inner) + self.call.to_host(quadratic)
@@ -170,12 +168,12 @@ def solve(matrix: BinaryMatrix, k: int, U0, Vt0, *, l1: float, l2: float, reg_gr
     finite ("diverged")."""
     call, xp = matrix.call, matrix.call.xp
     batch = matrix.batch
+    iteration = _Elbmf(matrix, k, l1, l2, reg_growth, inertia, nonnegative, update_v)
     fresh = LoopState(arrays={"U": U0, "U_prev": U0.copy(), "Vt": Vt0, "Vt_prev": Vt0.copy(),
-                              "active": np.ones(batch, dtype=np.uint8), "n_iter": np.zeros(batch, dtype=np.int64),
+                              "gram_v": iteration.gram(Vt0), "active": np.ones(batch, dtype=np.uint8), "n_iter": np.zeros(batch, dtype=np.int64),
                               "reason": np.zeros(batch, dtype=np.uint8),
                               "last_loss": np.full(batch, np.nan)}, seed=seed)
     state = resume_or_start(settings, digest, xp, fresh, host=("active", "n_iter", "reason", "last_loss"))
-    iteration = _Elbmf(matrix, k, l1, l2, reg_growth, inertia, nonnegative, update_v)
 
     def step(state: LoopState):
         arrays = state.arrays

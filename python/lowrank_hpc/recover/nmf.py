@@ -103,17 +103,18 @@ class NmfData:
             self.total = float(X.sum(dtype=np.float64))
             self.mean = float(X.mean())
 
-    def times(self, F):
-        """X @ F for F (m, k): (n, k) (the observed entries only when masked)."""
+    def times(self, F, out=None):
+        """X @ F for F (m, k): (n, k) (the observed entries only when masked); into ``out`` if
+        given (a C-contiguous (n, k) array of F's dtype that a loop reuses)."""
         if self.sparse:
-            return self.pattern.solver_product(self.call, self.vals, F)
-        return self.dense @ F
+            return self.pattern.solver_product(self.call, self.vals, F, out=out)
+        return self.xp.matmul(self.dense, F, out=out)
 
-    def transpose_times(self, F):
-        """X^T @ F for F (n, k): (m, k)."""
+    def transpose_times(self, F, out=None):
+        """X^T @ F for F (n, k): (m, k); into ``out`` if given, as for times."""
         if self.sparse:
-            return self.pattern.solver_product(self.call, self.vals_t, F, transpose=True, in_order=True)
-        return self.dense.T @ F
+            return self.pattern.solver_product(self.call, self.vals_t, F, transpose=True, in_order=True, out=out)
+        return self.xp.matmul(self.dense.T, F, out=out)
 
     def entries_times(self, values, F, transpose: bool = False):
         """S @ F (S^T @ F) for S with X's stored pattern and other values."""
@@ -442,6 +443,13 @@ class _CD:
         self.identity = xp.arange(k, dtype=np.int64)
         self.row_violations = xp.empty(data.shape[0], dtype=np.float64)
         self.col_violations = xp.empty(data.shape[1], dtype=np.float64)
+        self._cross: dict[str, Any] = {}  # X H^T and X^T W, rewritten every iteration
+
+    def _buffer(self, name: str, rows: int, like):
+        buffer = self._cross.get(name)
+        if buffer is None or buffer.shape != (rows, like.shape[1]) or buffer.dtype != like.dtype:
+            buffer = self._cross[name] = self.data.xp.empty((rows, like.shape[1]), dtype=like.dtype)
+        return buffer
 
     def _order(self):
         if not self.shuffle:
@@ -451,14 +459,15 @@ class _CD:
     def iterate(self, W, Ht) -> tuple[float, float]:
         """One iteration in place; returns (violation, 1/2 ||X - W H||^2 after it)."""
         data, call, p = self.data, self.data.call, self.penalty
+        n, m = data.shape
         gram_H = Ht.T @ Ht
-        cross_W = data.times(Ht)
+        cross_W = data.times(Ht, out=self._buffer("W", n, Ht))
         _hals(call, W, gram_H, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
               self.row_violations)
         violation = self.row_violations.sum()
         gram_W = W.T @ W
         if self.update_H:
-            cross_H = data.transpose_times(W)
+            cross_H = data.transpose_times(W, out=self._buffer("H", m, W))
             _hals(call, Ht, gram_W, cross_H, self._order(), p.l1_H, p.l2_H, self.sweeps_H, self.inner_tol,
                   self.col_violations)
             violation = violation + self.col_violations.sum()

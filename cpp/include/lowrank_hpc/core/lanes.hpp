@@ -41,6 +41,82 @@ struct LaneArray {
   LaneArray operator+(int64_t k) const { return {data + k * Lanes<T>::width}; }
 };
 
+// The widest vector the ISA clone being compiled holds in one register: GCC splits a wider
+// vector type into halves that it keeps in memory, not in registers.
+#if defined(__AVX512F__)
+inline constexpr int kNativeBytes = 64;
+#elif defined(__AVX__)
+inline constexpr int kNativeBytes = 32;
+#else
+inline constexpr int kNativeBytes = 16;
+#endif
+
+// W numbers of one output row summed in registers: native vectors, then one half-width and one
+// 16-byte vector where they fit, then scalars. (A plain T[W] under `omp simd` is kept in memory
+// whenever W is not a multiple of the vector width: every add then waits on a store.) Each
+// number is summed in the order of the calls, as a scalar loop would.
+template <class T, int W>
+struct RegisterRow {
+  static constexpr int kHalfBytes = kNativeBytes >= 32 ? kNativeBytes / 2 : 0;
+  static constexpr int kSmallBytes = kNativeBytes >= 64 ? 16 : 0;
+  static constexpr int kPer = kNativeBytes / static_cast<int>(sizeof(T));
+  static constexpr int kFull = W / kPer;
+  static constexpr int kHalfAt = kFull * kPer;
+  static constexpr bool kHasHalf = kHalfBytes > 0 && W - kHalfAt >= kHalfBytes / static_cast<int>(sizeof(T));
+  static constexpr int kSmallAt = kHalfAt + (kHasHalf ? kHalfBytes / static_cast<int>(sizeof(T)) : 0);
+  static constexpr bool kHasSmall = kSmallBytes > 0 && W - kSmallAt >= kSmallBytes / static_cast<int>(sizeof(T));
+  static constexpr int kTailAt = kSmallAt + (kHasSmall ? kSmallBytes / static_cast<int>(sizeof(T)) : 0);
+  static constexpr int kTail = W - kTailAt;
+
+  typedef T full_t __attribute__((vector_size(kNativeBytes)));
+  typedef T half_t __attribute__((vector_size(kHalfBytes > 0 ? kHalfBytes : kNativeBytes)));
+  typedef T small_t __attribute__((vector_size(kSmallBytes > 0 ? kSmallBytes : kNativeBytes)));
+  full_t full[kFull > 0 ? kFull : 1];
+  half_t half;
+  small_t small;
+  T tail[kTail > 0 ? kTail : 1];
+
+  template <class V>
+  static inline __attribute__((always_inline)) V load(const T* p) {
+    V x;
+    __builtin_memcpy(&x, p, sizeof x);
+    return x;
+  }
+  inline __attribute__((always_inline)) void zero() {
+    for (int f = 0; f < kFull; ++f) full[f] = full_t{};
+    half = half_t{};
+    small = small_t{};
+    for (int e = 0; e < kTail; ++e) tail[e] = T(0);
+  }
+  // row += p[0, W)
+  inline __attribute__((always_inline)) void add(const T* p) {
+    for (int f = 0; f < kFull; ++f) full[f] += load<full_t>(p + f * kPer);
+    if constexpr (kHasHalf) half += load<half_t>(p + kHalfAt);
+    if constexpr (kHasSmall) small += load<small_t>(p + kSmallAt);
+    for (int e = 0; e < kTail; ++e) tail[e] += p[kTailAt + e];
+  }
+  // row += x p[0, W) (multiply, then add: no fused rounding)
+  inline __attribute__((always_inline)) void add_scaled(T x, const T* p) {
+    for (int f = 0; f < kFull; ++f) full[f] += x * load<full_t>(p + f * kPer);
+    if constexpr (kHasHalf) half += x * load<half_t>(p + kHalfAt);
+    if constexpr (kHasSmall) small += x * load<small_t>(p + kSmallAt);
+    for (int e = 0; e < kTail; ++e) tail[e] += x * p[kTailAt + e];
+  }
+  // row += other, lane by lane
+  inline __attribute__((always_inline)) void add(const RegisterRow& other) {
+    for (int f = 0; f < kFull; ++f) full[f] += other.full[f];
+    half += other.half;
+    small += other.small;
+    for (int e = 0; e < kTail; ++e) tail[e] += other.tail[e];
+  }
+  inline __attribute__((always_inline)) void store(T* p) const {
+    for (int f = 0; f < kFull; ++f) __builtin_memcpy(p + f * kPer, &full[f], sizeof(full_t));
+    if constexpr (kHasHalf) __builtin_memcpy(p + kHalfAt, &half, sizeof(half_t));
+    if constexpr (kHasSmall) __builtin_memcpy(p + kSmallAt, &small, sizeof(small_t));
+    for (int e = 0; e < kTail; ++e) p[kTailAt + e] = tail[e];
+  }
+};
+
 }  // namespace lowrank_hpc::lanes
 
 namespace lowrank_hpc {

@@ -66,11 +66,16 @@ struct ElasticBinaryHalfStep {
   double inertia;  // b >= 0; 0 is PALM
   bool nonnegative;
 
-  LRH_HD void row(const T* u, const T* u_prev, const T* gram, const T* cross, T* out, int64_t k, double step) const {
+  // R > 0: k == R known at compile time (the CPU driver's small ranks: the loops unroll and
+  // vectorize); R == 0: k read at run time. The same operations in the same order either way.
+  template <int R = 0>
+  LRH_HD void row(const T* u, const T* u_prev, const T* gram, const T* cross, T* out, int64_t rank,
+                  double step) const {
+    const int64_t k = static_or<R>(rank);
     const T b = static_cast<T>(inertia), t = static_cast<T>(step);
     const T l1 = static_cast<T>(kappa * step), l2 = static_cast<T>(lambda * step);
     if (k <= kStackRank) {
-      T y[kStackRank], gradient[kStackRank];
+      T y[R > 0 ? R : kStackRank], gradient[R > 0 ? R : kStackRank];
       for (int64_t c = 0; c < k; ++c) {
         y[c] = u[c] + b * (u[c] - u_prev[c]);
         gradient[c] = -cross[c];
@@ -94,14 +99,16 @@ struct ElasticBinaryHalfStep {
 
   // Row i of problem b of a batch: U, U_prev, cross (batch, n, k), gram (batch, k, k); an
   // inactive problem copies its U.
+  template <int R = 0>
   LRH_HD void operator()(int64_t b, int64_t i, const T* U, const T* U_prev, const T* gram, const T* cross,
-                         const uint8_t* active, int64_t n, int64_t k, double step, T* out) const {
+                         const uint8_t* active, int64_t n, int64_t rank, double step, T* out) const {
+    const int64_t k = static_or<R>(rank);
     const int64_t offset = (b * n + i) * k;
     if (active != nullptr && !active[b]) {
       for (int64_t c = 0; c < k; ++c) out[offset + c] = U[offset + c];
       return;
     }
-    row(U + offset, U_prev + offset, gram + b * k * k, cross + offset, out + offset, k, step);
+    row<R>(U + offset, U_prev + offset, gram + b * k * k, cross + offset, out + offset, k, step);
   }
 };
 
