@@ -10,18 +10,33 @@
 
 namespace lowrank_hpc::ops {
 
+// V is T, or (host only) a GCC vector of T holding one row per lane: the same expressions,
+// written with comparisons and selects that also take lane vectors, round every lane exactly
+// as the scalar code does.
+template <class V, class T>
+LRH_HD V splat(T value) {
+  V x{};
+  x += value;
+  return x;
+}
+
 // sign(x) in {-1, 0, 1}.
-template <class T>
-LRH_HD T sign_of(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+template <class V>
+LRH_HD V sign_of(V x) {
+  const V zero{};
+  return x > zero ? zero + 1 : (x < zero ? zero - 1 : zero);
+}
 
 // The elastic-binary proximal operator with l1 weight `l1` and l2 weight `l2` (both already
 // scaled by the step), as the reference implementation: the elastic-net prox towards 0 for
 // x <= 1/2 and towards 1 above; nonnegative clamps the result at 0.
-template <class T>
-LRH_HD T elastic_binary_prox(T x, T l1, T l2, bool nonnegative) {
-  const T y = x <= T(0.5) ? (x - l1 * sign_of(x)) / (T(1) + l2)
-                          : (x - l1 * sign_of(x - T(1)) + l2) / (T(1) + l2);
-  return nonnegative && y < T(0) ? T(0) : y;
+template <class V, class T>
+LRH_HD V elastic_binary_prox(V x, T l1, T l2, bool nonnegative) {
+  const V zero{};
+  const V low = (x - l1 * sign_of(x)) / (T(1) + l2);
+  const V high = (x - l1 * sign_of(x - T(1)) + l2) / (T(1) + l2);
+  const V y = x <= splat<V>(T(0.5)) ? low : high;
+  return nonnegative ? (y < zero ? zero : y) : y;
 }
 
 // The map of lowrank_hpc.ops.elastic_binary_prox: params (l1, l2, nonnegative as 0/1).
@@ -66,23 +81,24 @@ struct ElasticBinaryHalfStep {
   double inertia;  // b >= 0; 0 is PALM
   bool nonnegative;
 
-  // R > 0: k == R known at compile time (the CPU driver's small ranks: the loops unroll and
-  // vectorize); R == 0: k read at run time. The same operations in the same order either way.
-  template <int R = 0>
-  LRH_HD void row(const T* u, const T* u_prev, const T* gram, const T* cross, T* out, int64_t rank,
+  // R > 0: k == R known at compile time (the CPU driver's small ranks: the loops unroll);
+  // R == 0: k read at run time. V: T, or a vector of rows one per lane (the CPU driver). The
+  // same operations in the same order either way.
+  template <int R = 0, class V = T>
+  LRH_HD void row(const V* u, const V* u_prev, const T* gram, const V* cross, V* out, int64_t rank,
                   double step) const {
     const int64_t k = static_or<R>(rank);
     const T b = static_cast<T>(inertia), t = static_cast<T>(step);
     const T l1 = static_cast<T>(kappa * step), l2 = static_cast<T>(lambda * step);
     if (k <= kStackRank) {
-      T y[R > 0 ? R : kStackRank], gradient[R > 0 ? R : kStackRank];
+      V y[R > 0 ? R : kStackRank], gradient[R > 0 ? R : kStackRank];
       for (int64_t c = 0; c < k; ++c) {
         y[c] = u[c] + b * (u[c] - u_prev[c]);
         gradient[c] = -cross[c];
       }
       // Row a of G at a time: the inner loop runs along contiguous memory and vectorizes.
       for (int64_t a = 0; a < k; ++a) {
-        const T ya = y[a];
+        const V ya = y[a];
         const T* g = gram + a * k;
         for (int64_t c = 0; c < k; ++c) gradient[c] += ya * g[c];
       }
@@ -90,9 +106,9 @@ struct ElasticBinaryHalfStep {
       return;
     }
     for (int64_t c = 0; c < k; ++c) {
-      T gradient = -cross[c];
+      V gradient = -cross[c];
       for (int64_t a = 0; a < k; ++a) gradient += (u[a] + b * (u[a] - u_prev[a])) * gram[a * k + c];
-      const T y = u[c] + b * (u[c] - u_prev[c]);
+      const V y = u[c] + b * (u[c] - u_prev[c]);
       out[c] = elastic_binary_prox(y - t * gradient, l1, l2, nonnegative);
     }
   }
