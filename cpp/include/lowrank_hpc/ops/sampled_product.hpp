@@ -21,8 +21,14 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
 #endif
   A acc = A(0);
   if (width == 1 && R > 0) {
-    LRH_SIMD_SUM(acc)
-    for (int64_t c = 0; c < R; ++c) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
+    // A compiled rank: the R products summed by a fixed tree that halves the live length each
+    // step (the upper half added onto the lower), so that a vector unit folds them in log2(R)
+    // adds; a chain of R dependent adds made rank 8 cost as much as rank 32.
+    A p[R > 0 ? R : 1];
+    for (int c = 0; c < R; ++c) p[c] = load_as<A>(a[c]) * load_as<A>(b[c]);
+    for (int live = R; live > 1; live = (live + 1) / 2)
+      for (int c = 0; c < live / 2; ++c) p[c] += p[c + (live + 1) / 2];
+    acc = p[0];
   } else if (width == 1) {
     // A run-time rank: 64-byte blocks summed lane by lane into one register's worth of partial
     // sums, reduced once, then the rest (a run-time simd loop took 2.3x as long at r = 20).
