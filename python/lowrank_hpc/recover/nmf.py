@@ -415,6 +415,19 @@ AUTO_ALPHA = 0.5
 AUTO_INNER_TOL = 0.1
 
 
+# ... and extrapolates between iterations with restarts (Ang & Gillis 2019, "Accelerating
+# nonnegative matrix factorization algorithms using extrapolation"): after W's half-step the H
+# half-step runs against W_y = max(W + beta (W - W_previous), 0), after H's the next W half-step
+# against H_y likewise; an iteration that raises the objective restarts (H_y = H, the ceiling
+# becomes beta and beta shrinks by SHRINK), one that lowers it grows beta by GROW up to the
+# ceiling, which grows by CEILING_GROW up to 1. On the 20,000 x 5,000 sparse benchmark (k = 20)
+# scikit-learn's loss after 200 iterations took 36 iterations instead of 174.
+EXTRAPOLATION_START = 0.5
+EXTRAPOLATION_SHRINK = 1.5
+EXTRAPOLATION_GROW = 1.05
+EXTRAPOLATION_CEILING_GROW = 1.01
+
+
 def auto_sweeps(product_cost: float, rows: int, k: int) -> int:
     """Gillis & Glineur's bound on the inner sweeps of a half-step of ``rows`` rows."""
     return 1 + int(AUTO_ALPHA * (1.0 + product_cost / max(rows * k * (k + 1), 1)))
@@ -443,7 +456,13 @@ class _CD:
         self.identity = xp.arange(k, dtype=np.int64)
         self.row_violations = xp.empty(data.shape[0], dtype=np.float64)
         self.col_violations = xp.empty(data.shape[1], dtype=np.float64)
-        self._cross: dict[str, Any] = {}  # X H^T and X^T W, rewritten every iteration
+        self._cross: dict[str, Any] = {}  # X H^T, X^T W and the extrapolation's arrays, rewritten each iteration
+        # Extrapolation (sweeps="auto" with H updated): the caller's W holds W_y, the pair
+        # (W_y, H) whose loss each iteration reports; W's own sequence lives here.
+        self.extrapolate = sweeps == "auto" and update_H
+        self.beta, self.beta_ceiling, self.previous_objective = EXTRAPOLATION_START, 1.0, np.inf
+        self._W_sequence: Any = None
+        self._Ht_y: Any = None
 
     def _buffer(self, name: str, rows: int, like):
         buffer = self._cross.get(name)
@@ -458,6 +477,8 @@ class _CD:
 
     def iterate(self, W, Ht) -> tuple[float, float]:
         """One iteration in place; returns (violation, 1/2 ||X - W H||^2 after it)."""
+        if self.extrapolate:
+            return self._iterate_extrapolated(W, Ht)
         data, call, p = self.data, self.data.call, self.penalty
         n, m = data.shape
         gram_H = Ht.T @ Ht
@@ -477,6 +498,56 @@ class _CD:
             inner = (cross_W * W).sum(dtype=np.float64)
         quadratic = (gram_W * gram_H).sum(dtype=np.float64)
         loss = (data.squared_norm - 2.0 * float(inner) + float(quadratic)) / 2.0
+        return float(violation), loss
+
+
+    def _iterate_extrapolated(self, W, Ht) -> tuple[float, float]:
+        """One extrapolated iteration (see EXTRAPOLATION_START): W (the caller's) becomes W_y,
+        Ht is updated against it, and the loss is that of (W_y, H): a non-negative pair."""
+        data, call, p, xp = self.data, self.data.call, self.penalty, self.data.xp
+        n, m = data.shape
+        if self._W_sequence is None:
+            self._W_sequence, self._Ht_y = W.copy(), Ht.copy()
+        W_n, Ht_y = self._W_sequence, self._Ht_y
+        W_previous = self._buffer("W_previous", n, W)
+        W_previous[...] = W_n
+        cross_W = data.times(Ht_y, out=self._buffer("W", n, Ht))
+        _hals(call, W_n, Ht_y.T @ Ht_y, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
+              self.row_violations)
+        violation = self.row_violations.sum()
+        xp.subtract(W_n, W_previous, out=W)  # W_y = max(W_n + beta (W_n - W_previous), 0)
+        W *= self.beta
+        W += W_n
+        xp.maximum(W, 0.0, out=W)
+        gram_W = W.T @ W
+        Ht_previous = self._buffer("Ht_previous", m, Ht)
+        Ht_previous[...] = Ht
+        cross_H = data.transpose_times(W, out=self._buffer("H", m, W))
+        _hals(call, Ht, gram_W, cross_H, self._order(), p.l1_H, p.l2_H, self.sweeps_H, self.inner_tol,
+              self.col_violations)
+        violation = violation + self.col_violations.sum()
+        inner = float((cross_H * Ht).sum(dtype=np.float64))
+        quadratic = float((gram_W * (Ht.T @ Ht)).sum(dtype=np.float64))
+        loss = (data.squared_norm - 2.0 * inner + quadratic) / 2.0
+        # The restart test reads the penalised objective HALS decreases.
+        objective = loss
+        for F, l1, l2 in ((W, p.l1_W, p.l2_W), (Ht, p.l1_H, p.l2_H)):
+            if l1:
+                objective += l1 * float(F.sum(dtype=np.float64))
+            if l2:
+                objective += 0.5 * l2 * float((F * F).sum(dtype=np.float64))
+        if objective > self.previous_objective:  # restart from H itself, with a smaller beta
+            Ht_y[...] = Ht
+            self.beta_ceiling = self.beta
+            self.beta /= EXTRAPOLATION_SHRINK
+        else:
+            xp.subtract(Ht, Ht_previous, out=Ht_y)
+            Ht_y *= self.beta
+            Ht_y += Ht
+            xp.maximum(Ht_y, 0.0, out=Ht_y)
+            self.beta = min(self.beta_ceiling, EXTRAPOLATION_GROW * self.beta)
+            self.beta_ceiling = min(1.0, EXTRAPOLATION_CEILING_GROW * self.beta_ceiling)
+        self.previous_objective = objective
         return float(violation), loss
 
 
