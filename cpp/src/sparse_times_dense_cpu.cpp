@@ -90,6 +90,11 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
 
 namespace {
 
+// Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
+constexpr int64_t kPrefetchDistance = 16;
+// B up to this size stays in the caches: no prefetch (it only costs issue slots then).
+constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
+
 // 16-bit storage: each entry's row update through a float scratch row (one loop for any rank).
 template <class T, class I>
 int64_t csr_times_dense_half(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* B,
@@ -107,6 +112,11 @@ int64_t csr_times_dense_half(const int64_t* indptr, const int64_t* perm, const I
       for (int64_t c = 0; c < r; ++c) acc_row[c] = A(0);
       const int64_t b = row / n_key;
       for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+        if (j + kPrefetchDistance < nnz) {
+          const int64_t ahead = j + kPrefetchDistance;
+          if (perm) __builtin_prefetch(vals + perm[ahead]);
+          if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
+        }
         if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
         product.accumulate(acc_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
       }
@@ -116,11 +126,6 @@ int64_t csr_times_dense_half(const int64_t* indptr, const int64_t* perm, const I
   }
   return first_bad == nnz ? -1 : first_bad;
 }
-
-// Far enough ahead to hide a cache miss on the permuted value and the B row it scales.
-constexpr int64_t kPrefetchDistance = 16;
-// B up to this size stays in the caches: no prefetch (it only costs issue slots then).
-constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
 
 // Columns [c0, c0 + W) of one output row: the sum over the row's entries, in their order, of
 // v * B[other], held in registers and stored once (summing into the output row in memory made
