@@ -1,12 +1,70 @@
 // SDDMM: vals[k] = <U[b, rows[k]], V[b, cols[k]]> for the problem b that owns entry k.
 #pragma once
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/simd.hpp"
 
+#if !defined(__CUDACC__)
+#include "lowrank_hpc/core/lanes.hpp"
+#endif
+
 namespace lowrank_hpc::ops {
+
+#if !defined(__CUDACC__)
+// Host: the dot of a compiled power-of-two rank on GCC vectors, by the same halving tree as
+// strided_dot's array form (g++ kept that array in memory and looped over the fold: at r = 16
+// every step stored a vector and reloaded half of it). Bit-equal to it.
+template <class A, int Bytes>
+struct HostVector {
+  typedef A type __attribute__((vector_size(Bytes)));
+};
+
+// Lanes [0, N/2) plus lanes [N/2, N), as a vector of N/2 (shuffles, not a trip through memory).
+template <class A, int Bytes, size_t... Lane>
+inline __attribute__((always_inline)) typename HostVector<A, Bytes / 2>::type add_halves(
+    typename HostVector<A, Bytes>::type x, std::index_sequence<Lane...>) {
+  constexpr int kHalf = static_cast<int>(sizeof...(Lane));
+  return __builtin_shufflevector(x, x, Lane...) + __builtin_shufflevector(x, x, (Lane + kHalf)...);
+}
+
+template <class A, int Bytes>
+inline __attribute__((always_inline)) A fold_lanes(typename HostVector<A, Bytes>::type x) {
+  if constexpr (Bytes == 2 * static_cast<int>(sizeof(A))) {
+    return x[0] + x[1];
+  } else {
+    return fold_lanes<A, Bytes / 2>(
+        add_halves<A, Bytes>(x, std::make_index_sequence<Bytes / 2 / sizeof(A)>{}));
+  }
+}
+
+// Whether host_dot<A, R> serves rank R: a power of two of 16 bytes or more, in at most four
+// native vectors.
+template <class A, int R>
+inline constexpr bool kHostDot = R > 1 && (R & (R - 1)) == 0 && R * sizeof(A) >= 16 &&
+                                 R * sizeof(A) <= 4 * lanes::kNativeBytes;
+
+template <class A, int R>
+inline __attribute__((always_inline)) A host_dot(const A* a, const A* b) {
+  constexpr int kBytes = R * static_cast<int>(sizeof(A));
+  constexpr int kVector = kBytes < lanes::kNativeBytes ? kBytes : lanes::kNativeBytes;
+  constexpr int kCount = kBytes / kVector, kPer = kVector / static_cast<int>(sizeof(A));
+  typedef typename HostVector<A, kVector>::type V;
+  V p[kCount];
+  for (int j = 0; j < kCount; ++j) {
+    V x, y;
+    __builtin_memcpy(&x, a + j * kPer, kVector);
+    __builtin_memcpy(&y, b + j * kPer, kVector);
+    p[j] = x * y;
+  }
+  for (int live = kCount; live > 1; live /= 2)
+    for (int j = 0; j < live / 2; ++j) p[j] += p[j + live / 2];
+  return fold_lanes<A, kVector>(p[0]);
+}
+#endif
 
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
 // a group of cooperating threads on the device. 16-bit storage is read as float and summed in
@@ -20,6 +78,11 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   }
 #endif
   A acc = A(0);
+#if !defined(__CUDACC__)
+  if constexpr (std::is_same_v<T, A> && kHostDot<A, R>) {
+    if (width == 1) return host_dot<A, R>(a, b);
+  }
+#endif
   if (width == 1 && R > 0) {
     // A compiled rank: the R products summed by a fixed tree that halves the live length each
     // step (the upper half added onto the lower), so that a vector unit folds them in log2(R)
