@@ -49,6 +49,23 @@ def test_sampled_product_at_run_time_ranks_matches_float64(dtype, rng, r):
     assert np.all(np.abs(got - exact) <= 4 * r * np.finfo(dtype).eps * scale)
 
 
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 8, 16, 32])
+def test_sampled_product_at_compiled_ranks_is_the_halving_tree(backend, dtype, rng, r):
+    """Compiled ranks sum the r products by a fixed tree (the upper half of the live lanes added
+    onto the lower, ceil(live / 2) apart): the host's vector form and the shared functor's
+    array form must both give exactly these sums."""
+    U, V = _factors(rng, dtype, 23, 19, r)
+    rows, cols = _coords(rng, 23, 19, 300)
+    got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
+    p = U[rows] * V[cols]  # the products, rounded in dtype
+    live = r
+    while live > 1:
+        half, top = live // 2, (live + 1) // 2
+        p[:, :half] = p[:, :half] + p[:, top:top + half]
+        live = top
+    np.testing.assert_array_equal(got, p[:, 0])
+
+
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
     U, V = _factors(rng, dtype, 11, 9, 5, batch=4)
     rows, cols, offsets = _batched_coords(rng, 11, 9, [30, 0, 1, 45])
