@@ -25,26 +25,13 @@ seeds = range(5 if paper else 3)
 levels = (1, 2, 3)
 
 
-def perturbed_completion(n, eps):
-    """Entries within the two diagonal blocks are measured with weight 1, the others with sqrt(eps)."""
-    half, matrices = n // 2, []
-    for i in range(n):
-        for j in range(i, n):
-            weight = 1.0 if (i < half) == (j < half) else np.sqrt(eps)
-            A = np.zeros((n, n))
-            A[i, j] = A[j, i] = weight if i == j else weight / np.sqrt(2)
-            matrices.append(A)
-    return np.array(matrices)
-
-
 truth = np.ones((n, n))
 bad = np.r_[np.ones(n // 2), -np.ones(n - n // 2)] + 0.05 * np.random.default_rng(0).standard_normal(n)
 print(f"perturbed completion of 1 1^T, n = {n}; error = ||X - M*||_F / n, success = error < 1e-4")
 print("   eps  level  from the bad start: error   from small starts: successes   seconds")
 start = time.perf_counter()
 for eps in epsilons:
-    A = perturbed_completion(n, eps)
-    y = np.einsum("ipq,pq->i", A, truth)
+    A, y = lr.recover.perturbed_completion(n, eps)
     for level in levels:
         tic = time.perf_counter()
         escaped = lr.recover.lifted_sensing(A, y, level=level, init=bad, max_iter=3000, tol=1e-7)

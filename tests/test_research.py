@@ -8,7 +8,7 @@ from scipy import integrate
 
 import lowrank_hpc as lr
 from lowrank_hpc import research
-from lowrank_hpc.recover import lifted_sensing
+from lowrank_hpc.recover import lifted_sensing, perturbed_completion
 
 
 # ---------------------------------------------------------------------- quartic word2vec
@@ -242,21 +242,6 @@ def test_ebmf_errors_name_the_argument(fit, error, match):
 
 
 # ---------------------------------------------------------------------- lifted sensing
-def _perturbed_completion(n, eps):
-    """Perturbed matrix completion of M* = 1 1^T: the entries within the two diagonal blocks are
-    measured with weight 1, the others with weight sqrt(eps). x = (1, .., 1, -1, .., -1) fits both
-    blocks: a spurious local minimum of the plain Burer-Monteiro loss for small eps."""
-    half, matrices = n // 2, []
-    for i in range(n):
-        for j in range(i, n):
-            weight = 1.0 if (i < half) == (j < half) else np.sqrt(eps)
-            A = np.zeros((n, n))
-            A[i, j] = A[j, i] = weight if i == j else weight / np.sqrt(2)
-            matrices.append(A)
-    A = np.array(matrices)
-    return A, np.einsum("ipq,p,q->i", A, np.ones(n), np.ones(n))
-
-
 def _plain_gd(A, y, x, step, iterations):
     """Factored GD on 1/4 sum_i (<A_i, x x^T> - y_i)^2, a dense numpy transcription."""
     for _ in range(iterations):
@@ -285,7 +270,7 @@ def _lifted_hessian(A, y, x, level):
 @pytest.mark.parametrize("eps, level", [(0.15, 3), (0.2, 2), (0.25, 2), (0.3, 2)])
 def test_lifting_recovers_where_plain_gd_from_a_bad_start_is_stuck(rng, eps, level):
     n = 4
-    A, y = _perturbed_completion(n, eps)
+    A, y = perturbed_completion(n, eps)
     truth = np.ones((n, n))
     bad = np.r_[np.ones(n // 2), -np.ones(n // 2)] + 0.05 * rng.standard_normal(n)
     stuck = _plain_gd(A, y, bad, 0.1, 3000)
@@ -312,7 +297,7 @@ def test_lifting_below_its_range_leaves_the_spurious_minimum_a_minimum():
     enough either; level 4 is (min eigenvalue -4.38 at 0.1; +1.50 at 0.07): the working range is
     a property of the level, as the papers say, not of the code."""
     n = 4
-    A, y = _perturbed_completion(n, 0.1)
+    A, y = perturbed_completion(n, 0.1)
     spurious = _plain_gd(A, y, np.r_[1.0, 1.0, -1.0, -1.0], 0.1, 3000)
     assert np.linalg.eigvalsh(_lifted_hessian(A, y, spurious, 2))[0] == pytest.approx(1.62, abs=0.01)
     held = lifted_sensing(A, y, level=2, init=spurious + 1e-3, max_iter=2000, tol=0)
@@ -328,7 +313,7 @@ def _hessian(A, y, x):
 @pytest.mark.gpu
 def test_lifted_sensing_on_the_gpu_matches_the_cpu(rng):
     n = 4
-    A, y = _perturbed_completion(n, 0.2)
+    A, y = perturbed_completion(n, 0.2)
     for level in (2, 3):  # from the same small start: the same iterates
         cpu = lifted_sensing(A, y, level=level, max_iter=3000, tol=1e-7, seed=4)
         gpu = lifted_sensing(A, y, level=level, max_iter=3000, tol=1e-7, seed=4, backend="cuda")

@@ -140,6 +140,26 @@ def _lift(x: np.ndarray, level: int) -> np.ndarray:
     return power
 
 
+@_checks.constrained(n=_checks.positive_int, eps=_checks.nonnegative_float)
+def perturbed_completion(n: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The papers' example: perturbed completion of M* = 1 1^T (n x n). Every entry (i, j),
+    i <= j, is one symmetric sensing matrix, weight 1 within the two diagonal blocks (rows and
+    columns both below n // 2, or both at or above it) and sqrt(eps) across them (off the
+    diagonal split between (i, j) and (j, i) as weight / sqrt(2)). x = (1, .., 1, -1, .., -1)
+    fits both blocks: a spurious local minimum of plain factored GD for eps < 1/3.
+
+    Returns (A, y): A (n (n + 1) / 2, n, n) float64 and y = <A_i, M*> (float64)."""
+    half, matrices = n // 2, []
+    for i in range(n):
+        for j in range(i, n):
+            weight = 1.0 if (i < half) == (j < half) else np.sqrt(eps)
+            A = np.zeros((n, n))
+            A[i, j] = A[j, i] = weight if i == j else weight / np.sqrt(2)
+            matrices.append(A)
+    A = np.array(matrices)
+    return A, A.sum(axis=(1, 2))
+
+
 @_checks.constrained(**LOOP_CONSTRAINTS, level=_checks.positive_int, width=_checks.positive_int,
                      init_scale=_checks.positive_float, step=_checks.optional(_checks.positive_float),
                      seed=_checks.seed_argument, backend=_checks.one_of("cpu", "cuda"))
