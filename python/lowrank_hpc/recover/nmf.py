@@ -476,16 +476,26 @@ class _CD:
         return self.data.xp.asarray(self.rng.permutation(self.k).astype(np.int64))
 
     def iterate(self, W, Ht) -> tuple[float, float]:
-        """One iteration in place; returns (violation, 1/2 ||X - W H||^2 after it)."""
-        if self.extrapolate:
-            return self._iterate_extrapolated(W, Ht)
-        data, call, p = self.data, self.data.call, self.penalty
+        """One iteration in place; returns (violation, 1/2 ||X - W H||^2 after it). Extrapolating
+        (see EXTRAPOLATION_START), W's half-step advances its own sequence against H_y and the
+        caller's W becomes W_y, so the loss is that of (W_y, H): a non-negative pair."""
+        data, call, p, xp = self.data, self.data.call, self.penalty, self.data.xp
         n, m = data.shape
-        gram_H = Ht.T @ Ht
-        cross_W = data.times(Ht, out=self._buffer("W", n, Ht))
-        _hals(call, W, gram_H, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
+        if self.extrapolate and self._W_sequence is None:
+            self._W_sequence, self._Ht_y = W.copy(), Ht.copy()
+        W_solved, Ht_fixed = (self._W_sequence, self._Ht_y) if self.extrapolate else (W, Ht)
+        if self.extrapolate:
+            W_previous = self._buffer("W_previous", n, W)
+            W_previous[...] = W_solved
+        gram_H = Ht_fixed.T @ Ht_fixed
+        cross_W = data.times(Ht_fixed, out=self._buffer("W", n, Ht))
+        _hals(call, W_solved, gram_H, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
               self.row_violations)
         violation = self.row_violations.sum()
+        if self.extrapolate:
+            _extrapolate(xp, W_solved, W_previous, self.beta, out=W)
+            Ht_previous = self._buffer("Ht_previous", m, Ht)
+            Ht_previous[...] = Ht
         gram_W = W.T @ W
         if self.update_H:
             cross_H = data.transpose_times(W, out=self._buffer("H", m, W))
@@ -498,57 +508,37 @@ class _CD:
             inner = (cross_W * W).sum(dtype=np.float64)
         quadratic = (gram_W * gram_H).sum(dtype=np.float64)
         loss = (data.squared_norm - 2.0 * float(inner) + float(quadratic)) / 2.0
+        if self.extrapolate:
+            self._next_Ht_y(W, Ht, Ht_previous, loss)
         return float(violation), loss
 
-
-    def _iterate_extrapolated(self, W, Ht) -> tuple[float, float]:
-        """One extrapolated iteration (see EXTRAPOLATION_START): W (the caller's) becomes W_y,
-        Ht is updated against it, and the loss is that of (W_y, H): a non-negative pair."""
-        data, call, p, xp = self.data, self.data.call, self.penalty, self.data.xp
-        n, m = data.shape
-        if self._W_sequence is None:
-            self._W_sequence, self._Ht_y = W.copy(), Ht.copy()
-        W_n, Ht_y = self._W_sequence, self._Ht_y
-        W_previous = self._buffer("W_previous", n, W)
-        W_previous[...] = W_n
-        cross_W = data.times(Ht_y, out=self._buffer("W", n, Ht))
-        _hals(call, W_n, Ht_y.T @ Ht_y, cross_W, self._order(), p.l1_W, p.l2_W, self.sweeps_W, self.inner_tol,
-              self.row_violations)
-        violation = self.row_violations.sum()
-        xp.subtract(W_n, W_previous, out=W)  # W_y = max(W_n + beta (W_n - W_previous), 0)
-        W *= self.beta
-        W += W_n
-        xp.maximum(W, 0.0, out=W)
-        gram_W = W.T @ W
-        Ht_previous = self._buffer("Ht_previous", m, Ht)
-        Ht_previous[...] = Ht
-        cross_H = data.transpose_times(W, out=self._buffer("H", m, W))
-        _hals(call, Ht, gram_W, cross_H, self._order(), p.l1_H, p.l2_H, self.sweeps_H, self.inner_tol,
-              self.col_violations)
-        violation = violation + self.col_violations.sum()
-        inner = float((cross_H * Ht).sum(dtype=np.float64))
-        quadratic = float((gram_W * (Ht.T @ Ht)).sum(dtype=np.float64))
-        loss = (data.squared_norm - 2.0 * inner + quadratic) / 2.0
-        # The restart test reads the penalised objective HALS decreases.
+    def _next_Ht_y(self, W, Ht, Ht_previous, loss: float) -> None:
+        """H_y for the next iteration and the next beta, from the penalised objective HALS
+        decreases: a rise restarts from H itself with a smaller beta."""
+        p = self.penalty
         objective = loss
         for F, l1, l2 in ((W, p.l1_W, p.l2_W), (Ht, p.l1_H, p.l2_H)):
             if l1:
                 objective += l1 * float(F.sum(dtype=np.float64))
             if l2:
                 objective += 0.5 * l2 * float((F * F).sum(dtype=np.float64))
-        if objective > self.previous_objective:  # restart from H itself, with a smaller beta
-            Ht_y[...] = Ht
+        if objective > self.previous_objective:
+            self._Ht_y[...] = Ht
             self.beta_ceiling = self.beta
             self.beta /= EXTRAPOLATION_SHRINK
         else:
-            xp.subtract(Ht, Ht_previous, out=Ht_y)
-            Ht_y *= self.beta
-            Ht_y += Ht
-            xp.maximum(Ht_y, 0.0, out=Ht_y)
+            _extrapolate(self.data.xp, Ht, Ht_previous, self.beta, out=self._Ht_y)
             self.beta = min(self.beta_ceiling, EXTRAPOLATION_GROW * self.beta)
             self.beta_ceiling = min(1.0, EXTRAPOLATION_CEILING_GROW * self.beta_ceiling)
         self.previous_objective = objective
-        return float(violation), loss
+
+
+def _extrapolate(xp, F, previous, beta: float, out) -> None:
+    """out = max(F + beta (F - previous), 0), in place in out (not F or previous)."""
+    xp.subtract(F, previous, out=out)
+    out *= beta
+    out += F
+    xp.maximum(out, 0.0, out=out)
 
 
 class _MaskedCD:
