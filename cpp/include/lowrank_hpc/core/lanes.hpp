@@ -51,6 +51,12 @@ inline constexpr int kNativeBytes = 32;
 inline constexpr int kNativeBytes = 16;
 #endif
 
+// A GCC vector of Bytes bytes of T.
+template <class T, int Bytes>
+struct Vector {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+
 // W numbers of one output row summed in registers: native vectors, then one half-width and one
 // 16-byte vector where they fit, then scalars. (A plain T[W] under `omp simd` is kept in memory
 // whenever W is not a multiple of the vector width: every add then waits on a store.) Each
@@ -68,9 +74,9 @@ struct RegisterRow {
   static constexpr int kTailAt = kSmallAt + (kHasSmall ? kSmallBytes / static_cast<int>(sizeof(T)) : 0);
   static constexpr int kTail = W - kTailAt;
 
-  typedef T full_t __attribute__((vector_size(kNativeBytes)));
-  typedef T half_t __attribute__((vector_size(kHalfBytes > 0 ? kHalfBytes : kNativeBytes)));
-  typedef T small_t __attribute__((vector_size(kSmallBytes > 0 ? kSmallBytes : kNativeBytes)));
+  using full_t = typename Vector<T, kNativeBytes>::type;
+  using half_t = typename Vector<T, (kHalfBytes > 0 ? kHalfBytes : kNativeBytes)>::type;
+  using small_t = typename Vector<T, (kSmallBytes > 0 ? kSmallBytes : kNativeBytes)>::type;
   full_t full[kFull > 0 ? kFull : 1];
   half_t half;
   small_t small;

@@ -18,21 +18,16 @@ namespace lowrank_hpc::ops {
 // Host: the dot of a compiled power-of-two rank on GCC vectors, by the same halving tree as
 // strided_dot's array form (g++ kept that array in memory and looped over the fold: at r = 16
 // every step stored a vector and reloaded half of it). Bit-equal to it.
-template <class A, int Bytes>
-struct HostVector {
-  typedef A type __attribute__((vector_size(Bytes)));
-};
-
 // Lanes [0, N/2) plus lanes [N/2, N), as a vector of N/2 (shuffles, not a trip through memory).
 template <class A, int Bytes, size_t... Lane>
-inline __attribute__((always_inline)) typename HostVector<A, Bytes / 2>::type add_halves(
-    typename HostVector<A, Bytes>::type x, std::index_sequence<Lane...>) {
+inline __attribute__((always_inline)) typename lanes::Vector<A, Bytes / 2>::type add_halves(
+    typename lanes::Vector<A, Bytes>::type x, std::index_sequence<Lane...>) {
   constexpr int kHalf = static_cast<int>(sizeof...(Lane));
   return __builtin_shufflevector(x, x, Lane...) + __builtin_shufflevector(x, x, (Lane + kHalf)...);
 }
 
 template <class A, int Bytes>
-inline __attribute__((always_inline)) A fold_lanes(typename HostVector<A, Bytes>::type x) {
+inline __attribute__((always_inline)) A fold_lanes(typename lanes::Vector<A, Bytes>::type x) {
   if constexpr (Bytes == 2 * static_cast<int>(sizeof(A))) {
     return x[0] + x[1];
   } else {
@@ -52,7 +47,7 @@ inline __attribute__((always_inline)) A host_dot(const A* a, const A* b) {
   constexpr int kBytes = R * static_cast<int>(sizeof(A));
   constexpr int kVector = kBytes < lanes::kNativeBytes ? kBytes : lanes::kNativeBytes;
   constexpr int kCount = kBytes / kVector, kPer = kVector / static_cast<int>(sizeof(A));
-  typedef typename HostVector<A, kVector>::type V;
+  typedef typename lanes::Vector<A, kVector>::type V;
   V p[kCount];
   for (int j = 0; j < kCount; ++j) {
     V x, y;
