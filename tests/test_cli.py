@@ -296,3 +296,36 @@ def test_demo_writes_a_picture_and_a_table(tmp_path):
 def test_info_is_json():
     run = cli("info", "--compact")
     assert run.returncode == 0 and strict_json(run.stdout)["version"] == lowrank_hpc.__version__
+
+
+def test_implicit_feedback_interaction_log(tmp_path):
+    """An interaction log (one line per play, repeats included) of 3 user groups that each play
+    their group's items: repeats add up, held-out plays rank near the top of their rows, and the
+    recommendations stay in the user's group."""
+    rng = np.random.default_rng(3)
+    lines = ["user,item,plays"]
+    for user in range(90):
+        liked = [item for item in range(60) if item % 3 == user % 3 and rng.random() < 0.5]
+        for item in liked:
+            lines += [f"user{user},song{item},1"] * int(rng.integers(1, 4))
+    log = write(tmp_path, "plays.csv", "\n".join(lines) + "\n")
+    recommendations = tmp_path / "recommendations.csv"
+    run = cli("complete", log, "--feedback", "implicit", "--alpha", "5", "--rank", "3", "--reg", "0.1",
+              "--max-iter", "10", "--json", "--recommend", "2", "--recommendations-out", recommendations)
+    assert run.returncode == 0, run.stderr
+    report = strict_json(run.stdout)
+    assert report["feedback"] == "implicit" and report["alpha"] == 5.0 and report["method"] == "als"
+    assert report["duplicates_summed"] == len(lines) - 1 - report["entries"] > 0
+    assert report["duplicates_averaged"] == 0
+    assert report["test_mean_percentile_rank"] < 0.15  # random scores: about 0.5
+    for line in recommendations.read_text().splitlines()[1:]:
+        user, item = line.split(",")[:2]
+        assert int(user[4:]) % 3 == int(item[4:]) % 3, line
+    human = cli("complete", log, "--feedback", "implicit", "--rank", "3", "--max-iter", "3")
+    assert human.returncode == 0, human.stderr
+    assert "repeated pairs added up" in human.stdout and "held-out interactions rank at" in human.stdout
+
+
+def test_implicit_feedback_usage_errors(ratings):
+    fails(cli("complete", ratings, "--feedback", "implicit", "--method", "soft_impute"), 2, "--feedback implicit")
+    fails(cli("complete", ratings, "--feedback", "implicit", "--alpha", "-1"), 2, "--alpha")

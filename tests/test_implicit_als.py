@@ -65,6 +65,71 @@ def test_cg_approaches_the_exact_half_steps_and_its_loss():
     assert default.history["loss"][-1] == pytest.approx(dense_loss(counts, default.U, default.V, 5.0, 0.01), rel=1e-10)
 
 
+def dense_cg_half_step(counts, X, Y, alpha, reg, steps):
+    """``steps`` CG steps on each row's system from its row of X (Takacs, Pilaszy and Tikk 2011):
+    a transcription over dense rows, for the fused kernel's iterates. A row without interactions
+    takes its exact solution, zero (its right-hand side is zero), as the kernel does."""
+    preference = (counts > 0).astype(np.float64)
+    weights = alpha * counts
+    out = X.copy()
+    gram = Y.T @ Y + reg * np.eye(Y.shape[1])
+    for u in range(counts.shape[0]):
+        if not counts[u].any():
+            out[u] = 0
+            continue
+        system = gram + (Y.T * weights[u]) @ Y
+        x = out[u]
+        residual = (Y.T * (1.0 + weights[u])) @ preference[u] - system @ x
+        direction, squared = residual.copy(), residual @ residual
+        for _ in range(steps):
+            if squared == 0:
+                break
+            product = system @ direction
+            step = squared / (direction @ product)
+            x = x + step * direction
+            residual = residual - step * product
+            new_squared = residual @ residual
+            direction, squared = residual + new_squared / squared * direction, new_squared
+        out[u] = x
+    return out
+
+
+@pytest.mark.parametrize("rank", [1, 3, 4, 8, 16, 20, 32, 40, 64, 70])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cg_steps_are_the_papers_iterates_at_every_rank(rank, dtype):
+    """One iteration of 2 CG steps per half-step, at compiled ranks (1, 4, 8, 16, 32) and run-time
+    ones (the host's register tiles are 32 doubles or 64 floats wide: 40, 64 and 70 take whole
+    tiles and a rest), with an empty row and an empty column (their factors are zero, the exact
+    solution)."""
+    counts, rows, cols, vals = interactions(seed=7, m=90, n=80, density=0.3)
+    keep = (rows != 5) & (cols != 7)
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    counts[5, :] = counts[:, 7] = 0
+    vals = vals.astype(dtype)
+    start = implicit_als(rows, cols, vals, counts.shape, rank, alpha=2.0, reg=0.1, max_iter=0, seed=4)
+    result = implicit_als(rows, cols, vals, counts.shape, rank, alpha=2.0, reg=0.1, cg_steps=2, max_iter=1, seed=4)
+    X = dense_cg_half_step(counts, np.asarray(start.U, np.float64), np.asarray(start.V, np.float64), 2.0, 0.1, 2)
+    Y = dense_cg_half_step(counts.T, np.asarray(start.V, np.float64), X, 2.0, 0.1, 2)
+    tolerance = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(result.U, X, **tolerance)
+    np.testing.assert_allclose(result.V, Y, **tolerance)
+    assert not result.U[5].any() and not result.V[7].any()
+
+
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_listed_zero_strengths_are_unobserved_pairs(solver):
+    """A pair listed with strength 0 has preference 0 at confidence 1: the same as leaving it out."""
+    counts, rows, cols, vals = interactions(seed=8)
+    zeros = np.argwhere(counts == 0)[::7]
+    listed = implicit_als(np.concatenate([rows, zeros[:, 0]]), np.concatenate([cols, zeros[:, 1]]),
+                          np.concatenate([vals, np.zeros(len(zeros))]), counts.shape, 4, alpha=3.0, solver=solver,
+                          seed=2, max_iter=3)
+    left_out = implicit_als(rows, cols, vals, counts.shape, 4, alpha=3.0, solver=solver, seed=2, max_iter=3)
+    np.testing.assert_allclose(listed.U, left_out.U, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(listed.history["loss"], left_out.history["loss"], rtol=1e-12)
+    assert listed.history["loss"][-1] == pytest.approx(dense_loss(counts, listed.U, listed.V, 3.0, 0.01), rel=1e-10)
+
+
 def test_observed_pairs_rank_above_unobserved_ones():
     """Planted user and item groups: each user interacts with its group's items; the scores rank
     a held-out pair of the user's group above the other groups' items."""
@@ -137,3 +202,82 @@ def test_gpu_matches_cpu(solver):
     assert gpu.backend == "cuda"
     np.testing.assert_allclose(gpu.U.get() @ gpu.V.get().T, cpu.U @ cpu.V.T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(gpu.history["loss"], cpu.history["loss"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("solver,implicit_solver", [("auto", "cg"), ("cg", "cg"), ("cholesky", "exact")])
+def test_als_with_implicit_feedback_is_implicit_als(solver, implicit_solver):
+    from lowrank_hpc.recover import als
+    counts, rows, cols, vals = interactions(seed=9)
+    through_als = als(rows, cols, vals, counts.shape, 4, reg=0.05, feedback="implicit", alpha=4.0, solver=solver,
+                      max_iter=3, tol=0.0, seed=5)
+    direct = implicit_als(rows, cols, vals, counts.shape, 4, reg=0.05, alpha=4.0, solver=implicit_solver,
+                          max_iter=3, seed=5)
+    np.testing.assert_array_equal(through_als.U, direct.U)
+    np.testing.assert_array_equal(through_als.history["loss"], direct.history["loss"])
+    assert through_als.info["solver"] == implicit_solver and through_als.info["alpha"] == 4.0
+    assert through_als.history["loss"][-1] == pytest.approx(
+        dense_loss(counts, through_als.U, through_als.V, 4.0, 0.05), rel=1e-10)
+
+
+@pytest.mark.parametrize("change,match", [(dict(feedback="positive"), "feedback"), (dict(alpha=-2.0), "alpha"),
+                                          (dict(reg_scaling="count"), "reg_scaling"),
+                                          (dict(init=np.zeros((30, 3))), "init")])
+def test_als_feedback_settings_are_checked(change, match):
+    from lowrank_hpc.recover import als
+    counts, rows, cols, vals = interactions()
+    settings = dict(feedback="implicit", max_iter=1, seed=0)
+    settings.update(change)
+    with pytest.raises(ValueError, match=match):
+        als(rows, cols, vals, counts.shape, 3, **settings)
+
+
+def test_matrix_completion_with_implicit_feedback():
+    """MatrixCompletion(feedback="implicit") is implicit_als on the entries; transform folds each
+    row in by the paper's exact row solve; predict and score use the scores and preferences."""
+    from lowrank_hpc import MatrixCompletion
+    counts, rows, cols, vals = interactions(seed=10, m=50, n=40)
+    model = MatrixCompletion(rank=4, method="als", feedback="implicit", alpha=3.0, reg=0.05, max_iter=6, tol=0.0,
+                             random_state=1).fit(rows, cols, vals, shape=counts.shape)
+    direct = implicit_als(rows, cols, vals, counts.shape, 4, reg=0.05, alpha=3.0, max_iter=6,
+                          seed=model.result_.info["seed"])
+    np.testing.assert_array_equal(model.U_, direct.U)
+    np.testing.assert_array_equal(model.V_, direct.V)
+    assert model.intercept_ == 0.0 and not model.row_bias_.any() and not model.col_bias_.any()
+    assert model.reg_ == 0.05 and model.n_iter_ == 6 and model.path_ == []
+    # Fold-in of the training rows: each row's exact solve against V_ (NaN counts as no interaction).
+    with_nan = np.where(counts > 0, counts, np.nan)
+    expected = dense_half_step(counts, np.asarray(model.V_), 3.0, 0.05)
+    np.testing.assert_allclose(model.transform(with_nan), expected, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(model.transform(counts), expected, rtol=1e-8, atol=1e-12)
+    scores = model.predict(rows, cols)
+    np.testing.assert_allclose(scores, np.sum(direct.U[rows] * direct.V[cols], axis=1), rtol=1e-12)
+    assert model.score(rows, cols, vals) == pytest.approx(-np.sqrt(np.mean((scores - 1.0) ** 2)), rel=1e-12)
+    assert model.train_rmse_ == pytest.approx(np.sqrt(np.mean((scores - 1.0) ** 2)), rel=1e-12)
+    # reg="auto" is implicit's 0.01 (there is no held-out RMSE to choose it by).
+    auto = MatrixCompletion(rank=4, method="als", feedback="implicit", max_iter=2, random_state=1).fit(
+        rows, cols, vals, shape=counts.shape)
+    assert auto.reg_ == 0.01 and auto.get_params()["feedback"] == "implicit"
+
+
+@pytest.mark.parametrize("params,match", [(dict(feedback="binary"), "feedback"),
+                                          (dict(feedback="implicit", method="soft_impute"), "method='als'"),
+                                          (dict(feedback="implicit", reg_scaling="count"), "reg_scaling"),
+                                          (dict(feedback="implicit", alpha=-1.0), "alpha")])
+def test_matrix_completion_feedback_settings_are_checked(params, match):
+    from lowrank_hpc import MatrixCompletion
+    counts, rows, cols, vals = interactions()
+    settings = dict(rank=3, method="als", max_iter=1)
+    settings.update(params)
+    with pytest.raises(ValueError, match=match):
+        MatrixCompletion(**settings).fit(rows, cols, vals, shape=counts.shape)
+
+
+def test_matrix_completion_implicit_rejects_negative_new_rows():
+    from lowrank_hpc import MatrixCompletion
+    counts, rows, cols, vals = interactions()
+    model = MatrixCompletion(rank=3, method="als", feedback="implicit", max_iter=1, random_state=0).fit(
+        rows, cols, vals, shape=counts.shape)
+    bad = counts[:2].copy()
+    bad[1, 3] = -2.0
+    with pytest.raises(ValueError, match=">= 0"):
+        model.transform(bad)

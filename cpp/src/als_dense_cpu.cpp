@@ -66,7 +66,7 @@ LRH_HD int64_t half_step(const Bits<T>* seen, lanes::LaneArray<T> values, lanes:
     const V count = counts[k];
     const V shift = count_scaling ? reg * count : V{} + reg;
     for (int a = 0; a < R; ++a) G[a * R + a] += shift;
-    const auto bad = ops::solve_row<V, R>(G, g, R, count, reg, out + k * R);
+    const auto bad = ops::solve_row<V, R>(G, g, R, count, !(reg > 0), out + k * R);
     for (int l = 0; l < lanes::Lanes<T>::width; ++l) singular += ((counted >> l) & 1u) && bad[l] ? 1 : 0;
   }
   return singular;

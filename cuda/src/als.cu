@@ -37,7 +37,7 @@ __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, con
     }
   }
   __syncthreads();
-  if (threadIdx.x == 0 && ops::solve_row(G, g, r, equations.count(row), equations.reg, out + row * r))
+  if (threadIdx.x == 0 && ops::solve_row(G, g, r, equations.count(row), equations.empty_row_singular(), out + row * r))
     atomicAdd(singular, 1ull);
 }
 
@@ -46,7 +46,8 @@ __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, con
 template <class T, class I>
 int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                    const uint8_t* active, int cg_steps, T* out, int64_t* singular, void* stream) {
+                    const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
+                    int64_t* singular, void* stream) {
   const int64_t n_rows = batch * n_key;
   if (n_rows == 0) return cudaSuccess;
   const int64_t shared_bytes = (cg_steps > 0 ? 3 * r : r * r + r) * static_cast<int64_t>(sizeof(T));
@@ -54,7 +55,8 @@ int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const
   // One warp covers the r^2 + r entries of small ranks; larger ranks use up to 256 threads.
   const int64_t work = r * r + r;
   const int threads = cg_steps > 0 ? 32 : work >= 256 ? 256 : static_cast<int>((work + 31) / 32 * 32);
-  const ops::NormalEquations<T, I> equations{indptr, others, vals, F, n_key, n_other, r, reg, count_scaling};
+  const ops::NormalEquations<T, I> equations{indptr, others, vals,          F,     n_key,  n_other, r,
+                                             reg,    count_scaling, weights, shared};
   als_update_rows_kernel<T, I><<<static_cast<unsigned>(n_rows), threads, static_cast<size_t>(shared_bytes),
                                  static_cast<cudaStream_t>(stream)>>>(
       equations, active, cg_steps, out, reinterpret_cast<unsigned long long*>(singular));
@@ -62,8 +64,9 @@ int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                              \
-  template int als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, \
-                                     int64_t, int64_t, int64_t, T, bool, const uint8_t*, int, T*, int64_t*, void*);
+  template int als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, int64_t,    \
+                                     int64_t, int64_t, T, bool, const T*, const T*, const uint8_t*, int, T*, \
+                                     int64_t*, void*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 

@@ -37,7 +37,7 @@ import numpy as np
 from . import cluster, readers
 from .errors import DataError, UsageError
 from .model_file import CompletionModel
-from .report import json_safe, rmse
+from .report import json_safe, mean_percentile_rank, rmse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,21 +91,24 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
     if isinstance(rank, (int, np.integer)) and rank > min(n1, n2):
         raise UsageError(f"--rank {rank} is larger than the data allows: min(rows, columns) = {min(n1, n2)} "
                          f"({n1} distinct row ids x {n2} distinct column ids); pass --rank {min(n1, n2)} or less")
+    implicit = estimator.feedback == "implicit"
+    vals = data.summed_vals() if implicit else data.vals  # an interaction log's repeats add up
     train, test = split(data.nnz, args.test_fraction, args.seed)
     if not train.size:
         raise DataError(f"too few entries to fit: {path} holds {data.nnz} entr{'y' if data.nnz == 1 else 'ies'} and "
                         f"--test-fraction {args.test_fraction} holds out {test.size}; lower --test-fraction")
 
     # On a cluster the factors stay on the workers during the solve: --plot shows the loss only.
-    trace = _Trace(data, test, record_test=bool(args.plot) and on_cluster is None)
+    trace = _Trace(data, test, record_test=bool(args.plot) and on_cluster is None and not implicit)
     trace.stored_loss = _checkpoint_loss(args.checkpoint)
     estimator.set_params(verbose=_progress_bar(), checkpoint=args.checkpoint, callback=trace.callback)
     fit_started = time.perf_counter()
-    fit(estimator, data.rows[train], data.cols[train], data.vals[train], data.shape)
+    fit(estimator, data.rows[train], data.cols[train], vals[train], data.shape)
     fit_seconds = time.perf_counter() - fit_started
     result = estimator.result_
-    test_rmse = rmse(_predict(estimator, data.rows[test], data.cols[test]), data.vals[test])
-    baseline = rmse(np.full(test.size, float(np.mean(data.vals[train]))), data.vals[test])
+    targets = (vals > 0).astype(np.float64) if implicit else vals  # implicit: the preferences
+    test_rmse = rmse(_predict(estimator, data.rows[test], data.cols[test]), targets[test])
+    baseline = rmse(np.full(test.size, float(np.mean(targets[train]))), targets[test])
     center = str(estimator.center)
     model = CompletionModel.from_estimator(
         estimator, data.row_ids, data.col_ids, data.rows, data.cols, center=center,
@@ -114,7 +117,8 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
 
     report: dict[str, Any] = {
         "input": path, "format": data.format, "header": data.header, "entries": data.nnz,
-        "duplicates_averaged": data.duplicates, "shape": [n1, n2], "rows": n1, "cols": n2,
+        "feedback": estimator.feedback, "duplicates_averaged": 0 if implicit else data.duplicates,
+        "duplicates_summed": data.duplicates if implicit else 0, "shape": [n1, n2], "rows": n1, "cols": n2,
         "train_entries": int(train.size), "test_entries": int(test.size), "method": estimator.method,
         "rank": model.rank, "reg": model.reg, "reg_chosen_on_path": bool(estimator.path_),
         "center": center, "backend": result.backend, "iterations": int(estimator.n_iter_),
@@ -123,6 +127,13 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
         "fit_seconds": round(fit_seconds, 3), "train_rmse": float(estimator.train_rmse_),
         "test_rmse": test_rmse, "mean_predictor_rmse": baseline, "model": None, "checkpoint": args.checkpoint,
         "resumed_at_iteration": trace.resumed_at()}
+    if implicit:
+        from .model_file import _host
+
+        positive = test[vals[test] > 0]  # held-out interactions (a listed 0 is none)
+        report.update(alpha=estimator.alpha_, test_mean_percentile_rank=mean_percentile_rank(
+            _host(estimator.U_), _host(estimator.V_), data.rows[train], data.cols[train], data.rows[positive],
+            data.cols[positive]))
     if on_cluster is not None:
         report.update(on_cluster)
     if args.output:
@@ -193,6 +204,11 @@ def _estimator(args: argparse.Namespace) -> Any:
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    if args.feedback == "implicit":
+        if args.method not in (None, "als") or getattr(args, "scheduler", None) or args.center is not None:
+            raise UsageError("--feedback implicit fits implicit ALS on this machine, with no offsets: drop --method, "
+                             "--center and --scheduler")
+        params.update(feedback="implicit", alpha=args.alpha, method="als")
     estimator = MatrixCompletion(**params)
     check_rank(estimator)
     return estimator
@@ -380,16 +396,23 @@ def _human(report: dict[str, Any]) -> str:
     def number(value: Any) -> str:
         return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.4g}"
 
-    merged = report["duplicates_averaged"]
+    merged, summed = report["duplicates_averaged"], report["duplicates_summed"]
     lines = [f"{report['input']}: {report['entries']:,} entries, {report['rows']:,} rows x {report['cols']:,} columns"
-             + (f" ({merged:,} repeated pairs averaged)" if merged else ""),
+             + (f" ({merged:,} repeated pairs averaged)" if merged else "")
+             + (f" ({summed:,} repeated pairs added up)" if summed else ""),
              f"{report['method']}, rank {report['rank']}, reg {number(report['reg'])}, center {report['center']}: "
              f"{report['iterations']} iterations in {report['fit_seconds']:.3g} s on {report['backend']}"
              + (f" ({report['workers']} Dask workers at {report['scheduler']})" if report.get("scheduler") else "")
              + " "
              f"({report['stop_reason']})",
              f"RMSE: train {number(report['train_rmse'])}, test {number(report['test_rmse'])} "
-             f"on {report['test_entries']:,} held-out entries (mean predictor {number(report['mean_predictor_rmse'])})"]
+             f"on {report['test_entries']:,} held-out entries (mean predictor {number(report['mean_predictor_rmse'])})"
+             + (" (of the scores against the preferences, 1 for an interaction)" if report["feedback"] == "implicit"
+                else "")]
+    if report["feedback"] == "implicit":
+        lines.insert(2, f"implicit feedback, alpha {number(report['alpha'])}: held-out interactions rank at "
+                        f"{number(report['test_mean_percentile_rank'])} of their rows' unobserved columns on average "
+                        "(0: first, 0.5: random)")
     if report.get("model"):
         lines.append(f"model saved to {report['model']}")
     if report.get("plot"):

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="model a global mean (global) and row/column biases (both) (default: "
                                f"{_estimator_default('center')})")
     complete.add_argument("--reg-scaling", choices=("none", "count"), default=None, help=argparse.SUPPRESS)
+    complete.add_argument("--feedback", choices=("explicit", "implicit"), default="explicit",
+                          help="explicit: the values are the matrix's entries (ratings); implicit: they are "
+                               "interaction counts or strengths (plays, clicks), repeated pairs add up, and the "
+                               "model ranks columns (implicit ALS, as the implicit package and Spark's "
+                               "implicitPrefs; implies --method als) (default: explicit)")
+    complete.add_argument("--alpha", type=_nonnegative, default=1.0,
+                          help="--feedback implicit: confidence 1 + alpha * value (default: 1.0)")
     complete.add_argument("--test-fraction", type=_fraction, default=0.1,
                           help="share of the entries held out to measure RMSE, in [0, 1) (default: 0.1)")
     complete.add_argument("--seed", type=_seed, default=0, help="seed of the split and the solver (default: 0)")

@@ -54,6 +54,11 @@ class Ratings:
     format: str
     duplicates: int = 0  # entries merged into others by averaging repeated (row, col) pairs
     header: bool = False
+    counts: Optional[np.ndarray] = None  # (nnz,) lines merged into each entry; None: one each
+
+    def summed_vals(self) -> np.ndarray:
+        """(nnz,) the values of repeated pairs added up instead of averaged (an interaction log)."""
+        return self.vals if self.counts is None else self.vals * self.counts
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -360,6 +365,7 @@ def _merged(ratings: Ratings) -> Ratings:
         counts = np.diff(np.append(starts, rows.shape[0]))
         vals = np.add.reduceat(vals, starts) / counts
         rows, cols = rows[starts], cols[starts]
+        ratings.counts = counts
     ratings.rows, ratings.cols, ratings.vals = rows, cols, np.ascontiguousarray(vals, dtype=np.float64)
     ratings.duplicates = int(duplicates)
     return ratings

@@ -31,3 +31,41 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+# Rows of scores formed at a time by mean_percentile_rank (each a row of the full matrix), and
+# held-out pairs compared against their rows at a time.
+_RANK_ROWS = 1024
+_RANK_PAIRS = 128
+
+
+def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, train_cols: np.ndarray,
+                         test_rows: np.ndarray, test_cols: np.ndarray) -> Optional[float]:
+    """Hu, Koren and Volinsky's expected percentile ranking of held-out pairs: for each (u, i),
+    the share of row u's columns not trained on (i excluded) that score above i, averaged; 0 is
+    every held-out column ranked first, about 0.5 random scores. None for no held-out pair.
+    U (n1, r), V (n2, r) host factors; the pairs are index arrays."""
+    if test_rows.size == 0:
+        return None
+    n2 = V.shape[0]
+    order = np.argsort(train_rows, kind="stable")
+    train_rows, train_cols = train_rows[order], train_cols[order]
+    users = np.unique(test_rows)
+    total = 0.0
+    for start in range(0, users.shape[0], _RANK_ROWS):
+        chunk = users[start:start + _RANK_ROWS]
+        scores = U[chunk].astype(np.float64) @ V.T.astype(np.float64)  # (chunk, n2)
+        slot = np.searchsorted(chunk, test_rows)  # row of each held-out pair in the chunk
+        mine = (slot < chunk.shape[0]) & (chunk[np.minimum(slot, chunk.shape[0] - 1)] == test_rows)
+        lo, hi = np.searchsorted(train_rows, chunk[0]), np.searchsorted(train_rows, chunk[-1], side="right")
+        trained = np.searchsorted(chunk, train_rows[lo:hi])
+        member = chunk[trained] == train_rows[lo:hi]  # rows between the chunk's held-out rows are not in it
+        trained = trained[member]
+        scores[trained, train_cols[lo:hi][member]] = -np.inf  # trained columns rank below every candidate
+        candidates = n2 - np.bincount(trained, minlength=chunk.shape[0])  # held-out column included
+        pair_rows, pair_cols = slot[mine], test_cols[mine]
+        for first in range(0, pair_rows.shape[0], _RANK_PAIRS):
+            rows_here, cols_here = pair_rows[first:first + _RANK_PAIRS], pair_cols[first:first + _RANK_PAIRS]
+            above = np.sum(scores[rows_here] > scores[rows_here, cols_here][:, None], axis=1)
+            total += float(np.sum(above / np.maximum(candidates[rows_here] - 1, 1)))
+    return total / test_rows.shape[0]

@@ -7,15 +7,17 @@ import numpy as np
 
 from .. import _backend
 from ..ops import sampled_product
-from ..recover import METHODS
-from ..recover.als import REG_SCALINGS
+from ..recover import METHODS, implicit_als
+from ..recover.als import FEEDBACKS, REG_SCALINGS
 from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint, fit_completion
 from ..recover._driver import checkpoint_path
-from ..recover.offsets import CENTERS
+from ..recover.offsets import CENTERS, zero_offsets
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
 from ._convert import _as_float, _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
 
 COMPLETION_METHODS = ("soft_impute", "als") + METHODS
+# reg="auto" with feedback="implicit": implicit's default penalty (no held-out RMSE to choose by).
+IMPLICIT_REG = 0.01
 _SCALED_METHODS = ("scaled", "scaled_damped")
 _AUTO_RANK_METHODS = ("soft_impute",)
 
@@ -76,6 +78,16 @@ class MatrixCompletion(_Estimator):
     callback : None or callback(iteration, info) called after each iteration of the final
         solve; info holds "loss", "relative_change", the factors "U", "V" and the
         "offsets" (an :class:`lowrank_hpc.recover.offsets.Offsets`) in force.
+    feedback : "explicit" (default: the values are the matrix's entries) or "implicit": the
+        values are interaction counts or strengths >= 0 (a dense X: 0 or NaN for none) and every
+        pair is a preference, 1 where the value is > 0, at confidence 1 + alpha * value (Hu,
+        Koren and Volinsky 2008; what ``implicit`` and Spark's ``implicitPrefs`` fit). It needs
+        method="als" (:func:`lowrank_hpc.recover.implicit_als`, CG row solves) and fits no
+        offsets (``center`` and ``bias_reg`` are not used; intercept_ and the biases are zeros);
+        reg="auto" is implicit's 0.01. predict gives the scores, transform folds a row's
+        interactions in by its exact row solve, and score is the negative RMSE of the scores
+        against the preferences.
+    alpha : implicit feedback's confidence slope, a float >= 0 (default 1.0).
 
     Attributes
     ----------
@@ -98,7 +110,8 @@ class MatrixCompletion(_Estimator):
     def __init__(self, rank: Any = 20, method: str = "soft_impute", reg: Any = "auto", reg_scaling: str = "none",
                  center: str = "both", bias_reg: float = 10.0, max_iter: int = 100, tol: float = 1e-3,
                  init: Any = None, backend: str = "auto", random_state: Any = None, verbose: bool = False,
-                 checkpoint: Optional[str] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None):
+                 checkpoint: Optional[str] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
+                 feedback: str = "explicit", alpha: float = 1.0):
         self.rank = rank
         self.method = method
         self.reg = reg
@@ -113,6 +126,8 @@ class MatrixCompletion(_Estimator):
         self.verbose = verbose
         self.checkpoint = checkpoint
         self.callback = callback
+        self.feedback = feedback
+        self.alpha = alpha
 
     def fit(self, X: Any, cols: Any = None, vals: Any = None, *, shape: Optional[tuple[int, int]] = None,
             y: Any = None) -> "MatrixCompletion":
@@ -148,6 +163,8 @@ class MatrixCompletion(_Estimator):
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
                              f"n_samples = {shape[0]}, n_features = {shape[1]}")
         _check_index_range(function, rows, cols, shape)
+        if self.feedback == "implicit":
+            return self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
         init = self.init
         if init is None and self.method in METHODS:
             init = "spectral" if self.method in _SCALED_METHODS else "small"
@@ -178,7 +195,40 @@ class MatrixCompletion(_Estimator):
         self.converged_ = fitted.converged
         self.train_rmse_ = _rmse(xp, model - vals)
         self.result_ = result
+        self.feedback_, self.alpha_ = "explicit", None
         return self
+
+    def _fit_implicit(self, rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, seed: Any,
+                      side: str) -> "MatrixCompletion":
+        """fit for feedback="implicit": implicit_als on the entries, no offsets."""
+        reg = IMPLICIT_REG if isinstance(self.reg, str) else float(self.reg)
+        xp = np if side == "cpu" else _backend.cupy_module()
+        offsets = zero_offsets(xp, shape, vals.dtype)
+        callback = None
+        if self.callback is not None:  # the info keys of the explicit fits: factors "U", "V" and the offsets
+            def callback(iteration: int, info: dict[str, Any]) -> Any:
+                return self.callback(iteration, {**info, "U": info["X"], "V": info["Y"], "offsets": offsets})
+        with _backend_scope(self.backend):
+            result = implicit_als(rows, cols, vals, shape, rank, reg=reg, alpha=float(self.alpha),
+                                  max_iter=self.max_iter, tol=float(self.tol), seed=seed,
+                                  progress=bool(self.verbose), checkpoint=self.checkpoint, callback=callback)
+        self._ridge = (reg, False, 0.0)
+        self.U_, self.V_ = result.U, result.V
+        self.center_ = "none"
+        self.intercept_ = 0.0
+        self.row_bias_, self.col_bias_ = offsets.row, offsets.col
+        self.reg_, self.rank_, self.path_ = reg, rank, []
+        self.shape_, self.n_features_in_ = shape, shape[1]
+        self.n_iter_, self.converged_ = result.n_iter, result.converged
+        self.feedback_, self.alpha_ = "implicit", float(self.alpha)
+        self.train_rmse_ = _rmse(xp, self._predict_entries(rows, cols) - self._targets(vals))
+        self.result_ = result
+        return self
+
+    def _targets(self, vals: Any) -> Any:
+        """What the model predicts for observed values: the values, or (implicit feedback) the
+        preferences, 1 where a value is > 0 and 0 elsewhere."""
+        return (vals > 0).astype(vals.dtype) if self.feedback_ == "implicit" else vals
 
     def _check_params(self, function: str) -> int:
         _check_choice(function, "method", self.method, COMPLETION_METHODS)
@@ -206,6 +256,14 @@ class MatrixCompletion(_Estimator):
             raise ValueError(f"{function}: init must be None for method 'soft_impute' (it starts from a random "
                              "orthonormal V and warm-starts along its penalty path)")
         _check_choice(function, "backend", self.backend, _backend.BACKENDS)
+        _check_choice(function, "feedback", self.feedback, FEEDBACKS)
+        _check_nonnegative(function, "alpha", self.alpha)
+        if self.feedback == "implicit" and (self.method != "als" or self.init is not None
+                                            or self.reg_scaling != "none" or rank == "auto"):
+            raise ValueError(f"{function}: feedback='implicit' fits by implicit ALS from a seeded start: it takes "
+                             f"method='als', an integer rank, init=None and reg_scaling='none' (got method="
+                             f"{self.method!r}, rank={self.rank!r}, init={'an array' if self.init is not None else None},"
+                             f" reg_scaling={self.reg_scaling!r})")
         if self.callback is not None and not callable(self.callback):
             raise ValueError(f"{function}: callback must be callable or None, got {self.callback!r}")
         if self.checkpoint is not None:
@@ -222,12 +280,18 @@ class MatrixCompletion(_Estimator):
         xp = self._xp()
         if bool(xp.isinf(X).any()):
             raise ValueError(f"{function}: X contains inf; NaN marks a missing entry, inf is not allowed")
+        if self.feedback_ == "implicit" and bool((X < 0).any()):
+            raise ValueError(f"{function}: X holds interaction strengths for feedback='implicit': they must be >= 0 "
+                             "(0 or NaN: no interaction)")
         return X
 
     def _fold_in(self, X: Any) -> tuple[Any, Any]:
         """Row factors (n_samples, rank) and row offsets (n_samples,) of new rows: the ridge
         solutions of x_i,obs - mu - b_obs ~ V_obs u + a (a only with center="both"),
-        penalty reg (times the row's count for reg_scaling "count") on u and bias_reg on a."""
+        penalty reg (times the row's count for reg_scaling "count") on u and bias_reg on a.
+        Implicit feedback: each row's exact implicit-ALS solve against V_ (no offsets)."""
+        if self.feedback_ == "implicit":
+            return self._fold_in_implicit(X)
         xp = self._xp()
         dtype = np.result_type(X.dtype, self.V_.dtype)
         with_offset = self.center_ == "both"
@@ -248,16 +312,24 @@ class MatrixCompletion(_Estimator):
         if with_offset:
             gram[:, width - 1, width - 1] += bias_reg
         rhs = xp.where(observed, X, 0) @ V
-        # Pseudo-inverse by eigh: a row with fewer observations than rank and reg = 0 gets the
-        # minimum-norm solution (a row with none gets zeros) instead of a singular-matrix error.
-        eigenvalues, vectors = xp.linalg.eigh(gram)
-        keep = eigenvalues > eigenvalues[:, -1:] * (width * np.finfo(dtype).eps)
-        inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
-        projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
-        solution = xp.einsum("nij,nj->ni", vectors, projected)
+        solution = _pseudo_solve(xp, gram, rhs)
         if with_offset:
             return solution[:, :-1], solution[:, -1]
         return solution, xp.zeros(X.shape[0], dtype)
+
+    def _fold_in_implicit(self, X: Any) -> tuple[Any, Any]:
+        """(V^T V + reg I + sum_j alpha x_j v_j v_j^T) u = sum_{x_j > 0} (1 + alpha x_j) v_j for each
+        row x of interaction strengths (NaN as 0): implicit ALS's row solve; zero offsets."""
+        xp = self._xp()
+        dtype = np.result_type(X.dtype, self.V_.dtype)
+        V = self.V_.astype(dtype, copy=False)
+        strengths = xp.where(xp.isnan(X), 0, X).astype(dtype, copy=False)
+        weights = self.alpha_ * strengths  # confidence - 1
+        n_features, width = V.shape
+        outer = (V[:, :, None] * V[:, None, :]).reshape(n_features, width * width)
+        gram = (weights @ outer).reshape(-1, width, width) + (V.T @ V + self._ridge[0] * xp.eye(width, dtype=dtype))
+        rhs = xp.where(strengths > 0, 1 + weights, 0) @ V
+        return _pseudo_solve(xp, gram, rhs), xp.zeros(X.shape[0], dtype)
 
     def _complete(self, X: Any) -> Any:
         """(n_samples, n_features_in_) fold-in of X: mu + a + b_j + u V_^T."""
@@ -325,13 +397,13 @@ class MatrixCompletion(_Estimator):
             observed = ~xp.isnan(X)
             if not bool(observed.any()):
                 raise ValueError(f"{function}: X has no observed entry (all values are NaN)")
-            errors = (self._complete(X) - X)[observed]
+            errors = (self._complete(X) - self._targets(X))[observed]
             return -_rmse(xp, errors)
         if cols is None:
             raise ValueError(f"{function}: vals needs rows (X) and cols")
         rows, cols, vals = _entries(function, X, cols, vals, self.result_.backend)
         _check_index_range(function, rows, cols, self.shape_)
-        return -_rmse(xp, self._predict_entries(rows, cols) - vals)
+        return -_rmse(xp, self._predict_entries(rows, cols) - self._targets(vals))
 
     def __sklearn_tags__(self):
         """scikit-learn's tags: NaN allowed in X (it marks missing entries), dense 2-D float input,
@@ -341,3 +413,14 @@ class MatrixCompletion(_Estimator):
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
                     input_tags=InputTags(allow_nan=True))
+
+
+def _pseudo_solve(xp: Any, gram: Any, rhs: Any) -> Any:
+    """(n, w) solutions of n symmetric w x w systems by their eigendecompositions: a system
+    singular to rounding (fewer observations than rank and reg = 0) gets the minimum-norm
+    solution (a row with none gets zeros) instead of a singular-matrix error."""
+    eigenvalues, vectors = xp.linalg.eigh(gram)
+    keep = eigenvalues > eigenvalues[:, -1:] * (gram.shape[-1] * np.finfo(gram.dtype).eps)
+    inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
+    projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
+    return xp.einsum("nij,nj->ni", vectors, projected)

@@ -323,14 +323,26 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
     return call, problem
 
 
-@_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed)
+FEEDBACKS = ("explicit", "implicit")
+
+
+@_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed, feedback=_checks.one_of(*FEEDBACKS),
+                     alpha=_checks.nonnegative_float)
 def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
         reg_scaling: str = "none", solver: str = "auto", cg_steps: int = CG_STEPS, max_iter: int = 50,
         tol: float = 1e-6, seed: Any = None, init: Optional[Any] = None,
         callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
         checkpoint: Optional[str] = None, checkpoint_every: int = 10,
-        time_limit: Optional[float] = None) -> RecoveryResult:
+        time_limit: Optional[float] = None, feedback: str = "explicit", alpha: float = 1.0) -> RecoveryResult:
     """Complete an m x n matrix of rank ``rank`` from observed entries by alternating least squares.
+
+    ``feedback="implicit"`` fits implicit feedback instead (vals are interaction counts or
+    strengths, every unobserved pair a zero preference): the confidence-weighted objective of
+    Hu, Koren and Volinsky that ``implicit`` and Spark's ``implicitPrefs`` fit, with confidence
+    slope ``alpha``; the call is :func:`lowrank_hpc.recover.implicit_als` with this call's rank,
+    reg, cg_steps and loop settings, solver "cholesky" as its "exact" and "auto" as "cg" (CG at
+    every rank, as ``implicit`` runs), and its result (loss: that objective). reg_scaling must be
+    "none" and init None there.
 
     Minimises sum_k (vals[k] - <U[rows[k]], V[cols[k]]>)^2 + reg * sum_i w_i ||U[i]||^2
     + reg * sum_j w_j ||V[j]||^2, with w = 1 or, for ``reg_scaling="count"``, the number of
@@ -381,6 +393,10 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         exist (checked before the first iteration).
     time_limit : seconds after which the run stops with stop_reason "time_limit", read after
         each iteration (a positive limit runs at least one); 0 returns the start.
+    feedback : "explicit" (default: vals are the matrix's entries) or "implicit" (vals >= 0 are
+        interaction strengths; see above).
+    alpha : implicit feedback's confidence slope, a float >= 0 (confidence 1 + alpha * vals;
+        default 1.0, ``implicit``'s); ignored for explicit feedback.
 
     Returns
     -------
@@ -389,7 +405,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     (0.5 * squared residuals + 0.5 * reg * penalty), n_iter, converged (a bool), stop_reason
     (a str: "converged", "max_iter", "time_limit" or "diverged"), seconds, backend,
     info["singular_rows"], info["seed"], info["solver"] and info["kernel"] (which ALS kernel ran: "fused",
-    "rows" or "dense"; on the CPU all three give the same U, V).
+    "rows" or "dense"; on the CPU all three give the same U, V). With feedback="implicit",
+    implicit_als's result.
 
     Raises
     ------
@@ -398,6 +415,16 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     an out-of-range index; CheckpointError for an unusable checkpoint file or directory, and its
     subclass CheckpointMismatchError when ``checkpoint`` belongs to another problem.
     """
+    if feedback == "implicit":
+        if reg_scaling != "none" or init is not None:
+            raise ValueError("als: feedback='implicit' takes reg_scaling='none' and init=None (implicit_als "
+                             f"starts from its seed), got reg_scaling={reg_scaling!r} and "
+                             f"init={'an array' if init is not None else None}")
+        from .implicit_als import implicit_als  # here: implicit_als imports this module's checks
+        return implicit_als(rows, cols, vals, shape, rank, reg=reg, alpha=alpha,
+                            solver="exact" if solver == "cholesky" else "cg", cg_steps=cg_steps, max_iter=max_iter,
+                            tol=tol, seed=seed, callback=callback, progress=progress, checkpoint=checkpoint,
+                            checkpoint_every=checkpoint_every, time_limit=time_limit)
     started = time.perf_counter()
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,

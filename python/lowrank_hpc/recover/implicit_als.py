@@ -9,12 +9,13 @@ observed). Minimises
 
 The unobserved pairs cost nothing per pair (the Y^T Y trick): row u's normal equations are
 (Y^T Y + reg I + sum_{i observed} alpha v_ui y_i y_i^T) x_u = sum_{i observed} (1 + alpha v_ui) y_i,
-so a product with them is one r x r GEMM for every row at once plus a sampled product and a
-sparse product over the observed entries. The default solver runs ``cg_steps`` conjugate-gradient
-steps per row and half-step, warm-started from the previous factors (Takacs, Pilaszy and Tikk
-2011; what ``implicit`` runs by default), every row's CG advanced together through those three
-products, so it runs on both backends unchanged. ``solver="exact"`` solves each row's r x r
-system (O(nnz r^2) to form them), the reference the CG iterates approach.
+so a product with them costs r^2 for Y^T Y plus one pass over the row's observed entries. Each
+half-step is one fused kernel over every row (ops/normal_equations.hpp, explicit ALS's with
+per-entry weights and Y^T Y shared by the rows; OpenMP on the CPU, a block per row on the GPU).
+The default solver runs ``cg_steps`` conjugate-gradient steps per row and half-step,
+warm-started from the previous factors (Takacs, Pilaszy and Tikk 2011; what ``implicit`` runs by
+default), one pass over the row's entries per step. ``solver="exact"`` solves each row's r x r
+system (O(nnz r^2 + n r^3)), the reference the CG iterates approach.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .._backend import single_threaded_blas
 from .._random import gaussian_fill
 from ..ops import SparsePattern
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
-from ._measures import relative_change
+from ._measures import gram64, relative_change
 from ._result import RecoveryResult
 from .als import _check_coordinates, _check_rank
 
@@ -37,24 +38,24 @@ _FUNCTION = "implicit_als"
 SOLVERS = ("cg", "exact")
 # The start's Y: standard normal draws times this (implicit starts from small random factors).
 _INIT_SCALE = 0.01
-# Numbers in the r x r outer products the exact solver forms at once (16 MB in float64): it takes
-# the rows whose entries fit, one row at least.
-_EXACT_CHUNK_ENTRIES = 1 << 21
 
 
 class _Side:
     """One half-step's data: the observed entries in the CSR order of the solved factor (rows for
-    X, cols for Y; the shared pattern holds both orders), with that factor's index and the other
-    one per entry, and their confidence weights alpha v and targets 1 + alpha v in that order, so
-    that the sampled product and the sparse product both walk the entries in sequence."""
+    X, cols for Y; the shared pattern holds both orders), with their confidence weights alpha v
+    and targets 1 + alpha v in that order. Each half-step is one fused kernel over every row's
+    normal equations (ops/normal_equations.hpp, as explicit ALS's), with Y^T Y as the term the
+    rows share."""
 
     def __init__(self, call: Call, pattern: SparsePattern, vals, alpha: float, n_rows: int, transpose: bool):
         xp = call.xp
-        self.call, self.pattern, self.transpose = call, pattern, transpose
-        indptr, self.cols = pattern.csr_arrays(transpose)
-        self.rows = xp.repeat(xp.arange(n_rows, dtype=self.cols.dtype), xp.diff(indptr).astype(np.int64))
-        self.weights = alpha * pattern.in_csr_order(vals, transpose)
-        self.targets = 1.0 + self.weights
+        self.call, self.n_rows = call, n_rows
+        self.indptr, self.cols = pattern.csr_arrays(transpose)
+        self.rows = xp.repeat(xp.arange(n_rows, dtype=self.cols.dtype), xp.diff(self.indptr).astype(np.int64))
+        ordered = pattern.in_csr_order(vals, transpose)
+        self.weights = (alpha * ordered).astype(vals.dtype)
+        # v = 0 is no interaction: preference 0 at confidence 1, as if unobserved (target 0, weight 0).
+        self.targets = xp.where(ordered > 0, 1.0 + self.weights, 0).astype(vals.dtype)
         self.offsets = xp.asarray(np.array([0, self.rows.shape[0]], dtype=np.int64))
         self.status = call.status(int(self.rows.shape[0]))
 
@@ -65,69 +66,27 @@ class _Side:
                                          self.call.stream())
         return out
 
-    def times(self, entry_vals, Y):
-        """(n_rows, r): row u = sum over its observed entries of entry_vals (in this side's order) * y_i."""
-        return self.pattern.solver_product(self.call, entry_vals, Y, self.transpose, in_order=True)
-
-    def apply(self, P, Y, gram):
-        """(Y^T Y + reg I) p_u + sum_i alpha v_ui (y_i . p_u) y_i for every row p_u of P."""
-        return P @ gram + self.times(self.weights * self.at_entries(P, Y), Y)
-
-    def cg(self, X, Y, gram, steps: int):
-        """``steps`` CG steps on every row's system from X (updated copy returned)."""
-        xp = self.call.xp
-        X = X.copy()
-        # b - A x in one sparse pass: sum_i (c_ui - alpha v_ui y_i . x_u) y_i - (Y^T Y + reg I) x_u.
-        residual = self.times(self.targets - self.weights * self.at_entries(X, Y), Y) - X @ gram
-        direction = residual.copy()
-        squared = xp.einsum("ij,ij->i", residual, residual)
-        for _ in range(steps):
-            product = self.apply(direction, Y, gram)
-            curvature = xp.einsum("ij,ij->i", direction, product)
-            # A row already solved (zero residual) has a zero direction: it takes no step.
-            step = xp.where(curvature > 0, squared / xp.where(curvature > 0, curvature, 1), 0)
-            X += step[:, None] * direction
-            residual -= step[:, None] * product
-            new_squared = xp.einsum("ij,ij->i", residual, residual)
-            ratio = xp.where(squared > 0, new_squared / xp.where(squared > 0, squared, 1), 0)
-            direction = residual + ratio[:, None] * direction
-            squared = new_squared
-        return X
-
-    def exact(self, Y, gram, n_rows: int):
-        """Every row's system solved: (n_rows, r). The systems are formed for a block of rows at
-        a time (at most _EXACT_CHUNK_ENTRIES r x r outer products in memory)."""
-        xp = self.call.xp
-        r = Y.shape[1]
-        right = self.times(self.targets, Y)
-        owners, others, weights = self.rows, self.cols, self.weights  # grouped by the solved factor's row
-        indptr = self.call.to_host(self.pattern.csr_arrays(self.transpose)[0])
-        out = xp.empty((n_rows, r), dtype=Y.dtype)
-        chunk = max(1, _EXACT_CHUNK_ENTRIES // (r * r))
-        start = 0
-        while start < n_rows:
-            # Rows [start, stop): as many as keep their entries within the chunk (at least one row).
-            stop = max(start + 1, int(np.searchsorted(indptr, indptr[start] + chunk, side="right")) - 1)
-            first, last = int(indptr[start]), int(indptr[stop])
-            systems = xp.broadcast_to(gram, (stop - start, r, r)).copy()
-            if last > first:
-                gathered = Y[others[first:last]]
-                outer = (weights[first:last, None, None] * gathered[:, :, None]) * gathered[:, None, :]
-                xp.add.at(systems, owners[first:last] - start, outer)
-            out[start:stop] = xp.linalg.solve(systems, right[start:stop, :, None])[:, :, 0]
-            start = stop
+    def solve(self, X, Y, shared, reg: float, cg_steps: int):
+        """The rows of X (n_rows, r) given Y: ``cg_steps`` CG steps from X (0: exact solves);
+        shared (1, r, r) = Y^T Y. A new array."""
+        out = X.copy()
+        singular = self.call.xp.zeros(1, dtype=np.int64)
+        self.call.module.als_update_rows(self.indptr, self.cols, self.targets, Y[None], self.n_rows, reg, False, None,
+                                         cg_steps, out[None], singular, self.call.stream(), weights=self.weights,
+                                         shared=shared)
         return out
 
 
 def _loss(side: _Side, X, Y, reg: float) -> Any:
     """The objective for factors X (rows of side) and Y, float64 on the backend."""
     xp = side.call.xp
-    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
-    everywhere = xp.sum((X64.T @ X64) * (Y64.T @ Y64))  # sum over all pairs of (x . y)^2
+    X_gram, Y_gram = gram64(side.call, X), gram64(side.call, Y)
+    everywhere = xp.sum(X_gram * Y_gram)  # sum over all pairs of (x . y)^2
     s = side.at_entries(X, Y).astype(np.float64)
-    c = side.targets.astype(np.float64)
-    observed = xp.sum(c * (1.0 - s) ** 2 - s * s)  # the observed pairs' terms, minus their share above
-    return everywhere + observed + reg * (xp.sum(X64 * X64) + xp.sum(Y64 * Y64))
+    c = 1.0 + side.weights.astype(np.float64)
+    p = (side.targets > 0).astype(np.float64)
+    observed = xp.sum(c * (p - s) ** 2 - s * s)  # the observed pairs' terms, minus their share above
+    return everywhere + observed + reg * (xp.trace(X_gram) + xp.trace(Y_gram))
 
 
 def _nonnegative_values(call: Call, vals) -> None:
@@ -173,8 +132,10 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
     reg, alpha : the penalty reg >= 0 on ||X||^2 + ||Y||^2 (not scaled by counts) and the
         confidence slope alpha >= 0; defaults 0.01 and 1.0 are ``implicit``'s.
     solver : "cg" (default): ``cg_steps`` (default 3) conjugate-gradient steps per row and
-        half-step from the previous factors, O(nnz r) per step; "exact": each row's system
-        solved, O(nnz r^2 + n r^3).
+        half-step from the previous factors, O(nnz r + n r^2) per step; "exact": each row's
+        system solved, O(nnz r^2 + n r^3). On the GPU a row's system lives in a block's shared
+        memory: "exact" takes ranks whose r^2 + r numbers fit in 48 KiB (110 in float32), "cg"
+        ranks whose 3 r fit (ValueError beyond). A row without interactions gets zero factors.
     max_iter, tol : at most max_iter iterations (each: X given Y, then Y given X; default 15, as
         ``implicit``), or stop once the relative change of X Y^T is below tol (default 0: run
         all iterations).
@@ -210,6 +171,12 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
         rows, cols, vals = summed
         pattern = SparsePattern(rows, cols, shape)
     xp, dtype = call.xp, vals.dtype
+    limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
+    words, what = (3 * rank, "3 rank") if solver == "cg" else (rank * rank + rank, "(rank^2 + rank)")
+    if limit is not None and words * dtype.itemsize > limit:
+        raise ValueError(f"{_FUNCTION}: rank {rank} is too large for the {call.backend} solver={solver!r} kernel "
+                         f"with {dtype} ({what} * {dtype.itemsize} bytes must fit in {limit // 1024} KiB of shared "
+                         f"memory); solver='cg' takes any rank up to {limit // (3 * dtype.itemsize)}")
     by_rows = _Side(call, pattern, vals, alpha, shape[0], transpose=False)
     by_cols = _Side(call, pattern, vals, alpha, shape[1], transpose=True)
     seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
@@ -218,16 +185,15 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
                          settings.tol, repr(seed_key)) if checkpoint else ""
     fresh = LoopState(arrays={"X": xp.zeros((shape[0], rank), dtype=dtype), "Y": Y0}, seed=seed_value)
     state = resume_or_start(settings, digest, xp, fresh)
-    identity = reg * xp.eye(rank, dtype=dtype)
+    steps = 0 if solver == "exact" else cg_steps
 
-    def half_step(side: _Side, X, Y, n_rows: int):
-        gram = Y.T @ Y + identity
-        return side.exact(Y, gram, n_rows) if solver == "exact" else side.cg(X, Y, gram, cg_steps)
+    def half_step(side: _Side, X, Y):
+        return side.solve(X, Y, (Y.T @ Y)[None], reg, steps)
 
     def iterate(state: LoopState) -> tuple[float, float]:
         X0, Y0 = state.arrays["X"], state.arrays["Y"]
-        X = half_step(by_rows, X0, Y0, shape[0])
-        Y = half_step(by_cols, Y0, X, shape[1])
+        X = half_step(by_rows, X0, Y0)
+        Y = half_step(by_cols, Y0, X)
         loss = _loss(by_rows, X, Y, reg)
         change = relative_change(call, X0[None], Y0[None], X[None], Y[None])
         state.arrays.update(X=X, Y=Y)
@@ -239,7 +205,7 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
             return "diverged"
         return "converged" if state.relative_change[-1] < settings.tol else None
 
-    with single_threaded_blas():  # the dense work is n x r by r x r: one BLAS thread beside the kernels
+    with single_threaded_blas():  # BLAS's threads would spin beside the OpenMP kernels
         state, reason, _ = run_loop(settings, state, iterate, digest, stop)
     history = {name: np.asarray(values, dtype=np.float64) for name, values in
                (("loss", state.loss), ("relative_change", state.relative_change))}

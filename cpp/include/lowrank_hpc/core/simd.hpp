@@ -1,9 +1,10 @@
-// Host loops ask OpenMP to vectorize; the device pass has no OpenMP and needs none.
+// Host loops ask OpenMP to vectorize; the device pass has no OpenMP and needs none, nor do host
+// files built without it (the CUDA module's bindings, which include the shared headers).
 #pragma once
 #include "lowrank_hpc/core/macros.hpp"
 
 #define LRH_PRAGMA(x) _Pragma(#x)
-#if LRH_DEVICE_COMPILE
+#if LRH_DEVICE_COMPILE || !defined(_OPENMP)
 #define LRH_SIMD
 #define LRH_SIMD_SUM(var)
 #else

@@ -7,6 +7,12 @@
 //     sum over observed (v_k - <u_i, v_j>)^2 + reg * sum_i w_i ||u_i||^2 + reg * sum_j w_j ||v_j||^2
 // with w = 1 (reg_scaling "none") or w = the row's / column's number of observations ("count",
 // ALS-WR as in Spark MLlib), so lambda_i = reg * w_i.
+//
+// The same equations with per-entry weights c_j and a term S shared by every row of a problem,
+//     (S + lambda_i I + sum_j c_j f_j f_j^T) u_i = sum_j v_j f_j,
+// are implicit feedback's (Hu, Koren and Volinsky 2008): S = F^T F (every pair of the matrix at
+// confidence 1, which costs nothing per pair), c_j = alpha x_j, v_j = 1 + alpha x_j (observed
+// pairs: preference 1 at confidence 1 + alpha x_j). Explicit ALS is c = 1 and no S.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -15,6 +21,11 @@
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
+#include "lowrank_hpc/ops/sampled_product.hpp"
+
+#if !defined(__CUDACC__)
+#include "lowrank_hpc/core/lanes.hpp"
+#endif
 
 namespace lowrank_hpc::ops {
 
@@ -80,15 +91,16 @@ LRH_HD auto ldlt_solve(T* G, T* g, int64_t rank) {
 
 // Finishes one row from its assembled system (count: its observations): out_row = G^-1 g, or
 // zeros for a row without observations or a singular system. Returns whether the row counts as
-// singular: a failed factorisation, or no observations with reg == 0 (an unregularised row
-// with no data). For lanes (T and count GCC vectors), the same per lane, as a mask.
+// singular: a failed factorisation, or no observations where empty_singular (an unregularised
+// row with no data: reg == 0 and nothing shared). For lanes (T and count GCC vectors), the same
+// per lane, as a mask.
 template <class T, int R = 0, class Count>
-LRH_HD auto solve_row(T* G, T* g, int64_t rank, Count count, typename element_of<T>::type reg, T* out_row) {
+LRH_HD auto solve_row(T* G, T* g, int64_t rank, Count count, bool empty_singular, T* out_row) {
   const int64_t r = static_or<R>(rank);
   const auto has_data = count > 0;
   const auto solved = has_data && ldlt_solve<T, R>(G, g, r);
   for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T{};
-  return !solved && (has_data || !(reg > 0));
+  return !solved && (has_data || empty_singular);
 }
 
 // The CSR entries of the key rows of a batch of problems (block-diagonal layout: problem b's
@@ -99,28 +111,102 @@ template <class T, class I, int R = 0>
 struct NormalEquations {
   const int64_t* indptr;  // (batch * n_key + 1)
   const I* others;        // (nnz), in CSR order, each in [0, n_other)
-  const T* vals;          // (nnz), in CSR order
+  const T* vals;          // (nnz), in CSR order: the right-hand side's coefficients v_j
   const T* F;             // (batch, n_other, r), the fixed factor
   int64_t n_key, n_other, r;
   T reg;
   bool count_scaling;
+  const T* weights = nullptr;  // (nnz) c_j in CSR order, or null for c = 1
+  const T* shared = nullptr;   // (batch, r, r) symmetric S of each problem, or null for none
 
   LRH_HD int64_t count(int64_t row) const { return indptr[row + 1] - indptr[row]; }
   LRH_HD T lambda(int64_t row) const { return count_scaling ? reg * static_cast<T>(count(row)) : reg; }
   LRH_HD T value(int64_t j) const { return vals[j]; }
+  LRH_HD T weight(int64_t j) const { return weights ? weights[j] : T(1); }
+  LRH_HD const T* shared_block(int64_t b) const {
+    return shared ? shared + b * static_or<R>(r) * static_or<R>(r) : nullptr;
+  }
+  // A row without observations: its solution is zero (the right-hand side is), and it is
+  // singular only when nothing else makes its system definite (no S, reg == 0).
+  LRH_HD bool empty_row_singular() const { return !shared && !(reg > T(0)); }
+  // out (r) += sign S p for the problem's S (symmetric, so row k of S is its column k): axpy
+  // form, each out[c] summed over k in order.
+  LRH_HD void add_shared_times(const T* S, const T* p, T sign, T* out) const {
+    const int64_t r = static_or<R>(this->r);
+    int64_t c0 = 0;
+#if !defined(__CUDACC__)
+    // Host: tiles of four native vectors held in registers over k. Summed in memory, every k's
+    // add waited on the previous k's store: 5,700 cycles for r = 128, two thirds of a CG step.
+    constexpr int kTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
+    for (; c0 + kTile <= r; c0 += kTile) {
+      lanes::RegisterRow<T, kTile> acc;
+      acc.zero();
+      acc.add(out + c0);
+      for (int64_t k = 0; k < r; ++k) acc.add_scaled(sign * p[k], S + k * r + c0);
+      acc.store(out + c0);
+    }
+#endif
+    for (int64_t k = 0; k < r; ++k) {
+      const T pk = sign * p[k];
+      const T* S_k = S + k * r;
+      for (int64_t c = c0; c < r; ++c) out[c] += pk * S_k[c];
+    }
+  }
   // The row's problem's block of F, found once per row (a division per entry would dominate).
   LRH_HD const T* factor_block(int64_t row) const { return F + (row / n_key) * n_other * static_or<R>(r); }
   LRH_HD const T* factor_row(const T* block, int64_t j) const {
     return block + static_cast<int64_t>(others[j]) * static_or<R>(r);
   }
 
-  // G[a, c] (c <= a) of the row's system, entries summed in CSR order (device: one thread each).
+  // out (r) += sum over the entries j in [begin, end) of coef(j) f_j, each out[c] summed over j
+  // in order (coef must not read out).
+  template <class Coef>
+  LRH_HD void add_entry_rows(const T* block, int64_t begin, int64_t end, Coef coef, T* out) const {
+    const int64_t r = static_or<R>(this->r);
+#if !defined(__CUDACC__)
+    // Host: the coefficients of up to 32 entries first, then out in registers over them, a tile
+    // of four native vectors (or the whole row of a compiled rank) at a time. Summed in memory,
+    // each entry's add waited on the previous entry's store.
+    constexpr int kTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
+    constexpr int kWidth = R > 0 && R <= kTile ? R : kTile;
+    if (r >= kWidth) {
+      constexpr int kChunk = 32;
+      T coefs[kChunk];
+      for (int64_t j0 = begin; j0 < end; j0 += kChunk) {
+        const int n = static_cast<int>(end - j0 < kChunk ? end - j0 : kChunk);
+        for (int t = 0; t < n; ++t) coefs[t] = coef(j0 + t);
+        int64_t c0 = 0;
+        for (; c0 + kWidth <= r; c0 += kWidth) {
+          lanes::RegisterRow<T, kWidth> acc;
+          acc.zero();
+          acc.add(out + c0);
+          for (int t = 0; t < n; ++t) acc.add_scaled(coefs[t], factor_row(block, j0 + t) + c0);
+          acc.store(out + c0);
+        }
+        for (int t = 0; c0 < r && t < n; ++t) {
+          const T* f = factor_row(block, j0 + t);
+          for (int64_t c = c0; c < r; ++c) out[c] += coefs[t] * f[c];
+        }
+      }
+      return;
+    }
+#endif
+    for (int64_t j = begin; j < end; ++j) {
+      const T a = coef(j);
+      const T* f = factor_row(block, j);
+      for (int64_t c = 0; c < r; ++c) out[c] += a * f[c];
+    }
+  }
+
+  // G[a, c] (c <= a) of the row's system: S's entry, then the entries in CSR order, then the
+  // shift (device: one thread each; accumulate_into's order).
   LRH_HD T gram_entry(int64_t row, int64_t a, int64_t c) const {
     const T* block = factor_block(row);
-    T acc = T(0);
+    const T* S = shared_block(row / n_key);
+    T acc = S ? S[a * static_or<R>(r) + c] : T(0);
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
-      acc += f[a] * f[c];
+      acc += (weight(j) * f[a]) * f[c];
     }
     return a == c ? acc + lambda(row) : acc;
   }
@@ -143,66 +229,63 @@ struct NormalEquations {
       // each update would wait on a store-to-load round trip. The solve gets its own copy,
       // since its indexed accesses would pull the sums into memory.
       T Gl[R * R] = {}, gl[R] = {};
+      if (const T* S = shared_block(b))
+        for (int64_t t = 0; t < R * R; ++t) Gl[t] = S[t];
       accumulate_into(row, b, R, Gl, gl);
       T Gs[R * R], gs[R];
       for (int64_t t = 0; t < R * R; ++t) Gs[t] = Gl[t];
       for (int64_t t = 0; t < R; ++t) gs[t] = gl[t];
-      return solve_row<T, R>(Gs, gs, R, count(row), reg, out_row);
+      return solve_row<T, R>(Gs, gs, R, count(row), empty_row_singular(), out_row);
     } else {
-      for (int64_t t = 0; t < r * r; ++t) G[t] = T(0);
+      const T* S = shared_block(b);
+      for (int64_t t = 0; t < r * r; ++t) G[t] = S ? S[t] : T(0);
       for (int64_t t = 0; t < r; ++t) g[t] = T(0);
       accumulate_into(row, b, r, G, g);
-      return solve_row<T, 0>(G, g, r, count(row), reg, out_row);
+      return solve_row<T, 0>(G, g, r, count(row), empty_row_singular(), out_row);
     }
   }
 
   // Conjugate gradients on the row's system G x = g from x (the row's previous factor: a warm
   // start), ``steps`` steps (Takacs, Pilaszy and Tikk 2011; implicit's default solver). G is
-  // never formed: G p = sum_j <f_j, p> f_j + lambda p is one pass over the row's entries, so a
-  // step costs O(entries r) against the exact solve's O(entries r^2 + r^3). scratch: 3 r.
-  // A row without observations becomes zero (true, singular, when reg == 0, as solve_row says).
+  // never formed: G p = S p + sum_j c_j <f_j, p> f_j + lambda p is one pass over the row's
+  // entries (plus r^2 for S), so a step costs O(entries r + r^2) against the exact solve's
+  // O(entries r^2 + r^3). Dots over r take strided_dot's fixed order (the same on both
+  // backends). scratch: 3 r. A row without observations becomes zero (its exact solution).
   LRH_HD bool cg_solve(int64_t row, int64_t b, int steps, T* scratch, T* x) const {
     const int64_t r = static_or<R>(this->r);
     if (count(row) == 0) {
       for (int64_t c = 0; c < r; ++c) x[c] = T(0);
-      return !(reg > T(0));
+      return empty_row_singular();
     }
     const T* block = F + b * n_other * r;
+    const T* S = shared_block(b);
     const T shift = lambda(row);
     T* residual = scratch;  // g - G x
     T* direction = residual + r;
     T* product = direction + r;  // G direction
     for (int64_t c = 0; c < r; ++c) residual[c] = -shift * x[c];
-    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-      const T* f = factor_row(block, j);
-      T dot = T(0);
-      for (int64_t c = 0; c < r; ++c) dot += f[c] * x[c];
-      const T error = value(j) - dot;
-      for (int64_t c = 0; c < r; ++c) residual[c] += error * f[c];
-    }
-    T squared = T(0);
-    for (int64_t c = 0; c < r; ++c) {
-      direction[c] = residual[c];
-      squared += residual[c] * residual[c];
-    }
+    if (S) add_shared_times(S, x, T(-1), residual);
+    add_entry_rows(
+        block, indptr[row], indptr[row + 1],
+        [&](int64_t j) { return value(j) - weight(j) * strided_dot<T, R>(factor_row(block, j), x, r, 0, 1); },
+        residual);
+    for (int64_t c = 0; c < r; ++c) direction[c] = residual[c];
+    T squared = strided_dot<T, R>(residual, residual, r, 0, 1);
     for (int step = 0; step < steps && squared > T(0); ++step) {
       for (int64_t c = 0; c < r; ++c) product[c] = shift * direction[c];
-      for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-        const T* f = factor_row(block, j);
-        T dot = T(0);
-        for (int64_t c = 0; c < r; ++c) dot += f[c] * direction[c];
-        for (int64_t c = 0; c < r; ++c) product[c] += dot * f[c];
-      }
-      T curvature = T(0);
-      for (int64_t c = 0; c < r; ++c) curvature += direction[c] * product[c];
+      if (S) add_shared_times(S, direction, T(1), product);
+      add_entry_rows(
+          block, indptr[row], indptr[row + 1],
+          [&](int64_t j) { return weight(j) * strided_dot<T, R>(factor_row(block, j), direction, r, 0, 1); },
+          product);
+      const T curvature = strided_dot<T, R>(direction, product, r, 0, 1);
       if (!(curvature > T(0))) break;  // a singular direction (reg == 0, fewer entries than r)
       const T alpha = squared / curvature;
-      T next = T(0);
       for (int64_t c = 0; c < r; ++c) {
         x[c] += alpha * direction[c];
         residual[c] -= alpha * product[c];
-        next += residual[c] * residual[c];
       }
+      const T next = strided_dot<T, R>(residual, residual, r, 0, 1);
       const T beta = next / squared;
       for (int64_t c = 0; c < r; ++c) direction[c] = residual[c] + beta * direction[c];
       squared = next;
@@ -211,7 +294,7 @@ struct NormalEquations {
   }
 
   // sum over the row's entries of (<x, f_j> - v_j)^2 in double, x its (r) solution: the fit
-  // term of the objective, summed while the row's factor rows are still in cache.
+  // term of explicit ALS's objective, summed while the row's factor rows are still in cache.
   LRH_HD double squared_residuals(int64_t row, int64_t b, const T* x) const {
     const int64_t r = static_or<R>(this->r);
     const T* block = F + b * n_other * r;
@@ -226,7 +309,8 @@ struct NormalEquations {
     return total;
   }
 
-  // Adds the row's terms to zeroed G (lower triangle) and g, then the shift on G's diagonal.
+  // Adds the row's terms to G (lower triangle; zero or S) and zeroed g, then the shift on G's
+  // diagonal.
   LRH_HD void accumulate_into(int64_t row, int64_t b, int64_t rank, T* G, T* g) const {
     const int64_t r = static_or<R>(rank);
     const T* block = F + b * n_other * r;
@@ -238,9 +322,10 @@ struct NormalEquations {
         const T *f0 = factor_row(block, j), *f1 = factor_row(block, j + 1), *f2 = factor_row(block, j + 2),
                 *f3 = factor_row(block, j + 3);
         const T v0 = value(j), v1 = value(j + 1), v2 = value(j + 2), v3 = value(j + 3);
+        const T w0 = weight(j), w1 = weight(j + 1), w2 = weight(j + 2), w3 = weight(j + 3);
         for (int64_t a = 0; a < r; ++a) {
           g[a] = (((g[a] + v0 * f0[a]) + v1 * f1[a]) + v2 * f2[a]) + v3 * f3[a];
-          const T x0 = f0[a], x1 = f1[a], x2 = f2[a], x3 = f3[a];
+          const T x0 = w0 * f0[a], x1 = w1 * f1[a], x2 = w2 * f2[a], x3 = w3 * f3[a];
           T* G_a = G + a * r;
           for (int64_t c = 0; c <= a; ++c)
             G_a[c] = (((G_a[c] + x0 * f0[c]) + x1 * f1[c]) + x2 * f2[c]) + x3 * f3[c];
@@ -249,10 +334,11 @@ struct NormalEquations {
     }
     for (; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
-      const T v = value(j);
+      const T v = value(j), w = weight(j);
       for (int64_t a = 0; a < r; ++a) {
         g[a] += v * f[a];
-        for (int64_t c = 0; c <= a; ++c) G[a * r + c] += f[a] * f[c];
+        const T x = w * f[a];
+        for (int64_t c = 0; c <= a; ++c) G[a * r + c] += x * f[c];
       }
     }
     const T shift = lambda(row);

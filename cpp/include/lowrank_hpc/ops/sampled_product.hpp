@@ -59,6 +59,40 @@ inline __attribute__((always_inline)) A host_dot(const A* a, const A* b) {
     for (int j = 0; j < live / 2; ++j) p[j] += p[j + live / 2];
   return fold_lanes<A, kVector>(p[0]);
 }
+
+// Host: strided_dot's run-time-rank order on native vectors (its array form's 32 or 16 lanes as
+// 128 / kNativeBytes vectors), bit-equal to it. With one 64-byte accumulator the dot was a chain
+// of dependent adds and its lanes were then summed one by one: the CG row solves spent most of
+// their time there.
+template <class A>
+inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b, int64_t r) {
+  constexpr int kVector = lanes::kNativeBytes, kCount = 128 / kVector, kPer = kVector / static_cast<int>(sizeof(A));
+  constexpr int64_t kChunk = 128 / sizeof(A);
+  typedef typename lanes::Vector<A, kVector>::type V;
+  V p[kCount] = {};
+  int64_t c = 0;
+  for (; c + kChunk <= r; c += kChunk)
+    for (int j = 0; j < kCount; ++j) {
+      V x, y;
+      __builtin_memcpy(&x, a + c + j * kPer, kVector);
+      __builtin_memcpy(&y, b + c + j * kPer, kVector);
+      p[j] += x * y;
+    }
+  if (c + kChunk / 2 <= r) {
+    for (int j = 0; j < kCount / 2; ++j) {
+      V x, y;
+      __builtin_memcpy(&x, a + c + j * kPer, kVector);
+      __builtin_memcpy(&y, b + c + j * kPer, kVector);
+      p[j] += x * y;
+    }
+    c += kChunk / 2;
+  }
+  for (int live = kCount; live > 1; live /= 2)
+    for (int j = 0; j < live / 2; ++j) p[j] += p[j + live / 2];
+  A acc = fold_lanes<A, kVector>(p[0]);
+  for (; c < r; ++c) acc += a[c] * b[c];
+  return acc;
+}
 #endif
 
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
@@ -88,16 +122,28 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
       for (int c = 0; c < live / 2; ++c) p[c] += p[c + (live + 1) / 2];
     acc = p[0];
   } else if (width == 1) {
-    // A run-time rank: 64-byte blocks summed lane by lane into one register's worth of partial
-    // sums, reduced once, then the rest (a run-time simd loop took 2.3x as long at r = 20).
+    // A run-time rank: 128-byte blocks summed lane by lane into two registers' worth of partial
+    // sums (two independent chains), one 64-byte block more into the lower half, the lanes
+    // folded by the halving tree, then the rest in order (a run-time simd loop took 2.3x as long
+    // at r = 20).
+#if !defined(__CUDACC__)
+    if constexpr (std::is_same_v<T, A>) return host_runtime_dot<A>(a, b, r);
+#endif
     constexpr int kBlock = 64 / sizeof(A);
-    A part[kBlock] = {};
+    A part[2 * kBlock] = {};
     int64_t c = 0;
-    for (; c + kBlock <= r; c += kBlock) {
+    for (; c + 2 * kBlock <= r; c += 2 * kBlock) {
+      LRH_SIMD
+      for (int l = 0; l < 2 * kBlock; ++l) part[l] += load_as<A>(a[c + l]) * load_as<A>(b[c + l]);
+    }
+    if (c + kBlock <= r) {
       LRH_SIMD
       for (int l = 0; l < kBlock; ++l) part[l] += load_as<A>(a[c + l]) * load_as<A>(b[c + l]);
+      c += kBlock;
     }
-    for (int l = 0; l < kBlock; ++l) acc += part[l];
+    for (int live = 2 * kBlock; live > 1; live /= 2)
+      for (int l = 0; l < live / 2; ++l) part[l] += part[l + live / 2];
+    acc = part[0];
     for (; c < r; ++c) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   } else {
     for (int64_t c = lane; c < r; c += width) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
