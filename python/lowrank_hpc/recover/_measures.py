@@ -1,7 +1,7 @@
 """Per-iteration measures shared by the solvers."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -31,7 +31,8 @@ def gram64(call: Call, F: Any) -> Any:
     return out
 
 
-def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
+def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any, *, U0_gram: Optional[Any] = None,
+                    V0_gram: Optional[Any] = None, V1_gram: Optional[Any] = None) -> Any:
     """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem for (batch, rows, r) factors, (batch,)
     float64 on the factors' backend, from r x r products only (never an m x n matrix).
 
@@ -39,7 +40,8 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
     ``solvers::relative_change_from_grams``, the one formula the fused C++ iterations use too:
     the difference is expanded as dU V1^T + U0 dV^T, so a small change is computed from small
     terms and not lost to cancellation between large ones. inf where U0 V0^T = 0 and the new
-    product is not; 0 where both are 0.
+    product is not; 0 where both are 0. U0_gram, V0_gram, V1_gram: the (k, k) float64 Grams
+    U0^T U0, V0^T V0, V1^T V1 of one problem where the caller has them (its loss needed them).
     """
     xp = call.xp
     batch, k = U0.shape[0], U0.shape[2]
@@ -52,14 +54,20 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any) -> Any:
         du_t = du.transpose(0, 2, 1)
         left[:, 0] += xp.matmul(du_t, du)
         left[:, 1] += xp.matmul(du_t, u0)
-        left[:, 2] += xp.matmul(u0.transpose(0, 2, 1), u0)
+        if U0_gram is None:
+            left[:, 2] += xp.matmul(u0.transpose(0, 2, 1), u0)
     for rows in row_blocks(V0.shape[1], batch * k):
         v0, v1 = V0[:, rows].astype(np.float64), V1[:, rows].astype(np.float64)
         dv, v1_t = v1 - v0, v1.transpose(0, 2, 1)
-        right[:, 0] += xp.matmul(v1_t, v1)
+        if V1_gram is None:
+            right[:, 0] += xp.matmul(v1_t, v1)
         right[:, 1] += xp.matmul(v1_t, dv)
         right[:, 2] += xp.matmul(dv.transpose(0, 2, 1), dv)
-        right[:, 3] += xp.matmul(v0.transpose(0, 2, 1), v0)
+        if V0_gram is None:
+            right[:, 3] += xp.matmul(v0.transpose(0, 2, 1), v0)
+    for out, gram in ((left[:, 2], U0_gram), (right[:, 0], V1_gram), (right[:, 3], V0_gram)):
+        if gram is not None:
+            out[...] = gram
     out = xp.empty(batch, dtype=np.float64)
     call.module.relative_change(left, right, out, call.stream())
     return out

@@ -77,10 +77,10 @@ class _Side:
         return out
 
 
-def _loss(side: _Side, X, Y, reg: float) -> Any:
-    """The objective for factors X (rows of side) and Y, float64 on the backend."""
+def _loss(side: _Side, X, Y, X_gram, Y_gram, reg: float) -> Any:
+    """The objective for factors X (rows of side) and Y with float64 Grams X^T X and Y^T Y,
+    float64 on the backend."""
     xp = side.call.xp
-    X_gram, Y_gram = gram64(side.call, X), gram64(side.call, Y)
     everywhere = xp.sum(X_gram * Y_gram)  # sum over all pairs of (x . y)^2
     s = side.at_entries(X, Y).astype(np.float64)
     c = 1.0 + side.weights.astype(np.float64)
@@ -190,12 +190,19 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
     def half_step(side: _Side, X, Y):
         return side.solve(X, Y, (Y.T @ Y)[None], reg, steps)
 
+    # The float64 Grams of the factors of the last iteration: the loss's, which the next
+    # relative change needs again (None after a resume: computed there).
+    grams: dict[str, Any] = {}
+
     def iterate(state: LoopState) -> tuple[float, float]:
         X0, Y0 = state.arrays["X"], state.arrays["Y"]
         X = half_step(by_rows, X0, Y0)
         Y = half_step(by_cols, Y0, X)
-        loss = _loss(by_rows, X, Y, reg)
-        change = relative_change(call, X0[None], Y0[None], X[None], Y[None])
+        X_gram, Y_gram = gram64(call, X), gram64(call, Y)
+        loss = _loss(by_rows, X, Y, X_gram, Y_gram, reg)
+        change = relative_change(call, X0[None], Y0[None], X[None], Y[None], U0_gram=grams.get("X"),
+                                 V0_gram=grams.get("Y"), V1_gram=Y_gram)
+        grams.update(X=X_gram, Y=Y_gram)
         state.arrays.update(X=X, Y=Y)
         loss, change = (float(x) for x in call.to_host(xp.stack([loss, change[0]])))
         return loss, change

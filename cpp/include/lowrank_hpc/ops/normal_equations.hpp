@@ -40,25 +40,33 @@ namespace lowrank_hpc::ops {
 // finite or is <= r * eps * G[j, j] (cancellation down to rounding noise); the factor is then
 // meaningless. No early exit: T may be a GCC vector holding one system per lane (the result is
 // then a mask of the lanes), and the same code runs for one system on the host and the device.
+//
+// Right-looking: step k finishes column k and subtracts its outer product from the trailing
+// lower triangle, row by row over contiguous entries (a loop that vectorises). Every entry
+// still subtracts its terms in the order k = 0, 1, ... of the left-looking dot products, which
+// ran down strided columns one number at a time (r = 128: most of an exact ALS half-step).
 template <class T, int R = 0>
 LRH_HD auto ldlt_factor(T* G, int64_t rank) {
   using E = typename element_of<T>::type;
   const int64_t r = static_or<R>(rank);
   const E noise = static_cast<E>(r) * std::numeric_limits<E>::epsilon();
   auto ok = G[0] == G[0] || G[0] != G[0];  // true (every lane)
-  for (int64_t j = 0; j < r; ++j) {
-    // (L D)[j, k] * L[j, k] = L[j, k]^2 D[k]
-    T pivot = G[j * r + j];
-    const T scale = pivot;
-    for (int64_t k = 0; k < j; ++k) pivot -= G[j * r + k] * G[k * r + j];
+  // The pivots' scale, the original diagonal, waits in the upper triangle's last column (free
+  // until L^T's last column is written there, just after each is read); the last one here.
+  const T last_scale = G[(r - 1) * r + (r - 1)];
+  for (int64_t j = 0; j + 1 < r; ++j) G[j * r + (r - 1)] = G[j * r + j];
+  for (int64_t k = 0; k < r; ++k) {
+    const T pivot = G[k * r + k];  // minus (L D)[k, j] L[k, j] for every j < k
+    const T scale = k + 1 < r ? G[k * r + (r - 1)] : last_scale;
     ok = ok && is_finite(pivot) && pivot > noise * scale && pivot > E(0);
     const T inverse = E(1) / pivot;
-    G[j * r + j] = inverse;
-    for (int64_t i = j + 1; i < r; ++i) {
-      T entry = G[i * r + j];  // becomes (L D)[i, j]
-      for (int64_t k = 0; k < j; ++k) entry -= G[i * r + k] * G[k * r + j];
-      G[i * r + j] = entry;
-      G[j * r + i] = entry * inverse;  // L[i, j], kept transposed in the upper triangle
+    G[k * r + k] = inverse;
+    for (int64_t i = k + 1; i < r; ++i) G[k * r + i] = G[i * r + k] * inverse;  // L[i, k], transposed
+    const T* L_k = G + k * r;
+    for (int64_t i = k + 1; i < r; ++i) {  // (i, c) for k < c <= i: minus (L D)[i, k] L[c, k]
+      const T ld = G[i * r + k];
+      T* G_i = G + i * r;
+      for (int64_t c = k + 1; c <= i; ++c) G_i[c] -= ld * L_k[c];
     }
   }
   return ok;
