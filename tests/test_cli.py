@@ -329,3 +329,24 @@ def test_implicit_feedback_interaction_log(tmp_path):
 def test_implicit_feedback_usage_errors(ratings):
     fails(cli("complete", ratings, "--feedback", "implicit", "--method", "soft_impute"), 2, "--feedback implicit")
     fails(cli("complete", ratings, "--feedback", "implicit", "--alpha", "-1"), 2, "--alpha")
+
+
+@pytest.mark.parametrize("numbers", [1 << 24, 140, 20, 1])
+def test_mean_percentile_rank_against_a_loop(numbers, monkeypatch):
+    """Hu-Koren-Volinsky's expected percentile ranking, blocked over rows and pairs, against the
+    definition looped pair by pair (trained columns are not candidates)."""
+    from lowrank_hpc.cli import report
+    monkeypatch.setattr(report, "_RANK_NUMBERS", numbers)
+    rng = np.random.default_rng(0)
+    U, V = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
+    keys = rng.permutation(600)[:140]
+    rows, cols = keys // 20, keys % 20
+    scores = U @ V.T
+    trained = set(zip(rows[:100].tolist(), cols[:100].tolist()))
+    expected = 0.0
+    for u, i in zip(rows[100:], cols[100:]):
+        candidates = [j for j in range(20) if (u, j) not in trained and j != i]
+        expected += sum(scores[u, j] > scores[u, i] for j in candidates) / max(len(candidates), 1)
+    got = report.mean_percentile_rank(U, V, rows[:100], cols[:100], rows[100:], cols[100:])
+    assert got == pytest.approx(expected / 40, rel=1e-12)
+    assert report.mean_percentile_rank(U, V, rows, cols, rows[:0], cols[:0]) is None

@@ -253,6 +253,10 @@ def test_matrix_completion_with_implicit_feedback():
     np.testing.assert_allclose(scores, np.sum(direct.U[rows] * direct.V[cols], axis=1), rtol=1e-12)
     assert model.score(rows, cols, vals) == pytest.approx(-np.sqrt(np.mean((scores - 1.0) ** 2)), rel=1e-12)
     assert model.train_rmse_ == pytest.approx(np.sqrt(np.mean((scores - 1.0) ** 2)), rel=1e-12)
+    # A dense count matrix: its zeros are no interaction, the same fit as the listed entries.
+    dense = MatrixCompletion(rank=4, method="als", feedback="implicit", alpha=3.0, reg=0.05, max_iter=6, tol=0.0,
+                             random_state=1).fit(counts)
+    np.testing.assert_array_equal(dense.U_, model.U_)
     # reg="auto" is implicit's 0.01 (there is no held-out RMSE to choose it by).
     auto = MatrixCompletion(rank=4, method="als", feedback="implicit", max_iter=2, random_state=1).fit(
         rows, cols, vals, shape=counts.shape)

@@ -33,10 +33,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-# Rows of scores formed at a time by mean_percentile_rank (each a row of the full matrix), and
-# held-out pairs compared against their rows at a time.
-_RANK_ROWS = 1024
-_RANK_PAIRS = 128
+# Scores formed at a time by mean_percentile_rank (128 MiB of float64: whole rows of the full
+# matrix), and held-out pairs' rows compared against their scores at a time (a quarter of that).
+_RANK_NUMBERS = 1 << 24
 
 
 def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, train_cols: np.ndarray,
@@ -51,9 +50,10 @@ def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, t
     order = np.argsort(train_rows, kind="stable")
     train_rows, train_cols = train_rows[order], train_cols[order]
     users = np.unique(test_rows)
+    per_chunk, per_batch = max(1, _RANK_NUMBERS // n2), max(1, _RANK_NUMBERS // (4 * n2))
     total = 0.0
-    for start in range(0, users.shape[0], _RANK_ROWS):
-        chunk = users[start:start + _RANK_ROWS]
+    for start in range(0, users.shape[0], per_chunk):
+        chunk = users[start:start + per_chunk]
         scores = U[chunk].astype(np.float64) @ V.T.astype(np.float64)  # (chunk, n2)
         slot = np.searchsorted(chunk, test_rows)  # row of each held-out pair in the chunk
         mine = (slot < chunk.shape[0]) & (chunk[np.minimum(slot, chunk.shape[0] - 1)] == test_rows)
@@ -64,8 +64,8 @@ def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, t
         scores[trained, train_cols[lo:hi][member]] = -np.inf  # trained columns rank below every candidate
         candidates = n2 - np.bincount(trained, minlength=chunk.shape[0])  # held-out column included
         pair_rows, pair_cols = slot[mine], test_cols[mine]
-        for first in range(0, pair_rows.shape[0], _RANK_PAIRS):
-            rows_here, cols_here = pair_rows[first:first + _RANK_PAIRS], pair_cols[first:first + _RANK_PAIRS]
+        for first in range(0, pair_rows.shape[0], per_batch):
+            rows_here, cols_here = pair_rows[first:first + per_batch], pair_cols[first:first + per_batch]
             above = np.sum(scores[rows_here] > scores[rows_here, cols_here][:, None], axis=1)
             total += float(np.sum(above / np.maximum(candidates[rows_here] - 1, 1)))
     return total / test_rows.shape[0]

@@ -203,6 +203,9 @@ class MatrixCompletion(_Estimator):
         """fit for feedback="implicit": implicit_als on the entries, no offsets."""
         reg = IMPLICIT_REG if isinstance(self.reg, str) else float(self.reg)
         xp = np if side == "cpu" else _backend.cupy_module()
+        interactions = vals != 0  # a dense X's zeros are no interaction: no entry to carry (negatives: named below)
+        if not bool(interactions.all()):
+            rows, cols, vals = rows[interactions], cols[interactions], vals[interactions]
         offsets = zero_offsets(xp, shape, vals.dtype)
         callback = None
         if self.callback is not None:  # the info keys of the explicit fits: factors "U", "V" and the offsets
