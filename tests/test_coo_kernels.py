@@ -66,6 +66,34 @@ def test_sampled_product_at_compiled_ranks_is_the_halving_tree(backend, dtype, r
     np.testing.assert_array_equal(got, p[:, 0])
 
 
+@pytest.mark.parametrize("r", [5, 20, 33, 48, 64, 100])
+def test_sampled_product_at_run_time_ranks_is_the_host_order(dtype, rng, r):
+    """Run-time ranks on the host: the products summed lane by lane into 128 bytes of partial
+    sums (then one 64-byte block more into the lower half), the lanes folded by the halving
+    tree, then the rest in order; the host's vector form must give exactly these sums."""
+    U, V = _factors(rng, dtype, 23, 19, r)
+    rows, cols = _coords(rng, 23, 19, 300)
+    got = lr.ops.sampled_product(U, V, rows, cols)
+    p = U[rows] * V[cols]  # the products, rounded in dtype
+    block = 64 // np.dtype(dtype).itemsize
+    part = np.zeros((p.shape[0], 2 * block), dtype)
+    c = 0
+    while c + 2 * block <= r:
+        part = part + p[:, c:c + 2 * block]
+        c += 2 * block
+    if c + block <= r:
+        part[:, :block] = part[:, :block] + p[:, c:c + block]
+        c += block
+    live = 2 * block
+    while live > 1:
+        live //= 2
+        part[:, :live] = part[:, :live] + part[:, live:2 * live]
+    acc = part[:, 0]
+    for rest in range(c, r):
+        acc = acc + p[:, rest]
+    np.testing.assert_array_equal(got, acc)
+
+
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
     U, V = _factors(rng, dtype, 11, 9, 5, batch=4)
     rows, cols, offsets = _batched_coords(rng, 11, 9, [30, 0, 1, 45])

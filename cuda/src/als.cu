@@ -55,8 +55,8 @@ int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const
   // One warp covers the r^2 + r entries of small ranks; larger ranks use up to 256 threads.
   const int64_t work = r * r + r;
   const int threads = cg_steps > 0 ? 32 : work >= 256 ? 256 : static_cast<int>((work + 31) / 32 * 32);
-  const ops::NormalEquations<T, I> equations{indptr, others, vals,          F,     n_key,  n_other, r,
-                                             reg,    count_scaling, weights, shared};
+  const ops::NormalEquations<T, I> equations{indptr, others, vals, F, n_key, n_other, r, reg, count_scaling,
+                                             weights, shared};
   als_update_rows_kernel<T, I><<<static_cast<unsigned>(n_rows), threads, static_cast<size_t>(shared_bytes),
                                  static_cast<cudaStream_t>(stream)>>>(
       equations, active, cg_steps, out, reinterpret_cast<unsigned long long*>(singular));

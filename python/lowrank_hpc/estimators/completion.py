@@ -9,6 +9,7 @@ from .. import _backend
 from ..ops import sampled_product
 from ..recover import METHODS, implicit_als
 from ..recover.als import FEEDBACKS, REG_SCALINGS
+from ..recover.implicit_als import implicit_fold_in
 from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint, fit_completion
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS, zero_offsets
@@ -315,24 +316,28 @@ class MatrixCompletion(_Estimator):
         if with_offset:
             gram[:, width - 1, width - 1] += bias_reg
         rhs = xp.where(observed, X, 0) @ V
-        solution = _pseudo_solve(xp, gram, rhs)
+        # Pseudo-inverse by eigh: a row with fewer observations than rank and reg = 0 gets the
+        # minimum-norm solution (a row with none gets zeros) instead of a singular-matrix error.
+        eigenvalues, vectors = xp.linalg.eigh(gram)
+        keep = eigenvalues > eigenvalues[:, -1:] * (width * np.finfo(dtype).eps)
+        inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
+        projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
+        solution = xp.einsum("nij,nj->ni", vectors, projected)
         if with_offset:
             return solution[:, :-1], solution[:, -1]
         return solution, xp.zeros(X.shape[0], dtype)
 
     def _fold_in_implicit(self, X: Any) -> tuple[Any, Any]:
-        """(V^T V + reg I + sum_j alpha x_j v_j v_j^T) u = sum_{x_j > 0} (1 + alpha x_j) v_j for each
-        row x of interaction strengths (NaN as 0): implicit ALS's row solve; zero offsets."""
+        """Each row x of interaction strengths (NaN as 0) solved against V_ by implicit ALS's
+        exact row solve (:func:`lowrank_hpc.recover.implicit_als.implicit_fold_in`); zero offsets."""
         xp = self._xp()
         dtype = np.result_type(X.dtype, self.V_.dtype)
-        V = self.V_.astype(dtype, copy=False)
         strengths = xp.where(xp.isnan(X), 0, X).astype(dtype, copy=False)
-        weights = self.alpha_ * strengths  # confidence - 1
-        n_features, width = V.shape
-        outer = (V[:, :, None] * V[:, None, :]).reshape(n_features, width * width)
-        gram = (weights @ outer).reshape(-1, width, width) + (V.T @ V + self._ridge[0] * xp.eye(width, dtype=dtype))
-        rhs = xp.where(strengths > 0, 1 + weights, 0) @ V
-        return _pseudo_solve(xp, gram, rhs), xp.zeros(X.shape[0], dtype)
+        rows, cols = xp.nonzero(strengths > 0)
+        factors = implicit_fold_in(rows, cols, strengths[rows, cols], X.shape[0],
+                                   xp.ascontiguousarray(self.V_.astype(dtype, copy=False)), reg=self._ridge[0],
+                                   alpha=self.alpha_)
+        return factors, xp.zeros(X.shape[0], dtype)
 
     def _complete(self, X: Any) -> Any:
         """(n_samples, n_features_in_) fold-in of X: mu + a + b_j + u V_^T."""
@@ -416,14 +421,3 @@ class MatrixCompletion(_Estimator):
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
                     input_tags=InputTags(allow_nan=True))
-
-
-def _pseudo_solve(xp: Any, gram: Any, rhs: Any) -> Any:
-    """(n, w) solutions of n symmetric w x w systems by their eigendecompositions: a system
-    singular to rounding (fewer observations than rank and reg = 0) gets the minimum-norm
-    solution (a row with none gets zeros) instead of a singular-matrix error."""
-    eigenvalues, vectors = xp.linalg.eigh(gram)
-    keep = eigenvalues > eigenvalues[:, -1:] * (gram.shape[-1] * np.finfo(gram.dtype).eps)
-    inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
-    projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
-    return xp.einsum("nij,nj->ni", vectors, projected)

@@ -19,6 +19,7 @@ system (O(nnz r^2 + n r^3)), the reference the CG iterates approach.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -51,29 +52,34 @@ class _Side:
         xp = call.xp
         self.call, self.n_rows = call, n_rows
         self.indptr, self.cols = pattern.csr_arrays(transpose)
-        self.rows = xp.repeat(xp.arange(n_rows, dtype=self.cols.dtype), xp.diff(self.indptr).astype(np.int64))
         ordered = pattern.in_csr_order(vals, transpose)
         self.weights = (alpha * ordered).astype(vals.dtype)
         # v = 0 is no interaction: preference 0 at confidence 1, as if unobserved (target 0, weight 0).
         self.targets = xp.where(ordered > 0, 1.0 + self.weights, 0).astype(vals.dtype)
-        self.offsets = xp.asarray(np.array([0, self.rows.shape[0]], dtype=np.int64))
-        self.status = call.status(int(self.rows.shape[0]))
+
+    @functools.cached_property
+    def _entries(self):
+        """(rows, offsets, status) for the sampled product at the entries: only the loss's side
+        needs them."""
+        xp, nnz = self.call.xp, int(self.cols.shape[0])
+        rows = xp.repeat(xp.arange(self.n_rows, dtype=self.cols.dtype), xp.diff(self.indptr).astype(np.int64))
+        return rows, xp.asarray(np.array([0, nnz], dtype=np.int64)), self.call.status(nnz)
 
     def at_entries(self, X, Y):
         """(nnz,) x_u . y_i at the observed entries in this side's order (u the solved factor's row)."""
-        out = self.call.xp.empty(self.rows.shape[0], dtype=X.dtype)
-        self.call.module.sampled_product(X[None], Y[None], self.rows, self.cols, self.offsets, out, self.status,
-                                         self.call.stream())
+        rows, offsets, status = self._entries
+        out = self.call.xp.empty(rows.shape[0], dtype=X.dtype)
+        self.call.module.sampled_product(X[None], Y[None], rows, self.cols, offsets, out, status, self.call.stream())
         return out
 
-    def solve(self, X, Y, shared, reg: float, cg_steps: int):
+    def solve(self, X, Y, Y_gram, reg: float, cg_steps: int):
         """The rows of X (n_rows, r) given Y: ``cg_steps`` CG steps from X (0: exact solves);
-        shared (1, r, r) = Y^T Y. A new array."""
+        Y_gram (r, r) float64 = Y^T Y, the term every row shares. A new array."""
         out = X.copy()
         singular = self.call.xp.zeros(1, dtype=np.int64)
         self.call.module.als_update_rows(self.indptr, self.cols, self.targets, Y[None], self.n_rows, reg, False, None,
                                          cg_steps, out[None], singular, self.call.stream(), weights=self.weights,
-                                         shared=shared)
+                                         shared=Y_gram.astype(Y.dtype)[None])
         return out
 
 
@@ -186,22 +192,22 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
     fresh = LoopState(arrays={"X": xp.zeros((shape[0], rank), dtype=dtype), "Y": Y0}, seed=seed_value)
     state = resume_or_start(settings, digest, xp, fresh)
     steps = 0 if solver == "exact" else cg_steps
-
-    def half_step(side: _Side, X, Y):
-        return side.solve(X, Y, (Y.T @ Y)[None], reg, steps)
-
-    # The float64 Grams of the factors of the last iteration: the loss's, which the next
-    # relative change needs again (None after a resume: computed there).
+    # One float64 Gram per factor and iteration serves the other half-step's shared term, the
+    # loss and the next relative change. Kept beside the state, not in it: after a resume the
+    # first iteration computes Y0's afresh, the same numbers.
     grams: dict[str, Any] = {}
 
     def iterate(state: LoopState) -> tuple[float, float]:
         X0, Y0 = state.arrays["X"], state.arrays["Y"]
-        X = half_step(by_rows, X0, Y0)
-        Y = half_step(by_cols, Y0, X)
-        X_gram, Y_gram = gram64(call, X), gram64(call, Y)
+        Y0_gram = grams["Y"] if "Y" in grams else gram64(call, Y0)
+        X = by_rows.solve(X0, Y0, Y0_gram, reg, steps)
+        X_gram = gram64(call, X)
+        Y = by_cols.solve(Y0, X, X_gram, reg, steps)
+        Y_gram = gram64(call, Y)
         loss = _loss(by_rows, X, Y, X_gram, Y_gram, reg)
-        change = relative_change(call, X0[None], Y0[None], X[None], Y[None], U0_gram=grams.get("X"),
-                                 V0_gram=grams.get("Y"), V1_gram=Y_gram)
+        X0_gram = grams["X"] if "X" in grams else gram64(call, X0)
+        change = relative_change(call, X0[None], Y0[None], X[None], Y[None], U0_gram=X0_gram, V0_gram=Y0_gram,
+                                 V1_gram=Y_gram)
         grams.update(X=X_gram, Y=Y_gram)
         state.arrays.update(X=X, Y=Y)
         loss, change = (float(x) for x in call.to_host(xp.stack([loss, change[0]])))
@@ -220,3 +226,17 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
                           n_iter=state.iteration, converged=reason == "converged", stop_reason=reason,
                           seconds=time.perf_counter() - started, backend=call.backend,
                           info={"seed": state.seed, "solver": solver, "alpha": alpha, "reg": reg})
+
+
+def implicit_fold_in(rows: Any, cols: Any, vals: Any, n_rows: int, Y: Any, *, reg: float, alpha: float) -> Any:
+    """(n_rows, r) factors of new rows against a fitted Y (n2, r): each row's exact implicit-ALS
+    solve, by the half-step's kernel. rows, cols, vals (nnz,) are the new rows' interactions
+    (0 <= rows < n_rows, 0 <= cols < n2, vals >= 0 of Y's dtype, each pair once). A row without
+    interactions (or with a singular system, possible only with reg = 0) gets zeros."""
+    call = resolve("implicit_fold_in", rows=rows, cols=cols, vals=vals, Y=Y)
+    rows, cols, vals = _check_coordinates(call, rows, cols, vals)
+    out = call.xp.zeros((n_rows, Y.shape[1]), dtype=Y.dtype)
+    if rows.shape[0] == 0:
+        return out
+    side = _Side(call, SparsePattern(rows, cols, (n_rows, Y.shape[0])), vals, alpha, n_rows, transpose=False)
+    return side.solve(out, Y, gram64(call, Y), reg, 0)
