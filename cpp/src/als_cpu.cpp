@@ -1,3 +1,4 @@
+#include <optional>
 #include <vector>
 
 #include "lowrank_hpc/core/instantiate.hpp"
@@ -24,6 +25,8 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
     std::vector<T> scratch(static_cast<size_t>(r * r + 3 * r));  // per thread: G then g (or CG's 3 r)
     T* G = scratch.data();
     T* g = G + r * r;
+    std::optional<ops::RowSystemWorkspace<T>> tiles;  // run-time ranks' exact solve
+    if (R == 0 && cg_steps == 0 && ops::RegisterTiles<T>::worthwhile(r)) tiles.emplace(r, weights != nullptr, shared != nullptr);
     // (problem, row) pairs: the problem comes from the loop, not from a division per row.
     // Dynamic chunks: real data's heaviest rows come together (ids by popularity), and a static
     // split gave one thread most of the entries (implicit ALS's item side: 0.33 s became 0.22).
@@ -34,7 +37,8 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
         const int64_t row = b * n_key + i;
         // cg_steps > 0: conjugate gradients from out's row (its previous value), G as scratch.
         const bool failed = cg_steps > 0 ? equations.cg_solve(row, b, cg_steps, G, out + row * r)
-                                         : equations.solve(row, b, G, g, out + row * r);
+                            : tiles       ? equations.solve_tiled(row, b, *tiles, out + row * r)
+                                          : equations.solve(row, b, G, g, out + row * r);
         singular += failed ? 1 : 0;
       }
     }
@@ -62,6 +66,11 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
     T* g = G + r * r;
     T* U0 = g + r;
     T* V0 = U0 + m * r;
+    std::optional<ops::RowSystemWorkspace<T>> tiles;  // run-time ranks
+    if (R == 0 && ops::RegisterTiles<T>::worthwhile(r)) tiles.emplace(r, false, false);
+    const auto solve = [&](const ops::NormalEquations<T, I, R>& equations, int64_t row, int64_t b, T* x) {
+      return tiles ? equations.solve_tiled(row, b, *tiles, x) : equations.solve(row, b, G, g, x);
+    };
 #pragma omp for schedule(dynamic, 8)
     for (int64_t b = 0; b < batch; ++b) {
       if (!active[b]) continue;
@@ -70,11 +79,11 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
       for (int64_t t = 0; t < m * r; ++t) U0[t] = u[t];
       for (int64_t t = 0; t < n * r; ++t) V0[t] = v[t];
       double fit = 0.0, norms = 0.0;
-      for (int64_t i = 0; i < m; ++i) singular += by_rows.solve(b * m + i, b, G, g, u + i * r) ? 1 : 0;
+      for (int64_t i = 0; i < m; ++i) singular += solve(by_rows, b * m + i, b, u + i * r) ? 1 : 0;
       for (int64_t i = 0; i < m; ++i)
         norms += (count_scaling ? static_cast<double>(by_rows.count(b * m + i)) : 1.0) *
                  solvers::squared_norm<R>(u + i * r, r);
-      for (int64_t j = 0; j < n; ++j) singular += by_cols.solve(b * n + j, b, G, g, v + j * r) ? 1 : 0;
+      for (int64_t j = 0; j < n; ++j) singular += solve(by_cols, b * n + j, b, v + j * r) ? 1 : 0;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t col = b * n + j;
         T* x = v + j * r;

@@ -66,6 +66,7 @@ class _Problem:
         self.cg_steps = cg_steps  # 0: exact row solves; else conjugate-gradient steps (the "rows" kernel)
         self.nnz = int(rows.shape[0])
         self._perms: dict[str, Any] = {}
+        self._previous: Optional[tuple[Any, Any]] = None  # U, V before the iteration (rows kernel)
         self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
         self.dense = self._dense_groups() if cg_steps == 0 else None
         if self.dense is not None:
@@ -162,7 +163,10 @@ class _Problem:
                                                        col_vals, self.reg, self.count_scaling, active, U, V, loss,
                                                        change)
             return int(singular), loss, change
-        U0, V0 = U.copy(), V.copy()
+        if self._previous is None:  # kept: fresh copies page-faulted 4 r (m + n) bytes an iteration
+            self._previous = (self.xp.empty_like(U), self.xp.empty_like(V))
+        U0, V0 = self._previous
+        U0[...], V0[...] = U, V
         singular, mask = self.call.status(0), self.xp.asarray(active)
         self.update(U, self.by_rows, V, self.m, mask, singular)
         self.update(V, self.by_cols, U, self.n, mask, singular)
@@ -364,7 +368,9 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     reg : regularisation >= 0.
     reg_scaling : "none" or "count".
     solver : how each row's r x r system is solved. "cholesky": exactly (square-root-free
-        Cholesky of the assembled normal equations, O(entries r^2 + r^3) per row); "cg":
+        Cholesky of the assembled normal equations, O(entries r^2 + r^3) per row; on the CPU,
+        ranks other than 1-4, 8, 16 and 32 assemble and factor them in register tiles as a
+        BLAS-3 kernel does, with the same numbers bit for bit); "cg":
         ``cg_steps`` conjugate-gradient steps warm-started from the row's previous value
         (Takacs, Pilaszy and Tikk 2011; implicit's default), never forming the system, O(entries
         r) per step, so the cost grows linearly in r. Each CG step still lowers the row's

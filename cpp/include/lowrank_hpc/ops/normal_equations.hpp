@@ -16,6 +16,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "lowrank_hpc/core/macros.hpp"
@@ -25,6 +26,7 @@
 
 #if !defined(__CUDACC__)
 #include "lowrank_hpc/core/lanes.hpp"
+#include "lowrank_hpc/ops/register_tiles.hpp"
 #endif
 
 namespace lowrank_hpc::ops {
@@ -81,9 +83,11 @@ LRH_HD void ldlt_apply(const T* G, T* g, int64_t rank) {
     for (int64_t k = 0; k < i; ++k) entry -= G[k * r + i] * g[k];
     g[i] = entry;
   }
-  for (int64_t i = r - 1; i >= 0; --i) {  // L^T x = D^-1 y
+  // L^T x = D^-1 y, each x[i] subtracting the x[k] from the last: x[r - 1] is final first, so
+  // the rows' sums overlap (the host's tiled solve runs the same order).
+  for (int64_t i = r - 1; i >= 0; --i) {
     T entry = g[i] * G[i * r + i];
-    for (int64_t k = i + 1; k < r; ++k) entry -= G[i * r + k] * g[k];
+    for (int64_t k = r - 1; k > i; --k) entry -= G[i * r + k] * g[k];
     g[i] = entry;
   }
 }
@@ -252,6 +256,55 @@ struct NormalEquations {
       return solve_row<T, 0>(G, g, r, count(row), empty_row_singular(), out_row);
     }
   }
+
+#if !defined(__CUDACC__)
+  // solve's numbers, bit for bit, at the rate of register tiles (register_tiles.hpp): host,
+  // run-time ranks. ws: the thread's workspace for this rank and this problem set.
+  bool solve_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* out_row) const {
+    using Tiles = RegisterTiles<T>;
+    const int64_t r = this->r, ld = ws.ld, width = ws.width, rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
+    const int64_t begin = indptr[row], end = indptr[row + 1];
+    if (begin == end) {
+      for (int64_t c = 0; c < r; ++c) out_row[c] = T(0);
+      return empty_row_singular();
+    }
+    const T* block = F + b * n_other * r;
+    // The tiles cover what the factorisation reads: the first chunk's start from S^T (the upper
+    // triangle mirrors solve's lower) or zero, no pass to clear G.
+    const T* start = nullptr;
+    if (const T* S = shared_block(b)) {
+      if (ws.shared_problem != b) {
+        for (int64_t p = 0; p < r; ++p)
+          for (int64_t q = 0; q < r; ++q) ws.shared_transposed[p * ld + q] = S[q * r + p];
+        ws.shared_problem = b;
+      }
+      start = ws.shared_transposed;
+    }
+    T* G = ws.G;
+    T* g = ws.g;
+    for (int64_t c = 0; c < r; ++c) g[c] = T(0);
+    add_entry_rows(block, begin, end, [&](int64_t j) { return value(j); }, g);
+    for (int64_t j0 = begin; j0 < end; j0 += ws.chunk) {
+      const int64_t n = end - j0 < ws.chunk ? end - j0 : ws.chunk;
+      for (int64_t t = 0; t < n; ++t) {
+        const T* f = factor_row(block, j0 + t);
+        std::memcpy(ws.A + t * ld, f, sizeof(T) * static_cast<size_t>(r));
+        if (weights) {
+          const T w = weights[j0 + t];
+          for (int64_t c = 0; c < r; ++c) ws.B[t * ld + c] = w * f[c];
+        }
+      }
+      Tiles::template upper_tiles<false>(ws.A, ld, ws.B, ld, n, start, G, ld, width, 0, rows_up);
+      start = G;
+    }
+    const T shift = lambda(row);
+    for (int64_t p = 0; p < r; ++p) G[p * ld + p] += shift;
+    const bool solved = ldlt_factor_tiled(G, ws.U, ws.scales, r, width, ld);
+    ldlt_apply_tiled(G, ws.U, g, r, width, ld);
+    for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
+    return !solved;
+  }
+#endif
 
   // Conjugate gradients on the row's system G x = g from x (the row's previous factor: a warm
   // start), ``steps`` steps (Takacs, Pilaszy and Tikk 2011; implicit's default solver). G is

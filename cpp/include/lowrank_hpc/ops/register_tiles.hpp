@@ -1,0 +1,259 @@
+// Host-only: one row's r x r normal equations formed and factored in register tiles, the way a
+// BLAS-3 kernel does (ALS's exact solve at run-time ranks).
+//
+// The per-entry form (normal_equations.hpp) adds each entry's outer product into G in memory:
+// one multiply-add per load and store of G, 3-7% of the GEMM rate. Here a tile of kRows x kCols
+// entries of G stays in registers over all of a chunk of entries (a packed copy of their factor
+// rows) and the factorisation's trailing updates go kRows pivots at a time, so each load of G
+// feeds kRows (or a chunk's) multiply-adds.
+//
+// The numbers are those of the per-entry form bit for bit: every entry of G adds the same
+// products in the same order (entries in CSR order, then the shift), ldlt_factor_tiled
+// subtracts the same products in the same order k = 0, 1, ... as ldlt_factor, and
+// ldlt_apply_tiled runs ldlt_apply's order. The factorisation works on the upper triangle
+// (G[p][q], p <= q, mirrors the per-entry form's G[q][p]) so that every update runs along
+// contiguous rows; the lower triangle is scratch.
+#pragma once
+#if !defined(__CUDACC__)
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "lowrank_hpc/core/lanes.hpp"
+#include "lowrank_hpc/ops/finite.hpp"
+
+namespace lowrank_hpc::ops {
+
+template <class T>
+struct RegisterTiles {
+  using vec = typename lanes::Vector<T, lanes::kNativeBytes>::type;
+  static constexpr int kLanes = lanes::kNativeBytes / static_cast<int>(sizeof(T));
+  // kRows x kVectors accumulators plus the loads: 24 + 5 of AVX-512's 32 registers, 8 + 4 of 16
+  // below. Each broadcast of a row's number feeds kVectors multiply-adds.
+  static constexpr int kRows = lanes::kNativeBytes == 64 ? 8 : (kLanes >= 4 ? 4 : 2);
+  static constexpr int kVectors = lanes::kNativeBytes == 64 ? 3 : 2;
+  static constexpr int kCols = kVectors * kLanes;
+  static_assert(kLanes % kRows == 0, "row blocks must not straddle a vector");
+
+  // The width of the tiled rows: r rounded up to whole vectors (the padding stays zero).
+  static int64_t padded(int64_t r) { return (r + kLanes - 1) / kLanes * kLanes; }
+  // The rows' stride: the width, plus a vector where it is a multiple of 256 bytes (r = 128
+  // floats: a column's numbers 512 bytes apart all fell in a few of L1's sets).
+  static int64_t stride(int64_t r) {
+    return padded(r) * static_cast<int64_t>(sizeof(T)) % 256 == 0 ? padded(r) + kLanes : padded(r);
+  }
+  // Whether the tiles pay for their padding (r = 17 pads to 32 with AVX-512 floats: 3.5x the work).
+  static bool worthwhile(int64_t r) { return r >= 2 * kLanes || padded(r) * 4 <= r * 5; }
+
+  static inline __attribute__((always_inline)) vec load(const T* p) {
+    vec x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+  }
+  static inline __attribute__((always_inline)) void store(T* p, const vec& x) { std::memcpy(p, &x, sizeof x); }
+
+  // G[p][q] = start[p][q] +- the sum over t < count of rows[t row_step + p] cols[t col_step + q]
+  // for p in [p0, p0 + kRows), q in [q0, q0 + V kLanes): each entry summed over t in order,
+  // multiply then add (the host keeps a*b+c unfused, as the device does). start: G itself, or
+  // another matrix laid out as G, or null for zero. record, unless null: record[p ld + t] =
+  // rows[t row_step + p] (the broadcasts, transposed: stores the FP-bound loop has room for).
+  template <int V, bool kSubtract>
+  static inline __attribute__((always_inline)) void tile(const T* rows, int64_t row_step, const T* cols,
+                                                         int64_t col_step, int64_t count, const T* start, T* G,
+                                                         int64_t ld, int64_t p0, int64_t q0, T* record) {
+    vec acc[kRows][V];
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = start ? load(start + (p0 + i) * ld + q0 + v * kLanes) : vec{};
+    for (int64_t t = 0; t < count; ++t) {
+      vec x[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) x[v] = load(cols + t * col_step + q0 + v * kLanes);
+      const T* s = rows + t * row_step + p0;
+#pragma GCC unroll 16
+      for (int i = 0; i < kRows; ++i) {
+        const T si = s[i];
+        if (record) record[(p0 + i) * ld + t] = si;
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) {
+          if constexpr (kSubtract)
+            acc[i][v] -= si * x[v];
+          else
+            acc[i][v] += si * x[v];
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) store(G + (p0 + i) * ld + q0 + v * kLanes, acc[i][v]);
+  }
+
+  // tile over rows [p_begin, p_end) (a multiple of kRows from p_begin), each from the vector
+  // holding its diagonal (the upper triangle and some scratch) to column width; the first tile
+  // of each row block records (tile's record).
+  template <bool kSubtract>
+  static inline void upper_tiles(const T* rows, int64_t row_step, const T* cols, int64_t col_step, int64_t count,
+                                 const T* start, T* G, int64_t ld, int64_t width, int64_t p_begin, int64_t p_end,
+                                 T* record = nullptr) {
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += kRows) {
+      int64_t q0 = p0 / kLanes * kLanes;
+      T* first = record;
+      for (; q0 + kCols <= width; q0 += kCols, first = nullptr)
+        tile<kVectors, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+      const int64_t rest = (width - q0) / kLanes;  // whole vectors, fewer than kVectors
+      if (rest >= 2) {
+        tile<2, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+        first = nullptr;
+      }
+      if (rest % 2 == 1)
+        tile<1, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0 + (rest - 1) * kLanes, first);
+    }
+  }
+};
+
+// Per-thread scratch of the tiled row solve, for one rank (64-byte aligned rows).
+template <class T>
+struct RowSystemWorkspace {
+  using Tiles = RegisterTiles<T>;
+  int64_t r, width, ld, chunk;
+  std::vector<T> storage;
+  T *A, *B, *G, *U, *scales, *g, *shared_transposed;
+  int64_t shared_problem = -1;  // whose S^T shared_transposed holds
+
+  RowSystemWorkspace(int64_t rank, bool weighted, bool shared)
+      : r(rank), width(Tiles::padded(rank)), ld(Tiles::stride(rank)), chunk(chunk_rows(Tiles::stride(rank))) {
+    const int64_t sizes[] = {chunk * ld, weighted ? chunk * ld : 0, ld * ld, ld * ld, ld, ld, shared ? ld * ld : 0};
+    int64_t total = 0;
+    for (int64_t s : sizes) total += round_up(s);
+    storage.assign(static_cast<size_t>(total + kAlign), T(0));
+    T* next = storage.data() + (kAlign - (reinterpret_cast<uintptr_t>(storage.data()) / sizeof(T)) % kAlign) % kAlign;
+    T** slots[] = {&A, &B, &G, &U, &scales, &g, &shared_transposed};
+    for (int s = 0; s < 7; ++s) {
+      *slots[s] = sizes[s] > 0 ? next : nullptr;
+      next += round_up(sizes[s]);
+    }
+    if (!weighted) B = A;
+  }
+
+ private:
+  static constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(T));
+  static int64_t round_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+  // Entries per packed chunk: their rows (and weighted rows) about 64 KiB, the size of L2's
+  // share a tile pass streams, at least 16 (a tile's loads and stores of G amortised).
+  static int64_t chunk_rows(int64_t ld) {
+    const int64_t rows = (64 * 1024) / (ld * static_cast<int64_t>(sizeof(T)));
+    return rows < 16 ? 16 : (rows > 512 ? 512 : rows);
+  }
+};
+
+// ldlt_factor's arithmetic on the upper triangle of G (rank r, rows of width numbers ld apart;
+// rows and columns in [r, width) zero): on return G's diagonal holds 1 / D, G[k][c] (c > k) (D L^T)[k][c],
+// U[k][c] L^T[k][c] and U[c][k] L[c][k] (U: ld x ld), and the result says whether G is
+// numerically positive definite (ldlt_factor's test). scales: r numbers of scratch.
+//
+// Panels of kPanel pivots: each of the panel's rows takes the panel's earlier pivots in
+// registers (left-looking, a vector of the row at a time), is finished, and then the rows below
+// take the whole panel's products in register tiles. Every entry still subtracts its products
+// in the order k = 0, 1, ...
+template <class T>
+bool ldlt_factor_tiled(T* G, T* U, T* scales, int64_t r, int64_t width, int64_t ld) {
+  using Tiles = RegisterTiles<T>;
+  using vec = typename Tiles::vec;
+  constexpr int kPanel = 2 * Tiles::kRows;
+  constexpr int kLanes = Tiles::kLanes;
+  const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
+  const int64_t rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
+  bool ok = true;
+  for (int64_t k = 0; k < r; ++k) scales[k] = G[k * ld + k];
+  for (int64_t k0 = 0; k0 < r; k0 += kPanel) {
+    const int64_t k1 = k0 + kPanel < r ? k0 + kPanel : r;
+    for (int64_t c = k0; c < k1; ++c) {
+      T* G_c = G + c * ld;
+      // From the vector holding the diagonal (the row's lower part is scratch), four vectors at
+      // a time: four independent chains of subtractions.
+      int64_t q = c / kLanes * kLanes;
+      for (; q + 4 * kLanes <= width; q += 4 * kLanes) {
+        vec acc[4];
+        for (int v = 0; v < 4; ++v) acc[v] = Tiles::load(G_c + q + v * kLanes);
+        for (int64_t k = k0; k < c; ++k) {
+          const T u = U[k * ld + c];
+          for (int v = 0; v < 4; ++v) acc[v] -= u * Tiles::load(G + k * ld + q + v * kLanes);
+        }
+        for (int v = 0; v < 4; ++v) Tiles::store(G_c + q + v * kLanes, acc[v]);
+      }
+      for (; q < width; q += kLanes) {
+        vec acc = Tiles::load(G_c + q);
+        for (int64_t k = k0; k < c; ++k) acc -= U[k * ld + c] * Tiles::load(G + k * ld + q);
+        Tiles::store(G_c + q, acc);
+      }
+      const T pivot = G_c[c];
+      ok = ok && is_finite(pivot) && pivot > noise * scales[c] && pivot > T(0);
+      const T inverse = T(1) / pivot;
+      G_c[c] = inverse;
+      T* U_c = U + c * ld;
+      for (int64_t q = c + 1; q < width; ++q) U_c[q] = G_c[q] * inverse;
+      // L's rows, for the backward solve: the panel's here, the rows below record theirs in
+      // the trailing tiles' broadcasts.
+      for (int64_t q = c + 1; q < k1; ++q) U[q * ld + c] = U_c[q];
+    }
+    if (k1 < r)
+      Tiles::template upper_tiles<true>(U + k0 * ld, ld, G + k0 * ld, ld, k1 - k0, G, G, ld, width, k1, rows_up, U + k0);
+  }
+  return ok;
+}
+
+// g <- G^-1 g for ldlt_factor_tiled's factor in ldlt_apply's order, both triangles in axpy form
+// along contiguous rows (L^T's rows forward, L's rows backward), whole vectors: the one that
+// holds the first (forward) or last (backward) entry of a row's range takes only its lanes in
+// range. g: width numbers, zero past r.
+template <class T>
+void ldlt_apply_tiled(const T* G, const T* U, T* g, int64_t r, int64_t width, int64_t ld) {
+  using Tiles = RegisterTiles<T>;
+  using vec = typename Tiles::vec;
+  constexpr int kLanes = Tiles::kLanes;
+  using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  using index_vec = typename lanes::Vector<index_t, sizeof(vec)>::type;
+  index_vec lane{};
+  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+  // The next step's multiplier, lane j of x on every lane, taken in registers (read back from
+  // memory, a number just stored with its vector missed store forwarding on every step).
+  const auto spread = [](const vec& x, int64_t j) { return __builtin_shuffle(x, index_vec{} + static_cast<index_t>(j)); };
+  vec y = Tiles::load(g);
+  y = spread(y, 0);
+  for (int64_t k = 0; k + 1 < r; ++k) {  // L y = g: y[i] minus L[i][k] y[k] for i > k, k = 0, 1, ...
+    const T* U_k = U + k * ld;
+    int64_t q = (k + 1) / kLanes * kLanes;
+    const vec first = Tiles::load(g + q);
+    const vec head = (lane + static_cast<index_t>(q) > static_cast<index_t>(k)) ? first - Tiles::load(U_k + q) * y : first;
+    Tiles::store(g + q, head);
+    for (int64_t p = q + kLanes; p < width; p += kLanes) Tiles::store(g + p, Tiles::load(g + p) - Tiles::load(U_k + p) * y);
+    y = spread(head, k + 1 - q);  // y[k + 1] is final
+  }
+  for (int64_t i = 0; i < r; ++i) g[i] *= G[i * ld + i];
+  vec x = Tiles::load(g + (r - 1) / kLanes * kLanes);
+  x = spread(x, (r - 1) % kLanes);
+  for (int64_t k = r - 1; k > 0; --k) {  // L^T x = D^-1 y: x[i] minus L[k][i] x[k] for i < k, k = r - 1, ...
+    const T* L_k = U + k * ld;
+    int64_t q = 0;
+    vec tail{};
+    for (; q + kLanes <= k; q += kLanes) {
+      tail = Tiles::load(g + q) - Tiles::load(L_k + q) * x;
+      Tiles::store(g + q, tail);
+    }
+    if (q < k) {
+      const vec last = Tiles::load(g + q);
+      tail = (lane + static_cast<index_t>(q) < static_cast<index_t>(k)) ? last - Tiles::load(L_k + q) * x : last;
+      Tiles::store(g + q, tail);
+    } else {
+      q -= kLanes;  // the last whole vector holds k - 1
+    }
+    x = spread(tail, k - 1 - q);  // x[k - 1] is final
+  }
+}
+
+}  // namespace lowrank_hpc::ops
+#endif
