@@ -300,7 +300,7 @@ struct NormalEquations {
     const T shift = lambda(row);
     for (int64_t p = 0; p < r; ++p) G[p * ld + p] += shift;
     const bool solved = ldlt_factor_tiled(G, ws.U, ws.scales, r, width, ld);
-    ldlt_apply_tiled(G, ws.U, g, r, width, ld);
+    ldlt_apply_tiled(ws.scales, ws.U, g, r, width, ld);
     for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
     return !solved;
   }

@@ -47,6 +47,20 @@ struct RegisterTiles {
   // Whether the tiles pay for their padding (r = 17 pads to 32 with AVX-512 floats: 3.5x the work).
   static bool worthwhile(int64_t r) { return r >= 2 * kLanes || padded(r) * 4 <= r * 5; }
 
+  // Lane numbers 0, 1, ... as integers of T's size (vector selects by lane).
+  using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  using index_vec = typename lanes::Vector<index_t, sizeof(vec)>::type;
+  static index_vec lane_numbers() {
+    index_vec lane{};
+    for (int l = 0; l < kLanes; ++l) lane[l] = static_cast<index_t>(l);
+    return lane;
+  }
+
+  // Lane j of x on every lane (a shuffle: no trip through memory).
+  static inline __attribute__((always_inline)) vec spread(const vec& x, int64_t j) {
+    return __builtin_shuffle(x, index_vec{} + static_cast<index_t>(j));
+  }
+
   static inline __attribute__((always_inline)) vec load(const T* p) {
     vec x;
     std::memcpy(&x, p, sizeof x);
@@ -90,6 +104,21 @@ struct RegisterTiles {
     for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) store(G + (p0 + i) * ld + q0 + v * kLanes, acc[i][v]);
+  }
+
+  // Row c of G, V vectors from column q: minus (D L^T)[k][q..] L[c][k] for k in [k0, c), in order;
+  // L[c][k] = multipliers[k ld] (column c of L^T).
+  template <int V>
+  static inline __attribute__((always_inline)) void left_looking(T* G, int64_t ld, const T* multipliers,
+                                                                 int64_t k0, int64_t c, int64_t q) {
+    T* G_c = G + c * ld + q;
+    vec acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = load(G_c + v * kLanes);
+    for (int64_t k = k0; k < c; ++k) {
+      const T u = multipliers[k * ld];
+      for (int v = 0; v < V; ++v) acc[v] -= u * load(G + k * ld + q + v * kLanes);
+    }
+    for (int v = 0; v < V; ++v) store(G_c + v * kLanes, acc[v]);
   }
 
   // tile over rows [p_begin, p_end) (a multiple of kRows from p_begin), each from the vector
@@ -151,20 +180,21 @@ struct RowSystemWorkspace {
 };
 
 // ldlt_factor's arithmetic on the upper triangle of G (rank r, rows of width numbers ld apart;
-// rows and columns in [r, width) zero): on return G's diagonal holds 1 / D, G[k][c] (c > k) (D L^T)[k][c],
-// U[k][c] L^T[k][c] and U[c][k] L[c][k] (U: ld x ld), and the result says whether G is
-// numerically positive definite (ldlt_factor's test). scales: r numbers of scratch.
+// rows and columns in [r, width) zero): on return G[k][c] (c > k) holds (D L^T)[k][c], U[k][c]
+// L^T[k][c] and U[c][k] L[c][k] (U: ld x ld), scales (r numbers) 1 / D, and the result says
+// whether G is numerically positive definite (ldlt_factor's test).
 //
 // Panels of kPanel pivots: each of the panel's rows takes the panel's earlier pivots in
-// registers (left-looking, a vector of the row at a time), is finished, and then the rows below
-// take the whole panel's products in register tiles. Every entry still subtracts its products
-// in the order k = 0, 1, ...
+// registers (left-looking, a few vectors of the row at a time), is finished, and then the rows
+// below take the whole panel's products in register tiles, which also record their
+// multipliers as L's rows. Every entry still subtracts its products in the order k = 0, 1, ...
 template <class T>
 bool ldlt_factor_tiled(T* G, T* U, T* scales, int64_t r, int64_t width, int64_t ld) {
   using Tiles = RegisterTiles<T>;
   using vec = typename Tiles::vec;
   constexpr int kPanel = 2 * Tiles::kRows;
   constexpr int kLanes = Tiles::kLanes;
+  static_assert(kPanel % kLanes == 0, "a row's first vector starts inside its panel");
   const T noise = static_cast<T>(r) * std::numeric_limits<T>::epsilon();
   const int64_t rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
   bool ok = true;
@@ -173,32 +203,30 @@ bool ldlt_factor_tiled(T* G, T* U, T* scales, int64_t r, int64_t width, int64_t 
     const int64_t k1 = k0 + kPanel < r ? k0 + kPanel : r;
     for (int64_t c = k0; c < k1; ++c) {
       T* G_c = G + c * ld;
-      // From the vector holding the diagonal (the row's lower part is scratch), four vectors at
-      // a time: four independent chains of subtractions.
-      int64_t q = c / kLanes * kLanes;
-      for (; q + 4 * kLanes <= width; q += 4 * kLanes) {
-        vec acc[4];
-        for (int v = 0; v < 4; ++v) acc[v] = Tiles::load(G_c + q + v * kLanes);
-        for (int64_t k = k0; k < c; ++k) {
-          const T u = U[k * ld + c];
-          for (int v = 0; v < 4; ++v) acc[v] -= u * Tiles::load(G + k * ld + q + v * kLanes);
-        }
-        for (int v = 0; v < 4; ++v) Tiles::store(G_c + q + v * kLanes, acc[v]);
+      T* U_c = U + c * ld;
+      // The row from the vector holding its diagonal (its lower part is scratch), up to four
+      // vectors a pass (independent chains), the multipliers L[c][k] from the panel's rows of U.
+      const int64_t head_at = c / kLanes * kLanes;
+      int64_t q = head_at;
+      for (; q + 4 * kLanes <= width; q += 4 * kLanes) Tiles::template left_looking<4>(G, ld, U + c, k0, c, q);
+      switch ((width - q) / kLanes) {
+        case 3: Tiles::template left_looking<3>(G, ld, U + c, k0, c, q); break;
+        case 2: Tiles::template left_looking<2>(G, ld, U + c, k0, c, q); break;
+        case 1: Tiles::template left_looking<1>(G, ld, U + c, k0, c, q); break;
+        default: break;
       }
-      for (; q < width; q += kLanes) {
-        vec acc = Tiles::load(G_c + q);
-        for (int64_t k = k0; k < c; ++k) acc -= U[k * ld + c] * Tiles::load(G + k * ld + q);
-        Tiles::store(G_c + q, acc);
-      }
-      const T pivot = G_c[c];
+      // The pivot from the row's first vector in registers: a number read back from memory right
+      // after its vector's store missed store forwarding. 1 / D goes to scales, G keeps D.
+      const vec head = Tiles::load(G_c + head_at);
+      const T pivot = Tiles::spread(head, c - head_at)[0];
       ok = ok && is_finite(pivot) && pivot > noise * scales[c] && pivot > T(0);
       const T inverse = T(1) / pivot;
-      G_c[c] = inverse;
-      T* U_c = U + c * ld;
-      for (int64_t q = c + 1; q < width; ++q) U_c[q] = G_c[q] * inverse;
-      // L's rows, for the backward solve: the panel's here, the rows below record theirs in
-      // the trailing tiles' broadcasts.
-      for (int64_t q = c + 1; q < k1; ++q) U[q * ld + c] = U_c[q];
+      scales[c] = inverse;
+      // L^T's row c (lanes up to the diagonal of the first vector: scratch, overwritten next by
+      // L's row c in the panel; whole vectors stored before single numbers, not after).
+      Tiles::store(U_c + head_at, head * inverse);
+      for (q = head_at + kLanes; q < width; q += kLanes) Tiles::store(U_c + q, Tiles::load(G_c + q) * inverse);
+      for (int64_t k = k0; k < c; ++k) U_c[k] = U[k * ld + c];
     }
     if (k1 < r)
       Tiles::template upper_tiles<true>(U + k0 * ld, ld, G + k0 * ld, ld, k1 - k0, G, G, ld, width, k1, rows_up, U + k0);
@@ -206,22 +234,20 @@ bool ldlt_factor_tiled(T* G, T* U, T* scales, int64_t r, int64_t width, int64_t 
   return ok;
 }
 
-// g <- G^-1 g for ldlt_factor_tiled's factor in ldlt_apply's order, both triangles in axpy form
+// g <- G^-1 g for ldlt_factor_tiled's factor (inverse_pivots: its scales) in ldlt_apply's order, both triangles in axpy form
 // along contiguous rows (L^T's rows forward, L's rows backward), whole vectors: the one that
 // holds the first (forward) or last (backward) entry of a row's range takes only its lanes in
 // range. g: width numbers, zero past r.
 template <class T>
-void ldlt_apply_tiled(const T* G, const T* U, T* g, int64_t r, int64_t width, int64_t ld) {
+void ldlt_apply_tiled(const T* inverse_pivots, const T* U, T* g, int64_t r, int64_t width, int64_t ld) {
   using Tiles = RegisterTiles<T>;
   using vec = typename Tiles::vec;
   constexpr int kLanes = Tiles::kLanes;
-  using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  using index_vec = typename lanes::Vector<index_t, sizeof(vec)>::type;
-  index_vec lane{};
-  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+  using index_t = typename Tiles::index_t;
+  const auto lane = Tiles::lane_numbers();
   // The next step's multiplier, lane j of x on every lane, taken in registers (read back from
   // memory, a number just stored with its vector missed store forwarding on every step).
-  const auto spread = [](const vec& x, int64_t j) { return __builtin_shuffle(x, index_vec{} + static_cast<index_t>(j)); };
+  const auto spread = [](const vec& x, int64_t j) { return Tiles::spread(x, j); };
   vec y = Tiles::load(g);
   y = spread(y, 0);
   for (int64_t k = 0; k + 1 < r; ++k) {  // L y = g: y[i] minus L[i][k] y[k] for i > k, k = 0, 1, ...
@@ -233,7 +259,7 @@ void ldlt_apply_tiled(const T* G, const T* U, T* g, int64_t r, int64_t width, in
     for (int64_t p = q + kLanes; p < width; p += kLanes) Tiles::store(g + p, Tiles::load(g + p) - Tiles::load(U_k + p) * y);
     y = spread(head, k + 1 - q);  // y[k + 1] is final
   }
-  for (int64_t i = 0; i < r; ++i) g[i] *= G[i * ld + i];
+  for (int64_t i = 0; i < r; ++i) g[i] *= inverse_pivots[i];
   vec x = Tiles::load(g + (r - 1) / kLanes * kLanes);
   x = spread(x, (r - 1) % kLanes);
   for (int64_t k = r - 1; k > 0; --k) {  // L^T x = D^-1 y: x[i] minus L[k][i] x[k] for i < k, k = r - 1, ...
