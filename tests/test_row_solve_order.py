@@ -70,9 +70,22 @@ def test_exact_row_solve_is_the_transcribed_arithmetic(rank, dtype, implicit):
     n_key = indptr.size - 1
     out = np.full((1, n_key, rank), np.nan, dtype=dtype)
     singular = np.zeros(1, dtype=np.int64)
+    residuals = np.full(n_key, np.nan)
     _backend.cpu_module().als_update_rows(indptr, others, vals, F[None], n_key, reg, False, None, 0, out, singular,
-                                          0, weights=weights, shared=None if shared is None else shared[None])
+                                          0, weights=weights, shared=None if shared is None else shared[None],
+                                          residuals=residuals)
     assert singular[0] == 0
+    # Each row's sum of squared residuals at its solution (explicit ALS's fit term), in float64
+    # from the returned rows; float32 dots round differently from numpy's.
+    fits = F.astype(np.float64)[others] * out[0].astype(np.float64)[np.repeat(np.arange(n_key), np.diff(indptr))]
+    expected_fit = np.bincount(np.repeat(np.arange(n_key), np.diff(indptr)),
+                               weights=(fits.sum(axis=1) - vals) ** 2, minlength=n_key)
+    # Near an exact fit (the row of 3 entries) a residual is a difference of nearly equal numbers:
+    # the bound is relative to the row's squared values too.
+    scale = np.bincount(np.repeat(np.arange(n_key), np.diff(indptr)), weights=vals.astype(np.float64) ** 2,
+                        minlength=n_key)
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    assert np.all(np.abs(residuals - expected_fit) <= tolerance * (expected_fit + scale)), (residuals, expected_fit)
     for row in range(n_key):
         entries = slice(indptr[row], indptr[row + 1])
         if indptr[row] == indptr[row + 1]:

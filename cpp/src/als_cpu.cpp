@@ -23,7 +23,7 @@ template <class T, class I, int R>
 int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
                              int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
                              bool count_scaling, const T* weights, const T* shared, const uint8_t* active,
-                             int cg_steps, T* out) {
+                             int cg_steps, T* out, double* residuals) {
   const ops::NormalEquations<T, I, R> equations{indptr, others, vals, F, n_key, n_other, r, reg,
                                                 count_scaling, weights, shared};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
@@ -49,6 +49,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
                             : tiles       ? equations.solve_tiled(row, b, *tiles, out + row * r)
                                           : equations.solve(row, b, G, g, out + row * r);
         singular += failed ? 1 : 0;
+        if (residuals) residuals[row] = equations.squared_residuals(row, b, out + row * r, true);
       }
     }
   }
@@ -120,11 +121,12 @@ int64_t als_iterations(const AlsBatch<T, I>& data, int64_t r, T reg, bool count_
 template <class T, class I>
 int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                         int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                        const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out) {
+                        const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
+                        double* residuals) {
   return dispatch_rank(r, [&](auto rank) {
     return als_update_rows_rank<T, I, decltype(rank)::value>(indptr, others, vals, F, batch, n_key, n_other,
                                                              r, reg, count_scaling, weights, shared, active,
-                                                             cg_steps, out);
+                                                             cg_steps, out, residuals);
   });
 }
 
@@ -133,7 +135,7 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
                                         double*);                                                               \
   template int64_t als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, \
                                          int64_t, int64_t, int64_t, T, bool, const T*, const T*,       \
-                                         const uint8_t*, int, T*);
+                                         const uint8_t*, int, T*, double*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 

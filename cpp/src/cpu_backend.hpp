@@ -167,11 +167,13 @@ int64_t als_dense_iterations(const AlsDense<T>& data, int64_t r, T reg, bool cou
 // active: per-problem mask, or null for all; rows of inactive problems are left untouched.
 // cg_steps > 0 takes that many conjugate-gradient steps from out's rows instead of the exact
 // solve. weights (nnz, CSR order) and shared (batch, r, r), each optional, make the systems
-// implicit feedback's (NormalEquations). Returns the number of singular rows (set to zero).
+// implicit feedback's (NormalEquations). residuals, unless null, gets each solved row's sum of
+// squared residuals (n_rows, float64). Returns the number of singular rows (set to zero).
 template <class T, class I>
 int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                         int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
-                        const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out);
+                        const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
+                        double* residuals);
 
 // Number of NaN/inf values among x[0..size).
 template <class T>

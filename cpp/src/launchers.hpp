@@ -84,9 +84,9 @@ int gaussian_adjoint(const ops::GaussianEnsemble& ensemble, int64_t m, const T* 
 template <class T, class I>
 int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F, int64_t batch, int64_t n_key,
                     int64_t n_other, int64_t r, T reg, bool count_scaling, const T* weights, const T* shared,
-                    const uint8_t* active, int cg_steps, T* out, int64_t* singular, void*) {
+                    const uint8_t* active, int cg_steps, T* out, int64_t* singular, double* residuals, void*) {
   *singular += cpu::als_update_rows<T, I>(indptr, others, vals, F, batch, n_key, n_other, r, reg, count_scaling,
-                                          weights, shared, active, cg_steps, out);
+                                          weights, shared, active, cg_steps, out, residuals);
   return 0;
 }
 

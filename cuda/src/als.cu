@@ -17,7 +17,7 @@ namespace {
 // factorises and solves. Simple first: r is small, and rows run in parallel across blocks.
 template <class T, class I>
 __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, const uint8_t* active, int cg_steps,
-                                       T* out, unsigned long long* singular) {
+                                       T* out, unsigned long long* singular, double* residuals) {
   extern __shared__ unsigned char shared[];
   T* G = reinterpret_cast<T*>(shared);
   const int64_t r = equations.r;
@@ -27,6 +27,8 @@ __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, con
   if (cg_steps > 0) {  // conjugate gradients from out's row, by one thread (simple first)
     if (threadIdx.x == 0 && equations.cg_solve(row, row / equations.n_key, cg_steps, G, out + row * r))
       atomicAdd(singular, 1ull);
+    if (threadIdx.x == 0 && residuals)
+      residuals[row] = equations.squared_residuals(row, row / equations.n_key, out + row * r, true);
     return;
   }
   for (int64_t t = threadIdx.x; t < r * r + r; t += blockDim.x) {
@@ -39,6 +41,8 @@ __global__ void als_update_rows_kernel(ops::NormalEquations<T, I> equations, con
   __syncthreads();
   if (threadIdx.x == 0 && ops::solve_row(G, g, r, equations.count(row), equations.empty_row_singular(), out + row * r))
     atomicAdd(singular, 1ull);
+  if (threadIdx.x == 0 && residuals)
+    residuals[row] = equations.squared_residuals(row, row / equations.n_key, out + row * r, true);
 }
 
 }  // namespace
@@ -47,7 +51,7 @@ template <class T, class I>
 int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                     const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
-                    int64_t* singular, void* stream) {
+                    int64_t* singular, double* residuals, void* stream) {
   const int64_t n_rows = batch * n_key;
   if (n_rows == 0) return cudaSuccess;
   const int64_t shared_bytes = (cg_steps > 0 ? 3 * r : r * r + r) * static_cast<int64_t>(sizeof(T));
@@ -59,14 +63,14 @@ int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const
                                              weights, shared};
   als_update_rows_kernel<T, I><<<static_cast<unsigned>(n_rows), threads, static_cast<size_t>(shared_bytes),
                                  static_cast<cudaStream_t>(stream)>>>(
-      equations, active, cg_steps, out, reinterpret_cast<unsigned long long*>(singular));
+      equations, active, cg_steps, out, reinterpret_cast<unsigned long long*>(singular), residuals);
   return cudaGetLastError();
 }
 
 #define LRH_INSTANTIATE(T, I)                                                                              \
   template int als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, int64_t,    \
                                      int64_t, int64_t, T, bool, const T*, const T*, const uint8_t*, int, T*, \
-                                     int64_t*, void*);
+                                     int64_t*, double*, void*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 

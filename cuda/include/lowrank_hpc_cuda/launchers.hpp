@@ -60,7 +60,7 @@ template <class T, class I>
 int als_update_rows(const int64_t* indptr, const I* others, const T* vals, const T* F,
                     int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg, bool count_scaling,
                     const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
-                    int64_t* singular, void* stream);
+                    int64_t* singular, double* residuals, void* stream);
 
 // The batched completion solver's fused iteration, one thread per problem: the same arguments
 // as cpu::completion_steps, all pointers on the device.

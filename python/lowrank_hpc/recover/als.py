@@ -20,9 +20,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, problem_of_entries, resolve
+from .._arrays import Call, offsets_array, resolve
 from .._random import gaussian_fill
-from ..ops.sampled_product import squared_residuals
 from ..ops.sparse_times_dense import csr_order
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
@@ -77,7 +76,6 @@ class _Problem:
         # The fused iteration is the CPU module's own kernel (its data stays in one core's cache).
         fused = hasattr(call.module, "als_iterations") and (many or small) and cg_steps == 0
         self.kernel = "fused" if fused else "rows"
-        self.problem_ids = problem_of_entries(call, self.offsets, self.nnz)
         self.by_rows = self._order(rows, cols, self.m, "rows")
         self.by_cols = self._order(cols, rows, self.n, "cols")
         # Penalty weights w (batch, n_key): observation counts for "count", else ones.
@@ -131,16 +129,13 @@ class _Problem:
             return xp.ones((self.batch, n_key), dtype=xp.float64)
         return xp.diff(indptr).reshape(self.batch, n_key).astype(xp.float64)
 
-    def update(self, out, csr, F, n_key: int, active, singular) -> None:
+    def update(self, out, csr, F, n_key: int, active, singular, residuals=None) -> None:
         """Solve every row of ``out`` (batch, n_key, r) of the active problems given F; adds the
-        singular rows to the device status word ``singular``."""
+        singular rows to the device status word ``singular``; residuals (batch * n_key,) float64,
+        if given, gets each row's sum of squared residuals at its solution."""
         indptr, others, vals = csr
         self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active,
-                                         self.cg_steps, out, singular, self.call.stream())
-
-    def per_problem_sum(self, values):
-        """(batch,) float64 sums of per-entry values over each problem's entries, on the device."""
-        return self.xp.bincount(self.problem_ids, weights=values, minlength=self.batch)
+                                         self.cg_steps, out, singular, self.call.stream(), residuals=residuals)
 
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
@@ -168,22 +163,24 @@ class _Problem:
         U0, V0 = self._previous
         U0[...], V0[...] = U, V
         singular, mask = self.call.status(0), self.xp.asarray(active)
+        # The fit term comes from the V half-step (U is final), summed per column while the kernel
+        # holds its rows of U: a pass of its own gathered every factor row again.
+        residuals = self.xp.zeros(self.batch * self.n, dtype=np.float64)
         self.update(U, self.by_rows, V, self.m, mask, singular)
-        self.update(V, self.by_cols, U, self.n, mask, singular)
+        self.update(V, self.by_cols, U, self.n, mask, singular, residuals)
         # Everything the loop reads comes back in one transfer: the iteration's only host sync.
         change = relative_change(self.call, U0, V0, U, V)
-        measures = self.call.to_host(self.xp.concatenate([self.loss(U, V), change, singular.astype(np.float64)]))
+        measures = self.call.to_host(self.xp.concatenate([self.loss(U, V, residuals), change, singular.astype(np.float64)]))
         return int(measures[-1]), measures[:self.batch], measures[self.batch:2 * self.batch]
 
-    def loss(self, U, V):
+    def loss(self, U, V, residuals):
         """(batch,) half the objective on the device: 0.5 * (sum of squared residuals + reg *
-        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2)."""
+        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2), the residuals (batch * n,) float64 summed
+        per column by the V half-step."""
         xp = self.xp
-        # Every index was checked by coo_to_csr: the status word of the terms need not be read.
-        terms, _ = squared_residuals(self.call, U, V, self.rows, self.cols, self.vals, self.offsets)
         penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
                    + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
-        return 0.5 * (self.per_problem_sum(terms) + self.reg * penalty)
+        return 0.5 * (residuals.reshape(self.batch, self.n).sum(axis=1) + self.reg * penalty)
 
 
 def _threads(call: Call) -> int:

@@ -355,15 +355,23 @@ struct NormalEquations {
   }
 
   // sum over the row's entries of (<x, f_j> - v_j)^2 in double, x its (r) solution: the fit
-  // term of explicit ALS's objective, summed while the row's factor rows are still in cache.
-  LRH_HD double squared_residuals(int64_t row, int64_t b, const T* x) const {
+  // term of explicit ALS's objective, summed while the row's factor rows are still in cache
+  // (a second pass over the entries would gather every factor row again). Each dot summed in
+  // order over c (the fused and dense iterations', which must agree bit for bit), or with
+  // vector_dots in strided_dot's order (the rows kernel's: a chain of r dependent adds per
+  // entry cost more than the pass it saves).
+  LRH_HD double squared_residuals(int64_t row, int64_t b, const T* x, bool vector_dots = false) const {
     const int64_t r = static_or<R>(this->r);
     const T* block = F + b * n_other * r;
     double total = 0.0;
     for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
       T dot = T(0);
-      for (int64_t c = 0; c < r; ++c) dot += x[c] * f[c];
+      if (vector_dots) {
+        dot = strided_dot<T, R>(x, f, r, 0, 1);
+      } else {
+        for (int64_t c = 0; c < r; ++c) dot += x[c] * f[c];
+      }
       const double z = static_cast<double>(dot - value(j));
       total += z * z;
     }
