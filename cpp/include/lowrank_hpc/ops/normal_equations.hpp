@@ -170,6 +170,18 @@ struct NormalEquations {
     return block + static_cast<int64_t>(others[j]) * static_or<R>(r);
   }
 
+#if !defined(__CUDACC__)
+  // Host: asks for entry j's factor row ahead of its use (j < end): on real data the other
+  // factor outgrows the caches, and a row read when needed waits on its misses.
+  static constexpr int64_t kAhead = 8;
+  void prefetch_row(const T* block, int64_t j, int64_t end) const {
+    if (j >= end) return;
+    const char* row = reinterpret_cast<const char*>(factor_row(block, j));
+    for (int64_t byte = 0; byte < static_or<R>(r) * static_cast<int64_t>(sizeof(T)); byte += 64)
+      __builtin_prefetch(row + byte);
+  }
+#endif
+
   // out (r) += sum over the entries j in [begin, end) of coef(j) f_j, each out[c] summed over j
   // in order (coef must not read out).
   template <class Coef>
@@ -186,7 +198,10 @@ struct NormalEquations {
       T coefs[kChunk];
       for (int64_t j0 = begin; j0 < end; j0 += kChunk) {
         const int n = static_cast<int>(end - j0 < kChunk ? end - j0 : kChunk);
-        for (int t = 0; t < n; ++t) coefs[t] = coef(j0 + t);
+        for (int t = 0; t < n; ++t) {
+          prefetch_row(block, j0 + t + kAhead, end);
+          coefs[t] = coef(j0 + t);
+        }
         int64_t c0 = 0;
         for (; c0 + kWidth <= r; c0 += kWidth) {
           lanes::RegisterRow<T, kWidth> acc;
@@ -283,10 +298,10 @@ struct NormalEquations {
     T* G = ws.G;
     T* g = ws.g;
     for (int64_t c = 0; c < r; ++c) g[c] = T(0);
-    add_entry_rows(block, begin, end, [&](int64_t j) { return value(j); }, g);
     for (int64_t j0 = begin; j0 < end; j0 += ws.chunk) {
       const int64_t n = end - j0 < ws.chunk ? end - j0 : ws.chunk;
       for (int64_t t = 0; t < n; ++t) {
+        prefetch_row(block, j0 + t + kAhead, end);
         const T* f = factor_row(block, j0 + t);
         std::memcpy(ws.A + t * ld, f, sizeof(T) * static_cast<size_t>(r));
         if (weights) {
@@ -294,6 +309,7 @@ struct NormalEquations {
           for (int64_t c = 0; c < r; ++c) ws.B[t * ld + c] = w * f[c];
         }
       }
+      Tiles::add_rows(ws.A, ld, n, vals + j0, width, g);  // g += sum_j v_j f_j, entries in order
       Tiles::template upper_tiles<false>(ws.A, ld, ws.B, ld, n, start, G, ld, width, 0, rows_up);
       start = G;
     }

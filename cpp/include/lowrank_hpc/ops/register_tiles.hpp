@@ -121,6 +121,23 @@ struct RegisterTiles {
     for (int v = 0; v < V; ++v) store(G_c + v * kLanes, acc[v]);
   }
 
+  // out[c] += sum over t < count of coefs[t] rows[t ld + c] for c < width (a multiple of kLanes),
+  // each summed over t in order, four vectors of out in registers at a time.
+  static inline void add_rows(const T* rows, int64_t ld, int64_t count, const T* coefs, int64_t width, T* out) {
+    int64_t c0 = 0;
+    for (; c0 + 4 * kLanes <= width; c0 += 4 * kLanes) add_row_vectors<4>(rows, ld, count, coefs, c0, out);
+    for (; c0 < width; c0 += kLanes) add_row_vectors<1>(rows, ld, count, coefs, c0, out);
+  }
+  template <int V>
+  static inline __attribute__((always_inline)) void add_row_vectors(const T* rows, int64_t ld, int64_t count,
+                                                                    const T* coefs, int64_t c0, T* out) {
+    vec acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = load(out + c0 + v * kLanes);
+    for (int64_t t = 0; t < count; ++t)
+      for (int v = 0; v < V; ++v) acc[v] += coefs[t] * load(rows + t * ld + c0 + v * kLanes);
+    for (int v = 0; v < V; ++v) store(out + c0 + v * kLanes, acc[v]);
+  }
+
   // tile over rows [p_begin, p_end) (a multiple of kRows from p_begin), each from the vector
   // holding its diagonal (the upper triangle and some scratch) to column width; the first tile
   // of each row block records (tile's record).
