@@ -98,3 +98,103 @@ def run_peer(venv: str, script: str, problem: Path, *args: Any) -> tuple[Optiona
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"{script} failed: {last[:200]}"
     return json.loads(done.stdout.strip().splitlines()[-1]), ""
+
+
+# ---------------------------------------------------------------- interleaved runs against a peer
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a side for ``interleaved``: one call, its wall seconds."""
+    def side() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return side
+
+
+def interleaved(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` runs of every side, taken in turn (a, b, a, b, ...) after one warm-up
+    run of each, so that a slow spell of a shared machine hits every side alike. A side returns
+    its own seconds: a peer in another process times itself (``timed`` wraps a local call)."""
+    for side in sides.values():
+        side()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, side in sides.items():
+            times[name].append(side())
+    return times
+
+
+def median(times: list[float]) -> float:
+    ordered = sorted(times)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def median_range(times: list[float], scale: float = 1e3, digits: int = 2) -> str:
+    """"median (min-max)" of ``times`` times ``scale`` (1e3: milliseconds), so the noise shows."""
+    low, mid, high = min(times) * scale, median(times) * scale, max(times) * scale
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer could not be started or stopped answering; the message says why (printed as
+    "not measured: ...")."""
+
+
+class PeerServer:
+    """bench/peers/<script> kept running in bench/.venvs/<venv>, answering one JSON request per
+    line of its stdin with one JSON line, so its timed calls can alternate with ours in the same
+    run (``run_peer`` starts a process per measurement). The first line it prints (read here as
+    ``hello``) describes it; a reply holding "error" raises PeerUnavailable."""
+
+    def __init__(self, venv: str, script: str, *args: Any):
+        import tempfile
+
+        python = VENVS / venv / "bin" / "python"
+        if not python.exists():
+            raise PeerUnavailable(f"{venv} venv missing (run bench/setup_peers.sh)")
+        self.script = script
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty peer cannot block
+        self._process = subprocess.Popen([str(python), str(PEERS / script), *map(str, args)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.hello = self._reply()
+
+    def ask(self, **request: Any) -> dict:
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            raise PeerUnavailable(self._exit_reason()) from None
+        return self._reply()
+
+    def _reply(self) -> dict:
+        line = self._process.stdout.readline()
+        if not line:
+            raise PeerUnavailable(self._exit_reason())
+        reply = json.loads(line)
+        if "error" in reply:
+            raise PeerUnavailable(f"{self.script}: {reply['error']}")
+        return reply
+
+    def _exit_reason(self) -> str:
+        self._stderr.seek(0)
+        last = (self._stderr.read().strip().splitlines() or ["no output"])[-1]
+        return f"{self.script} exited: {last[:200]}"
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._stderr.close()
+
+    def __enter__(self) -> "PeerServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,11 +1,11 @@
 // Host-only: one row's r x r normal equations formed and factored in register tiles, the way a
-// BLAS-3 kernel does (ALS's exact solve at run-time ranks).
+// BLAS-3 kernel does (ALS's exact solve from rank 16 on: als_cpu.cpp's use_tiles).
 //
 // The per-entry form (normal_equations.hpp) adds each entry's outer product into G in memory:
 // one multiply-add per load and store of G, 3-7% of the GEMM rate. Here a tile of kRows x kCols
-// entries of G stays in registers over all of a chunk of entries (a packed copy of their factor
-// rows) and the factorisation's trailing updates go kRows pivots at a time, so each load of G
-// feeds kRows (or a chunk's) multiply-adds.
+// entries of G stays in registers over a whole chunk of entries (a packed copy of their factor
+// rows), and the factorisation's trailing updates take a panel of 2 kRows pivots at a time, so
+// each load of G feeds a chunk's (or a panel's) multiply-adds.
 //
 // The numbers are those of the per-entry form bit for bit: every entry of G adds the same
 // products in the same order (entries in CSR order, then the shift), ldlt_factor_tiled
@@ -150,18 +150,15 @@ struct RegisterTiles {
       T* first = record;
       for (; q0 + kCols <= width; q0 += kCols, first = nullptr)
         tile<kVectors, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+      static_assert(kVectors <= 3, "the rest is one tile of 2 or 1 vectors");
       const int64_t rest = (width - q0) / kLanes;  // whole vectors, fewer than kVectors
-      if (rest >= 2) {
-        tile<2, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
-        first = nullptr;
-      }
-      if (rest % 2 == 1)
-        tile<1, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0 + (rest - 1) * kLanes, first);
+      if (rest == 2) tile<2, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+      if (rest == 1) tile<1, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
     }
   }
 };
 
-// Per-thread scratch of the tiled row solve, for one rank (64-byte aligned rows).
+// Per-thread scratch of the tiled row solve, for one rank (each block 64-byte aligned).
 template <class T>
 struct RowSystemWorkspace {
   using Tiles = RegisterTiles<T>;
