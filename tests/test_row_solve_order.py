@@ -2,7 +2,7 @@
 
 Every row's normal equations (ops/normal_equations.hpp) are summed entry by entry in CSR order,
 factored by the square-root-free Cholesky G = L D L^T and solved forward then backward. The
-host forms them per entry below rank 16 and in register tiles from 16 on
+host forms them per entry at small ranks and in register tiles at most ranks from 16 on
 (ops/register_tiles.hpp); both, and the device, must give these numbers exactly, so that the
 CPU tests check the math the GPU runs. numpy's float32 and float64 ufuncs round each multiply
 and each add, as the kernels do (no fused multiply-add)."""

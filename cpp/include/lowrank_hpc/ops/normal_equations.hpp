@@ -274,7 +274,7 @@ struct NormalEquations {
 
 #if !defined(__CUDACC__)
   // solve's numbers, bit for bit, at the rate of register tiles (register_tiles.hpp; the host,
-  // from rank 16 on). ws: the thread's workspace for this rank and this problem set.
+  // where als_cpu.cpp's use_tiles says). ws: the thread's workspace for this rank and problem set.
   bool solve_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* out_row) const {
     using Tiles = RegisterTiles<T>;
     const int64_t r = this->r, ld = ws.ld, width = ws.width, rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;

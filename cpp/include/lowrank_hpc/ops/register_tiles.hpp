@@ -1,5 +1,5 @@
 // Host-only: one row's r x r normal equations formed and factored in register tiles, the way a
-// BLAS-3 kernel does (ALS's exact solve from rank 16 on: als_cpu.cpp's use_tiles).
+// BLAS-3 kernel does (ALS's exact solve where als_cpu.cpp's use_tiles says: most ranks from 16 on).
 //
 // The per-entry form (normal_equations.hpp) adds each entry's outer product into G in memory:
 // one multiply-add per load and store of G, 3-7% of the GEMM rate. Here a tile of kRows x kCols
