@@ -277,7 +277,8 @@ struct NormalEquations {
   // where als_cpu.cpp's use_tiles says). ws: the thread's workspace for this rank and problem set.
   bool solve_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* out_row) const {
     using Tiles = RegisterTiles<T>;
-    const int64_t r = this->r, ld = ws.ld, width = ws.width, rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
+    const int64_t r = this->r, ld = ws.ld, width = ws.width;
+    const int64_t rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
     const int64_t begin = indptr[row], end = indptr[row + 1];
     if (begin == end) {
       for (int64_t c = 0; c < r; ++c) out_row[c] = T(0);

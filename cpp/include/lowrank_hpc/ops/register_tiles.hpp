@@ -243,15 +243,16 @@ bool ldlt_factor_tiled(T* G, T* U, T* scales, int64_t r, int64_t width, int64_t 
       for (int64_t k = k0; k < c; ++k) U_c[k] = U[k * ld + c];
     }
     if (k1 < r)
-      Tiles::template upper_tiles<true>(U + k0 * ld, ld, G + k0 * ld, ld, k1 - k0, G, G, ld, width, k1, rows_up, U + k0);
+      Tiles::template upper_tiles<true>(U + k0 * ld, ld, G + k0 * ld, ld, k1 - k0, G, G, ld, width, k1, rows_up,
+                                        U + k0);
   }
   return ok;
 }
 
-// g <- G^-1 g for ldlt_factor_tiled's factor (inverse_pivots: its scales) in ldlt_apply's order, both triangles in axpy form
-// along contiguous rows (L^T's rows forward, L's rows backward), whole vectors: the one that
-// holds the first (forward) or last (backward) entry of a row's range takes only its lanes in
-// range. g: width numbers, zero past r.
+// g <- G^-1 g for ldlt_factor_tiled's factor (inverse_pivots: its scales) in ldlt_apply's order,
+// both triangles in axpy form along contiguous rows (L^T's rows forward, L's rows backward), in
+// whole vectors: the one that holds the first (forward) or last (backward) entry of a row's
+// range takes only its lanes in range. g: width numbers, zero past r.
 template <class T>
 void ldlt_apply_tiled(const T* inverse_pivots, const T* U, T* g, int64_t r, int64_t width, int64_t ld) {
   using Tiles = RegisterTiles<T>;
@@ -268,9 +269,11 @@ void ldlt_apply_tiled(const T* inverse_pivots, const T* U, T* g, int64_t r, int6
     const T* U_k = U + k * ld;
     int64_t q = (k + 1) / kLanes * kLanes;
     const vec first = Tiles::load(g + q);
-    const vec head = (lane + static_cast<index_t>(q) > static_cast<index_t>(k)) ? first - Tiles::load(U_k + q) * y : first;
+    const auto after = lane + static_cast<index_t>(q) > static_cast<index_t>(k);
+    const vec head = after ? first - Tiles::load(U_k + q) * y : first;
     Tiles::store(g + q, head);
-    for (int64_t p = q + kLanes; p < width; p += kLanes) Tiles::store(g + p, Tiles::load(g + p) - Tiles::load(U_k + p) * y);
+    for (int64_t p = q + kLanes; p < width; p += kLanes)
+      Tiles::store(g + p, Tiles::load(g + p) - Tiles::load(U_k + p) * y);
     y = spread(head, k + 1 - q);  // y[k + 1] is final
   }
   for (int64_t i = 0; i < r; ++i) g[i] *= inverse_pivots[i];
