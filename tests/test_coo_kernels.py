@@ -38,12 +38,13 @@ def test_sampled_product_matches_gather_einsum(backend, dtype, rng, m, n, r, nnz
 
 
 @pytest.mark.parametrize("r", [5, 7, 9, 15, 17, 20, 23, 31, 33, 40, 63, 65, 100, 129, 300])
-def test_sampled_product_at_run_time_ranks_matches_float64(dtype, rng, r):
-    """Ranks without a compiled width take the run-time dot (64-byte blocks of partial sums,
-    then the remainder): every block count and remainder against float64 einsum, per entry."""
+def test_sampled_product_at_run_time_ranks_matches_float64(backend, dtype, rng, r):
+    """Ranks without a compiled width take the run-time dot (on the host 64-byte blocks of partial
+    sums, then the remainder; on the GPU 16-byte chunks per lane where r allows, several per lane
+    above 32 floats): every block count and remainder against float64 einsum, per entry."""
     U, V = _factors(rng, dtype, 23, 19, r)
     rows, cols = _coords(rng, 23, 19, 200)
-    got = lr.ops.sampled_product(U, V, rows, cols)
+    got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
     exact = np.einsum("kr,kr->k", U[rows].astype(np.float64), V[cols].astype(np.float64))
     scale = np.einsum("kr,kr->k", np.abs(U[rows]).astype(np.float64), np.abs(V[cols]).astype(np.float64))
     assert np.all(np.abs(got - exact) <= 4 * r * np.finfo(dtype).eps * scale)
@@ -64,6 +65,28 @@ def test_sampled_product_at_compiled_ranks_is_the_halving_tree(backend, dtype, r
         p[:, :half] = p[:, :half] + p[:, top:top + half]
         live = top
     np.testing.assert_array_equal(got, p[:, 0])
+
+
+@pytest.mark.parametrize("r", [4, 32, 64])
+def test_sampled_product_of_misaligned_factor_views(backend, dtype, rng, r):
+    """Factors that are C-contiguous views starting one element into their buffer: the GPU's
+    16-byte loads need 16-byte aligned rows, so these take the one-coordinate-a-lane path and
+    must give the same sums as aligned copies (the halving tree at r = 4 and 32)."""
+    m, n = 23, 19
+    U, V = _factors(rng, dtype, m, n, r)
+    rows, cols = _coords(rng, m, n, 300)
+    buffers = [backend.xp.zeros(X.size + 1, dtype=dtype) for X in (U, V)]
+    views = []
+    for buffer, X in zip(buffers, (U, V)):
+        buffer[1:] = backend.put(X.ravel())
+        views.append(buffer[1:].reshape(X.shape))
+    misaligned = backend.get(lr.ops.sampled_product(views[0], views[1], backend.put(rows), backend.put(cols)))
+    aligned = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
+    exact = np.einsum("kr,kr->k", U[rows].astype(np.float64), V[cols].astype(np.float64))
+    scale = np.einsum("kr,kr->k", np.abs(U[rows]).astype(np.float64), np.abs(V[cols]).astype(np.float64))
+    assert np.all(np.abs(misaligned - exact) <= 4 * r * np.finfo(dtype).eps * scale)
+    if r <= 32:
+        np.testing.assert_array_equal(misaligned, aligned)
 
 
 @pytest.mark.parametrize("r", [5, 20, 33, 48, 64, 100])

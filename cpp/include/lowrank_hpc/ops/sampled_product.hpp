@@ -151,9 +151,49 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   return acc;
 }
 
+// A product rounded on its own: the device would otherwise fuse it into the next add (nvcc
+// contracts a * b + c by default; the host is built with -ffp-contract=off).
+template <class A>
+LRH_HD A product_rn(A x, A y) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<A, float>) return __fmul_rn(x, y);
+  else return __dmul_rn(x, y);
+#else
+  return x * y;
+#endif
+}
+
+// The device's vector form of strided_dot for float and double: chunks of W consecutive
+// coordinates (W * sizeof(T) = 16 bytes, one vector load each; r a multiple of W, rows 16-byte
+// aligned), chunk lane, lane + width, ... summed in order into W partial sums. One chunk per
+// lane, then the lanes added upper half onto lower and the W sums folded the same way, is the
+// halving tree of the compiled ranks (two chunks per lane add p[c] + p[c + r / 2] first, which
+// is that tree's first step too).
+template <int W, class T>
+LRH_HD void chunked_dot(const T* a, const T* b, int64_t r, int lane, int width, T (&acc)[W]) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double storage");
+  struct alignas(W * sizeof(T)) Chunk {
+    T v[W];
+  };
+  for (int64_t c = int64_t(lane) * W; c < r; c += int64_t(width) * W) {
+    const Chunk x = *reinterpret_cast<const Chunk*>(a + c), y = *reinterpret_cast<const Chunk*>(b + c);
+    for (int j = 0; j < W; ++j) acc[j] = acc[j] + product_rn(x.v[j], y.v[j]);
+  }
+}
+
+// The halving tree over W partial sums (W a power of two): the upper half added onto the lower.
+template <int W, class A>
+LRH_HD A fold_halving(A (&acc)[W]) {
+  for (int live = W; live > 1; live /= 2)
+    for (int j = 0; j < live / 2; ++j) acc[j] = acc[j] + acc[j + live / 2];
+  return acc[0];
+}
+
 template <class I>
 LRH_HD bool index_in_range(I index, int64_t bound) {
-  return index >= 0 && static_cast<int64_t>(index) < bound;
+  // One unsigned compare (a negative index wraps above any bound): no branch, so a loop of
+  // checks vectorises.
+  return static_cast<uint64_t>(static_cast<int64_t>(index)) < static_cast<uint64_t>(bound);
 }
 
 // One observed entry of one problem: U is (batch, m, r), V is (batch, n, r), row-major.
@@ -165,13 +205,17 @@ struct SampledProduct {
   const I* cols;
   int64_t m, n, r;
 
-  LRH_HD bool valid(int64_t k) const { return index_in_range(rows[k], m) && index_in_range(cols[k], n); }
+  LRH_HD bool valid(int64_t k) const { return index_in_range(rows[k], m) & index_in_range(cols[k], n); }
   // Bytes of U and V of one problem (what a host thread reads at random).
   LRH_HD int64_t factor_bytes() const { return (m + n) * r * static_cast<int64_t>(sizeof(T)); }
   LRH_HD const T* u_row(int64_t k, int64_t b) const { return U + (b * m + static_cast<int64_t>(rows[k])) * r; }
   LRH_HD const T* v_row(int64_t k, int64_t b) const { return V + (b * n + static_cast<int64_t>(cols[k])) * r; }
   LRH_HD accumulate_t<T> partial(int64_t k, int64_t b, int lane, int width) const {
     return strided_dot<T, R>(u_row(k, b), v_row(k, b), r, lane, width);
+  }
+  template <int W>
+  LRH_HD void partial_chunks(int64_t k, int64_t b, int lane, int width, T (&acc)[W]) const {
+    chunked_dot<W>(u_row(k, b), v_row(k, b), r, lane, width, acc);
   }
 };
 
