@@ -28,7 +28,7 @@ float32. Each (rank, solver) runs ``recover.als(..., max_iter=--als-iterations, 
 fresh process: seconds per iteration between the iterations' callbacks (the first, which holds
 the setup, apart), the Cholesky-ALS flop rate 2 nnz r^2 + (m + n) r^3 / 3 per iteration as a
 fraction of numpy's float32 GEMM rate measured in this run, the loss, and the peak resident
-memory above the input (ru_maxrss minus the resident size once the input is loaded). Beside it
+memory above the input (VmHWM minus the resident size once the input is loaded). Beside it
 the implicit-feedback objective: ours (``als(feedback="implicit")``) against implicit's ALS
 (bench/peers/implicit_als.py), CG against CG and exact against Cholesky, whole fit / iterations
 on both sides, the objective of both computed here by bench_implicit_als.objective.
@@ -353,6 +353,17 @@ def resident_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_resident_bytes() -> int:
+    """This process image's peak resident size (VmHWM). Not ru_maxrss: Linux carries that across
+    exec from the forked parent, so a child of a parent holding the problem reported the parent's
+    size (sessions 8-10 printed 551 MiB above the input for a run whose own peak was 218 MiB)."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def run_als_case(case: dict) -> dict:
     """The body of ``--als-case``: one als() call on the saved problem, timed per iteration."""
     directory = Path(case["directory"])
@@ -369,7 +380,7 @@ def run_als_case(case: dict) -> dict:
                  alpha=case["alpha"], max_iter=case["iterations"], tol=0.0, seed=0,
                  callback=lambda iteration, state: stamps.append(time.perf_counter()))
     whole = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_resident_bytes()
     if case.get("factors"):
         np.savez(case["factors"], U=result.U, V=result.V)
     return {"first_s": stamps[0] - start, "steady_s": list(np.diff(stamps)), "whole_s": whole,
@@ -380,7 +391,7 @@ def run_als_case(case: dict) -> dict:
 
 def als_in_fresh_process(problem: dict, rank: int, solver: str, feedback: str, iterations: int,
                          factors: Path | None = None) -> tuple[dict | None, str]:
-    """run_als_case in a new interpreter (so ru_maxrss is this run's peak): (its dict, "") or (None, why)."""
+    """run_als_case in a new interpreter (so VmHWM is this run's peak): (its dict, "") or (None, why)."""
     implicit = feedback == "implicit"
     case = dict(directory=str(problem["directory"]), rank=rank, solver=solver, feedback=feedback,
                 iterations=iterations, reg=IMPLICIT_REG if implicit else EXPLICIT_REG,
@@ -510,7 +521,7 @@ def section_als(args, workdir: Path) -> list[str]:
             f"generated in {problem['seconds']:.0f} s), half-star ratings, float32, {args.als_iterations} iterations "
             f"from seed 0, each run in a fresh process. numpy float32 GEMM ({args.gemm_size}^3): "
             f"{gemm_before / 1e9:.0f} GFLOP/s before the runs, {gemm_after / 1e9:.0f} after; the fraction uses the "
-            f"rate before. Peak above input: ru_maxrss minus the resident size once the input is loaded."]
+            f"rate before. Peak above input: VmHWM minus the resident size once the input is loaded."]
     if explicit:
         text += ["", f"Explicit ALS, reg {EXPLICIT_REG}; Cholesky-flop rate = (2 nnz r^2 + (m + n) r^3 / 3) / "
                  "(s/iter), for CG too (the work the exact solver would do).", "", *explicit]

@@ -346,3 +346,25 @@ def test_lowrank_product_bad_inputs(rng):
         lr.ops.lowrank_product(np.stack([U, U]), np.stack([V, V, V]))
     with pytest.raises(TypeError, match="U must be an array"):
         lr.ops.lowrank_product("U", V)
+
+
+def test_csr_order_without_the_permutation_sorts_the_same(backend, dtype, rng):
+    """keep_perm=False (ALS keeps no permutation: 8 bytes an entry) moves the other index and the
+    values into the same stable CSR order, and returns no permutation."""
+    from lowrank_hpc._arrays import resolve
+    from lowrank_hpc.ops.sparse_times_dense import csr_order
+
+    rows, cols = _coords(rng, 40, 30, 2000, np.int32)
+    vals = rng.standard_normal(2000).astype(dtype)
+    rows_, cols_, vals_ = map(backend.put, (rows, cols, vals))
+    call = resolve("test", rows=rows_, cols=cols_, vals=vals_)
+    offsets = backend.put(np.array([0, 2000], dtype=np.int64))
+    kept = csr_order(call, rows_, cols_, vals_, offsets, 40, "rows")
+    dropped = csr_order(call, rows_, cols_, vals_, offsets, 40, "rows", keep_perm=False)
+    assert dropped[1] is None and kept[1] is not None
+    order = np.argsort(rows, kind="stable")
+    np.testing.assert_array_equal(backend.get(kept[1]), order)
+    for got in (kept, dropped):
+        np.testing.assert_array_equal(backend.get(got[0]), np.r_[0, np.cumsum(np.bincount(rows, minlength=40))])
+        np.testing.assert_array_equal(backend.get(got[2]), cols[order])
+        np.testing.assert_array_equal(backend.get(got[3]), vals[order])

@@ -79,7 +79,7 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
       for (int64_t k = begin; k < end; ++k) {
         while (k >= offsets[b + 1]) ++b;
         const int64_t position = mine[b * n_key + static_cast<int64_t>(keys[k])]++;
-        perm[position] = k;
+        if (perm) perm[position] = k;  // null: the caller keeps no permutation (ALS's memory)
         others_sorted[position] = others[k];
         if (vals) vals_sorted[position] = vals[k];
       }

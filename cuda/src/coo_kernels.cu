@@ -206,11 +206,15 @@ int coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* off
   if (error == cudaSuccess)
     error = cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, indptr, indptr, n_rows + 1, stream);
   const size_t temp_bytes = sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
-  if (error == cudaSuccess) error = cudaMallocAsync(reinterpret_cast<void**>(&flat), 3 * nnz * sizeof(int64_t), stream);
+  // No perm from the caller: the sort still needs one (a fourth slot of the scratch).
+  const int64_t slots = perm ? 3 : 4;
+  if (error == cudaSuccess)
+    error = cudaMallocAsync(reinterpret_cast<void**>(&flat), slots * nnz * sizeof(int64_t), stream);
   if (error == cudaSuccess) error = cudaMallocAsync(&temp, temp_bytes, stream);
   if (error == cudaSuccess) {
     flat_sorted = flat + nnz;
     order = flat + 2 * nnz;
+    if (!perm) perm = flat + 3 * nnz;
     csr_keys_kernel<I><<<grid_for(nnz), kBlock, 0, stream>>>(keys, offsets, batch, n_key, nnz, flat, order,
                                                              reinterpret_cast<unsigned long long*>(indptr), status);
     error = cudaGetLastError();

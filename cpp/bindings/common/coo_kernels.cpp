@@ -80,7 +80,7 @@ void coo_to_csr(const ArrayView& keys, const ArrayView& others, const ArrayView&
     expect().typed(others, "others", dtype_of<I>(), {nnz});
     expect().typed(offsets, "offsets", DType::int64, {batch + 1});
     expect().output(indptr, "indptr", DType::int64, {batch * n_key + 1});
-    expect().output(perm, "perm", DType::int64, {nnz});
+    if (perm.present()) expect().output(perm, "perm", DType::int64, {nnz});  // None: not kept
     expect().output(others_sorted, "others_sorted", dtype_of<I>(), {nnz});
     expect().optional(vals, "vals", dtype_of<T>(), {nnz});
     if (vals_sorted.present()) expect().output(vals_sorted, "vals_sorted", dtype_of<T>(), {nnz});
@@ -142,7 +142,8 @@ void bind_coo_kernels(py::module_& m) {
         "out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in float64");
   m.def("coo_to_csr", &coo_to_csr, arg("keys"), arg("others"), arg("vals"), arg("offsets"), arg("n_key"),
         arg("indptr"), arg("perm"), arg("others_sorted"), arg("vals_sorted"), arg("status"), arg("stream") = 0,
-        "CSR order by (problem, key); status = [first bad key entry (lowered), 1 if already sorted]");
+        "CSR order by (problem, key); status = [first bad key entry (lowered), 1 if already sorted]; perm may be "
+        "None where the caller keeps no permutation");
   m.def("csr_times_dense", &csr_times_dense, arg("indptr"), arg("perm"), arg("others"), arg("vals"), arg("B"),
         arg("n_key"), arg("out"), arg("first_bad"), arg("stream") = 0, "out = S @ B for S in CSR form");
   m.def("count_nonfinite", &count_nonfinite, arg("x"), arg("count"), arg("stream") = 0,

@@ -149,7 +149,7 @@ def build_shard(lo: int, hi: int, backend: str, side: str, index_dtype: str, dty
     n_key, nnz = hi - lo, int(vals.shape[0])
     if nnz:
         offsets = xp.asarray(np.array([0, nnz], dtype=np.int64))
-        indptr, _, others, vals = csr_order(call, keys, others, vals, offsets, n_key, side)
+        indptr, _, others, vals = csr_order(call, keys, others, vals, offsets, n_key, side, keep_perm=False)
         keys = (xp.searchsorted(indptr, xp.arange(nnz, dtype=np.int64), side="right") - 1).astype(index)
     else:
         indptr = xp.zeros(n_key + 1, dtype=np.int64)

@@ -134,14 +134,15 @@ class SparsePattern:
         return result
 
 
-def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str):
+def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str, keep_perm: bool = True):
     """(indptr, perm, others, vals) in CSR order by (problem, key), from one kernel call on the
     call's backend: perm is None when the entries were already in order (then others and vals
-    are the inputs). Every key is range-checked here; IndexError names the first bad one."""
+    are the inputs), or when ``keep_perm`` is False (its 8 bytes an entry are never allocated
+    on the host). Every key is range-checked here; IndexError names the first bad one."""
     xp, nnz = call.xp, int(keys.shape[0])
     batch = int(offsets.shape[0]) - 1
     indptr = xp.empty(batch * n_key + 1, dtype=np.int64)
-    perm = xp.empty(nnz, dtype=np.int64)
+    perm = xp.empty(nnz, dtype=np.int64) if keep_perm else None
     others_sorted = xp.empty(nnz, dtype=others.dtype)
     vals_sorted = None if vals is None else xp.empty_like(vals)
     status = call.status(nnz, 0)

@@ -10,7 +10,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -93,18 +93,56 @@ def checkpoint_path(function: str, path: Any) -> str:
     return path
 
 
-def fingerprint(*parts: Any) -> str:
-    """A digest of what defines a run (settings and data), stored in and checked against checkpoints."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if hasattr(part, "__array__") or hasattr(part, "get"):
-            array = np.ascontiguousarray(part.get() if hasattr(part, "get") and not isinstance(part, np.ndarray)
-                                         else part)
-            digest.update(str((array.dtype.str, array.shape)).encode())
-            digest.update(array.tobytes())
-        else:
-            digest.update(repr(part).encode())
-    return digest.hexdigest()
+class Fingerprint:
+    """The digest of what defines a run (settings and data), stored in and checked against
+    checkpoints: a str once read (``str(fp)``, ``fp == text``). Computed the first time it is read,
+    and only checkpointed runs read it: hashing the data up front held a copy of each array (80
+    MiB for 20M int32 indices) and brought a GPU run's data to the host. A checkpointed run reads
+    it when it starts (resume_or_start), before any solver changes its arrays in place."""
+
+    # Device arrays come to the host this many bytes at a time.
+    CHUNK_BYTES = 1 << 24
+
+    def __init__(self, parts: tuple[Any, ...]):
+        self._parts: Optional[tuple[Any, ...]] = parts
+        self._value: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            digest = hashlib.sha256()
+            for part in self._parts or ():
+                if isinstance(part, np.ndarray) or hasattr(part, "__array__") and not hasattr(part, "get"):
+                    array = np.ascontiguousarray(part)
+                    digest.update(str((array.dtype.str, array.shape)).encode())
+                    digest.update(array.reshape(-1).view(np.uint8))  # the bytes in place, no copy
+                elif hasattr(part, "get"):  # a device array: the same bytes, streamed in chunks
+                    flat = part.reshape(-1)
+                    digest.update(str((flat.dtype.str, tuple(part.shape))).encode())
+                    step = max(1, self.CHUNK_BYTES // max(1, flat.dtype.itemsize))
+                    for start in range(0, flat.shape[0], step):
+                        digest.update(np.ascontiguousarray(flat[start:start + step].get()).view(np.uint8))
+                else:
+                    digest.update(repr(part).encode())
+            self._value, self._parts = digest.hexdigest(), None
+        return self._value
+
+    def __repr__(self) -> str:  # as the hex string's: a fingerprint of a fingerprint hashes its repr
+        return repr(str(self))
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+Digest = Union[str, Fingerprint]  # what the loop compares a checkpoint with ("" where none is kept)
+
+
+def fingerprint(*parts: Any) -> Fingerprint:
+    """A digest of what defines a run (settings and data), stored in and checked against
+    checkpoints; computed only when a checkpoint reads it (:class:`Fingerprint`)."""
+    return Fingerprint(parts)
 
 
 @dataclass
@@ -135,7 +173,7 @@ def _seed_value(saved: np.ndarray) -> Any:
     return None if not parts else (parts[0] if len(parts) == 1 else tuple(parts))
 
 
-def save_checkpoint(path: str, state: LoopState, digest: str) -> None:
+def save_checkpoint(path: str, state: LoopState, digest: Digest) -> None:
     """Write the state atomically: a reader sees the old file or the new one, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     payload = {f"array_{name}": (value.get() if not isinstance(value, np.ndarray) else value)
@@ -144,7 +182,7 @@ def save_checkpoint(path: str, state: LoopState, digest: str) -> None:
                    relative_change=np.asarray(state.relative_change, dtype=np.float64),
                    scalar_names=np.asarray(list(state.scalars), dtype=str),
                    scalar_values=np.asarray(list(state.scalars.values()), dtype=np.float64),
-                   fingerprint=np.asarray(digest), stop_reason=np.asarray(state.stop_reason or ""),
+                   fingerprint=np.asarray(str(digest)), stop_reason=np.asarray(state.stop_reason or ""),
                    seed=_seed_array(state.seed))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
     try:
@@ -206,11 +244,13 @@ def resolve_seed(seed: Any, checkpoint: Optional[str]) -> tuple[Any, Any]:
     return _checks.draw_seed(), "drawn"
 
 
-def resume_or_start(settings: LoopSettings, digest: str, xp: Any, fresh: LoopState, host: tuple[str, ...] = (),
+def resume_or_start(settings: LoopSettings, digest: Digest, xp: Any, fresh: LoopState, host: tuple[str, ...] = (),
                     growable: tuple[str, ...] = ()) -> LoopState:
     """The state a run starts from: its checkpoint's when ``settings.checkpoint`` names a file
     that matches ``digest`` (see :func:`load_checkpoint`), else ``fresh``. Arrays named in
     ``host`` (bookkeeping the loop keeps in numpy) come back as numpy arrays."""
+    if settings.checkpoint:
+        str(digest)  # computed now, from the data as given: a solver may later change arrays in place
     saved = load_checkpoint(settings.checkpoint, digest, xp, template=fresh,
                             growable=growable) if settings.checkpoint else None
     if saved is None:
@@ -221,7 +261,7 @@ def resume_or_start(settings: LoopSettings, digest: str, xp: Any, fresh: LoopSta
     return saved
 
 
-def load_checkpoint(path: str, digest: str, xp: Any, template: Optional[LoopState] = None,
+def load_checkpoint(path: str, digest: Digest, xp: Any, template: Optional[LoopState] = None,
                     growable: tuple[str, ...] = ()) -> Optional[LoopState]:
     """The saved state if ``path`` exists and matches ``digest``; None if there is no file.
 
@@ -233,7 +273,7 @@ def load_checkpoint(path: str, digest: str, xp: Any, template: Optional[LoopStat
     if not os.path.exists(path):
         return None
     saved = _read(path)
-    if str(saved["fingerprint"]) != digest:
+    if str(saved["fingerprint"]) != str(digest):
         raise CheckpointMismatchError(
             f"checkpoint {path!r} was written by a different problem or solver settings; "
             "delete it or pass another checkpoint path")
@@ -285,7 +325,7 @@ def _shown(value: Any) -> float:
 
 
 def run_loop(settings: LoopSettings, state: LoopState, step: Callable[[LoopState], tuple[float, float]],
-             digest: str, converged: Callable[[LoopState], Optional[str]]) -> tuple[LoopState, str, float]:
+             digest: Digest, converged: Callable[[LoopState], Optional[str]]) -> tuple[LoopState, str, float]:
     """Advance ``state`` with ``step`` until ``converged`` names a reason, max_iter or the time limit.
 
     ``step`` updates state.arrays in place (or rebinds them) and returns (loss, relative_change):

@@ -25,7 +25,8 @@ import numpy as np
 from .. import _checks
 from .._backend import single_threaded_blas
 from ..ops.elastic_binary import half_step
-from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
+from ._driver import (LOOP_CONSTRAINTS, Digest, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
+                      run_loop)
 from ._result import RecoveryResult
 from .binary_matrix import BinaryMatrix
 from .boolean_product import binarize
@@ -161,7 +162,7 @@ class _Elbmf:
 
 
 def solve(matrix: BinaryMatrix, k: int, U0, Vt0, *, l1: float, l2: float, reg_growth: float, inertia: float,
-          nonnegative: bool, settings: LoopSettings, digest: str, batched: bool, started: float, seed: Any,
+          nonnegative: bool, settings: LoopSettings, digest: Digest, batched: bool, started: float, seed: Any,
           update_v: bool = True) -> RecoveryResult:
     """The loop shared by boolean_mf, batched_boolean_mf and the estimator's fold-in: B problems,
     each frozen once the change of its loss falls below tol ("converged") or its loss is not

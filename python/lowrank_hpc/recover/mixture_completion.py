@@ -274,7 +274,7 @@ class _Mixture:
             targets = xp.ascontiguousarray((weights * self.vals + (1 - weights) * prediction).reshape(-1))
             if problem is None:
                 problem = _AlsProblem(self.call, rows, cols, targets, offsets, R * self.K, self.shape, self.rank,
-                                      self.reg, False)
+                                      self.reg, False, keep_permutations=True)
             else:
                 problem.replace_values(targets)
             U, V = xp.zeros_like(U), V.copy()
