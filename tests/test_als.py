@@ -597,3 +597,37 @@ def test_bad_solver_settings_raise(rng, change, match):
     rows, cols = np.nonzero(rng.random((8, 7)) < 0.6)
     with pytest.raises((ValueError, TypeError), match=match):
         als(rows, cols, rng.standard_normal(rows.shape[0]), (8, 7), 2, **change)
+
+
+@pytest.mark.parametrize("pieces_per_block", [1, 3])
+def test_rows_kernel_in_blocks_of_rows_is_the_whole_half_step(rng, monkeypatch, pieces_per_block):
+    """The rows kernel updates a problem a block of rows at a time, summing the relative change's
+    Grams from each block's old and new rows (no copy of the whole factors): the factors are
+    those of one whole-factor pass bit for bit, the relative change matches the float64 reference,
+    and blocks that are whole float64 pieces sum the Grams in relative_change's order exactly."""
+    import sys
+
+    import lowrank_hpc.recover._measures as measures
+
+    als_module = sys.modules["lowrank_hpc.recover.als"]  # the package's `als` is the function
+
+    rows, cols, vals, offsets, shape, rank = _change_and_loss_problem(rng, "rows")
+    s = slice(0, offsets[1])
+    whole = {k: als(rows[s], cols[s], vals[s], shape, rank, reg=0.3, tol=0.0, seed=4, max_iter=k, solver="cg")
+             for k in (2, 3)}
+    monkeypatch.setattr(measures, "_FLOAT64_BLOCK", 8 * rank)  # float64 pieces of 8 rows
+    copy_bytes = pieces_per_block * 8 * rank * vals.dtype.itemsize
+    monkeypatch.setattr(als_module, "_BLOCK_COPY_BYTES", copy_bytes)
+    blocked = als(rows[s], cols[s], vals[s], shape, rank, reg=0.3, tol=0.0, seed=4, max_iter=3, solver="cg")
+    assert blocked.info["kernel"] == "rows" and shape[0] > 16
+    np.testing.assert_array_equal(blocked.U, whole[3].U)
+    np.testing.assert_array_equal(blocked.V, whole[3].V)
+    np.testing.assert_array_equal(blocked.history["loss"], whole[3].history["loss"])
+    expected = reference.relative_change(whole[2].U, whole[2].V, whole[3].U, whole[3].V)
+    np.testing.assert_allclose(blocked.history["relative_change"][2], expected, rtol=1e-8)
+    from lowrank_hpc._arrays import resolve
+
+    U0, V0 = whole[2].U[None], whole[2].V[None]
+    U1, V1 = whole[3].U[None], whole[3].V[None]
+    same_pieces = measures.relative_change(resolve("test", U=U0), U0, V0, U1, V1)
+    assert blocked.history["relative_change"][2] == same_pieces[0]

@@ -368,3 +368,30 @@ def test_csr_order_without_the_permutation_sorts_the_same(backend, dtype, rng):
         np.testing.assert_array_equal(backend.get(got[0]), np.r_[0, np.cumsum(np.bincount(rows, minlength=40))])
         np.testing.assert_array_equal(backend.get(got[2]), cols[order])
         np.testing.assert_array_equal(backend.get(got[3]), vals[order])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("r", [1, 8, 32])
+def test_gpu_kernels_on_two_million_shuffled_entries(rng, r):
+    """The GPU's first benchmark (H200, 2026-12-04) hit an illegal address right after the first
+    shuffled-order SDDMM at nnz 1e7, in one of the SpMM calls: every product on a large
+    shuffled pattern against scipy on the host (the sizes small tests never reach: a radix sort
+    of several passes, millions of gathered values)."""
+    import cupy
+    import scipy.sparse as sp
+
+    m, n, nnz = 20_000, 15_000, 2_000_000
+    rows, cols = _coords(rng, m, n, nnz, np.int32)
+    vals = rng.standard_normal(nnz).astype(np.float32)
+    U, V = _factors(rng, np.float32, m, n, r)
+    S = sp.coo_matrix((vals.astype(np.float64), (rows, cols)), shape=(m, n)).tocsr()
+    d_rows, d_cols, d_vals, d_U, d_V = map(cupy.asarray, (rows, cols, vals, U, V))
+    sddmm = lr.ops.sampled_product(d_U, d_V, d_rows, d_cols)
+    np.testing.assert_allclose(sddmm.get(), reference.sampled_product(U, V, rows, cols), rtol=1e-4, atol=1e-4)
+    pattern = lr.ops.SparsePattern(d_rows, d_cols, (m, n))
+    for got in (pattern.times_dense(d_vals, d_V), lr.ops.sparse_times_dense(d_rows, d_cols, d_vals, d_V, m)):
+        cupy.cuda.Device().synchronize()
+        assert rel_error(got.get(), S @ V.astype(np.float64)) < 1e-5
+    for got in (pattern.times_dense(d_vals, d_U, transpose=True),
+                lr.ops.sparse_times_dense(d_rows, d_cols, d_vals, d_U, n, transpose=True)):
+        assert rel_error(got.get(), S.T @ U.astype(np.float64)) < 1e-5

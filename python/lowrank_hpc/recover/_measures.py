@@ -31,6 +31,52 @@ def gram64(call: Call, F: Any) -> Any:
     return out
 
 
+class ChangeGrams:
+    """The seven r x r float64 blocks of :func:`relative_change`, summed a block of rows at a
+    time: a solver that updates its factors a block of rows at a time (the ALS rows kernel)
+    keeps a copy of one block's old values, not of the whole factors. Blocks given in the order
+    of ``row_blocks(rows, batch * r)`` sum exactly as relative_change does."""
+
+    def __init__(self, call: Call, batch: int, k: int):
+        xp = call.xp
+        self.call = call
+        self.left = xp.zeros((batch, 3, k, k), dtype=np.float64)  # dU^T dU, dU^T U0, U0^T U0
+        self.right = xp.zeros((batch, 4, k, k), dtype=np.float64)  # V1^T V1, V1^T dV, dV^T dV, V0^T V0
+
+    def add_left(self, u0: Any, u1: Any, u0_gram: bool = True) -> None:
+        """Rows of U before (u0) and after (u1), (batch, rows, k)."""
+        u0 = u0.astype(np.float64)
+        du = u1.astype(np.float64) - u0
+        du_t = du.transpose(0, 2, 1)
+        xp = self.call.xp
+        self.left[:, 0] += xp.matmul(du_t, du)
+        self.left[:, 1] += xp.matmul(du_t, u0)
+        if u0_gram:
+            self.left[:, 2] += xp.matmul(u0.transpose(0, 2, 1), u0)
+
+    def add_right(self, v0: Any, v1: Any, v1_gram: bool = True, v0_gram: bool = True) -> None:
+        """Rows of V before (v0) and after (v1), (batch, rows, k)."""
+        v0, v1 = v0.astype(np.float64), v1.astype(np.float64)
+        dv, v1_t = v1 - v0, v1.transpose(0, 2, 1)
+        xp = self.call.xp
+        if v1_gram:
+            self.right[:, 0] += xp.matmul(v1_t, v1)
+        self.right[:, 1] += xp.matmul(v1_t, dv)
+        self.right[:, 2] += xp.matmul(dv.transpose(0, 2, 1), dv)
+        if v0_gram:
+            self.right[:, 3] += xp.matmul(v0.transpose(0, 2, 1), v0)
+
+    def finish(self, U0_gram: Optional[Any] = None, V0_gram: Optional[Any] = None,
+               V1_gram: Optional[Any] = None) -> Any:
+        """(batch,) float64 relative change; the Grams given replace the blocks not summed."""
+        for out, gram in ((self.left[:, 2], U0_gram), (self.right[:, 0], V1_gram), (self.right[:, 3], V0_gram)):
+            if gram is not None:
+                out[...] = gram
+        out = self.call.xp.empty(self.left.shape[0], dtype=np.float64)
+        self.call.module.relative_change(self.left, self.right, out, self.call.stream())
+        return out
+
+
 def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any, *, U0_gram: Optional[Any] = None,
                     V0_gram: Optional[Any] = None, V1_gram: Optional[Any] = None) -> Any:
     """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem for (batch, rows, r) factors, (batch,)
@@ -43,31 +89,11 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any, *, U0_gram: 
     product is not; 0 where both are 0. U0_gram, V0_gram, V1_gram: the (k, k) float64 Grams
     U0^T U0, V0^T V0, V1^T V1 of one problem where the caller has them (its loss needed them).
     """
-    xp = call.xp
     batch, k = U0.shape[0], U0.shape[2]
+    grams = ChangeGrams(call, batch, k)
     # The seven blocks the expansion needs, in float64, a block of rows at a time.
-    left = xp.zeros((batch, 3, k, k), dtype=np.float64)  # dU^T dU, dU^T U0, U0^T U0
-    right = xp.zeros((batch, 4, k, k), dtype=np.float64)  # V1^T V1, V1^T dV, dV^T dV, V0^T V0
     for rows in row_blocks(U0.shape[1], batch * k):
-        u0 = U0[:, rows].astype(np.float64)
-        du = U1[:, rows].astype(np.float64) - u0
-        du_t = du.transpose(0, 2, 1)
-        left[:, 0] += xp.matmul(du_t, du)
-        left[:, 1] += xp.matmul(du_t, u0)
-        if U0_gram is None:
-            left[:, 2] += xp.matmul(u0.transpose(0, 2, 1), u0)
+        grams.add_left(U0[:, rows], U1[:, rows], u0_gram=U0_gram is None)
     for rows in row_blocks(V0.shape[1], batch * k):
-        v0, v1 = V0[:, rows].astype(np.float64), V1[:, rows].astype(np.float64)
-        dv, v1_t = v1 - v0, v1.transpose(0, 2, 1)
-        if V1_gram is None:
-            right[:, 0] += xp.matmul(v1_t, v1)
-        right[:, 1] += xp.matmul(v1_t, dv)
-        right[:, 2] += xp.matmul(dv.transpose(0, 2, 1), dv)
-        if V0_gram is None:
-            right[:, 3] += xp.matmul(v0.transpose(0, 2, 1), v0)
-    for out, gram in ((left[:, 2], U0_gram), (right[:, 0], V1_gram), (right[:, 3], V0_gram)):
-        if gram is not None:
-            out[...] = gram
-    out = xp.empty(batch, dtype=np.float64)
-    call.module.relative_change(left, right, out, call.stream())
-    return out
+        grams.add_right(V0[:, rows], V1[:, rows], v1_gram=V1_gram is None, v0_gram=V0_gram is None)
+    return grams.finish(U0_gram, V0_gram, V1_gram)

@@ -25,7 +25,7 @@ from .._random import gaussian_fill
 from ..ops.sparse_times_dense import csr_order
 from ._driver import (LOOP_CONSTRAINTS, Digest, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
-from ._measures import relative_change
+from ._measures import ChangeGrams, relative_change, row_blocks
 from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
@@ -34,6 +34,9 @@ SOLVERS = ("auto", "cholesky", "cg")
 # entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
 # entries * r, and the steps' inexactness costs less than 0.1% of the loss there (tests/test_als.py).
 CG_MIN_RANK = 64
+# Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
+# change): a block of U, not the whole of U and V (169 MiB at r = 256 on MovieLens-20M's shape).
+_BLOCK_COPY_BYTES = 32 << 20
 CG_STEPS = 3
 # Below this many problems per thread, parallel rows beat parallel problems, unless the whole
 # batch is less work than is worth sharing among threads.
@@ -143,6 +146,27 @@ class _Problem:
         self.call.module.als_update_rows(indptr, others, vals, F, n_key, self.reg, self.count_scaling, active,
                                          self.cg_steps, out, singular, self.call.stream(), residuals=residuals)
 
+    def _update_in_blocks(self, out, csr, F, n_key: int, active, singular, add_grams, residuals=None) -> None:
+        """update() of one problem's rows (out (1, n_key, r)) a block of rows at a time, each block
+        whole row_blocks (relative_change's float64 blocks, so the Grams sum in its order) of at
+        most _BLOCK_COPY_BYTES, handing each row_blocks piece before and after to ``add_grams``.
+        Few large blocks: with 2,048-row blocks at r = 256 the kernel calls alternated with the
+        BLAS Grams 80 times an iteration and the iteration took 1.3x as long."""
+        indptr, others, vals = csr
+        pieces = row_blocks(n_key, self.rank)
+        per_block = max(1, _BLOCK_COPY_BYTES // max(1, (pieces[0].stop - pieces[0].start) * self.rank
+                                                    * out.dtype.itemsize))
+        for first in range(0, len(pieces), per_block):
+            group = pieces[first:first + per_block]
+            lo, hi = group[0].start, group[-1].stop
+            old = out[:, lo:hi].copy()
+            block = out[:, lo:hi]  # a C-contiguous view for one problem: the kernel writes in place
+            self.call.module.als_update_rows(indptr[lo:hi + 1], others, vals, F, hi - lo, self.reg, self.count_scaling,
+                                             active, self.cg_steps, block, singular, self.call.stream(),
+                                             residuals=None if residuals is None else residuals[lo:hi])
+            for rows in group:
+                add_grams(old[:, rows.start - lo:rows.stop - lo], out[:, rows])
+
     def iterate(self, U, V, active) -> tuple[int, np.ndarray, np.ndarray]:
         """One ALS iteration in place on (U, V); (singular rows, loss, relative change), per problem.
 
@@ -164,18 +188,27 @@ class _Problem:
                                                        col_vals, self.reg, self.count_scaling, active, U, V, loss,
                                                        change)
             return int(singular), loss, change
-        if self._previous is None:  # kept: fresh copies page-faulted 4 r (m + n) bytes an iteration
-            self._previous = (self.xp.empty_like(U), self.xp.empty_like(V))
-        U0, V0 = self._previous
-        U0[...], V0[...] = U, V
         singular, mask = self.call.status(0), self.xp.asarray(active)
         # The fit term comes from the V half-step (U is final), summed per column while the kernel
         # holds its rows of U: a pass of its own gathered every factor row again.
         residuals = self.xp.zeros(self.batch * self.n, dtype=np.float64)
-        self.update(U, self.by_rows, V, self.m, mask, singular)
-        self.update(V, self.by_cols, U, self.n, mask, singular, residuals)
+        if self.batch == 1:
+            # Each half-step a block of rows at a time, the relative change's Grams summed from
+            # each block's old and new rows: a copy of one block, not of U and V (at r = 256
+            # on 20M entries the copies were 169 MiB, a third of the peak above the input).
+            grams = ChangeGrams(self.call, 1, self.rank)
+            self._update_in_blocks(U, self.by_rows, V, self.m, mask, singular, grams.add_left)
+            self._update_in_blocks(V, self.by_cols, U, self.n, mask, singular, grams.add_right, residuals)
+            change = grams.finish()
+        else:
+            if self._previous is None:  # kept: fresh copies page-faulted 4 r (m + n) bytes an iteration
+                self._previous = (self.xp.empty_like(U), self.xp.empty_like(V))
+            U0, V0 = self._previous
+            U0[...], V0[...] = U, V
+            self.update(U, self.by_rows, V, self.m, mask, singular)
+            self.update(V, self.by_cols, U, self.n, mask, singular, residuals)
+            change = relative_change(self.call, U0, V0, U, V)
         # Everything the loop reads comes back in one transfer: the iteration's only host sync.
-        change = relative_change(self.call, U0, V0, U, V)
         measures = self.call.to_host(self.xp.concatenate([self.loss(U, V, residuals), change, singular.astype(np.float64)]))
         return int(measures[-1]), measures[:self.batch], measures[self.batch:2 * self.batch]
 
@@ -356,6 +389,12 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     observations of the row / column (ALS-WR, as in Spark MLlib). A row with no observations is
     zero when reg > 0; with reg == 0 a singular row system sets the row to zero and is counted in
     ``result.info["singular_rows"]`` (U and V rows of the last iteration).
+
+    Memory: the entries in row and in column order (index and value: one more copy of the input
+    for each order it does not already have), U and V, and for the relative change a copy of at
+    most 32 MiB of old factor rows. On 20M float32 entries with int32 indices (229 MiB, row-sorted)
+    the peak above the input measured 0.88x the input at r = 32 and 1.75x at r = 256
+    (``bench/bench_peers.py --sections als``).
 
     Parameters
     ----------
