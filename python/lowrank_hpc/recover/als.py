@@ -32,12 +32,14 @@ REG_SCALINGS = ("none", "count")
 SOLVERS = ("auto", "cholesky", "cg")
 # solver="auto" takes conjugate gradients from this rank on: a row's exact solve costs
 # entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
-# entries * r, and the steps' inexactness costs less than 0.1% of the loss there (tests/test_als.py).
+# entries * r. The steps' inexactness costs loss in the first iterations (MovieLens-20M's shape:
+# 16-35% above the exact solver's after 3 iterations, BENCHMARKS.md session 10); run to
+# convergence it reaches the exact solver's loss (tests/test_als.py).
 CG_MIN_RANK = 64
+CG_STEPS = 3
 # Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
 # change): a block of U, not the whole of U and V (169 MiB at r = 256 on MovieLens-20M's shape).
 _BLOCK_COPY_BYTES = 32 << 20
-CG_STEPS = 3
 # Below this many problems per thread, parallel rows beat parallel problems, unless the whole
 # batch is less work than is worth sharing among threads.
 _FUSED_MIN_PROBLEMS = 8
@@ -67,8 +69,8 @@ class _Problem:
         self.reg, self.count_scaling = reg, count_scaling
         self.cg_steps = cg_steps  # 0: exact row solves; else conjugate-gradient steps (the "rows" kernel)
         self.nnz = int(rows.shape[0])
-        # The CSR permutations (8 bytes an entry each) only for replace_values: kept, the two made
-        # ALS's peak 2.4x its input on 20M entries.
+        # The CSR permutations (8 bytes an entry each) only for replace_values: kept, they raised
+        # ALS's peak on 20M row-sorted entries from 218 to 370 MiB above the input.
         self.keep_permutations = keep_permutations
         self._perms: dict[str, Any] = {}
         self._previous: Optional[tuple[Any, Any]] = None  # U, V before the iteration (rows kernel)
