@@ -631,3 +631,70 @@ def test_rows_kernel_in_blocks_of_rows_is_the_whole_half_step(rng, monkeypatch, 
     U1, V1 = whole[3].U[None], whole[3].V[None]
     same_pieces = measures.relative_change(resolve("test", U=U0), U0, V0, U1, V1)
     assert blocked.history["relative_change"][2] == same_pieces[0]
+
+
+def _cg_rows_matrix_free(rows, cols, vals, n_key, F, X0, reg, steps):
+    """cg_rows without forming the r x r systems (G p = sum_j f_j <f_j, p> + reg p), for ranks
+    where a dense system per row is too large to build in a test."""
+    X = X0.copy()
+    for i in range(n_key):
+        mine = rows == i
+        if not mine.any():
+            X[i] = 0
+            continue
+        Fi, v, x = F[cols[mine]], vals[mine], X0[i].copy()
+        apply = lambda p: Fi.T @ (Fi @ p) + reg * p  # noqa: E731
+        residual = Fi.T @ v - apply(x)
+        direction = residual.copy()
+        for _ in range(steps):
+            if residual @ residual == 0:
+                break
+            product = apply(direction)
+            alpha = (residual @ residual) / (direction @ product)
+            x = x + alpha * direction
+            new = residual - alpha * product
+            direction = new + (new @ new) / (residual @ residual) * direction
+            residual = new
+        X[i] = x
+    return X
+
+
+def _exact_rows(rows, cols, vals, n_key, F, reg):
+    """Each key row's regularised normal equations solved by LAPACK; empty rows zero."""
+    X = np.zeros((n_key, F.shape[1]))
+    for i in np.unique(rows):
+        Fi = F[cols[rows == i]]
+        X[i] = np.linalg.solve(Fi.T @ Fi + reg * np.eye(F.shape[1]), Fi.T @ vals[rows == i])
+    return X
+
+
+@pytest.mark.parametrize("r, solver", [(1023, "cg"), (1024, "cg"), (1025, "cg"), (2048, "cg"),
+                                       (1023, "cholesky"), (1024, "cholesky"), (1025, "cholesky")])
+def test_ranks_past_a_thousand(backend, rng, r, solver):
+    """Issue 10's large ranks (implicit's GPU ALS fails at 1024, cuMF from 60): one iteration on a
+    (r + 5) x (r + 6) matrix whose few observed rows and columns keep the test small, both
+    half-steps against float64 references (LAPACK for the exact solver, textbook CG); the exact
+    solver to 1025 only (at 2048 its test took 14 s, mostly the relative change's Grams and the
+    reference). The GPU's exact solver holds each row's system in shared memory and says so past
+    its rank limit."""
+    m, n = r + 5, r + 6
+    key_rows, key_cols = np.array([0, 3, m // 2, m - 1]), np.array([1, 2, n // 2, n - 2])
+    rows, cols = np.repeat(key_rows, 3), np.concatenate([rng.choice(key_cols, 3, replace=False) for _ in range(4)])
+    vals, V0 = rng.standard_normal(rows.shape[0]), rng.standard_normal((n, r)) / np.sqrt(r)
+    run = lambda: als(*map(backend.put, (rows, cols, vals)), (m, n), r, reg=0.4, solver=solver,  # noqa: E731
+                      max_iter=1, init=backend.put(V0))
+    if backend.name == "cuda" and solver == "cholesky":
+        with pytest.raises(ValueError, match="shared memory"):
+            run()
+        return
+    result = run()
+    if solver == "cg":
+        U = _cg_rows_matrix_free(rows, cols, vals, m, V0, np.zeros((m, r)), 0.4, 3)
+        V = _cg_rows_matrix_free(cols, rows, vals, n, U, V0, 0.4, 3)
+    else:
+        U = _exact_rows(rows, cols, vals, m, V0, 0.4)
+        V = _exact_rows(cols, rows, vals, n, U, 0.4)
+    assert result.info["solver"] == solver
+    np.testing.assert_allclose(backend.get(result.U), U, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(backend.get(result.V), V, rtol=1e-9, atol=1e-12)
+    assert np.isfinite(result.history["loss"][0])
