@@ -395,3 +395,46 @@ def test_gpu_kernels_on_two_million_shuffled_entries(rng, r):
     for got in (pattern.times_dense(d_vals, d_U, transpose=True),
                 lr.ops.sparse_times_dense(d_rows, d_cols, d_vals, d_U, n, transpose=True)):
         assert rel_error(got.get(), S.T @ U.astype(np.float64)) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["sorted", "empty ends", "block edges", "late descent", "one entry", "bad first",
+                                  "bad last"])
+def test_csr_order_of_sorted_keys(backend, rng, case):
+    """Keys already in order take a path of their own on the CPU (a branch-free check per block,
+    then each row's start read off the boundaries): indptr as counting gives it, no permutation;
+    keys out of order anywhere, even after many sorted blocks, fall back to the sort."""
+    from lowrank_hpc._arrays import resolve
+    from lowrank_hpc.ops.sparse_times_dense import csr_order
+
+    n_key, nnz = 5000, 200_000  # several 4,096-key blocks, and past the threads' threshold
+    keys = np.sort(rng.integers(0, n_key, nnz))
+    if case == "empty ends":
+        keys = np.sort(rng.integers(100, n_key - 100, nnz))
+    elif case == "block edges":  # rows change exactly at the blocks' first and last keys
+        keys = np.repeat(np.arange(nnz // 4096 + 1), 4096)[:nnz] * 3
+        n_key = int(keys[-1]) + 5
+    elif case == "late descent":
+        keys = np.sort(rng.integers(0, n_key - 1, nnz))
+        keys[-10] = keys[-9] + 1  # one descent, 9 keys from the end
+    elif case == "one entry":
+        keys, nnz = np.array([n_key // 2]), 1
+    elif case in ("bad first", "bad last"):
+        keys[0 if case == "bad first" else -1] = -1 if case == "bad first" else n_key
+    keys = keys.astype(np.int32)
+    others = rng.integers(0, 7, nnz).astype(np.int32)
+    vals = rng.standard_normal(nnz)
+    put = backend.put
+    call = resolve("test", rows=put(keys), cols=put(others), vals=put(vals))
+    offsets = put(np.array([0, nnz], dtype=np.int64))
+    if case.startswith("bad"):
+        with pytest.raises(IndexError, match="rows"):
+            csr_order(call, put(keys), put(others), put(vals), offsets, n_key, "rows")
+        return
+    indptr, perm, others_sorted, vals_sorted = csr_order(call, put(keys), put(others), put(vals), offsets, n_key,
+                                                         "rows")
+    order = np.argsort(keys, kind="stable")
+    np.testing.assert_array_equal(backend.get(indptr), np.r_[0, np.cumsum(np.bincount(keys, minlength=n_key))])
+    np.testing.assert_array_equal(backend.get(others_sorted), others[order])
+    np.testing.assert_array_equal(backend.get(vals_sorted), vals[order])
+    if backend.name == "cpu":
+        assert (perm is None) == (case != "late descent")
