@@ -438,3 +438,17 @@ def test_csr_order_of_sorted_keys(backend, rng, case):
     np.testing.assert_array_equal(backend.get(vals_sorted), vals[order])
     if backend.name == "cpu":
         assert (perm is None) == (case != "late descent")
+
+
+def test_sparse_times_dense_names_the_first_bad_column_in_input_order(backend, rng):
+    """The one-shot product keeps no permutation of its sort, so a bad column is looked up in the
+    caller's order: of two bad entries, the earlier one in the input is named, even when the other
+    comes first in row order."""
+    rows = rng.permutation(np.repeat(np.arange(50), 40))
+    cols = rng.integers(0, 30, rows.shape[0])
+    early = np.flatnonzero(rows == 49)[0]
+    late = np.flatnonzero((rows == 0) & (np.arange(rows.shape[0]) > early))[-1]  # first in row order
+    cols[late], cols[early] = 31, 30
+    vals, B = rng.standard_normal(rows.shape[0]), rng.standard_normal((30, 3))
+    with pytest.raises(IndexError, match=rf"cols\[{early}\] = 30 is out of range \[0, 30\)"):
+        lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), 50)
