@@ -518,26 +518,33 @@ def test_gpu_batched_als_equals_cpu(dtype, rng, reg_scaling):
 
 
 # ------------------------------------------------------------------ conjugate-gradient row solves
-def cg_rows(rows, cols, vals, n_key, F, X0, reg, steps):
+def cg_rows(rows, cols, vals, n_key, F, X0, reg, steps, matrix_free=False):
     """Each key row's regularised normal equations (sum_j f_j f_j^T + reg I) x = sum_j v_j f_j,
     solved by ``steps`` textbook conjugate-gradient steps from X0's row (dense numpy, the
-    system formed explicitly); a row without observations is zero."""
+    system formed explicitly, or with ``matrix_free`` applied as sum_j f_j <f_j, p> + reg p, for
+    ranks where an r x r system per row is too large to build in a test); a row without
+    observations is zero."""
     X = X0.copy()
     for i in range(n_key):
         mine = rows == i
         if not mine.any():
             X[i] = 0
             continue
-        Fi = F[cols[mine]]
-        G, g, x = Fi.T @ Fi + reg * np.eye(F.shape[1]), Fi.T @ vals[mine], X0[i].copy()
-        residual = g - G @ x
+        Fi, x = F[cols[mine]], X0[i].copy()
+        if matrix_free:
+            apply = lambda p, Fi=Fi: Fi.T @ (Fi @ p) + reg * p  # noqa: E731
+        else:
+            G = Fi.T @ Fi + reg * np.eye(F.shape[1])
+            apply = lambda p, G=G: G @ p  # noqa: E731
+        residual = Fi.T @ vals[mine] - apply(x)
         direction = residual.copy()
         for _ in range(steps):
             if residual @ residual == 0:
                 break
-            alpha = (residual @ residual) / (direction @ G @ direction)
+            product = apply(direction)
+            alpha = (residual @ residual) / (direction @ product)
             x = x + alpha * direction
-            new = residual - alpha * G @ direction
+            new = residual - alpha * product
             direction = new + (new @ new) / (residual @ residual) * direction
             residual = new
         X[i] = x
@@ -633,32 +640,6 @@ def test_rows_kernel_in_blocks_of_rows_is_the_whole_half_step(rng, monkeypatch, 
     assert blocked.history["relative_change"][2] == same_pieces[0]
 
 
-def _cg_rows_matrix_free(rows, cols, vals, n_key, F, X0, reg, steps):
-    """cg_rows without forming the r x r systems (G p = sum_j f_j <f_j, p> + reg p), for ranks
-    where a dense system per row is too large to build in a test."""
-    X = X0.copy()
-    for i in range(n_key):
-        mine = rows == i
-        if not mine.any():
-            X[i] = 0
-            continue
-        Fi, v, x = F[cols[mine]], vals[mine], X0[i].copy()
-        apply = lambda p: Fi.T @ (Fi @ p) + reg * p  # noqa: E731
-        residual = Fi.T @ v - apply(x)
-        direction = residual.copy()
-        for _ in range(steps):
-            if residual @ residual == 0:
-                break
-            product = apply(direction)
-            alpha = (residual @ residual) / (direction @ product)
-            x = x + alpha * direction
-            new = residual - alpha * product
-            direction = new + (new @ new) / (residual @ residual) * direction
-            residual = new
-        X[i] = x
-    return X
-
-
 def _exact_rows(rows, cols, vals, n_key, F, reg):
     """Each key row's regularised normal equations solved by LAPACK; empty rows zero."""
     X = np.zeros((n_key, F.shape[1]))
@@ -689,8 +670,8 @@ def test_ranks_past_a_thousand(backend, rng, r, solver):
         return
     result = run()
     if solver == "cg":
-        U = _cg_rows_matrix_free(rows, cols, vals, m, V0, np.zeros((m, r)), 0.4, 3)
-        V = _cg_rows_matrix_free(cols, rows, vals, n, U, V0, 0.4, 3)
+        U = cg_rows(rows, cols, vals, m, V0, np.zeros((m, r)), 0.4, 3, matrix_free=True)
+        V = cg_rows(cols, rows, vals, n, U, V0, 0.4, 3, matrix_free=True)
     else:
         U = _exact_rows(rows, cols, vals, m, V0, 0.4)
         V = _exact_rows(cols, rows, vals, n, U, 0.4)
