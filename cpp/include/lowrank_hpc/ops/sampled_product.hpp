@@ -6,6 +6,7 @@
 
 #include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/rounding.hpp"
 #include "lowrank_hpc/core/simd.hpp"
 
 #if !defined(__CUDACC__)
@@ -95,6 +96,17 @@ inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b,
 }
 #endif
 
+// The compiled ranks' summation tree over N partial sums: the upper half added onto the lower,
+// ceil(live / 2) apart, until one is left (log2 N adds a vector unit can do side by side; a chain
+// of N dependent adds made rank 8 cost as much as rank 32). The host's, the device's chunked
+// and the array forms all sum in this order.
+template <int N, class A>
+LRH_HD A fold_halving(A (&p)[N]) {
+  for (int live = N; live > 1; live = (live + 1) / 2)
+    for (int c = 0; c < live / 2; ++c) p[c] = p[c] + p[c + (live + 1) / 2];
+  return p[0];
+}
+
 // Partial dot product over the coordinates lane, lane + width, ...: width = 1 on the host,
 // a group of cooperating threads on the device. 16-bit storage is read as float and summed in
 // float (accumulate_t<T>); float and double are read as they are.
@@ -113,14 +125,10 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   }
 #endif
   if (width == 1 && R > 0) {
-    // A compiled rank: the R products summed by a fixed tree that halves the live length each
-    // step (the upper half added onto the lower), so that a vector unit folds them in log2(R)
-    // adds; a chain of R dependent adds made rank 8 cost as much as rank 32.
+    // A compiled rank: the R products summed by fold_halving's fixed tree.
     A p[R > 0 ? R : 1];
     for (int c = 0; c < R; ++c) p[c] = load_as<A>(a[c]) * load_as<A>(b[c]);
-    for (int live = R; live > 1; live = (live + 1) / 2)
-      for (int c = 0; c < live / 2; ++c) p[c] += p[c + (live + 1) / 2];
-    acc = p[0];
+    acc = fold_halving(p);
   } else if (width == 1) {
     // A run-time rank: 128-byte blocks summed lane by lane into two registers' worth of partial
     // sums (two independent chains), one 64-byte block more into the lower half, the lanes
@@ -151,18 +159,6 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   return acc;
 }
 
-// A product rounded on its own: the device would otherwise fuse it into the next add (nvcc
-// contracts a * b + c by default; the host is built with -ffp-contract=off).
-template <class A>
-LRH_HD A product_rn(A x, A y) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<A, float>) return __fmul_rn(x, y);
-  else return __dmul_rn(x, y);
-#else
-  return x * y;
-#endif
-}
-
 // The device's vector form of strided_dot for float and double: chunks of W consecutive
 // coordinates (W * sizeof(T) = 16 bytes, one vector load each; r a multiple of W, rows 16-byte
 // aligned), chunk lane, lane + width, ... summed in order into W partial sums. One chunk per
@@ -177,16 +173,8 @@ LRH_HD void chunked_dot(const T* a, const T* b, int64_t r, int lane, int width, 
   };
   for (int64_t c = int64_t(lane) * W; c < r; c += int64_t(width) * W) {
     const Chunk x = *reinterpret_cast<const Chunk*>(a + c), y = *reinterpret_cast<const Chunk*>(b + c);
-    for (int j = 0; j < W; ++j) acc[j] = acc[j] + product_rn(x.v[j], y.v[j]);
+    for (int j = 0; j < W; ++j) acc[j] = acc[j] + mul_rn(x.v[j], y.v[j]);  // unfused on the device too
   }
-}
-
-// The halving tree over W partial sums (W a power of two): the upper half added onto the lower.
-template <int W, class A>
-LRH_HD A fold_halving(A (&acc)[W]) {
-  for (int live = W; live > 1; live /= 2)
-    for (int j = 0; j < live / 2; ++j) acc[j] = acc[j] + acc[j + live / 2];
-  return acc[0];
 }
 
 template <class I>

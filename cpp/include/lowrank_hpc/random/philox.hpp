@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "lowrank_hpc/core/macros.hpp"
+#include "lowrank_hpc/core/rounding.hpp"
 
 #if !LRH_ON_DEVICE
 #include <cmath>
@@ -74,29 +75,10 @@ LRH_HD Philox4x32Output philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uin
 
 namespace detail {
 
-LRH_HD double add_rn(double a, double b) {
-#if LRH_ON_DEVICE
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-LRH_HD double sub_rn(double a, double b) {
-#if LRH_ON_DEVICE
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-LRH_HD double mul_rn(double a, double b) {
-#if LRH_ON_DEVICE
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
+// The rounded operations live in core/rounding.hpp (the SDDMM kernels use them too).
+using lowrank_hpc::add_rn;
+using lowrank_hpc::mul_rn;
+using lowrank_hpc::sub_rn;
 
 LRH_HD double div_rn(double a, double b) {
 #if LRH_ON_DEVICE
