@@ -4,7 +4,7 @@
     PYTHONPATH=python python bench/bench_gpu.py --quick          # small sizes, a check that it runs
     PYTHONPATH=python python bench/bench_gpu.py --sections kernels --nnz 10000000 --ranks 8,32
 
-kernels: float32, random positions (repeats allowed: both sides see the same entries), nnz / 100
+kernels: float32, distinct random positions (about nnz: drawn, duplicates dropped), nnz / 100
 rows and columns, row-sorted and shuffled caller order. SDDMM: ours ``ops.sampled_product`` on
 the caller's arrays; torch ``torch.sparse.sampled_addmm`` (cuSPARSE SDDMM) on a CSR pattern built
 once, its values gathered back to the caller's order inside the timing when that order is not
@@ -90,8 +90,12 @@ def kernel_rows(nnz: int, ranks: list[int], repeats: int, bandwidth: float, seed
 
     n = max(nnz // 100, 100)
     rng = cupy.random.default_rng(seed)
-    rows_random = rng.integers(0, n, nnz, dtype=cupy.int64).astype(cupy.int32)
-    cols_random = rng.integers(0, n, nnz, dtype=cupy.int64).astype(cupy.int32)
+    # Distinct pairs: CuPy's csr @ dense sums duplicates in place (its arrays shrink), after which the
+    # random-order rows' new values no longer fit its pattern (cuSPARSE then read past the end).
+    flat = cupy.unique(rng.integers(0, n * n, nnz, dtype=cupy.int64))
+    flat = flat[cupy.argsort(rng.random(flat.size))]
+    nnz = int(flat.size)
+    rows_random, cols_random = (flat // n).astype(cupy.int32), (flat % n).astype(cupy.int32)
     by_row = cupy.lexsort(cupy.stack([cols_random, rows_random]))
     vals_random = rng.standard_normal(nnz, dtype=cupy.float32)
     orders = {"row-sorted": (rows_random[by_row], cols_random[by_row], vals_random[by_row], None),

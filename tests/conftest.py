@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+# JAX takes 75% of GPU memory at its first use unless told not to: with several test processes
+# on one GPU that left the others (CuPy, torch, our kernels) out of memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import numpy as np
 import pytest
 

@@ -217,7 +217,10 @@ def test_backend_follows_the_arrays_or_the_parameter(backend):
     assert auto.result_.backend == backend.name
     named = lr.MatrixCompletion(rank=2, max_iter=10, random_state=0, backend=backend.name).fit(X)  # moved there
     assert named.result_.backend == backend.name
-    np.testing.assert_array_equal(backend.get(named.U_), backend.get(auto.U_))
+    if backend.name == "cpu":
+        np.testing.assert_array_equal(named.U_, auto.U_)
+    else:  # cuBLAS may pick another GEMM kernel for other addresses: the same to the last bits only
+        np.testing.assert_allclose(backend.get(named.U_), backend.get(auto.U_), rtol=1e-12, atol=1e-14)
     # Later host inputs go to the factors' side.
     np.testing.assert_allclose(backend.get(named.predict(X)), backend.get(auto.predict(backend.put(X))))
 

@@ -5,12 +5,25 @@ CuPy's allow_synchronize(False) also proves that nothing else synchronizes in be
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
 
 from lowrank_hpc import _arrays
 from lowrank_hpc.recover import batched_als, batched_factored_gd
+
+
+@contextlib.contextmanager
+def _allow_synchronize(allow: bool):
+    """cupyx.allow_synchronize without CuPy 14's warning that it may be removed (it still raises on
+    a synchronization, which is what these tests need)."""
+    import cupyx
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="cupyx.allow_synchronize will be removed", category=UserWarning)
+        with cupyx.allow_synchronize(allow):
+            yield
 
 
 @pytest.fixture
@@ -20,9 +33,7 @@ def counted_reads(monkeypatch, backend):
     original = _arrays.Call.to_host
     guard = contextlib.nullcontext
     if backend.name == "cuda":
-        import cupyx
-
-        guard = cupyx.allow_synchronize
+        guard = _allow_synchronize
 
     def to_host(self, x):
         reads.append(1)

@@ -3,12 +3,12 @@
 # python3, CuPy, torch, pytest, pybind11 and nvcc): build with CUDA for sm_90, run the gpu-marked
 # tests with LOWRANK_HPC_REQUIRE_GPU=1, bench/bench_gpu.py, and compute-sanitizer memcheck on the
 # kernel tests. Logs go to $OUT (default ./device-out), one file per stage.
-#   STAGES=build,repro,tests,bench,sanitizer  TEST_ARGS="tests/test_coo_kernels.py"  BENCH_ARGS="--quick"
+#   STAGES=build,throws,tests,bench,sanitizer  TEST_ARGS="tests/test_coo_kernels.py"  BENCH_ARGS="--quick"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
 mkdir -p "$OUT"
-STAGES=${STAGES:-build,repro,tests,bench,sanitizer}
+STAGES=${STAGES:-build,throws,tests,bench,sanitizer}
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-$(nproc)}
 BUILD_DIR=${BUILD_DIR:-build-gpu}
@@ -38,13 +38,36 @@ fi
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 $PY -c 'import lowrank_hpc as lr, json; print(json.dumps(lr.info()["cuda"]))' 2>&1 | tee -a "$OUT/machine.txt"
 
-if stage repro; then
-  # 2026-12-04: the random-order SpMM rows at nnz 1e7 hit an illegal address (which side was not
-  # known); each call synchronised, launches blocking, so the faulting kernel is named.
-  stamp "repro: random-order kernels at nnz 1e7, blocking launches"
-  CUDA_LAUNCH_BLOCKING=1 timeout 90 $PY bench/bench_gpu.py --sections kernels --nnz 10000000 --ranks 1,32 \
-    --orders random --repeats 1 > "$OUT/repro.md" 2>&1
-  echo "repro rc=$?"; grep -v "^|---" "$OUT/repro.md" | tail -12
+if stage throws; then
+  # 2026-12-04: a ValueError raised by the _cuda module's 16-bit sampled_product check (out of the
+  # wrong dtype) killed the process with SIGSEGV on the lent machine (gcc 13.3 build), never here
+  # (gcc 12, valgrind clean). Each case in its own process, with stand-in arrays (never read):
+  # which dtypes, which check, and whether importing cupy or torch first matters.
+  stamp "throws: binding checks of the _cuda module"
+  for pre in none cupy torch; do for case in float16:out float32:out float16:V float32:count; do
+    timeout 60 $PY - "$pre" "$case" > "$OUT/throw.txt" 2>&1 <<'PROBE'
+import importlib, sys
+pre, (dtype, check) = sys.argv[1], sys.argv[2].split(":")
+if pre != "none":
+    importlib.import_module(pre)
+from lowrank_hpc import _cuda
+class Stand:
+    def __init__(self, typestr, *shape):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (256, False), "version": 3}
+t, other = {"float16": ("<f2", "<f4"), "float32": ("<f4", "<f8")}[dtype]
+i = lambda *s: Stand("<i8", *s)
+try:
+    if check == "count":
+        _cuda.count_nonfinite(Stand(t, 4), Stand(other, 1), 0)
+    else:
+        V = Stand(other if check == "V" else t, 1, 5, 2)
+        _cuda.sampled_product(Stand(t, 1, 4, 2), V, i(20), i(20), i(2), Stand(other if check == "out" else t, 20), i(1), 0)
+    print("no error")
+except Exception as error:
+    print(type(error).__name__, str(error)[:70])
+PROBE
+    echo "$pre $case rc=$? $(tail -1 "$OUT/throw.txt")"
+  done; done | tee "$OUT/throws.txt"
 fi
 
 if stage tests; then

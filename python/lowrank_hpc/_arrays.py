@@ -244,13 +244,16 @@ def count_nonfinite(call: Call, x: Any) -> int:
 def resolve(function: str, **arrays: Any) -> Call:
     """Pick the backend for one call from its arrays and the backend in force.
 
-    Host (numpy) and device arrays may not mix; a forced backend must match the arrays.
+    Host (numpy) and device arrays may not mix, except ``offsets`` (B + 1 problem boundaries, read
+    on the host anyway) on the host beside device data; a forced backend must match the arrays.
     """
     host, device = [], []
     template = None
     for name, x in arrays.items():
         if x is None:
             continue
+        if name == "offsets" and not is_device_array(x):
+            continue  # follows the other arrays: offsets_array moves it to the device
         # Device first: CuPy arrays define __array__ too (to refuse an implicit copy).
         if is_device_array(x):
             device.append(name)
@@ -278,6 +281,14 @@ def resolve(function: str, **arrays: Any) -> Call:
                 template=template)
 
 
+def offsets_input(call: Call, name: str, offsets: Any):
+    """Problem boundaries as a 1-D index array on the call's backend; host offsets beside device
+    data are copied there (B + 1 numbers, once a call)."""
+    if call.on_device and not is_device_array(offsets):
+        offsets = call.xp.asarray(np.asarray(offsets))
+    return call.index_array(name, offsets)
+
+
 def offsets_array(call: Call, name: str, offsets: Any, batch: int, nnz: int):
     """Validated int64 offsets of length batch + 1 (0, ..., nnz, non-decreasing) on the call's
     backend: read on the host once per call (a solver validates them once per solve)."""
@@ -286,7 +297,9 @@ def offsets_array(call: Call, name: str, offsets: Any, batch: int, nnz: int):
             raise ValueError(f"{call.function}: batched factors (batch={batch}) need {name}, an array of "
                              f"length batch + 1 that splits the entries among the problems")
         return call.xp.asarray(np.array([0, nnz], dtype=np.int64))
-    offsets = call.index_array(name, offsets, length=batch + 1)
+    offsets = offsets_input(call, name, offsets)
+    if offsets.shape[0] != batch + 1:
+        raise ValueError(f"{call.function}: {name} has length {offsets.shape[0]}, expected {batch + 1}")
     host = call.to_host(offsets)
     if host[0] != 0 or host[-1] != nnz:
         raise ValueError(f"{call.function}: {name} must start at 0 and end at the number of entries {nnz}, "

@@ -230,6 +230,27 @@ def cupy_module() -> ModuleType:
     return _cupy
 
 
+class _StreamHandle:
+    """A raw cudaStream_t behind the CUDA stream protocol (``__cuda_stream__``: version 0, handle)."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple:
+        return (0, self.handle)
+
+
+def external_stream(handle: int, device_index: int) -> Any:
+    """CuPy's view of another library's stream (torch's, JAX's): a context manager that makes it
+    current. CuPy 14 deprecates ExternalStream for Stream.from_external; older CuPy has only the former."""
+    cupy = cupy_module()
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is None:
+        return cupy.cuda.ExternalStream(handle, device_index)
+    with cupy.cuda.Device(device_index):
+        return from_external(_StreamHandle(handle))
+
+
 # Numbers defined once in the core (cpp/include/lowrank_hpc/core/constants.hpp and the enums the
 # kernels take), exported by both modules alike: the halving limits, method and kernel codes.
 CONSTANTS: dict = _cpu.CONSTANTS

@@ -137,7 +137,7 @@ class Adafactor(torch.optim.Optimizer):
         if param.device.type != "cuda":
             return contextlib.nullcontext()
         stream = torch.cuda.current_stream(param.device)
-        return _backend.cupy_module().cuda.ExternalStream(stream.cuda_stream, param.device.index)
+        return _backend.external_stream(stream.cuda_stream, param.device.index)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, resolve
+from .._arrays import Call, offsets_array, offsets_input, resolve
 from .._random import gaussian_fill
 from ..ops.sparse_times_dense import csr_order
 from ._driver import (LOOP_CONSTRAINTS, Digest, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
@@ -359,7 +359,7 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
         raise ValueError(f"{function}: rank {rank} is too large for the {call.backend} ALS kernel with {vals.dtype} "
                          f"({what} * {vals.dtype.itemsize} bytes must fit in {limit // 1024} KiB of shared memory)")
     if batched:
-        offsets = call.index_array("offsets", offsets)
+        offsets = offsets_input(call, "offsets", offsets)
         batch = int(offsets.shape[0]) - 1
         if batch < 1:
             raise ValueError(f"{function}: offsets must have length B + 1 >= 2, got {offsets.shape[0]}")

@@ -118,7 +118,7 @@ def _stream(x: torch.Tensor) -> ContextManager:
     if x.device.type != "cuda":
         return contextlib.nullcontext()
     stream = torch.cuda.current_stream(x.device)
-    return _backend.cupy_module().cuda.ExternalStream(stream.cuda_stream, x.device.index)
+    return _backend.external_stream(stream.cuda_stream, x.device.index)
 
 
 # -- sampled_product: vals[k] = <U[rows[k]], V[cols[k]]> -------------------------------------------
