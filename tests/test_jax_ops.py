@@ -95,6 +95,9 @@ def test_top_k_indices_and_jit():
     flat = np.argsort(-np.abs(K).reshape(-1), kind="stable")[:5]
     top = lj.kernel_product(U, V, "tanh", 5, top_k_mode="global")
     np.testing.assert_array_equal(np.asarray(top.rows) * V.shape[0] + np.asarray(top.cols), flat)
+    top = lj.kernel_product(U, V, "tanh", 5, top_k_mode="global", top_k_order="position")
+    np.testing.assert_array_equal(np.asarray(top.rows) * V.shape[0] + np.asarray(top.cols), np.sort(flat))
+    np.testing.assert_allclose(top.values, K.reshape(-1)[np.sort(flat)], rtol=1e-14)
 
     @jax.jit
     def loss_grad(U, V):
@@ -132,5 +135,7 @@ def test_errors_name_the_argument():
         lj.sparse_times_dense(rows, cols, vals[:11], V, 7)
     with pytest.raises(ValueError, match="kernel_product: unknown kernel 'rbf'"):
         lj.kernel_product(U, V, "rbf")
+    with pytest.raises(ValueError, match="kernel_product: top_k_order must be one of"):
+        lj.kernel_product(U, V, "relu", 3, top_k_order="value")
     with pytest.raises(ValueError, match=r"top_k must satisfy 1 <= top_k <= 42 in global mode, got 43"):
         lj.kernel_product(U, V, "relu", 43, top_k_mode="global")

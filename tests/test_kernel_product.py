@@ -82,6 +82,39 @@ def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows):
     np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("kernel", ["relu", "tanh"])
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (200, None), (13 * 29, 5)])
+def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_rows):
+    # The reference's entries (ranked in float64, ties to the smaller index), put in position
+    # order: row-major flat index (global), ascending column in each row (row mode). relu ties
+    # every negative product at 0, so the tie rule decides which zeros are kept.
+    m, n, r = 13, 29, 4
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    K = reference.kernel_product(U, V, kernel)
+    expected_values, expected_rows, expected_cols = reference.top_k_global(K, k)
+    by_position = np.argsort(expected_rows * n + expected_cols, axis=-1)
+    result = kernel_product(backend.put(U), backend.put(V), kernel, k, top_k_mode="global", top_k_order="position",
+                            block_rows=block_rows)
+    values, rows, cols = (backend.get(x) for x in result)
+    np.testing.assert_array_equal(rows, np.take_along_axis(expected_rows, by_position, -1))
+    np.testing.assert_array_equal(cols, np.take_along_axis(expected_cols, by_position, -1))
+    np.testing.assert_allclose(values, np.take_along_axis(expected_values, by_position, -1), rtol=RTOL[dtype], atol=0)
+    k_row = min(k, n)
+    expected_values, expected_indices = reference.top_k_rows(K, k_row)
+    by_column = np.argsort(expected_indices, axis=-1)
+    result = kernel_product(backend.put(U), backend.put(V), kernel, k_row, top_k_order="position",
+                            block_rows=block_rows)
+    np.testing.assert_array_equal(backend.get(result.indices), np.take_along_axis(expected_indices, by_column, -1))
+    np.testing.assert_allclose(backend.get(result.values), np.take_along_axis(expected_values, by_column, -1),
+                               rtol=RTOL[dtype], atol=0)
+
+
+def test_top_k_order_is_checked(backend, rng):
+    U, V = _gaussian(rng, None, 4, 5, 2, np.float64)
+    _raises(backend, ValueError, "top_k_order must be one of", U, V, "tanh", 2, top_k_order="value")
+
+
 @pytest.mark.parametrize("m,n,r,k,mode", [(1, 7, 2, 7, "global"), (5, 1, 1, 1, "row"), (5, 1, 1, 5, "global"),
                                          (1, 67, 66, 3, "row")])
 @pytest.mark.parametrize("kernel", ["identity", "piecewise_linear"])

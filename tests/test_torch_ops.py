@@ -72,6 +72,13 @@ def test_values_equal_the_numpy_kernels_and_the_references(name):
         np.testing.assert_array_equal(result.rows.numpy(), ref[1])
         np.testing.assert_array_equal(result.cols.numpy(), ref[2])
         np.testing.assert_allclose(result.values.numpy(), ref[0], **TOL[dtype])
+        by_position = np.argsort(ref[1] * Vn.shape[0] + ref[2])
+        result = lt.kernel_product(U, V, kernel, 9, top_k_mode="global", top_k_order="position")
+        np.testing.assert_array_equal(result.rows.numpy(), ref[1][by_position])
+        np.testing.assert_array_equal(result.cols.numpy(), ref[2][by_position])
+        np.testing.assert_allclose(result.values.numpy(), ref[0][by_position], **TOL[dtype])
+        values, indices = lt.kernel_product(U, V, kernel, 2, top_k_order="position")
+        np.testing.assert_array_equal(indices.numpy(), np.sort(ref_indices, axis=1))
 
 
 def test_batched_lowrank_and_kernel_products():
@@ -108,11 +115,14 @@ def _cases(U, V, rows, cols, vals):
         cases.append((f"top_k_global_{kernel}",
                       lambda U, V, k=kernel: lt.kernel_product(U, V, k, 9, top_k_mode="global").values,
                       lambda U, V, f=f, k=kernel: f(U @ V.T)[_global(U, V, k)], (U * scale, V)))
+    cases.append(("top_k_global_tanh_position",
+                  lambda U, V: lt.kernel_product(U, V, "tanh", 9, top_k_mode="global", top_k_order="position").values,
+                  lambda U, V: torch.tanh(U @ V.T)[_global(U, V, "tanh", "position")], (U * 0.4, V)))
     return cases
 
 
-def _global(U, V, kernel):
-    result = lt.kernel_product(U.detach(), V.detach(), kernel, 9, top_k_mode="global")
+def _global(U, V, kernel, order="magnitude"):
+    result = lt.kernel_product(U.detach(), V.detach(), kernel, 9, top_k_mode="global", top_k_order=order)
     return result.rows, result.cols
 
 

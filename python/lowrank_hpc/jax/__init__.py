@@ -179,8 +179,8 @@ def lowrank_product(U, V):
     return _kernel_dense(U, V, "identity")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _top_k(U, V, kernel: str, k: int, mode: str):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
     m = U.shape[0]
     if mode == "row":
         shapes = (jax.ShapeDtypeStruct((m, k), U.dtype), jax.ShapeDtypeStruct((m, k), jnp.int32))
@@ -189,19 +189,19 @@ def _top_k(U, V, kernel: str, k: int, mode: str):
                   jax.ShapeDtypeStruct((k,), jnp.int32))
 
     def host(U, V):
-        result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, check_finite=False)
+        result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order, check_finite=False)
         # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
         return (result[0],) + tuple(x.astype(np.int32) for x in result[1:])
 
     return _callback(host, shapes, U, V)
 
 
-def _top_k_fwd(U, V, kernel, k, mode):
-    out = _top_k(U, V, kernel, k, mode)
+def _top_k_fwd(U, V, kernel, k, mode, order):
+    out = _top_k(U, V, kernel, k, mode, order)
     return out, (U, V, out)
 
 
-def _top_k_bwd(kernel, k, mode, residuals, grads):
+def _top_k_bwd(kernel, k, mode, order, residuals, grads):
     U, V, out = residuals
     values = out[0].reshape(-1)
     weights = grads[0].reshape(-1) * _derivative(kernel, values)
@@ -217,10 +217,10 @@ _top_k.defvjp(_top_k_fwd, _top_k_bwd)
 
 
 def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, *,
-                   top_k_mode: str = "row") -> Union[jax.Array, TopK, GlobalTopK]:
+                   top_k_mode: str = "row", top_k_order: str = "magnitude") -> Union[jax.Array, TopK, GlobalTopK]:
     """K = f(U V^T) (``lowrank_hpc.ops.kernel_product``), dense or its top-k entries by |f|,
     differentiable in U and V (through the kept entries in top-k mode). Top-k indices are int32.
-    kernel, top_k and top_k_mode are static."""
+    kernel, top_k, top_k_mode and top_k_order ("magnitude": best first, or "position") are static."""
     kernel = _kernel_name(kernel)
     if top_k is None:
         _check_pair("kernel_product", U, V, (2, 3))
@@ -228,11 +228,13 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
     _check_pair("kernel_product", U, V)
     if top_k_mode not in ("row", "global"):
         raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    if top_k_order not in ops.TOP_K_ORDERS:
+        raise ValueError(f"kernel_product: top_k_order must be one of {ops.TOP_K_ORDERS}, got {top_k_order!r}")
     m, n = U.shape[0], V.shape[0]
     limit = n if top_k_mode == "row" else m * n
     if not 1 <= top_k <= limit:
         raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {limit} in {top_k_mode} mode, got {top_k}")
     if m * n >= 2**31:
         raise ValueError(f"kernel_product: m * n = {m * n} does not fit the int32 indices of the JAX top-k")
-    result = _top_k(U, V, kernel, int(top_k), top_k_mode)
+    result = _top_k(U, V, kernel, int(top_k), top_k_mode, top_k_order)
     return TopK(*result) if top_k_mode == "row" else GlobalTopK(*result)

@@ -22,6 +22,9 @@ _KERNEL_CODES: dict[str, int] = CONSTANTS["kernel_functions"]
 KERNELS = tuple(sorted(_KERNEL_CODES, key=_KERNEL_CODES.__getitem__))
 _ALIASES = {"exp": "exponential"}
 TOP_K_MODES = ("row", "global")
+# Order of the kept entries: best first, or by position (column; row-major flat index), the CSR
+# order a sparse product of the kept entries wants.
+TOP_K_ORDERS = ("magnitude", "position")
 _BLOCK_BYTES = 64 << 20  # a row block of U V^T stays within this unless block_rows is given
 
 
@@ -140,54 +143,62 @@ def _top_k_rows(selection: _Selection, batch: int, m: int):
     return values, indices
 
 
-def _top_k_global(selection: _Selection, batch: int, n: int, k: int):
-    # Any entry of the global top-k is in its row's top-min(k, n), so each block only offers
-    # those; merging them with the running best k keeps memory at O(block + k). When the rows
-    # would offer most of themselves (k >= n / 4: a SNELL adapter keeps a fraction of the whole
-    # matrix), a per-row selection saves nothing: the block's entries compete directly.
+def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
+    # Any entry of the global top-k is in its row's top-min(k, n), and in its block's top-k, so
+    # each block offers only those, merged with the running best k: memory O(block + k). When
+    # the rows would offer most of themselves (k >= n / 4: a SNELL adapter keeps a fraction of
+    # the whole matrix), a per-row selection saves nothing: the block's entries compete directly.
+    # Everything stays in flat order (blocks come in row order, so a block's entries follow the
+    # running best): the tie rule is then "first found", and only the final k are sorted best
+    # first, if asked.
     xp = selection.call.xp
     values = xp.empty((batch, k), dtype=selection.U3.dtype)
     flat = xp.empty((batch, k), dtype=xp.int64)
     whole_rows = 4 * min(k, n) >= n
     for b in range(batch):
-        best_values = xp.empty(0, dtype=selection.U3.dtype)
-        best_flat = xp.empty(0, dtype=xp.int64)
-        if whole_rows:
-            offers = ((block.reshape(-1), xp.arange(start * n, start * n + block.size, dtype=xp.int64))
-                      for start, block in selection.dense_blocks(b))
+        best_values = best_flat = None
+        if whole_rows:  # a block's flat indices are a range: only its first is passed
+            offers = ((block.reshape(-1), start * n) for start, block in selection.dense_blocks(b))
         else:
             offers = ((block_values.reshape(-1),
                        (xp.arange(start, start + block_values.shape[0], dtype=xp.int64)[:, None] * n
                         + block_indices).reshape(-1))
                       for start, block_values, block_indices in selection.blocks(b))
         for offered_values, offered_flat in offers:
-            if best_flat.shape[0] == 0 and whole_rows:  # the first block: already in flat order
-                best_values, best_flat = _best(xp, offered_values, offered_flat, k)
-                continue
-            merged_values = xp.concatenate([best_values, offered_values])
-            merged_flat = xp.concatenate([best_flat, offered_flat])
-            by_flat = xp.argsort(merged_flat)  # flat indices are unique: no tie to break here
-            best_values, best_flat = _best(xp, merged_values[by_flat], merged_flat[by_flat], k)
+            if not whole_rows:  # each row's offers come best first: put them in flat order
+                by_flat = xp.argsort(offered_flat)  # flat indices are unique: no tie to break here
+                offered_values, offered_flat = offered_values[by_flat], offered_flat[by_flat]
+            block_values, block_flat = _kept(xp, offered_values, offered_flat, k)
+            if best_values is None:
+                best_values, best_flat = block_values, block_flat
+            else:
+                best_values, best_flat = _kept(xp, xp.concatenate([best_values, block_values]),
+                                               xp.concatenate([best_flat, block_flat]), k)
+        if by_magnitude:
+            order = _stable_argsort(xp, -xp.abs(best_values))  # ties keep flat order: the smaller first
+            best_values, best_flat = best_values[order], best_flat[order]
         values[b], flat[b] = best_values, best_flat
     return values, flat // n, flat % n
 
 
-def _best(xp, values, flat, k: int):
-    """The k entries of largest |values| (ties to the smaller flat index; ``flat`` ascending),
-    best first: a partition finds the k-th magnitude, and only the entries kept are sorted.
-    Returns new arrays (fancy indexing copies), so ``values`` may be a reused buffer."""
-    if values.shape[0] > k:
-        magnitude = xp.abs(values)
-        threshold = xp.partition(magnitude, magnitude.shape[0] - k)[magnitude.shape[0] - k]
-        keep = magnitude > threshold
-        if not (threshold == threshold):  # NaN magnitudes (an overflow, raised by the caller)
-            keep = xp.zeros(magnitude.shape[0], dtype=bool)
-            keep[:k] = True
-        tied = xp.flatnonzero(magnitude == threshold)[:k - int(keep.sum())]
-        keep[tied] = True
-        values, flat = values[keep], flat[keep]
-    order = _stable_argsort(xp, -xp.abs(values))
-    return values[order], flat[order]
+def _kept(xp, values, flat, k: int):
+    """The (at most) k entries of largest |values|, in their given order, ties to the earlier;
+    ``flat``: their flat indices, or an int, the first of a range. A partition finds the k-th
+    magnitude. Returns new arrays: ``values`` may be a reused buffer."""
+    if values.shape[0] <= k:
+        if isinstance(flat, int):
+            flat = xp.arange(flat, flat + values.shape[0], dtype=xp.int64)
+        return values.copy(), flat.copy()
+    magnitude = xp.abs(values)
+    threshold = xp.partition(magnitude, magnitude.shape[0] - k)[magnitude.shape[0] - k]
+    keep = magnitude > threshold
+    if not (threshold == threshold):  # NaN magnitudes (an overflow, raised by the caller)
+        keep = xp.zeros(magnitude.shape[0], dtype=bool)
+        keep[:k] = True
+    tied = xp.flatnonzero(magnitude == threshold)[:k - int(keep.sum())]
+    keep[tied] = True
+    kept_flat = xp.flatnonzero(keep) + flat if isinstance(flat, int) else flat[keep]
+    return values[keep], kept_flat
 
 
 def _round_to(call: Call, code: int, half, values):
@@ -204,9 +215,11 @@ def _round_to(call: Call, code: int, half, values):
 
 
 @_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),
-                     block_rows=_checks.optional(_checks.positive_int), check_finite=_checks.flag)
+                     top_k_order=_checks.one_of(*TOP_K_ORDERS), block_rows=_checks.optional(_checks.positive_int),
+                     check_finite=_checks.flag)
 def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int] = None, *,
-                   top_k_mode: str = "row", block_rows: Optional[int] = None, check_finite: bool = True) -> Any:
+                   top_k_mode: str = "row", top_k_order: str = "magnitude", block_rows: Optional[int] = None,
+                   check_finite: bool = True) -> Any:
     """K = f(U V^T), entry-wise K[i, j] = f(<U_i, V_j>), dense or reduced to its top-k entries.
 
     Parameters
@@ -221,6 +234,10 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     top_k : None for the dense result; else keep the top_k entries by |f(x)|: per row
         (1 <= top_k <= n) or over the whole matrix (1 <= top_k <= m * n) per ``top_k_mode``.
     top_k_mode : "row" or "global".
+    top_k_order : the order of the kept entries: "magnitude" (larger |f| first, ties to the
+        smaller column (row mode) or flat index (global)) or "position" (ascending column in each
+        row; global: row-major, rows then columns ascending: the CSR order a sparse product of the
+        kept entries wants, and no sort of them by magnitude).
     block_rows : rows of U V^T formed at a time in top-k mode; default: as many as fit 64 MiB.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
@@ -229,7 +246,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     top_k None: (m, n) or (batch, m, n) array of the inputs' dtype.
     "row": :class:`TopK` (values (..., m, top_k), indices (..., m, top_k) int64 columns).
     "global": :class:`GlobalTopK` (values, rows, cols, each (..., top_k); int64 indices).
-    Ordering: larger |f| first, ties to the smaller column (row mode) or flat index (global).
+    Ordering: per ``top_k_order``.
     The top-k mode never forms the dense m x n matrix.
 
     Raises
@@ -267,10 +284,14 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     if top_k_mode == "row":
         values, indices = _top_k_rows(selection, batch, m)
         selection.check()
+        if top_k_order == "position":
+            by_column = call.xp.argsort(indices, axis=-1)  # columns in a row are distinct
+            values = call.xp.take_along_axis(values, by_column, axis=-1)
+            indices = call.xp.take_along_axis(indices, by_column, axis=-1)
         values = _round_to(call, code, half, values)
         result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
     else:
-        values, rows, cols = _top_k_global(selection, batch, n, top_k)
+        values, rows, cols = _top_k_global(selection, batch, n, top_k, top_k_order == "magnitude")
         selection.check()
         values = _round_to(call, code, half, values)
         result = GlobalTopK(*(call.wrap(x if batched else x[0]) for x in (values, rows, cols)))

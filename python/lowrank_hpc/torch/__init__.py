@@ -49,7 +49,7 @@ def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", top_k: Optional[int] = None, *,
-                   top_k_mode: str = "row") -> Union[torch.Tensor, TopK, GlobalTopK]:
+                   top_k_mode: str = "row", top_k_order: str = "magnitude") -> Union[torch.Tensor, TopK, GlobalTopK]:
     """K = f(U V^T) entry-wise (``lowrank_hpc.ops.kernel_product``), dense or its top-k entries by
     |f|, differentiable in U and V (through the kept entries in top-k mode; the selection is
     piecewise constant).
@@ -57,7 +57,8 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     kernel: one of ``lowrank_hpc.ops.KERNELS`` (or "exp"). top_k None: the dense (..., m, n)
     tensor (2-D or 3-D inputs). top_k with ``top_k_mode="row"``: :class:`TopK` (values (m, k),
     indices (m, k) int64); ``"global"``: :class:`GlobalTopK` (values, rows, cols of shape (k,)).
-    Top-k mode takes 2-D U and V and never forms the dense m x n matrix.
+    Top-k mode takes 2-D U and V and never forms the dense m x n matrix. ``top_k_order``:
+    "magnitude" (best first) or "position" (columns ascending in each row; global: row-major).
     """
     kernel = kernel_name("kernel_product", kernel)
     if top_k is None:
@@ -65,7 +66,7 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     if isinstance(top_k, bool) or not isinstance(top_k, int):
         raise TypeError(f"kernel_product: top_k must be an int or None, got {type(top_k).__name__}")
     if top_k_mode == "row":
-        return TopK(*kernel_top_k_rows_op(U, V, kernel, top_k))
+        return TopK(*kernel_top_k_rows_op(U, V, kernel, top_k, top_k_order))
     if top_k_mode == "global":
-        return GlobalTopK(*kernel_top_k_global_op(U, V, kernel, top_k))
+        return GlobalTopK(*kernel_top_k_global_op(U, V, kernel, top_k, top_k_order))
     raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")

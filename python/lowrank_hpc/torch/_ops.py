@@ -293,46 +293,49 @@ def _kernel_backward(ctx, grad):
 kernel_product_op.register_autograd(_kernel_backward, setup_context=_kernel_setup)
 
 
-def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str) -> None:
+def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str, order: str) -> None:
     _check_pair(function, U, V)
     kernel_name(function, kernel)
+    if order not in ops.TOP_K_ORDERS:
+        raise ValueError(f"{function}: top_k_order must be one of {ops.TOP_K_ORDERS}, got {order!r}")
     if not 1 <= k <= limit:
         raise ValueError(f"{function}: top_k must satisfy 1 <= top_k <= {limit} in {mode} mode, got {k}")
 
 
 @torch.library.custom_op("lowrank_hpc::kernel_top_k_rows", mutates_args=())
-def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row")
+def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
+                         order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
+    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row", order)
     with _stream(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
-                                    top_k_mode="row", check_finite=False)
+                                    top_k_mode="row", top_k_order=order, check_finite=False)
     return _tensor(result.values), _tensor(result.indices)
 
 
 @kernel_top_k_rows_op.register_fake
-def _(U, V, kernel, k):
-    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row")
+def _(U, V, kernel, k, order="magnitude"):
+    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row", order)
     return U.new_empty((U.shape[0], k)), U.new_empty((U.shape[0], k), dtype=torch.int64)
 
 
 @torch.library.custom_op("lowrank_hpc::kernel_top_k_global", mutates_args=())
-def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str,
-                           k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global")
+def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
+                           order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global", order)
     with _stream(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
-                                    top_k_mode="global", check_finite=False)
+                                    top_k_mode="global", top_k_order=order, check_finite=False)
     return _tensor(result.values), _tensor(result.rows), _tensor(result.cols)
 
 
 @kernel_top_k_global_op.register_fake
-def _(U, V, kernel, k):
-    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global")
+def _(U, V, kernel, k, order="magnitude"):
+    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global", order)
     return U.new_empty(k), U.new_empty(k, dtype=torch.int64), U.new_empty(k, dtype=torch.int64)
 
 
 def _top_k_setup(ctx, inputs, output):
-    U, V, kernel, k = inputs
+    U, V, kernel = inputs[:3]
     ctx.kernel = kernel_name("kernel_product", kernel)
     ctx.save_for_backward(U, V, *output)
     ctx.mark_non_differentiable(*output[1:])
@@ -354,12 +357,12 @@ def _top_k_rows_backward(ctx, grad_values, grad_indices):
     U, V, values, indices = ctx.saved_tensors
     k = indices.shape[1]
     rows = torch.arange(U.shape[0], device=U.device).repeat_interleave(k)
-    return _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, indices.reshape(-1), U, V)
+    return _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, indices.reshape(-1), U, V) + (None,)
 
 
 def _top_k_global_backward(ctx, grad_values, grad_rows, grad_cols):
     U, V, values, rows, cols = ctx.saved_tensors
-    return _selected_backward(ctx, grad_values, values, rows, cols, U, V)
+    return _selected_backward(ctx, grad_values, values, rows, cols, U, V) + (None,)
 
 
 kernel_top_k_rows_op.register_autograd(_top_k_rows_backward, setup_context=_top_k_setup)

@@ -78,20 +78,21 @@ class KernelizedLoRA(nn.Module):
     def merged(self) -> bool:
         return self._merged is not None
 
-    def sparse_delta(self) -> GlobalTopK:
+    def sparse_delta(self, order: str = "magnitude") -> GlobalTopK:
         """The kept entries of the update: values (scale * f, differentiable in A and B), rows and
-        cols (int64), top_k of them (out_features * top_k in row mode), best first."""
+        cols (int64), top_k of them (out_features * top_k in row mode), best first, or with
+        ``order="position"`` row-major (rows, then columns ascending: CSR order)."""
         if self.top_k_mode == "global":
-            values, rows, cols = kernel_top_k_global_op(self.A, self.B, self.kernel, self.top_k)
+            values, rows, cols = kernel_top_k_global_op(self.A, self.B, self.kernel, self.top_k, order)
         else:
-            values, indices = kernel_top_k_rows_op(self.A, self.B, self.kernel, self.top_k)
+            values, indices = kernel_top_k_rows_op(self.A, self.B, self.kernel, self.top_k, order)
             rows = torch.arange(self.A.shape[0], device=self.A.device).repeat_interleave(self.top_k)
             values, cols = values.reshape(-1), indices.reshape(-1)
         return GlobalTopK(values * self.scale if self.scale != 1.0 else values, rows, cols)
 
     def delta_weight(self) -> torch.Tensor:
         """The kept update as a dense (out_features, in_features) tensor (differentiable)."""
-        values, rows, cols = self.sparse_delta()
+        values, rows, cols = self.sparse_delta("position")
         dense = values.new_zeros(self.base.weight.shape)
         return dense.index_put((rows, cols), values)
 
@@ -99,7 +100,7 @@ class KernelizedLoRA(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        values, rows, cols = self.sparse_delta()
+        values, rows, cols = self.sparse_delta("position")  # CSR order: the product skips its sort
         out_features, in_features = self.base.weight.shape
         tokens = x.reshape(-1, in_features)
         # D_kept @ x^T by the sparse-times-dense kernel: (out, tokens), touching only kept entries.
@@ -111,7 +112,7 @@ class KernelizedLoRA(nn.Module):
         """Add the kept update into base.weight; the forward then is the plain layer's."""
         if self.merged:
             raise RuntimeError("KernelizedLoRA.merge: already merged (unmerge first)")
-        values, rows, cols = self.sparse_delta()
+        values, rows, cols = self.sparse_delta("position")
         weight = self.base.weight
         saved = weight[rows, cols].clone()
         weight.index_put_((rows, cols), values.to(weight.dtype), accumulate=True)
