@@ -452,3 +452,40 @@ def test_sparse_times_dense_names_the_first_bad_column_in_input_order(backend, r
     vals, B = rng.standard_normal(rows.shape[0]), rng.standard_normal((30, 3))
     with pytest.raises(IndexError, match=rf"cols\[{early}\] = 30 is out of range \[0, 30\)"):
         lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), 50)
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 8, 16, 17])
+def test_sparse_pattern_sums_each_row_in_input_order(backend, dtype, rng, r):
+    """Rows of uneven length (0 to 9 entries) summed bit for bit as a sequential loop in the
+    dtype sums them: product, then add, entry by entry, in the entries' order."""
+    lengths = rng.integers(0, 10, 37)
+    lengths[[4, 5, 6, 7]] = [0, 9, 1, 0]
+    rows = np.repeat(np.arange(37), lengths)
+    cols = rng.integers(0, 11, rows.shape[0])
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    B = rng.standard_normal((11, r)).astype(dtype)
+    expected = np.zeros((37, r), dtype=dtype)
+    for k in range(rows.shape[0]):
+        expected[rows[k]] = expected[rows[k]] + vals[k] * B[cols[k]]
+    pattern = lr.ops.SparsePattern(backend.put(rows), backend.put(cols), (37, 11))
+    np.testing.assert_array_equal(backend.get(pattern.times_dense(backend.put(vals), backend.put(B))), expected)
+    np.testing.assert_array_equal(
+        backend.get(lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), 37)), expected)
+
+
+@pytest.mark.parametrize("r", [1, 4, 16, 40])
+def test_sparse_pattern_refuses_an_index_changed_after_it_was_built(rng, r):
+    """The pattern keeps the caller's sorted columns; one changed later is caught by the product
+    (in the first row or the last), never read outside B."""
+    rows = np.repeat(np.arange(12), 5)
+    cols = rng.integers(0, 6, rows.shape[0])
+    pattern = lr.ops.SparsePattern(rows, cols, (12, 6))
+    vals, B = rng.standard_normal(rows.shape[0]), rng.standard_normal((6, r))
+    before = pattern.times_dense(vals, B)
+    for position in (2, 57):  # a row of the first group, a row of the last
+        kept = cols[position]
+        cols[position] = 6
+        with pytest.raises(IndexError, match=rf"cols\[{position}\] = 6 is out of range \[0, 6\)"):
+            pattern.times_dense(vals, B)
+        cols[position] = kept
+    np.testing.assert_array_equal(pattern.times_dense(vals, B), before)
