@@ -2,12 +2,15 @@
 numpy sort of that float64 reference (never of the kernel's own output), and the error paths."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 import reference
 from conftest import RTOL, rel_error
 from lowrank_hpc.ops import KERNELS, GlobalTopK, TopK, kernel_product
+kernel_product_module = importlib.import_module("lowrank_hpc.ops.kernel_product")  # ops.kernel_product: the function
 
 # (batch or None, m, n, r): single rows/columns, rank 1, primes, rank above 64.
 SHAPES = [(None, 1, 5, 1), (None, 7, 1, 3), (None, 13, 17, 5), (None, 71, 67, 70), (3, 11, 13, 4)]
@@ -108,6 +111,41 @@ def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_ro
     np.testing.assert_array_equal(backend.get(result.indices), np.take_along_axis(expected_indices, by_column, -1))
     np.testing.assert_allclose(backend.get(result.values), np.take_along_axis(expected_values, by_column, -1),
                                rtol=RTOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("kernel", ["relu", "tanh"])
+@pytest.mark.parametrize("k", [1_000, 30_000, 80_000])
+def test_global_top_k_of_a_large_matrix(backend, dtype, rng, kernel, k):
+    # 160,000 entries: the threshold comes from a partition of the entries above a sampled bound.
+    # Half-integer factors give exact ties (relu's zeros: more than half the entries at k = 80,000).
+    U, V = _half_integers(rng, None, 400, 400, 3, dtype)
+    expected_values, expected_rows, expected_cols = reference.top_k_global(reference.kernel_product(U, V, kernel), k)
+    for order in ("magnitude", "position"):
+        values, rows, cols = (backend.get(x) for x in kernel_product(
+            backend.put(U), backend.put(V), kernel, k, top_k_mode="global", top_k_order=order))
+        flat, expected_flat = rows * 400 + cols, expected_rows * 400 + expected_cols
+        if order == "position":
+            np.testing.assert_array_equal(flat, np.sort(expected_flat))
+        else:
+            np.testing.assert_array_equal(flat, expected_flat)
+            np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("case", ["uniform", "ties", "sampled_entries_largest", "few_distinct"])
+def test_kth_largest_is_exact_whichever_way_it_selects(case):
+    # Private: the sampled bound is a shortcut; where the sample misleads (the strided entries the
+    # largest of all), the full partition answers. Against a sort.
+    rng = np.random.default_rng(11)
+    size = 300_000
+    magnitude = rng.random(size)
+    if case == "ties":
+        magnitude = np.round(magnitude * 50) / 50
+    elif case == "sampled_entries_largest":
+        magnitude[::size // kernel_product_module._SAMPLE] += 10.0
+    elif case == "few_distinct":
+        magnitude = rng.integers(0, 3, size).astype(np.float64)
+    for k in (1, 77, 20_000, size // 2):
+        assert kernel_product_module._kth_largest(np, magnitude, k) == np.sort(magnitude)[size - k]
 
 
 def test_top_k_order_is_checked(backend, rng):
