@@ -8,6 +8,6 @@ from .reductions import sum_of_squares
 from .sampled_product import sampled_product
 from .sparse_times_dense import SparsePattern, sparse_times_dense
 
-__all__ = ["KERNELS", "TOP_K_ORDERS", "GlobalTopK", "SparsePattern", "TopK", "elastic_binary_half_step", "elastic_binary_prox",
-           "kernel_product", "lowrank_product",
-           "sampled_product", "soft_threshold", "sparse_times_dense", "sum_of_squares"]
+__all__ = ["KERNELS", "TOP_K_ORDERS", "GlobalTopK", "SparsePattern", "TopK", "elastic_binary_half_step",
+           "elastic_binary_prox", "kernel_product", "lowrank_product", "sampled_product", "soft_threshold",
+           "sparse_times_dense", "sum_of_squares"]

@@ -22,8 +22,9 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     V : (n, r) or (batch, n, r) array of the same dtype.
     rows, cols : (nnz,) integer arrays of any integer dtype (``np.nonzero``'s output as it is);
         0 <= rows < m, 0 <= cols < n.
-    offsets : (batch + 1,) int array, needed with batched factors: problem b owns entries
-        offsets[b]:offsets[b + 1] (non-decreasing, from 0 to nnz), its own index range.
+    offsets : (batch + 1,) int array (host or the data's device), needed with batched factors:
+        problem b owns entries offsets[b]:offsets[b + 1] (non-decreasing, from 0 to nnz), its own
+        index range.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
     Returns

@@ -191,7 +191,7 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     B : (k, r) or (batch, k, r) dense array of the dtype of vals, any layout, where k is the
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).
     n_rows : rows of the result: S's row count, or its column count with ``transpose``.
-    offsets : (batch + 1,) entry ranges of the problems when B is batched.
+    offsets : (batch + 1,) entry ranges of the problems when B is batched (host or B's device).
     check_finite : raise ValueError if vals or B holds NaN/inf.
 
     Returns

@@ -526,8 +526,8 @@ def batched_als(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int,
         offsets[b]:offsets[b + 1], indices within one problem (0 <= rows < m, 0 <= cols < n).
         Repeated coordinates within a problem count as separate observations, as in :func:`als`
         (the fit sees their mean, weighted by their count).
-    offsets : (B + 1,) int array, non-decreasing from 0 to nnz. A problem may have no entries
-        (its factors are zero when reg > 0).
+    offsets : (B + 1,) int array (host or the data's device), non-decreasing from 0 to nnz. A
+        problem may have no entries (its factors are zero when reg > 0).
     shape, rank, reg, reg_scaling, solver, cg_steps, max_iter, tol, callback, progress, checkpoint,
     checkpoint_every, time_limit : as for :func:`als`, per problem (the bar shows the loss
         summed over the running problems).

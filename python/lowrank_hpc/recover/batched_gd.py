@@ -84,7 +84,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     ----------
     rows, cols : (nnz,) int32/int64 indices, 0 <= rows < m, 0 <= cols < n.
     vals : (nnz,) float32/float64 observed values; every problem needs a nonzero one.
-    offsets : (B + 1,) int array, non-decreasing from 0 to nnz: problem b's entry range.
+    offsets : (B + 1,) int array (host or the data's device), non-decreasing from 0 to nnz: problem
+        b's entry range.
     shape : (m, n) of every problem, two ints >= 1.
     rank : factor width, an int >= 1; as in :func:`factored_gd` it may exceed min(m, n)
         (over-parameterized) except with method "scaled" or init "spectral".
