@@ -489,3 +489,19 @@ def test_sparse_pattern_refuses_an_index_changed_after_it_was_built(rng, r):
             pattern.times_dense(vals, B)
         cols[position] = kept
     np.testing.assert_array_equal(pattern.times_dense(vals, B), before)
+
+
+def test_rank_one_sampled_product_is_the_product_of_two_numbers(backend, dtype, rng):
+    """Rank 1 (its own vector loop on the CPU, past the threading threshold): U[rows] * V[cols]
+    rounded once, bit for bit; a bad index still names its entry."""
+    m, n, nnz = 300, 200, 100_000
+    U, V = rng.standard_normal((m, 1)).astype(dtype), rng.standard_normal((n, 1)).astype(dtype)
+    rows, cols = rng.integers(0, m, nnz).astype(np.int32), rng.integers(0, n, nnz)
+    got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
+    np.testing.assert_array_equal(got, U[rows, 0] * V[cols, 0])
+    cols[77_777] = n
+    with pytest.raises(IndexError, match=rf"cols\[77777\] = {n} is out of range \[0, {n}\)"):
+        lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))
+    rows[5] = -1
+    with pytest.raises(IndexError, match=r"rows\[5\] = -1 is out of range"):
+        lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))

@@ -189,20 +189,6 @@ inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* per
   acc.store(out_row + c0);
 }
 
-// Whether every index in [begin, end) is in [0, bound): the least and the greatest, reductions
-// that vectorise (a bool &= of compares did not: a quarter of the r = 1 product's time).
-template <class I>
-inline bool all_in_range(const I* index, int64_t begin, int64_t end, int64_t bound) {
-  if (begin >= end) return true;
-  I least = index[begin], greatest = index[begin];
-#pragma omp simd reduction(min : least) reduction(max : greatest)
-  for (int64_t j = begin; j < end; ++j) {
-    least = std::min(least, index[j]);
-    greatest = std::max(greatest, index[j]);
-  }
-  return least >= 0 && static_cast<int64_t>(greatest) < bound;
-}
-
 // Columns [c0, c0 + width) for a run-time width < 16: the compiled tile of that width.
 template <class T, class I>
 inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others,
