@@ -492,8 +492,9 @@ def test_sparse_pattern_refuses_an_index_changed_after_it_was_built(rng, r):
 
 
 def test_rank_one_sampled_product_is_the_product_of_two_numbers(backend, dtype, rng):
-    """Rank 1 (its own vector loop on the CPU, past the threading threshold): U[rows] * V[cols]
-    rounded once, bit for bit; a bad index still names its entry."""
+    """Rank 1, past the threading threshold (on the CPU the loop over pre-checked indices,
+    vectorised across entries): U[rows] * V[cols] rounded once, bit for bit; a bad index sends
+    the call through the checking loop, which names its entry."""
     m, n, nnz = 300, 200, 100_000
     U, V = rng.standard_normal((m, 1)).astype(dtype), rng.standard_normal((n, 1)).astype(dtype)
     rows, cols = rng.integers(0, m, nnz).astype(np.int32), rng.integers(0, n, nnz)

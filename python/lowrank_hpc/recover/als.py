@@ -32,9 +32,10 @@ REG_SCALINGS = ("none", "count")
 SOLVERS = ("auto", "cholesky", "cg")
 # solver="auto" takes conjugate gradients from this rank on: a row's exact solve costs
 # entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
-# entries * r. The steps' inexactness costs loss in the first iterations (MovieLens-20M's shape:
-# 16-35% above the exact solver's after 3 iterations, BENCHMARKS.md session 10); run to
-# convergence it reaches the exact solver's loss (tests/test_als.py).
+# entries * r. The steps' inexactness costs loss per iteration (MovieLens-20M's shape: 16-35%
+# above the exact solver's after 3 iterations, 5.6% (r = 64) and 11% (r = 128) after 12), not per
+# second at r >= 128 (ahead there at equal time; BENCHMARKS.md session 11); run to convergence on
+# small problems it reaches the exact solver's loss (tests/test_als.py).
 CG_MIN_RANK = 64
 CG_STEPS = 3
 # Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
