@@ -4,7 +4,7 @@
     PYTHONPATH=python python bench/bench_als_solvers.py --shape 20000,5000 --nnz 500000 --ranks 16,64
 
 Distinct random positions (float32 N(0, 1) values, int32 indices), ``als(..., solver=S,
-max_iter=N, tol=0, seed=0)`` for S in cholesky and cg (3 steps), after a one-iteration warm-up:
+max_iter=N, tol=0, seed=0)`` for S in cholesky and cg (the default 5 steps), after a one-iteration warm-up:
 seconds per iteration (the whole call over N) and the loss after N iterations. Both start from
 the same seeded V.
 """

@@ -13,6 +13,7 @@ from conftest import rel_error, run_until_checkpoint_then_kill
 from philox_reference import standard_normal
 from lowrank_hpc import _cpu as lr_cpu
 from lowrank_hpc.recover import CheckpointMismatchError, als, batched_als
+from lowrank_hpc.recover.als import CG_STEPS
 
 TOL = {np.float32: 1e-4, np.float64: 1e-10}
 
@@ -567,8 +568,7 @@ def test_cg_half_steps_match_textbook_conjugate_gradients(backend, rng, steps):
 
 
 def test_cg_reaches_the_exact_solvers_loss_and_never_raises_it(rng):
-    """Run to convergence, 3-step CG ends at the exact solver's loss (2e-9 relative when written,
-    in 283 iterations against 285)."""
+    """Run to convergence, CG (the default 5 steps) ends at the exact solver's loss."""
     M, mask, rows, cols, vals = low_rank_problem(rng, 300, 250, 12, 0.2, noise=0.1)
     settings = dict(reg=0.5, max_iter=1000, tol=1e-7, seed=3)
     exact = als(rows, cols, vals, (300, 250), 12, solver="cholesky", **settings)
@@ -585,6 +585,19 @@ def test_auto_solver_takes_cg_from_rank_64(rng):
     assert als(rows, cols, vals, (80, 70), 63, max_iter=1, seed=0).info["solver"] == "cholesky"
     assert als(rows, cols, vals, (80, 70), 64, max_iter=1, seed=0).info["solver"] == "cg"
     assert als(rows, cols, vals, (80, 70), 64, solver="cholesky", max_iter=1, seed=0).info["solver"] == "cholesky"
+
+
+def test_default_cg_steps_are_5_for_ratings_and_implicits_3_for_implicit_feedback(rng):
+    rows, cols = np.nonzero(rng.random((30, 20)) < 0.4)
+    vals = rng.integers(1, 6, rows.shape[0]).astype(np.float64)
+    settings = dict(solver="cg", max_iter=3, tol=0.0, seed=2)
+    default, five, three = (als(rows, cols, vals, (30, 20), 4, cg_steps=steps, **settings) for steps in (None, 5, 3))
+    np.testing.assert_array_equal(default.U, five.U)
+    assert not np.array_equal(default.U, three.U)
+    implicit = dict(settings, feedback="implicit", alpha=2.0)
+    default, three, five = (als(rows, cols, vals, (30, 20), 4, cg_steps=steps, **implicit) for steps in (None, 3, 5))
+    np.testing.assert_array_equal(default.U, three.U)
+    assert not np.array_equal(default.U, five.U)
 
 
 def test_batched_cg_equals_per_problem_cg(rng):
@@ -670,8 +683,8 @@ def test_ranks_past_a_thousand(backend, rng, r, solver):
         return
     result = run()
     if solver == "cg":
-        U = cg_rows(rows, cols, vals, m, V0, np.zeros((m, r)), 0.4, 3, matrix_free=True)
-        V = cg_rows(cols, rows, vals, n, U, V0, 0.4, 3, matrix_free=True)
+        U = cg_rows(rows, cols, vals, m, V0, np.zeros((m, r)), 0.4, CG_STEPS, matrix_free=True)
+        V = cg_rows(cols, rows, vals, n, U, V0, 0.4, CG_STEPS, matrix_free=True)
     else:
         U = _exact_rows(rows, cols, vals, m, V0, 0.4)
         V = _exact_rows(cols, rows, vals, n, U, 0.4)

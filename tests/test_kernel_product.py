@@ -179,6 +179,43 @@ def test_top_k_values_are_the_dense_kernel_entries(backend, dtype, rng):
                                   np.take_along_axis(dense, backend.get(top.indices), axis=-1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [0, 1, 2, 255, 257, 100_000])
+def test_order_by_magnitude_is_a_stable_argsort_of_minus_magnitude(dtype, size):
+    # Private CPU kernel (the global top-k's final order): a radix sort of the magnitudes' bits,
+    # against numpy's stable argsort of -|x|. Exact ties with both signs, zeros of both signs,
+    # infinities, NaN (last), subnormals, and runs of keys equal in their high bytes (skipped passes).
+    from lowrank_hpc import _backend
+
+    rng = np.random.default_rng(size)
+    values = np.tanh(rng.standard_normal(size)).astype(dtype)
+    if size >= 255:
+        values[::7] = values[::3][:values[::7].shape[0]]
+        negated = -values[2::11]
+        values[1:1 + 11 * negated.shape[0]:11] = negated
+        values[[3, 50, 60, 70, 80, 90, 100, 110, 120]] = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-40,
+                                                          -1e-40, np.finfo(dtype).tiny]
+    order = np.empty(size, dtype=np.int64)
+    _backend.cpu_module().order_by_magnitude(values, order)
+    np.testing.assert_array_equal(order, np.argsort(-np.abs(values), kind="stable"))
+    # One magnitude everywhere (every pass skipped): the identity.
+    same = np.where(rng.random(size) < 0.5, 0.75, -0.75).astype(dtype)
+    _backend.cpu_module().order_by_magnitude(same, order)
+    np.testing.assert_array_equal(order, np.arange(size))
+
+
+def test_order_by_magnitude_checks_its_arrays():
+    from lowrank_hpc import _backend
+
+    module = _backend.cpu_module()
+    with pytest.raises(ValueError, match="order: expected int64, got int32"):
+        module.order_by_magnitude(np.zeros(4, np.float32), np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="order: axis 0 has length 3, expected 4"):
+        module.order_by_magnitude(np.zeros(4, np.float32), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="values"):
+        module.order_by_magnitude(np.zeros(4, np.int32), np.zeros(4, np.int64))
+
+
 def test_top_k_tie_rule(backend, dtype):
     # relu(K) = [[1, 0, 1, 0, 2], [1, 0, 1, 0, 2]]: equal magnitudes go to the smaller index.
     U = np.array([[1.0], [1.0]], dtype=dtype)

@@ -30,11 +30,26 @@ void kernel_topk_rows(const ArrayView& block, int kernel, const ArrayView& value
   });
 }
 
+// order (n,) int64 = positions of values (n,) by descending |value|, ties and NaN (last) in
+// position order (cpu::order_by_magnitude).
+void order_by_magnitude(const ArrayView& values, const ArrayView& order) {
+  expect().shape(values, "values", {-1});
+  const int64_t n = values.shape[0];
+  expect().output(order, "order", DType::int64, {n});
+  dispatch_float(values, "values", [&](auto t) {
+    using T = decltype(t);
+    expect().typed(values, "values", dtype_of<T>(), {n});
+    py::gil_scoped_release release;
+    cpu::order_by_magnitude<T>(values.data<T>(), n, order.data<int64_t>());
+  });
+}
+
 }  // namespace
 
 void bind_top_k(py::module_& m) {
   m.def("kernel_topk_rows", &kernel_topk_rows, py::arg("block"), py::arg("kernel"), py::arg("values"),
         py::arg("indices"), py::arg("nonfinite"));
+  m.def("order_by_magnitude", &order_by_magnitude, py::arg("values"), py::arg("order"));
 }
 
 }  // namespace lowrank_hpc::bindings

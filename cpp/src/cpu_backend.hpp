@@ -211,4 +211,9 @@ template <class T>
 int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
                          int64_t* indices);
 
+// order (n) = the positions of values (n) by descending |value|, ties and NaN (last) in position
+// order: a stable argsort of -|values| by radix sort (the global top-k's final order).
+template <class T>
+void order_by_magnitude(const T* values, int64_t n, int64_t* order);
+
 }  // namespace lowrank_hpc::cpu

@@ -32,12 +32,13 @@ REG_SCALINGS = ("none", "count")
 SOLVERS = ("auto", "cholesky", "cg")
 # solver="auto" takes conjugate gradients from this rank on: a row's exact solve costs
 # entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
-# entries * r. The steps' inexactness costs loss per iteration (MovieLens-20M's shape: 16-35%
-# above the exact solver's after 3 iterations, 5.6% (r = 64) and 11% (r = 128) after 12), not per
-# second at r >= 128 (ahead there at equal time; BENCHMARKS.md session 11); run to convergence on
-# small problems it reaches the exact solver's loss (tests/test_als.py).
+# entries * r. Explicit feedback takes 5 steps: on MovieLens-20M's shape 3 steps left the loss
+# 5.6% (r = 64) and 11% (r = 128) above the exact solver's after 12 iterations, 5 steps 0.3% and
+# 1.3% below it, and 5 steps led 3 at equal time too (BENCHMARKS.md, session 12). Implicit
+# feedback keeps implicit's default of 3 (the peer's work per iteration).
 CG_MIN_RANK = 64
-CG_STEPS = 3
+CG_STEPS = 5
+IMPLICIT_CG_STEPS = 3
 # Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
 # change): a block of U, not the whole of U and V (169 MiB at r = 256 on MovieLens-20M's shape).
 _BLOCK_COPY_BYTES = 32 << 20
@@ -374,10 +375,10 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
 FEEDBACKS = ("explicit", "implicit")
 
 
-@_checks.constrained(**_ALS_CONSTRAINTS, seed=_check_seed, feedback=_checks.one_of(*FEEDBACKS),
-                     alpha=_checks.nonnegative_float)
+@_checks.constrained(**{**_ALS_CONSTRAINTS, "cg_steps": _checks.optional(_checks.positive_int)}, seed=_check_seed,
+                     feedback=_checks.one_of(*FEEDBACKS), alpha=_checks.nonnegative_float)
 def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg: float = 0.1, *,
-        reg_scaling: str = "none", solver: str = "auto", cg_steps: int = CG_STEPS, max_iter: int = 50,
+        reg_scaling: str = "none", solver: str = "auto", cg_steps: Optional[int] = None, max_iter: int = 50,
         tol: float = 1e-6, seed: Any = None, init: Optional[Any] = None,
         callback: Optional[Callable[[int, dict[str, Any]], Any]] = None, progress: bool = False,
         checkpoint: Optional[str] = None, checkpoint_every: int = 10,
@@ -428,11 +429,13 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         quadratic, so the loss never rises either; the iterates are not the exact ALS ones.
         "auto" (default): "cg" from rank CG_MIN_RANK = 64 on, else "cholesky".
         ``info["solver"]`` says which ran. CG uses the "rows" kernel.
-    cg_steps : conjugate-gradient steps per row and half-step (default 3), an int >= 1. More
-        steps trade time for loss: on a 27,698 x 5,349 problem with 2M power-law entries at r = 64
-        (reg 0.1, seed 0), 3 steps left the loss 8-39% above the exact solver's after iterations
-        2-5 (below it from iteration 12 on), 6 steps within 0.9%, 12 steps within 0.5% and within
-        0.05% from iteration 4, at 1.3x and 2.1x the time of 3.
+    cg_steps : conjugate-gradient steps per row and half-step, an int >= 1; None (default): 5
+        (CG_STEPS), or 3 with ``feedback="implicit"`` (implicit_als's default, the implicit
+        library's). More steps trade time per iteration for loss: on MovieLens-20M's shape (20M
+        power-law entries, reg 0.1, seed 0) after 12 iterations, 3 steps left the loss 5.6% (r =
+        64) and 11% (r = 128) above the exact solver's, 5 steps 0.3% and 1.3% below it (within
+        0.4% from iteration 9) at 1.2-1.3x the time per iteration of 3, and still ahead of 3 steps
+        at equal time.
     max_iter, tol : stop after max_iter iterations ("max_iter"; max_iter=0 returns the start: U
         = 0 and the initial V, n_iter 0, empty history), or once the relative change of U V^T,
         ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, is below tol (computed from r x r Gram matrices).
@@ -483,10 +486,12 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
                              f"init={'an array' if init is not None else None}")
         from .implicit_als import implicit_als  # here: implicit_als imports this module's checks
         return implicit_als(rows, cols, vals, shape, rank, reg=reg, alpha=alpha,
-                            solver="exact" if solver == "cholesky" else "cg", cg_steps=cg_steps, max_iter=max_iter,
+                            solver="exact" if solver == "cholesky" else "cg",
+                            cg_steps=IMPLICIT_CG_STEPS if cg_steps is None else cg_steps, max_iter=max_iter,
                             tol=tol, seed=seed, callback=callback, progress=progress, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every, time_limit=time_limit)
     started = time.perf_counter()
+    cg_steps = CG_STEPS if cg_steps is None else cg_steps
     settings = LoopSettings(max_iter=max_iter, tol=tol, callback=callback, progress=progress,
                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, time_limit=time_limit,
                             description="als")

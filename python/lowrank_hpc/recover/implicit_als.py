@@ -33,7 +33,7 @@ from ..ops import SparsePattern
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._measures import gram64, relative_change
 from ._result import RecoveryResult
-from .als import _check_coordinates, _check_rank
+from .als import IMPLICIT_CG_STEPS, _check_coordinates, _check_rank
 
 _FUNCTION = "implicit_als"
 SOLVERS = ("cg", "exact")
@@ -120,7 +120,7 @@ def _summed_repeats(call: Call, rows, cols, vals, shape: tuple[int, int]):
                      alpha=_checks.nonnegative_float, solver=_checks.one_of(*SOLVERS),
                      cg_steps=_checks.positive_int, seed=_checks.seed_argument)
 def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, *, reg: float = 0.01,
-                 alpha: float = 1.0, solver: str = "cg", cg_steps: int = 3, max_iter: int = 15, tol: float = 0.0,
+                 alpha: float = 1.0, solver: str = "cg", cg_steps: int = IMPLICIT_CG_STEPS, max_iter: int = 15, tol: float = 0.0,
                  seed: Optional[int] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
                  progress: bool = False, checkpoint: Optional[str] = None, checkpoint_every: int = 5,
                  time_limit: Optional[float] = None) -> RecoveryResult:
