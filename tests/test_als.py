@@ -653,6 +653,46 @@ def test_rows_kernel_in_blocks_of_rows_is_the_whole_half_step(rng, monkeypatch, 
     assert blocked.history["relative_change"][2] == same_pieces[0]
 
 
+def _ridge_rows_and_conditions(rows, cols, vals, n_key, F, reg):
+    """Exact float64 rows of systems with few entries each, G = Fi^T Fi + reg I, by the identity
+    G^-1 Fi^T v = Fi^T (Fi Fi^T + reg I)^-1 v, and each system's condition (sigma_max(Fi)^2 + reg) / reg
+    (1 for rows without entries, which are zero)."""
+    X, conditions = np.zeros((n_key, F.shape[1])), np.ones(n_key)
+    for i in np.unique(rows):
+        Fi = F[cols[rows == i]]
+        X[i] = Fi.T @ np.linalg.solve(Fi @ Fi.T + reg * np.eye(Fi.shape[0]), vals[rows == i])
+        conditions[i] = (np.linalg.norm(Fi, 2) ** 2 + reg) / reg
+    return X, conditions
+
+
+@pytest.mark.parametrize("reg, per_row", [(1.0, 60), (0.01, 200)])
+def test_float32_exact_solves_at_rank_512_within_the_documented_tolerance(rng, reg, per_row):
+    """als's docstring: a float32 row solution is within (10 + 2 cond(G)) eps32 of the exact one,
+    relative. Both half-steps of one iteration at r = 512 against float64 ridge solutions given
+    the same float32 factors (measured: at most half the bound, from cond 2 to 1e6)."""
+    r, m, n = 512, 520, 530
+    key = rng.choice(m, 4, replace=False)
+    rows = np.repeat(key, per_row)
+    cols = np.concatenate([rng.choice(n, per_row, replace=False) for _ in key])
+    vals = (3.5 + rng.standard_normal(rows.shape[0])).astype(np.float32)
+    V0 = (rng.standard_normal((n, r)) / np.sqrt(r)).astype(np.float32)
+    result = als(rows, cols, vals, (m, n), r, reg=reg, solver="cholesky", max_iter=1, init=V0)
+    assert result.U.dtype == np.float32 and result.info["solver"] == "cholesky"
+    halves = [(result.U, _ridge_rows_and_conditions(rows, cols, vals.astype(np.float64), m, V0.astype(np.float64), reg)),
+              (result.V, _ridge_rows_and_conditions(cols, rows, vals.astype(np.float64), n,
+                                                    result.U.astype(np.float64), reg))]
+    worst_condition = 0.0
+    for got, (expected, conditions) in halves:
+        norms = np.linalg.norm(expected, axis=1)
+        observed = norms > 0
+        errors = np.linalg.norm(got[observed] - expected[observed], axis=1) / norms[observed]
+        bounds = (10 + 2 * conditions[observed]) * np.finfo(np.float32).eps
+        assert np.all(errors <= bounds), (errors / bounds).max()
+        assert np.all(got[~observed] == 0)
+        worst_condition = max(worst_condition, conditions.max())
+    assert worst_condition > (100 if reg == 1.0 else 1e5)  # the bound is exercised, not only its constant
+
+
 def _exact_rows(rows, cols, vals, n_key, F, reg):
     """Each key row's regularised normal equations solved by LAPACK; empty rows zero."""
     X = np.zeros((n_key, F.shape[1]))

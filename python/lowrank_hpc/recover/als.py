@@ -34,7 +34,7 @@ SOLVERS = ("auto", "cholesky", "cg")
 # entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
 # entries * r. Explicit feedback takes 5 steps: on MovieLens-20M's shape 3 steps left the loss
 # 5.6% (r = 64) and 11% (r = 128) above the exact solver's after 12 iterations, 5 steps 0.3% and
-# 1.3% below it, and 5 steps led 3 at equal time too (BENCHMARKS.md, session 12). Implicit
+# 1.5% below it, and 5 steps led 3 at equal time too (BENCHMARKS.md, session 12). Implicit
 # feedback keeps implicit's default of 3 (the peer's work per iteration).
 CG_MIN_RANK = 64
 CG_STEPS = 5
@@ -412,7 +412,12 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         c entries (i, j) with values v_1..v_c add sum_k (v_k - x_ij)^2 = c (mean(v) - x_ij)^2 +
         const to the objective, so the fit is the one of a single entry holding their mean with
         weight c (the same U, V as c copies of the mean; for reg_scaling="count" each copy counts).
-    vals : (nnz,) float32/float64 observed values (finite); the factors take this dtype.
+    vals : (nnz,) float32/float64 observed values (finite); the factors take this dtype, and
+        each row's system is formed and solved in it.
+        With float32 an exact row solve is within about (10 + 2 cond(G)) eps32 of the exact
+        ridge solution given the other factor, relative, G the row's system (tested at r = 512:
+        1e-6 at cond 3, 4e-2 at cond 8e5): pass float64 where rows are ill-conditioned (small
+        reg against the factors' scale, few observations).
     shape : (m, n), two ints >= 1 (a float such as 30.9 or 30.0 is a TypeError, never truncated).
     rank : an int, 1 <= rank <= min(m, n) (each row solve is a least-squares fit of width rank:
         past min(m, n) its normal equations are singular without reg, and U V^T gains nothing).
@@ -433,8 +438,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         (CG_STEPS), or 3 with ``feedback="implicit"`` (implicit_als's default, the implicit
         library's). More steps trade time per iteration for loss: on MovieLens-20M's shape (20M
         power-law entries, reg 0.1, seed 0) after 12 iterations, 3 steps left the loss 5.6% (r =
-        64) and 11% (r = 128) above the exact solver's, 5 steps 0.3% and 1.3% below it (within
-        0.4% from iteration 9) at 1.2-1.3x the time per iteration of 3, and still ahead of 3 steps
+        64) and 11% (r = 128) above the exact solver's, 5 steps 0.3% and 1.5% below it (within
+        0.4% from iteration 9) at 1.3x the time per iteration of 3, and still ahead of 3 steps
         at equal time.
     max_iter, tol : stop after max_iter iterations ("max_iter"; max_iter=0 returns the start: U
         = 0 and the initial V, n_iter 0, empty history), or once the relative change of U V^T,
