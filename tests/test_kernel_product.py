@@ -9,6 +9,7 @@ import pytest
 
 import reference
 from conftest import RTOL, rel_error
+from lowrank_hpc import _backend
 from lowrank_hpc.ops import KERNELS, GlobalTopK, TopK, kernel_product
 kernel_product_module = importlib.import_module("lowrank_hpc.ops.kernel_product")  # ops.kernel_product: the function
 
@@ -185,8 +186,6 @@ def test_order_by_magnitude_is_a_stable_argsort_of_minus_magnitude(dtype, size):
     # Private CPU kernel (the global top-k's final order): a radix sort of the magnitudes' bits,
     # against numpy's stable argsort of -|x|. Exact ties with both signs, zeros of both signs,
     # infinities, NaN (last), subnormals, and runs of keys equal in their high bytes (skipped passes).
-    from lowrank_hpc import _backend
-
     rng = np.random.default_rng(size)
     values = np.tanh(rng.standard_normal(size)).astype(dtype)
     if size >= 255:
@@ -205,8 +204,6 @@ def test_order_by_magnitude_is_a_stable_argsort_of_minus_magnitude(dtype, size):
 
 
 def test_order_by_magnitude_checks_its_arrays():
-    from lowrank_hpc import _backend
-
     module = _backend.cpu_module()
     with pytest.raises(ValueError, match="order: expected int64, got int32"):
         module.order_by_magnitude(np.zeros(4, np.float32), np.zeros(4, np.int32))
