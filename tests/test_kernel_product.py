@@ -203,6 +203,64 @@ def test_order_by_magnitude_is_a_stable_argsort_of_minus_magnitude(dtype, size):
     np.testing.assert_array_equal(order, np.arange(size))
 
 
+def _top_magnitude_positions(values, k):
+    """The reference: the first k of a stable argsort of -|values|, in position order."""
+    return np.sort(np.argsort(-np.abs(values), kind="stable")[:k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["gaussian", "ties", "specials", "one value", "sample misses"])
+@pytest.mark.parametrize("size", [1, 257, 200_000])
+def test_select_top_magnitudes_keeps_a_stable_argsorts_first_k(dtype, case, size):
+    # Private CPU kernel (the global top-k's selection): the k largest |x|, in position order,
+    # ties at the k-th magnitude to the earlier positions, against numpy's stable argsort. From
+    # 131,072 entries the candidates come from a strided sample's bounds ("sample misses": the
+    # sampled positions hold zeros, the bounds miss and the histogram path runs), below from a
+    # histogram of the keys' top bits.
+    rng = np.random.default_rng(size)
+    if case == "gaussian":
+        values = (rng.standard_normal(size) * 0.05).astype(dtype)
+    elif case == "ties":  # few magnitudes, both signs: the k-th is tied almost always
+        values = rng.integers(-3, 4, size).astype(dtype)
+    elif case == "specials":
+        choices = np.array([0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40, np.finfo(dtype).tiny, 2.0, -2.0], dtype)
+        values = choices[rng.integers(0, choices.shape[0], size)]
+        if dtype == np.float64:
+            values[::5] = 5e-324
+    elif case == "one value":
+        values = np.where(rng.random(size) < 0.5, 0.75, -0.75).astype(dtype)
+    else:
+        values = rng.standard_normal(size).astype(dtype)
+        values[::max(1, size // 16384)] = 0.0
+    module = _backend.cpu_module()
+    for k in sorted({1, min(2, size), max(1, size // 10), max(1, size // 2), size}):
+        positions = np.empty(k, dtype=np.int64)
+        assert module.select_top_magnitudes(values, positions) == k
+        np.testing.assert_array_equal(positions, _top_magnitude_positions(values, k), err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("size", [5, 200_000])
+def test_select_top_magnitudes_leaves_nan_to_its_caller(size):
+    # -1 and nothing written: kernel_product's numpy path handles NaN (and reports the overflow).
+    values = np.ones(size, dtype=np.float32)
+    values[size // 2] = np.nan
+    positions = np.full(2, -7, dtype=np.int64)
+    assert _backend.cpu_module().select_top_magnitudes(values, positions) == -1
+    np.testing.assert_array_equal(positions, [-7, -7])
+
+
+def test_select_top_magnitudes_checks_its_arrays():
+    module = _backend.cpu_module()
+    with pytest.raises(ValueError, match="positions: expected int64, got int32"):
+        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"positions: k = 5 must be in \[1, 4\]"):
+        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match=r"positions: k = 0 must be in \[1, 4\]"):
+        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="values"):
+        module.select_top_magnitudes(np.zeros(4, np.int32), np.zeros(2, np.int64))
+
+
 def test_order_by_magnitude_checks_its_arrays():
     module = _backend.cpu_module()
     with pytest.raises(ValueError, match="order: expected int64, got int32"):

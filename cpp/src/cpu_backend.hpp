@@ -216,4 +216,10 @@ int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction 
 template <class T>
 void order_by_magnitude(const T* values, int64_t n, int64_t* order);
 
+// positions (k) = the positions, ascending, of the k largest |values| (n), ties at the k-th
+// magnitude to the earlier positions (1 <= k <= n); returns k, or -1 (nothing written) where
+// a value is NaN.
+template <class T>
+int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* positions);
+
 }  // namespace lowrank_hpc::cpu

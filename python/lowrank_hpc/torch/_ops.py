@@ -90,6 +90,10 @@ def _array(x: torch.Tensor) -> Any:
     x = x.detach()
     if x.device.type == "cuda":
         return _backend.cupy_module().from_dlpack(x)
+    if not x.is_contiguous():
+        # The kernels take C-contiguous arrays: torch's blocked copy of a transposed view
+        # (512 x 1024 float32: 0.26 ms) where numpy's ascontiguousarray took 1.5 ms.
+        x = x.contiguous()
     if x.dtype == torch.bfloat16:
         return x.view(torch.int16).numpy().view(_bfloat16())
     return x.numpy()
@@ -199,6 +203,7 @@ def _spmm_backward(ctx, grad):
     # Entry k adds vals[k] B[cols[k]] to row rows[k] of the result (the other way round with
     # transpose): d vals[k] = <grad[rows[k]], B[cols[k]]>, d B = S^T grad (S grad with transpose).
     out_index, in_index = (cols, rows) if ctx.transpose else (rows, cols)
+    grad = grad.contiguous()  # once for both products (a transposed grad, as KernelizedLoRA's, was copied twice)
     grad_vals = grad_B = None
     if ctx.needs_input_grad[2]:
         grad_vals = sampled_product_op(grad, B, out_index, in_index)

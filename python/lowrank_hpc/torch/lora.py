@@ -104,7 +104,8 @@ class KernelizedLoRA(nn.Module):
         out_features, in_features = self.base.weight.shape
         tokens = x.reshape(-1, in_features)
         # D_kept @ x^T by the sparse-times-dense kernel: (out, tokens), touching only kept entries.
-        delta = sparse_times_dense_op(rows, cols, values, tokens.T, out_features, False)
+        # x^T copied once here: the backward's product reads the same copy.
+        delta = sparse_times_dense_op(rows, cols, values, tokens.T.contiguous(), out_features, False)
         return y + delta.T.reshape(*x.shape[:-1], out_features)
 
     @torch.no_grad()
