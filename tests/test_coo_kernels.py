@@ -150,6 +150,33 @@ def test_sparse_times_dense_matches_scipy(backend, dtype, rng, m, n, r, nnz, tra
     assert rel_error(backend.get(got), expected) < RTOL[dtype]
 
 
+@pytest.mark.parametrize("r", [100, 300])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_sparse_times_dense_of_a_b_beyond_the_cache_is_each_columns_product(backend, dtype, rng, r, transpose):
+    """From 16 MiB of B the CPU product runs a block of whole tiles of columns at a time, the
+    block's columns of B copied together: each column is still the product with that column
+    alone (every coordinate sums its row's entries in order), bit for bit, at the blocks' edges
+    (64 float32 or 32 float64 columns), in the remainder and in both problems of a batch."""
+    n_in = (16 << 20) // (2 * r * np.dtype(dtype).itemsize) + 1  # two problems: B just over 16 MiB
+    n_out = 40
+    out_index, in_index, offsets = _batched_coords(rng, n_out, n_in, [3000, 2000])
+    out_index[:300] = 7  # one heavy output row
+    rows, cols = (in_index, out_index) if transpose else (out_index, in_index)
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    B = rng.standard_normal((2, n_in, r)).astype(dtype)
+
+    def product(dense):
+        return backend.get(lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, dense)), n_out,
+                                                     transpose=transpose, offsets=backend.put(offsets)))
+
+    got = product(B)
+    for c in sorted({0, 31, 32, 63, 64, 65, 95, 96, 127, 128, r - 13, r - 1} & set(range(r))):
+        np.testing.assert_array_equal(got[:, :, c:c + 1], product(np.ascontiguousarray(B[:, :, c:c + 1])),
+                                      err_msg=f"column {c}")
+    expected = reference.sparse_times_dense(rows, cols, vals, B, n_out, transpose, offsets)
+    assert rel_error(got, expected) < RTOL[dtype]
+
+
 def test_sparse_times_dense_is_the_adjoint_of_sampled_product(backend, dtype, rng):
     """<S(U V^T), y> = <U, (S^* y) V> = <V, (S^* y)^T U>: a completion gradient is two calls."""
     U, V = _factors(rng, dtype, 40, 30, 6)
