@@ -299,6 +299,11 @@ struct NormalEquations {
     T* G = ws.G;
     T* g = ws.g;
     for (int64_t c = 0; c < r; ++c) g[c] = T(0);
+    // The tiles ask for the factor rows of the entries after the chunk (the row's next chunk or
+    // the next rows', the problem's entries in CSR order: a thread's next row is mostly the
+    // next one) while they compute.
+    const int64_t problem_end = indptr[(b + 1) * n_key];
+    PrefetchRows ahead{ws.ahead.data(), 0, r * static_cast<int64_t>(sizeof(T))};
     for (int64_t j0 = begin; j0 < end; j0 += ws.chunk) {
       const int64_t n = end - j0 < ws.chunk ? end - j0 : ws.chunk;
       for (int64_t t = 0; t < n; ++t) {
@@ -310,8 +315,11 @@ struct NormalEquations {
           for (int64_t c = 0; c < r; ++c) ws.B[t * ld + c] = w * f[c];
         }
       }
+      ahead.count = problem_end - (j0 + n) < n ? problem_end - (j0 + n) : n;
+      for (int64_t t = 0; t < ahead.count; ++t)
+        ws.ahead[t] = reinterpret_cast<const char*>(factor_row(block, j0 + n + t));
       Tiles::add_rows(ws.A, ld, n, vals + j0, width, g);  // g += sum_j v_j f_j, entries in order
-      Tiles::template upper_tiles<false>(ws.A, ld, ws.B, ld, n, start, G, ld, width, 0, rows_up);
+      Tiles::template upper_tiles<false>(ws.A, ld, ws.B, ld, n, start, G, ld, width, 0, rows_up, nullptr, ahead);
       start = G;
     }
     const T shift = lambda(row);

@@ -26,6 +26,19 @@
 
 namespace lowrank_hpc::ops {
 
+// Factor rows a tile pass asks for while it computes (the next chunk's, gathered next): rows[t]
+// for t < count, each bytes long. A pass covers the byte offsets [begin, end) of every row, in
+// 64-byte steps, the last clamped to the row's last byte (a row need not start a cache line).
+struct PrefetchRows {
+  const char* const* rows = nullptr;
+  int64_t count = 0, bytes = 0, begin = 0, end = 0;
+  inline __attribute__((always_inline)) void at(int64_t t) const {
+    if (t >= count) return;
+    for (int64_t offset = begin; offset < end; offset += 64)
+      __builtin_prefetch(rows[t] + (offset < bytes ? offset : bytes - 1));
+  }
+};
+
 template <class T>
 struct RegisterTiles {
   using vec = typename lanes::Vector<T, lanes::kNativeBytes>::type;
@@ -73,16 +86,19 @@ struct RegisterTiles {
   // multiply then add (the host keeps a*b+c unfused, as the device does). start: G itself, or
   // another matrix laid out as G, or null for zero. record, unless null: record[p ld + t] =
   // rows[t row_step + p] (the broadcasts, transposed: stores the FP-bound loop has room for).
+  // ahead, unless null: its rows' lines asked for, a row a step.
   template <int V, bool kSubtract>
   static inline __attribute__((always_inline)) void tile(const T* rows, int64_t row_step, const T* cols,
                                                          int64_t col_step, int64_t count, const T* start, T* G,
-                                                         int64_t ld, int64_t p0, int64_t q0, T* record) {
+                                                         int64_t ld, int64_t p0, int64_t q0, T* record,
+                                                         const PrefetchRows* ahead = nullptr) {
     vec acc[kRows][V];
 #pragma GCC unroll 16
     for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[i][v] = start ? load(start + (p0 + i) * ld + q0 + v * kLanes) : vec{};
     for (int64_t t = 0; t < count; ++t) {
+      if (ahead) ahead->at(t);
       vec x[V];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) x[v] = load(cols + t * col_step + q0 + v * kLanes);
@@ -140,20 +156,26 @@ struct RegisterTiles {
 
   // tile over rows [p_begin, p_end) (a multiple of kRows from p_begin), each from the vector
   // holding its diagonal (the upper triangle and some scratch) to column width; the first tile
-  // of each row block records (tile's record).
+  // of each row block records (tile's record). ahead, unless empty: the rows the next call
+  // reads, a cache line of each per row block's first tile (the last block takes the rest), so
+  // their misses overlap this call's arithmetic.
   template <bool kSubtract>
   static inline void upper_tiles(const T* rows, int64_t row_step, const T* cols, int64_t col_step, int64_t count,
                                  const T* start, T* G, int64_t ld, int64_t width, int64_t p_begin, int64_t p_end,
-                                 T* record = nullptr) {
+                                 T* record = nullptr, PrefetchRows ahead = {}) {
     for (int64_t p0 = p_begin; p0 < p_end; p0 += kRows) {
       int64_t q0 = p0 / kLanes * kLanes;
       T* first = record;
-      for (; q0 + kCols <= width; q0 += kCols, first = nullptr)
-        tile<kVectors, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+      ahead.begin = (p0 - p_begin) / kRows * 64;
+      // Offsets up to the row's length plus a line: the last one clamped onto the row's last byte.
+      ahead.end = p0 + kRows < p_end ? ahead.begin + 64 : ahead.bytes + 64;
+      const PrefetchRows* lines = ahead.rows && ahead.begin < ahead.bytes + 64 ? &ahead : nullptr;
+      for (; q0 + kCols <= width; q0 += kCols, first = nullptr, lines = nullptr)
+        tile<kVectors, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first, lines);
       static_assert(kVectors <= 3, "the rest is one tile of 2 or 1 vectors");
       const int64_t rest = (width - q0) / kLanes;  // whole vectors, fewer than kVectors
-      if (rest == 2) tile<2, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
-      if (rest == 1) tile<1, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first);
+      if (rest == 2) tile<2, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first, lines);
+      if (rest == 1) tile<1, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first, lines);
     }
   }
 };
@@ -164,6 +186,7 @@ struct RowSystemWorkspace {
   using Tiles = RegisterTiles<T>;
   int64_t r, width, ld, chunk;
   std::vector<T> storage;
+  std::vector<const char*> ahead;  // the next chunk's factor rows (PrefetchRows)
   T *A, *B, *G, *U, *scales, *g, *shared_transposed;
   int64_t shared_problem = -1;  // whose S^T shared_transposed holds
 
@@ -180,6 +203,7 @@ struct RowSystemWorkspace {
       next += round_up(sizes[s]);
     }
     if (!weighted) B = A;
+    ahead.resize(static_cast<size_t>(chunk));
   }
 
  private:
