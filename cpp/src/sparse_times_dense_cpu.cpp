@@ -218,8 +218,8 @@ constexpr int64_t kTileBytes = 128;
 // (or one tile), whole tiles wide, gathered from cache instead of memory. Each coordinate still
 // sums its entries in order: the same numbers. Measured on a 2-core Zen 4 VM (32 MiB L3 a CCD;
 // sysconf reports the socket's 320 MiB, so the threshold is fixed), in separate processes: B of
-// 16 MiB (4,096 x 1,024 float32, 1.7M entries) 140 -> 62 ms, 51 and 102 MiB (100,000 rows,
-// r = 128, 256) 1.4x; B of 2-10 MiB, still in L3, 0.74-0.81x.
+// 16 MiB (4,096 x 1,024 float32, 1.7M entries) 125-140 -> 49-62 ms, 49 and 98 MiB (100,000 rows,
+// r = 128, 256) 1.3-1.5x; B of 2-10 MiB, still in L3, 0.74-0.81x.
 constexpr int64_t kColumnBlockBytes = int64_t(1) << 20;
 constexpr int64_t kColumnBlockThresholdBytes = int64_t(16) << 20;
 

@@ -195,9 +195,9 @@ def _by_magnitude(call: Call, values):
 def _kept(call: Call, values, flat, k: int):
     """The (at most) k entries of largest |values|, in their given order, ties to the earlier;
     ``flat``: their flat indices, or an int, the first of a range. The CPU module selects them
-    in three passes (``select_top_magnitudes``: a SNELL-sized block of 1,048,576 float32 in
-    about 1 ms against 10 ms for numpy's masks and partition); elsewhere, or with NaN, a
-    partition finds the k-th magnitude. Returns new arrays: ``values`` may be a reused buffer."""
+    (``select_top_magnitudes``: a SNELL-sized block of 1,048,576 float32, k = 104,858, in 2.2 ms
+    against 10 ms for numpy's masks and partition); elsewhere, or with NaN, a partition finds
+    the k-th magnitude. Returns new arrays: ``values`` may be a reused buffer."""
     xp = call.xp
     if values.shape[0] <= k:
         if isinstance(flat, int):
