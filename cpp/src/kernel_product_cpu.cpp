@@ -125,7 +125,7 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
   // The k-th smallest magnitude key (MagnitudeKey: small keys, large magnitudes) from a
   // selection among candidate keys known to hold it, then one pass keeping, in position order,
   // the smaller keys and the first of the equal ones. The candidates: the keys between two
-  // bounds read off a sorted strided sample (4 sigma either side of where the k-th falls), found
+  // bounds read off a strided sample (4 sigma either side of where the k-th falls), found
   // in a pass whose branch is rarely taken; where the bounds miss, the bucket of a histogram of
   // the keys' top 11 bits that holds the k-th.
   using Key = typename MagnitudeKey<T>::Key;

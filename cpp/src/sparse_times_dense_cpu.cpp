@@ -214,7 +214,7 @@ constexpr int64_t kTileBytes = 128;
 
 // Products whose B outgrows the last-level cache run a block of columns at a time over every
 // row, the block's columns of B first copied together (read in place, a block's pieces of B's
-// rows lay a whole row apart and fell in a few of the cache's sets): at most kColumnBlockBytes
+// rows lie a whole row apart and fell in a few of the cache's sets): at most kColumnBlockBytes
 // (or one tile), whole tiles wide, gathered from cache instead of memory. Each coordinate still
 // sums its entries in order: the same numbers. Measured on a 2-core Zen 4 VM (32 MiB L3 a CCD;
 // sysconf reports the socket's 320 MiB, so the threshold is fixed), in separate processes: B of
