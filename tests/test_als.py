@@ -579,12 +579,26 @@ def test_cg_reaches_the_exact_solvers_loss_and_never_raises_it(rng):
     assert rel_error(cg.U @ cg.V.T, M) < 0.05
 
 
-def test_auto_solver_takes_cg_from_rank_64(rng):
-    rows, cols = np.nonzero(rng.random((80, 70)) < 0.5)
+def test_auto_solver_takes_cg_from_rank_96(rng):
+    rows, cols = np.nonzero(rng.random((110, 100)) < 0.5)
     vals = rng.standard_normal(rows.shape[0])
-    assert als(rows, cols, vals, (80, 70), 63, max_iter=1, seed=0).info["solver"] == "cholesky"
-    assert als(rows, cols, vals, (80, 70), 64, max_iter=1, seed=0).info["solver"] == "cg"
-    assert als(rows, cols, vals, (80, 70), 64, solver="cholesky", max_iter=1, seed=0).info["solver"] == "cholesky"
+    assert als(rows, cols, vals, (110, 100), 95, max_iter=1, seed=0).info["solver"] == "cholesky"
+    assert als(rows, cols, vals, (110, 100), 96, max_iter=1, seed=0).info["solver"] == "cg"
+    assert als(rows, cols, vals, (110, 100), 96, solver="cholesky", max_iter=1, seed=0).info["solver"] == "cholesky"
+
+
+def test_auto_solver_takes_cg_where_the_exact_system_does_not_fit_the_backend(rng, monkeypatch):
+    # The CUDA kernel keeps a row's (rank^2 + rank) system in 48 KiB of shared memory: float64
+    # fits to rank 77. The CPU module stands in for it with that limit.
+    from lowrank_hpc import _backend
+    monkeypatch.setattr(_backend.cpu_module(), "ALS_SYSTEM_BYTES_LIMIT", 48 * 1024)
+    rows, cols = np.nonzero(rng.random((90, 85)) < 0.5)
+    vals = rng.standard_normal(rows.shape[0])
+    assert als(rows, cols, vals, (90, 85), 77, max_iter=1, seed=0).info["solver"] == "cholesky"
+    assert als(rows, cols, vals, (90, 85), 78, max_iter=1, seed=0).info["solver"] == "cg"
+    assert als(rows, cols, vals.astype(np.float32), (90, 85), 78, max_iter=1, seed=0).info["solver"] == "cholesky"
+    with pytest.raises(ValueError, match="rank 78 is too large"):
+        als(rows, cols, vals, (90, 85), 78, solver="cholesky", max_iter=1, seed=0)
 
 
 def test_default_cg_steps_are_5_for_ratings_and_implicits_3_for_implicit_feedback(rng):

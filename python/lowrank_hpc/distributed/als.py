@@ -9,10 +9,10 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import resolve
-from .._backend import cpu_module
+from .._backend import CONSTANTS, cpu_module
 from ..recover._driver import LoopSettings, LoopState, resolve_seed, run_loop
 from ..recover._result import RecoveryResult
-from ..recover.als import (_ALS_CONSTRAINTS, CG_MIN_RANK, CG_STEPS, _check_coordinates, _check_rank, _check_seed,
+from ..recover.als import (_ALS_CONSTRAINTS, CG_STEPS, uses_cg, _check_coordinates, _check_rank, _check_seed,
                            _key_stream)
 from . import _shards
 from ._executor import executor
@@ -133,7 +133,9 @@ class DistributedALS:
             data = _ArrayData(rows, cols, vals, shape)
         m, n = data.shape
         rank = _check_rank(FUNCTION, data.shape, self.rank)
-        use_cg = settings["solver"] == "cg" or (settings["solver"] == "auto" and rank >= CG_MIN_RANK)
+        # A worker may solve on its GPU (backend "auto" or "cuda"): the CUDA kernel's limit then.
+        limit = None if self.backend == "cpu" else CONSTANTS["als_shared_bytes"]
+        use_cg = uses_cg(settings["solver"], rank, np.dtype(data.dtype).itemsize, limit)
         cg_steps = settings["cg_steps"] if use_cg else 0
         given = data.initial_V(init, rank)
         shards = min(self.n_shards or run.worker_count(), m, n)

@@ -30,14 +30,27 @@ from ._result import RecoveryResult
 
 REG_SCALINGS = ("none", "count")
 SOLVERS = ("auto", "cholesky", "cg")
-# solver="auto" takes conjugate gradients from this rank on: a row's exact solve costs
-# entries * r^2 / 2 + r^3 / 6 multiply-adds, CG_STEPS warm-started CG steps 2 (CG_STEPS + 1)
-# entries * r. Explicit feedback takes 5 steps: on MovieLens-20M's shape 3 steps left the loss
-# 5.6% (r = 64) and 11% (r = 128) above the exact solver's after 12 iterations, 5 steps 0.3% and
-# 1.5% below it, and 5 steps led 3 at equal time too (BENCHMARKS.md, session 12). Implicit
-# feedback keeps implicit's default of 3 (the peer's work per iteration).
-CG_MIN_RANK = 64
+# solver="auto" takes conjugate gradients from this rank on (or where the backend's exact row
+# system does not fit it): a row's exact solve costs entries * r^2 / 2 + r^3 / 6 multiply-adds,
+# CG_STEPS warm-started CG steps 2 (CG_STEPS + 1) entries * r. On MovieLens-20M's shape (CPU,
+# BENCHMARKS.md session 13) an exact iteration took 2.37 s at r = 64 against CG's 2.52 (and
+# ends lower), 4.72 s at r = 96 against 4.41, 7.94 s at r = 128 against about 6. Explicit
+# feedback takes 5 steps: there 3 steps left the loss 5.6% (r = 64) and 11% (r = 128) above the
+# exact solver's after 12 iterations, 5 steps 0.3% and 1.5% below it, and 5 steps led 3 at
+# equal time too (session 12). Implicit feedback keeps implicit's default of 3 (the peer's
+# work per iteration).
+CG_MIN_RANK = 96
 CG_STEPS = 5
+
+
+def uses_cg(solver: str, rank: int, itemsize: int, system_bytes_limit: Optional[int]) -> bool:
+    """Whether ALS row solves run CG: solver "cg", or "auto" from CG_MIN_RANK on and wherever
+    the exact row system ((rank^2 + rank) numbers of ``itemsize`` bytes) exceeds the backend's
+    ``system_bytes_limit`` (None: any size; the CUDA kernel's shared memory)."""
+    if solver != "auto":
+        return solver == "cg"
+    return rank >= CG_MIN_RANK or (system_bytes_limit is not None
+                                   and (rank * rank + rank) * itemsize > system_bytes_limit)
 IMPLICIT_CG_STEPS = 3
 # Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
 # change): a block of U, not the whole of U and V (169 MiB at r = 256 on MovieLens-20M's shape).
@@ -354,8 +367,8 @@ def _prepare(function: str, rows, cols, vals, offsets, init, shape, rank, reg, r
     m, n = shape
     rank = _check_rank(function, shape, rank)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
-    use_cg = solver == "cg" or (solver == "auto" and rank >= CG_MIN_RANK)
     limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
+    use_cg = uses_cg(solver, rank, vals.dtype.itemsize, limit)
     words, what = (3 * rank, "3 rank") if use_cg else (rank * rank + rank, "(rank^2 + rank)")
     if limit is not None and words * vals.dtype.itemsize > limit:
         raise ValueError(f"{function}: rank {rank} is too large for the {call.backend} ALS kernel with {vals.dtype} "
@@ -432,7 +445,10 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         (Takacs, Pilaszy and Tikk 2011; implicit's default), never forming the system, O(entries
         r) per step, so the cost grows linearly in r. Each CG step still lowers the row's
         quadratic, so the loss never rises either; the iterates are not the exact ALS ones.
-        "auto" (default): "cg" from rank CG_MIN_RANK = 64 on, else "cholesky".
+        "auto" (default): "cg" from rank CG_MIN_RANK = 96 on, else "cholesky" (on the GPU also
+        "cg" where the exact system does not fit the kernel's shared memory: float64 from rank
+        78). On the CPU the exact iteration is the faster one below 96 (MovieLens-20M's shape:
+        2.37 s against 2.52 at r = 64), CG above (4.41 against 4.72 s at r = 96).
         ``info["solver"]`` says which ran. CG uses the "rows" kernel.
     cg_steps : conjugate-gradient steps per row and half-step, an int >= 1; None (default): 5
         (CG_STEPS), or 3 with ``feedback="implicit"`` (implicit_als's default, the implicit
