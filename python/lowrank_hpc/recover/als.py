@@ -41,6 +41,7 @@ SOLVERS = ("auto", "cholesky", "cg")
 # work per iteration).
 CG_MIN_RANK = 96
 CG_STEPS = 5
+IMPLICIT_CG_STEPS = 3
 
 
 def uses_cg(solver: str, rank: int, itemsize: int, system_bytes_limit: Optional[int]) -> bool:
@@ -51,7 +52,8 @@ def uses_cg(solver: str, rank: int, itemsize: int, system_bytes_limit: Optional[
         return solver == "cg"
     return rank >= CG_MIN_RANK or (system_bytes_limit is not None
                                    and (rank * rank + rank) * itemsize > system_bytes_limit)
-IMPLICIT_CG_STEPS = 3
+
+
 # Most bytes of old factor rows the rows kernel's iteration copies at a time (for the relative
 # change): a block of U, not the whole of U and V (169 MiB at r = 256 on MovieLens-20M's shape).
 _BLOCK_COPY_BYTES = 32 << 20
