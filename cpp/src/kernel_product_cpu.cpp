@@ -125,14 +125,12 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
   // The k-th smallest magnitude key (MagnitudeKey: small keys, large magnitudes) from a
   // selection among candidate keys known to hold it, then one pass keeping, in position order,
   // the smaller keys and the first of the equal ones. The candidates: the keys between two
-  // bounds read off a strided sample (4 sigma either side of where the k-th falls), found
-  // in a pass whose branch is rarely taken; where the bounds miss, the bucket of a histogram of
-  // the keys' top 11 bits that holds the k-th.
+  // bounds read off a strided sample (4 sigma either side of where the k-th falls), found in a
+  // pass whose test rarely passes; every key where the input is small or the bounds miss.
   using Key = typename MagnitudeKey<T>::Key;
   constexpr Key kNaN = MagnitudeKey<T>::kInfinity + 1;
   const auto key_of = [values](int64_t i) { return MagnitudeKey<T>::of(values[i]); };
-  std::vector<Key> candidates;
-  int64_t smaller = -1;  // keys below the candidates' range; -1: no candidates yet
+  Key low = 0, width = kNaN;  // candidates: keys in [low, low + width]; at first all of them
   constexpr int64_t kSample = 16384;
   if (n >= 8 * kSample) {
     std::vector<Key> sample(static_cast<size_t>(kSample));
@@ -147,64 +145,39 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
     std::nth_element(sample.begin(), sample.begin() + hi, sample.end());
     const Key high = hi < kSample - 1 ? sample[static_cast<size_t>(hi)] : kNaN;
     std::nth_element(sample.begin(), sample.begin() + lo, sample.begin() + hi);
-    const Key low = lo > 0 ? sample[static_cast<size_t>(lo)] : Key(0);
-    const Key width = high - low;
-    // Counted in one vectorised pass, collected in another: a push_back in the counting loop
-    // kept it scalar (4 ms against 1 for 2^20 float32).
-    int64_t below = 0, inside = 0;
-    Key largest = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const Key key = key_of(i);
-      largest = key > largest ? key : largest;
-      below += key < low ? 1 : 0;
-      inside += static_cast<Key>(key - low) <= width ? 1 : 0;
-    }
-    if (largest == kNaN) return -1;  // the caller's path for NaN (an overflow it reports)
-    if (below < k && k <= below + inside) {
-      candidates.resize(static_cast<size_t>(inside));
-      Key* next = candidates.data();
-      const auto is_candidate = [&](Key key) { return static_cast<Key>(key - low) <= width; };
-      int64_t i = 0;
-      for (; i + 16 <= n; i += 16) {  // a vectorised test of 16 keys, most of them none
-        bool any = false;
-        for (int l = 0; l < 16; ++l) any |= is_candidate(key_of(i + l));
-        if (!any) continue;
-        for (int l = 0; l < 16; ++l)
-          if (is_candidate(key_of(i + l))) *next++ = key_of(i + l);
-      }
-      for (; i < n; ++i)
-        if (is_candidate(key_of(i))) *next++ = key_of(i);
-      smaller = below;
-    }
+    low = lo > 0 ? sample[static_cast<size_t>(lo)] : Key(0);
+    width = high - low;
   }
-  if (smaller < 0) {
-    constexpr int kShift = 8 * static_cast<int>(sizeof(Key)) - 12;  // keys stay below 2^(bits - 1)
-    constexpr int64_t kBuckets = int64_t(1) << 11;
-    // Four histograms, entry i counted in the (i % 4)-th: a run of keys in one bucket would
-    // otherwise wait on its own counter's last increment every time.
-    std::vector<int64_t> counts(4 * kBuckets, 0);
-    Key largest = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const Key key = key_of(i);
-      largest = key > largest ? key : largest;
-      ++counts[(i & 3) * kBuckets + static_cast<int64_t>(key >> kShift)];
-    }
-    if (largest == kNaN) return -1;
-    const auto in_bucket = [&](int64_t b) {
-      return counts[b] + counts[kBuckets + b] + counts[2 * kBuckets + b] + counts[3 * kBuckets + b];
-    };
-    int64_t bucket = 0;
+  const auto is_candidate = [&](Key key) { return static_cast<Key>(key - low) <= width; };
+  // Counted in one vectorised pass, collected in another: a push_back in the counting loop
+  // kept it scalar (4 ms against 1 for 2^20 float32).
+  int64_t smaller = 0, inside = 0;  // keys below the candidates, and the candidates
+  Key largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Key key = key_of(i);
+    largest = key > largest ? key : largest;
+    smaller += key < low ? 1 : 0;
+    inside += is_candidate(key) ? 1 : 0;
+  }
+  if (largest == kNaN) return -1;  // the caller's path for NaN (an overflow it reports)
+  if (!(smaller < k && k <= smaller + inside)) {  // the bounds missed: every key competes
+    low = 0;
+    width = kNaN;
     smaller = 0;
-    while (smaller + in_bucket(bucket) < k) smaller += in_bucket(bucket++);
-    candidates.assign(static_cast<size_t>(in_bucket(bucket) + 1), Key(0));  // + 1: the last write's slot
-    int64_t found = 0;
-    for (int64_t i = 0; i < n; ++i) {  // branch-free: whether a key is in the bucket is data
-      const Key key = key_of(i);
-      candidates[static_cast<size_t>(found)] = key;
-      found += static_cast<int64_t>(key >> kShift) == bucket ? 1 : 0;
-    }
-    candidates.pop_back();
+    inside = n;
   }
+  std::vector<Key> candidates(static_cast<size_t>(inside));
+  Key* next = candidates.data();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // a vectorised test of 16 keys, most of them none
+    bool any = false;
+    for (int l = 0; l < 16; ++l) any |= is_candidate(key_of(i + l));
+    if (!any) continue;
+    for (int l = 0; l < 16; ++l)
+      if (is_candidate(key_of(i + l))) *next++ = key_of(i + l);
+  }
+  for (; i < n; ++i)
+    if (is_candidate(key_of(i))) *next++ = key_of(i);
   const int64_t rank = k - smaller - 1;  // the k-th smallest key is the candidates' rank-th (from 0)
   std::nth_element(candidates.begin(), candidates.begin() + rank, candidates.end());
   const Key threshold = candidates[static_cast<size_t>(rank)];
@@ -215,12 +188,12 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
   }
   int64_t kept = 0;
   if (equal_kept == equal_all) {  // no tie to break (the usual case): keep every key <= threshold
-    for (int64_t i = 0; i < n && kept < k; ++i) {
+    for (i = 0; i < n && kept < k; ++i) {
       positions[kept] = i;
       kept += key_of(i) <= threshold ? 1 : 0;
     }
   } else {
-    for (int64_t i = 0; i < n && kept < k; ++i) {
+    for (i = 0; i < n && kept < k; ++i) {
       const Key key = key_of(i);
       const bool equal = key == threshold;
       positions[kept] = i;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include <omp.h>
 
@@ -232,17 +233,18 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
                               const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
   constexpr int kTile = kTileBytes / sizeof(T);
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
-  bool prefetch = batch * n_other * r * int64_t(sizeof(T)) > kPrefetchMinBytes;
+  const int64_t B_bytes = batch * n_other * r * int64_t(sizeof(T));
   // Columns a block: all of them, or whole tiles (at least one) whose rows of B (every
-  // problem's) fit kColumnBlockBytes, copied into `packed`.
+  // problem's) fit kColumnBlockBytes, copied into `packed` (left uninitialised: every
+  // number is written before it is read).
   int64_t block = r;
-  if (R == 0 && batch * n_other * r * int64_t(sizeof(T)) >= kColumnBlockThresholdBytes) {
+  if (R == 0 && B_bytes >= kColumnBlockThresholdBytes) {
     const int64_t tiles = kColumnBlockBytes / (batch * n_other * kTile * int64_t(sizeof(T)));
     block = std::min(r, std::max<int64_t>(1, tiles) * kTile);
   }
   const bool blocked = block < r;
-  if (blocked) prefetch = false;  // the block is in cache
-  std::vector<T> packed(blocked ? static_cast<size_t>(batch * n_other * block) : 0);
+  const bool prefetch = !blocked && B_bytes > kPrefetchMinBytes;  // a block is in cache
+  const std::unique_ptr<T[]> packed(blocked ? new T[static_cast<size_t>(batch * n_other * block)] : nullptr);
   int64_t first_bad = nnz;
 #pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
   for (int64_t first_col = 0; first_col < r; first_col += block) {
@@ -250,14 +252,14 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
     if (blocked) {
 #pragma omp for schedule(static)
       for (int64_t q = 0; q < batch * n_other; ++q)
-        std::copy_n(B + q * r + first_col, width, packed.data() + q * width);
+        std::copy_n(B + q * r + first_col, width, packed.get() + q * width);
     }
     // The block's B rows (stride apart) and each output row's piece, from column 0 of the block.
     const int64_t stride = blocked ? width : r;
 #pragma omp for schedule(dynamic, 64)
     for (int64_t row = 0; row < n_rows; ++row) {
       const int64_t begin = indptr[row], end = indptr[row + 1];
-      const T* B_rows = blocked ? packed.data() + (row / n_key) * n_other * width
+      const T* B_rows = blocked ? packed.get() + (row / n_key) * n_other * width
                                 : B + (row / n_key) * n_other * r;
       T* out_row = out + row * r + first_col;
       // Indices were checked where the pattern was built; a stray one still may not read outside B.

@@ -34,7 +34,7 @@ SOLVERS = ("auto", "cholesky", "cg")
 # system does not fit it): a row's exact solve costs entries * r^2 / 2 + r^3 / 6 multiply-adds,
 # CG_STEPS warm-started CG steps 2 (CG_STEPS + 1) entries * r. On MovieLens-20M's shape (CPU,
 # BENCHMARKS.md session 13) an exact iteration took 2.37 s at r = 64 against CG's 2.52 (and
-# ends lower), 4.72 s at r = 96 against 4.41, 7.94 s at r = 128 against about 6. Explicit
+# ends lower), 4.72 s at r = 96 against 4.41, 7.94 s at r = 128 (CG: about 6, session 12). Explicit
 # feedback takes 5 steps: there 3 steps left the loss 5.6% (r = 64) and 11% (r = 128) above the
 # exact solver's after 12 iterations, 5 steps 0.3% and 1.5% below it, and 5 steps led 3 at
 # equal time too (session 12). Implicit feedback keeps implicit's default of 3 (the peer's
