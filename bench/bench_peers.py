@@ -14,7 +14,9 @@ Each caller order (row-sorted; the same entries shuffled) is a problem of its ow
 and ``sparse_times_dense`` (nothing prepared: it sorts a random order on every call); torch
 ``torch.sparse.mm`` and scipy ``CSR @ dense``, both on a CSR matrix built once, the caller's values
 permuted into CSR order inside every timed call when the caller's order is not CSR order. SDDMM:
-ours ``ops.sampled_product`` on the caller's arrays (any order, results in that order); torch
+ours ``SparsePattern.sampled_product`` (the same pattern: entries taken in row order, results
+written in the caller's order) and ``ops.sampled_product`` on the caller's arrays (nothing
+prepared: entries in the caller's order); torch
 ``torch.sparse.sampled_addmm`` on the CSR pattern, its values gathered back into the caller's
 order inside the timing; numpy's gather-einsum (in 16 MiB blocks) as the second peer. No side
 checks for NaN (ours: check_finite=False). torch runs in bench/.venvs/torch as a server
@@ -181,7 +183,9 @@ def kernel_sides(kernel: str, problem: CallerProblem, U, V, server, peers: list[
                                                                               check_finite=False)}
         secondary = ("scipy CSR @ dense", lambda: problem.scipy_spmm(V))
     else:
-        sides = {"ours sampled_product": lambda: lr.ops.sampled_product(U, V, problem.rows, problem.cols,
+        sides = {"ours SparsePattern.sampled_product": lambda: problem.pattern.sampled_product(U, V,
+                                                                                               check_finite=False),
+                 "ours sampled_product": lambda: lr.ops.sampled_product(U, V, problem.rows, problem.cols,
                                                                         check_finite=False)}
         secondary = ("numpy gather-einsum", lambda: numpy_sddmm(U, V, problem.rows, problem.cols))
     if server is not None:

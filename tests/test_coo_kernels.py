@@ -1,6 +1,8 @@
 """sampled_product, sparse_times_dense and SparsePattern against dense numpy/scipy references."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -533,3 +535,88 @@ def test_rank_one_sampled_product_is_the_product_of_two_numbers(backend, dtype, 
     rows[5] = -1
     with pytest.raises(IndexError, match=r"rows\[5\] = -1 is out of range"):
         lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))
+
+
+# ------------------------------------------------------------- SparsePattern.sampled_product
+def _skewed_coords(rng, m, n, nnz, order):
+    """One row holding half the entries, the first two and last three rows empty, repeats allowed;
+    row-sorted or shuffled."""
+    rows = np.concatenate([np.full(nnz // 2, 2), rng.integers(2, m - 3, nnz - nnz // 2)])
+    cols = rng.integers(0, n, nnz)
+    keep = np.lexsort((cols, rows)) if order == "sorted" else rng.permutation(nnz)
+    return rows[keep], cols[keep]
+
+
+@pytest.mark.parametrize("order", ["sorted", "random", "random, row order at every rank"])
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 5, 8, 16, 17, 32, 33, 64, 100, 129, 300])
+def test_sparse_pattern_sampled_product_is_sampled_product(backend, dtype, rng, order, r, monkeypatch):
+    """The pattern's product (on the CPU taken in row order, each result written to its entry's
+    place; shuffled entries with short factor rows by the coordinate kernel unless the threshold
+    is lowered) equals ops.sampled_product bit for bit, and float64 einsum within the rounding of
+    an r-term dot, at every compiled width and run-time rank, on a skewed pattern split across
+    threads inside its long row."""
+    if order.endswith("every rank"):
+        monkeypatch.setattr(importlib.import_module("lowrank_hpc.ops.sparse_times_dense"), "ROW_ORDER_MIN_ROW_BYTES", 0)
+    m, n, nnz = 97, 61, 6000
+    U, V = _factors(rng, dtype, m, n, r)
+    rows, cols = _skewed_coords(rng, m, n, nnz, order)
+    pattern = lr.ops.SparsePattern(backend.put(rows), backend.put(cols), (m, n))
+    got = pattern.sampled_product(backend.put(U), backend.put(V))
+    assert type(got) is type(backend.put(U)) and got.dtype == dtype and got.shape == (nnz,)
+    got = backend.get(got)
+    np.testing.assert_array_equal(got, backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))))
+    exact = np.einsum("kr,kr->k", U[rows].astype(np.float64), V[cols].astype(np.float64))
+    scale = np.einsum("kr,kr->k", np.abs(U[rows]).astype(np.float64), np.abs(V[cols]).astype(np.float64))
+    assert np.all(np.abs(got - exact) <= 4 * r * np.finfo(dtype).eps * scale)
+
+
+def test_sparse_pattern_sampled_product_batched(backend, dtype, rng):
+    U, V = _factors(rng, dtype, 11, 9, 6, batch=4)
+    rows, cols, offsets = _batched_coords(rng, 11, 9, [30, 0, 1, 45])
+    pattern = lr.ops.SparsePattern(*map(backend.put, (rows, cols)), (11, 9), offsets=backend.put(offsets))
+    got = backend.get(pattern.sampled_product(backend.put(U), backend.put(V)))
+    assert rel_error(got, reference.sampled_product(U, V, rows, cols, offsets)) < RTOL[dtype]
+    expected = lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)), offsets=backend.put(offsets))
+    np.testing.assert_array_equal(got, backend.get(expected))
+    with pytest.raises(ValueError, match=r"expected \(4, 11, r\) and \(4, 9, r\)"):
+        pattern.sampled_product(backend.put(U[0]), backend.put(V[0]))
+
+
+def test_cpu_sparse_pattern_sampled_product_across_thread_counts(rng):
+    """Thread shares split rows (entries are shared out evenly): the same values for 1-3 threads,
+    the transposed-only pattern (coordinate kernel) too."""
+    from lowrank_hpc import _cpu
+
+    rows, cols = _skewed_coords(rng, 300, 200, 30000, "random")
+    U, V = _factors(rng, np.float32, 300, 200, 24)
+    expected = lr.ops.sampled_product(U, V, rows, cols)
+    pattern = lr.ops.SparsePattern(rows, cols, (300, 200))
+    before = _cpu.max_threads()
+    try:
+        for threads in (1, 2, 3):
+            _cpu.set_num_threads(threads)
+            np.testing.assert_array_equal(pattern.sampled_product(U, V), expected)
+    finally:
+        _cpu.set_num_threads(before)
+
+
+def test_sparse_pattern_sampled_product_bad_inputs(backend, rng):
+    """A column changed to out of range after the pattern was built (row-sorted entries: the
+    pattern keeps the caller's array), shapes that do not match the pattern, a rank mismatch, NaN."""
+    rows = np.array([0, 0, 1, 2, 3, 3, 4])
+    cols = np.array([1, 2, 3, 3, 0, 2, 1])
+    U, V = _factors(rng, np.float64, 5, 4, 3)
+    cols_, rows_ = backend.put(cols.copy()), backend.put(rows)
+    pattern = lr.ops.SparsePattern(rows_, cols_, (5, 4))
+    cols_[[2, 5]] = backend.put(np.array([4, 9]))
+    with pytest.raises(IndexError, match=r"cols\[2\] = 4 is out of range \[0, 4\)"):
+        pattern.sampled_product(backend.put(U), backend.put(V))
+    cols_[[2, 5]] = backend.put(cols[[2, 5]])
+    np.testing.assert_array_equal(backend.get(pattern.sampled_product(backend.put(U), backend.put(V))),
+                                  np.einsum("kr,kr->k", U[rows], V[cols]))
+    with pytest.raises(ValueError, match=r"U has shape \(5, 3\) and V \(5, 3\), expected \(5, r\) and \(4, r\)"):
+        pattern.sampled_product(backend.put(U), backend.put(U))
+    with pytest.raises(ValueError, match="rank mismatch"):
+        pattern.sampled_product(backend.put(U), backend.put(V[:, :2]))
+    with pytest.raises(ValueError, match="NaN"):
+        pattern.sampled_product(backend.put(np.full((5, 3), np.nan)), backend.put(V))

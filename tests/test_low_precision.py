@@ -124,6 +124,11 @@ def test_sparse_pattern_and_batched_operands(backend, half, rng):
         magnitude = reference.sparse_times_dense(rows[:70], cols[:70], np.abs(vals[:70].astype(np.float64)),
                                                  np.abs(operand.astype(np.float64)), 8 if transpose else 10, transpose)
         assert_one_rounding(got, exact, magnitude, 70, half)
+    # The pattern's sampled product runs the coordinate kernel for 16-bit factors: the same bits.
+    U, V = random_half(rng, (10, 5), half), random_half(rng, (8, 5), half)
+    got = backend.get(pattern.sampled_product(backend.put(U), backend.put(V)))
+    expected = backend.get(ops.sampled_product(*map(backend.put, (U, V, rows[:70], cols[:70]))))
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["2d", "3d"])

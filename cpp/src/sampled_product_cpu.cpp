@@ -109,7 +109,52 @@ int64_t squared_residuals_rank(const T* U, const T* V, const I* rows, const I* c
       [&](int64_t k) { out[k] = 0.0; });
 }
 
+// The entries of CSR rows: each thread takes an equal share of the entries (a row holding half
+// of them is split, not left to one thread) and walks its rows from the first.
+template <class T, class I, int R>
+int64_t csr_sampled_product_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* U,
+                                 const T* V, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out) {
+  const int64_t n_rows = batch * m;
+  const bool prefetch = r * static_cast<int64_t>(sizeof(T)) >= kPrefetchMinRowBytes &&
+                        (m + n) * r * static_cast<int64_t>(sizeof(T)) > kPrefetchMinBytes;
+  int64_t first_bad = nnz;
+#pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
+  {
+    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
+    // The row holding entry `begin`: the last row starting at or before it.
+    int64_t row = std::upper_bound(indptr, indptr + n_rows + 1, begin) - indptr - 1;
+    for (int64_t j = begin; j < end; ++row) {
+      const int64_t stop = std::min(end, indptr[row + 1]);
+      const int64_t b = row / m;
+      const T* u = U + row * r;
+      const T* V_problem = V + b * n * r;
+      for (; j < stop; ++j) {
+        if (prefetch && j + kPrefetchDistance < end && ops::index_in_range(others[j + kPrefetchDistance], n))
+          prefetch_row(V_problem + static_cast<int64_t>(others[j + kPrefetchDistance]) * r, r);
+        const int64_t k = perm ? perm[j] : j;
+        if (!ops::index_in_range(others[j], n)) {
+          out[k] = store_as<T>(0.0f);
+          first_bad = std::min(first_bad, k);
+          continue;
+        }
+        out[k] = store_as<T>(ops::strided_dot<T, R>(u, V_problem + static_cast<int64_t>(others[j]) * r, r, 0, 1));
+      }
+    }
+  }
+  return first_bad == nnz ? -1 : first_bad;
+}
+
 }  // namespace
+
+template <class T, class I>
+int64_t csr_sampled_product(const int64_t* indptr, const int64_t* perm, const I* others, const T* U, const T* V,
+                            int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out) {
+  return dispatch_rank(r, [&](auto rank) {
+    return csr_sampled_product_rank<T, I, decltype(rank)::value>(indptr, perm, others, U, V, batch, m, n, r, nnz,
+                                                                 out);
+  });
+}
 
 template <class T, class I>
 int64_t sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
@@ -140,7 +185,9 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                                          int64_t, T*);                                      \
   template int64_t sampled_squared_residuals<T, I>(const T*, const T*, const I*, const I*, const T*,   \
                                                    const int64_t*, int64_t, int64_t, int64_t, int64_t, \
-                                                   int64_t, double*);
+                                                   int64_t, double*);                                   \
+  template int64_t csr_sampled_product<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, \
+                                             int64_t, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 #define LRH_INSTANTIATE(T, I)                                                              \

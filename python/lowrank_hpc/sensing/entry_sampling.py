@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import Call, resolve
-from ..ops import SparsePattern, sampled_product
+from ..ops import SparsePattern
 from ._base import SensingOperator, check_shape
 
 
@@ -14,8 +14,8 @@ class EntrySampling(SensingOperator):
     """Observe the entries (rows[k], cols[k]) of an (n1, n2) matrix; repeated positions are allowed.
 
     forward gathers X[rows, cols]; adjoint scatter-adds y into an (n1, n2) zero matrix (repeated
-    positions add up); forward_factored samples U V^T through ``lowrank_hpc.ops.sampled_product``
-    without forming it.
+    positions add up); forward_factored samples U V^T without forming it, through
+    ``SparsePattern.sampled_product`` on the positions (``ops.sampled_product``'s values).
 
     Parameters
     ----------
@@ -58,8 +58,9 @@ class EntrySampling(SensingOperator):
         return out.astype(y2.dtype, copy=False).reshape(y2.shape[0], n1, n2)
 
     def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
-        rows, cols, _ = self.indices(call)
-        return sampled_product(U, V, rows, cols, check_finite=False)
+        # The pattern the adjoint keeps: the same values as ops.sampled_product on rows and cols,
+        # bit for bit, its entries taken in row order (each U row read once per row).
+        return self.pattern(call).sampled_product(U, V, check_finite=False)
 
     def pattern(self, call: Call) -> SparsePattern:
         """The observed positions as a SparsePattern on the call's backend, sorted once."""
