@@ -5,6 +5,7 @@ ALS on the MovieLens-20M-shaped problem beside implicit, and ALS against Spark M
     PYTHONPATH=python python bench/bench_peers.py                 # every section, full sizes (long: see below)
     PYTHONPATH=python python bench/bench_peers.py --quick         # tiny sizes, a minute or two
     PYTHONPATH=python python bench/bench_peers.py --sections kernels --kernel-nnz 1000000
+    PYTHONPATH=python bench/.venvs/torch/bin/python bench/bench_peers.py --sections kernels --torch in-process
     PYTHONPATH=python python bench/bench_peers.py --sections als --als-ranks 32,64 --als-solvers cg
 
 kernels: float32, distinct random positions, ENTRIES_PER_ROW per row on average in an N x N
@@ -20,7 +21,12 @@ prepared: entries in the caller's order); torch
 ``torch.sparse.sampled_addmm`` on the CSR pattern, its values gathered back into the caller's
 order inside the timing; numpy's gather-einsum (in 16 MiB blocks) as the second peer. No side
 checks for NaN (ours: check_finite=False). torch runs in bench/.venvs/torch as a server
-(bench/peers/torch_sparse_server.py) so that the runs alternate: ours, torch, scipy, ours, ...
+(bench/peers/torch_sparse_server.py) so that the runs alternate: ours, torch, scipy, ours, ...;
+there each side's factors are its own copy, so every run starts after the other side's pass
+over other memory (cold caches). With ``--torch in-process`` (run by bench/.venvs/torch's
+python, which imports lowrank_hpc from PYTHONPATH) torch's factors are ours, shared without a
+copy, so each run finds the factors as the previous one left them (warm caches: a loop), and
+both OpenMP runtimes wait passively (OMP_WAIT_POLICY=passive unless set).
 Every row is the median of --repeats runs per side after a warm-up, with min-max. Before timing,
 every side's result is checked against ours (an order-sensitive checksum).
 
@@ -233,10 +239,44 @@ def kernel_rows(kernel: str, order: str, problem: CallerProblem, r: int, times: 
     return lines
 
 
+class InProcessTorch:
+    """torch_sparse_server.py's requests answered in this process (``--torch in-process``, run
+    from bench/.venvs/torch's python): torch's factors are ours (torch.from_numpy, no copy), so
+    each side finds in the caches what the other just read, as in a loop that calls both. The
+    server, in its own process, reads its own copies: each side's run follows the other's
+    pass over different memory."""
+
+    def __init__(self, threads: int):
+        sys.path.insert(0, str(BENCH / "peers"))
+        import torch
+        import torch_sparse_server
+
+        self._torch, self._server, self._state = torch, torch_sparse_server, {}
+        torch.set_num_threads(threads)
+        self.hello = {"version": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+                      "mkl": torch.backends.mkl.is_available(), "threads": torch.get_num_threads()}
+
+    def share(self, U: np.ndarray, V: np.ndarray) -> None:
+        state, torch = self._state, self._torch
+        state["U"], state["V"] = torch.from_numpy(U), torch.from_numpy(V)
+        state["Vt"] = state["V"].T.contiguous()
+
+    def ask(self, op: str, **request: Any) -> dict:
+        return self._server.OPS[op](self._state, request)
+
+    def close(self) -> None:
+        self._state.clear()
+
+
 def section_kernels(args, workdir: Path) -> tuple[list[str], str]:
     peers = args.kernel_peers.split(",")
     server, why = None, ""
-    if "torch" in peers:
+    if "torch" in peers and args.torch == "in-process":
+        try:
+            server = InProcessTorch(args.threads)
+        except ImportError as error:
+            why = f"torch not importable here ({error}): run this from bench/.venvs/torch/bin/python"
+    elif "torch" in peers:
         try:
             server = PeerServer("torch", "torch_sparse_server.py", args.threads)
         except PeerUnavailable as error:
@@ -248,7 +288,10 @@ def section_kernels(args, workdir: Path) -> tuple[list[str], str]:
             server.close()
     hello = server.hello if server else None
     torch_line = (f"torch {hello['version']} (CPU capability {hello['capability']}, MKL {hello['mkl']}, "
-                  f"{hello['threads']} threads)" if hello else f"torch not measured: {why or 'not asked for'}")
+                  f"{hello['threads']} threads, {args.torch}"
+                  f"{', OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', '') if args.torch == 'in-process' else ''})"
+                  if hello
+                  else f"torch not measured: {why or 'not asked for'}")
     return lines, torch_line
 
 
@@ -262,7 +305,9 @@ def kernel_table(args, workdir: Path, server) -> list[str]:
                 server.ask(op="load", path=str(path))
             for r in csv_ints(args.kernel_ranks):
                 U, V = problem.factors(r, seed=args.seed + r)
-                if server is not None:
+                if isinstance(server, InProcessTorch):
+                    server.share(U, V)
+                elif server is not None:
                     server.ask(op="factors", rank=r, seed=args.seed + r)
                 for kernel in ("spmm", "sddmm"):
                     sides = kernel_sides(kernel, problem, U, V, server, args.kernel_peers.split(","))
@@ -637,6 +682,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kernel-nnz", help="comma-separated (pattern N x N with N = nnz / 100)")
     parser.add_argument("--kernel-ranks")
     parser.add_argument("--kernel-peers", default="torch,scipy", help="torch and/or scipy (numpy for SDDMM)")
+    parser.add_argument("--torch", choices=("server", "in-process"), default="server",
+                        help="torch in its venv's process (default), or in this one (run with that venv's python)")
     parser.add_argument("--als-shape", help="m,n (default MovieLens-20M's 138493,26744)")
     parser.add_argument("--als-nnz", type=int)
     parser.add_argument("--als-ranks")
@@ -674,7 +721,8 @@ def header(args, started: str, load_start: str, seconds: float, peer_lines: list
             f"{', '.join(info['cpu_levels_built'])}); load average {load_start} at the start, {load_average()} at "
             f"the end; whole run {seconds:.0f} s. numpy {np.__version__}, scipy {scipy.__version__}, lowrank_hpc "
             f"{lr.__version__}{''.join('; ' + line for line in peer_lines)}.",
-            "Command: `PYTHONPATH=python python bench/bench_peers.py"
+            f"Command: `PYTHONPATH=python {'bench/.venvs/torch/bin/' if args.torch == 'in-process' else ''}python "
+            "bench/bench_peers.py"
             + "".join(" " + shlex.quote(a) for a in sys.argv[1:]) + "`", ""]
 
 
@@ -685,11 +733,16 @@ def kernels_text(args, lines: list[str]) -> list[str]:
             "(scipy's CSR product and numpy's einsum are single-threaded); ms, median (min-max) of "
             f"{args.repeats} runs per side, the sides alternated in one loop after a warm-up; ratios are the peer's "
             "median / ours (> 1: ours faster). Random order: ours SparsePattern built once from the caller's "
-            "COO (keeps its order) or sparse_times_dense (sorts each call), sampled_product on the caller's arrays; "
+            "COO (keeps its order: times_dense, and sampled_product taking the entries in row order), or nothing "
+            "prepared (sparse_times_dense sorts each call, sampled_product takes the caller's order); "
             "torch and scipy hold a CSR matrix built once, SpMM permutes the caller's values into CSR order inside "
             "the timing, torch's SDDMM gathers its values back to the caller's order inside the timing. Effective "
             "GB/s counts an index, a value and each factor row per entry plus the output, cache hits included "
-            "(not DRAM traffic).", "", *lines]
+            "(not DRAM traffic). "
+            + ("torch in this process on our factors (no copy): each run finds them in the caches as the previous "
+               "one left them; both OpenMP runtimes wait passively." if args.torch == "in-process" else
+               "torch in its own process on its own copy of the factors: each run follows the other side's pass "
+               "over other memory."), "", *lines]
 
 
 def main() -> None:
@@ -698,6 +751,11 @@ def main() -> None:
         print(json.dumps(run_als_case(json.loads(args.als_case))))
         return
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before lowrank_hpc loads OpenMP; inherited by the peers
+    if args.torch == "in-process":
+        # Two OpenMP runtimes in one process (torch's own libgomp and ours): each one's idle
+        # workers spin while the other works. Passive waiting stops that (1e6 entries, r = 8:
+        # runs of one side spread over 1-5 ms with spinning, within 10% without).
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     started, load_start, clock = (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                   load_average(), time.perf_counter())
     sections = args.sections.split(",")

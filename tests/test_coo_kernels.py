@@ -620,3 +620,51 @@ def test_sparse_pattern_sampled_product_bad_inputs(backend, rng):
         pattern.sampled_product(backend.put(U), backend.put(V[:, :2]))
     with pytest.raises(ValueError, match="NaN"):
         pattern.sampled_product(backend.put(np.full((5, 3), np.nan)), backend.put(V))
+
+
+@pytest.mark.parametrize("order", ["sorted", "random", "random, row order at every rank"])
+@pytest.mark.parametrize("r", [3, 16, 64])
+def test_sparse_pattern_solver_residual_is_the_product_minus_y(backend, dtype, rng, order, r, monkeypatch):
+    """The solvers' fused residual: z = sampled_product(U, V) - y bit for bit (in the factors'
+    dtype), and the float64 sum of its squares, on every path the pattern takes."""
+    if order.endswith("every rank"):
+        monkeypatch.setattr(importlib.import_module("lowrank_hpc.ops.sparse_times_dense"), "ROW_ORDER_MIN_ROW_BYTES", 0)
+    m, n, nnz = 97, 61, 6000
+    U, V = _factors(rng, dtype, m, n, r)
+    rows, cols = _skewed_coords(rng, m, n, nnz, order)
+    y = rng.standard_normal(nnz).astype(dtype)
+    pattern = lr.ops.SparsePattern(backend.put(rows), backend.put(cols), (m, n))
+    from lowrank_hpc._arrays import resolve
+
+    call = resolve("test", U=backend.put(U))
+    z, total = pattern.solver_residual(call, *map(backend.put, (U, V, y)))
+    expected = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols)))) - y
+    np.testing.assert_array_equal(backend.get(z), expected)
+    exact = float(np.sum(expected.astype(np.float64) ** 2))
+    assert isinstance(total, float) and abs(total - exact) <= 1e-12 * exact
+
+
+def test_cpu_solver_residual_sum_is_fixed_for_a_thread_count(rng):
+    """Each thread sums its share, the shares are added in thread order: the same bits on every
+    run with one thread count (3 threads, run three times), and within rounding across counts."""
+    from lowrank_hpc import _cpu
+    from lowrank_hpc._arrays import resolve
+
+    rows, cols = _skewed_coords(rng, 300, 200, 30000, "sorted")
+    U, V = _factors(rng, np.float32, 300, 200, 24)
+    y = rng.standard_normal(30000).astype(np.float32)
+    pattern = lr.ops.SparsePattern(rows, cols, (300, 200))
+    call = resolve("test", U=U)
+    before = _cpu.max_threads()
+    sums = {}
+    try:
+        for threads in (1, 2, 3, 3, 3):
+            _cpu.set_num_threads(threads)
+            z, total = pattern.solver_residual(call, U, V, y)
+            np.testing.assert_array_equal(z, lr.ops.sampled_product(U, V, rows, cols) - y)
+            sums.setdefault(threads, set()).add(total)
+    finally:
+        _cpu.set_num_threads(before)
+    assert len(sums[3]) == 1
+    values = [next(iter(s)) for s in sums.values()]
+    assert max(values) - min(values) <= 1e-12 * max(values)

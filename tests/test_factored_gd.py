@@ -464,3 +464,39 @@ def test_batched_gpu_equals_cpu(method):
     assert isinstance(gpu.U, cupy.ndarray) and gpu.backend == "cuda"
     np.testing.assert_allclose(gpu.U.get(), cpu.U, rtol=1e-6, atol=1e-9)
     assert list(gpu.stop_reason) == list(cpu.stop_reason)
+
+
+class _PublicOnly:
+    """An operator seen only through its public methods: factored_gd's generic path."""
+
+    def __init__(self, op):
+        self._op = op
+        self.shape, self.num_measurements = op.shape, op.num_measurements
+        for name in ("forward", "adjoint", "forward_factored", "adjoint_times", "adjoint_transpose_times"):
+            setattr(self, name, getattr(op, name))
+
+
+@pytest.mark.parametrize("kind", ["entries row-sorted", "entries shuffled", "gaussian"])
+@pytest.mark.parametrize("method", ["gd", "alternating", "scaled"])
+def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, method):
+    """The library's operators give factored_gd their residual and loss in one pass (entry
+    sampling: one kernel) and skip the public methods' checks: the same iterates and losses as
+    the same operator seen through its public methods."""
+    rng = np.random.default_rng(5)
+    n1, n2, r = 40, 30, 3
+    M = rng.standard_normal((n1, r)) @ rng.standard_normal((r, n2))
+    if kind == "gaussian":
+        op = GaussianSensing(900, (n1, n2), seed=2)
+    else:
+        flat = rng.choice(n1 * n2, 700, replace=False)
+        flat = np.sort(flat) if kind.endswith("sorted") else flat
+        op = EntrySampling(flat // n2, flat % n2, (n1, n2))
+    y = op.forward(M)
+    init = "spectral" if method == "scaled" else "small"  # ScaledGD's start (from small: slow, as the theory says)
+    fused = lr.recover.factored_gd(op, y, r, method=method, init=init, max_iter=40, tol=0, seed=1)
+    generic = lr.recover.factored_gd(_PublicOnly(op), y, r, method=method, init=init, max_iter=40, tol=0, seed=1)
+    assert fused.n_iter == generic.n_iter == 40 and fused.step == generic.step
+    np.testing.assert_allclose(fused.history["loss"], generic.history["loss"], rtol=1e-12)
+    np.testing.assert_allclose(fused.U, generic.U, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(fused.V, generic.V, rtol=1e-10, atol=1e-13)
+    assert fused.history["loss"][-1] < 1e-1 * fused.history["loss"][0]  # the iterates moved

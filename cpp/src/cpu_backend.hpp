@@ -95,10 +95,13 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
 // The sampled product over a CSR pattern (coo_to_csr's arrays): CSR entry j is
 // <U[row], V[b, others[j]]> for its row (b * m + i of U viewed as (batch * m, r)), written to
 // out[perm[j]] (out[j] when perm is null), the caller's order. Each U row is read once per
-// row instead of once per entry. Returns the first bad entry (caller's order) or -1.
+// row instead of once per entry. With y (caller's order; null: none) the residual
+// product - y[k] is written instead and *sum_of_squares receives the sum of its squares in
+// double. Returns the first bad entry (caller's order) or -1.
 template <class T, class I>
 int64_t csr_sampled_product(const int64_t* indptr, const int64_t* perm, const I* others, const T* U, const T* V,
-                            int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out);
+                            const T* y, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
+                            double* sum_of_squares);
 
 struct CsrBuild {
   int64_t first_bad;  // -1, or the first entry whose key is out of range

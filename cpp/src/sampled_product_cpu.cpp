@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <vector>
 #include <omp.h>
 
 #include "lowrank_hpc/core/instantiate.hpp"
@@ -110,18 +111,24 @@ int64_t squared_residuals_rank(const T* U, const T* V, const I* rows, const I* c
 }
 
 // The entries of CSR rows: each thread takes an equal share of the entries (a row holding half
-// of them is split, not left to one thread) and walks its rows from the first.
-template <class T, class I, int R>
+// of them is split, not left to one thread) and walks its rows from the first. With Residual,
+// out[k] = product - y[k] (in T, as the solver's gradient sees it) and each thread sums its
+// squares in double; the shares are added in thread order, so a thread count gives one sum.
+template <class T, class I, int R, bool Residual>
 int64_t csr_sampled_product_rank(const int64_t* indptr, const int64_t* perm, const I* others, const T* U,
-                                 const T* V, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out) {
+                                 const T* V, const T* y, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz,
+                                 T* out, double* sum_of_squares) {
   const int64_t n_rows = batch * m;
   const bool prefetch = r * static_cast<int64_t>(sizeof(T)) >= kPrefetchMinRowBytes &&
                         (m + n) * r * static_cast<int64_t>(sizeof(T)) > kPrefetchMinBytes;
+  const bool parallel = nnz * r > kParallelMinWork;
+  std::vector<double> shares(static_cast<size_t>(parallel ? omp_get_max_threads() : 1), 0.0);
   int64_t first_bad = nnz;
-#pragma omp parallel reduction(min : first_bad) if (nnz * r > kParallelMinWork)
+#pragma omp parallel reduction(min : first_bad) if (parallel)
   {
     const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t begin = nnz * tid / threads, end = nnz * (tid + 1) / threads;
+    double share = 0.0;
     // The row holding entry `begin`: the last row starting at or before it.
     int64_t row = std::upper_bound(indptr, indptr + n_rows + 1, begin) - indptr - 1;
     for (int64_t j = begin; j < end; ++row) {
@@ -138,9 +145,23 @@ int64_t csr_sampled_product_rank(const int64_t* indptr, const int64_t* perm, con
           first_bad = std::min(first_bad, k);
           continue;
         }
-        out[k] = store_as<T>(ops::strided_dot<T, R>(u, V_problem + static_cast<int64_t>(others[j]) * r, r, 0, 1));
+        const T product =
+            store_as<T>(ops::strided_dot<T, R>(u, V_problem + static_cast<int64_t>(others[j]) * r, r, 0, 1));
+        if constexpr (Residual) {
+          const T residual = product - y[k];
+          out[k] = residual;
+          share += static_cast<double>(residual) * static_cast<double>(residual);
+        } else {
+          out[k] = product;
+        }
       }
     }
+    shares[static_cast<size_t>(tid)] = share;
+  }
+  if constexpr (Residual) {
+    double total = 0.0;
+    for (const double share : shares) total += share;
+    *sum_of_squares = total;
   }
   return first_bad == nnz ? -1 : first_bad;
 }
@@ -149,10 +170,14 @@ int64_t csr_sampled_product_rank(const int64_t* indptr, const int64_t* perm, con
 
 template <class T, class I>
 int64_t csr_sampled_product(const int64_t* indptr, const int64_t* perm, const I* others, const T* U, const T* V,
-                            int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out) {
+                            const T* y, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
+                            double* sum_of_squares) {
   return dispatch_rank(r, [&](auto rank) {
-    return csr_sampled_product_rank<T, I, decltype(rank)::value>(indptr, perm, others, U, V, batch, m, n, r, nnz,
-                                                                 out);
+    constexpr int R = decltype(rank)::value;
+    return y ? csr_sampled_product_rank<T, I, R, true>(indptr, perm, others, U, V, y, batch, m, n, r, nnz, out,
+                                                       sum_of_squares)
+             : csr_sampled_product_rank<T, I, R, false>(indptr, perm, others, U, V, y, batch, m, n, r, nnz, out,
+                                                        sum_of_squares);
   });
 }
 
@@ -187,7 +212,8 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                                                    const int64_t*, int64_t, int64_t, int64_t, int64_t, \
                                                    int64_t, double*);                                   \
   template int64_t csr_sampled_product<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, \
-                                             int64_t, int64_t, int64_t, int64_t, int64_t, T*);
+                                             const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T*,   \
+                                             double*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 #define LRH_INSTANTIATE(T, I)                                                              \

@@ -23,6 +23,7 @@ from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
                              spectral_norm, top_singular_triplets)
 from ._result import RecoveryResult
+from ..sensing._base import SensingOperator
 
 METHODS = ("gd", "alternating", "scaled", "scaled_damped", "gd_rebalanced")
 _ASYMMETRIC_ONLY = ("alternating", "gd_rebalanced")
@@ -58,6 +59,7 @@ def stalled_reason(previous: Optional[float], dtype: Any) -> str:
 
 @dataclass
 class _Problem:
+    call: Call
     op: Any
     y: Any
     xp: Any
@@ -76,12 +78,24 @@ class _Problem:
         residual = residual.astype(np.float64, copy=False)  # float32 sums would hide small decreases
         return weight * float(self.xp.vdot(residual, residual))
 
+    def evaluate(self, U: Any, V: Any) -> tuple[Any, float]:
+        """(residual, loss) at (U, V). The library's operators do both in one pass where they
+        can (entry sampling: one kernel, no float64 copy of the residual) and skip the checks of
+        their public methods: the solver validated its operands once."""
+        if isinstance(self.op, SensingOperator):
+            z, total = self.op._solver_residual(self.call, U, U if self.symmetric else V, self.y)
+            return z, (0.25 if self.symmetric else 0.5) * total
+        z = self.residual(U, V)
+        return z, self.loss(z)
+
     def gradients(self, U: Any, V: Any, z: Any) -> tuple[Any, Any]:
         """(grad_U, grad_V) of the loss at (U, V) with residual z (grad_V is None when symmetric)."""
-        if self.symmetric:
-            g_u, g_ut = adjoint_products(self.op, z, U, U)
-            return 0.5 * (g_u + g_ut), None
-        return adjoint_products(self.op, z, V, U)
+        partner = U if self.symmetric else V
+        if isinstance(self.op, SensingOperator):
+            g_u, g_v = self.op._solver_adjoint_products(self.call, z, partner, U)
+        else:
+            g_u, g_v = adjoint_products(self.op, z, partner, U)
+        return (0.5 * (g_u + g_v), None) if self.symmetric else (g_u, g_v)
 
     def precondition(self, grad: Any, partner: Any) -> Any:
         """ScaledGD: grad (P^T P)^-1, or (P^T P + lambda I)^-1 for the damped variant."""
@@ -123,27 +137,27 @@ def _finite(xp: Any, *arrays: Any) -> bool:
     return all(bool(xp.isfinite(a).all()) for a in arrays if a is not None)
 
 
-def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any]:
-    """(U', V', residual at them); the residual is None when a step overflowed the factors
-    (the caller then treats the loss as infinite and halves the step)."""
+def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any, float]:
+    """(U', V', residual at them, loss at them); the residual is None and the loss infinite
+    when a step overflowed the factors (the caller then halves the step)."""
     xp = problem.xp
     if problem.method == "alternating":
         grad_u = adjoint_times(problem.op, z, V)
         U_new = U - step * grad_u
         if not _finite(xp, U_new):
-            return U_new, V, None
+            return U_new, V, None, np.inf
         z_mid = problem.residual(U_new, V)
         V_new = V - step * adjoint_transpose_times(problem.op, z_mid, U_new)
         if not _finite(xp, V_new):
-            return U_new, V_new, None
-        return U_new, V_new, problem.residual(U_new, V_new)
+            return U_new, V_new, None, np.inf
+        return (U_new, V_new, *problem.evaluate(U_new, V_new))
     grad_u, grad_v = problem.gradients(U, V, z)
     # Kernels take row-major factors; the preconditioned gradient may come back transposed.
     U_new = xp.ascontiguousarray(U - step * problem.precondition(grad_u, U if problem.symmetric else V))
     V_new = U_new if problem.symmetric else xp.ascontiguousarray(V - step * problem.precondition(grad_v, U))
     if not _finite(xp, U_new, None if problem.symmetric else V_new):
-        return U_new, V_new, None
-    return U_new, V_new, problem.residual(U_new, V_new)
+        return U_new, V_new, None, np.inf
+    return (U_new, V_new, *problem.evaluate(U_new, V_new))
 
 
 def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int, seed: int,
@@ -320,7 +334,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         step = 0.5 / scale if scaled else 0.5 / sigma
     if damping is None:
         damping = 1e-2 * sigma / scale if method == "scaled_damped" else 0.0
-    problem = _Problem(op=op, y=y, xp=xp, symmetric=symmetric, method=method, step=float(step),
+    problem = _Problem(call=call, op=op, y=y, xp=xp, symmetric=symmetric, method=method, step=float(step),
                        damping=float(damping), rebalance_at=rebalance_at, y_norm=y_norm)
 
     if isinstance(init, str):
@@ -343,20 +357,18 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     @quiet
     def advance(state: LoopState) -> tuple[float, float]:
         U, V = state.arrays["U"], state.arrays["V"]
-        z = residual_cache.pop("z", None)
-        if z is None:
-            z = problem.residual(U, V)
-        loss = problem.loss(z)
+        # The residual and loss at (U, V): the previous iteration's, or computed here (the first
+        # iteration, a resumed run).
+        z, loss = residual_cache.pop("z", None) or problem.evaluate(U, V)
         step_now = state.scalars["step"]
         for _ in range(_MAX_HALVINGS_PER_STEP):
-            U_new, V_new, z_new = _take_step(problem, U, V, z, step_now)
-            loss_new = problem.loss(z_new) if z_new is not None else np.inf
+            U_new, V_new, z_new, loss_new = _take_step(problem, U, V, z, step_now)
             if np.isfinite(loss_new) and loss_new <= loss * (1 + _GROWTH_ALLOWED):
                 break
             step_now *= 0.5
             state.scalars["halvings"] += 1
         else:
-            residual_cache["z"] = z
+            residual_cache["z"] = (z, loss)
             residual_cache["stuck"] = True
             return loss, 0.0
         if (problem.method == "gd_rebalanced" and not state.scalars["rebalanced"]
@@ -366,7 +378,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         state.scalars["step"] = step_now
         change = float(relative_change(call, U[None], V[None], U_new[None], V_new[None])[0])
         state.arrays["U"], state.arrays["V"] = U_new, (U_new if symmetric else V_new)
-        residual_cache["z"] = z_new
+        residual_cache["z"] = (z_new, loss_new)
         return loss_new, change
 
     weight = 0.25 if symmetric else 0.5

@@ -109,8 +109,8 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     sigma = quiet(spectral_norm)(op, y, xp, seed=seed_value)
     lam, eps = reg * sigma ** 1.5, smoothing * np.sqrt(sigma)
     step = 0.25 / sigma if step is None else step
-    problem = _Problem(op=op, y=y, xp=xp, symmetric=True, method="gd", step=step, damping=0.0, rebalance_at=1.0,
-                       y_norm=y_norm)
+    problem = _Problem(call=call, op=op, y=y, xp=xp, symmetric=True, method="gd", step=step, damping=0.0,
+                       rebalance_at=1.0, y_norm=y_norm)
     rng = np.random.default_rng(seed_value)
     U0 = init_scale * np.sqrt(sigma) * rng.standard_normal((n1, width)) / np.sqrt(n1)
     state = LoopState(arrays={"U": xp.asarray(U0.astype(dtype))}, scalars={"step": step, "halvings": 0.0},

@@ -192,6 +192,19 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: B has shape {tuple(B.shape)}, expected ({rows_expected}, k)")
         return call.wrap(self._adjoint_times(call, y, B, transpose))
 
+    # What the factored solvers call in their loops, once they have validated U, V and y at
+    # entry (U (n1, r), V (n2, r) C-contiguous of y's dtype, on the call's backend; V is U for
+    # U U^T): no per-call checks, and an operator may fuse the steps.
+    def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
+        """(z, sum of z^2 in float64) for z = A(U V^T) - y (m,)."""
+        z = self._forward_factored(call, U, V) - y
+        wide = z.astype(np.float64)
+        return z, float(call.xp.vdot(wide, wide))
+
+    def _solver_adjoint_products(self, call: Call, z: Any, V: Any, U: Any) -> tuple[Any, Any]:
+        """(A*(z) @ V, A*(z)^T @ U) for z (m,) of the factors' dtype."""
+        return self._adjoint_times(call, z, V, False), self._adjoint_times(call, z, U, True)
+
     def _adjoint_times(self, call: Call, y: Any, B: Any, transpose: bool) -> Any:
         """Default: form A*(y) once and multiply (one (n1, n2) matrix)."""
         G = self._adjoint(call, y.reshape(1, self._m))[0]

@@ -62,6 +62,10 @@ class EntrySampling(SensingOperator):
         # bit for bit, its entries taken in row order (each U row read once per row).
         return self.pattern(call).sampled_product(U, V, check_finite=False)
 
+    def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
+        # One pass: the sampled product, minus y, its squares summed (on the CPU).
+        return self.pattern(call).solver_residual(call, U, V, y)
+
     def pattern(self, call: Call) -> SparsePattern:
         """The observed positions as a SparsePattern on the call's backend, sorted once."""
         if call.backend not in self._patterns:  # one pattern serves every float dtype
