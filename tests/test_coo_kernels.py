@@ -668,3 +668,27 @@ def test_cpu_solver_residual_sum_is_fixed_for_a_thread_count(rng):
     assert len(sums[3]) == 1
     values = [next(iter(s)) for s in sums.values()]
     assert max(values) - min(values) <= 1e-12 * max(values)
+
+
+@pytest.mark.parametrize("order", ["sorted", "random"])
+@pytest.mark.parametrize("r", [64, 128, 129, 300])
+def test_sampled_product_of_long_rows_sorts_first_with_the_same_values(dtype, rng, order, r):
+    """From factor rows of 512 bytes the CPU call sorts its entries by row and takes the
+    row-ordered kernel: the same values, bit for bit, as the coordinate kernel on the given
+    order (called directly), batched too; a bad column is named by its given position."""
+    from lowrank_hpc._arrays import resolve
+
+    m, n, nnz = 97, 61, 6000
+    U, V = _factors(rng, dtype, m, n, r, batch=2)
+    rows, cols = _skewed_coords(rng, m, n, nnz, order)
+    offsets = np.array([0, 2500, nnz])
+    got = lr.ops.sampled_product(U, V, rows, cols, offsets=offsets)
+    call = resolve("test", U=U)
+    direct = np.empty(nnz, dtype=dtype)
+    call.module.sampled_product(U, V, rows, cols, offsets, direct, call.status(nnz))
+    np.testing.assert_array_equal(got, direct)
+    assert rel_error(got, reference.sampled_product(U, V, rows, cols, offsets)) < RTOL[dtype]
+    bad = cols.copy()
+    bad[[4000, 17]] = [n, n + 5]
+    with pytest.raises(IndexError, match=rf"cols\[17\] = {n + 5} is out of range \[0, {n}\)"):
+        lr.ops.sampled_product(U, V, rows, bad, offsets=offsets)

@@ -18,7 +18,7 @@ import numpy as np
 from .._arrays import Call, for_backend
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
-from ..ops.sparse_times_dense import csr_order
+from ..ops._csr_order import csr_order
 from ._executor import worker_backend
 
 FUNCTION = "DistributedALS"

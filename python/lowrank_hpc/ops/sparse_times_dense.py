@@ -11,8 +11,9 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import Call, offsets_array, resolve
+from ._csr_order import csr_order
 from ._factors import factor_pair, raise_index_error
-from .sampled_product import _sampled
+from .sampled_product import _sampled, csr_sampled, row_order_pays
 
 
 # SparsePattern.sampled_product takes shuffled entries in row order from factor rows this long.
@@ -147,18 +148,9 @@ class SparsePattern:
         # (1e6 shuffled entries of 10,000 x 10,000, float32: r = 256 15 against 31 ms, r = 64 5.6
         # against 6.8); below, the scattered writes cost more than the U rows they save (r = 8:
         # 2.4 against 2.1 ms). In row order the pattern's loop is ahead at every rank.
-        if (row_order is not None and hasattr(call.module, "csr_sampled_product")
-                and U3.dtype in (np.float32, np.float64)
-                and (row_order[1] is None or U3.shape[2] * U3.dtype.itemsize >= ROW_ORDER_MIN_ROW_BYTES)):
+        if row_order is not None and row_order_pays(call, U3, 0 if row_order[1] is None else ROW_ORDER_MIN_ROW_BYTES):
             indptr, perm, others = row_order
-            out = np.empty(self.nnz, dtype=U3.dtype)
-            first_bad = call.status(self.nnz)
-            total = None if y is None else np.zeros(1, dtype=np.float64)
-            call.module.csr_sampled_product(indptr, perm, others, U3, V3, out, first_bad, y, total)
-            bad = int(first_bad[0])
-            if bad < self.nnz:
-                raise_index_error(call, bad, [("cols", self.cols, V3.shape[1])])
-            return out if y is None else (out, float(total[0]))
+            return csr_sampled(call, indptr, perm, others, U3, V3, self.cols, y)
         out = _sampled(call, U3, V3, self.rows, self.cols, self.offsets)
         if y is None:
             return out
@@ -201,28 +193,6 @@ class SparsePattern:
         call.module.csr_times_dense(indptr, perm, others, vals, B[None], n_key, result[None], self._unread_status,
                                     call.stream())
         return result
-
-
-def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str, keep_perm: bool = True):
-    """(indptr, perm, others, vals) in CSR order by (problem, key), from one kernel call on the
-    call's backend: perm is None when the entries were already in order (then others and vals
-    are the inputs), or when ``keep_perm`` is False (its 8 bytes an entry are never allocated
-    on the host). Every key is range-checked here; IndexError names the first bad one."""
-    xp, nnz = call.xp, int(keys.shape[0])
-    batch = int(offsets.shape[0]) - 1
-    indptr = xp.empty(batch * n_key + 1, dtype=np.int64)
-    perm = xp.empty(nnz, dtype=np.int64) if keep_perm else None
-    others_sorted = xp.empty(nnz, dtype=others.dtype)
-    vals_sorted = None if vals is None else xp.empty_like(vals)
-    status = call.status(nnz, 0)
-    call.module.coo_to_csr(keys, others, vals, offsets, n_key, indptr, perm, others_sorted, vals_sorted, status,
-                           call.stream())
-    bad, already_sorted = call.read(status)
-    if bad < nnz:
-        raise_index_error(call, bad, [(key_name, keys, n_key)])
-    if already_sorted:
-        return indptr, None, others, vals
-    return indptr, perm, others_sorted, vals_sorted
 
 
 def csr_product(call: Call, indptr, perm, others, vals, B3, n_key: int, other_check, input_order: bool = True):

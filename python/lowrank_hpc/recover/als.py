@@ -22,7 +22,7 @@ import numpy as np
 from .. import _checks
 from .._arrays import Call, offsets_array, offsets_input, resolve
 from .._random import gaussian_fill
-from ..ops.sparse_times_dense import csr_order
+from ..ops._csr_order import csr_order
 from ._driver import (LOOP_CONSTRAINTS, Digest, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._measures import ChangeGrams, relative_change, row_blocks
