@@ -287,10 +287,9 @@ def section_kernels(args, workdir: Path) -> tuple[list[str], str]:
         if server is not None:
             server.close()
     hello = server.hello if server else None
+    waiting = f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}" if args.torch == "in-process" else ""
     torch_line = (f"torch {hello['version']} (CPU capability {hello['capability']}, MKL {hello['mkl']}, "
-                  f"{hello['threads']} threads, {args.torch}"
-                  f"{', OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', '') if args.torch == 'in-process' else ''})"
-                  if hello
+                  f"{hello['threads']} threads, {args.torch}{waiting})" if hello
                   else f"torch not measured: {why or 'not asked for'}")
     return lines, torch_line
 
@@ -731,8 +730,9 @@ def kernels_text(args, lines: list[str]) -> list[str]:
                        for nnz in csv_ints(args.kernel_nnz))
     return [f"**Kernels.** float32, distinct random positions ({shapes}), {args.threads} threads for ours and torch "
             "(scipy's CSR product and numpy's einsum are single-threaded); ms, median (min-max) of "
-            f"{args.repeats} runs per side, the sides alternated in one loop after a warm-up; ratios are the peer's "
-            "median / ours (> 1: ours faster). Random order: ours SparsePattern built once from the caller's "
+            f"{args.repeats} runs per side, the sides alternated in one loop after a warm-up, each round starting "
+            "one side later; ratios are the peer's median / ours (> 1: ours faster). Random order: ours "
+            "SparsePattern built once from the caller's "
             "COO (keeps its order: times_dense, and sampled_product taking the entries in row order), or nothing "
             "prepared (sparse_times_dense sorts each call, sampled_product takes the caller's order); "
             "torch and scipy hold a CSR matrix built once, SpMM permutes the caller's values into CSR order inside "

@@ -39,10 +39,16 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     -------
     (nnz,) array of the factors' dtype: vals[k] = sum_c U[b, rows[k], c] * V[b, cols[k], c]
     (float16/bfloat16 factors: the float32 sum rounded to nearest even in their format).
+    Each entry's sum is the same code whatever the path: on the CPU, float32/float64 factor rows
+    of 512 bytes or more (float32 r >= 128) take the entries sorted by row (a stable counting
+    sort, 16 bytes an entry of scratch for the call) so that each U row is read once per row;
+    shorter rows take the entries in the given order. For many products over one set of
+    positions, :class:`SparsePattern` keeps that order.
 
     Raises
     ------
-    IndexError for an index out of range (naming the first such entry), TypeError for dtypes or
+    IndexError for an index out of range (naming the first such entry; from 512-byte rows on the
+    CPU, rows are checked before cols), TypeError for dtypes or
     mixed host/device arrays, ValueError for shapes, layout, empty input or NaN/inf.
     """
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)

@@ -127,9 +127,9 @@ class SparsePattern:
         m, n = self.shape
         if U3.shape[:2] != (self.batch, m) or V3.shape[:2] != (self.batch, n) or (self.batch > 1 and not batched):
             lead = f"{self.batch}, " if self.batch > 1 else ""
-            raise ValueError(f"SparsePattern.sampled_product: U has shape {tuple(U3.shape if batched else U3.shape[1:])}"
-                             f" and V {tuple(V3.shape if batched else V3.shape[1:])}, expected ({lead}{m}, r) and "
-                             f"({lead}{n}, r) for a {self.shape} pattern")
+            given_u, given_v = (U3.shape, V3.shape) if batched else (U3.shape[1:], V3.shape[1:])
+            raise ValueError(f"SparsePattern.sampled_product: U has shape {tuple(given_u)} and V {tuple(given_v)}, "
+                             f"expected ({lead}{m}, r) and ({lead}{n}, r) for a {self.shape} pattern")
         return call.wrap(self._sampled_values(call, U3, V3))
 
     def solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
