@@ -500,3 +500,28 @@ def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, me
     np.testing.assert_allclose(fused.U, generic.U, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(fused.V, generic.V, rtol=1e-10, atol=1e-13)
     assert fused.history["loss"][-1] < 1e-1 * fused.history["loss"][0]  # the iterates moved
+
+
+def test_an_operator_overriding_its_public_methods_is_called_through_them():
+    """A subclass that overrides forward_factored / adjoint_times keeps its overrides: the loop's
+    internal calls are for the library's own methods only."""
+    calls = {"forward_factored": 0, "adjoint_times": 0}
+
+    class Counting(EntrySampling):
+        def forward_factored(self, U, V=None):
+            calls["forward_factored"] += 1
+            return super().forward_factored(U, V)
+
+        def adjoint_times(self, y, B):
+            calls["adjoint_times"] += 1
+            return super().adjoint_times(y, B)
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((20, 2)) @ rng.standard_normal((2, 15))
+    flat = rng.choice(300, 200, replace=False)
+    op = Counting(flat // 15, flat % 15, (20, 15))
+    plain = EntrySampling(flat // 15, flat % 15, (20, 15))
+    result = lr.recover.factored_gd(op, op.forward(M), 2, max_iter=5, tol=0, seed=0)
+    assert calls["forward_factored"] >= 6 and calls["adjoint_times"] >= 5  # every iteration (and the step estimate)
+    reference_run = lr.recover.factored_gd(plain, plain.forward(M), 2, max_iter=5, tol=0, seed=0)
+    np.testing.assert_allclose(result.U, reference_run.U, rtol=1e-12)

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import Call, resolve
-from ..ops import SparsePattern
+from ..ops import SparsePattern, sampled_product
 from ._base import SensingOperator, check_shape
 
 
@@ -14,8 +14,9 @@ class EntrySampling(SensingOperator):
     """Observe the entries (rows[k], cols[k]) of an (n1, n2) matrix; repeated positions are allowed.
 
     forward gathers X[rows, cols]; adjoint scatter-adds y into an (n1, n2) zero matrix (repeated
-    positions add up); forward_factored samples U V^T without forming it, through
-    ``SparsePattern.sampled_product`` on the positions (``ops.sampled_product``'s values).
+    positions add up); forward_factored samples U V^T without forming it (``ops.sampled_product``,
+    or ``SparsePattern.sampled_product`` once the adjoint products have built the pattern: the
+    same values).
 
     Parameters
     ----------
@@ -58,9 +59,14 @@ class EntrySampling(SensingOperator):
         return out.astype(y2.dtype, copy=False).reshape(y2.shape[0], n1, n2)
 
     def _forward_factored(self, call: Call, U: Any, V: Any) -> Any:
-        # The pattern the adjoint keeps: the same values as ops.sampled_product on rows and cols,
-        # bit for bit, its entries taken in row order (each U row read once per row).
-        return self.pattern(call).sampled_product(U, V, check_finite=False)
+        # The pattern the adjoint keeps, once built (the same values bit for bit, its entries in
+        # row order: each U row read once per row); a forward alone does not build it, whose
+        # orders hold 32 bytes an entry.
+        pattern = self._patterns.get(call.backend)
+        if pattern is not None:
+            return pattern.sampled_product(U, V, check_finite=False)
+        rows, cols, _ = self.indices(call)
+        return sampled_product(U, V, rows, cols, check_finite=False)
 
     def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         # One pass: the sampled product, minus y, its squares summed (on the CPU).
