@@ -582,14 +582,18 @@ def test_sparse_pattern_sampled_product_batched(backend, dtype, rng):
         pattern.sampled_product(backend.put(U[0]), backend.put(V[0]))
 
 
-def test_cpu_sparse_pattern_sampled_product_across_thread_counts(rng):
-    """Thread shares split rows (entries are shared out evenly): the same values for 1-3 threads,
-    the transposed-only pattern (coordinate kernel) too."""
+@pytest.mark.parametrize("order,r", [("sorted", 24), ("random", 64)])
+def test_cpu_sparse_pattern_sampled_product_across_thread_counts(rng, order, r):
+    """The row-ordered kernel shares the entries out evenly, so thread shares split rows (the
+    long one above all): the same values for 1-3 threads as the coordinate kernel."""
     from lowrank_hpc import _cpu
+    from lowrank_hpc._arrays import resolve
 
-    rows, cols = _skewed_coords(rng, 300, 200, 30000, "random")
-    U, V = _factors(rng, np.float32, 300, 200, 24)
-    expected = lr.ops.sampled_product(U, V, rows, cols)
+    rows, cols = _skewed_coords(rng, 300, 200, 30000, order)
+    U, V = _factors(rng, np.float32, 300, 200, r)
+    call = resolve("test", U=U)
+    expected = np.empty(30000, dtype=np.float32)  # the coordinate kernel, called directly
+    call.module.sampled_product(U[None], V[None], rows, cols, np.array([0, 30000]), expected, call.status(30000))
     pattern = lr.ops.SparsePattern(rows, cols, (300, 200))
     before = _cpu.max_threads()
     try:
