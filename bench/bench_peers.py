@@ -257,9 +257,7 @@ class InProcessTorch:
                       "mkl": torch.backends.mkl.is_available(), "threads": torch.get_num_threads()}
 
     def share(self, U: np.ndarray, V: np.ndarray) -> None:
-        state, torch = self._state, self._torch
-        state["U"], state["V"] = torch.from_numpy(U), torch.from_numpy(V)
-        state["Vt"] = state["V"].T.contiguous()
+        self._server.share(self._state, self._torch.from_numpy(U), self._torch.from_numpy(V))
 
     def ask(self, op: str, **request: Any) -> dict:
         return self._server.OPS[op](self._state, request)

@@ -54,10 +54,14 @@ def load(state: dict, request: dict) -> dict:
 def factors(state: dict, request: dict) -> dict:
     rng = np.random.default_rng(request["seed"])
     (m, n), r = state["size"], request["rank"]
-    state["U"] = torch.from_numpy(rng.standard_normal((m, r), dtype=np.float32))
-    state["V"] = torch.from_numpy(rng.standard_normal((n, r), dtype=np.float32))
-    state["Vt"] = state["V"].T.contiguous()
+    share(state, torch.from_numpy(rng.standard_normal((m, r), dtype=np.float32)),
+          torch.from_numpy(rng.standard_normal((n, r), dtype=np.float32)))
     return {}
+
+
+def share(state: dict, U: torch.Tensor, V: torch.Tensor) -> None:
+    """The factors the kernels use, V^T made contiguous once (sampled_addmm's mat2)."""
+    state["U"], state["V"], state["Vt"] = U, V, V.T.contiguous()
 
 
 def spmm(state: dict) -> torch.Tensor:

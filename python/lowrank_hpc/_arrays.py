@@ -241,6 +241,13 @@ def count_nonfinite(call: Call, x: Any) -> int:
     return call.read(count)[0]
 
 
+def sum_of_squares(xp: Any, x: Any) -> float:
+    """The sum of x^2 in float64 on x's backend (a loss: float32 sums would hide its small
+    decreases), from one float64 copy of x."""
+    wide = x.astype(np.float64, copy=False)
+    return float(xp.vdot(wide, wide))
+
+
 def resolve(function: str, **arrays: Any) -> Call:
     """Pick the backend for one call from its arrays and the backend in force.
 

@@ -76,7 +76,7 @@ def csr_sampled(call: Call, indptr, perm, others, U3, V3, cols, y=None):
     first_bad = call.status(nnz)
     total = None if y is None else np.zeros(1, dtype=np.float64)
     call.module.csr_sampled_product(indptr, perm, others, U3, V3, out, first_bad, y, total)
-    bad = int(first_bad[0])
+    bad = call.read(first_bad)[0]
     if bad < nnz:
         raise_index_error(call, bad, [("cols", cols, V3.shape[1])])
     return out if y is None else (out, float(total[0]))

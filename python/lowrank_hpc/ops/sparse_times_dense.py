@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, resolve
+from .._arrays import Call, offsets_array, resolve, sum_of_squares
 from ._csr_order import csr_order
 from ._factors import factor_pair, raise_index_error
 from .sampled_product import _sampled, csr_sampled, row_order_pays
@@ -155,8 +155,7 @@ class SparsePattern:
         if y is None:
             return out
         z = out - y
-        wide = z.astype(np.float64)
-        return z, float(call.xp.vdot(wide, wide))
+        return z, sum_of_squares(call.xp, z)
 
     def csr_arrays(self, transpose: bool = False) -> tuple[Any, Any]:
         """(indptr, indices) of the row-sorted (with ``transpose`` column-sorted) order: indptr

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, resolve
+from .._arrays import Call, resolve, sum_of_squares
 from .._backend import CONSTANTS
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
@@ -74,9 +74,7 @@ class _Problem:
         return self.op.forward_factored(U, None if self.symmetric else V) - self.y
 
     def loss(self, residual: Any) -> float:
-        weight = 0.25 if self.symmetric else 0.5
-        residual = residual.astype(np.float64, copy=False)  # float32 sums would hide small decreases
-        return weight * float(self.xp.vdot(residual, residual))
+        return (0.25 if self.symmetric else 0.5) * sum_of_squares(self.xp, residual)
 
     @functools.cached_property
     def internal(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
+from .._arrays import sum_of_squares
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._operator_math import spectral_norm
 from ._result import RecoveryResult
@@ -140,7 +141,7 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
     def evaluate(W: Any) -> tuple[Any, Any, float]:
         X = primal(xp, W, mirror, init_scale)[0]
         z = op.forward(xp.ascontiguousarray(X)) - y
-        return X, z, 0.5 * float(xp.vdot(z.astype(np.float64), z.astype(np.float64)))
+        return X, z, 0.5 * sum_of_squares(xp, z)
 
     @quiet
     def advance(state: LoopState) -> tuple[float, float]:

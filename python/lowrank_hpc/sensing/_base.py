@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _backend, _checks
-from .._arrays import Call, resolve
+from .._arrays import Call, resolve, sum_of_squares
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 _memory_budget = DEFAULT_MEMORY_BUDGET
@@ -198,8 +198,7 @@ class SensingOperator(ABC):
     def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         """(z, sum of z^2 in float64) for z = A(U V^T) - y (m,)."""
         z = self._forward_factored(call, U, V) - y
-        wide = z.astype(np.float64)
-        return z, float(call.xp.vdot(wide, wide))
+        return z, sum_of_squares(call.xp, z)
 
     def _solver_adjoint_products(self, call: Call, z: Any, V: Any, U: Any) -> tuple[Any, Any]:
         """(A*(z) @ V, A*(z)^T @ U) for z (m,) of the factors' dtype."""

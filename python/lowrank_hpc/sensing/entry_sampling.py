@@ -72,6 +72,12 @@ class EntrySampling(SensingOperator):
         # One pass: the sampled product, minus y, its squares summed (on the CPU).
         return self.pattern(call).solver_residual(call, U, V, y)
 
+    def _solver_adjoint_products(self, call: Call, z: Any, V: Any, U: Any) -> tuple[Any, Any]:
+        # Both orders were range-checked when the pattern was built (each orientation's keys are
+        # the other's others): no checks and no status read (a device sync) per product.
+        pattern = self.pattern(call)
+        return pattern.solver_product(call, z, V), pattern.solver_product(call, z, U, transpose=True)
+
     def pattern(self, call: Call) -> SparsePattern:
         """The observed positions as a SparsePattern on the call's backend, sorted once."""
         if call.backend not in self._patterns:  # one pattern serves every float dtype
