@@ -5,24 +5,100 @@ factored by the square-root-free Cholesky G = L D L^T and solved forward then ba
 host forms them per entry at small ranks and in register tiles at most ranks from 16 on
 (ops/register_tiles.hpp); both, and the device, must give these numbers exactly, so that the
 CPU tests check the math the GPU runs. numpy's float32 and float64 ufuncs round each multiply
-and each add, as the kernels do (no fused multiply-add)."""
+and each add, as the kernels do, except the tiles' Gram where the build has FMA (the avx2 and
+avx512 levels): its multiply-adds are fused, one rounding each, transcribed here by an exact
+emulation of the fused multiply-add."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from lowrank_hpc import _backend
+from lowrank_hpc import _backend, _cpu_isa
+
+_INTEGER_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+# Veltkamp's splitting constants, 2^ceil(p / 2) + 1 for p-bit significands.
+_SPLITTER = {np.dtype(np.float32): 4097.0, np.dtype(np.float64): 134217729.0}
 
 
-def transcribed_solve(F_rows, vals, weights, shared, shift):
-    """The row's solution x (r,) and whether its system was numerically positive definite."""
+def _two_sum(a, b):
+    """(s, e): s = a + b rounded, e its exact error (Knuth)."""
+    s = a + b
+    b_part = s - a
+    return s, (a - (s - b_part)) + (b - b_part)
+
+
+def _two_product(a, b):
+    """(p, e): p = a b rounded, e its exact error (Dekker, Veltkamp's split; no overflow here)."""
+    splitter = a.dtype.type(_SPLITTER[a.dtype])
+
+    def split(x):
+        t = splitter * x
+        high = t - (t - x)
+        return high, x - high
+
+    p = a * b
+    (a_high, a_low), (b_high, b_low) = split(a), split(b)
+    return p, ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
+
+
+def fused_multiply_add(a, b, c):
+    """a b + c rounded once, in the arrays' dtype: Boldo and Melquiond's emulation (IEEE Trans.
+    Computers 57(4), 2008): the exact product as two numbers, an exact sum with c, the two
+    errors added with rounding to odd, then one rounding to nearest."""
+    a, b, c = np.broadcast_arrays(a, b, c)
+    product, product_error = _two_product(a, b)
+    high, low = _two_sum(c, product)
+    rest, rest_error = _two_sum(low, product_error)
+    # Rounding to odd: an inexact sum takes, of the two numbers around the exact one, the odd one.
+    even = (rest.view(_INTEGER_OF[rest.dtype]) & 1) == 0
+    toward = np.where(rest_error > 0, np.inf, -np.inf).astype(rest.dtype)
+    rest = np.where((rest_error != 0) & even, np.nextafter(rest, toward), rest)
+    return high + rest
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_multiply_add_emulation_rounds_once(dtype):
+    """Against exact rationals: random triples, products cancelled by c to a few ulps, ties."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 4000)).astype(dtype)
+    c = rng.standard_normal(4000).astype(dtype)
+    c[:1500] = -(a[:1500] * b[:1500])  # the rounded product: the result is its rounding error
+    c[1500:2500] = np.nextafter(c[1500:2500], dtype(0)) * dtype(2.0) ** -20  # far smaller than a b
+    got = fused_multiply_add(a, b, c)
+    for x, y, z, result in zip(a.tolist(), b.tolist(), c.tolist(), got.tolist()):
+        exact = Fraction(x) * Fraction(y) + Fraction(z)
+        rounded = dtype(float(exact)) if dtype == np.float64 else _nearest_float32(exact)
+        assert result == rounded, (x, y, z)
+
+
+def _nearest_float32(exact: Fraction):
+    """exact rounded to the nearest float32 (ties to even), from its float64 neighbours."""
+    candidate = np.float32(float(exact))
+    neighbours = [candidate, np.nextafter(candidate, np.float32(np.inf)), np.nextafter(candidate, np.float32(-np.inf))]
+    distances = [abs(Fraction(float(x)) - exact) for x in neighbours]
+    best = min(distances)
+    ties = [x for x, d in zip(neighbours, distances) if d == best]
+    return min(ties, key=lambda x: int(np.array(x).view(np.int32)) & 1)
+
+
+def transcribed_solve(F_rows, vals, weights, shared, shift, fused_gram=False):
+    """The row's solution x (r,) and whether its system was numerically positive definite;
+    fused_gram: G's multiply-adds rounded once (the register tiles where the build has FMA)."""
     dtype = F_rows.dtype.type
     r = F_rows.shape[1]
     G = shared.copy() if shared is not None else np.zeros((r, r), dtype=F_rows.dtype)
     g = np.zeros(r, dtype=F_rows.dtype)
     for f, v, w in zip(F_rows, vals, weights):
         g = g + v * f
-        G = G + np.outer(w * f, f)  # G[a, c] += (w f[a]) f[c]
+        if fused_gram:
+            G = fused_multiply_add((w * f)[:, None], f[None, :], G)
+        else:
+            G = G + np.outer(w * f, f)  # G[a, c] += (w f[a]) f[c]
     G[np.diag_indices(r)] += shift
     scale, noise = np.diag(G).copy(), dtype(r) * np.finfo(dtype).eps
     L, inverse, definite = np.zeros_like(G), np.zeros(r, dtype=G.dtype), True
@@ -68,6 +144,7 @@ def test_exact_row_solve_is_the_transcribed_arithmetic(rank, dtype, implicit):
         shared = np.triu(shared) + np.triu(shared, 1).T  # exactly symmetric, as F^T F is
     reg = 0.1
     n_key = indptr.size - 1
+    form = _backend.cpu_module().als_row_solve_form(rank, np.dtype(dtype).name)
     out = np.full((1, n_key, rank), np.nan, dtype=dtype)
     singular = np.zeros(1, dtype=np.int64)
     residuals = np.full(n_key, np.nan)
@@ -92,6 +169,30 @@ def test_exact_row_solve_is_the_transcribed_arithmetic(rank, dtype, implicit):
             np.testing.assert_array_equal(out[0, row], 0)  # an empty row's solution is zero
             continue
         row_weights = weights[entries] if implicit else np.ones(entries.stop - entries.start, dtype=dtype)
-        expected, definite = transcribed_solve(F[others[entries]], vals[entries], row_weights, shared, dtype(reg))
+        expected, definite = transcribed_solve(F[others[entries]], vals[entries], row_weights, shared, dtype(reg),
+                                               fused_gram=form == "fused_tiles")
         assert definite
         np.testing.assert_array_equal(out[0, row], expected, err_msg=f"row {row}")
+
+
+def test_the_tiles_fuse_the_gram_exactly_where_the_level_has_fma():
+    """The avx2 and avx512 levels fuse the tiles' Gram (x86-64-v3 and v4 have FMA), the baseline
+    does not; the per-entry ranks never do."""
+    module = _backend.cpu_module()
+    for dtype in ("float32", "float64"):
+        assert module.als_row_solve_form(64, dtype) == ("tiles" if module.CPU_LEVEL == "baseline" else "fused_tiles")
+        assert module.als_row_solve_form(1, dtype) == module.als_row_solve_form(8, dtype) == "entries"
+
+
+def test_the_baseline_level_solves_in_unfused_tiles():
+    """The transcription test again at the baseline level (its tiles round every multiply and add):
+    the wider levels run the fused form in this process."""
+    module = _backend.cpu_module()
+    if module.CPU_LEVEL == "baseline" or "baseline" not in _cpu_isa.built_levels():
+        pytest.skip("this process already runs the baseline level")
+    env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: "baseline"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "transcribed_arithmetic or exactly_where"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "41 passed" in done.stdout, done.stdout[-3000:]  # 40 transcriptions, the form test

@@ -105,9 +105,19 @@ int64_t als_dense_iterations(const ArrayView& seen, const ArrayView& values, con
   });
 }
 
+// "entries", "tiles" or "fused_tiles": how the exact row solves form rank r's systems in dtype
+// ("float32" or "float64"; cpu::als_row_solve_form), for the tests that transcribe them.
+std::string als_row_solve_form(int64_t r, const std::string& dtype) {
+  LRH_EXPECTS(r >= 1, "rank must be >= 1, got ", r);
+  LRH_EXPECTS(dtype == "float32" || dtype == "float64", "dtype must be float32 or float64, got ", dtype);
+  const int form = dtype == "float32" ? cpu::als_row_solve_form<float>(r) : cpu::als_row_solve_form<double>(r);
+  return form == 0 ? "entries" : form == 1 ? "tiles" : "fused_tiles";
+}
+
 }  // namespace
 
 void bind_als_fused(py::module_& m) {
+  m.def("als_row_solve_form", &als_row_solve_form, arg("rank"), arg("dtype"));
   m.def("als_iterations", &als_iterations, arg("row_indptr"), arg("row_others"), arg("row_vals"),
         arg("col_indptr"), arg("col_others"), arg("col_vals"), arg("reg"), arg("count_scaling"), arg("active"),
         arg("U"), arg("V"), arg("losses"), arg("changes"));

@@ -130,6 +130,15 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
   });
 }
 
+template <class T>
+int als_row_solve_form(int64_t r) {
+  return dispatch_rank(r, [&](auto rank) {
+    return !use_tiles<T, decltype(rank)::value>(r) ? 0 : ops::RegisterTiles<T>::kFusedGram ? 2 : 1;
+  });
+}
+template int als_row_solve_form<float>(int64_t);
+template int als_row_solve_form<double>(int64_t);
+
 #define LRH_INSTANTIATE(T, I)                                                                              \
   template int64_t als_iterations<T, I>(const AlsBatch<T, I>&, int64_t, T, bool, const uint8_t*, T*, T*, double*,  \
                                         double*);                                                               \

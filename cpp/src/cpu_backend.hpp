@@ -199,6 +199,12 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
                         const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
                         double* residuals);
 
+// How the exact row solves of als_update_rows and als_iterations form a rank's systems: 0 per
+// entry (normal_equations.hpp's solve), 1 in register tiles with the same bits, 2 in register
+// tiles whose Gram multiply-adds are fused (RegisterTiles<T>::kFusedGram).
+template <class T>
+int als_row_solve_form(int64_t r);
+
 // Number of NaN/inf values among x[0..size).
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size);

@@ -273,8 +273,9 @@ struct NormalEquations {
   }
 
 #if !defined(__CUDACC__)
-  // solve's numbers, bit for bit, at the rate of register tiles (register_tiles.hpp; the host,
-  // where als_cpu.cpp's use_tiles says). ws: the thread's workspace for this rank and problem set.
+  // solve's arithmetic in solve's order at the rate of register tiles (register_tiles.hpp; the
+  // host, where als_cpu.cpp's use_tiles says): the same bits, except that G's multiply-adds are
+  // fused where RegisterTiles<T>::kFusedGram. ws: the thread's workspace for this rank and problem set.
   bool solve_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* out_row) const {
     using Tiles = RegisterTiles<T>;
     const int64_t r = this->r, ld = ws.ld, width = ws.width;
@@ -389,7 +390,11 @@ struct NormalEquations {
     const int64_t r = static_or<R>(this->r);
     const T* block = F + b * n_other * r;
     double total = 0.0;
-    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
+    const int64_t end = indptr[row + 1];
+    for (int64_t j = indptr[row]; j < end; ++j) {
+#if !defined(__CUDACC__)
+      prefetch_row(block, j + kAhead, end);  // most rows outgrew the packed chunk: a second gather
+#endif
       const T* f = factor_row(block, j);
       T dot = T(0);
       if (vector_dots) {

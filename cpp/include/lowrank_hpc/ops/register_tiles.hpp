@@ -7,12 +7,16 @@
 // rows), and the factorisation's trailing updates take a panel of 2 kRows pivots at a time, so
 // each load of G feeds a chunk's (or a panel's) multiply-adds.
 //
-// The numbers are those of the per-entry form bit for bit: every entry of G adds the same
-// products in the same order (entries in CSR order, then the shift), ldlt_factor_tiled
-// subtracts the same products in the same order k = 0, 1, ... as ldlt_factor, and
-// ldlt_apply_tiled runs ldlt_apply's order. The factorisation works on the upper triangle
-// (G[p][q], p <= q, mirrors the per-entry form's G[q][p]) so that every update runs along
-// contiguous rows; the lower triangle is scratch.
+// The numbers follow the per-entry form's order: every entry of G adds the same products in the
+// same order (entries in CSR order, then the shift), ldlt_factor_tiled subtracts the same
+// products in the same order k = 0, 1, ... as ldlt_factor, and ldlt_apply_tiled runs
+// ldlt_apply's order. One difference: where the build has FMA (the avx2 and avx512 levels) G's
+// multiply-adds are fused, one rounding each instead of two (the Gram ran 1.33x faster: Zen 4's
+// separate multiplies and adds did not issue at the FMA rate), so G differs from the per-entry
+// form's (and the device's) by rounding; kFusedGram says which, and the tests transcribe both.
+// The factorisation and solve stay unfused: they are bound by latency, not by the FP pipes.
+// The factorisation works on the upper triangle (G[p][q], p <= q, mirrors the per-entry form's
+// G[q][p]) so that every update runs along contiguous rows; the lower triangle is scratch.
 #pragma once
 #if !defined(__CUDACC__)
 #include <cstdint>
@@ -20,6 +24,10 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include "lowrank_hpc/core/lanes.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
@@ -81,9 +89,29 @@ struct RegisterTiles {
   }
   static inline __attribute__((always_inline)) void store(T* p, const vec& x) { std::memcpy(p, &x, sizeof x); }
 
+  // Whether tile<V, false> (the Gram) fuses its multiply-adds: where the build has FMA.
+#if defined(__FMA__)
+  static constexpr bool kFusedGram = sizeof(vec) == 64 || sizeof(vec) == 32;
+#else
+  static constexpr bool kFusedGram = false;
+#endif
+
+  // acc + a x, one rounding where kFusedGram, two elsewhere (a spread from a scalar: vec{} + a
+  // added a zero to a before each broadcast, since -0.0 + 0 is not -0.0).
+  static inline __attribute__((always_inline)) vec gram_multiply_add(const vec& acc, T a, const vec& x) {
+#if defined(__FMA__)
+    if constexpr (sizeof(vec) == 64 && sizeof(T) == 4) return _mm512_fmadd_ps(_mm512_set1_ps(a), x, acc);
+    if constexpr (sizeof(vec) == 64 && sizeof(T) == 8) return _mm512_fmadd_pd(_mm512_set1_pd(a), x, acc);
+    if constexpr (sizeof(vec) == 32 && sizeof(T) == 4) return _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
+    if constexpr (sizeof(vec) == 32 && sizeof(T) == 8) return _mm256_fmadd_pd(_mm256_set1_pd(a), x, acc);
+#endif
+    return acc + a * x;
+  }
+
   // G[p][q] = start[p][q] +- the sum over t < count of rows[t row_step + p] cols[t col_step + q]
-  // for p in [p0, p0 + kRows), q in [q0, q0 + V kLanes): each entry summed over t in order,
-  // multiply then add (the host keeps a*b+c unfused, as the device does). start: G itself, or
+  // for p in [p0, p0 + kRows), q in [q0, q0 + V kLanes): each entry summed over t in order, each
+  // step gram_multiply_add's (adding) or a multiply then a subtraction (the factorisation's
+  // trailing updates, which keep the per-entry form's bits). start: G itself, or
   // another matrix laid out as G, or null for zero. record, unless null: record[p ld + t] =
   // rows[t row_step + p] (the broadcasts, transposed: stores the FP-bound loop has room for).
   // ahead, unless null: its rows' lines asked for, a row a step.
@@ -112,7 +140,7 @@ struct RegisterTiles {
           if constexpr (kSubtract)
             acc[i][v] -= si * x[v];
           else
-            acc[i][v] += si * x[v];
+            acc[i][v] = gram_multiply_add(acc[i][v], si, x[v]);
         }
       }
     }
