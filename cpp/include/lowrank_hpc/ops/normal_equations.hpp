@@ -390,11 +390,7 @@ struct NormalEquations {
     const int64_t r = static_or<R>(this->r);
     const T* block = F + b * n_other * r;
     double total = 0.0;
-    const int64_t end = indptr[row + 1];
-    for (int64_t j = indptr[row]; j < end; ++j) {
-#if !defined(__CUDACC__)
-      prefetch_row(block, j + kAhead, end);  // most rows outgrew the packed chunk: a second gather
-#endif
+    for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
       const T* f = factor_row(block, j);
       T dot = T(0);
       if (vector_dots) {
