@@ -425,6 +425,49 @@ def test_history_is_the_relative_change_and_objective_of_the_factors(rng, kernel
         np.testing.assert_allclose(runs[4].history["loss"][3, b], expected_loss, rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(90, 70), (60, 110)], ids=["rows-order", "columns-order"])
+def test_rows_kernel_loss_is_the_objective_from_either_order(rng, shape):
+    """The CPU sums the fit term in a pass of its own over the order that gathers the smaller
+    factor: the rows' for m >= n, the columns' for m < n. Both are the dense objective."""
+    m, n = shape
+    rows, cols, vals = low_rank_problem(rng, m, n, 10, 0.7, noise=0.3)[2:]
+    result = als(rows, cols, vals, shape, 10, reg=0.2, tol=0.0, seed=8, max_iter=3)
+    assert result.info["kernel"] == "rows"
+    expected = reference.completion_objective(result.U, result.V, rows, cols, vals, 0.2)
+    np.testing.assert_allclose(result.history["loss"][-1], expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rank", [1, 7, 16, 64, 70])
+def test_als_squared_residuals_sums_each_rows_squared_residuals(rng, dtype, rank):
+    """The CPU pass behind the loss: two problems' key rows (one of them empty, one inactive
+    problem left untouched), each row's sum of (<x_i, f_j> - v_ij)^2 against float64 numpy."""
+    batch, n_key, n_other = 3, 9, 11
+    counts = rng.integers(0, 8, size=batch * n_key)
+    counts[4] = 0
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    others = np.concatenate([rng.choice(n_other, c, replace=False) for c in counts]).astype(np.int32)
+    vals = rng.standard_normal(others.size).astype(dtype)
+    F = rng.standard_normal((batch, n_other, rank)).astype(dtype)
+    X = rng.standard_normal((batch, n_key, rank)).astype(dtype)
+    active = np.array([1, 0, 1], dtype=np.uint8)
+    out = np.full(batch * n_key, -1.0)
+    lr_cpu.als_squared_residuals(indptr, others, vals, F, X, active, out)
+    for row in range(batch * n_key):
+        b = row // n_key
+        if not active[b]:
+            assert out[row] == -1.0
+            continue
+        entries = slice(indptr[row], indptr[row + 1])
+        dots = F[b, others[entries]].astype(np.float64) @ X[b, row % n_key].astype(np.float64)
+        expected = float(((dots - vals[entries]) ** 2).sum())
+        tolerance = 1e-12 if dtype == np.float64 else 1e-5
+        assert abs(out[row] - expected) <= tolerance * (expected + float((vals[entries].astype(np.float64) ** 2).sum())), row
+    with pytest.raises(ValueError, match="X: expected float64, got float32"):
+        lr_cpu.als_squared_residuals(indptr, others, vals.astype(np.float64), F.astype(np.float64), X.astype(np.float32),
+                                     active, out)
+
+
 def test_single_problem_rows_kernel_reports_the_relative_change(rng):
     rows, cols, vals, offsets, shape, rank = _change_and_loss_problem(rng, "rows")
     s = slice(0, offsets[1])

@@ -105,6 +105,30 @@ int64_t als_dense_iterations(const ArrayView& seen, const ArrayView& values, con
   });
 }
 
+// out (batch * n_key,) float64 = each key row's sum of squared residuals against F (batch,
+// n_other, r) at its factor X (batch, n_key, r), CSR as for als_update_rows (from coo_to_csr,
+// which checked every index); rows of inactive problems untouched.
+void als_squared_residuals(const ArrayView& indptr, const ArrayView& others, const ArrayView& vals,
+                           const ArrayView& F, const ArrayView& X, const ArrayView& active, const ArrayView& out) {
+  expect().shape(F, "F", {-1, -1, -1});
+  expect().shape(others, "others", {-1});
+  const int64_t batch = F.shape[0], n_other = F.shape[1], r = F.shape[2], nnz = others.shape[0];
+  dispatch_float_index(F, "F", others, "others", [&](auto t, auto i) {
+    using T = decltype(t);
+    using I = decltype(i);
+    expect().typed(X, "X", dtype_of<T>(), {batch, -1, r});
+    const int64_t n_key = X.shape[1];
+    expect().typed(indptr, "indptr", DType::int64, {batch * n_key + 1});
+    expect().typed(vals, "vals", dtype_of<T>(), {nnz});
+    expect().optional(active, "active", DType::uint8, {batch});
+    expect().output(out, "out", DType::float64, {batch * n_key});
+    py::gil_scoped_release release;
+    cpu::als_squared_residuals<T, I>(indptr.data<int64_t>(), others.data<I>(), vals.data<T>(), F.data<T>(),
+                                     X.data<T>(), batch, n_key, n_other, r, active.data<uint8_t>(),
+                                     out.data<double>());
+  });
+}
+
 // "entries", "tiles" or "fused_tiles": how the exact row solves form rank r's systems in dtype
 // ("float32" or "float64"; cpu::als_row_solve_form), for the tests that transcribe them.
 std::string als_row_solve_form(int64_t r, const std::string& dtype) {
@@ -118,6 +142,8 @@ std::string als_row_solve_form(int64_t r, const std::string& dtype) {
 
 void bind_als_fused(py::module_& m) {
   m.def("als_row_solve_form", &als_row_solve_form, arg("rank"), arg("dtype"));
+  m.def("als_squared_residuals", &als_squared_residuals, arg("indptr"), arg("others"), arg("vals"), arg("F"),
+        arg("X"), arg("active"), arg("out"));
   m.def("als_iterations", &als_iterations, arg("row_indptr"), arg("row_others"), arg("row_vals"),
         arg("col_indptr"), arg("col_others"), arg("col_vals"), arg("reg"), arg("count_scaling"), arg("active"),
         arg("U"), arg("V"), arg("losses"), arg("changes"));

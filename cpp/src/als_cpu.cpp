@@ -130,6 +130,25 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
   });
 }
 
+template <class T, class I>
+void als_squared_residuals(const int64_t* indptr, const I* others, const T* vals, const T* F, const T* X,
+                           int64_t batch, int64_t n_key, int64_t n_other, int64_t r, const uint8_t* active,
+                           double* out) {
+  dispatch_rank(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+    const ops::NormalEquations<T, I, R> equations{indptr, others, vals, F, n_key, n_other, r, T(0), false};
+    const int64_t n_rows = batch * n_key;
+#pragma omp parallel for collapse(2) schedule(dynamic, 256) if (indptr[n_rows] * r > kParallelMinWork)
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < n_key; ++i) {
+        if (active && !active[b]) continue;
+        const int64_t row = b * n_key + i;
+        out[row] = equations.squared_residuals(row, b, X + row * r, true);
+      }
+    }
+  });
+}
+
 template <class T>
 int als_row_solve_form(int64_t r) {
   return dispatch_rank(r, [&](auto rank) {
@@ -144,7 +163,9 @@ template int als_row_solve_form<double>(int64_t);
                                         double*);                                                               \
   template int64_t als_update_rows<T, I>(const int64_t*, const I*, const T*, const T*, int64_t, \
                                          int64_t, int64_t, int64_t, T, bool, const T*, const T*,       \
-                                         const uint8_t*, int, T*, double*);
+                                         const uint8_t*, int, T*, double*);                              \
+  template void als_squared_residuals<T, I>(const int64_t*, const I*, const T*, const T*, const T*, int64_t,  \
+                                            int64_t, int64_t, int64_t, const uint8_t*, double*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 

@@ -199,6 +199,15 @@ int64_t als_update_rows(const int64_t* indptr, const I* others, const T* vals, c
                         const T* weights, const T* shared, const uint8_t* active, int cg_steps, T* out,
                         double* residuals);
 
+// out[row] = sum over the row's entries j of (<X[row], F[others[j]]> - vals[j])^2 in double for
+// every key row of every active problem (CSR as for als_update_rows; X (batch * n_key, r) the
+// key rows' factor): explicit ALS's fit term in a pass of its own over the orientation whose
+// gathered factor is the smaller (NormalEquations::squared_residuals, strided_dot's order).
+template <class T, class I>
+void als_squared_residuals(const int64_t* indptr, const I* others, const T* vals, const T* F, const T* X,
+                           int64_t batch, int64_t n_key, int64_t n_other, int64_t r, const uint8_t* active,
+                           double* out);
+
 // How the exact row solves of als_update_rows and als_iterations form a rank's systems: 0 per
 // entry (normal_equations.hpp's solve), 1 in register tiles with the same bits, 2 in register
 // tiles whose Gram multiply-adds are fused (RegisterTiles<T>::kFusedGram).

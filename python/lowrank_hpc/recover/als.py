@@ -213,16 +213,22 @@ class _Problem:
                                                        change)
             return int(singular), loss, change
         singular, mask = self.call.status(0), self.xp.asarray(active)
-        # The fit term comes from the V half-step (U is final), summed per column while the kernel
-        # holds its rows of U: a pass of its own gathered every factor row again.
-        residuals = self.xp.zeros(self.batch * self.n, dtype=np.float64)
+        # The fit term: where the backend has the pass (the CPU), a pass of its own once both
+        # half-steps are done, in the order that gathers the smaller factor (it stays in cache);
+        # else from the V half-step (U is final), summed per column while the kernel holds its rows
+        # of U. On MovieLens-20M's shape at r = 64 the half-step's sums took 150 ms: the heavy
+        # columns' rows of U came from memory a second time.
+        separate = hasattr(self.call.module, "als_squared_residuals")
+        by_rows = self.n <= self.m
+        residuals = self.xp.zeros(self.batch * (self.m if separate and by_rows else self.n), dtype=np.float64)
+        half_step_residuals = None if separate else residuals
         if self.batch == 1:
             # Each half-step a block of rows at a time, the relative change's Grams summed from
             # each block's old and new rows: a copy of one block, not of U and V (at r = 256
             # on 20M entries the copies were 169 MiB, a third of the peak above the input).
             grams = ChangeGrams(self.call, 1, self.rank)
             self._update_in_blocks(U, self.by_rows, V, self.m, mask, singular, grams.add_left)
-            self._update_in_blocks(V, self.by_cols, U, self.n, mask, singular, grams.add_right, residuals)
+            self._update_in_blocks(V, self.by_cols, U, self.n, mask, singular, grams.add_right, half_step_residuals)
             change = grams.finish()
         else:
             if self._previous is None:  # kept: fresh copies page-faulted 4 r (m + n) bytes an iteration
@@ -230,20 +236,23 @@ class _Problem:
             U0, V0 = self._previous
             U0[...], V0[...] = U, V
             self.update(U, self.by_rows, V, self.m, mask, singular)
-            self.update(V, self.by_cols, U, self.n, mask, singular, residuals)
+            self.update(V, self.by_cols, U, self.n, mask, singular, half_step_residuals)
             change = relative_change(self.call, U0, V0, U, V)
+        if separate:
+            order, gathered, keyed = (self.by_rows, V, U) if by_rows else (self.by_cols, U, V)
+            self.call.module.als_squared_residuals(*order, gathered, keyed, mask, residuals)
         # Everything the loop reads comes back in one transfer: the iteration's only host sync.
         measures = self.call.to_host(self.xp.concatenate([self.loss(U, V, residuals), change, singular.astype(np.float64)]))
         return int(measures[-1]), measures[:self.batch], measures[self.batch:2 * self.batch]
 
     def loss(self, U, V, residuals):
         """(batch,) half the objective on the device: 0.5 * (sum of squared residuals + reg *
-        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2), the residuals (batch * n,) float64 summed
-        per column by the V half-step."""
+        sum_i w_i ||U_i||^2 + reg * sum_j w_j ||V_j||^2), the residuals (batch * m or batch * n,)
+        float64 summed per row or per column."""
         xp = self.xp
         penalty = ((self.row_weights * xp.einsum("bmr,bmr->bm", U, U, dtype=xp.float64)).sum(axis=1)
                    + (self.col_weights * xp.einsum("bnr,bnr->bn", V, V, dtype=xp.float64)).sum(axis=1))
-        return 0.5 * (residuals.reshape(self.batch, self.n).sum(axis=1) + self.reg * penalty)
+        return 0.5 * (residuals.reshape(self.batch, -1).sum(axis=1) + self.reg * penalty)
 
 
 def _threads(call: Call) -> int:
