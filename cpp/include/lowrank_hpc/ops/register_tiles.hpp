@@ -96,16 +96,72 @@ struct RegisterTiles {
   static constexpr bool kFusedGram = false;
 #endif
 
-  // acc + a x, one rounding where kFusedGram, two elsewhere (a spread from a scalar: vec{} + a
-  // added a zero to a before each broadcast, since -0.0 + 0 is not -0.0).
-  static inline __attribute__((always_inline)) vec gram_multiply_add(const vec& acc, T a, const vec& x) {
+  // acc + a x for a whole or a half vector W, one rounding where kFusedGram, two elsewhere (a
+  // spread from a scalar: vec{} + a added a zero to a before each broadcast, since -0.0 + 0 is
+  // not -0.0).
+  template <class W>
+  static inline __attribute__((always_inline)) W gram_multiply_add(const W& acc, T a, const W& x) {
 #if defined(__FMA__)
-    if constexpr (sizeof(vec) == 64 && sizeof(T) == 4) return _mm512_fmadd_ps(_mm512_set1_ps(a), x, acc);
-    if constexpr (sizeof(vec) == 64 && sizeof(T) == 8) return _mm512_fmadd_pd(_mm512_set1_pd(a), x, acc);
-    if constexpr (sizeof(vec) == 32 && sizeof(T) == 4) return _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
-    if constexpr (sizeof(vec) == 32 && sizeof(T) == 8) return _mm256_fmadd_pd(_mm256_set1_pd(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 64 && sizeof(T) == 4) return _mm512_fmadd_ps(_mm512_set1_ps(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 64 && sizeof(T) == 8) return _mm512_fmadd_pd(_mm512_set1_pd(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 32 && sizeof(T) == 4) return _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 32 && sizeof(T) == 8) return _mm256_fmadd_pd(_mm256_set1_pd(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 16 && sizeof(T) == 4) return _mm_fmadd_ps(_mm_set1_ps(a), x, acc);
+    if constexpr (kFusedGram && sizeof(W) == 16 && sizeof(T) == 8) return _mm_fmadd_pd(_mm_set1_pd(a), x, acc);
 #endif
     return acc + a * x;
+  }
+
+  // Half a native vector, for the row blocks whose diagonal starts half a vector in (kRows is
+  // half a vector for AVX-512 and AVX2 floats): the whole vector computed kRows x kLanes / 2
+  // entries of the lower triangle for nothing, a tenth of the Gram's work at r = 64.
+  using half_vec = typename lanes::Vector<T, sizeof(vec) / 2>::type;
+  static constexpr bool kHalfFirst = 2 * kRows == kLanes;
+
+  // tile<V, false>'s sums over columns [p0, p0 + kLanes / 2) in a half vector, then V whole
+  // vectors from p0 + kLanes / 2 (a vector boundary), the same products in the same order.
+  template <int V>
+  static inline __attribute__((always_inline)) void gram_tile_half_first(const T* rows, int64_t row_step,
+                                                                         const T* cols, int64_t col_step,
+                                                                         int64_t count, const T* start, T* G,
+                                                                         int64_t ld, int64_t p0,
+                                                                         const PrefetchRows* ahead) {
+    constexpr int kHalf = kLanes / 2;
+    const int64_t q0 = p0 + kHalf;
+    half_vec head[kRows];
+    vec acc[kRows][V > 0 ? V : 1];
+    const auto load_half = [](const T* p) {
+      half_vec x;
+      std::memcpy(&x, p, sizeof x);
+      return x;
+    };
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i) {
+      head[i] = start ? load_half(start + (p0 + i) * ld + p0) : half_vec{};
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = start ? load(start + (p0 + i) * ld + q0 + v * kLanes) : vec{};
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      if (ahead) ahead->at(t);
+      const half_vec h = load_half(cols + t * col_step + p0);
+      vec x[V > 0 ? V : 1];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) x[v] = load(cols + t * col_step + q0 + v * kLanes);
+      const T* s = rows + t * row_step + p0;
+#pragma GCC unroll 16
+      for (int i = 0; i < kRows; ++i) {
+        const T si = s[i];
+        head[i] = gram_multiply_add(head[i], si, h);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[i][v] = gram_multiply_add(acc[i][v], si, x[v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i) {
+      std::memcpy(G + (p0 + i) * ld + p0, &head[i], sizeof head[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) store(G + (p0 + i) * ld + q0 + v * kLanes, acc[i][v]);
+    }
   }
 
   // G[p][q] = start[p][q] +- the sum over t < count of rows[t row_step + p] cols[t col_step + q]
@@ -198,6 +254,25 @@ struct RegisterTiles {
       // Offsets up to the row's length plus a line: the last one clamped onto the row's last byte.
       ahead.end = p0 + kRows < p_end ? ahead.begin + 64 : ahead.bytes + 64;
       const PrefetchRows* lines = ahead.rows && ahead.begin < ahead.bytes + 64 ? &ahead : nullptr;
+      if constexpr (!kSubtract && kHalfFirst) {
+        // The Gram's row blocks that start half a vector in: that half, then up to two whole
+        // vectors in the same tile (8 + 16 accumulators), the rest below. Columns [q0, p0) of
+        // these rows are left alone (lower triangle: the factorisation never uses them).
+        if (p0 - q0 == kLanes / 2) {
+          const int64_t after = q0 + kLanes, whole = (width - after) / kLanes;
+          if (whole >= 2) {
+            gram_tile_half_first<2>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            q0 = after + 2 * kLanes;
+          } else if (whole == 1) {
+            gram_tile_half_first<1>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            q0 = after + kLanes;
+          } else {
+            gram_tile_half_first<0>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            q0 = after;
+          }
+          lines = nullptr;
+        }
+      }
       for (; q0 + kCols <= width; q0 += kCols, first = nullptr, lines = nullptr)
         tile<kVectors, kSubtract>(rows, row_step, cols, col_step, count, start, G, ld, p0, q0, first, lines);
       static_assert(kVectors <= 3, "the rest is one tile of 2 or 1 vectors");
