@@ -118,50 +118,10 @@ struct RegisterTiles {
   using half_vec = typename lanes::Vector<T, sizeof(vec) / 2>::type;
   static constexpr bool kHalfFirst = 2 * kRows == kLanes;
 
-  // tile<V, false>'s sums over columns [p0, p0 + kLanes / 2) in a half vector, then V whole
-  // vectors from p0 + kLanes / 2 (a vector boundary), the same products in the same order.
-  template <int V>
-  static inline __attribute__((always_inline)) void gram_tile_half_first(const T* rows, int64_t row_step,
-                                                                         const T* cols, int64_t col_step,
-                                                                         int64_t count, const T* start, T* G,
-                                                                         int64_t ld, int64_t p0,
-                                                                         const PrefetchRows* ahead) {
-    constexpr int kHalf = kLanes / 2;
-    const int64_t q0 = p0 + kHalf;
-    half_vec head[kRows];
-    vec acc[kRows][V > 0 ? V : 1];
-    const auto load_half = [](const T* p) {
-      half_vec x;
-      std::memcpy(&x, p, sizeof x);
-      return x;
-    };
-#pragma GCC unroll 16
-    for (int i = 0; i < kRows; ++i) {
-      head[i] = start ? load_half(start + (p0 + i) * ld + p0) : half_vec{};
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[i][v] = start ? load(start + (p0 + i) * ld + q0 + v * kLanes) : vec{};
-    }
-    for (int64_t t = 0; t < count; ++t) {
-      if (ahead) ahead->at(t);
-      const half_vec h = load_half(cols + t * col_step + p0);
-      vec x[V > 0 ? V : 1];
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) x[v] = load(cols + t * col_step + q0 + v * kLanes);
-      const T* s = rows + t * row_step + p0;
-#pragma GCC unroll 16
-      for (int i = 0; i < kRows; ++i) {
-        const T si = s[i];
-        head[i] = gram_multiply_add(head[i], si, h);
-#pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[i][v] = gram_multiply_add(acc[i][v], si, x[v]);
-      }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < kRows; ++i) {
-      std::memcpy(G + (p0 + i) * ld + p0, &head[i], sizeof head[i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) store(G + (p0 + i) * ld + q0 + v * kLanes, acc[i][v]);
-    }
+  static inline __attribute__((always_inline)) half_vec load_half(const T* p) {
+    half_vec x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
   }
 
   // G[p][q] = start[p][q] +- the sum over t < count of rows[t row_step + p] cols[t col_step + q]
@@ -170,20 +130,28 @@ struct RegisterTiles {
   // trailing updates, which keep the per-entry form's bits). start: G itself, or
   // another matrix laid out as G, or null for zero. record, unless null: record[p ld + t] =
   // rows[t row_step + p] (the broadcasts, transposed: stores the FP-bound loop has room for).
-  // ahead, unless null: its rows' lines asked for, a row a step.
-  template <int V, bool kSubtract>
+  // ahead, unless null: its rows' lines asked for, a row a step. kHead (the Gram only): columns
+  // [p0, p0 + kLanes / 2) in a half vector too, q0 = p0 + kLanes / 2 (a row block whose diagonal
+  // starts half a vector in).
+  template <int V, bool kSubtract, bool kHead = false>
   static inline __attribute__((always_inline)) void tile(const T* rows, int64_t row_step, const T* cols,
                                                          int64_t col_step, int64_t count, const T* start, T* G,
                                                          int64_t ld, int64_t p0, int64_t q0, T* record,
                                                          const PrefetchRows* ahead = nullptr) {
-    vec acc[kRows][V];
+    static_assert(!(kHead && kSubtract), "the half vector is the Gram's");
+    vec acc[kRows][V > 0 ? V : 1];
+    half_vec head[kRows];
 #pragma GCC unroll 16
-    for (int i = 0; i < kRows; ++i)
+    for (int i = 0; i < kRows; ++i) {
+      if constexpr (kHead) head[i] = start ? load_half(start + (p0 + i) * ld + p0) : half_vec{};
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[i][v] = start ? load(start + (p0 + i) * ld + q0 + v * kLanes) : vec{};
+    }
     for (int64_t t = 0; t < count; ++t) {
       if (ahead) ahead->at(t);
-      vec x[V];
+      half_vec h{};
+      if constexpr (kHead) h = load_half(cols + t * col_step + p0);
+      vec x[V > 0 ? V : 1];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) x[v] = load(cols + t * col_step + q0 + v * kLanes);
       const T* s = rows + t * row_step + p0;
@@ -191,6 +159,7 @@ struct RegisterTiles {
       for (int i = 0; i < kRows; ++i) {
         const T si = s[i];
         if (record) record[(p0 + i) * ld + t] = si;
+        if constexpr (kHead) head[i] = gram_multiply_add(head[i], si, h);
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) {
           if constexpr (kSubtract)
@@ -201,9 +170,11 @@ struct RegisterTiles {
       }
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < kRows; ++i)
+    for (int i = 0; i < kRows; ++i) {
+      if constexpr (kHead) std::memcpy(G + (p0 + i) * ld + p0, &head[i], sizeof head[i]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) store(G + (p0 + i) * ld + q0 + v * kLanes, acc[i][v]);
+    }
   }
 
   // Row c of G, V vectors from column q: minus (D L^T)[k][q..] L[c][k] for k in [k0, c), in order;
@@ -261,13 +232,13 @@ struct RegisterTiles {
         if (p0 - q0 == kLanes / 2) {
           const int64_t after = q0 + kLanes, whole = (width - after) / kLanes;
           if (whole >= 2) {
-            gram_tile_half_first<2>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            tile<2, false, true>(rows, row_step, cols, col_step, count, start, G, ld, p0, after, nullptr, lines);
             q0 = after + 2 * kLanes;
           } else if (whole == 1) {
-            gram_tile_half_first<1>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            tile<1, false, true>(rows, row_step, cols, col_step, count, start, G, ld, p0, after, nullptr, lines);
             q0 = after + kLanes;
           } else {
-            gram_tile_half_first<0>(rows, row_step, cols, col_step, count, start, G, ld, p0, lines);
+            tile<0, false, true>(rows, row_step, cols, col_step, count, start, G, ld, p0, after, nullptr, lines);
             q0 = after;
           }
           lines = nullptr;
