@@ -1,5 +1,6 @@
-// The CPU's own ALS iterations: fused (each problem's whole iteration in one pass while its data
-// is in cache) and dense (a SIMD register of small problems on the full grid).
+// The CPU's own ALS kernels: the iterations fused (each problem's whole iteration in one pass
+// while its data is in cache) and dense (a SIMD register of small problems on the full grid), the
+// fit term's pass of the rows kernel, and which form the exact row solves take.
 #include "cpu_bindings.hpp"
 #include "lowrank_hpc/core/lanes.hpp"
 

@@ -216,8 +216,8 @@ class _Problem:
         # The fit term: where the backend has the pass (the CPU), a pass of its own once both
         # half-steps are done, in the order that gathers the smaller factor (it stays in cache);
         # else from the V half-step (U is final), summed per column while the kernel holds its rows
-        # of U. On MovieLens-20M's shape at r = 64 the half-step's sums took 150 ms: the heavy
-        # columns' rows of U came from memory a second time.
+        # of U. On MovieLens-20M's shape at r = 64 the half-step's sums took 145 ms (the heavy
+        # columns' rows of U came from memory a second time), the pass takes 100.
         separate = hasattr(self.call.module, "als_squared_residuals")
         by_rows = self.n <= self.m
         residuals = self.xp.zeros(self.batch * (self.m if separate and by_rows else self.n), dtype=np.float64)
