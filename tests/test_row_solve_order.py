@@ -63,7 +63,8 @@ def fused_multiply_add(a, b, c):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_multiply_add_emulation_rounds_once(dtype):
-    """Against exact rationals: random triples, products cancelled by c to a few ulps, ties."""
+    """Against exact rationals: random triples, c cancelling the rounded product (the result is
+    the product's rounding error), c far below the product (it only decides the rounding)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 4000)).astype(dtype)
     c = rng.standard_normal(4000).astype(dtype)
