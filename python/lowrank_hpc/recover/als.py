@@ -107,6 +107,14 @@ class _Problem:
         # Penalty weights w (batch, n_key): observation counts for "count", else ones.
         self.row_weights = self._weights(self.by_rows[0], self.m)
         self.col_weights = self._weights(self.by_cols[0], self.n)
+        # The rows kernel's fit term: where the backend has the pass (the CPU), a pass of its own
+        # once both half-steps are done, in the order that gathers the smaller factor (it stays in
+        # cache; "rows": gathers V); else (None) from the V half-step (U is final), summed per
+        # column while the kernel holds its rows of U. On MovieLens-20M's shape at r = 64 the
+        # half-step's sums took 145 ms (the heavy columns' rows of U came from memory a second
+        # time), the pass takes 100.
+        self.fit_pass = (None if not hasattr(call.module, "als_squared_residuals")
+                         else "rows" if self.n <= self.m else "cols")
 
     def _order(self, keys, others, n_key: int, name: str):
         """(indptr, others, vals) of one CSR orientation (its permutation kept for replace_values
@@ -213,15 +221,8 @@ class _Problem:
                                                        change)
             return int(singular), loss, change
         singular, mask = self.call.status(0), self.xp.asarray(active)
-        # The fit term: where the backend has the pass (the CPU), a pass of its own once both
-        # half-steps are done, in the order that gathers the smaller factor (it stays in cache);
-        # else from the V half-step (U is final), summed per column while the kernel holds its rows
-        # of U. On MovieLens-20M's shape at r = 64 the half-step's sums took 145 ms (the heavy
-        # columns' rows of U came from memory a second time), the pass takes 100.
-        separate = hasattr(self.call.module, "als_squared_residuals")
-        by_rows = self.n <= self.m
-        residuals = self.xp.zeros(self.batch * (self.m if separate and by_rows else self.n), dtype=np.float64)
-        half_step_residuals = None if separate else residuals
+        residuals = self.xp.zeros(self.batch * (self.m if self.fit_pass == "rows" else self.n), dtype=np.float64)
+        half_step_residuals = None if self.fit_pass else residuals  # the fit term from the V half-step
         if self.batch == 1:
             # Each half-step a block of rows at a time, the relative change's Grams summed from
             # each block's old and new rows: a copy of one block, not of U and V (at r = 256
@@ -238,8 +239,8 @@ class _Problem:
             self.update(U, self.by_rows, V, self.m, mask, singular)
             self.update(V, self.by_cols, U, self.n, mask, singular, half_step_residuals)
             change = relative_change(self.call, U0, V0, U, V)
-        if separate:
-            order, gathered, keyed = (self.by_rows, V, U) if by_rows else (self.by_cols, U, V)
+        if self.fit_pass:
+            order, gathered, keyed = (self.by_rows, V, U) if self.fit_pass == "rows" else (self.by_cols, U, V)
             self.call.module.als_squared_residuals(*order, gathered, keyed, mask, residuals)
         # Everything the loop reads comes back in one transfer: the iteration's only host sync.
         measures = self.call.to_host(self.xp.concatenate([self.loss(U, V, residuals), change, singular.astype(np.float64)]))

@@ -11,8 +11,8 @@
 // same order (entries in CSR order, then the shift), ldlt_factor_tiled subtracts the same
 // products in the same order k = 0, 1, ... as ldlt_factor, and ldlt_apply_tiled runs
 // ldlt_apply's order. One difference: where the build has FMA (the avx2 and avx512 levels) G's
-// multiply-adds are fused, one rounding each instead of two (the Gram ran 1.33x faster: Zen 4's
-// separate multiplies and adds did not issue at the FMA rate), so G differs from the per-entry
+// multiply-adds are fused, one rounding each instead of two (the Gram's tiles ran 1.33x faster
+// on the Zen 4 machine of BENCHMARKS.md's session 15), so G differs from the per-entry
 // form's (and the device's) by rounding; kFusedGram says which, and the tests transcribe both.
 // The factorisation and solve stay unfused: they are bound by latency, not by the FP pipes.
 // The factorisation works on the upper triangle (G[p][q], p <= q, mirrors the per-entry form's
