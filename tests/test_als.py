@@ -468,6 +468,59 @@ def test_als_squared_residuals_sums_each_rows_squared_residuals(rng, dtype, rank
                                      active, out)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rank", [3, 16, 40])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_cg_row_solves_report_the_residuals_at_their_solution(rng, dtype, rank, weighted):
+    """CG tracks each entry's residual through its own steps instead of a pass of its own: the
+    residuals it reports are those of the rows it returns (float64 numpy from its output), an
+    empty row's zero, an inactive problem's untouched. With weights (implicit feedback's
+    confidences) the tracked quantity is not the residual, and the plain sum is reported."""
+    batch, n_key, n_other = 3, 9, 50
+    counts = rng.integers(0, 45, size=batch * n_key)
+    counts[4], counts[5] = 0, n_other  # an empty row and a full one
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    others = np.concatenate([rng.choice(n_other, c, replace=False) for c in counts]).astype(np.int32)
+    vals = (2.0 + rng.standard_normal(others.size)).astype(dtype)  # not centred
+    F = rng.standard_normal((batch, n_other, rank)).astype(dtype)
+    weights = (1.0 + rng.random(others.size)).astype(dtype) if weighted else None
+    active = np.array([1, 0, 1], dtype=np.uint8)
+    out = rng.standard_normal((batch, n_key, rank)).astype(dtype)
+    start = out.copy()
+    residuals = np.full(batch * n_key, -1.0)
+    lr_cpu.als_update_rows(indptr, others, vals, F, n_key, 0.3, False, active, 4, out, np.zeros(1, np.int64),
+                           weights=weights, residuals=residuals)
+    np.testing.assert_array_equal(out[1], start[1])
+    for row in range(batch * n_key):
+        b = row // n_key
+        if not active[b]:
+            assert residuals[row] == -1.0
+            continue
+        entries = slice(indptr[row], indptr[row + 1])
+        x = out[b, row % n_key].astype(np.float64)
+        assert not np.array_equal(x, start[b, row % n_key]) or counts[row] == 0
+        expected = float(((F[b, others[entries]].astype(np.float64) @ x - vals[entries]) ** 2).sum())
+        scale = expected + float((vals[entries].astype(np.float64) ** 2).sum())
+        tolerance = 1e-12 if dtype == np.float64 else 1e-5
+        assert abs(residuals[row] - expected) <= tolerance * scale, (row, residuals[row], expected)
+    assert residuals[4] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cg_loss_is_the_objective_of_its_factors(rng, dtype):
+    """The CPU's CG takes the fit term from its residuals tracked through the V half-step's steps
+    (no pass of its own): the loss is still the dense objective at the returned factors."""
+    m, n = 90, 70
+    rows, cols, vals = low_rank_problem(rng, m, n, 6, 0.5, noise=0.3)[2:]
+    vals = (vals + 3.0).astype(dtype)  # not centred
+    for reg_scaling in ("none", "count"):
+        result = als(rows, cols, vals, (m, n), 12, reg=0.2, reg_scaling=reg_scaling, solver="cg", tol=0.0, seed=8,
+                     max_iter=3)
+        assert result.info["kernel"] == "rows" and result.info["solver"] == "cg"
+        expected = reference.completion_objective(result.U, result.V, rows, cols, vals, 0.2, reg_scaling == "count")
+        np.testing.assert_allclose(result.history["loss"][-1], expected, rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
 def test_single_problem_rows_kernel_reports_the_relative_change(rng):
     rows, cols, vals, offsets, shape, rank = _change_and_loss_problem(rng, "rows")
     s = slice(0, offsets[1])

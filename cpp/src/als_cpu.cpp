@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -27,6 +28,13 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
   const ops::NormalEquations<T, I, R> equations{indptr, others, vals, F, n_key, n_other, r, reg,
                                                 count_scaling, weights, shared};
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
+  // CG's residuals come from its own dots (cg_solve's misfits): no pass of their own over the
+  // entries (r = 256 on MovieLens-20M's shape: that pass gathered 20 GB of factor rows).
+  // (Unweighted rows only: with weights c_j the misfits are v_j - c_j <f_j, x>, not residuals.)
+  const bool cg_misfits = cg_steps > 0 && residuals != nullptr && weights == nullptr;
+  int64_t longest = 0;
+  if (cg_misfits)
+    for (int64_t row = 0; row < n_rows; ++row) longest = std::max(longest, indptr[row + 1] - indptr[row]);
   int64_t singular = 0;
   // Work per row is about entries * r^2 (the Gram) plus r^3 / 3 (the factorisation).
 #pragma omp parallel reduction(+ : singular) if ((nnz + n_rows * r) * r * r > kParallelMinWork)
@@ -34,6 +42,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
     std::vector<T> scratch(static_cast<size_t>(r * r + 3 * r));  // per thread: G then g (or CG's 3 r)
     T* G = scratch.data();
     T* g = G + r * r;
+    std::vector<T> misfits(cg_misfits ? static_cast<size_t>(2 * longest) : 0);
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
     if (cg_steps == 0 && use_tiles<T, R>(r)) tiles.emplace(r, weights != nullptr, shared != nullptr);
     // (problem, row) pairs: the problem comes from the loop, not from a division per row.
@@ -45,11 +54,21 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
         if (active && !active[b]) continue;
         const int64_t row = b * n_key + i;
         // cg_steps > 0: conjugate gradients from out's row (its previous value), G as scratch.
-        const bool failed = cg_steps > 0 ? equations.cg_solve(row, b, cg_steps, G, out + row * r)
+        const bool failed = cg_steps > 0 ? equations.cg_solve(row, b, cg_steps, G, out + row * r,
+                                                              cg_misfits ? misfits.data() : nullptr)
                             : tiles       ? equations.solve_tiled(row, b, *tiles, out + row * r)
                                           : equations.solve(row, b, G, g, out + row * r);
         singular += failed ? 1 : 0;
-        if (residuals) residuals[row] = equations.squared_residuals(row, b, out + row * r, true);
+        if (cg_misfits) {
+          double total = 0.0;
+          for (int64_t t = 0; t < equations.count(row); ++t) {
+            const double z = static_cast<double>(misfits[t]);
+            total += z * z;
+          }
+          residuals[row] = total;
+        } else if (residuals) {
+          residuals[row] = equations.squared_residuals(row, b, out + row * r, true);
+        }
       }
     }
   }

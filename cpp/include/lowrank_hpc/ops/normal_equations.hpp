@@ -338,7 +338,11 @@ struct NormalEquations {
   // entries (plus r^2 for S), so a step costs O(entries r + r^2) against the exact solve's
   // O(entries r^2 + r^3). Dots over r take strided_dot's fixed order (the same on both
   // backends). scratch: 3 r. A row without observations becomes zero (its exact solution).
-  LRH_HD bool cg_solve(int64_t row, int64_t b, int steps, T* scratch, T* x) const {
+  // misfits (2 count(row)), if given: its first count(row) get each entry's v_j - c_j <f_j, x>
+  // at the returned x (unweighted: the entry's residual), kept up to date from the steps' own
+  // dots (x moves by alpha p, so each misfit by -alpha c_j <f_j, p>) instead of another pass
+  // over the entries; the rest is scratch.
+  LRH_HD bool cg_solve(int64_t row, int64_t b, int steps, T* scratch, T* x, T* misfits = nullptr) const {
     const int64_t r = static_or<R>(this->r);
     if (count(row) == 0) {
       for (int64_t c = 0; c < r; ++c) x[c] = T(0);
@@ -350,11 +354,17 @@ struct NormalEquations {
     T* residual = scratch;  // g - G x
     T* direction = residual + r;
     T* product = direction + r;  // G direction
+    const int64_t begin = indptr[row], entries = indptr[row + 1] - begin;
+    T* moves = misfits ? misfits + entries : nullptr;  // this step's c_j <f_j, p>
     for (int64_t c = 0; c < r; ++c) residual[c] = -shift * x[c];
     if (S) add_shared_times(S, x, T(-1), residual);
     add_entry_rows(
-        block, indptr[row], indptr[row + 1],
-        [&](int64_t j) { return value(j) - weight(j) * strided_dot<T, R>(factor_row(block, j), x, r, 0, 1); },
+        block, begin, indptr[row + 1],
+        [&](int64_t j) {
+          const T misfit = value(j) - weight(j) * strided_dot<T, R>(factor_row(block, j), x, r, 0, 1);
+          if (misfits) misfits[j - begin] = misfit;
+          return misfit;
+        },
         residual);
     for (int64_t c = 0; c < r; ++c) direction[c] = residual[c];
     T squared = strided_dot<T, R>(residual, residual, r, 0, 1);
@@ -362,8 +372,12 @@ struct NormalEquations {
       for (int64_t c = 0; c < r; ++c) product[c] = shift * direction[c];
       if (S) add_shared_times(S, direction, T(1), product);
       add_entry_rows(
-          block, indptr[row], indptr[row + 1],
-          [&](int64_t j) { return weight(j) * strided_dot<T, R>(factor_row(block, j), direction, r, 0, 1); },
+          block, begin, indptr[row + 1],
+          [&](int64_t j) {
+            const T move = weight(j) * strided_dot<T, R>(factor_row(block, j), direction, r, 0, 1);
+            if (moves) moves[j - begin] = move;
+            return move;
+          },
           product);
       const T curvature = strided_dot<T, R>(direction, product, r, 0, 1);
       if (!(curvature > T(0))) break;  // a singular direction (reg == 0, fewer entries than r)
@@ -372,6 +386,8 @@ struct NormalEquations {
         x[c] += alpha * direction[c];
         residual[c] -= alpha * product[c];
       }
+      if (misfits)
+        for (int64_t t = 0; t < entries; ++t) misfits[t] -= alpha * moves[t];
       const T next = strided_dot<T, R>(residual, residual, r, 0, 1);
       const T beta = next / squared;
       for (int64_t c = 0; c < r; ++c) direction[c] = residual[c] + beta * direction[c];
