@@ -357,7 +357,7 @@ def _solve(call: Call, problem: _Problem, V0, settings: LoopSettings, tol: float
 
     # The CPU's host BLAS (the relative change's Grams between the OpenMP half-steps) on one
     # thread: OpenBLAS's idle threads spun on the cores the next half-step needed (7% of the
-    # samples at r = 64 on MovieLens-20M's shape; iterations 0.9x as long without them).
+    # samples at r = 64 on MovieLens-20M's shape; iterations about 5% shorter without them).
     with single_threaded_blas() if call.backend == "cpu" else contextlib.nullcontext():
         state, reason, _ = run_loop(settings, state, step, digest, all_stopped)
     codes = state.arrays["reason"]
