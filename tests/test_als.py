@@ -437,6 +437,30 @@ def test_rows_kernel_loss_is_the_objective_from_either_order(rng, shape):
     np.testing.assert_allclose(result.history["loss"][-1], expected, rtol=1e-10)
 
 
+def _keyed_entries(rng, counts, n_other):
+    """(indptr, others) of CSR rows holding counts[i] distinct other indices each."""
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    others = np.concatenate([rng.choice(n_other, c, replace=False) for c in counts]).astype(np.int32)
+    return indptr, others
+
+
+def _assert_rows_residuals(reported, indptr, others, vals, F, X, active):
+    """reported[row] is the row's sum of (<x_i, f_j> - v_ij)^2 (float64 numpy from the float
+    inputs) for every row of an active problem, and untouched (-1) for the others."""
+    n_key = X.shape[1]
+    tolerance = 1e-12 if vals.dtype == np.float64 else 1e-5
+    for row in range(reported.shape[0]):
+        b = row // n_key
+        if not active[b]:
+            assert reported[row] == -1.0
+            continue
+        entries = slice(indptr[row], indptr[row + 1])
+        dots = F[b, others[entries]].astype(np.float64) @ X[b, row % n_key].astype(np.float64)
+        expected = float(((dots - vals[entries]) ** 2).sum())
+        scale = expected + float((vals[entries].astype(np.float64) ** 2).sum())
+        assert abs(reported[row] - expected) <= tolerance * scale, (row, reported[row], expected)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rank", [1, 7, 16, 64, 70])
 def test_als_squared_residuals_sums_each_rows_squared_residuals(rng, dtype, rank):
@@ -445,24 +469,15 @@ def test_als_squared_residuals_sums_each_rows_squared_residuals(rng, dtype, rank
     batch, n_key, n_other = 3, 9, 11
     counts = rng.integers(0, 8, size=batch * n_key)
     counts[4] = 0
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    others = np.concatenate([rng.choice(n_other, c, replace=False) for c in counts]).astype(np.int32)
+    indptr, others = _keyed_entries(rng, counts, n_other)
     vals = rng.standard_normal(others.size).astype(dtype)
     F = rng.standard_normal((batch, n_other, rank)).astype(dtype)
     X = rng.standard_normal((batch, n_key, rank)).astype(dtype)
     active = np.array([1, 0, 1], dtype=np.uint8)
     out = np.full(batch * n_key, -1.0)
     lr_cpu.als_squared_residuals(indptr, others, vals, F, X, active, out)
-    for row in range(batch * n_key):
-        b = row // n_key
-        if not active[b]:
-            assert out[row] == -1.0
-            continue
-        entries = slice(indptr[row], indptr[row + 1])
-        dots = F[b, others[entries]].astype(np.float64) @ X[b, row % n_key].astype(np.float64)
-        expected = float(((dots - vals[entries]) ** 2).sum())
-        tolerance = 1e-12 if dtype == np.float64 else 1e-5
-        assert abs(out[row] - expected) <= tolerance * (expected + float((vals[entries].astype(np.float64) ** 2).sum())), row
+    _assert_rows_residuals(out, indptr, others, vals, F, X, active)
+    assert out[4] == 0.0
     with pytest.raises(ValueError, match="X: expected float64, got float32"):
         lr_cpu.als_squared_residuals(indptr, others, vals.astype(np.float64), F.astype(np.float64), X.astype(np.float32),
                                      active, out)
@@ -479,8 +494,7 @@ def test_cg_row_solves_report_the_residuals_at_their_solution(rng, dtype, rank, 
     batch, n_key, n_other = 3, 9, 50
     counts = rng.integers(0, 45, size=batch * n_key)
     counts[4], counts[5] = 0, n_other  # an empty row and a full one
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    others = np.concatenate([rng.choice(n_other, c, replace=False) for c in counts]).astype(np.int32)
+    indptr, others = _keyed_entries(rng, counts, n_other)
     vals = (2.0 + rng.standard_normal(others.size)).astype(dtype)  # not centred
     F = rng.standard_normal((batch, n_other, rank)).astype(dtype)
     weights = (1.0 + rng.random(others.size)).astype(dtype) if weighted else None
@@ -491,18 +505,9 @@ def test_cg_row_solves_report_the_residuals_at_their_solution(rng, dtype, rank, 
     lr_cpu.als_update_rows(indptr, others, vals, F, n_key, 0.3, False, active, 4, out, np.zeros(1, np.int64),
                            weights=weights, residuals=residuals)
     np.testing.assert_array_equal(out[1], start[1])
-    for row in range(batch * n_key):
-        b = row // n_key
-        if not active[b]:
-            assert residuals[row] == -1.0
-            continue
-        entries = slice(indptr[row], indptr[row + 1])
-        x = out[b, row % n_key].astype(np.float64)
-        assert not np.array_equal(x, start[b, row % n_key]) or counts[row] == 0
-        expected = float(((F[b, others[entries]].astype(np.float64) @ x - vals[entries]) ** 2).sum())
-        scale = expected + float((vals[entries].astype(np.float64) ** 2).sum())
-        tolerance = 1e-12 if dtype == np.float64 else 1e-5
-        assert abs(residuals[row] - expected) <= tolerance * scale, (row, residuals[row], expected)
+    moved = np.any(out != start, axis=2).reshape(-1)
+    assert np.all(moved[active.repeat(n_key).astype(bool) & (counts > 0)])  # every solved row moved
+    _assert_rows_residuals(residuals, indptr, others, vals, F, out, active)
     assert residuals[4] == 0.0
 
 
