@@ -426,11 +426,12 @@ def test_gpu_kernels_on_two_million_shuffled_entries(rng, r):
         assert rel_error(got.get(), S.T @ U.astype(np.float64)) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["sorted", "empty ends", "block edges", "late descent", "one entry", "bad first",
-                                  "bad last"])
+@pytest.mark.parametrize("case", ["sorted", "empty ends", "block edges", "gaps", "late descent", "one entry",
+                                  "bad first", "bad last"])
 def test_csr_order_of_sorted_keys(backend, rng, case):
     """Keys already in order take a path of their own on the CPU (a branch-free check per block,
-    then each row's start read off the boundaries): indptr as counting gives it, no permutation;
+    then each row's start read off the boundaries, stretches of one key skipped): indptr as
+    counting gives it, no permutation;
     keys out of order anywhere, even after many sorted blocks, fall back to the sort."""
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops.sparse_times_dense import csr_order
@@ -442,6 +443,10 @@ def test_csr_order_of_sorted_keys(backend, rng, case):
     elif case == "block edges":  # rows change exactly at the blocks' first and last keys
         keys = np.repeat(np.arange(nnz // 4096 + 1), 4096)[:nnz] * 3
         n_key = int(keys[-1]) + 5
+    elif case == "gaps":  # rows of 1-500 keys (16-key stretches skipped whole) with empty rows between
+        present = np.sort(rng.choice(n_key, 800, replace=False))
+        keys = np.repeat(present, rng.integers(1, 500, present.size))
+        nnz = keys.size
     elif case == "late descent":
         keys = np.sort(rng.integers(0, n_key - 1, nnz))
         keys[-10] = keys[-9] + 1  # one descent, 9 keys from the end

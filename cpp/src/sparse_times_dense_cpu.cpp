@@ -36,15 +36,20 @@ bool sorted_keys_indptr(const I* keys, int64_t n_key, int64_t nnz, int64_t* indp
     for (int64_t k = begin; k < end; ++k) descents |= keys[k] > keys[k + 1];
     sorted = descents == 0;
     if (!sorted) continue;
-    // Rows keys[begin] + 1 .. keys[end] start in (begin, end]: found by binary search in the
-    // block when they are few against its keys (rows of ~100 entries: a scan took 0.5 ms for
-    // 1e6 keys), else by a scan (rows keys[k] + 1 .. keys[k + 1] start at k + 1).
+    // Rows keys[k] + 1 .. keys[k + 1] start at k + 1. Where rows are long against 16 keys, the
+    // block is scanned 16 keys at a time, a stretch whose ends hold one key skipped whole (the
+    // keys are sorted: it holds that key throughout). Binary searches for the rows' starts took
+    // twice as long (rows of 100 entries, one thread: 0.99 against 0.53 ms for 1e6 keys; each
+    // probe waits on the one before).
     const int64_t first_row = static_cast<int64_t>(keys[begin]) + 1, last_row = static_cast<int64_t>(keys[end]);
-    if ((last_row - first_row + 1) * 16 < end - begin) {
-      for (int64_t row = first_row; row <= last_row; ++row)
-        indptr[row] = std::lower_bound(keys + begin + 1, keys + end + 1, static_cast<I>(row)) - keys;
-    } else {
-      for (int64_t k = begin; k < end; ++k) {
+    const int64_t stretch = (last_row - first_row + 1) * 16 < end - begin ? 16 : 1;
+    for (int64_t k = begin; k < end;) {
+      const int64_t stop = std::min(end, k + stretch);
+      if (stretch > 1 && keys[stop] == keys[k]) {
+        k = stop;
+        continue;
+      }
+      for (; k < stop; ++k) {
         for (int64_t row = static_cast<int64_t>(keys[k]) + 1; row <= static_cast<int64_t>(keys[k + 1]); ++row)
           indptr[row] = k + 1;
       }
