@@ -431,8 +431,8 @@ def test_gpu_kernels_on_two_million_shuffled_entries(rng, r):
 def test_csr_order_of_sorted_keys(backend, rng, case):
     """Keys already in order take a path of their own on the CPU (a branch-free check per block,
     then each row's start read off the boundaries, stretches of one key skipped): indptr as
-    counting gives it, no permutation;
-    keys out of order anywhere, even after many sorted blocks, fall back to the sort."""
+    counting gives it, no permutation; keys out of order anywhere, even after many sorted
+    blocks, fall back to the sort."""
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops.sparse_times_dense import csr_order
 
