@@ -59,16 +59,10 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
                             : tiles       ? equations.solve_tiled(row, b, *tiles, out + row * r)
                                           : equations.solve(row, b, G, g, out + row * r);
         singular += failed ? 1 : 0;
-        if (cg_misfits) {
-          double total = 0.0;
-          for (int64_t t = 0; t < equations.count(row); ++t) {
-            const double z = static_cast<double>(misfits[t]);
-            total += z * z;
-          }
-          residuals[row] = total;
-        } else if (residuals) {
+        if (cg_misfits)
+          residuals[row] = solvers::squared_norm(misfits.data(), equations.count(row));
+        else if (residuals)
           residuals[row] = equations.squared_residuals(row, b, out + row * r, true);
-        }
       }
     }
   }

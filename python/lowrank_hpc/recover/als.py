@@ -109,14 +109,11 @@ class _Problem:
         # Penalty weights w (batch, n_key): observation counts for "count", else ones.
         self.row_weights = self._weights(self.by_rows[0], self.m)
         self.col_weights = self._weights(self.by_cols[0], self.n)
-        # The rows kernel's fit term: for exact solves where the backend has the pass (the CPU), a
-        # pass of its own once both half-steps are done, in the order that gathers the smaller
-        # factor (it stays in cache; "rows": gathers V); else (None) from the V half-step (U is
-        # final), summed per column while the kernel holds its rows of U. On MovieLens-20M's
-        # shape at r = 64 the half-step's sums took 145 ms (the heavy columns' rows of U came from
-        # memory a second time), the pass takes 100. The CPU's CG tracks each entry's residual
-        # through its own steps: from the V half-step at no extra pass (r = 256: the pass took
-        # 0.58 s an iteration).
+        # The rows kernel's fit term. Exact solves on the CPU: a pass of its own after both
+        # half-steps, over the order that gathers the smaller factor ("rows": V; it stays in cache;
+        # at r = 64 on MovieLens-20M's shape 100 ms, where sums inside the V half-step took 145).
+        # Else (None) from the V half-step, U final: the CPU's CG keeps each entry's residual
+        # through its own steps, no pass at all (r = 256: the pass took 0.58 s an iteration).
         self.fit_pass = (None if cg_steps or not hasattr(call.module, "als_squared_residuals")
                          else "rows" if self.n <= self.m else "cols")
 
