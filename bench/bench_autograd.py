@@ -9,6 +9,7 @@ Each timed call is one forward and one backward: loss = sum(out * W) for a fixed
 gradients of every float input. Peers: SDDMM as (U[rows] * V[cols]).sum(1); SpMM as
 index_add of vals[:, None] * B[cols]; U @ V.T; f(U @ V.T); top-k as torch.topk of the dense
 f(U V^T) then a gather; the SNELL adapter as the dense masked update of its definition.
+Each row: medians of 9 alternated runs of each side (5 with --quick), the ranges in the note.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import HEADER, Row, best_time  # noqa: E402
+from _timing import HEADER, Row, interleaved, median, timed  # noqa: E402
 
 import lowrank_hpc.torch as lt  # noqa: E402
 
@@ -39,6 +40,16 @@ def _fwd_bwd(function, inputs, weight):
     return run
 
 
+def _row(name, case, run_ours, peer_name, run_peer, repeats, note=""):
+    """Medians of ``repeats`` alternated runs of each side (ours, peer, peer, ours, ...); the
+    note gives each side's range, so the noise of a shared machine shows."""
+    times = interleaved({"ours": timed(run_ours), "peer": timed(run_peer)}, repeats)
+    spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
+    note = f"{note}; " if note else ""
+    return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]),
+               f"{note}median of {repeats}, {spread} ms")
+
+
 def _leaves(*tensors):
     return [t.clone().requires_grad_(True) for t in tensors]
 
@@ -53,14 +64,14 @@ def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repe
     for a, b in zip(ours_in, peer_in):  # the same gradients, or the comparison means nothing
         scale = float(b.grad.abs().max())
         assert float((a.grad - b.grad).abs().max()) <= rtol * scale, f"{name}: gradients differ"
-    return Row(name, case, best_time(run_ours, repeats), peer_name, best_time(run_peer, repeats), note)
+    return _row(name, case, run_ours, peer_name, run_peer, repeats, note)
 
 
 def torch_rows(quick: bool) -> list[Row]:
     rng = torch.Generator().manual_seed(0)
     nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
     dense, k_row = (500, 16) if quick else (2000, 16)
-    repeats = 5 if quick else 3
+    repeats = 5 if quick else 9
     U = torch.randn(size, r, generator=rng) / r ** 0.25
     V = torch.randn(size, r, generator=rng) / r ** 0.25
     rows = torch.randint(0, size, (nnz,), generator=rng)
@@ -115,8 +126,7 @@ def _compare_global(name, case, ours_fn, peer_fn, inputs, repeats):
     run_peer()
     for a, b in zip(ours_in, peer_in):
         assert float((a.grad - b.grad).abs().max()) <= 1e-3 * float(b.grad.abs().max()), f"{name}: gradients differ"
-    return Row(name, case, best_time(run_ours, repeats), "tanh(U @ V.T) + topk of all", best_time(run_peer, repeats),
-               "SNELL's competition")
+    return _row(name, case, run_ours, "tanh(U @ V.T) + topk of all", run_peer, repeats, "SNELL's competition")
 
 
 def _snell_row(quick: bool, repeats: int) -> Row:
@@ -146,9 +156,8 @@ def _snell_row(quick: bool, repeats: int) -> Row:
     run_peer()
     for a, b in zip(grads, (adapter.A.grad, adapter.B.grad)):
         assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()), "KernelizedLoRA: gradients differ"
-    return Row("KernelizedLoRA (SNELL) layer", f"{features}x{features} r=16 keep 10%, {tokens} tokens f32",
-               best_time(run_ours, repeats), "plain torch: dense f, topk mask, linear", best_time(run_peer, repeats),
-               "sparse update: top-k kernel + SpMM")
+    return _row("KernelizedLoRA (SNELL) layer", f"{features}x{features} r=16 keep 10%, {tokens} tokens f32",
+                run_ours, "plain torch: dense f, topk mask, linear", run_peer, repeats, "sparse update: top-k kernel + SpMM")
 
 
 def jax_rows(quick: bool) -> list[Row]:
@@ -158,7 +167,7 @@ def jax_rows(quick: bool) -> list[Row]:
     import lowrank_hpc.jax as lj
 
     nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
-    repeats = 5 if quick else 3
+    repeats = 5 if quick else 9
     rng = np.random.default_rng(0)
     U = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
     V = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
@@ -169,10 +178,6 @@ def jax_rows(quick: bool) -> list[Row]:
     W2 = jnp.asarray(rng.standard_normal((size, r), dtype=np.float32))
     case = f"{size}x{size}, {nnz:,} entries, r={r} f32"
 
-    def timed(loss, args):
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return grad, best_time(lambda: jax.block_until_ready(grad(*args)), repeats)
-
     out = []
     pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
               "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V)),
@@ -181,11 +186,11 @@ def jax_rows(quick: bool) -> list[Row]:
               lambda v, B: jnp.sum(jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]) * W2),
               (vals, V))]
     for name, ours, peer_name, peer, args in pairs:
-        ours_grad, ours_s = timed(ours, args)
-        peer_grad, peer_s = timed(peer, args)
+        ours_grad, peer_grad = (jax.jit(jax.grad(loss, argnums=(0, 1))) for loss in (ours, peer))
         for a, b in zip(ours_grad(*args), peer_grad(*args)):
             assert float(jnp.abs(a - b).max()) <= 1e-3 * float(jnp.abs(b).max()), f"{name}: gradients differ"
-        out.append(Row(name, case, ours_s, peer_name, peer_s, "pure_callback + custom_vjp"))
+        out.append(_row(name, case, lambda: jax.block_until_ready(ours_grad(*args)), peer_name,
+                        lambda: jax.block_until_ready(peer_grad(*args)), repeats, "pure_callback + custom_vjp"))
     return out
 
 

@@ -145,6 +145,45 @@ def test_single_threaded_blas_nests_and_restores_the_callers_limit():
         assert blas_threads() == {2}
 
 
+def test_host_gemm_scope_routes_the_dense_products_and_restores_numpys():
+    """Inside host_gemm(g) every host GEMM of the dense products (lowrank_product, kernel_product
+    dense and in both top-k modes, batched or not) is g's, with the same results as numpy's; the
+    enclosing scope's GEMM comes back when an inner one closes, numpy's after the outermost, and
+    also when the body raises."""
+    from lowrank_hpc import _backend, ops
+
+    rng = np.random.default_rng(4)
+    U, V = rng.standard_normal((2, 300, 5)), rng.standard_normal((2, 200, 5))
+    calls = []
+
+    def recording(label):
+        def gemm(a, b, out=None):
+            calls.append(label)
+            return np.matmul(a, b, out=out)
+        return gemm
+
+    def products():
+        return [ops.lowrank_product(U[0], V[0]), ops.lowrank_product(U, V), ops.kernel_product(U, V, "tanh"),
+                *ops.kernel_product(U[0], V[0], "tanh", 3), *ops.kernel_product(U, V, "relu", 50, top_k_mode="global")]
+
+    expected = products()
+    assert calls == []
+    with _backend.host_gemm(recording("outer")):
+        got = products()
+        outer_calls = len(calls)
+        with _backend.host_gemm(recording("inner")):
+            ops.lowrank_product(U[0], V[0])
+        ops.lowrank_product(U[0], V[0])
+    # lowrank 2-D and batched, dense kernel (one stacked GEMM), row top-k (one block), global (a block each)
+    assert outer_calls == 1 + 1 + 1 + 1 + 2 and calls[outer_calls:] == ["inner", "outer"]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError), _backend.host_gemm(recording("failing")):
+        raise RuntimeError("an operator that fails inside the scope")
+    ops.lowrank_product(U[0], V[0])
+    assert calls[-1] == "outer" and len(calls) == outer_calls + 2
+
+
 def test_nested_single_threaded_blas_scopes_set_the_limit_once(monkeypatch):
     """threadpoolctl's limit (about 0.1 ms each way) is set by the outermost scope only."""
     from lowrank_hpc import _backend

@@ -134,7 +134,7 @@ def test_global_top_k_of_a_large_matrix(backend, dtype, rng, kernel, k):
 
 @pytest.mark.parametrize("case", ["uniform", "ties", "sampled_entries_largest", "few_distinct"])
 def test_kth_largest_is_exact_whichever_way_it_selects(case):
-    # Private: the sampled bound is a shortcut; where the sample misleads (the strided entries the
+    # Private: the sampled bound is a shortcut; where the sample misleads (the sampled entries the
     # largest of all), the full partition answers. Against a sort.
     rng = np.random.default_rng(11)
     size = 300_000
@@ -142,7 +142,7 @@ def test_kth_largest_is_exact_whichever_way_it_selects(case):
     if case == "ties":
         magnitude = np.round(magnitude * 50) / 50
     elif case == "sampled_entries_largest":
-        magnitude[::size // kernel_product_module._SAMPLE] += 10.0
+        magnitude[kernel_product_module._sample_positions(np, size)] += 10.0
     elif case == "few_distinct":
         magnitude = rng.integers(0, 3, size).astype(np.float64)
     for k in (1, 77, 20_000, size // 2):
@@ -209,14 +209,14 @@ def _top_magnitude_positions(values, k):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", ["gaussian", "ties", "specials", "one value", "sample misses"])
-@pytest.mark.parametrize("size", [1, 257, 200_000])
+@pytest.mark.parametrize("case", ["gaussian", "ties", "specials", "one value", "columns", "sample misses"])
+@pytest.mark.parametrize("size", [1, 257, 200_000, 200_007])
 def test_select_top_magnitudes_keeps_a_stable_argsorts_first_k(dtype, case, size):
     # Private CPU kernel (the global top-k's selection): the k largest |x|, in position order,
     # ties at the k-th magnitude to the earlier positions, against numpy's stable argsort. From
-    # 131,072 entries the candidates come from a strided sample's bounds ("sample misses": the
-    # sampled positions hold zeros, the bounds miss and the histogram path runs), below from a
-    # histogram of the keys' top bits.
+    # 131,072 entries the candidates come from a sample's bounds ("sample misses": the sampled
+    # positions hold zeros, the bounds miss and every key competes), below every key competes.
+    # float32 tests 16 magnitudes at a time (200,007: a tail of 7).
     rng = np.random.default_rng(size)
     if case == "gaussian":
         values = (rng.standard_normal(size) * 0.05).astype(dtype)
@@ -229,9 +229,14 @@ def test_select_top_magnitudes_keeps_a_stable_argsorts_first_k(dtype, case, size
             values[::5] = 5e-324
     elif case == "one value":
         values = np.where(rng.random(size) < 0.5, 0.75, -0.75).astype(dtype)
+    elif case == "columns":  # SNELL's: |<A_i, B_j>| of 1000 columns of unequal norms
+        columns = 1000
+        values = np.outer(rng.standard_normal(-(-size // columns)), rng.gamma(0.5, size=columns))
+        values = values.reshape(-1)[:size].astype(dtype)
     else:
         values = rng.standard_normal(size).astype(dtype)
-        values[::max(1, size // 16384)] = 0.0
+        if size >= 8 * kernel_product_module._SAMPLE:  # the CPU kernel samples where the numpy path does
+            values[kernel_product_module._sample_positions(np, size)] = 0.0
     module = _backend.cpu_module()
     for k in sorted({1, min(2, size), max(1, size // 10), max(1, size // 2), size}):
         positions = np.empty(k, dtype=np.int64)

@@ -137,7 +137,8 @@ def test_gradcheck_and_gradients_equal_plain_torch(label):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("label", ["sampled_product", "sparse_times_dense", "kernel_tanh", "top_k_global_exponential"])
+@pytest.mark.parametrize("label", ["sampled_product", "sparse_times_dense", "kernel_tanh", "kernel_relu",
+                                   "kernel_piecewise_linear", "top_k_global_exponential", "top_k_rows_tanh"])
 def test_second_derivatives(label):
     _, ours, _, inputs = next(case for case in _cases(*problem()) if case[0] == label)
     assert torch.autograd.gradgradcheck(ours, leaves(*inputs))
@@ -189,6 +190,20 @@ def test_cpu_tensors_reach_the_kernels_without_copies():
     assert U[0, 0] == 42.0
     out = _ops._tensor(view)
     assert out.data_ptr() == view.ctypes.data
+
+
+def test_cpu_operators_multiply_by_torchs_gemm(monkeypatch):
+    """CPU tensors' dense products run torch's GEMM, not numpy's (whose BLAS threads spun beside
+    torch's): each dense operator calls it, and lowrank_product equals torch's U @ V^T bit for bit."""
+    calls = []
+    torch_gemm = _ops._torch_gemm
+    monkeypatch.setattr(_ops, "_torch_gemm", lambda a, b, out=None: calls.append(a.shape) or torch_gemm(a, b, out))
+    U, V, *_ = problem(torch.float32, m=40, n=30, r=5)
+    assert torch.equal(lt.lowrank_product(U, V), U @ V.T)
+    torch.testing.assert_close(lt.kernel_product(U, V, "tanh"), torch.tanh(U @ V.T), rtol=1e-6, atol=1e-7)
+    lt.kernel_product(U, V, "relu", 3)
+    lt.kernel_product(U, V, "tanh", 20, top_k_mode="global")
+    assert len(calls) == 4
 
 
 def test_errors_name_the_argument():

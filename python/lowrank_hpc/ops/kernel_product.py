@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import Call, count_nonfinite, is_half, resolve
-from .._backend import CONSTANTS
+from .._backend import CONSTANTS, matmul
 from ._factors import factor_pair
 from ._maps import elementwise
 
@@ -74,7 +74,7 @@ def _raise_overflow(call: Call, code: int, bad: int) -> None:
 def _gemm(xp, a, b, out=None):
     """a @ b by the vendor BLAS, quiet on overflow: the element step counts NaN/inf and raises."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return xp.matmul(a, b, out=out)
+        return matmul(xp, a, b, out=out)
 
 
 def _stable_argsort(xp, a, axis: int = -1):
@@ -225,15 +225,26 @@ def _kept(call: Call, values, flat, k: int):
 _SAMPLE = 16384  # magnitudes the threshold estimate of _kth_largest looks at
 
 
+def _sample_positions(xp, size: int):
+    """One position in each of _SAMPLE equal stretches of ``size``, at an offset from a Fibonacci
+    hash of the stretch's number: the CPU's select_top_magnitudes samples the same positions. A
+    plain stride dividing the row length would sample a few columns of the matrix, whose norms
+    need not be the whole's."""
+    step = size // _SAMPLE
+    stretch = xp.arange(_SAMPLE, dtype=xp.uint64)
+    hashed = (stretch + xp.uint64(1)) * xp.uint64(0x9E3779B97F4A7C15)  # modulo 2^64
+    return (stretch * xp.uint64(step) + (hashed >> xp.uint64(32)) % xp.uint64(step)).astype(xp.int64)
+
+
 def _kth_largest(xp, magnitude, k: int):
     """The k-th largest of ``magnitude`` (1 <= k <= its size). A partition of every entry costs
     most of a large global top-k (25 of 66 ms at 2000 x 2000, k = 400,000); here only the entries
-    at or above a bound set from a strided sample are partitioned, when they are at least k: then
-    every entry >= the answer is among them, so it is exact. Otherwise (a bound too high, NaN)
-    all of them are, as before."""
+    at or above a bound set from a sample (_sample_positions) are partitioned, when they are at
+    least k: then every entry >= the answer is among them, so it is exact. Otherwise (a bound
+    too high, NaN) all of them are, as before."""
     size = magnitude.shape[0]
     if size >= 8 * _SAMPLE and 2 * k <= size:
-        sample = xp.sort(magnitude[::size // _SAMPLE])
+        sample = xp.sort(magnitude[_sample_positions(xp, size)])
         expected = k / size * sample.shape[0]  # sample entries above the answer, on average
         position = sample.shape[0] - int(expected + 4 * expected ** 0.5 + 8)  # 4 sigma below
         if position > 0:

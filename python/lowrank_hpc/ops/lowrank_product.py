@@ -7,6 +7,7 @@ from .. import _checks
 import numpy as np
 
 from .._arrays import is_half, resolve
+from .._backend import matmul
 from ._factors import factor_pair
 
 
@@ -32,9 +33,9 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
     if half is not None:  # the BLAS has no 16-bit GEMM we can count on: float32, rounded once
         U3, V3 = U3.astype(np.float32), V3.astype(np.float32)
     if not batched:  # the 2-D product takes the BLAS path directly, the stacked one may not
-        out = U3[0] @ V3[0].T
+        out = matmul(call.xp, U3[0], V3[0].T)
     else:
-        out = call.xp.matmul(U3, V3.transpose(0, 2, 1))
+        out = matmul(call.xp, U3, V3.transpose(0, 2, 1))
     if half is not None:
         with np.errstate(over="ignore"):  # beyond the format's range: inf, as the GEMM gives
             out = out.astype(half)

@@ -14,7 +14,6 @@ CuPy has no bfloat16, so CUDA bfloat16 tensors are refused with a TypeError.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ContextManager, Optional, Sequence
 
 import numpy as np
@@ -116,11 +115,18 @@ def _tensor(a: Any) -> torch.Tensor:
     return torch.from_dlpack(a)
 
 
-def _stream(x: torch.Tensor) -> ContextManager:
-    """torch's current stream of a CUDA tensor's device as CuPy's (ordered after the autograd
-    work that produced the inputs); nothing on the CPU."""
+def _torch_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """a @ b of host arrays by torch's GEMM, on views of the same memory (no copies)."""
+    product = torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=None if out is None else torch.from_numpy(out))
+    return out if out is not None else product.numpy()
+
+
+def _scope(x: torch.Tensor) -> ContextManager:
+    """Where a kernel of x's device runs. CUDA: torch's current stream of the device as CuPy's
+    (ordered after the autograd work that produced the inputs). CPU: torch's GEMM for the dense
+    products instead of numpy's, whose BLAS threads would spin beside torch's."""
     if x.device.type != "cuda":
-        return contextlib.nullcontext()
+        return _backend.host_gemm(_torch_gemm)
     stream = torch.cuda.current_stream(x.device)
     return _backend.external_stream(stream.cuda_stream, x.device.index)
 
@@ -130,7 +136,7 @@ def _stream(x: torch.Tensor) -> ContextManager:
 @torch.library.custom_op("lowrank_hpc::sampled_product", mutates_args=())
 def sampled_product_op(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     _check_sampled(U, V, rows, cols)
-    with _stream(U):
+    with _scope(U):
         return _tensor(ops.sampled_product(_array(U), _array(V), _array(rows), _array(cols), check_finite=False))
 
 
@@ -169,7 +175,7 @@ sampled_product_op.register_autograd(_sampled_backward, setup_context=_sampled_s
 def sparse_times_dense_op(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor,
                           n_rows: int, transpose: bool) -> torch.Tensor:
     _check_spmm(rows, cols, vals, B, n_rows)
-    with _stream(B):
+    with _scope(B):
         out = ops.sparse_times_dense(_array(rows), _array(cols), _array(vals), _array(B), n_rows,
                                      transpose=transpose, check_finite=False)
     return _tensor(out)
@@ -220,7 +226,7 @@ sparse_times_dense_op.register_autograd(_spmm_backward, setup_context=_spmm_setu
 @torch.library.custom_op("lowrank_hpc::lowrank_product", mutates_args=())
 def lowrank_product_op(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     _check_pair("lowrank_product", U, V, (2, 3))
-    with _stream(U):
+    with _scope(U):
         return _tensor(ops.lowrank_product(_array(U), _array(V), check_finite=False))
 
 
@@ -255,24 +261,27 @@ lowrank_product_op.register_autograd(_lowrank_backward, setup_context=_pair_setu
 
 # -- kernel_product: f(U V^T), dense or its top-k ---------------------------------------------------
 
-def kernel_derivative(kernel: str, values: torch.Tensor) -> torch.Tensor:
-    """f'(x) from y = f(x), for every kernel of the core (no need to keep x = <U_i, V_j>)."""
+def kernel_backward(kernel: str, grad: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """grad * f'(x) from y = f(x), for every kernel of the core (no need to keep x = <U_i, V_j>),
+    by torch's own fused (and differentiable) backward of each f: one pass over the m x n
+    gradient where ``grad * (1 - y * y)`` took three."""
     if kernel == "identity":
-        return torch.ones_like(values)
+        return grad
     if kernel == "relu":
-        return (values > 0).to(values.dtype)
+        return torch.ops.aten.threshold_backward(grad, values, 0)  # y > 0 exactly where x > 0
     if kernel == "exponential":
-        return values
+        return grad * values
     if kernel == "tanh":
-        return 1 - values * values
-    return (values.abs() < 1).to(values.dtype)  # piecewise_linear: x clamped to [-1, 1]
+        return torch.ops.aten.tanh_backward(grad, values)  # grad (1 - y^2)
+    # piecewise_linear: y = x clamped to [-1, 1], so -1 < y < 1 exactly where -1 < x < 1
+    return torch.ops.aten.hardtanh_backward(grad, values, -1.0, 1.0)
 
 
 @torch.library.custom_op("lowrank_hpc::kernel_product", mutates_args=())
 def kernel_product_op(U: torch.Tensor, V: torch.Tensor, kernel: str) -> torch.Tensor:
     _check_pair("kernel_product", U, V, (2, 3))
     kernel = kernel_name("kernel_product", kernel)
-    with _stream(U):
+    with _scope(U):
         return _tensor(ops.kernel_product(_array(U), _array(V), kernel, check_finite=False))
 
 
@@ -291,7 +300,7 @@ def _kernel_setup(ctx, inputs, output):
 
 def _kernel_backward(ctx, grad):
     U, V, output = ctx.saved_tensors
-    grad_U, grad_V = _gemm_backward(ctx, grad * kernel_derivative(ctx.kernel, output), U, V)
+    grad_U, grad_V = _gemm_backward(ctx, kernel_backward(ctx.kernel, grad, output), U, V)
     return grad_U, grad_V, None
 
 
@@ -311,7 +320,7 @@ def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str
 def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
                          order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
     _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row", order)
-    with _stream(U):
+    with _scope(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
                                     top_k_mode="row", top_k_order=order, check_finite=False)
     return _tensor(result.values), _tensor(result.indices)
@@ -327,7 +336,7 @@ def _(U, V, kernel, k, order="magnitude"):
 def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
                            order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global", order)
-    with _stream(U):
+    with _scope(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
                                     top_k_mode="global", top_k_order=order, check_finite=False)
     return _tensor(result.values), _tensor(result.rows), _tensor(result.cols)
@@ -349,7 +358,7 @@ def _top_k_setup(ctx, inputs, output):
 def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
     """(d U, d V) of the selected values f(<U[rows[k]], V[cols[k]]>): the sampled product's
     adjoint, weighted by f' (the selection itself is piecewise constant)."""
-    weights = grad_values * kernel_derivative(ctx.kernel, values)
+    weights = kernel_backward(ctx.kernel, grad_values, values)
     grad_U = grad_V = None
     if ctx.needs_input_grad[0]:
         grad_U = sparse_times_dense_op(rows, cols, weights, V, U.shape[0], False)
