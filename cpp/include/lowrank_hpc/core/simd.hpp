@@ -7,7 +7,9 @@
 #if LRH_DEVICE_COMPILE || !defined(_OPENMP)
 #define LRH_SIMD
 #define LRH_SIMD_SUM(var)
+#define LRH_SIMD_MAX(var)
 #else
 #define LRH_SIMD LRH_PRAGMA(omp simd)
 #define LRH_SIMD_SUM(var) LRH_PRAGMA(omp simd reduction(+ : var))
+#define LRH_SIMD_MAX(var) LRH_PRAGMA(omp simd reduction(max : var))
 #endif
