@@ -40,6 +40,18 @@ def _fwd_bwd(function, inputs, weight):
     return run
 
 
+def _check_gradients(name, ours, peers, top_k=False, rtol=1e-3):
+    """Each of our gradients equals the peer's within rtol of its largest entry, or the timing
+    compares different math. A top-k selection may keep a different entry where two magnitudes
+    round apart differently in the two GEMMs (0.99361032 against 0.99361050 in one of 2,000
+    rows): its gradient rows are then allowed to differ, in at most 0.1% of the rows."""
+    for a, b in zip(ours, peers):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        bad_rows = int(np.count_nonzero((np.abs(a - b) > rtol * np.abs(b).max()).reshape(a.shape[0], -1).any(1)))
+        allowed = a.shape[0] // 1000 if top_k else 0
+        assert bad_rows <= allowed, f"{name}: gradients differ in {bad_rows} of {a.shape[0]} rows"
+
+
 def _row(name, case, run_ours, peer_name, run_peer, repeats, note=""):
     """Medians of ``repeats`` alternated runs of each side (ours, peer, peer, ours, ...); the
     note gives each side's range, so the noise of a shared machine shows."""
@@ -54,16 +66,14 @@ def _leaves(*tensors):
     return [t.clone().requires_grad_(True) for t in tensors]
 
 
-def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repeats, note="", rtol=1e-3):
+def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repeats, note="", top_k=False):
     generator = torch.Generator().manual_seed(9)
     weight = torch.randn(weight_shape, generator=generator)
     ours_in, peer_in = _leaves(*inputs), _leaves(*inputs)
     run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
     run_ours()
     run_peer()
-    for a, b in zip(ours_in, peer_in):  # the same gradients, or the comparison means nothing
-        scale = float(b.grad.abs().max())
-        assert float((a.grad - b.grad).abs().max()) <= rtol * scale, f"{name}: gradients differ"
+    _check_gradients(name, [x.grad for x in ours_in], [x.grad for x in peer_in], top_k)
     return _row(name, case, run_ours, peer_name, run_peer, repeats, note)
 
 
@@ -102,7 +112,7 @@ def torch_rows(quick: bool) -> list[Row]:
 
     out.append(_compare(f"kernel_product tanh top_k={k_row} row", dense_case,
                         lambda U, V: lt.kernel_product(U, V, "tanh", k_row), "tanh(U @ V.T) + topk + gather",
-                        torch_top_rows, (Ud, Vd), (), repeats, "backward sparse: SpMMs over m*k"))
+                        torch_top_rows, (Ud, Vd), (), repeats, "backward sparse: SpMMs over m*k", top_k=True))
     keep = dense * dense // 10
 
     def torch_top_global(U, V):
@@ -124,8 +134,7 @@ def _compare_global(name, case, ours_fn, peer_fn, inputs, repeats):
     run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
     run_ours()
     run_peer()
-    for a, b in zip(ours_in, peer_in):
-        assert float((a.grad - b.grad).abs().max()) <= 1e-3 * float(b.grad.abs().max()), f"{name}: gradients differ"
+    _check_gradients(name, [x.grad for x in ours_in], [x.grad for x in peer_in], top_k=True)
     return _row(name, case, run_ours, "tanh(U @ V.T) + topk of all", run_peer, repeats, "SNELL's competition")
 
 
@@ -154,8 +163,7 @@ def _snell_row(quick: bool, repeats: int) -> Row:
     run_ours()
     grads = adapter.A.grad.clone(), adapter.B.grad.clone()
     run_peer()
-    for a, b in zip(grads, (adapter.A.grad, adapter.B.grad)):
-        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()), "KernelizedLoRA: gradients differ"
+    _check_gradients("KernelizedLoRA", grads, (adapter.A.grad, adapter.B.grad), top_k=True)
     return _row("KernelizedLoRA (SNELL) layer", f"{features}x{features} r=16 keep 10%, {tokens} tokens f32",
                 run_ours, "plain torch: dense f, topk mask, linear", run_peer, repeats, "sparse update: top-k kernel + SpMM")
 
@@ -179,18 +187,47 @@ def jax_rows(quick: bool) -> list[Row]:
     case = f"{size}x{size}, {nnz:,} entries, r={r} f32"
 
     out = []
+    callback = "pure_callback + custom_vjp"
     pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
-              "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V)),
+              "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V),
+              callback),
              ("sparse_times_dense (SpMM), JAX", lambda v, B: jnp.sum(lj.sparse_times_dense(rows, cols, v, B, size) * W2),
               "jnp .at[rows].add(v[:, None] * B[cols]), jit",
               lambda v, B: jnp.sum(jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]) * W2),
-              (vals, V))]
-    for name, ours, peer_name, peer, args in pairs:
+              (vals, V), callback)]
+    dense, k_row = (500, 16) if quick else (2000, 16)
+    keep = dense * dense // 10
+    Ud = jnp.asarray(rng.standard_normal((dense, r), dtype=np.float32) / r ** 0.25)
+    Vd = jnp.asarray(rng.standard_normal((dense, r), dtype=np.float32) / r ** 0.25)
+    Wd = jnp.asarray(rng.standard_normal((dense, dense), dtype=np.float32))
+    dense_case = f"{dense}x{dense} r={r} f32"
+
+    def jnp_top_rows(U, V):
+        K = jnp.tanh(U @ V.T)
+        return jnp.take_along_axis(K, jax.lax.top_k(jax.lax.stop_gradient(jnp.abs(K)), k_row)[1], axis=1)
+
+    def jnp_top_global(U, V):
+        K = jnp.tanh(U @ V.T).reshape(-1)
+        return K[jax.lax.top_k(jax.lax.stop_gradient(jnp.abs(K)), keep)[1]]
+
+    pairs += [("lowrank_product, JAX", lambda U, V: jnp.sum(lj.lowrank_product(U, V) * Wd), "jnp U @ V.T, jit",
+               lambda U, V: jnp.sum((U @ V.T) * Wd), (Ud, Vd), "XLA's GEMM on both sides"),
+              ("kernel_product tanh, JAX", lambda U, V: jnp.sum(lj.kernel_product(U, V, "tanh") * Wd),
+               "jnp tanh(U @ V.T), jit", lambda U, V: jnp.sum(jnp.tanh(U @ V.T) * Wd), (Ud, Vd),
+               "XLA's GEMM, f in a host callback (copies in and out)"),
+              (f"kernel_product tanh top_k={k_row} row, JAX",
+               lambda U, V: 0.5 * jnp.sum(lj.kernel_product(U, V, "tanh", k_row).values),
+               "jnp tanh(U @ V.T) + lax.top_k + gather, jit", lambda U, V: 0.5 * jnp.sum(jnp_top_rows(U, V)), (Ud, Vd),
+               callback),
+              ("kernel_product tanh top 10% global, JAX",
+               lambda U, V: 0.5 * jnp.sum(lj.kernel_product(U, V, "tanh", keep, top_k_mode="global").values),
+               "jnp tanh(U @ V.T) + lax.top_k of all, jit", lambda U, V: 0.5 * jnp.sum(jnp_top_global(U, V)),
+               (Ud, Vd), callback)]
+    for name, ours, peer_name, peer, args, note in pairs:
         ours_grad, peer_grad = (jax.jit(jax.grad(loss, argnums=(0, 1))) for loss in (ours, peer))
-        for a, b in zip(ours_grad(*args), peer_grad(*args)):
-            assert float(jnp.abs(a - b).max()) <= 1e-3 * float(jnp.abs(b).max()), f"{name}: gradients differ"
+        _check_gradients(name, ours_grad(*args), peer_grad(*args), top_k="top" in name)
         out.append(_row(name, case, lambda: jax.block_until_ready(ours_grad(*args)), peer_name,
-                        lambda: jax.block_until_ready(peer_grad(*args)), repeats, "pure_callback + custom_vjp"))
+                        lambda: jax.block_until_ready(peer_grad(*args)), repeats, note))
     return out
 
 

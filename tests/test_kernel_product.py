@@ -10,7 +10,7 @@ import pytest
 import reference
 from conftest import RTOL, rel_error
 from lowrank_hpc import _backend
-from lowrank_hpc.ops import KERNELS, GlobalTopK, TopK, kernel_product
+from lowrank_hpc.ops import KERNELS, GlobalTopK, TopK, apply_kernel, kernel_product
 kernel_product_module = importlib.import_module("lowrank_hpc.ops.kernel_product")  # ops.kernel_product: the function
 
 # (batch or None, m, n, r): single rows/columns, rank 1, primes, rank above 64.
@@ -43,6 +43,29 @@ def test_dense_matches_reference(backend, dtype, rng, kernel, shape):
     expected_shape = (m, n) if batch is None else (batch, m, n)
     assert K.shape == expected_shape and K.dtype == dtype
     assert rel_error(backend.get(K), reference.kernel_product(U, V, kernel)) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_apply_kernel_is_kernel_products_element_step(backend, dtype, rng, kernel):
+    # f of a product some other GEMM formed (the JAX adapter's): against the float64 reference,
+    # equal to kernel_product's own (the same element step, here on a Fortran-ordered and a
+    # 3-D K), and overflow raises as there.
+    U, V = _gaussian(rng, None, 9, 7, 3, dtype)
+    K = U @ V.T
+    got = backend.get(apply_kernel(backend.put(np.asfortranarray(K)), kernel))
+    assert got.dtype == dtype and got.shape == K.shape
+    assert rel_error(got, reference.kernel_product(U, V, kernel)) < RTOL[dtype]
+    np.testing.assert_array_equal(got, backend.get(kernel_product(backend.put(U), backend.put(V), kernel)))
+    stacked = backend.get(apply_kernel(backend.put(np.stack([K, 2 * K])), kernel))
+    np.testing.assert_array_equal(stacked[0], got)
+    bad = K.copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="K"):
+        apply_kernel(backend.put(bad), kernel)
+    if kernel == "exponential":
+        bad[1, 2] = 1000.0
+        with pytest.raises(FloatingPointError, match="exponential kernel overflowed: 1 entries"):
+            apply_kernel(backend.put(bad), kernel)
 
 
 def test_exp_is_an_alias(backend, rng):
@@ -290,6 +313,20 @@ def test_top_k_tie_rule(backend, dtype):
     np.testing.assert_array_equal(backend.get(top.rows), [0, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(backend.get(top.cols), [4, 4, 0, 2, 0, 2])
     np.testing.assert_array_equal(backend.get(top.values), [2, 2, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("kernel", ["relu", "tanh", "piecewise_linear", "identity"])
+def test_an_overflowed_product_raises_whatever_the_kernel(backend, dtype, kernel):
+    # U V^T = [[-inf, 1], [inf, 1]] from finite factors: a saturating f (relu(-inf) = 0,
+    # tanh(inf) = 1) must not turn the overflow into a finite answer, in any mode.
+    big = 1e200 if dtype == np.float64 else 1e20
+    U = np.array([[big, 0.0], [-big, 0.0]], dtype=dtype)
+    V = np.array([[-big, 0.0], [0.0, 1.0]], dtype=dtype)
+    U, V = backend.put(U), backend.put(V)
+    for call in (lambda: kernel_product(U, V, kernel), lambda: kernel_product(U, V, kernel, 1),
+                 lambda: kernel_product(U, V, kernel, 2, top_k_mode="global")):
+        with pytest.raises(FloatingPointError, match="U @ V\\^T overflowed: 2 entries"):
+            call()
 
 
 def test_exponential_overflow_raises(backend, dtype):

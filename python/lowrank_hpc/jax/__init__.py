@@ -147,14 +147,17 @@ def _derivative(kernel: str, values):
     return (jnp.abs(values) < 1).astype(values.dtype)
 
 
+def _swap(x):
+    return jnp.swapaxes(x, -1, -2)
+
+
+# The dense products' GEMMs are XLA's (dense GEMM is the vendor's job; numpy's BLAS in a host
+# callback, with its copies, took twice as long as jnp's whole forward and backward): f(U V^T)
+# applies the core's element step to XLA's U V^T in one callback.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_dense(U, V, kernel: str):
-    shape = U.shape[:-1] + V.shape[-2:-1]
-    if kernel == "identity":
-        function = lambda U, V: ops.lowrank_product(U, V, check_finite=False)  # noqa: E731
-    else:
-        function = lambda U, V: ops.kernel_product(U, V, kernel, check_finite=False)  # noqa: E731
-    return _callback(function, jax.ShapeDtypeStruct(shape, U.dtype), U, V)
+    product = U @ _swap(V)
+    return _callback(lambda K: ops.apply_kernel(K, kernel), jax.ShapeDtypeStruct(product.shape, U.dtype), product)
 
 
 def _kernel_dense_fwd(U, V, kernel):
@@ -165,18 +168,16 @@ def _kernel_dense_fwd(U, V, kernel):
 def _kernel_dense_bwd(kernel, residuals, grad):
     U, V, out = residuals
     weighted = grad * _derivative(kernel, out)
-    swap = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
-    # d U = G' V = lowrank(G', V^T), d V = G'^T U = lowrank(G'^T, U^T): the same kernel again.
-    return _kernel_dense(weighted, swap(V), "identity"), _kernel_dense(swap(weighted), swap(U), "identity")
+    return weighted @ V, _swap(weighted) @ U  # d U = G' V, d V = G'^T U
 
 
 _kernel_dense.defvjp(_kernel_dense_fwd, _kernel_dense_bwd)
 
 
 def lowrank_product(U, V):
-    """U @ V^T for U (..., m, r), V (..., n, r) (2-D or 3-D), differentiable."""
+    """U @ V^T for U (..., m, r), V (..., n, r) (2-D or 3-D), differentiable: XLA's GEMM."""
     _check_pair("lowrank_product", U, V, (2, 3))
-    return _kernel_dense(U, V, "identity")
+    return U @ _swap(V)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -224,7 +225,7 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
     kernel = _kernel_name(kernel)
     if top_k is None:
         _check_pair("kernel_product", U, V, (2, 3))
-        return _kernel_dense(U, V, kernel)
+        return U @ _swap(V) if kernel == "identity" else _kernel_dense(U, V, kernel)
     _check_pair("kernel_product", U, V)
     if top_k_mode not in ("row", "global"):
         raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")

@@ -267,6 +267,23 @@ def _round_to(call: Call, code: int, half, values):
     return values
 
 
+def apply_kernel(K: Any, kernel: str) -> Any:
+    """f(K) entry-wise, a new array: kernel_product's element step, for a framework adapter
+    whose own GEMM formed K = U V^T (lowrank_hpc.jax: XLA's, as numpy's BLAS in a host callback
+    took 2x longer than jnp's whole forward and backward).
+
+    K: float32/float64 array of any shape (numpy or a CUDA array). Raises ValueError if K holds
+    NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential)."""
+    call = resolve("kernel_product", K=K)
+    code = _kernel_code(kernel)
+    K = call.float_array("K", K, range(0, 33), allow_empty=True)
+    out, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", K)
+    bad = call.read(nonfinite)[0]
+    if bad:
+        _raise_overflow(call, code, bad)
+    return call.wrap(out)
+
+
 @_checks.constrained(top_k=_checks.optional(_checks.integer), top_k_mode=_checks.one_of(*TOP_K_MODES),
                      top_k_order=_checks.one_of(*TOP_K_ORDERS), block_rows=_checks.optional(_checks.positive_int),
                      check_finite=_checks.flag)

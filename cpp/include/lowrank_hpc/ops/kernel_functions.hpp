@@ -2,6 +2,7 @@
 #pragma once
 #include "lowrank_hpc/core/macros.hpp"
 #include "lowrank_hpc/ops/elementary.hpp"
+#include "lowrank_hpc/ops/finite.hpp"
 
 namespace lowrank_hpc::ops {
 
@@ -10,6 +11,9 @@ enum class KernelFunction : int { identity = 0, relu = 1, exponential = 2, tanh 
 
 template <class T>
 LRH_HD T apply_kernel(KernelFunction f, T x) {
+  // NaN/inf in (an overflowed U V^T) comes out NaN, never saturated to a finite value (tanh(inf)
+  // = 1, relu(-inf) = 0): the callers count non-finite results and raise.
+  if (!is_finite(x)) return x - x;
   switch (f) {
     case KernelFunction::relu: return x > T(0) ? x : T(0);
     case KernelFunction::exponential: return exp_arith(x);
