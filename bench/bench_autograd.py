@@ -165,7 +165,8 @@ def _snell_row(quick: bool, repeats: int) -> Row:
     run_peer()
     _check_gradients("KernelizedLoRA", grads, (adapter.A.grad, adapter.B.grad), top_k=True)
     return _row("KernelizedLoRA (SNELL) layer", f"{features}x{features} r=16 keep 10%, {tokens} tokens f32",
-                run_ours, "plain torch: dense f, topk mask, linear", run_peer, repeats, "sparse update: top-k kernel + SpMM")
+                run_ours, "plain torch: dense f, topk mask, linear", run_peer, repeats,
+                "sparse update: top-k kernel + SpMM")
 
 
 def jax_rows(quick: bool) -> list[Row]:
@@ -191,7 +192,8 @@ def jax_rows(quick: bool) -> list[Row]:
     pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
               "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V),
               callback),
-             ("sparse_times_dense (SpMM), JAX", lambda v, B: jnp.sum(lj.sparse_times_dense(rows, cols, v, B, size) * W2),
+             ("sparse_times_dense (SpMM), JAX",
+              lambda v, B: jnp.sum(lj.sparse_times_dense(rows, cols, v, B, size) * W2),
               "jnp .at[rows].add(v[:, None] * B[cols]), jit",
               lambda v, B: jnp.sum(jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]) * W2),
               (vals, V), callback)]

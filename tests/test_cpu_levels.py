@@ -29,6 +29,17 @@ for r in (1, 3, 8, 20, 37):
     out[f"spmm_t_{r}"] = lr.ops.sparse_times_dense(rows, cols, vals, U, 40, transpose=True).ravel().tolist()
     out[f"sampled32_{r}"] = lr.ops.sampled_product(U.astype(np.float32), V.astype(np.float32), rows,
                                                    cols).astype(np.float64).tolist()
+# The selections' vectorised tests (16 magnitudes at a time; compressed stores on AVX-512): the
+# kept positions, exactly. 200,007 float keys (a tail of 7) of unequal columns; row top-k of
+# half-integer products (exact ties) on 203 columns (the chunk-bounded path).
+values = (np.outer(rng.standard_normal(201), rng.gamma(0.5, size=1000)).ravel()[:200_007]).astype(np.float32)
+for k in (1, 17, 20_000, 150_000):
+    positions = np.empty(k, dtype=np.int64)
+    _backend.cpu_module().select_top_magnitudes(values, positions)
+    out[f"select_{k}"] = positions.tolist()
+U, V = rng.integers(-2, 3, (30, 4)) * 0.5, rng.integers(-2, 3, (203, 4)) * 0.5
+for k in (1, 5, 14):
+    out[f"top_rows_{k}"] = lr.ops.kernel_product(U, V, "tanh", k).indices.ravel().tolist()
 print(json.dumps(out))
 """
 

@@ -113,6 +113,16 @@ inline uint32_t magnitudes_in_range(const uint32_t* bits, uint32_t lo, uint32_t 
   const __m512i a = _mm512_and_si512(_mm512_loadu_si512(bits), _mm512_set1_epi32(0x7fffffff));
   return _mm512_cmple_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(static_cast<int>(lo))),
                                  _mm512_set1_epi32(static_cast<int>(width)));
+#elif defined(__AVX2__)
+  uint32_t mask = 0;
+  for (int h = 0; h < 2; ++h) {  // unsigned d <= width as min(d, width) == d
+    const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + 8 * h)),
+                                       _mm256_set1_epi32(0x7fffffff));
+    const __m256i d = _mm256_sub_epi32(a, _mm256_set1_epi32(static_cast<int>(lo)));
+    const __m256i inside = _mm256_cmpeq_epi32(_mm256_min_epu32(d, _mm256_set1_epi32(static_cast<int>(width))), d);
+    mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(inside))) << (8 * h);
+  }
+  return mask;
 #elif defined(__SSE2__)
   // Unsigned d <= width as a signed compare of both with the sign bit flipped.
   const __m128i flip = _mm_set1_epi32(static_cast<int>(0x80000000u));
@@ -133,6 +143,25 @@ inline uint32_t magnitudes_in_range(const uint32_t* bits, uint32_t lo, uint32_t 
 #endif
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// AVX2 has no compressed store: lane_order(m) lists the set bits of an 8-bit mask m first, in
+// order, as the lane indices of a permutation (vpermd) that packs those lanes to the front.
+struct LaneOrders {
+  alignas(32) uint32_t lanes[256][8];
+  constexpr LaneOrders() : lanes{} {
+    for (int m = 0; m < 256; ++m) {
+      int packed = 0;
+      for (int l = 0; l < 8; ++l)
+        if (m >> l & 1) lanes[m][packed++] = static_cast<uint32_t>(l);
+    }
+  }
+};
+inline constexpr LaneOrders kLaneOrders{};
+inline __m256i lane_order(uint32_t m) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneOrders.lanes[m]));
+}
+#endif
+
 // keys[found++] = the magnitude key (kInfinity - (bits[l] & 0x7fffffff)) of each set bit l of
 // mask, in order; keys has room for 16 past the last one found.
 inline int64_t store_keys(uint32_t mask, const uint32_t* bits, uint32_t* keys, int64_t found) {
@@ -142,6 +171,16 @@ inline int64_t store_keys(uint32_t mask, const uint32_t* bits, uint32_t* keys, i
   const __m512i key = _mm512_sub_epi32(_mm512_set1_epi32(0x7f800000), magnitude);
   _mm512_storeu_si512(keys + found, _mm512_maskz_compress_epi32(static_cast<__mmask16>(mask), key));
   return found + __builtin_popcount(mask);
+#elif defined(__AVX2__)
+  for (int h = 0; h < 2; ++h, mask >>= 8) {  // 8 keys packed by a permutation, stored whole
+    const __m256i magnitude = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + 8 * h)),
+                                               _mm256_set1_epi32(0x7fffffff));
+    const __m256i key = _mm256_sub_epi32(_mm256_set1_epi32(0x7f800000), magnitude);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + found),
+                        _mm256_permutevar8x32_epi32(key, lane_order(mask & 0xffu)));
+    found += __builtin_popcount(mask & 0xffu);
+  }
+  return found;
 #else
   for (; mask != 0; mask &= mask - 1) keys[found++] = 0x7f800000u - (bits[__builtin_ctz(mask)] & 0x7fffffffu);
   return found;
@@ -158,6 +197,21 @@ inline int64_t store_set_bits(uint32_t mask, int64_t first, int64_t* positions, 
     _mm512_storeu_si512(positions + kept, _mm512_maskz_compress_epi64(static_cast<__mmask8>(mask >> 8),
                                                                       _mm512_add_epi64(lanes, _mm512_set1_epi64(8))));
     return kept + __builtin_popcount(mask >> 8);
+  }
+#elif defined(__AVX2__)
+  if (kept + 16 <= k) {  // per 8 lanes: their numbers packed by a permutation, widened to 64 bits
+    for (int h = 0; h < 2; ++h, mask >>= 8) {
+      const __m256i lanes =
+          _mm256_permutevar8x32_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), lane_order(mask & 0xffu));
+      const __m256i base = _mm256_set1_epi64x(first + 8 * h);
+      int64_t* at = positions + kept;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(at),
+                          _mm256_add_epi64(base, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(lanes))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 4),
+                          _mm256_add_epi64(base, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(lanes, 1))));
+      kept += __builtin_popcount(mask & 0xffu);
+    }
+    return kept;
   }
 #endif
   for (; mask != 0 && kept < k; mask &= mask - 1) positions[kept++] = first + __builtin_ctz(mask);
@@ -222,7 +276,8 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
     const int64_t step = n / kSample;
     for (int64_t s = 0; s < kSample; ++s) {
       const uint64_t hashed = (static_cast<uint64_t>(s) + 1) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing
-      sample[static_cast<size_t>(s)] = key_of(s * step + static_cast<int64_t>((hashed >> 32) % static_cast<uint64_t>(step)));
+      const int64_t offset = static_cast<int64_t>((hashed >> 32) % static_cast<uint64_t>(step));
+      sample[static_cast<size_t>(s)] = key_of(s * step + offset);
     }
     const double expected = static_cast<double>(k) / static_cast<double>(n) * kSample;  // its rank in the sample
     const double spread = 4.0 * std::sqrt(expected * (1.0 - expected / kSample)) + 8.0;

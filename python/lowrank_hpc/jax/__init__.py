@@ -4,8 +4,10 @@ Importing this package imports jax (an optional extra: ``pip install lowrank_hpc
 rest of lowrank_hpc never does. Each kernel runs through ``jax.pure_callback`` (the host
 arrays XLA hands over go to the CPU kernels as numpy arrays, the results come back the same
 way), so the functions work under ``jit``; ``jax.custom_vjp`` gives them reverse-mode
-derivatives made of the same kernels (second derivatives too). Static arguments (sizes, flags,
-kernel names, k) are Python values. float32/float64 arrays (float64 needs ``jax_enable_x64``).
+derivatives made of the same kernels (second derivatives too). The dense products' GEMMs are
+XLA's (``lowrank_product`` is XLA's alone; a dense ``kernel_product`` applies the core's f to
+XLA's U V^T in a callback). Static arguments (sizes, flags, kernel names, k) are Python values.
+float32/float64 arrays (float64 needs ``jax_enable_x64``).
 
 Not done: the XLA FFI / GPU path (a CUDA array goes through the host callback), and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).

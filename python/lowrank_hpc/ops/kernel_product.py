@@ -276,7 +276,7 @@ def apply_kernel(K: Any, kernel: str) -> Any:
     NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential)."""
     call = resolve("kernel_product", K=K)
     code = _kernel_code(kernel)
-    K = call.float_array("K", K, range(0, 33), allow_empty=True)
+    K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
     out, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", K)
     bad = call.read(nonfinite)[0]
     if bad:

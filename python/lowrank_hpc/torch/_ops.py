@@ -1,6 +1,7 @@
 """The kernels as torch custom operators (namespace ``lowrank_hpc``): real implementations on
 the core's kernels, fake ones for ``torch.compile``, and autograd formulas written with the
-same operators (so second derivatives work too); the dense products' backward GEMMs are torch's.
+same operators (so second derivatives work too). The dense products' GEMMs, forward and
+backward, are torch's (on the CPU too: numpy's BLAS threads would spin beside torch's).
 
 Tensors reach the kernels without copies: CPU tensors as numpy views of their storage, CUDA
 tensors as CuPy views through DLPack (the kernel runs on torch's current stream). Results come
