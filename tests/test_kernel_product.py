@@ -340,6 +340,16 @@ def test_exponential_overflow_raises(backend, dtype):
             kernel_product(backend.put(U), backend.put(V), "exp", 2, top_k_mode=mode, block_rows=2)
 
 
+def test_row_top_k_counts_every_overflow_past_its_chunk_bound(backend, dtype):
+    # 203 columns, k = 1: the CPU applies f only to chunks that can reach the row's bound; the
+    # two overflowing entries lie in different chunks (and one is not among the kept): both counted.
+    U = np.ones((2, 1), dtype=dtype)
+    V = np.linspace(-1, 1, 203).astype(dtype)[:, None]
+    V[5], V[150] = 1000.0, 2000.0
+    with pytest.raises(FloatingPointError, match="exponential kernel overflowed: 4 entries"):
+        kernel_product(backend.put(U), backend.put(V), "exp", 1)
+
+
 def test_gemm_overflow_raises(backend):
     U = np.full((2, 1), 1e30, dtype=np.float32)
     with pytest.raises(FloatingPointError, match=r"U @ V\^T overflowed: 4 entries"):

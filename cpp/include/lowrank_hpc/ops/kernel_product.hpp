@@ -29,6 +29,15 @@ inline auto with_kernel(KernelFunction f, Body&& body) {
   }
 }
 
+// The argument |f(x)| grows with: |x| for the odd kernels (identity, tanh, piecewise_linear),
+// x for relu and exponential; NaN/inf as +inf (their f is NaN: ranked first, and reported).
+template <KernelFunction F, class T>
+LRH_HD T rank_argument(T x) {
+  constexpr bool kOdd = !(F == KernelFunction::relu || F == KernelFunction::exponential);
+  const T argument = kOdd && x < T(0) ? -x : x;
+  return is_finite(x) ? argument : std::numeric_limits<T>::infinity();  // a select: the loops vectorize
+}
+
 // One competitor of the top-k step: |f(x)| and its column (row mode) or flat index.
 template <class T>
 struct Candidate {
