@@ -239,10 +239,10 @@ def _top_magnitude_positions(values, k):
 @pytest.mark.parametrize("size", [1, 257, 200_000, 200_007])
 def test_select_top_magnitudes_keeps_a_stable_argsorts_first_k(dtype, case, size):
     # Private CPU kernel (the global top-k's selection): the k largest |x|, in position order,
-    # ties at the k-th magnitude to the earlier positions, against numpy's stable argsort. From
-    # 131,072 entries the candidates come from a sample's bounds ("sample misses": the sampled
-    # positions hold zeros, the bounds miss and every key competes), below every key competes.
-    # float32 tests 16 magnitudes at a time (200,007: a tail of 7).
+    # ties at the k-th magnitude to the earlier positions, against numpy's stable argsort, the
+    # same with no sample and with the caller's (from 131,072 entries: the candidates between its
+    # bounds; "sample misses": the sampled positions hold zeros, the bounds miss and every key
+    # competes). float32 tests 16 magnitudes at a time (200,007: a tail of 7).
     rng = np.random.default_rng(size)
     if case == "gaussian":
         values = (rng.standard_normal(size) * 0.05).astype(dtype)
@@ -261,13 +261,18 @@ def test_select_top_magnitudes_keeps_a_stable_argsorts_first_k(dtype, case, size
         values = values.reshape(-1)[:size].astype(dtype)
     else:
         values = rng.standard_normal(size).astype(dtype)
-        if size >= 8 * kernel_product_module._SAMPLE:  # the CPU kernel samples where the numpy path does
-            values[kernel_product_module._sample_positions(np, size)] = 0.0
+    samples = [np.zeros(0, dtype=np.int64)]
+    if kernel_product_module._samples(size):
+        samples.append(kernel_product_module._sample_positions(np, size))
+        if case == "sample misses":
+            values[samples[1]] = 0.0
     module = _backend.cpu_module()
     for k in sorted({1, min(2, size), max(1, size // 10), max(1, size // 2), size}):
-        positions = np.empty(k, dtype=np.int64)
-        assert module.select_top_magnitudes(values, positions) == k
-        np.testing.assert_array_equal(positions, _top_magnitude_positions(values, k), err_msg=f"k={k}")
+        for sample in samples:
+            positions = np.empty(k, dtype=np.int64)
+            assert module.select_top_magnitudes(values, sample, positions) == k
+            np.testing.assert_array_equal(positions, _top_magnitude_positions(values, k),
+                                          err_msg=f"k={k}, sample of {sample.shape[0]}")
 
 
 @pytest.mark.parametrize("size", [5, 200_000])
@@ -276,20 +281,26 @@ def test_select_top_magnitudes_leaves_nan_to_its_caller(size):
     values = np.ones(size, dtype=np.float32)
     values[size // 2] = np.nan
     positions = np.full(2, -7, dtype=np.int64)
-    assert _backend.cpu_module().select_top_magnitudes(values, positions) == -1
+    sample = np.arange(0, size, 3, dtype=np.int64)
+    assert _backend.cpu_module().select_top_magnitudes(values, sample, positions) == -1
     np.testing.assert_array_equal(positions, [-7, -7])
 
 
 def test_select_top_magnitudes_checks_its_arrays():
     module = _backend.cpu_module()
+    none = np.zeros(0, np.int64)
     with pytest.raises(ValueError, match="positions: expected int64, got int32"):
-        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(2, np.int32))
+        module.select_top_magnitudes(np.zeros(4, np.float32), none, np.zeros(2, np.int32))
     with pytest.raises(ValueError, match=r"positions: k = 5 must be in \[1, 4\]"):
-        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(5, np.int64))
+        module.select_top_magnitudes(np.zeros(4, np.float32), none, np.zeros(5, np.int64))
     with pytest.raises(ValueError, match=r"positions: k = 0 must be in \[1, 4\]"):
-        module.select_top_magnitudes(np.zeros(4, np.float32), np.zeros(0, np.int64))
+        module.select_top_magnitudes(np.zeros(4, np.float32), none, np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="values"):
-        module.select_top_magnitudes(np.zeros(4, np.int32), np.zeros(2, np.int64))
+        module.select_top_magnitudes(np.zeros(4, np.int32), none, np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"sample: position 4 outside \[0, 4\)"):
+        module.select_top_magnitudes(np.zeros(4, np.float32), np.array([0, 4]), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="sample: expected int64"):
+        module.select_top_magnitudes(np.zeros(4, np.float32), np.array([0, 1], np.int32), np.zeros(2, np.int64))
 
 
 def test_order_by_magnitude_checks_its_arrays():

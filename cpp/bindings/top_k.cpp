@@ -45,10 +45,16 @@ void order_by_magnitude(const ArrayView& values, const ArrayView& order) {
 }
 
 // positions (k,) int64 = the positions, ascending, of the k largest |values| (n,), ties to the
-// earlier (cpu::select_top_magnitudes); returns k, or -1 where a value is NaN.
-int64_t select_top_magnitudes(const ArrayView& values, const ArrayView& positions) {
+// earlier (cpu::select_top_magnitudes), with the bounds read at sample (s,) int64 positions
+// (s may be 0); returns k, or -1 where a value is NaN.
+int64_t select_top_magnitudes(const ArrayView& values, const ArrayView& sample, const ArrayView& positions) {
   expect().shape(values, "values", {-1});
   const int64_t n = values.shape[0];
+  expect().typed(sample, "sample", DType::int64, {-1});
+  const int64_t sample_size = sample.shape[0];
+  const int64_t* sampled = sample.data<int64_t>();
+  for (int64_t s = 0; s < sample_size; ++s)
+    LRH_EXPECTS(sampled[s] >= 0 && sampled[s] < n, "sample: position ", sampled[s], " outside [0, ", n, ")");
   expect().output(positions, "positions", DType::int64, {-1});
   const int64_t k = positions.shape[0];
   LRH_EXPECTS(k >= 1 && k <= n, "positions: k = ", k, " must be in [1, ", n, "]");
@@ -56,7 +62,7 @@ int64_t select_top_magnitudes(const ArrayView& values, const ArrayView& position
     using T = decltype(t);
     expect().typed(values, "values", dtype_of<T>(), {n});
     py::gil_scoped_release release;
-    return cpu::select_top_magnitudes<T>(values.data<T>(), n, k, positions.data<int64_t>());
+    return cpu::select_top_magnitudes<T>(values.data<T>(), n, k, sampled, sample_size, positions.data<int64_t>());
   });
 }
 
@@ -66,7 +72,7 @@ void bind_top_k(py::module_& m) {
   m.def("kernel_topk_rows", &kernel_topk_rows, py::arg("block"), py::arg("kernel"), py::arg("values"),
         py::arg("indices"), py::arg("nonfinite"));
   m.def("order_by_magnitude", &order_by_magnitude, py::arg("values"), py::arg("order"));
-  m.def("select_top_magnitudes", &select_top_magnitudes, py::arg("values"), py::arg("positions"));
+  m.def("select_top_magnitudes", &select_top_magnitudes, py::arg("values"), py::arg("sample"), py::arg("positions"));
 }
 
 }  // namespace lowrank_hpc::bindings

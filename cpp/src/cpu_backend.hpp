@@ -244,8 +244,10 @@ void order_by_magnitude(const T* values, int64_t n, int64_t* order);
 
 // positions (k) = the positions, ascending, of the k largest |values| (n), ties at the k-th
 // magnitude to the earlier positions (1 <= k <= n); returns k, or -1 (nothing written) where
-// a value is NaN.
+// a value is NaN. sample_positions (sample_size, each in [0, n); none when 0): where to read the
+// keys that bound the k-th (a shortcut only: the result does not depend on them).
 template <class T>
-int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* positions);
+int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, const int64_t* sample_positions,
+                              int64_t sample_size, int64_t* positions);
 
 }  // namespace lowrank_hpc::cpu

@@ -37,8 +37,8 @@ int64_t apply_range(T* x, int64_t size) {
 
 // The k-th largest of size >= k magnitudes (>= 0, no NaN; +inf allowed): the largest t with at
 // least k of them >= t, built bit by bit (the bits of non-negative floats order as their values),
-// each bit one vectorised count. nth_element over a row's 125 chunks took 1.2 us, mostly
-// mispredicted branches.
+// each bit one vectorised count (nth_element over a row's 125 chunks, its branches mispredicted,
+// held a quarter of this kernel's perf samples).
 template <class T>
 T kth_largest_magnitude(const T* magnitudes, int64_t size, int64_t k) {
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
@@ -62,7 +62,7 @@ T kth_largest_magnitude(const T* magnitudes, int64_t size, int64_t k) {
 // best is f of its largest argument (one vectorised pass for those), and the k-th best of the
 // chunks' bests is a lower bound of the row's k-th (k distinct entries reach it). Only chunks
 // reaching it get f (and NaN/inf counted: a chunk holding one reaches +inf), their entries at
-// or above it compete, and one sort orders them. Heap selection over f of every entry took 12 ms
+// or above it compete, and one sort orders them. Heap selection over f of every entry took 11-12 ms
 // for 2000 x 2000, k = 16 (tanh of the 4M entries alone 2.3).
 template <ops::KernelFunction F, class T>
 int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64_t* indices) {
@@ -194,21 +194,22 @@ inline int64_t store_keys(uint32_t mask, const uint32_t* bits, uint32_t* keys, i
 #if defined(__AVX512F__)
   // A compressed store of all 16, kept or not: no branch on the mask (mostly empty, at random).
   const __m512i magnitude = _mm512_and_si512(_mm512_loadu_si512(bits), _mm512_set1_epi32(0x7fffffff));
-  const __m512i key = _mm512_sub_epi32(_mm512_set1_epi32(0x7f800000), magnitude);
+  const __m512i key = _mm512_sub_epi32(_mm512_set1_epi32(MagnitudeKey<float>::kInfinity), magnitude);
   _mm512_storeu_si512(keys + found, _mm512_maskz_compress_epi32(static_cast<__mmask16>(mask), key));
   return found + __builtin_popcount(mask);
 #elif defined(__AVX2__)
   for (int h = 0; h < 2; ++h, mask >>= 8) {  // 8 keys packed by a permutation, stored whole
     const __m256i magnitude = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + 8 * h)),
                                                _mm256_set1_epi32(0x7fffffff));
-    const __m256i key = _mm256_sub_epi32(_mm256_set1_epi32(0x7f800000), magnitude);
+    const __m256i key = _mm256_sub_epi32(_mm256_set1_epi32(MagnitudeKey<float>::kInfinity), magnitude);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + found),
                         _mm256_permutevar8x32_epi32(key, lane_order(mask & 0xffu)));
     found += __builtin_popcount(mask & 0xffu);
   }
   return found;
 #else
-  for (; mask != 0; mask &= mask - 1) keys[found++] = 0x7f800000u - (bits[__builtin_ctz(mask)] & 0x7fffffffu);
+  for (; mask != 0; mask &= mask - 1)
+    keys[found++] = MagnitudeKey<float>::kInfinity - (bits[__builtin_ctz(mask)] & 0x7fffffffu);
   return found;
 #endif
 }
@@ -283,36 +284,29 @@ template void order_by_magnitude<float>(const float*, int64_t, int64_t*);
 template void order_by_magnitude<double>(const double*, int64_t, int64_t*);
 
 template <class T>
-int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* positions) {
+int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, const int64_t* sample_positions,
+                              int64_t sample_size, int64_t* positions) {
   // The k-th smallest magnitude key (MagnitudeKey: small keys, large magnitudes) from a
   // selection among candidate keys known to hold it, then one pass keeping, in position order,
   // the smaller keys and the first of the equal ones. The candidates: the keys between two
-  // bounds read off a sample (4 sigma either side of where the k-th falls), found in a pass
-  // whose test rarely passes; every key where the input is small or the bounds miss. The sample
-  // takes one key at a hashed offset in each of kSample equal stretches: a plain stride that
-  // divides the row length reads a few columns of a matrix (16 of SNELL's 1024: their norms, not
-  // the whole's, set the bounds, which missed, and a selection over all 2^20 keys took 14 ms).
+  // bounds read off the caller's sample (4 sigma either side of where the k-th falls), found in
+  // a pass whose test rarely passes; every key without a sample or where the bounds miss.
   using Key = typename MagnitudeKey<T>::Key;
   constexpr Key kNaN = MagnitudeKey<T>::kInfinity + 1;
   const auto key_of = [values](int64_t i) { return MagnitudeKey<T>::of(values[i]); };
   Key low = 0, width = kNaN;  // candidates: keys in [low, low + width]; at first all of them
-  constexpr int64_t kSample = 16384;
-  if (n >= 8 * kSample) {
-    std::vector<Key> sample(static_cast<size_t>(kSample));
-    const int64_t step = n / kSample;
-    for (int64_t s = 0; s < kSample; ++s) {
-      const uint64_t hashed = (static_cast<uint64_t>(s) + 1) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing
-      const int64_t offset = static_cast<int64_t>((hashed >> 32) % static_cast<uint64_t>(step));
-      sample[static_cast<size_t>(s)] = key_of(s * step + offset);
-    }
-    const double expected = static_cast<double>(k) / static_cast<double>(n) * kSample;  // its rank in the sample
-    const double spread = 4.0 * std::sqrt(expected * (1.0 - expected / kSample)) + 8.0;
+  if (sample_size > 0) {
+    std::vector<Key> sample(static_cast<size_t>(sample_size));
+    for (int64_t s = 0; s < sample_size; ++s) sample[static_cast<size_t>(s)] = key_of(sample_positions[s]);
+    const double size = static_cast<double>(sample_size);
+    const double expected = static_cast<double>(k) / static_cast<double>(n) * size;  // its rank in the sample
+    const double spread = 4.0 * std::sqrt(expected * (1.0 - expected / size)) + 8.0;
     const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(expected - spread));
-    const int64_t hi = std::min<int64_t>(kSample - 1, static_cast<int64_t>(expected + spread));
+    const int64_t hi = std::min<int64_t>(sample_size - 1, static_cast<int64_t>(expected + spread));
     // The sample's lo-th and hi-th keys (two selections, not a sort); no bound on a side where
     // the range reaches the sample's end.
     std::nth_element(sample.begin(), sample.begin() + hi, sample.end());
-    const Key high = hi < kSample - 1 ? sample[static_cast<size_t>(hi)] : kNaN;
+    const Key high = hi < sample_size - 1 ? sample[static_cast<size_t>(hi)] : kNaN;
     std::nth_element(sample.begin(), sample.begin() + lo, sample.begin() + hi);
     low = lo > 0 ? sample[static_cast<size_t>(lo)] : Key(0);
     width = high - low;
@@ -391,8 +385,8 @@ int64_t select_top_magnitudes(const T* values, int64_t n, int64_t k, int64_t* po
   return kept;
 }
 
-template int64_t select_top_magnitudes<float>(const float*, int64_t, int64_t, int64_t*);
-template int64_t select_top_magnitudes<double>(const double*, int64_t, int64_t, int64_t*);
+template int64_t select_top_magnitudes<float>(const float*, int64_t, int64_t, const int64_t*, int64_t, int64_t*);
+template int64_t select_top_magnitudes<double>(const double*, int64_t, int64_t, const int64_t*, int64_t, int64_t*);
 
 template <class T>
 int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,

@@ -7,6 +7,7 @@ dense m x n matrix.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -195,9 +196,10 @@ def _by_magnitude(call: Call, values):
 def _kept(call: Call, values, flat, k: int):
     """The (at most) k entries of largest |values|, in their given order, ties to the earlier;
     ``flat``: their flat indices, or an int, the first of a range. The CPU module selects them
-    (``select_top_magnitudes``: a SNELL-sized block of 1,048,576 float32, k = 104,858, in 2.2 ms
+    (``select_top_magnitudes``: a SNELL-sized block of 1,048,576 float32, k = 104,858, in 1.1 ms
     against 10 ms for numpy's masks and partition); elsewhere, or with NaN, a partition finds
-    the k-th magnitude. Returns new arrays: ``values`` may be a reused buffer."""
+    the k-th magnitude. Both bound it from the same sample (_sample_positions). Returns new
+    arrays: ``values`` may be a reused buffer."""
     xp = call.xp
     if values.shape[0] <= k:
         if isinstance(flat, int):
@@ -206,7 +208,8 @@ def _kept(call: Call, values, flat, k: int):
     if (hasattr(call.module, "select_top_magnitudes") and values.dtype in (np.float32, np.float64)
             and values.flags.c_contiguous):
         positions = np.empty(k, dtype=np.int64)
-        if call.module.select_top_magnitudes(values, positions) == k:  # -1: NaN, left to the path below
+        sample = _sample_positions(np, values.shape[0]) if _samples(values.shape[0]) else _NO_SAMPLE
+        if call.module.select_top_magnitudes(values, sample, positions) == k:  # -1: NaN, left to the path below
             return values[positions], positions + flat if isinstance(flat, int) else flat[positions]
     magnitude = xp.abs(values)
     threshold = _kth_largest(xp, magnitude, k)
@@ -222,18 +225,32 @@ def _kept(call: Call, values, flat, k: int):
     return values[keep], kept_flat
 
 
-_SAMPLE = 16384  # magnitudes the threshold estimate of _kth_largest looks at
+_SAMPLE = 16384  # magnitudes the bounds of the k-th largest are read from
+_NO_SAMPLE = np.zeros(0, dtype=np.int64)
+
+
+def _samples(size: int) -> bool:
+    """Whether a selection from ``size`` magnitudes bounds its k-th from a sample first."""
+    return size >= 8 * _SAMPLE
+
+
+@functools.lru_cache(maxsize=8)  # one per size: a SNELL layer selects from the same size at every step
+def _host_sample_positions(size: int) -> np.ndarray:
+    step = size // _SAMPLE
+    stretch = np.arange(_SAMPLE, dtype=np.uint64)
+    hashed = (stretch + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)  # modulo 2^64
+    positions = (stretch * np.uint64(step) + (hashed >> np.uint64(32)) % np.uint64(step)).astype(np.int64)
+    positions.flags.writeable = False
+    return positions
 
 
 def _sample_positions(xp, size: int):
-    """One position in each of _SAMPLE equal stretches of ``size``, at an offset from a Fibonacci
-    hash of the stretch's number: the CPU's select_top_magnitudes samples the same positions. A
-    plain stride dividing the row length would sample a few columns of the matrix, whose norms
-    need not be the whole's."""
-    step = size // _SAMPLE
-    stretch = xp.arange(_SAMPLE, dtype=xp.uint64)
-    hashed = (stretch + xp.uint64(1)) * xp.uint64(0x9E3779B97F4A7C15)  # modulo 2^64
-    return (stretch * xp.uint64(step) + (hashed >> xp.uint64(32)) % xp.uint64(step)).astype(xp.int64)
+    """Where a selection from ``size`` magnitudes reads its sample: one position in each of
+    _SAMPLE equal stretches, at an offset from a Fibonacci hash of the stretch's number. A plain
+    stride dividing the row length sampled a few columns of the matrix, whose norms need not be
+    the whole's (16 of SNELL's 1,024: the bounds missed, and all 2^20 keys were selected from)."""
+    positions = _host_sample_positions(size)
+    return positions if xp is np else xp.asarray(positions)
 
 
 def _kth_largest(xp, magnitude, k: int):
@@ -243,7 +260,7 @@ def _kth_largest(xp, magnitude, k: int):
     least k: then every entry >= the answer is among them, so it is exact. Otherwise (a bound
     too high, NaN) all of them are, as before."""
     size = magnitude.shape[0]
-    if size >= 8 * _SAMPLE and 2 * k <= size:
+    if _samples(size) and 2 * k <= size:
         sample = xp.sort(magnitude[_sample_positions(xp, size)])
         expected = k / size * sample.shape[0]  # sample entries above the answer, on average
         position = sample.shape[0] - int(expected + 4 * expected ** 0.5 + 8)  # 4 sigma below
