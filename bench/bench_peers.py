@@ -486,22 +486,30 @@ def loss_versus_exact(run: dict, solver: str, losses: dict[str, float]) -> str:
     return f"{change:+.3%} ({'within' if abs(change) <= LOSS_TOLERANCE else 'MISSES'} 0.1%)"
 
 
-def explicit_rows(args, problem: dict, gemm: float) -> list[str]:
+def explicit_rows(args, problem: dict) -> list[str]:
+    """One row per (rank, solver); "of GEMM" against the mean of numpy's GEMM rate measured just
+    before and just after that run (this VM's rate moved from 198 to 321 GFLOP/s between runs
+    minutes apart, while ALS's time did not: one reading for the whole table misstated it)."""
     lines = ["| r | solver | s/iter (median of iterations 2..N) | first iteration incl. setup (s) | whole call / N (s) "
-             "| Cholesky-flop rate | of GEMM | loss after N | vs cholesky loss | peak above input |", "|" + "---|" * 10]
+             "| Cholesky-flop rate | GEMM before / after (GFLOP/s) | of GEMM | loss after N | vs cholesky loss "
+             "| peak above input |", "|" + "---|" * 11]
     for r in csv_ints(args.als_ranks):
         losses: dict[str, float] = {}
         for solver in args.als_solvers.split(","):
+            gemm_before = gemm_rate(args.gemm_size, args.threads)
             run, why = als_in_fresh_process(problem, r, solver, "explicit", args.als_iterations)
             if run is None:
-                lines.append(f"| {r} | {solver} | not measured: {why} |" + " |" * 7)
+                lines.append(f"| {r} | {solver} | not measured: {why} |" + " |" * 8)
                 continue
+            gemm_after = gemm_rate(args.gemm_size, args.threads)
+            gemm = 0.5 * (gemm_before + gemm_after)
             losses[solver] = run["loss"]
             rate = cholesky_flops(problem["nnz"], problem["shape"], r) / steady_seconds(run)
             cells = [str(r), f"{run['solver']} ({run['kernel']})", f"{steady_seconds(run):.2f}",
                      f"{run['first_s']:.2f}", f"{run['whole_s'] / args.als_iterations:.2f}",
-                     f"{rate / 1e9:.1f} GFLOP/s", f"{rate / gemm:.0%}", f"{run['loss']:.6g}",
-                     loss_versus_exact(run, solver, losses), memory_cell(run)]
+                     f"{rate / 1e9:.1f} GFLOP/s", f"{gemm_before / 1e9:.0f} / {gemm_after / 1e9:.0f}",
+                     f"{rate / gemm:.0%}", f"{run['loss']:.6g}", loss_versus_exact(run, solver, losses),
+                     memory_cell(run)]
             lines.append("| " + " | ".join(cells) + " |")
             progress(lines[-1])
     return lines
@@ -560,14 +568,15 @@ def section_als(args, workdir: Path) -> list[str]:
     problem = als_problem(workdir, shape, args.als_nnz, args.seed)
     progress(f"als problem: {problem['nnz']:,} distinct pairs in {problem['seconds']:.1f} s; {problem['degrees']}")
     feedback = args.als_feedback.split(",")
-    explicit = explicit_rows(args, problem, gemm_before) if "explicit" in feedback else []
+    explicit = explicit_rows(args, problem) if "explicit" in feedback else []
     implicit = implicit_rows(args, problem, workdir) if "implicit" in feedback else []
     gemm_after = gemm_rate(args.gemm_size, args.threads)
     text = [f"**ALS.** {shape[0]:,} x {shape[1]:,}, {problem['nnz']:,} distinct pairs ({problem['degrees']}; "
             f"generated in {problem['seconds']:.0f} s), half-star ratings, float32, {args.als_iterations} iterations "
             f"from seed 0, each run in a fresh process. numpy float32 GEMM ({args.gemm_size}^3): "
-            f"{gemm_before / 1e9:.0f} GFLOP/s before the runs, {gemm_after / 1e9:.0f} after; the fraction uses the "
-            f"rate before. Peak above input: VmHWM minus the resident size once the input is loaded."]
+            f"{gemm_before / 1e9:.0f} GFLOP/s before the runs, {gemm_after / 1e9:.0f} after; each row's fraction uses "
+            f"the mean of the rates measured just before and after it. Peak above input: VmHWM minus the resident "
+            f"size once the input is loaded."]
     if explicit:
         text += ["", f"Explicit ALS, reg {EXPLICIT_REG}; Cholesky-flop rate = (2 nnz r^2 + (m + n) r^3 / 3) / "
                  "(s/iter), for CG too (the work the exact solver would do).", "", *explicit]

@@ -488,6 +488,73 @@ def test_sparse_times_dense_names_the_first_bad_column_in_input_order(backend, r
         lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), 50)
 
 
+def _row_sorted_problem(rng, dtype, m: int, n: int, r: int):
+    """Row-sorted entries: empty first, middle and last rows, a row holding half of them, a
+    position repeated within a row; the sequential input-order sum in dtype as the reference."""
+    lengths = rng.integers(0, 30, m)
+    lengths[[0, 1, m // 2, m - 1]] = 0
+    lengths[57] = lengths.sum()
+    rows = np.repeat(np.arange(m), lengths)
+    cols = rng.integers(0, n, rows.shape[0])
+    cols[5:9] = cols[5]
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    B = rng.standard_normal((n, r)).astype(dtype)
+    expected = np.zeros((m, r), dtype=dtype)
+    np.add.at(expected, rows, vals[:, None] * B[cols])  # in input order, one rounding each
+    return rows, cols, vals, B, expected
+
+
+@pytest.mark.parametrize("r", [1, 3, 8, 16, 17, 32, 40, 300])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_cpu_row_sorted_product_is_the_input_order_sum(dtype, rng, r, index_dtype):
+    """Entries already sorted by output row (their row pointers read off without a sort): the
+    sequential sum bit for bit with a heavy row, empty rows and a repeated position, on 1 to 3
+    threads, and by columns with transpose."""
+    rows, cols, vals, B, expected = _row_sorted_problem(rng, dtype, 400, 150, r)
+    rows, cols = rows.astype(index_dtype), cols.astype(index_dtype)
+    from lowrank_hpc import _backend
+
+    cpu = _backend.cpu_module()
+    before = cpu.max_threads()
+    try:
+        for threads in (1, 2, 3):
+            cpu.set_num_threads(threads)
+            np.testing.assert_array_equal(lr.ops.sparse_times_dense(rows, cols, vals, B, 400), expected)
+            np.testing.assert_array_equal(lr.ops.sparse_times_dense(cols, rows, vals, B, 400, transpose=True),
+                                          expected)
+    finally:
+        cpu.set_num_threads(before)
+
+
+def test_cpu_row_sorted_product_names_the_first_bad_column(rng):
+    rows, cols, vals, B, _ = _row_sorted_problem(rng, np.float32, 400, 150, 8)
+    cols[[9000, 100]] = [150, -1]
+    with pytest.raises(IndexError, match=r"cols\[100\] = -1 is out of range \[0, 150\)"):
+        lr.ops.sparse_times_dense(rows, cols, vals, B, 400)
+
+
+@pytest.mark.parametrize("case", ["row past the end", "negative row", "descent at the end", "shuffled"])
+def test_cpu_row_order_broken_near_sorted_rows(rng, case):
+    """Nearly row-sorted entries whose order or range breaks late: the sort's result, or the row named."""
+    rows, cols, vals, B, expected = _row_sorted_problem(rng, np.float64, 400, 150, 5)
+    if case == "row past the end":
+        rows[-1] = 400
+        with pytest.raises(IndexError, match=rf"rows\[{rows.shape[0] - 1}\] = 400 is out of range"):
+            lr.ops.sparse_times_dense(rows, cols, vals, B, 400)
+        return
+    if case == "negative row":
+        rows[0] = -3
+        with pytest.raises(IndexError, match=r"rows\[0\] = -3 is out of range"):
+            lr.ops.sparse_times_dense(rows, cols, vals, B, 400)
+        return
+    nnz = rows.shape[0]  # "descent at the end": the first entry (row 2) moved after the last (row 398)
+    order = np.r_[1:nnz, 0] if case == "descent at the end" else rng.permutation(nnz)
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    reference = np.zeros_like(expected)
+    np.add.at(reference, rows, vals[:, None] * B[cols])
+    np.testing.assert_array_equal(lr.ops.sparse_times_dense(rows, cols, vals, B, 400), reference)
+
+
 @pytest.mark.parametrize("r", [1, 2, 3, 8, 16, 17])
 def test_sparse_pattern_sums_each_row_in_input_order(backend, dtype, rng, r):
     """Rows of uneven length (0 to 9 entries) summed bit for bit as a sequential loop in the
@@ -505,6 +572,31 @@ def test_sparse_pattern_sums_each_row_in_input_order(backend, dtype, rng, r):
     np.testing.assert_array_equal(backend.get(pattern.times_dense(backend.put(vals), backend.put(B))), expected)
     np.testing.assert_array_equal(
         backend.get(lr.ops.sparse_times_dense(*map(backend.put, (rows, cols, vals, B)), 37)), expected)
+
+
+@pytest.mark.parametrize("r", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("offset_bytes", [0, 8, 16, 48])
+def test_cpu_sparse_times_dense_of_b_off_a_cache_line(dtype, rng, r, offset_bytes):
+    """B's rows starting off a cache line (numpy gives 16-byte alignment) are copied onto whole
+    lines before the gathers: the sums are the sequential loop's, bit for bit, wherever B starts."""
+    lengths = rng.integers(0, 10, 37)
+    rows = np.repeat(np.arange(37), lengths)
+    cols = rng.integers(0, 11, rows.shape[0])  # about 15 entries a row of B: the copy pays
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    values = rng.standard_normal((11, r)).astype(dtype)
+    expected = np.zeros((37, r), dtype=dtype)
+    for k in range(rows.shape[0]):
+        expected[rows[k]] = expected[rows[k]] + vals[k] * values[cols[k]]
+    itemsize = np.dtype(dtype).itemsize  # (every offset a whole number of float64s)
+    buffer = np.zeros(values.size + 128 // itemsize, dtype=dtype)
+    start = (-buffer.ctypes.data % 64 + offset_bytes) // itemsize
+    B = buffer[start:start + values.size].reshape(values.shape)
+    B[...] = values
+    assert B.ctypes.data % 64 == offset_bytes
+    pattern = lr.ops.SparsePattern(rows, cols, (37, 11))
+    np.testing.assert_array_equal(pattern.times_dense(vals, B), expected)
+    np.testing.assert_array_equal(lr.ops.sparse_times_dense(rows, cols, vals, B, 37), expected)
+    np.testing.assert_array_equal(B, values)  # the caller's B untouched
 
 
 @pytest.mark.parametrize("r", [1, 4, 16, 40])

@@ -40,4 +40,5 @@ PYBIND11_MODULE(LRH_CPU_MODULE, m) {
   bindings::bind_csr_sampled_product(m);
   bindings::bind_thin_svd(m);
   bindings::bind_binary_product(m);
+  bindings::bind_change_grams(m);
 }

@@ -14,6 +14,10 @@ from .._arrays import Call
 _FLOAT64_BLOCK = 1 << 19
 
 
+# The factor dtypes the CPU module's change_grams_* take (others go through numpy's GEMM).
+_TILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def row_blocks(n_rows: int, width: int):
     """Slices of [0, n_rows) whose rows hold about _FLOAT64_BLOCK numbers of ``width`` each."""
     step = max(1, _FLOAT64_BLOCK // max(1, width))
@@ -42,9 +46,17 @@ class ChangeGrams:
         self.call = call
         self.left = xp.zeros((batch, 3, k, k), dtype=np.float64)  # dU^T dU, dU^T U0, U0^T U0
         self.right = xp.zeros((batch, 4, k, k), dtype=np.float64)  # V1^T V1, V1^T dV, dV^T dV, V0^T V0
+        # The CPU module's register tiles where it has them (the same bits for any thread count;
+        # numpy's float64 GEMM runs on the one BLAS thread the ALS loop leaves it): on the GPU, cuBLAS.
+        self._tiled = hasattr(call.module, "change_grams_left")
 
     def add_left(self, u0: Any, u1: Any, u0_gram: bool = True) -> None:
         """Rows of U before (u0) and after (u1), (batch, rows, k)."""
+        if self._tiled and u0.dtype in _TILED_DTYPES:
+            for b in range(u0.shape[0]):
+                self.call.module.change_grams_left(np.ascontiguousarray(u0[b]), np.ascontiguousarray(u1[b]),
+                                                   u0_gram, self.left[b])
+            return
         u0 = u0.astype(np.float64)
         du = u1.astype(np.float64) - u0
         du_t = du.transpose(0, 2, 1)
@@ -56,6 +68,11 @@ class ChangeGrams:
 
     def add_right(self, v0: Any, v1: Any, v1_gram: bool = True, v0_gram: bool = True) -> None:
         """Rows of V before (v0) and after (v1), (batch, rows, k)."""
+        if self._tiled and v0.dtype in _TILED_DTYPES:
+            for b in range(v0.shape[0]):
+                self.call.module.change_grams_right(np.ascontiguousarray(v0[b]), np.ascontiguousarray(v1[b]),
+                                                    v1_gram, v0_gram, self.right[b])
+            return
         v0, v1 = v0.astype(np.float64), v1.astype(np.float64)
         dv, v1_t = v1 - v0, v1.transpose(0, 2, 1)
         xp = self.call.xp
@@ -82,7 +99,8 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any, *, U0_gram: 
     """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F per problem for (batch, rows, r) factors, (batch,)
     float64 on the factors' backend, from r x r products only (never an m x n matrix).
 
-    The r x r blocks come from the vendor GEMM in float64; the ratio from the core's
+    The r x r blocks are float64 sums (the CPU module's register tiles, the same bits for any
+    thread count; cuBLAS's GEMM on the GPU); the ratio comes from the core's
     ``solvers::relative_change_from_grams``, the one formula the fused C++ iterations use too:
     the difference is expanded as dU V1^T + U0 dV^T, so a small change is computed from small
     terms and not lost to cancellation between large ones. inf where U0 V0^T = 0 and the new
