@@ -34,46 +34,48 @@ def _expected_blocks(before, after):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows, k", [(1, 1), (7, 3), (40, 8), (333, 13), (700, 64), (90, 100), (65, 257)])
 def test_change_grams_are_the_float64_products(module, dtype, rows, k):
-    """Every block against numpy's float64 product (k below, at and above the tile widths, with
-    remainders); the added blocks land in the right slots, the others stay untouched."""
+    """Every block of two problems against numpy's float64 product (k below, at and above the
+    tile widths, with remainders); the added blocks land in the right slots, the others stay
+    untouched."""
     rng = np.random.default_rng(rows * 1000 + k)
-    before, after = _factor_pair(rng, rows, k, dtype)
-    left_expected, right_expected = _expected_blocks(before, after)
-    left = np.zeros((3, k, k))
+    pairs = [_factor_pair(rng, rows, k, dtype) for _ in range(2)]
+    before, after = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    left, right = np.zeros((2, 3, k, k)), np.zeros((2, 4, k, k))
     module.change_grams_left(before, after, True, left)
-    for block, expected in zip(left, left_expected):
-        np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    module.change_grams_right(before, after, True, True, right)
+    for b in range(2):
+        left_expected, right_expected = _expected_blocks(before[b], after[b])
+        for block, expected in zip(left[b], left_expected):
+            np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+        for block, expected in zip(right[b], right_expected):
+            np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+        # Symmetric blocks are mirrored, so exactly symmetric.
+        for block in (left[b, 0], left[b, 2], right[b, 0], right[b, 2], right[b, 3]):
+            np.testing.assert_array_equal(block, block.T)
     twice = left.copy()
     module.change_grams_left(before, after, True, twice)  # added into out
     np.testing.assert_array_equal(twice, 2 * left)
-    right = np.zeros((4, k, k))
-    module.change_grams_right(before, after, True, True, right)
-    for block, expected in zip(right, right_expected):
-        np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
-    # Symmetric blocks are mirrored, so exactly symmetric.
-    for block in (left[0], left[2], right[0], right[2], right[3]):
-        np.testing.assert_array_equal(block, block.T)
     # Without the optional Grams: the same numbers in the other slots, nothing in theirs.
-    partial_left = np.zeros((3, k, k))
+    partial_left = np.zeros((2, 3, k, k))
     module.change_grams_left(before, after, False, partial_left)
-    np.testing.assert_array_equal(partial_left[:2], left[:2])
-    assert not partial_left[2].any()
-    partial_right = np.zeros((4, k, k))
+    np.testing.assert_array_equal(partial_left[:, :2], left[:, :2])
+    assert not partial_left[:, 2].any()
+    partial_right = np.zeros((2, 4, k, k))
     module.change_grams_right(before, after, False, False, partial_right)
-    np.testing.assert_allclose(partial_right[1:3], right[1:3], rtol=1e-13, atol=1e-13 * np.abs(right[1:3]).max())
-    assert not partial_right[0].any() and not partial_right[3].any()
+    np.testing.assert_array_equal(partial_right[:, 1:3], right[:, 1:3])
+    assert not partial_right[:, 0].any() and not partial_right[:, 3].any()
 
 
 def test_change_grams_give_the_same_bits_for_any_thread_count():
     """The threads split the Gram's rows, each entry sums the factor rows in order."""
     module = LEVEL_MODULES[-1]
-    before, after = _factor_pair(np.random.default_rng(3), 5000, 72, np.float32)
+    before, after = (x[None] for x in _factor_pair(np.random.default_rng(3), 5000, 72, np.float32))
     results = []
     previous = module.max_threads()
     try:
         for threads in (1, 2, 3):
             module.set_num_threads(threads)
-            left, right = np.zeros((3, 72, 72)), np.zeros((4, 72, 72))
+            left, right = np.zeros((1, 3, 72, 72)), np.zeros((1, 4, 72, 72))
             module.change_grams_left(before, after, True, left)
             module.change_grams_right(before, after, True, True, right)
             results.append((left, right))
@@ -86,22 +88,24 @@ def test_change_grams_give_the_same_bits_for_any_thread_count():
 
 def test_change_grams_of_no_rows_add_nothing():
     module = LEVEL_MODULES[-1]
-    left = np.ones((3, 4, 4))
-    module.change_grams_left(np.zeros((0, 4)), np.zeros((0, 4)), True, left)
+    left = np.ones((2, 3, 4, 4))
+    module.change_grams_left(np.zeros((2, 0, 4)), np.zeros((2, 0, 4)), True, left)
     np.testing.assert_array_equal(left, 1.0)
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(after=np.zeros((9, 4))), "after"),
-    (dict(after=np.zeros((10, 4), dtype=np.float32)), "after"),
-    (dict(before=np.zeros((10, 4), dtype=np.int64)), "before"),
-    (dict(out=np.zeros((3, 4, 5))), "out"),
-    (dict(out=np.zeros((3, 4, 4), dtype=np.float32)), "out"),
-    (dict(out=np.zeros((3, 4, 4))[:, :, ::-1]), "out"),
+    (dict(after=np.zeros((1, 9, 4))), "after"),
+    (dict(after=np.zeros((1, 10, 4), dtype=np.float32)), "after"),
+    (dict(before=np.zeros((1, 10, 4), dtype=np.int64)), "before"),
+    (dict(before=np.zeros((10, 4))), "before"),
+    (dict(out=np.zeros((1, 3, 4, 5))), "out"),
+    (dict(out=np.zeros((2, 3, 4, 4))), "out"),
+    (dict(out=np.zeros((1, 3, 4, 4), dtype=np.float32)), "out"),
+    (dict(out=np.zeros((1, 3, 4, 4))[:, :, :, ::-1]), "out"),
 ])
 def test_change_grams_reject_mismatched_arrays_by_name(bad, message):
     module = LEVEL_MODULES[-1]
-    arrays = dict(before=np.zeros((10, 4)), after=np.zeros((10, 4)), out=np.zeros((3, 4, 4)))
+    arrays = dict(before=np.zeros((1, 10, 4)), after=np.zeros((1, 10, 4)), out=np.zeros((1, 3, 4, 4)))
     arrays.update(bad)
     with pytest.raises(ValueError, match=message):
         module.change_grams_left(arrays["before"], arrays["after"], True, arrays["out"])

@@ -99,33 +99,40 @@ void add_stacked_gram(const T* before, const T* after, int64_t rows, int64_t k, 
 }  // namespace
 
 template <class T>
-void change_grams_left(const T* before, const T* after, int64_t rows, int64_t k, bool with_before_gram,
+void change_grams_left(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_before_gram,
                        double* out) {
   const int64_t kk = k * k;
-  if (with_before_gram)
-    add_stacked_gram(before, after, rows, k, {Part::difference, Part::before}, 2,
-                     {{0, 0, out, false}, {0, 1, out + kk, false}, {1, 1, out + 2 * kk, false}});
-  else
-    add_stacked_gram(before, after, rows, k, {Part::difference, Part::before}, 1,
-                     {{0, 0, out, false}, {0, 1, out + kk, false}});
+  for (int64_t b = 0; b < batch; ++b) {
+    const T *a0 = before + b * rows * k, *a1 = after + b * rows * k;
+    double* o = out + b * 3 * kk;
+    if (with_before_gram)
+      add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::before}, 2,
+                       {{0, 0, o, false}, {0, 1, o + kk, false}, {1, 1, o + 2 * kk, false}});
+    else
+      add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::before}, 1, {{0, 0, o, false}, {0, 1, o + kk, false}});
+  }
 }
 
 template <class T>
-void change_grams_right(const T* before, const T* after, int64_t rows, int64_t k, bool with_after_gram,
+void change_grams_right(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_after_gram,
                         bool with_before_gram, double* out) {
   const int64_t kk = k * k;
-  if (with_after_gram)
-    add_stacked_gram(before, after, rows, k, {Part::after, Part::difference}, 2,
-                     {{0, 0, out, false}, {0, 1, out + kk, false}, {1, 1, out + 2 * kk, false}});
-  else  // dV^T [dV | V1]: its first block is dV^T dV, its second (V1^T dV)^T
-    add_stacked_gram(before, after, rows, k, {Part::difference, Part::after}, 1,
-                     {{0, 0, out + 2 * kk, false}, {0, 1, out + kk, true}});
-  if (with_before_gram) add_stacked_gram(before, after, rows, k, {Part::before}, 1, {{0, 0, out + 3 * kk, false}});
+  for (int64_t b = 0; b < batch; ++b) {
+    const T *a0 = before + b * rows * k, *a1 = after + b * rows * k;
+    double* o = out + b * 4 * kk;
+    if (with_after_gram)
+      add_stacked_gram(a0, a1, rows, k, {Part::after, Part::difference}, 2,
+                       {{0, 0, o, false}, {0, 1, o + kk, false}, {1, 1, o + 2 * kk, false}});
+    else  // dV^T [dV | V1]: its first block is dV^T dV, its second (V1^T dV)^T
+      add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::after}, 1,
+                       {{0, 0, o + 2 * kk, false}, {0, 1, o + kk, true}});
+    if (with_before_gram) add_stacked_gram(a0, a1, rows, k, {Part::before}, 1, {{0, 0, o + 3 * kk, false}});
+  }
 }
 
 #define LRH_INSTANTIATE(T)                                                                                        \
-  template void change_grams_left<T>(const T*, const T*, int64_t, int64_t, bool, double*);                       \
-  template void change_grams_right<T>(const T*, const T*, int64_t, int64_t, bool, bool, double*);
+  template void change_grams_left<T>(const T*, const T*, int64_t, int64_t, int64_t, bool, double*);              \
+  template void change_grams_right<T>(const T*, const T*, int64_t, int64_t, int64_t, bool, bool, double*);
 LRH_INSTANTIATE(float)
 LRH_INSTANTIATE(double)
 #undef LRH_INSTANTIATE

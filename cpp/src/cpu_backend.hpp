@@ -208,15 +208,17 @@ void als_squared_residuals(const int64_t* indptr, const I* others, const T* vals
                            int64_t batch, int64_t n_key, int64_t n_other, int64_t r, const uint8_t* active,
                            double* out);
 
-// relative_change's float64 Gram blocks (solvers::relative_change_from_grams) over rows x k
-// factor rows before and after an update, dA = after - before in float64, added into out:
-// left (3, k, k): dA^T dA, dA^T A0, A0^T A0 (the last where with_before_gram); right (4, k, k):
-// A1^T A1 (where with_after_gram), A1^T dA, dA^T dA, A0^T A0 (where with_before_gram). Each
-// entry sums the rows in order, the same bits for any thread count.
+// relative_change's float64 Gram blocks (solvers::relative_change_from_grams) over batch
+// problems' rows x k factor rows before and after an update, dA = after - before in float64,
+// added into each problem's out: left (batch, 3, k, k): dA^T dA, dA^T A0, A0^T A0 (the last
+// where with_before_gram); right (batch, 4, k, k): A1^T A1 (where with_after_gram), A1^T dA,
+// dA^T dA, A0^T A0 (where with_before_gram). Each entry sums the rows in order, the same bits
+// for any thread count.
 template <class T>
-void change_grams_left(const T* before, const T* after, int64_t rows, int64_t k, bool with_before_gram, double* out);
+void change_grams_left(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_before_gram,
+                       double* out);
 template <class T>
-void change_grams_right(const T* before, const T* after, int64_t rows, int64_t k, bool with_after_gram,
+void change_grams_right(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_after_gram,
                         bool with_before_gram, double* out);
 
 // How the exact row solves of als_update_rows and als_iterations form a rank's systems: 0 per

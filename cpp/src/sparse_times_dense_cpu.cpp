@@ -234,7 +234,7 @@ constexpr int64_t kColumnBlockThresholdBytes = int64_t(16) << 20;
 // aligns to 16 bytes) each touch one line more than they fill: 2 for 1 at 32 and 64 bytes, 3 for
 // 2 at 128. Copied once where the entries read every row of B several times over. 1e6 entries,
 // 10,000 x r float32 B 16 bytes past a line, 2 threads: r = 8 1.14 -> 0.83 ms, r = 16 1.72 ->
-// 1.12, r = 32 2.02 -> 1.5 (the same numbers: only B's address changes). From 256 bytes on the
+// 1.12, r = 32 1.80 -> 1.48 (the same numbers: only B's address changes). From 256 bytes on the
 // copy cost what it saved (r = 64 and 128 float32 stayed 1.12-1.14x the aligned B's time).
 template <class T>
 const T* lined_rows(const T* B, int64_t rows_of_B, int64_t r, int64_t nnz, std::unique_ptr<T[]>& holder) {

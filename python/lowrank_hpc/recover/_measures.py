@@ -53,9 +53,8 @@ class ChangeGrams:
     def add_left(self, u0: Any, u1: Any, u0_gram: bool = True) -> None:
         """Rows of U before (u0) and after (u1), (batch, rows, k)."""
         if self._tiled and u0.dtype in _TILED_DTYPES:
-            for b in range(u0.shape[0]):
-                self.call.module.change_grams_left(np.ascontiguousarray(u0[b]), np.ascontiguousarray(u1[b]),
-                                                   u0_gram, self.left[b])
+            # (A batch's block of rows is strided: one copy of it, as the float64 path made two.)
+            self.call.module.change_grams_left(np.ascontiguousarray(u0), np.ascontiguousarray(u1), u0_gram, self.left)
             return
         u0 = u0.astype(np.float64)
         du = u1.astype(np.float64) - u0
@@ -69,9 +68,8 @@ class ChangeGrams:
     def add_right(self, v0: Any, v1: Any, v1_gram: bool = True, v0_gram: bool = True) -> None:
         """Rows of V before (v0) and after (v1), (batch, rows, k)."""
         if self._tiled and v0.dtype in _TILED_DTYPES:
-            for b in range(v0.shape[0]):
-                self.call.module.change_grams_right(np.ascontiguousarray(v0[b]), np.ascontiguousarray(v1[b]),
-                                                    v1_gram, v0_gram, self.right[b])
+            self.call.module.change_grams_right(np.ascontiguousarray(v0), np.ascontiguousarray(v1), v1_gram, v0_gram,
+                                                self.right)
             return
         v0, v1 = v0.astype(np.float64), v1.astype(np.float64)
         dv, v1_t = v1 - v0, v1.transpose(0, 2, 1)
