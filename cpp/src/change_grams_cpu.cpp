@@ -98,28 +98,32 @@ void add_stacked_gram(const T* before, const T* after, int64_t rows, int64_t k, 
 
 }  // namespace
 
+// body(before, after, out) for each of batch problems' rows x k factor rows and its `blocks`
+// k x k outputs.
+template <class T, class Body>
+void each_problem(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, int64_t blocks,
+                  double* out, Body&& body) {
+  for (int64_t b = 0; b < batch; ++b) body(before + b * rows * k, after + b * rows * k, out + b * blocks * k * k);
+}
+
 template <class T>
 void change_grams_left(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_before_gram,
                        double* out) {
   const int64_t kk = k * k;
-  for (int64_t b = 0; b < batch; ++b) {
-    const T *a0 = before + b * rows * k, *a1 = after + b * rows * k;
-    double* o = out + b * 3 * kk;
+  each_problem(before, after, batch, rows, k, 3, out, [&](const T* a0, const T* a1, double* o) {
     if (with_before_gram)
       add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::before}, 2,
                        {{0, 0, o, false}, {0, 1, o + kk, false}, {1, 1, o + 2 * kk, false}});
     else
       add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::before}, 1, {{0, 0, o, false}, {0, 1, o + kk, false}});
-  }
+  });
 }
 
 template <class T>
 void change_grams_right(const T* before, const T* after, int64_t batch, int64_t rows, int64_t k, bool with_after_gram,
                         bool with_before_gram, double* out) {
   const int64_t kk = k * k;
-  for (int64_t b = 0; b < batch; ++b) {
-    const T *a0 = before + b * rows * k, *a1 = after + b * rows * k;
-    double* o = out + b * 4 * kk;
+  each_problem(before, after, batch, rows, k, 4, out, [&](const T* a0, const T* a1, double* o) {
     if (with_after_gram)
       add_stacked_gram(a0, a1, rows, k, {Part::after, Part::difference}, 2,
                        {{0, 0, o, false}, {0, 1, o + kk, false}, {1, 1, o + 2 * kk, false}});
@@ -127,7 +131,7 @@ void change_grams_right(const T* before, const T* after, int64_t batch, int64_t 
       add_stacked_gram(a0, a1, rows, k, {Part::difference, Part::after}, 1,
                        {{0, 0, o + 2 * kk, false}, {0, 1, o + kk, true}});
     if (with_before_gram) add_stacked_gram(a0, a1, rows, k, {Part::before}, 1, {{0, 0, o + 3 * kk, false}});
-  }
+  });
 }
 
 #define LRH_INSTANTIATE(T)                                                                                        \
