@@ -176,6 +176,40 @@ def test_exact_row_solve_is_the_transcribed_arithmetic(rank, dtype, implicit):
         np.testing.assert_array_equal(out[0, row], expected, err_msg=f"row {row}")
 
 
+# Rows enough for several groups of systems factored side by side (one per vector lane, up to 16
+# a group: ops/ldlt_lanes.hpp, ranks up to 96 with AVX-512 floats) and a partial last group, with
+# empty rows and, without regularisation, rank-deficient rows among them: each row's solution
+# must still be the transcribed one, and a singular row's zero, whatever its neighbours.
+@pytest.mark.parametrize("rank", [16, 40, 64, 96])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_solved_in_groups_keep_each_rows_arithmetic(rank, dtype):
+    rng = np.random.default_rng(rank)
+    n_other = 400
+    degrees = rng.integers(rank, 3 * rank, 37)
+    degrees[[3, 20]] = 0  # empty rows
+    degrees[[5, 17, 33]] = rank // 2  # fewer observations than the rank: singular without reg
+    others = np.concatenate([rng.choice(n_other, d, replace=False) for d in degrees]).astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(degrees)]).astype(np.int64)
+    vals = rng.standard_normal(others.size).astype(dtype)
+    F = rng.standard_normal((n_other, rank)).astype(dtype)
+    module = _backend.cpu_module()
+    form = module.als_row_solve_form(rank, np.dtype(dtype).name)
+    assert form in ("tiles", "fused_tiles")
+    n_key = degrees.size
+    out = np.full((1, n_key, rank), np.nan, dtype=dtype)
+    singular = np.zeros(1, dtype=np.int64)
+    module.als_update_rows(indptr, others, vals, F[None], n_key, 0.0, False, None, 0, out, singular, 0)
+    # Rank-deficient rows are singular; an empty row with reg == 0 is too (nothing makes it definite).
+    assert singular[0] == 5
+    for row in range(n_key):
+        entries = slice(indptr[row], indptr[row + 1])
+        expected, definite = (np.zeros(rank, dtype=dtype), False) if degrees[row] == 0 else transcribed_solve(
+            F[others[entries]], vals[entries], np.ones(degrees[row], dtype=dtype), None, dtype(0),
+            fused_gram=form == "fused_tiles")
+        assert definite == (degrees[row] >= rank), row
+        np.testing.assert_array_equal(out[0, row], expected if definite else 0, err_msg=f"row {row}")
+
+
 def test_the_tiles_fuse_the_gram_exactly_where_the_level_has_fma():
     """The avx2 and avx512 levels fuse the tiles' Gram (x86-64-v3 and v4 have FMA), the baseline
     does not; the per-entry ranks never do."""
@@ -193,7 +227,8 @@ def test_the_baseline_level_solves_in_unfused_tiles():
         pytest.skip("this process already runs the baseline level")
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: "baseline"}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "transcribed_arithmetic or exactly_where"], env=env, capture_output=True,
+                           "-k", "transcribed_arithmetic or exactly_where or in_groups"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "41 passed" in done.stdout, done.stdout[-3000:]  # 40 transcriptions, the form test
+    # 40 transcriptions, the form test, 8 grouped solves
+    assert "49 passed" in done.stdout, done.stdout[-3000:]

@@ -277,14 +277,25 @@ struct NormalEquations {
   // host, where als_cpu.cpp's use_tiles says): the same bits, except that G's multiply-adds are
   // fused where RegisterTiles<T>::kFusedGram. ws: the thread's workspace for this rank and problem set.
   bool solve_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* out_row) const {
+    const int64_t r = this->r;
+    if (count(row) == 0) {
+      for (int64_t c = 0; c < r; ++c) out_row[c] = T(0);
+      return empty_row_singular();
+    }
+    assemble_tiled(row, b, ws, ws.G, ws.g);
+    const bool solved = ldlt_factor_tiled(ws.G, ws.U, ws.scales, r, ws.width, ws.ld);
+    ldlt_apply_tiled(ws.scales, ws.U, ws.g, r, ws.width, ws.ld);
+    for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? ws.g[c] : T(0);
+    return !solved;
+  }
+
+  // solve_tiled's system of a row with observations, into G (the upper triangle, ws.width rows
+  // ws.ld numbers apart, zero past r) and g (ws.width numbers; zero past r).
+  void assemble_tiled(int64_t row, int64_t b, RowSystemWorkspace<T>& ws, T* G, T* g) const {
     using Tiles = RegisterTiles<T>;
     const int64_t r = this->r, ld = ws.ld, width = ws.width;
     const int64_t rows_up = (r + Tiles::kRows - 1) / Tiles::kRows * Tiles::kRows;
     const int64_t begin = indptr[row], end = indptr[row + 1];
-    if (begin == end) {
-      for (int64_t c = 0; c < r; ++c) out_row[c] = T(0);
-      return empty_row_singular();
-    }
     const T* block = F + b * n_other * r;
     // The tiles cover what the factorisation reads: the first chunk's start from S^T (the upper
     // triangle mirrors solve's lower) or zero, no pass to clear G.
@@ -297,9 +308,7 @@ struct NormalEquations {
       }
       start = ws.shared_transposed;
     }
-    T* G = ws.G;
-    T* g = ws.g;
-    for (int64_t c = 0; c < r; ++c) g[c] = T(0);
+    for (int64_t c = 0; c < width; ++c) g[c] = T(0);
     // The tiles ask for the factor rows of the entries after the chunk (the row's next chunk or
     // the next rows', the problem's entries in CSR order: a thread's next row is mostly the
     // next one) while they compute.
@@ -325,10 +334,6 @@ struct NormalEquations {
     }
     const T shift = lambda(row);
     for (int64_t p = 0; p < r; ++p) G[p * ld + p] += shift;
-    const bool solved = ldlt_factor_tiled(G, ws.U, ws.scales, r, width, ld);
-    ldlt_apply_tiled(ws.scales, ws.U, g, r, width, ld);
-    for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? g[c] : T(0);
-    return !solved;
   }
 #endif
 
