@@ -116,6 +116,49 @@ def test_cg_steps_are_the_papers_iterates_at_every_rank(rank, dtype):
     assert not result.U[5].any() and not result.V[7].any()
 
 
+@pytest.mark.parametrize("rank", [16, 40, 128])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cg_rows_stepping_together_each_take_their_own_steps(rank, dtype):
+    """With a shared term the CPU kernel steps up to 8 rows of a problem together (one pass over S
+    a step for them all): each row must come out bit for bit as when solved alone, across
+    problems, with empty rows, a heavy row, and a row whose residual is zero from the start (it
+    takes no step while the rows beside it do)."""
+    from lowrank_hpc import _backend
+
+    module = _backend.cpu_module()
+    rng = np.random.default_rng(rank)
+    batch, n_key, n_other = 2, 29, 150
+    degrees = rng.integers(1, 40, batch * n_key)
+    degrees[[2, 9, 40]] = 0
+    degrees[12] = n_other
+    others = np.concatenate([rng.choice(n_other, d, replace=False) for d in degrees]).astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(degrees)]).astype(np.int64)
+    vals = rng.uniform(1.0, 4.0, others.size).astype(dtype)
+    weights = rng.uniform(0.5, 3.0, others.size).astype(dtype)
+    F = rng.standard_normal((batch, n_other, rank)).astype(dtype)
+    shared = np.einsum("bkr,bks->brs", F, F).astype(dtype)
+    start = rng.standard_normal((batch, n_key, rank)).astype(dtype)
+    quiet = 5  # zero values from a zero start: a zero residual, no step
+    vals[indptr[quiet]:indptr[quiet + 1]] = 0
+    start[0, quiet] = 0
+    together = start.copy()
+    singular = np.zeros(1, dtype=np.int64)
+    module.als_update_rows(indptr, others, vals, F, n_key, 0.1, False, None, 3, together, singular,
+                           weights=weights, shared=shared)
+    assert not singular.any()
+    assert not together[0, quiet].any()
+    for b in range(batch):
+        for i in range(n_key):
+            row = b * n_key + i
+            entries = slice(indptr[row], indptr[row + 1])
+            alone = start[b, i][None, None].copy()
+            module.als_update_rows(np.array([0, degrees[row]], dtype=np.int64), others[entries], vals[entries],
+                                   F[b][None], 1, 0.1, False, None, 3, alone, np.zeros(1, dtype=np.int64),
+                                   weights=weights[entries], shared=shared[b][None])
+            np.testing.assert_array_equal(together[b, i], alone[0, 0], err_msg=f"problem {b} row {i}")
+    assert not np.array_equal(together, start)
+
+
 @pytest.mark.parametrize("solver", ["cg", "exact"])
 def test_listed_zero_strengths_are_unobserved_pairs(solver):
     """A pair listed with strength 0 has preference 0 at confidence 1: the same as leaving it out."""

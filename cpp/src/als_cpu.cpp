@@ -31,6 +31,8 @@ bool use_lanes(int64_t r) {
   return ops::LaneSystems<T>::footprint(r) <= (int64_t{5} << 18);
 }
 
+constexpr int kCgRows = 8;  // rows of implicit ALS's CG stepping together
+
 template <class T, class I, int R>
 int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
                              int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T reg,
@@ -59,12 +61,27 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
     if (tiles && use_lanes<T>(r)) group.emplace(r);
     int64_t group_rows[ops::LaneSystems<T>::kWidth] = {}, group_problems[ops::LaneSystems<T>::kWidth] = {};
+    // CG with a shared term (implicit ALS): kCgRows rows of a problem step together, so that each
+    // pass over S serves them all (cg_solve_rows; the same numbers as one row at a time).
+    const bool cg_rows = cg_steps > 0 && shared != nullptr && !cg_misfits;
+    std::vector<T> cg_scratch(cg_rows ? static_cast<size_t>(3 * r * kCgRows) : 0);
+    int64_t cg_problem = -1;
+    int cg_count = 0;
+    int64_t cg_row_ids[kCgRows] = {};
+    T* cg_xs[kCgRows] = {};
+    T* const no_misfits[kCgRows] = {};
     const auto finish = [&](int64_t row, int64_t b, bool failed) {
       singular += failed ? 1 : 0;
       if (cg_misfits)
         residuals[row] = solvers::squared_norm(misfits.data(), equations.count(row));
       else if (residuals)
         residuals[row] = equations.squared_residuals(row, b, out + row * r, true);
+    };
+    const auto solve_cg_rows = [&]() {
+      equations.template cg_solve_rows<kCgRows>(cg_row_ids, cg_count, cg_problem, cg_steps, cg_scratch.data(), cg_xs,
+                                                no_misfits);
+      for (int g = 0; g < cg_count; ++g) finish(cg_row_ids[g], cg_problem, false);
+      cg_count = 0;
     };
     const auto solve_group = [&]() {
       group->solve([&](int s, bool solved, auto x) {
@@ -81,6 +98,14 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
       for (int64_t i = 0; i < n_key; ++i) {
         if (active && !active[b]) continue;
         const int64_t row = b * n_key + i;
+        if (cg_rows && equations.count(row) > 0) {  // stepped with the rows before it, once they are whole
+          if (cg_count > 0 && cg_problem != b) solve_cg_rows();
+          cg_problem = b;
+          cg_row_ids[cg_count] = row;
+          cg_xs[cg_count++] = out + row * r;
+          if (cg_count == kCgRows) solve_cg_rows();
+          continue;
+        }
         if (group && equations.count(row) > 0) {  // solved with the group, once it is whole
           group_rows[group->count] = row;
           group_problems[group->count] = b;
@@ -97,6 +122,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
       }
     }
     if (group && group->count > 0) solve_group();  // the thread's last rows
+    if (cg_count > 0) solve_cg_rows();
   }
   return singular;
 }

@@ -141,29 +141,54 @@ struct NormalEquations {
   // A row without observations: its solution is zero (the right-hand side is), and it is
   // singular only when nothing else makes its system definite (no S, reg == 0).
   LRH_HD bool empty_row_singular() const { return !shared && !(reg > T(0)); }
-  // out (r) += sign S p for the problem's S (symmetric, so row k of S is its column k): axpy
-  // form, each out[c] summed over k in order.
-  LRH_HD void add_shared_times(const T* S, const T* p, T sign, T* out) const {
+  // outs[g] (r) += sign S ps[g] for the n rows g < n and the problem's S (symmetric, so row k of
+  // S is its column k): axpy form, each out[c] summed over k in order.
+  LRH_HD void add_shared_times(const T* S, const T* const* ps, T sign, T* const* outs, int n) const {
     const int64_t r = static_or<R>(this->r);
-    int64_t c0 = 0;
 #if !defined(__CUDACC__)
-    // Host: tiles of four native vectors held in registers over k. Summed in memory, every k's
-    // add waited on the previous k's store: 5,700 cycles for r = 128, two thirds of a CG step.
-    constexpr int kTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
-    for (; c0 + kTile <= r; c0 += kTile) {
-      lanes::RegisterRow<T, kTile> acc;
-      acc.zero();
-      acc.add(out + c0);
-      for (int64_t k = 0; k < r; ++k) acc.add_scaled(sign * p[k], S + k * r + c0);
-      acc.store(out + c0);
+    // Host: tiles of four native vectors held in registers over k (summed in memory, every k's
+    // add waited on the previous k's store: 5,700 cycles for r = 128, two thirds of a CG step),
+    // for kSharedRows rows at a time: each stretch of S read serves them all (r = 128: S is
+    // 64 KiB, more than L1 holds, and a row at a time read all of it per row and CG step).
+    const int64_t tiled = r / kSharedTile * kSharedTile;
+    for (int64_t c0 = 0; c0 < tiled; c0 += kSharedTile) {
+      int g = 0;
+      for (; g + kSharedRows <= n; g += kSharedRows) shared_tile<kSharedRows>(S, ps + g, sign, outs + g, c0);
+      for (; g < n; ++g) shared_tile<1>(S, ps + g, sign, outs + g, c0);
     }
+#else
+    const int64_t tiled = 0;
 #endif
-    for (int64_t k = 0; k < r; ++k) {
-      const T pk = sign * p[k];
-      const T* S_k = S + k * r;
-      for (int64_t c = c0; c < r; ++c) out[c] += pk * S_k[c];
+    if (tiled == r) return;
+    for (int g = 0; g < n; ++g) {
+      for (int64_t k = 0; k < r; ++k) {
+        const T pk = sign * ps[g][k];
+        const T* S_k = S + k * r;
+        for (int64_t c = tiled; c < r; ++c) outs[g][c] += pk * S_k[c];
+      }
     }
   }
+#if !defined(__CUDACC__)
+  static constexpr int kSharedTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
+  static constexpr int kSharedRows = lanes::kNativeBytes == 64 ? 4 : 2;  // 16 (AVX-512) or 8 accumulators
+  template <int kRows>
+  inline __attribute__((always_inline)) void shared_tile(const T* S, const T* const* ps, T sign, T* const* outs,
+                                                         int64_t c0) const {
+    const int64_t r = static_or<R>(this->r);
+    lanes::RegisterRow<T, kSharedTile> acc[kRows];
+#pragma GCC unroll 4
+    for (int g = 0; g < kRows; ++g) {
+      acc[g].zero();
+      acc[g].add(outs[g] + c0);
+    }
+    for (int64_t k = 0; k < r; ++k) {
+#pragma GCC unroll 4
+      for (int g = 0; g < kRows; ++g) acc[g].add_scaled(sign * ps[g][k], S + k * r + c0);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < kRows; ++g) acc[g].store(outs[g] + c0);
+  }
+#endif
   // The row's problem's block of F, found once per row (a division per entry would dominate).
   LRH_HD const T* factor_block(int64_t row) const { return F + (row / n_key) * n_other * static_or<R>(r); }
   LRH_HD const T* factor_row(const T* block, int64_t j) const {
@@ -348,57 +373,100 @@ struct NormalEquations {
   // dots (x moves by alpha p, so each misfit by -alpha c_j <f_j, p>) instead of another pass
   // over the entries; the rest is scratch.
   LRH_HD bool cg_solve(int64_t row, int64_t b, int steps, T* scratch, T* x, T* misfits = nullptr) const {
-    const int64_t r = static_or<R>(this->r);
     if (count(row) == 0) {
-      for (int64_t c = 0; c < r; ++c) x[c] = T(0);
+      for (int64_t c = 0; c < static_or<R>(r); ++c) x[c] = T(0);
       return empty_row_singular();
     }
+    cg_solve_rows<1>(&row, 1, b, steps, scratch, &x, &misfits);
+    return false;
+  }
+
+  // cg_solve for n <= N rows of problem b, each with observations, step by step together: every
+  // row's arithmetic is cg_solve's on its own, in its order, and only S p is taken for the rows
+  // still stepping at once (add_shared_times). xs[g], misfits[g]: row rows[g]'s x and misfits
+  // (or null); scratch: 3 r n.
+  template <int N>
+  LRH_HD void cg_solve_rows(const int64_t* rows, int n, int64_t b, int steps, T* scratch, T* const* xs,
+                            T* const* misfits) const {
+    const int64_t r = static_or<R>(this->r);
     const T* block = F + b * n_other * r;
     const T* S = shared_block(b);
-    const T shift = lambda(row);
-    T* residual = scratch;  // g - G x
-    T* direction = residual + r;
-    T* product = direction + r;  // G direction
-    const int64_t begin = indptr[row], entries = indptr[row + 1] - begin;
-    T* moves = misfits ? misfits + entries : nullptr;  // this step's c_j <f_j, p>
-    for (int64_t c = 0; c < r; ++c) residual[c] = -shift * x[c];
-    if (S) add_shared_times(S, x, T(-1), residual);
-    add_entry_rows(
-        block, begin, indptr[row + 1],
-        [&](int64_t j) {
-          const T misfit = value(j) - weight(j) * strided_dot<T, R>(factor_row(block, j), x, r, 0, 1);
-          if (misfits) misfits[j - begin] = misfit;
-          return misfit;
-        },
-        residual);
-    for (int64_t c = 0; c < r; ++c) direction[c] = residual[c];
-    T squared = strided_dot<T, R>(residual, residual, r, 0, 1);
-    for (int step = 0; step < steps && squared > T(0); ++step) {
-      for (int64_t c = 0; c < r; ++c) product[c] = shift * direction[c];
-      if (S) add_shared_times(S, direction, T(1), product);
-      add_entry_rows(
-          block, begin, indptr[row + 1],
-          [&](int64_t j) {
-            const T move = weight(j) * strided_dot<T, R>(factor_row(block, j), direction, r, 0, 1);
-            if (moves) moves[j - begin] = move;
-            return move;
-          },
-          product);
-      const T curvature = strided_dot<T, R>(direction, product, r, 0, 1);
-      if (!(curvature > T(0))) break;  // a singular direction (reg == 0, fewer entries than r)
-      const T alpha = squared / curvature;
-      for (int64_t c = 0; c < r; ++c) {
-        x[c] += alpha * direction[c];
-        residual[c] -= alpha * product[c];
-      }
-      if (misfits)
-        for (int64_t t = 0; t < entries; ++t) misfits[t] -= alpha * moves[t];
-      const T next = strided_dot<T, R>(residual, residual, r, 0, 1);
-      const T beta = next / squared;
-      for (int64_t c = 0; c < r; ++c) direction[c] = residual[c] + beta * direction[c];
-      squared = next;
+    T* residual[N];   // g - G x
+    T* direction[N];
+    T* product[N];  // G direction
+    T squared[N];
+    bool live[N];  // still stepping
+    for (int g = 0; g < n; ++g) {
+      residual[g] = scratch + 3 * r * g;
+      direction[g] = residual[g] + r;
+      product[g] = direction[g] + r;
+      const T shift = lambda(rows[g]);
+      for (int64_t c = 0; c < r; ++c) residual[g][c] = -shift * xs[g][c];
     }
-    return false;
+    if (S) add_shared_times(S, xs, T(-1), residual, n);
+    for (int g = 0; g < n; ++g) {
+      const int64_t begin = indptr[rows[g]];
+      const T* x = xs[g];
+      T* fits = misfits[g];
+      add_entry_rows(
+          block, begin, indptr[rows[g] + 1],
+          [&](int64_t j) {
+            const T misfit = value(j) - weight(j) * strided_dot<T, R>(factor_row(block, j), x, r, 0, 1);
+            if (fits) fits[j - begin] = misfit;
+            return misfit;
+          },
+          residual[g]);
+      for (int64_t c = 0; c < r; ++c) direction[g][c] = residual[g][c];
+      squared[g] = strided_dot<T, R>(residual[g], residual[g], r, 0, 1);
+      live[g] = squared[g] > T(0);
+    }
+    for (int step = 0; step < steps; ++step) {
+      const T* moving[N];  // the directions and products of the rows still stepping
+      T* products[N];
+      int m = 0;
+      for (int g = 0; g < n; ++g) {
+        if (!live[g]) continue;
+        const T shift = lambda(rows[g]);
+        for (int64_t c = 0; c < r; ++c) product[g][c] = shift * direction[g][c];
+        moving[m] = direction[g];
+        products[m++] = product[g];
+      }
+      if (m == 0) break;
+      if (S) add_shared_times(S, moving, T(1), products, m);
+      for (int g = 0; g < n; ++g) {
+        if (!live[g]) continue;
+        const int64_t begin = indptr[rows[g]], entries = indptr[rows[g] + 1] - begin;
+        T* fits = misfits[g];
+        T* moves = fits ? fits + entries : nullptr;  // this step's c_j <f_j, p>
+        const T* p = direction[g];
+        add_entry_rows(
+            block, begin, begin + entries,
+            [&](int64_t j) {
+              const T move = weight(j) * strided_dot<T, R>(factor_row(block, j), p, r, 0, 1);
+              if (moves) moves[j - begin] = move;
+              return move;
+            },
+            product[g]);
+        const T curvature = strided_dot<T, R>(direction[g], product[g], r, 0, 1);
+        if (!(curvature > T(0))) {  // a singular direction (reg == 0, fewer entries than r)
+          live[g] = false;
+          continue;
+        }
+        const T alpha = squared[g] / curvature;
+        T* x = xs[g];
+        for (int64_t c = 0; c < r; ++c) {
+          x[c] += alpha * direction[g][c];
+          residual[g][c] -= alpha * product[g][c];
+        }
+        if (fits)
+          for (int64_t t = 0; t < entries; ++t) fits[t] -= alpha * moves[t];
+        const T next = strided_dot<T, R>(residual[g], residual[g], r, 0, 1);
+        const T beta = next / squared[g];
+        for (int64_t c = 0; c < r; ++c) direction[g][c] = residual[g][c] + beta * direction[g][c];
+        squared[g] = next;
+        live[g] = next > T(0);
+      }
+    }
   }
 
   // sum over the row's entries of (<x, f_j> - v_j)^2 in double, x its (r) solution: the fit
