@@ -24,8 +24,8 @@ bool use_tiles(int64_t r) {
 // Whether the tiled solves factor a group of rows' systems together, one per vector lane
 // (ldlt_lanes.hpp; the same numbers): where the group's copies of its systems and their lanes
 // stay well within L2 (1.25 MiB: r <= 96 with AVX-512 floats). The U half-step of exact ALS on
-// MovieLens-20M's shape: r = 32 0.47-0.50 -> 0.29-0.33 s, r = 64 0.85-0.95 -> 0.67-0.80 s; at
-// r = 128 (2.2 MiB) no faster than one system at a time.
+// MovieLens-20M's shape: r = 32 0.49-0.50 -> 0.29-0.33 s, r = 64 0.86-0.94 -> 0.70-0.82 s; at
+// r = 128 (2.2 MiB) slower than one system at a time.
 template <class T>
 bool use_lanes(int64_t r) {
   return ops::LaneSystems<T>::footprint(r) <= (int64_t{5} << 18);

@@ -143,8 +143,13 @@ struct LaneSystems {
         // One vector past the rows: rows a multiple of 4 KiB apart fell in one of L1's sets
         // (r = 64: 2.0 against 3.0 us a system).
         lane_ld(lane_rows + 1),
-        slots(static_cast<size_t>(kWidth * (width * ld + width))),
+        // The copies on whole cache lines, like the lanes (their rows' loads then split none).
+        storage(static_cast<size_t>(kWidth * (width * ld + width) + kWidth)),
+        slots(storage.data() + (kWidth - reinterpret_cast<uintptr_t>(storage.data()) / sizeof(T) % kWidth) % kWidth),
         lanes(static_cast<size_t>(lane_rows * lane_ld + lane_rows)) {}
+
+  LaneSystems(const LaneSystems&) = delete;  // slots points into storage
+  LaneSystems& operator=(const LaneSystems&) = delete;
 
   // The bytes of a thread's group (the systems' copies and their lanes), for the caller to keep
   // within L2.
@@ -156,8 +161,8 @@ struct LaneSystems {
   }
 
   // The next system's G (width rows of ld numbers) and g (width numbers), for the assembly.
-  T* G() { return slots.data() + count * width * ld; }
-  T* g() { return slots.data() + kWidth * width * ld + count * width; }
+  T* G() { return slots + count * width * ld; }
+  T* g() { return slots + kWidth * width * ld + count * width; }
   // Counts the system just assembled; true when the group is whole (time to solve it).
   bool add() { return ++count == kWidth; }
 
@@ -190,7 +195,8 @@ struct LaneSystems {
 
  private:
   using index_t = typename Tiles::index_t;
-  std::vector<T> slots;
+  std::vector<T> storage;
+  T* slots;  // kWidth systems' G, then their g
   std::vector<vec> lanes;
 
   // The systems in the slots into the lanes: row p of each one's upper triangle, kWidth numbers
@@ -198,12 +204,12 @@ struct LaneSystems {
   void move() {
     vec* GL = lanes.data();
     vec* gl = GL + lane_rows * lane_ld;
-    const T* g0 = slots.data() + kWidth * width * ld;
+    const T* g0 = slots + kWidth * width * ld;
     vec block[kWidth];
     for (int64_t p = 0; p < r; ++p) {
       for (int64_t q0 = p / kWidth * kWidth; q0 < width; q0 += kWidth) {
         #pragma GCC unroll 16
-        for (int s = 0; s < kWidth; ++s) block[s] = Tiles::load(slots.data() + s * width * ld + p * ld + q0);
+        for (int s = 0; s < kWidth; ++s) block[s] = Tiles::load(slots + s * width * ld + p * ld + q0);
         transpose(block);
         #pragma GCC unroll 16
         for (int j = 0; j < kWidth; ++j) GL[(q0 + j) * lane_ld + p] = block[j];
