@@ -31,7 +31,10 @@ bool use_lanes(int64_t r) {
   return ops::LaneSystems<T>::footprint(r) <= (int64_t{5} << 18);
 }
 
-constexpr int kCgRows = 8;  // rows of implicit ALS's CG stepping together
+// Rows of implicit ALS's CG stepping together: two of add_shared_times' AVX-512 tiles of 4 rows
+// (not tuned further). r = 128 on bench_implicit_als' problem: 0.44-0.53 -> 0.38-0.41 s an
+// iteration; r = 256 1.04-1.27 -> 0.94-1.01 s.
+constexpr int kCgRows = 8;
 
 template <class T, class I, int R>
 int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* vals, const T* F,
@@ -149,8 +152,30 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
     T* V0 = U0 + m * r;
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
     if (use_tiles<T, R>(r)) tiles.emplace(r, false, false);
-    const auto solve = [&](const ops::NormalEquations<T, I, R>& equations, int64_t row, int64_t b, T* x) {
-      return tiles ? equations.solve_tiled(row, b, *tiles, x) : equations.solve(row, b, G, g, x);
+    std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
+    if (tiles && use_lanes<T>(r)) group.emplace(r);
+    T* group_out[ops::LaneSystems<T>::kWidth] = {};
+    const auto solve_group = [&]() {
+      group->solve([&](int s, bool solved, auto x) {
+        for (int64_t c = 0; c < r; ++c) group_out[s][c] = solved ? x(c) : T(0);
+        singular += solved ? 0 : 1;
+      });
+    };
+    // One half-step of problem b: its n_key rows' solutions into x (n_key x r).
+    const auto half_step = [&](const ops::NormalEquations<T, I, R>& equations, int64_t n_key, int64_t b, T* x) {
+      for (int64_t i = 0; i < n_key; ++i) {
+        const int64_t row = b * n_key + i;
+        if (group && equations.count(row) > 0) {
+          group_out[group->count] = x + i * r;
+          equations.assemble_tiled(row, b, *tiles, group->G(), group->g());
+          if (group->add()) solve_group();
+        } else {
+          const bool failed = tiles ? equations.solve_tiled(row, b, *tiles, x + i * r)
+                                    : equations.solve(row, b, G, g, x + i * r);
+          singular += failed ? 1 : 0;
+        }
+      }
+      if (group && group->count > 0) solve_group();  // before the other half-step reads x
     };
 #pragma omp for schedule(dynamic, 8)
     for (int64_t b = 0; b < batch; ++b) {
@@ -160,11 +185,11 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
       for (int64_t t = 0; t < m * r; ++t) U0[t] = u[t];
       for (int64_t t = 0; t < n * r; ++t) V0[t] = v[t];
       double fit = 0.0, norms = 0.0;
-      for (int64_t i = 0; i < m; ++i) singular += solve(by_rows, b * m + i, b, u + i * r) ? 1 : 0;
+      half_step(by_rows, m, b, u);
       for (int64_t i = 0; i < m; ++i)
         norms += (count_scaling ? static_cast<double>(by_rows.count(b * m + i)) : 1.0) *
                  solvers::squared_norm<R>(u + i * r, r);
-      for (int64_t j = 0; j < n; ++j) singular += solve(by_cols, b * n + j, b, v + j * r) ? 1 : 0;
+      half_step(by_cols, n, b, v);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t col = b * n + j;
         T* x = v + j * r;
