@@ -87,11 +87,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
       cg_count = 0;
     };
     const auto solve_group = [&]() {
-      group->solve([&](int s, bool solved, auto x) {
-        T* out_row = out + group_rows[s] * r;
-        for (int64_t c = 0; c < r; ++c) out_row[c] = solved ? x(c) : T(0);
-        finish(group_rows[s], group_problems[s], !solved);
-      });
+      group->solve([&](int s, bool solved) { finish(group_rows[s], group_problems[s], !solved); });
     };
     // (problem, row) pairs: the problem comes from the loop, not from a division per row.
     // Dynamic chunks: real data's heaviest rows come together (ids by popularity), and a static
@@ -113,7 +109,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
           group_rows[group->count] = row;
           group_problems[group->count] = b;
           equations.assemble_tiled(row, b, *tiles, group->G(), group->g());
-          if (group->add()) solve_group();
+          if (group->add(out + row * r)) solve_group();
           continue;
         }
         // cg_steps > 0: conjugate gradients from out's row (its previous value), G as scratch.
@@ -154,21 +150,14 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
     if (use_tiles<T, R>(r)) tiles.emplace(r, false, false);
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
     if (tiles && use_lanes<T>(r)) group.emplace(r);
-    T* group_out[ops::LaneSystems<T>::kWidth] = {};
-    const auto solve_group = [&]() {
-      group->solve([&](int s, bool solved, auto x) {
-        for (int64_t c = 0; c < r; ++c) group_out[s][c] = solved ? x(c) : T(0);
-        singular += solved ? 0 : 1;
-      });
-    };
+    const auto solve_group = [&]() { group->solve([&](int, bool solved) { singular += solved ? 0 : 1; }); };
     // One half-step of problem b: its n_key rows' solutions into x (n_key x r).
     const auto half_step = [&](const ops::NormalEquations<T, I, R>& equations, int64_t n_key, int64_t b, T* x) {
       for (int64_t i = 0; i < n_key; ++i) {
         const int64_t row = b * n_key + i;
         if (group && equations.count(row) > 0) {
-          group_out[group->count] = x + i * r;
           equations.assemble_tiled(row, b, *tiles, group->G(), group->g());
-          if (group->add()) solve_group();
+          if (group->add(x + i * r)) solve_group();
         } else {
           const bool failed = tiles ? equations.solve_tiled(row, b, *tiles, x + i * r)
                                     : equations.solve(row, b, G, g, x + i * r);

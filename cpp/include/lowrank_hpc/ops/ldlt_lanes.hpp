@@ -139,7 +139,7 @@ struct LaneSystems {
 
   explicit LaneSystems(int64_t rank)
       : r(rank), width(Tiles::padded(rank)), ld(Tiles::stride(rank)),
-        padded((rank + kLaneTile - 1) / kLaneTile * kLaneTile), lane_rows(width > padded ? width : padded),
+        padded((rank + kLaneTile - 1) / kLaneTile * kLaneTile), lane_rows(rows_for(rank)),
         // One vector past the rows: rows a multiple of 4 KiB apart fell in one of L1's sets
         // (r = 64: 2.0 against 3.0 us a system).
         lane_ld(lane_rows + 1),
@@ -154,20 +154,28 @@ struct LaneSystems {
   // The bytes of a thread's group (the systems' copies and their lanes), for the caller to keep
   // within L2.
   static int64_t footprint(int64_t rank) {
-    const int64_t width = Tiles::padded(rank), padded = (rank + kLaneTile - 1) / kLaneTile * kLaneTile;
-    const int64_t rows = width > padded ? width : padded;
-    return static_cast<int64_t>(sizeof(T)) * kWidth * width * Tiles::stride(rank) +
+    const int64_t rows = rows_for(rank);
+    return static_cast<int64_t>(sizeof(T)) * kWidth * Tiles::padded(rank) * Tiles::stride(rank) +
            static_cast<int64_t>(sizeof(vec)) * rows * (rows + 2);
+  }
+  // The lanes' rows: the transposes' whole vectors (width) or the factorisation's whole tiles.
+  static int64_t rows_for(int64_t rank) {
+    const int64_t width = Tiles::padded(rank), tiles = (rank + kLaneTile - 1) / kLaneTile * kLaneTile;
+    return width > tiles ? width : tiles;
   }
 
   // The next system's G (width rows of ld numbers) and g (width numbers), for the assembly.
   T* G() { return slots + count * width * ld; }
   T* g() { return slots + kWidth * width * ld + count * width; }
-  // Counts the system just assembled; true when the group is whole (time to solve it).
-  bool add() { return ++count == kWidth; }
+  // Counts the system just assembled, whose solution goes to out_row (r numbers; zeros where
+  // it is not positive definite); true when the group is whole (time to solve it).
+  bool add(T* out_row) {
+    outs[count] = out_row;
+    return ++count == kWidth;
+  }
 
-  // Solves the count systems of the group; done(s, solved, x) receives the s-th system's
-  // solution x(c), c < r, and ldlt_factor's verdict.
+  // Solves the count systems of the group into their rows; done(s, solved) then hears of the
+  // s-th system and ldlt_factor's verdict.
   template <class Done>
   void solve(Done done) {
     // Lanes past count: the identity (no NaN or subnormal garbage through the arithmetic).
@@ -178,7 +186,7 @@ struct LaneSystems {
         for (int64_t q = 0; q < width; ++q) G_s[p * ld + q] = p == q ? T(1) : T(0);
       T* g_s = g();
       for (int64_t p = 0; p < width; ++p) g_s[p] = T(0);
-      add();
+      add(nullptr);
     }
     move();
     vec* GL = lanes.data();
@@ -189,7 +197,10 @@ struct LaneSystems {
     }
     const auto solved = ldlt_factor_lanes<vec>(GL, r, lane_ld);
     ldlt_apply_lanes<vec>(GL, gl, r, lane_ld);
-    for (int s = 0; s < systems; ++s) done(s, solved[s] != 0, [&](int64_t c) { return gl[c][s]; });
+    for (int s = 0; s < systems; ++s) {
+      for (int64_t c = 0; c < r; ++c) outs[s][c] = solved[s] ? gl[c][s] : T(0);
+      done(s, solved[s] != 0);
+    }
     count = 0;
   }
 
@@ -198,6 +209,7 @@ struct LaneSystems {
   std::vector<T> storage;
   T* slots;  // kWidth systems' G, then their g
   std::vector<vec> lanes;
+  T* outs[kWidth] = {};  // where each system's solution goes
 
   // The systems in the slots into the lanes: row p of each one's upper triangle, kWidth numbers
   // at a time, becomes column p of the lanes' lower triangle (and g, g).
