@@ -8,7 +8,8 @@ Each timed call is one forward and one backward: loss = sum(out * W) for a fixed
 gradients of every float input. Peers as in bench_autograd.py, in the 16-bit dtype: SDDMM as
 (U[rows] * V[cols]).sum(1); SpMM as index_add of vals[:, None] * B[cols]; U @ V.T; tanh(U @ V.T).
 The note gives each side's largest gradient error against the float64 autograd of the same
-(16-bit) inputs, relative to the largest gradient: ours sum in float32 and round once.
+(16-bit) inputs, relative to the largest gradient (ours sum in float32 and round once), then the
+range of each side's runs. Each row: medians of 9 alternated runs of each side (5 with --quick).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import HEADER, Row, best_time  # noqa: E402
+from _timing import HEADER, Row, interleaved, median, timed  # noqa: E402
 
 import lowrank_hpc.torch as lt  # noqa: E402
 
@@ -48,15 +49,17 @@ def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repe
     ours_in = [x.clone().requires_grad_(True) for x in inputs]
     peer_in = [x.clone().requires_grad_(True) for x in inputs]
     run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
-    note = f"grad error ours {errors[0]:.1e}, torch {errors[1]:.1e}"
-    return Row(name, case, best_time(run_ours, repeats), peer_name, best_time(run_peer, repeats), note)
+    times = interleaved({"ours": timed(run_ours), "peer": timed(run_peer)}, repeats)
+    spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
+    note = f"grad error ours {errors[0]:.1e}, torch {errors[1]:.1e}; median of {repeats}, {spread} ms"
+    return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]), note)
 
 
 def rows_for(dtype: torch.dtype, quick: bool) -> list[Row]:
     rng = torch.Generator().manual_seed(0)
     nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
     dense = 500 if quick else 2000
-    repeats = 5 if quick else 3
+    repeats = 5 if quick else 9
     tag = str(dtype).replace("torch.", "")
     U = (torch.randn(size, r, generator=rng) / r ** 0.25).to(dtype)
     V = (torch.randn(size, r, generator=rng) / r ** 0.25).to(dtype)

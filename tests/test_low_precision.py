@@ -6,6 +6,8 @@ against numpy's/ml_dtypes' casts (to nearest, ties to even); and the dtype error
 GPU: float16 through CuPy (CuPy has no bfloat16)."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -161,6 +163,85 @@ def test_kernel_top_k_ranks_in_float32_and_rounds_the_values(backend, half, rng)
         for got, want in zip(global_mode[1:], ref[1:]):
             np.testing.assert_array_equal(backend.get(got), backend.get(want))
         assert global_mode.values.dtype == half
+
+
+def edge_floats(rng, count=400_000):
+    """float32 numbers whose rounding to 16 bits is delicate, both signs: random bit patterns
+    (every exponent: subnormal, overflowing, inf, NaN), the halfway points between neighbouring
+    float16 and bfloat16 numbers (ties go to the even one) and their float32 neighbours, the
+    largest finite numbers of each format and the first that overflow, and the subnormals."""
+    random_bits = rng.integers(0, 2 ** 32, count, dtype=np.uint64).astype(np.uint32)
+    halves = np.arange(0, 2 ** 15, dtype=np.uint32)  # every non-negative float16 and bfloat16 pattern
+    f16 = halves.astype(np.uint16).view(np.float16).astype(np.float32).view(np.uint32)[:0x7c00]
+    bf16 = (halves << 16)[:0x7f80]
+    # Midpoints: float16's 13 and bfloat16's 16 discarded bits at exactly one half, and one off.
+    ties = np.concatenate([f16[1:] - (1 << 12), bf16[1:] - (1 << 15)]).astype(np.uint32)
+    special = np.array([0x477fefff, 0x477ff000, 0x477ff001, 0x47800000, 0x7f7fffff, 0x7f7f7fff, 0x7f7f8000,
+                        0x387fc000, 0x387fe000, 0x33000000, 0x33000001, 0x32ffffff, 0x00000001, 0x7f800000,
+                        0x7fc00000, 0x7f800001, 0x7fbfffff], dtype=np.uint32)
+    bits = np.concatenate([random_bits, f16, bf16, ties, ties - 1, ties + 1, special])
+    return np.concatenate([bits, bits | np.uint32(0x80000000)]).view(np.float32)
+
+
+def test_the_rounding_pass_is_the_casts_bit_for_bit(backend, half, rng):
+    # The dense products' last pass (map "copy" into the 16-bit format; kernel_product fuses f
+    # into it): numpy's/ml_dtypes' cast on every finite and infinite number, at every CPU level
+    # (F16C/AVX-512 conversions or the bit code), and the device's quiet NaN (core/half.hpp's
+    # to_float16/to_bfloat16: 0x7e00 or the top bits | 0x40, the sign kept) for every NaN.
+    from lowrank_hpc import _cpu_isa
+
+    x = edge_floats(rng)
+    with np.errstate(all="ignore"):
+        expected = x.astype(half).view(np.uint16)
+    nan = np.isnan(x)
+    sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+    if half.name == "float16":
+        expected = np.where(nan, sign | np.uint16(0x7e00), expected)
+    else:
+        expected = np.where(nan, (x.view(np.uint32) >> 16).astype(np.uint16) | np.uint16(0x40), expected)
+    top = 0x7c00 if half.name == "float16" else 0x7f80
+    nonfinite = int(((expected & top) == top).sum())
+    assert nonfinite > 2_000 and nan.sum() > 2_000  # the sweep reaches overflow, inf and NaN
+    modules = [_backend.cuda_module()] if backend.name == "cuda" else [
+        importlib.import_module(f"lowrank_hpc.{_cpu_isa.MODULES[level]}") for level in _cpu_isa.built_levels()
+        if level in _cpu_isa.processor_levels()]
+    for module in modules:
+        for source in (x, x[:4096 * 3 + 5]):  # whole chunks, and a tail
+            out = backend.xp.empty(source.shape, dtype=half)
+            count = backend.xp.zeros(1, dtype=np.int64)
+            module.map("copy", backend.put(source), out, [], count)
+            got = backend.get(out).view(np.uint16)
+            want = expected[:source.size]
+            mismatch = np.nonzero(got != want)[0]
+            assert mismatch.size == 0, (getattr(module, "CPU_LEVEL", "cuda"), [
+                (hex(x.view(np.uint32)[i]), hex(got[i]), hex(want[i])) for i in mismatch[:5]])
+            assert int(backend.get(count)[0]) == int(((want & top) == top).sum())
+
+
+def test_dense_products_round_the_float32_results_once(backend, half, rng):
+    # lowrank_product and the dense kernel_product of 16-bit factors: the float32 computation of
+    # the upcast factors rounded once, bit for bit (the same GEMM on both sides).
+    U, V = random_half(rng, (70, 24), half, 0.5), random_half(rng, (5000 // 70 + 3, 24), half, 0.5)
+    U32, V32 = (backend.put(x.astype(np.float32)) for x in (U, V))
+    got = backend.get(ops.lowrank_product(backend.put(U), backend.put(V)))
+    np.testing.assert_array_equal(got.view(np.uint16),
+                                  backend.get(ops.lowrank_product(U32, V32)).astype(half).view(np.uint16))
+    for kernel in ops.KERNELS:
+        got = backend.get(ops.kernel_product(backend.put(U), backend.put(V), kernel))
+        want = backend.get(ops.kernel_product(U32, V32, kernel)).astype(half)
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_lowrank_product_beyond_float32_is_inf_not_nan(backend, rng):
+    # bfloat16 has float32's range: a product past it is inf in float32, and inf it stays (the
+    # rounding pass keeps infinities; the kernels' f would turn them into NaN, to be reported).
+    if ml_dtypes is None or backend.name == "cuda":
+        pytest.skip("bfloat16 needs ml_dtypes and the CPU")
+    U = np.array([[1e20, 0.0], [1.0, 1.0]]).astype(ml_dtypes.bfloat16)
+    V = np.array([[1e20, 0.0], [-1e20, 0.0]]).astype(ml_dtypes.bfloat16)
+    with np.errstate(over="ignore"):  # numpy's GEMM warns of its own overflow
+        got = ops.lowrank_product(U, V).astype(np.float32)
+    assert got[0, 0] == np.inf and got[0, 1] == -np.inf and np.isfinite(got[1]).all()
 
 
 def test_overflow_of_the_format_is_an_error_not_an_inf(backend, rng):

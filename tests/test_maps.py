@@ -77,3 +77,6 @@ def test_every_map_is_listed_alike_on_both_modules_and_unknown_ones_are_refused(
         cpu.map("cube", x, x, [], np.zeros(1, dtype=np.int64))
     with pytest.raises(ValueError, match="params: map soft_threshold takes 1 parameters, got 0"):
         cpu.map("soft_threshold", x, x, [], np.zeros(1, dtype=np.int64))
+    # 16-bit results come from float32 only (float64 would round twice through float32).
+    with pytest.raises(ValueError, match="of x's dtype \\(or, for float32 x, float16 or bfloat16\\), got float16"):
+        cpu.map("copy", x, np.ones(3, dtype=np.float16), [], np.zeros(1, dtype=np.int64))

@@ -2,6 +2,8 @@
 // map of lowrank_hpc/ops/maps.hpp.
 #include <omp.h>
 
+#include <type_traits>
+
 #include "cpu_backend.hpp"
 #include "map_reduce.hpp"
 #include "lowrank_hpc/ops/maps.hpp"
@@ -26,10 +28,37 @@ int64_t map_chunk(const T* x, T* out, int64_t size, const F& f) {
   return bad;
 }
 
+// Into a 16-bit format: f over the chunk in float, then the rounding (F16C's for float16 where
+// the build has it: g++ vectorizes neither to_float16's branches nor _Float16 conversions), then
+// the count. A chunk with NaN/inf goes through store_as again, so that every stored bit is the
+// device's (F16C's NaNs keep payload bits that to_float16's do not).
+template <class T, class F, class O>
+int64_t map_chunk(const T* x, O* out, int64_t size, const F& f) {
+  static_assert(std::is_same_v<T, float> && is_half_v<O>, "16-bit results of float maps");
+  float y[kChunk];
+  LRH_SIMD
+  for (int64_t i = 0; i < size; ++i) y[i] = f(x[i]);
+#if LRH_HOST_F16C
+  if constexpr (std::is_same_v<O, float16>) {
+    store_f16c(y, out, size);
+  } else
+#endif
+  {
+    LRH_SIMD
+    for (int64_t i = 0; i < size; ++i) out[i] = store_as<O>(y[i]);
+  }
+  int64_t bad = 0;
+  LRH_SIMD_SUM(bad)
+  for (int64_t i = 0; i < size; ++i) bad += ops::is_finite(out[i]) ? 0 : 1;
+  if (bad)
+    for (int64_t i = 0; i < size; ++i) out[i] = store_as<O>(y[i]);
+  return bad;
+}
+
 }  // namespace
 
-template <class T, class F>
-int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void*) {
+template <class T, class F, class O>
+int map(const T* x, O* out, int64_t size, F f, int64_t* nonfinite, void*) {
   const int64_t chunks = (size + kChunk - 1) / kChunk;
   int64_t bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad) if (size > kMinParallelEntries)

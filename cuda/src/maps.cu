@@ -18,12 +18,13 @@ int64_t grid_for(int64_t threads) {
   return blocks < kMaxGrid ? blocks : kMaxGrid;
 }
 
-template <class T, class F>
-__global__ void map_kernel(const T* x, T* out, int64_t size, F f, int64_t* nonfinite) {
+template <class T, class F, class O>
+__global__ void map_kernel(const T* x, O* out, int64_t size, F f, int64_t* nonfinite) {
   int64_t local = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
-    out[i] = f(x[i]);
-    local += ops::is_finite(out[i]) ? 0 : 1;
+    const O y = store_as<O>(f(x[i]));
+    out[i] = y;
+    local += ops::is_finite(y) ? 0 : 1;
   }
   if (local) atomicAdd(reinterpret_cast<unsigned long long*>(nonfinite), static_cast<unsigned long long>(local));
 }
@@ -52,10 +53,10 @@ __global__ void reduce_cols_kernel(const T* x, int64_t rows, int64_t cols, F f, 
 
 }  // namespace
 
-template <class T, class F>
-int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void* stream) {
+template <class T, class F, class O>
+int map(const T* x, O* out, int64_t size, F f, int64_t* nonfinite, void* stream) {
   if (size == 0) return cudaSuccess;
-  map_kernel<T, F><<<grid_for(size), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(x, out, size, f, nonfinite);
+  map_kernel<T, F, O><<<grid_for(size), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(x, out, size, f, nonfinite);
   return cudaGetLastError();
 }
 

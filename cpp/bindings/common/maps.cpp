@@ -1,5 +1,6 @@
 // The element-wise map and row/column reductions, by map name (lowrank_hpc/ops/maps.hpp): a new
 // element-wise kernel is a functor and a line of LRH_FOR_EACH_MAP, nothing here.
+#include <type_traits>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -30,7 +31,8 @@ void with_map(const std::string& op, const std::vector<double>& params, Body&& b
   LRH_EXPECTS(false, "op: unknown map '", op, "'");
 }
 
-// out = f(x) entry by entry (out may be x); nonfinite[0] += the NaN/inf results.
+// out = f(x) entry by entry (out may be x), out of x's dtype or, for float32 x, float16 or
+// bfloat16 (each f(x) rounded once); nonfinite[0] += the NaN/inf results as stored.
 void map(const std::string& op, const ArrayView& x, const ArrayView& out, const std::vector<double>& params,
          const ArrayView& nonfinite, std::uintptr_t stream) {
   LRH_EXPECTS(x.present() && x.ndim == out.ndim, "x, out: expected arrays of one shape");
@@ -39,13 +41,23 @@ void map(const std::string& op, const ArrayView& x, const ArrayView& out, const 
     using T = decltype(t);
     LRH_EXPECTS(x.device == kDevice && x.c_contiguous(), "x: must be a C-contiguous array on this backend");
     LRH_EXPECTS(out.size() == x.size(), "out: has ", out.size(), " entries, x has ", x.size());
-    LRH_EXPECTS(out.device == kDevice && out.c_contiguous() && !out.readonly && out.dtype == x.dtype,
-                "out: must be a writable C-contiguous array of x's dtype on this backend");
+    const bool rounded = std::is_same_v<T, float> && (out.dtype == DType::float16 || out.dtype == DType::bfloat16);
+    LRH_EXPECTS(out.device == kDevice && out.c_contiguous() && !out.readonly && (out.dtype == x.dtype || rounded),
+                "out: must be a writable C-contiguous array on this backend of x's dtype (or, for float32 x, "
+                "float16 or bfloat16), got ", dtype_name(out.dtype));
     with_map(op, params, [&](auto f) {
-      py::gil_scoped_release release;
-      check_launch(launch::map<T>(x.data<T>(), out.data<T>(), x.size(), f, nonfinite.data<int64_t>(),
-                                  stream_of(stream)),
-                   "map");
+      const auto launch_into = [&](auto o) {
+        using O = decltype(o);
+        py::gil_scoped_release release;
+        check_launch(launch::map<T>(x.data<T>(), out.data<O>(), x.size(), f, nonfinite.data<int64_t>(),
+                                    stream_of(stream)),
+                     "map");
+      };
+      if constexpr (std::is_same_v<T, float>) {
+        if (out.dtype == DType::float16) return launch_into(float16{});
+        if (out.dtype == DType::bfloat16) return launch_into(bfloat16{});
+      }
+      launch_into(T{});
     });
   });
 }

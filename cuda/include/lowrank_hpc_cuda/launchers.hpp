@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/ops/adafactor.hpp"
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
 
@@ -77,10 +78,11 @@ int relative_change_from_grams(const double* left, const double* right, int64_t 
 
 // The element-wise map and row/column reductions over a functor of lowrank_hpc/ops/maps.hpp
 // (cpu/src/map_reduce.hpp has the CPU's, same signatures): out[i] = f(x[i]) (out may be x),
-// *nonfinite += the NaN/inf results; out[i] = sum_j f(x[i, j]) and out[j] = sum_i f(x[i, j])
-// for x (rows, cols), summed in double. Instantiated for every map in cuda/src/maps.cu.
-template <class T, class F>
-int map(const T* x, T* out, int64_t size, F f, int64_t* nonfinite, void* stream);
+// *nonfinite += the NaN/inf results (as stored: out may be a 16-bit format for float x, each
+// f(x) rounded once); out[i] = sum_j f(x[i, j]) and out[j] = sum_i f(x[i, j]) for x (rows,
+// cols), summed in double. Instantiated for every map in cuda/src/maps.cu.
+template <class T, class F, class O = T>
+int map(const T* x, O* out, int64_t size, F f, int64_t* nonfinite, void* stream);
 template <class T, class F>
 int reduce_rows(const T* x, int64_t rows, int64_t cols, F f, T* out, void* stream);
 template <class T, class F>

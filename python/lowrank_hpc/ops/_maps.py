@@ -9,10 +9,14 @@ from typing import Any, Optional, Sequence
 from .._arrays import Call
 
 
-def elementwise(call: Call, op: str, x: Any, params: Sequence[float] = (), out: Optional[Any] = None):
+def elementwise(call: Call, op: str, x: Any, params: Sequence[float] = (), out: Optional[Any] = None,
+                dtype: Optional[Any] = None):
     """(out, nonfinite): out = f(x) for the map ``op`` on validated x (out may be x), and the
-    device status word counting its NaN/inf results (read it with ``call.read``)."""
-    out = call.xp.empty_like(x) if out is None else call.output_array("out", out, x.shape, x.dtype)
+    device status word counting its NaN/inf results (read it with ``call.read``). dtype: the
+    result's, x's by default; float16 or bfloat16 for float32 x rounds each f(x) once in the same
+    pass, and a finite f(x) beyond that format's range counts as inf."""
+    dtype = x.dtype if dtype is None else dtype
+    out = call.xp.empty(x.shape, dtype=dtype) if out is None else call.output_array("out", out, x.shape, dtype)
     nonfinite = call.status(0)
     call.module.map(op, x, out, [float(p) for p in params], nonfinite, call.stream())
     return out, nonfinite

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, count_nonfinite, is_half, resolve
+from .._arrays import Call, is_half, resolve
 from .._backend import CONSTANTS, matmul
 from ._factors import factor_pair
 from ._maps import elementwise
@@ -271,17 +271,19 @@ def _kth_largest(xp, magnitude, k: int):
     return xp.partition(magnitude, size - k)[size - k]
 
 
-def _round_to(call: Call, code: int, half, values):
-    """float32 values rounded once to the 16-bit format ``half`` (None: as they are); an entry
-    finite in float32 but beyond the format's range is the overflow error, never a silent inf."""
-    if half is None:
+def _kernel_rounded(call: Call, code: int, half, values, kernel: Optional[int] = None):
+    """f(values) for the kernel code ``kernel`` (None: values as they are) in float32, rounded
+    once to the 16-bit format ``half`` (None: left in place, in values' dtype), in one pass; an
+    entry NaN/inf in float32 or beyond the format's range is the overflow error, never a silent
+    inf."""
+    name = "identity" if kernel is None else KERNELS[kernel]
+    if half is None and kernel is None:
         return values
-    with np.errstate(over="ignore"):
-        values = values.astype(half)
-    bad = count_nonfinite(call, values)
+    out, nonfinite = elementwise(call, f"kernel_{name}", values, out=values if half is None else None, dtype=half)
+    bad = call.read(nonfinite)[0]
     if bad:
         _raise_overflow(call, code, bad)
-    return values
+    return out
 
 
 def apply_kernel(K: Any, kernel: str) -> Any:
@@ -351,12 +353,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
     batch, m, _ = U3.shape
     n = V3.shape[1]
     if top_k is None:
-        out = _gemm(call.xp, U3, V3.transpose(0, 2, 1))
-        _, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", out, out=out)
-        bad = call.read(nonfinite)[0]
-        if bad:
-            _raise_overflow(call, code, bad)
-        out = _round_to(call, code, half, out)
+        out = _kernel_rounded(call, code, half, _gemm(call.xp, U3, V3.transpose(0, 2, 1)), kernel=code)
         return call.wrap(out if batched else out[0])
 
     limit = n if top_k_mode == "row" else m * n
@@ -375,11 +372,11 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
             by_column = call.xp.argsort(indices, axis=-1)  # columns in a row are distinct
             values = call.xp.take_along_axis(values, by_column, axis=-1)
             indices = call.xp.take_along_axis(indices, by_column, axis=-1)
-        values = _round_to(call, code, half, values)
+        values = _kernel_rounded(call, code, half, values)
         result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
     else:
         values, rows, cols = _top_k_global(selection, batch, n, top_k, top_k_order == "magnitude")
         selection.check()
-        values = _round_to(call, code, half, values)
+        values = _kernel_rounded(call, code, half, values)
         result = GlobalTopK(*(call.wrap(x if batched else x[0]) for x in (values, rows, cols)))
     return result

@@ -9,6 +9,7 @@ import numpy as np
 from .._arrays import is_half, resolve
 from .._backend import matmul
 from ._factors import factor_pair
+from ._maps import elementwise
 
 
 @_checks.constrained(check_finite=_checks.flag)
@@ -36,7 +37,6 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
         out = matmul(call.xp, U3[0], V3[0].T)
     else:
         out = matmul(call.xp, U3, V3.transpose(0, 2, 1))
-    if half is not None:
-        with np.errstate(over="ignore"):  # beyond the format's range: inf, as the GEMM gives
-            out = out.astype(half)
+    if half is not None:  # rounded in one pass; beyond the format's range: inf, as the GEMM gives
+        out, _ = elementwise(call, "copy", out, dtype=half)
     return call.wrap(out)

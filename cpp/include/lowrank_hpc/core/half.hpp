@@ -143,6 +143,19 @@ inline void axpy_f16c(float* acc, float scale, const float16* x, int64_t r) {
   for (; c < r; ++c) acc[c] += scale * to_float(x[c]);
 }
 
+// out[c] = x[c] rounded to float16 (to nearest, ties to even: to_float16's bits for every
+// number; a NaN becomes some quiet NaN, not necessarily to_float16's) over n entries.
+inline void store_f16c(const float* x, float16* out, int64_t n) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  for (; c + 16 <= n; c += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm512_cvtps_ph(_mm512_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; c + 8 <= n; c += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_cvtps_ph(_mm256_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+  for (; c < n; ++c) out[c] = to_float16(x[c]);
+}
+
 }  // namespace lowrank_hpc
 #else
 #define LRH_HOST_F16C 0

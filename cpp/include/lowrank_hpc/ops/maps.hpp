@@ -31,6 +31,15 @@ struct SoftThreshold {
   }
 };
 
+// x as it is: with a 16-bit result, a rounding pass that keeps inf and NaN (the kernel
+// functions turn an inf argument into NaN, to be reported).
+struct Copy {
+  static constexpr int kParams = 0;
+  explicit Copy(const double*) {}
+  template <class T>
+  LRH_HD T operator()(T x) const { return x; }
+};
+
 // x^2: the term of squared row/column norms (and of Adafactor's factored second moments).
 struct Square {
   static constexpr int kParams = 0;
@@ -50,15 +59,21 @@ struct Square {
   M(kernel_tanh, ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::tanh>)         \
   M(kernel_piecewise_linear,                                                         \
     ::lowrank_hpc::ops::KernelMap<::lowrank_hpc::ops::KernelFunction::piecewise_linear>)          \
+  M(copy, ::lowrank_hpc::ops::Copy)                                                  \
   M(soft_threshold, ::lowrank_hpc::ops::SoftThreshold)                               \
   M(square, ::lowrank_hpc::ops::Square)                                              \
   M(elastic_binary_prox, ::lowrank_hpc::ops::ElasticBinaryProx)
 
 // The explicit instances of one map's launchers (map, reduce_rows, reduce_cols) for float and
-// double, written once for both backends: expanded inside each backend's launcher namespace.
+// double, and of the map from float into the 16-bit formats (f and the rounding in one pass),
+// written once for both backends: expanded inside each backend's launcher namespace.
 #define LRH_INSTANTIATE_MAP_LAUNCHERS(name, F)                                              \
   template int map<float, F>(const float*, float*, int64_t, F, int64_t*, void*);           \
   template int map<double, F>(const double*, double*, int64_t, F, int64_t*, void*);        \
+  template int map<float, F, ::lowrank_hpc::float16>(const float*, ::lowrank_hpc::float16*, int64_t, F, \
+                                                     int64_t*, void*);                     \
+  template int map<float, F, ::lowrank_hpc::bfloat16>(const float*, ::lowrank_hpc::bfloat16*, int64_t, F, \
+                                                      int64_t*, void*);                    \
   template int reduce_rows<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
   template int reduce_rows<double, F>(const double*, int64_t, int64_t, F, double*, void*); \
   template int reduce_cols<float, F>(const float*, int64_t, int64_t, F, float*, void*);    \
