@@ -108,6 +108,45 @@ def test_sparse_times_dense_rounds_each_row_sum_once(backend, half, rng, transpo
     assert_one_rounding(got, exact, magnitude, per_row, half)
 
 
+def sequential_float32_spmm(rows, cols, vals, B, n_rows):
+    """S @ B summed the kernels' way, bit for bit: each output coordinate adds its row's entries'
+    float32 products (v * B[col], a multiply then an add) one at a time in input order, then
+    rounds once to the 16-bit format."""
+    vals32, B32 = vals.astype(np.float32), B.astype(np.float32)
+    out = np.zeros((n_rows, B.shape[1]), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    starts = np.searchsorted(rows[order], np.arange(n_rows))
+    place = np.empty(rows.size, dtype=np.int64)
+    place[order] = np.arange(rows.size) - starts[rows[order]]  # each entry's turn within its row
+    for turn in range(int(place.max()) + 1):
+        k = np.nonzero(place == turn)[0]  # at most one entry of each row
+        out[rows[k]] = out[rows[k]] + vals32[k, None] * B32[cols[k]]
+    return out.astype(B.dtype)
+
+
+@pytest.mark.parametrize("r", [1, 3, 8, 13, 16, 24, 32, 40, 64, 100])
+def test_sparse_times_dense_sums_each_row_in_order_at_every_tile_width(backend, half, rng, r):
+    # The register tiles of every width (compiled ranks, full tiles, halving tiles, remainders)
+    # on 16-bit storage, against the sequential float32 sums: the same bits, on a skewed pattern
+    # (one row with a third of the entries, empty rows).
+    m, n, nnz = 50, 40, 1500
+    rows = np.where(rng.random(nnz) < 0.33, 7, rng.integers(0, m, nnz))
+    rows[rows == 11] = 12  # row 11 empty
+    cols = rng.integers(0, n, nnz)
+    vals, B = random_half(rng, nnz, half), random_half(rng, (n, r), half)
+    expected = sequential_float32_spmm(rows, cols, vals, B, m)
+    got = backend.get(ops.sparse_times_dense(*(backend.put(x) for x in (rows, cols, vals, B)), m))
+    if backend.name == "cuda":  # the device's order is its own: the one-rounding bound
+        exact = reference.sparse_times_dense(rows, cols, vals, B, m)
+        magnitude = reference.sparse_times_dense(rows, cols, np.abs(vals.astype(np.float64)),
+                                                 np.abs(B.astype(np.float64)), m)
+        assert_one_rounding(got, exact, magnitude, np.bincount(rows).max(), half)
+        return
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+    pattern = ops.SparsePattern(rows, cols, (m, n))
+    np.testing.assert_array_equal(pattern.times_dense(vals, B).view(np.uint16), expected.view(np.uint16))
+
+
 def test_sparse_pattern_and_batched_operands(backend, half, rng):
     rows, cols = rng.integers(0, 10, 120), rng.integers(0, 8, 120)
     offsets = np.array([0, 70, 120])

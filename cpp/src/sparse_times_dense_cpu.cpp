@@ -141,45 +141,15 @@ constexpr int64_t kPrefetchDistance = 16;
 // B up to this size stays in the caches: no prefetch (it only costs issue slots then).
 constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
 
-// 16-bit storage: each entry's row update through a float scratch row (one loop for any rank).
-template <class T, class I>
-int64_t csr_times_dense_half(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals, const T* B,
-                             int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  using A = accumulate_t<T>;
-  const ops::SparseTimesDense<T> product{B, n_key, n_other, r};
-  const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
-  int64_t first_bad = nnz;
-#pragma omp parallel if (nnz * r > kParallelMinWork)
-  {
-    std::vector<A> scratch(static_cast<size_t>(r));
-#pragma omp for schedule(dynamic, 64) reduction(min : first_bad)
-    for (int64_t row = 0; row < n_rows; ++row) {
-      A* acc_row = scratch.data();
-      for (int64_t c = 0; c < r; ++c) acc_row[c] = A(0);
-      const int64_t b = row / n_key;
-      for (int64_t j = indptr[row]; j < indptr[row + 1]; ++j) {
-        if (j + kPrefetchDistance < nnz) {
-          const int64_t ahead = j + kPrefetchDistance;
-          if (perm) __builtin_prefetch(vals + perm[ahead]);
-          if (ops::index_in_range(others[ahead], n_other)) __builtin_prefetch(product.b_row(others[ahead], b));
-        }
-        if (!ops::index_in_range(others[j], n_other)) { first_bad = std::min(first_bad, perm ? perm[j] : j); continue; }
-        product.accumulate(acc_row, vals[perm ? perm[j] : j], static_cast<int64_t>(others[j]), b);
-      }
-      T* out_row = out + row * r;
-      for (int64_t c = 0; c < r; ++c) out_row[c] = store_as<T>(acc_row[c]);
-    }
-  }
-  return first_bad == nnz ? -1 : first_bad;
-}
-
 // Columns [c0, c0 + W) of one output row: the sum over the row's entries, in their order, of
 // v * B[other], held in registers and stored once (summing into the output row in memory made
-// every entry wait on the previous one's store).
+// every entry wait on the previous one's store). 16-bit storage: read as float and summed in
+// float, each sum rounded once when stored.
 template <int W, class T, class I>
 inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others, const T* vals,
                      const T* B_problem, int64_t r, int64_t c0, bool prefetch, T* out_row) {
-  lanes::RegisterRow<T, W> acc;
+  using A = accumulate_t<T>;
+  lanes::RegisterRow<A, W> acc;
   acc.zero();
   for (int64_t j = begin; j < end; ++j) {
     // Ahead within this row: the same columns (the next pass); past it, the next rows' first tile.
@@ -190,9 +160,20 @@ inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* per
       __builtin_prefetch(line);
       if constexpr (W * sizeof(T) > 64) __builtin_prefetch(line + W - 1);
     }
-    acc.add_scaled(vals[perm ? perm[j] : j], B_problem + static_cast<int64_t>(others[j]) * r + c0);
+    const T v = vals[perm ? perm[j] : j];
+    const T* b_row = B_problem + static_cast<int64_t>(others[j]) * r + c0;
+    if constexpr (is_half_v<T>)
+      acc.add_scaled_widened(load_as<A>(v), b_row);
+    else
+      acc.add_scaled(v, b_row);
   }
-  acc.store(out_row + c0);
+  if constexpr (is_half_v<T>) {
+    A sums[W];
+    acc.store(sums);
+    for (int c = 0; c < W; ++c) out_row[c0 + c] = store_as<T>(sums[c]);
+  } else {
+    acc.store(out_row + c0);
+  }
 }
 
 // Columns [c0, c0 + width) for a run-time width < 16: the compiled tile of that width.
@@ -211,7 +192,8 @@ inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nn
 
 // Full tiles: four vector registers of accumulators (AVX-512: 256 bytes; narrower ISAs 128
 // bytes, their 16 registers also hold the loads). Wider tiles mean fewer passes over a row's
-// entries, each gathering a longer piece of every B row.
+// entries, each gathering a longer piece of every B row. (16-bit storage: as many numbers as
+// float accumulators.)
 #if defined(__AVX512F__)
 constexpr int64_t kTileBytes = 256;
 #else
@@ -250,14 +232,14 @@ const T* lined_rows(const T* B, int64_t rows_of_B, int64_t r, int64_t nnz, std::
   return start;
 }
 
-// float / double: each output row is built tile by tile in registers. R > 0 (ranks up to 16,
-// and 32): one tile of width R. R = 0: full tiles of kTileBytes, then halving tiles down to 16
-// columns, then a compiled remainder tile. Every coordinate sums its row's entries in input
-// order, as the GPU kernel does: the result does not depend on the thread count.
+// Each output row is built tile by tile in registers. R > 0 (ranks up to 16, and 32): one tile
+// of width R. R = 0: full tiles of kTileBytes, then halving tiles down to 16 columns, then a
+// compiled remainder tile. Every coordinate sums its row's entries in input order, as the GPU
+// kernel does: the result does not depend on the thread count.
 template <class T, class I, int R>
 int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                               const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  constexpr int kTile = kTileBytes / sizeof(T);
+  constexpr int kTile = kTileBytes / sizeof(accumulate_t<T>);
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   const int64_t B_bytes = batch * n_other * r * int64_t(sizeof(T));
   // Columns a block: all of them, or whole tiles (at least one) whose rows of B (every
@@ -294,7 +276,7 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
       if (!all_in_range(others, begin, end, n_other)) {
         for (int64_t j = begin; j < end; ++j)
           if (!ops::index_in_range(others[j], n_other)) first_bad = std::min(first_bad, perm ? perm[j] : j);
-        std::fill_n(out_row, width, T(0));  // the caller raises; never leave the row unwritten
+        std::fill_n(out_row, width, T{});  // zero; the caller raises; never leave the row unwritten
         continue;
       }
       if constexpr (R > 0) {
@@ -328,16 +310,12 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
 template <class T, class I>
 int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                         const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
-  if constexpr (is_half_v<T>) {
-    return csr_times_dense_half<T, I>(indptr, perm, others, vals, B, batch, n_key, n_other, r, out);
-  } else {
-    int64_t first_bad = -1;
-    dispatch_narrow_rank(r, [&](auto rank) {
-      first_bad = csr_times_dense_tiled<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key,
-                                                                     n_other, r, out);
-    });
-    return first_bad;
-  }
+  int64_t first_bad = -1;
+  dispatch_narrow_rank(r, [&](auto rank) {
+    first_bad = csr_times_dense_tiled<T, I, decltype(rank)::value>(indptr, perm, others, vals, B, batch, n_key,
+                                                                   n_other, r, out);
+  });
+  return first_bad;
 }
 
 template <class T>

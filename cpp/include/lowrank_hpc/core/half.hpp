@@ -108,40 +108,14 @@ inline constexpr bool is_half_v = std::is_same_v<T, bfloat16> || std::is_same_v<
 
 }  // namespace lowrank_hpc
 
-// Host code with F16C (x86-64-v3 and up): float16 rows converted 8 at a time by vcvtph2ps, as
-// GCC does not vectorize the bit code above (nor _Float16 conversions). The same conversion,
-// exact either way; only the order of the float32 sums differs, as between any two ISA levels.
+// Host code with F16C (x86-64-v3 and up): float16 converted a vector at a time (vcvtph2ps,
+// vcvtps2ph; lanes::widen reads rows this way), as GCC does not vectorize the bit code above (nor
+// _Float16 conversions). The same conversions, exact either way.
 #if !LRH_DEVICE_COMPILE && defined(__F16C__) && defined(__AVX__)
 #include <immintrin.h>
 #define LRH_HOST_F16C 1
 
 namespace lowrank_hpc {
-
-inline __m256 load8_f16c(const float16* x) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-}
-
-// sum_c a[c] b[c] over r entries, in float.
-inline float dot_f16c(const float16* a, const float16* b, int64_t r) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 8 <= r; c += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(load8_f16c(a + c), load8_f16c(b + c)));
-  __m128 half_sum = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  half_sum = _mm_add_ps(half_sum, _mm_movehl_ps(half_sum, half_sum));
-  half_sum = _mm_add_ss(half_sum, _mm_movehdup_ps(half_sum));
-  float total = _mm_cvtss_f32(half_sum);
-  for (; c < r; ++c) total += to_float(a[c]) * to_float(b[c]);
-  return total;
-}
-
-// acc[c] += scale * x[c] over r entries.
-inline void axpy_f16c(float* acc, float scale, const float16* x, int64_t r) {
-  const __m256 s = _mm256_set1_ps(scale);
-  int64_t c = 0;
-  for (; c + 8 <= r; c += 8)
-    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), _mm256_mul_ps(s, load8_f16c(x + c))));
-  for (; c < r; ++c) acc[c] += scale * to_float(x[c]);
-}
 
 // out[c] = x[c] rounded to float16 (to nearest, ties to even: to_float16's bits for every
 // number; a NaN becomes some quiet NaN, not necessarily to_float16's) over n entries.
@@ -149,7 +123,8 @@ inline void store_f16c(const float* x, float16* out, int64_t n) {
   int64_t c = 0;
 #if defined(__AVX512F__)
   for (; c + 16 <= n; c += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm512_cvtps_ph(_mm512_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c),  // maskz: GCC 12's header trips -Wmaybe-uninitialized
+                        _mm512_maskz_cvtps_ph(__mmask16(0xffff), _mm512_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
 #endif
   for (; c + 8 <= n; c += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_cvtps_ph(_mm256_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));

@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 
 namespace lowrank_hpc::lanes {
@@ -56,6 +57,47 @@ template <class T, int Bytes>
 struct Vector {
   typedef T type __attribute__((vector_size(Bytes)));
 };
+
+// V (a GCC vector of float) from as many 16-bit numbers at p, exactly (every float16 and
+// bfloat16 is a float): bfloat16 by widening its bits, float16 by F16C where the build has it.
+template <class V, class S>
+inline __attribute__((always_inline)) V widen(const S* p) {
+  constexpr int kCount = static_cast<int>(sizeof(V) / sizeof(float));
+  static_assert(is_half_v<S> && std::is_same_v<std::remove_cv_t<decltype(V{}[0])>, float>, "16 bits to float");
+  V out;
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    using narrow_t = typename Vector<uint16_t, kCount * 2>::type;
+    using wide_t = typename Vector<uint32_t, kCount * 4>::type;
+    narrow_t bits;
+    __builtin_memcpy(&bits, p, sizeof bits);
+    const wide_t widened = __builtin_convertvector(bits, wide_t) << 16;
+    __builtin_memcpy(&out, &widened, sizeof out);
+    return out;
+  } else {
+#if LRH_HOST_F16C
+#if defined(__AVX512F__)
+    if constexpr (kCount == 16) {
+      // maskz: the unmasked form trips GCC 12's -Wmaybe-uninitialized inside its header
+      const __m512 x = _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      __builtin_memcpy(&out, &x, sizeof out);
+      return out;
+    }
+#endif
+    if constexpr (kCount == 8) {
+      const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      __builtin_memcpy(&out, &x, sizeof out);
+      return out;
+    }
+    if constexpr (kCount == 4) {
+      const __m128 x = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+      __builtin_memcpy(&out, &x, sizeof out);
+      return out;
+    }
+#endif
+    for (int l = 0; l < kCount; ++l) out[l] = to_float(p[l]);
+    return out;
+  }
+}
 
 // W numbers of one output row summed in registers: native vectors, then one half-width and one
 // 16-byte vector where they fit, then scalars. (A plain T[W] under `omp simd` is kept in memory
@@ -107,6 +149,15 @@ struct RegisterRow {
     if constexpr (kHasHalf) half += x * load<half_t>(p + kHalfAt);
     if constexpr (kHasSmall) small += x * load<small_t>(p + kSmallAt);
     for (int e = 0; e < kTail; ++e) tail[e] += x * p[kTailAt + e];
+  }
+  // row += x p[0, W) for 16-bit storage (core/half.hpp), each number read as T first: the
+  // products and sums of add_scaled on the converted row.
+  template <class S>
+  inline __attribute__((always_inline)) void add_scaled_widened(T x, const S* p) {
+    for (int f = 0; f < kFull; ++f) full[f] += x * widen<full_t>(p + f * kPer);
+    if constexpr (kHasHalf) half += x * widen<half_t>(p + kHalfAt);
+    if constexpr (kHasSmall) small += x * widen<small_t>(p + kSmallAt);
+    for (int e = 0; e < kTail; ++e) tail[e] += x * load_as<T>(p[kTailAt + e]);
   }
   // row += other, lane by lane
   inline __attribute__((always_inline)) void add(const RegisterRow& other) {

@@ -94,6 +94,40 @@ inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b,
   for (; c < r; ++c) acc += a[c] * b[c];
   return acc;
 }
+
+// Host: the dot of two rows of 16-bit storage in float, native vectors of floats widened from
+// them (lanes::widen: F16C for float16, a shift for bfloat16) summed into two registers of
+// partial sums, folded, then the rest in order. (Number by number, g++ converted bfloat16 in
+// scalar code: the SDDMM at r = 32 took 3.4x float32's time; float16's one 8-lane register,
+// 1.8x.) The order is the host's own; the tests bound it by one rounding of the float32 sum.
+template <class S>
+inline float host_half_dot(const S* a, const S* b, int64_t r) {
+  // float16: 8 lanes at most (AVX-512's 16-lane conversions and folds were slower from r = 8 to
+  // 40 than AVX2's: 4.1 -> 4.7 ms at r = 8, 1e6 entries).
+  constexpr int kVector = std::is_same_v<S, float16> && lanes::kNativeBytes > 32 ? 32 : lanes::kNativeBytes;
+  constexpr int kPer = kVector / static_cast<int>(sizeof(float));
+  using V = typename lanes::Vector<float, kVector>::type;
+  int64_t c = 0;
+  float acc = 0.0f;
+  if (r >= kPer) {  // (below, folding a register of zeros cost as much as the dot)
+    V p = lanes::widen<V>(a) * lanes::widen<V>(b);
+    for (c = kPer; c + kPer <= r; c += kPer) p += lanes::widen<V>(a + c) * lanes::widen<V>(b + c);
+    acc = fold_lanes<float, kVector>(p);
+  }
+  // The rest in 8 and 4 lanes before single numbers (float16's scalar conversion is bit code).
+  using V8 = typename lanes::Vector<float, 32>::type;
+  using V4 = typename lanes::Vector<float, 16>::type;
+  if (kPer > 8 && c + 8 <= r) {
+    acc += fold_lanes<float, 32>(lanes::widen<V8>(a + c) * lanes::widen<V8>(b + c));
+    c += 8;
+  }
+  if (kPer > 4 && c + 4 <= r) {
+    acc += fold_lanes<float, 16>(lanes::widen<V4>(a + c) * lanes::widen<V4>(b + c));
+    c += 4;
+  }
+  for (; c < r; ++c) acc += to_float(a[c]) * to_float(b[c]);
+  return acc;
+}
 #endif
 
 // The compiled ranks' summation tree over N partial sums: the upper half added onto the lower,
@@ -113,9 +147,9 @@ LRH_HD A fold_halving(A (&p)[N]) {
 template <class T, int R = 0>
 LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, int width) {
   using A = accumulate_t<T>;
-#if LRH_HOST_F16C
-  if constexpr (std::is_same_v<T, float16>) {
-    if (width == 1) return dot_f16c(a, b, r);  // the host loop (width is 1 on the host)
+#if !defined(__CUDACC__)
+  if constexpr (is_half_v<T>) {
+    if (width == 1) return host_half_dot(a, b, r);  // the host loop (width is 1 on the host)
   }
 #endif
   A acc = A(0);

@@ -12,8 +12,8 @@ namespace lowrank_hpc::ops {
 
 // Problems are the diagonal blocks of one block-diagonal matrix: problem b's key row i is
 // flattened row b * n_key + i of the output, and its B row j is row b * n_other + j.
-// Sums run in A = accumulate_t<T> (float for 16-bit storage): a driver adds a row's terms into
-// an A row and stores it in T once.
+// Sums run in A = accumulate_t<T> (float for 16-bit storage): a driver adds a row's terms in A
+// and stores each sum in T once (the host's register tiles: cpp/src/sparse_times_dense_cpu.cpp).
 template <class T, int R = 0>
 struct SparseTimesDense {
   using A = accumulate_t<T>;
@@ -22,18 +22,8 @@ struct SparseTimesDense {
 
   LRH_HD const T* b_row(int64_t other, int64_t b) const { return B + (b * n_other + other) * r; }
 
-  // acc_row += v * B[b, other], all r coordinates (host: one vectorized loop).
-  LRH_HD void accumulate(A* acc_row, T v, int64_t other, int64_t b) const {
-    const T* src = b_row(other, b);
-    const A scale = load_as<A>(v);
-#if LRH_HOST_F16C
-    if constexpr (std::is_same_v<T, float16>) return axpy_f16c(acc_row, scale, src, r);
-#endif
-    const int64_t rank = static_or<R>(r);
-    LRH_SIMD
-    for (int64_t c = 0; c < rank; ++c) acc_row[c] += scale * load_as<A>(src[c]);
-  }
-  // One coordinate of the same update (device: one thread per coordinate).
+  // One coordinate of an entry's update out[b, key] += v * B[b, other] (device: one thread per
+  // coordinate).
   LRH_HD A term(T v, int64_t other, int64_t b, int64_t c) const {
     return load_as<A>(v) * load_as<A>(b_row(other, b)[c]);
   }
