@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "lowrank_hpc/core/simd.hpp"
 #include "lowrank_hpc/core/half.hpp"
+#include "lowrank_hpc/core/simd.hpp"
 #include "lowrank_hpc/ops/finite.hpp"
 
 namespace lowrank_hpc::cpu::launch {

@@ -276,10 +276,10 @@ def _kernel_rounded(call: Call, code: int, half, values, kernel: Optional[int] =
     once to the 16-bit format ``half`` (None: left in place, in values' dtype), in one pass; an
     entry NaN/inf in float32 or beyond the format's range is the overflow error, never a silent
     inf."""
-    name = "identity" if kernel is None else KERNELS[kernel]
     if half is None and kernel is None:
         return values
-    out, nonfinite = elementwise(call, f"kernel_{name}", values, out=values if half is None else None, dtype=half)
+    op = "copy" if kernel is None else f"kernel_{KERNELS[kernel]}"
+    out, nonfinite = elementwise(call, op, values, out=values if half is None else None, dtype=half)
     bad = call.read(nonfinite)[0]
     if bad:
         _raise_overflow(call, code, bad)

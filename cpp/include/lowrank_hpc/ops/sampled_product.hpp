@@ -95,11 +95,12 @@ inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b,
   return acc;
 }
 
-// Host: the dot of two rows of 16-bit storage in float, native vectors of floats widened from
-// them (lanes::widen: F16C for float16, a shift for bfloat16) summed into two registers of
-// partial sums, folded, then the rest in order. (Number by number, g++ converted bfloat16 in
-// scalar code: the SDDMM at r = 32 took 3.4x float32's time; float16's one 8-lane register,
-// 1.8x.) The order is the host's own; the tests bound it by one rounding of the float32 sum.
+// Host: the dot of two rows of 16-bit storage in float: vectors of floats widened from them
+// (lanes::widen: F16C for float16, a shift for bfloat16) summed into one register of partial
+// sums and folded, then what is left in 8 and 4 lanes and one by one. (Number by number, g++
+// converted bfloat16 in scalar code: the SDDMM at r = 32 took 3.4x float32's time.) The order is
+// the host's own (float16 with r a multiple of 8: the earlier 8-lane dot's); the tests bound it
+// by one rounding of the float32 sum.
 template <class S>
 inline float host_half_dot(const S* a, const S* b, int64_t r) {
   // float16: 8 lanes at most (AVX-512's 16-lane conversions and folds were slower from r = 8 to
