@@ -28,10 +28,9 @@ int64_t map_chunk(const T* x, T* out, int64_t size, const F& f) {
   return bad;
 }
 
-// Into a 16-bit format: f over the chunk in float, then the rounding (F16C's for float16 where
-// the build has it: g++ vectorizes neither to_float16's branches nor _Float16 conversions), then
-// the count. A chunk with NaN/inf goes through store_as again, so that every stored bit is the
-// device's (F16C's NaNs keep payload bits that to_float16's do not).
+// Into a 16-bit format: f over the chunk in float, then the rounding (store_as's bits; F16C for
+// float16 where the build has it: g++ vectorizes neither to_float16's branches nor _Float16
+// conversions), then the count.
 template <class T, class F, class O>
 int64_t map_chunk(const T* x, O* out, int64_t size, const F& f) {
   static_assert(std::is_same_v<T, float> && is_half_v<O>, "16-bit results of float maps");
@@ -50,8 +49,6 @@ int64_t map_chunk(const T* x, O* out, int64_t size, const F& f) {
   int64_t bad = 0;
   LRH_SIMD_SUM(bad)
   for (int64_t i = 0; i < size; ++i) bad += ops::is_finite(out[i]) ? 0 : 1;
-  if (bad)
-    for (int64_t i = 0; i < size; ++i) out[i] = store_as<O>(y[i]);
   return bad;
 }
 

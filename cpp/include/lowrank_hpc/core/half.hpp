@@ -117,17 +117,26 @@ inline constexpr bool is_half_v = std::is_same_v<T, bfloat16> || std::is_same_v<
 
 namespace lowrank_hpc {
 
-// out[c] = x[c] rounded to float16 (to nearest, ties to even: to_float16's bits for every
-// number; a NaN becomes some quiet NaN, not necessarily to_float16's) over n entries.
+// out[c] = to_float16(x[c]) over n entries, bit for bit: the conversion rounds to nearest, ties
+// to even, as to_float16 does; a vector holding a NaN goes through to_float16 again (the
+// instruction keeps payload bits that to_float16's quiet NaN does not).
 inline void store_f16c(const float* x, float16* out, int64_t n) {
   int64_t c = 0;
 #if defined(__AVX512F__)
-  for (; c + 16 <= n; c += 16)
+  for (; c + 16 <= n; c += 16) {
+    const __m512 v = _mm512_loadu_ps(x + c);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c),  // maskz: GCC 12's header trips -Wmaybe-uninitialized
-                        _mm512_maskz_cvtps_ph(__mmask16(0xffff), _mm512_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+                        _mm512_maskz_cvtps_ph(__mmask16(0xffff), v, _MM_FROUND_TO_NEAREST_INT));
+    if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q))
+      for (int l = 0; l < 16; ++l) out[c + l] = to_float16(x[c + l]);
+  }
 #endif
-  for (; c + 8 <= n; c += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_cvtps_ph(_mm256_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+      for (int l = 0; l < 8; ++l) out[c + l] = to_float16(x[c + l]);
+  }
   for (; c < n; ++c) out[c] = to_float16(x[c]);
 }
 
