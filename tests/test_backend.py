@@ -184,6 +184,35 @@ def test_host_gemm_scope_routes_the_dense_products_and_restores_numpys():
     assert calls[-1] == "outer" and len(calls) == outer_calls + 2
 
 
+def test_host_gemm_scope_that_takes_halves_gets_the_16_bit_factors():
+    """lowrank_product hands a scope's GEMM float16 factors only when the scope says it takes
+    them (and returns its 16-bit product as it is); otherwise, and for the dense kernel product
+    (f of the float32 sum, rounded once), the GEMM gets float32 copies and the product is rounded
+    after: the two routes agree here, where every float32 sum is exact."""
+    from lowrank_hpc import _backend, ops
+
+    rng = np.random.default_rng(5)
+    # small integers: products and sums exact in float32, so both routes give the same float16
+    U, V = rng.integers(-8, 8, (30, 4)).astype(np.float16), rng.integers(-8, 8, (20, 4)).astype(np.float16)
+    seen = []
+
+    def gemm(a, b, out=None):
+        seen.append((a.dtype, b.dtype))
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+
+    expected = (U.astype(np.float64) @ V.astype(np.float64).T).astype(np.float16)
+    for takes_halves, dtype in ((True, np.float16), (False, np.float32)):
+        seen.clear()
+        with _backend.host_gemm(gemm, takes_halves=takes_halves):
+            got = ops.lowrank_product(U, V)
+            assert _backend.gemm_takes_halves(np) is takes_halves
+            ops.kernel_product(U, V, "tanh")
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, expected)
+        assert seen == [(dtype, dtype), (np.float32, np.float32)]
+    assert not _backend.gemm_takes_halves(np)
+
+
 def test_nested_single_threaded_blas_scopes_set_the_limit_once(monkeypatch):
     """threadpoolctl's limit (about 0.1 ms each way) is set by the outermost scope only."""
     from lowrank_hpc import _backend

@@ -306,27 +306,38 @@ def _blas_controller():
 
 
 # The host GEMM of the dense products (lowrank_product, kernel_product): numpy's BLAS, unless a
-# framework adapter set its own for the duration of its call (see host_gemm).
-_host_gemm: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("host_gemm", default=None)
+# framework adapter set its own for the duration of its call (see host_gemm), with whether it
+# takes 16-bit factors.
+_host_gemm: contextvars.ContextVar[Optional[tuple[Callable, bool]]] = contextvars.ContextVar("host_gemm", default=None)
 
 
 def matmul(xp: ModuleType, a: Any, b: Any, out: Any = None) -> Any:
     """a @ b (stacked or 2-D) by the vendor BLAS: CuPy's cuBLAS for device arrays; for numpy
     arrays numpy's BLAS, or the GEMM of the enclosing :func:`host_gemm` scope."""
-    gemm = _host_gemm.get() if xp is np else None
-    if gemm is None:
+    scope = _host_gemm.get() if xp is np else None
+    if scope is None:
         return xp.matmul(a, b, out=out)
-    return gemm(a, b, out)
+    return scope[0](a, b, out)
+
+
+def gemm_takes_halves(xp: ModuleType) -> bool:
+    """Whether :func:`matmul` of ``xp`` arrays multiplies float16/bfloat16 factors itself, summing
+    in float32 and rounding each entry once (only a :func:`host_gemm` scope that says so)."""
+    scope = _host_gemm.get() if xp is np else None
+    return scope is not None and scope[1]
 
 
 @contextlib.contextmanager
-def host_gemm(gemm: Callable[[np.ndarray, np.ndarray, Optional[np.ndarray]], np.ndarray]) -> Iterator[None]:
+def host_gemm(gemm: Callable[[np.ndarray, np.ndarray, Optional[np.ndarray]], np.ndarray], *,
+              takes_halves: bool = False) -> Iterator[None]:
     """A scope in which the dense products' host GEMM is ``gemm(a, b, out)`` (returns a @ b, in
     ``out`` when given) instead of numpy's. lowrank_hpc.torch runs its CPU operators in one with
     torch's GEMM: numpy's OpenBLAS threads, woken between torch's, spun on the cores that torch's
     threads and ours wanted (a 2000 x 2000 tanh(U V^T), forward and backward, took 33-40 ms
-    instead of 14-20 with OpenBLAS on one thread)."""
-    token = _host_gemm.set(gemm)
+    instead of 14-20 with OpenBLAS on one thread). ``takes_halves``: ``gemm`` also multiplies
+    float16/bfloat16 arrays, summing in float32 and rounding each entry once, so
+    ``lowrank_product`` hands it 16-bit factors instead of upcasting them and rounding after."""
+    token = _host_gemm.set((gemm, takes_halves))
     try:
         yield
     finally:

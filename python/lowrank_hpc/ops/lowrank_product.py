@@ -7,7 +7,7 @@ from .. import _checks
 import numpy as np
 
 from .._arrays import is_half, resolve
-from .._backend import matmul
+from .._backend import gemm_takes_halves, matmul
 from ._factors import factor_pair
 from ._maps import elementwise
 
@@ -20,7 +20,8 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
     ----------
     U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous. float16/bfloat16 factors
         (``ml_dtypes.bfloat16`` in numpy) are upcast once to float32 (a copy of the factors),
-        multiplied by the float32 GEMM and the product rounded once to their format.
+        multiplied by the float32 GEMM and the product rounded once to their format (under
+        lowrank_hpc.torch, torch's 16-bit GEMM does the same: float32 sums, rounded once).
     V : (n, r) or (batch, n, r) array of the same dtype and batching.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
@@ -30,8 +31,9 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
     """
     call = resolve("lowrank_product", U=U, V=V)
     U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite, halves=True)
-    half = U3.dtype if is_half(U3.dtype) else None
-    if half is not None:  # the BLAS has no 16-bit GEMM we can count on: float32, rounded once
+    # numpy's BLAS has no 16-bit GEMM: float32, rounded once after (a scope's GEMM may have one)
+    half = U3.dtype if is_half(U3.dtype) and not gemm_takes_halves(call.xp) else None
+    if half is not None:
         U3, V3 = U3.astype(np.float32), V3.astype(np.float32)
     if not batched:  # the 2-D product takes the BLAS path directly, the stacked one may not
         out = matmul(call.xp, U3[0], V3[0].T)
