@@ -125,8 +125,11 @@ def test_float32():
 
 def test_errors_name_the_argument():
     U, V, rows, cols, vals = problem()
-    with pytest.raises(TypeError, match="sampled_product: U must be a float32 or float64 array, got float16"):
-        lj.sampled_product(U.astype(jnp.float16), V, rows, cols)
+    with pytest.raises(TypeError, match="sampled_product: U must be a float32, float64, float16 or bfloat16 array, "
+                                        "got int32"):
+        lj.sampled_product(U.astype(jnp.int32), V, rows, cols)
+    with pytest.raises(TypeError, match="sampled_product: V is bfloat16 but U is float16"):
+        lj.sampled_product(U.astype(jnp.float16), V.astype(jnp.bfloat16), rows, cols)
     with pytest.raises(TypeError, match="sampled_product: V is float32 but U is float64"):
         lj.sampled_product(U, V.astype(jnp.float32), rows, cols)
     with pytest.raises(TypeError, match="sampled_product: cols must be an integer array"):

@@ -7,7 +7,10 @@ way), so the functions work under ``jit``; ``jax.custom_vjp`` gives them reverse
 derivatives made of the same kernels (second derivatives too). The dense products' GEMMs are
 XLA's (``lowrank_product`` is XLA's alone; a dense ``kernel_product`` applies the core's f to
 XLA's U V^T in a callback). Static arguments (sizes, flags, kernel names, k) are Python values.
-float32/float64 arrays (float64 needs ``jax_enable_x64``).
+float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
+in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
+float32 results, f and the rounding in the core's element pass; their backward GEMMs are XLA's
+in the 16-bit format, as jax.numpy's own).
 
 Not done: the XLA FFI / GPU path (a CUDA array goes through the host callback), and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).
@@ -27,11 +30,12 @@ from ..ops import GlobalTopK, TopK
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
 
 _ALIASES = {"exp": "exponential"}
+_HALVES = (jnp.float16, jnp.bfloat16)
 
 
 def _check_float(function: str, name: str, x, ndims, like=None) -> None:
-    if x.dtype not in (jnp.float32, jnp.float64):
-        raise TypeError(f"{function}: {name} must be a float32 or float64 array, got {x.dtype}")
+    if x.dtype not in (jnp.float32, jnp.float64) + _HALVES:
+        raise TypeError(f"{function}: {name} must be a float32, float64, float16 or bfloat16 array, got {x.dtype}")
     if x.ndim not in ndims:
         wanted = " or ".join(str(d) for d in ndims)
         raise ValueError(f"{function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
@@ -153,13 +157,29 @@ def _swap(x):
     return jnp.swapaxes(x, -1, -2)
 
 
+def _gemm(a, b):
+    """a @ b by XLA's GEMM, in the operands' dtype; 16-bit operands are summed in float32 and the
+    result left in float32 (the caller rounds once)."""
+    if a.dtype in _HALVES:
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+    return a @ b
+
+
+def _weighted(kernel: str, grad, values):
+    """grad * f'(x) from y = f(x); for 16-bit values in float32, rounded once."""
+    if values.dtype in _HALVES:
+        return (grad.astype(jnp.float32) * _derivative(kernel, values.astype(jnp.float32))).astype(values.dtype)
+    return grad * _derivative(kernel, values)
+
+
 # The dense products' GEMMs are XLA's (dense GEMM is the vendor's job; numpy's BLAS in a host
 # callback, with its copies, took twice as long as jnp's whole forward and backward): f(U V^T)
 # applies the core's element step to XLA's U V^T in one callback.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_dense(U, V, kernel: str):
-    product = U @ _swap(V)
-    return _callback(lambda K: ops.apply_kernel(K, kernel), jax.ShapeDtypeStruct(product.shape, U.dtype), product)
+    product = _gemm(U, _swap(V))
+    return _callback(lambda K: ops.apply_kernel(K, kernel, U.dtype), jax.ShapeDtypeStruct(product.shape, U.dtype),
+                     product)
 
 
 def _kernel_dense_fwd(U, V, kernel):
@@ -169,17 +189,18 @@ def _kernel_dense_fwd(U, V, kernel):
 
 def _kernel_dense_bwd(kernel, residuals, grad):
     U, V, out = residuals
-    weighted = grad * _derivative(kernel, out)
-    return weighted @ V, _swap(weighted) @ U  # d U = G' V, d V = G'^T U
+    weighted = _weighted(kernel, grad, out)
+    return _gemm(weighted, V).astype(U.dtype), _gemm(_swap(weighted), U).astype(V.dtype)  # G' V, G'^T U
 
 
 _kernel_dense.defvjp(_kernel_dense_fwd, _kernel_dense_bwd)
 
 
 def lowrank_product(U, V):
-    """U @ V^T for U (..., m, r), V (..., n, r) (2-D or 3-D), differentiable: XLA's GEMM."""
+    """U @ V^T for U (..., m, r), V (..., n, r) (2-D or 3-D), differentiable: XLA's GEMM (16-bit
+    factors: summed in float32, rounded once to their format)."""
     _check_pair("lowrank_product", U, V, (2, 3))
-    return U @ _swap(V)
+    return _gemm(U, _swap(V)).astype(U.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -207,7 +228,7 @@ def _top_k_fwd(U, V, kernel, k, mode, order):
 def _top_k_bwd(kernel, k, mode, order, residuals, grads):
     U, V, out = residuals
     values = out[0].reshape(-1)
-    weights = grads[0].reshape(-1) * _derivative(kernel, values)
+    weights = _weighted(kernel, grads[0].reshape(-1), values)
     if mode == "row":
         rows = jnp.repeat(jnp.arange(U.shape[0], dtype=jnp.int32), k)
         cols = out[1].reshape(-1)
@@ -227,7 +248,7 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
     kernel = _kernel_name(kernel)
     if top_k is None:
         _check_pair("kernel_product", U, V, (2, 3))
-        return U @ _swap(V) if kernel == "identity" else _kernel_dense(U, V, kernel)
+        return lowrank_product(U, V) if kernel == "identity" else _kernel_dense(U, V, kernel)
     _check_pair("kernel_product", U, V)
     if top_k_mode not in ("row", "global"):
         raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")

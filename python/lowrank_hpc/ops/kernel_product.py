@@ -60,8 +60,8 @@ def _finfo_max(dtype) -> float:
     return float(np.finfo(dtype).max)
 
 
-def _raise_overflow(call: Call, code: int, bad: int) -> None:
-    dtype = call.float_dtype
+def _raise_overflow(call: Call, code: int, bad: int, dtype: Any = None) -> None:
+    dtype = call.float_dtype if dtype is None else dtype
     if KERNELS[code] == "exponential":
         limit = float(np.log(_finfo_max(dtype)))
         raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
@@ -286,20 +286,30 @@ def _kernel_rounded(call: Call, code: int, half, values, kernel: Optional[int] =
     return out
 
 
-def apply_kernel(K: Any, kernel: str) -> Any:
+def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
     """f(K) entry-wise, a new array: kernel_product's element step, for a framework adapter
     whose own GEMM formed K = U V^T (lowrank_hpc.jax: XLA's, as numpy's BLAS in a host callback
     took 2x longer than jnp's whole forward and backward).
 
-    K: float32/float64 array of any shape (numpy or a CUDA array). Raises ValueError if K holds
-    NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential)."""
+    K: float32/float64 array of any shape (numpy or a CUDA array). dtype: None (K's), or float16
+    / bfloat16 (``ml_dtypes.bfloat16`` in numpy) for float32 K: f(K) rounded once to that format
+    in the same pass, as kernel_product does for 16-bit factors. Raises ValueError if K holds
+    NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential) or
+    leaves the 16-bit format's range."""
     call = resolve("kernel_product", K=K)
     code = _kernel_code(kernel)
     K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
-    out, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", K)
+    if dtype is not None and np.dtype(dtype) != K.dtype:
+        if not (is_half(dtype) and K.dtype == np.float32):
+            raise TypeError(f"apply_kernel: dtype must be float16 or bfloat16 for float32 K (or K's own), got "
+                            f"{np.dtype(dtype)} for {K.dtype} K")
+        dtype = np.dtype(dtype)
+    else:
+        dtype = None
+    out, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", K, dtype=dtype)
     bad = call.read(nonfinite)[0]
     if bad:
-        _raise_overflow(call, code, bad)
+        _raise_overflow(call, code, bad, dtype)
     return call.wrap(out)
 
 
