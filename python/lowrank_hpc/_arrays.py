@@ -65,6 +65,17 @@ def is_device_array(x: Any) -> bool:
     return False
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """x as a numpy array: a CUDA array (CuPy's, or any with ``__cuda_array_interface__`` or a
+    CUDA DLPack device) copied to the host; anything else through ``np.asarray`` (numpy views
+    as they are; lists, pandas frames). Not ``hasattr(x, "get")``: a pandas frame has a ``get``."""
+    if not is_device_array(x):
+        return np.asarray(x)
+    if not hasattr(x, "__cuda_array_interface__"):
+        return _backend.cupy_module().from_dlpack(x).get()
+    return _backend.cupy_module().asarray(x).get()
+
+
 def _kind(x: Any) -> str:
     return f"{type(x).__module__}.{type(x).__name__}"
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _checks
+from .._arrays import to_numpy
 from ..recover.batched_gd import BATCHED_METHODS
 from ..recover.factored_gd import METHODS as GD_METHODS
 from ..sensing import EntrySampling, SensingOperator
@@ -82,13 +83,7 @@ class _Item:
 
 def _host(x: Any) -> np.ndarray:
     """x as a numpy array (CUDA arrays are copied to the host: chunks travel as host arrays)."""
-    if hasattr(x, "get") and not isinstance(x, np.ndarray):
-        return np.asarray(x.get())
-    if hasattr(x, "__cuda_array_interface__"):
-        from .._backend import cupy_module
-
-        return cupy_module().asarray(x).get()
-    return np.asarray(x)
+    return to_numpy(x)
 
 
 def _float_dtype(what: str, x: np.ndarray) -> np.dtype:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .._arrays import Call, for_backend
+from .._arrays import Call, for_backend, to_numpy
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops._csr_order import csr_order
@@ -32,7 +32,7 @@ def _on(call: Call, x: Any) -> Any:
 
 
 def _host(x: Any) -> np.ndarray:
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+    return to_numpy(x)
 
 
 # ---------------------------------------------------------------------- splitting entries

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _backend, _checks
-from .._arrays import for_backend
+from .._arrays import for_backend, to_numpy
 from ..recover import batched_als, batched_factored_gd, factored_gd
 from ..recover._result import RecoveryResult
 from ..recover.als import _initial_V
@@ -243,7 +243,7 @@ def _to(backend: str, x: Any) -> Any:
 
 
 def _host(x: Any) -> np.ndarray:
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+    return to_numpy(x)
 
 
 def _entries_of(chunk: Chunk):

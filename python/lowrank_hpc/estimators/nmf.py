@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import for_backend, is_device_array
+from .._arrays import for_backend, is_device_array, to_numpy
 from .._backend import cupy_module
 from ..recover import nmf as _nmf
 from ._base import _backend_scope, _Estimator, _not_fitted
@@ -291,7 +291,7 @@ class NMF(_Estimator):
             keep = coo.data != 0
             rows, cols, mshape = coo.row[keep], coo.col[keep], coo.shape
         else:
-            array = mask.get() if hasattr(mask, "get") and not isinstance(mask, np.ndarray) else np.asarray(mask)
+            array = to_numpy(mask)
             if array.dtype != bool:
                 raise TypeError(f"{function}: mask must be a boolean array (True where X is observed), got dtype "
                                 f"{array.dtype}")
@@ -310,7 +310,7 @@ class NMF(_Estimator):
 
     @staticmethod
     def _check_factor(function: str, name: str, A: Any, shape: tuple, dtype: Any) -> np.ndarray:
-        array = np.asarray(A.get() if hasattr(A, "get") and not isinstance(A, np.ndarray) else A)
+        array = to_numpy(A)
         if array.ndim != 2:
             raise ValueError(f"{function}: {name} must be 2-D, got shape {array.shape}")
         for axis in (0, 1):

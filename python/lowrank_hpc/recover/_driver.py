@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _checks
+from .._arrays import is_device_array
 
 # Reasons that end a run for good: a rerun with the same checkpoint returns at once. "max_iter"
 # and "time_limit" are not final: a rerun with the checkpoint goes on from where it stopped.
@@ -111,11 +112,11 @@ class Fingerprint:
         if self._value is None:
             digest = hashlib.sha256()
             for part in self._parts or ():
-                if isinstance(part, np.ndarray) or hasattr(part, "__array__") and not hasattr(part, "get"):
+                if isinstance(part, np.ndarray) or hasattr(part, "__array__") and not is_device_array(part):
                     array = np.ascontiguousarray(part)
                     digest.update(str((array.dtype.str, array.shape)).encode())
                     digest.update(array.reshape(-1).view(np.uint8))  # the bytes in place, no copy
-                elif hasattr(part, "get"):  # a device array: the same bytes, streamed in chunks
+                elif is_device_array(part):  # the same bytes, streamed in chunks (CuPy's get)
                     flat = part.reshape(-1)
                     digest.update(str((flat.dtype.str, tuple(part.shape))).encode())
                     step = max(1, self.CHUNK_BYTES // max(1, flat.dtype.itemsize))

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import offsets_array, problem_of_entries, resolve
+from .._arrays import offsets_array, problem_of_entries, resolve, to_numpy
 from .._backend import CONSTANTS
 from ..ops import SparsePattern
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
@@ -331,7 +331,7 @@ def _given(value: Any) -> Any:
     """A step or damping argument as the fingerprint records it: None, a number or a host array."""
     if value is None or np.ndim(value) == 0:
         return value if value is None else float(value)
-    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
+    return to_numpy(value)
 
 
 def _per_problem(name: str, value: Any, batch: int, xp: Any, default: Callable[[], Any], allow_zero: bool = False):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import Call, is_device_array
+from .._arrays import Call, is_device_array, to_numpy
 from ..ops import SparsePattern
 
 
@@ -102,7 +102,7 @@ class BinaryMatrix:
         if call.on_device:  # a host array is moved once; a CUDA array is viewed
             array = call._as_backend_array(name, A) if is_device_array(A) else call.xp.asarray(np.asarray(A))
         else:
-            array = np.asarray(A.get() if hasattr(A, "get") and not isinstance(A, np.ndarray) else A)
+            array = to_numpy(A)
             if array.dtype == object:
                 try:
                     array = array.astype(np.float64)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
+from .._arrays import to_numpy
 from .._backend import single_threaded_blas
 from ..ops.elastic_binary import half_step
 from ._driver import (LOOP_CONSTRAINTS, Digest, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
@@ -92,7 +93,7 @@ def _check_init(matrix: BinaryMatrix, init: Any, k: int, batched: bool) -> tuple
     expected = {"U0": (batch, n, k) if batched else (n, k), "V0": (batch, k, m) if batched else (k, m)}
     arrays = []
     for name, value in zip(("U0", "V0"), init):
-        array = xp.asarray(value.get() if hasattr(value, "get") and xp is np else value)
+        array = xp.asarray(to_numpy(value) if xp is np else value)
         if tuple(array.shape) != expected[name]:
             raise ValueError(f"{matrix.function}: init {name} has shape {tuple(array.shape)}, expected "
                              f"{expected[name]}")
