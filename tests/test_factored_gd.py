@@ -525,3 +525,30 @@ def test_an_operator_overriding_its_public_methods_is_called_through_them():
     assert calls["forward_factored"] >= 6 and calls["adjoint_times"] >= 5  # every iteration (and the step estimate)
     reference_run = lr.recover.factored_gd(plain, plain.forward(M), 2, max_iter=5, tol=0, seed=0)
     np.testing.assert_allclose(result.U, reference_run.U, rtol=1e-12)
+
+
+def test_scaled_gd_starts_spectral_by_default_and_warns_from_a_small_start():
+    """ScaledGD's (V^T V)^-1 is huge at a small start: the loss test halves the step until it
+    cannot move (relative error 0.9997 after 3,000 iterations here). None starts it spectral
+    (recovery to 1e-5); an explicit "small" warns. The other methods keep the small start."""
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((40, 2)) @ rng.standard_normal((30, 2)).T
+    rows, cols = np.nonzero(rng.random((40, 30)) < 0.5)
+    op, y = EntrySampling(rows, cols, (40, 30)), M[rows, cols]
+    default = lr.recover.factored_gd(op, y, 2, method="scaled", max_iter=3000, tol=1e-8, seed=0)
+    assert default.converged and _relative(default.U @ default.V.T, M) < 1e-5
+    spectral = lr.recover.factored_gd(op, y, 2, method="scaled", init="spectral", max_iter=3000, tol=1e-8, seed=0)
+    np.testing.assert_array_equal(default.U, spectral.U)
+    with pytest.warns(RuntimeWarning, match="method 'scaled' from init='small' barely moves"):
+        small = lr.recover.factored_gd(op, y, 2, method="scaled", init="small", max_iter=200, seed=0)
+    assert _relative(small.U @ small.V.T, M) > 0.5
+    gd = lr.recover.factored_gd(op, y, 2, max_iter=5, seed=0)
+    np.testing.assert_array_equal(gd.U, lr.recover.factored_gd(op, y, 2, init="small", max_iter=5, seed=0).U)
+    sensing = lr.MatrixSensing(rank=2, method="scaled", max_iter=3000, tol=1e-8, random_state=0).fit(op, y)
+    assert _relative(sensing.U_ @ sensing.V_.T, M) < 1e-5
+
+    Mb, brows, bcols, bvals, offsets = _batched_problems(batch=4)
+    runs = [lr.recover.batched_factored_gd(brows, bcols, bvals, offsets, Mb.shape[1:], 2, method="scaled",
+                                           max_iter=300, seed=0, **given) for given in ({}, {"init": "spectral"})]
+    np.testing.assert_array_equal(runs[0].U, runs[1].U)
+    assert _relative(runs[0].U @ runs[0].V.transpose(0, 2, 1), Mb) < 0.1

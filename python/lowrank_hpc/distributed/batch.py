@@ -14,6 +14,7 @@ from ..recover import batched_als, batched_factored_gd, factored_gd
 from ..recover._result import RecoveryResult
 from ..recover.als import _initial_V
 from ..recover.batched_gd import small_init
+from ..recover.factored_gd import resolve_init
 from ..sensing import EntrySampling
 from . import _problems
 from ._executor import executor, worker_backend
@@ -307,7 +308,7 @@ def _batched_call(chunk: Chunk, settings: dict[str, Any], backend: str, data, me
         result = batched_als(rows, cols, vals, offsets_d, shape, rank, seed=seed, init=init, **options)
         seeds = [None if given is not None else (seed, int(b)) for b in indices]
     else:
-        init = options.pop("init", "small")
+        init = resolve_init(FUNCTION, options.pop("init", None), settings["method"])
         given = chunk.options.get("init")
         if given is not None:
             init = tuple(_to(backend, np.stack([np.asarray(given[k][side], dtype=vals.dtype) for k in members]))

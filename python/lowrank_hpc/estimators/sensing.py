@@ -36,7 +36,7 @@ class MatrixSensing(_Estimator):
     result_ : the :class:`lowrank_hpc.recover.RecoveryResult`.
     """
 
-    def __init__(self, rank: int = 10, method: str = "gd", symmetric: bool = False, init: Any = "small",
+    def __init__(self, rank: int = 10, method: str = "gd", symmetric: bool = False, init: Any = None,
                  init_scale: float = 1e-3, step: Optional[float] = None, damping: Optional[float] = None,
                  max_iter: int = 1000, tol: float = 1e-6, backend: str = "auto", random_state: Any = None):
         self.rank = rank

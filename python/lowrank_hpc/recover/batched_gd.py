@@ -16,7 +16,7 @@ from ..ops import SparsePattern
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._result import RecoveryResult
-from .factored_gd import PRECISION_CHANGE, quiet
+from .factored_gd import PRECISION_CHANGE, quiet, resolve_init
 
 # The codes of lowrank_hpc::solvers::StepMethod (completion_step.hpp), by name, from the core.
 _METHOD_CODES: dict[str, int] = CONSTANTS["step_methods"]
@@ -68,7 +68,7 @@ def _batched_spectral_norm(problems: _BatchedCompletion, dtype, seed: int, itera
 @_checks.constrained(**LOOP_CONSTRAINTS, shape=_checks.shape_2d, init_scale=_checks.positive_float,
                      seed=_checks.seed_argument)
 def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tuple[int, int], rank: int, *,
-                        method: str = "gd", init: Any = "small", init_scale: float = 1e-3, step: Any = None,
+                        method: str = "gd", init: Any = None, init_scale: float = 1e-3, step: Any = None,
                         damping: Any = None, max_iter: int = 1000, tol: float = 1e-6, seed: Optional[int] = None,
                         callback: Optional[Callable[[int, dict], Any]] = None, progress: bool = False,
                         checkpoint: Optional[str] = None, checkpoint_every: int = 100,
@@ -93,7 +93,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     init : "small" (problem b uses the init factored_gd would draw with seed = seed + b),
         "spectral" (top-rank SVD of each problem's zero-filled observations divided by its
         sampling rate; dense per problem, meant for small problems) or arrays
-        (U0 (B, m, rank), V0 (B, n, rank)).
+        (U0 (B, m, rank), V0 (B, n, rank)). None (default): as :func:`factored_gd`'s, "spectral"
+        for method "scaled" and "small" for the others.
     step : None (per problem 0.5 / ||S_b||_2, or 0.5 / (fraction observed) for the scaled
         methods), a number, or a (B,) array. Divergence halves a problem's own step.
     damping : lambda of "scaled_damped": None (1e-2 * ||S_b||_2 / fraction observed), a
@@ -136,6 +137,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         raise ValueError(f"batched_factored_gd: rank must be an integer >= 1, got {rank}")
     if method not in BATCHED_METHODS:
         raise ValueError(f"batched_factored_gd: unknown method {method!r}; choose one of {BATCHED_METHODS}")
+    init = resolve_init("batched_factored_gd", init, method)
     if rank > min(m, n) and (method == "scaled" or (isinstance(init, str) and init == "spectral")):
         what = "method 'scaled' (it inverts the rank x rank V^T V)" if method == "scaled" else "init='spectral'"
         raise ValueError(f"batched_factored_gd: rank {rank} exceeds min{(m, n)} = {min(m, n)}, which {what} "
