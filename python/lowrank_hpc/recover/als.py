@@ -451,8 +451,14 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
     shape : (m, n), two ints >= 1 (a float such as 30.9 or 30.0 is a TypeError, never truncated).
     rank : an int, 1 <= rank <= min(m, n) (each row solve is a least-squares fit of width rank:
         past min(m, n) its normal equations are singular without reg, and U V^T gains nothing).
-    reg : regularisation >= 0.
-    reg_scaling : "none" or "count".
+    reg : regularisation >= 0. The default (0.1, unscaled) is a fixed number, not a choice for
+        your data: on uncentered, noisy ratings it overfits (a 3,000 x 1,500 sample of 1-5 star
+        ratings with power-law degrees, 205k entries: held-out RMSE 1.10 at rank 10 and 1.76 at
+        rank 32, where the training mean gives 1.02; with reg_scaling="count" 0.88 and 0.89).
+        For rating prediction use :class:`lowrank_hpc.MatrixCompletion` (offsets, and reg
+        chosen on held-out entries) or reg_scaling="count".
+    reg_scaling : "none" or "count" (Spark MLlib's ALS-WR: reg times each row's and column's
+        number of observations).
     solver : how each row's r x r system is solved. "cholesky": exactly (square-root-free
         Cholesky of the assembled normal equations, O(entries r^2 + r^3) per row; on the CPU,
         at ranks where padding r to whole SIMD vectors costs little (most ranks from 16 on), they
