@@ -346,6 +346,51 @@ def test_none_for_an_array_names_the_argument(backend, case):
         call()
 
 
+def test_sizes_too_large_for_the_row_pointers_name_the_argument(backend):
+    # numpy's own "array is too big" / MemoryError name nothing; indptr holds size + 1 int64.
+    r, c = put_all(backend, np.array([0, 1]), np.array([0, 1]))
+    vals, B = backend.put(np.ones(2)), backend.put(np.ones((5, 2)))
+    for n_rows, error in ((2**62, ValueError), (2**56, MemoryError)):  # past int64 bytes; past any address space
+        need = f"{8 * (n_rows + 1):,}"
+        error = (ValueError, MemoryError) if backend.name == "cuda" else error  # CuPy's own split of the two
+        with pytest.raises(error, match=rf"sparse_times_dense: n_rows = {n_rows} is too large: the row-pointer "
+                                        rf"array of n_rows \+ 1 int64 would need {need} bytes"):
+            sparse_times_dense(r, c, vals, B, n_rows)
+    with pytest.raises(ValueError, match=rf"SparsePattern: shape\[0\] = {2**62} is too large"):
+        SparsePattern(r, c, (2**62, 4))
+    with pytest.raises(ValueError, match=rf"SparsePattern: shape\[1\] = {2**62} is too large"):
+        SparsePattern(r, c, (4, 2**62))
+
+
+def test_sparse_pattern_offsets_that_are_not_an_array_are_named(backend):
+    r, c = put_all(backend, np.array([0, 1, 2]), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"SparsePattern: offsets must be 1-D, got shape \(\)"):
+        SparsePattern(r, c, (5, 4), offsets=3)
+    for offsets in ([], [0]):
+        with pytest.raises(ValueError, match=rf"SparsePattern: offsets has length {len(offsets)}, expected batch"):
+            SparsePattern(r, c, (5, 4), offsets=offsets)
+    pattern = SparsePattern(r, c, (5, 4), offsets=[0, 1, 3])  # a list, as for the other functions
+    U, V = np.arange(30.0).reshape(2, 5, 3), np.arange(24.0).reshape(2, 4, 3)
+    np.testing.assert_array_equal(backend.get(pattern.sampled_product(backend.put(U), backend.put(V))),
+                                  [U[0, 0] @ V[0, 0], U[1, 1] @ V[1, 1], U[1, 2] @ V[1, 2]])
+
+
+def test_apply_kernel_errors_speak_of_its_own_argument(backend):
+    limit = np.log(np.finfo(np.float64).max)  # 709.78: exp overflows float64 above it
+    cases = [(ValueError, np.array([np.nan]), "exp", "apply_kernel: K contains 1 NaN/inf"),
+             (FloatingPointError, np.array([1.0, 1000.0]), "exp",
+              rf"apply_kernel: exponential kernel overflowed: 1 entries of exp\(K\) are inf in float64 \(entries "
+              rf"of K above {limit:.1f}\)"),
+             (FloatingPointError, np.float32([1e5, 1.0]), "identity",
+              r"apply_kernel: f\(K\) overflowed: 1 entries of identity\(K\) are NaN/inf in float16"),
+             (ValueError, np.ones(2), "cube", "apply_kernel: unknown kernel 'cube'")]
+    for error, K, kernel, match in cases:
+        dtype = np.float16 if kernel == "identity" else None
+        with pytest.raises(error, match=match) as caught:
+            lr.ops.apply_kernel(backend.put(K), kernel, dtype)
+        assert "kernel_product" not in str(caught.value) and "U V^T" not in str(caught.value)
+
+
 def _write_checkpoint_kinds(path, kind, good):
     """Turn ``path`` into a damaged or foreign checkpoint; ``good`` holds a valid one's bytes."""
     if kind == "empty":

@@ -176,3 +176,25 @@ def test_host_dlpack_arrays_are_read_without_a_copy(problem):
     expected = ops.sampled_product(U, V, rows, cols)
     got = ops.sampled_product(_HostDLPackOnly(U), _HostDLPackOnly(V), _HostDLPackOnly(rows), _HostDLPackOnly(cols))
     np.testing.assert_array_equal(got, expected)
+
+
+def test_non_native_byte_order_keeps_its_precision(problem):
+    # '>f4' is float32 to the kernels once swapped: float32 results, and it mixes with native float32.
+    U, V, rows, cols = (problem[k] for k in ("U", "V", "rows", "cols"))
+    swapped = {np.float32: ">f4", np.float64: ">f8"} if np.little_endian else {np.float32: "<f4", np.float64: "<f8"}
+    for native, foreign in swapped.items():
+        U_, V_ = U.astype(native), V.astype(native)
+        expected = ops.sampled_product(U_, V_, rows, cols)
+        got = ops.sampled_product(U_.astype(foreign), V_.astype(foreign), rows, cols)
+        assert got.dtype == native
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(ops.sampled_product(U_.astype(foreign), V_, rows, cols), expected)
+        x = U_.ravel()
+        np.testing.assert_array_equal(ops.soft_threshold(x.astype(foreign), 0.5),
+                                      (np.sign(x) * np.maximum(np.abs(x) - native(0.5), 0)).astype(native))
+    # Indices too: '>i4' stays int32 beside int32, and a swapped uint64 beyond int64 is refused, not wrapped.
+    order = ">" if np.little_endian else "<"
+    np.testing.assert_array_equal(ops.sampled_product(U, V, rows.astype(order + "i4"), cols.astype(np.int32)),
+                                  np.einsum("kr,kr->k", U[rows], V[cols]))
+    with pytest.raises(TypeError, match="rows must hold integers"):
+        ops.sampled_product(U, V, np.full(3, 2**63, dtype=order + "u8"), cols[:3])

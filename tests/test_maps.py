@@ -80,3 +80,18 @@ def test_every_map_is_listed_alike_on_both_modules_and_unknown_ones_are_refused(
     # 16-bit results come from float32 only (float64 would round twice through float32).
     with pytest.raises(ValueError, match="of x's dtype \\(or, for float32 x, float16 or bfloat16\\), got float16"):
         cpu.map("copy", x, np.ones(3, dtype=np.float16), [], np.zeros(1, dtype=np.int64))
+
+
+def test_zero_dimensional_input_and_out_keep_their_shape(backend):
+    # numpy's ascontiguousarray makes 0-d arrays 1-d; the maps promise x's shape, so () stays ().
+    x = backend.put(np.array(-3.0))
+    for got, expected in ((lr.ops.soft_threshold(x, 1.0), -2.0),
+                          (lr.ops.elastic_binary_prox(x, 0.5, 1.0), (-3.0 + 0.5) / 2.0),
+                          (lr.ops.apply_kernel(x, "relu"), 0.0),
+                          (lr.ops.apply_kernel(backend.put(np.array(2.0)), "exp"), np.exp(2.0))):
+        assert got.shape == ()
+        np.testing.assert_allclose(backend.get(got), expected, rtol=1e-15)
+    out = backend.xp.asarray(np.array(0.0))
+    assert lr.ops.soft_threshold(x, 1.0, out=out) is out
+    assert out.shape == () and float(backend.get(out)) == -2.0
+    assert lr.ops.soft_threshold(x, 0.5, out=x) is x and float(backend.get(x)) == -2.5

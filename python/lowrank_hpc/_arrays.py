@@ -132,6 +132,7 @@ class Call:
         earlier argument set it); complex or non-numeric input is a TypeError. With ``halves``
         (the low-precision kernels) float16 and bfloat16 arrays are kept as they are."""
         x = self._as_backend_array(name, x)
+        x = _native_byte_order(x)
         if x.dtype not in FLOAT_DTYPES and not (halves and is_half(x.dtype)):
             if x.dtype.kind == "c":
                 raise ComplexDataError(f"{self.function}: {name} is complex; Complex data not supported (pass real "
@@ -153,7 +154,7 @@ class Call:
             raise ValueError(f"{self.function}: {name} must have {wanted} dimensions, got shape {tuple(x.shape)}")
         if x.size == 0 and not allow_empty:
             raise ValueError(f"{self.function}: {name} is empty (shape {tuple(x.shape)})")
-        x = self.xp.ascontiguousarray(x)
+        x = self.xp.asarray(x, order="C")  # not ascontiguousarray, which makes a 0-d x 1-d
         if check_finite:
             self.check_finite(name, x)
         return x
@@ -161,7 +162,7 @@ class Call:
     def index_array(self, name: str, x: Any, length: Optional[int] = None):
         """A C-contiguous 1-D int32/int64 index array from any integer input (range is checked
         by the kernels that read it): int32 and int64 are kept, other integer dtypes become int64."""
-        x = self._as_backend_array(name, x)
+        x = _native_byte_order(self._as_backend_array(name, x))
         if x.dtype.kind not in "iu" or x.dtype == np.uint64 and x.size and int(x.max()) > np.iinfo(np.int64).max:
             if x.dtype.kind == "f" and x.size == 0:
                 x = x.astype(np.int64)  # np.asarray([]) is float64: an empty list of indices
@@ -186,10 +187,13 @@ class Call:
             raise ValueError(f"{self.function}: rows and cols are empty; there is no entry")
         return rows, cols
 
-    def output_array(self, name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype):
+    def output_array(self, name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype,
+                     inputs: Optional[dict[str, Any]] = None, in_place: Sequence[str] = ()):
         """An array the call writes into: it must already be what the kernel writes (this
         backend's array type, C-contiguous, writable, exact shape and dtype); never converted,
-        since a copy would not be the caller's array."""
+        since a copy would not be the caller's array. ``inputs`` (name: validated C-contiguous
+        array) are what the kernel reads: out must not share memory with any of them, except
+        that it may be exactly one named in ``in_place`` (same address, shape and strides)."""
         xp = self.xp
         if not isinstance(out, xp.ndarray):
             raise TypeError(f"{self.function}: {name} must be a {xp.__name__}.ndarray to write into, got {_kind(out)}")
@@ -200,6 +204,15 @@ class Call:
             raise ValueError(f"{self.function}: {name} must be C-contiguous to be written in place")
         if not self.on_device and not out.flags.writeable:
             raise ValueError(f"{self.function}: {name} is read-only")
+        for input_name, x in (inputs or {}).items():
+            # A kernel reading an x that out overlaps reads entries it already overwrote (exact for contiguous arrays).
+            if not self.xp.may_share_memory(out, x):
+                continue
+            if input_name in in_place and _same_view(self, out, x):
+                continue
+            allowed = f"exactly {input_name} (in place) or " if input_name in in_place else ""
+            raise ValueError(f"{self.function}: {name} shares memory with {input_name}; {name} must be {allowed}a "
+                             f"separate array that does not overlap {input_name}")
         return out
 
     @property
@@ -241,6 +254,19 @@ class Call:
         library = sys.modules.get(type(self.template).__module__.split(".")[0])
         from_dlpack = getattr(library, "from_dlpack", None) if library is not None else None
         return from_dlpack(out) if from_dlpack is not None else out
+
+
+def _native_byte_order(x: Any) -> Any:
+    """x in its dtype's native byte order ('>f4' becomes float32, not the float64 that the
+    conversion of other dtypes gives), copied only when it is not."""
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
+def _same_view(call: Call, a: Any, b: Any) -> bool:
+    """Whether a and b are the same elements of the same memory (an in-place call)."""
+    address = (lambda x: x.data.ptr) if call.on_device else (lambda x: x.__array_interface__["data"][0])
+    return (address(a) == address(b) and a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
+            and tuple(a.strides) == tuple(b.strides))
 
 
 def count_nonfinite(call: Call, x: Any) -> int:

@@ -11,12 +11,14 @@ from .._arrays import Call
 
 def elementwise(call: Call, op: str, x: Any, params: Sequence[float] = (), out: Optional[Any] = None,
                 dtype: Optional[Any] = None):
-    """(out, nonfinite): out = f(x) for the map ``op`` on validated x (out may be x), and the
-    device status word counting its NaN/inf results (read it with ``call.read``). dtype: the
-    result's, x's by default; float16 or bfloat16 for float32 x rounds each f(x) once in the same
-    pass, and a finite f(x) beyond that format's range counts as inf."""
+    """(out, nonfinite): out = f(x) for the map ``op`` on validated x (out may be x itself, or
+    memory disjoint from it: a partial overlap is a ValueError), and the device status word
+    counting its NaN/inf results (read it with ``call.read``). dtype: the result's, x's by
+    default; float16 or bfloat16 for float32 x rounds each f(x) once in the same pass, and a
+    finite f(x) beyond that format's range counts as inf."""
     dtype = x.dtype if dtype is None else dtype
-    out = call.xp.empty(x.shape, dtype=dtype) if out is None else call.output_array("out", out, x.shape, dtype)
+    out = call.xp.empty(x.shape, dtype=dtype) if out is None else call.output_array(
+        "out", out, x.shape, dtype, inputs={"x": x}, in_place=("x",))
     nonfinite = call.status(0)
     call.module.map(op, x, out, [float(p) for p in params], nonfinite, call.stream())
     return out, nonfinite

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
-
 from .. import _checks
 from .._arrays import Call, resolve
 from ._maps import elementwise
@@ -29,7 +27,8 @@ def elastic_binary_prox(x: Any, l1: float, l2: float, *, nonnegative: bool = Fal
     x : float32/float64 array of any shape and layout (numpy, a list, or a CUDA array).
     l1, l2 : finite numbers >= 0.
     nonnegative : clamp at 0 (the variant for factors that must stay in [0, 1]).
-    out : optional array to write into (x's shape and dtype, C-contiguous, writable; may be x).
+    out : optional array to write into (x's shape and dtype, C-contiguous, writable; may be x itself,
+        any other overlap with x is a ValueError).
     check_finite : raise ValueError if x holds NaN/inf.
 
     Returns
@@ -71,7 +70,8 @@ def elastic_binary_half_step(U: Any, U_prev: Any, gram: Any, cross: Any, l1: flo
     l1, l2 : the regularizer's weights (kappa, lambda_t), finite, >= 0.
     inertia : iPALM's extrapolation weight in [0, 1).
     nonnegative : the non-negative prox.
-    out : optional (U's shape and dtype, C-contiguous) array to write into; not U or U_prev.
+    out : optional (U's shape and dtype, C-contiguous) array to write into, sharing no memory
+        with U, U_prev, gram or cross (ValueError).
 
     Returns
     -------
@@ -92,11 +92,11 @@ def elastic_binary_half_step(U: Any, U_prev: Any, gram: Any, cross: Any, l1: flo
             raise ValueError(f"elastic_binary_half_step: {name} has shape {tuple(array.shape)}, expected {want} "
                              f"for U of shape {tuple(U.shape)}")
         operands.append(array3)
-    result = call.xp.empty_like(U) if out is None else call.output_array("out", out, tuple(U.shape), U.dtype)
+    # The kernel reads every input while it writes out, so out may overlap none of them (not even in place).
+    inputs = dict(zip(("U", "U_prev", "gram", "cross"), (U3, *operands)))
+    result = call.xp.empty_like(U) if out is None else call.output_array("out", out, tuple(U.shape), U.dtype,
+                                                                         inputs=inputs)
     result3 = result if batched else result.reshape(1, n, k)
-    if any(np.shares_memory(result3, a) if not call.on_device else result3.data.ptr == a.data.ptr
-           for a in (U3, operands[0])):
-        raise ValueError("elastic_binary_half_step: out must be a separate array from U and U_prev")
     half_step(call, U3, operands[0], operands[1], operands[2], l1, l2, inertia, nonnegative, result3)
     return call.wrap(result)
 

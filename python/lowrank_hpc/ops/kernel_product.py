@@ -62,6 +62,14 @@ def _finfo_max(dtype) -> float:
 
 def _raise_overflow(call: Call, code: int, bad: int, dtype: Any = None) -> None:
     dtype = call.float_dtype if dtype is None else dtype
+    if call.function == "apply_kernel":  # given K itself: speak of f(K), not of U and V it never saw
+        fix = "scale K down" + ("" if np.dtype(dtype) == np.float64 else " or use float64")
+        if KERNELS[code] == "exponential":
+            limit = float(np.log(_finfo_max(dtype)))
+            raise FloatingPointError(f"apply_kernel: exponential kernel overflowed: {bad} entries of exp(K) are inf "
+                                     f"in {dtype} (entries of K above {limit:.1f}); {fix}")
+        raise FloatingPointError(f"apply_kernel: f(K) overflowed: {bad} entries of {KERNELS[code]}(K) are NaN/inf "
+                                 f"in {dtype}; {fix}")
     if KERNELS[code] == "exponential":
         limit = float(np.log(_finfo_max(dtype)))
         raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
@@ -296,8 +304,11 @@ def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
     in the same pass, as kernel_product does for 16-bit factors. Raises ValueError if K holds
     NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential) or
     leaves the 16-bit format's range."""
-    call = resolve("kernel_product", K=K)
-    code = _kernel_code(kernel)
+    call = resolve("apply_kernel", K=K)
+    try:
+        code = _kernel_code(kernel)
+    except ValueError as error:  # kernel_product's check, worded for it
+        raise ValueError(str(error).replace("kernel_product:", "apply_kernel:", 1)) from None
     K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
     if dtype is not None and np.dtype(dtype) != K.dtype:
         if not (is_half(dtype) and K.dtype == np.float32):

@@ -16,7 +16,8 @@ def soft_threshold(x: Any, threshold: float, *, out: Optional[Any] = None, check
     ----------
     x : float32/float64 array of any shape and layout (numpy, a list, or a CUDA array).
     threshold : a finite number >= 0.
-    out : optional array to write into (x's shape and dtype, C-contiguous, writable; may be x).
+    out : optional array to write into (x's shape and dtype, C-contiguous, writable; may be x itself,
+        any other overlap with x is a ValueError).
     check_finite : raise ValueError if x holds NaN/inf.
 
     Returns

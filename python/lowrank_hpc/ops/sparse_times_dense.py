@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import Call, offsets_array, resolve, sum_of_squares
+from .._arrays import Call, is_device_array, offsets_array, offsets_input, resolve, sum_of_squares
 from ._csr_order import csr_order
 from ._factors import factor_pair, raise_index_error
 from .sampled_product import _sampled, csr_sampled, row_order_pays
@@ -34,6 +34,13 @@ def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite
     return rows, cols, vals
 
 
+def _snapshot(call: Call, name: str, kept: Any, given: Any) -> Any:
+    """kept (a validated index array), copied when it is still the caller's memory ``given``."""
+    if given is None or isinstance(given, (list, tuple)) or call.on_device != is_device_array(given):
+        return kept  # nothing given, or its conversion (a list; host offsets moved to the GPU) made kept new
+    return kept.copy() if call.xp.may_share_memory(kept, call._as_backend_array(name, given)) else kept
+
+
 class SparsePattern:
     """The positions of a sparse matrix, prepared once for repeated products with new values.
 
@@ -48,21 +55,36 @@ class SparsePattern:
         the values of repeated positions add up in every product.
     shape : (n_rows, n_cols) of one problem, two ints >= 1 (a float is a TypeError).
     offsets : (batch + 1,) entry ranges of the problems, for a batch of patterns (optional).
+
+    copy : True (default): the pattern is a snapshot taken at construction: rows, cols and
+        offsets are copied when they are still the caller's memory (input that had to be
+        converted, e.g. a list or int16, is copied once by that conversion), so changing those
+        arrays afterwards changes no product. False keeps the caller's int32/int64 arrays (no
+        copy: 16 bytes an entry less), which must then not change while the pattern is used.
     """
 
-    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], offsets: Optional[Any] = None):
+    def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], offsets: Optional[Any] = None, *,
+                 copy: bool = True):
         _checks.required("SparsePattern", rows=rows, cols=cols)
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
+        given = {"rows": rows, "cols": cols, "offsets": offsets}
         rows, cols = call.coordinates(rows, cols)
         shape = _checks.shape_2d("SparsePattern", "shape", shape)
-        batch = 1 if offsets is None else len(offsets) - 1
+        if offsets is not None:
+            offsets = offsets_input(call, "offsets", offsets)  # a 1-D index array (or the error naming it)
+            if offsets.shape[0] < 2:
+                raise ValueError(f"SparsePattern: offsets has length {offsets.shape[0]}, expected batch + 1 >= 2")
+        batch = 1 if offsets is None else int(offsets.shape[0]) - 1
+        offsets = offsets_array(call, "offsets", offsets, batch, int(rows.shape[0]))
+        if copy:  # the CSR orders built below are copies, so every array the pattern keeps must be one too
+            rows, cols, offsets = (_snapshot(call, name, array, given[name]) for name, array in
+                                   (("rows", rows), ("cols", cols), ("offsets", offsets)))
         self._setup(call, rows, cols, shape, offsets, batch, orders=(False, True))
 
     def _setup(self, call: Call, rows, cols, shape, offsets, batch: int, orders) -> None:
         self._backend = call.backend
         self.rows, self.cols, self.shape = rows, cols, shape
-        self.nnz, self.batch = int(rows.shape[0]), batch
-        self.offsets = offsets_array(call, "offsets", offsets, batch, self.nnz)
+        self.nnz, self.batch, self.offsets = int(rows.shape[0]), batch, offsets
         # Per orientation: CSR row pointers, the permutation to CSR order (None when the entries
         # are already in order) and the other index in CSR order.
         self._csr: dict[bool, tuple[Any, Any, Any]] = {}
@@ -71,7 +93,8 @@ class SparsePattern:
             keys, others = (cols, rows) if transpose else (rows, cols)
             n_key = shape[1] if transpose else shape[0]
             indptr, perm, others_sorted, _ = csr_order(call, keys, others, None, self.offsets, n_key,
-                                                       "cols" if transpose else "rows")
+                                                       "cols" if transpose else "rows",
+                                                       size_name="shape[1]" if transpose else "shape[0]")
             self._csr[transpose] = (indptr, perm, others_sorted)
 
     def times_dense(self, vals: Any, B: Any, *, transpose: bool = False, check_finite: bool = True) -> Any:

@@ -37,7 +37,7 @@ class _BatchedCompletion:
     @functools.cached_property
     def pattern(self) -> SparsePattern:
         """Both sorted orders, built only when a default needs the power iteration."""
-        return SparsePattern(self.rows, self.cols, self.shape, offsets=self.offsets)
+        return SparsePattern(self.rows, self.cols, self.shape, offsets=self.offsets, copy=False)
 
     def per_problem_sum(self, values):
         """Sum of entry-wise values within each problem, (batch,) float64 (0 for an empty one)."""

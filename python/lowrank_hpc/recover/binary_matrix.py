@@ -168,7 +168,7 @@ class BinaryMatrix:
         if self.pattern is not None:
             return
         rows, cols, xp = self.rows, self.cols, self.call.xp
-        self.pattern = SparsePattern(rows, cols, self.shape)
+        self.pattern = SparsePattern(rows, cols, self.shape, copy=False)
         self.vals = xp.ones(rows.shape[0], dtype=self.dtype)
         # A^T F by the vendor's CSC product, which streams F's rows and scatters into the small
         # output; a CSR gather would read F (n x k, n large) at random (3x slower at 50,000 rows).
@@ -206,7 +206,7 @@ class BinaryMatrix:
             return None
         # The library's stable counting sort into both CSR orders (the ones of a row in increasing
         # column order, as in the packed form: scipy's sum_duplicates sorted them by row, then column).
-        pattern = SparsePattern(self.rows, self.cols, self.shape)
+        pattern = SparsePattern(self.rows, self.cols, self.shape, copy=False)
         (indptr, indices), (indptr_t, indices_t) = pattern.csr_arrays(False), pattern.csr_arrays(True)
         return (indptr, indices.astype(np.int32)), (indptr_t, indices_t.astype(np.int32))
 

@@ -170,12 +170,12 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
     _checks.required(_FUNCTION, rows=rows, cols=cols, vals=vals)
     call = resolve(_FUNCTION, rows=rows, cols=cols, vals=vals)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
-    pattern = SparsePattern(rows, cols, shape)  # range-checks rows and cols (IndexError) before any other work
+    pattern = SparsePattern(rows, cols, shape, copy=False)  # range-checks rows and cols (IndexError) before any other work
     _nonnegative_values(call, vals)
     summed = _summed_repeats(call, rows, cols, vals, shape)
     if summed[0] is not rows:
         rows, cols, vals = summed
-        pattern = SparsePattern(rows, cols, shape)
+        pattern = SparsePattern(rows, cols, shape, copy=False)
     xp, dtype = call.xp, vals.dtype
     limit = call.module.ALS_SYSTEM_BYTES_LIMIT  # None where a row's system may take any size
     words, what = (3 * rank, "3 rank") if solver == "cg" else (rank * rank + rank, "(rank^2 + rank)")
@@ -238,5 +238,5 @@ def implicit_fold_in(rows: Any, cols: Any, vals: Any, n_rows: int, Y: Any, *, re
     out = call.xp.zeros((n_rows, Y.shape[1]), dtype=Y.dtype)
     if rows.shape[0] == 0:
         return out
-    side = _Side(call, SparsePattern(rows, cols, (n_rows, Y.shape[0])), vals, alpha, n_rows, transpose=False)
+    side = _Side(call, SparsePattern(rows, cols, (n_rows, Y.shape[0]), copy=False), vals, alpha, n_rows, transpose=False)
     return side.solve(out, Y, gram64(call, Y), reg, 0)

@@ -86,7 +86,7 @@ class NmfData:
             self.cols = xp.ascontiguousarray(xp.asarray(cols, dtype=np.int64))
             self.vals = xp.ascontiguousarray(vals)
             self.dtype = self.vals.dtype
-            self.pattern = SparsePattern(self.rows, self.cols, self.shape)
+            self.pattern = SparsePattern(self.rows, self.cols, self.shape, copy=False)
             # X's values in the transposed product's order, read in sequence by X^T F.
             self.vals_t = self.pattern.in_csr_order(self.vals, transpose=True)
             self.nnz = int(self.vals.shape[0])

@@ -77,7 +77,7 @@ class _Problem:
         (self.m, self.n), self.rank, self.reg = shape, rank, reg
         self.dtype = vals.dtype
         self.target = vals  # what Z fits: vals minus the offsets in force (centered solves)
-        self.pattern = SparsePattern(rows, cols, shape)  # range-checks rows and cols (IndexError)
+        self.pattern = SparsePattern(rows, cols, shape, copy=False)  # range-checks rows and cols (IndexError)
         self.offsets = call.xp.asarray(np.array([0, rows.shape[0]], dtype=np.int64))
         self.unread_status = None  # the sampled product's status word, allocated once
         self.jacobi = hasattr(call.module, "thin_svd") and rank <= _JACOBI_MAX_RANK

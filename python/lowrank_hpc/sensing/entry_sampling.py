@@ -81,7 +81,7 @@ class EntrySampling(SensingOperator):
     def pattern(self, call: Call) -> SparsePattern:
         """The observed positions as a SparsePattern on the call's backend, sorted once."""
         if call.backend not in self._patterns:  # one pattern serves every float dtype
-            self._patterns[call.backend] = SparsePattern(*self.indices(call)[:2], self._shape)
+            self._patterns[call.backend] = SparsePattern(*self.indices(call)[:2], self._shape, copy=False)
         return self._patterns[call.backend]
 
     def _adjoint_times(self, call: Call, y: Any, B: Any, transpose: bool) -> Any:
