@@ -291,6 +291,29 @@ def test_overflow_of_the_format_is_an_error_not_an_inf(backend, rng):
         ops.kernel_product(backend.put(U), backend.put(U), "exp", 2)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_sparse_products_overflowing_their_dtype_raise_with_check_finite(backend, dtype):
+    """Finite inputs whose sums pass the dtype's range (float16: 65504, reached by factors of
+    about 60 at r = 20) raise FloatingPointError from every sparse product, instead of returning
+    inf; with check_finite=False the inf is returned (the adapters' and solvers' choice)."""
+    scale = 60.0 if dtype == "float16" else 2e19
+    U = backend.put(np.full((4, 20), scale, dtype=dtype))
+    rows, cols = backend.put(np.array([0, 1, 3])), backend.put(np.array([2, 0, 3]))
+    vals = backend.put(np.full(3, 20 * scale, dtype=dtype))  # one entry a row: vals * U's 20-fold scale
+    pattern = ops.SparsePattern(rows, cols, (4, 4))
+    calls = {"sampled_product": lambda c: ops.sampled_product(U, U, rows, cols, check_finite=c),
+             "SparsePattern.sampled_product": lambda c: pattern.sampled_product(U, U, check_finite=c),
+             "sparse_times_dense": lambda c: ops.sparse_times_dense(rows, cols, vals, U, 4, check_finite=c),
+             "SparsePattern.times_dense": lambda c: pattern.times_dense(vals, U, check_finite=c)}
+    for name, call in calls.items():
+        with pytest.raises(FloatingPointError, match=rf"{name}: \d+ entries of the result overflowed to inf in "
+                                                     rf"{dtype}"):
+            call(True)
+        assert np.isinf(backend.get(call(False)).astype(np.float64)).any(), name
+    small = backend.put(np.full((4, 20), 1.0, dtype=dtype))  # and no false alarm below the range
+    np.testing.assert_array_equal(backend.get(ops.sampled_product(small, small, rows, cols)), np.full(3, 20.0))
+
+
 def test_nan_in_16_bit_input_is_reported(backend, half, rng):
     U, V, rows, cols = sampled_problem(rng, half, nnz=20)
     U[3, 5] = np.nan

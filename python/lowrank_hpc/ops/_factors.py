@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._arrays import Call
+from .._arrays import Call, count_nonfinite
 
 
 def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names: tuple[str, str] = ("U", "V"),
@@ -37,3 +37,15 @@ def raise_index_error(call: Call, k: int, checks: list[tuple[str, Any, int]]) ->
         if not 0 <= value < bound:
             raise IndexError(f"{call.function}: {name}[{k}] = {value} is out of range [0, {bound})")
     raise IndexError(f"{call.function}: entry {k} has an out-of-range index")
+
+
+def checked_result(call: Call, out: Any, check_finite: bool) -> Any:
+    """out, after (with check_finite, whose inputs were then found finite) a count of its
+    NaN/inf entries: each one overflowed the dtype's range, which is raised, never returned
+    (float16's range ends at 65504: products of moderate factors reach it)."""
+    if check_finite:
+        bad = count_nonfinite(call, out)
+        if bad:
+            raise FloatingPointError(f"{call.function}: {bad} entries of the result overflowed to inf in {out.dtype} "
+                                     "(the inputs are finite); scale the inputs down or use a wider dtype")
+    return out

@@ -8,7 +8,7 @@ import numpy as np
 from .. import _checks
 from .._arrays import Call, offsets_array, resolve
 from ._csr_order import csr_order
-from ._factors import factor_pair, raise_index_error
+from ._factors import checked_result, factor_pair, raise_index_error
 
 # From factor rows this long (float32 r >= 128) a call on the CPU sorts its entries by row first
 # and reads each U row once per row: 1e6 shuffled entries of 10,000 x 10,000, r = 256, 3 ms to
@@ -33,7 +33,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     offsets : (batch + 1,) int array (host or the data's device), needed with batched factors:
         problem b owns entries offsets[b]:offsets[b + 1] (non-decreasing, from 0 to nnz), its own
         index range.
-    check_finite : raise ValueError if U or V holds NaN/inf.
+    check_finite : raise ValueError if U or V holds NaN/inf, and FloatingPointError if a result
+        overflows the dtype's range to inf (one pass over the result).
 
     Returns
     -------
@@ -57,8 +58,10 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     if row_order_pays(call, U3, SORT_MIN_ROW_BYTES):
         indptr, perm, others, _ = csr_order(call, rows, cols, None, offsets, U3.shape[1], "rows")
-        return call.wrap(csr_sampled(call, indptr, perm, others, U3, V3, cols))
-    return call.wrap(_sampled(call, U3, V3, rows, cols, offsets))
+        out = csr_sampled(call, indptr, perm, others, U3, V3, cols)
+    else:
+        out = _sampled(call, U3, V3, rows, cols, offsets)
+    return call.wrap(checked_result(call, out, check_finite))
 
 
 def row_order_pays(call: Call, U3, min_row_bytes: int) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import _checks
 from .._arrays import Call, is_device_array, offsets_array, offsets_input, resolve, sum_of_squares
 from ._csr_order import csr_order
-from ._factors import factor_pair, raise_index_error
+from ._factors import checked_result, factor_pair, raise_index_error
 from .sampled_product import _sampled, csr_sampled, row_order_pays
 
 
@@ -124,6 +124,7 @@ class SparsePattern:
         indptr, perm, others = self._csr[transpose]
         out = csr_product(call, indptr, perm, others, vals, B3, n_key,
                           [("rows" if transpose else "cols", self.rows if transpose else self.cols, n_other)])
+        out = checked_result(call, out, check_finite)
         return call.wrap(out if batched else out[0])
 
     def sampled_product(self, U: Any, V: Any, *, check_finite: bool = True) -> Any:
@@ -153,7 +154,7 @@ class SparsePattern:
             given_u, given_v = (U3.shape, V3.shape) if batched else (U3.shape[1:], V3.shape[1:])
             raise ValueError(f"SparsePattern.sampled_product: U has shape {tuple(given_u)} and V {tuple(given_v)}, "
                              f"expected ({lead}{m}, r) and ({lead}{n}, r) for a {self.shape} pattern")
-        return call.wrap(self._sampled_values(call, U3, V3))
+        return call.wrap(checked_result(call, self._sampled_values(call, U3, V3), check_finite))
 
     def solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         """(z, sum of z^2 in float64) with z = sampled_product(U, V) - y: a completion solver's
@@ -253,7 +254,8 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
         number of columns of S (of S^T with ``transpose``): cols < k (rows < k with ``transpose``).
     n_rows : rows of the result: S's row count, or its column count with ``transpose``.
     offsets : (batch + 1,) entry ranges of the problems when B is batched (host or B's device).
-    check_finite : raise ValueError if vals or B holds NaN/inf.
+    check_finite : raise ValueError if vals or B holds NaN/inf, and FloatingPointError if a result
+        overflows the dtype's range to inf (one pass over the result).
 
     Returns
     -------
@@ -281,4 +283,5 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
                                                       "cols" if transpose else "rows", keep_perm=False)
     out = csr_product(call, indptr, None, others_sorted, vals_sorted, B3, n_rows,
                       [("rows" if transpose else "cols", others, n_other)], input_order=False)
+    out = checked_result(call, out, check_finite)
     return call.wrap(out if batched else out[0])
