@@ -77,8 +77,12 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
 
     Problem b observes vals[offsets[b]:offsets[b+1]] at (rows, cols) in the same range and
     minimizes 1/2 ||P_Omega_b(U_b V_b^T) - vals_b||^2 over U_b (m, rank), V_b (n, rank). The
-    update rules, init, step rule and stopping rule are those of :func:`factored_gd` for the
-    completion operator, applied to each problem with its own step and flag.
+    update rules, init, step halving and stopping rule are those of :func:`factored_gd` for the
+    completion operator, applied to each problem with its own step and flag; given the same
+    step (and damping), problem b's run is factored_gd's bit for bit. The default step and
+    damping of the scaled methods use each problem's exact observed fraction where
+    factored_gd estimates it with three random probes, so those defaults differ by a few
+    percent (see ``step``).
 
     Parameters
     ----------

@@ -390,7 +390,10 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
         penalty bias_reg/2 (||a||^2 + ||b||^2), mu unpenalized). They start from ``offsets``
         (an :class:`~lowrank_hpc.recover.offsets.Offsets` on vals' backend), else from a warm
         start's ``info["offsets"]``, else from their fit to vals alone, and are returned in
-        ``info["offsets"]``.
+        ``info["offsets"]``. Ratings (1-5 stars and the like) need "both": uncentered, the low
+        rank part spends itself on the mean (a 1,500 x 800 sample of 28k ratings: held-out RMSE 1.18
+        with "none" and 0.99 with "both", the training mean 1.04). :class:`lowrank_hpc.MatrixCompletion`
+        centers by default and picks reg on held-out entries.
     accelerate : True (default): over-relax each sweep as a proximal-gradient step of 1.5
         instead of 1 and extrapolate the iterate before it (Nesterov momentum, beta = (t - 1) /
         (t + 2)), restarting the momentum when the loss rises and returning to the plain
