@@ -15,8 +15,8 @@ MODES = ("auto", "matrix_free", "cached")
 
 class GaussianSensing(SensingOperator):
     """m Gaussian measurement matrices A_i (n1, n2): entry (j, k) of A_i is
-    standard_normal(seed, stream=i, index=j*n2 + k) / sqrt(m), computed in double and rounded to the
-    dtype of the data (symmetric=True: A_i = (G_i + G_i^T) / 2, square shape).
+    standard_normal(seed, stream=i, index=j*n2 + k) / sqrt(m), computed in double (symmetric=True:
+    A_i = (G_i + G_i^T) / 2, square shape).
 
     Parameters
     ----------
@@ -26,7 +26,10 @@ class GaussianSensing(SensingOperator):
     symmetric : measure with symmetrized matrices (PSD problems).
     mode : "matrix_free" regenerates entries in every call (memory O(n1 n2)); "cached" generates the
         (m, n1 n2) matrix once per backend and dtype and uses BLAS; "auto" caches when that matrix
-        fits the memory budget. Both see bit-identical entries.
+        fits the memory budget. The same entries in both: the matrix-free products multiply
+        them in double and round each result once to the data's dtype; the cached matrix
+        holds them rounded to that dtype (float32 data: results agree to float32's rounding,
+        float64 data: bit-identical entries).
     memory_budget : bytes for "auto", "cached" and ``to_dense``; None uses ``get_memory_budget()``.
         "cached" never exceeds it: ValueError (naming memory_budget and the bytes needed) at
         construction when even the float32 matrix (4 m n1 n2 bytes) is over it, else at the
