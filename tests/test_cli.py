@@ -309,12 +309,20 @@ def test_implicit_feedback_interaction_log(tmp_path):
         for item in liked:
             lines += [f"user{user},song{item},1"] * int(rng.integers(1, 4))
     log = write(tmp_path, "plays.csv", "\n".join(lines) + "\n")
-    recommendations = tmp_path / "recommendations.csv"
+    recommendations, model = tmp_path / "recommendations.csv", tmp_path / "model.npz"
     run = cli("complete", log, "--feedback", "implicit", "--alpha", "5", "--rank", "3", "--reg", "0.1",
-              "--max-iter", "10", "--json", "--recommend", "2", "--recommendations-out", recommendations)
+              "--max-iter", "10", "--json", "--recommend", "2", "--recommendations-out", recommendations,
+              "--output", model)
     assert run.returncode == 0, run.stderr
     report = strict_json(run.stdout)
     assert report["feedback"] == "implicit" and report["alpha"] == 5.0 and report["method"] == "als"
+    # The implicit fit has no offsets: reported and saved as center "none", with zero biases.
+    assert report["center"] == "none"
+    saved = load_model(model)
+    assert saved.center == "none" and saved.intercept == 0.0 and not saved.row_bias.any() and not saved.col_bias.any()
+    # Every held-out pair is a play (preference 1), which a constant predicts exactly: no RMSE.
+    assert report["test_rmse"] is None and report["mean_predictor_rmse"] is None
+    assert report["test_interactions"] == report["test_entries"] == round(0.1 * report["entries"])
     assert report["duplicates_summed"] == len(lines) - 1 - report["entries"] > 0
     assert report["duplicates_averaged"] == 0
     assert report["test_mean_percentile_rank"] < 0.15  # random scores: about 0.5
@@ -324,6 +332,7 @@ def test_implicit_feedback_interaction_log(tmp_path):
     human = cli("complete", log, "--feedback", "implicit", "--rank", "3", "--max-iter", "3")
     assert human.returncode == 0, human.stderr
     assert "repeated pairs added up" in human.stdout and "held-out interactions rank at" in human.stdout
+    assert "center none" in human.stdout and "No RMSE" in human.stdout and "RMSE: train" not in human.stdout
 
 
 def test_implicit_feedback_usage_errors(ratings):

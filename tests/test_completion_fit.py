@@ -161,10 +161,12 @@ def test_auto_reg_is_the_best_path_fraction_of_lambda_max(method, center, reg_sc
                                     random_state=5).fit(rows, cols, vals, shape=shape)
     path = estimator.path_
     assert len(path) >= 3
-    assert [point.fraction for point in path] == [0.5 ** k for k in range(1, len(path) + 1)]
+    # k = 0 (lambda_max: the offsets alone, no solve) then the walk from lambda_max / 2 down.
+    assert [point.fraction for point in path] == [0.5 ** k for k in range(len(path))]
+    assert path[0].n_iter == 0 and path[0].effective_rank == 0
     chosen = min(path, key=lambda point: point.validation_rmse)
-    # The chosen point is a real minimum of the walk: not its first point (lambda_max / 2).
-    assert chosen.fraction < 0.5 and chosen.validation_rmse < path[0].validation_rmse
+    # The chosen point is a real minimum of the walk: not its first points (lambda_max, lambda_max / 2).
+    assert chosen.fraction < 0.5 and chosen.validation_rmse < min(path[0].validation_rmse, path[1].validation_rmse)
     lambda_max = np.linalg.norm(dense_observed(rows, cols, _centered(rows, cols, vals, shape, center, 10.0), shape), 2)
     scale = (shape[0] + shape[1]) / (2 * rows.shape[0]) if reg_scaling == "count" else 1.0
     assert estimator.reg_ == pytest.approx(chosen.fraction * lambda_max * scale, rel=1e-9)
@@ -188,7 +190,7 @@ def test_auto_reg_split_is_seeded_by_random_state():
     assert first.path_ == second.path_ and first.reg_ == second.reg_
     np.testing.assert_array_equal(first.U_, second.U_)
     np.testing.assert_array_equal(first.V_, second.V_)
-    # path_[0].reg is lambda_max(training entries) / 2, which depends on the split only (with
+    # path_[0].reg is lambda_max(training entries), which depends on the split only (with
     # center="global"): another random_state holds out other entries.
     other = lr.MatrixCompletion(random_state=8, **settings).fit(rows, cols, vals, shape=M.shape)
     assert abs(other.path_[0].reg / first.path_[0].reg - 1) > 1e-6
@@ -224,7 +226,86 @@ def test_auto_reg_is_close_to_the_best_fixed_reg_of_a_grid():
     assert max(errors) > 2 * best  # the grid spans penalties that matter
 
 
-def test_too_few_entries_for_a_validation_split_fall_back_to_lambda_max_over_50():
+def pure_noise_ratings(seed):
+    """Ratings 1-5 drawn at random plus a row effect (no low-rank part) at 6,000 of 300 x 200
+    entries: (rows, cols, vals) of 5,000 training and 1,000 held-out entries, and the shape."""
+    rng = np.random.default_rng(seed)
+    shape, nnz = (300, 200), 6000
+    flat = rng.choice(shape[0] * shape[1], nnz, replace=False)
+    rows, cols = flat // shape[1], flat % shape[1]
+    vals = rng.integers(1, 6, nnz).astype(float) + 0.5 * rng.standard_normal(shape[0])[rows]
+    order = rng.permutation(nnz)
+    test, train = order[:1000], order[1000:]
+    return (rows[train], cols[train], vals[train]), (rows[test], cols[test], vals[test]), shape
+
+
+@pytest.mark.parametrize("method, seed", [("soft_impute", 0), ("soft_impute", 1), ("soft_impute", 2), ("als", 0)])
+def test_auto_reg_on_pure_noise_is_the_offsets_only_model(method, seed):
+    """With nothing low-rank to find, the path's k = 0 point (lambda_max: the offsets alone) wins,
+    and the fit predicts held-out entries as well as the offsets-only ridge solved by numpy."""
+    (rows, cols, vals), (test_rows, test_cols, test_vals), shape = pure_noise_ratings(seed)
+    estimator = lr.MatrixCompletion(method=method, random_state=0).fit(rows, cols, vals, shape=shape)
+    mu, a, b = exact_offsets(rows, cols, vals, shape, 10.0)  # bias_reg's default: the offsets' ridge
+    offsets_only = np.sqrt(np.mean((mu + a[test_rows] + b[test_cols] - test_vals) ** 2))
+    held_out = -estimator.score(test_rows, test_cols, test_vals)
+    assert held_out <= offsets_only + 1e-8
+    mean_only = np.sqrt(np.mean((vals.mean() - test_vals) ** 2))
+    assert offsets_only < mean_only - 0.01  # the row effects are there to find: the comparison has teeth
+    assert min(estimator.path_, key=lambda point: point.validation_rmse) is estimator.path_[0]
+    assert estimator.path_[0].fraction == 1.0 and estimator.rank_ == 0 and estimator.n_iter_ == 0
+    assert not np.any(estimator.U_) and not np.any(estimator.V_) and estimator.converged_
+    assert estimator.intercept_ == pytest.approx(mu, abs=1e-6)
+    np.testing.assert_allclose(estimator.row_bias_, a, atol=1e-6)
+    np.testing.assert_allclose(estimator.col_bias_, b, atol=1e-6)
+    # reg_ is lambda_max of all entries minus the offsets (the point where U V^T becomes zero).
+    lambda_max = np.linalg.norm(dense_observed(rows, cols, vals - (mu + a[rows] + b[cols]), shape), 2)
+    assert estimator.reg_ == pytest.approx(lambda_max, rel=1e-3)
+
+
+def test_auto_reg_on_planted_low_rank_still_recovers_the_rank():
+    """mu + a centered rank-3 matrix + noise 0.1, half observed: the path picks a small penalty
+    (not the offsets-only point), U_ V_^T has 3 directions above the noise and the unseen
+    entries are predicted to below the noise level."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        U, V = rng.standard_normal((100, 3)), rng.standard_normal((80, 3))
+        M = 3.5 + (U - U.mean(0)) @ (V - V.mean(0)).T
+        mask = rng.random(M.shape) < 0.5
+        rows, cols = np.nonzero(mask)
+        vals = M[rows, cols] + 0.1 * rng.standard_normal(rows.size)
+        estimator = lr.MatrixCompletion(random_state=0).fit(rows, cols, vals, shape=M.shape)
+        chosen = min(estimator.path_, key=lambda point: point.validation_rmse)
+        assert chosen.fraction < 0.05 and chosen.validation_rmse < 0.2 * estimator.path_[0].validation_rmse
+        singular_values = np.linalg.svd(estimator.U_ @ estimator.V_.T, compute_uv=False)
+        assert np.sum(singular_values > 0.05 * singular_values[0]) == 3
+        assert held_out_rmse(estimator, M, mask) < 0.09  # measured 0.074-0.086, before and after k = 0 joined the path
+
+
+def test_auto_reg_on_small_noisy_data_beats_the_mean_and_offsets_only_predictors():
+    """The audit's small case (150 training entries of a 30 x 25 rank-2 matrix, noise 0.7: too
+    few for a path): averaged over 5 seeds, the default predicts 40 held-out entries better than
+    the training mean and than the offsets-only ridge (numpy); lambda_max / 50 overfit them."""
+    errors = {"default": [], "mean": [], "offsets": []}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        U, V = rng.standard_normal((30, 2)), rng.standard_normal((25, 2))
+        flat = rng.choice(30 * 25, 190, replace=False)
+        rows, cols = flat // 25, flat % 25
+        vals = 3 + 0.5 * (U @ V.T)[rows, cols] + 0.7 * rng.standard_normal(190)
+        order = rng.permutation(190)
+        test, train = order[:40], order[40:]
+        estimator = lr.MatrixCompletion(random_state=0).fit(rows[train], cols[train], vals[train], shape=(30, 25))
+        assert estimator.path_ == []
+        mu, a, b = exact_offsets(rows[train], cols[train], vals[train], (30, 25), 10.0)
+        predictions = {"default": estimator.predict(rows[test], cols[test]),
+                       "mean": np.full(40, vals[train].mean()), "offsets": mu + a[rows[test]] + b[cols[test]]}
+        for name, predicted in predictions.items():
+            errors[name].append(np.sqrt(np.mean((predicted - vals[test]) ** 2)))
+    default = np.mean(errors["default"])  # measured 0.993 (lambda_max / 50: 1.044); mean 1.000, offsets 1.009
+    assert default < np.mean(errors["mean"]) and default < np.mean(errors["offsets"])
+
+
+def test_too_few_entries_for_a_validation_split_fall_back_to_half_lambda_max():
     rng = np.random.default_rng(0)
     X = np.full((10, 8), np.nan)
     X.flat[rng.choice(80, 30, replace=False)] = 2.0 + rng.standard_normal(30)
@@ -234,9 +315,10 @@ def test_too_few_entries_for_a_validation_split_fall_back_to_lambda_max_over_50(
         estimator = lr.MatrixCompletion(rank=2, method=method, center="global", random_state=0).fit(X)
         assert estimator.path_ == []
         lambda_max = np.linalg.norm(dense_observed(rows, cols, vals - vals.mean(), X.shape), 2)
-        assert estimator.reg_ == pytest.approx(lambda_max / 50, rel=1e-9)
+        assert estimator.reg_ == pytest.approx(lambda_max / 2, rel=1e-9)
         assert estimator.intercept_ == pytest.approx(vals.mean(), abs=0.5)
-        assert np.all(np.isfinite(estimator.U_)) and estimator.train_rmse_ < np.std(vals)
+        # Pure noise: the penalty leaves most of it in the residual (0.67 std; lambda_max / 50 left 0.2-0.24).
+        assert np.all(np.isfinite(estimator.U_)) and 0.5 * np.std(vals) < estimator.train_rmse_ < np.std(vals)
 
 
 # ---------------------------------------------------------------------- rank="auto"

@@ -106,10 +106,12 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
     fit(estimator, data.rows[train], data.cols[train], vals[train], data.shape)
     fit_seconds = time.perf_counter() - fit_started
     result = estimator.result_
-    targets = (vals > 0).astype(np.float64) if implicit else vals  # implicit: the preferences
-    test_rmse = rmse(_predict(estimator, data.rows[test], data.cols[test]), targets[test])
-    baseline = rmse(np.full(test.size, float(np.mean(targets[train]))), targets[test])
-    center = str(estimator.center)
+    if implicit:  # held-out pairs are interactions (preference 1), which a constant predicts: no RMSE
+        test_rmse = baseline = None
+    else:
+        test_rmse = rmse(_predict(estimator, data.rows[test], data.cols[test]), vals[test])
+        baseline = rmse(np.full(test.size, float(np.mean(vals[train]))), vals[test])
+    center = str(estimator.center_)  # what the fit used: implicit feedback fits no offsets
     model = CompletionModel.from_estimator(
         estimator, data.row_ids, data.col_ids, data.rows, data.cols, center=center,
         meta={"source": os.path.abspath(path), "format": data.format, "entries": data.nnz,
@@ -131,9 +133,10 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
         from .model_file import _host
 
         positive = test[vals[test] > 0]  # held-out interactions (a listed 0 is none)
-        report.update(alpha=estimator.alpha_, test_mean_percentile_rank=mean_percentile_rank(
-            _host(estimator.U_), _host(estimator.V_), data.rows[train], data.cols[train], data.rows[positive],
-            data.cols[positive]))
+        report.update(alpha=estimator.alpha_, test_interactions=int(positive.size),
+                      test_mean_percentile_rank=mean_percentile_rank(
+                          _host(estimator.U_), _host(estimator.V_), data.rows[train], data.cols[train],
+                          data.rows[positive], data.cols[positive]))
     if on_cluster is not None:
         report.update(on_cluster)
     if args.output:
@@ -384,7 +387,7 @@ class _Trace:
                 twin = axis.twinx()
                 twin.plot(x, test, color="C1", label="test RMSE")
                 twin.set_ylabel("test RMSE (offsets + U V^T)", color="C1")
-        figure.suptitle(f"{estimator.method}, rank {estimator.U_.shape[1]}, center {estimator.center}: "
+        figure.suptitle(f"{estimator.method}, rank {estimator.U_.shape[1]}, center {estimator.center_}: "
                         f"final solve, {loss.shape[0]} iterations")
         figure.tight_layout()
         figure.savefig(path, dpi=100)
@@ -406,13 +409,12 @@ def _human(report: dict[str, Any]) -> str:
              + " "
              f"({report['stop_reason']})",
              f"RMSE: train {number(report['train_rmse'])}, test {number(report['test_rmse'])} "
-             f"on {report['test_entries']:,} held-out entries (mean predictor {number(report['mean_predictor_rmse'])})"
-             + (" (of the scores against the preferences, 1 for an interaction)" if report["feedback"] == "implicit"
-                else "")]
+             f"on {report['test_entries']:,} held-out entries (mean predictor {number(report['mean_predictor_rmse'])})"]
     if report["feedback"] == "implicit":
-        lines.insert(2, f"implicit feedback, alpha {number(report['alpha'])}: held-out interactions rank at "
-                        f"{number(report['test_mean_percentile_rank'])} of their rows' unobserved columns on average "
-                        "(0: first, 0.5: random)")
+        lines[2] = (f"implicit feedback, alpha {number(report['alpha'])}: held-out interactions rank at "
+                    f"{number(report['test_mean_percentile_rank'])} of their rows' unobserved columns on average "
+                    f"(0: first, 0.5: random; {report['test_interactions']:,} held-out interactions). No RMSE: a "
+                    "held-out interaction's preference is 1, which a constant predicts exactly")
     if report.get("model"):
         lines.append(f"model saved to {report['model']}")
     if report.get("plot"):

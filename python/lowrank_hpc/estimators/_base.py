@@ -59,17 +59,19 @@ def _check_choice(function: str, name: str, value: Any, choices: tuple[str, ...]
 
 
 def _seed(function: str, random_state: Any) -> int:
-    """An int seed from scikit-learn's random_state: None (fresh entropy), an int >= 0, a
-    numpy RandomState or Generator (one draw from it, so repeated fits differ as in scikit-learn)."""
+    """An int seed from scikit-learn's random_state: None (fresh entropy), an int in [0, 2**64)
+    (the solvers' seeds are 64-bit keys), a numpy RandomState or Generator (one draw from it, so
+    repeated fits differ as in scikit-learn). Errors name ``function`` and random_state."""
     if random_state is None:
         return _checks.draw_seed()
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+    if (isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool)
+            and 0 <= random_state < _checks.SEED_LIMIT):
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(np.iinfo(np.int32).max))
-    raise ValueError(f"{function}: random_state must be None, an integer >= 0, a numpy RandomState or "
+    raise ValueError(f"{function}: random_state must be None, an integer in [0, 2**64), a numpy RandomState or "
                      f"Generator, got {random_state!r}")
 
 

@@ -113,9 +113,21 @@ def _completion_entries(function: str, X: Any, cols: Any, vals: Any, shape: Any,
 def _check_index_range(function: str, rows: Any, cols: Any, shape: tuple[int, int]) -> None:
     """IndexError unless 0 <= rows < n1 and 0 <= cols < n2 (the offsets index with them before any kernel does)."""
     for name, index, n in (("rows", rows, shape[0]), ("cols", cols, shape[1])):
+        if index.shape[0] == 0:  # no index, none out of range (min/max of nothing would raise)
+            continue
         low, high = int(index.min()), int(index.max())
         if low < 0 or high >= n:
             raise IndexError(f"{function}: {name} holds {low if low < 0 else high}, outside [0, {n}) for shape {shape}")
+
+
+def _repeated_coordinates(rows: Any, cols: Any, shape: tuple[int, int]) -> int:
+    """How many entries repeat an earlier (row, col) pair (0 for distinct pairs)."""
+    xp = _backend.array_module(rows)
+    keys = rows.astype(np.int64) * shape[1] + cols.astype(np.int64)
+    if keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1])):  # fit(X)'s row-major order: no sort needed
+        return 0
+    keys = xp.sort(keys)
+    return int((keys[1:] == keys[:-1]).sum())
 
 
 def _check_shape(function: str, shape: Any) -> tuple[int, int]:

@@ -110,7 +110,8 @@ class BooleanMF(_Estimator):
                                        tol=settings["tol"], seed=seed, progress=bool(self.verbose),
                                        time_limit=settings["time_limit"])
         self._fold_in_seed = seed
-        self._matrix = matrix
+        self._matrix = matrix  # the fitted X as reconstruction_scores reads it (not pickled: see __getstate__)
+        self._scores = None
         self.W_, self.H_ = result.info["W"], result.info["H"]
         self.components_ = self.H_
         self.n_iter_ = result.n_iter
@@ -154,13 +155,26 @@ class BooleanMF(_Estimator):
 
     def reconstruction_scores(self) -> dict[str, float]:
         """Recall, precision and F1 of W_ o H_ against the ones of the fitted X (with the counts
-        behind them); a sparse X is read through its ones, never densified."""
+        behind them); a sparse X is read through its ones, never densified. A pickled or copied
+        model does not carry X: it returns the scores computed when it was pickled."""
         self._check_fitted("reconstruction_scores")
+        if self.__dict__.get("_matrix") is None:
+            return dict(self._scores)
         return reconstruction_scores(self._matrix, self.W_, self.H_)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The attributes without the fitted X's wrapper (it holds a module, which pickle and
+        deepcopy refuse); its reconstruction scores are computed once and kept instead."""
+        state = dict(self.__dict__)
+        matrix = state.pop("_matrix", None)
+        if matrix is not None:
+            state["_scores"] = reconstruction_scores(matrix, self.W_, self.H_)
+        return state
+
     def __sklearn_tags__(self):
-        """scikit-learn's tags: 0/1 input, dense or sparse, no target."""
+        """scikit-learn's tags: 0/1 input, dense or sparse, no target; transform gives bool
+        factors whatever X's dtype (so no dtype is preserved)."""
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
 
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
-                    transformer_tags=TransformerTags(), input_tags=InputTags(sparse=True))
+                    transformer_tags=TransformerTags(preserves_dtype=[]), input_tags=InputTags(sparse=True))

@@ -14,7 +14,8 @@ from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint,
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS, zero_offsets
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
-from ._convert import _as_float, _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
+from ._convert import (_as_float, _check_index_range, _completion_entries, _coordinates, _entries,
+                       _repeated_coordinates, _rmse, _side)
 
 COMPLETION_METHODS = ("soft_impute", "als") + METHODS
 # reg="auto" with feedback="implicit": implicit's default penalty (no held-out RMSE to choose by).
@@ -35,8 +36,11 @@ class MatrixCompletion(_Estimator):
     soft-impute (nuclear-norm regularized completion, which needs no exact rank: ``rank`` only
     bounds it) with its penalty chosen on a seeded tenth of the observed entries held out
     (``reg="auto"``), and an intercept plus row and column offsets. ALS at the same rank and
-    penalty solves the same problem (its ridge on the factors is the nuclear norm) and reaches
-    the same RMSE (within 1%) in 1.2-1.5x the time. BENCHMARKS.md has the figures on real data sets.
+    penalty solves the same problem (its ridge on the factors is the nuclear norm) but stops at
+    another point: at the defaults its held-out RMSE was 0.2% lower to 1.0% higher than
+    soft-impute's on the four bundled real data sets, and 3.2-3.7% higher on planted rank-4
+    matrices with row offsets and noise (200 x 120, 30% observed, 3 seeds).
+    BENCHMARKS.md has the figures and times on real data sets.
 
     Parameters
     ----------
@@ -52,8 +56,11 @@ class MatrixCompletion(_Estimator):
         lambda/2 (||U||^2 + ||V||^2) (ALS: per ``reg_scaling``). "auto" walks lambda_max * 2^-k,
         k = 1..12, warm-started, on 90% of the entries, keeps the lambda / lambda_max of least
         RMSE on the other 10% (seeded by ``random_state``) and refits on all entries;
-        ``path_`` lists the points. Folding in rows uses ``reg_`` as its ridge (0.1 for the
-        gradient methods).
+        ``path_`` lists the points. k = 0 (lambda_max, where U V^T is zero) is a candidate too:
+        the offsets alone, so data without low-rank structure get the offsets-only model
+        (U_, V_ zeros, ``rank_`` 0, ``n_iter_`` 0: no solve runs). With fewer than 195 observed
+        entries (a tenth is under 20) there is no path and lambda = lambda_max / 2. Folding in
+        rows uses ``reg_`` as its ridge (0.1 for the gradient methods).
     reg_scaling : ALS only: "none", or "count" (each row's and column's ridge times its number
         of observations, ALS-WR).
     center : "both" (mu + row and column offsets, default), "global" (mu only) or "none". The
@@ -97,7 +104,8 @@ class MatrixCompletion(_Estimator):
     intercept_ : float mu. row_bias_ : (n1,) a, col_bias_ : (n2,) b, of U_'s dtype and side
         (zeros where ``center`` leaves them out).
     reg_ : the penalty of the final fit (absolute, the solver's ``reg``). rank_ : the rank of
-        U_ V_^T (soft-impute: nonzero singular values; others: ``rank``).
+        U_ V_^T (soft-impute: nonzero singular values; others: ``rank``; 0 for the offsets-only
+        model that reg="auto" may choose).
     path_ : list of :class:`lowrank_hpc.recover.completion_fit.PathPoint` (empty unless reg="auto").
     shape_ : (n1, n2). n_features_in_ : n2.
     n_iter_, converged_ : iterations of the final fit (every round of factors between offset
@@ -151,8 +159,9 @@ class MatrixCompletion(_Estimator):
 
         Raises
         ------
-        ValueError for a bad hyper-parameter (named), shapes, NaN in vals, inf in X, or no
-        observed entry; IndexError for an index outside ``shape``; TypeError for non-numeric input.
+        ValueError for a bad hyper-parameter (named), shapes, NaN in vals, inf in X, no observed
+        entry, or (method "soft_impute") a repeated (row, col) pair, counted in the entries given;
+        IndexError for an index outside ``shape``; TypeError for non-numeric input.
         """
         function = f"{type(self).__name__}.fit"
         rank = self._check_params(function)
@@ -166,6 +175,10 @@ class MatrixCompletion(_Estimator):
         _check_index_range(function, rows, cols, shape)
         if self.feedback == "implicit":
             return self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
+        repeated = _repeated_coordinates(rows, cols, shape) if self.method == "soft_impute" else 0
+        if repeated:  # counted here: reg="auto" would otherwise report the repeats of its 90% split
+            raise ValueError(f"{function}: rows and cols repeat {repeated} coordinate(s); soft-impute observes each "
+                             "entry at most once (average the values of repeated coordinates first)")
         init = self.init
         if init is None and self.method in METHODS:
             init = "spectral" if self.method in _SCALED_METHODS else "small"
@@ -347,6 +360,8 @@ class MatrixCompletion(_Estimator):
 
     def _predict_entries(self, rows: Any, cols: Any) -> Any:
         """(nnz,) mu + a[rows] + b[cols] + (U_ V_^T)[rows, cols]."""
+        if rows.shape[0] == 0:  # sampled_product refuses empty input; there is nothing to compute
+            return self._xp().zeros(0, dtype=self.U_.dtype)
         return sampled_product(self.U_, self.V_, rows, cols) + self.intercept_ + self.row_bias_[rows] + \
             self.col_bias_[cols]
 
@@ -375,10 +390,12 @@ class MatrixCompletion(_Estimator):
         """Predicted entries.
 
         ``predict(rows, cols)``: rows, cols (nnz,) integer indices into the fitted (n1, n2)
-        matrix -> (nnz,) values of U_ V_^T there (``lowrank_hpc.ops.sampled_product``).
+        matrix -> (nnz,) values of the model there, intercept_ + row_bias_[rows] +
+        col_bias_[cols] + (U_ V_^T)[rows, cols]; empty rows, cols give an empty array.
         ``predict(X)``: X (n_samples, n_features_in_), NaN for missing -> the completed
-        (n_samples, n_features_in_) matrix transform(X) @ V_^T; observed entries are predicted
-        too (not copied from X), so every entry comes from the same low-rank model.
+        (n_samples, n_features_in_) matrix intercept_ + a + col_bias_ + transform(X) @ V_^T
+        (a the rows' folded-in offsets); observed entries are predicted too (not copied from
+        X), so every entry comes from the same model.
         Outputs have the factors' dtype (promoted with X's) and side (numpy or CuPy).
         """
         function = f"{type(self).__name__}.predict"

@@ -72,3 +72,11 @@ class EBMF(_Estimator):
                       col_covariates: Optional[Any] = None) -> np.ndarray:
         """fit, then return L_ (n_samples, K)."""
         return self.fit(X, row_covariates=row_covariates, col_covariates=col_covariates).L_
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: dense 2-D input, fully observed (no NaN), no target; fit_transform
+        but no transform of new rows, so no transformer tags. Imports scikit-learn: only it calls this."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=None,
+                    input_tags=InputTags(allow_nan=False))

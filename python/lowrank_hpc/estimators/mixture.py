@@ -121,7 +121,8 @@ class MixtureCompletion(_Estimator):
         return rows, cols
 
     def predict(self, rows: Any, cols: Any, *, component: Optional[int] = None) -> Any:
-        """Every component's value at (rows, cols): (K, nnz), or (nnz,) of one ``component``."""
+        """Every component's value at (rows, cols): (K, nnz), or (nnz,) of one ``component``;
+        empty rows, cols give (K, 0) (or (0,)), of U_'s dtype."""
         function = f"{type(self).__name__}.predict"
         self._check_fitted("predict")
         rows, cols = self._entries_of_fit(function, rows, cols)
@@ -129,9 +130,12 @@ class MixtureCompletion(_Estimator):
         if component is not None:
             if isinstance(component, bool) or not isinstance(component, (int, np.integer)) or not 0 <= component < K:
                 raise ValueError(f"{function}: component must be an integer in [0, {K}), got {component!r}")
-            return sampled_product(self.U_[component], self.V_[component], rows, cols)
         xp = self._xp()
         nnz = rows.shape[0]
+        if nnz == 0:  # sampled_product refuses empty input; there is nothing to compute
+            return xp.zeros((0,) if component is not None else (K, 0), dtype=self.U_.dtype)
+        if component is not None:
+            return sampled_product(self.U_[component], self.V_[component], rows, cols)
         return sampled_product(self.U_, self.V_, xp.tile(rows, K), xp.tile(cols, K),
                                offsets=xp.arange(K + 1, dtype=np.int64) * nnz).reshape(K, nnz)
 
@@ -152,3 +156,11 @@ class MixtureCompletion(_Estimator):
         xp = self._xp()
         errors = xp.abs(self.predict(rows, cols) - vals).min(axis=0)
         return -_rmse(xp, errors)
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: NaN allowed in X (it marks unobserved entries), dense 2-D input, no
+        target, no transform. Imports scikit-learn: only it calls this."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=None,
+                    input_tags=InputTags(allow_nan=True))

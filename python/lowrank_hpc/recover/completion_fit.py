@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -32,7 +33,8 @@ from .offsets import Offsets, fit_offsets, initial_offsets
 from .soft_impute import observed_spectral_norm, soft_impute
 
 PENALIZED_METHODS = ("als", "soft_impute")
-# The path: lambda_max * PATH_RATIO**k for k = 1..PATH_LENGTH (down to lambda_max / 4096).
+# The path: lambda_max * PATH_RATIO**k for k = 0..PATH_LENGTH (down to lambda_max / 4096); k = 0
+# is the offsets-only model (the low-rank part is zero for lambda >= lambda_max), so pure noise can pick it.
 PATH_RATIO = 0.5
 PATH_LENGTH = 12
 PATH_MAX_ITER = 5  # each path point is warm-started from the previous one, so few sweeps suffice
@@ -40,6 +42,7 @@ PATH_TOL = 1e-4  # the path only ranks penalties: a looser tolerance than the fi
 PATH_PATIENCE = 2  # stop the path after this many points worse than the best
 VALIDATION_FRACTION = 0.1
 MIN_VALIDATION = 20  # fewer held-out entries than this cannot rank penalties: no path
+TINY_DATA_FRACTION = 0.5  # lambda / lambda_max when there is no path (fewer than 195 entries)
 AUTO_RANK_START = 10  # rank="auto": the first rank bound, doubled while the penalty keeps every direction
 FOLD_IN_REG = 0.1  # the ridge of transform() for the gradient methods, which fit without a penalty
 # At most this many alternations of the offsets with the factors in the final fit. Block
@@ -48,6 +51,10 @@ FOLD_IN_REG = 0.1  # the ridge of transform() for the gradient methods, which fi
 OFFSET_ROUNDS = 3
 ROUND_MAX_ITER = 10  # the rounds after the first start next to their solution
 OFFSET_ROUND_SWEEPS = 2  # Gauss-Seidel sweeps of the offsets per round
+# The offsets-only model (lambda >= lambda_max) sweeps its offsets to this relative change, or 10
+# roundings of the values' dtype if larger (a sweep costs two passes over the entries, far below one solve).
+OFFSET_ONLY_TOL = 1e-10
+OFFSET_ONLY_MAX_SWEEPS = 1000
 
 
 # The function that runs method="als": recover.als, or within ``als_solver(f)`` another with its
@@ -152,9 +159,10 @@ def _validation_split(settings: CompletionSettings, nnz: int, xp: Any) -> Option
 
 
 def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[list[PathPoint], Any, int]:
-    """The held-out RMSE along lambda_max * PATH_RATIO**k; returns the path, the best point's
-    result and the rank bound. With rank="auto" (soft-impute) the bound starts at AUTO_RANK_START
-    and doubles, and the path is walked again, while the best point uses every direction."""
+    """The held-out RMSE along lambda_max * PATH_RATIO**k (k = 0: the offsets alone); returns the
+    path, the best point's result (None for k = 0) and the rank bound. With rank="auto"
+    (soft-impute) the bound starts at AUTO_RANK_START and doubles, and the path is walked again,
+    while the best point uses every direction."""
     xp = array_module(vals)
     split = _validation_split(settings, rows.shape[0], xp)
     rank = settings.rank if settings.rank != "auto" else min(AUTO_RANK_START, min(shape))
@@ -170,11 +178,14 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
     # (a joint fit at every point moved the held-out RMSE by under 1% at 1.5x the time).
     settings = dataclasses.replace(settings, center="none")
     scale = _penalty_scale(settings, fit_rows.shape[0], shape)
-    path: list[PathPoint] = []
-    best, best_result, best_rank, warm = np.inf, None, rank, None
+    # k = 0, lambda_max: the zero low-rank part is the solution there, taken for granted (a solve
+    # only decays to it), so the point is the offsets alone; it is a candidate, not part of the walk.
+    best = _rmse(xp, offsets.at(held_rows, held_cols) - held_vals)
+    path: list[PathPoint] = [PathPoint(1.0, lambda_max * scale, best, 0, rank, 0)]
+    best_result, best_rank, warm = None, rank, None
     while True:
         walked: list[PathPoint] = []
-        walk_best = np.inf
+        walk_best, holds_best = np.inf, False
         for k in range(1, PATH_LENGTH + 1):
             fraction = PATH_RATIO ** k
             reg = fraction * lambda_max * scale
@@ -185,14 +196,14 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
             walked.append(PathPoint(fraction, reg, error, warm.n_iter, rank, warm.info.get("effective_rank")))
             walk_best = min(walk_best, error)
             if error < best:
-                best, best_result, best_rank = error, warm, rank
+                best, best_result, best_rank, holds_best = error, warm, rank, True
             elif sum(point.validation_rmse > walk_best for point in walked[-PATH_PATIENCE:]) == PATH_PATIENCE:
                 break
         path += walked
         # rank="auto": when a point of this walk kept every direction the bound allows and this
         # walk holds the best point so far, walk again with twice the bound.
         binding = any(point.effective_rank == rank for point in walked)
-        if settings.rank != "auto" or best_rank != rank or not binding or rank == min(shape):
+        if settings.rank != "auto" or not holds_best or not binding or rank == min(shape):
             return path, best_result, best_rank
         rank, warm = min(2 * rank, min(shape)), None
 
@@ -208,7 +219,9 @@ def _fit_completion(settings: CompletionSettings, rows, cols, vals, shape: tuple
     """Offsets and factors for the observed entries (rows, cols, vals) of an (n1, n2) matrix.
 
     With reg="auto" (ALS and soft-impute) the penalty is the path point of least held-out RMSE;
-    the final fit starts from that point's factors. The offsets (center "global" or "both") are
+    the final fit starts from that point's factors (the point lambda_max is the offsets-only
+    model: no solve, zero factors, :func:`_offsets_only`), and without a path (too few entries)
+    it is lambda_max * TINY_DATA_FRACTION. The offsets (center "global" or "both") are
     fitted jointly with the factors: soft-impute updates them after every sweep; for the other
     solvers they are alternated with whole solves (:func:`_alternate`). The final solve (for
     the others its first round, the long one) shows progress, calls the callback and writes the
@@ -228,9 +241,12 @@ def _fit_completion(settings: CompletionSettings, rows, cols, vals, shape: tuple
     else:
         lambda_max = observed_spectral_norm(rows, cols, vals - offsets.at(rows, cols), shape, seed=settings.seed)
         chosen = min(path, key=lambda point: point.validation_rmse) if path else None
-        # Too few entries to hold any out: fancyimpute's default, lambda_max / 50.
-        fraction = chosen.fraction if chosen is not None else 1 / 50
+        # No path: on 150 noisy entries (audit's mc_small) lambda_max / 2 beat mean and offsets-only, / 50 overfit.
+        fraction = chosen.fraction if chosen is not None else TINY_DATA_FRACTION
         reg = fraction * lambda_max * _penalty_scale(settings, rows.shape[0], shape)
+        if fraction >= 1:  # the offsets-only model: no solve (one at lambda_max only decays to zero)
+            result, offsets, converged = _offsets_only(settings, rows, cols, vals, shape, rank, reg, offsets)
+            return CompletionFit(result=result, offsets=offsets, reg=reg, path=path, n_iter=0, converged=converged)
     loop: dict[str, Any] = {"progress": settings.progress, "checkpoint": settings.checkpoint}
     if settings.callback is not None:
         loop["callback"] = _with_offsets(settings.callback, offsets)
@@ -271,6 +287,32 @@ def _alternate(settings: CompletionSettings, rows, cols, vals, shape, rank: int,
             break
         converged = False
     return result, n_iter, converged, offsets
+
+
+def _offsets_only(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg: float,
+                  offsets: Offsets) -> tuple[RecoveryResult, Offsets, bool]:
+    """The model of lambda >= lambda_max: zero factors (n1, rank), (n2, rank), and the offsets
+    fitted to vals alone, swept on from ``offsets`` until their relative change settles (OFFSET_ONLY_TOL)."""
+    xp = array_module(vals)
+    started = time.perf_counter()
+    tol = max(OFFSET_ONLY_TOL, 10 * float(np.finfo(vals.dtype).eps))
+    settled = settings.center == "none"
+    for _ in range(OFFSET_ONLY_MAX_SWEEPS if not settled else 0):
+        previous = offsets
+        offsets = fit_offsets(rows, cols, vals, shape, settings.center, settings.bias_reg, offsets)
+        if _relative_difference(xp, offsets.at(rows, cols), previous.at(rows, cols)) < tol:
+            settled = True
+            break
+    U, V = xp.zeros((shape[0], rank), vals.dtype), xp.zeros((shape[1], rank), vals.dtype)
+    info: dict[str, Any] = {"reg": reg, "seed": settings.seed, "effective_rank": 0,
+                            "singular_values": np.zeros(rank), "offsets": offsets}
+    if settings.method == "soft_impute":
+        info["factors"] = (U, xp.zeros(rank, vals.dtype), V)
+    history = {"loss": np.zeros(0), "relative_change": np.zeros(0)}
+    result = RecoveryResult(U=U, V=V, history=history, n_iter=0, converged=settled,
+                            stop_reason="converged" if settled else "max_iter",
+                            seconds=time.perf_counter() - started, backend="cuda" if xp is not np else "cpu", info=info)
+    return result, offsets, settled
 
 
 def _fits_offsets(settings: CompletionSettings) -> bool:
