@@ -40,6 +40,22 @@ def assert_rounded_twice(got, exact, magnitude, terms, half):
     assert np.all(excess <= 0), f"worst excess {excess.max():.3g}"
 
 
+def dense_problem(name, seed):
+    """(dtype, U, V, rng, numpy 16-bit dtype, U and V in float64, |U| |V|^T)."""
+    dtype = HALVES[name]
+    U, V, _, _, rng = problem(dtype, seed=seed)
+    U64, V64 = f64(U), f64(V)
+    return dtype, U, V, rng, np.asarray(U).dtype, U64, V64, np.abs(U64) @ np.abs(V64).T
+
+
+def assert_backward_gemms(grad_U, grad_V, weighted, U64, V64, half):
+    """d U = G' V and d V = G'^T U for the weighted gradient G' (rounded once to the format)."""
+    for got, exact, magnitude, terms in ((grad_U, weighted @ V64, np.abs(weighted) @ np.abs(V64), V64.shape[0]),
+                                         (grad_V, weighted.T @ U64, np.abs(weighted).T @ np.abs(U64), U64.shape[0])):
+        assert got.dtype == half
+        assert_rounded_twice(got, exact, magnitude, terms, half)
+
+
 @pytest.mark.parametrize("name", HALVES)
 def test_sparse_operators_values_and_gradients(name):
     dtype = HALVES[name]
@@ -71,11 +87,7 @@ def test_sparse_operators_values_and_gradients(name):
 
 @pytest.mark.parametrize("name", HALVES)
 def test_dense_products_sum_in_float32_and_round_once(name):
-    dtype = HALVES[name]
-    U, V, _, _, rng = problem(dtype, seed=1)
-    half = np.asarray(U).dtype
-    U64, V64 = f64(U), f64(V)
-    magnitude = np.abs(U64) @ np.abs(V64).T
+    dtype, U, V, rng, half, U64, V64, magnitude = dense_problem(name, seed=1)
     product = lj.lowrank_product(U, V)
     assert product.dtype == dtype
     assert_one_rounding(np.asarray(product), U64 @ V64.T, magnitude, 32, half)
@@ -87,20 +99,13 @@ def test_dense_products_sum_in_float32_and_round_once(name):
     g = jnp.asarray(rng.standard_normal(out.shape), dtype)
     grad_U, grad_V = vjp(g)
     weighted = f64(g) * (1 - f64(out) ** 2)  # f'(x) from y = f(x), as the backward takes it
-    for got, exact, magnitude, terms in ((grad_U, weighted @ V64, np.abs(weighted) @ np.abs(V64), 200),
-                                         (grad_V, weighted.T @ U64, np.abs(weighted).T @ np.abs(U64), 40)):
-        assert got.dtype == dtype
-        assert_rounded_twice(got, exact, magnitude, terms, half)
+    assert_backward_gemms(grad_U, grad_V, weighted, U64, V64, half)
 
 
 @pytest.mark.parametrize("name", HALVES)
 def test_top_k_values_and_gradients_under_jit(name):
-    dtype = HALVES[name]
-    U, V, _, _, rng = problem(dtype, seed=2)
-    half = np.asarray(U).dtype
-    U64, V64 = f64(U), f64(V)
+    dtype, U, V, _, half, U64, V64, magnitude = dense_problem(name, seed=2)
     exact = np.tanh(U64 @ V64.T)
-    magnitude = np.abs(U64) @ np.abs(V64).T
 
     @jax.jit
     def values_and_grads(U, V):
@@ -120,8 +125,7 @@ def test_top_k_values_and_gradients_under_jit(name):
     assert np.all(np.abs(taken).min(1) >= np.abs(dropped).max(1) - 64 * F32_UNIT * magnitude.max())
     weights = np.zeros_like(exact)
     np.put_along_axis(weights, indices, 1 - f64(values) ** 2, axis=1)
-    assert_rounded_twice(grad_U, weights @ V64, np.abs(weights) @ np.abs(V64), 200, half)
-    assert_rounded_twice(grad_V, weights.T @ U64, np.abs(weights).T @ np.abs(U64), 40, half)
+    assert_backward_gemms(grad_U, grad_V, weights, U64, V64, half)
 
 
 def test_apply_kernel_rounds_float32_once_and_refuses_other_pairs():
