@@ -4,6 +4,8 @@ shared/specs/elbmf.md, planted tiles recovered with their rank, a real Boolean s
 == dense, batched == one at a time, the estimator, the ``bmf`` subcommand and the errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -451,9 +453,23 @@ def test_bmf_subcommand_errors_are_one_line(tmp_path, capsys):
     np.savez(source, rows=np.array([0, 1]), cols=np.array([1, 0]), vals=np.array([1.0, 2.0]))
     assert cli_main(["bmf", str(source), "-k", "2", "-o", str(tmp_path / "f.npz")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "must be a 0/1 (Boolean) matrix" in err and "is 2.0" in err
+    # named by the file's ids (the estimator knows only matrix indices)
+    assert err.count("\n") == 1 and "the entry at (row 1, col 0) is 2; a 0/1 matrix holds 0 or 1" in err
     assert cli_main(["bmf", str(source), "-k", "0"]) == 2
     assert cli_main(["bmf", str(tmp_path / "missing.csv")]) == 1
+    capsys.readouterr()
+    for option in (["--reg-growth", "0.5"], ["--inertia", "1.5"], ["--reg-growth", "nan"]):  # ranges: usage errors
+        assert cli_main(["bmf", str(source), "-k", "2", *option]) == 2, option
+        assert capsys.readouterr().err.startswith(f"lowrank-hpc: error: {option[0]} must be")
+
+
+def test_bmf_subcommand_counts_ones_not_the_zeros_an_npz_lists(tmp_path, capsys):
+    source = tmp_path / "zeros.npz"
+    np.savez(source, rows=np.array([10, 10, 20, 30]), cols=np.array([5, 6, 5, 6]), vals=np.array([1.0, 0.0, 0.0, 1.0]))
+    assert cli_main(["bmf", str(source), "-k", "1", "-o", str(tmp_path / "f.npz"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ones"] == 2 and report["shape"] == [3, 2]
+    assert report["recall"] == 1.0 or report["precision"] == 1.0  # scored against the two ones only
 
 
 @pytest.mark.gpu

@@ -172,7 +172,40 @@ def test_batch_without_a_client_runs_sensing_and_rebalanced_problems_one_at_a_ti
         assert got[b].n_iter == want.n_iter and got[b].info["chunk"] == 0
 
 
+def test_batch_of_a_stack_one_at_a_time_and_seeds_that_wrap():
+    """A (B, m, n) stack under a per-problem method (gd_rebalanced) solves each problem from its
+    observed entries (it had no operators: every problem failed), and problem b's seed is
+    (seed + b) mod 2**64, the one factored_gd takes, also past the top of the range."""
+    rng = np.random.default_rng(5)
+    stack = rng.standard_normal((3, 10, 2)) @ rng.standard_normal((3, 2, 8))
+    stack[rng.random(stack.shape) > 0.7] = np.nan
+    seed = 2**64 - 2
+    for method in ("gd_rebalanced", "gd"):
+        got = solve_batch(stack, 2, method=method, seed=seed, max_iter=50)
+        for b in range(3):
+            rows, cols = np.nonzero(~np.isnan(stack[b]))
+            want = lr.recover.factored_gd(lr.sensing.EntrySampling(rows, cols, (10, 8)), stack[b][rows, cols], 2,
+                                          method=method, seed=(seed + b) % 2**64, max_iter=50)
+            np.testing.assert_allclose(got[b].U, want.U, rtol=1e-6, atol=1e-9)
+            assert got[b].info["seed"] == (seed + b) % 2**64
+
+
 # ---------------------------------------------------------------------- DistributedALS
+def test_distributed_als_says_a_worker_was_lost(monkeypatch):
+    """Dask reports a lost worker's futures as "cancelled for reason: already forgotten"; fit
+    raises a RuntimeError naming the loss and the remedy, other errors pass through as they are."""
+    from distributed.client import FutureCancelledError
+
+    model = DistributedALS(2)
+    monkeypatch.setattr(DistributedALS, "_solve", lambda self, *a: (_ for _ in ()).throw(
+        FutureCancelledError("lowrank_hpc-stats-1", reason="already forgotten")))
+    with pytest.raises(RuntimeError, match="a worker was lost during the solve.*rerun the fit"):
+        model.fit(np.array([0]), np.array([0]), np.array([1.0]), shape=(1, 1))
+    monkeypatch.setattr(DistributedALS, "_solve", lambda self, *a: (_ for _ in ()).throw(ValueError("bad rows")))
+    with pytest.raises(ValueError, match="bad rows"):
+        model.fit(np.array([0]), np.array([0]), np.array([1.0]), shape=(1, 1))
+
+
 @pytest.mark.parametrize("options, shards", [(dict(), None), (dict(reg_scaling="count"), 3),
                                              (dict(solver="cg", tol=1e-3), None)])
 def test_distributed_als_equals_recover_als(client, options, shards):

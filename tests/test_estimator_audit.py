@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 import lowrank_hpc as lr
 from lowrank_hpc.sensing import EntrySampling
@@ -174,3 +175,19 @@ def test_soft_impute_repeated_coordinates_are_counted_in_the_users_data(reg):
     # ALS takes repeated pairs (each is one more observation): no error.
     lr.MatrixCompletion(rank=3, method="als", reg=reg, max_iter=5, random_state=0).fit(rows, cols, M[rows, cols],
                                                                                         shape=M.shape)
+
+
+def test_boolean_mf_on_cuda_without_it_says_why_for_sparse_x_too():
+    """A sparse X asked onto the GPU reports the backend's absence (BackendUnavailableError, which
+    the CLI prints as one line), not cupyx's ImportError."""
+    from lowrank_hpc import _backend
+
+    try:
+        _backend.cuda_module()
+        pytest.skip("this machine has the CUDA backend")
+    except lr.BackendUnavailableError:
+        pass
+    X = scipy.sparse.csr_matrix(np.random.default_rng(0).random((10, 8)) < 0.3)
+    for given in (X, X.toarray()):
+        with pytest.raises(lr.BackendUnavailableError, match="the CUDA backend is not available"):
+            lr.BooleanMF(n_components=2, backend="cuda").fit(given)

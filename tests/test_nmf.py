@@ -527,6 +527,9 @@ def test_nmf_subcommand_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "non-negative" in err and "-2" in err
     assert cli_main(["nmf", str(source), "-k", "0"]) == 2
     assert cli_main(["nmf", str(source)]) == 2  # --components is required
+    for options in (["--l1-ratio", "2"], ["--solver", "cd", "--beta-loss", "kullback-leibler"]):  # usage errors
+        assert cli_main(["nmf", str(source), "-k", "2", *options]) == 2, options
+    assert "--solver cd fits --beta-loss frobenius only" in capsys.readouterr().err
     assert cli_main(["nmf", str(tmp_path / "missing.csv"), "-k", "2"]) == 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import readers
 from .complete import _progress_bar, check_writable, default_factors_output
-from .errors import DataError
+from .errors import DataError, UsageError
 from .report import json_safe
 
 
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from .._backend import BackendUnavailableError
     from ..estimators import BooleanMF
 
+    if not (math.isfinite(args.reg_growth) and args.reg_growth >= 1):
+        raise UsageError(f"--reg-growth must be a finite number >= 1, got {args.reg_growth:g}")
+    if not 0 <= args.inertia < 1:
+        raise UsageError(f"--inertia must be in [0, 1), got {args.inertia:g}")
     output = args.output or default_factors_output(args.input, "bmf")
     check_writable(output, "--output")
     estimator = BooleanMF(n_components=args.components, l1=args.l1, l2=args.l2, reg_growth=args.reg_growth,
@@ -33,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
                           random_state=args.seed, verbose=_progress_bar())
     started = time.perf_counter()
     data = readers.read_pairs(args.input, header=args.header, format=None if args.format == "auto" else args.format)
+    not_binary = (data.vals != 0) & (data.vals != 1)
+    if not_binary.any():  # named by the file's ids here: the estimator only knows matrix indices
+        k = int(np.argmax(not_binary))
+        raise DataError(f"{args.input}: the entry at (row {data.row_ids[data.rows[k]]}, col "
+                        f"{data.col_ids[data.cols[k]]}) is {data.vals[k]:g}; a 0/1 matrix holds 0 or 1")
     matrix = scipy.sparse.csr_matrix((data.vals, (data.rows, data.cols)), shape=data.shape)
+    matrix.eliminate_zeros()  # an .npz may list zeros: they are not ones
     fit_started = time.perf_counter()
     try:
         estimator.fit(matrix)
@@ -46,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                         loss=estimator.loss_curve_)
     result = estimator.result_
     report: dict[str, Any] = {
-        "input": args.input, "format": data.format, "shape": list(data.shape), "ones": data.nnz,
+        "input": args.input, "format": data.format, "shape": list(data.shape), "ones": int(matrix.nnz),
         "components": int(args.components), "components_used": int(np.sum(W.any(axis=0) & H.any(axis=1))),
         "recall": scores["recall"], "precision": scores["precision"], "f1": scores["f1"],
         "boolean_error": scores["boolean_error"], "iterations": int(estimator.n_iter_),

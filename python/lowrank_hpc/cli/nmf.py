@@ -17,7 +17,7 @@ import numpy as np
 
 from . import readers
 from .complete import _progress_bar, check_writable, default_factors_output
-from .errors import DataError
+from .errors import DataError, UsageError
 from .report import json_safe
 
 
@@ -27,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from .._backend import BackendUnavailableError
     from ..estimators import NMF
 
+    if not 0 <= args.l1_ratio <= 1:
+        raise UsageError(f"--l1-ratio must be in [0, 1], got {args.l1_ratio:g}")
+    if args.solver == "cd" and args.beta_loss != "frobenius":
+        raise UsageError(f"--solver cd fits --beta-loss frobenius only; use --solver mu for {args.beta_loss}")
     output = args.output or default_factors_output(args.input, "nmf")
     check_writable(output, "--output")
     alpha_H = "same" if args.alpha_H is None else args.alpha_H

@@ -36,8 +36,8 @@ class DistributedALS:
     the U, V, loss history and stop of ``recover.als`` with the same data, seed and settings
     (to rounding of the sums behind the loss and the relative change: 1e-8 relative or better).
     The client reads a few r x r sums per iteration; factors never pass through it until the end.
-    A worker lost in mid-solve loses its shards and blocks, and the solve raises (no
-    checkpoints on a cluster): rerun it. solve_batch, whose chunks carry their data, survives that.
+    A worker lost in mid-solve loses its shards and blocks, and the solve raises a RuntimeError
+    that says so (no checkpoints on a cluster): rerun it. solve_batch, whose chunks carry their data, survives that.
 
     Parameters
     ----------
@@ -98,7 +98,15 @@ class DistributedALS:
         -------
         self, with result_, U_ and V_.
         """
-        self.result_ = self._solve(rows, cols, vals, shape, columns, init, callback, progress, time_limit)
+        try:
+            self.result_ = self._solve(rows, cols, vals, shape, columns, init, callback, progress, time_limit)
+        except Exception as error:
+            # Dask's words for a lost worker ("... cancelled for reason: already forgotten") name neither.
+            if type(error).__name__ not in ("FutureCancelledError", "CancelledError", "KilledWorker"):
+                raise
+            raise RuntimeError(f"{FUNCTION}: a worker was lost during the solve, and with it the shards and factor "
+                               f"blocks it held ({type(error).__name__}: {error}); DistributedALS keeps no "
+                               "checkpoint on a cluster: rerun the fit") from error
         self.U_, self.V_ = self.result_.U, self.result_.V
         return self
 

@@ -13,7 +13,7 @@ from .._arrays import for_backend, to_numpy
 from ..recover import batched_als, batched_factored_gd, factored_gd
 from ..recover._result import RecoveryResult
 from ..recover.als import _initial_V
-from ..recover.batched_gd import small_init
+from ..recover.batched_gd import problem_seed, small_init
 from ..recover.factored_gd import resolve_init
 from ..sensing import EntrySampling
 from . import _problems
@@ -54,7 +54,7 @@ def solve_batch(problems: Any, rank: int, *, client: Any = None, chunk_size: Opt
         "scaled_damped" run batched; "gd_rebalanced" and sensing operators run factored_gd per
         problem.
     seed : None (one seed is drawn here for the whole batch) or an int in [0, 2**64). Problem b
-        starts as the single solvers would with ``seed=(seed, b)`` (ALS) or ``seed=seed + b``
+        starts as the single solvers would with ``seed=(seed, b)`` (ALS) or ``seed=(seed + b) % 2**64``
         (gradient methods), so its start never depends on its chunk; ``result.info["seed"]``
         says which.
     backend : "auto" (each worker uses its GPU when it has one, else its CPU), "cpu" or "cuda".
@@ -314,14 +314,14 @@ def _batched_call(chunk: Chunk, settings: dict[str, Any], backend: str, data, me
             init = tuple(_to(backend, np.stack([np.asarray(given[k][side], dtype=vals.dtype) for k in members]))
                          for side in (0, 1))
         elif isinstance(init, str) and init == "small":
-            init = tuple(_to(backend, a) for a in small_init([seed + int(b) for b in indices], shape, rank,
+            init = tuple(_to(backend, a) for a in small_init([problem_seed(seed, b) for b in indices], shape, rank,
                                                              options.pop("init_scale", 1e-3), vals.dtype))
         for name in ("step", "damping"):
             if name in chunk.options:
                 options[name] = _to(backend, np.asarray([chunk.options[name][k] for k in members]))
         result = batched_factored_gd(rows, cols, vals, offsets_d, shape, rank, method=settings["method"], init=init,
                                      seed=seed, **options)
-        seeds = [seed + int(b) for b in indices]
+        seeds = [problem_seed(seed, b) for b in indices]
     seconds = time.perf_counter() - started
     return [_one(result, k, seeds[k], chunk, seconds, len(members)) for k in range(len(members))]
 
@@ -358,7 +358,11 @@ def _solve_single(chunk: Chunk, k: int, settings: dict[str, Any], backend: str) 
     """Problem k of a "single" chunk by factored_gd, or its ProblemFailure."""
     b = int(chunk.indices[k])
     try:
-        operator, y = chunk.operators[k]
+        if chunk.operators is not None:
+            operator, y = chunk.operators[k]
+        else:  # a stack's slice (NaN for missing): its observed entries, as the batched paths read them
+            observed = ~np.isnan(chunk.dense[k])
+            operator, y = (*np.nonzero(observed), tuple(chunk.shape)), chunk.dense[k][observed]
         if isinstance(operator, tuple):  # entries: completion by factored_gd's own methods
             rows, cols, shape = operator
             if rows.shape[0] == 0:
@@ -369,7 +373,7 @@ def _solve_single(chunk: Chunk, k: int, settings: dict[str, Any], backend: str) 
             value = values[k]
             options[name] = tuple(_to(backend, np.asarray(v)) for v in value) if name == "init" else value
         result = factored_gd(operator, _to(backend, np.asarray(y)), settings["rank"], method=settings["method"],
-                             seed=settings["seed"] + b, **options)
+                             seed=problem_seed(settings["seed"], b), **options)
     except Exception as error:
         return ProblemFailure.from_exception(b, error)
     result.U, result.V = _host(result.U), _host(result.V)

@@ -145,6 +145,7 @@ def _binary_matrix(function: str, name: str, X: Any, side: str, dtype: Optional[
         if side == "cpu" and on_device:
             X = X.get()
         elif side == "cuda" and not on_device:
+            _backend.cuda_module()  # BackendUnavailableError with the reason, before cupyx's ImportError
             import cupyx.scipy.sparse as device_sparse
 
             X = device_sparse.csr_matrix(X.tocsr())

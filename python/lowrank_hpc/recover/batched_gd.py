@@ -94,7 +94,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     rank : factor width, an int >= 1; as in :func:`factored_gd` it may exceed min(m, n)
         (over-parameterized) except with method "scaled" or init "spectral".
     method : "gd", "alternating", "scaled" or "scaled_damped".
-    init : "small" (problem b uses the init factored_gd would draw with seed = seed + b),
+    init : "small" (problem b uses the init factored_gd would draw with seed = seed + b, modulo 2**64),
         "spectral" (top-rank SVD of each problem's zero-filled observations divided by its
         sampling rate; dense per problem, meant for small problems) or arrays
         (U0 (B, m, rank), V0 (B, n, rank)). None (default): as :func:`factored_gd`'s, "spectral"
@@ -109,7 +109,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         converged False, when its loss is NaN/inf ("diverged") or an iteration cannot move its
         factors ("no_progress"), exactly as :func:`factored_gd` decides for one problem.
     seed : None (fresh entropy: one seed is drawn for the call) or an int in [0, 2**64): problem
-        b draws its "small" init with seed + b, as factored_gd(..., seed=seed + b) does.
+        b draws its "small" init with seed + b (modulo 2**64: :func:`problem_seed`), as
+        factored_gd(..., seed=problem_seed(seed, b)) does.
         ``result.info["seed"]`` is the seed used; a checkpointed run with seed=None resumes
         with the seed it drew (stored in the checkpoint).
 
@@ -174,7 +175,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
                                           else (lambda: xp.zeros(batch))))
 
     if isinstance(init, str) and init == "small":
-        U, V = small_init([seed_value + b for b in range(batch)], (m, n), rank, init_scale, dtype)
+        U, V = small_init([problem_seed(seed_value, b) for b in range(batch)], (m, n), rank, init_scale, dtype)
         U, V = xp.asarray(U), xp.asarray(V)
     elif isinstance(init, str) and init == "spectral":
         # Zero-filled observations rescaled by the sampling rate: small problems, so dense SVDs.
@@ -280,6 +281,12 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
         info={"steps": to_host(state.arrays["step"]), "dampings": to_host(dampings),
               "step_halvings": to_host(state.arrays["halvings"]).astype(np.int64),
               "n_iter": to_host(state.arrays["n_iter"]).astype(np.int64), "seed": state.seed})
+
+
+def problem_seed(seed: int, b: int) -> int:
+    """Problem b's seed in a batch seeded ``seed``: seed + b, wrapped to [0, 2**64) (the range a
+    seed takes), so that factored_gd(..., seed=problem_seed(seed, b)) reproduces problem b."""
+    return (int(seed) + int(b)) % 2**64
 
 
 def small_init(seeds, shape: tuple[int, int], rank: int, init_scale: float, dtype) -> tuple[np.ndarray, np.ndarray]:
