@@ -137,3 +137,20 @@ def test_apply_kernel_rounds_float32_once_and_refuses_other_pairs():
         ops.apply_kernel(x.astype(np.float64), "tanh", np.float16)
     with pytest.raises(FloatingPointError, match=r"apply_kernel: .* 1 entries of exp\(K\) are inf in float16"):
         ops.apply_kernel(np.float32([1.0, 12.0]), "exponential", np.float16)
+
+
+@pytest.mark.parametrize("name, just_below_one", [("bfloat16", 1 - 2.0 ** -8), ("float16", 1 - 2.0 ** -11)])
+def test_piecewise_linear_slope_is_read_from_x_not_its_rounding(name, just_below_one):
+    """As in the torch test: y rounds to 1 while x is inside (-1, 1), so d U = V."""
+    dtype = HALVES[name]
+    V = jnp.asarray([[1.0, just_below_one]], dtype)
+    for forward in (lambda U: lj.kernel_product(U, V, "piecewise_linear"),
+                    lambda U: lj.kernel_product(U, V, "piecewise_linear", 1).values,
+                    lambda U: lj.kernel_product(U, V, "piecewise_linear", 1, top_k_mode="global").values):
+        U = jnp.asarray([[0.5, 0.5]], dtype)
+        assert float(forward(U).reshape(-1)[0]) == 1.0
+        grad_U = jax.grad(lambda U, f=forward: f(U).astype(jnp.float32).sum())(U)
+        np.testing.assert_array_equal(np.asarray(grad_U, np.float32), np.asarray(V, np.float32))
+    grad_U = jax.grad(lambda U: lj.kernel_product(U, V, "piecewise_linear").astype(jnp.float32).sum())(
+        jnp.asarray([[0.75, 0.75]], dtype))
+    np.testing.assert_array_equal(np.asarray(grad_U, np.float32), [[0.0, 0.0]])

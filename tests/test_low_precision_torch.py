@@ -116,3 +116,22 @@ def test_errors_name_the_dtypes():
     with pytest.raises(TypeError, match="lowrank_product: U must be a float32, float64, float16 or bfloat16 "
                                         "tensor, got torch.int8"):
         lt.lowrank_product(U.to(torch.int8), V.to(torch.int8))
+
+
+@pytest.mark.parametrize("name, just_below_one", [("bfloat16", 1 - 2.0 ** -8), ("float16", 1 - 2.0 ** -11)])
+def test_piecewise_linear_slope_is_read_from_x_not_its_rounding(name, just_below_one):
+    """x = 0.5 + 0.5 * v just inside (-1, 1) rounds to y = 1 in the 16-bit format; the slope there
+    is 1 (x is inside), so d U = V, in the dense product and in both top-k modes."""
+    dtype = HALVES[name]
+    V = torch.tensor([[1.0, just_below_one]]).to(dtype)
+    for forward in (lambda U: lt.kernel_product(U, V, "piecewise_linear"),
+                    lambda U: lt.kernel_product(U, V, "piecewise_linear", 1).values,
+                    lambda U: lt.kernel_product(U, V, "piecewise_linear", 1, top_k_mode="global").values):
+        U = torch.tensor([[0.5, 0.5]]).to(dtype).requires_grad_(True)
+        out = forward(U)
+        assert float(out.detach().reshape(-1)[0]) == 1.0  # the rounding the slope must not be read from
+        (grad_U,) = torch.autograd.grad(out.float().sum(), (U,))
+        assert grad_U.tolist() == V.float().tolist()
+    U = torch.tensor([[0.75, 0.75]]).to(dtype).requires_grad_(True)  # x = 1.5 - ..., clamped: slope 0
+    (grad_U,) = torch.autograd.grad(lt.kernel_product(U, V, "piecewise_linear").float().sum(), (U,))
+    assert grad_U.tolist() == [[0.0, 0.0]]

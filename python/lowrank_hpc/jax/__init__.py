@@ -165,10 +165,14 @@ def _gemm(a, b):
     return a @ b
 
 
-def _weighted(kernel: str, grad, values):
-    """grad * f'(x) from y = f(x); for 16-bit values in float32, rounded once."""
+def _weighted(kernel: str, grad, values, inner):
+    """grad * f'(x) from y = f(x); for 16-bit values in float32, rounded once. ``inner()`` gives
+    x (float32) for the one case y cannot tell: piecewise_linear in 16 bits, whose rounding takes
+    an x just inside (-1, 1) to y = +-1."""
     if values.dtype in _HALVES:
-        return (grad.astype(jnp.float32) * _derivative(kernel, values.astype(jnp.float32))).astype(values.dtype)
+        slope = (jnp.abs(inner()) < 1).astype(jnp.float32) if kernel == "piecewise_linear" else \
+            _derivative(kernel, values.astype(jnp.float32))
+        return (grad.astype(jnp.float32) * slope).astype(values.dtype)
     return grad * _derivative(kernel, values)
 
 
@@ -189,7 +193,7 @@ def _kernel_dense_fwd(U, V, kernel):
 
 def _kernel_dense_bwd(kernel, residuals, grad):
     U, V, out = residuals
-    weighted = _weighted(kernel, grad, out)
+    weighted = _weighted(kernel, grad, out, lambda: _gemm(U, _swap(V)))  # the forward's float32 x
     return _gemm(weighted, V).astype(U.dtype), _gemm(_swap(weighted), U).astype(V.dtype)  # G' V, G'^T U
 
 
@@ -228,12 +232,13 @@ def _top_k_fwd(U, V, kernel, k, mode, order):
 def _top_k_bwd(kernel, k, mode, order, residuals, grads):
     U, V, out = residuals
     values = out[0].reshape(-1)
-    weights = _weighted(kernel, grads[0].reshape(-1), values)
     if mode == "row":
         rows = jnp.repeat(jnp.arange(U.shape[0], dtype=jnp.int32), k)
         cols = out[1].reshape(-1)
     else:
         rows, cols = out[1], out[2]
+    weights = _weighted(kernel, grads[0].reshape(-1), values,
+                        lambda: (U[rows].astype(jnp.float32) * V[cols].astype(jnp.float32)).sum(-1))
     return _spmm(rows, cols, weights, V, U.shape[0], False), _spmm(rows, cols, weights, U, V.shape[0], True)
 
 

@@ -16,7 +16,7 @@ CuPy has no bfloat16, so CUDA bfloat16 tensors are refused with a TypeError.
 """
 from __future__ import annotations
 
-from typing import Any, ContextManager, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import numpy as np
 import torch
@@ -266,10 +266,13 @@ lowrank_product_op.register_autograd(_lowrank_backward, setup_context=_pair_setu
 
 # -- kernel_product: f(U V^T), dense or its top-k ---------------------------------------------------
 
-def kernel_backward(kernel: str, grad: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def kernel_backward(kernel: str, grad: torch.Tensor, values: torch.Tensor,
+                    inner: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
     """grad * f'(x) from y = f(x), for every kernel of the core (no need to keep x = <U_i, V_j>),
     by torch's own fused (and differentiable) backward of each f: one pass over the m x n
-    gradient where ``grad * (1 - y * y)`` took three."""
+    gradient where ``grad * (1 - y * y)`` took three. ``inner`` gives x (float32) at values'
+    positions, for the one case y cannot tell: piecewise_linear in float16/bfloat16, whose
+    rounding takes an x just inside (-1, 1) to y = +-1 (bfloat16 0.998 -> 1.0)."""
     if kernel == "identity":
         return grad
     if kernel == "relu":
@@ -278,6 +281,9 @@ def kernel_backward(kernel: str, grad: torch.Tensor, values: torch.Tensor) -> to
         return grad * values
     if kernel == "tanh":
         return torch.ops.aten.tanh_backward(grad, values)  # grad (1 - y^2)
+    if values.dtype in _HALVES and inner is not None:
+        x = inner()
+        return grad * ((x > -1) & (x < 1)).to(grad.dtype)
     # piecewise_linear: y = x clamped to [-1, 1], so -1 < y < 1 exactly where -1 < x < 1
     return torch.ops.aten.hardtanh_backward(grad, values, -1.0, 1.0)
 
@@ -305,7 +311,9 @@ def _kernel_setup(ctx, inputs, output):
 
 def _kernel_backward(ctx, grad):
     U, V, output = ctx.saved_tensors
-    grad_U, grad_V = _gemm_backward(ctx, kernel_backward(ctx.kernel, grad, output), U, V)
+    weighted = kernel_backward(ctx.kernel, grad, output,
+                               lambda: torch.matmul(U.float(), V.float().transpose(-1, -2)))  # the forward's x
+    grad_U, grad_V = _gemm_backward(ctx, weighted, U, V)
     return grad_U, grad_V, None
 
 
@@ -363,7 +371,8 @@ def _top_k_setup(ctx, inputs, output):
 def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
     """(d U, d V) of the selected values f(<U[rows[k]], V[cols[k]]>): the sampled product's
     adjoint, weighted by f' (the selection itself is piecewise constant)."""
-    weights = kernel_backward(ctx.kernel, grad_values, values)
+    weights = kernel_backward(ctx.kernel, grad_values, values,
+                              lambda: sampled_product_op(U.float(), V.float(), rows, cols))
     grad_U = grad_V = None
     if ctx.needs_input_grad[0]:
         grad_U = sparse_times_dense_op(rows, cols, weights, V, U.shape[0], False)
