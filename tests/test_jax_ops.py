@@ -142,3 +142,26 @@ def test_errors_name_the_argument():
         lj.kernel_product(U, V, "relu", 3, top_k_order="value")
     with pytest.raises(ValueError, match=r"top_k must satisfy 1 <= top_k <= 42 in global mode, got 43"):
         lj.kernel_product(U, V, "relu", 43, top_k_mode="global")
+
+
+def test_empty_index_arrays_give_empty_results_and_zero_gradients():
+    U, V, *_ = problem()
+    empty = jnp.zeros(0, jnp.int64)
+    assert lj.sampled_product(U, V, empty, empty).shape == (0,)
+    grad_U, grad_V = jax.grad(lambda U, V: lj.sampled_product(U, V, empty, empty).sum(), argnums=(0, 1))(U, V)
+    np.testing.assert_array_equal(grad_U, np.zeros(U.shape))
+    np.testing.assert_array_equal(grad_V, np.zeros(V.shape))
+    product = lj.sparse_times_dense(empty, empty, jnp.zeros(0), V, 7)
+    np.testing.assert_array_equal(product, np.zeros((7, V.shape[1])))
+
+
+def test_sizes_and_counts_are_checked_not_truncated():
+    U, V, rows, cols, vals = problem()
+    with pytest.raises(TypeError, match="kernel_product: top_k must be an int, got float 2.5"):
+        lj.kernel_product(U, V, "tanh", 2.5)
+    with pytest.raises(TypeError, match="kernel_product: top_k must be an int, got bool"):
+        lj.kernel_product(U, V, "tanh", True)
+    with pytest.raises(TypeError, match="sparse_times_dense: n_rows must be an int, got float 2.9"):
+        lj.sparse_times_dense(rows, cols, vals, V, 2.9)
+    with pytest.raises(ValueError, match="sparse_times_dense: n_rows must be >= 1, got -1"):
+        lj.sparse_times_dense(rows, cols, vals, V, -1)

@@ -262,3 +262,28 @@ def test_cuda_tensors_match_the_cpu():
     torch.testing.assert_close(Vc.grad.cpu(), gV)
     torch.testing.assert_close(lt.kernel_product(Uc, Vc, "tanh").cpu(), lt.kernel_product(U, V, "tanh"))
     assert lowrank_hpc.get_backend() in ("auto", "cuda")
+
+
+def test_empty_index_tensors_give_torchs_empty_results_and_zero_gradients():
+    U = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    V = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.int64)
+    out = lt.sampled_product(U, V, empty, empty)
+    assert out.shape == (0,) and out.dtype == torch.float64
+    grad_U, grad_V = torch.autograd.grad(out.sum(), (U, V))
+    assert torch.equal(grad_U, torch.zeros_like(U)) and torch.equal(grad_V, torch.zeros_like(V))
+    vals = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    product = lt.sparse_times_dense(empty, empty, vals, V, 5)
+    assert torch.equal(product, torch.zeros(5, 3, dtype=torch.float64))
+    grad_vals, grad_B = torch.autograd.grad(product.sum(), (vals, V))
+    assert grad_vals.shape == (0,) and torch.equal(grad_B, torch.zeros_like(V))
+
+
+def test_sizes_and_flags_are_checked_not_truncated():
+    U, V, rows, cols, vals = problem()
+    with pytest.raises(TypeError, match="sparse_times_dense: n_rows must be an int, got float 7.9"):
+        lt.sparse_times_dense(rows, cols, vals, V, 7.9)
+    with pytest.raises(ValueError, match="sparse_times_dense: n_rows must be >= 1, got 0"):
+        lt.sparse_times_dense(rows, cols, vals, V, 0)
+    with pytest.raises(TypeError, match="sparse_times_dense: transpose must be True or False"):
+        lt.sparse_times_dense(rows, cols, vals, V, 7, transpose="yes")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import ops
+from .. import _checks, ops
 from ..ops import GlobalTopK, TopK
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
@@ -81,6 +81,8 @@ def _callback(function, result_shapes, *args):
 
 @jax.custom_vjp
 def _sampled(U, V, rows, cols):
+    if rows.shape[0] == 0:  # no entry (shapes are static): the core refuses empty coordinates
+        return jnp.zeros((0,), U.dtype)
     return _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
                      jax.ShapeDtypeStruct(rows.shape, U.dtype), U, V, rows, cols)
 
@@ -108,6 +110,8 @@ def sampled_product(U, V, rows, cols):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _spmm(rows, cols, vals, B, n_rows: int, transpose: bool):
+    if rows.shape[0] == 0:  # no entry: the zero matrix
+        return jnp.zeros((n_rows, B.shape[1]), B.dtype)
     return _callback(lambda r, c, v, B: ops.sparse_times_dense(r, c, v, B, n_rows, transpose=transpose,
                                                                check_finite=False),
                      jax.ShapeDtypeStruct((n_rows, B.shape[1]), B.dtype), rows, cols, vals, B)
@@ -135,7 +139,8 @@ def sparse_times_dense(rows, cols, vals, B, n_rows: int, *, transpose: bool = Fa
     _check_indices("sparse_times_dense", rows, cols)
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"sparse_times_dense: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
-    return _spmm(rows, cols, vals, B, int(n_rows), bool(transpose))
+    n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
+    return _spmm(rows, cols, vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
 # -- lowrank_product and kernel_product -----------------------------------------------------------
@@ -255,6 +260,7 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
         _check_pair("kernel_product", U, V, (2, 3))
         return lowrank_product(U, V) if kernel == "identity" else _kernel_dense(U, V, kernel)
     _check_pair("kernel_product", U, V)
+    top_k = _checks.integer("kernel_product", "top_k", top_k)  # 2.5 or True is an error, never 2 or 1
     if top_k_mode not in ("row", "global"):
         raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
     if top_k_order not in ops.TOP_K_ORDERS:
@@ -265,5 +271,5 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
         raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {limit} in {top_k_mode} mode, got {top_k}")
     if m * n >= 2**31:
         raise ValueError(f"kernel_product: m * n = {m * n} does not fit the int32 indices of the JAX top-k")
-    result = _top_k(U, V, kernel, int(top_k), top_k_mode, top_k_order)
+    result = _top_k(U, V, kernel, top_k, top_k_mode, top_k_order)
     return TopK(*result) if top_k_mode == "row" else GlobalTopK(*result)

@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import torch
 
+from .. import _checks
 from ..ops import GlobalTopK, TopK
 from ._ops import (kernel_name, kernel_product_op, kernel_top_k_global_op, kernel_top_k_rows_op, lowrank_product_op,
                    sampled_product_op, sparse_times_dense_op)
@@ -40,7 +41,8 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     vals (nnz,), B (k, r) float32/float64 of one dtype and device; rows, cols (nnz,) int32/int64;
     n_rows: rows of the result. Returns (n_rows, r).
     """
-    return sparse_times_dense_op(rows, cols, vals, B, int(n_rows), bool(transpose))
+    n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
+    return sparse_times_dense_op(rows, cols, vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
 def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
