@@ -61,6 +61,8 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     indices (m, k) int64); ``"global"``: :class:`GlobalTopK` (values, rows, cols of shape (k,)).
     Top-k mode takes 2-D U and V and never forms the dense m x n matrix. ``top_k_order``:
     "magnitude" (best first) or "position" (columns ascending in each row; global: row-major).
+    A NaN/inf entry of f(U V^T) (an overflow, or NaN/inf in U or V) raises FloatingPointError,
+    as ``ops.kernel_product`` does, where the sparse operators here return what they compute.
     """
     kernel = kernel_name("kernel_product", kernel)
     if top_k is None:
