@@ -192,3 +192,84 @@ def test_cuda_tensors_match_cpu_tensors():
     train(gpu_model, gpu_optimizer, x.cuda(), y.cuda(), 50)
     assert max_relative_difference(gpu_model.cpu(), cpu_model) < 1e-5
     assert _backend.HAS_CUDA
+
+
+@pytest.mark.parametrize("options", [dict(), dict(lr=3e-2, weight_decay=0.1, maximize=True),
+                                     dict(beta2_decay=-0.6, eps=(1e-20, 1e-2), d=1.3)], ids=["defaults", "wd_max", "eps"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_a_0d_parameter_steps_as_torch_adafactor_steps_it(dtype, options):
+    dtype = DTYPES[dtype]
+    generator = torch.Generator().manual_seed(3)
+    start = [torch.tensor(1.5, dtype=dtype), torch.randn(4, 3, generator=generator, dtype=dtype)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    theirs = [torch.nn.Parameter(t.clone()) for t in start]
+    optimizer = Adafactor(ours, **options)
+    reference = torch.optim.Adafactor(theirs, foreach=False, **options)
+    for _ in range(8):
+        grads = [torch.randn(t.shape, generator=generator, dtype=dtype) for t in start]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer.step()
+        reference.step()
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=tolerance, atol=tolerance)
+    assert optimizer.state[ours[0]]["variance"].shape == ()
+    torch.testing.assert_close(optimizer.state[ours[0]]["variance"], reference.state[theirs[0]]["variance"],
+                               rtol=tolerance, atol=0)
+    assert float(optimizer.state[ours[0]]["step"]) == 8
+    assert abs(float(ours[0].detach()) - 1.5) > 1e-3  # it moved
+
+
+def test_a_0d_parameter_with_beta1_keeps_a_0d_first_moment():
+    scalar = torch.nn.Parameter(torch.tensor(1.5))
+    optimizer = Adafactor([scalar], beta1=0.9, relative_step=False, scale_parameter=False, lr=0.1)
+    scalar.grad = torch.tensor(0.3)
+    optimizer.step()
+    state = optimizer.state[scalar]
+    # Step 1: variance = g^2, exp_avg = (1 - beta1) lr g / sqrt(g^2) = 0.01 (alpha_t U), the step exp_avg.
+    assert state["exp_avg"].shape == () and state["variance"].shape == ()
+    torch.testing.assert_close(state["variance"], torch.tensor(0.09), rtol=1e-6, atol=0)
+    torch.testing.assert_close(state["exp_avg"], torch.tensor(0.01), rtol=1e-5, atol=0)
+    torch.testing.assert_close(scalar.detach(), torch.tensor(1.49), rtol=1e-6, atol=0)
+
+
+GROUP_ERRORS = {
+    "lr": (dict(lr=-1.0), ValueError, "lr must be a finite number > 0, got -1.0"),
+    "eps_float": (dict(eps=1e-3), ValueError, r"eps must be a pair \(eps1 or None, eps2\), got 0.001"),
+    "maximize_str": (dict(maximize="no"), TypeError, "maximize must be True or False, got str 'no'"),
+    "beta1": (dict(beta1=1.5), ValueError, r"beta1 must be None or in \[0, 1\), got 1.5"),
+    "d": (dict(d=0.5), ValueError, "d must be >= 1"),
+    "weight_decay": (dict(weight_decay=-0.1), ValueError, "weight_decay must be a finite number >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(GROUP_ERRORS))
+def test_every_parameter_group_is_checked_when_it_is_added(case):
+    options, error, message = GROUP_ERRORS[case]
+    first, second = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(error, match=r"^Adafactor: " + message):  # the defaults: the same check and message
+        Adafactor([first], **options)
+    with pytest.raises(error, match=r"^Adafactor \(parameter group 1\): " + message):
+        Adafactor([{"params": [first]}, {"params": [second], **options}])
+    optimizer = Adafactor([first])
+    with pytest.raises(error, match=r"^Adafactor \(parameter group 1\): " + message):
+        optimizer.add_param_group({"params": [second], **options})
+    assert len(optimizer.param_groups) == 1  # the rejected group was not added
+    saved = optimizer.state_dict()
+    saved["param_groups"][0].update(options)
+    with pytest.raises(error, match=r"^Adafactor.load_state_dict \(parameter group 0\): " + message):
+        Adafactor([first]).load_state_dict(saved)
+
+
+def test_valid_group_options_are_normalized_and_used():
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizer = Adafactor([first], relative_step=False, scale_parameter=False)
+    optimizer.add_param_group({"params": [second], "lr": 1, "eps": [None, 1e-3], "maximize": True})
+    group = optimizer.param_groups[1]
+    assert isinstance(group["lr"], float) and group["eps"] == (None, 1e-3) and group["relative_step"] is False
+    first.grad, second.grad = torch.ones(3), torch.ones(3)
+    optimizer.step()
+    # Unit gradients: the normalized update is 1; lr 1e-2 descends, lr 1 with maximize ascends.
+    torch.testing.assert_close(first.detach(), torch.full((3,), 0.99), rtol=1e-6, atol=0)
+    torch.testing.assert_close(second.detach(), torch.full((3,), 2.0), rtol=1e-6, atol=0)

@@ -117,3 +117,71 @@ def test_float32_and_argument_errors():
         KernelizedLoRA(base, kernel="rbf")
     with pytest.raises(ValueError, match="top_k_mode must be 'global' or 'row'"):
         KernelizedLoRA(base, top_k_mode="col")
+
+
+def test_state_dict_of_a_merged_adapter_loads_as_the_same_function():
+    adapter, x = make(kernel="tanh")
+    unmerged_weight = adapter.base.weight.detach().clone()
+    before = adapter(x).detach()
+    unmerged_state = {key: value.clone() for key, value in adapter.state_dict().items()}
+    # Unmerged round trip: unchanged keys, the same function bit for bit.
+    fresh = make(kernel="tanh", seed=1)[0]
+    fresh.load_state_dict(unmerged_state)
+    assert torch.equal(fresh(x).detach(), before)
+
+    adapter.merge()
+    merged_weight = adapter.base.weight.detach().clone()
+    state = adapter.state_dict()
+    assert list(state) == list(unmerged_state)  # same keys: strict loading of old and new checkpoints
+    for key in state:  # base.weight is the weight unmerge() restores, bit for bit
+        assert torch.equal(state[key], unmerged_state[key]), key
+    assert state["base.weight"].data_ptr() != adapter.base.weight.data_ptr()  # a copy, not the merged weight
+    nested = torch.nn.Sequential(adapter).state_dict()
+    assert torch.equal(nested["0.base.weight"], unmerged_weight)
+
+    loaded = make(kernel="tanh", seed=2)[0]
+    loaded.load_state_dict(state)
+    assert not loaded.merged
+    assert torch.equal(loaded(x).detach(), before)  # the update counted once, not twice
+    expected, _ = reference_forward(loaded, x)
+    torch.testing.assert_close(loaded(x), expected, rtol=1e-12, atol=1e-12)
+    loaded.merge()
+    assert torch.equal(loaded.base.weight, merged_weight)
+
+    # Into a merged module: unmerged, loaded, merged again with the loaded A and B.
+    target = make(kernel="tanh", seed=3)[0]
+    target.merge()
+    target.load_state_dict(state)
+    assert target.merged
+    assert torch.equal(target.base.weight, merged_weight)
+    torch.testing.assert_close(target(x), before, rtol=1e-12, atol=1e-12)
+    target.unmerge()
+    assert torch.equal(target.base.weight, unmerged_weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_unmerge_after_a_dtype_change_restores_the_converted_original_weight(dtype):
+    adapter, x = make(dtype=torch.float32)
+    unmerged_weight = adapter.base.weight.detach().clone()
+    adapter.merge()
+    adapter.to(dtype)
+    assert adapter.base.weight.dtype == dtype
+    # The state_dict's unmerged weight follows the conversion too.
+    assert torch.equal(adapter.state_dict()["base.weight"], unmerged_weight.to(dtype))
+    adapter.unmerge()
+    assert torch.equal(adapter.base.weight, unmerged_weight.to(dtype))  # as unmerging before .to() gives
+    expected, _ = reference_forward(adapter, x.to(dtype))
+    tolerance = 1e-12 if dtype == torch.float64 else 5e-2
+    torch.testing.assert_close(adapter(x.to(dtype)), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("shape", [(0, 9), (2, 0, 9)])
+def test_an_empty_batch_gives_the_base_output_and_zero_gradients(shape):
+    adapter, _ = make()
+    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    y = adapter(x)
+    assert y.shape == shape[:-1] + (7,)
+    assert torch.equal(y, adapter.base(x))
+    grad_A, grad_B, grad_x = torch.autograd.grad(y.sum(), (adapter.A, adapter.B, x))
+    assert torch.equal(grad_A, torch.zeros_like(adapter.A)) and torch.equal(grad_B, torch.zeros_like(adapter.B))
+    assert grad_x.shape == shape

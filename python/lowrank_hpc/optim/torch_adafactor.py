@@ -58,12 +58,21 @@ class Adafactor(torch.optim.Optimizer):
                         maximize=maximize, relative_step=relative_step, scale_parameter=scale_parameter,
                         warmup_init=warmup_init, beta1=beta1)
         self._check_options(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # calls add_param_group, which checks each group's options
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, after the group's options (its own, or the defaults it inherits) pass the
+        defaults' checks; the messages name the group by its index in ``param_groups``."""
+        if isinstance(param_group, dict):
+            options = {key: param_group.get(key, value) for key, value in self.defaults.items()}
+            self._check_options(options, f"Adafactor (parameter group {len(self.param_groups)})")
+            param_group.update(options)
+        super().add_param_group(param_group)
 
     @staticmethod
-    def _check_options(group: dict) -> dict:
-        """The group's options checked and normalized (the functional step's checks)."""
-        name = "Adafactor"
+    def _check_options(group: dict, name: str = "Adafactor") -> dict:
+        """The group's options checked and normalized (the functional step's checks); errors
+        start with ``name``."""
         group["lr"] = _checks.positive_float(name, "lr", group["lr"])
         group["beta2_decay"] = _beta2_decay(name, "beta2_decay", group["beta2_decay"])
         group["eps"] = _eps(name, "eps", group["eps"])
@@ -83,7 +92,13 @@ class Adafactor(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, except that moments stay float32 for 16-bit parameters (torch casts every
-        floating state tensor to the parameter's dtype on load)."""
+        floating state tensor to the parameter's dtype on load). Each saved group's options pass
+        the constructor's checks first (a group saved by torch.optim.Adafactor gets our extra
+        options' defaults), so a bad one fails here, naming the group, not in step()."""
+        for index, saved in enumerate(state_dict["param_groups"]):
+            options = {**self.defaults, **_EXTRA_DEFAULTS, "foreach": None,
+                       **{key: saved[key] for key in self.defaults if key in saved}}
+            self._check_options(options, f"Adafactor.load_state_dict (parameter group {index})")
         super().load_state_dict(state_dict)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
@@ -188,14 +203,16 @@ class Adafactor(torch.optim.Optimizer):
         params = [param for _, _, param in members]
         call = resolve("Adafactor.step", param=params[0].detach())
         states = [self.state[p] for p in params]
-        vector = params[0].dim() == 1
+        vector = params[0].dim() < 2  # 0-d too: unfactored, "variance" of its shape (as torch)
+        # The kernel steps vectors: a 0-d tensor goes as a 1-element view of the same memory.
+        flat = (lambda t: t.view(1)) if params[0].dim() == 0 else (lambda t: t)
         arrays = dict(
-            params=[self._array(call, "param", p) for p in params],
-            grads=[self._array(call, "grad", p.grad if p.grad.is_contiguous() else p.grad.contiguous())
+            params=[self._array(call, "param", flat(p)) for p in params],
+            grads=[self._array(call, "grad", flat(p.grad if p.grad.is_contiguous() else p.grad.contiguous()))
                    for p in params],
             row_vars=[None if vector else self._array(call, "row_var", s["row_var"]) for s in states],
-            col_vars=[self._array(call, "col_var", s["variance"] if vector else s["col_var"]) for s in states],
-            exp_avgs=[self._array(call, "exp_avg", s["exp_avg"]) for s in states] if group["beta1"] else [])
+            col_vars=[self._array(call, "col_var", flat(s["variance"]) if vector else s["col_var"]) for s in states],
+            exp_avgs=[self._array(call, "exp_avg", flat(s["exp_avg"])) for s in states] if group["beta1"] else [])
         steps = [float(s["step"].item()) + 1.0 for s in states]
         eps1, eps2 = group["eps"]
         if eps1 is None:

@@ -45,7 +45,17 @@ class KernelizedLoRA(nn.Module):
         generator: a torch.Generator for the initialization (reproducible runs).
 
     ``merge()`` adds the kept update into ``base.weight`` (the forward then runs the plain layer)
-    and records the entries it changed; ``unmerge()`` restores them bit for bit.
+    and records the entries it changed; ``unmerge()`` restores them bit for bit. The record is
+    held in non-persistent buffers, so ``.to()``/``.double()``/``.half()`` move and cast it with
+    the weight: after a dtype change ``unmerge()`` restores the original entries converted to the
+    new dtype, the weight that unmerging before the conversion would have given.
+
+    ``state_dict()`` always describes the unmerged module: while merged, ``base.weight``'s entry
+    is the weight ``unmerge()`` would restore (a copy), with the same keys as ever, so a
+    checkpoint of a merged module loads into a fresh module (merged or not) as the same function.
+    ``load_state_dict()`` into a merged module unmerges it, loads, and merges again with the
+    loaded A and B (the result is that of loading into the unmerged module, then ``merge()``).
+    Loading ``base`` alone (``adapter.base.load_state_dict``) bypasses this: unmerge first.
     """
 
     def __init__(self, base: nn.Linear, rank: int = 8, *, kernel: str = "piecewise_linear", keep: float = 0.5,
@@ -72,11 +82,26 @@ class KernelizedLoRA(nn.Module):
         self.A = nn.Parameter(torch.randn(out_features, rank, generator=generator).to(**factory) * init_scale)
         self.B = nn.Parameter(torch.randn(in_features, rank, generator=generator).to(**factory)
                               / math.sqrt(in_features))
-        self._merged: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        # The merge record (rows, cols, original entries) as buffers: .to() must cast and move it
+        # with the weight; non-persistent: the state_dict describes the unmerged module instead.
+        for buffer in ("_merged_rows", "_merged_cols", "_merged_saved"):
+            self.register_buffer(buffer, None, persistent=False)
+        self._merge_after_load = False  # set by the load pre-hook for its post-hook
+        self.register_state_dict_post_hook(_save_unmerged_weight)
+        self.register_load_state_dict_pre_hook(_unmerge_before_load)
+        self.register_load_state_dict_post_hook(_merge_again_after_load)
 
     @property
     def merged(self) -> bool:
-        return self._merged is not None
+        """Whether the kept update is currently added into ``base.weight``."""
+        return self._merged_rows is not None
+
+    def _unmerged_weight(self) -> torch.Tensor:
+        """A copy of base.weight with the merged entries restored: what unmerge() would leave."""
+        weight = self.base.weight.detach().clone()
+        if self.merged:
+            weight.index_put_((self._merged_rows, self._merged_cols), self._merged_saved)
+        return weight
 
     def sparse_delta(self, order: str = "magnitude") -> GlobalTopK:
         """The kept entries of the update: values (scale * f, differentiable in A and B), rows and
@@ -100,9 +125,13 @@ class KernelizedLoRA(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        values, rows, cols = self.sparse_delta("position")  # CSR order: the product skips its sort
         out_features, in_features = self.base.weight.shape
         tokens = x.reshape(-1, in_features)
+        if tokens.shape[0] == 0:
+            # No token: the update adds nothing; A and B stay in the graph with zero gradients (as
+            # nn.Linear's weight on an empty batch) and the kernels, which reject empty B, are skipped.
+            return y + (self.A.sum() + self.B.sum()) * 0
+        values, rows, cols = self.sparse_delta("position")  # CSR order: the product skips its sort
         # D_kept @ x^T by the sparse-times-dense kernel: (out, tokens), touching only kept entries.
         # x^T copied once here: the backward's product reads the same copy.
         delta = sparse_times_dense_op(rows, cols, values, tokens.T.contiguous(), out_features, False)
@@ -117,17 +146,39 @@ class KernelizedLoRA(nn.Module):
         weight = self.base.weight
         saved = weight[rows, cols].clone()
         weight.index_put_((rows, cols), values.to(weight.dtype), accumulate=True)
-        self._merged = (rows, cols, saved)
+        self._merged_rows, self._merged_cols, self._merged_saved = rows, cols, saved
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the entries merge() changed, bit for bit."""
+        """Restore the entries merge() changed, bit for bit (converted like the weight by any
+        ``.to()`` in between: the weight unmerging before the conversion would have given)."""
         if not self.merged:
             raise RuntimeError("KernelizedLoRA.unmerge: not merged")
-        rows, cols, saved = self._merged
-        self.base.weight.index_put_((rows, cols), saved)
-        self._merged = None
+        self.base.weight.index_put_((self._merged_rows, self._merged_cols), self._merged_saved)
+        self._merged_rows = self._merged_cols = self._merged_saved = None
 
     def extra_repr(self) -> str:
         return (f"rank={self.rank}, kernel={self.kernel!r}, keep={self.keep}, top_k_mode={self.top_k_mode!r}, "
                 f"top_k={self.top_k}, scale={self.scale}")
+
+
+# Module-level hooks (not bound methods): they receive the module, and pickle and deepcopy cleanly.
+def _save_unmerged_weight(module: KernelizedLoRA, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: a merged module saves the unmerged base weight under the usual key."""
+    if module.merged:
+        state_dict[prefix + "base.weight"] = module._unmerged_weight()
+
+
+def _unmerge_before_load(module: KernelizedLoRA, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the loaded (unmerged) weight must not land under a stale merge
+    record; the module is unmerged now and merged again by the post-hook."""
+    module._merge_after_load = module.merged
+    if module.merged:
+        module.unmerge()
+
+
+def _merge_again_after_load(module: KernelizedLoRA, incompatible_keys: object) -> None:
+    """load_state_dict post-hook: a module merged before the load is merged with the loaded A, B."""
+    if getattr(module, "_merge_after_load", False):
+        module._merge_after_load = False
+        module.merge()
