@@ -76,7 +76,7 @@ class SparsePattern:
                 raise ValueError(f"SparsePattern: offsets has length {offsets.shape[0]}, expected batch + 1 >= 2")
         batch = 1 if offsets is None else int(offsets.shape[0]) - 1
         offsets = offsets_array(call, "offsets", offsets, batch, int(rows.shape[0]))
-        if copy:  # the CSR orders built below are copies, so every array the pattern keeps must be one too
+        if _checks.flag("SparsePattern", "copy", copy):  # the CSR orders built below are copies: so must the rest be
             rows, cols, offsets = (_snapshot(call, name, array, given[name]) for name, array in
                                    (("rows", rows), ("cols", cols), ("offsets", offsets)))
         self._setup(call, rows, cols, shape, offsets, batch, orders=(False, True))
