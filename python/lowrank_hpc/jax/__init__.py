@@ -9,8 +9,8 @@ XLA's (``lowrank_product`` is XLA's alone; a dense ``kernel_product`` applies th
 XLA's U V^T in a callback). Static arguments (sizes, flags, kernel names, k) are Python values.
 float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
 in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
-float32 results, f and the rounding in the core's element pass; their backward GEMMs are XLA's
-in the 16-bit format, as jax.numpy's own).
+float32 results, f and the rounding in the core's element pass; their backward GEMMs XLA's,
+summed in float32 and rounded once too).
 
 Not done: the XLA FFI / GPU path (a CUDA array goes through the host callback), and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).
