@@ -228,7 +228,7 @@ def jax_rows(quick: bool) -> list[Row]:
     for name, ours, peer_name, peer, args, note in pairs:
         ours_grad, peer_grad = (jax.jit(jax.grad(loss, argnums=(0, 1))) for loss in (ours, peer))
         _check_gradients(name, ours_grad(*args), peer_grad(*args), top_k="top" in name)
-        out.append(_row(name, case, lambda: jax.block_until_ready(ours_grad(*args)), peer_name,
+        out.append(_row(name, dense_case if args[0] is Ud else case, lambda: jax.block_until_ready(ours_grad(*args)), peer_name,
                         lambda: jax.block_until_ready(peer_grad(*args)), repeats, note))
     return out
 

@@ -171,7 +171,7 @@ def main() -> None:
         f"{versions['spark'] or 'Spark not run'}. Whole run {time.perf_counter() - started:.0f} s.",
         f"Command: `PYTHONPATH=python python bench/bench_real_data.py{'' if args.sets == ','.join(datasets.NAMES) else ' --sets ' + args.sets}"
         f"{'' if args.peers == 'softimpute,spark' else ' --peers ' + repr(args.peers)}"
-        f"{'' if args.repeats == 3 else f' --repeats {args.repeats}'} --write`",
+        f"{'' if args.repeats == 3 else f' --repeats {args.repeats}'}{' --write' if args.write else ''}`",
         "Test RMSE on split(name, seed=0); times: ours fit + predict best of "
         f"{args.repeats}, SoftImpute() fit_transform best of {args.repeats}, Spark ALS (rank {SPARK_RANK}, regParam "
         f"{', '.join(f'{SPARK_REG[n]} ({n})' for n in names)}, maxIter {SPARK_ITERS}, local[2]) best of {SPARK_REPEATS} fits. Ratio = peer time / ours.",

@@ -17,6 +17,7 @@ def test_info_reports_build_and_runtime():
     assert report["version"] == lr.__version__
     assert report["backends_built"][0] == "cpu"
     assert report["float_dtypes"] == ["float32", "float64"]
+    assert report["half_dtypes"] == ["float16", "bfloat16"]
     assert report["openmp_threads"] >= 1
     cuda = report["cuda"]
     assert cuda["available"] == _backend.HAS_CUDA

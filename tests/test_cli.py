@@ -359,3 +359,15 @@ def test_mean_percentile_rank_against_a_loop(numbers, monkeypatch):
     got = report.mean_percentile_rank(U, V, rows[:100], cols[:100], rows[100:], cols[100:])
     assert got == pytest.approx(expected / 40, rel=1e-12)
     assert report.mean_percentile_rank(U, V, rows, cols, rows[:0], cols[:0]) is None
+
+
+def test_reg_with_a_method_that_takes_no_penalty_is_a_usage_error(tmp_path, capsys):
+    """--reg given with a gradient method (which fits without a penalty) was dropped silently,
+    the report saying reg 0; now it is a usage error (exit 2) that says why."""
+    from lowrank_hpc.cli.main import main as cli_main
+
+    source = tmp_path / "r.csv"
+    source.write_text("".join(f"{i},{j},{(i * j) % 5 + 1}\n" for i in range(8) for j in range(6) if (i + j) % 3))
+    assert cli_main(["complete", str(source), "--method", "gd", "--reg", "0.01", "--rank", "2"]) == 2
+    assert "--reg is the penalty of --method als and soft_impute; --method gd fits without one" in \
+        capsys.readouterr().err

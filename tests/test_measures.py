@@ -134,3 +134,17 @@ def test_relative_change_from_the_tiles_is_the_reference_on_strided_problems(mon
 
     monkeypatch.setattr(measures.ChangeGrams, "__init__", numpy_products)
     np.testing.assert_allclose(measures.relative_change(call, U0, V0, U1, V1), tiled, rtol=1e-12)
+
+
+def test_relative_change_of_nan_or_inf_factors_is_nan_never_no_change():
+    """A NaN/inf in the new factors makes the change NaN (a solver reading 0 would call it
+    stationary); the clamp of a rounding-negative sum to 0 still gives 0 for equal factors."""
+    rng = np.random.default_rng(12)
+    U0, V0 = rng.standard_normal((2, 30, 3)), rng.standard_normal((2, 20, 3))
+    call = resolve("test", U=U0)
+    for bad in (np.nan, np.inf):
+        U1 = U0.copy()
+        U1[1, 4, 2] = bad
+        change = measures.relative_change(call, U0, V0, U1, V0)
+        assert change[0] == 0.0 and np.isnan(change[1])
+    np.testing.assert_array_equal(measures.relative_change(call, U0, V0, U0, V0), [0.0, 0.0])

@@ -449,3 +449,29 @@ def test_guess_and_check_on_the_gpu_accepts_what_it_should(rng):
     kept = result.products
     assert np.allclose(result.train_loss, ((kept[:, train[0], train[1]] - train[2]) ** 2).mean(axis=1), rtol=1e-10)
     assert np.allclose(result.test_loss, ((kept[:, test[0], test[1]] - test[2]) ** 2).mean(axis=1), rtol=1e-10)
+
+
+def test_lifted_sensing_that_cannot_step_reports_no_progress():
+    """A step so large that 50 halvings cannot lower the loss leaves W where it was: that is
+    "no_progress" (converged False), as factored_gd says it, not "stationary"."""
+    from lowrank_hpc.recover import lifted_sensing
+    from lowrank_hpc.recover.lifted_sensing import perturbed_completion
+
+    A, y = perturbed_completion(4, 0.05)
+    result = lifted_sensing(A, y, level=2, seed=0, step=1e20, max_iter=100)
+    assert result.stop_reason == "no_progress" and not result.converged
+    assert result.n_iter == 1 and result.step_halvings == 50
+
+
+def test_ebmf_keeps_the_factor_of_exactly_low_rank_data():
+    """Y = u v^T exactly: the expected residual, summed as the means' residual plus variances
+    (not as ||Y||^2 - 2 <Y, L F^T> + ..., which cancelled to noise), keeps the one factor
+    (two seeds of four had returned zero factors) and fits Y to rounding."""
+    from lowrank_hpc.research import ebmf
+
+    for s in range(4):
+        rng = np.random.default_rng(s)
+        Y = np.outer(rng.standard_normal(10), rng.standard_normal(8))
+        result = ebmf(Y, seed=0)
+        assert result.n_factors == 1, s
+        assert np.linalg.norm(result.fitted() - Y) / np.linalg.norm(Y) < 1e-12

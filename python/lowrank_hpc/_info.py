@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 def info() -> dict[str, Any]:
     """Version, backends built and usable, the CUDA kernel images compiled, CUDA device (name,
     memory) or why none (no device, or none the compiled images run on), OpenMP threads, the CPU
-    kernels' instruction-set level and the float types supported."""
+    kernels' instruction-set level, the float types every function takes ("float_dtypes") and the
+    16-bit storage formats the kernels and the torch/JAX adapters also take ("half_dtypes";
+    bfloat16 on the CPU only, CuPy having none; the solvers do not)."""
     try:
         from . import _build_info
 
@@ -42,6 +44,7 @@ def info() -> dict[str, Any]:
         "cpu_level": _backend.cpu_module().CPU_LEVEL,
         "cpu_levels_built": _cpu_isa.built_levels(),
         "float_dtypes": ["float32", "float64"],
+        "half_dtypes": ["float16", "bfloat16"],
         "index_dtypes": ["int32", "int64"],
         "compiler": compiler,
     }

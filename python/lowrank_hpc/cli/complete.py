@@ -207,6 +207,9 @@ def _estimator(args: argparse.Namespace) -> Any:
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    if args.reg is not None and args.method not in (None, "als", "soft_impute"):
+        raise UsageError(f"--reg is the penalty of --method als and soft_impute; --method {args.method} fits "
+                         "without one: drop --reg")
     if args.feedback == "implicit":
         if args.method not in (None, "als") or getattr(args, "scheduler", None) or args.center is not None:
             raise UsageError("--feedback implicit fits implicit ALS on this machine, with no offsets: drop --method, "

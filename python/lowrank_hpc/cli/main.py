@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--method", choices=_methods(), default=None,
                           help=f"solver (default: {_estimator_default('method')})")
     complete.add_argument("--reg", type=_reg, default=None,
-                          help="penalty, a number >= 0, or 'auto': chosen on a seeded tenth of the training "
+                          help="penalty of als and soft_impute (the gradient methods take none), a number >= 0, "
+                               "or 'auto': chosen on a seeded tenth of the training "
                                f"entries (default: {_estimator_default('reg')})")
     complete.add_argument("--center", choices=("none", "global", "both"), default=None,
                           help="model a global mean (global) and row/column biases (both) (default: "
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="complete a photograph from 30%% of its pixels (the built-in example)",
-        description="Hide a seeded 70%% of the pixels of a grayscale photograph, complete it with the "
+        description="Hide a seeded 70% of the pixels of a grayscale photograph, complete it with the "
                     "default MatrixCompletion, report RMSE on the hidden pixels against a mean predictor, and "
                     "write observed | completed | truth side by side as a PNG.")
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the hidden pixels and the solver (default: 0)")

@@ -102,8 +102,9 @@ def relative_change(call: Call, U0: Any, V0: Any, U1: Any, V1: Any, *, U0_gram: 
     ``solvers::relative_change_from_grams``, the one formula the fused C++ iterations use too:
     the difference is expanded as dU V1^T + U0 dV^T, so a small change is computed from small
     terms and not lost to cancellation between large ones. inf where U0 V0^T = 0 and the new
-    product is not; 0 where both are 0. U0_gram, V0_gram, V1_gram: the (k, k) float64 Grams
-    U0^T U0, V0^T V0, V1^T V1 of one problem where the caller has them (its loss needed them).
+    product is not; 0 where both are 0; NaN where a factor holds NaN/inf (never "no change").
+    U0_gram, V0_gram, V1_gram: the (k, k) float64 Grams U0^T U0, V0^T V0, V1^T V1 of one problem
+    where the caller has them (its loss needed them).
     """
     batch, k = U0.shape[0], U0.shape[2]
     grams = ChangeGrams(call, batch, k)

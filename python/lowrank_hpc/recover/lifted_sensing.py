@@ -41,6 +41,7 @@ from .._arrays import for_backend
 from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start,
                       run_loop)
 from ._result import RecoveryResult
+from .factored_gd import stalled_reason
 
 _FUNCTION = "lifted_sensing"
 _MAX_ELEMENTS = 2 ** 27  # (m n)^l k numbers of the lifted operator applied to W: 1 GiB in float64
@@ -284,7 +285,7 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
                 step_now *= 0.5
                 state.scalars["halvings"] += 1
             else:
-                cache["r"], cache["Z"] = r, Z
+                cache["r"], cache["Z"], cache["stuck"] = r, Z, True
                 return loss, 0.0
         state.scalars["step"] = step_now
         cache["r"], cache["Z"] = r_new, Z_new
@@ -295,10 +296,14 @@ def lifted_sensing(op: Any, y: Any, *, level: int = 2, width: int = 1, init: Uni
 
     def stop_reason(state: LoopState) -> Optional[str]:
         loss = state.loss[-1]
+        stuck = cache.pop("stuck", False)
         if not np.isfinite(loss):
             return "diverged"
         if np.sqrt(4.0 * loss) / target_norm < tol:
             return "converged"
+        if stuck:  # no step of the halving sequence lowered the loss: as factored_gd says it
+            previous = state.relative_change[-2] if len(state.relative_change) > 1 else None
+            return stalled_reason(previous, np.float64)  # W is float64
         if state.relative_change[-1] < 1e-3 * tol:
             return "stationary"
         return None

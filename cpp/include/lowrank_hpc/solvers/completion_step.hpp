@@ -71,9 +71,11 @@ struct ChangeSums {
     squared += left.du_du * right.v1_v1 + 2.0 * left.du_u0 * right.v1_dv + left.u0_u0 * right.dv_dv;
     before += left.u0_u0 * right.v0_v0;
   }
-  // The ratio, inf for a change away from zero, 0 for none (D = double).
+  // The ratio, inf for a change away from zero, 0 for none (D = double); NaN when a factor held
+  // NaN/inf (the clamp of a rounding-negative sum to 0 below must not call that "no change").
   LRH_HD double relative() const {
     using std::sqrt;
+    if (squared != squared || before != before) return std::numeric_limits<double>::quiet_NaN();
     if (before > 0.0) return sqrt(squared > 0.0 ? squared / before : 0.0);
     return squared > 0.0 ? std::numeric_limits<double>::infinity() : 0.0;
   }
