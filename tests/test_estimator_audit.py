@@ -191,3 +191,23 @@ def test_boolean_mf_on_cuda_without_it_says_why_for_sparse_x_too():
     for given in (X, X.toarray()):
         with pytest.raises(lr.BackendUnavailableError, match="the CUDA backend is not available"):
             lr.BooleanMF(n_components=2, backend="cuda").fit(given)
+
+
+def test_matrix_sensing_score_refuses_nan_measurements_as_fit_does():
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((12, 2)) @ rng.standard_normal((2, 10))
+    op = lr.sensing.GaussianSensing(150, (12, 10), seed=0)
+    y = op.forward(M)
+    model = lr.MatrixSensing(rank=2, max_iter=50, random_state=0).fit(op, y)
+    assert np.isfinite(model.score(op, y))
+    y[3] = np.nan
+    with pytest.raises(ValueError, match="MatrixSensing.score: y contains NaN/inf"):
+        model.score(op, y)
+
+
+def test_ebmf_covariates_that_are_not_numbers_are_named():
+    from lowrank_hpc.research import ebmf
+
+    Y = np.random.default_rng(0).standard_normal((6, 5))
+    with pytest.raises(TypeError, match="row_covariates must hold real numbers"):
+        ebmf(Y, row_covariates=["a", "b", "c", "d", "e", "f"])

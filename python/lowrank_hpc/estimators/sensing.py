@@ -22,7 +22,8 @@ class MatrixSensing(_Estimator):
     ----------
     rank, method, symmetric, init, init_scale, step, damping, max_iter, tol : as for
         :func:`lowrank_hpc.recover.factored_gd` (method one of "gd", "alternating", "scaled",
-        "scaled_damped", "gd_rebalanced").
+        "scaled_damped", "gd_rebalanced"), except that max_iter must be >= 1 (a fit that
+        returns its start is not a fit).
     backend : "auto" (numpy y -> CPU, CUDA y -> GPU), "cpu" or "cuda" (y is moved there).
     random_state : None, an int >= 0, or a numpy RandomState/Generator: seeds the initial
         factors and the step estimates.
@@ -112,6 +113,8 @@ class MatrixSensing(_Estimator):
         function = f"{type(self).__name__}.score"
         predicted = self.predict(op)
         y = _as_float(function, "y", y, self.result_.backend, 1)
+        if not bool(self._xp().isfinite(y).all()):  # as fit refuses it: a NaN score would hide the cause
+            raise ValueError(f"{function}: y contains NaN/inf")
         if y.shape != predicted.shape:
             raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected {tuple(predicted.shape)}")
         return -_rmse(self._xp(), predicted - y)

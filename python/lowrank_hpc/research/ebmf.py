@@ -174,7 +174,7 @@ def _design(function: str, name: str, covariates: Any, rows: int) -> np.ndarray:
     """(rows, 1 + c): an intercept column and the standardized covariates."""
     if covariates is None:
         return np.ones((rows, 1))
-    Z = np.asarray(covariates, dtype=np.float64) if not isinstance(covariates, np.ndarray) else covariates
+    Z = np.asarray(covariates) if not isinstance(covariates, np.ndarray) else covariates
     if Z.dtype.kind not in "iuf":
         raise TypeError(f"{function}: {name} must hold real numbers, got dtype {Z.dtype}")
     Z = Z.astype(np.float64)

@@ -145,7 +145,7 @@ class _Flow:
         lam, s = self.lam, self.top
         zero = lam == 0
         safe = np.where(zero, 1.0, lam)
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # np.where's unused branch: inf * 0
             positive = lam > 0
             scaled_h = np.where(positive, (np.exp(2.0 * (lam - s) * t) - np.exp(-2.0 * s * t)) / safe,
                                 np.exp(-2.0 * s * t) * np.expm1(2.0 * lam * t) / safe)
