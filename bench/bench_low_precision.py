@@ -51,9 +51,15 @@ def _compare(name, case, ours_fn, peer_name, peer_fn, inputs, weight_shape, repe
     ours_in = [x.clone().requires_grad_(True) for x in inputs]
     peer_in = [x.clone().requires_grad_(True) for x in inputs]
     run_ours, run_peer = _fwd_bwd(ours_fn, ours_in, weight), _fwd_bwd(peer_fn, peer_in, weight)
+    return _timed_row(name, case, run_ours, peer_name, run_peer, repeats, f"grad error ours {errors[0]:.1e}, "
+                      f"torch {errors[1]:.1e}")
+
+
+def _timed_row(name, case, run_ours, peer_name, run_peer, repeats, errors_note) -> Row:
+    """Medians of ``repeats`` alternated runs of each side; the note: errors_note, the ranges."""
     times = interleaved({"ours": timed(run_ours), "peer": timed(run_peer)}, repeats)
     spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-    note = f"grad error ours {errors[0]:.1e}, torch {errors[1]:.1e}; median of {repeats}, {spread} ms"
+    note = f"{errors_note}; median of {repeats}, {spread} ms"
     return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]), note)
 
 
@@ -124,11 +130,9 @@ def jax_rows_for(name: str, quick: bool) -> list[Row]:
                  for f in (ours, peer)]
         errors = [max(float(np.abs(np.asarray(g, np.float64) - e).max() / np.abs(e).max())
                       for g, e in zip(fn(*args), reference)) for fn in grads]  # relative to the largest
-        times = interleaved({"ours": timed(lambda: jax.block_until_ready(grads[0](*args))),
-                             "peer": timed(lambda: jax.block_until_ready(grads[1](*args)))}, repeats)
-        spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-        note = f"grad error vs float32 ours {errors[0]:.1e}, jnp {errors[1]:.1e}; median of {repeats}, {spread} ms"
-        out.append(Row(label, this_case, median(times["ours"]), peer_name + ", jit", median(times["peer"]), note))
+        out.append(_timed_row(label, this_case, lambda: jax.block_until_ready(grads[0](*args)), peer_name + ", jit",
+                              lambda: jax.block_until_ready(grads[1](*args)), repeats,
+                              f"grad error vs float32 ours {errors[0]:.1e}, jnp {errors[1]:.1e}"))
     return out
 
 

@@ -268,7 +268,6 @@ def test_sampled_product_rejects_bad_indices(backend, rng):
     ("nan", ValueError, "V contains 1 NaN/inf"),
     ("inf", ValueError, "U contains 1 NaN/inf"),
     ("length", ValueError, "cols has length 9, expected 10"),
-    ("empty_rows", ValueError, "rows and cols are empty"),
     ("empty_factor", ValueError, r"U is empty \(shape \(0, 2\)\)"),
     ("none", TypeError, "rows is None; pass an array"),
     ("object", TypeError, "cols must be an array"),
@@ -296,8 +295,6 @@ def test_sampled_product_bad_inputs(rng, case, error, match):
         U[0, 0] = np.inf
     elif case == "length":
         cols = cols[:9]
-    elif case == "empty_rows":
-        rows, cols = rows[:0], cols[:0]
     elif case == "empty_factor":
         U = np.ones((0, 2))
     elif case == "none":
@@ -794,3 +791,27 @@ def test_sampled_product_of_long_rows_sorts_first_with_the_same_values(dtype, rn
     bad[[4000, 17]] = [n, n + 5]
     with pytest.raises(IndexError, match=rf"cols\[17\] = {n + 5} is out of range \[0, {n}\)"):
         lr.ops.sampled_product(U, V, rows, bad, offsets=offsets)
+
+
+def test_products_over_no_entry_are_empty_and_zero(backend, rng):
+    """Empty rows and cols: the sampled product is empty and S @ B the zero matrix (of the
+    factors' dtype and batching), with U, V and B checked as ever; what the torch and JAX
+    adapters and the estimators' predict on no entry return."""
+    U, V, rows, cols = _valid(rng)
+    none = backend.put(rows[:0])
+    for dtype in (np.float32, np.float64):
+        got = backend.get(lr.ops.sampled_product(backend.put(U.astype(dtype)), backend.put(V.astype(dtype)), none,
+                                                 none))
+        assert got.shape == (0,) and got.dtype == dtype
+    batched = lr.ops.sampled_product(backend.put(np.stack([U, U])), backend.put(np.stack([V, V])), none, none,
+                                     offsets=backend.put(np.zeros(3, dtype=np.int64)))
+    assert batched.shape == (0,)
+    product = backend.get(lr.ops.sparse_times_dense(none, none, backend.put(np.zeros(0)), backend.put(V), 7))
+    np.testing.assert_array_equal(product, np.zeros((7, V.shape[1])))
+    product = backend.get(lr.ops.sparse_times_dense(none, none, backend.put(np.zeros(0)), backend.put(np.stack([V, V])),
+                                                    7, offsets=backend.put(np.zeros(3, dtype=np.int64))))
+    assert product.shape == (2, 7, V.shape[1]) and not product.any()
+    with pytest.raises(ValueError, match="V contains 1 NaN/inf"):
+        bad = V.copy()
+        bad[0, 0] = np.nan
+        lr.ops.sampled_product(backend.put(U), backend.put(bad), none, none)

@@ -4,7 +4,6 @@ arrays, not CuPy's: every place that brings input to the host goes through
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import lowrank_hpc as lr
 from lowrank_hpc import recover

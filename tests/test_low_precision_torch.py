@@ -88,7 +88,7 @@ def test_dense_products_keep_the_dtype_and_differentiate(name):
     magnitude = np.abs(U64) @ np.abs(V64).T
     out = lt.lowrank_product(U, V)
     assert_one_rounding(as_numpy(out), U64 @ V64.T, magnitude, 32, half)
-    assert torch.equal(out, U @ V.T)  # torch's 16-bit GEMM itself, not an upcast copy's
+    assert torch.equal(out, U @ V.T)  # the bits of torch's own 16-bit product (the route: test_backend)
     U_ = U.clone().requires_grad_(True)
     dense = lt.kernel_product(U_, V, "tanh")
     assert_one_rounding(as_numpy(dense.detach()), np.tanh(U64 @ V64.T), magnitude, 32, half)

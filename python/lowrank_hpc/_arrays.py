@@ -176,14 +176,14 @@ class Call:
             raise ValueError(f"{self.function}: {name} has length {x.shape[0]}, expected {length}")
         return self.xp.ascontiguousarray(x)
 
-    def coordinates(self, rows: Any, cols: Any):
+    def coordinates(self, rows: Any, cols: Any, allow_empty: bool = False):
         """Validated (rows, cols): 1-D, equal length, one int32/int64 dtype (int64 when they
-        differ), not empty."""
+        differ), not empty unless ``allow_empty`` (a product over no entry: the kernels)."""
         rows = self.index_array("rows", rows)
         cols = self.index_array("cols", cols, length=rows.shape[0])
         if rows.dtype != cols.dtype:
             rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-        if rows.shape[0] == 0:
+        if rows.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{self.function}: rows and cols are empty; there is no entry")
         return rows, cols
 

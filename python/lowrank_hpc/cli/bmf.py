@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import to_numpy
 from . import readers
 from .complete import _progress_bar, check_writable, default_factors_output
 from .errors import DataError, UsageError
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, BackendUnavailableError) as error:
         raise DataError(f"the fit failed: {error}") from None
     fit_seconds = time.perf_counter() - fit_started
-    W, H = (np.asarray(a.get() if hasattr(a, "get") else a) for a in (estimator.W_, estimator.H_))
+    W, H = (to_numpy(a) for a in (estimator.W_, estimator.H_))
     np.savez_compressed(output, W=W, H=H, row_ids=data.row_ids, col_ids=data.col_ids,
                         loss=estimator.loss_curve_)
     result = estimator.result_

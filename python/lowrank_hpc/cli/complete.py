@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .._arrays import to_numpy
 from . import cluster, readers
 from .errors import DataError, UsageError
 from .model_file import CompletionModel
@@ -258,8 +259,7 @@ def _predict(estimator: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     if rows.size == 0:
         return np.zeros(0)
     predicted = estimator.predict(rows, cols)
-    return np.asarray(predicted.get() if hasattr(predicted, "get") and not isinstance(predicted, np.ndarray)
-                      else predicted, dtype=np.float64)
+    return np.asarray(to_numpy(predicted), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------- --predict

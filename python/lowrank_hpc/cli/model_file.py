@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .._arrays import to_numpy
 from .errors import DataError
 
 FORMAT = "lowrank_hpc.completion_model"
@@ -227,9 +228,7 @@ def load_model(path: str) -> CompletionModel:
 # ---------------------------------------------------------------------- helpers
 def _host(array: Any) -> np.ndarray:
     """A float64 numpy copy of a numpy or CuPy array."""
-    if hasattr(array, "get") and not isinstance(array, np.ndarray):
-        array = array.get()
-    return np.array(array, dtype=np.float64)
+    return np.array(to_numpy(array), dtype=np.float64)
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -81,11 +81,6 @@ class _Item:
         return int(np.asarray(self.y).nbytes) + 64 * 1024  # the operator: its own arrays, roughly
 
 
-def _host(x: Any) -> np.ndarray:
-    """x as a numpy array (CUDA arrays are copied to the host: chunks travel as host arrays)."""
-    return to_numpy(x)
-
-
 def _float_dtype(what: str, x: np.ndarray) -> np.dtype:
     if x.dtype in (np.float32, np.float64):
         return x.dtype
@@ -99,7 +94,7 @@ def _shape(what: str, value: Any) -> tuple[int, int]:
 
 
 def _index_array(what: str, x: Any) -> np.ndarray:
-    x = _host(x)
+    x = to_numpy(x)
     if x.ndim != 1:
         raise ValueError(f"{FUNCTION}: {what} must be 1-D, got shape {x.shape}")
     if x.size and x.dtype.kind not in "iu":
@@ -116,9 +111,9 @@ def read_stack(problems: Any) -> np.ndarray:
             raise ValueError(f"{FUNCTION}: ragged stack: problem {first} has shape {shapes[first]} but problem 0 has "
                              f"{shapes[0]}; a stack needs one shape (give problems of different shapes as "
                              "(rows, cols, vals, shape) entries)")
-        stack = np.stack([_host(p) for p in problems]) if problems else np.zeros((0, 1, 1))
+        stack = np.stack([to_numpy(p) for p in problems]) if problems else np.zeros((0, 1, 1))
     else:
-        stack = _host(problems)
+        stack = to_numpy(problems)
     if stack.dtype == object:
         raise ValueError(f"{FUNCTION}: ragged stack (an object array); a stack is a (B, m, n) float array with NaN "
                          "for missing entries (give problems of different shapes as (rows, cols, vals, shape))")
@@ -132,7 +127,7 @@ def read_stack(problems: Any) -> np.ndarray:
 def _read_item(b: int, item: Any) -> _Item:
     if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], SensingOperator):
         operator, y = item
-        y = _host(y)
+        y = to_numpy(y)
         if isinstance(operator, EntrySampling):  # completion: solved as entries by the batched solvers
             rows, cols = operator._host_rows, operator._host_cols
             return _entries(b, rows, cols, y, operator.shape)
@@ -147,7 +142,7 @@ def _read_item(b: int, item: Any) -> _Item:
 def _entries(b: int, rows: Any, cols: Any, vals: Any, shape: Any) -> _Item:
     shape = _shape(f"problem {b}'s shape", shape)
     rows, cols = _index_array(f"problem {b}'s rows", rows), _index_array(f"problem {b}'s cols", cols)
-    vals = _host(vals)
+    vals = to_numpy(vals)
     if vals.ndim != 1:
         raise ValueError(f"{FUNCTION}: problem {b}'s vals must be 1-D, got shape {vals.shape}")
     if not rows.shape[0] == cols.shape[0] == vals.shape[0]:

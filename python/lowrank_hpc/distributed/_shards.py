@@ -28,10 +28,6 @@ def _on(call: Call, x: Any) -> Any:
     """x on the call's backend (blocks from other workers may come from another backend)."""
     if call.on_device:
         return call.xp.asarray(x)
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x
-
-
-def _host(x: Any) -> np.ndarray:
     return to_numpy(x)
 
 
@@ -225,7 +221,7 @@ def half_step(shard: Shard, previous: Block, *others: Block, reg: float, count_s
         else:
             numbers.append(xp.zeros((), dtype=np.float64))
     numbers.append(singular[0].astype(np.float64))
-    stats = _host(xp.concatenate([xp.stack(blocks).reshape(-1), xp.stack(numbers)]))
+    stats = to_numpy(xp.concatenate([xp.stack(blocks).reshape(-1), xp.stack(numbers)]))
     return Block(new, stats)
 
 
@@ -238,4 +234,4 @@ def stats_of(block: Block) -> np.ndarray:
 
 
 def host_factor(block: Block) -> np.ndarray:
-    return _host(block.factor)
+    return to_numpy(block.factor)

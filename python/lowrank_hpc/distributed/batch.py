@@ -178,7 +178,7 @@ def _per_problem_options(method: str, options: dict[str, Any], count: int, shape
         value = options.get(name)
         if value is None or isinstance(value, numbers.Real):
             continue
-        values = np.asarray(_host_values(value), dtype=np.float64)
+        values = np.asarray(to_numpy(value), dtype=np.float64)
         if values.shape != (count,):
             raise ValueError(f"{FUNCTION}: {name} must be a number or have one value per problem ({count},), got "
                              f"shape {values.shape}")
@@ -192,16 +192,12 @@ def _per_problem_options(method: str, options: dict[str, Any], count: int, shape
     return scalar, per_problem
 
 
-def _host_values(value: Any) -> Any:
-    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value
-
-
 def _sequence(name: str, value: Any, count: int) -> list[Any]:
     """B per-problem host arrays from a (B, ...) array or a list of B arrays."""
     if isinstance(value, (list, tuple)) and len(value) == count:
-        return [_problems._host(v) for v in value]
+        return [to_numpy(v) for v in value]
     if hasattr(value, "shape") and len(value.shape) >= 1 and value.shape[0] == count:
-        return list(_problems._host(value))
+        return list(to_numpy(value))
     raise ValueError(f"{FUNCTION}: {name} must hold one array per problem ({count} of them), got "
                      f"{type(value).__name__}{' of shape ' + str(np.shape(value)) if hasattr(value, 'shape') else ''}")
 
@@ -241,10 +237,6 @@ def _solve_chunk(chunk: Chunk, settings: dict[str, Any]) -> list[Any]:
 
 def _to(backend: str, x: Any) -> Any:
     return _backend.cupy_module().asarray(x) if backend == "cuda" and isinstance(x, np.ndarray) else x
-
-
-def _host(x: Any) -> np.ndarray:
-    return to_numpy(x)
 
 
 def _entries_of(chunk: Chunk):
@@ -338,7 +330,7 @@ def _als_starts(backend: str, seed: int, indices: np.ndarray, n: int, rank: int,
 def _one(result: RecoveryResult, k: int, seed: Any, chunk: Chunk, seconds: float, solved: int) -> RecoveryResult:
     """Problem k's RecoveryResult out of a batched one (numpy factors, its own history)."""
     n_iter = int(result.info["n_iter"][k])
-    history = {name: np.ascontiguousarray(_host(values)[:n_iter, k]) for name, values in result.history.items()}
+    history = {name: np.ascontiguousarray(to_numpy(values)[:n_iter, k]) for name, values in result.history.items()}
     info: dict[str, Any] = {"seed": seed, "chunk": chunk.number, "chunk_problems": solved}
     step, halvings = None, 0
     if "kernel" in result.info:  # ALS
@@ -348,7 +340,7 @@ def _one(result: RecoveryResult, k: int, seed: Any, chunk: Chunk, seconds: float
         step = float(result.info["steps"][k])
         halvings = int(result.info["step_halvings"][k])
         info["damping"] = float(result.info["dampings"][k])
-    return RecoveryResult(U=np.ascontiguousarray(_host(result.U[k])), V=np.ascontiguousarray(_host(result.V[k])),
+    return RecoveryResult(U=np.ascontiguousarray(to_numpy(result.U[k])), V=np.ascontiguousarray(to_numpy(result.V[k])),
                           history=history, n_iter=n_iter, converged=bool(result.converged[k]),
                           stop_reason=result.stop_reason[k], seconds=seconds, backend=result.backend, step=step,
                           step_halvings=halvings, info=info)
@@ -376,8 +368,8 @@ def _solve_single(chunk: Chunk, k: int, settings: dict[str, Any], backend: str) 
                              seed=problem_seed(settings["seed"], b), **options)
     except Exception as error:
         return ProblemFailure.from_exception(b, error)
-    result.U, result.V = _host(result.U), _host(result.V)
+    result.U, result.V = to_numpy(result.U), to_numpy(result.V)
     if result.X is not None:
-        result.X = _host(result.X)
+        result.X = to_numpy(result.X)
     result.info = dict(result.info, chunk=chunk.number)
     return result

@@ -120,16 +120,6 @@ def _check_index_range(function: str, rows: Any, cols: Any, shape: tuple[int, in
             raise IndexError(f"{function}: {name} holds {low if low < 0 else high}, outside [0, {n}) for shape {shape}")
 
 
-def _repeated_coordinates(rows: Any, cols: Any, shape: tuple[int, int]) -> int:
-    """How many entries repeat an earlier (row, col) pair (0 for distinct pairs)."""
-    xp = _backend.array_module(rows)
-    keys = rows.astype(np.int64) * shape[1] + cols.astype(np.int64)
-    if keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1])):  # fit(X)'s row-major order: no sort needed
-        return 0
-    keys = xp.sort(keys)
-    return int((keys[1:] == keys[:-1]).sum())
-
-
 def _check_shape(function: str, shape: Any) -> tuple[int, int]:
     return _checks.shape_2d(function, "shape", shape)
 

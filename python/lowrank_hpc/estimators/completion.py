@@ -13,9 +13,9 @@ from ..recover.implicit_als import implicit_fold_in
 from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint, fit_completion
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS, zero_offsets
+from ..recover.soft_impute import check_distinct
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
-from ._convert import (_as_float, _check_index_range, _completion_entries, _coordinates, _entries,
-                       _repeated_coordinates, _rmse, _side)
+from ._convert import _as_float, _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
 
 COMPLETION_METHODS = ("soft_impute", "als") + METHODS
 # reg="auto" with feedback="implicit": implicit's default penalty (no held-out RMSE to choose by).
@@ -175,10 +175,8 @@ class MatrixCompletion(_Estimator):
         _check_index_range(function, rows, cols, shape)
         if self.feedback == "implicit":
             return self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
-        repeated = _repeated_coordinates(rows, cols, shape) if self.method == "soft_impute" else 0
-        if repeated:  # counted here: reg="auto" would otherwise report the repeats of its 90% split
-            raise ValueError(f"{function}: rows and cols repeat {repeated} coordinate(s); soft-impute observes each "
-                             "entry at most once (average the values of repeated coordinates first)")
+        if self.method == "soft_impute":  # counted here: reg="auto" would report the repeats of its 90% split
+            check_distinct(function, rows, cols, shape)
         init = self.init
         if init is None and self.method in METHODS:
             init = "spectral" if self.method in _SCALED_METHODS else "small"
@@ -360,8 +358,6 @@ class MatrixCompletion(_Estimator):
 
     def _predict_entries(self, rows: Any, cols: Any) -> Any:
         """(nnz,) mu + a[rows] + b[cols] + (U_ V_^T)[rows, cols]."""
-        if rows.shape[0] == 0:  # sampled_product refuses empty input; there is nothing to compute
-            return self._xp().zeros(0, dtype=self.U_.dtype)
         return sampled_product(self.U_, self.V_, rows, cols) + self.intercept_ + self.row_bias_[rows] + \
             self.col_bias_[cols]
 

@@ -130,12 +130,9 @@ class MixtureCompletion(_Estimator):
         if component is not None:
             if isinstance(component, bool) or not isinstance(component, (int, np.integer)) or not 0 <= component < K:
                 raise ValueError(f"{function}: component must be an integer in [0, {K}), got {component!r}")
+            return sampled_product(self.U_[component], self.V_[component], rows, cols)
         xp = self._xp()
         nnz = rows.shape[0]
-        if nnz == 0:  # sampled_product refuses empty input; there is nothing to compute
-            return xp.zeros((0,) if component is not None else (K, 0), dtype=self.U_.dtype)
-        if component is not None:
-            return sampled_product(self.U_[component], self.V_[component], rows, cols)
         return sampled_product(self.U_, self.V_, xp.tile(rows, K), xp.tile(cols, K),
                                offsets=xp.arange(K + 1, dtype=np.int64) * nnz).reshape(K, nnz)
 

@@ -81,8 +81,6 @@ def _callback(function, result_shapes, *args):
 
 @jax.custom_vjp
 def _sampled(U, V, rows, cols):
-    if rows.shape[0] == 0:  # no entry (shapes are static): the core refuses empty coordinates
-        return jnp.zeros((0,), U.dtype)
     return _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
                      jax.ShapeDtypeStruct(rows.shape, U.dtype), U, V, rows, cols)
 
@@ -110,8 +108,6 @@ def sampled_product(U, V, rows, cols):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _spmm(rows, cols, vals, B, n_rows: int, transpose: bool):
-    if rows.shape[0] == 0:  # no entry: the zero matrix
-        return jnp.zeros((n_rows, B.shape[1]), B.dtype)
     return _callback(lambda r, c, v, B: ops.sparse_times_dense(r, c, v, B, n_rows, transpose=transpose,
                                                                check_finite=False),
                      jax.ShapeDtypeStruct((n_rows, B.shape[1]), B.dtype), rows, cols, vals, B)

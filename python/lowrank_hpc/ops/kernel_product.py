@@ -46,10 +46,10 @@ class GlobalTopK(NamedTuple):
     cols: Any
 
 
-def _kernel_code(kernel: Any) -> int:
+def _kernel_code(kernel: Any, function: str = "kernel_product") -> int:
     name = _ALIASES.get(kernel, kernel) if isinstance(kernel, str) else kernel
     if name not in KERNELS:
-        raise ValueError(f"kernel_product: unknown kernel {kernel!r}; valid kernels are "
+        raise ValueError(f"{function}: unknown kernel {kernel!r}; valid kernels are "
                          f"{', '.join(KERNELS)} (or 'exp' for 'exponential')")
     return _KERNEL_CODES[name]
 
@@ -62,22 +62,16 @@ def _finfo_max(dtype) -> float:
 
 def _raise_overflow(call: Call, code: int, bad: int, dtype: Any = None) -> None:
     dtype = call.float_dtype if dtype is None else dtype
-    if call.function == "apply_kernel":  # given K itself: speak of f(K), not of U and V it never saw
-        fix = "scale K down" + ("" if np.dtype(dtype) == np.float64 else " or use float64")
-        if KERNELS[code] == "exponential":
-            limit = float(np.log(_finfo_max(dtype)))
-            raise FloatingPointError(f"apply_kernel: exponential kernel overflowed: {bad} entries of exp(K) are inf "
-                                     f"in {dtype} (entries of K above {limit:.1f}); {fix}")
-        raise FloatingPointError(f"apply_kernel: f(K) overflowed: {bad} entries of {KERNELS[code]}(K) are NaN/inf "
-                                 f"in {dtype}; {fix}")
+    on_K = call.function == "apply_kernel"  # given K itself: its words, not U and V it never saw
+    x, above, scale = ("K", "entries of K", "K") if on_K else ("U V^T", "inner products", "U or V")
+    fix = f"scale {scale} down" + ("" if np.dtype(dtype) == np.float64 else " or use float64")
     if KERNELS[code] == "exponential":
         limit = float(np.log(_finfo_max(dtype)))
-        raise FloatingPointError(f"kernel_product: exponential kernel overflowed: {bad} entries of exp(U V^T) are "
-                                 f"inf in {dtype} (inner products above {limit:.1f}); scale U or V down or use "
-                                 "float64")
-    raise FloatingPointError(f"kernel_product: U @ V^T overflowed: {bad} entries of f(U V^T) are NaN/inf in "
-                             f"{dtype}; scale U or V down or use float64 (with check_finite=False, NaN/inf in U or V "
-                             "also end up here)")
+        raise FloatingPointError(f"{call.function}: exponential kernel overflowed: {bad} entries of exp({x}) are inf "
+                                 f"in {dtype} ({above} above {limit:.1f}); {fix}")
+    product, f = ("f(K)", KERNELS[code]) if on_K else ("U @ V^T", "f")
+    raise FloatingPointError(f"{call.function}: {product} overflowed: {bad} entries of {f}({x}) are NaN/inf in {dtype}; "
+                             f"{fix}" + ("" if on_K else " (with check_finite=False, NaN/inf in U or V also end up here)"))
 
 
 def _gemm(xp, a, b, out=None):
@@ -305,10 +299,7 @@ def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
     NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential) or
     leaves the 16-bit format's range."""
     call = resolve("apply_kernel", K=K)
-    try:
-        code = _kernel_code(kernel)
-    except ValueError as error:  # kernel_product's check, worded for it
-        raise ValueError(str(error).replace("kernel_product:", "apply_kernel:", 1)) from None
+    code = _kernel_code(kernel, "apply_kernel")
     K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
     if dtype is not None and np.dtype(dtype) != K.dtype:
         if not (is_half(dtype) and K.dtype == np.float32):

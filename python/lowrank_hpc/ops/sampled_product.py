@@ -49,13 +49,16 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     Raises
     ------
     IndexError for an index out of range (naming the first such entry; from 512-byte rows on the
-    CPU, rows are checked before cols), TypeError for dtypes or
-    mixed host/device arrays, ValueError for shapes, layout, empty input or NaN/inf.
+    CPU, rows are checked before cols), TypeError for dtypes or mixed host/device arrays,
+    ValueError for shapes, layout, empty factors or NaN/inf. No entry (empty rows and cols)
+    gives an empty array.
     """
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)
     U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite, halves=True)
-    rows, cols = call.coordinates(rows, cols)
+    rows, cols = call.coordinates(rows, cols, allow_empty=True)
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
+    if rows.shape[0] == 0:  # no entry: the empty result, with no kernel to launch
+        return call.wrap(call.xp.empty(0, dtype=U3.dtype))
     if row_order_pays(call, U3, SORT_MIN_ROW_BYTES):
         indptr, perm, others, _ = csr_order(call, rows, cols, None, offsets, U3.shape[1], "rows")
         out = csr_sampled(call, indptr, perm, others, U3, V3, cols)

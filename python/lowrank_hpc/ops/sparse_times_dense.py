@@ -27,7 +27,7 @@ def _dense_operand(call: Call, B: Any, check_finite: bool):
 
 
 def _check_coordinates(call: Call, rows: Any, cols: Any, vals: Any, check_finite: bool):
-    rows, cols = call.coordinates(rows, cols)
+    rows, cols = call.coordinates(rows, cols, allow_empty=True)
     vals = call.float_array("vals", vals, (1,), check_finite=check_finite, allow_empty=True, halves=True)
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"{call.function}: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
@@ -276,6 +276,9 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
         raise ValueError(f"sparse_times_dense: B is batched (batch={B3.shape[0]}) so offsets (length batch + 1) "
                          "must say which entries belong to which problem")
     offsets = offsets_array(call, "offsets", offsets, int(B3.shape[0]), int(rows.shape[0]))
+    if rows.shape[0] == 0:  # no entry: the zero matrix, with no kernel to launch
+        out = call.xp.zeros((B3.shape[0], n_rows, B3.shape[2]), dtype=B3.dtype)
+        return call.wrap(out if batched else out[0])
     # Sort once, moving indices and values together (no permutation kept: it cost 38% of a
     # shuffled sort's time), then one streaming pass in CSR order.
     keys, others = (cols, rows) if transpose else (rows, cols)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _checks
+from .._arrays import to_numpy
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, run_loop
 from ._operator_math import spectral_norm
 from ._result import RecoveryResult
@@ -152,7 +153,7 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     state, reason, _ = run_loop(settings, state, advance, "", stop_reason)
     U = state.arrays["U"]
     norms = xp.sqrt(xp.sum(U.astype(np.float64) ** 2, axis=0))
-    norms = norms.get() if hasattr(norms, "get") else norms  # (width,) host bookkeeping
+    norms = to_numpy(norms)  # (width,) host bookkeeping
     if reason == "diverged" or not np.isfinite(norms).all() or norms.max() == 0:
         raise FloatingPointError(f"{_FUNCTION}: the regularized phase diverged or zeroed every column (column norms "
                                  f"{norms}); lower step or reg")

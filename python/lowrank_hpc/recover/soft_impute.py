@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import Call, resolve
-from .._backend import single_threaded_blas
+from .._backend import array_module, single_threaded_blas
 from .._random import gaussian_fill
 from ..ops import SparsePattern
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
@@ -301,16 +301,22 @@ def _prepare(function: str, rows, cols, vals, shape, rank: int, reg: float, init
     call = resolve(function, rows=rows, cols=cols, vals=vals)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals)
     problem = _Problem(call, rows, cols, vals, shape, rank, reg)  # checks the index ranges
-    xp = call.xp
+    check_distinct(function, rows, cols, shape)
+    return call, problem
+
+
+def check_distinct(function: str, rows: Any, cols: Any, shape: tuple[int, int]) -> None:
+    """ValueError counting the entries that repeat an earlier (row, col): soft-impute observes
+    each entry at most once. rows, cols: in-range index arrays (numpy or CuPy)."""
+    xp = array_module(rows)
     keys = rows.astype(np.int64) * shape[1] + cols.astype(np.int64)
     ordered = keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1]))  # np.nonzero order: no sort needed
     if not ordered:
         keys = xp.sort(keys)
-    repeated = 0 if ordered else int(call.to_host((keys[1:] == keys[:-1]).sum()))
+    repeated = 0 if ordered else int((keys[1:] == keys[:-1]).sum())
     if repeated:
         raise ValueError(f"{function}: rows and cols repeat {repeated} coordinate(s); soft-impute observes each "
                          "entry at most once (average the values of repeated coordinates first)")
-    return call, problem
 
 
 def _start_seed(function: str, name: str, value: Any) -> int:

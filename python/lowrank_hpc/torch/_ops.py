@@ -141,8 +141,6 @@ def _scope(x: torch.Tensor) -> ContextManager:
 @torch.library.custom_op("lowrank_hpc::sampled_product", mutates_args=())
 def sampled_product_op(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     _check_sampled(U, V, rows, cols)
-    if rows.shape[0] == 0:  # no entry: torch's empty result (the core refuses empty coordinates)
-        return U.new_empty(0)
     with _scope(U):
         return _tensor(ops.sampled_product(_array(U), _array(V), _array(rows), _array(cols), check_finite=False))
 
@@ -182,8 +180,6 @@ sampled_product_op.register_autograd(_sampled_backward, setup_context=_sampled_s
 def sparse_times_dense_op(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor,
                           n_rows: int, transpose: bool) -> torch.Tensor:
     _check_spmm(rows, cols, vals, B, n_rows)
-    if rows.shape[0] == 0:  # no entry: the zero matrix, as torch's sparse product gives
-        return B.new_zeros((n_rows, B.shape[1]))
     with _scope(B):
         out = ops.sparse_times_dense(_array(rows), _array(cols), _array(vals), _array(B), n_rows,
                                      transpose=transpose, check_finite=False)
