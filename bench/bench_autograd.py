@@ -216,7 +216,7 @@ def jax_rows(quick: bool) -> list[Row]:
                lambda U, V: jnp.sum((U @ V.T) * Wd), (Ud, Vd), "XLA's GEMM on both sides"),
               ("kernel_product tanh, JAX", lambda U, V: jnp.sum(lj.kernel_product(U, V, "tanh") * Wd),
                "jnp tanh(U @ V.T), jit", lambda U, V: jnp.sum(jnp.tanh(U @ V.T) * Wd), (Ud, Vd),
-               "XLA's GEMM, f in a host callback (copies in and out)"),
+               "XLA's GEMM with f fused on both sides"),
               (f"kernel_product tanh top_k={k_row} row, JAX",
                lambda U, V: 0.5 * jnp.sum(lj.kernel_product(U, V, "tanh", k_row).values),
                "jnp tanh(U @ V.T) + lax.top_k + gather, jit", lambda U, V: 0.5 * jnp.sum(jnp_top_rows(U, V)), (Ud, Vd),

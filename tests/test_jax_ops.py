@@ -115,6 +115,27 @@ def test_top_k_indices_and_jit():
         np.testing.assert_allclose(g, e, rtol=1e-11, atol=1e-12)
 
 
+def test_dense_kernel_product_is_one_xla_computation_and_propagates_nan():
+    """The dense products are XLA's alone (f fused into the GEMM's pass; a host callback copied
+    the m x n result twice), so NaN/inf propagate there as in jax.numpy and in the sparse
+    products; top-k cannot rank them and raises."""
+    U, V, rows, cols, vals = problem()
+    for kernel in JNP_KERNELS:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            jaxpr = str(jax.make_jaxpr(lambda U, V, k=kernel: lj.kernel_product(U, V, k))(U.astype(dtype),
+                                                                                     V.astype(dtype)))
+            assert "callback" not in jaxpr, (kernel, dtype)
+    U = U.at[1, 1].set(jnp.nan)
+    dense = np.asarray(jax.jit(lambda U, V: lj.kernel_product(U, V, "exp"))(U, V))
+    np.testing.assert_array_equal(np.isnan(dense).any(axis=1), np.arange(U.shape[0]) == 1)
+    np.testing.assert_allclose(np.delete(dense, 1, axis=0), np.exp(np.delete(np.asarray(U), 1, 0) @ np.asarray(V).T),
+                               rtol=1e-14)
+    sampled = np.asarray(lj.sampled_product(U, V, rows, cols))
+    np.testing.assert_array_equal(np.isnan(sampled), np.asarray(rows) == 1)
+    with pytest.raises(Exception, match="NaN/inf"):
+        jax.block_until_ready(lj.kernel_product(U, V, "tanh", 2))
+
+
 def test_float32():
     U, V, rows, cols, _ = problem()
     U32, V32 = U.astype(jnp.float32), V.astype(jnp.float32)

@@ -4,15 +4,19 @@ Importing this package imports jax (an optional extra: ``pip install lowrank_hpc
 rest of lowrank_hpc never does. Each kernel runs through ``jax.pure_callback`` (the host
 arrays XLA hands over go to the CPU kernels as numpy arrays, the results come back the same
 way), so the functions work under ``jit``; ``jax.custom_vjp`` gives them reverse-mode
-derivatives made of the same kernels (second derivatives too). The dense products' GEMMs are
-XLA's (``lowrank_product`` is XLA's alone; a dense ``kernel_product`` applies the core's f to
-XLA's U V^T in a callback). Static arguments (sizes, flags, kernel names, k) are Python values.
+derivatives made of the same kernels (second derivatives too). The dense products are XLA's
+alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
+result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
+Static arguments (sizes, flags, kernel names, k) are Python values.
 float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
 in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
-float32 results, f and the rounding in the core's element pass; their backward GEMMs XLA's,
-summed in float32 and rounded once too).
+float32 results, f in float32 and one rounding; their backward GEMMs summed in float32 and
+rounded once too). NaN/inf in the inputs propagate to the products as in jax.numpy
+(``jax_debug_nans`` finds them), except in top-k, which cannot rank them and raises (the
+callback's FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
-Not done: the XLA FFI / GPU path (a CUDA array goes through the host callback), and
+Not done: the XLA FFI / GPU path for the sparse products and top-k (a CUDA array goes through
+the host callback; the dense products are XLA's on any device), and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
 from __future__ import annotations
@@ -177,14 +181,16 @@ def _weighted(kernel: str, grad, values, inner):
     return grad * _derivative(kernel, values)
 
 
-# The dense products' GEMMs are XLA's (dense GEMM is the vendor's job; numpy's BLAS in a host
-# callback, with its copies, took twice as long as jnp's whole forward and backward): f(U V^T)
-# applies the core's element step to XLA's U V^T in one callback.
+# kernel_product's f (lowrank_hpc/ops/kernel_functions.hpp) for the dense product, which is XLA's
+# alone: dense GEMM is the vendor's job, and XLA fuses f into the GEMM result's pass, where a
+# host callback copied the m x n K out and f(K) back (2.4x jnp's forward + backward time).
+_FUNCTIONS = {"relu": lambda x: jnp.maximum(x, 0), "exponential": jnp.exp, "tanh": jnp.tanh,
+              "piecewise_linear": lambda x: jnp.clip(x, -1, 1)}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_dense(U, V, kernel: str):
-    product = _gemm(U, _swap(V))
-    return _callback(lambda K: ops.apply_kernel(K, kernel, U.dtype), jax.ShapeDtypeStruct(product.shape, U.dtype),
-                     product)
+    return _FUNCTIONS[kernel](_gemm(U, _swap(V))).astype(U.dtype)  # 16-bit: f in float32, one rounding
 
 
 def _kernel_dense_fwd(U, V, kernel):

@@ -289,9 +289,8 @@ def _kernel_rounded(call: Call, code: int, half, values, kernel: Optional[int] =
 
 
 def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
-    """f(K) entry-wise, a new array: kernel_product's element step, for a framework adapter
-    whose own GEMM formed K = U V^T (lowrank_hpc.jax: XLA's, as numpy's BLAS in a host callback
-    took 2x longer than jnp's whole forward and backward).
+    """f(K) entry-wise, a new array: kernel_product's element step, for a caller whose own GEMM
+    (a framework's, or blocks of a product too large to hold twice) formed K = U V^T.
 
     K: float32/float64 array of any shape (numpy or a CUDA array). dtype: None (K's), or float16
     / bfloat16 (``ml_dtypes.bfloat16`` in numpy) for float32 K: f(K) rounded once to that format
