@@ -68,8 +68,8 @@ class CompletionModel:
         Bias attributes the estimator lacks count as zero."""
         U, V = _host(estimator.U_), _host(estimator.V_)
         n1, n2 = U.shape[0], V.shape[0]
+        row_ids, col_ids = _id_array("row_ids", row_ids), _id_array("col_ids", col_ids)
         for name, ids, size in (("row_ids", row_ids, n1), ("col_ids", col_ids, n2)):
-            ids = np.asarray(ids)
             if ids.shape != (size,) or (size > 1 and not (ids[1:] > ids[:-1]).all()):
                 raise ValueError(f"CompletionModel.from_estimator: {name} must be the {size} sorted distinct ids "
                                  f"of the fitted matrix (np.unique's order), got shape {ids.shape}")
@@ -79,7 +79,7 @@ class CompletionModel:
         return cls(U=U, V=V, intercept=float(getattr(estimator, "intercept_", 0.0) or 0.0),
                    row_bias=np.zeros(n1) if row_bias is None else _host(row_bias).reshape(n1),
                    col_bias=np.zeros(n2) if col_bias is None else _host(col_bias).reshape(n2),
-                   row_ids=np.asarray(row_ids), col_ids=np.asarray(col_ids), seen_indptr=indptr,
+                   row_ids=row_ids, col_ids=col_ids, seen_indptr=indptr,
                    seen_indices=indices, method=str(estimator.method),
                    rank=int(getattr(estimator, "rank_", U.shape[1])),
                    reg=float(getattr(estimator, "reg_", estimator.reg if not isinstance(estimator.reg, str)
@@ -238,6 +238,25 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
     return indptr, np.ascontiguousarray(cols[order])
 
 
+def _id_array(name: str, ids: Any) -> np.ndarray:
+    """ids as the file stores them (``allow_pickle=False``): int64/uint64 or str. Integral floats
+    become int64 (so integer queries find them) and object arrays (pandas' str columns) str or
+    int64; ValueError naming ``name`` for anything else."""
+    array = np.asarray(ids)
+    if array.dtype.kind == "O":
+        items = array.reshape(-1).tolist()
+        if all(isinstance(item, str) for item in items):
+            array = array.astype(str)
+        elif all(isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)) for item in items):
+            array = array.astype(np.int64)
+    elif array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iuU":
+        raise ValueError(f"CompletionModel.from_estimator: {name} must hold integers or strings, got dtype "
+                         f"{array.dtype}")
+    return array
+
+
 def _lookup(known: np.ndarray, query: Any) -> np.ndarray:
     """Index of each query id in the sorted ids ``known`` (-1 when absent).
 
@@ -250,6 +269,8 @@ def _lookup(known: np.ndarray, query: Any) -> np.ndarray:
     if known.dtype.kind in "iu":
         if query.dtype.kind in "iu":
             values = query.astype(np.int64)
+            if query.dtype.kind == "u":  # beyond int64 no id matches (astype would wrap them around)
+                valid = query <= np.iinfo(np.int64).max
         else:
             values = np.zeros(query.shape[0], dtype=np.int64)
             for k, token in enumerate(query.tolist()):

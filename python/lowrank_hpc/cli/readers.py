@@ -255,7 +255,10 @@ def _numeric_table(path: str, header: str) -> Optional[tuple[np.ndarray, np.ndar
     if not first.strip() or first.lstrip().startswith("#"):
         return None
     separator = _separator(first)
-    fields = first.split(separator) if separator else first.split()
+    if separator in (",", "\t", ";"):  # as read_text_fields reads it: a quoted number is a number
+        fields = next(csv.reader([first], delimiter=separator))
+    else:
+        fields = first.split(separator) if separator else first.split()
     skipped = header == "yes" or (header == "auto" and len(fields) >= 3 and _ratings_header(fields))
     if separator == "::":
         if "\t" in text:

@@ -15,7 +15,7 @@ from ..recover._result import RecoveryResult
 from ..recover.als import (_ALS_CONSTRAINTS, CG_STEPS, uses_cg, _check_coordinates, _check_rank, _check_seed,
                            _key_stream)
 from . import _shards
-from ._executor import executor
+from ._executor import executor, worker_backend
 from ._shards import FUNCTION
 from .factors import DistributedFactor
 
@@ -141,13 +141,12 @@ class DistributedALS:
             data = _ArrayData(rows, cols, vals, shape)
         m, n = data.shape
         rank = _check_rank(FUNCTION, data.shape, self.rank)
-        # A worker may solve on its GPU (backend "auto" or "cuda"): the CUDA kernel's limit then.
-        limit = None if self.backend == "cpu" else CONSTANTS["als_shared_bytes"]
-        use_cg = uses_cg(settings["solver"], rank, np.dtype(data.dtype).itemsize, limit)
-        cg_steps = settings["cg_steps"] if use_cg else 0
         given = data.initial_V(init, rank)
         shards = min(self.n_shards or run.worker_count(), m, n)
         workers = [run.workers[s % len(run.workers)] for s in range(shards)]
+        limit = _system_bytes_limit(run, workers, self.backend)
+        use_cg = uses_cg(settings["solver"], rank, np.dtype(data.dtype).itemsize, limit)
+        cg_steps = settings["cg_steps"] if use_cg else 0
         row_bounds, col_bounds = data.bounds(shards, rank)
         row_shards, col_shards = data.shards(run, row_bounds, col_bounds, workers, self.backend)
         seed, _ = resolve_seed(settings["seed"], None)
@@ -376,6 +375,21 @@ class _FrameData:
             raise ValueError(f"{FUNCTION}: init (the initial V) must be {self.dtype} of shape {(self.shape[1], rank)}, "
                              f"got {V0.dtype} {V0.shape}")
         return V0
+
+
+def _system_bytes_limit(run: Any, workers: Sequence[Any], backend: str) -> Optional[int]:
+    """The bytes an exact row system may take where the shards solve: the CUDA kernel's shared
+    memory when a worker solves on its GPU, else None (any size, as recover.als on the CPU). With
+    backend "auto" each worker says which it takes: a limit applied on CPU-only workers made
+    solver="auto" run CG where recover.als runs exact solves (float64, rank 78 to 95)."""
+    if backend == "cpu":
+        return None
+    if backend == "auto":
+        chosen = run.gather([run.submit(worker_backend, "auto", FUNCTION, worker=w, name="backend")
+                             for w in dict.fromkeys(workers)])
+        if "cuda" not in chosen:
+            return None
+    return CONSTANTS["als_shared_bytes"]
 
 
 def _backend_name(backends: Sequence[str]) -> str:

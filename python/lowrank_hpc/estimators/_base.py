@@ -6,7 +6,7 @@ import contextlib
 import functools
 import inspect
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -112,8 +112,39 @@ class _Estimator:
         if "result_" not in vars(self):
             raise _not_fitted(self, method)
 
+    def _set_feature_names(self, X: Any) -> None:
+        """feature_names_in_ from a DataFrame X's str column names (scikit-learn's rule); none otherwise."""
+        names = _feature_names(X)
+        if names is None:
+            vars(self).pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
+
+    def _check_feature_names(self, function: str, X: Any) -> None:
+        """ValueError when X's column names differ from those of the fit (both DataFrames), as
+        scikit-learn raises: the columns would otherwise be taken by position, silently mis-mapped."""
+        fitted, names = vars(self).get("feature_names_in_"), _feature_names(X)
+        if fitted is None or names is None or (names.shape == fitted.shape and (names == fitted).all()):
+            return
+        unseen = [name for name in names if name not in set(fitted)]
+        missing = [name for name in fitted if name not in set(names)]
+        detail = (f"names unseen at fit time: {unseen[:5]}" if unseen else
+                  f"names seen at fit time, yet now missing: {missing[:5]}" if missing else
+                  "names are in another order than in fit")
+        raise ValueError(f"{function}: The feature names should match those that were passed during fit; "
+                         f"X's column {detail}")
+
     def _xp(self) -> Any:
         return _backend.cupy_module() if self.result_.backend == "cuda" else np
+
+
+def _feature_names(X: Any) -> Optional[np.ndarray]:
+    """The column names of a DataFrame X as an object array when every one is a str, else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(X, np.ndarray):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    return names if names.size and all(isinstance(name, str) for name in names) else None
 
 
 def _is_default(value: Any, default: Any) -> bool:

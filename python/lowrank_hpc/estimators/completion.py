@@ -112,6 +112,9 @@ class MatrixCompletion(_Estimator):
         updates) and whether it met ``tol`` with the offsets settled.
     train_rmse_ : float, RMSE of the model on the training entries.
     result_ : the :class:`lowrank_hpc.recover.RecoveryResult` of the final solve.
+    feature_names_in_ : (n2,) object array of X's column names, only when fit was given a
+        DataFrame with str column names; predict(X), transform and score(X) then refuse a
+        DataFrame whose columns differ, instead of taking them by position.
 
     Every method also accepts ``y=None`` by keyword and ignores it, as scikit-learn passes it.
     """
@@ -173,6 +176,7 @@ class MatrixCompletion(_Estimator):
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
                              f"n_samples = {shape[0]}, n_features = {shape[1]}")
         _check_index_range(function, rows, cols, shape)
+        self._set_feature_names(X)  # a DataFrame's columns, checked against those of predict(X) and transform
         if self.feedback == "implicit":
             return self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
         if self.method == "soft_impute":  # counted here: reg="auto" would report the repeats of its 90% split
@@ -288,6 +292,7 @@ class MatrixCompletion(_Estimator):
     def _new_rows(self, function: str, X: Any) -> Any:
         """2-D X validated against the fit: (n_samples, n_features_in_) float on the factors' side."""
         self._check_fitted(function.split(".")[-1])
+        self._check_feature_names(function, X)
         X = _as_float(function, "X", X, self.result_.backend, 2)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"{function}: X has {X.shape[1]} features, but {type(self).__name__} is expecting "

@@ -103,6 +103,9 @@ class NMF(_Estimator):
         observed entries when some are missing.
     loss_curve_ : (n_iter_,) float64, beta_div after each iteration (NaN where the solver did not
         evaluate it: mu evaluates it every 10 iterations).
+    feature_names_in_ : (n_features_in_,) object array of X's column names, only when fit was
+        given a DataFrame with str column names; transform and score then refuse a DataFrame
+        whose columns differ (scikit-learn's ValueError), instead of taking them by position.
     """
 
     def __init__(self, n_components: Any = "auto", *, init: Optional[str] = None, solver: str = "cd",
@@ -398,7 +401,8 @@ class NMF(_Estimator):
         self.n_iter_ = int(outcome["n_iter"])
         self.n_features_in_ = data.shape[1]
         self.loss_curve_ = outcome["loss"]
-        self._fit_W = W
+        self._fit_W = W.copy()  # score's W: a caller normalising the returned W in place must not change it
+        self._set_feature_names(X)
         return W
 
     def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None, *, mask: Any = None) -> "NMF":
@@ -415,16 +419,19 @@ class NMF(_Estimator):
         scikit-learn's start (zeros for cd, sqrt(mean(X) / k) for mu); missing entries (NaN or
         ``mask``) are left out of the loss."""
         self._check_fitted("transform")
+        self._check_feature_names("NMF.transform", X)
         return self._fit("NMF.transform", X, None, None, mask, update_H=False)["W"]
 
     def inverse_transform(self, X: Any) -> Any:
         """W @ components_: (n_samples, n_features_in_), the completed matrix (missing entries
         filled by the model)."""
         self._check_fitted("inverse_transform")
-        if _nmf.is_sparse(X):
-            return X @ self.components_
         xp = cupy_module() if not isinstance(self.components_, np.ndarray) else np
-        return xp.asarray(X) @ self.components_
+        W = X if _nmf.is_sparse(X) else xp.asarray(X)
+        if W.ndim != 2 or W.shape[1] != self.n_components_:
+            raise ValueError(f"NMF.inverse_transform: X must be W of shape (n_samples, {self.n_components_}) "
+                             f"(n_components_), got shape {tuple(W.shape)}")
+        return W @ self.components_
 
     def score(self, X: Any, y: Any = None) -> float:
         """Minus the mean squared error of the fitted W_fit @ components_ on the entries of X that
@@ -432,6 +439,7 @@ class NMF(_Estimator):
         ``score`` ranks n_components by cross-validation over entries (as R's NNLM does). Greater
         is better, as scikit-learn's scorers expect."""
         self._check_fitted("score")
+        self._check_feature_names("NMF.score", X)
         xp = cupy_module() if not isinstance(self.components_, np.ndarray) else np
         X = xp.asarray(X.toarray() if _nmf.is_sparse(X) else X, dtype=np.float64)
         if X.ndim == 2:

@@ -33,7 +33,8 @@ def primal(xp: Any, W: Any, mirror: str, alpha: float) -> tuple[Any, Any, Any, A
         values = xp.exp(eigenvalues)
         return (vectors * values) @ vectors.T, vectors, values, vectors
     left, singular, right_t = xp.linalg.svd(W, full_matrices=False)
-    values = alpha * xp.sinh(singular)
+    # In float64: float32 sinh overflows past 89, which W passes where X / alpha > 3e38 (X ~ 1e3, alpha 1e-36).
+    values = (alpha * xp.sinh(singular.astype(np.float64))).astype(W.dtype)
     return (left * values) @ right_t, left, values, right_t.T
 
 
@@ -77,7 +78,8 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
     1e-10, 0.017 at 1e-40, where the error is the minimum-nuclear-norm solution's to 1%). Where
     nuclear-norm minimization recovers M the approach is much faster. Smaller alpha needs more
     iterations (each eigen-direction grows from alpha: ~log(1/alpha) / gradient), so pick the
-    smallest alpha the iteration budget converges from (float64 takes alpha down to ~1e-300).
+    smallest alpha the iteration budget converges from (down to the smallest normal number of
+    y's dtype: 1.2e-38 in float32, 2.2e-308 in float64; below it is a ValueError).
 
     Parameters
     ----------
@@ -85,7 +87,8 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
         (a symmetric operator, e.g. GaussianSensing(symmetric=True), measures PSD matrices).
     y : (op.num_measurements,) float32/float64 measurements, numpy or CUDA array.
     mirror : "entropy" or "hypentropy".
-    init_scale : alpha, the init scale (> 0); smaller alpha, closer to minimum nuclear norm.
+    init_scale : alpha, the init scale (at least the smallest normal number of y's dtype);
+        smaller alpha, closer to minimum nuclear norm.
     step : the mirror step; None uses 2 / ||A*(y)||_2 (estimated by subspace iteration).
     max_iter, tol : stop after max_iter iterations, or when ||A(X) - y|| / ||y|| < tol
         ("converged"), or when the relative change of X falls below 1e-3 * tol ("stationary");
@@ -120,6 +123,10 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
                             description=f"{_FUNCTION}[{mirror}]")
     seed_value, seed_key = resolve_seed(seed, settings.checkpoint)
     xp, dtype = call.xp, y.dtype
+    smallest = float(np.finfo(dtype).tiny)
+    if init_scale < smallest:  # X would underflow to 0 and stay there while W moves: a false "stationary"
+        raise ValueError(f"{_FUNCTION}: init_scale = {init_scale:.3g} is below the smallest normal {dtype} number "
+                         f"({smallest:.3g}), where X underflows to 0; pass float64 y or a larger init_scale")
     y_norm = robust_norm(xp, y)
     if y_norm == 0:
         raise ValueError(f"{_FUNCTION}: y is all zeros; the solution is X = 0")
@@ -140,6 +147,8 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
 
     def evaluate(W: Any) -> tuple[Any, Any, float]:
         X = primal(xp, W, mirror, init_scale)[0]
+        if not bool(xp.isfinite(X).all()):  # exp/sinh of a finite W overflowed: a step to halve, not bad data
+            return X, None, np.inf
         z = op.forward(xp.ascontiguousarray(X)) - y
         return X, z, 0.5 * sum_of_squares(xp, z)
 

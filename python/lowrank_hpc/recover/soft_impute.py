@@ -279,7 +279,14 @@ def _lanczos_top(xp: Any, times: Callable[[Any], Any], times_t: Callable[[Any], 
         u = times(Vs[:, j + 1:j + 2]) - beta * Us[:, j:j + 1]
     if not alphas:
         return 0.0
-    return float(np.linalg.svd(np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1), compute_uv=False)[0])
+    # Exhausted at step k (A v_{k+1} in span(u_1..u_k)): A's singular values are those of the
+    # k x (k + 1) bidiagonal [B_k, beta_k e_k]; its last beta counts (one observed row: A v_1 is
+    # its direction, so B_1 alone gave |A v_1|, a fraction of ||A||_2).
+    k = len(alphas)
+    bidiagonal = np.zeros((k, k + 1))
+    bidiagonal[np.arange(k), np.arange(k)] = alphas
+    bidiagonal[np.arange(k), np.arange(1, k + 1)] = betas[:k]
+    return float(np.linalg.svd(bidiagonal, compute_uv=False)[0])
 
 
 def _spectral_norm(call: Call, problem: _Problem, seed: int) -> float:
