@@ -294,3 +294,19 @@ def test_write_png_round_trips(tmp_path):
     width, height, back = read_png(str(tmp_path / "p.png"))
     assert (width, height) == (12, 7)
     np.testing.assert_array_equal(back, pixels)
+
+
+def test_pairs_with_text_ids_keep_their_first_line_and_a_header_is_still_found(tmp_path):
+    """header="auto" for (row, col) pairs: a first line of words is a header only when neither
+    word comes again in its column; text ids (alice, apple) recur, column names do not."""
+    from lowrank_hpc.cli.readers import read_pairs
+    data = read_pairs(write(tmp_path, "p.csv", "alice,apple\nbob,pear\nalice,pear\n"))
+    assert not data.header
+    np.testing.assert_array_equal(data.row_ids, ["alice", "bob"])
+    np.testing.assert_array_equal(data.col_ids, ["apple", "pear"])
+    np.testing.assert_array_equal(np.c_[data.rows, data.cols], [[0, 0], [0, 1], [1, 1]])
+    named = read_pairs(write(tmp_path, "q.csv", "user,item\nalice,apple\nbob,pear\nalice,pear\n"))
+    assert named.header
+    np.testing.assert_array_equal(np.c_[named.rows, named.cols], [[0, 0], [0, 1], [1, 1]])
+    assert read_pairs(write(tmp_path, "r.txt", "u i\n1 2\n3 4\n")).header
+    assert not read_pairs(write(tmp_path, "s.csv", "alice,apple\nbob,pear\n"), header="no").header

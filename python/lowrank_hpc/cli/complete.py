@@ -267,7 +267,7 @@ def _read_pairs(path: str, data: readers.Ratings) -> dict[str, Any]:
     """The (row, col) id tokens of a pairs file, checked like the input's ids, and their indices."""
     from .model_file import _lookup
 
-    def is_header(fields) -> bool:  # a first line of words that are not ids of the data
+    def is_header(fields, rest) -> bool:  # a first line of words that are not ids of the data
         return (not any(readers._is_number(token) for token in fields[:2])
                 and _lookup(data.row_ids, [fields[0]])[0] < 0 and _lookup(data.col_ids, [fields[1]])[0] < 0)
 

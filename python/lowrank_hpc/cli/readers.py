@@ -115,16 +115,21 @@ def read_ratings(path: str, *, header: str = "auto", format: Optional[str] = Non
     return _merged(Ratings(rows, cols, vals, row_ids, col_ids, path, kind, header=had_header))
 
 
-def _pairs_header(fields: Sequence[str]) -> bool:
-    """A first line is a header when neither of its ids is a number (``user,item``)."""
-    return not any(_is_number(token) for token in fields[:2])
+def _pairs_header(fields: Sequence[str], rest: Sequence[Sequence[str]]) -> bool:
+    """A first line is a header when neither of its ids is a number (``user,item``) and neither
+    comes again in its column: text ids (``alice,apple``) are data, the other lines name them."""
+    if any(_is_number(token) for token in fields[:2]):
+        return False
+    return not any(record[0] == fields[0] or record[1] == fields[1] for record in rest if len(record) >= 2)
 
 
 def read_pairs(path: str, *, header: str = "auto", format: Optional[str] = None) -> Ratings:
     """The ones of a 0/1 matrix: (row, col) pairs from text (extra columns ignored), a .npz of
     rows, cols (vals optional, else ones; shape optional) or a .mtx (pattern, integer or real);
     ids mapped as :func:`read_ratings` maps them, repeated pairs merged. DataError for any fault;
-    values other than 0/1 are left for the factorization to name."""
+    values other than 0/1 are left for the factorization to name. With header "auto" a text
+    file's first line is a header when neither of its two ids is a number and neither comes
+    again in its column (``user,item``; ``alice,apple`` followed by ``alice,pear`` is data)."""
     path = os.fspath(path)
     check_readable(path)
     kind = format or detect_format(path)
@@ -183,7 +188,7 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _ratings_header(fields: Sequence[str]) -> bool:
+def _ratings_header(fields: Sequence[str], rest: Sequence[Sequence[str]] = ()) -> bool:
     """A first line is a header when neither its value nor its ids are numbers
     (``userId,movieId,rating``); ``1,2,abc`` is data with a bad value."""
     return not any(_is_number(token) for token in fields[:3])
@@ -197,10 +202,11 @@ def _separator(line: str) -> Optional[str]:
 
 
 def read_text_fields(path: str, n_fields: int, *, header: str = "auto",
-                     is_header: Callable[[Sequence[str]], bool] = _ratings_header
+                     is_header: Callable[[Sequence[str], Sequence[Sequence[str]]], bool] = _ratings_header
                      ) -> tuple[list[list[str]], np.ndarray, bool]:
     """The first ``n_fields`` columns of a delimited text file as lists of stripped strings,
-    the 1-based line number of each record, and whether a header line was skipped.
+    the 1-based line number of each record, and whether a header line was skipped
+    (``is_header(first line's fields, the other lines' fields)`` decides with header "auto").
 
     Every line must have as many fields as the first (at least ``n_fields``), else DataError
     naming the line; extra columns are ignored.
@@ -223,7 +229,7 @@ def read_text_fields(path: str, n_fields: int, *, header: str = "auto",
         split = [line.split() for _, line in numbered]
     numbers = [number for number, _ in numbered]
     first = split[0]
-    skipped = header == "yes" or (header == "auto" and len(first) >= n_fields and is_header(first))
+    skipped = header == "yes" or (header == "auto" and len(first) >= n_fields and is_header(first, split[1:]))
     if skipped:
         split, numbers = split[1:], numbers[1:]
         if not split:
