@@ -103,6 +103,7 @@ class BooleanMF(_Estimator):
         seed = _seed(function, self.random_state)
         side = self._side_of(X)
         matrix = _binary_matrix(function, "X", X, side)
+        _elbmf.check_has_ones(matrix, "X")
         with _backend_scope(self.backend):
             result = _elbmf.boolean_mf(matrix, settings["n_components"], l1=settings["l1"], l2=settings["l2"],
                                        reg_growth=settings["reg_growth"], inertia=settings["inertia"],
@@ -133,7 +134,8 @@ class BooleanMF(_Estimator):
         if matrix.shape[1] != self.n_features_in_:
             raise ValueError(f"{function}: X has {matrix.shape[1]} features, but {type(self).__name__} is "
                              f"expecting {self.n_features_in_} features as input")
-        k, xp = settings["n_components"], matrix.call.xp
+        # The fitted factors' k, not n_components: set_params after fit must not change the fold-in's shapes.
+        k, xp = int(self.result_.V.shape[1]), matrix.call.xp
         U0, _ = _elbmf.initial_factors(self._fold_in_seed, 1, matrix.shape[0], 1, k, matrix.dtype, xp, False)
         Vt = xp.asarray(self.result_.V, dtype=matrix.dtype)[None]
         loop = LoopSettings(max_iter=settings["max_iter"], tol=settings["tol"], time_limit=settings["time_limit"],

@@ -50,7 +50,8 @@ def _first_bad(function: str, name: str, bad_positions, values, count: int, shap
 
 class BinaryMatrix:
     """A validated 0/1 matrix: dense (batch, n, m) in the factors' float dtype, or sparse
-    (batch 1) as the positions of its ones.
+    (batch 1) as the positions of its ones (possibly none: the solvers refuse a sparse matrix
+    without ones, a fold-in of new rows takes it).
 
     Parameters
     ----------
@@ -157,8 +158,6 @@ class BinaryMatrix:
             first = int(call.to_host(xp.argmax(bad)))
             raise _first_bad(self.function, name, (call.to_host(rows[first]), call.to_host(cols[first])),
                              call.to_host(data[first]), count, shape)
-        if rows.shape[0] == 0:
-            raise ValueError(f"{self.function}: {name} has no nonzero entry; there is nothing to factor")
         rows, cols = xp.asarray(rows, dtype=np.int64), xp.asarray(cols, dtype=np.int64)
         self.rows, self.cols, self.shape = rows, cols, shape
         self.ones = np.array([float(rows.shape[0])])
@@ -202,7 +201,7 @@ class BinaryMatrix:
         for a sparse A when allowed (see _compact_form_allowed) and its sizes fit int32; else None."""
         n, m = self.shape
         nnz = int(self.rows.shape[0])
-        if max(n, m) >= 2**31 or not self._compact_form_allowed(8 * nnz + 8 * (n + m + 2)):
+        if nnz == 0 or max(n, m) >= 2**31 or not self._compact_form_allowed(8 * nnz + 8 * (n + m + 2)):
             return None
         # The library's stable counting sort into both CSR orders (the ones of a row in increasing
         # column order, as in the packed form: scipy's sum_duplicates sorted them by row, then column).
@@ -242,6 +241,8 @@ class BinaryMatrix:
         the library's CSR kernel (OpenMP / CUDA), gathering rows of the small F."""
         if self.packed is not None or self.indexed is not None:
             return self._core_times(F, False)
+        if self.sparse and self.ones[0] == 0:  # no ones (new rows in a fold-in): nothing to index
+            return self.call.xp.zeros((1, self.shape[0], F.shape[2]), dtype=F.dtype)
         if self.sparse:
             self._sparse_products()
             return self.pattern.solver_product(self.call, self.vals, F[0])[None]
@@ -253,6 +254,8 @@ class BinaryMatrix:
         """A^T @ F for F (batch, n, k): (batch, m, k)."""
         if self.packed is not None or self.indexed is not None:
             return self._core_times(F, True)
+        if self.sparse and self.ones[0] == 0:
+            return self.call.xp.zeros((1, self.shape[1], F.shape[2]), dtype=F.dtype)
         if self.sparse:
             self._sparse_products()
             return self.call.xp.ascontiguousarray(self.transposed @ F[0])[None]

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import array_module
+from .._arrays import is_device_array
+from .._backend import cupy_module
 from .binary_matrix import BinaryMatrix
 
 # Rows of the Boolean product formed at a time when counting its ones (bounds the memory).
@@ -19,11 +20,30 @@ def binarize(F: Any) -> Any:
     return F >= 0.5
 
 
+def _boolean_factor(xp: Any, name: str, F: Any) -> Any:
+    """F as a bool or 0/1 array of xp; a relaxed factor (entries other than 0 and 1) is a ValueError,
+    since the product's threshold would OR fractions (0.3 + 0.3 > 0.5)."""
+    F = xp.asarray(F)
+    if F.dtype.kind not in "biuf":
+        raise TypeError(f"boolean_product: {name} must be a bool or 0/1 numeric array, got dtype {F.dtype}")
+    if F.dtype.kind != "b" and bool(((F != 0) & (F != 1)).any()):
+        raise ValueError(f"boolean_product: {name} must hold only 0 and 1 (or bool); round relaxed factors "
+                         f"first (e.g. {name} >= 0.5)")
+    return F
+
+
 def boolean_product(W: Any, H: Any) -> Any:
-    """(W o H)_ij = OR_c (W_ic AND H_cj): W (n, k), H (k, m) Boolean (or 0/1) arrays, numpy or
-    CuPy, batched (B, n, k) x (B, k, m) too. Returns a bool array (n, m) (or (B, n, m)).
-    Counted by one float32 GEMM (exact for k < 2**24)."""
-    xp = array_module(W)
+    """(W o H)_ij = OR_c (W_ic AND H_cj): W (n, k), H (k, m) Boolean (or 0/1) arrays, numpy (or
+    array-likes) or CuPy, batched (B, n, k) x (B, k, m) too. Returns a bool array (n, m) (or
+    (B, n, m)). Counted by one float32 GEMM (exact for k < 2**24).
+
+    Raises ValueError for entries other than 0 and 1 (relaxed factors: round them first) and for
+    shapes that do not chain; TypeError for non-numeric arrays."""
+    xp = cupy_module() if is_device_array(W) or is_device_array(H) else np
+    W, H = _boolean_factor(xp, "W", W), _boolean_factor(xp, "H", H)
+    if W.ndim not in (2, 3) or H.ndim != W.ndim or W.shape[-1] != H.shape[-2] or W.shape[:-2] != H.shape[:-2]:
+        raise ValueError(f"boolean_product: W of shape {tuple(W.shape)} and H of shape {tuple(H.shape)} do not "
+                         "chain; expected (n, k) and (k, m), or (B, n, k) and (B, k, m)")
     return xp.matmul(W.astype(np.float32), H.astype(np.float32)) > 0.5
 
 

@@ -106,6 +106,12 @@ def _check_init(matrix: BinaryMatrix, init: Any, k: int, batched: bool) -> tuple
     return xp.ascontiguousarray(U0), xp.ascontiguousarray(V0.transpose(0, 2, 1))
 
 
+def check_has_ones(matrix: BinaryMatrix, name: str) -> None:
+    """A sparse matrix to factor must store a one (a fold-in of new rows may store none)."""
+    if matrix.sparse and matrix.ones[0] == 0:
+        raise ValueError(f"{matrix.function}: {name} has no nonzero entry; there is nothing to factor")
+
+
 class _Elbmf:
     """The iteration: half-steps for U then V (or for U alone against a fixed V: fold-in)."""
 
@@ -226,6 +232,7 @@ def _run(function: str, A: Any, n_components: int, batched: bool, *, l1, l2, reg
                             checkpoint_every=checkpoint_every, time_limit=time_limit, description=function)
     # An estimator passes a matrix it has validated and placed already.
     matrix = A if isinstance(A, BinaryMatrix) else BinaryMatrix(function, "A", A, dtype=dtype, batched=batched)
+    check_has_ones(matrix, "A")
     seed, seed_key = resolve_seed(seed, settings.checkpoint)
     n, m = matrix.shape
     if init is not None:
