@@ -121,7 +121,8 @@ def mixture_completion(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], 
     repair_trials, repair_rounds : phase 3's label draws per flagged row and its rounds (0: none).
     tol : K = 1 only: the ALS tolerance (as :func:`als`); K > 1 stops on stable labels.
     seed : None (drawn; reported in ``info["seed"]``) or an int in [0, 2**64): every random
-        choice (labels of each restart, repair draws) comes from it. K = 1 passes it to :func:`als`.
+        choice (each restart's starting factors, the repair's label draws) comes from it. K = 1
+        passes it to :func:`als`.
 
     Returns
     -------
