@@ -15,10 +15,11 @@ import numpy as np
 from .. import _checks
 from .._arrays import to_numpy
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, run_loop
+from ._measures import relative_change
 from ._operator_math import spectral_norm
 from ._result import RecoveryResult
 from .factored_gd import (_GROWTH_ALLOWED, _MAX_HALVINGS_PER_STEP, _Problem, factored_gd, quiet, robust_norm,
-                          sensing_measurements)
+                          sensing_measurements, stalled_reason)
 
 _FUNCTION = "prune_and_finetune"
 _LOOP = {name: LOOP_CONSTRAINTS[name] for name in ("tol", "callback", "progress", "time_limit")}
@@ -43,12 +44,16 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     pruning of its small columns and fine-tuning of the rest (Rajaraman et al., "Greedy Pruning
     with Group Lasso Provably Generalizes for Matrix Sensing", NeurIPS 2023).
 
-    1. Regularized training: ``max_iter`` gradient steps on U (n, width) for
+    1. Regularized training: up to ``max_iter`` gradient steps on U (n, width) for
        1/4 ||A(U U^T) - y||^2 + lam sum_i sqrt(||U e_i||^2 + eps^2), from
        U0 = init_scale * sqrt(s) * G / sqrt(n), G iid N(0, 1) (columns of norm about sqrt(s)),
        where s = ||A*(y)||_2 estimates ||M||_2; lam = reg * s^(3/2) and eps = smoothing * sqrt(s),
        so the settings are free of the data's scale (the penalty's gradient lam on a unit column
-       direction shifts U U^T by about reg * ||M||_2).
+       direction shifts U U^T by about reg * ||M||_2). The phase ends early, as ``factored_gd``
+       does, when an iteration cannot move U (every step of the halving sequence raises the
+       objective, or the step is too small to change U): "no_progress", or "stationary" right
+       after a change of U U^T below 16 sqrt(eps) of the dtype (``info["regularized_stop_reason"]``);
+       U is then the best iterate found, and pruning and fine-tuning go on from it.
     2. Pruning: every column whose norm is below ``threshold`` times the largest is removed.
     3. Fine-tuning: ``factored_gd`` (method "gd", symmetric) from the kept columns, up to
        ``finetune_iter`` iterations or relative residual ``tol``.
@@ -86,8 +91,10 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     -------
     RecoveryResult with U (n, kept) the fine-tuned factor, V = U, X = U U^T; history of both
     phases (the first ``info["regularized_iterations"]`` entries are the regularized
-    objective); info: "kept_columns" (indices into the width columns), "column_norms" (width,)
-    after the regularized phase, "regularized_iterations", "reg_lambda", "smoothing_eps",
+    objective; relative_change is that of X = U U^T in both phases); info: "kept_columns"
+    (indices into the width columns), "column_norms" (width,) after the regularized phase,
+    "regularized_iterations", "regularized_stop_reason" ("max_iter", "time_limit",
+    "no_progress" or "stationary"), "reg_lambda", "smoothing_eps",
     "spectral_norm_adjoint_y" (s), "finetune" (the fine-tuning RecoveryResult), "seed".
     converged and stop_reason are the fine-tuning's.
 
@@ -117,6 +124,8 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
     state = LoopState(arrays={"U": xp.asarray(U0.astype(dtype))}, scalars={"step": step, "halvings": 0.0},
                       seed=seed_value)
 
+    stalled: dict[str, bool] = {}  # set by an iteration that no step of the halving sequence could take
+
     def objective(U: Any, z: Any) -> float:
         return problem.loss(z) + lam * group_lasso(xp, U, eps)[0]
 
@@ -137,14 +146,26 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
             step_now *= 0.5
             state.scalars["halvings"] += 1
         else:
+            stalled["stuck"] = True
             return current, 0.0
         state.scalars["step"] = step_now
-        change = robust_norm(xp, U_new - U) / max(robust_norm(xp, U), np.finfo(np.float64).tiny)
+        change = float(relative_change(call, U[None], U[None], U_new[None], U_new[None])[0])
         state.arrays["U"] = U_new
         return value, change
 
     def stop_reason(state: LoopState) -> Optional[str]:
-        return "diverged" if not np.isfinite(state.loss[-1]) else None
+        # factored_gd's decision. An unmoved U is a fixed point of the iteration (the same U and
+        # step give the same trial steps), so running on would only repeat it.
+        stuck = stalled.pop("stuck", False)
+        if not np.isfinite(state.loss[-1]):
+            return "diverged"
+        change = state.relative_change[-1]
+        if stuck or change == 0:
+            previous = state.relative_change[-2] if len(state.relative_change) > 1 else None
+            reason = stalled_reason(previous, dtype)
+            if stuck or reason == "no_progress" or change < 1e-3 * tol:
+                return reason
+        return None
 
     settings = LoopSettings(max_iter=max_iter, tol=tol, progress=progress, time_limit=time_limit,
                             callback=None if callback is None else
@@ -172,5 +193,6 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
         converged=finetune.converged, stop_reason=finetune.stop_reason, seconds=time.perf_counter() - started,
         backend=call.backend, step=finetune.step, step_halvings=int(state.scalars["halvings"]) + finetune.step_halvings,
         info={"kept_columns": kept, "column_norms": norms, "regularized_iterations": state.iteration,
+              "regularized_stop_reason": reason,
               "reg_lambda": lam, "smoothing_eps": eps, "spectral_norm_adjoint_y": sigma, "finetune": finetune,
               "seed": seed_value})
