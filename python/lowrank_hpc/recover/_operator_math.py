@@ -48,6 +48,34 @@ def operator_scale(op: Any, dtype: Any, xp: Any, seed: int = 0, probes: int = 3)
     return total / probes
 
 
+class CorrectedAdjoint:
+    """(A*(z) - shift I) / gain through the adjoint products of a square ``op``: the matrix a
+    spectral start decomposes when the operator reports a correction for its measurements
+    (``op.spectral_correction(y)``, e.g. symmetric rank-one sensing's trace term)."""
+
+    def __init__(self, op: Any, shift: float, gain: float):
+        self.shape = op.shape
+        self._op, self._shift, self._gain = op, float(shift), float(gain)
+
+    def adjoint_times(self, z: Any, B: Any) -> Any:
+        return (adjoint_times(self._op, z, B) - self._shift * B) / self._gain
+
+    def adjoint_transpose_times(self, z: Any, B: Any) -> Any:
+        return (adjoint_transpose_times(self._op, z, B) - self._shift * B) / self._gain
+
+
+def spectral_source(op: Any, y: Any) -> tuple[Any, bool]:
+    """(the operator whose adjoint products a spectral start of measurements y uses, whether its
+    A*(y) already estimates M): ``op`` and False when it reports no correction (then A*(y) ~ s M
+    and the start divides by the operator scale s), else its :class:`CorrectedAdjoint` and True."""
+    hook = getattr(op, "spectral_correction", None)
+    correction = hook(y) if hook is not None else None
+    if correction is None:
+        return op, False
+    shift, gain = correction
+    return CorrectedAdjoint(op, shift, gain), True
+
+
 def top_singular_triplets(op: Any, y: Any, k: int, xp: Any, seed: int = 0, power_iterations: int = 6):
     """Top-k singular triplets of A*(y) by randomized subspace iteration (Halko et al. 2011)
     through adjoint products only: (left (n1, k), singular values (k,), right (n2, k))."""

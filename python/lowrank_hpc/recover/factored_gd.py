@@ -22,7 +22,7 @@ from ._driver import (LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, re
                       run_loop)
 from ._measures import relative_change
 from ._operator_math import (adjoint_products, adjoint_times, adjoint_transpose_times, operator_scale,
-                             spectral_norm, top_singular_triplets)
+                             spectral_norm, spectral_source, top_singular_triplets)
 from ._result import RecoveryResult
 from ..sensing._base import SensingOperator
 
@@ -180,12 +180,16 @@ def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int,
         V = (init_scale / 3.0) * rng.standard_normal((n2, rank)) / np.sqrt(n2)
         return xp.asarray(U.astype(dtype)), xp.asarray(V.astype(dtype))
     if isinstance(init, str) and init == "spectral":
-        left, sigma, right = top_singular_triplets(problem.op, problem.y, rank, xp, seed=seed)
-        sigma = sigma / scale  # A*(y) ~ scale * M
+        # The matrix decomposed: A*(y) / scale (A*(y) ~ scale * M), or the operator's corrected
+        # (A*(y) - shift I) / gain, an estimate of M itself (symmetric rank-one: its trace term).
+        source, estimates_m = spectral_source(problem.op, problem.y)
+        divisor = 1.0 if estimates_m else scale
+        left, sigma, right = top_singular_triplets(source, problem.y, rank, xp, seed=seed)
+        sigma = sigma / divisor
         if problem.symmetric:
             # Top eigenpairs of the symmetric part, keeping the positive ones.
-            gram = left.T @ (0.5 * (adjoint_times(problem.op, problem.y, left) +
-                                    adjoint_transpose_times(problem.op, problem.y, left))) / scale
+            gram = left.T @ (0.5 * (adjoint_times(source, problem.y, left) +
+                                    adjoint_transpose_times(source, problem.y, left))) / divisor
             eigenvalues, vectors = xp.linalg.eigh(gram)
             U = (left @ vectors) * xp.sqrt(xp.maximum(eigenvalues, 0))
             return xp.ascontiguousarray(U.astype(dtype)), None
@@ -280,10 +284,14 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         below ``rebalance_at``). "alternating" and "gd_rebalanced" are asymmetric only.
     init : "small" (U0 = init_scale * G / sqrt(n1), V0 = init_scale / 3 * G' / sqrt(n2), G, G' iid
         N(0, 1); the smaller V0 follows Xiong, Ding & Du), "spectral" (top-rank SVD of A*(y),
-        rescaled by the operator's scale, split as L S^1/2, R S^1/2), or arrays (U0, V0) (U0 alone
-        when symmetric). None (default): "spectral" for method "scaled" (ScaledGD needs a start
-        near the solution; "small" with it warns: the step shrinks until it cannot move),
-        "small" for the others.
+        rescaled by the operator's scale, split as L S^1/2, R S^1/2; when symmetric, U0 = Q L^1/2
+        over the top-rank eigenpairs (by |lambda|) of its symmetric part, negative lambda set to
+        0; an operator whose A*(y) has an identity term removes it first, see
+        ``SensingOperator.spectral_correction``: symmetric rank-one sensing takes
+        (A*(y) - tr I) / 2 with tr = sum(y) / sqrt(m), as E[A*(A(M))] = 2 M + tr(M) I), or arrays
+        (U0, V0) (U0 alone when symmetric). None (default): "spectral" for method "scaled"
+        (ScaledGD needs a start near the solution; "small" with it warns: the step shrinks until
+        it cannot move), "small" for the others.
     step : step size. None picks it from the data: with s = E||A(X)||^2/||X||_F^2 (1 for
         isotropic Gaussian sensing, the sampling rate for completion, estimated by three
         random probes) and sigma = ||A*(y)||_2 (so sigma / s estimates ||M||_2), the step is

@@ -192,6 +192,27 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: B has shape {tuple(B.shape)}, expected ({rows_expected}, k)")
         return call.wrap(self._adjoint_times(call, y, B, transpose))
 
+    def spectral_correction(self, y: Any) -> Optional[tuple[float, float]]:
+        """How a spectral start reads M off A*(y), for measurements y = A(M) (m,).
+
+        Returns (shift, gain) when E[A*(A(M))] = gain * M + shift(M) * I for the matrices the
+        operator measures, with shift estimated from y: the start then takes the top pairs of
+        (A*(y) - shift I) / gain, an estimate of M itself. None (the default) when A*(y) ~ s M
+        with no identity term, s = E||A(X)||^2 / ||X||_F^2 (estimated by the solvers with random
+        probes). Symmetric rank-one sensing is the operator with a shift (its trace term).
+        """
+        function = f"{self._name}.spectral_correction"
+        _checks.required(function, y=y)
+        call = resolve(function, y=y)
+        y = call.float_array("y", y, (1,))
+        if y.shape[0] != self._m:
+            raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},)")
+        return self._spectral_correction(call, y)
+
+    def _spectral_correction(self, call: Call, y: Any) -> Optional[tuple[float, float]]:
+        """Default: no identity term; A*(y) is the operator's scale times M."""
+        return None
+
     # What the factored solvers call in their loops, once they have validated U, V and y at
     # entry (U (n1, r), V (n2, r) C-contiguous of y's dtype, on the call's backend; V is U for
     # U U^T): no per-call checks, and an operator may fuse the steps.

@@ -1,7 +1,7 @@
 """Rank-one measurements: y_i = a_i^T X b_i / sqrt(m), a_i, b_i ~ N(0, I); storage m (n1 + n2)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,6 +17,8 @@ class RankOneSensing(SensingOperator):
     a_i is standard_normal(seed, stream=i, index=0..n1-1) and b_i the same stream's indices
     n1..n1+n2-1, rounded to the dtype of the data; stored as Amat (m, n1) and Bmat (m, n2) per
     backend and dtype, so every call is a few GEMMs and no n1 x n2 matrix per measurement.
+    Symmetric: E[A*(A(M))] = 2 M + tr(M) I, so ``spectral_correction(y)`` is (sum(y) / sqrt(m), 2):
+    spectral starts take (A*(y) - tr I) / 2.
 
     Parameters
     ----------
@@ -69,6 +71,16 @@ class RankOneSensing(SensingOperator):
         scale = y.dtype.type(self._scale)
         near, far = (b, a) if transpose else (a, b)
         return near.T @ (y[:, None] * (far @ B)) * scale
+
+    def _spectral_correction(self, call: Call, y: Any) -> Optional[tuple[float, float]]:
+        # Symmetric: A*(A(X)) = (1/m) sum_i (a_i^T X a_i) a_i a_i^T, whose mean over Gaussian a_i is
+        # X + X^T + tr(X) I (Isserlis), i.e. 2 M + tr(M) I for symmetric M; E[y_i] = tr(M) / sqrt(m),
+        # so sum(y) / sqrt(m) estimates tr(M) and (A*(y) - tr I) / 2 estimates M. Asymmetric: a_i and
+        # b_i are independent, E[A*(A(X))] = X: no correction.
+        if not self.symmetric:
+            return None
+        trace = float(call.xp.sum(y, dtype=np.float64)) * self._scale
+        return trace, 2.0
 
     def _dense(self, dtype: np.dtype) -> np.ndarray:
         a, b = self.factors(for_backend(f"{self._name}.to_dense", "cpu"), dtype)
