@@ -4,6 +4,8 @@ Every public function takes what numpy (or CuPy) takes: any strides, Fortran ord
 arrays, lists, any integer dtype for indices. Each argument is converted once, at the call's
 entry, to what the kernels read (C-contiguous, float32/float64 values, int32/int64 indices), and
 copied only when it is not that already; solvers convert before their loop, never inside it.
+pandas objects with nullable columns (Float64, Int64: pd.NA) convert as scikit-learn converts them
+(:func:`host_array`), without this module importing pandas.
 CUDA arrays are viewed through CuPy (``__cuda_array_interface__`` or DLPack) without a copy.
 
 Both compiled modules take the same arguments (``cpp/bindings/common``), so a kernel call is
@@ -32,6 +34,7 @@ def is_half(dtype: Any) -> bool:
     ml_dtypes.bfloat16); found by name, so the core never imports ml_dtypes."""
     return np.dtype(dtype).name in HALF_DTYPE_NAMES
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+INDEX_LIMIT = int(np.iinfo(np.int64).max)  # uint64 indices above it have no int64 form (nor a dimension that long)
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA and kDLCUDAManaged
 
 
@@ -67,13 +70,64 @@ def is_device_array(x: Any) -> bool:
 
 def to_numpy(x: Any) -> np.ndarray:
     """x as a numpy array: a CUDA array (CuPy's, or any with ``__cuda_array_interface__`` or a
-    CUDA DLPack device) copied to the host; anything else through ``np.asarray`` (numpy views
-    as they are; lists, pandas frames). Not ``hasattr(x, "get")``: a pandas frame has a ``get``."""
+    CUDA DLPack device) copied to the host; anything else by :func:`host_array` (numpy views as
+    they are; lists; pandas objects, nullable columns with pd.NA as NaN). Not
+    ``hasattr(x, "get")``: a pandas frame has a ``get``."""
     if not is_device_array(x):
-        return np.asarray(x)
+        return host_array("", "x", x)
     if not hasattr(x, "__cuda_array_interface__"):
         return _backend.cupy_module().from_dlpack(x).get()
     return _backend.cupy_module().asarray(x).get()
+
+
+def host_array(function: str, name: str, x: Any, *, indices: bool = False) -> np.ndarray:
+    """A host array-like as numpy: ``np.asarray``, except for pandas objects with nullable numeric
+    columns (Float64, Int64, boolean, pyarrow numbers: ``read_csv(dtype_backend=...)``, merges),
+    which numpy sees as object arrays of pd.NA. They become their numpy dtype (Float32 float32,
+    Int64 int64, UInt64 uint64, frames the columns' common dtype) when nothing is missing; with
+    pd.NA, values become floats with NaN (what NaN means is the function's: a missing entry, or
+    NaN data it refuses), and ``indices`` (an index array) raise ValueError naming ``name``.
+    pandas is never imported here: a pandas object exists only once pandas is loaded."""
+    converted = _pandas_values(function, name, x, indices)
+    return np.asarray(x) if converted is None else converted
+
+
+def _pandas_values(function: str, name: str, x: Any, indices: bool) -> Optional[np.ndarray]:
+    """x's values when x is a pandas object with a nullable numeric dtype; None otherwise (numpy's
+    own conversion is right, or gives the object array whose error the caller reports)."""
+    if isinstance(x, np.ndarray):
+        return None  # the common case, first
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(x, (pd.Series, pd.DataFrame, pd.Index, pd.api.extensions.ExtensionArray)):
+        return None
+    dtypes = list(x.dtypes) if isinstance(x, pd.DataFrame) else [x.dtype]
+    numeric = [_numpy_dtype_behind(pd, dtype) for dtype in dtypes]
+    if all(isinstance(dtype, np.dtype) for dtype in dtypes) or any(dtype is None for dtype in numeric):
+        return None  # numpy columns only, or columns that are not numbers (str, categorical...)
+    dtype = np.result_type(*numeric) if numeric else np.dtype(np.float64)
+    missing = np.asarray(x.isna())
+    if not missing.any():
+        return np.asarray(x.to_numpy(dtype=dtype))
+    if indices:
+        where = [int(i) for i in np.argwhere(missing)[0]]
+        position = where[0] if len(where) == 1 else tuple(where)
+        raise ValueError(f"{function}: {name} holds {int(missing.sum())} missing value(s) (pd.NA), the first at "
+                         f"position {position}; indices cannot be missing (drop or fill those entries first)")
+    return np.asarray(x.to_numpy(dtype=dtype if dtype.kind == "f" else np.dtype(np.float64), na_value=np.nan))
+
+
+def _numpy_dtype_behind(pd: Any, dtype: Any) -> Optional[np.dtype]:
+    """The numpy dtype of a column: itself for numpy dtypes, the numbers behind a pandas nullable
+    (or pyarrow) numeric dtype, None for anything else."""
+    if isinstance(dtype, np.dtype):
+        return dtype if dtype.kind in "biuf" else None
+    if not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return None
+    try:
+        numpy_dtype = np.dtype(getattr(dtype, "numpy_dtype", None) or "O")
+    except TypeError:
+        return None
+    return numpy_dtype if numpy_dtype.kind in "biuf" else None
 
 
 def _kind(x: Any) -> str:
@@ -101,11 +155,15 @@ class Call:
         self.module = _backend.cuda_module() if self.on_device else _backend.cpu_module()
 
     # ------------------------------------------------------------------ conversion
-    def _as_backend_array(self, name: str, x: Any):
-        """x as an ndarray of the call's backend (lists become arrays; CUDA arrays are views)."""
+    def _as_backend_array(self, name: str, x: Any, indices: bool = False):
+        """x as an ndarray of the call's backend (lists become arrays; CUDA arrays are views;
+        pandas' nullable columns as :func:`host_array` converts them, ``indices`` for an index array)."""
         if x is None:
             _checks.required(self.function, **{name: x})
         if not self.on_device:
+            converted = _pandas_values(self.function, name, x, indices)  # its ValueError as it is
+            if converted is not None:
+                return converted
             try:
                 if hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
                     return np.from_dlpack(x)  # a host DLPack array, viewed without a copy
@@ -159,28 +217,44 @@ class Call:
             self.check_finite(name, x)
         return x
 
-    def index_array(self, name: str, x: Any, length: Optional[int] = None):
+    def index_array(self, name: str, x: Any, length: Optional[int] = None, bound: Optional[int] = None):
         """A C-contiguous 1-D int32/int64 index array from any integer input (range is checked
-        by the kernels that read it): int32 and int64 are kept, other integer dtypes become int64."""
-        x = _native_byte_order(self._as_backend_array(name, x))
-        if x.dtype.kind not in "iu" or x.dtype == np.uint64 and x.size and int(x.max()) > np.iinfo(np.int64).max:
+        by the kernels that read it): int32 and int64 are kept, other integer dtypes become int64
+        (one copy). uint64 values above the int64 maximum are out of range of every dimension: the
+        IndexError names the first, and ``bound`` (the size indexed, when the caller knows it)."""
+        x = _native_byte_order(self._as_backend_array(name, x, indices=True))
+        if x.dtype.kind not in "iu":
             if x.dtype.kind == "f" and x.size == 0:
                 x = x.astype(np.int64)  # np.asarray([]) is float64: an empty list of indices
             else:
                 raise TypeError(f"{self.function}: {name} must hold integers (any integer dtype), got {x.dtype}")
-        if x.dtype not in INDEX_DTYPES:
-            x = x.astype(np.int64)
         if x.ndim != 1:
             raise ValueError(f"{self.function}: {name} must be 1-D, got shape {tuple(x.shape)}")
+        if x.dtype == np.uint64 and x.size and int(x.max()) > INDEX_LIMIT:
+            self._raise_beyond_int64(name, x, bound)
+        if x.dtype not in INDEX_DTYPES:
+            x = x.astype(np.int64)
         if length is not None and x.shape[0] != length:
             raise ValueError(f"{self.function}: {name} has length {x.shape[0]}, expected {length}")
         return self.xp.ascontiguousarray(x)
 
-    def coordinates(self, rows: Any, cols: Any, allow_empty: bool = False):
+    def _raise_beyond_int64(self, name: str, x: Any, bound: Optional[int]) -> None:
+        """The kernels' IndexError for the first uint64 index no int64 holds (no size reaches it)."""
+        k = int(self.xp.argmax(x > np.uint64(INDEX_LIMIT)))
+        value = int(x[k])
+        if bound is not None:
+            raise IndexError(f"{self.function}: {name}[{k}] = {value} is out of range [0, {int(bound)})")
+        raise IndexError(f"{self.function}: {name}[{k}] = {value} is out of range [0, n) of the size n it indexes "
+                         f"(every index is below 2**63 - 1 = {INDEX_LIMIT})")
+
+    def coordinates(self, rows: Any, cols: Any, allow_empty: bool = False,
+                    shape: Optional[Sequence[int]] = None):
         """Validated (rows, cols): 1-D, equal length, one int32/int64 dtype (int64 when they
-        differ), not empty unless ``allow_empty`` (a product over no entry: the kernels)."""
-        rows = self.index_array("rows", rows)
-        cols = self.index_array("cols", cols, length=rows.shape[0])
+        differ), not empty unless ``allow_empty`` (a product over no entry: the kernels).
+        ``shape`` (n1, n2), when the caller knows it, is the range an IndexError names."""
+        n1, n2 = (None, None) if shape is None else shape
+        rows = self.index_array("rows", rows, bound=n1)
+        cols = self.index_array("cols", cols, length=rows.shape[0], bound=n2)
         if rows.dtype != cols.dtype:
             rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         if rows.shape[0] == 0 and not allow_empty:

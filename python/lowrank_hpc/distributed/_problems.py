@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _checks
-from .._arrays import to_numpy
+from .._arrays import host_array, is_device_array, to_numpy
 from ..recover.batched_gd import BATCHED_METHODS
 from ..recover.factored_gd import METHODS as GD_METHODS
 from ..sensing import EntrySampling, SensingOperator
@@ -94,7 +94,7 @@ def _shape(what: str, value: Any) -> tuple[int, int]:
 
 
 def _index_array(what: str, x: Any) -> np.ndarray:
-    x = to_numpy(x)
+    x = to_numpy(x) if is_device_array(x) else host_array(FUNCTION, what, x, indices=True)
     if x.ndim != 1:
         raise ValueError(f"{FUNCTION}: {what} must be 1-D, got shape {x.shape}")
     if x.size and x.dtype.kind not in "iu":

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .._arrays import Call, for_backend, to_numpy
+from .._arrays import Call, for_backend, host_array, to_numpy
 from .._random import gaussian_fill
 from ..ops.sampled_product import squared_residuals
 from ..ops._csr_order import csr_order
@@ -78,12 +78,17 @@ def frame_arrays(frame: Any, columns: Sequence[str]):
     if missing:
         raise KeyError(f"{FUNCTION}: the DataFrame has no column {missing[0]!r} (columns: {list(frame.columns)}); "
                        "pass columns=(row, col, value) names")
-    rows, cols, vals = (frame[name].to_numpy() for name in columns)
+    # pandas' nullable columns (Int64, Float64): pd.NA in an index column is a ValueError, in values NaN
+    rows, cols, vals = (host_array(FUNCTION, f"column {name!r}", frame[name], indices=k < 2)
+                        for k, name in enumerate(columns))
     for name, index in ((columns[0], rows), (columns[1], cols)):
         if index.dtype.kind not in "iu":
             raise TypeError(f"{FUNCTION}: column {name!r} must hold integer indices, got {index.dtype}")
     if vals.dtype.kind not in "iubf":
         raise TypeError(f"{FUNCTION}: column {columns[2]!r} must hold real numbers, got {vals.dtype}")
+    call = for_backend(FUNCTION, "cpu")  # uint64 above the int64 maximum: the IndexError, not a wrapped value
+    rows, cols = (call.index_array(f"column {name!r}", index)
+                  for name, index in ((columns[0], rows), (columns[1], cols)))
     return rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False), vals
 
 

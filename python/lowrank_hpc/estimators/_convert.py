@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _backend, _checks
-from .._arrays import for_backend, is_device_array
+from .._arrays import for_backend, host_array, is_device_array
 from ..recover.binary_matrix import BinaryMatrix, is_sparse
 
 
@@ -21,8 +21,10 @@ def _side(backend: str, *arrays: Any) -> str:
     return "cuda" if any(is_device_array(a) for a in arrays if a is not None) else "cpu"
 
 
-def _to_side(function: str, x: Any, side: str) -> Any:
-    """x as a numpy array (side "cpu") or a CuPy array (side "cuda"), copied only to move it."""
+def _to_side(function: str, x: Any, side: str, name: str = "X", indices: bool = False) -> Any:
+    """x as a numpy array (side "cpu") or a CuPy array (side "cuda"), copied only to move it;
+    pandas' nullable columns as the library's conversion layer takes them (``host_array``: pd.NA is
+    NaN in values, a ValueError naming ``name`` in ``indices``)."""
     if is_device_array(x):
         cupy = _backend.cupy_module()
         array = cupy.asarray(x) if hasattr(x, "__cuda_array_interface__") else cupy.from_dlpack(x)
@@ -31,14 +33,14 @@ def _to_side(function: str, x: Any, side: str) -> Any:
     if sparse is not None and sparse.issparse(x):
         raise TypeError(f"{function}: sparse input is not supported; pass a dense array with NaN for the missing entries, "
                         "or the observed entries as (rows, cols, vals)")
-    array = np.asarray(x)
+    array = host_array(function, name, x, indices=indices)
     return _backend.cupy_module().asarray(array) if side == "cuda" else array
 
 
 def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
     """A C-contiguous float32/float64 array of ``ndim`` dimensions on ``side``, converted by the
     library's one conversion layer (lowrank_hpc._arrays); scikit-learn's wording for empty input."""
-    array = _to_side(function, x, side)
+    array = _to_side(function, x, side, name)
     if array.ndim != ndim:
         hint = (" (Reshape your data: X.reshape(1, -1) for one sample; entries of the fitted matrix are "
                 "given as rows, cols (and vals for score))") if ndim == 2 and array.ndim == 1 else ""
@@ -53,11 +55,14 @@ def _as_float(function: str, name: str, x: Any, side: str, ndim: int) -> Any:
     return for_backend(function, side).float_array(name, array, (ndim,), check_finite=False, allow_empty=True)
 
 
-def _coordinates(function: str, rows: Any, cols: Any, side: str) -> tuple[Any, Any]:
-    """(rows, cols) as the kernels take them (any integer dtype in, one index dtype out)."""
+def _coordinates(function: str, rows: Any, cols: Any, side: str,
+                 shape: Optional[tuple[int, int]] = None) -> tuple[Any, Any]:
+    """(rows, cols) as the kernels take them (any integer dtype in, one index dtype out);
+    ``shape``, when known, is the range an IndexError names."""
     call = for_backend(function, side)
-    rows = call.index_array("rows", _to_side(function, rows, side))
-    cols = call.index_array("cols", _to_side(function, cols, side))
+    n1, n2 = (None, None) if shape is None else shape
+    rows = call.index_array("rows", _to_side(function, rows, side, "rows", indices=True), bound=n1)
+    cols = call.index_array("cols", _to_side(function, cols, side, "cols", indices=True), bound=n2)
     if rows.shape != cols.shape:
         raise ValueError(f"{function}: rows has shape {tuple(rows.shape)} but cols has shape {tuple(cols.shape)}")
     if rows.dtype != cols.dtype:  # the kernels take one index dtype
@@ -65,9 +70,10 @@ def _coordinates(function: str, rows: Any, cols: Any, side: str) -> tuple[Any, A
     return rows, cols
 
 
-def _entries(function: str, rows: Any, cols: Any, vals: Any, side: str) -> tuple[Any, Any, Any]:
+def _entries(function: str, rows: Any, cols: Any, vals: Any, side: str,
+             shape: Optional[tuple[int, int]] = None) -> tuple[Any, Any, Any]:
     """Validated (rows, cols, vals) of observed entries: equal lengths, finite vals."""
-    rows, cols = _coordinates(function, rows, cols, side)
+    rows, cols = _coordinates(function, rows, cols, side, shape)
     vals = _as_float(function, "vals", vals, side, 1)
     if vals.shape != rows.shape:
         raise ValueError(f"{function}: vals has shape {tuple(vals.shape)} but rows has shape {tuple(rows.shape)}")
@@ -93,7 +99,7 @@ def _completion_entries(function: str, X: Any, cols: Any, vals: Any, shape: Any,
     """(rows, cols, vals, shape) of a completion estimator's ``fit(X, cols, vals, shape=)``:
     a 2-D X (NaN for missing; the shape is X's) or 1-D row indices with cols, vals and shape.
     Indices are range-checked by :func:`_check_index_range` once the caller has its shape checks."""
-    X = _to_side(function, X, side)
+    X = _to_side(function, X, side, "X", indices=_is_1d(X))
     if X.ndim == 2 and vals is None:
         matrix = _as_float(function, "X", X, side, 2)
         rows, cols, vals = _observed_in(function, matrix)
@@ -104,10 +110,16 @@ def _completion_entries(function: str, X: Any, cols: Any, vals: Any, shape: Any,
                              "vals and shape=(n1, n2); for a dense matrix pass a 2-D X with NaN for missing (Reshape "
                              "your data with X.reshape(1, -1) for a single sample)")
         shape = _check_shape(function, shape)
-        return (*_entries(function, X, cols, vals, side), shape)
+        return (*_entries(function, X, cols, vals, side, shape), shape)
     raise ValueError(f"{function}: X must be a 2-D matrix (NaN for missing) or 1-D row indices with cols, "
                      f"vals and shape; got shape {tuple(X.shape)}" +
                      (" and vals, which only a 1-D X takes" if vals is not None else ""))
+
+
+def _is_1d(X: Any) -> bool:
+    """Whether an array X (a pandas Series, say) is 1-D, row indices rather than a matrix, before
+    its conversion; lists are 1-D or not after it (they hold no pd.NA to tell apart)."""
+    return getattr(X, "ndim", None) == 1
 
 
 def _check_index_range(function: str, rows: Any, cols: Any, shape: tuple[int, int]) -> None:

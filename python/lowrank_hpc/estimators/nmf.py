@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import for_backend, is_device_array, to_numpy
+from .._arrays import for_backend, host_array, is_device_array, to_numpy
 from .._backend import cupy_module
 from ..recover import nmf as _nmf
 from ._base import _backend_scope, _Estimator, _not_fitted
@@ -226,7 +226,7 @@ class NMF(_Estimator):
             array = array.get() if side == "cpu" else array
         else:
             try:
-                array = np.asarray(X)
+                array = host_array(function, "X", X)  # pandas' nullable columns: pd.NA as NaN (missing)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{function}: X cannot be read as a numeric array ({error})") from None
             if side == "cuda":

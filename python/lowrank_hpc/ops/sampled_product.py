@@ -55,7 +55,7 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     """
     call = resolve("sampled_product", U=U, V=V, rows=rows, cols=cols, offsets=offsets)
     U3, V3, _ = factor_pair(call, U, V, check_finite=check_finite, halves=True)
-    rows, cols = call.coordinates(rows, cols, allow_empty=True)
+    rows, cols = call.coordinates(rows, cols, allow_empty=True, shape=(U3.shape[1], V3.shape[1]))
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     if rows.shape[0] == 0:  # no entry: the empty result, with no kernel to launch
         return call.wrap(call.xp.empty(0, dtype=U3.dtype))

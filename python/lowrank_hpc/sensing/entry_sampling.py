@@ -30,7 +30,7 @@ class EntrySampling(SensingOperator):
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int]):
         call = resolve(self._name, rows=rows, cols=cols)
         shape = check_shape(self._name, shape)
-        rows, cols = call.coordinates(rows, cols)
+        rows, cols = call.coordinates(rows, cols, shape=shape)
         host_rows, host_cols = call.to_host(rows), call.to_host(cols)
         for name, index, bound in (("rows", host_rows, shape[0]), ("cols", host_cols, shape[1])):
             bad = np.flatnonzero((index < 0) | (index >= bound))
