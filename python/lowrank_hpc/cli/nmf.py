@@ -3,13 +3,15 @@ non-negative matrix, factor it by NMF, write W and H, and print the reconstructi
 
 Choices made here: ids are labels (mapped to indices, saved with the factors); repeated
 (row, col) pairs are averaged (as ``complete`` does); entries not listed are zeros (a sparse
-matrix of counts, never densified) or, with ``--unlisted missing``, not observed (weighted NMF
-over the listed entries); the output path is checked before the fit.
+matrix of counts, never densified, except for ``--solver alternating_relu``, which takes a dense
+matrix) or, with ``--unlisted missing``, not observed (weighted NMF over the listed entries; not
+with alternating_relu); the output path is checked before the fit.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Any
 
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--l1-ratio must be in [0, 1], got {args.l1_ratio:g}")
     if args.solver == "cd" and args.beta_loss != "frobenius":
         raise UsageError(f"--solver cd fits --beta-loss frobenius only; use --solver mu for {args.beta_loss}")
+    if args.solver == "alternating_relu" and args.unlisted == "missing":
+        raise UsageError("--solver alternating_relu fits a fully known matrix; use --solver cd or mu with "
+                         "--unlisted missing")
     output = args.output or default_factors_output(args.input, "nmf")
     check_writable(output, "--output")
     alpha_H = "same" if args.alpha_H is None else args.alpha_H
@@ -46,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.input}: NMF needs non-negative values; entry (row {data.row_ids[data.rows[first]]}, "
                         f"col {data.col_ids[data.cols[first]]}) is {data.vals[first]:g}")
     matrix = scipy.sparse.csr_matrix((data.vals, (data.rows, data.cols)), shape=data.shape)
+    if args.solver == "alternating_relu":  # its solver takes dense X only
+        _check_dense_fits(data.shape)
+        matrix = matrix.toarray()
     if args.components > min(data.shape) and args.init not in ("auto", "random"):
         raise DataError(f"--components {args.components} exceeds min(rows, columns) = {min(data.shape)}, which "
                         f"--init {args.init} needs; use --init random or fewer components")
@@ -96,6 +104,20 @@ def _human(report: dict[str, Any]) -> str:
     ])
 
 
+def _check_dense_fits(shape: tuple[int, int]) -> None:
+    """DataError when the dense float64 matrix would take over half the machine's memory (NumPy's
+    lazily zeroed pages would let it start, and the solver's first pass would exhaust them)."""
+    needed = 8 * shape[0] * shape[1]
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): leave it to the allocator
+        return
+    if needed > physical // 2:
+        raise DataError(f"--solver alternating_relu forms the dense {shape[0]} x {shape[1]} matrix, "
+                        f"{needed / 2**30:.1f} GiB of this machine's {physical / 2**30:.1f} GiB; use --solver cd or mu, "
+                        "which keep it sparse")
+
+
 def add_parser(commands: Any, positive_int: Any, seed: Any, max_iter: Any, nonnegative: Any) -> None:
     """The ``nmf`` subcommand's options (defaults are NMF's, as scikit-learn's)."""
     nmf = commands.add_parser(
@@ -112,7 +134,8 @@ def add_parser(commands: Any, positive_int: Any, seed: Any, max_iter: Any, nonne
                      help="text input: is the first line a header (default: auto-detect)")
     nmf.add_argument("-k", "--components", type=positive_int, required=True, help="number of components")
     nmf.add_argument("--solver", choices=("cd", "mu", "alternating_relu"), default="cd",
-                     help="cd (coordinate descent), mu (multiplicative updates) or alternating_relu (default: cd)")
+                     help="cd (coordinate descent), mu (multiplicative updates) or alternating_relu (dense: the "
+                          "matrix is formed in memory; not with --unlisted missing) (default: cd)")
     nmf.add_argument("--beta-loss", choices=("frobenius", "kullback-leibler", "itakura-saito"), default="frobenius",
                      help="divergence, with --solver mu (default: frobenius)")
     nmf.add_argument("--init", choices=("auto", "random", "nndsvd", "nndsvda", "nndsvdar"), default="auto",
