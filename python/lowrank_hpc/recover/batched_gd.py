@@ -80,7 +80,8 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
     update rules, init, step halving and stopping rule are those of :func:`factored_gd` for the
     completion operator, applied to each problem with its own step and flag; given the same
     step (and damping), problem b's run from init "small" or arrays is factored_gd's bit for
-    bit ("spectral" divides by the exact observed fraction, factored_gd by its estimate: starts
+    bit ("scaled_damped" to rounding: its damped r x r solve is this kernel's own, about 2e-16
+    apart; "spectral" divides by the exact observed fraction, factored_gd by its estimate: starts
     about 1% apart on a 30 x 20 problem). The default step and
     damping of the scaled methods use each problem's exact observed fraction where
     factored_gd estimates it with three random probes, so those defaults differ by a few
