@@ -78,7 +78,9 @@ def _as_batch(value: Any) -> list[Any]:
 
 
 def _steps(function: str, step: Any, batch: int) -> list[float]:
-    steps = _as_batch(step) if isinstance(step, (list, tuple, np.ndarray)) else [step] * batch
+    if isinstance(step, np.ndarray):  # one per parameter, or 0-d: one for all
+        step = list(step.reshape(-1)) if step.ndim else step[()]
+    steps = _as_batch(step) if isinstance(step, (list, tuple)) else [step] * batch
     if len(steps) != batch:
         raise ValueError(f"{function}: step has {len(steps)} entries for {batch} parameters")
     return [float(_checks.positive_int(function, "step", s)) for s in steps]

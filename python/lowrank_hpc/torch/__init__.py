@@ -23,14 +23,25 @@ __all__ = ["GlobalTopK", "KernelizedLoRA", "TopK", "kernel_product", "lowrank_pr
            "sparse_times_dense"]
 
 
+# Index dtypes the operators take as int64 (their values fit); int32/int64 go through as they are,
+# uint64 and the rest reach the operators' TypeError naming the argument.
+_WIDENED_INDICES = (torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32)
+
+
+def _index(x: torch.Tensor) -> torch.Tensor:
+    """Any integer index tensor, as numpy's indices are taken: the narrow ones widened to int64."""
+    return x.to(torch.int64) if isinstance(x, torch.Tensor) and x.dtype in _WIDENED_INDICES else x
+
+
 def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """vals[k] = <U[rows[k]], V[cols[k]]>: entries of U V^T at (rows, cols) (SDDMM), differentiable
     in U and V.
 
-    U (m, r), V (n, r): float32/float64 tensors of one dtype and device; rows, cols (nnz,) int32
-    or int64 tensors on that device. Returns (nnz,). IndexError for an index out of range.
+    U (m, r), V (n, r): float32/float64 tensors of one dtype and device; rows, cols (nnz,) integer
+    tensors on that device (int32/int64 used as they are, narrower ones widened to int64).
+    Returns (nnz,). IndexError for an index out of range.
     """
-    return sampled_product_op(U, V, rows, cols)
+    return sampled_product_op(U, V, _index(rows), _index(cols))
 
 
 def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor, n_rows: int, *,
@@ -38,11 +49,13 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     """S @ B (S^T @ B with ``transpose``) for S with entries vals[k] at (rows[k], cols[k])
     (repeated positions add up), differentiable in vals and B.
 
-    vals (nnz,), B (k, r) float32/float64 of one dtype and device; rows, cols (nnz,) int32/int64;
+    vals (nnz,), B (k, r) float32/float64 of one dtype and device; rows, cols (nnz,) integer
+    tensors (as in ``sampled_product``);
     n_rows: rows of the result. Returns (n_rows, r).
     """
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
-    return sparse_times_dense_op(rows, cols, vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
+    return sparse_times_dense_op(_index(rows), _index(cols), vals, B, n_rows,
+                                 _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
 def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -67,8 +80,7 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     kernel = kernel_name("kernel_product", kernel)
     if top_k is None:
         return kernel_product_op(U, V, kernel)
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"kernel_product: top_k must be an int or None, got {type(top_k).__name__}")
+    top_k = _checks.integer("kernel_product", "top_k", top_k)  # numpy integers too, as ops.kernel_product
     if top_k_mode == "row":
         return TopK(*kernel_top_k_rows_op(U, V, kernel, top_k, top_k_order))
     if top_k_mode == "global":

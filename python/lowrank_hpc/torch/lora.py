@@ -175,10 +175,16 @@ def _unmerge_before_load(module: KernelizedLoRA, state_dict: dict, prefix: str, 
     module._merge_after_load = module.merged
     if module.merged:
         module.unmerge()
+        # load_state_dict(assign=True) makes the loaded tensors the module's: merging in place
+        # would then add the update into the caller's state_dict (and the module it came from).
+        module._copy_before_merge = bool(args and args[0].get("assign_to_params_buffers", False))
 
 
 def _merge_again_after_load(module: KernelizedLoRA, incompatible_keys: object) -> None:
     """load_state_dict post-hook: a module merged before the load is merged with the loaded A, B."""
     if getattr(module, "_merge_after_load", False):
         module._merge_after_load = False
+        if getattr(module, "_copy_before_merge", False):
+            module._copy_before_merge = False
+            module.base.weight.data = module.base.weight.detach().clone()
         module.merge()
