@@ -300,11 +300,14 @@ def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
     call = resolve("apply_kernel", K=K)
     code = _kernel_code(kernel, "apply_kernel")
     K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
-    if dtype is not None and np.dtype(dtype) != K.dtype:
+    try:
+        dtype = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):  # numpy's own words name no argument
+        raise TypeError(f"apply_kernel: dtype must be None, float16 or bfloat16, got {dtype!r}") from None
+    if dtype is not None and dtype != K.dtype:
         if not (is_half(dtype) and K.dtype == np.float32):
             raise TypeError(f"apply_kernel: dtype must be float16 or bfloat16 for float32 K (or K's own), got "
-                            f"{np.dtype(dtype)} for {K.dtype} K")
-        dtype = np.dtype(dtype)
+                            f"{dtype} for {K.dtype} K")
     else:
         dtype = None
     out, nonfinite = elementwise(call, f"kernel_{KERNELS[code]}", K, dtype=dtype)

@@ -107,6 +107,8 @@ class SparsePattern:
         backends: bit-reproducible whatever the thread count.
         """
         call = resolve("SparsePattern.times_dense", vals=vals, B=B)
+        transpose = _checks.flag(call.function, "transpose", transpose)
+        check_finite = _checks.flag(call.function, "check_finite", check_finite)
         if call.backend != self._backend:
             raise TypeError(f"SparsePattern.times_dense: the pattern lives on the {self._backend} backend "
                             f"but the arrays are {call.backend} arrays")
@@ -144,6 +146,7 @@ class SparsePattern:
         IndexError names the first entry (given order) whose column is out of range.
         """
         call = resolve("SparsePattern.sampled_product", U=U, V=V)
+        check_finite = _checks.flag(call.function, "check_finite", check_finite)
         if call.backend != self._backend:
             raise TypeError(f"SparsePattern.sampled_product: the pattern lives on the {self._backend} backend "
                             f"but the arrays are {call.backend} arrays")
@@ -194,6 +197,8 @@ class SparsePattern:
         this copy and passes ``in_order=True`` to solver_product, so the kernel reads the values
         in sequence instead of through the permutation (2.5x faster for the transposed product
         of a 20,000 x 5,000 CSR matrix with 1% nonzero, k = 20)."""
+        if np.shape(vals) != (self.nnz,):  # solver_product reads nnz values from the result, unchecked
+            raise ValueError(f"SparsePattern.in_csr_order: vals has shape {np.shape(vals)}, expected ({self.nnz},)")
         perm = self._csr[transpose][1]
         return vals if perm is None else vals[perm]  # a gather: a new contiguous array
 
