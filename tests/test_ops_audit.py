@@ -76,3 +76,20 @@ def test_apply_kernel_unknown_dtype_names_the_argument(dtype):
     # was: numpy's "data type 'foo' not understood", naming neither the function nor the argument
     with pytest.raises(TypeError, match="apply_kernel: dtype must be"):
         ops.apply_kernel(K, "relu", dtype=dtype)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_apply_kernel_keeps_a_16_bit_k_in_its_format(half):
+    """A 16-bit K is read in float32 and f(K) rounded once back to K's format, as kernel_product
+    treats 16-bit factors (float16 K came back float64, bfloat16 K was refused)."""
+    dtype = np.dtype(np.float16) if half == "float16" else np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    unit = 2.0 ** -10 if half == "float16" else 2.0 ** -7  # one ulp at 1
+    K = (np.random.default_rng(3).standard_normal((37, 23)) * 2).astype(dtype)
+    exact = K.astype(np.float64)
+    for kernel, f in (("tanh", np.tanh), ("relu", lambda x: np.maximum(x, 0)), ("exponential", np.exp),
+                      ("piecewise_linear", lambda x: np.clip(x, -1, 1))):
+        got = ops.apply_kernel(K, kernel)
+        assert got.dtype == dtype and got.shape == K.shape
+        np.testing.assert_allclose(got.astype(np.float64), f(exact), rtol=unit, atol=0)
+    with pytest.raises(TypeError, match=f"apply_kernel: dtype must be None or K's own for {half} K"):
+        ops.apply_kernel(K, "tanh", np.float32)

@@ -292,18 +292,23 @@ def apply_kernel(K: Any, kernel: str, dtype: Any = None) -> Any:
     """f(K) entry-wise, a new array: kernel_product's element step, for a caller whose own GEMM
     (a framework's, or blocks of a product too large to hold twice) formed K = U V^T.
 
-    K: float32/float64 array of any shape (numpy or a CUDA array). dtype: None (K's), or float16
-    / bfloat16 (``ml_dtypes.bfloat16`` in numpy) for float32 K: f(K) rounded once to that format
+    K: float32/float64 array of any shape (numpy or a CUDA array), or float16/bfloat16
+    (``ml_dtypes.bfloat16`` in numpy): read in float32 and f(K) rounded once back to K's format.
+    dtype: None (K's), or float16 / bfloat16 for float32 K: f(K) rounded once to that format
     in the same pass, as kernel_product does for 16-bit factors. Raises ValueError if K holds
     NaN/inf, FloatingPointError as kernel_product does when f(K) overflows (exponential) or
     leaves the 16-bit format's range."""
     call = resolve("apply_kernel", K=K)
     code = _kernel_code(kernel, "apply_kernel")
-    K = call.float_array("K", K, range(65), allow_empty=True)  # any number of dimensions
+    K = call.float_array("K", K, range(65), allow_empty=True, halves=True)  # any number of dimensions
     try:
         dtype = None if dtype is None else np.dtype(dtype)
     except (TypeError, ValueError):  # numpy's own words name no argument
         raise TypeError(f"apply_kernel: dtype must be None, float16 or bfloat16, got {dtype!r}") from None
+    if is_half(K.dtype):  # 16-bit K: f in float32 (one upcast copy), the result in K's format
+        if dtype is not None and dtype != K.dtype:
+            raise TypeError(f"apply_kernel: dtype must be None or K's own for {K.dtype} K, got {dtype}")
+        K, dtype = K.astype(np.float32), K.dtype
     if dtype is not None and dtype != K.dtype:
         if not (is_half(dtype) and K.dtype == np.float32):
             raise TypeError(f"apply_kernel: dtype must be float16 or bfloat16 for float32 K (or K's own), got "
