@@ -68,7 +68,7 @@ def test_model_file_round_trips_ids_given_as_pandas_gives_them(tmp_path, kind):
 def test_model_file_refuses_ids_it_cannot_store():
     estimator, rows, cols = fitted_model()
     n1, n2 = estimator.shape_
-    with pytest.raises(ValueError, match="row_ids must hold integers or strings"):
+    with pytest.raises(ValueError, match=r"row_ids must hold integers in \[-2\*\*63, 2\*\*64\) or strings"):
         CompletionModel.from_estimator(estimator, np.arange(n1) + 0.5, np.arange(n2), rows, cols)
 
 
@@ -76,6 +76,24 @@ def test_lookup_of_uint64_ids_beyond_int64_does_not_wrap_onto_negative_ids():
     """2**63 + 5 as uint64 was cast to int64 (-2**63 + 5) and matched that id."""
     known = np.array([-2**63 + 5, 7], dtype=np.int64)
     assert _lookup(known, np.array([2**63 + 5, 7], dtype=np.uint64)).tolist() == [-1, 1]
+
+
+def test_ids_above_int64_are_stored_as_uint64_and_found_again():
+    """Ids in [2**63, 2**64) (pandas' object or float columns) are kept as uint64 and matched by
+    uint64, int and text queries; ids outside [-2**63, 2**64), fractions and mixed signs beyond
+    int64 are refused naming the argument (before: int64 wrap-around or OverflowError)."""
+    from lowrank_hpc.cli.model_file import _id_array
+    big = _id_array("row_ids", np.array([1, 2**63 + 5], dtype=object))
+    assert big.dtype == np.uint64 and big.tolist() == [1, 2**63 + 5]
+    assert _id_array("row_ids", np.array([1e19, 1.5e19])).tolist() == [10**19, 15 * 10**18]
+    assert _id_array("row_ids", np.array([3.0, -2.0])).dtype == np.int64
+    assert _lookup(big, np.array([2**63 + 5, 1], dtype=np.uint64)).tolist() == [1, 0]
+    assert _lookup(big, ["9223372036854775813", "1.0", "-1", "x"]).tolist() == [1, 0, -1, -1]
+    assert _lookup(big, np.array([1, -1])).tolist() == [0, -1]
+    for bad in (np.array([2**64], dtype=object), np.array([-1, 2**63], dtype=object), np.array([2e19]),
+                np.array([1, "a"], dtype=object)):
+        with pytest.raises(ValueError, match="row_ids must hold integers"):
+            _id_array("row_ids", bad)
 
 
 # ---------------------------------------------------------------------------- NMF

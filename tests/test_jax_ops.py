@@ -132,8 +132,12 @@ def test_dense_kernel_product_is_one_xla_computation_and_propagates_nan():
                                rtol=1e-14)
     sampled = np.asarray(lj.sampled_product(U, V, rows, cols))
     np.testing.assert_array_equal(np.isnan(sampled), np.asarray(rows) == 1)
-    with pytest.raises(Exception, match="NaN/inf"):
+    with pytest.raises((FloatingPointError, jax.errors.JaxRuntimeError), match="NaN/inf"):
         jax.block_until_ready(lj.kernel_product(U, V, "tanh", 2))
+    # f overflowing the format is inf, as jnp.exp gives (float16: exp(x) > 65504 from x = 11.1)
+    ones = jnp.ones((2, 1), jnp.float16)
+    overflowed = np.asarray(lj.kernel_product(ones * 3.5, ones * 3.5, "exp"))  # exp(12.25)
+    assert overflowed.dtype == np.float16 and np.isposinf(overflowed).all()
 
 
 def test_float32():

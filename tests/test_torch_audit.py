@@ -24,7 +24,7 @@ def _adafactor_first_step_at(p, g, t):
     return p - alpha / max(1.0, math.sqrt((U * U).mean())) * U
 
 
-@pytest.mark.parametrize("step", [np.array([1, 4]), np.array([[1], [4]]), np.array(3, dtype=np.int32)])
+@pytest.mark.parametrize("step", [np.array([1, 4]), np.array([1, 4], dtype=np.uint8), np.array(3, dtype=np.int32)])
 def test_adafactor_step_takes_numpy_steps(step):
     # A numpy array of per-parameter steps was a batch of one entry: "step has 1 entries for
     # 2 parameters" (a 0-d array: "step must be an int").
@@ -37,9 +37,12 @@ def test_adafactor_step_takes_numpy_steps(step):
     steps = np.broadcast_to(step.reshape(-1), (2,))
     for b in range(2):
         np.testing.assert_allclose(params[b], _adafactor_first_step_at(p0[b], g[b], int(steps[b])), rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match=r"step must be an int or a 1-D array of one per parameter, got shape \(2, 1\)"):
+        adafactor_step(params, [g[0], g[1]], [np.zeros(5, np.float32) for _ in range(2)],
+                       [np.zeros(4, np.float32) for _ in range(2)], np.array([[1], [4]]))
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32, torch.uint64])
 def test_index_tensors_of_any_integer_dtype(dtype):
     # Narrow integer index tensors were a TypeError where numpy's (ops.*) are taken.
     gen = torch.Generator().manual_seed(0)
@@ -97,3 +100,13 @@ def test_lora_load_assign_into_merged_module_leaves_the_source_alone():
     torch.testing.assert_close(source(x), want)
     target.unmerge()
     assert torch.equal(target.base.weight, weight)
+
+
+def test_uint64_index_tensors_beyond_int64_are_an_index_error():
+    """A uint64 index above int64's range indexes nothing: the core's IndexError, naming it."""
+    U, V = torch.ones(3, 2, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64)
+    rows = torch.tensor([0, 2**63 + 3], dtype=torch.uint64)
+    with pytest.raises(IndexError, match=r"sampled_product: rows\[1\] = 9223372036854775811 is out of range"):
+        lt.sampled_product(U, V, rows, torch.tensor([1, 3]))
+    with pytest.raises(IndexError, match=r"sparse_times_dense: rows\[1\] = 9223372036854775811 is out of range"):
+        lt.sparse_times_dense(rows, torch.tensor([1, 3]), torch.ones(2, dtype=torch.float64), V, 3)

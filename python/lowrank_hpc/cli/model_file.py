@@ -65,7 +65,9 @@ class CompletionModel:
                        ) -> "CompletionModel":
         """The model of a fitted MatrixCompletion whose rows/cols are indices into row_ids/col_ids;
         (seen_rows, seen_cols) are the observed entries (indices) that ``recommend`` leaves out.
-        Bias attributes the estimator lacks count as zero."""
+        Bias attributes the estimator lacks count as zero. row_ids/col_ids: the sorted distinct ids,
+        integers in [-2**63, 2**64) (stored int64, or uint64 when one is above int64's range;
+        integral floats and pandas' object columns converted) or strings; ValueError otherwise."""
         U, V = _host(estimator.U_), _host(estimator.V_)
         n1, n2 = U.shape[0], V.shape[0]
         row_ids, col_ids = _id_array("row_ids", row_ids), _id_array("col_ids", col_ids)
@@ -239,21 +241,23 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
 
 
 def _id_array(name: str, ids: Any) -> np.ndarray:
-    """ids as the file stores them (``allow_pickle=False``): int64/uint64 or str. Integral floats
-    become int64 (so integer queries find them) and object arrays (pandas' str columns) str or
-    int64; ValueError naming ``name`` for anything else."""
+    """ids as the file stores them (``allow_pickle=False``): int64, uint64 (ids above int64's
+    range) or str. Integral floats and object arrays of integers (pandas' columns) become int64,
+    or uint64 when an id needs it; object arrays of str become str; ValueError naming ``name``
+    for anything else (fractions, ids beyond 2**64, mixed types)."""
     array = np.asarray(ids)
-    if array.dtype.kind == "O":
-        items = array.reshape(-1).tolist()
-        if all(isinstance(item, str) for item in items):
-            array = array.astype(str)
-        elif all(isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)) for item in items):
-            array = array.astype(np.int64)
-    elif array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
-        array = array.astype(np.int64)
+    if array.dtype.kind == "O" and all(isinstance(item, str) for item in array.reshape(-1).tolist()):
+        return array.astype(str)
+    if array.dtype.kind in "Of":
+        numbers = [None if isinstance(item, (bool, np.bool_, str)) else
+                   _as_integer(item) if _as_integer(item) is not None else _as_integer(item, unsigned=True)
+                   for item in array.reshape(-1).tolist()]
+        unsigned = any(number is not None and number >= 2**63 for number in numbers)
+        if all(number is not None for number in numbers) and not (unsigned and min(numbers) < 0):
+            return np.asarray(numbers, dtype=np.uint64 if unsigned else np.int64).reshape(array.shape)
     if array.dtype.kind not in "iuU":
-        raise ValueError(f"CompletionModel.from_estimator: {name} must hold integers or strings, got dtype "
-                         f"{array.dtype}")
+        raise ValueError(f"CompletionModel.from_estimator: {name} must hold integers in [-2**63, 2**64) or strings, "
+                         f"got dtype {array.dtype}")
     return array
 
 
@@ -261,20 +265,22 @@ def _lookup(known: np.ndarray, query: Any) -> np.ndarray:
     """Index of each query id in the sorted ids ``known`` (-1 when absent).
 
     Integer ids match integers and text that reads as the same integer ("7", "7.0"); text ids
-    match text (an integer query matches its decimal text)."""
+    match text (an integer query matches its decimal text). uint64 ids (above int64's range)
+    are compared as uint64."""
     query = np.asarray(query)
     if query.ndim == 0:
         query = query.reshape(1)
     valid = np.ones(query.shape[0], dtype=bool)
     if known.dtype.kind in "iu":
+        unsigned = known.dtype.kind == "u"
         if query.dtype.kind in "iu":
-            values = query.astype(np.int64)
-            if query.dtype.kind == "u":  # beyond int64 no id matches (astype would wrap them around)
-                valid = query <= np.iinfo(np.int64).max
+            if query.dtype.kind != known.dtype.kind:  # outside the other's range no id matches (astype wraps)
+                valid = query >= 0 if unsigned else query <= np.iinfo(np.int64).max
+            values = np.where(valid, query, 0).astype(known.dtype)
         else:
-            values = np.zeros(query.shape[0], dtype=np.int64)
+            values = np.zeros(query.shape[0], dtype=known.dtype)
             for k, token in enumerate(query.tolist()):
-                number = _as_integer(token)
+                number = _as_integer(token, unsigned)
                 if number is None:
                     valid[k] = False
                 else:
@@ -288,15 +294,18 @@ def _lookup(known: np.ndarray, query: Any) -> np.ndarray:
     return np.where(found, position, -1).astype(np.int64)
 
 
-def _as_integer(token: Any) -> Optional[int]:
-    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
-        return int(token) if -2**63 <= int(token) < 2**63 else None
+def _as_integer(token: Any, unsigned: bool = False) -> Optional[int]:
+    """token as an int in int64's range ([0, 2**64) if ``unsigned``), read from an integer, an
+    integral float or their text; None otherwise."""
+    low, high = (0, 2**64) if unsigned else (-2**63, 2**63)
+    if isinstance(token, (int, np.integer)) and not isinstance(token, (bool, np.bool_)):
+        return int(token) if low <= int(token) < high else None
     try:
-        return _as_integer(int(str(token)))
+        return _as_integer(int(str(token)), unsigned)
     except ValueError:
         pass
     try:
         number = float(str(token))
     except ValueError:
         return None
-    return _as_integer(int(number)) if np.isfinite(number) and number == int(number) else None
+    return _as_integer(int(number), unsigned) if np.isfinite(number) and number == int(number) else None

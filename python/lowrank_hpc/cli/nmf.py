@@ -51,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.input}: NMF needs non-negative values; entry (row {data.row_ids[data.rows[first]]}, "
                         f"col {data.col_ids[data.cols[first]]}) is {data.vals[first]:g}")
     matrix = scipy.sparse.csr_matrix((data.vals, (data.rows, data.cols)), shape=data.shape)
-    if args.solver == "alternating_relu":  # its solver takes dense X only
-        _check_dense_fits(data.shape)
-        matrix = matrix.toarray()
     if args.components > min(data.shape) and args.init not in ("auto", "random"):
         raise DataError(f"--components {args.components} exceeds min(rows, columns) = {min(data.shape)}, which "
                         f"--init {args.init} needs; use --init random or fewer components")
+    if args.solver == "alternating_relu":  # its solver takes dense X only
+        _check_dense_fits(data.shape)
+        matrix = matrix.toarray()
     fit_started = time.perf_counter()
     try:
         import warnings
@@ -114,7 +114,7 @@ def _check_dense_fits(shape: tuple[int, int]) -> None:
         return
     if needed > physical // 2:
         raise DataError(f"--solver alternating_relu forms the dense {shape[0]} x {shape[1]} matrix, "
-                        f"{needed / 2**30:.1f} GiB of this machine's {physical / 2**30:.1f} GiB; use --solver cd or mu, "
+                        f"{needed / 2**30:.3g} GiB of this machine's {physical / 2**30:.3g} GiB; use --solver cd or mu, "
                         "which keep it sparse")
 
 

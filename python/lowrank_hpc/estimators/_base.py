@@ -126,8 +126,9 @@ class _Estimator:
         fitted, names = vars(self).get("feature_names_in_"), _feature_names(X)
         if fitted is None or names is None or (names.shape == fitted.shape and (names == fitted).all()):
             return
-        unseen = [name for name in names if name not in set(fitted)]
-        missing = [name for name in fitted if name not in set(names)]
+        fitted_set, given_set = set(fitted), set(names)
+        unseen = [name for name in names if name not in fitted_set]
+        missing = [name for name in fitted if name not in given_set]
         detail = (f"names unseen at fit time: {unseen[:5]}" if unseen else
                   f"names seen at fit time, yet now missing: {missing[:5]}" if missing else
                   "names are in another order than in fit")

@@ -176,9 +176,10 @@ class MatrixCompletion(_Estimator):
             raise ValueError(f"{function}: rank={rank} exceeds min(n_samples, n_features) for a matrix with "
                              f"n_samples = {shape[0]}, n_features = {shape[1]}")
         _check_index_range(function, rows, cols, shape)
-        self._set_feature_names(X)  # a DataFrame's columns, checked against those of predict(X) and transform
         if self.feedback == "implicit":
-            return self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
+            self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
+            self._set_feature_names(X)  # with the fit's other attributes: a failed refit keeps the last fit's
+            return self
         if self.method == "soft_impute":  # counted here: reg="auto" would report the repeats of its 90% split
             check_distinct(function, rows, cols, shape)
         init = self.init
@@ -210,6 +211,7 @@ class MatrixCompletion(_Estimator):
         self.n_iter_ = fitted.n_iter
         self.converged_ = fitted.converged
         self.train_rmse_ = _rmse(xp, model - vals)
+        self._set_feature_names(X)  # a DataFrame's columns, checked against those of predict(X) and transform
         self.result_ = result
         self.feedback_, self.alpha_ = "explicit", None
         return self

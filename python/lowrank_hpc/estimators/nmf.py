@@ -294,7 +294,7 @@ class NMF(_Estimator):
             keep = coo.data != 0
             rows, cols, mshape = coo.row[keep], coo.col[keep], coo.shape
         else:
-            array = to_numpy(mask)
+            array = to_numpy(mask) if is_device_array(mask) else host_array(function, "mask", mask, indices=True)
             if array.dtype != bool:
                 raise TypeError(f"{function}: mask must be a boolean array (True where X is observed), got dtype "
                                 f"{array.dtype}")
@@ -427,7 +427,8 @@ class NMF(_Estimator):
         filled by the model)."""
         self._check_fitted("inverse_transform")
         xp = cupy_module() if not isinstance(self.components_, np.ndarray) else np
-        W = X if _nmf.is_sparse(X) else xp.asarray(X)
+        W = X if _nmf.is_sparse(X) or is_device_array(X) else host_array("NMF.inverse_transform", "X", X)
+        W = W if _nmf.is_sparse(W) else xp.asarray(W)
         if W.ndim != 2 or W.shape[1] != self.n_components_:
             raise ValueError(f"NMF.inverse_transform: X must be W of shape (n_samples, {self.n_components_}) "
                              f"(n_components_), got shape {tuple(W.shape)}")
@@ -441,7 +442,11 @@ class NMF(_Estimator):
         self._check_fitted("score")
         self._check_feature_names("NMF.score", X)
         xp = cupy_module() if not isinstance(self.components_, np.ndarray) else np
-        X = xp.asarray(X.toarray() if _nmf.is_sparse(X) else X, dtype=np.float64)
+        if _nmf.is_sparse(X):
+            X = X.toarray()
+        elif not is_device_array(X):  # pandas' nullable columns: pd.NA is NaN, an entry not scored
+            X = host_array("NMF.score", "X", X)
+        X = xp.asarray(X, dtype=np.float64)
         if X.ndim == 2:
             self._check_shape("NMF.score", X.shape, fitted=True)
         if X.shape != (self._fit_W.shape[0], self.n_features_in_):

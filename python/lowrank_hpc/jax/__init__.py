@@ -1,19 +1,22 @@
 """lowrank_hpc's kernels as differentiable JAX functions.
 
 Importing this package imports jax (an optional extra: ``pip install lowrank_hpc[jax]``); the
-rest of lowrank_hpc never does. Each kernel runs through ``jax.pure_callback`` (the host
-arrays XLA hands over go to the CPU kernels as numpy arrays, the results come back the same
-way), so the functions work under ``jit``; ``jax.custom_vjp`` gives them reverse-mode
-derivatives made of the same kernels (second derivatives too). The dense products are XLA's
+rest of lowrank_hpc never does. The sparse products and top-k run the core's kernels through
+``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy arrays, the
+results come back the same way), so they work under ``jit``; the dense products are XLA's
 alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
 result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
+``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
+(second derivatives too).
 Static arguments (sizes, flags, kernel names, k) are Python values.
 float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
 in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
 float32 results, f in float32 and one rounding; their backward GEMMs summed in float32 and
-rounded once too). NaN/inf in the inputs propagate to the products as in jax.numpy
-(``jax_debug_nans`` finds them), except in top-k, which cannot rank them and raises (the
-callback's FloatingPointError, inside a JaxRuntimeError under ``jit``).
+rounded once too). As in jax.numpy, NaN/inf in the inputs propagate to the products, and a
+dense ``kernel_product`` whose f overflows (exponential, or a 16-bit result beyond the format's
+range) returns inf there (``jax_debug_infs`` finds them; ``lowrank_hpc.ops.kernel_product``
+raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the callback's
+FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
 Not done: the XLA FFI / GPU path for the sparse products and top-k (a CUDA array goes through
 the host callback; the dense products are XLA's on any device), and

@@ -68,8 +68,8 @@ class SparsePattern:
         _checks.required("SparsePattern", rows=rows, cols=cols)
         call = resolve("SparsePattern", rows=rows, cols=cols, offsets=offsets)
         given = {"rows": rows, "cols": cols, "offsets": offsets}
-        rows, cols = call.coordinates(rows, cols)
         shape = _checks.shape_2d("SparsePattern", "shape", shape)
+        rows, cols = call.coordinates(rows, cols, shape=shape)  # the range an IndexError names
         if offsets is not None:
             offsets = offsets_input(call, "offsets", offsets)  # a 1-D index array (or the error naming it)
             if offsets.shape[0] < 2:
@@ -188,7 +188,7 @@ class SparsePattern:
         """(indptr, indices) of the row-sorted (with ``transpose`` column-sorted) order: indptr
         (batch * n_rows + 1,) int64 and the column (row) indices in that order (their given dtype), each
         row's entries in their input order (for a caller's own kernels over the same pattern)."""
-        indptr, _, others = self._csr[transpose]
+        indptr, _, others = self._csr[_checks.flag("SparsePattern.csr_arrays", "transpose", transpose)]
         return indptr, others
 
     def in_csr_order(self, vals: Any, transpose: bool = False) -> Any:
@@ -197,9 +197,9 @@ class SparsePattern:
         this copy and passes ``in_order=True`` to solver_product, so the kernel reads the values
         in sequence instead of through the permutation (2.5x faster for the transposed product
         of a 20,000 x 5,000 CSR matrix with 1% nonzero, k = 20)."""
-        if np.shape(vals) != (self.nnz,):  # solver_product reads nnz values from the result, unchecked
-            raise ValueError(f"SparsePattern.in_csr_order: vals has shape {np.shape(vals)}, expected ({self.nnz},)")
-        perm = self._csr[transpose][1]
+        if tuple(vals.shape) != (self.nnz,):  # solver_product reads nnz values from the result, unchecked
+            raise ValueError(f"SparsePattern.in_csr_order: vals has shape {tuple(vals.shape)}, expected ({self.nnz},)")
+        perm = self._csr[_checks.flag("SparsePattern.in_csr_order", "transpose", transpose)][1]
         return vals if perm is None else vals[perm]  # a gather: a new contiguous array
 
     def solver_product(self, call: Call, vals: Any, B: Any, transpose: bool = False, in_order: bool = False,

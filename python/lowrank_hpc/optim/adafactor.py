@@ -78,8 +78,11 @@ def _as_batch(value: Any) -> list[Any]:
 
 
 def _steps(function: str, step: Any, batch: int) -> list[float]:
-    if isinstance(step, np.ndarray):  # one per parameter, or 0-d: one for all
-        step = list(step.reshape(-1)) if step.ndim else step[()]
+    if isinstance(step, np.ndarray):  # 1-D: one per parameter, or 0-d: one for all
+        if step.ndim > 1:
+            raise ValueError(f"{function}: step must be an int or a 1-D array of one per parameter, got shape "
+                             f"{step.shape}")
+        step = list(step) if step.ndim else step[()]
     steps = _as_batch(step) if isinstance(step, (list, tuple)) else [step] * batch
     if len(steps) != batch:
         raise ValueError(f"{function}: step has {len(steps)} entries for {batch} parameters")

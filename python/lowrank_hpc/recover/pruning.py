@@ -52,8 +52,9 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
        direction shifts U U^T by about reg * ||M||_2). The phase ends early, as ``factored_gd``
        does, when an iteration cannot move U (every step of the halving sequence raises the
        objective, or the step is too small to change U): "no_progress", or "stationary" right
-       after a change of U U^T below 16 sqrt(eps) of the dtype (``info["regularized_stop_reason"]``);
-       U is then the best iterate found, and pruning and fine-tuning go on from it.
+       after a change of U U^T below 16 sqrt(eps) of the dtype, or, with tol > 0, an iteration
+       that left U as it was (``info["regularized_stop_reason"]``); U is then the last accepted
+       iterate, and pruning and fine-tuning go on from it.
     2. Pruning: every column whose norm is below ``threshold`` times the largest is removed.
     3. Fine-tuning: ``factored_gd`` (method "gd", symmetric) from the kept columns, up to
        ``finetune_iter`` iterations or relative residual ``tol``.
@@ -163,7 +164,7 @@ def prune_and_finetune(op: Any, y: Any, width: int, *, reg: float = 1e-2, smooth
         if stuck or change == 0:
             previous = state.relative_change[-2] if len(state.relative_change) > 1 else None
             reason = stalled_reason(previous, dtype)
-            if stuck or reason == "no_progress" or change < 1e-3 * tol:
+            if stuck or reason == "no_progress" or tol > 0:  # change == 0 here: below 1e-3 tol
                 return reason
         return None
 

@@ -14,6 +14,7 @@ from typing import Optional, Union
 import torch
 
 from .. import _checks
+from .._arrays import INDEX_LIMIT
 from ..ops import GlobalTopK, TopK
 from ._ops import (kernel_name, kernel_product_op, kernel_top_k_global_op, kernel_top_k_rows_op, lowrank_product_op,
                    sampled_product_op, sparse_times_dense_op)
@@ -23,14 +24,25 @@ __all__ = ["GlobalTopK", "KernelizedLoRA", "TopK", "kernel_product", "lowrank_pr
            "sparse_times_dense"]
 
 
-# Index dtypes the operators take as int64 (their values fit); int32/int64 go through as they are,
-# uint64 and the rest reach the operators' TypeError naming the argument.
-_WIDENED_INDICES = (torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32)
+# Index dtypes the operators take as int64; int32/int64 go through as they are, the rest (floats)
+# reach the operators' TypeError naming the argument.
+_WIDENED_INDICES = (torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32, torch.uint64)
 
 
-def _index(x: torch.Tensor) -> torch.Tensor:
-    """Any integer index tensor, as numpy's indices are taken: the narrow ones widened to int64."""
-    return x.to(torch.int64) if isinstance(x, torch.Tensor) and x.dtype in _WIDENED_INDICES else x
+def _index(function: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Any integer index tensor, as numpy's indices are taken: the others widened to int64 (uint64
+    values above int64's range index nothing: the IndexError the core raises for them)."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _WIDENED_INDICES:
+        return x
+    if x.dtype == torch.uint64:  # torch has few uint64 ops: its int64 view is negative exactly above INDEX_LIMIT
+        signed = x.view(torch.int64)
+        beyond = signed < 0
+        if bool(beyond.any()):
+            k = int(torch.argmax(beyond.to(torch.uint8)))
+            raise IndexError(f"{function}: {name}[{k}] = {int(signed[k]) + 2**64} is out of range (every index is "
+                             f"below 2**63 - 1 = {INDEX_LIMIT})")
+        return signed
+    return x.to(torch.int64)
 
 
 def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -38,10 +50,10 @@ def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: 
     in U and V.
 
     U (m, r), V (n, r): float32/float64 tensors of one dtype and device; rows, cols (nnz,) integer
-    tensors on that device (int32/int64 used as they are, narrower ones widened to int64).
+    tensors on that device (int32/int64 used as they are, other integer dtypes widened to int64).
     Returns (nnz,). IndexError for an index out of range.
     """
-    return sampled_product_op(U, V, _index(rows), _index(cols))
+    return sampled_product_op(U, V, _index("sampled_product", "rows", rows), _index("sampled_product", "cols", cols))
 
 
 def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor, n_rows: int, *,
@@ -54,8 +66,8 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     n_rows: rows of the result. Returns (n_rows, r).
     """
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
-    return sparse_times_dense_op(_index(rows), _index(cols), vals, B, n_rows,
-                                 _checks.flag("sparse_times_dense", "transpose", transpose))
+    return sparse_times_dense_op(_index("sparse_times_dense", "rows", rows), _index("sparse_times_dense", "cols", cols),
+                                 vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
 def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
