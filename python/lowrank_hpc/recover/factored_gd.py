@@ -294,7 +294,9 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
         it cannot move), "small" for the others.
     step : step size. None picks it from the data: with s = E||A(X)||^2/||X||_F^2 (1 for
         isotropic Gaussian sensing, the sampling rate for completion, estimated by three
-        random probes) and sigma = ||A*(y)||_2 (so sigma / s estimates ||M||_2), the step is
+        random probes) and sigma = ||A*(y)||_2 (so sigma / s estimates ||M||_2; for an operator
+        with a ``spectral_correction``, the norm of its corrected (A*(y) - shift I) / gain:
+        symmetric rank-one sensing's A*(y) holds tr(M) I, which made the step 2-4x too small), the step is
         0.5 / sigma for "gd", "alternating" and "gd_rebalanced", and 0.5 / s for the scaled
         methods. A step that would increase the loss (or make it NaN/inf) is halved and
         retried; the result reports the final step and the number of halvings.
@@ -364,7 +366,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     spectral = isinstance(init, str) and init == "spectral"
     needs_scale = (step is None and scaled) or (method == "scaled_damped" and damping is None) or spectral
     scale = quiet(operator_scale)(op, dtype, xp, seed=seed_value) if needs_scale else None
-    sigma = quiet(spectral_norm)(op, y, xp, seed=seed_value) if needs_sigma else None
+    sigma = quiet(spectral_norm)(spectral_source(op, y)[0], y, xp, seed=seed_value) if needs_sigma else None
     if step is None:
         step = 0.5 / scale if scaled else 0.5 / sigma
     if damping is None:
