@@ -248,9 +248,11 @@ def _id_array(name: str, ids: Any) -> np.ndarray:
     array = np.asarray(ids)
     if array.dtype.kind == "O" and all(isinstance(item, str) for item in array.reshape(-1).tolist()):
         return array.astype(str)
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all() and \
+            (array.size == 0 or (array.min() >= -2.0**63 and array.max() < 2.0**63)):
+        return array.astype(np.int64)  # the common case in one pass; the loop below for the rest
     if array.dtype.kind in "Of":
-        numbers = [None if isinstance(item, (bool, np.bool_, str)) else
-                   _as_integer(item) if _as_integer(item) is not None else _as_integer(item, unsigned=True)
+        numbers = [None if isinstance(item, (bool, np.bool_, str)) else _id_integer(item)
                    for item in array.reshape(-1).tolist()]
         unsigned = any(number is not None and number >= 2**63 for number in numbers)
         if all(number is not None for number in numbers) and not (unsigned and min(numbers) < 0):
@@ -259,6 +261,12 @@ def _id_array(name: str, ids: Any) -> np.ndarray:
         raise ValueError(f"CompletionModel.from_estimator: {name} must hold integers in [-2**63, 2**64) or strings, "
                          f"got dtype {array.dtype}")
     return array
+
+
+def _id_integer(item: Any) -> Optional[int]:
+    """An id as an int in [-2**63, 2**64), or None."""
+    number = _as_integer(item)
+    return number if number is not None else _as_integer(item, unsigned=True)
 
 
 def _lookup(known: np.ndarray, query: Any) -> np.ndarray:
