@@ -104,7 +104,7 @@ def _pandas_values(function: str, name: str, x: Any, indices: bool) -> Optional[
     numeric = [_numpy_dtype_behind(pd, dtype) for dtype in dtypes]
     if all(isinstance(dtype, np.dtype) for dtype in dtypes) or any(dtype is None for dtype in numeric):
         return None  # numpy columns only, or columns that are not numbers (str, categorical...)
-    dtype = np.result_type(*numeric) if numeric else np.dtype(np.float64)
+    dtype = np.result_type(*numeric)  # not empty: a frame without columns returned above
     missing = np.asarray(x.isna())
     if not missing.any():
         return np.asarray(x.to_numpy(dtype=dtype))

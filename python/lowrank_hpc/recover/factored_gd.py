@@ -168,7 +168,9 @@ def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[
 
 
 def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int, seed: int,
-                     scale: float, dtype: Any) -> tuple[Any, Any]:
+                     scale: float, dtype: Any, spectral: tuple[Any, bool]) -> tuple[Any, Any]:
+    """(U0, V0) (V0 None when symmetric); ``spectral``: ``spectral_source(op, y)``, the operator
+    whose adjoint a spectral start decomposes and whether it estimates M itself."""
     xp, (n1, n2) = problem.xp, problem.op.shape
     if isinstance(init, str) and init == "small":
         # Host generator, then moved: the same seed gives the same start on CPU and GPU.
@@ -182,7 +184,7 @@ def _initial_factors(problem: _Problem, init: Any, init_scale: float, rank: int,
     if isinstance(init, str) and init == "spectral":
         # The matrix decomposed: A*(y) / scale (A*(y) ~ scale * M), or the operator's corrected
         # (A*(y) - shift I) / gain, an estimate of M itself (symmetric rank-one: its trace term).
-        source, estimates_m = spectral_source(problem.op, problem.y)
+        source, estimates_m = spectral
         divisor = 1.0 if estimates_m else scale
         left, sigma, right = top_singular_triplets(source, problem.y, rank, xp, seed=seed)
         sigma = sigma / divisor
@@ -366,7 +368,9 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     spectral = isinstance(init, str) and init == "spectral"
     needs_scale = (step is None and scaled) or (method == "scaled_damped" and damping is None) or spectral
     scale = quiet(operator_scale)(op, dtype, xp, seed=seed_value) if needs_scale else None
-    sigma = quiet(spectral_norm)(spectral_source(op, y)[0], y, xp, seed=seed_value) if needs_sigma else None
+    # The adjoint the start and sigma read: op's, or its corrected one (symmetric rank-one's trace term).
+    source = spectral_source(op, y) if spectral or needs_sigma else (op, False)
+    sigma = quiet(spectral_norm)(source[0], y, xp, seed=seed_value) if needs_sigma else None
     if step is None:
         step = 0.5 / scale if scaled else 0.5 / sigma
     if damping is None:
@@ -375,7 +379,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
                        damping=float(damping), rebalance_at=rebalance_at, y_norm=y_norm)
 
     if isinstance(init, str):
-        U, V = quiet(_initial_factors)(problem, init, init_scale, rank, seed_value, scale, dtype)
+        U, V = quiet(_initial_factors)(problem, init, init_scale, rank, seed_value, scale, dtype, source)
     else:
         U, V = _check_init_arrays(init, problem, rank, dtype)
     if symmetric:
