@@ -189,14 +189,26 @@ def jax_rows(quick: bool) -> list[Row]:
 
     out = []
     callback = "pure_callback + custom_vjp"
+    host = "XLA FFI handler + custom_vjp" if lj._FFI else callback
     pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
               "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V),
-              callback),
+              host),
              ("sparse_times_dense (SpMM), JAX",
               lambda v, B: jnp.sum(lj.sparse_times_dense(rows, cols, v, B, size) * W2),
               "jnp .at[rows].add(v[:, None] * B[cols]), jit",
               lambda v, B: jnp.sum(jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]) * W2),
-              (vals, V), callback)]
+              (vals, V), host)]
+    if lj._FFI:  # the same functions through the host callback (traced with the handlers off)
+        for name, ours, _, _, args, _ in pairs[:2]:
+            by_ffi = jax.jit(jax.grad(ours, argnums=(0, 1)))
+            expected = by_ffi(*args)  # traced (and compiled) now, with the handlers
+            lj._FFI = False
+            by_callback = jax.jit(jax.grad(lambda *a, f=ours: f(*a), argnums=(0, 1)))
+            _check_gradients(name, expected, by_callback(*args))
+            lj._FFI = True
+            out.append(_row(name.replace(", JAX", ", JAX FFI vs callback"), case,
+                            lambda f=by_ffi, a=args: jax.block_until_ready(f(*a)), "lowrank_hpc.jax, host callback",
+                            lambda f=by_callback, a=args: jax.block_until_ready(f(*a)), repeats))
     dense, k_row = (500, 16) if quick else (2000, 16)
     keep = dense * dense // 10
     Ud = jnp.asarray(rng.standard_normal((dense, r), dtype=np.float32) / r ** 0.25)

@@ -13,14 +13,17 @@ def info() -> dict[str, Any]:
     memory) or why none (no device, or none the compiled images run on), OpenMP threads, the CPU
     kernels' instruction-set level, the float types every function takes ("float_dtypes") and the
     16-bit storage formats the kernels and the torch/JAX adapters also take ("half_dtypes";
-    bfloat16 on the CPU only, CuPy having none; the solvers do not)."""
+    bfloat16 on the CPU only, CuPy having none; the solvers do not), and whether the CPU kernels
+    hold XLA FFI handlers for lowrank_hpc.jax ("jax_ffi": built, and the jaxlib built against)."""
     try:
         from . import _build_info
 
         cuda_built, archs = _build_info.CUDA_BUILT, _build_info.CUDA_ARCHS
-        compiler = _build_info.CXX_COMPILER
+        compiler, jaxlib = _build_info.CXX_COMPILER, _build_info.JAX_FFI_JAXLIB
     except ImportError:
-        cuda_built, archs, compiler = _backend.CUDA_BUILT, [], ""
+        cuda_built, archs, compiler, jaxlib = _backend.CUDA_BUILT, [], "", ""
+    # The CPU modules' XLA FFI handlers for lowrank_hpc.jax (without them it uses host callbacks).
+    jax_ffi = {"built": hasattr(_backend.cpu_module(), "jax_ffi_handlers"), "jaxlib": jaxlib}
     images = _backend.parse_cuda_archs(archs)
     # The kernel images compiled, as nvcc names them: ["sm_80", "sm_90", "compute_90"].
     arch_names = [image.name for image in images] if images is not None else [archs] if isinstance(archs, str) else list(archs)
@@ -47,4 +50,5 @@ def info() -> dict[str, Any]:
         "half_dtypes": ["float16", "bfloat16"],
         "index_dtypes": ["int32", "int64"],
         "compiler": compiler,
+        "jax_ffi": jax_ffi,
     }

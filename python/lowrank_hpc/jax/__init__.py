@@ -1,10 +1,12 @@
 """lowrank_hpc's kernels as differentiable JAX functions.
 
 Importing this package imports jax (an optional extra: ``pip install lowrank_hpc[jax]``); the
-rest of lowrank_hpc never does. The sparse products and top-k run the core's kernels through
-``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy arrays, the
-results come back the same way), so they work under ``jit``; the dense products are XLA's
-alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
+rest of lowrank_hpc never does. The sparse products run the core's CPU kernels as XLA FFI
+handlers where XLA runs on the CPU and this build has them (``lowrank_hpc.info()["jax_ffi"]``:
+built when the building Python had jaxlib, see README), called by XLA on its own buffers; otherwise,
+and for top-k, through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels
+as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6 entries). Both
+work under ``jit`` and ``vmap`` and give the same values. The dense products are XLA's alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
 result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
 ``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
 (second derivatives too).
@@ -18,8 +20,8 @@ range) returns inf there (``jax_debug_infs`` finds them; ``lowrank_hpc.ops.kerne
 raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the callback's
 FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
-Not done: the XLA FFI / GPU path for the sparse products and top-k (a CUDA array goes through
-the host callback; the dense products are XLA's on any device), and
+Not done: FFI handlers for a GPU and for top-k (a CUDA array goes through the host callback; the
+dense products are XLA's on any device), and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
 from __future__ import annotations
@@ -31,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks, ops
+from .. import _backend, _checks, ops
 from ..ops import GlobalTopK, TopK
+from ..ops.sampled_product import long_factor_rows
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
 
@@ -76,6 +79,37 @@ def _kernel_name(kernel: str) -> str:
     return name
 
 
+def _register_ffi_targets() -> bool:
+    """Register the CPU module's XLA FFI handlers (built where jaxlib's headers were found) once;
+    False where this build has none."""
+    handlers = getattr(_backend.cpu_module(), "jax_ffi_handlers", None)
+    if handlers is None:
+        return False
+    for name, capsule in handlers().items():
+        jax.ffi.register_ffi_target(f"lowrank_hpc_{name}", capsule, platform="cpu")
+    return True
+
+
+_FFI = _register_ffi_targets()
+_FFI_INDICES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
+    """The CPU kernel `name` on arrays (the last two or the first two: rows, cols): by its FFI
+    handler where XLA runs on the CPU, this build has the handlers and the indices are int32/int64
+    (one dtype, widened to int64 if either is); otherwise by callback(*arrays)."""
+    index_slots = (2, 3) if name == "sampled_product" else (0, 1)
+    indices = [arrays[i] for i in index_slots]
+    if not _FFI or any(np.dtype(x.dtype) not in _FFI_INDICES for x in indices):
+        return callback(*arrays)
+    if indices[0].dtype != indices[1].dtype:
+        arrays = list(arrays)
+        for i in index_slots:
+            arrays[i] = arrays[i].astype(jnp.int64)
+    ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="sequential")
+    return jax.lax.platform_dependent(*arrays, cpu=lambda *a: ffi(*a, **attributes), default=callback)
+
+
 def _callback(function, result_shapes, *args):
     """function(*numpy arrays) run by XLA on the host; results as ShapeDtypeStructs."""
     def host(*arrays):
@@ -88,8 +122,11 @@ def _callback(function, result_shapes, *args):
 
 @jax.custom_vjp
 def _sampled(U, V, rows, cols):
-    return _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
-                     jax.ShapeDtypeStruct(rows.shape, U.dtype), U, V, rows, cols)
+    shape = jax.ShapeDtypeStruct(rows.shape, U.dtype)
+    return _host_kernel("sampled_product", shape,
+                        lambda *a: _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
+                                             shape, *a),
+                        (U, V, rows, cols), row_order=long_factor_rows(U.dtype, U.shape[1]))
 
 
 def _sampled_fwd(U, V, rows, cols):
@@ -115,9 +152,13 @@ def sampled_product(U, V, rows, cols):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _spmm(rows, cols, vals, B, n_rows: int, transpose: bool):
-    return _callback(lambda r, c, v, B: ops.sparse_times_dense(r, c, v, B, n_rows, transpose=transpose,
-                                                               check_finite=False),
-                     jax.ShapeDtypeStruct((n_rows, B.shape[1]), B.dtype), rows, cols, vals, B)
+    shape = jax.ShapeDtypeStruct((n_rows, B.shape[1]), B.dtype)
+    return _host_kernel("sparse_times_dense", shape,
+                        lambda *a: _callback(lambda r, c, v, B: ops.sparse_times_dense(r, c, v, B, n_rows,
+                                                                                       transpose=transpose,
+                                                                                       check_finite=False),
+                                             shape, *a),
+                        (rows, cols, vals, B), transpose=transpose)
 
 
 def _spmm_fwd(rows, cols, vals, B, n_rows, transpose):

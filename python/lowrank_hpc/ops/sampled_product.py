@@ -69,8 +69,14 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
 
 def row_order_pays(call: Call, U3, min_row_bytes: int) -> bool:
     """Whether the CPU's row-ordered kernel serves these factors with rows of min_row_bytes or more."""
-    return (hasattr(call.module, "csr_sampled_product") and U3.dtype in (np.float32, np.float64)
-            and U3.shape[2] * U3.dtype.itemsize >= min_row_bytes)
+    return hasattr(call.module, "csr_sampled_product") and long_factor_rows(U3.dtype, U3.shape[-1], min_row_bytes)
+
+
+def long_factor_rows(dtype, rank: int, min_row_bytes: int = SORT_MIN_ROW_BYTES) -> bool:
+    """Whether float32/float64 factor rows of this rank hold min_row_bytes or more: the row-ordered
+    kernel's rule (lowrank_hpc.jax's FFI handler applies it too); 16-bit storage never takes it."""
+    dtype = np.dtype(dtype)
+    return dtype in (np.float32, np.float64) and rank * dtype.itemsize >= min_row_bytes
 
 
 def csr_sampled(call: Call, indptr, perm, others, U3, V3, cols, y=None):

@@ -1,0 +1,188 @@
+"""lowrank_hpc.jax's XLA FFI handlers (the CPU kernels called by XLA on its own buffers) against
+its host-callback path and jax.numpy: the same values bit for bit in every storage type, row
+order and index dtype, the same errors for out-of-range indices, under jit, vmap and grad.
+Skipped without jax; the handler tests where this build has none (``info()["jax_ffi"]``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax is not installed (optional extra: pip install lowrank_hpc[jax])")
+
+import jax.numpy as jnp  # noqa: E402
+
+import lowrank_hpc  # noqa: E402
+import lowrank_hpc.jax as lj  # noqa: E402
+
+needs_ffi = pytest.mark.skipif(not lj._FFI, reason="this build has no JAX FFI handlers (built where the building "
+                                                   "Python has jaxlib)")
+HALVES = (jnp.float16, jnp.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def both_paths(monkeypatch, function, *args):
+    """function(*args) under jit by the FFI handlers, then by the host callback (a new closure
+    each, so neither reuses the other's trace)."""
+    by_ffi = jax.jit(lambda *a: function(*a))(*args)
+    with monkeypatch.context() as patch:
+        patch.setattr(lj, "_FFI", False)
+        by_callback = jax.jit(lambda *a: function(*a))(*args)
+    return by_ffi, by_callback
+
+
+def entries(m, n, nnz, seed, order):
+    """nnz coordinates with repeats: row-sorted (np.nonzero's order), or shuffled."""
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(0, m, nnz), rng.integers(0, n, nnz)
+    rows[1:4], cols[1:4] = rows[0], cols[0]  # a repeated position
+    if order == "sorted":
+        keep = np.lexsort((cols, rows))
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
+
+
+def test_info_reports_the_handlers():
+    assert lowrank_hpc.info()["jax_ffi"]["built"] == lj._FFI
+
+
+@needs_ffi
+@pytest.mark.parametrize("function", ["sampled_product", "sparse_times_dense"])
+def test_xla_calls_the_handler_on_the_cpu(function):
+    """The lowered CPU program holds the FFI custom call and no host callback."""
+    U, V = jnp.ones((5, 3)), jnp.ones((4, 3))
+    rows, cols = jnp.arange(4, dtype=jnp.int32), jnp.arange(4, dtype=jnp.int32)
+    if function == "sampled_product":
+        lowered = jax.jit(lj.sampled_product).lower(U, V, rows, cols)
+    else:
+        lowered = jax.jit(lambda v, B: lj.sparse_times_dense(rows, cols, v, B, 5)).lower(jnp.ones(4), V)
+    text = lowered.as_text()
+    assert f"lowrank_hpc_{function}" in text and "callback" not in text
+
+
+@needs_ffi
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64] + list(HALVES))
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("r", [3, 17, 130])  # 130: float32/float64 rows of 512 bytes or more take the row order
+def test_sampled_product_matches_callback_and_jnp(monkeypatch, dtype, order, r):
+    m, n, nnz = 40, 30, 300
+    rng = np.random.default_rng(r)
+    U = jnp.asarray(rng.standard_normal((m, r)), dtype)
+    V = jnp.asarray(rng.standard_normal((n, r)), dtype)
+    rows, cols = entries(m, n, nnz, r, order)
+    rows, cols = jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int64)  # mixed: widened to int64
+    by_ffi, by_callback = both_paths(monkeypatch, lj.sampled_product, U, V, rows, cols)
+    assert by_ffi.dtype == dtype and by_ffi.shape == (nnz,)
+    np.testing.assert_array_equal(np.asarray(by_ffi, np.float64), np.asarray(by_callback, np.float64))
+    reference = (np.asarray(U, np.float64)[rows] * np.asarray(V, np.float64)[cols]).sum(1)
+    tolerance = 2e-2 if dtype in HALVES else 1e-5
+    np.testing.assert_allclose(np.asarray(by_ffi, np.float64), reference, rtol=tolerance, atol=tolerance * np.sqrt(r))
+
+
+@needs_ffi
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64] + list(HALVES))
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("r", [1, 8, 33])
+def test_sparse_times_dense_matches_callback_and_scipy(monkeypatch, dtype, order, transpose, r):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    m, n, nnz = 40, 30, 300
+    rng = np.random.default_rng(r)
+    rows, cols = entries(m, n, nnz, r, order)
+    vals = jnp.asarray(rng.standard_normal(nnz), dtype)
+    n_rows, n_other = (n, m) if transpose else (m, n)
+    B = jnp.asarray(rng.standard_normal((n_other, r)), dtype)
+    rows, cols = jnp.asarray(rows), jnp.asarray(cols)
+    by_ffi, by_callback = both_paths(
+        monkeypatch, lambda v, B: lj.sparse_times_dense(rows, cols, v, B, n_rows, transpose=transpose), vals, B)
+    assert by_ffi.dtype == dtype and by_ffi.shape == (n_rows, r)
+    np.testing.assert_array_equal(np.asarray(by_ffi, np.float64), np.asarray(by_callback, np.float64))
+    S = scipy_sparse.coo_matrix((np.asarray(vals, np.float64), (np.asarray(rows), np.asarray(cols))), (m, n)).tocsr()
+    reference = (S.T if transpose else S) @ np.asarray(B, np.float64)
+    tolerance = 3e-2 if dtype in HALVES else 1e-5
+    np.testing.assert_allclose(np.asarray(by_ffi, np.float64), reference, rtol=tolerance, atol=tolerance * 4)
+
+
+@needs_ffi
+@pytest.mark.parametrize("index_dtype", [jnp.int32, jnp.int64, jnp.uint8, jnp.int16])  # the narrow ones: callback
+def test_any_integer_indices(monkeypatch, index_dtype):
+    rng = np.random.default_rng(5)
+    U, V = jnp.asarray(rng.standard_normal((9, 4))), jnp.asarray(rng.standard_normal((7, 4)))
+    rows, cols = (jnp.asarray(x, index_dtype) for x in entries(9, 7, 25, 5, "shuffled"))
+    by_ffi, by_callback = both_paths(monkeypatch, lj.sampled_product, U, V, rows, cols)
+    np.testing.assert_array_equal(by_ffi, by_callback)
+    np.testing.assert_allclose(by_ffi, (U[rows] * V[cols]).sum(1), rtol=1e-12)
+
+
+@needs_ffi
+def test_no_entries(monkeypatch):
+    U, V = jnp.ones((3, 2)), jnp.ones((4, 2))
+    empty = jnp.zeros(0, jnp.int32)
+    by_ffi, by_callback = both_paths(monkeypatch, lj.sampled_product, U, V, empty, empty)
+    assert by_ffi.shape == by_callback.shape == (0,)
+    B = jnp.full((4, 2), 7.0)
+    by_ffi, by_callback = both_paths(monkeypatch, lambda v, B: lj.sparse_times_dense(empty, empty, v, B, 3),
+                                     jnp.zeros(0), B)
+    np.testing.assert_array_equal(by_ffi, np.zeros((3, 2)))
+    np.testing.assert_array_equal(by_callback, np.zeros((3, 2)))
+
+
+BAD_INDICES = [
+    ("sampled_product", "rows", 4, 7, "sampled_product: rows[4] = 7 is out of range [0, 7)"),
+    ("sampled_product", "cols", 2, -1, "sampled_product: cols[2] = -1 is out of range [0, 6)"),
+    ("sparse_times_dense", "rows", 3, 9, "sparse_times_dense: rows[3] = 9 is out of range [0, 7)"),
+    ("sparse_times_dense", "cols", 5, 6, "sparse_times_dense: cols[5] = 6 is out of range [0, 6)"),
+    ("sparse_times_dense_T", "cols", 1, 6, "sparse_times_dense: cols[1] = 6 is out of range [0, 6)"),
+    ("sparse_times_dense_T", "rows", 0, 70, "sparse_times_dense: rows[0] = 70 is out of range [0, 7)"),
+]
+
+
+@pytest.mark.parametrize("path", ["ffi", "callback"])
+@pytest.mark.parametrize("function, name, k, value, message", BAD_INDICES)
+def test_out_of_range_index_names_it(monkeypatch, path, function, name, k, value, message):
+    """An index outside its dimension is the IndexError text of lowrank_hpc.ops on either path (in
+    a JaxRuntimeError: XLA reports the kernel's error), never a read outside the arrays."""
+    if path == "ffi" and not lj._FFI:
+        pytest.skip("this build has no JAX FFI handlers")
+    monkeypatch.setattr(lj, "_FFI", lj._FFI and path == "ffi")
+    rng = np.random.default_rng(0)
+    m, n, nnz = 7, 6, 10
+    U, V = jnp.asarray(rng.standard_normal((m, 3))), jnp.asarray(rng.standard_normal((n, 3)))
+    indices = {"rows": np.arange(nnz) % m, "cols": np.arange(nnz) % n}
+    indices[name][k] = value
+    rows, cols = jnp.asarray(indices["rows"], jnp.int32), jnp.asarray(indices["cols"], jnp.int32)
+    vals = jnp.ones(nnz)
+    call = {"sampled_product": lambda: lj.sampled_product(U, V, rows, cols),
+            "sparse_times_dense": lambda: lj.sparse_times_dense(rows, cols, vals, V, m),
+            "sparse_times_dense_T": lambda: lj.sparse_times_dense(rows, cols, vals, U, n, transpose=True)}[function]
+    with pytest.raises(jax.errors.JaxRuntimeError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        jax.block_until_ready(jax.jit(call)())
+
+
+@needs_ffi
+def test_vmap_and_grad_through_the_handlers(monkeypatch):
+    """vmap (one call per slice) and reverse-mode gradients (products of the same kernels) give the
+    callback path's values."""
+    rng = np.random.default_rng(3)
+    U = jnp.asarray(rng.standard_normal((3, 8, 5)))  # a batch of 3 factor pairs
+    V = jnp.asarray(rng.standard_normal((3, 6, 5)))
+    rows, cols = (jnp.asarray(x) for x in entries(8, 6, 20, 3, "shuffled"))
+    batched = jax.vmap(lambda U, V: lj.sampled_product(U, V, rows, cols))
+    by_ffi, by_callback = both_paths(monkeypatch, batched, U, V)
+    np.testing.assert_array_equal(by_ffi, by_callback)
+    np.testing.assert_allclose(by_ffi, (U[:, rows] * V[:, cols]).sum(-1), rtol=1e-12)
+
+    def loss(U, V):
+        return (lj.sampled_product(U, V, rows, cols) ** 2).sum()
+
+    by_ffi, by_callback = both_paths(monkeypatch, jax.grad(loss, argnums=(0, 1)), U[0], V[0])
+    reference = jax.grad(lambda U, V: (((U[rows] * V[cols]).sum(1)) ** 2).sum(), argnums=(0, 1))(U[0], V[0])
+    for a, b, c in zip(by_ffi, by_callback, reference):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
