@@ -186,3 +186,41 @@ def test_vmap_and_grad_through_the_handlers(monkeypatch):
     for a, b, c in zip(by_ffi, by_callback, reference):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def _jax_gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.float16])
+def test_gpu_handlers_match_the_cpu_handlers(dtype):
+    """On a JAX GPU the CUDA module's handlers run on XLA's stream (no callback in the program)
+    and give the CPU handlers' values; a bad index is the same error."""
+    device = _jax_gpu()
+    if device is None:
+        pytest.skip("this jax has no GPU backend (pip install jax[cuda13])")
+    assert "cuda" in lj._FFI_PLATFORMS, "the CUDA module has no JAX FFI handlers (built without jaxlib?)"
+    rng = np.random.default_rng(11)
+    m, n, r, nnz = 300, 200, 40, 5000
+    U, V = jnp.asarray(rng.standard_normal((m, r)), dtype), jnp.asarray(rng.standard_normal((n, r)), dtype)
+    rows, cols = (jnp.asarray(x, jnp.int32) for x in entries(m, n, nnz, 11, "shuffled"))
+    vals = jnp.asarray(rng.standard_normal(nnz), dtype)
+    calls = [lambda U, V, v, r_, c_: lj.sampled_product(U, V, r_, c_),
+             lambda U, V, v, r_, c_: lj.sparse_times_dense(r_, c_, v, V, m),
+             lambda U, V, v, r_, c_: lj.sparse_times_dense(r_, c_, v, U, n, transpose=True)]
+    tolerance = {jnp.float32: 1e-5, jnp.float64: 1e-12, jnp.float16: 2e-3}[dtype]
+    on_gpu = [jax.device_put(x, device) for x in (U, V, vals, rows, cols)]
+    on_cpu = [jax.device_put(x, jax.devices("cpu")[0]) for x in (U, V, vals, rows, cols)]
+    for call in calls:
+        text = jax.jit(call).lower(*on_gpu).as_text()
+        assert "lowrank_hpc_" in text and "callback" not in text
+        by_gpu = np.asarray(jax.jit(call)(*on_gpu), np.float64)
+        by_cpu = np.asarray(jax.jit(call)(*on_cpu), np.float64)
+        np.testing.assert_allclose(by_gpu, by_cpu, rtol=tolerance, atol=tolerance * np.abs(by_cpu).max())
+    bad = jax.device_put(np.where(np.arange(nnz) == 7, m, np.asarray(rows)).astype(np.int32), device)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=rf"sampled_product: rows\[7\] = {m} is out of range"):
+        jax.block_until_ready(jax.jit(lj.sampled_product)(on_gpu[0], on_gpu[1], bad, on_gpu[4]))

@@ -36,7 +36,9 @@ if stage build; then
   done
 fi
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-$PY -c 'import lowrank_hpc as lr, json; print(json.dumps(lr.info()["cuda"]))' 2>&1 | tee -a "$OUT/machine.txt"
+$PY -c 'import lowrank_hpc as lr, json; print(json.dumps(lr.info()["cuda"]), json.dumps(lr.info()["jax_ffi"]))' 2>&1 | tee -a "$OUT/machine.txt"
+# lowrank_hpc.jax's CUDA FFI handlers (tests/test_jax_ffi.py's gpu test) need a jax with a GPU backend.
+$PY -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1 | tee -a "$OUT/machine.txt"
 
 if stage throws; then
   # 2026-12-04: a ValueError raised by the _cuda module's 16-bit sampled_product check (out of the

@@ -7,6 +7,7 @@
 namespace lowrank_hpc::bindings {
 
 void bind_device_info(py::module_& m);  // device_info.cpp: the queries of the import-time check
+void bind_jax_ffi(py::module_& m);      // cpp/bindings/jax_ffi/handlers.cpp, where jaxlib was found
 
 void raise_launch_error(int code, const char* what) {
   throw CudaError(std::string(what) + " kernel launch failed: " + cuda::error_string(code));
@@ -32,6 +33,9 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("error_string", [](int code) { return std::string(lowrank_hpc::cuda::error_string(code)); });
   bindings::bind_shared(m);
   bindings::bind_device_info(m);
+#ifdef LRH_JAX_FFI
+  bindings::bind_jax_ffi(m);
+#endif
   // A row's normal equations live in one block's shared memory.
   m.attr("ALS_SYSTEM_BYTES_LIMIT") = lowrank_hpc::kAlsSharedBytes;
 }

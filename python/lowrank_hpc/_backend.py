@@ -225,6 +225,14 @@ def cuda_module() -> ModuleType:
     return _cuda_module
 
 
+def cuda_kernels_run_here() -> Optional[ModuleType]:
+    """The CUDA module where it loaded and the current device runs its kernels, CuPy or not
+    (lowrank_hpc.jax's FFI handlers in it need none), else None."""
+    if _cuda_module is None or _cuda_module.device_count() <= 0 or _device_arch_problem(_cuda_module):
+        return None
+    return _cuda_module
+
+
 def cupy_module() -> ModuleType:
     if _cupy is None:
         raise BackendUnavailableError(f"the CUDA backend is not available: {CUDA_UNAVAILABLE_REASON}")

@@ -1,50 +1,158 @@
-// XLA FFI handlers for lowrank_hpc.jax on the CPU: the sampled product and the sparse times
-// dense product called by XLA itself on the buffers it owns, where a host callback copied them
-// through numpy and a Python call (about 2 ms a call at 1e6 entries, as much as the kernel).
-// The same OpenMP drivers as the module's own bindings (whichever ISA level this module is);
-// compiled only when the build found jaxlib's FFI headers (CMakeLists.txt: LOWRANK_HPC_JAX_FFI).
-// Shapes, dtypes and flags are checked by lowrank_hpc.jax before the call; here each index is
-// range-checked by the kernels and a bad one comes back as the error lowrank_hpc.ops raises.
+// XLA FFI handlers for lowrank_hpc.jax: the sampled product and the sparse times dense product
+// called by XLA itself on the buffers it owns, where a host callback copied them through numpy
+// and a Python call (about 2 ms a call at 1e6 entries on the CPU, as much as the kernel; on a GPU
+// the arrays went to the host and back). One source for both modules, as the shared bindings:
+// in _cpu (each ISA level's) over the OpenMP drivers, in _cuda (LRH_BACKEND_CUDA) over the CUDA
+// launchers on XLA's stream. Compiled only where the build found jaxlib's FFI headers
+// (CMakeLists.txt: LOWRANK_HPC_JAX_FFI). Shapes, dtypes and flags are checked by lowrank_hpc.jax
+// before the call; each index is range-checked by the kernels and a bad one comes back as the
+// error lowrank_hpc.ops raises (on a GPU that needs the status word: one wait for the stream).
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
-#include "../cpu_bindings.hpp"
+#include "../common/backend.hpp"
+#ifdef LRH_BACKEND_CUDA
+#include "lowrank_hpc_cuda/stream_memory.hpp"
+#endif
 
 namespace lowrank_hpc::bindings {
+
+void bind_jax_ffi(py::module_& m);
 
 namespace {
 
 namespace ffi = xla::ffi;
 
-// Scratch without the zero fill of std::vector (every element is written before it is read).
-template <class T>
-std::unique_ptr<T[]> scratch(int64_t count) {
-  return std::unique_ptr<T[]>(new T[static_cast<size_t>(count > 0 ? count : 1)]);
+// A CUDA call that failed (the CPU drivers never do), reported as XLA's internal error.
+struct LaunchFailed {
+  int code;
+  const char* what;
+};
+
+void check(int code, const char* what) {
+  if (code != 0) throw LaunchFailed{code, what};
 }
 
-// The first out-of-range index of entry k among (name, indices, bound), in the words of
-// lowrank_hpc.ops' IndexError ("f: rows[k] = v is out of range [0, m)").
+// The handler's scratch and status words where its kernels run: host memory for the CPU module;
+// device memory on XLA's stream for the CUDA module, freed in stream order, read back after a
+// wait for the stream.
+class Workspace {
+ public:
+  explicit Workspace(void* stream) : stream_(stream) {}
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace() {
+#ifdef LRH_BACKEND_CUDA
+    for (void* block : blocks_) cuda::free_async(block, stream_);
+#endif
+  }
+
+  void* stream() const { return stream_; }
+
+  // count elements, uninitialised (every one is written before it is read).
+  template <class T>
+  T* allocate(int64_t count) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(count > 0 ? count : 1);
+#ifdef LRH_BACKEND_CUDA
+    void* block = nullptr;
+    if (cuda::allocate_async(&block, bytes, stream_) != 0) throw std::bad_alloc();
+    blocks_.push_back(block);
+#else
+    host_.emplace_back(new unsigned char[bytes]);  // throws std::bad_alloc
+    void* block = host_.back().get();
+#endif
+    return static_cast<T*>(block);
+  }
+
+  // A copy of small host values where the kernels read them.
+  template <class T>
+  T* upload(std::initializer_list<T> values) {
+    T* copy = allocate<T>(static_cast<int64_t>(values.size()));
+#ifdef LRH_BACKEND_CUDA
+    check(cuda::copy_async(copy, values.begin(), sizeof(T) * values.size(), stream_), "copy to the device");
+#else
+    std::memcpy(copy, values.begin(), sizeof(T) * values.size());
+#endif
+    return copy;
+  }
+
+  // x[k], once the work queued so far is done.
+  template <class T>
+  T read(const T* x, int64_t k = 0) {
+#ifdef LRH_BACKEND_CUDA
+    T value;
+    check(cuda::copy_async(&value, x + k, sizeof(T), stream_), "copy to the host");
+    check(cuda::synchronize(stream_), "stream synchronize");
+    return value;
+#else
+    return x[k];
+#endif
+  }
+
+  // The first k with x[k] outside [0, bound), or -1 (an error path: one pass over x on the host).
+  template <class I>
+  int64_t first_out_of_range(const I* x, int64_t count, int64_t bound) {
+    const I* host = x;
+#ifdef LRH_BACKEND_CUDA
+    std::vector<I> copy(static_cast<size_t>(count));
+    check(cuda::copy_async(copy.data(), x, sizeof(I) * copy.size(), stream_), "copy to the host");
+    check(cuda::synchronize(stream_), "stream synchronize");
+    host = copy.data();
+#endif
+    for (int64_t k = 0; k < count; ++k)
+      if (host[k] < 0 || static_cast<int64_t>(host[k]) >= bound) return k;
+    return -1;
+  }
+
+  void zero(void* x, size_t bytes) {
+#ifdef LRH_BACKEND_CUDA
+    check(cuda::zero_async(x, bytes, stream_), "memset");
+#else
+    std::memset(x, 0, bytes);
+#endif
+  }
+
+ private:
+  void* stream_;
+#ifdef LRH_BACKEND_CUDA
+  std::vector<void*> blocks_;
+#else
+  std::vector<std::unique_ptr<unsigned char[]>> host_;
+#endif
+};
+
+// An index array as the errors name it: its argument name, its values and their bound.
 template <class I>
-ffi::Error index_error(const char* function, int64_t k,
-                       std::initializer_list<std::tuple<const char*, const I*, int64_t>> checks) {
-  for (const auto& [name, indices, bound] : checks) {
-    const int64_t value = static_cast<int64_t>(indices[k]);
-    if (value < 0 || value >= bound)
-      return ffi::Error::InvalidArgument(std::string(function) + ": " + name + "[" + std::to_string(k) +
+struct Indices {
+  const char* name;
+  const I* values;
+  int64_t bound;
+};
+
+// Entry k's first out-of-range index among `checked`, in the words of lowrank_hpc.ops' IndexError
+// ("f: rows[k] = v is out of range [0, m)").
+template <class I>
+ffi::Error index_error(Workspace& workspace, const char* function, int64_t k,
+                       std::initializer_list<Indices<I>> checked) {
+  for (const Indices<I>& indices : checked) {
+    const int64_t value = static_cast<int64_t>(workspace.read(indices.values, k));
+    if (value < 0 || value >= indices.bound)
+      return ffi::Error::InvalidArgument(std::string(function) + ": " + indices.name + "[" + std::to_string(k) +
                                          "] = " + std::to_string(value) + " is out of range [0, " +
-                                         std::to_string(bound) + ")");
+                                         std::to_string(indices.bound) + ")");
   }
   return ffi::Error::InvalidArgument(std::string(function) + ": entry " + std::to_string(k) +
                                      " has an out-of-range index");
 }
 
-// body(T{}, I{}) for the value and index buffers' element types (the storage types of
-// dispatch_storage_index); anything else is refused (lowrank_hpc.jax never sends it).
+// body(T{}, I{}) for the value and index buffers' element types (dispatch_storage_index's);
+// anything else is refused (lowrank_hpc.jax never sends it).
 template <class Body>
 ffi::Error dispatch_types(const char* function, ffi::DataType values, ffi::DataType indices, Body&& body) {
   auto with_index = [&](auto t) -> ffi::Error {
@@ -57,115 +165,161 @@ ffi::Error dispatch_types(const char* function, ffi::DataType values, ffi::DataT
     case ffi::DataType::F64: return with_index(double{});
     case ffi::DataType::F16: return with_index(float16{});
     case ffi::DataType::BF16: return with_index(bfloat16{});
-    default: return ffi::Error::InvalidArgument(std::string(function) + ": values must be float32, float64, "
-                                                                        "float16 or bfloat16");
+    default:
+      return ffi::Error::InvalidArgument(std::string(function) +
+                                         ": values must be float32, float64, float16 or bfloat16");
   }
 }
 
-// Exceptions (std::bad_alloc of the scratch) must not cross XLA's C interface.
+// body(workspace) with every exception turned into XLA's error: none may cross its C interface.
 template <class Body>
-ffi::Error guarded(const char* function, Body&& body) {
+ffi::Error guarded(const char* function, void* stream, Body&& body) {
   try {
-    return body();
+    Workspace workspace(stream);
+    return body(workspace);
   } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(function) + ": out of memory for the CSR order's scratch");
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(function) + ": out of memory for its scratch");
+  } catch (const LaunchFailed& failure) {
+#ifdef LRH_BACKEND_CUDA
+    const std::string reason = cuda::error_string(failure.code);
+#else
+    const std::string reason = "code " + std::to_string(failure.code);
+#endif
+    return ffi::Error::Internal(std::string(function) + ": " + failure.what + " failed: " + reason);
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string(function) + ": " + error.what());
   }
 }
 
-// out (nnz,) = <U[rows[k]], V[cols[k]]> for U (m, r), V (n, r). row_order (float32/float64
-// only, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read each
-// U row once per row, as ops.sampled_product does.
-ffi::Error sampled_product(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
-                           ffi::Result<ffi::AnyBuffer> out, bool row_order) {
+// out (nnz,) = <U[rows[k]], V[cols[k]]> for U (m, r), V (n, r). row_order (float32/float64 on the
+// CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read each U
+// row once per row, as ops.sampled_product does; the GPU always runs the coordinate kernel.
+ffi::Error sampled_product(void* stream, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
+                           ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
   constexpr const char* function = "sampled_product";
   const int64_t m = U.dimensions()[0], r = U.dimensions()[1], n = V.dimensions()[0];
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
   if (nnz == 0) return ffi::Error::Success();
-  return guarded(function, [&] {
+  return guarded(function, stream, [&](Workspace& workspace) {
     return dispatch_types(function, U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
-      const int64_t offsets[2] = {0, nnz};
       const I* row_index = rows.reinterpret_data<I>();
       const I* col_index = cols.reinterpret_data<I>();
       T* result = out->reinterpret_data<T>();
+      const int64_t* offsets = workspace.upload<int64_t>({0, nnz});
+#ifdef LRH_BACKEND_CUDA
+      (void)row_order;  // the CPU's choice: a thread group per entry gains nothing from the row order
+#else
       if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
         if (row_order) {
-          auto indptr = scratch<int64_t>(m + 1);
-          auto perm = scratch<int64_t>(nnz);
-          auto others = scratch<I>(nnz);
+          int64_t* indptr = workspace.allocate<int64_t>(m + 1);
+          int64_t* perm = workspace.allocate<int64_t>(nnz);
+          I* others = workspace.allocate<I>(nnz);
           int64_t status[2] = {nnz, 0};
-          launch::coo_to_csr<T, I>(row_index, col_index, nullptr, offsets, 1, m, nnz, indptr.get(), perm.get(),
-                                   others.get(), nullptr, status, nullptr);
-          if (status[0] < nnz) return index_error<I>(function, status[0], {{"rows", row_index, m}});
+          launch::coo_to_csr<T, I>(row_index, col_index, nullptr, offsets, 1, m, nnz, indptr, perm, others, nullptr,
+                                   status, nullptr);
+          if (status[0] < nnz) return index_error<I>(workspace, function, status[0], {{"rows", row_index, m}});
           const bool sorted = status[1] != 0;  // then perm and others were not written
-          const int64_t bad = cpu::csr_sampled_product<T, I>(
-              indptr.get(), sorted ? nullptr : perm.get(), sorted ? col_index : others.get(),
-              U.reinterpret_data<T>(), V.reinterpret_data<T>(), nullptr, 1, m, n, r, nnz, result, nullptr);
-          if (bad >= 0) return index_error<I>(function, bad, {{"cols", col_index, n}});
+          const int64_t bad = cpu::csr_sampled_product<T, I>(indptr, sorted ? nullptr : perm,
+                                                             sorted ? col_index : others, U.reinterpret_data<T>(),
+                                                             V.reinterpret_data<T>(), nullptr, 1, m, n, r, nnz,
+                                                             result, nullptr);
+          if (bad >= 0) return index_error<I>(workspace, function, bad, {{"cols", col_index, n}});
           return ffi::Error::Success();
         }
       }
-      int64_t first_bad = nnz;
-      launch::sampled_product<T, I>(U.reinterpret_data<T>(), V.reinterpret_data<T>(), row_index, col_index, offsets,
-                                    1, m, n, r, nnz, result, &first_bad, nullptr);
-      if (first_bad < nnz) return index_error<I>(function, first_bad, {{"rows", row_index, m}, {"cols", col_index, n}});
+#endif
+      int64_t* first_bad = workspace.upload<int64_t>({nnz});
+      check(launch::sampled_product<T, I>(U.reinterpret_data<T>(), V.reinterpret_data<T>(), row_index, col_index,
+                                          offsets, 1, m, n, r, nnz, result, first_bad, workspace.stream()),
+            "sampled_product");
+      const int64_t bad = workspace.read(first_bad);
+      if (bad < nnz) return index_error<I>(workspace, function, bad, {{"rows", row_index, m}, {"cols", col_index, n}});
       return ffi::Error::Success();
     });
   });
 }
 
-// out (n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (k, r), or S^T @ B
-// with transpose: one sort into CSR order moving indices and values, then one streaming pass,
-// as ops.sparse_times_dense does (repeats add up, each row summed in input order).
-ffi::Error sparse_times_dense(ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals, ffi::AnyBuffer B,
-                              ffi::Result<ffi::AnyBuffer> out, bool transpose) {
+// out (n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (k, r), or S^T @ B with
+// transpose: one sort into CSR order moving indices and values, then one streaming pass, as
+// ops.sparse_times_dense does (repeats add up, each row summed in input order).
+ffi::Error sparse_times_dense(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
+                              ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
   constexpr const char* function = "sparse_times_dense";
   const int64_t n_rows = out->dimensions()[0], n_other = B.dimensions()[0], r = B.dimensions()[1];
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
-  if (nnz == 0) {
-    std::memset(out->untyped_data(), 0, out->size_bytes());
-    return ffi::Error::Success();
-  }
-  return guarded(function, [&] {
+  return guarded(function, stream, [&](Workspace& workspace) {
+    if (nnz == 0) {
+      workspace.zero(out->untyped_data(), out->size_bytes());
+      return ffi::Error::Success();
+    }
     return dispatch_types(function, vals.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
-      const int64_t offsets[2] = {0, nnz};
       const I* keys = (transpose ? cols : rows).reinterpret_data<I>();
       const I* others = (transpose ? rows : cols).reinterpret_data<I>();
-      const char* key_name = transpose ? "cols" : "rows";
+      const Indices<I> key_indices{transpose ? "cols" : "rows", keys, n_rows};
       const char* other_name = transpose ? "rows" : "cols";
       const T* values = vals.reinterpret_data<T>();
-      auto indptr = scratch<int64_t>(n_rows + 1);
-      auto others_sorted = scratch<I>(nnz);
-      auto values_sorted = scratch<T>(nnz);
-      int64_t status[2] = {nnz, 0};
-      launch::coo_to_csr<T, I>(keys, others, values, offsets, 1, n_rows, nnz, indptr.get(), nullptr,
-                               others_sorted.get(), values_sorted.get(), status, nullptr);
-      if (status[0] < nnz) return index_error<I>(function, status[0], {{key_name, keys, n_rows}});
-      const bool sorted = status[1] != 0;  // then nothing moved: the inputs are in CSR order
-      int64_t first_bad = nnz;
-      launch::csr_times_dense<T, I>(indptr.get(), nullptr, sorted ? others : others_sorted.get(),
-                                    sorted ? values : values_sorted.get(), B.reinterpret_data<T>(), 1, n_rows,
-                                    n_other, r, out->reinterpret_data<T>(), &first_bad, nullptr);
-      if (first_bad < nnz) {  // an entry in CSR order: name the input's first bad one
-        for (int64_t k = 0; k < nnz; ++k)
-          if (others[k] < 0 || static_cast<int64_t>(others[k]) >= n_other)
-            return index_error<I>(function, k, {{other_name, others, n_other}});
+      const int64_t* offsets = workspace.upload<int64_t>({0, nnz});
+      int64_t* indptr = workspace.allocate<int64_t>(n_rows + 1);
+      I* others_sorted = workspace.allocate<I>(nnz);
+      T* values_sorted = workspace.allocate<T>(nnz);
+      int64_t* status = workspace.upload<int64_t>({nnz, 0});
+      check(launch::coo_to_csr<T, I>(keys, others, values, offsets, 1, n_rows, nnz, indptr, nullptr, others_sorted,
+                                     values_sorted, status, workspace.stream()),
+            "coo_to_csr");
+      const int64_t bad_key = workspace.read(status);
+      if (bad_key < nnz) return index_error<I>(workspace, function, bad_key, {key_indices});
+      const bool sorted = workspace.read(status, 1) != 0;  // then nothing moved: the inputs are in CSR order
+      int64_t* first_bad = workspace.upload<int64_t>({nnz});
+      check(launch::csr_times_dense<T, I>(indptr, nullptr, sorted ? others : others_sorted,
+                                          sorted ? values : values_sorted, B.reinterpret_data<T>(), 1, n_rows,
+                                          n_other, r, out->reinterpret_data<T>(), first_bad, workspace.stream()),
+            "csr_times_dense");
+      if (workspace.read(first_bad) < nnz) {  // an entry in CSR order: name the input's first bad one
+        const int64_t k = workspace.first_out_of_range(others, nnz, n_other);
+        return index_error<I>(workspace, function, k < 0 ? 0 : k, {{other_name, others, n_other}});
       }
       return ffi::Error::Success();
     });
   });
 }
 
+#ifdef LRH_BACKEND_CUDA
+// XLA's stream for the CUDA launchers (a cudaStream_t, passed on as void*).
+ffi::Error sampled_product_on_device(void* stream, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
+                                     ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
+  return sampled_product(stream, U, V, rows, cols, out, row_order);
+}
+
+ffi::Error sparse_times_dense_on_device(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
+                                        ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
+  return sparse_times_dense(stream, rows, cols, vals, B, out, transpose);
+}
+#define LRH_FFI_STREAM .Ctx<ffi::PlatformStream<void*>>()
+#define LRH_FFI_SAMPLED sampled_product_on_device
+#define LRH_FFI_SPMM sparse_times_dense_on_device
+#else
+ffi::Error sampled_product_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+                                   ffi::Result<ffi::AnyBuffer> out, bool row_order) {
+  return sampled_product(nullptr, U, V, rows, cols, out, row_order);
+}
+
+ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals, ffi::AnyBuffer B,
+                                      ffi::Result<ffi::AnyBuffer> out, bool transpose) {
+  return sparse_times_dense(nullptr, rows, cols, vals, B, out, transpose);
+}
+#define LRH_FFI_STREAM
+#define LRH_FFI_SAMPLED sampled_product_on_host
+#define LRH_FFI_SPMM sparse_times_dense_on_host
+#endif
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER(sampled_product_handler, sampled_product,
-                       ffi::Ffi::Bind()
+XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED,
+                       ffi::Ffi::Bind() LRH_FFI_STREAM
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
@@ -173,8 +327,8 @@ XLA_FFI_DEFINE_HANDLER(sampled_product_handler, sampled_product,
                            .Ret<ffi::AnyBuffer>()
                            .Attr<bool>("row_order"));
 
-XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, sparse_times_dense,
-                       ffi::Ffi::Bind()
+XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM,
+                       ffi::Ffi::Bind() LRH_FFI_STREAM
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
@@ -188,7 +342,8 @@ void bind_jax_ffi(py::module_& m) {
     handlers["sampled_product"] = py::capsule(reinterpret_cast<void*>(sampled_product_handler));
     handlers["sparse_times_dense"] = py::capsule(reinterpret_cast<void*>(sparse_times_dense_handler));
     return handlers;
-  }, "XLA FFI handlers (PyCapsules) of this module's kernels for jax.ffi.register_ffi_target(platform='cpu')");
+  }, "XLA FFI handlers (PyCapsules) of this module's sparse products, for jax.ffi.register_ffi_target on this "
+     "module's platform");
 }
 
 }  // namespace lowrank_hpc::bindings

@@ -1,12 +1,15 @@
 """lowrank_hpc's kernels as differentiable JAX functions.
 
 Importing this package imports jax (an optional extra: ``pip install lowrank_hpc[jax]``); the
-rest of lowrank_hpc never does. The sparse products run the core's CPU kernels as XLA FFI
-handlers where XLA runs on the CPU and this build has them (``lowrank_hpc.info()["jax_ffi"]``:
-built when the building Python had jaxlib, see README), called by XLA on its own buffers; otherwise,
-and for top-k, through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels
-as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6 entries). Both
-work under ``jit`` and ``vmap`` and give the same values. The dense products are XLA's alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
+rest of lowrank_hpc never does. The sparse products run the core's kernels as XLA FFI handlers,
+called by XLA on its own buffers, where this build has them (``lowrank_hpc.info()["jax_ffi"]``:
+built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the CPU,
+the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (one wait for
+the stream a call, to read the kernels' out-of-range word). Otherwise, and for top-k, they go
+through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy
+arrays, the results come back the same way; about 2 ms more a call at 1e6 entries on the CPU).
+Both work under ``jit`` and ``vmap`` and give the same values. The dense products are XLA's
+alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
 result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
 ``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
 (second derivatives too).
@@ -20,9 +23,9 @@ range) returns inf there (``jax_debug_infs`` finds them; ``lowrank_hpc.ops.kerne
 raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the callback's
 FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
-Not done: FFI handlers for a GPU and for top-k (a CUDA array goes through the host callback; the
-dense products are XLA's on any device), and
-forward-mode derivatives (``custom_vjp`` defines reverse mode only).
+Not done: the CUDA handlers are compiled but have not run on a GPU yet (``tools/device_checks.sh``
+runs their test); top-k has no handler (a GPU array goes through the host callback; the dense
+products are XLA's on any device); and forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
 from __future__ import annotations
 
@@ -79,25 +82,30 @@ def _kernel_name(kernel: str) -> str:
     return name
 
 
-def _register_ffi_targets() -> bool:
-    """Register the CPU module's XLA FFI handlers (built where jaxlib's headers were found) once;
-    False where this build has none."""
-    handlers = getattr(_backend.cpu_module(), "jax_ffi_handlers", None)
-    if handlers is None:
-        return False
-    for name, capsule in handlers().items():
-        jax.ffi.register_ffi_target(f"lowrank_hpc_{name}", capsule, platform="cpu")
-    return True
+def _register_ffi_targets() -> tuple[str, ...]:
+    """Register the XLA FFI handlers (built where jaxlib's headers were found) of the CPU module
+    and, where its kernels run on this machine's device, the CUDA module, once; the JAX platforms
+    ("cpu", "cuda") that have them."""
+    platforms = []
+    for platform, module in (("cpu", _backend.cpu_module()), ("CUDA", _backend.cuda_kernels_run_here())):
+        handlers = getattr(module, "jax_ffi_handlers", None)
+        if handlers is None:
+            continue
+        for name, capsule in handlers().items():
+            jax.ffi.register_ffi_target(f"lowrank_hpc_{name}", capsule, platform=platform)
+        platforms.append(platform.lower())
+    return tuple(platforms)
 
 
-_FFI = _register_ffi_targets()
+_FFI_PLATFORMS = _register_ffi_targets()
+_FFI = bool(_FFI_PLATFORMS)  # False: every call through the host callback (the tests compare both paths)
 _FFI_INDICES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
-    """The CPU kernel `name` on arrays (the last two or the first two: rows, cols): by its FFI
-    handler where XLA runs on the CPU, this build has the handlers and the indices are int32/int64
-    (one dtype, widened to int64 if either is); otherwise by callback(*arrays)."""
+    """The kernel `name` on arrays (the last two or the first two: rows, cols): by its FFI
+    handler where XLA runs on a platform this build has handlers for and the indices are
+    int32/int64 (one dtype, widened to int64 if either is); otherwise by callback(*arrays)."""
     index_slots = (2, 3) if name == "sampled_product" else (0, 1)
     indices = [arrays[i] for i in index_slots]
     if not _FFI or any(np.dtype(x.dtype) not in _FFI_INDICES for x in indices):
@@ -107,7 +115,8 @@ def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
         for i in index_slots:
             arrays[i] = arrays[i].astype(jnp.int64)
     ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="sequential")
-    return jax.lax.platform_dependent(*arrays, cpu=lambda *a: ffi(*a, **attributes), default=callback)
+    branches = {platform: (lambda *a: ffi(*a, **attributes)) for platform in _FFI_PLATFORMS}
+    return jax.lax.platform_dependent(*arrays, default=callback, **branches)
 
 
 def _callback(function, result_shapes, *args):
