@@ -66,9 +66,17 @@ def _check_indices(function: str, rows, cols) -> None:
         raise ValueError(f"{function}: rows has length {rows.shape[0]} but cols has {cols.shape[0]}")
 
 
+def _check_nonempty(function: str, name: str, x) -> None:
+    """lowrank_hpc.ops' check, made here so both paths (FFI handler, host callback) refuse alike."""
+    if x.size == 0:
+        raise ValueError(f"{function}: {name} is empty (shape {tuple(x.shape)})")
+
+
 def _check_pair(function: str, U, V, ndims=(2,)) -> None:
     _check_float(function, "U", U, ndims)
     _check_float(function, "V", V, ndims, like=("U", U))
+    _check_nonempty(function, "U", U)
+    _check_nonempty(function, "V", V)
     if U.ndim != V.ndim or U.shape[:-2] != V.shape[:-2] or U.shape[-1] != V.shape[-1]:
         raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}; expected "
                          "(..., m, r) and (..., n, r) with the same batch and rank r")
@@ -86,6 +94,8 @@ def _register_ffi_targets() -> tuple[str, ...]:
     """Register the XLA FFI handlers (built where jaxlib's headers were found) of the CPU module
     and, where its kernels run on this machine's device, the CUDA module, once; the JAX platforms
     ("cpu", "cuda") that have them."""
+    if not hasattr(getattr(jax, "ffi", None), "ffi_call"):  # jax < 0.5: jax.extend.ffi, another ffi_call
+        return ()
     platforms = []
     for platform, module in (("cpu", _backend.cpu_module()), ("CUDA", _backend.cuda_kernels_run_here())):
         handlers = getattr(module, "jax_ffi_handlers", None)
@@ -192,7 +202,12 @@ def sparse_times_dense(rows, cols, vals, B, n_rows: int, *, transpose: bool = Fa
     _check_indices("sparse_times_dense", rows, cols)
     if vals.shape[0] != rows.shape[0]:
         raise ValueError(f"sparse_times_dense: vals has length {vals.shape[0]} but rows has {rows.shape[0]}")
+    _check_nonempty("sparse_times_dense", "B", B)
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
+    result_bytes = n_rows * B.shape[1] * B.dtype.itemsize
+    if result_bytes >= 2**62:  # XLA aborts the process on a shape whose byte size overflows
+        raise ValueError(f"sparse_times_dense: n_rows = {n_rows} is too large: the ({n_rows}, {B.shape[1]}) "
+                         f"result would need {result_bytes:,} bytes")
     return _spmm(rows, cols, vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
