@@ -1,4 +1,5 @@
-// Stream-ordered device memory behind plain signatures (lowrank_hpc_cuda/stream_memory.hpp); no kernels.
+// Stream-ordered copies and device selection behind plain signatures
+// (lowrank_hpc_cuda/stream_memory.hpp); no kernels.
 #include <cuda_runtime.h>
 
 #include "lowrank_hpc_cuda/stream_memory.hpp"
@@ -9,12 +10,6 @@ namespace {
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 }  // namespace
 
-int allocate_async(void** data, size_t bytes, void* stream) {
-  return cudaMallocAsync(data, bytes > 0 ? bytes : 1, as_stream(stream));
-}
-
-int free_async(void* data, void* stream) { return data ? cudaFreeAsync(data, as_stream(stream)) : cudaSuccess; }
-
 int copy_async(void* destination, const void* source, size_t bytes, void* stream) {
   return cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDefault, as_stream(stream));
 }
@@ -22,5 +17,11 @@ int copy_async(void* destination, const void* source, size_t bytes, void* stream
 int zero_async(void* data, size_t bytes, void* stream) { return cudaMemsetAsync(data, 0, bytes, as_stream(stream)); }
 
 int synchronize(void* stream) { return cudaStreamSynchronize(as_stream(stream)); }
+
+int select_device(int device, int* previous) {
+  cudaError_t status = cudaGetDevice(previous);
+  if (status == cudaSuccess && *previous != device) status = cudaSetDevice(device);
+  return status;
+}
 
 }  // namespace lowrank_hpc::cuda

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,35 +40,60 @@ void check(int code, const char* what) {
   if (code != 0) throw LaunchFailed{code, what};
 }
 
+// Where XLA runs the handler: nothing more on the host; on a GPU its stream, its device and its
+// scratch allocator (device memory from XLA's own pool, which jax preallocates).
+#ifdef LRH_BACKEND_CUDA
+struct Placement {
+  void* stream;
+  int32_t device;
+  ffi::ScratchAllocator* scratch;
+};
+#else
+struct Placement {};
+#endif
+
 // The handler's scratch and status words where its kernels run: host memory for the CPU module;
-// device memory on XLA's stream for the CUDA module, freed in stream order, read back after a
-// wait for the stream.
+// XLA's scratch on its stream for the CUDA module (with the handler's device current), read back
+// after a wait for the stream.
 class Workspace {
  public:
-  explicit Workspace(void* stream) : stream_(stream) {}
+  explicit Workspace(const Placement& placement) : placement_(placement) {
+#ifdef LRH_BACKEND_CUDA
+    check(cuda::select_device(placement_.device, &previous_device_), "cudaSetDevice");
+#endif
+  }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
   ~Workspace() {
 #ifdef LRH_BACKEND_CUDA
-    for (void* block : blocks_) cuda::free_async(block, stream_);
+    // XLA frees the scratch when the handler returns: no queued kernel may still use it (an
+    // error path can return before the wait that reads the status words).
+    cuda::synchronize(placement_.stream);
+    int ignored;
+    cuda::select_device(previous_device_, &ignored);
 #endif
   }
 
-  void* stream() const { return stream_; }
+  void* stream() const {
+#ifdef LRH_BACKEND_CUDA
+    return placement_.stream;
+#else
+    return nullptr;
+#endif
+  }
 
   // count elements, uninitialised (every one is written before it is read).
   template <class T>
   T* allocate(int64_t count) {
     const size_t bytes = sizeof(T) * static_cast<size_t>(count > 0 ? count : 1);
 #ifdef LRH_BACKEND_CUDA
-    void* block = nullptr;
-    if (cuda::allocate_async(&block, bytes, stream_) != 0) throw std::bad_alloc();
-    blocks_.push_back(block);
+    const std::optional<void*> block = placement_.scratch->Allocate(bytes, 256);
+    if (!block.has_value() || *block == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(*block);
 #else
     host_.emplace_back(new unsigned char[bytes]);  // throws std::bad_alloc
-    void* block = host_.back().get();
+    return reinterpret_cast<T*>(host_.back().get());
 #endif
-    return static_cast<T*>(block);
   }
 
   // A copy of small host values where the kernels read them.
@@ -75,7 +101,7 @@ class Workspace {
   T* upload(std::initializer_list<T> values) {
     T* copy = allocate<T>(static_cast<int64_t>(values.size()));
 #ifdef LRH_BACKEND_CUDA
-    check(cuda::copy_async(copy, values.begin(), sizeof(T) * values.size(), stream_), "copy to the device");
+    check(cuda::copy_async(copy, values.begin(), sizeof(T) * values.size(), stream()), "copy to the device");
 #else
     std::memcpy(copy, values.begin(), sizeof(T) * values.size());
 #endif
@@ -87,8 +113,8 @@ class Workspace {
   T read(const T* x, int64_t k = 0) {
 #ifdef LRH_BACKEND_CUDA
     T value;
-    check(cuda::copy_async(&value, x + k, sizeof(T), stream_), "copy to the host");
-    check(cuda::synchronize(stream_), "stream synchronize");
+    check(cuda::copy_async(&value, x + k, sizeof(T), stream()), "copy to the host");
+    check(cuda::synchronize(stream()), "stream synchronize");
     return value;
 #else
     return x[k];
@@ -101,8 +127,8 @@ class Workspace {
     const I* host = x;
 #ifdef LRH_BACKEND_CUDA
     std::vector<I> copy(static_cast<size_t>(count));
-    check(cuda::copy_async(copy.data(), x, sizeof(I) * copy.size(), stream_), "copy to the host");
-    check(cuda::synchronize(stream_), "stream synchronize");
+    check(cuda::copy_async(copy.data(), x, sizeof(I) * copy.size(), stream()), "copy to the host");
+    check(cuda::synchronize(stream()), "stream synchronize");
     host = copy.data();
 #endif
     for (int64_t k = 0; k < count; ++k)
@@ -112,16 +138,16 @@ class Workspace {
 
   void zero(void* x, size_t bytes) {
 #ifdef LRH_BACKEND_CUDA
-    check(cuda::zero_async(x, bytes, stream_), "memset");
+    check(cuda::zero_async(x, bytes, stream()), "memset");
 #else
     std::memset(x, 0, bytes);
 #endif
   }
 
  private:
-  void* stream_;
+  Placement placement_;
 #ifdef LRH_BACKEND_CUDA
-  std::vector<void*> blocks_;
+  int previous_device_ = 0;
 #else
   std::vector<std::unique_ptr<unsigned char[]>> host_;
 #endif
@@ -173,9 +199,9 @@ ffi::Error dispatch_types(const char* function, ffi::DataType values, ffi::DataT
 
 // body(workspace) with every exception turned into XLA's error: none may cross its C interface.
 template <class Body>
-ffi::Error guarded(const char* function, void* stream, Body&& body) {
+ffi::Error guarded(const char* function, const Placement& placement, Body&& body) {
   try {
-    Workspace workspace(stream);
+    Workspace workspace(placement);
     return body(workspace);
   } catch (const std::bad_alloc&) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(function) + ": out of memory for its scratch");
@@ -194,13 +220,13 @@ ffi::Error guarded(const char* function, void* stream, Body&& body) {
 // out (nnz,) = <U[rows[k]], V[cols[k]]> for U (m, r), V (n, r). row_order (float32/float64 on the
 // CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read each U
 // row once per row, as ops.sampled_product does; the GPU always runs the coordinate kernel.
-ffi::Error sampled_product(void* stream, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
+ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
                            ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
   constexpr const char* function = "sampled_product";
   const int64_t m = U.dimensions()[0], r = U.dimensions()[1], n = V.dimensions()[0];
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
   if (nnz == 0) return ffi::Error::Success();
-  return guarded(function, stream, [&](Workspace& workspace) {
+  return guarded(function, placement, [&](Workspace& workspace) {
     return dispatch_types(function, U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
@@ -244,12 +270,12 @@ ffi::Error sampled_product(void* stream, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi
 // out (n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (k, r), or S^T @ B with
 // transpose: one sort into CSR order moving indices and values, then one streaming pass, as
 // ops.sparse_times_dense does (repeats add up, each row summed in input order).
-ffi::Error sparse_times_dense(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
+ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
                               ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
   constexpr const char* function = "sparse_times_dense";
   const int64_t n_rows = out->dimensions()[0], n_other = B.dimensions()[0], r = B.dimensions()[1];
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
-  return guarded(function, stream, [&](Workspace& workspace) {
+  return guarded(function, placement, [&](Workspace& workspace) {
     if (nnz == 0) {
       workspace.zero(out->untyped_data(), out->size_bytes());
       return ffi::Error::Success();
@@ -272,7 +298,11 @@ ffi::Error sparse_times_dense(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer 
             "coo_to_csr");
       const int64_t bad_key = workspace.read(status);
       if (bad_key < nnz) return index_error<I>(workspace, function, bad_key, {key_indices});
-      const bool sorted = workspace.read(status, 1) != 0;  // then nothing moved: the inputs are in CSR order
+#ifdef LRH_BACKEND_CUDA
+      const bool sorted = false;  // the device's sort always moves the entries (status[1] stays 0)
+#else
+      const bool sorted = status[1] != 0;  // then nothing moved: the inputs are in CSR order
+#endif
       int64_t* first_bad = workspace.upload<int64_t>({nnz});
       check(launch::csr_times_dense<T, I>(indptr, nullptr, sorted ? others : others_sorted,
                                           sorted ? values : values_sorted, B.reinterpret_data<T>(), 1, n_rows,
@@ -288,30 +318,32 @@ ffi::Error sparse_times_dense(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer 
 }
 
 #ifdef LRH_BACKEND_CUDA
-// XLA's stream for the CUDA launchers (a cudaStream_t, passed on as void*).
-ffi::Error sampled_product_on_device(void* stream, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
-                                     ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
-  return sampled_product(stream, U, V, rows, cols, out, row_order);
+// XLA's stream (a cudaStream_t, passed on as void*), device and scratch for the CUDA launchers.
+ffi::Error sampled_product_on_device(void* stream, int32_t device, ffi::ScratchAllocator scratch, ffi::AnyBuffer U,
+                                     ffi::AnyBuffer V, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+                                     ffi::Result<ffi::AnyBuffer> out, bool row_order) {
+  return sampled_product(Placement{stream, device, &scratch}, U, V, rows, cols, out, row_order);
 }
 
-ffi::Error sparse_times_dense_on_device(void* stream, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
+ffi::Error sparse_times_dense_on_device(void* stream, int32_t device, ffi::ScratchAllocator scratch,
+                                        ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
                                         ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
-  return sparse_times_dense(stream, rows, cols, vals, B, out, transpose);
+  return sparse_times_dense(Placement{stream, device, &scratch}, rows, cols, vals, B, out, transpose);
 }
-#define LRH_FFI_STREAM .Ctx<ffi::PlatformStream<void*>>()
+#define LRH_FFI_PLACEMENT .Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::DeviceOrdinal>().Ctx<ffi::ScratchAllocator>()
 #define LRH_FFI_SAMPLED sampled_product_on_device
 #define LRH_FFI_SPMM sparse_times_dense_on_device
 #else
 ffi::Error sampled_product_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
                                    ffi::Result<ffi::AnyBuffer> out, bool row_order) {
-  return sampled_product(nullptr, U, V, rows, cols, out, row_order);
+  return sampled_product(Placement{}, U, V, rows, cols, out, row_order);
 }
 
 ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals, ffi::AnyBuffer B,
                                       ffi::Result<ffi::AnyBuffer> out, bool transpose) {
-  return sparse_times_dense(nullptr, rows, cols, vals, B, out, transpose);
+  return sparse_times_dense(Placement{}, rows, cols, vals, B, out, transpose);
 }
-#define LRH_FFI_STREAM
+#define LRH_FFI_PLACEMENT
 #define LRH_FFI_SAMPLED sampled_product_on_host
 #define LRH_FFI_SPMM sparse_times_dense_on_host
 #endif
@@ -319,7 +351,7 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED,
-                       ffi::Ffi::Bind() LRH_FFI_STREAM
+                       ffi::Ffi::Bind() LRH_FFI_PLACEMENT
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
@@ -328,7 +360,7 @@ XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED,
                            .Attr<bool>("row_order"));
 
 XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM,
-                       ffi::Ffi::Bind() LRH_FFI_STREAM
+                       ffi::Ffi::Bind() LRH_FFI_PLACEMENT
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
