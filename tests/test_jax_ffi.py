@@ -224,3 +224,45 @@ def test_gpu_handlers_match_the_cpu_handlers(dtype):
     bad = jax.device_put(np.where(np.arange(nnz) == 7, m, np.asarray(rows)).astype(np.int32), device)
     with pytest.raises(jax.errors.JaxRuntimeError, match=rf"sampled_product: rows\[7\] = {m} is out of range"):
         jax.block_until_ready(jax.jit(lj.sampled_product)(on_gpu[0], on_gpu[1], bad, on_gpu[4]))
+
+
+@needs_ffi
+@pytest.mark.parametrize("r, dtype", [(5, jnp.float64), (130, jnp.float32), (8, jnp.bfloat16)])  # 130: the row order
+def test_vmap_is_one_batched_call(monkeypatch, r, dtype):
+    """vmap over factors and patterns (two nested levels) runs the handler once on the stacked
+    problems (the kernels' batch with offsets), with each element's values bit for bit those of
+    the callback path, which runs the elements one by one."""
+    rng = np.random.default_rng(r)
+    outer, inner, m, n, nnz = 2, 3, 9, 7, 40
+    U = jnp.asarray(rng.standard_normal((outer, inner, m, r)), dtype)
+    V = jnp.asarray(rng.standard_normal((outer, inner, n, r)), dtype)
+    patterns = [entries(m, n, nnz, seed, "shuffled") for seed in range(outer * inner)]
+    rows = jnp.asarray(np.stack([p[0] for p in patterns]).reshape(outer, inner, nnz), jnp.int32)
+    cols = jnp.asarray(np.stack([p[1] for p in patterns]).reshape(outer, inner, nnz), jnp.int32)
+    vals = jnp.asarray(rng.standard_normal((outer, inner, nnz)), dtype)
+    batched_sddmm = jax.vmap(jax.vmap(lj.sampled_product))
+    text = jax.jit(batched_sddmm).lower(U, V, rows, cols).as_text()
+    assert text.count("lowrank_hpc_sampled_product") == 1 and "while" not in text
+    by_ffi, by_callback = both_paths(monkeypatch, batched_sddmm, U, V, rows, cols)
+    np.testing.assert_array_equal(np.asarray(by_ffi, np.float64), np.asarray(by_callback, np.float64))
+    for transpose, dense, size in ((False, V, m), (True, U, n)):
+        batched_spmm = jax.vmap(jax.vmap(lambda r_, c_, v, B, t=transpose, s=size:
+                                         lj.sparse_times_dense(r_, c_, v, B, s, transpose=t)))
+        by_ffi, by_callback = both_paths(monkeypatch, batched_spmm, rows, cols, vals, dense)
+        assert by_ffi.shape == (outer, inner, size, r)
+        np.testing.assert_array_equal(np.asarray(by_ffi, np.float64), np.asarray(by_callback, np.float64))
+
+
+@needs_ffi
+def test_vmap_shared_pattern_and_its_errors():
+    """A pattern shared by the vmapped elements (broadcast to each), and a bad index in one element
+    named with its position in that element."""
+    rng = np.random.default_rng(2)
+    U, V = jnp.asarray(rng.standard_normal((4, 6, 3))), jnp.asarray(rng.standard_normal((4, 5, 3)))
+    rows, cols = (jnp.asarray(x, jnp.int32) for x in entries(6, 5, 12, 2, "shuffled"))
+    shared = jax.jit(jax.vmap(lambda U, V: lj.sampled_product(U, V, rows, cols)))(U, V)
+    np.testing.assert_allclose(shared, (U[:, rows] * V[:, cols]).sum(-1), rtol=1e-13)
+    stacked = jnp.stack([rows] * 4).at[2, 9].set(6)
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"sampled_product: rows\[9\] \(vmapped element 2\) = 6 is out of range \[0, 6\)"):
+        jax.block_until_ready(jax.jit(jax.vmap(lj.sampled_product))(U, V, stacked, jnp.stack([cols] * 4)))

@@ -96,16 +96,20 @@ class Workspace {
 #endif
   }
 
-  // A copy of small host values where the kernels read them.
+  // A copy of host values where the kernels read them.
   template <class T>
-  T* upload(std::initializer_list<T> values) {
-    T* copy = allocate<T>(static_cast<int64_t>(values.size()));
+  T* upload(const T* values, size_t count) {
+    T* copy = allocate<T>(static_cast<int64_t>(count));
 #ifdef LRH_BACKEND_CUDA
-    check(cuda::copy_async(copy, values.begin(), sizeof(T) * values.size(), stream()), "copy to the device");
+    check(cuda::copy_async(copy, values, sizeof(T) * count, stream()), "copy to the device");
 #else
-    std::memcpy(copy, values.begin(), sizeof(T) * values.size());
+    std::memcpy(copy, values, sizeof(T) * count);
 #endif
     return copy;
+  }
+  template <class T>
+  T* upload(std::initializer_list<T> values) {
+    return upload(values.begin(), values.size());
   }
 
   // x[k], once the work queued so far is done.
@@ -161,19 +165,51 @@ struct Indices {
   int64_t bound;
 };
 
+// The problems of one call: a vmapped call (vmap_method "broadcast_all") stacks `batch` problems
+// of `per_problem` entries each, which the kernels take as one batch with offsets.
+struct Problems {
+  int64_t batch;
+  int64_t per_problem;
+
+  // Entry k (of all problems) as the caller knows it: "[j]", with the vmapped element when batched.
+  std::string position(int64_t k) const {
+    if (batch <= 1) return "[" + std::to_string(k) + "]";
+    return "[" + std::to_string(k % per_problem) + "] (vmapped element " + std::to_string(k / per_problem) + ")";
+  }
+
+  std::vector<int64_t> offsets() const {
+    std::vector<int64_t> bounds(static_cast<size_t>(batch) + 1);
+    for (int64_t b = 0; b <= batch; ++b) bounds[static_cast<size_t>(b)] = b * per_problem;
+    return bounds;
+  }
+};
+
+// The product of a buffer's leading dimensions: all but its last `inner` ones.
+int64_t leading(const ffi::AnyBuffer& buffer, size_t inner) {
+  const auto dims = buffer.dimensions();
+  int64_t product = 1;
+  for (size_t d = 0; d + inner < dims.size(); ++d) product *= dims[d];
+  return product;
+}
+
+int64_t dimension_from_end(const ffi::AnyBuffer& buffer, size_t from_end) {
+  const auto dims = buffer.dimensions();
+  return dims[dims.size() - from_end];
+}
+
 // Entry k's first out-of-range index among `checked`, in the words of lowrank_hpc.ops' IndexError
 // ("f: rows[k] = v is out of range [0, m)").
 template <class I>
-ffi::Error index_error(Workspace& workspace, const char* function, int64_t k,
+ffi::Error index_error(Workspace& workspace, const char* function, const Problems& problems, int64_t k,
                        std::initializer_list<Indices<I>> checked) {
   for (const Indices<I>& indices : checked) {
     const int64_t value = static_cast<int64_t>(workspace.read(indices.values, k));
     if (value < 0 || value >= indices.bound)
-      return ffi::Error::InvalidArgument(std::string(function) + ": " + indices.name + "[" + std::to_string(k) +
-                                         "] = " + std::to_string(value) + " is out of range [0, " +
+      return ffi::Error::InvalidArgument(std::string(function) + ": " + indices.name + problems.position(k) +
+                                         " = " + std::to_string(value) + " is out of range [0, " +
                                          std::to_string(indices.bound) + ")");
   }
-  return ffi::Error::InvalidArgument(std::string(function) + ": entry " + std::to_string(k) +
+  return ffi::Error::InvalidArgument(std::string(function) + ": entry " + problems.position(k) +
                                      " has an out-of-range index");
 }
 
@@ -217,15 +253,18 @@ ffi::Error guarded(const char* function, const Placement& placement, Body&& body
   }
 }
 
-// out (nnz,) = <U[rows[k]], V[cols[k]]> for U (m, r), V (n, r). row_order (float32/float64 on the
-// CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read each U
-// row once per row, as ops.sampled_product does; the GPU always runs the coordinate kernel.
+// out (..., nnz) = <U[rows[k]], V[cols[k]]> for U (..., m, r), V (..., n, r), rows and cols
+// (..., nnz): leading dimensions (vmap's) are a batch of problems in one call. row_order
+// (float32/float64 on the CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row
+// first and read each U row once per row, as ops.sampled_product does; the GPU always runs the
+// coordinate kernel.
 ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
                            ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
   constexpr const char* function = "sampled_product";
-  const int64_t m = U.dimensions()[0], r = U.dimensions()[1], n = V.dimensions()[0];
+  const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
   if (nnz == 0) return ffi::Error::Success();
+  const Problems problems{leading(U, 2), dimension_from_end(rows, 1)};
   return guarded(function, placement, [&](Workspace& workspace) {
     return dispatch_types(function, U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
@@ -233,48 +272,55 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
       const I* row_index = rows.reinterpret_data<I>();
       const I* col_index = cols.reinterpret_data<I>();
       T* result = out->reinterpret_data<T>();
-      const int64_t* offsets = workspace.upload<int64_t>({0, nnz});
+      const std::vector<int64_t> bounds = problems.offsets();
+      const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
+      const int64_t batch = problems.batch;
 #ifdef LRH_BACKEND_CUDA
       (void)row_order;  // the CPU's choice: a thread group per entry gains nothing from the row order
 #else
       if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
         if (row_order) {
-          int64_t* indptr = workspace.allocate<int64_t>(m + 1);
+          int64_t* indptr = workspace.allocate<int64_t>(batch * m + 1);
           int64_t* perm = workspace.allocate<int64_t>(nnz);
           I* others = workspace.allocate<I>(nnz);
           int64_t status[2] = {nnz, 0};
-          launch::coo_to_csr<T, I>(row_index, col_index, nullptr, offsets, 1, m, nnz, indptr, perm, others, nullptr,
-                                   status, nullptr);
-          if (status[0] < nnz) return index_error<I>(workspace, function, status[0], {{"rows", row_index, m}});
+          launch::coo_to_csr<T, I>(row_index, col_index, nullptr, offsets, batch, m, nnz, indptr, perm, others,
+                                   nullptr, status, nullptr);
+          if (status[0] < nnz)
+            return index_error<I>(workspace, function, problems, status[0], {{"rows", row_index, m}});
           const bool sorted = status[1] != 0;  // then perm and others were not written
           const int64_t bad = cpu::csr_sampled_product<T, I>(indptr, sorted ? nullptr : perm,
                                                              sorted ? col_index : others, U.reinterpret_data<T>(),
-                                                             V.reinterpret_data<T>(), nullptr, 1, m, n, r, nnz,
+                                                             V.reinterpret_data<T>(), nullptr, batch, m, n, r, nnz,
                                                              result, nullptr);
-          if (bad >= 0) return index_error<I>(workspace, function, bad, {{"cols", col_index, n}});
+          if (bad >= 0) return index_error<I>(workspace, function, problems, bad, {{"cols", col_index, n}});
           return ffi::Error::Success();
         }
       }
 #endif
       int64_t* first_bad = workspace.upload<int64_t>({nnz});
       check(launch::sampled_product<T, I>(U.reinterpret_data<T>(), V.reinterpret_data<T>(), row_index, col_index,
-                                          offsets, 1, m, n, r, nnz, result, first_bad, workspace.stream()),
+                                          offsets, batch, m, n, r, nnz, result, first_bad, workspace.stream()),
             "sampled_product");
       const int64_t bad = workspace.read(first_bad);
-      if (bad < nnz) return index_error<I>(workspace, function, bad, {{"rows", row_index, m}, {"cols", col_index, n}});
+      if (bad < nnz)
+        return index_error<I>(workspace, function, problems, bad, {{"rows", row_index, m}, {"cols", col_index, n}});
       return ffi::Error::Success();
     });
   });
 }
 
-// out (n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (k, r), or S^T @ B with
-// transpose: one sort into CSR order moving indices and values, then one streaming pass, as
-// ops.sparse_times_dense does (repeats add up, each row summed in input order).
+// out (..., n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (..., k, r), or
+// S^T @ B with transpose; rows, cols, vals (..., nnz), leading dimensions (vmap's) a batch of
+// problems in one call: one sort into CSR order moving indices and values, then one streaming
+// pass, as ops.sparse_times_dense does (repeats add up, each row summed in input order).
 ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
                               ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
   constexpr const char* function = "sparse_times_dense";
-  const int64_t n_rows = out->dimensions()[0], n_other = B.dimensions()[0], r = B.dimensions()[1];
+  const int64_t n_rows = dimension_from_end(*out, 2), n_other = dimension_from_end(B, 2);
+  const int64_t r = dimension_from_end(B, 1);
   const int64_t nnz = static_cast<int64_t>(rows.element_count());
+  const Problems problems{leading(B, 2), dimension_from_end(rows, 1)};
   return guarded(function, placement, [&](Workspace& workspace) {
     if (nnz == 0) {
       workspace.zero(out->untyped_data(), out->size_bytes());
@@ -288,16 +334,18 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
       const Indices<I> key_indices{transpose ? "cols" : "rows", keys, n_rows};
       const char* other_name = transpose ? "rows" : "cols";
       const T* values = vals.reinterpret_data<T>();
-      const int64_t* offsets = workspace.upload<int64_t>({0, nnz});
-      int64_t* indptr = workspace.allocate<int64_t>(n_rows + 1);
+      const int64_t batch = problems.batch;
+      const std::vector<int64_t> bounds = problems.offsets();
+      const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
+      int64_t* indptr = workspace.allocate<int64_t>(batch * n_rows + 1);
       I* others_sorted = workspace.allocate<I>(nnz);
       T* values_sorted = workspace.allocate<T>(nnz);
       int64_t* status = workspace.upload<int64_t>({nnz, 0});
-      check(launch::coo_to_csr<T, I>(keys, others, values, offsets, 1, n_rows, nnz, indptr, nullptr, others_sorted,
-                                     values_sorted, status, workspace.stream()),
+      check(launch::coo_to_csr<T, I>(keys, others, values, offsets, batch, n_rows, nnz, indptr, nullptr,
+                                     others_sorted, values_sorted, status, workspace.stream()),
             "coo_to_csr");
       const int64_t bad_key = workspace.read(status);
-      if (bad_key < nnz) return index_error<I>(workspace, function, bad_key, {key_indices});
+      if (bad_key < nnz) return index_error<I>(workspace, function, problems, bad_key, {key_indices});
 #ifdef LRH_BACKEND_CUDA
       const bool sorted = false;  // the device's sort always moves the entries (status[1] stays 0)
 #else
@@ -305,12 +353,12 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
 #endif
       int64_t* first_bad = workspace.upload<int64_t>({nnz});
       check(launch::csr_times_dense<T, I>(indptr, nullptr, sorted ? others : others_sorted,
-                                          sorted ? values : values_sorted, B.reinterpret_data<T>(), 1, n_rows,
+                                          sorted ? values : values_sorted, B.reinterpret_data<T>(), batch, n_rows,
                                           n_other, r, out->reinterpret_data<T>(), first_bad, workspace.stream()),
             "csr_times_dense");
       if (workspace.read(first_bad) < nnz) {  // an entry in CSR order: name the input's first bad one
         const int64_t k = workspace.first_out_of_range(others, nnz, n_other);
-        return index_error<I>(workspace, function, k < 0 ? 0 : k, {{other_name, others, n_other}});
+        return index_error<I>(workspace, function, problems, k < 0 ? 0 : k, {{other_name, others, n_other}});
       }
       return ffi::Error::Success();
     });

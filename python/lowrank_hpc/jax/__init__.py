@@ -8,7 +8,8 @@ the CUDA module's on XLA's stream where it runs on a GPU the module has kernels 
 the stream a call, to read the kernels' out-of-range word). Otherwise, and for top-k, they go
 through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy
 arrays, the results come back the same way; about 2 ms more a call at 1e6 entries on the CPU).
-Both work under ``jit`` and ``vmap`` and give the same values. The dense products are XLA's
+Both work under ``jit`` and ``vmap`` and give the same values; under ``vmap`` a handler takes the
+stacked problems in one call (the kernels' batch), the callback one element at a time. The dense products are XLA's
 alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
 result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
 ``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
@@ -124,7 +125,8 @@ def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
         arrays = list(arrays)
         for i in index_slots:
             arrays[i] = arrays[i].astype(jnp.int64)
-    ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="sequential")
+    # vmap: the handlers take leading batch dimensions as a batch of problems in one call.
+    ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="broadcast_all")
     branches = {platform: (lambda *a: ffi(*a, **attributes)) for platform in _FFI_PLATFORMS}
     return jax.lax.platform_dependent(*arrays, default=callback, **branches)
 
