@@ -113,3 +113,13 @@ def run_until_checkpoint_then_kill(script: Path, args: list[str], checkpoint: Pa
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.fixture
+def jax_x64():
+    """float64 JAX arrays for the test (the JAX tests' references are in float64); restored after."""
+    jax = pytest.importorskip("jax")
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

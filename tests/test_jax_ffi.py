@@ -19,12 +19,7 @@ needs_ffi = pytest.mark.skipif(not lj._FFI, reason="this build has no JAX FFI ha
 HALVES = (jnp.float16, jnp.bfloat16)
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 def both_paths(monkeypatch, function, *args):

@@ -16,12 +16,7 @@ JNP_KERNELS = {"identity": lambda x: x, "relu": jax.nn.relu, "exponential": jnp.
                "piecewise_linear": lambda x: jnp.clip(x, -1, 1)}
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 def problem(seed=0, m=7, n=6, r=3, nnz=12):

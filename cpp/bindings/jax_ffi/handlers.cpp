@@ -398,23 +398,13 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED,
-                       ffi::Ffi::Bind() LRH_FFI_PLACEMENT
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Attr<bool>("row_order"));
+// Both products bind four arrays, one result and one flag (after the GPU's placement contexts).
+#define LRH_FFI_BINDING(flag)                                                                        \
+  ffi::Ffi::Bind() LRH_FFI_PLACEMENT.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() \
+      .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<bool>(flag)
 
-XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM,
-                       ffi::Ffi::Bind() LRH_FFI_PLACEMENT
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Attr<bool>("transpose"));
+XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED, LRH_FFI_BINDING("row_order"));
+XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM, LRH_FFI_BINDING("transpose"));
 
 void bind_jax_ffi(py::module_& m) {
   m.def("jax_ffi_handlers", [] {
