@@ -287,3 +287,19 @@ def test_sizes_and_flags_are_checked_not_truncated():
         lt.sparse_times_dense(rows, cols, vals, V, 0)
     with pytest.raises(TypeError, match="sparse_times_dense: transpose must be True or False"):
         lt.sparse_times_dense(rows, cols, vals, V, 7, transpose="yes")
+
+
+@pytest.mark.xfail(raises=RuntimeError, strict=True,
+                   reason="torch's register_autograd does not support torch.func transforms (pytorch issue 168393); "
+                          "README says so: when this passes, torch has fixed it and the README must change")
+def test_torch_func_grad_matches_autograd():
+    U, V, rows, cols = problem()[:4]
+
+    def loss(U, V):
+        return lt.sampled_product(U, V, rows, cols).square().sum()
+
+    by_func = torch.func.grad(loss, argnums=(0, 1))(U, V)
+    U1, V1 = U.clone().requires_grad_(True), V.clone().requires_grad_(True)
+    by_autograd = torch.autograd.grad(loss(U1, V1), (U1, V1))
+    for a, b in zip(by_func, by_autograd):
+        torch.testing.assert_close(a, b)

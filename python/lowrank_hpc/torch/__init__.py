@@ -6,6 +6,8 @@ the rest of lowrank_hpc never does. The kernels are registered as torch custom o
 traces them, and autograd formulas made of the same operators. float32/float64 tensors (and
 float16/bfloat16: summed in float32, each output rounded once to their dtype) on the
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
+Gradients through ``torch.autograd``; ``torch.func.grad``/``jacrev`` fail over these operators
+(torch's ``register_autograd`` does not support the functorch transforms: pytorch issue 168393).
 """
 from __future__ import annotations
 
