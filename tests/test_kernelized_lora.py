@@ -185,3 +185,20 @@ def test_an_empty_batch_gives_the_base_output_and_zero_gradients(shape):
     grad_A, grad_B, grad_x = torch.autograd.grad(y.sum(), (adapter.A, adapter.B, x))
     assert torch.equal(grad_A, torch.zeros_like(adapter.A)) and torch.equal(grad_B, torch.zeros_like(adapter.B))
     assert grad_x.shape == shape
+
+
+@pytest.mark.parametrize("mode", ["global", "row"])
+def test_torch_func_grad_through_the_adapter(mode):
+    """torch.func.grad over torch.func.functional_call of the adapter (how functorch-style trainers
+    take gradients) equals loss.backward()'s for A and B."""
+    adapter, x = make(kernel="tanh", mode=mode)
+    params = {name: p.detach() for name, p in adapter.named_parameters() if p.requires_grad}
+
+    def loss(params):
+        return torch.func.functional_call(adapter, params, (x,)).square().sum()
+
+    by_func = torch.func.grad(loss)(params)
+    adapter(x).square().sum().backward()
+    assert set(by_func) == {"A", "B"}
+    torch.testing.assert_close(by_func["A"], adapter.A.grad)
+    torch.testing.assert_close(by_func["B"], adapter.B.grad)

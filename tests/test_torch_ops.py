@@ -289,17 +289,60 @@ def test_sizes_and_flags_are_checked_not_truncated():
         lt.sparse_times_dense(rows, cols, vals, V, 7, transpose="yes")
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="torch's register_autograd does not support torch.func transforms (pytorch issue 168393); "
-                          "README says so: when this passes, torch has fixed it and the README must change")
-def test_torch_func_grad_matches_autograd():
-    U, V, rows, cols = problem()[:4]
+def _func_cases():
+    U, V, rows, cols, vals = problem()
+    m, n = U.shape[0], V.shape[0]
+    return {
+        "sampled_product": (lambda U, V, v: lt.sampled_product(U, V, rows, cols).square().sum(), (0, 1)),
+        "sparse_times_dense": (lambda U, V, v: lt.sparse_times_dense(rows, cols, v, V, m).square().sum(), (1, 2)),
+        "sparse_times_dense_T": (lambda U, V, v: lt.sparse_times_dense(rows, cols, v, U, n, transpose=True).sin().sum(),
+                                 (0, 2)),
+        "lowrank_product": (lambda U, V, v: lt.lowrank_product(U, V).square().sum(), (0, 1)),
+        "kernel_tanh": (lambda U, V, v: lt.kernel_product(U, V, "tanh").square().sum(), (0, 1)),
+        "top_k_row": (lambda U, V, v: lt.kernel_product(U, V, "tanh", 2).values.square().sum(), (0, 1)),
+        "top_k_global": (lambda U, V, v: lt.kernel_product(U, V, "relu", 5, top_k_mode="global").values.square().sum(),
+                         (0, 1)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_func_cases()))
+def test_torch_func_grad_matches_autograd(case):
+    """torch.func.grad (which torch's register_autograd alone does not support: pytorch issue
+    168393) gives torch.autograd's gradients for every operator, and grad of grad its second
+    derivatives (a Hessian-vector product)."""
+    loss, argnums = _func_cases()[case]
+    U, V, rows, cols, vals = problem()
+    by_func = torch.func.grad(loss, argnums=argnums)(U, V, vals)
+    inputs = leaves(U, V, vals)
+    by_autograd = torch.autograd.grad(loss(*inputs), [inputs[i] for i in argnums], create_graph=True)
+    for a, b in zip(by_func, by_autograd):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    direction = torch.linspace(-1, 1, by_autograd[0].numel(), dtype=torch.float64).reshape(by_autograd[0].shape)
+
+    def directional(*args):
+        return (torch.func.grad(loss, argnums=argnums[0])(*args) * direction).sum()
+
+    second_by_func = torch.func.grad(directional, argnums=argnums[0])(U, V, vals)
+    (second_by_autograd,) = torch.autograd.grad((by_autograd[0] * direction).sum(), inputs[argnums[0]])
+    torch.testing.assert_close(second_by_func, second_by_autograd, **TOL[torch.float64])
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+def test_per_sample_gradients_by_vmap_of_grad():
+    """The torch.func recipe for per-sample gradients: vmap(grad(loss)) over a batch of factor
+    pairs equals one autograd pass per pair (torch's per-element fallback runs the operators:
+    its performance warning is expected)."""
+    generator = torch.Generator().manual_seed(4)
+    U = torch.randn(5, 7, 3, generator=generator, dtype=torch.float64)
+    V = torch.randn(5, 6, 3, generator=generator, dtype=torch.float64)
+    rows, cols = problem()[2:4]
 
     def loss(U, V):
         return lt.sampled_product(U, V, rows, cols).square().sum()
 
-    by_func = torch.func.grad(loss, argnums=(0, 1))(U, V)
-    U1, V1 = U.clone().requires_grad_(True), V.clone().requires_grad_(True)
-    by_autograd = torch.autograd.grad(loss(U1, V1), (U1, V1))
-    for a, b in zip(by_func, by_autograd):
-        torch.testing.assert_close(a, b)
+    per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(U, V)
+    for b in range(5):
+        U1, V1 = leaves(U[b], V[b])
+        expected = torch.autograd.grad(loss(U1, V1), (U1, V1))
+        torch.testing.assert_close(per_sample[0][b], expected[0], **TOL[torch.float64])
+        torch.testing.assert_close(per_sample[1][b], expected[1], **TOL[torch.float64])

@@ -6,8 +6,10 @@ the rest of lowrank_hpc never does. The kernels are registered as torch custom o
 traces them, and autograd formulas made of the same operators. float32/float64 tensors (and
 float16/bfloat16: summed in float32, each output rounded once to their dtype) on the
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
-Gradients through ``torch.autograd``; ``torch.func.grad``/``jacrev`` fail over these operators
-(torch's ``register_autograd`` does not support the functorch transforms: pytorch issue 168393).
+Gradients through ``torch.autograd`` and the ``torch.func`` transforms (grad, jacrev, vmap of a
+grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
+as torch's ``register_autograd`` alone does not support them (pytorch issue 168393); ``vmap``
+calls the operators once per element (torch's fallback).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import torch
 from .. import _checks
 from .._arrays import INDEX_LIMIT
 from ..ops import GlobalTopK, TopK
-from ._ops import (kernel_name, kernel_product_op, kernel_top_k_global_op, kernel_top_k_rows_op, lowrank_product_op,
-                   sampled_product_op, sparse_times_dense_op)
+from ._ops import (kernel_name, kernel_product_fn, kernel_top_k_global_fn, kernel_top_k_rows_fn, lowrank_product_fn,
+                   sampled_product_fn, sparse_times_dense_fn)
 from .lora import KernelizedLoRA
 
 __all__ = ["GlobalTopK", "KernelizedLoRA", "TopK", "kernel_product", "lowrank_product", "sampled_product",
@@ -55,7 +57,7 @@ def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: 
     tensors on that device (int32/int64 used as they are, other integer dtypes widened to int64).
     Returns (nnz,). IndexError for an index out of range.
     """
-    return sampled_product_op(U, V, _index("sampled_product", "rows", rows), _index("sampled_product", "cols", cols))
+    return sampled_product_fn(U, V, _index("sampled_product", "rows", rows), _index("sampled_product", "cols", cols))
 
 
 def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, B: torch.Tensor, n_rows: int, *,
@@ -68,13 +70,13 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     n_rows: rows of the result. Returns (n_rows, r).
     """
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
-    return sparse_times_dense_op(_index("sparse_times_dense", "rows", rows), _index("sparse_times_dense", "cols", cols),
+    return sparse_times_dense_fn(_index("sparse_times_dense", "rows", rows), _index("sparse_times_dense", "cols", cols),
                                  vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
 
 
 def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """U @ V^T for U (..., m, r), V (..., n, r) (2-D, or 3-D batched), differentiable."""
-    return lowrank_product_op(U, V)
+    return lowrank_product_fn(U, V)
 
 
 def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", top_k: Optional[int] = None, *,
@@ -93,10 +95,10 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     """
     kernel = kernel_name("kernel_product", kernel)
     if top_k is None:
-        return kernel_product_op(U, V, kernel)
+        return kernel_product_fn(U, V, kernel)
     top_k = _checks.integer("kernel_product", "top_k", top_k)  # numpy integers too, as ops.kernel_product
     if top_k_mode == "row":
-        return TopK(*kernel_top_k_rows_op(U, V, kernel, top_k, top_k_order))
+        return TopK(*kernel_top_k_rows_fn(U, V, kernel, top_k, top_k_order))
     if top_k_mode == "global":
-        return GlobalTopK(*kernel_top_k_global_op(U, V, kernel, top_k, top_k_order))
+        return GlobalTopK(*kernel_top_k_global_fn(U, V, kernel, top_k, top_k_order))
     raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")

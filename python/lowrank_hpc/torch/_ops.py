@@ -165,9 +165,9 @@ def _sampled_backward(ctx, grad):
     U, V, rows, cols = ctx.saved_tensors
     grad_U = grad_V = None
     if ctx.needs_input_grad[0]:
-        grad_U = sparse_times_dense_op(rows, cols, grad, V, U.shape[0], False)
+        grad_U = sparse_times_dense_fn(rows, cols, grad, V, U.shape[0], False)
     if ctx.needs_input_grad[1]:
-        grad_V = sparse_times_dense_op(rows, cols, grad, U, V.shape[0], True)
+        grad_V = sparse_times_dense_fn(rows, cols, grad, U, V.shape[0], True)
     return grad_U, grad_V, None, None
 
 
@@ -217,9 +217,9 @@ def _spmm_backward(ctx, grad):
     grad = grad.contiguous()  # once for both products (a transposed grad, as KernelizedLoRA's, was copied twice)
     grad_vals = grad_B = None
     if ctx.needs_input_grad[2]:
-        grad_vals = sampled_product_op(grad, B, out_index, in_index)
+        grad_vals = sampled_product_fn(grad, B, out_index, in_index)
     if ctx.needs_input_grad[3]:
-        grad_B = sparse_times_dense_op(rows, cols, vals, grad, B.shape[0], not ctx.transpose)
+        grad_B = sparse_times_dense_fn(rows, cols, vals, grad, B.shape[0], not ctx.transpose)
     return None, None, grad_vals, grad_B, None, None
 
 
@@ -372,12 +372,12 @@ def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
     """(d U, d V) of the selected values f(<U[rows[k]], V[cols[k]]>): the sampled product's
     adjoint, weighted by f' (the selection itself is piecewise constant)."""
     weights = kernel_backward(ctx.kernel, grad_values, values,
-                              lambda: sampled_product_op(U.float(), V.float(), rows, cols))
+                              lambda: sampled_product_fn(U.float(), V.float(), rows, cols))
     grad_U = grad_V = None
     if ctx.needs_input_grad[0]:
-        grad_U = sparse_times_dense_op(rows, cols, weights, V, U.shape[0], False)
+        grad_U = sparse_times_dense_fn(rows, cols, weights, V, U.shape[0], False)
     if ctx.needs_input_grad[1]:
-        grad_V = sparse_times_dense_op(rows, cols, weights, U, V.shape[0], True)
+        grad_V = sparse_times_dense_fn(rows, cols, weights, U, V.shape[0], True)
     return grad_U, grad_V, None, None
 
 
@@ -395,3 +395,44 @@ def _top_k_global_backward(ctx, grad_values, grad_rows, grad_cols):
 
 kernel_top_k_rows_op.register_autograd(_top_k_rows_backward, setup_context=_top_k_setup)
 kernel_top_k_global_op.register_autograd(_top_k_global_backward, setup_context=_top_k_setup)
+
+
+# -- the same operators for torch.func --------------------------------------------------------------
+# torch.func's transforms (grad, jacrev, vmap of a grad) take an autograd.Function with a
+# setup_context staticmethod, which the Function torch's register_autograd generates for a custom
+# operator lacks (pytorch issue 168393). Under a transform each operator runs inside such a
+# Function, with its own setup and backward formula (which call these in turn); elsewhere the
+# operator itself, which torch.compile traces (dynamo warns on an autograd.Function in torch 2.13).
+
+def _transformable(op, setup: Callable, formula: Callable) -> Callable:
+    class Function(torch.autograd.Function):
+        generate_vmap_rule = True  # vmap of the forward: torch's per-element fallback over the operator
+
+        @staticmethod
+        def forward(*args):
+            return op(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            setup(ctx, inputs, output)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return formula(ctx, *grads)
+
+    Function.__name__ = Function.__qualname__ = op._name.split("::")[-1] + "_function"
+
+    def call(*args):
+        if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
+            return Function.apply(*args)
+        return op(*args)
+
+    return call
+
+
+sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward)
+sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward)
+lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward)
+kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward)
+kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward)
+kernel_top_k_global_fn = _transformable(kernel_top_k_global_op, _top_k_setup, _top_k_global_backward)

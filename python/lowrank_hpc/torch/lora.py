@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import _checks
 from ..ops import GlobalTopK
-from ._ops import kernel_name, kernel_top_k_global_op, kernel_top_k_rows_op, sparse_times_dense_op
+from ._ops import kernel_name, kernel_top_k_global_fn, kernel_top_k_rows_fn, sparse_times_dense_fn
 
 _MODES = ("global", "row")
 
@@ -108,9 +108,9 @@ class KernelizedLoRA(nn.Module):
         cols (int64), top_k of them (out_features * top_k in row mode), best first, or with
         ``order="position"`` row-major (rows, then columns ascending: CSR order)."""
         if self.top_k_mode == "global":
-            values, rows, cols = kernel_top_k_global_op(self.A, self.B, self.kernel, self.top_k, order)
+            values, rows, cols = kernel_top_k_global_fn(self.A, self.B, self.kernel, self.top_k, order)
         else:
-            values, indices = kernel_top_k_rows_op(self.A, self.B, self.kernel, self.top_k, order)
+            values, indices = kernel_top_k_rows_fn(self.A, self.B, self.kernel, self.top_k, order)
             rows = torch.arange(self.A.shape[0], device=self.A.device).repeat_interleave(self.top_k)
             values, cols = values.reshape(-1), indices.reshape(-1)
         return GlobalTopK(values * self.scale if self.scale != 1.0 else values, rows, cols)
@@ -134,7 +134,7 @@ class KernelizedLoRA(nn.Module):
         values, rows, cols = self.sparse_delta("position")  # CSR order: the product skips its sort
         # D_kept @ x^T by the sparse-times-dense kernel: (out, tokens), touching only kept entries.
         # x^T copied once here: the backward's product reads the same copy.
-        delta = sparse_times_dense_op(rows, cols, values, tokens.T.contiguous(), out_features, False)
+        delta = sparse_times_dense_fn(rows, cols, values, tokens.T.contiguous(), out_features, False)
         return y + delta.T.reshape(*x.shape[:-1], out_features)
 
     @torch.no_grad()
