@@ -327,11 +327,10 @@ def test_torch_func_grad_matches_autograd(case):
     torch.testing.assert_close(second_by_func, second_by_autograd, **TOL[torch.float64])
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 def test_per_sample_gradients_by_vmap_of_grad():
     """The torch.func recipe for per-sample gradients: vmap(grad(loss)) over a batch of factor
-    pairs equals one autograd pass per pair (torch's per-element fallback runs the operators:
-    its performance warning is expected)."""
+    pairs equals one autograd pass per pair (the sparse products' own vmap rule: no per-element
+    fallback, which would warn)."""
     generator = torch.Generator().manual_seed(4)
     U = torch.randn(5, 7, 3, generator=generator, dtype=torch.float64)
     V = torch.randn(5, 6, 3, generator=generator, dtype=torch.float64)
@@ -346,3 +345,41 @@ def test_per_sample_gradients_by_vmap_of_grad():
         expected = torch.autograd.grad(loss(U1, V1), (U1, V1))
         torch.testing.assert_close(per_sample[0][b], expected[0], **TOL[torch.float64])
         torch.testing.assert_close(per_sample[1][b], expected[1], **TOL[torch.float64])
+
+
+def test_vmap_of_the_sparse_products_is_one_call_per_batch(monkeypatch):
+    """torch.func.vmap of the sparse products (one and two levels, batched or shared patterns, both
+    transposes) equals a loop over the elements, runs one operator call per level instead of one
+    per element, and names a bad index with its element."""
+    generator = torch.Generator().manual_seed(6)
+    outer, inner, m, n, r, nnz = 2, 3, 7, 6, 3, 12
+    U = torch.randn(outer, inner, m, r, generator=generator, dtype=torch.float64)
+    V = torch.randn(outer, inner, n, r, generator=generator, dtype=torch.float64)
+    rows = torch.randint(0, m, (outer, inner, nnz), generator=generator)
+    cols = torch.randint(0, n, (outer, inner, nnz), generator=generator)
+    vals = torch.randn(outer, inner, nnz, generator=generator, dtype=torch.float64)
+    calls = []
+    for name in ("sampled_product", "sparse_times_dense"):  # the kernels the operators call
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=original, **k: calls.append(_f.__name__) or _f(*a, **k))
+    sampled = torch.func.vmap(torch.func.vmap(lt.sampled_product))(U, V, rows, cols)
+    spmm = torch.func.vmap(torch.func.vmap(lambda r_, c_, v, B: lt.sparse_times_dense(r_, c_, v, B, m)))(
+        rows, cols, vals, V)
+    assert calls == ["sampled_product", "sparse_times_dense"]  # one kernel call for all 6 elements
+    monkeypatch.undo()
+    shared = torch.func.vmap(lambda U, V: lt.sampled_product(U, V, rows[0, 0], cols[0, 0]))(U[0], V[0])
+    spmm_t = torch.func.vmap(lambda r_, c_, v, B: lt.sparse_times_dense(r_, c_, v, B, n, transpose=True))(
+        rows[1], cols[1], vals[1], U[1])
+    for a in range(outer):
+        for b in range(inner):
+            torch.testing.assert_close(sampled[a, b], lt.sampled_product(U[a, b], V[a, b], rows[a, b], cols[a, b]))
+            torch.testing.assert_close(spmm[a, b], lt.sparse_times_dense(rows[a, b], cols[a, b], vals[a, b], V[a, b], m))
+    for b in range(inner):
+        torch.testing.assert_close(shared[b], lt.sampled_product(U[0, b], V[0, b], rows[0, 0], cols[0, 0]))
+        torch.testing.assert_close(spmm_t[b], lt.sparse_times_dense(rows[1, b], cols[1, b], vals[1, b], U[1, b], n,
+                                                                     transpose=True))
+    bad = rows[0].clone()
+    bad[2, 5] = m
+    with pytest.raises(IndexError, match=rf"sampled_product: rows\[5\] = {m} is out of range \[0, {m}\) "
+                                         r"\(vmapped element 2\)"):
+        torch.func.vmap(lt.sampled_product)(U[0], V[0], bad, cols[0])

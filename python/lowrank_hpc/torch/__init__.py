@@ -8,8 +8,9 @@ float16/bfloat16: summed in float32, each output rounded once to their dtype) on
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
 Gradients through ``torch.autograd`` and the ``torch.func`` transforms (grad, jacrev, vmap of a
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
-as torch's ``register_autograd`` alone does not support them (pytorch issue 168393); ``vmap``
-calls the operators once per element (torch's fallback).
+as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
+``vmap`` the sparse products take the stacked elements in one call; the others run once per
+element (torch's fallback).
 """
 from __future__ import annotations
 

@@ -404,10 +404,8 @@ kernel_top_k_global_op.register_autograd(_top_k_global_backward, setup_context=_
 # Function, with its own setup and backward formula (which call these in turn); elsewhere the
 # operator itself, which torch.compile traces (dynamo warns on an autograd.Function in torch 2.13).
 
-def _transformable(op, setup: Callable, formula: Callable) -> Callable:
+def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[Callable] = None) -> Callable:
     class Function(torch.autograd.Function):
-        generate_vmap_rule = True  # vmap of the forward: torch's per-element fallback over the operator
-
         @staticmethod
         def forward(*args):
             return op(*args)
@@ -420,6 +418,10 @@ def _transformable(op, setup: Callable, formula: Callable) -> Callable:
         def backward(ctx, *grads):
             return formula(ctx, *grads)
 
+    if vmap_rule is None:
+        Function.generate_vmap_rule = True  # vmap of the forward: torch's per-element fallback over the operator
+    else:
+        Function.vmap = staticmethod(vmap_rule)
     Function.__name__ = Function.__qualname__ = op._name.split("::")[-1] + "_function"
 
     def call(*args):
@@ -430,8 +432,54 @@ def _transformable(op, setup: Callable, formula: Callable) -> Callable:
     return call
 
 
-sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward)
-sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward)
+# vmap of the sparse products: the stacked problems as one problem with block-diagonal structure
+# (element b's indices moved by b times their bound), one kernel call instead of one per element.
+
+def _stacked(x: torch.Tensor, dim: Optional[int], size: int) -> torch.Tensor:
+    """x with the vmapped dimension first (a broadcast view where x is not batched)."""
+    return x.unsqueeze(0).expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
+
+
+def _flat_indices(function: str, name: str, indices: torch.Tensor, bound: int) -> torch.Tensor:
+    """(size, nnz) indices in [0, bound) as the stacked problem's (+ b * bound), each checked
+    first: an index outside its own element must not land in the next element's block."""
+    bad = (indices < 0) | (indices >= bound)
+    try:
+        found = bool(bad.any())
+    except RuntimeError:  # inside an outer vmap: no data-dependent test; bad indices stay out of range
+        found = False
+    if found:
+        b, k = (int(i) for i in torch.nonzero(bad)[0])
+        raise IndexError(f"{function}: {name}[{k}] = {int(indices[b, k])} is out of range [0, {bound}) "
+                         f"(vmapped element {b})")
+    size = indices.shape[0]
+    shift = torch.arange(size, device=indices.device, dtype=torch.int64).unsqueeze(1) * bound
+    return torch.where(bad, size * bound, indices.to(torch.int64) + shift).reshape(-1)
+
+
+def _vmap_sampled(info, in_dims, U, V, rows, cols):
+    size = info.batch_size
+    U, V, rows, cols = (_stacked(x, d, size) for x, d in zip((U, V, rows, cols), in_dims))
+    m, n, nnz = U.shape[1], V.shape[1], rows.shape[-1]
+    out = sampled_product_fn(U.reshape(size * m, U.shape[-1]), V.reshape(size * n, V.shape[-1]),
+                             _flat_indices("sampled_product", "rows", rows, m),
+                             _flat_indices("sampled_product", "cols", cols, n))
+    return out.reshape(size, nnz), 0
+
+
+def _vmap_spmm(info, in_dims, rows, cols, vals, B, n_rows, transpose):
+    size = info.batch_size
+    rows, cols, vals, B = (_stacked(x, d, size) for x, d in zip((rows, cols, vals, B), in_dims[:4]))
+    n_other, r = B.shape[1], B.shape[2]
+    row_bound, col_bound = (n_other, n_rows) if transpose else (n_rows, n_other)
+    out = sparse_times_dense_fn(_flat_indices("sparse_times_dense", "rows", rows, row_bound),
+                                _flat_indices("sparse_times_dense", "cols", cols, col_bound),
+                                vals.reshape(-1), B.reshape(size * n_other, r), size * n_rows, transpose)
+    return out.reshape(size, n_rows, r), 0
+
+
+sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward, _vmap_sampled)
+sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward, _vmap_spmm)
 lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward)
 kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward)
 kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward)
