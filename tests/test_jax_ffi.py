@@ -261,3 +261,32 @@ def test_vmap_shared_pattern_and_its_errors():
     with pytest.raises(jax.errors.JaxRuntimeError,
                        match=r"sampled_product: rows\[9\] \(vmapped element 2\) = 6 is out of range \[0, 6\)"):
         jax.block_until_ready(jax.jit(jax.vmap(lj.sampled_product))(U, V, stacked, jnp.stack([cols] * 4)))
+
+
+@needs_ffi
+def test_vmap_reads_shared_operands_in_place(monkeypatch):
+    """Operands vmap does not batch (a factor shared by every element, one pattern for all) are
+    read in place, never copied per element, and every mix of batched and shared operands gives
+    the callback path's values."""
+    rng = np.random.default_rng(8)
+    size, m, n, r, nnz = 5, 40, 30, 6, 50
+    U = jnp.asarray(rng.standard_normal((size, m, r)))
+    V = jnp.asarray(rng.standard_normal((size, n, r)))
+    rows = jnp.asarray(rng.integers(0, m, (size, nnz)), jnp.int32)
+    cols = jnp.asarray(rng.integers(0, n, (size, nnz)), jnp.int32)
+    vals = jnp.asarray(rng.standard_normal((size, nnz)))
+    U0, V0 = jnp.asarray(U[0]), jnp.asarray(V[0])
+    over_patterns = jax.vmap(lambda r_, c_: lj.sampled_product(U0, V0, r_, c_))
+    call = [line for line in jax.jit(over_patterns).lower(rows, cols).as_text().splitlines()
+            if "custom_call @lowrank_hpc_sampled_product" in line]
+    # U reaches the handler as (1, m, r), never broadcast to one copy per element
+    assert len(call) == 1 and f"tensor<1x{m}x{r}x" in call[0] and f"tensor<{size}x{m}x{r}x" not in call[0]
+    cases = [(over_patterns, (rows, cols)),
+             (jax.vmap(lambda U_: lj.sampled_product(U_, V[0], rows[0], cols[0])), (U,)),
+             (jax.vmap(lambda U_, c_: lj.sampled_product(U_, V[1], rows[1], c_)), (U, cols)),
+             (jax.vmap(lambda v, B: lj.sparse_times_dense(rows[0], cols[0], v, B, m)), (vals, V)),
+             (jax.vmap(lambda r_, v: lj.sparse_times_dense(r_, cols[2], v, V[2], m)), (rows, vals)),
+             (jax.vmap(lambda c_, v: lj.sparse_times_dense(rows[3], c_, v, U[3], n, transpose=True)), (cols, vals))]
+    for function, args in cases:
+        by_ffi, by_callback = both_paths(monkeypatch, function, *args)
+        np.testing.assert_array_equal(by_ffi, by_callback)

@@ -7,6 +7,7 @@
 // (CMakeLists.txt: LOWRANK_HPC_JAX_FFI). Shapes, dtypes and flags are checked by lowrank_hpc.jax
 // before the call; each index is range-checked by the kernels and a bad one comes back as the
 // error lowrank_hpc.ops raises (on a GPU that needs the status word: one wait for the stream).
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -165,37 +166,79 @@ struct Indices {
   int64_t bound;
 };
 
-// The problems of one call: a vmapped call (vmap_method "broadcast_all") stacks `batch` problems
-// of `per_problem` entries each, which the kernels take as one batch with offsets.
+// The problems of one kernel call, for its offsets and its errors: `batch` problems holding
+// `entries` in all, each vmapped element's `per_element` of them, the first element `first`
+// (of `elements` in the call; an error names its element when there are several).
 struct Problems {
   int64_t batch;
-  int64_t per_problem;
+  int64_t entries;
+  int64_t per_element;
+  int64_t first;
+  int64_t elements;
 
-  // Entry k (of all problems) as the caller knows it: "[j]", with the vmapped element when batched.
   std::string position(int64_t k) const {
-    if (batch <= 1) return "[" + std::to_string(k) + "]";
-    return "[" + std::to_string(k % per_problem) + "] (vmapped element " + std::to_string(k / per_problem) + ")";
+    if (elements <= 1) return "[" + std::to_string(k) + "]";
+    return "[" + std::to_string(k % per_element) + "] (vmapped element " + std::to_string(first + k / per_element) +
+           ")";
   }
 
   std::vector<int64_t> offsets() const {
     std::vector<int64_t> bounds(static_cast<size_t>(batch) + 1);
-    for (int64_t b = 0; b <= batch; ++b) bounds[static_cast<size_t>(b)] = b * per_problem;
+    for (int64_t b = 0; b <= batch; ++b) bounds[static_cast<size_t>(b)] = b * (entries / batch);
     return bounds;
   }
 };
-
-// The product of a buffer's leading dimensions: all but its last `inner` ones.
-int64_t leading(const ffi::AnyBuffer& buffer, size_t inner) {
-  const auto dims = buffer.dimensions();
-  int64_t product = 1;
-  for (size_t d = 0; d + inner < dims.size(); ++d) product *= dims[d];
-  return product;
-}
 
 int64_t dimension_from_end(const ffi::AnyBuffer& buffer, size_t from_end) {
   const auto dims = buffer.dimensions();
   return dims[dims.size() - from_end];
 }
+
+// vmap's leading dimensions (vmap_method "expand_dims"): the result's are the vmapped elements;
+// an operand not batched along a vmapped axis has 1 there and is shared along it (read in place:
+// "broadcast_all" made XLA copy a shared factor once per element).
+class Stacking {
+ public:
+  Stacking(const ffi::AnyBuffer& result, size_t inner) {
+    const auto dims = result.dimensions();
+    shape_.assign(dims.begin(), dims.end() - static_cast<std::ptrdiff_t>(inner));
+  }
+
+  int64_t elements() const {
+    int64_t count = 1;
+    for (int64_t d : shape_) count *= d;
+    return count;
+  }
+
+  // Whether x holds an operand for every element (then the elements are one batch in x's order).
+  bool stacked(const ffi::AnyBuffer& x) const {
+    const auto dims = x.dimensions();
+    return std::equal(shape_.begin(), shape_.end(), dims.begin());
+  }
+
+  // Whether every element reads the same operand x.
+  bool shared(const ffi::AnyBuffer& x) const {
+    const auto dims = x.dimensions();
+    return std::all_of(dims.begin(), dims.begin() + static_cast<std::ptrdiff_t>(shape_.size()),
+                       [](int64_t d) { return d == 1; });
+  }
+
+  // The operand of x that element e reads (e row-major over the result's leading dimensions).
+  int64_t operand(const ffi::AnyBuffer& x, int64_t e) const {
+    const auto dims = x.dimensions();
+    int64_t index = 0, stride = 1;
+    for (size_t d = shape_.size(); d-- > 0;) {
+      const int64_t position = e % shape_[d];
+      e /= shape_[d];
+      if (dims[d] != 1) index += position * stride;
+      stride *= dims[d];
+    }
+    return index;
+  }
+
+ private:
+  std::vector<int64_t> shape_;
+};
 
 // Entry k's first out-of-range index among `checked`, in the words of lowrank_hpc.ops' IndexError
 // ("f: rows[k] = v is out of range [0, m)").
@@ -254,111 +297,152 @@ ffi::Error guarded(const char* function, const Placement& placement, Body&& body
 }
 
 // out (..., nnz) = <U[rows[k]], V[cols[k]]> for U (..., m, r), V (..., n, r), rows and cols
-// (..., nnz): leading dimensions (vmap's) are a batch of problems in one call. row_order
-// (float32/float64 on the CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row
-// first and read each U row once per row, as ops.sampled_product does; the GPU always runs the
-// coordinate kernel.
+// (..., nnz); leading dimensions are vmap's (Stacking). One kernel call where every operand is
+// stacked (the elements as the kernels' batch) or the factors are shared (the elements' entries as
+// one problem), else one call per element on its operands in place. row_order (float32/float64
+// on the CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read
+// each U row once per row, as ops.sampled_product does; the GPU runs the coordinate kernel.
 ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
                            ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {
   constexpr const char* function = "sampled_product";
   const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
-  const int64_t nnz = static_cast<int64_t>(rows.element_count());
-  if (nnz == 0) return ffi::Error::Success();
-  const Problems problems{leading(U, 2), dimension_from_end(rows, 1)};
+  const int64_t per_element = dimension_from_end(*out, 1);
+  const Stacking stacking(*out, 1);
+  const int64_t elements = stacking.elements();
+  if (per_element == 0 || elements == 0) return ffi::Error::Success();
   return guarded(function, placement, [&](Workspace& workspace) {
     return dispatch_types(function, U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
-      const I* row_index = rows.reinterpret_data<I>();
-      const I* col_index = cols.reinterpret_data<I>();
-      T* result = out->reinterpret_data<T>();
-      const std::vector<int64_t> bounds = problems.offsets();
-      const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
-      const int64_t batch = problems.batch;
+      // The products of `problems` whose factors start at U_, V_ and entries at rows_, cols_.
+      auto run = [&](const Problems& problems, const T* U_, const T* V_, const I* rows_, const I* cols_,
+                     T* out_) -> ffi::Error {
+        const int64_t batch = problems.batch, nnz = problems.entries;
+        const std::vector<int64_t> bounds = problems.offsets();
+        const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
 #ifdef LRH_BACKEND_CUDA
-      (void)row_order;  // the CPU's choice: a thread group per entry gains nothing from the row order
+        (void)row_order;  // the CPU's choice: a thread group per entry gains nothing from the row order
 #else
-      if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-        if (row_order) {
-          int64_t* indptr = workspace.allocate<int64_t>(batch * m + 1);
-          int64_t* perm = workspace.allocate<int64_t>(nnz);
-          I* others = workspace.allocate<I>(nnz);
-          int64_t status[2] = {nnz, 0};
-          launch::coo_to_csr<T, I>(row_index, col_index, nullptr, offsets, batch, m, nnz, indptr, perm, others,
-                                   nullptr, status, nullptr);
-          if (status[0] < nnz)
-            return index_error<I>(workspace, function, problems, status[0], {{"rows", row_index, m}});
-          const bool sorted = status[1] != 0;  // then perm and others were not written
-          const int64_t bad = cpu::csr_sampled_product<T, I>(indptr, sorted ? nullptr : perm,
-                                                             sorted ? col_index : others, U.reinterpret_data<T>(),
-                                                             V.reinterpret_data<T>(), nullptr, batch, m, n, r, nnz,
-                                                             result, nullptr);
-          if (bad >= 0) return index_error<I>(workspace, function, problems, bad, {{"cols", col_index, n}});
-          return ffi::Error::Success();
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+          if (row_order) {
+            int64_t* indptr = workspace.allocate<int64_t>(batch * m + 1);
+            int64_t* perm = workspace.allocate<int64_t>(nnz);
+            I* others = workspace.allocate<I>(nnz);
+            int64_t status[2] = {nnz, 0};
+            launch::coo_to_csr<T, I>(rows_, cols_, nullptr, offsets, batch, m, nnz, indptr, perm, others, nullptr,
+                                     status, nullptr);
+            if (status[0] < nnz) return index_error<I>(workspace, function, problems, status[0], {{"rows", rows_, m}});
+            const bool sorted = status[1] != 0;  // then perm and others were not written
+            const int64_t bad = cpu::csr_sampled_product<T, I>(indptr, sorted ? nullptr : perm,
+                                                               sorted ? cols_ : others, U_, V_, nullptr, batch, m, n,
+                                                               r, nnz, out_, nullptr);
+            if (bad >= 0) return index_error<I>(workspace, function, problems, bad, {{"cols", cols_, n}});
+            return ffi::Error::Success();
+          }
         }
-      }
 #endif
-      int64_t* first_bad = workspace.upload<int64_t>({nnz});
-      check(launch::sampled_product<T, I>(U.reinterpret_data<T>(), V.reinterpret_data<T>(), row_index, col_index,
-                                          offsets, batch, m, n, r, nnz, result, first_bad, workspace.stream()),
-            "sampled_product");
-      const int64_t bad = workspace.read(first_bad);
-      if (bad < nnz)
-        return index_error<I>(workspace, function, problems, bad, {{"rows", row_index, m}, {"cols", col_index, n}});
+        int64_t* first_bad = workspace.upload<int64_t>({nnz});
+        check(launch::sampled_product<T, I>(U_, V_, rows_, cols_, offsets, batch, m, n, r, nnz, out_, first_bad,
+                                            workspace.stream()),
+              "sampled_product");
+        const int64_t bad = workspace.read(first_bad);
+        if (bad < nnz)
+          return index_error<I>(workspace, function, problems, bad, {{"rows", rows_, m}, {"cols", cols_, n}});
+        return ffi::Error::Success();
+      };
+      const T* U0 = U.reinterpret_data<T>();
+      const T* V0 = V.reinterpret_data<T>();
+      const I* rows0 = rows.reinterpret_data<I>();
+      const I* cols0 = cols.reinterpret_data<I>();
+      T* out0 = out->reinterpret_data<T>();
+      const int64_t entries = elements * per_element;
+      if (stacking.stacked(rows) && stacking.stacked(cols)) {
+        if (stacking.stacked(U) && stacking.stacked(V))
+          return run({elements, entries, per_element, 0, elements}, U0, V0, rows0, cols0, out0);
+        if (stacking.shared(U) && stacking.shared(V))
+          return run({1, entries, per_element, 0, elements}, U0, V0, rows0, cols0, out0);
+      }
+      for (int64_t e = 0; e < elements; ++e) {
+        const ffi::Error error = run({1, per_element, per_element, e, elements}, U0 + stacking.operand(U, e) * m * r,
+                                     V0 + stacking.operand(V, e) * n * r, rows0 + stacking.operand(rows, e) * per_element,
+                                     cols0 + stacking.operand(cols, e) * per_element, out0 + e * per_element);
+        if (error.failure()) return error;
+      }
       return ffi::Error::Success();
     });
   });
 }
 
 // out (..., n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (..., k, r), or
-// S^T @ B with transpose; rows, cols, vals (..., nnz), leading dimensions (vmap's) a batch of
-// problems in one call: one sort into CSR order moving indices and values, then one streaming
-// pass, as ops.sparse_times_dense does (repeats add up, each row summed in input order).
+// S^T @ B with transpose; rows, cols, vals (..., nnz); leading dimensions are vmap's (Stacking):
+// one kernel call where every operand is stacked, else one per element on its operands in place.
+// One sort into CSR order moving indices and values, then one streaming pass, as
+// ops.sparse_times_dense does (repeats add up, each row summed in input order).
 ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
                               ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
   constexpr const char* function = "sparse_times_dense";
   const int64_t n_rows = dimension_from_end(*out, 2), n_other = dimension_from_end(B, 2);
   const int64_t r = dimension_from_end(B, 1);
-  const int64_t nnz = static_cast<int64_t>(rows.element_count());
-  const Problems problems{leading(B, 2), dimension_from_end(rows, 1)};
+  const int64_t per_element = dimension_from_end(rows, 1);
+  const Stacking stacking(*out, 2);
+  const int64_t elements = stacking.elements();
   return guarded(function, placement, [&](Workspace& workspace) {
-    if (nnz == 0) {
+    if (per_element == 0 || elements == 0) {
       workspace.zero(out->untyped_data(), out->size_bytes());
       return ffi::Error::Success();
     }
     return dispatch_types(function, vals.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
-      const I* keys = (transpose ? cols : rows).reinterpret_data<I>();
-      const I* others = (transpose ? rows : cols).reinterpret_data<I>();
-      const Indices<I> key_indices{transpose ? "cols" : "rows", keys, n_rows};
-      const char* other_name = transpose ? "rows" : "cols";
-      const T* values = vals.reinterpret_data<T>();
-      const int64_t batch = problems.batch;
-      const std::vector<int64_t> bounds = problems.offsets();
-      const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
-      int64_t* indptr = workspace.allocate<int64_t>(batch * n_rows + 1);
-      I* others_sorted = workspace.allocate<I>(nnz);
-      T* values_sorted = workspace.allocate<T>(nnz);
-      int64_t* status = workspace.upload<int64_t>({nnz, 0});
-      check(launch::coo_to_csr<T, I>(keys, others, values, offsets, batch, n_rows, nnz, indptr, nullptr,
-                                     others_sorted, values_sorted, status, workspace.stream()),
-            "coo_to_csr");
-      const int64_t bad_key = workspace.read(status);
-      if (bad_key < nnz) return index_error<I>(workspace, function, problems, bad_key, {key_indices});
+      // The products of `problems` whose entries start at rows_, cols_, vals_ and dense operands at B_.
+      auto run = [&](const Problems& problems, const I* rows_, const I* cols_, const T* vals_, const T* B_,
+                     T* out_) -> ffi::Error {
+        const int64_t batch = problems.batch, nnz = problems.entries;
+        const I* keys = transpose ? cols_ : rows_;
+        const I* others = transpose ? rows_ : cols_;
+        const Indices<I> key_indices{transpose ? "cols" : "rows", keys, n_rows};
+        const char* other_name = transpose ? "rows" : "cols";
+        const std::vector<int64_t> bounds = problems.offsets();
+        const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
+        int64_t* indptr = workspace.allocate<int64_t>(batch * n_rows + 1);
+        I* others_sorted = workspace.allocate<I>(nnz);
+        T* values_sorted = workspace.allocate<T>(nnz);
+        int64_t* status = workspace.upload<int64_t>({nnz, 0});
+        check(launch::coo_to_csr<T, I>(keys, others, vals_, offsets, batch, n_rows, nnz, indptr, nullptr,
+                                       others_sorted, values_sorted, status, workspace.stream()),
+              "coo_to_csr");
+        const int64_t bad_key = workspace.read(status);
+        if (bad_key < nnz) return index_error<I>(workspace, function, problems, bad_key, {key_indices});
 #ifdef LRH_BACKEND_CUDA
-      const bool sorted = false;  // the device's sort always moves the entries (status[1] stays 0)
+        const bool sorted = false;  // the device's sort always moves the entries (status[1] stays 0)
 #else
-      const bool sorted = status[1] != 0;  // then nothing moved: the inputs are in CSR order
+        const bool sorted = status[1] != 0;  // then nothing moved: the inputs are in CSR order
 #endif
-      int64_t* first_bad = workspace.upload<int64_t>({nnz});
-      check(launch::csr_times_dense<T, I>(indptr, nullptr, sorted ? others : others_sorted,
-                                          sorted ? values : values_sorted, B.reinterpret_data<T>(), batch, n_rows,
-                                          n_other, r, out->reinterpret_data<T>(), first_bad, workspace.stream()),
-            "csr_times_dense");
-      if (workspace.read(first_bad) < nnz) {  // an entry in CSR order: name the input's first bad one
-        const int64_t k = workspace.first_out_of_range(others, nnz, n_other);
-        return index_error<I>(workspace, function, problems, k < 0 ? 0 : k, {{other_name, others, n_other}});
+        int64_t* first_bad = workspace.upload<int64_t>({nnz});
+        check(launch::csr_times_dense<T, I>(indptr, nullptr, sorted ? others : others_sorted,
+                                            sorted ? vals_ : values_sorted, B_, batch, n_rows, n_other, r, out_,
+                                            first_bad, workspace.stream()),
+              "csr_times_dense");
+        if (workspace.read(first_bad) < nnz) {  // an entry in CSR order: name the input's first bad one
+          const int64_t k = workspace.first_out_of_range(others, nnz, n_other);
+          return index_error<I>(workspace, function, problems, k < 0 ? 0 : k, {{other_name, others, n_other}});
+        }
+        return ffi::Error::Success();
+      };
+      const I* rows0 = rows.reinterpret_data<I>();
+      const I* cols0 = cols.reinterpret_data<I>();
+      const T* vals0 = vals.reinterpret_data<T>();
+      const T* B0 = B.reinterpret_data<T>();
+      T* out0 = out->reinterpret_data<T>();
+      if (stacking.stacked(rows) && stacking.stacked(cols) && stacking.stacked(vals) && stacking.stacked(B))
+        return run({elements, elements * per_element, per_element, 0, elements}, rows0, cols0, vals0, B0, out0);
+      for (int64_t e = 0; e < elements; ++e) {
+        const ffi::Error error = run({1, per_element, per_element, e, elements},
+                                     rows0 + stacking.operand(rows, e) * per_element,
+                                     cols0 + stacking.operand(cols, e) * per_element,
+                                     vals0 + stacking.operand(vals, e) * per_element,
+                                     B0 + stacking.operand(B, e) * n_other * r, out0 + e * n_rows * r);
+        if (error.failure()) return error;
       }
       return ffi::Error::Success();
     });

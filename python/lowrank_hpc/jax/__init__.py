@@ -125,8 +125,9 @@ def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
         arrays = list(arrays)
         for i in index_slots:
             arrays[i] = arrays[i].astype(jnp.int64)
-    # vmap: the handlers take leading batch dimensions as a batch of problems in one call.
-    ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="broadcast_all")
+    # vmap: the handlers take the leading dimensions as the vmapped elements, unbatched operands with
+    # 1 there (read in place, never copied per element: "broadcast_all" copied shared factors).
+    ffi = jax.ffi.ffi_call(f"lowrank_hpc_{name}", result_shape, vmap_method="expand_dims")
     branches = {platform: (lambda *a: ffi(*a, **attributes)) for platform in _FFI_PLATFORMS}
     return jax.lax.platform_dependent(*arrays, default=callback, **branches)
 

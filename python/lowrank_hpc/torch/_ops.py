@@ -432,49 +432,80 @@ def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[C
     return call
 
 
-# vmap of the sparse products: the stacked problems as one problem with block-diagonal structure
-# (element b's indices moved by b times their bound), one kernel call instead of one per element.
+# vmap of the sparse products: the elements as one problem with block-diagonal structure, one
+# kernel call instead of one per element. An index into a batched operand (or the result's rows)
+# moves by b times its bound; one into a shared operand stays (the operand is read in place, never
+# copied per element). Every index is range-checked first, as the operator would, so a bad one is
+# named as given and never lands in another element's block.
 
 def _stacked(x: torch.Tensor, dim: Optional[int], size: int) -> torch.Tensor:
     """x with the vmapped dimension first (a broadcast view where x is not batched)."""
     return x.unsqueeze(0).expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
 
 
-def _flat_indices(function: str, name: str, indices: torch.Tensor, bound: int) -> torch.Tensor:
-    """(size, nnz) indices in [0, bound) as the stacked problem's (+ b * bound), each checked
-    first: an index outside its own element must not land in the next element's block."""
-    bad = (indices < 0) | (indices >= bound)
-    try:
-        found = bool(bad.any())
-    except RuntimeError:  # inside an outer vmap: no data-dependent test; bad indices stay out of range
-        found = False
-    if found:
-        b, k = (int(i) for i in torch.nonzero(bad)[0])
-        raise IndexError(f"{function}: {name}[{k}] = {int(indices[b, k])} is out of range [0, {bound}) "
-                         f"(vmapped element {b})")
-    size = indices.shape[0]
-    shift = torch.arange(size, device=indices.device, dtype=torch.int64).unsqueeze(1) * bound
-    return torch.where(bad, size * bound, indices.to(torch.int64) + shift).reshape(-1)
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """x's values without the wrappers of outer torch.func levels (their vmapped dimensions moved
+    first), where the data-dependent test of the range check is allowed."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        bdim = torch._C._functorch.maybe_get_bdim(x)
+        x = torch._C._functorch.get_unwrapped(x)
+        if bdim >= 0:
+            x = x.movedim(bdim, 0)
+    return x
+
+
+def _check_range(function: str, name: str, indices: torch.Tensor, bound: int) -> None:
+    """IndexError for the first index outside [0, bound), named by its position in its element."""
+    plain = _plain(indices)
+    bad = (plain < 0) | (plain >= bound)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise IndexError(f"{function}: {name}[{where[-1]}] = {int(plain[where])} is out of range [0, {bound}) "
+                         f"(vmapped element {where[-2]})")
+
+
+def _moved(indices: torch.Tensor, dim: Optional[int], size: int, bound: int, shift: bool) -> torch.Tensor:
+    """The elements' (nnz,) indices as the stacked problem's (size * nnz,): + b * bound with shift."""
+    stacked = _stacked(indices, dim, size).to(torch.int64)
+    if shift:
+        stacked = stacked + torch.arange(size, device=indices.device, dtype=torch.int64).unsqueeze(1) * bound
+    return stacked.reshape(-1)
 
 
 def _vmap_sampled(info, in_dims, U, V, rows, cols):
     size = info.batch_size
-    U, V, rows, cols = (_stacked(x, d, size) for x, d in zip((U, V, rows, cols), in_dims))
-    m, n, nnz = U.shape[1], V.shape[1], rows.shape[-1]
-    out = sampled_product_fn(U.reshape(size * m, U.shape[-1]), V.reshape(size * n, V.shape[-1]),
-                             _flat_indices("sampled_product", "rows", rows, m),
-                             _flat_indices("sampled_product", "cols", cols, n))
+    U_dim, V_dim, rows_dim, cols_dim = in_dims
+    Us, Vs, rows_s, cols_s = (_stacked(x, d, size) for x, d in zip((U, V, rows, cols), in_dims))
+    if size == 0:
+        return Us.new_empty((0, rows_s.shape[-1])), 0
+    _check_sampled(Us[0], Vs[0], rows_s[0], cols_s[0])  # each element's shapes, as the operator checks them
+    m, n, nnz = Us.shape[1], Vs.shape[1], rows_s.shape[-1]
+    _check_range("sampled_product", "rows", rows_s, m)
+    _check_range("sampled_product", "cols", cols_s, n)
+    U_flat = U if U_dim is None else Us.reshape(size * m, Us.shape[-1])
+    V_flat = V if V_dim is None else Vs.reshape(size * n, Vs.shape[-1])
+    out = sampled_product_fn(U_flat, V_flat, _moved(rows, rows_dim, size, m, U_dim is not None),
+                             _moved(cols, cols_dim, size, n, V_dim is not None))
     return out.reshape(size, nnz), 0
 
 
 def _vmap_spmm(info, in_dims, rows, cols, vals, B, n_rows, transpose):
     size = info.batch_size
-    rows, cols, vals, B = (_stacked(x, d, size) for x, d in zip((rows, cols, vals, B), in_dims[:4]))
-    n_other, r = B.shape[1], B.shape[2]
+    rows_dim, cols_dim, vals_dim, B_dim = in_dims[:4]
+    rows_s, cols_s, vals_s, Bs = (_stacked(x, d, size) for x, d in zip((rows, cols, vals, B), in_dims[:4]))
+    n_other, r = Bs.shape[-2], Bs.shape[-1]
+    if size == 0:
+        return Bs.new_empty((0, n_rows, r)), 0
+    _check_spmm(rows_s[0], cols_s[0], vals_s[0], Bs[0], n_rows)  # each element's shapes, as the operator checks them
     row_bound, col_bound = (n_other, n_rows) if transpose else (n_rows, n_other)
-    out = sparse_times_dense_fn(_flat_indices("sparse_times_dense", "rows", rows, row_bound),
-                                _flat_indices("sparse_times_dense", "cols", cols, col_bound),
-                                vals.reshape(-1), B.reshape(size * n_other, r), size * n_rows, transpose)
+    _check_range("sparse_times_dense", "rows", rows_s, row_bound)
+    _check_range("sparse_times_dense", "cols", cols_s, col_bound)
+    # Each element's result rows are its own (the keys always move); B's rows move where B is batched.
+    keys_shift, others_shift = True, B_dim is not None
+    row_shift, col_shift = (others_shift, keys_shift) if transpose else (keys_shift, others_shift)
+    out = sparse_times_dense_fn(_moved(rows, rows_dim, size, row_bound, row_shift),
+                                _moved(cols, cols_dim, size, col_bound, col_shift), vals_s.reshape(-1),
+                                B if B_dim is None else Bs.reshape(size * n_other, r), size * n_rows, transpose)
     return out.reshape(size, n_rows, r), 0
 
 
