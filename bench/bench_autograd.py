@@ -203,9 +203,11 @@ def jax_rows(quick: bool) -> list[Row]:
             by_ffi = jax.jit(jax.grad(ours, argnums=(0, 1)))
             expected = by_ffi(*args)  # traced (and compiled) now, with the handlers
             lj._FFI = False
-            by_callback = jax.jit(jax.grad(lambda *a, f=ours: f(*a), argnums=(0, 1)))
-            _check_gradients(name, expected, by_callback(*args))
-            lj._FFI = True
+            try:
+                by_callback = jax.jit(jax.grad(lambda *a, f=ours: f(*a), argnums=(0, 1)))
+                _check_gradients(name, expected, by_callback(*args))
+            finally:
+                lj._FFI = True
             out.append(_row(name.replace(", JAX", ", JAX FFI vs callback"), case,
                             lambda f=by_ffi, a=args: jax.block_until_ready(f(*a)), "lowrank_hpc.jax, host callback",
                             lambda f=by_callback, a=args: jax.block_until_ready(f(*a)), repeats))

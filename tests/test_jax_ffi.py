@@ -44,7 +44,12 @@ def entries(m, n, nnz, seed, order):
 
 
 def test_info_reports_the_handlers():
-    assert lowrank_hpc.info()["jax_ffi"]["built"] == lj._FFI
+    """info() and the registration agree with what the build recorded (a binding that failed to
+    compile in, or one info() cannot see, would differ)."""
+    from lowrank_hpc import _build_info
+
+    assert lowrank_hpc.info()["jax_ffi"]["built"] == _build_info.JAX_FFI_BUILT
+    assert ("cpu" in lj._FFI_PLATFORMS) == (_build_info.JAX_FFI_BUILT and hasattr(jax, "ffi"))
 
 
 @needs_ffi
@@ -162,8 +167,8 @@ def test_out_of_range_index_names_it(monkeypatch, path, function, name, k, value
 
 @needs_ffi
 def test_vmap_and_grad_through_the_handlers(monkeypatch):
-    """vmap (one call per slice) and reverse-mode gradients (products of the same kernels) give the
-    callback path's values."""
+    """vmap (the stacked elements in one handler call) and reverse-mode gradients (products of the
+    same kernels) give the callback path's values (one callback per element)."""
     rng = np.random.default_rng(3)
     U = jnp.asarray(rng.standard_normal((3, 8, 5)))  # a batch of 3 factor pairs
     V = jnp.asarray(rng.standard_normal((3, 6, 5)))

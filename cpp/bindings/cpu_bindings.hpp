@@ -15,6 +15,5 @@ void bind_csr_sampled_product(py::module_& m);
 void bind_thin_svd(py::module_& m);
 void bind_binary_product(py::module_& m);
 void bind_change_grams(py::module_& m);
-void bind_jax_ffi(py::module_& m);  // jax_ffi/handlers.cpp, when built
 
 }  // namespace lowrank_hpc::bindings

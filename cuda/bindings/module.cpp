@@ -7,7 +7,6 @@
 namespace lowrank_hpc::bindings {
 
 void bind_device_info(py::module_& m);  // device_info.cpp: the queries of the import-time check
-void bind_jax_ffi(py::module_& m);      // cpp/bindings/jax_ffi/handlers.cpp, where jaxlib was found
 
 void raise_launch_error(int code, const char* what) {
   throw CudaError(std::string(what) + " kernel launch failed: " + cuda::error_string(code));

@@ -137,6 +137,9 @@ def _device_arch_problem(cuda: ModuleType) -> Optional[str]:
                               getattr(_build_info, "CUDA_COMPILER_ARCHS", ()))
 
 
+_cuda_device_ready = False  # set by _probe_cuda: the CUDA module loaded and the device runs its kernels
+
+
 def _probe_cuda() -> tuple[Optional[ModuleType], Optional[ModuleType], str]:
     """Import _cuda and CuPy, count devices and check that the current one has a kernel image in
     this build; never raises (a broken GPU build only warns)."""
@@ -159,6 +162,8 @@ def _probe_cuda() -> tuple[Optional[ModuleType], Optional[ModuleType], str]:
     problem = _device_arch_problem(_cuda)
     if problem:
         return _cuda, None, problem
+    global _cuda_device_ready
+    _cuda_device_ready = True  # what needs no CuPy (lowrank_hpc.jax's FFI handlers) can run from here
     try:
         import cupy  # noqa: F401
     except ImportError:
@@ -228,9 +233,7 @@ def cuda_module() -> ModuleType:
 def cuda_kernels_run_here() -> Optional[ModuleType]:
     """The CUDA module where it loaded and the current device runs its kernels, CuPy or not
     (lowrank_hpc.jax's FFI handlers in it need none), else None."""
-    if _cuda_module is None or _cuda_module.device_count() <= 0 or _device_arch_problem(_cuda_module):
-        return None
-    return _cuda_module
+    return _cuda_module if _cuda_device_ready else None
 
 
 def cupy_module() -> ModuleType:

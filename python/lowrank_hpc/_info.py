@@ -14,7 +14,8 @@ def info() -> dict[str, Any]:
     kernels' instruction-set level, the float types every function takes ("float_dtypes") and the
     16-bit storage formats the kernels and the torch/JAX adapters also take ("half_dtypes";
     bfloat16 on the CPU only, CuPy having none; the solvers do not), and whether the CPU kernels
-    hold XLA FFI handlers for lowrank_hpc.jax ("jax_ffi": built, and the jaxlib built against)."""
+    hold XLA FFI handlers for lowrank_hpc.jax ("jax_ffi": built, the jaxlib built against, and
+    whether the CUDA module has them too)."""
     try:
         from . import _build_info
 
@@ -23,7 +24,8 @@ def info() -> dict[str, Any]:
     except ImportError:
         cuda_built, archs, compiler, jaxlib = _backend.CUDA_BUILT, [], "", ""
     # The CPU modules' XLA FFI handlers for lowrank_hpc.jax (without them it uses host callbacks).
-    jax_ffi = {"built": hasattr(_backend.cpu_module(), "jax_ffi_handlers"), "jaxlib": jaxlib}
+    jax_ffi = {"built": hasattr(_backend.cpu_module(), "jax_ffi_handlers"), "jaxlib": jaxlib,
+               "cuda": hasattr(_backend._cuda_module, "jax_ffi_handlers")}
     images = _backend.parse_cuda_archs(archs)
     # The kernel images compiled, as nvcc names them: ["sm_80", "sm_90", "compute_90"].
     arch_names = [image.name for image in images] if images is not None else [archs] if isinstance(archs, str) else list(archs)

@@ -66,4 +66,8 @@ inline void bind_shared(py::module_& m) {
   bind_hals(m);
 }
 
+// The XLA FFI handlers for lowrank_hpc.jax (cpp/bindings/jax_ffi/handlers.cpp), in both modules
+// where the build found jaxlib's headers (LRH_JAX_FFI).
+void bind_jax_ffi(py::module_& m);
+
 }  // namespace lowrank_hpc::bindings

@@ -6,7 +6,7 @@
 // launchers on XLA's stream. Compiled only where the build found jaxlib's FFI headers
 // (CMakeLists.txt: LOWRANK_HPC_JAX_FFI). Shapes, dtypes and flags are checked by lowrank_hpc.jax
 // before the call; each index is range-checked by the kernels and a bad one comes back as the
-// error lowrank_hpc.ops raises (on a GPU that needs the status word: one wait for the stream).
+// error lowrank_hpc.ops raises (on a GPU that needs the status words: a wait for the stream or two).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -25,8 +25,6 @@
 
 namespace lowrank_hpc::bindings {
 
-void bind_jax_ffi(py::module_& m);
-
 namespace {
 
 namespace ffi = xla::ffi;
@@ -37,12 +35,17 @@ struct LaunchFailed {
   const char* what;
 };
 
+#ifdef LRH_BACKEND_CUDA
+constexpr int kCudaOutOfMemory = 2;  // cudaErrorMemoryAllocation (the bindings see no CUDA headers)
+#endif
+
 void check(int code, const char* what) {
   if (code != 0) throw LaunchFailed{code, what};
 }
 
 // Where XLA runs the handler: nothing more on the host; on a GPU its stream, its device and its
-// scratch allocator (device memory from XLA's own pool, which jax preallocates).
+// scratch allocator (the handler's buffers from XLA's own pool, which jax preallocates; the
+// device sort inside coo_to_csr still takes its temporaries from CUDA's stream-ordered pool).
 #ifdef LRH_BACKEND_CUDA
 struct Placement {
   void* stream;
@@ -259,11 +262,12 @@ ffi::Error index_error(Workspace& workspace, const char* function, const Problem
 // body(T{}, I{}) for the value and index buffers' element types (dispatch_storage_index's);
 // anything else is refused (lowrank_hpc.jax never sends it).
 template <class Body>
-ffi::Error dispatch_types(const char* function, ffi::DataType values, ffi::DataType indices, Body&& body) {
+ffi::Error dispatch_types(const char* function, const char* values_name, ffi::DataType values, ffi::DataType indices,
+                          Body&& body) {
   auto with_index = [&](auto t) -> ffi::Error {
     if (indices == ffi::DataType::S32) return body(t, int32_t{});
     if (indices == ffi::DataType::S64) return body(t, int64_t{});
-    return ffi::Error::InvalidArgument(std::string(function) + ": indices must be int32 or int64");
+    return ffi::Error::InvalidArgument(std::string(function) + ": rows and cols must be int32 or int64");
   };
   switch (values) {
     case ffi::DataType::F32: return with_index(float{});
@@ -271,8 +275,8 @@ ffi::Error dispatch_types(const char* function, ffi::DataType values, ffi::DataT
     case ffi::DataType::F16: return with_index(float16{});
     case ffi::DataType::BF16: return with_index(bfloat16{});
     default:
-      return ffi::Error::InvalidArgument(std::string(function) +
-                                         ": values must be float32, float64, float16 or bfloat16");
+      return ffi::Error::InvalidArgument(std::string(function) + ": " + values_name +
+                                         " must be float32, float64, float16 or bfloat16");
   }
 }
 
@@ -287,6 +291,8 @@ ffi::Error guarded(const char* function, const Placement& placement, Body&& body
   } catch (const LaunchFailed& failure) {
 #ifdef LRH_BACKEND_CUDA
     const std::string reason = cuda::error_string(failure.code);
+    if (failure.code == kCudaOutOfMemory)
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(function) + ": " + failure.what + ": " + reason);
 #else
     const std::string reason = "code " + std::to_string(failure.code);
 #endif
@@ -311,7 +317,7 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
   const int64_t elements = stacking.elements();
   if (per_element == 0 || elements == 0) return ffi::Error::Success();
   return guarded(function, placement, [&](Workspace& workspace) {
-    return dispatch_types(function, U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
+    return dispatch_types(function, "U", U.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
       // The products of `problems` whose factors start at U_, V_ and entries at rows_, cols_.
@@ -391,7 +397,7 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
       workspace.zero(out->untyped_data(), out->size_bytes());
       return ffi::Error::Success();
     }
-    return dispatch_types(function, vals.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
+    return dispatch_types(function, "vals", vals.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
       // The products of `problems` whose entries start at rows_, cols_, vals_ and dense operands at B_.

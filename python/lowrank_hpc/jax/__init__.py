@@ -4,8 +4,8 @@ Importing this package imports jax (an optional extra: ``pip install lowrank_hpc
 rest of lowrank_hpc never does. The sparse products run the core's kernels as XLA FFI handlers,
 called by XLA on its own buffers, where this build has them (``lowrank_hpc.info()["jax_ffi"]``:
 built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the CPU,
-the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (one wait for
-the stream a call, to read the kernels' out-of-range word). Otherwise, and for top-k, they go
+the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (a wait for
+the stream or two a call, to read the kernels' out-of-range words). Otherwise, and for top-k, they go
 through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy
 arrays, the results come back the same way; about 2 ms more a call at 1e6 entries on the CPU).
 Both work under ``jit`` and ``vmap`` and give the same values; under ``vmap`` a handler takes the
@@ -24,8 +24,8 @@ range) returns inf there (``jax_debug_infs`` finds them; ``lowrank_hpc.ops.kerne
 raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the callback's
 FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
-Not done: the CUDA handlers are compiled but have not run on a GPU yet (``tools/device_checks.sh``
-runs their test); top-k has no handler (a GPU array goes through the host callback; the dense
+Not done: the CUDA handlers are compiled but have not run on a GPU yet (tests/test_jax_ffi.py's
+gpu test runs them where the machine's jax has a GPU backend); top-k has no handler (a GPU array goes through the host callback; the dense
 products are XLA's on any device); and forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
 from __future__ import annotations

@@ -6,11 +6,11 @@ the rest of lowrank_hpc never does. The kernels are registered as torch custom o
 traces them, and autograd formulas made of the same operators. float32/float64 tensors (and
 float16/bfloat16: summed in float32, each output rounded once to their dtype) on the
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
-Gradients through ``torch.autograd`` and the ``torch.func`` transforms (grad, jacrev, vmap of a
+Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, jacrev, vmap of a
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
 as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
 ``vmap`` the sparse products take the stacked elements in one call; the others run once per
-element (torch's fallback).
+element (torch's fallback). Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations
 

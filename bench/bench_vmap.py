@@ -1,0 +1,127 @@
+"""Many small sampled products under vmap (per-sample or per-problem gradients), lowrank_hpc.jax and
+lowrank_hpc.torch, against the ways a user gets the same numbers otherwise, measured in the same run:
+JAX: our FFI handler per element (vmap_method "sequential"), our host-callback path, jax.numpy;
+torch: torch's per-element vmap fallback over the operator, a loop of torch.autograd.grad calls.
+
+    python bench/bench_vmap.py            # 1,000 problems of 30 x 30, r = 4, 300 entries each
+    python bench/bench_vmap.py --quick
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import HEADER, Row, interleaved, median, timed  # noqa: E402
+
+
+def _row(name, case, ours, peer_name, peer, repeats):
+    times = interleaved({"ours": timed(ours), "peer": timed(peer)}, repeats)
+    spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
+    return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]), f"median of {repeats}, {spread} ms")
+
+
+def jax_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]:
+    import jax
+    import jax.numpy as jnp
+
+    import lowrank_hpc.jax as lj
+
+    rng = np.random.default_rng(0)
+    U = jnp.asarray(rng.standard_normal((problems, m, r), dtype=np.float32))
+    V = jnp.asarray(rng.standard_normal((problems, m, r), dtype=np.float32))
+    rows = jnp.asarray(rng.integers(0, m, (problems, nnz)).astype(np.int32))
+    cols = jnp.asarray(rng.integers(0, m, (problems, nnz)).astype(np.int32))
+    args = (U, V, rows, cols)
+    case = f"{problems} x ({m}x{m}, r={r}, {nnz} entries) f32, vmap(grad)"
+
+    def gradients(product):
+        return jax.jit(jax.vmap(jax.grad(lambda U, V, r_, c_: (product(U, V, r_, c_) ** 2).sum(), argnums=(0, 1))))
+
+    ours = gradients(lj.sampled_product)
+    expected = ours(*args)
+    peers = {"jax.numpy (U[rows] * V[cols]).sum(1)": gradients(lambda U, V, r_, c_: (U[r_] * V[c_]).sum(1))}
+    if lj._FFI:
+        real_ffi_call = jax.ffi.ffi_call
+        jax.ffi.ffi_call = lambda *a, **k: real_ffi_call(*a, **{**k, "vmap_method": "sequential"})
+        try:
+            per_element = gradients(lambda *a: lj.sampled_product(*a))
+            per_element(*args)  # traced now, with the per-element handler calls
+        finally:
+            jax.ffi.ffi_call = real_ffi_call
+        peers["lowrank_hpc.jax, one handler call per element"] = per_element
+    lj._FFI = False
+    try:
+        callback = gradients(lambda *a: lj.sampled_product(*a))
+        callback(*args)
+    finally:
+        lj._FFI = bool(lj._FFI_PLATFORMS)
+    peers["lowrank_hpc.jax, host callback per element"] = callback
+    out = []
+    for name, peer in peers.items():
+        for a, b in zip(expected, peer(*args)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+        out.append(_row("sampled_product, JAX", case, lambda: jax.block_until_ready(ours(*args)), name,
+                        lambda p=peer: jax.block_until_ready(p(*args)), repeats))
+    return out
+
+
+def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]:
+    import torch
+
+    import lowrank_hpc.torch as lt
+    from lowrank_hpc.torch import _ops
+
+    generator = torch.Generator().manual_seed(0)
+    U = torch.randn(problems, m, r, generator=generator)
+    V = torch.randn(problems, m, r, generator=generator)
+    rows = torch.randint(0, m, (problems, nnz), generator=generator)
+    cols = torch.randint(0, m, (problems, nnz), generator=generator)
+    case = f"{problems} x ({m}x{m}, r={r}, {nnz} entries) f32"
+
+    def loss(U, V, r_, c_):
+        return lt.sampled_product(U, V, r_, c_).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))
+
+    def autograd_loop():
+        out = []
+        for b in range(problems):
+            u, v = U[b].clone().requires_grad_(), V[b].clone().requires_grad_()
+            out.append(torch.autograd.grad(loss(u, v, rows[b], cols[b]), (u, v)))
+        return out
+
+    expected, looped = per_sample(U, V, rows, cols), autograd_loop()
+    for b in (0, problems - 1):
+        torch.testing.assert_close(expected[0][b], looped[b][0])
+    forward, fallback = torch.func.vmap(lt.sampled_product), torch.func.vmap(_ops.sampled_product_op)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's performance warning, which is the point here
+        torch.testing.assert_close(forward(U, V, rows, cols), fallback(U, V, rows, cols))
+        return [_row("sampled_product, torch vmap", case, lambda: forward(U, V, rows, cols),
+                     "torch's per-element vmap fallback over the operator", lambda: fallback(U, V, rows, cols), repeats),
+                _row("sampled_product, torch vmap(grad)", case, lambda: per_sample(U, V, rows, cols),
+                     "loop of torch.autograd.grad", autograd_loop, max(3, repeats // 2))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 problems (a smoke run)")
+    args = parser.parse_args()
+    problems, m, r, nnz, repeats = (100, 30, 4, 300, 3) if args.quick else (1000, 30, 4, 300, 7)
+    print(HEADER)
+    try:
+        for row in jax_rows(problems, m, r, nnz, repeats):
+            print(row.markdown(), flush=True)
+    except ImportError as error:
+        print(f"(JAX rows skipped: {error})")
+    for row in torch_rows(problems, m, r, nnz, repeats):
+        print(row.markdown(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
