@@ -1,5 +1,7 @@
-"""Review of lowrank_hpc.torch's vmap rules for the sparse products (_ops._vmap_sampled,
-_vmap_spmm, _flat_indices): each test fails on the reviewed code. Skipped without torch."""
+"""lowrank_hpc.torch's vmap rules for the sparse products (_ops._vmap_sampled, _vmap_spmm) where
+their review found them wanting (each test failed on that code): shared factors read in place,
+a bad index under nested vmap named as given, each element's shapes checked, no elements.
+Skipped without torch."""
 from __future__ import annotations
 
 import pytest
