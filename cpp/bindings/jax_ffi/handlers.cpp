@@ -86,19 +86,32 @@ class Workspace {
 #endif
   }
 
-  // count elements, uninitialised (every one is written before it is read).
+  // count elements, uninitialised (every one is written before it is read). After rewind() the
+  // same sequence of requests gets the same blocks again.
   template <class T>
   T* allocate(int64_t count) {
     const size_t bytes = sizeof(T) * static_cast<size_t>(count > 0 ? count : 1);
+    if (cursor_ < blocks_.size() && blocks_[cursor_].bytes >= bytes) return static_cast<T*>(blocks_[cursor_++].data);
 #ifdef LRH_BACKEND_CUDA
-    const std::optional<void*> block = placement_.scratch->Allocate(bytes, 256);
-    if (!block.has_value() || *block == nullptr) throw std::bad_alloc();
-    return static_cast<T*>(*block);
+    const std::optional<void*> allocated = placement_.scratch->Allocate(bytes, 256);
+    if (!allocated.has_value() || *allocated == nullptr) throw std::bad_alloc();
+    void* data = *allocated;
 #else
     host_.emplace_back(new unsigned char[bytes]);  // throws std::bad_alloc
-    return reinterpret_cast<T*>(host_.back().get());
+    void* data = host_.back().get();
 #endif
+    if (cursor_ < blocks_.size())
+      blocks_[cursor_] = {data, bytes};  // a larger request than last time (the smaller block stays owned)
+    else
+      blocks_.push_back({data, bytes});
+    ++cursor_;
+    return static_cast<T*>(data);
   }
+
+  // The blocks handed out so far may be handed out again: the vmapped elements run one after
+  // another (each ending with a read of its status words, so nothing queued still uses them),
+  // and their scratch must not grow with their number.
+  void rewind() { cursor_ = 0; }
 
   // A copy of host values where the kernels read them.
   template <class T>
@@ -153,7 +166,13 @@ class Workspace {
   }
 
  private:
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
   Placement placement_;
+  std::vector<Block> blocks_;
+  size_t cursor_ = 0;
 #ifdef LRH_BACKEND_CUDA
   int previous_device_ = 0;
 #else
@@ -369,6 +388,7 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
           return run({1, entries, per_element, 0, elements}, U0, V0, rows0, cols0, out0);
       }
       for (int64_t e = 0; e < elements; ++e) {
+        workspace.rewind();
         const ffi::Error error = run({1, per_element, per_element, e, elements}, U0 + stacking.operand(U, e) * m * r,
                                      V0 + stacking.operand(V, e) * n * r, rows0 + stacking.operand(rows, e) * per_element,
                                      cols0 + stacking.operand(cols, e) * per_element, out0 + e * per_element);
@@ -443,6 +463,7 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
       if (stacking.stacked(rows) && stacking.stacked(cols) && stacking.stacked(vals) && stacking.stacked(B))
         return run({elements, elements * per_element, per_element, 0, elements}, rows0, cols0, vals0, B0, out0);
       for (int64_t e = 0; e < elements; ++e) {
+        workspace.rewind();
         const ffi::Error error = run({1, per_element, per_element, e, elements},
                                      rows0 + stacking.operand(rows, e) * per_element,
                                      cols0 + stacking.operand(cols, e) * per_element,
