@@ -103,7 +103,8 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
         warnings.simplefilter("ignore")  # the fallback's performance warning, which is the point here
         torch.testing.assert_close(forward(U, V, rows, cols), fallback(U, V, rows, cols))
         return [_row("sampled_product, torch vmap", case, lambda: forward(U, V, rows, cols),
-                     "torch's per-element vmap fallback over the operator", lambda: fallback(U, V, rows, cols), repeats),
+                     "torch's per-element vmap fallback over the operator", lambda: fallback(U, V, rows, cols),
+                     repeats),
                 _row("sampled_product, torch vmap(grad)", case, lambda: per_sample(U, V, rows, cols),
                      "loop of torch.autograd.grad", autograd_loop, max(3, repeats // 2))]
 

@@ -373,7 +373,8 @@ def test_vmap_of_the_sparse_products_is_one_call_per_batch(monkeypatch):
     for a in range(outer):
         for b in range(inner):
             torch.testing.assert_close(sampled[a, b], lt.sampled_product(U[a, b], V[a, b], rows[a, b], cols[a, b]))
-            torch.testing.assert_close(spmm[a, b], lt.sparse_times_dense(rows[a, b], cols[a, b], vals[a, b], V[a, b], m))
+            torch.testing.assert_close(spmm[a, b],
+                                       lt.sparse_times_dense(rows[a, b], cols[a, b], vals[a, b], V[a, b], m))
     for b in range(inner):
         torch.testing.assert_close(shared[b], lt.sampled_product(U[0, b], V[0, b], rows[0, 0], cols[0, 0]))
         torch.testing.assert_close(spmm_t[b], lt.sparse_times_dense(rows[1, b], cols[1, b], vals[1, b], U[1, b], n,

@@ -311,7 +311,8 @@ ffi::Error guarded(const char* function, const Placement& placement, Body&& body
 #ifdef LRH_BACKEND_CUDA
     const std::string reason = cuda::error_string(failure.code);
     if (failure.code == kCudaOutOfMemory)
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(function) + ": " + failure.what + ": " + reason);
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(function) + ": " + failure.what + ": " + reason);
 #else
     const std::string reason = "code " + std::to_string(failure.code);
 #endif
@@ -390,7 +391,8 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
       for (int64_t e = 0; e < elements; ++e) {
         workspace.rewind();
         const ffi::Error error = run({1, per_element, per_element, e, elements}, U0 + stacking.operand(U, e) * m * r,
-                                     V0 + stacking.operand(V, e) * n * r, rows0 + stacking.operand(rows, e) * per_element,
+                                     V0 + stacking.operand(V, e) * n * r,
+                                     rows0 + stacking.operand(rows, e) * per_element,
                                      cols0 + stacking.operand(cols, e) * per_element, out0 + e * per_element);
         if (error.failure()) return error;
       }
@@ -417,7 +419,8 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
       workspace.zero(out->untyped_data(), out->size_bytes());
       return ffi::Error::Success();
     }
-    return dispatch_types(function, "vals", vals.element_type(), rows.element_type(), [&](auto t, auto i) -> ffi::Error {
+    return dispatch_types(function, "vals", vals.element_type(), rows.element_type(),
+                          [&](auto t, auto i) -> ffi::Error {
       using T = decltype(t);
       using I = decltype(i);
       // The products of `problems` whose entries start at rows_, cols_, vals_ and dense operands at B_.

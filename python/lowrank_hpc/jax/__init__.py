@@ -3,15 +3,16 @@
 Importing this package imports jax (an optional extra: ``pip install lowrank_hpc[jax]``); the
 rest of lowrank_hpc never does. The sparse products run the core's kernels as XLA FFI handlers,
 called by XLA on its own buffers, where this build has them (``lowrank_hpc.info()["jax_ffi"]``:
-built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the CPU,
-the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (a wait for
-the stream or two a call, to read the kernels' out-of-range words). Otherwise, and for top-k, they go
-through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU kernels as numpy
-arrays, the results come back the same way; about 2 ms more a call at 1e6 entries on the CPU).
-Both work under ``jit`` and ``vmap`` and give the same values; under ``vmap`` a handler takes the
-stacked problems in one call (the kernels' batch), the callback one element at a time. The dense products are XLA's
-alone: ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the
-result's pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
+built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the
+CPU, the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (a wait
+for the stream or two a call, to read the kernels' out-of-range words). Otherwise, and for
+top-k, they go through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU
+kernels as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6
+entries on the CPU). Both work under ``jit`` and ``vmap`` and give the same values; under
+``vmap`` a handler takes the vmapped elements in one call (operands vmap does not batch are read
+in place), the callback one element at a time. The dense products are XLA's alone:
+``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the result's
+pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
 ``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
 (second derivatives too).
 Static arguments (sizes, flags, kernel names, k) are Python values.
@@ -25,8 +26,9 @@ raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the ca
 FloatingPointError, inside a JaxRuntimeError under ``jit``).
 
 Not done: the CUDA handlers are compiled but have not run on a GPU yet (tests/test_jax_ffi.py's
-gpu test runs them where the machine's jax has a GPU backend); top-k has no handler (a GPU array goes through the host callback; the dense
-products are XLA's on any device); and forward-mode derivatives (``custom_vjp`` defines reverse mode only).
+gpu test runs them where the machine's jax has a GPU backend); top-k has no handler (a GPU
+array goes through the host callback; the dense products are XLA's on any device); and
+forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
 from __future__ import annotations
 
