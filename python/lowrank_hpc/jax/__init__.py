@@ -115,11 +115,10 @@ _FFI = bool(_FFI_PLATFORMS)  # False: every call through the host callback (the 
 _FFI_INDICES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
-def _host_kernel(name: str, result_shape, callback, arrays, **attributes):
-    """The kernel `name` on arrays (the last two or the first two: rows, cols): by its FFI
-    handler where XLA runs on a platform this build has handlers for and the indices are
-    int32/int64 (one dtype, widened to int64 if either is); otherwise by callback(*arrays)."""
-    index_slots = (2, 3) if name == "sampled_product" else (0, 1)
+def _host_kernel(name: str, result_shape, callback, arrays, index_slots: tuple[int, int], **attributes):
+    """The kernel `name` on arrays (rows and cols at index_slots): by its FFI handler where XLA
+    runs on a platform this build has handlers for and the indices are int32/int64 (one dtype,
+    widened to int64 if either is); otherwise by callback(*arrays)."""
     indices = [arrays[i] for i in index_slots]
     if not _FFI or any(np.dtype(x.dtype) not in _FFI_INDICES for x in indices):
         return callback(*arrays)
@@ -150,7 +149,7 @@ def _sampled(U, V, rows, cols):
     return _host_kernel("sampled_product", shape,
                         lambda *a: _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
                                              shape, *a),
-                        (U, V, rows, cols), row_order=long_factor_rows(U.dtype, U.shape[1]))
+                        (U, V, rows, cols), (2, 3), row_order=long_factor_rows(U.dtype, U.shape[1]))
 
 
 def _sampled_fwd(U, V, rows, cols):
@@ -182,7 +181,7 @@ def _spmm(rows, cols, vals, B, n_rows: int, transpose: bool):
                                                                                        transpose=transpose,
                                                                                        check_finite=False),
                                              shape, *a),
-                        (rows, cols, vals, B), transpose=transpose)
+                        (rows, cols, vals, B), (0, 1), transpose=transpose)
 
 
 def _spmm_fwd(rows, cols, vals, B, n_rows, transpose):
