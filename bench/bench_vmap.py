@@ -1,7 +1,9 @@
 """Many small sampled products under vmap (per-sample or per-problem gradients), lowrank_hpc.jax and
 lowrank_hpc.torch, against the ways a user gets the same numbers otherwise, measured in the same run:
-JAX: our FFI handler per element (vmap_method "sequential"), our host-callback path, jax.numpy;
-torch: torch's per-element vmap fallback over the operator, a loop of torch.autograd.grad calls.
+JAX: our FFI handler per element (vmap_method "sequential"), our host-callback path, jax.numpy
+(and the top-k's one host call against one per element);
+torch: torch's per-element vmap fallback over the operator, a loop of torch.autograd.grad calls
+(and the dense products' and row top-k's vmap rules against the same fallback).
 
     python bench/bench_vmap.py            # 1,000 problems of 30 x 30, r = 4, 300 entries each
     python bench/bench_vmap.py --quick
@@ -67,7 +69,51 @@ def jax_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
         out.append(_row("sampled_product, JAX", case, lambda: jax.block_until_ready(ours(*args)), name,
                         lambda p=peer: jax.block_until_ready(p(*args)), repeats))
-    return out
+    return out + [jax_top_k_row(problems, m, r, repeats)]
+
+
+def jax_top_k_row(problems: int, m: int, r: int, repeats: int, k: int = 5) -> Row:
+    """vmap of the row top-k of tanh(U V^T): one host call against one per element and jax.numpy."""
+    import jax
+    import jax.numpy as jnp
+
+    import lowrank_hpc.jax as lj
+
+    rng = np.random.default_rng(1)
+    U = jnp.asarray(rng.standard_normal((problems, m, r), dtype=np.float32))
+    V = jnp.asarray(rng.standard_normal((problems, m, r), dtype=np.float32))
+    case = f"{problems} x ({m}x{m}, r={r}) f32, vmap of row top-{k} of tanh(U V^T)"
+
+    def top_k(U, V):
+        return tuple(lj.kernel_product(U, V, "tanh", k))
+
+    ours = jax.jit(jax.vmap(top_k))
+    real_callback = jax.pure_callback
+    jax.pure_callback = lambda *a, **kw: real_callback(*a, **{**kw, "vmap_method": "sequential"})
+    try:
+        per_element = jax.jit(jax.vmap(top_k))
+        per_element(U, V)  # traced now, with one callback per element
+    finally:
+        jax.pure_callback = real_callback
+
+    def reference(U, V):
+        K = jnp.tanh(U @ V.T)
+        _, indices = jax.lax.top_k(jnp.abs(K), k)
+        return jnp.take_along_axis(K, indices, 1), indices
+
+    numpy_peer = jax.jit(jax.vmap(reference))
+    expected = ours(U, V)
+    for a, b in zip(expected, per_element(U, V)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # magnitudes only: tanh saturates, so near-equal entries may swap places between the two GEMMs' roundings
+    np.testing.assert_allclose(np.abs(np.asarray(expected[0])), np.abs(np.asarray(numpy_peer(U, V)[0])), atol=1e-6)
+    times = interleaved({"ours": timed(lambda: jax.block_until_ready(ours(U, V))),
+                         "callback": timed(lambda: jax.block_until_ready(per_element(U, V))),
+                         "jnp": timed(lambda: jax.block_until_ready(numpy_peer(U, V)))}, repeats)
+    spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
+    return Row("kernel_product top-k, JAX", case, median(times["ours"]), "host callback per element",
+               median(times["callback"]),
+               f"median of {repeats}; jax.numpy lax.top_k {median(times['jnp']) * 1e3:.2f} ms; {spread} ms")
 
 
 def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]:
@@ -99,14 +145,43 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
     for b in (0, problems - 1):
         torch.testing.assert_close(expected[0][b], looped[b][0])
     forward, fallback = torch.func.vmap(lt.sampled_product), torch.func.vmap(_ops.sampled_product_op)
+    dense_case = f"{problems} x ({m}x{m}, r={r}) f32"
+    def plain_top_k(U):  # what a torch user writes instead: topk of |tanh(U V^T)|, values gathered back
+        K = torch.tanh(U @ V[0].T)
+        indices = K.abs().topk(4, dim=-1).indices
+        return K.gather(-1, indices), indices
+
+    # name: (ours, the operator under torch's fallback, plain torch under vmap, operands)
+    dense = {"lowrank_product, torch vmap": (torch.func.vmap(lt.lowrank_product),
+                                             torch.func.vmap(_ops.lowrank_product_op),
+                                             torch.func.vmap(lambda U, V: U @ V.T), (U, V)),
+             "kernel_product tanh, torch vmap": (torch.func.vmap(lambda U, V: lt.kernel_product(U, V, "tanh")),
+                                                 torch.func.vmap(lambda U, V: _ops.kernel_product_op(U, V, "tanh")),
+                                                 torch.func.vmap(lambda U, V: torch.tanh(U @ V.T)), (U, V)),
+             "kernel_product row top-4, V shared, torch vmap": (
+                 torch.func.vmap(lambda U: tuple(lt.kernel_product(U, V[0], "tanh", 4))),
+                 torch.func.vmap(lambda U: _ops.kernel_top_k_rows_op(U, V[0], "tanh", 4)),
+                 torch.func.vmap(plain_top_k), (U,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's performance warning, which is the point here
         torch.testing.assert_close(forward(U, V, rows, cols), fallback(U, V, rows, cols))
-        return [_row("sampled_product, torch vmap", case, lambda: forward(U, V, rows, cols),
-                     "torch's per-element vmap fallback over the operator", lambda: fallback(U, V, rows, cols),
-                     repeats),
-                _row("sampled_product, torch vmap(grad)", case, lambda: per_sample(U, V, rows, cols),
-                     "loop of torch.autograd.grad", autograd_loop, max(3, repeats // 2))]
+        out = [_row("sampled_product, torch vmap", case, lambda: forward(U, V, rows, cols),
+                    "torch's per-element vmap fallback over the operator", lambda: fallback(U, V, rows, cols),
+                    repeats),
+               _row("sampled_product, torch vmap(grad)", case, lambda: per_sample(U, V, rows, cols),
+                    "loop of torch.autograd.grad", autograd_loop, max(3, repeats // 2))]
+        for name, (ours, peer, plain, operands) in dense.items():
+            torch.testing.assert_close(ours(*operands), peer(*operands))
+            # magnitudes: tanh saturates, so near-equal entries may swap places between the two GEMMs' roundings
+            torch.testing.assert_close(ours(*operands)[0].abs(), plain(*operands)[0].abs())
+            times = interleaved({"ours": timed(lambda o=ours, a=operands: o(*a)),
+                                 "fallback": timed(lambda p=peer, a=operands: p(*a)),
+                                 "plain": timed(lambda p=plain, a=operands: p(*a))}, repeats)
+            spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
+            out.append(Row(name, dense_case, median(times["ours"]), "torch's per-element vmap fallback over the operator",
+                           median(times["fallback"]), f"median of {repeats}; plain torch under vmap "
+                           f"{median(times['plain']) * 1e3:.2f} ms; {spread} ms"))
+        return out
 
 
 def main() -> None:

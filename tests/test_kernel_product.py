@@ -95,6 +95,31 @@ def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows, n, k):
     np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("block_rows,batch", [(None, 40), (26, 7), (39, 7), (12, 3)])
+def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, block_rows, batch):
+    """Row mode forms several problems' rows in one block (13 rows each: 2 or 3 problems a block,
+    the last one short; block_rows 12: one block per problem's rows, as before), in the order
+    asked; an overflow in the last problem is still counted."""
+    m, n, r, k = 13, 29, 4, 6
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    expected_values, expected_indices = reference.top_k_rows(reference.kernel_product(U, V, "tanh"), k)
+    for order in ("magnitude", "position"):
+        result = kernel_product(backend.put(U), backend.put(V), "tanh", k, block_rows=block_rows, top_k_order=order)
+        values, indices = backend.get(result.values), backend.get(result.indices)
+        assert values.shape == indices.shape == (batch, m, k)
+        if order == "position":
+            by_column = np.argsort(expected_indices, axis=-1)
+            expected_indices = np.take_along_axis(expected_indices, by_column, -1)
+            expected_values = np.take_along_axis(expected_values, by_column, -1)
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
+    U[-1, -1, 0], V[-1, 3, 0] = 100.0, 100.0
+    overflowed = int(np.sum(U[-1].astype(np.float64) @ V[-1].T.astype(np.float64) > np.log(np.finfo(dtype).max)))
+    assert overflowed >= 1
+    with pytest.raises(FloatingPointError, match=f"exponential kernel overflowed: {overflowed} entries"):
+        kernel_product(backend.put(U), backend.put(V), "exp", k, block_rows=block_rows)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch", [None, 2])
 @pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (13 * 29, 5)])

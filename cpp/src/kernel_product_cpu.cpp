@@ -57,6 +57,26 @@ T kth_largest_magnitude(const T* magnitudes, int64_t size, int64_t k) {
   return result;
 }
 
+// The k best of a row of f-values by ops::ranks_before, best first, into best (k), kept by
+// insertion: entries come in index order, so a later one ranks before a kept one only with a
+// strictly larger magnitude, and with few to keep most entries cost one compare.
+template <class T>
+void keep_best_by_insertion(const T* row, int64_t n, int64_t k, ops::Candidate<T>* best) {
+  int64_t kept = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const ops::Candidate<T> candidate = ops::make_candidate(row[j], j);
+    if (kept == k && !(candidate.magnitude > best[k - 1].magnitude)) continue;
+    int64_t t = kept < k ? kept++ : k - 1;
+    for (; t > 0 && candidate.magnitude > best[t - 1].magnitude; --t) best[t] = best[t - 1];
+    best[t] = candidate;
+  }
+}
+
+// Rows with fewer chunks than k, where every entry competes, keep k <= this by insertion
+// instead of collecting them all and sorting (the whole row top-k of 1,000 problems of 30 x 30,
+// k = 5: 20 -> 12 ms; of 30,000 x 200, k = 16: 116-145 -> 61-84 ms).
+constexpr int64_t kMaxInsertionK = 32;
+
 // Each row's k best by ops::ranks_before, f applied only where an entry can be among them. |f(x)|
 // grows with ops::rank_argument<F>(x) (up to a few ulp of f's rounding), so a 16-entry chunk's
 // best is f of its largest argument (one vectorised pass for those), and the k-th best of the
@@ -80,6 +100,16 @@ int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < rows; ++i) {
       T* row = block + i * n;
+      if (chunks < k && k <= kMaxInsertionK) {
+        bad += apply_range<F>(row, n);
+        candidates.resize(static_cast<size_t>(k));
+        keep_best_by_insertion(row, n, k, candidates.data());
+        for (int64_t t = 0; t < k; ++t) {
+          values[i * k + t] = row[candidates[t].index];
+          indices[i * k + t] = candidates[t].index;
+        }
+        continue;
+      }
       for (int64_t c = 0; c < chunks; ++c) {  // each chunk's largest argument
         const T* chunk = row + c * kChunk;
         const int64_t size = std::min(kChunk, n - c * kChunk);

@@ -10,7 +10,8 @@ top-k, they go through ``jax.pure_callback`` (the host arrays XLA hands over go 
 kernels as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6
 entries on the CPU). Both work under ``jit`` and ``vmap`` and give the same values; under
 ``vmap`` a handler takes the vmapped elements in one call (operands vmap does not batch are read
-in place), the callback one element at a time. The dense products are XLA's alone:
+in place), the sparse products' callback one element at a time, top-k's callback all of them in
+one host call. The dense products are XLA's alone:
 ``lowrank_product`` its GEMM, a dense ``kernel_product`` its GEMM with f fused into the result's
 pass (a host callback's copies of the m x n result made it 2x slower than jax.numpy's).
 ``jax.custom_vjp`` gives every function reverse-mode derivatives made of the same products
@@ -133,12 +134,14 @@ def _host_kernel(name: str, result_shape, callback, arrays, index_slots: tuple[i
     return jax.lax.platform_dependent(*arrays, default=callback, **branches)
 
 
-def _callback(function, result_shapes, *args):
-    """function(*numpy arrays) run by XLA on the host; results as ShapeDtypeStructs."""
+def _callback(function, result_shapes, *args, vmap_method: str = "sequential"):
+    """function(*numpy arrays) run by XLA on the host; results as ShapeDtypeStructs. Under vmap
+    one call per element, or with "expand_dims" one call for them all (function then takes and
+    returns the vmapped elements as leading dimensions, 1 where an operand is not batched)."""
     def host(*arrays):
         out = function(*(np.asarray(a) for a in arrays))
         return tuple(np.asarray(o) for o in out) if isinstance(out, tuple) else np.asarray(out)
-    return jax.pure_callback(host, result_shapes, *args, vmap_method="sequential")
+    return jax.pure_callback(host, result_shapes, *args, vmap_method=vmap_method)
 
 
 # -- sampled_product ------------------------------------------------------------------------------
@@ -209,7 +212,10 @@ def sparse_times_dense(rows, cols, vals, B, n_rows: int, *, transpose: bool = Fa
     _check_nonempty("sparse_times_dense", "B", B)
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
     result_bytes = n_rows * B.shape[1] * B.dtype.itemsize
-    if result_bytes >= 2**62:  # XLA aborts the process on a shape whose byte size overflows
+    # XLA aborts the process on a shape whose byte size overflows. Under vmap it sees the stacked
+    # (batch, n_rows, r), which this check cannot: XLA aborts there as on jax.numpy's own arrays
+    # (vmap of jnp.zeros((2**58, 8)) + x over 4 elements: "overflow in static extent product").
+    if result_bytes >= 2**62:
         raise ValueError(f"sparse_times_dense: n_rows = {n_rows} is too large: the ({n_rows}, {B.shape[1]}) "
                          f"result would need {result_bytes:,} bytes")
     return _spmm(rows, cols, vals, B, n_rows, _checks.flag("sparse_times_dense", "transpose", transpose))
@@ -294,13 +300,25 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
     else:
         shapes = (jax.ShapeDtypeStruct((k,), U.dtype), jax.ShapeDtypeStruct((k,), jnp.int32),
                   jax.ShapeDtypeStruct((k,), jnp.int32))
+    # vmap: every element in one host call (a call per element cost about 0.2 ms each).
+    return _callback(functools.partial(_top_k_host, kernel=kernel, k=k, mode=mode, order=order), shapes, U, V,
+                     vmap_method="expand_dims")
 
-    def host(U, V):
-        result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order, check_finite=False)
-        # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
-        return (result[0],) + tuple(x.astype(np.int32) for x in result[1:])
 
-    return _callback(host, shapes, U, V)
+def _top_k_host(U: np.ndarray, V: np.ndarray, *, kernel: str, k: int, mode: str, order: str):
+    """The top-k of f(U V^T) for U (..., m, r), V (..., n, r) whose leading dimensions (the
+    vmapped elements) are equal or 1, by lowrank_hpc.ops on the host; int32 indices."""
+    lead = np.broadcast_shapes(U.shape[:-2], V.shape[:-2])
+    m, r = U.shape[-2:]
+    if mode == "row" and V.size == V.shape[-2] * r:  # V shared: the elements' rows are one matrix's rows
+        U, V = U.reshape(-1, r), V.reshape(-1, r)
+    else:  # a shared operand copied per element: small beside each element's m x n product
+        U = np.broadcast_to(U, lead + U.shape[-2:]).reshape((-1,) + U.shape[-2:])
+        V = np.broadcast_to(V, lead + V.shape[-2:]).reshape((-1,) + V.shape[-2:])
+    result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order, check_finite=False)
+    # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
+    shape = lead + ((m, k) if mode == "row" else (k,))
+    return (result[0].reshape(shape),) + tuple(x.astype(np.int32).reshape(shape) for x in result[1:])
 
 
 def _top_k_fwd(U, V, kernel, k, mode, order):

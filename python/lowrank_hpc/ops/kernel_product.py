@@ -106,6 +106,14 @@ class _Selection:
             _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
+    def problems(self, first: int, last: int):
+        """(values, indices) of the rows of problems first..last-1, formed as one block."""
+        m, n = self.U3.shape[1], self.V3.shape[1]
+        block = self.buffer[:(last - first) * m]
+        _gemm(self.call.xp, self.U3[first:last], self.V3[first:last].transpose(0, 2, 1),
+              out=block.reshape(last - first, m, n))
+        return self._select(block)
+
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
         xp, m = self.call.xp, self.U3.shape[1]
@@ -134,10 +142,17 @@ class _Selection:
             _raise_overflow(self.call, self.code, bad)
 
 
-def _top_k_rows(selection: _Selection, batch: int, m: int):
+def _top_k_rows(selection: _Selection, batch: int, m: int, group: int):
     xp, dtype = selection.call.xp, selection.U3.dtype
     values = xp.empty((batch, m, selection.kk), dtype=dtype)
     indices = xp.empty((batch, m, selection.kk), dtype=xp.int64)
+    if group > 1:
+        for first in range(0, batch, group):
+            last = min(first + group, batch)
+            group_values, group_indices = selection.problems(first, last)
+            values[first:last] = group_values.reshape(last - first, m, -1)
+            indices[first:last] = group_indices.reshape(last - first, m, -1)
+        return values, indices
     for b in range(batch):
         for start, block_values, block_indices in selection.blocks(b):
             stop = start + block_values.shape[0]
@@ -346,7 +361,8 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         smaller column (row mode) or flat index (global)) or "position" (ascending column in each
         row; global: row-major, rows then columns ascending: the CSR order a sparse product of the
         kept entries wants, and no sort of them by magnitude).
-    block_rows : rows of U V^T formed at a time in top-k mode; default: as many as fit 64 MiB.
+    block_rows : rows of U V^T formed at a time in top-k mode (in row mode, several problems'
+        rows together where each has fewer); default: as many as fit 64 MiB.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
     Returns
@@ -380,12 +396,13 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         bound = f"n = {n}" if top_k_mode == "row" else f"m * n = {m} * {n} = {m * n}"
         raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {bound} in {top_k_mode} mode, got {top_k}")
     if block_rows is None:
-        block_rows = max(1, min(m, _BLOCK_BYTES // (n * U3.dtype.itemsize)))
-    else:
-        block_rows = min(block_rows, m)
-    selection = _Selection(call, U3, V3, code, min(top_k, n), block_rows)
+        block_rows = max(1, _BLOCK_BYTES // (n * U3.dtype.itemsize))
+    # Row mode: problems smaller than a block share one (a GEMM and a selection for many of them,
+    # where 1,000 problems of 30 x 30 made 1,000 of each).
+    group = max(1, min(batch, block_rows // m)) if top_k_mode == "row" else 1
+    selection = _Selection(call, U3, V3, code, min(top_k, n), group * m if group > 1 else min(block_rows, m))
     if top_k_mode == "row":
-        values, indices = _top_k_rows(selection, batch, m)
+        values, indices = _top_k_rows(selection, batch, m, group)
         selection.check()
         if top_k_order == "position":
             by_column = call.xp.argsort(indices, axis=-1)  # columns in a row are distinct

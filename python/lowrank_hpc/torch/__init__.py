@@ -9,8 +9,9 @@ CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without
 Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, jacrev, vmap of a
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
 as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
-``vmap`` the sparse products take the stacked elements in one call; the others run once per
-element (torch's fallback). Forward mode (jvp, jacfwd) is not supported.
+``vmap`` the sparse and dense products, and row top-k with V shared, take the stacked elements in
+one call (shared factors read in place); row top-k with V batched and global top-k run once per
+element. Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations
 

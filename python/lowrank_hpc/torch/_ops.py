@@ -509,9 +509,98 @@ def _vmap_spmm(info, in_dims, rows, cols, vals, B, n_rows, transpose):
     return out.reshape(size, n_rows, r), 0
 
 
+# vmap of the dense products: f(U V^T) with f element-wise (identity for lowrank_product) is row
+# by row and column by column, so the elements stack into one call. Both factors batched: one
+# batched (3-D) product. Only U batched: the elements' rows as one factor (B*m rows) against the
+# shared V, read in place. Only V batched: the shared U against the elements' rows of V (B*n), a
+# product (m, B*n) that is the result with the vmapped dimension in the middle (no copy back).
+# 3-D elements (their own batch b) with one factor shared: the same within each of the b problems,
+# (b, B*m, r) against (b, n, r) in place (the batched factor is moved, never the shared one copied).
+
+def _stacked_pair(U: torch.Tensor, V: torch.Tensor, U_dim: Optional[int], V_dim: Optional[int], size: int):
+    """(Us, Vs, U1, V1): both factors with the vmapped dimension first (``_stacked``) and one
+    element of each (a shared factor itself; with no elements an empty tensor of an element's
+    shape, dtype and device), the element for the operator's own checks."""
+    Us, Vs = _stacked(U, U_dim, size), _stacked(V, V_dim, size)
+
+    def element(x, dim, stacked):
+        if dim is None:
+            return x
+        return stacked[0] if size else stacked.new_empty(stacked.shape[1:])
+
+    return Us, Vs, element(U, U_dim, Us), element(V, V_dim, Vs)
+
+
+def _vmap_pair(function: str, product: Callable, size: int, U: torch.Tensor, V: torch.Tensor,
+               U_dim: Optional[int], V_dim: Optional[int]) -> tuple[torch.Tensor, int]:
+    """vmap of ``product(U, V)`` = f(U V^T), f element-wise: elements U (..., m, r), V (..., n, r)
+    (2-D, or 3-D with their own batch) at in_dims U_dim, V_dim (None: shared), as one call.
+    Returns (result, out_dim): the elements' (..., m, n) results with the vmapped dimension at out_dim."""
+    Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
+    _check_pair(function, U1, V1, (2, 3))  # each element's shapes, as the operator checks them
+    (m, r), n, lead = U1.shape[-2:], V1.shape[-2], U1.shape[:-2]  # lead: the elements' own batch, if any
+    if size == 0:
+        return Us.new_empty((0, *lead, m, n)), 0
+    if U_dim is not None and V_dim is not None:
+        out = product(Us.reshape(-1, m, r), Vs.reshape(-1, n, r))  # vmapped and own batch as one
+        return out.reshape(size, *lead, m, n), 0
+    if V_dim is None:  # (..., B*m, r) against V in place: (..., B*m, n), the elements one after another
+        out = product(U.movedim(U_dim, len(lead)).reshape(*lead, size * m, r), V)
+        return out.reshape(*lead, size, m, n), len(lead)
+    # U in place against (..., B*n, r): (..., m, B*n), whose columns are the elements' one after another
+    out = product(U, V.movedim(V_dim, len(lead)).reshape(*lead, size * n, r))
+    return out.reshape(*lead, m, size, n), len(lead) + 1
+
+
+def _vmap_lowrank(info, in_dims, U, V):
+    return _vmap_pair("lowrank_product", lowrank_product_fn, info.batch_size, U, V, *in_dims)
+
+
+def _vmap_kernel(info, in_dims, U, V, kernel):
+    kernel_name("kernel_product", kernel)  # checked with no elements too
+    return _vmap_pair("kernel_product", lambda U_, V_: kernel_product_fn(U_, V_, kernel), info.batch_size, U, V,
+                      *in_dims[:2])
+
+
+def _by_element(function: Callable, size: int, operands: Sequence[torch.Tensor], static: tuple):
+    """``function`` on each element of the stacked operands, its tuple of results stacked (out
+    dims 0): torch's per-element fallback, without its performance warning."""
+    results = [function(*(x[b] for x in operands), *static) for b in range(size)]
+    return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
+
+
+def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
+    """Row top-k is row by row: with V shared, the elements' rows (B*m, r) in one call against V
+    in place; with V batched each element selects among its own columns (a loop)."""
+    size = info.batch_size
+    U_dim, V_dim = in_dims[:2]
+    Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
+    _check_top_k("kernel_product", U1, V1, kernel, k, V1.shape[0], "row", order)
+    m, r = U1.shape
+    if size == 0:
+        return (Us.new_empty((0, m, k)), Us.new_empty((0, m, k), dtype=torch.int64)), (0, 0)
+    if V_dim is None:
+        values, indices = kernel_top_k_rows_fn(Us.reshape(size * m, r), V, kernel, k, order)
+        return (values.reshape(size, m, k), indices.reshape(size, m, k)), (0, 0)
+    return _by_element(kernel_top_k_rows_fn, size, (Us, Vs), (kernel, k, order))
+
+
+def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
+    """A loop over the elements: each one's top-k is over its whole m x n, so stacking their
+    rows or columns into one problem would select across elements."""
+    size = info.batch_size
+    U_dim, V_dim = in_dims[:2]
+    Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
+    _check_top_k("kernel_product", U1, V1, kernel, k, U1.shape[0] * V1.shape[0], "global", order)
+    if size == 0:
+        return (Us.new_empty((0, k)), *(Us.new_empty((0, k), dtype=torch.int64) for _ in range(2))), (0, 0, 0)
+    return _by_element(kernel_top_k_global_fn, size, (Us, Vs), (kernel, k, order))
+
+
 sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward, _vmap_sampled)
 sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward, _vmap_spmm)
-lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward)
-kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward)
-kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward)
-kernel_top_k_global_fn = _transformable(kernel_top_k_global_op, _top_k_setup, _top_k_global_backward)
+lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward, _vmap_lowrank)
+kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward, _vmap_kernel)
+kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward, _vmap_top_k_rows)
+kernel_top_k_global_fn = _transformable(kernel_top_k_global_op, _top_k_setup, _top_k_global_backward,
+                                        _vmap_top_k_global)

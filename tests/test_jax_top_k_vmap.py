@@ -1,0 +1,110 @@
+"""lowrank_hpc.jax's top-k under vmap: every element in one host call (the callback's
+"expand_dims" method), equal to the elements' own calls, for every mix of batched and shared
+factors, both modes and orders, nested vmap and per-element gradients. Skipped without jax."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax is not installed (optional extra: pip install lowrank_hpc[jax])")
+
+import jax.numpy as jnp  # noqa: E402
+
+import lowrank_hpc.jax as lj  # noqa: E402
+from lowrank_hpc import ops  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("jax_x64")
+
+MODES = (("row", 3), ("global", 7))
+
+
+def factors(seed, batch, m=6, n=5, r=3, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((batch, m, r)).astype(dtype)),
+            jnp.asarray(rng.standard_normal((batch, n, r)).astype(dtype)))
+
+
+def top_k(U, V, kernel, k, mode, order):
+    return tuple(lj.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order))
+
+
+@pytest.mark.parametrize("mode,k", MODES)
+@pytest.mark.parametrize("order", ["magnitude", "position"])
+@pytest.mark.parametrize("axes", [(0, 0), (0, None), (None, 0), (1, 0)])
+def test_vmap_equals_each_elements_own_call(mode, k, order, axes):
+    Us, Vs = factors(1, 4)
+    U_in = jnp.moveaxis(Us, 0, axes[0]) if axes[0] is not None else Us[2]
+    V_in = Vs if axes[1] is not None else Vs[1]
+    got = jax.vmap(lambda U, V: top_k(U, V, "tanh", k, mode, order), in_axes=axes)(U_in, V_in)
+    for b in range(4):
+        U = Us[b] if axes[0] is not None else Us[2]
+        V = Vs[b] if axes[1] is not None else Vs[1]
+        expected = top_k(U, V, "tanh", k, mode, order)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(np.asarray(g[b]), np.asarray(e))
+        K = np.tanh(np.asarray(U) @ np.asarray(V).T)  # and against numpy, independent of the library
+        if mode == "row" and order == "magnitude":
+            np.testing.assert_array_equal(np.asarray(got[1][b]), np.argsort(-np.abs(K), axis=1, kind="stable")[:, :k])
+            np.testing.assert_allclose(np.asarray(got[0][b]), np.take_along_axis(K, np.asarray(got[1][b]), 1),
+                                       rtol=1e-14)
+
+
+def test_vmap_is_one_host_call(monkeypatch):
+    """The fallback ran one callback per element; removing vmap_method="expand_dims" fails this."""
+    calls = []
+    real = ops.kernel_product
+
+    def counted(*args, **kwargs):
+        calls.append(np.shape(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "kernel_product", counted)
+    Us, Vs = factors(2, 5)
+    for mode, k in MODES:
+        calls.clear()
+        jax.block_until_ready(jax.vmap(lambda U, V: top_k(U, V, "relu", k, mode, "magnitude"))(Us, Vs))
+        assert calls == [(5, 6, 3)]
+    calls.clear()  # row mode with V shared: the elements' rows as one (batch * m, r) factor
+    jax.block_until_ready(jax.vmap(lambda U: top_k(U, Vs[0], "relu", 3, "row", "magnitude"))(Us))
+    assert calls == [(30, 3)]
+
+
+def test_nested_vmap_and_no_elements():
+    Us, Vs = factors(3, 6)
+    U2, V2 = Us.reshape(2, 3, 6, 3), Vs.reshape(2, 3, 5, 3)
+    for mode, k in MODES:
+        got = jax.vmap(jax.vmap(lambda U, V: top_k(U, V, "exponential", k, mode, "magnitude")))(U2, V2)
+        for a, b in itertools.product(range(2), range(3)):
+            expected = top_k(U2[a, b], V2[a, b], "exponential", k, mode, "magnitude")
+            for g, e in zip(got, expected):
+                np.testing.assert_array_equal(np.asarray(g[a, b]), np.asarray(e))
+        got = jax.vmap(lambda U, V: top_k(U, V, "tanh", k, mode, "magnitude"))(Us[:0], Vs[:0])
+        assert all(g.shape[0] == 0 for g in got)
+
+
+def test_per_element_gradients_through_the_vmapped_top_k():
+    Us, Vs = factors(4, 3)
+
+    def loss(U, V):
+        return jnp.sum(lj.kernel_product(U, V, "tanh", 4, top_k_mode="global").values ** 2)
+
+    got = jax.vmap(jax.grad(loss, argnums=(0, 1)))(Us, Vs)
+    for b in range(3):
+        K = jnp.tanh(Us[b] @ Vs[b].T).reshape(-1)
+        kept = jnp.argsort(-jnp.abs(jax.lax.stop_gradient(K)), stable=True)[:4]
+        expected = jax.grad(lambda U, V: jnp.sum(jnp.tanh(U @ V.T).reshape(-1)[kept] ** 2), argnums=(0, 1))(Us[b], Vs[b])
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(np.asarray(g[b]), np.asarray(e), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_vmap_in_other_precisions(dtype):
+    Us, Vs = factors(5, 3, dtype=np.float32)
+    Us, Vs = Us.astype(dtype), Vs.astype(dtype)
+    got = jax.vmap(lambda U, V: top_k(U, V, "relu", 2, "row", "magnitude"))(Us, Vs)
+    assert got[0].dtype == dtype and got[1].dtype == jnp.int32
+    for b in range(3):
+        for g, e in zip(got, top_k(Us[b], Vs[b], "relu", 2, "row", "magnitude")):
+            np.testing.assert_array_equal(np.asarray(g[b]).astype(np.float64), np.asarray(e).astype(np.float64))

@@ -1,0 +1,317 @@
+"""lowrank_hpc.torch's vmap rules for the dense products (_ops._vmap_lowrank, _vmap_kernel,
+_vmap_top_k_rows, _vmap_top_k_global): values against plain torch and against loops of the
+operator, every in_dims combination, 2-D and 3-D elements, no elements, two levels of vmap,
+per-sample gradients, one kernel call per vmap (a shared factor read in place), and the
+operator's own errors. Skipped without torch."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (optional extra; in the test extra)")
+
+import lowrank_hpc.torch as lt  # noqa: E402
+from lowrank_hpc import ops  # noqa: E402
+
+B, OWN, M, N, R = 5, 2, 4, 3, 2  # vmapped elements, an element's own batch (3-D elements), its shape
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+# Plain-torch transcriptions of the kernels, the references.
+TORCH_KERNELS = {"identity": lambda x: x, "relu": torch.relu, "exponential": torch.exp, "tanh": torch.tanh,
+                 "piecewise_linear": lambda x: torch.clamp(x, -1, 1)}
+# (in_dims of U, of V): None is a factor shared by every element.
+IN_DIMS = [(0, 0), (1, 1), (0, 1), (0, None), (1, None), (None, 0), (None, 1)]
+
+
+def _operand(shape, dim, size, dtype, generator):
+    """A factor of element shape ``shape`` with ``size`` elements stacked at dim (None: one element)."""
+    if dim is None:
+        return torch.randn(*shape, generator=generator, dtype=dtype)
+    return torch.randn(size, *shape, generator=generator, dtype=dtype).movedim(0, dim)
+
+
+def _factors(dims, own=(), size=B, dtype=torch.float64, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    U = _operand((*own, M, R), dims[0], size, dtype, generator) * scale
+    V = _operand((*own, N, R), dims[1], size, dtype, generator) * scale
+    return U, V
+
+
+def _element(x, dim, b):
+    return x if dim is None else x.select(dim, b)
+
+
+def _dense(U, V, kernel="identity"):
+    return TORCH_KERNELS[kernel](U @ V.transpose(-1, -2))
+
+
+def _record(monkeypatch, *names):
+    """Each call of the core's ``ops.<name>`` (the operators' kernels) as (name, args, result)."""
+    calls = []
+    for name in names:
+        original = getattr(ops, name)
+
+        def recorded(*args, _name=name, _original=original, **kwargs):
+            result = _original(*args, **kwargs)
+            calls.append((_name, args, result))
+            return result
+
+        monkeypatch.setattr(ops, name, recorded)
+    return calls
+
+
+def _address(array) -> int:
+    return array.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("own", [(), (OWN,)], ids=["2-D", "3-D"])
+@pytest.mark.parametrize("dims", IN_DIMS, ids=str)
+def test_lowrank_product_under_vmap_is_one_call_equal_to_plain_torch(monkeypatch, dims, own, dtype):
+    U, V = _factors(dims, own, dtype=dtype)
+    calls = _record(monkeypatch, "lowrank_product")
+    got = torch.func.vmap(lt.lowrank_product, in_dims=dims)(U, V)
+    monkeypatch.undo()
+    assert len(calls) == 1  # all B elements in one kernel call (the fallback made B)
+    expected = torch.stack([_element(U, dims[0], b) @ _element(V, dims[1], b).transpose(-1, -2) for b in range(B)])
+    assert got.shape == (B, *own, M, N) and got.dtype == dtype
+    torch.testing.assert_close(got, expected, **TOL[dtype])
+    torch.testing.assert_close(got, torch.func.vmap(_dense, in_dims=dims)(U, V), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("own", [(), (OWN,)], ids=["2-D", "3-D"])
+@pytest.mark.parametrize("dims", [(0, 0), (1, None), (None, 1)], ids=str)
+@pytest.mark.parametrize("kernel", ops.KERNELS)
+def test_kernel_product_under_vmap_is_one_call_equal_to_plain_torch(monkeypatch, kernel, dims, own, dtype):
+    assert set(TORCH_KERNELS) == set(ops.KERNELS)  # a new kernel needs its reference here
+    U, V = _factors(dims, own, dtype=dtype, seed=1)
+    calls = _record(monkeypatch, "kernel_product")
+    got = torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, kernel), in_dims=dims)(U, V)
+    monkeypatch.undo()
+    assert len(calls) == 1
+    expected = torch.stack([_dense(_element(U, dims[0], b), _element(V, dims[1], b), kernel) for b in range(B)])
+    assert got.shape == (B, *own, M, N)
+    torch.testing.assert_close(got, expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype, unit_roundoff", [(torch.float16, 2.0**-11), (torch.bfloat16, 2.0**-8)], ids=str)
+def test_low_precision_under_vmap_is_rounded_once(dtype, unit_roundoff):
+    """float16/bfloat16 elements: summed in float32 and rounded once, as without vmap (within two
+    units of the format's roundoff of the float64 product of the same 16-bit factors)."""
+    U, V = _factors((0, None), dtype=dtype, seed=2)
+    U64, V64 = U.double(), V.double()
+    tolerance = dict(rtol=2 * unit_roundoff, atol=1e-6)
+    product = torch.func.vmap(lt.lowrank_product, in_dims=(0, None))(U, V)
+    assert product.dtype == dtype
+    torch.testing.assert_close(product.double(), _dense(U64, V64), **tolerance)
+    tanh = torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "tanh"), in_dims=(None, 0))(V, U)  # V shared
+    assert tanh.dtype == dtype
+    torch.testing.assert_close(tanh.double(), _dense(V64, U64, "tanh"), **tolerance)
+
+
+def test_a_shared_factor_is_read_in_place_and_the_result_not_copied(monkeypatch):
+    """U batched, V shared: one 2-D call on the elements' rows (B*m, r) with V's own memory (the
+    rule must not expand V to B copies). V batched, U shared: U's memory, and the vmapped result
+    is the kernel's (m, B*n) output itself (out dim 1), not a copy."""
+    U, V = _factors((0, None))
+    calls = _record(monkeypatch, "lowrank_product", "kernel_product")
+    torch.func.vmap(lt.lowrank_product, in_dims=(0, None))(U, V)
+    torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "relu"), in_dims=(0, None))(U, V)
+    torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "tanh", 2), in_dims=(0, None))(U, V)
+    for name, (U_in, V_in, *_), _ in calls:
+        assert U_in.shape == (B * M, R) and V_in.shape == (N, R), name
+        assert _address(V_in) == V.data_ptr(), name
+    assert [name for name, _, _ in calls] == ["lowrank_product", "kernel_product", "kernel_product"]
+    calls.clear()
+    U3, V3 = _factors((1, None), (OWN,))  # 3-D elements: the elements' rows within each own-batch entry
+    got = torch.func.vmap(lt.lowrank_product, in_dims=(1, None))(U3, V3)
+    ((_, (U_in, V_in), _),) = calls
+    assert U_in.shape == (OWN, B * M, R) and V_in.shape == (OWN, N, R) and _address(V_in) == V3.data_ptr()
+    torch.testing.assert_close(got, _dense(U3.movedim(1, 0), V3), **TOL[torch.float64])
+    calls.clear()
+    V_batched = _factors((None, 0))[1]
+    U_shared = U[0]
+    got = torch.func.vmap(lt.lowrank_product, in_dims=(None, 0))(U_shared, V_batched)
+    ((_, (U_in, V_in), result),) = calls
+    assert U_in.shape == (M, R) and V_in.shape == (B * N, R) and _address(U_in) == U_shared.data_ptr()
+    assert got.data_ptr() == _address(result)
+    torch.testing.assert_close(got, _dense(U_shared, V_batched), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("order", ops.TOP_K_ORDERS)
+@pytest.mark.parametrize("dims", IN_DIMS, ids=str)
+def test_top_k_rows_under_vmap_equals_each_element_exactly(monkeypatch, dims, order):
+    """Row top-k is row by row: with V shared one call over the elements' rows gives each
+    element's values and indices bit for bit; with V batched a loop over the elements."""
+    U, V = _factors(dims, dtype=torch.float32, seed=3)
+    calls = _record(monkeypatch, "kernel_product")
+    values, indices = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2, top_k_order=order)),
+                                      in_dims=dims)(U, V)
+    monkeypatch.undo()
+    assert len(calls) == (1 if dims[1] is None else B)
+    assert values.shape == indices.shape == (B, M, 2) and indices.dtype == torch.int64
+    for b in range(B):
+        expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "tanh", 2, top_k_order=order)
+        assert torch.equal(values[b], expected.values) and torch.equal(indices[b], expected.indices)
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (1, None), (None, 1)], ids=str)
+def test_top_k_global_under_vmap_equals_each_element_exactly(dims):
+    U, V = _factors(dims, dtype=torch.float32, seed=4)
+    got = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "relu", 5, top_k_mode="global")),
+                          in_dims=dims)(U, V)
+    assert [x.shape for x in got] == [(B, 5)] * 3
+    for b in range(B):
+        expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "relu", 5, top_k_mode="global")
+        for part, want in zip(got, expected):
+            assert torch.equal(part[b], want)
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (0, None), (None, 0)], ids=str)
+def test_no_elements_and_one_element(dims):
+    """B = 0: empty results of the elements' result shape (the kernels refuse empty factors);
+    B = 1: the single element's results."""
+    for own in ((), (OWN,)):
+        U, V = _factors(dims, own, size=0)
+        assert torch.func.vmap(lt.lowrank_product, in_dims=dims)(U, V).shape == (0, *own, M, N)
+        assert torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "exp"), in_dims=dims)(U, V).shape == \
+            (0, *own, M, N)
+        U, V = _factors(dims, own, size=1)
+        U1, V1 = _element(U, dims[0], 0), _element(V, dims[1], 0)
+        torch.testing.assert_close(torch.func.vmap(lt.lowrank_product, in_dims=dims)(U, V)[0], _dense(U1, V1),
+                                   **TOL[torch.float64])
+        torch.testing.assert_close(torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "exp"), in_dims=dims)(U, V),
+                                   _dense(U1, V1, "exponential").unsqueeze(0), **TOL[torch.float64])
+    U, V = _factors(dims, size=0)
+    rows = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)), in_dims=dims)(U, V)
+    assert [(x.shape, x.dtype) for x in rows] == [((0, M, 2), torch.float64), ((0, M, 2), torch.int64)]
+    top = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 3, top_k_mode="global")),
+                          in_dims=dims)(U, V)
+    assert [(x.shape, x.dtype) for x in top] == [((0, 3), torch.float64)] + [((0, 3), torch.int64)] * 2
+    U, V = _factors(dims, size=1)
+    U1, V1 = _element(U, dims[0], 0), _element(V, dims[1], 0)
+    for mode, k in (("row", 2), ("global", 3)):
+        got = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", k, top_k_mode=mode)),
+                              in_dims=dims)(U, V)
+        for part, want in zip(got, lt.kernel_product(U1, V1, "tanh", k, top_k_mode=mode)):
+            assert torch.equal(part[0], want)
+
+
+def test_two_levels_of_vmap_are_one_call(monkeypatch):
+    """vmap of vmap: the inner rule's one call is the outer level's operator call, whose rule makes
+    it one kernel call for all outer x inner elements, whichever factor each level batches."""
+    generator = torch.Generator().manual_seed(5)
+    outer, inner = 3, B
+    U = torch.randn(outer, inner, M, R, generator=generator, dtype=torch.float64)
+    V = torch.randn(outer, inner, N, R, generator=generator, dtype=torch.float64)
+    calls = _record(monkeypatch, "lowrank_product", "kernel_product")
+    both = torch.func.vmap(torch.func.vmap(lt.lowrank_product))(U, V)
+    # inner level batches U only, outer level V only: result[i, j] = U[0, j] @ V[i, 0]^T
+    crossed = torch.func.vmap(torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "tanh"), in_dims=(0, None)),
+                              in_dims=(None, 0))(U[0], V[:, 0])
+    rows = torch.func.vmap(torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)),
+                                           in_dims=(0, None)), in_dims=(0, None))(U, V[0, 0])
+    monkeypatch.undo()
+    assert [name for name, _, _ in calls] == ["lowrank_product", "kernel_product", "kernel_product"]
+    for i in range(outer):
+        for j in range(inner):
+            torch.testing.assert_close(both[i, j], _dense(U[i, j], V[i, j]), **TOL[torch.float64])
+            torch.testing.assert_close(crossed[i, j], _dense(U[0, j], V[i, 0], "tanh"), **TOL[torch.float64])
+            expected = lt.kernel_product(U[i, j], V[0, 0], "tanh", 2)
+            assert torch.equal(rows[0][i, j], expected.values) and torch.equal(rows[1][i, j], expected.indices)
+
+
+def _losses():
+    weights = torch.linspace(-1, 1, M * N, dtype=torch.float64).reshape(M, N)
+    return {
+        "lowrank_product": lambda U, V: (lt.lowrank_product(U, V) * weights).square().sum(),
+        "kernel_tanh": lambda U, V: (lt.kernel_product(U, V, "tanh") * weights).sum(),
+        "kernel_exponential": lambda U, V: (lt.kernel_product(U, V, "exp") * weights).sum(),
+        "top_k_rows": lambda U, V: lt.kernel_product(U, V, "tanh", 2).values.square().sum(),
+        "top_k_global": lambda U, V: lt.kernel_product(U, V, "relu", 5, top_k_mode="global").values.square().sum(),
+    }
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (0, None), (None, 1)], ids=str)
+@pytest.mark.parametrize("case", list(_losses()))
+def test_per_sample_gradients_by_vmap_of_grad_equal_a_loop_of_autograd(case, dims):
+    loss = _losses()[case]
+    U, V = _factors(dims, seed=6)
+    per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=dims)(U, V)
+    for b in range(B):
+        U1, V1 = (_element(x, d, b).detach().clone().requires_grad_(True) for x, d in zip((U, V), dims))
+        expected = torch.autograd.grad(loss(U1, V1), (U1, V1))
+        torch.testing.assert_close(per_sample[0][b], expected[0], **TOL[torch.float64])
+        torch.testing.assert_close(per_sample[1][b], expected[1], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (1, None), (None, 0)], ids=str)
+def test_grad_of_a_vmapped_function_equals_plain_torch_autograd(dims):
+    """torch.func.grad through the rules (each call of the rule is recorded by autograd) against
+    torch.autograd of the same math in plain torch, for the dense products and the row top-k."""
+    U, V = _factors(dims, (OWN,), seed=7)
+
+    def dense(product):
+        return lambda U_, V_: torch.func.vmap(product, in_dims=dims)(U_, V_).sin().sum()
+
+    def plain(U_, V_):  # the same loss in plain torch: the elements' products stacked
+        elements = [(_element(U_, dims[0], b), _element(V_, dims[1], b)) for b in range(B)]
+        return (torch.stack([_dense(u, v) for u, v in elements]).sin().sum()
+                + torch.stack([_dense(u, v, "tanh") for u, v in elements]).sin().sum())
+
+    def ours(U_, V_):
+        return (dense(lt.lowrank_product)(U_, V_)
+                + dense(lambda u, v: lt.kernel_product(u, v, "tanh"))(U_, V_))
+
+    got = torch.func.grad(ours, argnums=(0, 1))(U, V)
+    leaves = [x.detach().clone().requires_grad_(True) for x in (U, V)]
+    expected = torch.autograd.grad(plain(*leaves), leaves)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    # row top-k (2-D elements): against a loop of the operator under torch.autograd
+    U2, V2 = _factors(dims, seed=8)
+
+    def top_k(U_, V_):
+        values = torch.func.vmap(lambda u, v: lt.kernel_product(u, v, "tanh", 2).values, in_dims=dims)(U_, V_)
+        return values.square().sum()
+
+    got = torch.func.grad(top_k, argnums=(0, 1))(U2, V2)
+    leaves = [x.detach().clone().requires_grad_(True) for x in (U2, V2)]
+    looped = sum(lt.kernel_product(_element(leaves[0], dims[0], b), _element(leaves[1], dims[1], b), "tanh", 2)
+                 .values.square().sum() for b in range(B))
+    for a, b in zip(got, torch.autograd.grad(looped, leaves)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def _message(call):
+    with pytest.raises((ValueError, TypeError)) as caught:
+        call()
+    return type(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("size", [B, 0])
+@pytest.mark.parametrize("dims", [(0, 0), (0, None), (None, 0)], ids=str)
+def test_a_wrong_shape_under_vmap_raises_the_operators_error(dims, size):
+    """Each element's shapes are checked as the operator checks them, before the elements are
+    flattened into one problem (which would take a wrong rank or a 3-D element with a 2-D one)."""
+    generator = torch.Generator().manual_seed(9)
+    cases = [((M, R), (N, R + 1)), ((OWN, M, R), (N, R)), ((OWN, M, R), (OWN + 1, N, R)), ((M,), (N, R))]
+    for shape_U, shape_V in cases:
+        U, V = (_operand(s, d, size, torch.float64, generator) for s, d in zip((shape_U, shape_V), dims))
+        U1, V1 = torch.zeros(shape_U, dtype=torch.float64), torch.zeros(shape_V, dtype=torch.float64)
+        products = [lt.lowrank_product, lambda U_, V_: lt.kernel_product(U_, V_, "tanh")]
+        if len(shape_U) == len(shape_V) == 2:
+            products += [lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)),
+                         lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2, top_k_mode="global"))]
+        for product in products:
+            eager = _message(lambda: product(U1, V1))
+            assert _message(lambda: torch.func.vmap(product, in_dims=dims)(U, V)) == eager, (shape_U, shape_V)
+    U, V = _factors(dims, size=size)
+    for mode, k in (("row", N + 1), ("global", M * N + 1)):
+        def top_k(U_, V_):
+            return tuple(lt.kernel_product(U_, V_, "tanh", k, top_k_mode=mode))
+
+        eager = _message(lambda: top_k(_element(U, dims[0], 0) if size else torch.zeros(M, R, dtype=torch.float64),
+                                       torch.zeros(N, R, dtype=torch.float64)))
+        assert _message(lambda: torch.func.vmap(top_k, in_dims=dims)(U, V)) == eager
+    assert _message(lambda: torch.func.vmap(lt.lowrank_product, in_dims=dims)(U.float(), V)) == \
+        _message(lambda: lt.lowrank_product(torch.zeros(M, R), torch.zeros(N, R, dtype=torch.float64)))
