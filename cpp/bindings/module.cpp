@@ -38,6 +38,7 @@ PYBIND11_MODULE(LRH_CPU_MODULE, m) {
   bindings::bind_als_fused(m);
   bindings::bind_top_k(m);
   bindings::bind_csr_sampled_product(m);
+  bindings::bind_coo_times_dense(m);
   bindings::bind_thin_svd(m);
   bindings::bind_binary_product(m);
   bindings::bind_change_grams(m);

@@ -318,6 +318,61 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
   return first_bad;
 }
 
+namespace {
+
+// Rank R columns of one entry: out_row += v * b_row, the row tile's products and sums
+// (-ffp-contract=off: a multiply then an add, as there), R a compile-time width up to 16.
+template <int R, class T, class I>
+void scatter_entries(const I* keys, const I* others, const T* vals, const T* B, int64_t n_key, int64_t n_other,
+                     int64_t r, int64_t nnz, T* out, int64_t* bad) {
+  const int64_t width = R > 0 ? R : r;
+  for (int64_t k = 0; k < nnz; ++k) {
+    const bool key_ok = ops::index_in_range(keys[k], n_key), other_ok = ops::index_in_range(others[k], n_other);
+    if (!(key_ok && other_ok)) {
+      if (!key_ok) bad[0] = std::min(bad[0], k);
+      if (!other_ok) bad[1] = std::min(bad[1], k);
+      continue;
+    }
+    T* out_row = out + static_cast<int64_t>(keys[k]) * width;
+    const T* b_row = B + static_cast<int64_t>(others[k]) * width;
+    const T v = vals[k];
+    LRH_SIMD
+    for (int64_t c = 0; c < width; ++c) out_row[c] += v * b_row[c];
+  }
+}
+
+}  // namespace
+
+// Where the in-place product beats the sort (float32, 2 threads, 1e6 shuffled entries of
+// 10,000 x 10,000: r = 1 4.7 -> 1.6 ms, r = 8 4.3 -> 2.4; 4e6 of 100,000 x 100,000: r = 8
+// 40 -> 9.5): narrow rows into a result that stays in cache, on few threads (the sort and the
+// CSR product use them all). From r = 16, results of 6 MiB or sorted keys, the sort is ahead.
+constexpr int64_t kInPlaceMaxRowBytes = 32;
+constexpr int64_t kInPlaceMaxResultBytes = int64_t(4) << 20;
+constexpr int kInPlaceMaxThreads = 4;
+
+bool in_place_product_pays(int64_t n_key, int64_t r, int64_t item_bytes) {
+  const int64_t row_bytes = r * item_bytes;
+  return row_bytes <= kInPlaceMaxRowBytes && n_key <= kInPlaceMaxResultBytes / std::max<int64_t>(row_bytes, 1) &&
+         omp_get_max_threads() <= kInPlaceMaxThreads;
+}
+
+template <class T, class I>
+bool coo_times_dense_in_place(const I* keys, const I* others, const T* vals, const T* B, int64_t n_key,
+                              int64_t n_other, int64_t r, int64_t nnz, T* out, int64_t* bad) {
+  if (!in_place_product_pays(n_key, r, static_cast<int64_t>(sizeof(T)))) return false;
+  constexpr int64_t kOrderProbe = 4096;  // a shuffled input shows a descent long before this
+  int descents = 0;
+  for (int64_t k = 0; k + 1 < std::min(nnz, kOrderProbe); ++k) descents |= keys[k] > keys[k + 1];
+  if (descents == 0) return false;
+  std::fill_n(out, n_key * r, T{});
+  bad[0] = bad[1] = nnz;
+  dispatch_narrow_rank(r, [&](auto rank) {
+    scatter_entries<decltype(rank)::value>(keys, others, vals, B, n_key, n_other, r, nnz, out, bad);
+  });
+  return true;
+}
+
 template <class T>
 int64_t count_nonfinite(const T* x, int64_t size) {
   int64_t bad = 0;
@@ -333,6 +388,11 @@ int64_t count_nonfinite(const T* x, int64_t size) {
                                          const T*, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 LRH_FOR_HALF_INDEX(LRH_INSTANTIATE)
+#undef LRH_INSTANTIATE
+#define LRH_INSTANTIATE(T, I)                                                                             \
+  template bool coo_times_dense_in_place<T, I>(const I*, const I*, const T*, const T*, int64_t, int64_t, \
+                                               int64_t, int64_t, T*, int64_t*);
+LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 template int64_t count_nonfinite<float>(const float*, int64_t);
 template int64_t count_nonfinite<double>(const double*, int64_t);

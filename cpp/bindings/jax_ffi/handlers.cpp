@@ -14,6 +14,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -404,8 +405,9 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
 // out (..., n_rows, r) = S @ B for S with vals[k] at (rows[k], cols[k]) and B (..., k, r), or
 // S^T @ B with transpose; rows, cols, vals (..., nnz); leading dimensions are vmap's (Stacking):
 // one kernel call where every operand is stacked, else one per element on its operands in place.
-// One sort into CSR order moving indices and values, then one streaming pass, as
-// ops.sparse_times_dense does (repeats add up, each row summed in input order).
+// One sort into CSR order moving indices and values, then one streaming pass, or on the CPU
+// the in-place product where it pays, as ops.sparse_times_dense does (repeats add up, each row
+// summed in input order).
 ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, ffi::AnyBuffer cols, ffi::AnyBuffer vals,
                               ffi::AnyBuffer B, ffi::Result<ffi::AnyBuffer> out, bool transpose) {
   constexpr const char* function = "sparse_times_dense";
@@ -431,6 +433,18 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
         const I* others = transpose ? rows_ : cols_;
         const Indices<I> key_indices{transpose ? "cols" : "rows", keys, n_rows};
         const char* other_name = transpose ? "rows" : "cols";
+#ifndef LRH_BACKEND_CUDA
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+          // Shuffled entries of narrow rank into a small result: in place, as ops.sparse_times_dense
+          int64_t bad[2];
+          if (batch == 1 && cpu::coo_times_dense_in_place<T, I>(keys, others, vals_, B_, n_rows, n_other, r, nnz,
+                                                                out_, bad)) {
+            if (bad[0] < nnz) return index_error<I>(workspace, function, problems, bad[0], {key_indices});
+            if (bad[1] < nnz) return index_error<I>(workspace, function, problems, bad[1], {{other_name, others, n_other}});
+            return ffi::Error::Success();
+          }
+        }
+#endif
         const std::vector<int64_t> bounds = problems.offsets();
         const int64_t* offsets = workspace.upload(bounds.data(), bounds.size());
         int64_t* indptr = workspace.allocate<int64_t>(batch * n_rows + 1);

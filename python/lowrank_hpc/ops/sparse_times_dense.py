@@ -20,6 +20,7 @@ from .sampled_product import _sampled, csr_sampled, row_order_pays
 ROW_ORDER_MIN_ROW_BYTES = 256
 
 
+
 def _dense_operand(call: Call, B: Any, check_finite: bool):
     B = call.float_array("B", B, (2, 3), check_finite=check_finite, halves=True)
     batched = B.ndim == 3
@@ -124,8 +125,12 @@ class SparsePattern:
         if transpose not in self._csr:  # a one-product pattern asked for the other orientation
             raise ValueError("SparsePattern.times_dense: this pattern was prepared for the other orientation")
         indptr, perm, others = self._csr[transpose]
-        out = csr_product(call, indptr, perm, others, vals, B3, n_key,
-                          [("rows" if transpose else "cols", self.rows if transpose else self.cols, n_other)])
+        keys, given_others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
+        other_name = "rows" if transpose else "cols"
+        out = None if perm is None else _in_place_product(call, keys, given_others, vals, B3, n_key,
+                                                          "cols" if transpose else "rows", other_name)
+        if out is None:
+            out = csr_product(call, indptr, perm, others, vals, B3, n_key, [(other_name, given_others, n_other)])
         out = checked_result(call, out, check_finite)
         return call.wrap(out if batched else out[0])
 
@@ -216,6 +221,10 @@ class SparsePattern:
             perm = None
         n_key = self.shape[1] if transpose else self.shape[0]
         result = call.xp.empty((n_key, B.shape[1]), dtype=B.dtype) if out is None else out
+        if perm is not None:  # shuffled values: in place where it pays (every index was checked at construction)
+            keys, given_others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
+            if _in_place_product(call, keys, given_others, vals, B[None], n_key, "", "", out=result[None]) is not None:
+                return result
         if self._unread_status is None:
             self._unread_status = call.status(int(others.shape[0]))
         call.module.csr_times_dense(indptr, perm, others, vals, B[None], n_key, result[None], self._unread_status,
@@ -266,10 +275,12 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     -------
     (n_rows, r) or (batch, n_rows, r) array of the dtype of vals.
 
-    The entries are sorted by output row (stable: a counting sort on the CPU, a radix sort on
-    the GPU), so each row sums its entries in input order: bit-reproducible whatever the thread
-    count. Entries that come already sorted (CSR order, ``np.nonzero``) skip that sort on the
-    CPU. For many products with one pattern, build a :class:`SparsePattern` once.
+    Each output row sums its entries in input order: bit-reproducible whatever the thread count.
+    The entries are sorted by output row for that (stable: a counting sort on the CPU, a radix
+    sort on the GPU), except on the CPU where they come sorted already (CSR order,
+    ``np.nonzero``) or where shuffled entries of rank r <= 8 (float32; 4 in float64) add into a
+    result of at most 4 MiB in place, on one thread, on machines running at most 4 OpenMP
+    threads (the same numbers, bit for bit). For many products with one pattern, build a :class:`SparsePattern` once.
     """
     call = resolve("sparse_times_dense", rows=rows, cols=cols, vals=vals, B=B, offsets=offsets)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals, check_finite)
@@ -284,12 +295,38 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     if rows.shape[0] == 0:  # no entry: the zero matrix, with no kernel to launch
         out = call.xp.zeros((B3.shape[0], n_rows, B3.shape[2]), dtype=B3.dtype)
         return call.wrap(out if batched else out[0])
-    # Sort once, moving indices and values together (no permutation kept: it cost 38% of a
-    # shuffled sort's time), then one streaming pass in CSR order.
     keys, others = (cols, rows) if transpose else (rows, cols)
-    indptr, _, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_rows,
-                                                      "cols" if transpose else "rows", keep_perm=False)
-    out = csr_product(call, indptr, None, others_sorted, vals_sorted, B3, n_rows,
-                      [("rows" if transpose else "cols", others, n_other)], input_order=False)
+    key_name, other_name = ("cols", "rows") if transpose else ("rows", "cols")
+    out = _in_place_product(call, keys, others, vals, B3, n_rows, key_name, other_name)
+    if out is None:
+        # Sort once, moving indices and values together (no permutation kept: it cost 38% of a
+        # shuffled sort's time), then one streaming pass in CSR order.
+        indptr, _, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_rows, key_name,
+                                                          keep_perm=False)
+        out = csr_product(call, indptr, None, others_sorted, vals_sorted, B3, n_rows,
+                          [(other_name, others, n_other)], input_order=False)
     out = checked_result(call, out, check_finite)
     return call.wrap(out if batched else out[0])
+
+
+def _in_place_product(call: Call, keys, others, vals, B3, n_key: int, key_name: str, other_name: str,
+                      out: Optional[Any] = None):
+    """(1, n_key, r) = S @ B3[0] by the CPU's in-place product where it pays (shuffled entries,
+    rows of at most 32 bytes, a result of at most 4 MiB, at most 4 OpenMP threads: the kernel's
+    rule, cpu::coo_times_dense_in_place; the sorted path's numbers), into ``out`` (1, n_key, r)
+    C-contiguous if given; or None, nothing written (and for a batch or 16-bit storage)."""
+    r = int(B3.shape[2])
+    if (not hasattr(call.module, "coo_times_dense_in_place") or B3.shape[0] != 1
+            or B3.dtype not in (np.float32, np.float64)
+            or not call.module.in_place_product_pays(n_key, r, B3.dtype.itemsize)):
+        return None
+    out = np.empty((1, n_key, r), dtype=B3.dtype) if out is None else out
+    bad = np.empty(2, dtype=np.int64)
+    if not call.module.coo_times_dense_in_place(keys, others, vals, B3[0], out[0], bad):
+        return None  # the first keys came in order: the sorted path's check and CSR product
+    nnz = int(keys.shape[0])
+    if bad[0] < nnz:  # as csr_order: the first bad key, then the first bad other index
+        raise_index_error(call, int(bad[0]), [(key_name, keys, n_key)])
+    if bad[1] < nnz:
+        raise_index_error(call, int(bad[1]), [(other_name, others, int(B3.shape[1]))])
+    return out
