@@ -160,9 +160,10 @@ def test_a_shuffled_pattern_takes_it_too_with_the_same_numbers(monkeypatch, in_p
 
 
 @pytest.mark.parametrize("transpose", [False, True])
-def test_the_jax_handler_takes_it_with_the_same_numbers(monkeypatch, transpose):
-    """lowrank_hpc.jax's CPU handler runs the same in-place product: its result for shuffled
-    entries of rank 1-8 is the sorted path's bit for bit (the sort in ops forced here)."""
+def test_the_jax_handler_gives_the_sorted_paths_numbers(monkeypatch, transpose):
+    """lowrank_hpc.jax's CPU handler (which takes the in-place product for these shapes) gives
+    the sorted path's numbers bit for bit for shuffled entries of rank 1-8 (the sort forced in
+    ops here); its errors are tests/test_jax_ffi.py's, whose shuffled indices take it too."""
     jax = pytest.importorskip("jax")
     import lowrank_hpc.jax as lj
     if not lj._FFI:

@@ -133,18 +133,18 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
                     int64_t n_key, int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted,
                     T* vals_sorted);
 
+// Whether coo_times_dense_in_place would take a product of this shape (before its look at the
+// keys' order): n_key rows of r numbers of item_bytes each, on this many OpenMP threads (the
+// rule and its measurements: sparse_times_dense_cpu.cpp).
+bool in_place_product_pays(int64_t n_key, int64_t r, int64_t item_bytes);
+
 // out (n_key, r) = S @ B for one problem's coordinates in the caller's order, on one thread:
 // each entry's v * B[others[k]] added into its output row in memory, in entry order, so every
 // row sums its entries in input order (csr_times_dense's numbers, bit for bit) without the sort.
-// Returns false, having written nothing, where the sort pays instead: the first keys come in
-// order (sorted input: coo_to_csr's check and the CSR product are faster there), rows wider
-// than 32 bytes, a result above 4 MiB or more than 4 OpenMP threads (measurements in
-// sparse_times_dense_cpu.cpp). Entries with an out-of-range index are skipped; bad[0] and
+// Returns false, having written nothing, where the sort pays instead: the shape fails
+// in_place_product_pays, or the first keys come in order (sorted input: coo_to_csr's check and
+// the CSR product are faster there). Entries with an out-of-range index are skipped; bad[0] and
 // bad[1] receive the first entry whose key, and whose other index, is out of range (nnz: none).
-// Whether coo_times_dense_in_place would take a product of this shape (before its look at the
-// keys' order): rows of r numbers of item_bytes, n_key of them, and this thread count.
-bool in_place_product_pays(int64_t n_key, int64_t r, int64_t item_bytes);
-
 template <class T, class I>
 bool coo_times_dense_in_place(const I* keys, const I* others, const T* vals, const T* B, int64_t n_key,
                               int64_t n_other, int64_t r, int64_t nnz, T* out, int64_t* bad);

@@ -307,18 +307,28 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
 
 def _top_k_host(U: np.ndarray, V: np.ndarray, *, kernel: str, k: int, mode: str, order: str):
     """The top-k of f(U V^T) for U (..., m, r), V (..., n, r) whose leading dimensions (the
-    vmapped elements) are equal or 1, by lowrank_hpc.ops on the host; int32 indices."""
+    vmapped elements) are equal or 1, by lowrank_hpc.ops on the host; int32 indices. A factor
+    shared by the elements is read in place, never copied per element."""
     lead = np.broadcast_shapes(U.shape[:-2], V.shape[:-2])
-    m, r = U.shape[-2:]
-    if mode == "row" and V.size == V.shape[-2] * r:  # V shared: the elements' rows are one matrix's rows
-        U, V = U.reshape(-1, r), V.reshape(-1, r)
-    else:  # a shared operand copied per element: small beside each element's m x n product
-        U = np.broadcast_to(U, lead + U.shape[-2:]).reshape((-1,) + U.shape[-2:])
-        V = np.broadcast_to(V, lead + V.shape[-2:]).reshape((-1,) + V.shape[-2:])
-    result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order, check_finite=False)
-    # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
+    (m, r), n = U.shape[-2:], V.shape[-2]
+
+    def top_k(U, V):
+        result = ops.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order, check_finite=False)
+        # int32 indices: JAX without x64 has no int64 (m * n stays below 2**31 here, checked by the caller)
+        return (result[0],) + tuple(x.astype(np.int32) for x in result[1:])
+
     shape = lead + ((m, k) if mode == "row" else (k,))
-    return (result[0].reshape(shape),) + tuple(x.astype(np.int32).reshape(shape) for x in result[1:])
+    if 0 in lead:  # vmap over no elements
+        return (np.empty(shape, U.dtype),) + tuple(np.empty(shape, np.int32) for _ in range(1 if mode == "row" else 2))
+    if mode == "row" and V.size == n * r:  # V shared: the elements' rows are one matrix's rows
+        results = top_k(U.reshape(-1, r), V.reshape(n, r))
+    elif U.shape[:-2] == V.shape[:-2]:  # both batched alike (or no vmap): one batched call
+        results = top_k(U.reshape(-1, m, r), V.reshape(-1, n, r))
+    else:  # one factor shared: each element against a view of it
+        Us, Vs = np.broadcast_to(U, lead + (m, r)), np.broadcast_to(V, lead + (n, r))
+        per_element = [top_k(Us[index], Vs[index]) for index in np.ndindex(*lead)]
+        results = tuple(np.stack(parts) for parts in zip(*per_element))
+    return tuple(x.reshape(shape) for x in results)
 
 
 def _top_k_fwd(U, V, kernel, k, mode, order):

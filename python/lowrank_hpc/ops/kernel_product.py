@@ -106,7 +106,7 @@ class _Selection:
             _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
-    def problems(self, first: int, last: int):
+    def select_problems(self, first: int, last: int):
         """(values, indices) of the rows of problems first..last-1, formed as one block."""
         m, n = self.U3.shape[1], self.V3.shape[1]
         block = self.buffer[:(last - first) * m]
@@ -142,14 +142,14 @@ class _Selection:
             _raise_overflow(self.call, self.code, bad)
 
 
-def _top_k_rows(selection: _Selection, batch: int, m: int, group: int):
+def _top_k_rows(selection: _Selection, batch: int, m: int, problems_per_block: int):
     xp, dtype = selection.call.xp, selection.U3.dtype
     values = xp.empty((batch, m, selection.kk), dtype=dtype)
     indices = xp.empty((batch, m, selection.kk), dtype=xp.int64)
-    if group > 1:
-        for first in range(0, batch, group):
-            last = min(first + group, batch)
-            group_values, group_indices = selection.problems(first, last)
+    if problems_per_block > 1:
+        for first in range(0, batch, problems_per_block):
+            last = min(first + problems_per_block, batch)
+            group_values, group_indices = selection.select_problems(first, last)
             values[first:last] = group_values.reshape(last - first, m, -1)
             indices[first:last] = group_indices.reshape(last - first, m, -1)
         return values, indices
@@ -399,10 +399,11 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         block_rows = max(1, _BLOCK_BYTES // (n * U3.dtype.itemsize))
     # Row mode: problems smaller than a block share one (a GEMM and a selection for many of them,
     # where 1,000 problems of 30 x 30 made 1,000 of each).
-    group = max(1, min(batch, block_rows // m)) if top_k_mode == "row" else 1
-    selection = _Selection(call, U3, V3, code, min(top_k, n), group * m if group > 1 else min(block_rows, m))
+    problems_per_block = max(1, min(batch, block_rows // m)) if top_k_mode == "row" else 1
+    selection = _Selection(call, U3, V3, code, min(top_k, n),
+                           problems_per_block * m if problems_per_block > 1 else min(block_rows, m))
     if top_k_mode == "row":
-        values, indices = _top_k_rows(selection, batch, m, group)
+        values, indices = _top_k_rows(selection, batch, m, problems_per_block)
         selection.check()
         if top_k_order == "position":
             by_column = call.xp.argsort(indices, axis=-1)  # columns in a row are distinct

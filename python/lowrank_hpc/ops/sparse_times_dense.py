@@ -20,7 +20,6 @@ from .sampled_product import _sampled, csr_sampled, row_order_pays
 ROW_ORDER_MIN_ROW_BYTES = 256
 
 
-
 def _dense_operand(call: Call, B: Any, check_finite: bool):
     B = call.float_array("B", B, (2, 3), check_finite=check_finite, halves=True)
     batched = B.ndim == 3
@@ -223,7 +222,8 @@ class SparsePattern:
         result = call.xp.empty((n_key, B.shape[1]), dtype=B.dtype) if out is None else out
         if perm is not None:  # shuffled values: in place where it pays (every index was checked at construction)
             keys, given_others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
-            if _in_place_product(call, keys, given_others, vals, B[None], n_key, "", "", out=result[None]) is not None:
+            names = ("cols", "rows") if transpose else ("rows", "cols")
+            if _in_place_product(call, keys, given_others, vals, B[None], n_key, *names, out=result[None]) is not None:
                 return result
         if self._unread_status is None:
             self._unread_status = call.status(int(others.shape[0]))
@@ -311,10 +311,10 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
 
 def _in_place_product(call: Call, keys, others, vals, B3, n_key: int, key_name: str, other_name: str,
                       out: Optional[Any] = None):
-    """(1, n_key, r) = S @ B3[0] by the CPU's in-place product where it pays (shuffled entries,
-    rows of at most 32 bytes, a result of at most 4 MiB, at most 4 OpenMP threads: the kernel's
-    rule, cpu::coo_times_dense_in_place; the sorted path's numbers), into ``out`` (1, n_key, r)
-    C-contiguous if given; or None, nothing written (and for a batch or 16-bit storage)."""
+    """(1, n_key, r) = S @ B3[0] by the CPU's in-place product where it pays (the kernel's rule:
+    cpu::in_place_product_pays and shuffled keys; the sorted path's numbers), into ``out``
+    (1, n_key, r) C-contiguous if given; or None, nothing written (and for a batch or 16-bit
+    storage)."""
     r = int(B3.shape[2])
     if (not hasattr(call.module, "coo_times_dense_in_place") or B3.shape[0] != 1
             or B3.dtype not in (np.float32, np.float64)

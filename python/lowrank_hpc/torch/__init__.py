@@ -10,8 +10,9 @@ Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, ja
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
 as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
 ``vmap`` the sparse and dense products, and row top-k with V shared, take the stacked elements in
-one call (shared factors read in place); row top-k with V batched and global top-k run once per
-element. Forward mode (jvp, jacfwd) is not supported.
+one call (shared factors read in place; the stacked rows' GEMM may round an entry an ulp apart
+from an element's own call); row top-k with V batched and global top-k run once per element.
+Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations
 

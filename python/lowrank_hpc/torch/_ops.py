@@ -320,11 +320,12 @@ def _kernel_backward(ctx, grad):
 kernel_product_op.register_autograd(_kernel_backward, setup_context=_kernel_setup)
 
 
-def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str, order: str) -> None:
+def _check_top_k(function: str, U, V, kernel: str, k: int, mode: str, order: str) -> None:
     _check_pair(function, U, V)
     kernel_name(function, kernel)
     if order not in ops.TOP_K_ORDERS:
         raise ValueError(f"{function}: top_k_order must be one of {ops.TOP_K_ORDERS}, got {order!r}")
+    limit = V.shape[0] if mode == "row" else U.shape[0] * V.shape[0]  # a row's entries, or all of them
     if not 1 <= k <= limit:
         raise ValueError(f"{function}: top_k must satisfy 1 <= top_k <= {limit} in {mode} mode, got {k}")
 
@@ -332,7 +333,7 @@ def _check_top_k(function: str, U, V, kernel: str, k: int, limit: int, mode: str
 @torch.library.custom_op("lowrank_hpc::kernel_top_k_rows", mutates_args=())
 def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
                          order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
-    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row", order)
+    _check_top_k("kernel_product", U, V, kernel, k, "row", order)
     with _scope(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
                                     top_k_mode="row", top_k_order=order, check_finite=False)
@@ -341,14 +342,14 @@ def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
 
 @kernel_top_k_rows_op.register_fake
 def _(U, V, kernel, k, order="magnitude"):
-    _check_top_k("kernel_product", U, V, kernel, k, V.shape[0], "row", order)
+    _check_top_k("kernel_product", U, V, kernel, k, "row", order)
     return U.new_empty((U.shape[0], k)), U.new_empty((U.shape[0], k), dtype=torch.int64)
 
 
 @torch.library.custom_op("lowrank_hpc::kernel_top_k_global", mutates_args=())
 def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
                            order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global", order)
+    _check_top_k("kernel_product", U, V, kernel, k, "global", order)
     with _scope(U):
         result = ops.kernel_product(_array(U), _array(V), kernel_name("kernel_product", kernel), k,
                                     top_k_mode="global", top_k_order=order, check_finite=False)
@@ -357,7 +358,7 @@ def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int
 
 @kernel_top_k_global_op.register_fake
 def _(U, V, kernel, k, order="magnitude"):
-    _check_top_k("kernel_product", U, V, kernel, k, U.shape[0] * V.shape[0], "global", order)
+    _check_top_k("kernel_product", U, V, kernel, k, "global", order)
     return U.new_empty(k), U.new_empty(k, dtype=torch.int64), U.new_empty(k, dtype=torch.int64)
 
 
@@ -575,7 +576,7 @@ def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
-    _check_top_k("kernel_product", U1, V1, kernel, k, V1.shape[0], "row", order)
+    _check_top_k("kernel_product", U1, V1, kernel, k, "row", order)
     m, r = U1.shape
     if size == 0:
         return (Us.new_empty((0, m, k)), Us.new_empty((0, m, k), dtype=torch.int64)), (0, 0)
@@ -591,7 +592,7 @@ def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
-    _check_top_k("kernel_product", U1, V1, kernel, k, U1.shape[0] * V1.shape[0], "global", order)
+    _check_top_k("kernel_product", U1, V1, kernel, k, "global", order)
     if size == 0:
         return (Us.new_empty((0, k)), *(Us.new_empty((0, k), dtype=torch.int64) for _ in range(2))), (0, 0, 0)
     return _by_element(kernel_top_k_global_fn, size, (Us, Vs), (kernel, k, order))
