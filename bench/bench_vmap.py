@@ -178,8 +178,8 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
                                  "fallback": timed(lambda p=peer, a=operands: p(*a)),
                                  "plain": timed(lambda p=plain, a=operands: p(*a))}, repeats)
             spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-            out.append(Row(name, dense_case, median(times["ours"]), "torch's per-element vmap fallback over the operator",
-                           median(times["fallback"]), f"median of {repeats}; plain torch under vmap "
+            out.append(Row(name, dense_case, median(times["ours"]),
+                           "torch's per-element vmap fallback over the operator", median(times["fallback"]), f"median of {repeats}; plain torch under vmap "
                            f"{median(times['plain']) * 1e3:.2f} ms; {spread} ms"))
         return out
 

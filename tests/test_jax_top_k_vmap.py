@@ -97,7 +97,8 @@ def test_per_element_gradients_through_the_vmapped_top_k():
     for b in range(3):
         K = jnp.tanh(Us[b] @ Vs[b].T).reshape(-1)
         kept = jnp.argsort(-jnp.abs(jax.lax.stop_gradient(K)), stable=True)[:4]
-        expected = jax.grad(lambda U, V: jnp.sum(jnp.tanh(U @ V.T).reshape(-1)[kept] ** 2), argnums=(0, 1))(Us[b], Vs[b])
+        expected = jax.grad(lambda U, V: jnp.sum(jnp.tanh(U @ V.T).reshape(-1)[kept] ** 2),
+                            argnums=(0, 1))(Us[b], Vs[b])
         for g, e in zip(got, expected):
             np.testing.assert_allclose(np.asarray(g[b]), np.asarray(e), rtol=1e-12, atol=1e-14)
 

@@ -28,8 +28,8 @@ bool coo_times_dense_in_place(const ArrayView& keys, const ArrayView& others, co
     expect().output(out, "out", dtype_of<T>(), {n_key, r});
     expect().output(bad, "bad", DType::int64, {2});
     py::gil_scoped_release release;
-    return cpu::coo_times_dense_in_place<T, I>(keys.data<I>(), others.data<I>(), vals.data<T>(), B.data<T>(), n_key, n_other,
-                                        r, nnz, out.data<T>(), bad.data<int64_t>());
+    return cpu::coo_times_dense_in_place<T, I>(keys.data<I>(), others.data<I>(), vals.data<T>(), B.data<T>(), n_key,
+                                               n_other, r, nnz, out.data<T>(), bad.data<int64_t>());
   });
 }
 

@@ -1,7 +1,8 @@
 // The kernels only the CPU module has (the shared ones are in common/): algorithms whose GPU
 // counterpart is a different kernel (the fused and dense ALS iterations, the fused top-k) or
 // the vendor's (the small thin SVD, the bit-packed 0/1 products), or one the GPU does not need
-// (the row-ordered sampled product, the unsorted small product), or one whose GPU counterpart is cuBLAS (the change's Grams).
+// (the row-ordered sampled product, the in-place product of shuffled entries), or one whose GPU
+// counterpart is cuBLAS (the change's Grams).
 // The Python layer asks for them by capability (lowrank_hpc._backend), never by device.
 #pragma once
 #include "common/backend.hpp"

@@ -320,8 +320,8 @@ int64_t csr_times_dense(const int64_t* indptr, const int64_t* perm, const I* oth
 
 namespace {
 
-// Rank R columns of one entry: out_row += v * b_row, the row tile's products and sums
-// (-ffp-contract=off: a multiply then an add, as there), R a compile-time width up to 16.
+// Each entry's out_row += v * b_row over r columns, the row tile's products and sums
+// (-ffp-contract=off: a multiply then an add, as there); R the compile-time width (0: r).
 template <int R, class T, class I>
 void scatter_entries(const I* keys, const I* others, const T* vals, const T* B, int64_t n_key, int64_t n_other,
                      int64_t r, int64_t nnz, T* out, int64_t* bad) {

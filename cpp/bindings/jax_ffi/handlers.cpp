@@ -440,7 +440,8 @@ ffi::Error sparse_times_dense(const Placement& placement, ffi::AnyBuffer rows, f
           if (batch == 1 && cpu::coo_times_dense_in_place<T, I>(keys, others, vals_, B_, n_rows, n_other, r, nnz,
                                                                 out_, bad)) {
             if (bad[0] < nnz) return index_error<I>(workspace, function, problems, bad[0], {key_indices});
-            if (bad[1] < nnz) return index_error<I>(workspace, function, problems, bad[1], {{other_name, others, n_other}});
+            if (bad[1] < nnz)
+              return index_error<I>(workspace, function, problems, bad[1], {{other_name, others, n_other}});
             return ffi::Error::Success();
           }
         }

@@ -280,7 +280,8 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     sort on the GPU), except on the CPU where they come sorted already (CSR order,
     ``np.nonzero``) or where shuffled entries of rank r <= 8 (float32; 4 in float64) add into a
     result of at most 4 MiB in place, on one thread, on machines running at most 4 OpenMP
-    threads (the same numbers, bit for bit). For many products with one pattern, build a :class:`SparsePattern` once.
+    threads (the same numbers, bit for bit). For many products with one pattern, build a
+    :class:`SparsePattern` once.
     """
     call = resolve("sparse_times_dense", rows=rows, cols=cols, vals=vals, B=B, offsets=offsets)
     rows, cols, vals = _check_coordinates(call, rows, cols, vals, check_finite)
