@@ -151,6 +151,11 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
         indices = K.abs().topk(4, dim=-1).indices
         return K.gather(-1, indices), indices
 
+    def plain_global_top_k(U, V):  # the same over each element's whole product
+        K = torch.tanh(U @ V.T).reshape(-1)
+        flat = K.abs().topk(10).indices
+        return K[flat], flat // V.shape[0], flat % V.shape[0]
+
     # name: (ours, the operator under torch's fallback, plain torch under vmap, operands)
     dense = {"lowrank_product, torch vmap": (torch.func.vmap(lt.lowrank_product),
                                              torch.func.vmap(_ops.lowrank_product_op),
@@ -161,7 +166,11 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
              "kernel_product row top-4, V shared, torch vmap": (
                  torch.func.vmap(lambda U: tuple(lt.kernel_product(U, V[0], "tanh", 4))),
                  torch.func.vmap(lambda U: _ops.kernel_top_k_rows_op(U, V[0], "tanh", 4)),
-                 torch.func.vmap(plain_top_k), (U,))}
+                 torch.func.vmap(plain_top_k), (U,)),
+             "kernel_product global top-10, both batched, torch vmap": (
+                 torch.func.vmap(lambda U, V: tuple(lt.kernel_product(U, V, "tanh", 10, top_k_mode="global"))),
+                 torch.func.vmap(lambda U, V: _ops.kernel_top_k_global_op(U, V, "tanh", 10)),
+                 torch.func.vmap(plain_global_top_k), (U, V))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's performance warning, which is the point here
         torch.testing.assert_close(forward(U, V, rows, cols), fallback(U, V, rows, cols))

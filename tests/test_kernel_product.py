@@ -122,6 +122,38 @@ def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, 
         kernel_product(backend.put(U), backend.put(V), "exp", k, block_rows=block_rows)
 
 
+@pytest.mark.parametrize("k", [1, 7, 33, 61, 13 * 29])
+@pytest.mark.parametrize("block_rows,batch", [(None, 9), (26, 5), (39, 7)])
+def test_global_top_k_of_a_batch_of_small_problems_in_shared_blocks(monkeypatch, backend, dtype, rng, k, block_rows,
+                                                                    batch):
+    """A batch of small problems selects each one's global top-k as one row of a shared block
+    (2 or 3 problems a block, the last one short): the per-problem rule (magnitude, ties to the
+    smaller flat index; or row-major), and the last problem's overflow is still counted."""
+    def per_problem_merge(*args):
+        raise AssertionError("the per-problem merge ran")
+
+    monkeypatch.setattr(kernel_product_module, "_top_k_global", per_problem_merge)
+    m, n, r = 13, 29, 4
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    expected_values, expected_rows, expected_cols = reference.top_k_global(reference.kernel_product(U, V, "tanh"), k)
+    for order in ("magnitude", "position"):
+        result = kernel_product(backend.put(U), backend.put(V), "tanh", k, top_k_mode="global", block_rows=block_rows,
+                                top_k_order=order)
+        values, rows, cols = (backend.get(x) for x in result)
+        assert values.shape == rows.shape == cols.shape == (batch, k) and rows.dtype == np.int64
+        if order == "position":
+            by_flat = np.argsort(expected_rows * n + expected_cols, axis=-1)
+            expected_values, expected_rows, expected_cols = (np.take_along_axis(x, by_flat, -1) for x in
+                                                             (expected_values, expected_rows, expected_cols))
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_array_equal(cols, expected_cols)
+        np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
+    U[-1, 0, 0], V[-1, 0, 0] = 100.0, 100.0
+    overflowed = int(np.sum(U[-1].astype(np.float64) @ V[-1].T.astype(np.float64) > np.log(np.finfo(dtype).max)))
+    with pytest.raises(FloatingPointError, match=f"exponential kernel overflowed: {overflowed} entries"):
+        kernel_product(backend.put(U), backend.put(V), "exp", k, top_k_mode="global", block_rows=block_rows)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch", [None, 2])
 @pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (13 * 29, 5)])

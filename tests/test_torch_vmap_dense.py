@@ -140,15 +140,16 @@ def test_a_shared_factor_is_read_in_place_and_the_result_not_copied(monkeypatch)
 @pytest.mark.parametrize("order", ops.TOP_K_ORDERS)
 @pytest.mark.parametrize("dims", IN_DIMS, ids=str)
 def test_top_k_rows_under_vmap_equals_each_element_exactly(monkeypatch, dims, order):
-    """Row top-k is row by row: with V shared one call over the elements' rows, with V batched a
-    loop over the elements. Half-integer factors make every GEMM exact (and tie many entries):
-    each element's values and indices bit for bit, whichever GEMM kernel the stacked rows take."""
+    """Row top-k is row by row: with V shared one call over the elements' rows, with both batched
+    one batched call, with only V batched a loop over the elements. Half-integer factors make
+    every GEMM exact (and tie many entries): each element's values and indices bit for bit,
+    whichever GEMM kernel the stacked rows take."""
     U, V = (torch.round(x * 2) / 2 for x in _factors(dims, dtype=torch.float32, seed=3, scale=2.0))
     calls = _record(monkeypatch, "kernel_product")
     values, indices = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2, top_k_order=order)),
                                       in_dims=dims)(U, V)
     monkeypatch.undo()
-    assert len(calls) == (1 if dims[1] is None else B)
+    assert len(calls) == (1 if dims[1] is None or dims[0] is not None else B)
     assert values.shape == indices.shape == (B, M, 2) and indices.dtype == torch.int64
     for b in range(B):
         expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "tanh", 2, top_k_order=order)
@@ -170,11 +171,15 @@ def test_top_k_rows_with_V_shared_within_rounding_of_each_element(dtype, m, r, n
         torch.testing.assert_close(values[b].abs().double(), exact, **TOL[dtype])
 
 
-@pytest.mark.parametrize("dims", [(0, 0), (1, None), (None, 1)], ids=str)
-def test_top_k_global_under_vmap_equals_each_element_exactly(dims):
-    U, V = _factors(dims, dtype=torch.float32, seed=4)
+@pytest.mark.parametrize("dims", [(0, 0), (1, 0), (1, None), (None, 1)], ids=str)
+def test_top_k_global_under_vmap_equals_each_element_exactly(monkeypatch, dims):
+    """One batched call with both factors batched, a loop with one shared."""
+    U, V = (torch.round(x * 2) / 2 for x in _factors(dims, dtype=torch.float32, seed=4, scale=2.0))
+    calls = _record(monkeypatch, "kernel_product")
     got = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "relu", 5, top_k_mode="global")),
                           in_dims=dims)(U, V)
+    monkeypatch.undo()
+    assert len(calls) == (1 if None not in dims else B)
     assert [x.shape for x in got] == [(B, 5)] * 3
     for b in range(B):
         expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "relu", 5, top_k_mode="global")
@@ -331,3 +336,63 @@ def test_a_wrong_shape_under_vmap_raises_the_operators_error(dims, size):
         assert _message(lambda: torch.func.vmap(top_k, in_dims=dims)(U, V)) == eager
     assert _message(lambda: torch.func.vmap(lt.lowrank_product, in_dims=dims)(U.float(), V)) == \
         _message(lambda: lt.lowrank_product(torch.zeros(M, R), torch.zeros(N, R, dtype=torch.float64)))
+
+
+def _half_integers(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, shape, generator=generator).to(torch.float64) / 2
+
+
+@pytest.mark.parametrize("mode,k", [("row", 2), ("global", 5)])
+@pytest.mark.parametrize("order", ops.TOP_K_ORDERS)
+def test_top_k_of_a_batch_is_each_problems_own_with_its_gradients(mode, k, order):
+    """The top-k operators take a batch (b, m, r), (b, n, r): each problem's own selection (values
+    and indices bit for bit on exact half-integer products) and gradients (the block-diagonal
+    backward) equal to each problem's own call."""
+    U, V = _half_integers((3, M, R), 5), _half_integers((3, N, R), 6)
+    U.requires_grad_()
+    V.requires_grad_()
+    got = lt.kernel_product(U, V, "tanh", k, top_k_mode=mode, top_k_order=order)
+    assert all(x.shape == ((3, M, k) if mode == "row" else (3, k)) for x in got)
+    grads = torch.autograd.grad((got.values ** 2).sum(), (U, V))
+    for b in range(3):
+        own = lt.kernel_product(U[b], V[b], "tanh", k, top_k_mode=mode, top_k_order=order)
+        for part, want in zip(got, own):
+            assert torch.equal(part[b], want)
+        own_grads = torch.autograd.grad((own.values ** 2).sum(), (U, V))
+        torch.testing.assert_close(grads[0][b], own_grads[0][b], rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(grads[1][b], own_grads[1][b], rtol=1e-12, atol=1e-13)
+    distinct = (torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True),  # no near-ties: gradcheck's steps
+                torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda U_, V_: lt.kernel_product(U_, V_, "tanh", k, top_k_mode=mode).values,
+                                    distinct)
+    op = torch.ops.lowrank_hpc.kernel_top_k_rows if mode == "row" else torch.ops.lowrank_hpc.kernel_top_k_global
+    assert set(torch.library.opcheck(op, (U, V, "relu", k)).values()) == {"SUCCESS"}
+
+
+def test_a_batch_of_mismatched_problems_is_refused():
+    U, V = torch.randn(3, M, R), torch.randn(2, N, R)
+    with pytest.raises(ValueError, match=r"kernel_product: U has shape \(3, 4, 2\) and V has shape \(2, 3, 2\)"):
+        lt.kernel_product(U, V, "relu", 2)
+    with pytest.raises(ValueError, match=r"top_k must satisfy 1 <= top_k <= 12 in global mode, got 13"):
+        lt.kernel_product(U, V[:1].expand(3, N, R), "relu", 13, top_k_mode="global")
+
+
+@pytest.mark.parametrize("mode,k", [("row", 2), ("global", 4)])
+def test_per_sample_gradients_through_top_k_with_both_factors_batched(monkeypatch, mode, k):
+    """vmap(grad) over an ensemble (both factors batched): one kernel call for the selection,
+    and each element's gradients equal to a loop of torch.autograd.grad."""
+    U, V = _half_integers((B, M, R), 7), _half_integers((B, N, R), 8)
+
+    def loss(U_, V_):
+        return (lt.kernel_product(U_, V_, "tanh", k, top_k_mode=mode).values ** 2).sum()
+
+    calls = _record(monkeypatch, "kernel_product")
+    got = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(U, V)
+    monkeypatch.undo()
+    assert len(calls) == 1
+    for b in range(B):
+        u, v = U[b].clone().requires_grad_(), V[b].clone().requires_grad_()
+        expected = torch.autograd.grad(loss(u, v), (u, v))
+        torch.testing.assert_close(got[0][b], expected[0], rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(got[1][b], expected[1], rtol=1e-12, atol=1e-13)

@@ -27,6 +27,9 @@ TOP_K_MODES = ("row", "global")
 # order a sparse product of the kept entries wants.
 TOP_K_ORDERS = ("magnitude", "position")
 _BLOCK_BYTES = 64 << 20  # a row block of U V^T stays within this unless block_rows is given
+# A batch of problems of at most this many entries selects each one's global top-k as one row of
+# a shared block (the row selection; larger problems keep the per-problem merge of block offers).
+_GROUPED_GLOBAL_MAX_ENTRIES = 1 << 16
 
 
 class TopK(NamedTuple):
@@ -106,13 +109,14 @@ class _Selection:
             _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
-    def select_problems(self, first: int, last: int):
-        """(values, indices) of the rows of problems first..last-1, formed as one block."""
+    def select_problems(self, first: int, last: int, whole: bool = False):
+        """(values, indices) of the rows of problems first..last-1, formed as one block; with
+        ``whole``, of each problem's m x n as one row (its top-kk by flat index)."""
         m, n = self.U3.shape[1], self.V3.shape[1]
         block = self.buffer[:(last - first) * m]
         _gemm(self.call.xp, self.U3[first:last], self.V3[first:last].transpose(0, 2, 1),
               out=block.reshape(last - first, m, n))
-        return self._select(block)
+        return self._select(block.reshape(last - first, m * n) if whole else block)
 
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
@@ -159,6 +163,21 @@ def _top_k_rows(selection: _Selection, batch: int, m: int, problems_per_block: i
             values[b, start:stop] = block_values
             indices[b, start:stop] = block_indices
     return values, indices
+
+
+def _top_k_global_grouped(selection: _Selection, batch: int, n: int, problems_per_block: int, by_magnitude: bool):
+    """Global top-k of small problems, several to a block, each one's whole m x n a row of it:
+    the row selection ranks by magnitude with ties to the smaller flat index, the global rule."""
+    xp = selection.call.xp
+    values = xp.empty((batch, selection.kk), dtype=selection.U3.dtype)
+    flat = xp.empty((batch, selection.kk), dtype=xp.int64)
+    for first in range(0, batch, problems_per_block):
+        last = min(first + problems_per_block, batch)
+        values[first:last], flat[first:last] = selection.select_problems(first, last, whole=True)
+    if not by_magnitude:  # row-major: flat indices ascending (distinct within a problem)
+        order = xp.argsort(flat, axis=-1)
+        values, flat = xp.take_along_axis(values, order, axis=-1), xp.take_along_axis(flat, order, axis=-1)
+    return values, flat // n, flat % n
 
 
 def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
@@ -397,10 +416,13 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {bound} in {top_k_mode} mode, got {top_k}")
     if block_rows is None:
         block_rows = max(1, _BLOCK_BYTES // (n * U3.dtype.itemsize))
-    # Row mode: problems smaller than a block share one (a GEMM and a selection for many of them,
-    # where 1,000 problems of 30 x 30 made 1,000 of each).
-    problems_per_block = max(1, min(batch, block_rows // m)) if top_k_mode == "row" else 1
-    selection = _Selection(call, U3, V3, code, min(top_k, n),
+    # Problems smaller than a block share one (a GEMM and a selection for many of them, where
+    # 1,000 problems of 30 x 30 made 1,000 of each): in row mode, and in global mode for a batch
+    # of small problems (each one's whole m x n a row of the block).
+    grouped_global = top_k_mode == "global" and batch > 1 and m * n <= _GROUPED_GLOBAL_MAX_ENTRIES
+    problems_per_block = (max(1, min(batch, block_rows // m)) if top_k_mode == "row" or grouped_global else 1)
+    grouped_global = grouped_global and problems_per_block > 1
+    selection = _Selection(call, U3, V3, code, top_k if grouped_global else min(top_k, n),
                            problems_per_block * m if problems_per_block > 1 else min(block_rows, m))
     if top_k_mode == "row":
         values, indices = _top_k_rows(selection, batch, m, problems_per_block)
@@ -412,7 +434,9 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         values = _kernel_rounded(call, code, half, values)
         result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
     else:
-        values, rows, cols = _top_k_global(selection, batch, n, top_k, top_k_order == "magnitude")
+        by_magnitude = top_k_order == "magnitude"
+        values, rows, cols = (_top_k_global_grouped(selection, batch, n, problems_per_block, by_magnitude)
+                              if grouped_global else _top_k_global(selection, batch, n, top_k, by_magnitude))
         selection.check()
         values = _kernel_rounded(call, code, half, values)
         result = GlobalTopK(*(call.wrap(x if batched else x[0]) for x in (values, rows, cols)))

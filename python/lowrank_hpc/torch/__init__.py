@@ -9,9 +9,10 @@ CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without
 Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, jacrev, vmap of a
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
 as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
-``vmap`` the sparse and dense products, and row top-k with V shared, take the stacked elements in
-one call (shared factors read in place; the stacked rows' GEMM may round an entry an ulp apart
-from an element's own call); row top-k with V batched and global top-k run once per element.
+``vmap`` the sparse and dense products, and top-k with both factors batched or (row top-k) V
+shared, take the stacked elements in one call (shared factors read in place; the stacked rows'
+GEMM may round an entry an ulp apart from an element's own call); top-k with one factor shared
+otherwise runs once per element.
 Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations
@@ -89,9 +90,10 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     piecewise constant).
 
     kernel: one of ``lowrank_hpc.ops.KERNELS`` (or "exp"). top_k None: the dense (..., m, n)
-    tensor (2-D or 3-D inputs). top_k with ``top_k_mode="row"``: :class:`TopK` (values (m, k),
-    indices (m, k) int64); ``"global"``: :class:`GlobalTopK` (values, rows, cols of shape (k,)).
-    Top-k mode takes 2-D U and V and never forms the dense m x n matrix. ``top_k_order``:
+    tensor (2-D or 3-D inputs). top_k with ``top_k_mode="row"``: :class:`TopK` (values (..., m, k),
+    indices (..., m, k) int64); ``"global"``: :class:`GlobalTopK` (values, rows, cols of shape
+    (..., k): each problem's own top-k). Top-k mode takes 2-D or 3-D (batched) U and V and never
+    forms the dense m x n matrix. ``top_k_order``:
     "magnitude" (best first) or "position" (columns ascending in each row; global: row-major).
     A NaN/inf entry of f(U V^T) (an overflow, or NaN/inf in U or V) raises FloatingPointError,
     as ``ops.kernel_product`` does, where the sparse operators here return what they compute.

@@ -321,11 +321,11 @@ kernel_product_op.register_autograd(_kernel_backward, setup_context=_kernel_setu
 
 
 def _check_top_k(function: str, U, V, kernel: str, k: int, mode: str, order: str) -> None:
-    _check_pair(function, U, V)
+    _check_pair(function, U, V, (2, 3))
     kernel_name(function, kernel)
     if order not in ops.TOP_K_ORDERS:
         raise ValueError(f"{function}: top_k_order must be one of {ops.TOP_K_ORDERS}, got {order!r}")
-    limit = V.shape[0] if mode == "row" else U.shape[0] * V.shape[0]  # a row's entries, or all of them
+    limit = V.shape[-2] if mode == "row" else U.shape[-2] * V.shape[-2]  # a row's entries, or a problem's
     if not 1 <= k <= limit:
         raise ValueError(f"{function}: top_k must satisfy 1 <= top_k <= {limit} in {mode} mode, got {k}")
 
@@ -343,7 +343,7 @@ def kernel_top_k_rows_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int,
 @kernel_top_k_rows_op.register_fake
 def _(U, V, kernel, k, order="magnitude"):
     _check_top_k("kernel_product", U, V, kernel, k, "row", order)
-    return U.new_empty((U.shape[0], k)), U.new_empty((U.shape[0], k), dtype=torch.int64)
+    return U.new_empty(U.shape[:-1] + (k,)), U.new_empty(U.shape[:-1] + (k,), dtype=torch.int64)
 
 
 @torch.library.custom_op("lowrank_hpc::kernel_top_k_global", mutates_args=())
@@ -359,7 +359,8 @@ def kernel_top_k_global_op(U: torch.Tensor, V: torch.Tensor, kernel: str, k: int
 @kernel_top_k_global_op.register_fake
 def _(U, V, kernel, k, order="magnitude"):
     _check_top_k("kernel_product", U, V, kernel, k, "global", order)
-    return U.new_empty(k), U.new_empty(k, dtype=torch.int64), U.new_empty(k, dtype=torch.int64)
+    shape = U.shape[:-2] + (k,)
+    return U.new_empty(shape), U.new_empty(shape, dtype=torch.int64), U.new_empty(shape, dtype=torch.int64)
 
 
 def _top_k_setup(ctx, inputs, output):
@@ -371,7 +372,18 @@ def _top_k_setup(ctx, inputs, output):
 
 def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
     """(d U, d V) of the selected values f(<U[rows[k]], V[cols[k]]>): the sampled product's
-    adjoint, weighted by f' (the selection itself is piecewise constant)."""
+    adjoint, weighted by f' (the selection itself is piecewise constant). U (m, r), V (n, r) and
+    the selection's tensors of one problem, or of a batch (U (b, m, r), V (b, n, r), each
+    problem's indices its own), which runs as one block-diagonal problem."""
+    if U.dim() == 3:  # problem p's rows and columns moved by p m and p n
+        batch, (m, r), n = U.shape[0], U.shape[1:], V.shape[1]
+        shift = torch.arange(batch, device=U.device).unsqueeze(1)
+        rows = (rows.reshape(batch, -1) + shift * m).reshape(-1)
+        cols = (cols.reshape(batch, -1) + shift * n).reshape(-1)
+        grad_U, grad_V, _, _ = _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, cols,
+                                                  U.reshape(batch * m, r), V.reshape(batch * n, r))
+        return (None if grad_U is None else grad_U.reshape(U.shape),
+                None if grad_V is None else grad_V.reshape(V.shape), None, None)
     weights = kernel_backward(ctx.kernel, grad_values, values,
                               lambda: sampled_product_fn(U.float(), V.float(), rows, cols))
     grad_U = grad_V = None
@@ -384,9 +396,10 @@ def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
 
 def _top_k_rows_backward(ctx, grad_values, grad_indices):
     U, V, values, indices = ctx.saved_tensors
-    k = indices.shape[1]
-    rows = torch.arange(U.shape[0], device=U.device).repeat_interleave(k)
-    return _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, indices.reshape(-1), U, V) + (None,)
+    m, k = indices.shape[-2:]
+    rows = torch.arange(m, device=U.device).repeat_interleave(k).expand(*indices.shape[:-2], m * k)
+    return _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows.reshape(-1), indices.reshape(-1),
+                              U, V) + (None,)
 
 
 def _top_k_global_backward(ctx, grad_values, grad_rows, grad_cols):
@@ -571,30 +584,41 @@ def _by_element(function: Callable, size: int, operands: Sequence[torch.Tensor],
 
 
 def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
-    """Row top-k is row by row: with V shared, the elements' rows (B*m, r) in one call against V
-    in place; with V batched each element selects among its own columns (a loop)."""
+    """Row top-k is row by row: with V shared (2-D elements), the elements' rows (B*m, r) in one
+    call against V in place; with both factors batched, one batched call; with only V batched, a
+    loop (a batched call would copy the shared U once per element)."""
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
     _check_top_k("kernel_product", U1, V1, kernel, k, "row", order)
-    m, r = U1.shape
+    lead, (m, r), n = U1.shape[:-2], U1.shape[-2:], V1.shape[-2]  # lead: the elements' own batch, if any
+    shape = (size, *lead, m, k)
     if size == 0:
-        return (Us.new_empty((0, m, k)), Us.new_empty((0, m, k), dtype=torch.int64)), (0, 0)
-    if V_dim is None:
+        return (Us.new_empty(shape), Us.new_empty(shape, dtype=torch.int64)), (0, 0)
+    if V_dim is None and V1.dim() == 2:
         values, indices = kernel_top_k_rows_fn(Us.reshape(size * m, r), V, kernel, k, order)
-        return (values.reshape(size, m, k), indices.reshape(size, m, k)), (0, 0)
-    return _by_element(kernel_top_k_rows_fn, size, (Us, Vs), (kernel, k, order))
+    elif U_dim is not None and V_dim is not None:
+        values, indices = kernel_top_k_rows_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
+    else:
+        return _by_element(kernel_top_k_rows_fn, size, (Us, Vs), (kernel, k, order))
+    return (values.reshape(shape), indices.reshape(shape)), (0, 0)
 
 
 def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
-    """A loop over the elements: each one's top-k is over its whole m x n, so stacking their
-    rows or columns into one problem would select across elements."""
+    """Each element's top-k is over its whole m x n (stacking rows or columns into one problem
+    would select across elements): one batched call with both factors batched, else a loop (a
+    batched call would copy the shared factor once per element)."""
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
     _check_top_k("kernel_product", U1, V1, kernel, k, "global", order)
+    lead, (m, r), n = U1.shape[:-2], U1.shape[-2:], V1.shape[-2]
+    shape = (size, *lead, k)
     if size == 0:
-        return (Us.new_empty((0, k)), *(Us.new_empty((0, k), dtype=torch.int64) for _ in range(2))), (0, 0, 0)
+        return (Us.new_empty(shape), *(Us.new_empty(shape, dtype=torch.int64) for _ in range(2))), (0, 0, 0)
+    if U_dim is not None and V_dim is not None:
+        parts = kernel_top_k_global_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
+        return tuple(x.reshape(shape) for x in parts), (0, 0, 0)
     return _by_element(kernel_top_k_global_fn, size, (Us, Vs), (kernel, k, order))
 
 
