@@ -21,10 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import HEADER, Row, interleaved, median, timed  # noqa: E402
 
 
-def _row(name, case, ours, peer_name, peer, repeats):
-    times = interleaved({"ours": timed(ours), "peer": timed(peer)}, repeats)
+def _row(name, case, ours, peer_name, peer, repeats, reference=None):
+    """A table row: ours against peer, alternated; ``reference`` (label, call): a third side in the
+    same loop, its median in the note (what a user writes without lowrank_hpc)."""
+    sides = {"ours": timed(ours), "peer": timed(peer)}
+    if reference is not None:
+        sides["reference"] = timed(reference[1])
+    times = interleaved(sides, repeats)
     spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-    return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]), f"median of {repeats}, {spread} ms")
+    note = f"median of {repeats}"
+    if reference is not None:
+        note += f"; {reference[0]} {median(times['reference']) * 1e3:.2f} ms"
+    return Row(name, case, median(times["ours"]), peer_name, median(times["peer"]), f"{note}; {spread} ms")
 
 
 def jax_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]:
@@ -107,13 +115,9 @@ def jax_top_k_row(problems: int, m: int, r: int, repeats: int, k: int = 5) -> Ro
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # magnitudes only: tanh saturates, so near-equal entries may swap places between the two GEMMs' roundings
     np.testing.assert_allclose(np.abs(np.asarray(expected[0])), np.abs(np.asarray(numpy_peer(U, V)[0])), atol=1e-6)
-    times = interleaved({"ours": timed(lambda: jax.block_until_ready(ours(U, V))),
-                         "callback": timed(lambda: jax.block_until_ready(per_element(U, V))),
-                         "jnp": timed(lambda: jax.block_until_ready(numpy_peer(U, V)))}, repeats)
-    spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-    return Row("kernel_product top-k, JAX", case, median(times["ours"]), "host callback per element",
-               median(times["callback"]),
-               f"median of {repeats}; jax.numpy lax.top_k {median(times['jnp']) * 1e3:.2f} ms; {spread} ms")
+    return _row("kernel_product top-k, JAX", case, lambda: jax.block_until_ready(ours(U, V)),
+                "host callback per element", lambda: jax.block_until_ready(per_element(U, V)), repeats,
+                ("jax.numpy lax.top_k", lambda: jax.block_until_ready(numpy_peer(U, V))))
 
 
 def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Row]:
@@ -183,13 +187,9 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
             torch.testing.assert_close(ours(*operands), peer(*operands))
             # magnitudes: tanh saturates, so near-equal entries may swap places between the two GEMMs' roundings
             torch.testing.assert_close(ours(*operands)[0].abs(), plain(*operands)[0].abs())
-            times = interleaved({"ours": timed(lambda o=ours, a=operands: o(*a)),
-                                 "fallback": timed(lambda p=peer, a=operands: p(*a)),
-                                 "plain": timed(lambda p=plain, a=operands: p(*a))}, repeats)
-            spread = "; ".join(f"{side} {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}" for side, t in times.items())
-            out.append(Row(name, dense_case, median(times["ours"]),
-                           "torch's per-element vmap fallback over the operator", median(times["fallback"]), f"median of {repeats}; plain torch under vmap "
-                           f"{median(times['plain']) * 1e3:.2f} ms; {spread} ms"))
+            out.append(_row(name, dense_case, lambda o=ours, a=operands: o(*a),
+                            "torch's per-element vmap fallback over the operator", lambda p=peer, a=operands: p(*a),
+                            repeats, ("plain torch under vmap", lambda p=plain, a=operands: p(*a))))
         return out
 
 

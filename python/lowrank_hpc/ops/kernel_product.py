@@ -109,14 +109,17 @@ class _Selection:
             _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
             yield (start,) + self._select(block)
 
-    def select_problems(self, first: int, last: int, whole: bool = False):
-        """(values, indices) of the rows of problems first..last-1, formed as one block; with
-        ``whole``, of each problem's m x n as one row (its top-kk by flat index)."""
+    def problem_groups(self, batch: int, problems_per_block: int, whole: bool = False):
+        """Yield (first, last, values, indices): the selection of the rows of problems
+        first..last-1, formed as one block; with ``whole``, of each problem's m x n as one row
+        (its top-kk by flat index)."""
         m, n = self.U3.shape[1], self.V3.shape[1]
-        block = self.buffer[:(last - first) * m]
-        _gemm(self.call.xp, self.U3[first:last], self.V3[first:last].transpose(0, 2, 1),
-              out=block.reshape(last - first, m, n))
-        return self._select(block.reshape(last - first, m * n) if whole else block)
+        for first in range(0, batch, problems_per_block):
+            last = min(first + problems_per_block, batch)
+            block = self.buffer[:(last - first) * m]
+            _gemm(self.call.xp, self.U3[first:last], self.V3[first:last].transpose(0, 2, 1),
+                  out=block.reshape(last - first, m, n))
+            yield (first, last) + self._select(block.reshape(last - first, m * n) if whole else block)
 
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
@@ -151,9 +154,7 @@ def _top_k_rows(selection: _Selection, batch: int, m: int, problems_per_block: i
     values = xp.empty((batch, m, selection.kk), dtype=dtype)
     indices = xp.empty((batch, m, selection.kk), dtype=xp.int64)
     if problems_per_block > 1:
-        for first in range(0, batch, problems_per_block):
-            last = min(first + problems_per_block, batch)
-            group_values, group_indices = selection.select_problems(first, last)
+        for first, last, group_values, group_indices in selection.problem_groups(batch, problems_per_block):
             values[first:last] = group_values.reshape(last - first, m, -1)
             indices[first:last] = group_indices.reshape(last - first, m, -1)
         return values, indices
@@ -171,9 +172,8 @@ def _top_k_global_grouped(selection: _Selection, batch: int, n: int, problems_pe
     xp = selection.call.xp
     values = xp.empty((batch, selection.kk), dtype=selection.U3.dtype)
     flat = xp.empty((batch, selection.kk), dtype=xp.int64)
-    for first in range(0, batch, problems_per_block):
-        last = min(first + problems_per_block, batch)
-        values[first:last], flat[first:last] = selection.select_problems(first, last, whole=True)
+    for first, last, group_values, group_flat in selection.problem_groups(batch, problems_per_block, whole=True):
+        values[first:last], flat[first:last] = group_values, group_flat
     if not by_magnitude:  # row-major: flat indices ascending (distinct within a problem)
         order = xp.argsort(flat, axis=-1)
         values, flat = xp.take_along_axis(values, order, axis=-1), xp.take_along_axis(flat, order, axis=-1)

@@ -20,6 +20,12 @@ from .sampled_product import _sampled, csr_sampled, row_order_pays
 ROW_ORDER_MIN_ROW_BYTES = 256
 
 
+def _oriented(rows: Any, cols: Any, transpose: bool) -> tuple[Any, Any, str, str]:
+    """(keys, others, key_name, other_name): the index of the result's rows (rows; cols with
+    ``transpose``) and the other index, with the argument names an IndexError gives them."""
+    return (cols, rows, "cols", "rows") if transpose else (rows, cols, "rows", "cols")
+
+
 def _dense_operand(call: Call, B: Any, check_finite: bool):
     B = call.float_array("B", B, (2, 3), check_finite=check_finite, halves=True)
     batched = B.ndim == 3
@@ -89,11 +95,11 @@ class SparsePattern:
         # are already in order) and the other index in CSR order.
         self._csr: dict[bool, tuple[Any, Any, Any]] = {}
         self._unread_status = None  # solver_product's status word: written by the kernel, never read
+        self._in_place_bad = None  # solver_product's in-place status words (np.ndarray (2,) once used)
         for transpose in orders:
-            keys, others = (cols, rows) if transpose else (rows, cols)
+            keys, others, key_name, _ = _oriented(rows, cols, transpose)
             n_key = shape[1] if transpose else shape[0]
-            indptr, perm, others_sorted, _ = csr_order(call, keys, others, None, self.offsets, n_key,
-                                                       "cols" if transpose else "rows",
+            indptr, perm, others_sorted, _ = csr_order(call, keys, others, None, self.offsets, n_key, key_name,
                                                        size_name="shape[1]" if transpose else "shape[0]")
             self._csr[transpose] = (indptr, perm, others_sorted)
 
@@ -124,10 +130,9 @@ class SparsePattern:
         if transpose not in self._csr:  # a one-product pattern asked for the other orientation
             raise ValueError("SparsePattern.times_dense: this pattern was prepared for the other orientation")
         indptr, perm, others = self._csr[transpose]
-        keys, given_others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
-        other_name = "rows" if transpose else "cols"
-        out = None if perm is None else _in_place_product(call, keys, given_others, vals, B3, n_key,
-                                                          "cols" if transpose else "rows", other_name)
+        keys, given_others, key_name, other_name = _oriented(self.rows, self.cols, transpose)
+        out = None if perm is None else _in_place_product(call, keys, given_others, vals, B3, n_key, key_name,
+                                                          other_name)
         if out is None:
             out = csr_product(call, indptr, perm, others, vals, B3, n_key, [(other_name, given_others, n_other)])
         out = checked_result(call, out, check_finite)
@@ -221,9 +226,11 @@ class SparsePattern:
         n_key = self.shape[1] if transpose else self.shape[0]
         result = call.xp.empty((n_key, B.shape[1]), dtype=B.dtype) if out is None else out
         if perm is not None:  # shuffled values: in place where it pays (every index was checked at construction)
-            keys, given_others = (self.cols, self.rows) if transpose else (self.rows, self.cols)
-            names = ("cols", "rows") if transpose else ("rows", "cols")
-            if _in_place_product(call, keys, given_others, vals, B[None], n_key, *names, out=result[None]) is not None:
+            if self._in_place_bad is None:
+                self._in_place_bad = np.empty(2, dtype=np.int64)  # its status words, reused: no allocation a call
+            keys, given_others, key_name, other_name = _oriented(self.rows, self.cols, transpose)
+            if _in_place_product(call, keys, given_others, vals, B[None], n_key, key_name, other_name,
+                                 out=result[None], bad=self._in_place_bad) is not None:
                 return result
         if self._unread_status is None:
             self._unread_status = call.status(int(others.shape[0]))
@@ -296,8 +303,7 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     if rows.shape[0] == 0:  # no entry: the zero matrix, with no kernel to launch
         out = call.xp.zeros((B3.shape[0], n_rows, B3.shape[2]), dtype=B3.dtype)
         return call.wrap(out if batched else out[0])
-    keys, others = (cols, rows) if transpose else (rows, cols)
-    key_name, other_name = ("cols", "rows") if transpose else ("rows", "cols")
+    keys, others, key_name, other_name = _oriented(rows, cols, transpose)
     out = _in_place_product(call, keys, others, vals, B3, n_rows, key_name, other_name)
     if out is None:
         # Sort once, moving indices and values together (no permutation kept: it cost 38% of a
@@ -311,18 +317,18 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
 
 
 def _in_place_product(call: Call, keys, others, vals, B3, n_key: int, key_name: str, other_name: str,
-                      out: Optional[Any] = None):
+                      out: Optional[Any] = None, bad: Optional[np.ndarray] = None):
     """(1, n_key, r) = S @ B3[0] by the CPU's in-place product where it pays (the kernel's rule:
     cpu::in_place_product_pays and shuffled keys; the sorted path's numbers), into ``out``
-    (1, n_key, r) C-contiguous if given; or None, nothing written (and for a batch or 16-bit
-    storage)."""
+    (1, n_key, r) C-contiguous if given, its status words into ``bad`` (2,) int64 if given; or
+    None, nothing written (and for a batch or 16-bit storage)."""
     r = int(B3.shape[2])
     if (not hasattr(call.module, "coo_times_dense_in_place") or B3.shape[0] != 1
             or B3.dtype not in (np.float32, np.float64)
             or not call.module.in_place_product_pays(n_key, r, B3.dtype.itemsize)):
         return None
     out = np.empty((1, n_key, r), dtype=B3.dtype) if out is None else out
-    bad = np.empty(2, dtype=np.int64)
+    bad = np.empty(2, dtype=np.int64) if bad is None else bad
     if not call.module.coo_times_dense_in_place(keys, others, vals, B3[0], out[0], bad):
         return None  # the first keys came in order: the sorted path's check and CSR product
     nnz = int(keys.shape[0])
