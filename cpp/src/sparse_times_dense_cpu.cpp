@@ -17,6 +17,64 @@ namespace {
 // Per-thread histograms cost threads * rows counters; past this, sort on one thread.
 constexpr int64_t kMaxHistogramBytes = int64_t(1) << 30;
 
+// The sort's scatter keeps one write stream per row and output array. With this many rows and
+// outputs this large, each store waits on a line fetched from memory (1e6 shuffled entries in
+// 10,000 rows: 6-9 ms), so entries are first grouped into at most kRowGroups runs of
+// consecutive rows (few streams), then each run is spread over its rows while it sits in cache:
+// 1.16-2.09x from 1e6 entries on (BENCHMARKS.md, session 25); below these sizes the direct
+// scatter was faster.
+constexpr int64_t kGroupedMinRows = 4096;
+constexpr int64_t kGroupedMinBytes = int64_t(12) << 20;  // of perm, others and vals
+constexpr int64_t kRowGroups = 128;
+constexpr int kMaxGroupShift = 16;  // a row's place in its run is 16 bits
+// A run is copied to per-thread scratch before it is spread; a larger one (a row holding most
+// entries) keeps the direct scatter.
+constexpr int64_t kMaxGroupEntries = int64_t(1) << 20;
+
+// Rows per run (a power of two, 2^shift) so that n_rows rows make at most kRowGroups runs.
+inline int row_group_shift(int64_t n_rows) {
+  int shift = 0;
+  while (((n_rows - 1) >> shift) >= kRowGroups) ++shift;
+  return shift;
+}
+
+// The grouped scatter's second pass: each run of rows (its entries contiguous in the outputs, in
+// the stable order the first pass left, with each entry's row within the run in row_in_group)
+// copied to scratch and spread to its rows' positions in the same places. Runs are independent.
+template <class T, class I>
+void spread_row_groups(const int64_t* indptr, int64_t n_rows, int shift, int64_t largest,
+                       const uint16_t* row_in_group, int64_t* perm, I* others_sorted, T* vals_sorted) {
+  const int64_t groups = ((n_rows - 1) >> shift) + 1;
+  const auto scratch = [largest](auto* present) {
+    using X = std::remove_pointer_t<decltype(present)>;
+    return std::unique_ptr<X[]>(present ? new X[static_cast<size_t>(largest)] : nullptr);
+  };
+#pragma omp parallel if (indptr[n_rows] > kParallelMinWork)
+  {
+    const auto perm_run = scratch(perm);
+    const auto others_run = scratch(others_sorted);
+    const auto vals_run = scratch(vals_sorted);
+    std::unique_ptr<int64_t[]> next(new int64_t[static_cast<size_t>(int64_t(1) << shift)]);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t first_row = group << shift, end_row = std::min(n_rows, first_row + (int64_t(1) << shift));
+      const int64_t begin = indptr[first_row], count = indptr[end_row] - begin;
+      if (count == 0) continue;
+      const size_t n = static_cast<size_t>(count);
+      if (perm) std::memcpy(perm_run.get(), perm + begin, sizeof(int64_t) * n);
+      std::memcpy(others_run.get(), others_sorted + begin, sizeof(I) * n);
+      if (vals_sorted) std::memcpy(vals_run.get(), vals_sorted + begin, sizeof(T) * n);
+      for (int64_t row = first_row; row < end_row; ++row) next[row - first_row] = indptr[row];
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t position = next[row_in_group[begin + j]]++;
+        if (perm) perm[position] = perm_run[j];
+        others_sorted[position] = others_run[j];
+        if (vals_sorted) vals_sorted[position] = vals_run[j];
+      }
+    }
+  }
+}
+
 // One problem's keys already in order (np.nonzero's output, a CSR matrix's rows): one pass over
 // blocks of keys, each checked branch-free for a descent (a shuffled input stops after its first
 // block) and then scanned, while in L1, for the rows that start in it; the range from the two
@@ -73,6 +131,16 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
   // counts[t][row]: entries of row in thread t's chunk. Chunk t precedes chunk t+1, so the
   // scatter below is a stable sort and the result does not depend on the thread count.
   std::vector<int64_t> counts(static_cast<size_t>(threads * (n_rows + 1)), 0);
+  const int shift = row_group_shift(n_rows);
+  const int64_t groups = ((n_rows - 1) >> shift) + 1;
+  const int64_t entry_bytes = (perm ? int64_t(sizeof(int64_t)) : 0) + int64_t(sizeof(I)) + (vals ? int64_t(sizeof(T)) : 0);
+  const bool may_group = n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes &&
+                         shift <= kMaxGroupShift;
+  // group_next[t][group]: where thread t's next entry of that run of rows goes in the first pass.
+  std::vector<int64_t> group_next(may_group ? static_cast<size_t>(threads * groups) : 0, 0);
+  std::unique_ptr<uint16_t[]> row_in_group;  // each grouped entry's row within its run (2 bytes an entry)
+  bool grouped = false;
+  int64_t largest_group = 0;
   // Per chunk: its first and last flattened key, and whether it is sorted within.
   std::vector<int64_t> first_key(static_cast<size_t>(threads), -1), last_key(static_cast<size_t>(threads), -1);
   std::vector<char> chunk_sorted(static_cast<size_t>(threads), 1);
@@ -114,13 +182,43 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
           const int64_t here = c;
           c = running;
           running += here;
+          if (may_group) group_next[t * groups + (row >> shift)] += here;  // the thread's entries in the run
         }
       }
       indptr[n_rows] = running;
+      if (may_group && !sorted) {
+        for (int64_t group = 0; group < groups; ++group)
+          largest_group = std::max(largest_group, indptr[std::min(n_rows, (group + 1) << shift)] - indptr[group << shift]);
+        grouped = largest_group <= kMaxGroupEntries;
+        if (grouped) row_in_group.reset(new uint16_t[static_cast<size_t>(nnz)]);
+      }
+      // Each run's entries in thread order from the run's first position: counts into positions.
+      for (int64_t group = 0; grouped && group < groups; ++group) {
+        int64_t position = indptr[group << shift];
+        for (int64_t t = 0; t < used; ++t) {
+          const int64_t here = group_next[t * groups + group];
+          group_next[t * groups + group] = position;
+          position += here;
+        }
+      }
+    }
+    if (first_bad == nnz && grouped) {
+      // First pass: each entry to the next place of its run of rows.
+      int64_t* next = group_next.data() + tid * groups;
+      b = begin < end ? find_batch(offsets, batch, begin) : 0;
+      for (int64_t k = begin; k < end; ++k) {
+        while (k >= offsets[b + 1]) ++b;
+        const int64_t row = b * n_key + static_cast<int64_t>(keys[k]);
+        const int64_t position = next[row >> shift]++;
+        row_in_group[position] = static_cast<uint16_t>(row & ((int64_t(1) << shift) - 1));
+        if (perm) perm[position] = k;
+        others_sorted[position] = others[k];
+        if (vals) vals_sorted[position] = vals[k];
+      }
     }
     // Entries already in row order need no permutation at all. Otherwise the scatter also
     // moves the other index (and the values) so no later pass gathers them at random.
-    if (first_bad == nnz && !sorted) {
+    if (first_bad == nnz && !sorted && !grouped) {
       b = begin < end ? find_batch(offsets, batch, begin) : 0;
       for (int64_t k = begin; k < end; ++k) {
         while (k >= offsets[b + 1]) ++b;
@@ -131,6 +229,7 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
       }
     }
   }
+  if (grouped) spread_row_groups(indptr, n_rows, shift, largest_group, row_in_group.get(), perm, others_sorted, vals_sorted);
   return {first_bad == nnz ? -1 : first_bad, first_bad == nnz && sorted};
 }
 
