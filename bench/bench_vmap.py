@@ -3,7 +3,8 @@ lowrank_hpc.torch, against the ways a user gets the same numbers otherwise, meas
 JAX: our FFI handler per element (vmap_method "sequential"), our host-callback path, jax.numpy
 (and the top-k's one host call against one per element);
 torch: torch's per-element vmap fallback over the operator, a loop of torch.autograd.grad calls
-(and the dense products' and row top-k's vmap rules against the same fallback).
+(and the dense products' and top-k's vmap rules, a factor shared or both batched, against the same
+fallback).
 
     python bench/bench_vmap.py            # 1,000 problems of 30 x 30, r = 4, 300 entries each
     python bench/bench_vmap.py --quick
@@ -150,8 +151,8 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
         torch.testing.assert_close(expected[0][b], looped[b][0])
     forward, fallback = torch.func.vmap(lt.sampled_product), torch.func.vmap(_ops.sampled_product_op)
     dense_case = f"{problems} x ({m}x{m}, r={r}) f32"
-    def plain_top_k(U):  # what a torch user writes instead: topk of |tanh(U V^T)|, values gathered back
-        K = torch.tanh(U @ V[0].T)
+    def plain_top_k(U, V):  # what a torch user writes instead: topk of |tanh(U V^T)|, values gathered back
+        K = torch.tanh(U @ V.T)
         indices = K.abs().topk(4, dim=-1).indices
         return K.gather(-1, indices), indices
 
@@ -170,11 +171,19 @@ def torch_rows(problems: int, m: int, r: int, nnz: int, repeats: int) -> list[Ro
              "kernel_product row top-4, V shared, torch vmap": (
                  torch.func.vmap(lambda U: tuple(lt.kernel_product(U, V[0], "tanh", 4))),
                  torch.func.vmap(lambda U: _ops.kernel_top_k_rows_op(U, V[0], "tanh", 4)),
-                 torch.func.vmap(plain_top_k), (U,)),
+                 torch.func.vmap(lambda U: plain_top_k(U, V[0])), (U,)),
+             "kernel_product row top-4, U shared, torch vmap": (
+                 torch.func.vmap(lambda V: tuple(lt.kernel_product(U[0], V, "tanh", 4))),
+                 torch.func.vmap(lambda V: _ops.kernel_top_k_rows_op(U[0], V, "tanh", 4)),
+                 torch.func.vmap(lambda V: plain_top_k(U[0], V)), (V,)),
              "kernel_product global top-10, both batched, torch vmap": (
                  torch.func.vmap(lambda U, V: tuple(lt.kernel_product(U, V, "tanh", 10, top_k_mode="global"))),
                  torch.func.vmap(lambda U, V: _ops.kernel_top_k_global_op(U, V, "tanh", 10)),
-                 torch.func.vmap(plain_global_top_k), (U, V))}
+                 torch.func.vmap(plain_global_top_k), (U, V)),
+             "kernel_product global top-10, U shared, torch vmap": (
+                 torch.func.vmap(lambda V: tuple(lt.kernel_product(U[0], V, "tanh", 10, top_k_mode="global"))),
+                 torch.func.vmap(lambda V: _ops.kernel_top_k_global_op(U[0], V, "tanh", 10)),
+                 torch.func.vmap(lambda V: plain_global_top_k(U[0], V)), (V,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's performance warning, which is the point here
         torch.testing.assert_close(forward(U, V, rows, cols), fallback(U, V, rows, cols))

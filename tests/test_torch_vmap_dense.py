@@ -1,7 +1,8 @@
 """lowrank_hpc.torch's vmap rules for the dense products (_ops._vmap_lowrank, _vmap_kernel,
 _vmap_top_k_rows, _vmap_top_k_global): values against plain torch and against loops of the
 operator, every in_dims combination, 2-D and 3-D elements, no elements, two levels of vmap,
-per-sample gradients, one kernel call per vmap (a shared factor read in place), and the
+per-sample gradients, one kernel call per vmap (a shared factor read in place, or for top-k
+broadcast to one batched call; the per-element loop where that copy is large), and the
 operator's own errors. Skipped without torch."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (optional ex
 
 import lowrank_hpc.torch as lt  # noqa: E402
 from lowrank_hpc import ops  # noqa: E402
+from lowrank_hpc.torch import _ops  # noqa: E402
 
 B, OWN, M, N, R = 5, 2, 4, 3, 2  # vmapped elements, an element's own batch (3-D elements), its shape
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -124,9 +126,14 @@ def test_a_shared_factor_is_read_in_place_and_the_result_not_copied(monkeypatch)
     calls.clear()
     U3, V3 = _factors((1, None), (OWN,))  # 3-D elements: the elements' rows within each own-batch entry
     got = torch.func.vmap(lt.lowrank_product, in_dims=(1, None))(U3, V3)
-    ((_, (U_in, V_in), _),) = calls
-    assert U_in.shape == (OWN, B * M, R) and V_in.shape == (OWN, N, R) and _address(V_in) == V3.data_ptr()
+    rows = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)), in_dims=(1, None))(U3, V3)
+    for _, (U_in, V_in, *_), _ in calls:
+        assert U_in.shape == (OWN, B * M, R) and V_in.shape == (OWN, N, R) and _address(V_in) == V3.data_ptr()
+    assert len(calls) == 2
     torch.testing.assert_close(got, _dense(U3.movedim(1, 0), V3), **TOL[torch.float64])
+    for b in range(B):
+        expected = lt.kernel_product(U3[:, b], V3, "tanh", 2)
+        assert torch.equal(rows[0][b], expected.values) and torch.equal(rows[1][b], expected.indices)
     calls.clear()
     V_batched = _factors((None, 0))[1]
     U_shared = U[0]
@@ -141,15 +148,15 @@ def test_a_shared_factor_is_read_in_place_and_the_result_not_copied(monkeypatch)
 @pytest.mark.parametrize("dims", IN_DIMS, ids=str)
 def test_top_k_rows_under_vmap_equals_each_element_exactly(monkeypatch, dims, order):
     """Row top-k is row by row: with V shared one call over the elements' rows, with both batched
-    one batched call, with only V batched a loop over the elements. Half-integer factors make
-    every GEMM exact (and tie many entries): each element's values and indices bit for bit,
+    one batched call, with only V batched one batched call on U broadcast. Half-integer factors
+    make every GEMM exact (and tie many entries): each element's values and indices bit for bit,
     whichever GEMM kernel the stacked rows take."""
     U, V = (torch.round(x * 2) / 2 for x in _factors(dims, dtype=torch.float32, seed=3, scale=2.0))
     calls = _record(monkeypatch, "kernel_product")
     values, indices = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2, top_k_order=order)),
                                       in_dims=dims)(U, V)
     monkeypatch.undo()
-    assert len(calls) == (1 if dims[1] is None or dims[0] is not None else B)
+    assert len(calls) == 1
     assert values.shape == indices.shape == (B, M, 2) and indices.dtype == torch.int64
     for b in range(B):
         expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "tanh", 2, top_k_order=order)
@@ -173,18 +180,131 @@ def test_top_k_rows_with_V_shared_within_rounding_of_each_element(dtype, m, r, n
 
 @pytest.mark.parametrize("dims", [(0, 0), (1, 0), (1, None), (None, 1)], ids=str)
 def test_top_k_global_under_vmap_equals_each_element_exactly(monkeypatch, dims):
-    """One batched call with both factors batched, a loop with one shared."""
+    """One batched call, a shared factor broadcast to the elements."""
     U, V = (torch.round(x * 2) / 2 for x in _factors(dims, dtype=torch.float32, seed=4, scale=2.0))
     calls = _record(monkeypatch, "kernel_product")
     got = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "relu", 5, top_k_mode="global")),
                           in_dims=dims)(U, V)
     monkeypatch.undo()
-    assert len(calls) == (1 if None not in dims else B)
+    assert len(calls) == 1
     assert [x.shape for x in got] == [(B, 5)] * 3
     for b in range(B):
         expected = lt.kernel_product(_element(U, dims[0], b), _element(V, dims[1], b), "relu", 5, top_k_mode="global")
         for part, want in zip(got, expected):
             assert torch.equal(part[b], want)
+
+
+# Top-k with a shared factor, (mode, in_dims): row top-k's U and global top-k's U or V broadcast
+# to one batched call; row top-k's V read in place (3-D elements too: (b, B*m, r) against V).
+SHARED_TOP_K = [("row", (None, 0)), ("row", (None, 1)), ("row", (1, None)), ("global", (None, 1)),
+                ("global", (0, None))]
+
+
+def _top_k(mode, kernel="tanh", order="magnitude"):
+    k = 2 if mode == "row" else 5
+    return lambda U_, V_: tuple(lt.kernel_product(U_, V_, kernel, k, top_k_mode=mode, top_k_order=order))
+
+
+def _no_loop(*args):
+    raise AssertionError("the per-element loop ran where the vmap rule should make one call")
+
+
+def _quarter_factors(dims, own=(), dtype=torch.float64, seed=0):
+    """Factors of multiples of 1/4 (|x| about 1/2): exact products in float32 too (so the batched call
+    and each element's own call select the same entries, ties included), tanh not saturated."""
+    return tuple(torch.round(x * 4) / 4 for x in _factors(dims, own, dtype=dtype, seed=seed, scale=0.5))
+
+
+def _looped(top_k, U, V, dims):
+    """Each element's own call: its results, its gradients of sum(values^2) wrt (U, V), and those
+    summed as autograd through vmap sums them (a shared factor's over the elements)."""
+    results, per_element = [], []
+    summed = [torch.zeros_like(U), torch.zeros_like(V)]
+    for b in range(B):
+        u, v = (_element(x, d, b).clone().requires_grad_() for x, d in zip((U, V), dims))
+        results.append(top_k(u, v))
+        per_element.append(torch.autograd.grad(results[-1][0].square().sum(), (u, v)))
+        for total, grad, d in zip(summed, per_element[-1], dims):
+            if d is None:
+                total += grad
+            else:
+                total.select(d, b).copy_(grad)
+    return results, per_element, summed
+
+
+@pytest.mark.parametrize("kernel", ["tanh", "relu"])
+@pytest.mark.parametrize("order", ops.TOP_K_ORDERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("own", [(), (OWN,)], ids=["2-D", "3-D"])
+@pytest.mark.parametrize("mode,dims", SHARED_TOP_K, ids=str)
+def test_top_k_with_a_shared_factor_under_vmap_is_one_call_equal_to_a_loop(monkeypatch, mode, dims, own, dtype,
+                                                                           order, kernel):
+    """One kernel call (the per-element loop made to fail), each element's values and indices bit
+    for bit, and the gradients of both factors (the shared one summed over the elements by the
+    broadcast's backward) through torch.autograd and per sample through vmap(grad) equal to each
+    element's own call's."""
+    U, V = _quarter_factors(dims, own, dtype, seed=10)
+    top_k = _top_k(mode, kernel, order)
+    monkeypatch.setattr(_ops, "_by_element", _no_loop)
+    calls = _record(monkeypatch, "kernel_product")
+    leaves = [x.clone().requires_grad_() for x in (U, V)]
+    got = torch.func.vmap(top_k, in_dims=dims)(*leaves)
+    assert len(calls) == 1
+    grads = torch.autograd.grad(got[0].square().sum(), leaves)
+    per_sample = torch.func.vmap(torch.func.grad(lambda U_, V_: top_k(U_, V_)[0].square().sum(), argnums=(0, 1)),
+                                 in_dims=dims)(U, V)
+    monkeypatch.undo()
+    k = 2 if mode == "row" else 5
+    assert [x.shape for x in got] == [(B, *own, M, k) if mode == "row" else (B, *own, k)] * len(got)
+    results, per_element, summed = _looped(top_k, U, V, dims)
+    for b in range(B):
+        for part, want in zip(got, results[b]):
+            assert torch.equal(part[b], want)
+        for per, want in zip(per_sample, per_element[b]):
+            torch.testing.assert_close(per[b], want, **TOL[dtype])
+    for grad, want in zip(grads, summed):
+        torch.testing.assert_close(grad, want, **TOL[dtype])
+
+
+def test_a_broadcast_copy_is_bounded_by_the_limit_or_the_batched_factor():
+    """_broadcast_is_small at its edges (meta tensors: shapes only, no memory): B copies of the
+    shared factor up to _BROADCAST_COPY_LIMIT bytes, or up to the batched factor's own bytes."""
+    rows = _ops._BROADCAST_COPY_LIMIT // (4 * R)  # a float32 (rows, R) factor of the limit's bytes
+    shared = torch.empty(rows, R, device="meta")
+    small = torch.empty(2, 1, R, device="meta")
+    assert _ops._broadcast_is_small(shared, small, 1)
+    assert not _ops._broadcast_is_small(shared, small, 2)
+    assert _ops._broadcast_is_small(shared, torch.empty(2, rows, R, device="meta"), 2)
+    assert not _ops._broadcast_is_small(shared, torch.empty(2, rows - 1, R, device="meta"), 2)
+    assert not _ops._broadcast_is_small(shared.double(), torch.empty(2, 1, R, dtype=torch.float64, device="meta"), 1)
+
+
+@pytest.mark.parametrize("own", [(), (OWN,)], ids=["2-D", "3-D"])
+@pytest.mark.parametrize("mode,dims,swap,looped", [("row", (None, 0), False, True), ("global", (None, 1), False, True),
+                                                   ("global", (0, None), True, True),
+                                                   ("global", (0, None), False, False)], ids=str)
+def test_a_large_broadcast_copy_runs_the_loop_with_the_same_results(monkeypatch, mode, dims, swap, looped, own):
+    """_BROADCAST_COPY_LIMIT 0: a shared factor larger than the batched one (U's M = 4 rows against
+    V's N = 3; swap: V of 4 rows shared, U of 3 batched) goes back to the loop, one kernel call per
+    element, with the one call's results and gradients; one no larger stays one call."""
+    U, V = _quarter_factors(dims[::-1] if swap else dims, own, seed=11)
+    if swap:
+        U, V = V, U
+    top_k = _top_k(mode)
+    monkeypatch.setattr(_ops, "_BROADCAST_COPY_LIMIT", 0)
+    calls = _record(monkeypatch, "kernel_product")
+    leaves = [x.clone().requires_grad_() for x in (U, V)]
+    got = torch.func.vmap(top_k, in_dims=dims)(*leaves)
+    grads = torch.autograd.grad(got[0].square().sum(), leaves)
+    monkeypatch.undo()
+    assert len(calls) == (B if looped else 1)
+    results, _, summed = _looped(top_k, U, V, dims)
+    one_call = torch.func.vmap(top_k, in_dims=dims)(U, V)
+    for b in range(B):
+        for part, want, other in zip(got, results[b], one_call):
+            assert torch.equal(part[b], want) and torch.equal(other[b], want)
+    for grad, want in zip(grads, summed):
+        torch.testing.assert_close(grad, want, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("dims", [(0, 0), (0, None), (None, 0)], ids=str)

@@ -9,10 +9,12 @@ CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without
 Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, jacrev, vmap of a
 grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
 as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
-``vmap`` the sparse and dense products, and top-k with both factors batched or (row top-k) V
-shared, take the stacked elements in one call (shared factors read in place; the stacked rows'
-GEMM may round an entry an ulp apart from an element's own call); top-k with one factor shared
-otherwise runs once per element.
+``vmap`` the sparse and dense products and both top-k take the stacked elements in one call
+(shared factors read in place; the stacked rows' GEMM may round an entry an ulp apart from an
+element's own call). The one exception, a factor that top-k shares and no stacking reads in place
+(row top-k's U, global top-k's U or V): broadcast to the elements in the one call, which copies
+it once per element, or run once per element where that copy would pass both 64 MiB and the
+batched factor's own size.
 Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations

@@ -583,10 +583,28 @@ def _by_element(function: Callable, size: int, operands: Sequence[torch.Tensor],
     return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
 
 
+# Top-k with one factor shared where no stacking of rows reads it in place: one batched call on the
+# shared factor broadcast to the B elements, which the operator copies once per element (it makes
+# its inputs contiguous; the backward's gradient of the broadcast is as large).
+# Memory decides, not time (a row's copy is r values, its product n r multiply-adds): a copy past
+# both this many bytes and the batched factor's own (more than doubling what the caller holds) loops.
+_BROADCAST_COPY_LIMIT = 64 << 20
+
+
+def _broadcast_is_small(shared: torch.Tensor, batched: torch.Tensor, size: int) -> bool:
+    """Whether ``size`` copies of ``shared`` (one element's factor) fit ``_BROADCAST_COPY_LIMIT``
+    bytes or the bytes of ``batched`` (the other factor, its ``size`` elements stacked)."""
+    copy = size * shared.numel() * shared.element_size()
+    return copy <= max(_BROADCAST_COPY_LIMIT, batched.numel() * batched.element_size())
+
+
 def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
-    """Row top-k is row by row: with V shared (2-D elements), the elements' rows (B*m, r) in one
-    call against V in place; with both factors batched, one batched call; with only V batched, a
-    loop (a batched call would copy the shared U once per element)."""
+    """Row top-k is row by row. V shared: the elements' rows in one call against V in place,
+    (B*m, r) against (n, r), or for 3-D elements (b, B*m, r) against (b, n, r), the result's
+    vmapped dimension after b. Otherwise one batched call (B*b, m, r) against (B*b, n, r), a shared
+    U broadcast to the elements (stacking V's rows would select across elements), or a loop over
+    the elements where that copy is large (``_broadcast_is_small``). Returns ((values, indices),
+    out_dims): each element's (..., m, k) values (the factors' dtype) and int64 column indices."""
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
@@ -595,19 +613,22 @@ def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
     shape = (size, *lead, m, k)
     if size == 0:
         return (Us.new_empty(shape), Us.new_empty(shape, dtype=torch.int64)), (0, 0)
-    if V_dim is None and V1.dim() == 2:
-        values, indices = kernel_top_k_rows_fn(Us.reshape(size * m, r), V, kernel, k, order)
-    elif U_dim is not None and V_dim is not None:
-        values, indices = kernel_top_k_rows_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
-    else:
+    if V_dim is None:  # (..., B*m, k): the elements' rows one after another within each own-batch entry
+        stacked_rows = U.movedim(U_dim, len(lead)).reshape(*lead, size * m, r)
+        values, indices = kernel_top_k_rows_fn(stacked_rows, V, kernel, k, order)
+        return (values.reshape(*lead, size, m, k), indices.reshape(*lead, size, m, k)), (len(lead),) * 2
+    if U_dim is None and not _broadcast_is_small(U1, Vs, size):
         return _by_element(kernel_top_k_rows_fn, size, (Us, Vs), (kernel, k, order))
+    values, indices = kernel_top_k_rows_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
     return (values.reshape(shape), indices.reshape(shape)), (0, 0)
 
 
 def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
     """Each element's top-k is over its whole m x n (stacking rows or columns into one problem
-    would select across elements): one batched call with both factors batched, else a loop (a
-    batched call would copy the shared factor once per element)."""
+    would select across elements): one batched call (B*b, m, r) against (B*b, n, r), a shared
+    factor broadcast to the elements, or a loop over the elements where that copy is large
+    (``_broadcast_is_small``). Returns ((values, rows, cols), (0, 0, 0)): each element's (..., k)
+    values (the factors' dtype) and int64 positions."""
     size = info.batch_size
     U_dim, V_dim = in_dims[:2]
     Us, Vs, U1, V1 = _stacked_pair(U, V, U_dim, V_dim, size)
@@ -616,10 +637,12 @@ def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
     shape = (size, *lead, k)
     if size == 0:
         return (Us.new_empty(shape), *(Us.new_empty(shape, dtype=torch.int64) for _ in range(2))), (0, 0, 0)
-    if U_dim is not None and V_dim is not None:
-        parts = kernel_top_k_global_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
-        return tuple(x.reshape(shape) for x in parts), (0, 0, 0)
-    return _by_element(kernel_top_k_global_fn, size, (Us, Vs), (kernel, k, order))
+    if U_dim is None or V_dim is None:
+        shared, batched = (U1, Vs) if U_dim is None else (V1, Us)
+        if not _broadcast_is_small(shared, batched, size):
+            return _by_element(kernel_top_k_global_fn, size, (Us, Vs), (kernel, k, order))
+    parts = kernel_top_k_global_fn(Us.reshape(-1, m, r), Vs.reshape(-1, n, r), kernel, k, order)
+    return tuple(x.reshape(shape) for x in parts), (0, 0, 0)
 
 
 sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward, _vmap_sampled)
