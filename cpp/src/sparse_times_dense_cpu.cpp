@@ -21,7 +21,7 @@ constexpr int64_t kMaxHistogramBytes = int64_t(1) << 30;
 // outputs this large, each store waits on a line fetched from memory (1e6 shuffled entries in
 // 10,000 rows: 6-9 ms), so entries are first grouped into at most kRowGroups runs of
 // consecutive rows (few streams), then each run is spread over its rows while it sits in cache:
-// 1.16-2.09x from 1e6 entries on (BENCHMARKS.md, session 25); below these sizes the direct
+// 1.06-1.81x from 1e6 entries on (BENCHMARKS.md, session 25); below these sizes the direct
 // scatter was faster.
 constexpr int64_t kGroupedMinRows = 4096;
 constexpr int64_t kGroupedMinBytes = int64_t(12) << 20;  // of perm, others and vals
@@ -44,26 +44,32 @@ inline int row_group_shift(int64_t n_rows) {
 template <class T, class I>
 void spread_row_groups(const int64_t* indptr, int64_t n_rows, int shift, int64_t largest,
                        const uint16_t* row_in_group, int64_t* perm, I* others_sorted, T* vals_sorted) {
-  const int64_t groups = ((n_rows - 1) >> shift) + 1;
-  const auto scratch = [largest](auto* present) {
+  const int64_t groups = ((n_rows - 1) >> shift) + 1, rows_per_group = int64_t(1) << shift;
+  const int threads = indptr[n_rows] > kParallelMinWork ? omp_get_max_threads() : 1;
+  // Every thread's scratch allocated here: a bad_alloc inside the parallel region would end the process.
+  const auto scratch = [&](auto* present, int64_t per_thread) {
     using X = std::remove_pointer_t<decltype(present)>;
-    return std::unique_ptr<X[]>(present ? new X[static_cast<size_t>(largest)] : nullptr);
+    return std::unique_ptr<X[]>(present ? new X[static_cast<size_t>(threads * per_thread)] : nullptr);
   };
-#pragma omp parallel if (indptr[n_rows] > kParallelMinWork)
+  const auto perm_runs = scratch(perm, largest), others_runs = scratch(others_sorted, largest);
+  const auto vals_runs = scratch(vals_sorted, largest);
+  std::unique_ptr<int64_t[]> next_positions(new int64_t[static_cast<size_t>(threads * rows_per_group)]);
+#pragma omp parallel num_threads(threads)
   {
-    const auto perm_run = scratch(perm);
-    const auto others_run = scratch(others_sorted);
-    const auto vals_run = scratch(vals_sorted);
-    std::unique_ptr<int64_t[]> next(new int64_t[static_cast<size_t>(int64_t(1) << shift)]);
+    const int64_t tid = omp_get_thread_num();
+    int64_t* perm_run = perm ? perm_runs.get() + tid * largest : nullptr;
+    I* others_run = others_runs.get() + tid * largest;
+    T* vals_run = vals_sorted ? vals_runs.get() + tid * largest : nullptr;
+    int64_t* next = next_positions.get() + tid * rows_per_group;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t group = 0; group < groups; ++group) {
-      const int64_t first_row = group << shift, end_row = std::min(n_rows, first_row + (int64_t(1) << shift));
+      const int64_t first_row = group << shift, end_row = std::min(n_rows, first_row + rows_per_group);
       const int64_t begin = indptr[first_row], count = indptr[end_row] - begin;
       if (count == 0) continue;
       const size_t n = static_cast<size_t>(count);
-      if (perm) std::memcpy(perm_run.get(), perm + begin, sizeof(int64_t) * n);
-      std::memcpy(others_run.get(), others_sorted + begin, sizeof(I) * n);
-      if (vals_sorted) std::memcpy(vals_run.get(), vals_sorted + begin, sizeof(T) * n);
+      if (perm) std::memcpy(perm_run, perm + begin, sizeof(int64_t) * n);
+      std::memcpy(others_run, others_sorted + begin, sizeof(I) * n);
+      if (vals_sorted) std::memcpy(vals_run, vals_sorted + begin, sizeof(T) * n);
       for (int64_t row = first_row; row < end_row; ++row) next[row - first_row] = indptr[row];
       for (int64_t j = 0; j < count; ++j) {
         const int64_t position = next[row_in_group[begin + j]]++;
@@ -138,7 +144,9 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
                          shift <= kMaxGroupShift;
   // group_next[t][group]: where thread t's next entry of that run of rows goes in the first pass.
   std::vector<int64_t> group_next(may_group ? static_cast<size_t>(threads * groups) : 0, 0);
-  std::unique_ptr<uint16_t[]> row_in_group;  // each grouped entry's row within its run (2 bytes an entry)
+  // Each grouped entry's row within its run (2 bytes an entry; its pages are touched only when
+  // grouping), allocated before the parallel region, where a bad_alloc would end the process.
+  std::unique_ptr<uint16_t[]> row_in_group(may_group ? new uint16_t[static_cast<size_t>(nnz)] : nullptr);
   bool grouped = false;
   int64_t largest_group = 0;
   // Per chunk: its first and last flattened key, and whether it is sorted within.
@@ -190,7 +198,6 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
         for (int64_t group = 0; group < groups; ++group)
           largest_group = std::max(largest_group, indptr[std::min(n_rows, (group + 1) << shift)] - indptr[group << shift]);
         grouped = largest_group <= kMaxGroupEntries;
-        if (grouped) row_in_group.reset(new uint16_t[static_cast<size_t>(nnz)]);
       }
       // Each run's entries in thread order from the run's first position: counts into positions.
       for (int64_t group = 0; grouped && group < groups; ++group) {
