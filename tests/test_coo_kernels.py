@@ -471,14 +471,15 @@ def test_csr_order_of_sorted_keys(backend, rng, case):
         assert (perm is None) == (case != "late descent")
 
 
-@pytest.mark.parametrize("case", ["permutation kept", "no permutation", "batch of 3", "int64 indices", "gaps",
-                                  "one heavy row"])
+@pytest.mark.parametrize("case", ["permutation kept", "no permutation", "no values", "batch of 3", "int64 indices",
+                                  "gaps", "one heavy row"])
 def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
     """From 4,096 rows and 12 MiB of sorted output on, the CPU's counting sort first groups the
     entries into at most 128 runs of consecutive rows, then spreads each run over its rows (the
     direct scatter kept a write stream per row and waited on memory). Same stable order as the
-    direct scatter: numpy's stable argsort by (problem, key). A run of more than 2^20 entries
-    (one row holding most of them) keeps the direct scatter."""
+    direct scatter, numpy's stable argsort by (problem, key), on 1, 2 and 3 threads. A run of
+    more than 2^20 entries (one row holding most of them) keeps the direct scatter."""
+    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops.sparse_times_dense import csr_order
 
@@ -487,6 +488,8 @@ def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
     sizes = [nnz]
     if case == "no permutation":
         nnz = sizes[0] = 1_200_000  # others and vals alone: 12 bytes an entry
+    elif case == "no values":
+        nnz, sizes[0], index_dtype = 900_000, 900_000, np.int64  # perm and others: 16 bytes an entry
     elif case == "batch of 3":
         n_key, sizes = 2_001, [300_000, 0, 400_000]  # 6,003 rows of the flattened problems, one empty
     elif case == "int64 indices":
@@ -500,20 +503,29 @@ def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
         keys[rng.random(nnz) < 0.7] = 4_321
     keys = keys.astype(index_dtype)
     others = rng.integers(0, 2**31 - 1, nnz).astype(index_dtype)
-    vals = rng.standard_normal(nnz)
+    vals = None if case == "no values" else rng.standard_normal(nnz)
     offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
     call = resolve("test", rows=keys, cols=others, vals=vals)
-    indptr, perm, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_key, "rows",
-                                                         keep_perm=keep_perm)
     flat = np.repeat(np.arange(len(sizes)), sizes) * n_key + keys
     order = np.argsort(flat, kind="stable")
-    np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(flat, minlength=len(sizes) * n_key))])
-    np.testing.assert_array_equal(others_sorted, others[order])
-    np.testing.assert_array_equal(vals_sorted, vals[order])
-    if keep_perm:
-        np.testing.assert_array_equal(perm, order)
-    else:
-        assert perm is None
+    before = _cpu.max_threads()
+    try:
+        for threads in (1, 2, 3):
+            _cpu.set_num_threads(threads)
+            indptr, perm, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_key, "rows",
+                                                                 keep_perm=keep_perm)
+            np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(flat, minlength=len(sizes) * n_key))])
+            np.testing.assert_array_equal(others_sorted, others[order])
+            if vals is None:
+                assert vals_sorted is None
+            else:
+                np.testing.assert_array_equal(vals_sorted, vals[order])
+            if keep_perm:
+                np.testing.assert_array_equal(perm, order)
+            else:
+                assert perm is None
+    finally:
+        _cpu.set_num_threads(before)
 
 
 def test_sparse_times_dense_names_the_first_bad_column_in_input_order(backend, rng):

@@ -322,12 +322,13 @@ def test_no_elements_and_one_element(dims):
                                    **TOL[torch.float64])
         torch.testing.assert_close(torch.func.vmap(lambda U_, V_: lt.kernel_product(U_, V_, "exp"), in_dims=dims)(U, V),
                                    _dense(U1, V1, "exponential").unsqueeze(0), **TOL[torch.float64])
-    U, V = _factors(dims, size=0)
-    rows = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)), in_dims=dims)(U, V)
-    assert [(x.shape, x.dtype) for x in rows] == [((0, M, 2), torch.float64), ((0, M, 2), torch.int64)]
-    top = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 3, top_k_mode="global")),
-                          in_dims=dims)(U, V)
-    assert [(x.shape, x.dtype) for x in top] == [((0, 3), torch.float64)] + [((0, 3), torch.int64)] * 2
+    for own in ((), (OWN,)):  # 3-D elements with V shared: the rows stacked against V in place
+        U, V = _factors(dims, own, size=0)
+        rows = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 2)), in_dims=dims)(U, V)
+        assert [(x.shape, x.dtype) for x in rows] == [((0, *own, M, 2), torch.float64), ((0, *own, M, 2), torch.int64)]
+        top = torch.func.vmap(lambda U_, V_: tuple(lt.kernel_product(U_, V_, "tanh", 3, top_k_mode="global")),
+                              in_dims=dims)(U, V)
+        assert [(x.shape, x.dtype) for x in top] == [((0, *own, 3), torch.float64)] + [((0, *own, 3), torch.int64)] * 2
     U, V = _factors(dims, size=1)
     U1, V1 = _element(U, dims[0], 0), _element(V, dims[1], 0)
     for mode, k in (("row", 2), ("global", 3)):

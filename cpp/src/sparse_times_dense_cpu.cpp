@@ -19,17 +19,19 @@ constexpr int64_t kMaxHistogramBytes = int64_t(1) << 30;
 
 // The sort's scatter keeps one write stream per row and output array. With this many rows and
 // outputs this large, each store waits on a line fetched from memory (1e6 shuffled entries in
-// 10,000 rows: 6-9 ms), so entries are first grouped into at most kRowGroups runs of
+// 10,000 rows: 4-9 ms), so entries are first grouped into at most kRowGroups runs of
 // consecutive rows (few streams), then each run is spread over its rows while it sits in cache:
-// 1.06-1.81x from 1e6 entries on (BENCHMARKS.md, session 25); below these sizes the direct
-// scatter was faster.
+// 1.0-1.6x from 12 MiB of output on, 0.61-0.88x grouped below it (BENCHMARKS.md, session 25).
 constexpr int64_t kGroupedMinRows = 4096;
 constexpr int64_t kGroupedMinBytes = int64_t(12) << 20;  // of perm, others and vals
 constexpr int64_t kRowGroups = 128;
-constexpr int kMaxGroupShift = 16;  // a row's place in its run is 16 bits
+// Runs of at most 8,192 rows (the most measured: 1e6 rows in 128 runs); more rows sort directly.
+constexpr int kMaxGroupShift = 13;
 // A run is copied to per-thread scratch before it is spread; a larger one (a row holding most
-// entries) keeps the direct scatter.
+// entries) keeps the direct scatter. The threads spreading runs hold at most kMaxSpreadScratchBytes
+// of such copies together (fewer threads where the runs are large).
 constexpr int64_t kMaxGroupEntries = int64_t(1) << 20;
+constexpr int64_t kMaxSpreadScratchBytes = int64_t(64) << 20;
 
 // Rows per run (a power of two, 2^shift) so that n_rows rows make at most kRowGroups runs.
 inline int row_group_shift(int64_t n_rows) {
@@ -45,7 +47,10 @@ template <class T, class I>
 void spread_row_groups(const int64_t* indptr, int64_t n_rows, int shift, int64_t largest,
                        const uint16_t* row_in_group, int64_t* perm, I* others_sorted, T* vals_sorted) {
   const int64_t groups = ((n_rows - 1) >> shift) + 1, rows_per_group = int64_t(1) << shift;
-  const int threads = indptr[n_rows] > kParallelMinWork ? omp_get_max_threads() : 1;
+  const int64_t run_bytes = largest * ((perm ? int64_t(sizeof(int64_t)) : 0) + int64_t(sizeof(I)) +
+                                       (vals_sorted ? int64_t(sizeof(T)) : 0));
+  const int64_t most_threads = std::min<int64_t>({omp_get_max_threads(), groups, kMaxSpreadScratchBytes / run_bytes});
+  const int threads = indptr[n_rows] > kParallelMinWork ? static_cast<int>(std::max<int64_t>(1, most_threads)) : 1;
   // Every thread's scratch allocated here: a bad_alloc inside the parallel region would end the process.
   const auto scratch = [&](auto* present, int64_t per_thread) {
     using X = std::remove_pointer_t<decltype(present)>;
@@ -61,7 +66,7 @@ void spread_row_groups(const int64_t* indptr, int64_t n_rows, int shift, int64_t
     I* others_run = others_runs.get() + tid * largest;
     T* vals_run = vals_sorted ? vals_runs.get() + tid * largest : nullptr;
     int64_t* next = next_positions.get() + tid * rows_per_group;
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t group = 0; group < groups; ++group) {
       const int64_t first_row = group << shift, end_row = std::min(n_rows, first_row + rows_per_group);
       const int64_t begin = indptr[first_row], count = indptr[end_row] - begin;
@@ -139,7 +144,8 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
   std::vector<int64_t> counts(static_cast<size_t>(threads * (n_rows + 1)), 0);
   const int shift = row_group_shift(n_rows);
   const int64_t groups = ((n_rows - 1) >> shift) + 1;
-  const int64_t entry_bytes = (perm ? int64_t(sizeof(int64_t)) : 0) + int64_t(sizeof(I)) + (vals ? int64_t(sizeof(T)) : 0);
+  const int64_t entry_bytes =
+      (perm ? int64_t(sizeof(int64_t)) : 0) + int64_t(sizeof(I)) + (vals ? int64_t(sizeof(T)) : 0);
   const bool may_group = n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes &&
                          shift <= kMaxGroupShift;
   // group_next[t][group]: where thread t's next entry of that run of rows goes in the first pass.
@@ -196,7 +202,8 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
       indptr[n_rows] = running;
       if (may_group && !sorted) {
         for (int64_t group = 0; group < groups; ++group)
-          largest_group = std::max(largest_group, indptr[std::min(n_rows, (group + 1) << shift)] - indptr[group << shift]);
+          largest_group =
+              std::max(largest_group, indptr[std::min(n_rows, (group + 1) << shift)] - indptr[group << shift]);
         grouped = largest_group <= kMaxGroupEntries;
       }
       // Each run's entries in thread order from the run's first position: counts into positions.
@@ -236,7 +243,9 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
       }
     }
   }
-  if (grouped) spread_row_groups(indptr, n_rows, shift, largest_group, row_in_group.get(), perm, others_sorted, vals_sorted);
+  if (grouped)
+    spread_row_groups(indptr, n_rows, shift, largest_group, row_in_group.get(), perm, others_sorted,
+                      vals ? vals_sorted : nullptr);
   return {first_bad == nnz ? -1 : first_bad, first_bad == nnz && sorted};
 }
 
