@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 #include <omp.h>
 
@@ -146,13 +147,16 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
   const int64_t groups = ((n_rows - 1) >> shift) + 1;
   const int64_t entry_bytes =
       (perm ? int64_t(sizeof(int64_t)) : 0) + int64_t(sizeof(I)) + (vals ? int64_t(sizeof(T)) : 0);
-  const bool may_group = n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes &&
-                         shift <= kMaxGroupShift;
+  // Each grouped entry's row within its run (2 bytes an entry; its pages are touched only when
+  // grouping), allocated before the parallel region, where a bad_alloc would end the process;
+  // without the memory the sort scatters directly.
+  std::unique_ptr<uint16_t[]> row_in_group(
+      n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes && shift <= kMaxGroupShift
+          ? new (std::nothrow) uint16_t[static_cast<size_t>(nnz)]
+          : nullptr);
+  const bool may_group = row_in_group != nullptr;
   // group_next[t][group]: where thread t's next entry of that run of rows goes in the first pass.
   std::vector<int64_t> group_next(may_group ? static_cast<size_t>(threads * groups) : 0, 0);
-  // Each grouped entry's row within its run (2 bytes an entry; its pages are touched only when
-  // grouping), allocated before the parallel region, where a bad_alloc would end the process.
-  std::unique_ptr<uint16_t[]> row_in_group(may_group ? new uint16_t[static_cast<size_t>(nnz)] : nullptr);
   bool grouped = false;
   int64_t largest_group = 0;
   // Per chunk: its first and last flattened key, and whether it is sorted within.
