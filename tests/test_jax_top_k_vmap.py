@@ -55,7 +55,8 @@ def test_vmap_equals_each_elements_own_call(mode, k, order, axes):
 
 
 def test_vmap_is_one_host_call(monkeypatch):
-    """The fallback ran one callback per element; removing vmap_method="expand_dims" fails this."""
+    """The fallback ran one callback per element; removing vmap_method="expand_dims" fails this.
+    Inside it one ops call, a small shared U broadcast (ops' rule; a large one: the test below)."""
     calls = []
     real = ops.kernel_product
 
@@ -72,6 +73,13 @@ def test_vmap_is_one_host_call(monkeypatch):
     calls.clear()  # row mode with V shared: the elements' rows as one (batch * m, r) factor
     jax.block_until_ready(jax.vmap(lambda U: top_k(U, Vs[0], "relu", 3, "row", "magnitude"))(Us))
     assert calls == [(30, 3)]
+    for mode, k in MODES:  # U shared and small: copied per element into one batched call
+        calls.clear()
+        got = jax.vmap(lambda V: top_k(Us[0], V, "relu", k, mode, "magnitude"))(Vs)
+        assert calls == [(5, 6, 3)]
+        for b in range(5):
+            for g, e in zip(got, top_k(Us[0], Vs[b], "relu", k, mode, "magnitude")):
+                np.testing.assert_array_equal(np.asarray(g[b]), np.asarray(e))
 
 
 def test_nested_vmap_and_no_elements():

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (optional ex
 
 import lowrank_hpc.torch as lt  # noqa: E402
 from lowrank_hpc import ops  # noqa: E402
+from lowrank_hpc.ops import _factors as factor_rules  # noqa: E402
 from lowrank_hpc.torch import _ops  # noqa: E402
 
 B, OWN, M, N, R = 5, 2, 4, 3, 2  # vmapped elements, an element's own batch (3-D elements), its shape
@@ -268,8 +269,8 @@ def test_top_k_with_a_shared_factor_under_vmap_is_one_call_equal_to_a_loop(monke
 
 def test_a_broadcast_copy_is_bounded_by_the_limit_or_the_batched_factor():
     """_broadcast_is_small at its edges (meta tensors: shapes only, no memory): B copies of the
-    shared factor up to _BROADCAST_COPY_LIMIT bytes, or up to the batched factor's own bytes."""
-    rows = _ops._BROADCAST_COPY_LIMIT // (4 * R)  # a float32 (rows, R) factor of the limit's bytes
+    shared factor up to BROADCAST_COPY_LIMIT bytes, or up to the batched factor's own bytes."""
+    rows = factor_rules.BROADCAST_COPY_LIMIT // (4 * R)  # a float32 (rows, R) factor of the limit's bytes
     shared = torch.empty(rows, R, device="meta")
     small = torch.empty(2, 1, R, device="meta")
     assert _ops._broadcast_is_small(shared, small, 1)
@@ -284,14 +285,14 @@ def test_a_broadcast_copy_is_bounded_by_the_limit_or_the_batched_factor():
                                                    ("global", (0, None), True, True),
                                                    ("global", (0, None), False, False)], ids=str)
 def test_a_large_broadcast_copy_runs_the_loop_with_the_same_results(monkeypatch, mode, dims, swap, looped, own):
-    """_BROADCAST_COPY_LIMIT 0: a shared factor larger than the batched one (U's M = 4 rows against
+    """BROADCAST_COPY_LIMIT 0: a shared factor larger than the batched one (U's M = 4 rows against
     V's N = 3; swap: V of 4 rows shared, U of 3 batched) goes back to the loop, one kernel call per
     element, with the one call's results and gradients; one no larger stays one call."""
     U, V = _quarter_factors(dims[::-1] if swap else dims, own, seed=11)
     if swap:
         U, V = V, U
     top_k = _top_k(mode)
-    monkeypatch.setattr(_ops, "_BROADCAST_COPY_LIMIT", 0)
+    monkeypatch.setattr(factor_rules, "BROADCAST_COPY_LIMIT", 0)
     calls = _record(monkeypatch, "kernel_product")
     leaves = [x.clone().requires_grad_() for x in (U, V)]
     got = torch.func.vmap(top_k, in_dims=dims)(*leaves)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _backend, _checks, ops
-from ..ops import GlobalTopK, TopK
+from ..ops import GlobalTopK, TopK, _factors
 from ..ops.sampled_product import long_factor_rows
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
@@ -305,10 +305,21 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
                      vmap_method="expand_dims")
 
 
+def _broadcast_is_small(U: np.ndarray, V: np.ndarray, lead: tuple) -> bool:
+    """Whether one factor is shared by all the elements ``lead`` and its copies per element are
+    small beside the other (ops' rule, as lowrank_hpc.torch's vmap applies it)."""
+    copies = int(np.prod(lead))
+    for shared, batched in ((U, V), (V, U)):
+        if shared.size == np.prod(shared.shape[-2:]) and batched.shape[:-2] == lead:
+            return _factors.broadcast_copy_is_small(copies * shared.nbytes, batched.nbytes)
+    return False  # both partly broadcast (nested vmaps)
+
+
 def _top_k_host(U: np.ndarray, V: np.ndarray, *, kernel: str, k: int, mode: str, order: str):
     """The top-k of f(U V^T) for U (..., m, r), V (..., n, r) whose leading dimensions (the
     vmapped elements) are equal or 1, by lowrank_hpc.ops on the host; int32 indices. A factor
-    shared by the elements is read in place, never copied per element."""
+    shared by the elements is copied per element into one batched call where the copies are small
+    (ops' broadcast rule), else read in place by one call per element."""
     lead = np.broadcast_shapes(U.shape[:-2], V.shape[:-2])
     (m, r), n = U.shape[-2:], V.shape[-2]
 
@@ -322,9 +333,10 @@ def _top_k_host(U: np.ndarray, V: np.ndarray, *, kernel: str, k: int, mode: str,
         return (np.empty(shape, U.dtype),) + tuple(np.empty(shape, np.int32) for _ in range(1 if mode == "row" else 2))
     if mode == "row" and V.size == n * r:  # V shared: the elements' rows are one matrix's rows
         results = top_k(U.reshape(-1, r), V.reshape(n, r))
-    elif U.shape[:-2] == V.shape[:-2]:  # both batched alike (or no vmap): one batched call
-        results = top_k(U.reshape(-1, m, r), V.reshape(-1, n, r))
-    else:  # one factor shared: each element against a view of it
+    elif U.shape[:-2] == V.shape[:-2] or _broadcast_is_small(U, V, lead):  # one batched call
+        Us, Vs = np.broadcast_to(U, lead + (m, r)), np.broadcast_to(V, lead + (n, r))
+        results = top_k(Us.reshape(-1, m, r), Vs.reshape(-1, n, r))  # a shared factor copied per element
+    else:  # a large shared factor: each element against a view of it
         Us, Vs = np.broadcast_to(U, lead + (m, r)), np.broadcast_to(V, lead + (n, r))
         per_element = [top_k(Us[index], Vs[index]) for index in np.ndindex(*lead)]
         results = tuple(np.stack(parts) for parts in zip(*per_element))

@@ -1,9 +1,22 @@
-"""Checks shared by the kernels that take factor matrices U (..., m, r) and V (..., n, r)."""
+"""Checks shared by the kernels that take factor matrices U (..., m, r) and V (..., n, r), and the
+rule by which the frameworks' vmap broadcasts a shared factor to them."""
 from __future__ import annotations
 
 from typing import Any
 
 from .._arrays import Call, count_nonfinite
+
+# A vmapped top-k with one factor shared (lowrank_hpc.torch, lowrank_hpc.jax) is one batched call on
+# that factor broadcast to the elements, copied once per element, while the copies stay within
+# this many bytes or the batched factor's own; else one call per element. Memory decides, not time
+# (a row's copy is r numbers, its product n r multiply-adds).
+BROADCAST_COPY_LIMIT = 64 << 20
+
+
+def broadcast_copy_is_small(copy_bytes: int, batched_bytes: int) -> bool:
+    """Whether copies of a shared factor totalling ``copy_bytes`` fit BROADCAST_COPY_LIMIT or the
+    batched factor's ``batched_bytes`` (at most doubling what the caller holds)."""
+    return copy_bytes <= max(BROADCAST_COPY_LIMIT, batched_bytes)
 
 
 def factor_pair(call: Call, U: Any, V: Any, *, check_finite: bool = True, names: tuple[str, str] = ("U", "V"),

@@ -83,6 +83,13 @@ def _gemm(xp, a, b, out=None):
         return matmul(xp, a, b, out=out)
 
 
+def _in_position_order(xp, values, indices):
+    """(values, indices) of each selection (last axis) reordered by ascending index (distinct
+    within a selection: no tie to break)."""
+    order = xp.argsort(indices, axis=-1)
+    return xp.take_along_axis(values, order, axis=-1), xp.take_along_axis(indices, order, axis=-1)
+
+
 def _stable_argsort(xp, a, axis: int = -1):
     # CuPy sorts are always stable (and take no kind); numpy must be asked for it.
     return np.argsort(a, axis=axis, kind="stable") if xp is np else xp.argsort(a, axis=axis)
@@ -174,9 +181,8 @@ def _top_k_global_grouped(selection: _Selection, batch: int, n: int, problems_pe
     flat = xp.empty((batch, selection.kk), dtype=xp.int64)
     for first, last, group_values, group_flat in selection.problem_groups(batch, problems_per_block, whole=True):
         values[first:last], flat[first:last] = group_values, group_flat
-    if not by_magnitude:  # row-major: flat indices ascending (distinct within a problem)
-        order = xp.argsort(flat, axis=-1)
-        values, flat = xp.take_along_axis(values, order, axis=-1), xp.take_along_axis(flat, order, axis=-1)
+    if not by_magnitude:  # row-major: flat indices ascending
+        values, flat = _in_position_order(xp, values, flat)
     return values, flat // n, flat % n
 
 
@@ -428,9 +434,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         values, indices = _top_k_rows(selection, batch, m, problems_per_block)
         selection.check()
         if top_k_order == "position":
-            by_column = call.xp.argsort(indices, axis=-1)  # columns in a row are distinct
-            values = call.xp.take_along_axis(values, by_column, axis=-1)
-            indices = call.xp.take_along_axis(indices, by_column, axis=-1)
+            values, indices = _in_position_order(call.xp, values, indices)
         values = _kernel_rounded(call, code, half, values)
         result = TopK(*(call.wrap(x if batched else x[0]) for x in (values, indices)))
     else:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import _backend, ops
+from ..ops import _factors
 
 _FLOATS = (torch.float32, torch.float64)
 _HALVES = (torch.float16, torch.bfloat16)
@@ -377,9 +378,8 @@ def _selected_backward(ctx, grad_values, values, rows, cols, U, V):
     problem's indices its own), which runs as one block-diagonal problem."""
     if U.dim() == 3:  # problem p's rows and columns moved by p m and p n
         batch, (m, r), n = U.shape[0], U.shape[1:], V.shape[1]
-        shift = torch.arange(batch, device=U.device).unsqueeze(1)
-        rows = (rows.reshape(batch, -1) + shift * m).reshape(-1)
-        cols = (cols.reshape(batch, -1) + shift * n).reshape(-1)
+        rows = _moved(rows.reshape(batch, -1), 0, batch, m, True)
+        cols = _moved(cols.reshape(batch, -1), 0, batch, n, True)
         grad_U, grad_V, _, _ = _selected_backward(ctx, grad_values.reshape(-1), values.reshape(-1), rows, cols,
                                                   U.reshape(batch * m, r), V.reshape(batch * n, r))
         return (None if grad_U is None else grad_U.reshape(U.shape),
@@ -583,19 +583,12 @@ def _by_element(function: Callable, size: int, operands: Sequence[torch.Tensor],
     return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
 
 
-# Top-k with one factor shared where no stacking of rows reads it in place: one batched call on the
-# shared factor broadcast to the B elements, which the operator copies once per element (it makes
-# its inputs contiguous; the backward's gradient of the broadcast is as large).
-# Memory decides, not time (a row's copy is r values, its product n r multiply-adds): a copy past
-# both this many bytes and the batched factor's own (more than doubling what the caller holds) loops.
-_BROADCAST_COPY_LIMIT = 64 << 20
-
-
 def _broadcast_is_small(shared: torch.Tensor, batched: torch.Tensor, size: int) -> bool:
-    """Whether ``size`` copies of ``shared`` (one element's factor) fit ``_BROADCAST_COPY_LIMIT``
-    bytes or the bytes of ``batched`` (the other factor, its ``size`` elements stacked)."""
-    copy = size * shared.numel() * shared.element_size()
-    return copy <= max(_BROADCAST_COPY_LIMIT, batched.numel() * batched.element_size())
+    """Whether ``size`` copies of ``shared`` (one element's factor) are small beside ``batched`` (the
+    other factor, its ``size`` elements stacked): ops' rule for a top-k factor no stacking of rows
+    reads in place (the operator makes its inputs contiguous; the broadcast's gradient is as large)."""
+    return _factors.broadcast_copy_is_small(size * shared.numel() * shared.element_size(),
+                                            batched.numel() * batched.element_size())
 
 
 def _vmap_top_k_rows(info, in_dims, U, V, kernel, k, order):
