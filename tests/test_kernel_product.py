@@ -97,6 +97,24 @@ def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows, n, k):
     np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("k", [1, 40, 600])
+def test_top_k_rows_where_most_entries_tie(backend, dtype, rng, k):
+    # relu of mostly negative products: most of each row ties at 0, so the rows' 16-entry chunks
+    # bound nothing and the candidates are the whole row (k = 40: a few of many; k = 600 a large
+    # part; the CPU orders them by a heap, or by the k-th found and a sort). Ties go to the
+    # smaller column, the reference's stable sort of -|K|.
+    m, n, r = 11, 2000, 4
+    U = -np.abs(_half_integers(rng, None, m, n, r, dtype)[0])
+    U[:, 0] = rng.integers(0, 3, m) * 0.5  # a few positive products a row
+    V = np.abs(_half_integers(rng, None, m, n, r, dtype)[1])
+    K = reference.kernel_product(U, V, "relu")
+    assert np.mean(K == 0) > 0.8
+    expected_values, expected_indices = reference.top_k_rows(K, k)
+    result = kernel_product(backend.put(U), backend.put(V), "relu", k, block_rows=4)
+    np.testing.assert_array_equal(backend.get(result.indices), expected_indices)
+    np.testing.assert_array_equal(backend.get(result.values), expected_values.astype(dtype))
+
+
 @pytest.mark.parametrize("block_rows,batch", [(None, 40), (26, 7), (39, 7), (12, 3)])
 def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, block_rows, batch):
     """Row mode forms several problems' rows in one block (13 rows each: 2 or 3 problems a block,
@@ -169,6 +187,31 @@ def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows):
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(cols, expected_cols)
     np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("batch,m", [(None, 9), (2, 67)])  # 67 x 1031: above the grouped small problems
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_global_top_k_from_rows_offers_or_whole_blocks(monkeypatch, backend, dtype, rng, kernel, batch, m, k):
+    # Rows of 1,031: k <= n / 512 (k = 1, 2) takes each row's top-k as the block's offer, k = 3
+    # the block's entries competing directly; which one ran is counted on the row selection.
+    n, r = 1031, 3
+    U, V = _half_integers(rng, batch, m, n, r, dtype)
+    row_selections = []
+    blocks = kernel_product_module._Selection.blocks
+    monkeypatch.setattr(kernel_product_module._Selection, "blocks",
+                        lambda self, b: row_selections.append(b) or blocks(self, b))
+    expected_values, expected_rows, expected_cols = reference.top_k_global(reference.kernel_product(U, V, kernel), k)
+    for order in ("magnitude", "position"):
+        values, rows, cols = (backend.get(x) for x in kernel_product(
+            backend.put(U), backend.put(V), kernel, k, top_k_mode="global", top_k_order=order, block_rows=4))
+        flat, expected_flat = rows * n + cols, expected_rows * n + expected_cols
+        if order == "position":
+            np.testing.assert_array_equal(flat, np.sort(expected_flat, axis=-1))
+        else:
+            np.testing.assert_array_equal(flat, expected_flat)
+            np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
+    assert row_selections == (2 * list(range(1 if batch is None else batch)) if k <= n // 512 else [])
 
 
 @pytest.mark.parametrize("kernel", ["relu", "tanh"])
