@@ -17,6 +17,23 @@ kernel_product_module = importlib.import_module("lowrank_hpc.ops.kernel_product"
 SHAPES = [(None, 1, 5, 1), (None, 7, 1, 3), (None, 13, 17, 5), (None, 71, 67, 70), (3, 11, 13, 4)]
 
 
+@pytest.fixture(params=["tiled", "blocked"])
+def product_path(request, monkeypatch, backend):
+    """The CPU's two ways to U V^T: row tiles formed by SciPy's BLAS in each OpenMP thread and
+    used in cache ("tiled", asserted taken wherever consulted), or numpy's GEMM of row blocks
+    ("blocked", the path of device arrays and of a framework's GEMM scope). On the GPU both are
+    the blocked path. Yields the addresses consulted (0: blocked)."""
+    chosen = []
+    tile_gemm = kernel_product_module._tile_gemm
+    if request.param == "blocked":
+        monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(0) or 0)
+    else:
+        monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(tile_gemm(*args)) or chosen[-1])
+    yield chosen  # the paths consulted (a batch of small problems shares blocks instead)
+    if request.param == "tiled" and backend.name == "cpu":
+        assert all(chosen), "the tiled path was not taken"
+
+
 def _gaussian(rng, batch, m, n, r, dtype):
     lead = () if batch is None else (batch,)
     scale = r ** -0.25  # inner products of unit variance: no kernel saturates or overflows
@@ -36,7 +53,7 @@ def _half_integers(rng, batch, m, n, r, dtype):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(str(d) for d in s if d is not None))
-def test_dense_matches_reference(backend, dtype, rng, kernel, shape):
+def test_dense_matches_reference(backend, dtype, rng, kernel, shape, product_path):
     batch, m, n, r = shape
     U, V = _gaussian(rng, batch, m, n, r, dtype)
     K = kernel_product(backend.put(U), backend.put(V), kernel)
@@ -82,7 +99,7 @@ def test_exp_is_an_alias(backend, rng):
 # every entry competes: kept by insertion up to k = 32 (6 of 29, 14 of 203), else collected and
 # sorted (33 of 203, 40 of 100).
 @pytest.mark.parametrize("n,k", [(29, 6), (203, 1), (203, 5), (203, 13), (203, 14), (203, 33), (100, 40)])
-def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows, n, k):
+def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows, n, k, product_path):
     m, r = 13, 4
     U, V = _half_integers(rng, batch, m, n, r, dtype)
     # The ranking comes from f(U V^T) in float64 (inner products of half integers are exact in
@@ -98,7 +115,7 @@ def test_top_k_rows(backend, dtype, rng, kernel, batch, block_rows, n, k):
 
 
 @pytest.mark.parametrize("k", [1, 40, 600])
-def test_top_k_rows_where_most_entries_tie(backend, dtype, rng, k):
+def test_top_k_rows_where_most_entries_tie(backend, dtype, rng, k, product_path):
     # relu of mostly negative products: most of each row ties at 0, so the rows' 16-entry chunks
     # bound nothing and the candidates are the whole row (k = 40: a few of many; k = 600 a large
     # part; the CPU orders them by a heap, or by the k-th found and a sort). Ties go to the
@@ -115,11 +132,33 @@ def test_top_k_rows_where_most_entries_tie(backend, dtype, rng, k):
     np.testing.assert_array_equal(backend.get(result.values), expected_values.astype(dtype))
 
 
+@pytest.mark.parametrize("kernel", ["tanh", "relu"])
+def test_products_over_many_row_tiles(backend, rng, kernel, product_path):
+    # 20,000 columns: tiles of 16 rows (1 MiB of float64 each is 6.5 rows, at least 16), 70 rows
+    # a problem: 4 full tiles and one of 6, in 2 problems; dense and row top-k (k = 3, and
+    # k = 1,500: every entry of a chunk-less row competes) against the float64 reference.
+    U, V = _gaussian(rng, 2, 70, 20_000, 5, np.float64)
+    K = reference.kernel_product(U, V, kernel)
+    assert rel_error(backend.get(kernel_product(backend.put(U), backend.put(V), kernel)), K) < RTOL[np.float64]
+    for k in (3, 1_500):
+        expected_values, expected_indices = reference.top_k_rows(K, k)
+        result = kernel_product(backend.put(U), backend.put(V), kernel, k)
+        np.testing.assert_array_equal(backend.get(result.indices), expected_indices)
+        np.testing.assert_allclose(backend.get(result.values), expected_values, rtol=RTOL[np.float64], atol=0)
+    assert len(product_path) == (3 if backend.name == "cpu" else 0)  # dense and both top-k calls
+
+
+def test_tile_gemm_is_scipys_blas():
+    # SciPy (a dependency) declares its sgemm/dgemm with 32-bit integers: the CPU's tiled path.
+    assert _backend.tile_gemm_address(np.float32) != 0 and _backend.tile_gemm_address(np.float64) != 0
+    assert _backend.tile_gemm_address(np.float16) == 0 and _backend.tile_gemm_address(np.int64) == 0
+
+
 @pytest.mark.parametrize("block_rows,batch", [(None, 40), (26, 7), (39, 7), (12, 3)])
-def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, block_rows, batch):
+def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, block_rows, batch, product_path):
     """Row mode forms several problems' rows in one block (13 rows each: 2 or 3 problems a block,
     the last one short; block_rows 12: one block per problem's rows, as before), in the order
-    asked; an overflow in the last problem is still counted."""
+    asked, or (tiled) each problem's rows as a tile; an overflow in the last problem is still counted."""
     m, n, r, k = 13, 29, 4, 6
     U, V = _half_integers(rng, batch, m, n, r, dtype)
     expected_values, expected_indices = reference.top_k_rows(reference.kernel_product(U, V, "tanh"), k)
@@ -429,7 +468,7 @@ def test_top_k_tie_rule(backend, dtype):
 
 
 @pytest.mark.parametrize("kernel", ["relu", "tanh", "piecewise_linear", "identity"])
-def test_an_overflowed_product_raises_whatever_the_kernel(backend, dtype, kernel):
+def test_an_overflowed_product_raises_whatever_the_kernel(backend, dtype, kernel, product_path):
     # U V^T = [[-inf, 1], [inf, 1]] from finite factors: a saturating f (relu(-inf) = 0,
     # tanh(inf) = 1) must not turn the overflow into a finite answer, in any mode.
     big = 1e200 if dtype == np.float64 else 1e20
@@ -442,7 +481,7 @@ def test_an_overflowed_product_raises_whatever_the_kernel(backend, dtype, kernel
             call()
 
 
-def test_exponential_overflow_raises(backend, dtype):
+def test_exponential_overflow_raises(backend, dtype, product_path):
     big = 30.0 if dtype == np.float64 else 10.0  # inner product 900 (or 100) overflows exp
     U = np.full((3, 1), big, dtype=dtype)
     V = np.full((4, 1), big, dtype=dtype)
@@ -453,7 +492,7 @@ def test_exponential_overflow_raises(backend, dtype):
             kernel_product(backend.put(U), backend.put(V), "exp", 2, top_k_mode=mode, block_rows=2)
 
 
-def test_row_top_k_counts_every_overflow_past_its_chunk_bound(backend, dtype):
+def test_row_top_k_counts_every_overflow_past_its_chunk_bound(backend, dtype, product_path):
     # 203 columns, k = 1: the CPU applies f only to chunks that can reach the row's bound; the
     # two overflowing entries lie in different chunks (and one is not among the kept): both counted.
     U = np.ones((2, 1), dtype=dtype)
@@ -463,7 +502,7 @@ def test_row_top_k_counts_every_overflow_past_its_chunk_bound(backend, dtype):
         kernel_product(backend.put(U), backend.put(V), "exp", 1)
 
 
-def test_gemm_overflow_raises(backend):
+def test_gemm_overflow_raises(backend, product_path):
     U = np.full((2, 1), 1e30, dtype=np.float32)
     with pytest.raises(FloatingPointError, match=r"U @ V\^T overflowed: 4 entries"):
         kernel_product(backend.put(U), backend.put(U.copy()), "identity")

@@ -66,9 +66,74 @@ int64_t select_top_magnitudes(const ArrayView& values, const ArrayView& sample, 
   });
 }
 
+// The host GEMM at `gemm` (a function address from the Python layer) for T, where it fits the
+// 32-bit integers of its interface; 0 is no GEMM.
+template <class T>
+cpu::HostGemm<T> host_gemm(uintptr_t gemm, std::initializer_list<int64_t> extents) {
+  LRH_EXPECTS(gemm != 0, "gemm: no host GEMM address");
+  for (const int64_t extent : extents)
+    LRH_EXPECTS(extent <= std::numeric_limits<int>::max(), "U, V: an extent of ", extent,
+                " exceeds the host BLAS's 32-bit integers");
+  return reinterpret_cast<cpu::HostGemm<T>>(gemm);
+}
+
+// The (batch, m, r) and (batch, n, r) factors of the tiled products, of one float type.
+void expect_factors(const ArrayView& U, const ArrayView& V) {
+  expect().shape(U, "U", {-1, -1, -1});
+  expect().shape(V, "V", {U.shape[0], -1, U.shape[2]});
+  LRH_EXPECTS(U.dtype == V.dtype, "V: expected ", dtype_name(U.dtype), " like U, got ", dtype_name(V.dtype));
+}
+
+// out (batch, m, n) = f(U V^T), each row tile formed by the host GEMM at `gemm` (called on one
+// BLAS thread from each OpenMP thread) and mapped in cache; nonfinite[0] += its NaN/inf count.
+void kernel_product_tiles(const ArrayView& U, const ArrayView& V, int kernel, const ArrayView& out,
+                          const ArrayView& nonfinite, uintptr_t gemm) {
+  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
+              "kernel: unknown kernel function code ", kernel);
+  expect_factors(U, V);
+  const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1];
+  expect().output(nonfinite, "nonfinite", DType::int64, {1});
+  dispatch_float(U, "U", [&](auto t) {
+    using T = decltype(t);
+    expect().output(out, "out", dtype_of<T>(), {batch, m, n});
+    const cpu::HostGemm<T> product = host_gemm<T>(gemm, {m, n, r});
+    py::gil_scoped_release release;
+    *nonfinite.data<int64_t>() += cpu::kernel_product_tiles<T>(product, U.data<T>(), V.data<T>(), batch, m, n, r,
+                                                               static_cast<ops::KernelFunction>(kernel), out.data<T>());
+  });
+}
+
+// Each row's top-k by |f| of f(U V^T) into values and indices (batch, m, k), the rows formed a
+// tile at a time by the host GEMM at `gemm`; nonfinite[0] += the NaN/inf count.
+void kernel_topk_rows_of_products(const ArrayView& U, const ArrayView& V, int kernel, const ArrayView& values,
+                                  const ArrayView& indices, const ArrayView& nonfinite, uintptr_t gemm) {
+  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
+              "kernel: unknown kernel function code ", kernel);
+  expect_factors(U, V);
+  const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1];
+  expect().shape(values, "values", {batch, m, -1});
+  const int64_t k = values.shape[2];
+  LRH_EXPECTS(k >= 1 && k <= n, "values: k = ", k, " must be in [1, ", n, "]");
+  expect().output(indices, "indices", DType::int64, {batch, m, k});
+  expect().output(nonfinite, "nonfinite", DType::int64, {1});
+  dispatch_float(U, "U", [&](auto t) {
+    using T = decltype(t);
+    expect().output(values, "values", dtype_of<T>(), {batch, m, k});
+    const cpu::HostGemm<T> product = host_gemm<T>(gemm, {m, n, r});
+    py::gil_scoped_release release;
+    *nonfinite.data<int64_t>() += cpu::kernel_topk_rows_of_products<T>(
+        product, U.data<T>(), V.data<T>(), batch, m, n, r, static_cast<ops::KernelFunction>(kernel), k,
+        values.data<T>(), indices.data<int64_t>());
+  });
+}
+
 }  // namespace
 
 void bind_top_k(py::module_& m) {
+  m.def("kernel_product_tiles", &kernel_product_tiles, py::arg("U"), py::arg("V"), py::arg("kernel"), py::arg("out"),
+        py::arg("nonfinite"), py::arg("gemm"));
+  m.def("kernel_topk_rows_of_products", &kernel_topk_rows_of_products, py::arg("U"), py::arg("V"), py::arg("kernel"),
+        py::arg("values"), py::arg("indices"), py::arg("nonfinite"), py::arg("gemm"));
   m.def("kernel_topk_rows", &kernel_topk_rows, py::arg("block"), py::arg("kernel"), py::arg("values"),
         py::arg("indices"), py::arg("nonfinite"));
   m.def("order_by_magnitude", &order_by_magnitude, py::arg("values"), py::arg("order"));

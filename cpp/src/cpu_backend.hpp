@@ -266,6 +266,27 @@ template <class T>
 int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction f, int64_t k, T* values,
                          int64_t* indices);
 
+// A host BLAS GEMM: Fortran sgemm/dgemm with 32-bit integers (scipy.linalg.cython_blas's
+// pointers, handed over by the Python layer). The kernels below call it from each OpenMP thread
+// on its own row tiles, so the caller limits the BLAS to one thread (no pool left spinning
+// against the kernels' threads: that halved a top-k's selection after numpy's GEMM).
+template <class T>
+using HostGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                          const int*, const T*, const int*, const T*, T*, const int*);
+
+// out (batch, m, n) = f(U V^T) for U (batch, m, r), V (batch, n, r), C-contiguous: each row tile
+// formed by gemm and mapped while in cache. Returns the NaN/inf count of the results.
+template <class T>
+int64_t kernel_product_tiles(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n, int64_t r,
+                             ops::KernelFunction f, T* out);
+
+// Each row's k largest |f| of f(U V^T) (as kernel_topk_rows) into values and indices (batch, m,
+// k), the rows formed a tile at a time by gemm in a thread's buffer (never the m x n matrix).
+// Returns the NaN/inf count of the entries f was applied to.
+template <class T>
+int64_t kernel_topk_rows_of_products(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n,
+                                     int64_t r, ops::KernelFunction f, int64_t k, T* values, int64_t* indices);
+
 // order (n) = the positions of values (n) by descending |value|, ties and NaN (last) in position
 // order: a stable argsort of -|values| by radix sort (the global top-k's final order).
 template <class T>

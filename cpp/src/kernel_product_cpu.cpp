@@ -134,86 +134,145 @@ constexpr int64_t kMaxInsertionK = 32;
 // chunks' bests is a lower bound of the row's k-th (k distinct entries reach it). Only chunks
 // reaching it get f (and NaN/inf counted: a chunk holding one reaches +inf), their entries at
 // or above it compete, and one sort orders them. Heap selection over f of every entry took 11-12 ms
-// for 2000 x 2000, k = 16 (tanh of the 4M entries alone 2.3).
-template <ops::KernelFunction F, class T>
-int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64_t* indices) {
-  constexpr int64_t kChunk = 16;
+// for 2000 x 2000, k = 16 (tanh of the 4M entries alone 2.3). One per thread: its scratch.
+template <class T>
+class RowSelection {
+ public:
+  RowSelection(int64_t n, int64_t k) : n_(n), k_(k), chunks_((n + kChunk - 1) / kChunk) {
+    reach_.resize(static_cast<size_t>(chunks_));
+  }
+
+  // f in place on row (n), its k best into values and indices (k); returns its NaN/inf count.
+  template <ops::KernelFunction F>
+  int64_t select(T* row, T* values, int64_t* indices) {
+    const int64_t n = n_, k = k_, chunks = chunks_;
+    int64_t bad = 0;
+    if (chunks < k) {  // every entry competes
+      bad += apply_range<F>(row, n);
+      candidates_.resize(static_cast<size_t>(k));
+      if (k <= kMaxInsertionK) {
+        keep_best_by_insertion(row, n, k, candidates_.data());
+      } else {
+        magnitudes_.resize(static_cast<size_t>(n));
+        keep_best_by_threshold(row, n, k, magnitudes_.data(), candidates_.data(), keys_);
+      }
+      write(row, values, indices);
+      return bad;
+    }
+    for (int64_t c = 0; c < chunks; ++c) {  // each chunk's largest argument
+      const T* chunk = row + c * kChunk;
+      const int64_t size = std::min(kChunk, n - c * kChunk);
+      T largest = -std::numeric_limits<T>::infinity();
+      LRH_SIMD_MAX(largest)
+      for (int64_t j = 0; j < size; ++j) largest = std::max(largest, ops::rank_argument<F>(chunk[j]));
+      reach_[c] = largest;
+    }
+    // ... and its |f|, NaN as +inf: one vectorised loop (a scalar tanh a chunk cost 3 ms here)
+    T* reach = reach_.data();
+    LRH_SIMD
+    for (int64_t c = 0; c < chunks; ++c) reach[c] = ops::make_candidate(ops::apply_kernel(F, reach[c]), 0).magnitude;
+    const T bound = kth_largest_magnitude(reach, chunks, k);
+    candidates_.clear();
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (reach[c] * kMargin < bound) continue;  // every |f| in it is below the bound
+      T* chunk = row + c * kChunk;
+      const int64_t size = std::min(kChunk, n - c * kChunk);
+      // a full chunk with a constant trip count: one vector, no peeling (this tanh top-k 5.4 -> 4.8 ms)
+      bad += size == kChunk ? apply_range<F>(chunk, kChunk) : apply_range<F>(chunk, size);
+      for (int64_t j = 0; j < size; ++j) {
+        const ops::Candidate<T> candidate = ops::make_candidate(chunk[j], c * kChunk + j);
+        if (candidate.magnitude >= bound) candidates_.push_back(candidate);
+      }
+    }
+    // Best first (a total order: either way the same k in the same order). Where k is a large
+    // part of the candidates, the k-th found and the k before it sorted beat a heap of k
+    // (4096 x 4096 tanh, k = 100: 30-32 against 33-35 ms); for a few of many, the heap rejects
+    // most with one compare (rank-64 tanh, k = 32 of 4,096 tied candidates a row: 75 against 84).
+    const auto before = [](const ops::Candidate<T>& a, const ops::Candidate<T>& b) { return ops::ranks_before(a, b); };
+    const auto kth = candidates_.begin() + k;
+    if (16 * k >= static_cast<int64_t>(candidates_.size())) {
+      std::nth_element(candidates_.begin(), kth - 1, candidates_.end(), before);
+      std::sort(candidates_.begin(), kth, before);
+    } else {
+      std::partial_sort(candidates_.begin(), kth, candidates_.end(), before);
+    }
+    write(row, values, indices);
+    return bad;
+  }
+
+ private:
+  static constexpr int64_t kChunk = 16;
   // A chunk is skipped only below the bound by this margin: f's rounding may break monotonicity
   // by an ulp or two, never by this much.
-  constexpr T kMargin = T(1) + T(16) * std::numeric_limits<T>::epsilon();
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  static constexpr T kMargin = T(1) + T(16) * std::numeric_limits<T>::epsilon();
+
+  void write(const T* row, T* values, int64_t* indices) const {
+    for (int64_t t = 0; t < k_; ++t) {
+      values[t] = row[candidates_[t].index];
+      indices[t] = candidates_[t].index;
+    }
+  }
+
+  int64_t n_, k_, chunks_;
+  std::vector<T> reach_;
+  std::vector<T> magnitudes_;  // a row's, where every entry competes for a large k
+  std::vector<uint64_t> keys_;
+  std::vector<ops::Candidate<T>> candidates_;
+};
+
+template <ops::KernelFunction F, class T>
+int64_t topk_rows(T* block, int64_t rows, int64_t n, int64_t k, T* values, int64_t* indices) {
   int64_t bad = 0;
 #pragma omp parallel reduction(+ : bad) if (rows * n > kMinParallelEntries)
   {
-    std::vector<T> reach(static_cast<size_t>(chunks));
-    std::vector<T> magnitudes;  // a row's, where every entry competes for a large k
-    std::vector<uint64_t> keys;
-    std::vector<ops::Candidate<T>> candidates;
-    const auto before = [](const ops::Candidate<T>& a, const ops::Candidate<T>& b) { return ops::ranks_before(a, b); };
+    RowSelection<T> selection(n, k);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < rows; ++i) {
-      T* row = block + i * n;
-      if (chunks < k && k <= kMaxInsertionK) {
-        bad += apply_range<F>(row, n);
-        candidates.resize(static_cast<size_t>(k));
-        keep_best_by_insertion(row, n, k, candidates.data());
-        for (int64_t t = 0; t < k; ++t) {
-          values[i * k + t] = row[candidates[t].index];
-          indices[i * k + t] = candidates[t].index;
-        }
-        continue;
-      }
-      if (chunks < k) {
-        bad += apply_range<F>(row, n);
-        magnitudes.resize(static_cast<size_t>(n));
-        candidates.resize(static_cast<size_t>(k));
-        keep_best_by_threshold(row, n, k, magnitudes.data(), candidates.data(), keys);
-        for (int64_t t = 0; t < k; ++t) {
-          values[i * k + t] = row[candidates[t].index];
-          indices[i * k + t] = candidates[t].index;
-        }
-        continue;
-      }
-      for (int64_t c = 0; c < chunks; ++c) {  // each chunk's largest argument
-        const T* chunk = row + c * kChunk;
-        const int64_t size = std::min(kChunk, n - c * kChunk);
-        T largest = -std::numeric_limits<T>::infinity();
-        LRH_SIMD_MAX(largest)
-        for (int64_t j = 0; j < size; ++j) largest = std::max(largest, ops::rank_argument<F>(chunk[j]));
-        reach[c] = largest;
-      }
-      // ... and its |f|, NaN as +inf: one vectorised loop (a scalar tanh a chunk cost 3 ms here)
-      LRH_SIMD
-      for (int64_t c = 0; c < chunks; ++c) reach[c] = ops::make_candidate(ops::apply_kernel(F, reach[c]), 0).magnitude;
-      // every magnitude is >= 0: with fewer chunks than k, all entries compete
-      const T bound = chunks >= k ? kth_largest_magnitude(reach.data(), chunks, k) : T(0);
-      candidates.clear();
-      for (int64_t c = 0; c < chunks; ++c) {
-        if (reach[c] * kMargin < bound) continue;  // every |f| in it is below the bound
-        T* chunk = row + c * kChunk;
-        const int64_t size = std::min(kChunk, n - c * kChunk);
-        // a full chunk with a constant trip count: one vector, no peeling (this tanh top-k 5.4 -> 4.8 ms)
-        bad += size == kChunk ? apply_range<F>(chunk, kChunk) : apply_range<F>(chunk, size);
-        for (int64_t j = 0; j < size; ++j) {
-          const ops::Candidate<T> candidate = ops::make_candidate(chunk[j], c * kChunk + j);
-          if (candidate.magnitude >= bound) candidates.push_back(candidate);
-        }
-      }
-      // Best first (a total order: either way the same k in the same order). Where k is a large
-      // part of the candidates, the k-th found and the k before it sorted beat a heap of k
-      // (4096 x 4096 tanh, k = 100: 30-32 against 33-35 ms); for a few of many, the heap rejects
-      // most with one compare (rank-64 tanh, k = 32 of 4,096 tied candidates a row: 75 against 84).
-      const auto kth = candidates.begin() + k;
-      if (16 * k >= static_cast<int64_t>(candidates.size())) {
-        std::nth_element(candidates.begin(), kth - 1, candidates.end(), before);
-        std::sort(candidates.begin(), kth, before);
-      } else {
-        std::partial_sort(candidates.begin(), kth, candidates.end(), before);
-      }
-      for (int64_t t = 0; t < k; ++t) {
-        values[i * k + t] = row[candidates[t].index];
-        indices[i * k + t] = candidates[t].index;
-      }
+    for (int64_t i = 0; i < rows; ++i) bad += selection.template select<F>(block + i * n, values + i * k, indices + i * k);
+  }
+  return bad;
+}
+
+// Rows of U V^T a thread forms at a time (BLAS on one thread, in each OpenMP thread) and reads
+// again while they are in its L2: about 1 MiB (4000 x 4000, k = 16 row top-k against the blocked
+// path: 1.0-2.9x at r = 8-256 with 1 MiB, 0.81-2.1x with 256 KiB, where the GEMM's repacking of V
+// for each tile of 16 rows lost at r >= 128), at least 16 rows unless that passes 16 MiB.
+constexpr int64_t kTileBytes = int64_t(1) << 20;
+
+template <class T>
+int64_t tile_rows(int64_t n) {
+  const int64_t row_bytes = std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T));
+  const int64_t floor = std::clamp<int64_t>((int64_t(16) << 20) / row_bytes, 1, 16);
+  return std::clamp<int64_t>(kTileBytes / row_bytes, floor, 512);
+}
+
+// C (rows, n; row-major, leading dimension n) = U (rows, r) V (n, r)^T by the host BLAS: in
+// column-major terms C^T = V U^T, V's storage read transposed.
+template <class T>
+void tile_product(HostGemm<T> gemm, const T* U, const T* V, int64_t rows, int64_t n, int64_t r, T* C) {
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(r);
+  const int ld_factors = static_cast<int>(std::max<int64_t>(r, 1)), ld_product = static_cast<int>(n);
+  const T one = T(1), zero = T(0);
+  gemm("T", "N", &m_, &n_, &k_, &one, V, &ld_factors, U, &ld_factors, &zero, C, &ld_product);
+}
+
+// Every (problem, row tile) of U (batch, m, r) V (batch, n, r)^T in turn on the OpenMP threads:
+// body(problem, first row, rows, tile) after the tile's product is formed in `tile` (a thread's
+// buffer of tile_rows x n, or the output itself where into_output gives the place).
+template <class T, class Body>
+int64_t for_each_product_tile(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n,
+                              int64_t r, T* into_output, Body body) {
+  const int64_t rows = tile_rows<T>(n), tiles_a_problem = (m + rows - 1) / rows, tiles = batch * tiles_a_problem;
+  int64_t bad = 0;
+#pragma omp parallel reduction(+ : bad) if (batch * m * n > kMinParallelEntries && tiles > 1)
+  {
+    std::vector<T> buffer(into_output ? 0 : static_cast<size_t>(rows * n));
+    auto local_body = body;  // the thread's own scratch (a RowSelection's)
+#pragma omp for schedule(dynamic)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t b = t / tiles_a_problem, first = (t % tiles_a_problem) * rows, count = std::min(rows, m - first);
+      T* tile = into_output ? into_output + (b * m + first) * n : buffer.data();
+      tile_product(gemm, U + (b * m + first) * r, V + b * n * r, count, n, r, tile);
+      bad += local_body(b, first, count, tile);
     }
   }
   return bad;
@@ -484,5 +543,43 @@ int64_t kernel_topk_rows(T* block, int64_t rows, int64_t n, ops::KernelFunction 
 
 template int64_t kernel_topk_rows<float>(float*, int64_t, int64_t, ops::KernelFunction, int64_t, float*, int64_t*);
 template int64_t kernel_topk_rows<double>(double*, int64_t, int64_t, ops::KernelFunction, int64_t, double*, int64_t*);
+
+template <class T>
+int64_t kernel_product_tiles(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n, int64_t r,
+                             ops::KernelFunction f, T* out) {
+  return ops::with_kernel(f, [&](auto F) {
+    return for_each_product_tile(gemm, U, V, batch, m, n, r, out, [&](int64_t, int64_t, int64_t rows, T* tile) {
+      return apply_range<decltype(F)::value>(tile, rows * n);  // f while the tile is in cache
+    });
+  });
+}
+
+template <class T>
+int64_t kernel_topk_rows_of_products(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n,
+                                     int64_t r, ops::KernelFunction f, int64_t k, T* values, int64_t* indices) {
+  return ops::with_kernel(f, [&](auto F) {
+    constexpr ops::KernelFunction kF = decltype(F)::value;
+    RowSelection<T> selection(n, k);  // copied into each thread with the body
+    return for_each_product_tile(gemm, U, V, batch, m, n, r, static_cast<T*>(nullptr),
+                                 [=](int64_t b, int64_t first, int64_t rows, T* tile) mutable {
+                                   int64_t bad = 0;
+                                   for (int64_t i = 0; i < rows; ++i) {
+                                     const int64_t row = b * m + first + i;
+                                     bad += selection.template select<kF>(tile + i * n, values + row * k,
+                                                                           indices + row * k);
+                                   }
+                                   return bad;
+                                 });
+  });
+}
+
+#define LRH_INSTANTIATE(T)                                                                                          \
+  template int64_t kernel_product_tiles<T>(HostGemm<T>, const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
+                                           ops::KernelFunction, T*);                                                 \
+  template int64_t kernel_topk_rows_of_products<T>(HostGemm<T>, const T*, const T*, int64_t, int64_t, int64_t,       \
+                                                   int64_t, ops::KernelFunction, int64_t, T*, int64_t*);
+LRH_INSTANTIATE(float)
+LRH_INSTANTIATE(double)
+#undef LRH_INSTANTIATE
 
 }  // namespace lowrank_hpc::cpu

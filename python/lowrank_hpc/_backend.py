@@ -316,6 +316,34 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+@functools.lru_cache(maxsize=None)
+def tile_gemm_address(dtype: Any) -> int:
+    """The address of SciPy's BLAS sgemm (float32) or dgemm (float64), from
+    ``scipy.linalg.cython_blas``: a Fortran GEMM with 32-bit integers, which the CPU module's
+    tiled products call from each OpenMP thread on its own row tiles (inside
+    :func:`single_threaded_blas`). 0 for other dtypes, or where SciPy's capsule is missing or
+    declares another interface."""
+    import ctypes
+
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        return 0
+    try:
+        from scipy.linalg import cython_blas
+        capsule = cython_blas.__pyx_capi__["sgemm" if dtype == np.float32 else "dgemm"]
+    except (ImportError, AttributeError, KeyError):
+        return 0
+    name_of = ctypes.pythonapi.PyCapsule_GetName
+    name_of.restype, name_of.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    pointer_of = ctypes.pythonapi.PyCapsule_GetPointer
+    pointer_of.restype, pointer_of.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    name = name_of(capsule)
+    # transa, transb, then m, n, k as 32-bit ints: the interface the kernels call
+    if not name or not name.startswith(b"void (char *, char *, int *, int *, int *, "):
+        return 0
+    return int(pointer_of(capsule, name) or 0)
+
+
 # The host GEMM of the dense products (lowrank_product, kernel_product): numpy's BLAS, unless a
 # framework adapter set its own for the duration of its call (see host_gemm), with whether it
 # takes 16-bit factors.
@@ -329,6 +357,11 @@ def matmul(xp: ModuleType, a: Any, b: Any, out: Any = None) -> Any:
     if scope is None:
         return xp.matmul(a, b, out=out)
     return scope[0](a, b, out)
+
+
+def host_gemm_is_set() -> bool:
+    """Whether a :func:`host_gemm` scope (a framework adapter's GEMM) is open in this context."""
+    return _host_gemm.get() is not None
 
 
 def gemm_takes_halves(xp: ModuleType) -> bool:
