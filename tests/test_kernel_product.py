@@ -214,7 +214,7 @@ def test_global_top_k_of_a_batch_of_small_problems_in_shared_blocks(monkeypatch,
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch", [None, 2])
 @pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (13 * 29, 5)])
-def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows):
+def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows, product_path):
     m, n, r = 13, 29, 4
     U, V = _half_integers(rng, batch, m, n, r, dtype)
     expected_values, expected_rows, expected_cols = reference.top_k_global(reference.kernel_product(U, V, kernel), k)
@@ -256,7 +256,7 @@ def test_global_top_k_from_rows_offers_or_whole_blocks(monkeypatch, backend, dty
 @pytest.mark.parametrize("kernel", ["relu", "tanh"])
 @pytest.mark.parametrize("batch", [None, 2])
 @pytest.mark.parametrize("k,block_rows", [(1, None), (7, 3), (61, 3), (200, None), (13 * 29, 5)])
-def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_rows):
+def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_rows, product_path):
     # The reference's entries (ranked in float64, ties to the smaller index), put in position
     # order: row-major flat index (global), ascending column in each row (row mode). relu ties
     # every negative product at 0, so the tie rule decides which zeros are kept.
@@ -283,7 +283,7 @@ def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_ro
 
 @pytest.mark.parametrize("kernel", ["relu", "tanh"])
 @pytest.mark.parametrize("k", [1_000, 30_000, 80_000])
-def test_global_top_k_of_a_large_matrix(backend, dtype, rng, kernel, k):
+def test_global_top_k_of_a_large_matrix(backend, dtype, rng, kernel, k, product_path):
     # 160,000 entries: the threshold comes from a partition of the entries above a sampled bound.
     # Half-integer factors give exact ties (relu's zeros: more than half the entries at k = 80,000).
     U, V = _half_integers(rng, None, 400, 400, 3, dtype)

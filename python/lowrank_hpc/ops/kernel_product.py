@@ -158,12 +158,19 @@ class _Selection:
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
         xp, m = self.call.xp, self.U3.shape[1]
+        gemm = _tile_gemm(self.call, self.U3, self.V3)
         for start in range(0, m, self.block_rows):
             stop = min(start + self.block_rows, m)
             block = self.buffer[:stop - start]
-            _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
-            self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
-                                 self.call.stream())
+            if gemm:  # the block's row tiles formed and mapped in cache, and no BLAS pool left spinning
+                with single_threaded_blas():
+                    self.call.module.kernel_product_tiles(np.ascontiguousarray(self.U3[b:b + 1, start:stop]),
+                                                          np.ascontiguousarray(self.V3[b:b + 1]), self.code,
+                                                          block[None], self.nonfinite, gemm)
+            else:
+                _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
+                self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
+                                     self.call.stream())
             yield start, block
 
     def _select(self, block):
