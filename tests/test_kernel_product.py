@@ -23,15 +23,18 @@ def product_path(request, monkeypatch, backend):
     used in cache ("tiled", asserted taken wherever consulted), or numpy's GEMM of row blocks
     ("blocked", the path of device arrays and of a framework's GEMM scope). On the GPU both are
     the blocked path. Yields the addresses consulted (0: blocked)."""
-    chosen = []
-    tile_gemm = kernel_product_module._tile_gemm
+    chosen, grouped = [], []
+    tile_gemm, global_grouped = kernel_product_module._tile_gemm, kernel_product_module._top_k_global_grouped
     if request.param == "blocked":
         monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(0) or 0)
-    else:
+    else:  # small problems too (tiles of fewer rows than threads)
+        monkeypatch.setattr(kernel_product_module, "_TILE_ROWS_A_THREAD", 0)
         monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(tile_gemm(*args)) or chosen[-1])
-    yield chosen  # the paths consulted (a batch of small problems shares blocks instead)
+    # a batch of small problems' global top-k shares blocks instead (each problem a row of one)
+    monkeypatch.setattr(kernel_product_module, "_top_k_global_grouped", lambda *args: grouped.append(1) or global_grouped(*args))
+    yield chosen  # the paths consulted
     if request.param == "tiled" and backend.name == "cpu":
-        assert all(chosen), "the tiled path was not taken"
+        assert (chosen and all(chosen)) or (grouped and not chosen), "the tiled path was not taken"
 
 
 def _gaussian(rng, batch, m, n, r, dtype):
@@ -154,6 +157,30 @@ def test_tile_gemm_is_scipys_blas():
     assert _backend.tile_gemm_address(np.float16) == 0 and _backend.tile_gemm_address(np.int64) == 0
 
 
+def test_a_capsule_of_another_interface_gives_no_gemm():
+    # Only a capsule declaring the GEMM with 32-bit integers is called; a 64-bit integer (ILP64)
+    # declaration, another function or no capsule at all gives 0 (the blocked path).
+    import ctypes
+
+    new_capsule = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)(
+        ("PyCapsule_New", ctypes.pythonapi))
+    gemm_name = b"void (char *, char *, int *, int *, int *, float *, float *, int *, float *, int *, float *, float *, int *)"
+    ilp64_name = gemm_name.replace(b"int *", b"long *")
+    names = [gemm_name, ilp64_name, b"double (double)"]  # kept alive: a capsule keeps a pointer to its name
+    capsules = [new_capsule(0x1000, name, None) for name in names]
+    assert [_backend.capsule_gemm_address(c) for c in capsules] == [0x1000, 0, 0]
+    assert _backend.capsule_gemm_address(object()) == 0
+
+
+def test_the_tiled_path_leaves_room_for_a_frameworks_gemm_and_few_rows(rng):
+    call = kernel_product_module.resolve("kernel_product", U=np.zeros((2, 2)), V=np.zeros((2, 2)))
+    U, V = _gaussian(rng, 1, 8 * call.module.max_threads(), 30, 3, np.float64)
+    assert kernel_product_module._tile_gemm(call, U, V) == _backend.tile_gemm_address(np.float64) != 0
+    assert kernel_product_module._tile_gemm(call, U[:, 1:], V) == 0  # fewer rows than 8 a thread
+    with _backend.host_gemm(lambda a, b, out=None: np.matmul(a, b, out=out)):  # lowrank_hpc.torch's scope
+        assert kernel_product_module._tile_gemm(call, U, V) == 0
+
+
 @pytest.mark.parametrize("block_rows,batch", [(None, 40), (26, 7), (39, 7), (12, 3)])
 def test_row_top_k_of_many_small_problems_in_shared_blocks(backend, dtype, rng, block_rows, batch, product_path):
     """Row mode forms several problems' rows in one block (13 rows each: 2 or 3 problems a block,
@@ -231,9 +258,11 @@ def test_top_k_global(backend, dtype, rng, kernel, batch, k, block_rows, product
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch,m", [(None, 9), (2, 67)])  # 67 x 1031: above the grouped small problems
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_global_top_k_from_rows_offers_or_whole_blocks(monkeypatch, backend, dtype, rng, kernel, batch, m, k):
-    # Rows of 1,031: k <= n / 512 (k = 1, 2) takes each row's top-k as the block's offer, k = 3
-    # the block's entries competing directly; which one ran is counted on the row selection.
+def test_global_top_k_from_rows_offers_or_whole_blocks(monkeypatch, backend, dtype, rng, kernel, batch, m, k,
+                                                       product_path):
+    # Rows of 1,031 on the blocked path: k <= n / 512 (k = 1, 2) takes each row's top-k as the
+    # block's offer, k = 3 the block's entries competing directly; the tiled path always the
+    # latter. Which one ran is counted on the row selection.
     n, r = 1031, 3
     U, V = _half_integers(rng, batch, m, n, r, dtype)
     row_selections = []
@@ -250,7 +279,8 @@ def test_global_top_k_from_rows_offers_or_whole_blocks(monkeypatch, backend, dty
         else:
             np.testing.assert_array_equal(flat, expected_flat)
             np.testing.assert_allclose(values, expected_values, rtol=RTOL[dtype], atol=0)
-    assert row_selections == (2 * list(range(1 if batch is None else batch)) if k <= n // 512 else [])
+    blocked = not any(product_path)
+    assert row_selections == (2 * list(range(1 if batch is None else batch)) if blocked and k <= n // 512 else [])
 
 
 @pytest.mark.parametrize("kernel", ["relu", "tanh"])

@@ -261,7 +261,12 @@ void tile_product(HostGemm<T> gemm, const T* U, const T* V, int64_t rows, int64_
 template <class T, class Body>
 int64_t for_each_product_tile(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n,
                               int64_t r, T* into_output, Body body) {
-  const int64_t rows = tile_rows<T>(n), tiles_a_problem = (m + rows - 1) / rows, tiles = batch * tiles_a_problem;
+  // A tile for every thread at least (a thread's share of the rows, 8 at the least) where the
+  // rows are few: the tiles are the only work split.
+  const int64_t threads = omp_get_max_threads();
+  const int64_t share = std::max<int64_t>(8, (batch * m + threads - 1) / threads);
+  const int64_t rows = std::min(tile_rows<T>(n), share);
+  const int64_t tiles_a_problem = (m + rows - 1) / rows, tiles = batch * tiles_a_problem;
   int64_t bad = 0;
 #pragma omp parallel reduction(+ : bad) if (batch * m * n > kMinParallelEntries && tiles > 1)
   {

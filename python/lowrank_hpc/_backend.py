@@ -323,8 +323,6 @@ def tile_gemm_address(dtype: Any) -> int:
     tiled products call from each OpenMP thread on its own row tiles (inside
     :func:`single_threaded_blas`). 0 for other dtypes, or where SciPy's capsule is missing or
     declares another interface."""
-    import ctypes
-
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         return 0
@@ -333,12 +331,23 @@ def tile_gemm_address(dtype: Any) -> int:
         capsule = cython_blas.__pyx_capi__["sgemm" if dtype == np.float32 else "dgemm"]
     except (ImportError, AttributeError, KeyError):
         return 0
-    name_of = ctypes.pythonapi.PyCapsule_GetName
-    name_of.restype, name_of.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    pointer_of = ctypes.pythonapi.PyCapsule_GetPointer
-    pointer_of.restype, pointer_of.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    name = name_of(capsule)
-    # transa, transb, then m, n, k as 32-bit ints: the interface the kernels call
+    return capsule_gemm_address(capsule)
+
+
+def capsule_gemm_address(capsule: Any) -> int:
+    """The function address in a Cython capsule whose declared signature (its name) is a GEMM's
+    with 32-bit integers (transa, transb, then m, n, k as ``int *``); 0 for any other capsule."""
+    import ctypes
+
+    # Prototypes of our own: setting restype/argtypes on ctypes.pythonapi's would change them
+    # for every other user of those functions.
+    name_of = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", ctypes.pythonapi))
+    pointer_of = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+        ("PyCapsule_GetPointer", ctypes.pythonapi))
+    try:
+        name = name_of(capsule)
+    except (TypeError, ValueError, ctypes.ArgumentError):  # not a capsule
+        return 0
     if not name or not name.startswith(b"void (char *, char *, int *, int *, int *, "):
         return 0
     return int(pointer_of(capsule, name) or 0)

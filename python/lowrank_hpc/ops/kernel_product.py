@@ -1,9 +1,9 @@
 """Kernelized low-rank product K = f(U V^T), dense or reduced to its top-k entries.
 
 Element-wise kernels f raise the rank of a merged low-rank update. The GEMM runs in the vendor
-BLAS (numpy on the CPU, cuBLAS through CuPy on the GPU); f runs in place in our OpenMP/CUDA
-element-wise step, fused on the CPU with the top-k selection so that mode never forms the
-dense m x n matrix.
+BLAS (on the CPU SciPy's, called on row tiles from each OpenMP thread, or numpy's; cuBLAS through
+CuPy on the GPU); f runs in place in our OpenMP/CUDA element-wise step, fused on the CPU with the
+top-k selection so that mode never forms the dense m x n matrix.
 """
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ def _gemm(xp, a, b, out=None):
         return matmul(xp, a, b, out=out)
 
 
+# The tiles are the only work the tiled path splits: it needs this many rows a thread at least
+# (10 users against 100,000 items keep numpy's threaded GEMM).
+_TILE_ROWS_A_THREAD = 8
+
+
 def _tile_gemm(call: Call, U3, V3) -> int:
     """The host GEMM address for the CPU module's tiled products (each OpenMP thread forms row
     tiles of U V^T with the BLAS on one thread and maps or selects them while in cache), or 0 for
@@ -93,6 +98,8 @@ def _tile_gemm(call: Call, U3, V3) -> int:
     if call.xp is not np or not hasattr(call.module, "kernel_product_tiles") or host_gemm_is_set():
         return 0
     if max(U3.shape[1], U3.shape[2], V3.shape[1]) >= 2**31:
+        return 0
+    if U3.shape[0] * U3.shape[1] < _TILE_ROWS_A_THREAD * call.module.max_threads():
         return 0
     return tile_gemm_address(U3.dtype)
 
@@ -159,14 +166,14 @@ class _Selection:
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
         xp, m = self.call.xp, self.U3.shape[1]
         gemm = _tile_gemm(self.call, self.U3, self.V3)
+        V_b = np.ascontiguousarray(self.V3[b:b + 1]) if gemm else None  # once, not per block
         for start in range(0, m, self.block_rows):
             stop = min(start + self.block_rows, m)
             block = self.buffer[:stop - start]
             if gemm:  # the block's row tiles formed and mapped in cache, and no BLAS pool left spinning
                 with single_threaded_blas():
-                    self.call.module.kernel_product_tiles(np.ascontiguousarray(self.U3[b:b + 1, start:stop]),
-                                                          np.ascontiguousarray(self.V3[b:b + 1]), self.code,
-                                                          block[None], self.nonfinite, gemm)
+                    self.call.module.kernel_product_tiles(np.ascontiguousarray(self.U3[b:b + 1, start:stop]), V_b,
+                                                          self.code, block[None], self.nonfinite, gemm)
             else:
                 _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
                 self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
@@ -229,18 +236,22 @@ def _top_k_global_grouped(selection: _Selection, batch: int, n: int, problems_pe
 
 def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
     # Any entry of the global top-k is in its row's top-min(k, n), and in its block's top-k, so
-    # each block offers only those, merged with the running best k: memory O(block + k). That
-    # pays only where the rows offer a small part of themselves (k <= n / 512: f and the
-    # selection then skip most chunks, 1.06-1.6x at n = 1,024-8,192); from n / 256 the block's
-    # entries competing directly won (4096 x 4096, exp: k = 100 36.6 against 99.8 ms, k = 1,000 33.3
-    # against 844.5; a row offering k of its n costs O(n log k), and the offers are sorted).
+    # each block offers only those, merged with the running best k: memory O(block + k). On the
+    # blocked path that paid only where the rows offer a small part of themselves (k <= n / 512:
+    # f and the selection skip most chunks; 1.06-1.61x in 10 of 12 cases, not where tanh
+    # saturates); from n / 256 the block's entries competing directly won (4096 x 4096, exp:
+    # k = 100 36.6 against 99.8 ms, k = 1,000 33.3 against 844.5: a row offering k of its n costs
+    # O(n log k), and the offers are sorted).
     # Everything stays in flat order (blocks come in row order, so a block's entries follow the
     # running best): the tie rule is then "first found", and only the final k are sorted best
     # first, if asked.
     xp = selection.call.xp
     values = xp.empty((batch, k), dtype=selection.U3.dtype)
     flat = xp.empty((batch, k), dtype=xp.int64)
-    whole_rows = 512 * min(k, n) > n
+    # With the tiled product (no BLAS pool spinning beside the selection), whole blocks won every
+    # case measured, the rows' offers included (float32; float64 lost 4-27% in 5 of 6): the rule
+    # above is the blocked path's (device arrays, lowrank_hpc.torch's GEMM).
+    whole_rows = bool(_tile_gemm(selection.call, selection.U3, selection.V3)) or 512 * min(k, n) > n
     for b in range(batch):
         best_values = best_flat = None
         if whole_rows:  # a block's flat indices are a range: only its first is passed
@@ -433,8 +444,9 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         rows together where each has fewer); default: as many as fit 64 MiB. On the CPU, float32/
         float64 numpy factors take tiles instead in dense and row modes: each OpenMP thread forms
         about 1 MiB of rows with SciPy's BLAS (one BLAS thread) and applies f, or selects, while
-        they are in its cache (block_rows is then not used); the global mode, device arrays and
-        a framework adapter's GEMM (lowrank_hpc.torch) take the blocks.
+        they are in its cache (block_rows is then not used in those modes; a thread's tile is
+        at most 16 MiB); the global mode forms its blocks so too. Device arrays, a framework
+        adapter's GEMM (lowrank_hpc.torch) and too few rows for every thread take numpy's GEMM.
     check_finite : raise ValueError if U or V holds NaN/inf.
 
     Returns
