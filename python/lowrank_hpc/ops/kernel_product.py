@@ -446,7 +446,10 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         about 1 MiB of rows with SciPy's BLAS (one BLAS thread) and applies f, or selects, while
         they are in its cache (block_rows is then not used in those modes; a thread's tile is
         at most 16 MiB); the global mode forms its blocks so too. Device arrays, a framework
-        adapter's GEMM (lowrank_hpc.torch) and too few rows for every thread take numpy's GEMM.
+        adapter's GEMM (lowrank_hpc.torch) and too few rows for every thread (8 a thread) take
+        numpy's GEMM. The two BLAS builds (SciPy's, numpy's) may round an inner product
+        differently in its last bit, and the path goes by size: a batch and its problems' own
+        calls can then differ by that much (exact inputs never do).
     check_finite : raise ValueError if U or V holds NaN/inf.
 
     Returns
