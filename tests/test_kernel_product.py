@@ -20,21 +20,19 @@ SHAPES = [(None, 1, 5, 1), (None, 7, 1, 3), (None, 13, 17, 5), (None, 71, 67, 70
 @pytest.fixture(params=["tiled", "blocked"])
 def product_path(request, monkeypatch, backend):
     """The CPU's two ways to U V^T: row tiles formed by SciPy's BLAS in each OpenMP thread and
-    used in cache ("tiled", asserted taken wherever consulted), or numpy's GEMM of row blocks
+    used in cache ("tiled", asserted chosen on the CPU), or numpy's GEMM of row blocks
     ("blocked", the path of device arrays and of a framework's GEMM scope). On the GPU both are
     the blocked path. Yields the addresses consulted (0: blocked)."""
-    chosen, grouped = [], []
-    tile_gemm, global_grouped = kernel_product_module._tile_gemm, kernel_product_module._top_k_global_grouped
+    chosen = []
+    tile_gemm = kernel_product_module._tile_gemm
     if request.param == "blocked":
         monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(0) or 0)
     else:  # small problems too (tiles of fewer rows than threads)
         monkeypatch.setattr(kernel_product_module, "_TILE_ROWS_A_THREAD", 0)
         monkeypatch.setattr(kernel_product_module, "_tile_gemm", lambda *args: chosen.append(tile_gemm(*args)) or chosen[-1])
-    # a batch of small problems' global top-k shares blocks instead (each problem a row of one)
-    monkeypatch.setattr(kernel_product_module, "_top_k_global_grouped", lambda *args: grouped.append(1) or global_grouped(*args))
-    yield chosen  # the paths consulted
+    yield chosen  # the paths consulted: once a dense call or top-k selection
     if request.param == "tiled" and backend.name == "cpu":
-        assert (chosen and all(chosen)) or (grouped and not chosen), "the tiled path was not taken"
+        assert chosen and all(chosen), "the tiled path was not taken"
 
 
 def _gaussian(rng, batch, m, n, r, dtype):
@@ -148,7 +146,7 @@ def test_products_over_many_row_tiles(backend, rng, kernel, product_path):
         result = kernel_product(backend.put(U), backend.put(V), kernel, k)
         np.testing.assert_array_equal(backend.get(result.indices), expected_indices)
         np.testing.assert_allclose(backend.get(result.values), expected_values, rtol=RTOL[np.float64], atol=0)
-    assert len(product_path) == (3 if backend.name == "cpu" else 0)  # dense and both top-k calls
+    assert len(product_path) == 3  # dense and both top-k calls consult the rule (on the GPU too: 0)
 
 
 def test_tile_gemm_is_scipys_blas():

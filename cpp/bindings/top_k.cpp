@@ -7,12 +7,18 @@ namespace lowrank_hpc::bindings {
 
 namespace {
 
+// The kernel function of a code from the Python layer (lowrank_hpc.ops.KERNELS' index).
+ops::KernelFunction kernel_function(int kernel) {
+  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
+              "kernel: unknown kernel function code ", kernel);
+  return static_cast<ops::KernelFunction>(kernel);
+}
+
 // f in place on a (rows, n) block, then each row's top-k by |f| into values and indices
 // (rows, k); nonfinite[0] += the block's NaN/inf count.
 void kernel_topk_rows(const ArrayView& block, int kernel, const ArrayView& values, const ArrayView& indices,
                       const ArrayView& nonfinite) {
-  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
-              "kernel: unknown kernel function code ", kernel);
+  const ops::KernelFunction f = kernel_function(kernel);
   expect().shape(block, "block", {-1, -1});
   expect().shape(values, "values", {block.shape[0], -1});
   const int64_t rows = block.shape[0], n = block.shape[1], k = values.shape[1];
@@ -24,9 +30,8 @@ void kernel_topk_rows(const ArrayView& block, int kernel, const ArrayView& value
     expect().output(block, "block", dtype_of<T>(), {rows, n});
     expect().output(values, "values", dtype_of<T>(), {rows, k});
     py::gil_scoped_release release;
-    *nonfinite.data<int64_t>() += cpu::kernel_topk_rows<T>(block.data<T>(), rows, n,
-                                                           static_cast<ops::KernelFunction>(kernel), k,
-                                                           values.data<T>(), indices.data<int64_t>());
+    *nonfinite.data<int64_t>() += cpu::kernel_topk_rows<T>(block.data<T>(), rows, n, f, k, values.data<T>(),
+                                                           indices.data<int64_t>());
   });
 }
 
@@ -77,29 +82,32 @@ cpu::HostGemm<T> host_gemm(uintptr_t gemm, std::initializer_list<int64_t> extent
   return reinterpret_cast<cpu::HostGemm<T>>(gemm);
 }
 
-// The (batch, m, r) and (batch, n, r) factors of the tiled products, of one float type.
-void expect_factors(const ArrayView& U, const ArrayView& V) {
+// The extents of the tiled products' (batch, m, r) U and (batch, n, r) V, of one float type,
+// after checking them and the int64 status word nonfinite (1,).
+struct TiledExtents {
+  int64_t batch, m, n, r;
+};
+TiledExtents expect_tiled(const ArrayView& U, const ArrayView& V, const ArrayView& nonfinite) {
   expect().shape(U, "U", {-1, -1, -1});
   expect().shape(V, "V", {U.shape[0], -1, U.shape[2]});
   LRH_EXPECTS(U.dtype == V.dtype, "V: expected ", dtype_name(U.dtype), " like U, got ", dtype_name(V.dtype));
+  expect().output(nonfinite, "nonfinite", DType::int64, {1});
+  return {U.shape[0], U.shape[1], V.shape[1], U.shape[2]};
 }
 
 // out (batch, m, n) = f(U V^T), each row tile formed by the host GEMM at `gemm` (called on one
 // BLAS thread from each OpenMP thread) and mapped in cache; nonfinite[0] += its NaN/inf count.
 void kernel_product_tiles(const ArrayView& U, const ArrayView& V, int kernel, const ArrayView& out,
                           const ArrayView& nonfinite, uintptr_t gemm) {
-  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
-              "kernel: unknown kernel function code ", kernel);
-  expect_factors(U, V);
-  const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1];
-  expect().output(nonfinite, "nonfinite", DType::int64, {1});
+  const ops::KernelFunction f = kernel_function(kernel);
+  const auto [batch, m, n, r] = expect_tiled(U, V, nonfinite);
   dispatch_float(U, "U", [&](auto t) {
     using T = decltype(t);
     expect().output(out, "out", dtype_of<T>(), {batch, m, n});
     const cpu::HostGemm<T> product = host_gemm<T>(gemm, {m, n, r});
     py::gil_scoped_release release;
-    *nonfinite.data<int64_t>() += cpu::kernel_product_tiles<T>(product, U.data<T>(), V.data<T>(), batch, m, n, r,
-                                                               static_cast<ops::KernelFunction>(kernel), out.data<T>());
+    *nonfinite.data<int64_t>() +=
+        cpu::kernel_product_tiles<T>(product, U.data<T>(), V.data<T>(), batch, m, n, r, f, out.data<T>());
   });
 }
 
@@ -107,23 +115,19 @@ void kernel_product_tiles(const ArrayView& U, const ArrayView& V, int kernel, co
 // tile at a time by the host GEMM at `gemm`; nonfinite[0] += the NaN/inf count.
 void kernel_topk_rows_of_products(const ArrayView& U, const ArrayView& V, int kernel, const ArrayView& values,
                                   const ArrayView& indices, const ArrayView& nonfinite, uintptr_t gemm) {
-  LRH_EXPECTS(kernel >= 0 && kernel <= static_cast<int>(ops::KernelFunction::piecewise_linear),
-              "kernel: unknown kernel function code ", kernel);
-  expect_factors(U, V);
-  const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1];
+  const ops::KernelFunction f = kernel_function(kernel);
+  const auto [batch, m, n, r] = expect_tiled(U, V, nonfinite);
   expect().shape(values, "values", {batch, m, -1});
   const int64_t k = values.shape[2];
   LRH_EXPECTS(k >= 1 && k <= n, "values: k = ", k, " must be in [1, ", n, "]");
   expect().output(indices, "indices", DType::int64, {batch, m, k});
-  expect().output(nonfinite, "nonfinite", DType::int64, {1});
   dispatch_float(U, "U", [&](auto t) {
     using T = decltype(t);
     expect().output(values, "values", dtype_of<T>(), {batch, m, k});
     const cpu::HostGemm<T> product = host_gemm<T>(gemm, {m, n, r});
     py::gil_scoped_release release;
     *nonfinite.data<int64_t>() += cpu::kernel_topk_rows_of_products<T>(
-        product, U.data<T>(), V.data<T>(), batch, m, n, r, static_cast<ops::KernelFunction>(kernel), k,
-        values.data<T>(), indices.data<int64_t>());
+        product, U.data<T>(), V.data<T>(), batch, m, n, r, f, k, values.data<T>(), indices.data<int64_t>());
   });
 }
 

@@ -104,13 +104,19 @@ def _tile_gemm(call: Call, U3, V3) -> int:
     return tile_gemm_address(U3.dtype)
 
 
+def _tiled_product(call: Call, U3, V3, code: int, out, nonfinite, gemm: int) -> None:
+    """out (batch, m, n) = f(U V^T) by the CPU module's tiled product (BLAS on one thread in each
+    OpenMP thread); nonfinite[0] += the NaN/inf count."""
+    with single_threaded_blas():
+        call.module.kernel_product_tiles(np.ascontiguousarray(U3), np.ascontiguousarray(V3), code, out, nonfinite,
+                                         gemm)
+
+
 def _tiled_dense(call: Call, U3, V3, code: int, gemm: int):
     """f(U V^T) (batch, m, n) by the CPU module's tiled product; FloatingPointError for NaN/inf."""
-    U3, V3 = np.ascontiguousarray(U3), np.ascontiguousarray(V3)
     out = np.empty((U3.shape[0], U3.shape[1], V3.shape[1]), dtype=U3.dtype)
     nonfinite = call.status(0)
-    with single_threaded_blas():
-        call.module.kernel_product_tiles(U3, V3, code, out, nonfinite, gemm)
+    _tiled_product(call, U3, V3, code, out, nonfinite, gemm)
     bad = call.read(nonfinite)[0]
     if bad:
         _raise_overflow(call, code, bad)
@@ -138,6 +144,7 @@ class _Selection:
         self.block_rows = block_rows
         self.buffer = call.xp.empty((block_rows, n), dtype=U3.dtype)  # reused by every block
         self.nonfinite = call.status(0)  # summed over the blocks, read once at the end
+        self.tile_gemm = _tile_gemm(call, U3, V3)  # the tiled products' GEMM, or 0: the blocked path
         # The CPU module fuses f and the selection in one pass over a block still in cache.
         self.fused = hasattr(call.module, "kernel_topk_rows")
 
@@ -165,15 +172,13 @@ class _Selection:
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
         xp, m = self.call.xp, self.U3.shape[1]
-        gemm = _tile_gemm(self.call, self.U3, self.V3)
-        V_b = np.ascontiguousarray(self.V3[b:b + 1]) if gemm else None  # once, not per block
+        V_b = np.ascontiguousarray(self.V3[b:b + 1]) if self.tile_gemm else None  # once, not per block
         for start in range(0, m, self.block_rows):
             stop = min(start + self.block_rows, m)
             block = self.buffer[:stop - start]
-            if gemm:  # the block's row tiles formed and mapped in cache, and no BLAS pool left spinning
-                with single_threaded_blas():
-                    self.call.module.kernel_product_tiles(np.ascontiguousarray(self.U3[b:b + 1, start:stop]), V_b,
-                                                          self.code, block[None], self.nonfinite, gemm)
+            if self.tile_gemm:  # the block's row tiles formed and mapped in cache, no BLAS pool left spinning
+                _tiled_product(self.call, self.U3[b:b + 1, start:stop], V_b, self.code, block[None], self.nonfinite,
+                               self.tile_gemm)
             else:
                 _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
                 self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
@@ -201,12 +206,11 @@ def _top_k_rows(selection: _Selection, batch: int, m: int, problems_per_block: i
     xp, dtype = selection.call.xp, selection.U3.dtype
     values = xp.empty((batch, m, selection.kk), dtype=dtype)
     indices = xp.empty((batch, m, selection.kk), dtype=xp.int64)
-    gemm = _tile_gemm(selection.call, selection.U3, selection.V3)
-    if gemm:  # every problem's row tiles in one call, no block buffer
+    if selection.tile_gemm:  # every problem's row tiles in one call, no block buffer
         with single_threaded_blas():
             selection.call.module.kernel_topk_rows_of_products(
                 np.ascontiguousarray(selection.U3), np.ascontiguousarray(selection.V3), selection.code, values,
-                indices, selection.nonfinite, gemm)
+                indices, selection.nonfinite, selection.tile_gemm)
         return values, indices
     if problems_per_block > 1:
         for first, last, group_values, group_indices in selection.problem_groups(batch, problems_per_block):
@@ -251,7 +255,7 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitud
     # With the tiled product (no BLAS pool spinning beside the selection), whole blocks won every
     # case measured, the rows' offers included (float32; float64 lost 4-27% in 5 of 6): the rule
     # above is the blocked path's (device arrays, lowrank_hpc.torch's GEMM).
-    whole_rows = bool(_tile_gemm(selection.call, selection.U3, selection.V3)) or 512 * min(k, n) > n
+    whole_rows = bool(selection.tile_gemm) or 512 * min(k, n) > n
     for b in range(batch):
         best_values = best_flat = None
         if whole_rows:  # a block's flat indices are a range: only its first is passed
