@@ -356,6 +356,12 @@ def test_sizes_too_large_for_the_row_pointers_name_the_argument(backend):
         with pytest.raises(error, match=rf"sparse_times_dense: n_rows = {n_rows} is too large: the row-pointer "
                                         rf"array of n_rows \+ 1 int64 would need {need} bytes"):
             sparse_times_dense(r, c, vals, B, n_rows)
+    # Past int64 itself: the bindings' "incompatible function arguments" before; now named.
+    for n_rows in (2**63, 2**64 + 5):
+        with pytest.raises(ValueError, match=rf"sparse_times_dense: n_rows must be below 2\*\*63 \(a 64-bit size\), got {n_rows}"):
+            sparse_times_dense(r, c, vals, B, n_rows)
+    with pytest.raises(ValueError, match=r"GaussianSensing: m must be below 2\*\*63"):
+        lr.sensing.GaussianSensing(2**63, (3, 4), seed=1)
     with pytest.raises(ValueError, match=rf"SparsePattern: shape\[0\] = {2**62} is too large"):
         SparsePattern(r, c, (2**62, 4))
     with pytest.raises(ValueError, match=rf"SparsePattern: shape\[1\] = {2**62} is too large"):

@@ -23,6 +23,24 @@ def test_soft_threshold_matches_numpy(backend, dtype, rng, shape):
     np.testing.assert_array_equal(got, _soft(x, dtype(0.5)).astype(dtype))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2, 3), (2, 1, 3, 2, 1, 2, 2), (1,) * 12])
+def test_element_wise_maps_take_any_number_of_dimensions(backend, rng, shape):
+    """The documented "any shape" beyond the bindings' 4 dimensions (5-D and up raised pybind's
+    "incompatible function arguments"), with out=, and NaN still counted."""
+    x = rng.standard_normal(shape)
+    np.testing.assert_array_equal(backend.get(lr.ops.soft_threshold(backend.put(x), 0.5)), _soft(x, 0.5))
+    out = backend.put(np.empty(shape))
+    assert lr.ops.soft_threshold(backend.put(x), 0.5, out=out) is out
+    np.testing.assert_array_equal(backend.get(out), _soft(x, 0.5))
+    np.testing.assert_allclose(backend.get(lr.ops.apply_kernel(backend.put(x), "tanh")), np.tanh(x), rtol=1e-15, atol=0)
+    assert backend.get(lr.ops.elastic_binary_prox(backend.put(x), 0.1, 0.2)).shape == shape
+    x.reshape(-1)[-1] = np.nan
+    with pytest.raises(ValueError, match="K contains 1 NaN/inf"):
+        lr.ops.apply_kernel(backend.put(x), "relu")
+    with pytest.raises(ValueError, match="x contains 1 NaN/inf"):
+        lr.ops.soft_threshold(backend.put(x), 0.5)
+
+
 def test_soft_threshold_in_place_and_its_errors(backend, rng):
     x = backend.put(rng.standard_normal((6, 4)))
     expected = _soft(backend.get(x), 0.25)
@@ -64,6 +82,13 @@ def test_sum_of_squares_errors():
         lr.ops.sum_of_squares(np.ones((2, 2)), axis=2)
     with pytest.raises(ValueError, match="x must have 2 dimensions"):
         lr.ops.sum_of_squares(np.ones(3))
+    # Sums finite in float64 but past float32's 3.4e38 (three squares of 1.1e19 each: 3.6e38):
+    # raised, not returned as inf; check_finite=False returns them as they are.
+    big = np.full((2, 3), 1.1e19, np.float32)
+    big[1, :2] = 0
+    with pytest.raises(FloatingPointError, match="sum_of_squares: 1 entries of the result overflowed"):
+        lr.ops.sum_of_squares(big)
+    assert np.isinf(lr.ops.sum_of_squares(big, check_finite=False)[0])
 
 
 def test_every_map_is_listed_alike_on_both_modules_and_unknown_ones_are_refused():

@@ -51,6 +51,8 @@ def test_pattern_in_csr_order_checks_the_length(transpose):
     for wrong in (vals[:-1], np.concatenate([vals, vals[:1]]), vals[None]):
         with pytest.raises(ValueError, match=r"SparsePattern.in_csr_order: vals has shape .*expected \(8,\)"):
             pattern.in_csr_order(wrong, transpose)
+    with pytest.raises(TypeError, match="SparsePattern.in_csr_order: vals must be an array of this pattern's backend, got list"):
+        pattern.in_csr_order(list(vals), transpose)  # was AttributeError: 'list' object has no attribute 'shape'
 
 
 def test_in_csr_order_of_sorted_entries_checks_the_length():

@@ -294,6 +294,8 @@ def test_to_dense_refuses_above_the_budget():
     sensing.set_memory_budget(79_999)
     with pytest.raises(ValueError, match="memory budget"):
         RankOneSensing(100, (10, 10), 1).to_dense()
+    with pytest.raises(TypeError, match="RankOneSensing.to_dense: dtype must be float32 or float64, got 'junk'"):
+        RankOneSensing(4, (3, 3), 1).to_dense("junk")  # was numpy's "data type 'junk' not understood"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -365,6 +367,27 @@ def test_adjoint_rejects_bad_y(name):
         op.adjoint(np.zeros(m, dtype=np.complex128))
     with pytest.raises(ValueError, match="y contains 1 NaN/inf"):
         op.adjoint(np.concatenate([np.zeros(m - 1), [np.inf]]))
+
+
+def test_results_that_overflow_float32_raise(backend, name):
+    """Finite float32 inputs whose measurements or adjoint products pass 3.4e38: a
+    FloatingPointError naming the method, never inf/NaN returned (the cached Gaussian gave
+    [nan, nan, 6.2e37, inf, 1.1e38] for X = 3e38, entry sampling infs with no warning)."""
+    op = make(name)
+    n1, n2 = op.shape
+    U, V = (backend.put(np.full((n, 2), 1e20, np.float32)) for n in (n1, n2))
+    with pytest.raises(FloatingPointError, match=rf"{type(op).__name__}.forward_factored: \d+ entries of the result overflowed"):
+        op.forward_factored(U, None if n1 == n2 and name.endswith("sym") else V)
+    y, B = backend.put(np.full(op.num_measurements, 3e38, np.float32)), backend.put(np.full((n2, 2), 3e38, np.float32))
+    with pytest.raises(FloatingPointError, match=rf"{type(op).__name__}.adjoint_times: \d+ entries"):
+        op.adjoint_times(y, B)
+    if name != "entry_sampling":  # a gather and a scatter of distinct positions cannot overflow
+        with pytest.raises(FloatingPointError, match=rf"{type(op).__name__}.forward: \d+ entries"):
+            op.forward(backend.put(np.full((n1, n2), 3e38, np.float32)))
+        with pytest.raises(FloatingPointError, match=rf"{type(op).__name__}.adjoint: \d+ entries"):
+            op.adjoint(y)
+    # Just inside the range the same calls return finite values.
+    assert np.isfinite(backend.get(op.forward_factored(*(backend.put(np.full((n, 2), 1e17, np.float32)) for n in (n1, n2))))).all()
 
 
 def test_forward_factored_rejects_bad_factors(name):

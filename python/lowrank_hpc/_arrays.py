@@ -348,7 +348,8 @@ def count_nonfinite(call: Call, x: Any) -> int:
     if x.size == 0:
         return 0
     count = call.status(0)
-    call.module.count_nonfinite(x, count, call.stream())
+    # 1-D (a view of the contiguous x): the bindings' arrays hold at most 4 dimensions.
+    call.module.count_nonfinite(x.reshape(-1), count, call.stream())
     return call.read(count)[0]
 
 

@@ -38,19 +38,30 @@ def integer(function: str, name: str, value: Any) -> int:
     return int(value)
 
 
+# Sizes and counts reach the C++ core as int64: a larger one raised pybind's "incompatible
+# function arguments", which names neither the argument nor the limit.
+_INT64_MAX = 2**63 - 1
+
+
 def positive_int(function: str, name: str, value: Any) -> int:
-    """An int >= 1 (a size or a count)."""
+    """An int in [1, 2**63) (a size or a count)."""
     value = integer(function, name, value)
     if value < 1:
         raise ValueError(f"{function}: {name} must be >= 1, got {value}")
-    return value
+    return _int64(function, name, value)
 
 
 def nonnegative_int(function: str, name: str, value: Any) -> int:
-    """An int >= 0 (an iteration limit, where 0 means "return the start")."""
+    """An int in [0, 2**63) (an iteration limit, where 0 means "return the start")."""
     value = integer(function, name, value)
     if value < 0:
         raise ValueError(f"{function}: {name} must be >= 0, got {value}")
+    return _int64(function, name, value)
+
+
+def _int64(function: str, name: str, value: int) -> int:
+    if value > _INT64_MAX:
+        raise ValueError(f"{function}: {name} must be below 2**63 (a 64-bit size), got {value}")
     return value
 
 

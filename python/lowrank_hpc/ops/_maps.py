@@ -20,7 +20,9 @@ def elementwise(call: Call, op: str, x: Any, params: Sequence[float] = (), out: 
     out = call.xp.empty(x.shape, dtype=dtype) if out is None else call.output_array(
         "out", out, x.shape, dtype, inputs={"x": x}, in_place=("x",))
     nonfinite = call.status(0)
-    call.module.map(op, x, out, [float(p) for p in params], nonfinite, call.stream())
+    # Both C-contiguous, so 1-D views: an element-wise map of any number of dimensions (the
+    # bindings' arrays hold at most 4).
+    call.module.map(op, x.reshape(-1), out.reshape(-1), [float(p) for p in params], nonfinite, call.stream())
     return out, nonfinite
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from .. import _checks
 from .._arrays import resolve
+from ._factors import checked_result
 from ._maps import reduction
 
 
@@ -16,7 +17,8 @@ def sum_of_squares(x: Any, axis: int = 1, *, check_finite: bool = True) -> Any:
     ----------
     x : (rows, cols) float32/float64 array, any layout (numpy, a list, or a CUDA array).
     axis : 1 for one value per row, 0 for one per column.
-    check_finite : raise ValueError if x holds NaN/inf.
+    check_finite : raise ValueError if x holds NaN/inf, and FloatingPointError if a sum, finite
+        in float64, overflows x's dtype (float32 past 3.4e38).
 
     Returns
     -------
@@ -24,4 +26,4 @@ def sum_of_squares(x: Any, axis: int = 1, *, check_finite: bool = True) -> Any:
     """
     call = resolve("sum_of_squares", x=x)
     x = call.float_array("x", x, (2,), check_finite=check_finite, allow_empty=True)
-    return call.wrap(reduction(call, "square", x, axis))
+    return call.wrap(checked_result(call, reduction(call, "square", x, axis), check_finite))

@@ -149,14 +149,20 @@ def mirror_descent(op: Any, y: Any, *, mirror: str = "entropy", init_scale: floa
         X = primal(xp, W, mirror, init_scale)[0]
         if not bool(xp.isfinite(X).all()):  # exp/sinh of a finite W overflowed: a step to halve, not bad data
             return X, None, np.inf
-        z = op.forward(xp.ascontiguousarray(X)) - y
+        try:
+            z = op.forward(xp.ascontiguousarray(X)) - y
+        except FloatingPointError:  # A(X) of a finite X overflowed the dtype: a step to halve as well
+            return X, None, np.inf
         return X, z, 0.5 * sum_of_squares(xp, z)
 
     @quiet
     def advance(state: LoopState) -> tuple[float, float]:
         W = state.arrays["W"]
         X, z, loss = cache.pop("current", None) or evaluate(W)
-        grad = op.adjoint(z)
+        try:
+            grad = op.adjoint(z)
+        except FloatingPointError:  # the gradient overflowed the dtype: no step can follow it
+            return np.inf, 0.0
         if symmetric:
             grad = 0.5 * (grad + grad.T)
         step_now = state.scalars["step"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _backend, _checks
 from .._arrays import Call, resolve, sum_of_squares
+from ..ops._factors import checked_result
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 _memory_budget = DEFAULT_MEMORY_BUDGET
@@ -64,6 +65,17 @@ def check_flag(function: str, name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{function}: {name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def _overflow_counted():
+    """numpy's overflow warnings off: _finite counts the entries and raises instead."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
+def _finite(call: Call, out: Any) -> Any:
+    """out, once its entries are found finite: the inputs were checked finite, so a NaN/inf
+    entry is an overflow of the dtype (float32 ends at 3.4e38), raised, never returned."""
+    return checked_result(call, out if out.flags.c_contiguous else call.xp.ascontiguousarray(out), True)
 
 
 class SensingOperator(ABC):
@@ -122,8 +134,9 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: X has shape {tuple(X.shape)}, expected {self._shape} or "
                              f"(batch, {self._shape[0]}, {self._shape[1]})")
         batched = X.ndim == 3
-        out = self._forward(call, X if batched else X.reshape(1, *self._shape))
-        return call.wrap(out if batched else out[0])
+        with _overflow_counted():
+            out = self._forward(call, X if batched else X.reshape(1, *self._shape))
+        return call.wrap(_finite(call, out if batched else out[0]))
 
     def adjoint(self, y: Any) -> Any:
         """A*(y) = sum_i y_i A_i: y (m,) or (batch, m), float32/float64, C-contiguous.
@@ -137,8 +150,9 @@ class SensingOperator(ABC):
         if y.shape[-1] != self._m:
             raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},) or (batch, {self._m})")
         batched = y.ndim == 2
-        out = self._adjoint(call, y if batched else y.reshape(1, self._m))
-        return call.wrap(out if batched else out[0])
+        with _overflow_counted():
+            out = self._adjoint(call, y if batched else y.reshape(1, self._m))
+        return call.wrap(_finite(call, out if batched else out[0]))
 
     def forward_factored(self, U: Any, V: Any = None) -> Any:
         """A(U V^T) for U (n1, r) and V (n2, r), or A(U U^T) when V is None (square shape).
@@ -163,9 +177,12 @@ class SensingOperator(ABC):
             lead = "(batch, " if batched else "("
             raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}, "
                              f"expected {lead}{n1}, r) and {lead}{n2}, r)")
-        if not batched:
-            return call.wrap(self._forward_factored(call, U, V))
-        return call.wrap(call.xp.stack([self._forward_factored(call, U[b], V[b]) for b in range(U.shape[0])]))
+        with _overflow_counted():
+            if not batched:
+                out = self._forward_factored(call, U, V)
+            else:
+                out = call.xp.stack([self._forward_factored(call, U[b], V[b]) for b in range(U.shape[0])])
+        return call.wrap(_finite(call, out))
 
     def adjoint_times(self, y: Any, B: Any) -> Any:
         """A*(y) @ B for y (m,) and B (n2, k): the gradient product of factored solvers.
@@ -190,7 +207,9 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},)")
         if B.shape[0] != rows_expected:
             raise ValueError(f"{function}: B has shape {tuple(B.shape)}, expected ({rows_expected}, k)")
-        return call.wrap(self._adjoint_times(call, y, B, transpose))
+        with _overflow_counted():
+            out = self._adjoint_times(call, y, B, transpose)
+        return call.wrap(_finite(call, out))
 
     def spectral_correction(self, y: Any) -> Optional[tuple[float, float]]:
         """How a spectral start reads M off A*(y), for measurements y = A(M) (m,).
@@ -269,7 +288,10 @@ class SensingOperator(ABC):
 
     # ------------------------------------------------------------------ helpers for subclasses
     def check_dtype(self, function: str, dtype: Any) -> np.dtype:
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{function}: dtype must be float32 or float64, got {dtype!r}") from None
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"{function}: dtype must be float32 or float64, got {dtype}")
         return dtype
