@@ -54,7 +54,7 @@ class MatrixCompletion(_Estimator):
         "scaled_damped", "gd_rebalanced" (these fit without a penalty).
     reg : "auto" or a float >= 0, the penalty lambda of 1/2 ||P_Omega(X - model)||^2 +
         lambda/2 (||U||^2 + ||V||^2) (ALS: per ``reg_scaling``). "auto" walks lambda_max * 2^-k,
-        k = 1..12, warm-started (10 sweeps a point; soft-impute fits the offsets with the
+        k = 1..12, warm-started (20 sweeps a point; soft-impute fits the offsets with the
         factors there as in its final fit), on 90% of the entries, keeps the lambda / lambda_max
         of least RMSE on the other 10% (seeded by ``random_state``) and refits on all entries;
         ``path_`` lists the points. k = 0 (lambda_max, where U V^T is zero) is a candidate too:
