@@ -1,9 +1,10 @@
 """``lowrank-hpc bmf INPUT``: read the ones of a 0/1 matrix, factor it by BooleanMF (Elbmf),
 write the Boolean factors, and print recall, precision and F1 of their Boolean product.
 
-Choices made here: ids are labels (mapped to indices, saved with the factors); repeated pairs
-count once; the matrix is fitted sparse (never densified); the output path is checked before
-the fit, so an unwritable one fails at once.
+Choices made here: ids are labels (mapped to indices, saved with the factors); a text file's
+third column is the 0/1 value (listed zeros are not ones, but their ids are rows and columns),
+without one every listed pair is a one; repeated pairs count once; the matrix is fitted sparse
+(never densified); the output path is checked before the fit, so an unwritable one fails at once.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.input}: the entry at (row {data.row_ids[data.rows[k]]}, col "
                         f"{data.col_ids[data.cols[k]]}) is {data.vals[k]:g}; a 0/1 matrix holds 0 or 1")
     matrix = scipy.sparse.csr_matrix((data.vals, (data.rows, data.cols)), shape=data.shape)
-    matrix.eliminate_zeros()  # an .npz may list zeros: they are not ones
+    matrix.eliminate_zeros()  # a text value column or an .npz may list zeros: they are not ones
     fit_started = time.perf_counter()
     try:
         estimator.fit(matrix)
@@ -92,13 +93,14 @@ def add_parser(commands: Any, positive_int: Any, seed: Any, max_iter: Any, nonne
 
     bmf = commands.add_parser(
         "bmf", help="Boolean matrix factorization of a 0/1 matrix given by its (row, col) ones",
-        description="Factor a 0/1 matrix, given as the (row, col) pairs of its ones, into Boolean factors W, H "
-                    "with BooleanMF (Elbmf); write W, H and the id maps to an .npz and print recall, precision "
-                    "and F1 of the Boolean product W o H against the input.",
-        epilog="Formats: CSV/TSV/whitespace text of row,col pairs (header optional; extra columns ignored), .mtx "
+        description="Factor a 0/1 matrix, given as the (row, col) pairs of its ones or as (row, col, 0/1) lines, "
+                    "into Boolean factors W, H with BooleanMF (Elbmf); write W, H and the id maps to an .npz and "
+                    "print recall, precision and F1 of the Boolean product W o H against the input.",
+        epilog="Formats: CSV/TSV/whitespace text (header optional) of row,col pairs, each a one, or of "
+               "row,col,value lines whose value is 0 or 1 (a 0 is not a one; columns after the third ignored), .mtx "
                "(Matrix Market coordinate, pattern/integer/real with 0/1 values), .npz (rows, cols[, vals][, shape]). "
                "Exit status: 1 data error, 2 usage error, 130 interrupted.")
-    bmf.add_argument("input", metavar="INPUT", help="file of (row, col) pairs of the ones")
+    bmf.add_argument("input", metavar="INPUT", help="file of the (row, col) pairs of the ones, or of (row, col, 0/1)")
     bmf.add_argument("--format", choices=("auto", "text", "mtx", "npz"), default="auto",
                      help="input format (default: by the file name, text otherwise)")
     bmf.add_argument("--header", choices=("auto", "yes", "no"), default="auto",

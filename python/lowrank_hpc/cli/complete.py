@@ -88,10 +88,7 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
     read_seconds = time.perf_counter() - started
     pairs = _read_pairs(args.predict, data) if args.predict else None
     n1, n2 = data.shape
-    rank = estimator.rank
-    if isinstance(rank, (int, np.integer)) and rank > min(n1, n2):
-        raise UsageError(f"--rank {rank} is larger than the data allows: min(rows, columns) = {min(n1, n2)} "
-                         f"({n1} distinct row ids x {n2} distinct column ids); pass --rank {min(n1, n2)} or less")
+    check_rank_fits(estimator, data.shape, f"{n1} distinct row ids x {n2} distinct column ids")
     implicit = estimator.feedback == "implicit"
     vals = data.summed_vals() if implicit else data.vals  # an interaction log's repeats add up
     train, test = split(data.nnz, args.test_fraction, args.seed)
@@ -219,6 +216,15 @@ def _estimator(args: argparse.Namespace) -> Any:
     estimator = MatrixCompletion(**params)
     check_rank(estimator)
     return estimator
+
+
+def check_rank_fits(estimator: Any, shape: tuple[int, int], sizes: str) -> None:
+    """UsageError when an integer --rank exceeds min(shape), which no rank-r factorization of the
+    matrix can reach; ``sizes`` says what the rows and columns are, for the message."""
+    rank, bound = estimator.rank, min(shape)
+    if isinstance(rank, (int, np.integer)) and rank > bound:
+        raise UsageError(f"--rank {rank} is larger than the data allows: min(rows, columns) = {bound} ({sizes}); "
+                         f"pass --rank {bound} or less")
 
 
 def check_rank(estimator: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .complete import _progress_bar, check_rank, check_writable, fit
+from .complete import _progress_bar, check_rank, check_rank_fits, check_writable, fit
 from .report import json_safe, rmse
 
 
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         params["method"] = args.method
     estimator = MatrixCompletion(verbose=_progress_bar(), **params)
     check_rank(estimator)
+    check_rank_fits(estimator, truth.shape, f"the {n1} x {n2} pixels of the {name}")
     started = time.perf_counter()
     fit(estimator, rows, cols, truth[shown], truth.shape)
     seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ Formats (chosen by the file name; text otherwise):
 Ids are labels, never sizes: any integers (1-based, sparse, negative, 10**12) or text. A column
 of ids whose every entry is an integer is read as integers (``"3.0"`` is the integer 3, ``"007"``
 is 7); a column with any text label is read as text, every id taken as written. A non-integral
-number (``"3.5"``), NaN or inf as an id is an error naming its line.
+number (``"3.5"``), NaN or inf as an id, or an empty id, is an error naming its line.
 Values must be finite numbers: text, NaN, inf or an empty field is an error naming its line,
 never a dropped line. Repeated (row, col) pairs are averaged into one entry (so an entry is
 never both trained on and held out); ``Ratings.duplicates`` counts the lines merged away.
@@ -124,12 +124,15 @@ def _pairs_header(fields: Sequence[str], rest: Sequence[Sequence[str]]) -> bool:
 
 
 def read_pairs(path: str, *, header: str = "auto", format: Optional[str] = None) -> Ratings:
-    """The ones of a 0/1 matrix: (row, col) pairs from text (extra columns ignored), a .npz of
-    rows, cols (vals optional, else ones; shape optional) or a .mtx (pattern, integer or real);
-    ids mapped as :func:`read_ratings` maps them, repeated pairs merged. DataError for any fault;
-    values other than 0/1 are left for the factorization to name. With header "auto" a text
-    file's first line is a header when neither of its two ids is a number and neither comes
-    again in its column (``user,item``; ``alice,apple`` followed by ``alice,pear`` is data)."""
+    """The entries of a 0/1 matrix: text of (row, col) pairs (each a one) or of (row, col, value)
+    lines (the third column the 0/1 value, further columns ignored), a .npz of rows, cols (vals
+    optional, else ones; shape optional) or a .mtx (pattern, integer or real); ids mapped as
+    :func:`read_ratings` maps them, repeated pairs merged. Listed zeros are kept, with their ids,
+    for the caller to drop. DataError for any fault; a text value other than 0 or 1, or a pair
+    listed as both, is one naming its line(s); the other formats' values are left for the
+    factorization to name. With header "auto" a text file's first line is a header when neither
+    of its two ids is a number and neither comes again in its column (``user,item``;
+    ``alice,apple`` followed by ``alice,pear`` is data)."""
     path = os.fspath(path)
     check_readable(path)
     kind = format or detect_format(path)
@@ -139,12 +142,42 @@ def read_pairs(path: str, *, header: str = "auto", format: Optional[str] = None)
         return _read_mtx(path, pairs=True)
     if kind != "text":
         raise DataError(f"format {kind!r} is not read for pairs; use text (row,col lines), .npz or .mtx")
-    columns, numbers, had_header = read_text_fields(path, 2, header=header, is_header=_pairs_header)
+    columns, numbers, had_header = read_text_fields(path, 2, header=header, is_header=_pairs_header,
+                                                    optional_fields=1)
     where = line_locator(path, numbers)
     row_ids, rows = map_ids(parse_ids(columns[0], where, "row"))
     col_ids, cols = map_ids(parse_ids(columns[1], where, "column"))
-    ones = np.ones(rows.shape[0], dtype=np.float64)
-    return _merged(Ratings(rows, cols, ones, row_ids, col_ids, path, kind, header=had_header))
+    if len(columns) == 2:
+        vals = np.ones(rows.shape[0], dtype=np.float64)
+    else:
+        vals = _binary_values(columns[2], where)
+        _check_no_conflicts(rows, cols, vals, row_ids, col_ids, path, numbers)
+    return _merged(Ratings(rows, cols, vals, row_ids, col_ids, path, kind, header=had_header))
+
+
+def _binary_values(tokens: Sequence[str], where: "Where") -> np.ndarray:
+    """(n,) float64 of a 0/1 value column; DataError naming the first line whose value is another."""
+    vals = parse_values(tokens, where)
+    bad = np.flatnonzero((vals != 0) & (vals != 1))
+    if bad.size:
+        k = int(bad[0])
+        raise DataError(f"{_at(where, k)}: the value {tokens[k]!r} is neither 0 nor 1; a third column is read as "
+                        "the entry's 0/1 value (drop it to list the ones alone)")
+    return vals
+
+
+def _check_no_conflicts(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, row_ids: np.ndarray,
+                        col_ids: np.ndarray, path: str, numbers: np.ndarray) -> None:
+    """DataError naming two lines that list the same (row, col) as 0 and as 1: merged, the pair would
+    be neither, and the file does not say which it is."""
+    order = np.lexsort((vals, cols, rows))  # within a pair, its zeros come before its ones
+    same_pair = (rows[order][1:] == rows[order][:-1]) & (cols[order][1:] == cols[order][:-1])
+    conflict = np.flatnonzero(same_pair & (vals[order][1:] != vals[order][:-1]))
+    if conflict.size:
+        earlier, later = sorted((int(order[conflict[0]]), int(order[conflict[0] + 1])))
+        raise DataError(f"{path}, line {numbers[later]}: (row {row_ids[rows[later]]}, col {col_ids[cols[later]]}) is "
+                        f"{vals[later]:g} here and {vals[earlier]:g} on line {numbers[earlier]}; a 0/1 matrix's entry "
+                        "is one or the other")
 
 
 # ---------------------------------------------------------------------- files
@@ -202,14 +235,15 @@ def _separator(line: str) -> Optional[str]:
 
 
 def read_text_fields(path: str, n_fields: int, *, header: str = "auto",
-                     is_header: Callable[[Sequence[str], Sequence[Sequence[str]]], bool] = _ratings_header
-                     ) -> tuple[list[list[str]], np.ndarray, bool]:
-    """The first ``n_fields`` columns of a delimited text file as lists of stripped strings,
-    the 1-based line number of each record, and whether a header line was skipped
-    (``is_header(first line's fields, the other lines' fields)`` decides with header "auto").
+                     is_header: Callable[[Sequence[str], Sequence[Sequence[str]]], bool] = _ratings_header,
+                     optional_fields: int = 0) -> tuple[list[list[str]], np.ndarray, bool]:
+    """The first ``n_fields`` columns of a delimited text file as lists of stripped strings, and
+    up to ``optional_fields`` more where the lines have them; the 1-based line number of each
+    record, and whether a header line was skipped (``is_header(first line's fields, the other
+    lines' fields)`` decides with header "auto").
 
     Every line must have as many fields as the first (at least ``n_fields``), else DataError
-    naming the line; extra columns are ignored.
+    naming the line; further columns are ignored.
     """
     if header not in ("auto", "yes", "no"):
         raise DataError(f"header must be 'auto', 'yes' or 'no', got {header!r}")
@@ -244,7 +278,7 @@ def read_text_fields(path: str, n_fields: int, *, header: str = "auto",
             kind = "short" if len(record) < expected else "long"
             raise DataError(f"{path}, line {number}: {len(record)} field(s) where line {numbers[0]} has "
                             f"{expected} ({kind} row); every line needs {_wanted(n_fields)}")
-    columns = [[record[k] for record in split] for k in range(n_fields)]
+    columns = [[record[k] for record in split] for k in range(min(expected, n_fields + optional_fields))]
     return columns, np.asarray(numbers, dtype=np.int64), skipped
 
 
@@ -321,6 +355,8 @@ def parse_ids(tokens: Sequence[str], where: "Where", axis: str) -> np.ndarray:
         pass
     integers, labels = [], False
     for k, token in enumerate(tokens):
+        if token == "":  # else every line missing its id would be one entity, the id ""
+            raise DataError(f"{_at(where, k)}: the {axis} id is empty; every entry needs a row id and a column id")
         try:
             integers.append(int(token))
             continue
