@@ -111,7 +111,16 @@ class _Problem:
         gram = partner.T @ partner
         if self.method == "scaled_damped":
             gram = gram + self.damping * self.xp.eye(gram.shape[0], dtype=gram.dtype)
-        return self.xp.linalg.solve(gram, grad.T).T  # gram is symmetric: (gram^-1 grad^T)^T
+        try:
+            solved = self.xp.linalg.solve(gram, grad.T).T  # gram is symmetric: (gram^-1 grad^T)^T
+        except np.linalg.LinAlgError:
+            solved = None
+        if solved is None or not bool(self.xp.isfinite(solved).all()):
+            # A singular Gram: the symmetric spectral start leaves zero the columns of A*(y)'s
+            # negative eigenvalues (a rank above A*(y)'s does so too). The pseudo-inverse keeps
+            # those columns zero: ScaledGD at the rank the start found, not a LinAlgError.
+            solved = grad @ self.xp.linalg.pinv(gram)
+        return solved
 
 
 def _rebalance(xp: Any, U: Any, V: Any) -> tuple[Any, Any]:
