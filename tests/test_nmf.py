@@ -256,6 +256,14 @@ def test_errors(digits):
         lr.NMF(n_components=2).fit(bad)
     with pytest.raises(ValueError, match="solver 'cd' does not handle beta_loss"):
         lr.NMF(beta_loss="kullback-leibler").fit(digits)
+    # Not finite, or finite but overflowing once scaled by the data's size: named, never NaN factors
+    # (mu returned them with a warning; cd raised the kernel's "l1, l2: must be >= 0, got -nan").
+    for solver, bad in (("cd", dict(alpha_W=np.inf)), ("mu", dict(alpha_W=0.1, alpha_H=np.inf)),
+                        ("mu", dict(beta_loss=np.nan)), ("mu", dict(beta_loss=-np.inf))):
+        with pytest.raises(ValueError, match=f"the '{next(iter(bad)) if len(bad) == 1 else 'alpha_H'}' parameter of NMF"):
+            lr.NMF(n_components=3, solver=solver, max_iter=5, **bad).fit(digits)
+    with pytest.raises(ValueError, match="NMF: alpha_W = 1e\\+308 times the data's 64 columns overflows float64"):
+        lr.NMF(n_components=3, solver="mu", max_iter=5, alpha_W=1e308).fit(digits)
     with pytest.raises(ValueError, match="'max_iter' parameter"):
         lr.NMF(max_iter=0).fit(digits)
     with pytest.raises(ValueError, match="When beta_loss <= 0 and X contains zeros"):

@@ -4,6 +4,7 @@ alternating updates with ReLU decoding of Li, Liang & Risteski as extras."""
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import sys
 import warnings
@@ -144,17 +145,20 @@ class NMF(_Estimator):
             fail("init", f"one of {_INITS} or None")
         if not (isinstance(self.solver, str) and self.solver in _SOLVERS):
             fail("solver", f"one of {_SOLVERS}")
-        if not ((isinstance(self.beta_loss, str) and self.beta_loss in _nmf.BETA_NAMES) or _is_real(self.beta_loss)):
-            fail("beta_loss", f"one of {tuple(_nmf.BETA_NAMES)} or a real number")
+        if not ((isinstance(self.beta_loss, str) and self.beta_loss in _nmf.BETA_NAMES) or (
+                _is_real(self.beta_loss) and math.isfinite(self.beta_loss))):
+            fail("beta_loss", f"one of {tuple(_nmf.BETA_NAMES)} or a finite real number")
         if not (_is_real(self.tol) and self.tol >= 0):
             fail("tol", "a float in the range [0, inf)")
         if not (isinstance(self.max_iter, numbers.Integral) and not isinstance(self.max_iter, bool)
                 and self.max_iter >= 1):
             fail("max_iter", "an int in the range [1, inf)")
-        if not (_is_real(self.alpha_W) and self.alpha_W >= 0):
+        # Finite: inf (or NaN) reached the kernels as NaN penalties (cd: a C++ error naming neither;
+        # mu: NaN factors returned with a warning).
+        if not (_is_real(self.alpha_W) and 0 <= self.alpha_W < math.inf):
             fail("alpha_W", "a float in the range [0, inf)")
         if not ((isinstance(self.alpha_H, str) and self.alpha_H == "same") or (
-                _is_real(self.alpha_H) and self.alpha_H >= 0)):
+                _is_real(self.alpha_H) and 0 <= self.alpha_H < math.inf)):
             fail("alpha_H", "a float in the range [0, inf) or 'same'")
         if not (_is_real(self.l1_ratio) and 0 <= self.l1_ratio <= 1):
             fail("l1_ratio", "a float in the range [0, 1]")
@@ -308,6 +312,10 @@ class NMF(_Estimator):
         alpha_W = float(self.alpha_W)
         alpha_H = alpha_W if isinstance(self.alpha_H, str) else float(self.alpha_H)
         ratio = float(self.l1_ratio)
+        for name, alpha, size, axis in (("alpha_W", alpha_W, m, "columns"), ("alpha_H", alpha_H, n, "rows")):
+            if not math.isfinite(size * alpha):  # 1e308 times the data's size
+                raise ValueError(f"NMF: {name} = {alpha!r} times the data's {size} {axis} overflows float64; "
+                                 "pass a smaller penalty")
         return _nmf.Penalty(l1_W=m * alpha_W * ratio, l1_H=n * alpha_H * ratio, l2_W=m * alpha_W * (1 - ratio),
                             l2_H=n * alpha_H * (1 - ratio))
 
