@@ -388,6 +388,8 @@ def test_estimator_params_and_import_paths():
     (scipy.sparse.csr_matrix(np.array([[0.0, 3.0], [1.0, 0.0]])), ValueError, r"entry \(0, 1\) is 3.0"),
     (scipy.sparse.coo_matrix((np.ones(2), ([0, 0], [1, 1])), shape=(2, 2)), ValueError, r"entry \(0, 1\) is 2.0"),
     (scipy.sparse.csr_matrix((3, 3)), ValueError, "no nonzero entry"),
+    (np.zeros((3, 3)), ValueError, "no nonzero entry"),  # as the sparse one (it fitted, silently)
+    (np.zeros((3, 3), dtype=bool), ValueError, "no nonzero entry"),
     (None, TypeError, "A is None"),
 ])
 def test_bad_matrices_are_named(A, error, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 from scipy import integrate
 
 import lowrank_hpc as lr
@@ -231,6 +232,8 @@ def test_cebmf_learns_the_covariate_effect_on_the_prior_weights(rng):
     (lambda m: m.fit(np.ones((3, 3)) * np.nan), ValueError, "Y contains NaN/inf"),
     (lambda m: m.fit(np.ones(5)), ValueError, r"Y must be an \(n, p\) matrix"),
     (lambda m: m.fit(np.zeros((4, 4))), ValueError, "Y is all zeros"),
+    (lambda m: m.fit(scipy.sparse.eye(4, format="csr")), TypeError,
+     r"Y is a sparse matrix; EBMF fits a dense, fully observed one \(pass Y.toarray\(\)\)"),  # was "got dtype object"
     (lambda m: m.fit(np.eye(4), row_covariates=np.ones((3, 1))), ValueError,
      r"row_covariates must have shape \(4, c\)"),
     (lambda m: m.set_params(max_factors=0).fit(np.eye(4)), ValueError, "max_factors must be an integer >= 1"),

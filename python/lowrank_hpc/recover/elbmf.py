@@ -107,8 +107,8 @@ def _check_init(matrix: BinaryMatrix, init: Any, k: int, batched: bool) -> tuple
 
 
 def check_has_ones(matrix: BinaryMatrix, name: str) -> None:
-    """A sparse matrix to factor must store a one (a fold-in of new rows may store none)."""
-    if matrix.sparse and matrix.ones[0] == 0:
+    """A matrix to factor must hold a one, dense or sparse alike (a fold-in of new rows may hold none)."""
+    if float(np.sum(matrix.ones)) == 0:
         raise ValueError(f"{matrix.function}: {name} has no nonzero entry; there is nothing to factor")
 
 

@@ -318,6 +318,8 @@ def ebmf(Y: Any, max_factors: int = 10, *, row_covariates: Any = None, col_covar
     """
     function = "ebmf"
     _checks.required(function, Y=Y)
+    if hasattr(Y, "tocoo"):  # np.asarray would wrap it as a 0-d object array: "got dtype object"
+        raise TypeError(f"{function}: Y is a sparse matrix; EBMF fits a dense, fully observed one (pass Y.toarray())")
     Y = np.asarray(Y)
     if Y.dtype.kind not in "iuf":
         raise TypeError(f"{function}: Y must hold real numbers, got dtype {Y.dtype}")
