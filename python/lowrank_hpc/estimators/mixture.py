@@ -30,7 +30,13 @@ class MixtureCompletion(_Estimator):
     ----------
     n_components : K >= 1. rank : every component's rank, 1 <= rank <= min(n1, n2).
     reg : ALS ridge >= 0 (absolute; 1e-6 suits exactly low-rank data of unit scale).
-    restarts : seeded starts run side by side; the one of least objective is kept.
+    restarts : seeded starts run side by side; the one of least objective is kept. The problem
+        is nonconvex: on small ones a fit can end in a local minimum that still reports
+        ``converged_`` (which means the labels settled). Noiseless planted mixtures of 100 x 80,
+        60% seen, K = 2: 2 of 4 at rank 3 and 1 of 4 at rank 2 ended at relative errors near 1
+        with the default 8 restarts, and 32 restarts found them; at 120 x 100 and larger, 8
+        sufficed. A final objective (``objective_history_[-1]``) far above the noise you expect
+        is the sign: raise ``restarts``.
     max_iter : hard-assignment rounds (K = 1: ALS iterations). tol : K = 1: ALS tolerance.
     anneal_iter : soft-assignment steps before the hard rounds (0: none).
     repair_trials : label draws per stuck row or column in the repair (0: no repair).
