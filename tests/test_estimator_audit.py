@@ -211,3 +211,12 @@ def test_ebmf_covariates_that_are_not_numbers_are_named():
     Y = np.random.default_rng(0).standard_normal((6, 5))
     with pytest.raises(TypeError, match="row_covariates must hold real numbers"):
         ebmf(Y, row_covariates=["a", "b", "c", "d", "e", "f"])
+
+
+def test_fit_with_none_data_names_the_argument():
+    """fit(op, None) and fit(None) said "y must have 1 dimension(s), got shape ()"."""
+    op = lr.sensing.GaussianSensing(10, (3, 4), seed=1)
+    with pytest.raises(TypeError, match="MatrixSensing.fit: y is None"):
+        lr.MatrixSensing(rank=1).fit(op, None)
+    with pytest.raises(TypeError, match="MixtureCompletion.fit: X is None"):
+        lr.MixtureCompletion().fit(None)

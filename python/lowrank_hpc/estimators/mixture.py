@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _checks
 from ..ops import sampled_product
 from ..recover.mixture_completion import (DEFAULT_ANNEAL_ITER, DEFAULT_REPAIR_TRIALS, DEFAULT_RESTARTS,
                                           mixture_completion)
@@ -99,6 +99,7 @@ class MixtureCompletion(_Estimator):
         function = f"{type(self).__name__}.fit"
         self._check_params(function)
         seed = _seed(function, self.random_state)
+        _checks.required(function, X=X)
         side = _side(self.backend, X, cols, vals)
         rows, cols, vals, shape = _completion_entries(function, X, cols, vals, shape, side)
         if self.rank > min(shape):

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _checks
 from ..recover import METHODS, factored_gd
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
 from ._convert import _as_float, _rmse, _side
@@ -78,6 +78,7 @@ class MatrixSensing(_Estimator):
         _check_nonnegative(function, "tol", self.tol)
         _check_choice(function, "backend", self.backend, _backend.BACKENDS)
         seed = _seed(function, self.random_state)
+        _checks.required(function, y=y)
         side = _side(self.backend, y)
         y = _as_float(function, "y", y, side, 1)
         with _backend_scope(self.backend):
