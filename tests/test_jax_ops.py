@@ -185,3 +185,12 @@ def test_sizes_and_counts_are_checked_not_truncated():
         lj.sparse_times_dense(rows, cols, vals, V, 2.9)
     with pytest.raises(ValueError, match="sparse_times_dense: n_rows must be >= 1, got -1"):
         lj.sparse_times_dense(rows, cols, vals, V, -1)
+
+
+def test_top_k_options_are_checked_without_top_k():
+    """A misspelt top_k_mode or top_k_order with top_k=None returned the dense product, silently."""
+    U, V = jnp.ones((3, 2)), jnp.ones((4, 2))
+    with pytest.raises(ValueError, match="top_k_mode must be 'row' or 'global', got 'col'"):
+        lj.kernel_product(U, V, "tanh", top_k_mode="col")
+    with pytest.raises(ValueError, match=r"top_k_order must be one of \('magnitude', 'position'\), got 'xx'"):
+        lj.kernel_product(U, V, "tanh", top_k_order="xx")

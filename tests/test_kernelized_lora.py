@@ -117,6 +117,14 @@ def test_float32_and_argument_errors():
         KernelizedLoRA(base, kernel="rbf")
     with pytest.raises(ValueError, match="top_k_mode must be 'global' or 'row'"):
         KernelizedLoRA(base, top_k_mode="col")
+    # NaN or inf scales gave NaN/inf outputs with no error; "2" was taken by float().
+    for bad, error, match in ((float("nan"), ValueError, "scale must be a finite number, got nan"),
+                              (float("inf"), ValueError, "scale must be a finite number, got inf"),
+                              ("2", TypeError, "scale must be a number, got str")):
+        with pytest.raises(error, match=match):
+            KernelizedLoRA(base, scale=bad)
+    with pytest.raises(ValueError, match="init_scale must be a finite number >= 0, got nan"):
+        KernelizedLoRA(base, init_scale=float("nan"))
 
 
 def test_state_dict_of_a_merged_adapter_loads_as_the_same_function():

@@ -110,3 +110,29 @@ def test_uint64_index_tensors_beyond_int64_are_an_index_error():
         lt.sampled_product(U, V, rows, torch.tensor([1, 3]))
     with pytest.raises(IndexError, match=r"sparse_times_dense: rows\[1\] = 9223372036854775811 is out of range"):
         lt.sparse_times_dense(rows, torch.tensor([1, 3]), torch.ones(2, dtype=torch.float64), V, 3)
+
+
+def test_uint64_index_tensors_under_vmap_and_compile():
+    """uint64 indices under torch.func.vmap and torch.compile(fullgraph=True): the eager path's
+    range test read a value to branch on, which both refused ("data-dependent control flow");
+    the other narrow dtypes worked. Out of range there is still the core's IndexError."""
+    U, V = torch.randn(7, 3, dtype=torch.float64), torch.randn(13, 3, dtype=torch.float64)
+    rows = torch.tensor([[0, 6], [1, 2]], dtype=torch.uint64)
+    cols = torch.tensor([[12, 0], [3, 3]], dtype=torch.uint64)
+    batched = torch.func.vmap(lt.sampled_product, in_dims=(None, None, 0, 0))(U, V, rows, cols)
+    expected = torch.stack([(U[r.long()] * V[c.long()]).sum(1) for r, c in zip(rows, cols)])
+    torch.testing.assert_close(batched, expected, rtol=1e-15, atol=0)
+    compiled = torch.compile(lt.sampled_product, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(U, V, rows[0], cols[0]), expected[0], rtol=1e-15, atol=0)
+    beyond = torch.tensor([[0, 2**63 + 3]], dtype=torch.uint64)
+    with pytest.raises(IndexError, match=r"sampled_product: rows\[1\] = -9223372036854775805 is out of range"):
+        torch.func.vmap(lt.sampled_product, in_dims=(None, None, 0, 0))(U, V, beyond, cols[:1])
+
+
+def test_top_k_options_are_checked_without_top_k():
+    """A misspelt top_k_mode or top_k_order with top_k=None returned the dense product, silently."""
+    U, V = torch.ones(3, 2), torch.ones(4, 2)
+    with pytest.raises(ValueError, match="top_k_mode must be 'row' or 'global', got 'col'"):
+        lt.kernel_product(U, V, "tanh", top_k_mode="col")
+    with pytest.raises(ValueError, match=r"top_k_order must be one of \('magnitude', 'position'\), got 'xx'"):
+        lt.kernel_product(U, V, "tanh", top_k_order="xx")

@@ -251,7 +251,8 @@ def _gemm(a, b):
 def _weighted(kernel: str, grad, values, inner):
     """grad * f'(x) from y = f(x); for 16-bit values in float32, rounded once. ``inner()`` gives
     x (float32) for the one case y cannot tell: piecewise_linear in 16 bits, whose rounding takes
-    an x just inside (-1, 1) to y = +-1."""
+    an x just inside (-1, 1) to y = +-1. (relu in float16 gives an x in (0, 3e-8), rounded to
+    y = +0, the slope 0, as jax.nn.relu of the rounded float16 product does.)"""
     if values.dtype in _HALVES:
         slope = (jnp.abs(inner()) < 1).astype(jnp.float32) if kernel == "piecewise_linear" else \
             _derivative(kernel, values.astype(jnp.float32))
@@ -370,15 +371,16 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
     differentiable in U and V (through the kept entries in top-k mode). Top-k indices are int32.
     kernel, top_k, top_k_mode and top_k_order ("magnitude": best first, or "position") are static."""
     kernel = _kernel_name(kernel)
+    # Checked with top_k None too, as ops.kernel_product does: a misspelt mode is never ignored.
+    if top_k_mode not in ("row", "global"):
+        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    if top_k_order not in ops.TOP_K_ORDERS:
+        raise ValueError(f"kernel_product: top_k_order must be one of {ops.TOP_K_ORDERS}, got {top_k_order!r}")
     if top_k is None:
         _check_pair("kernel_product", U, V, (2, 3))
         return lowrank_product(U, V) if kernel == "identity" else _kernel_dense(U, V, kernel)
     _check_pair("kernel_product", U, V)
     top_k = _checks.integer("kernel_product", "top_k", top_k)  # 2.5 or True is an error, never 2 or 1
-    if top_k_mode not in ("row", "global"):
-        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
-    if top_k_order not in ops.TOP_K_ORDERS:
-        raise ValueError(f"kernel_product: top_k_order must be one of {ops.TOP_K_ORDERS}, got {top_k_order!r}")
     m, n = U.shape[0], V.shape[0]
     limit = n if top_k_mode == "row" else m * n
     if not 1 <= top_k <= limit:

@@ -25,7 +25,7 @@ import torch
 
 from .. import _checks
 from .._arrays import INDEX_LIMIT
-from ..ops import GlobalTopK, TopK
+from ..ops import TOP_K_ORDERS, GlobalTopK, TopK
 from ._ops import (kernel_name, kernel_product_fn, kernel_top_k_global_fn, kernel_top_k_rows_fn, lowrank_product_fn,
                    sampled_product_fn, sparse_times_dense_fn)
 from .lora import KernelizedLoRA
@@ -39,6 +39,19 @@ __all__ = ["GlobalTopK", "KernelizedLoRA", "TopK", "kernel_product", "lowrank_pr
 _WIDENED_INDICES = (torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32, torch.uint64)
 
 
+try:
+    from torch._C._functorch import is_functorch_wrapped_tensor as _transformed
+except ImportError:  # a torch without it: torch.compile's own test still applies
+    def _transformed(_: torch.Tensor) -> bool:
+        return False
+
+
+def _traced(x: torch.Tensor) -> bool:
+    """Under torch.compile or a torch.func transform (vmap, grad), where reading a value to branch
+    on is refused ("data-dependent control flow")."""
+    return torch.compiler.is_compiling() or _transformed(x)
+
+
 def _index(function: str, name: str, x: torch.Tensor) -> torch.Tensor:
     """Any integer index tensor, as numpy's indices are taken: the others widened to int64 (uint64
     values above int64's range index nothing: the IndexError the core raises for them)."""
@@ -46,6 +59,8 @@ def _index(function: str, name: str, x: torch.Tensor) -> torch.Tensor:
         return x
     if x.dtype == torch.uint64:  # torch has few uint64 ops: its int64 view is negative exactly above INDEX_LIMIT
         signed = x.view(torch.int64)
+        if _traced(x):  # no data-dependent branch there: the core's range check names the negative view
+            return signed
         beyond = signed < 0
         if bool(beyond.any()):
             k = int(torch.argmax(beyond.to(torch.uint8)))
@@ -59,8 +74,9 @@ def sampled_product(U: torch.Tensor, V: torch.Tensor, rows: torch.Tensor, cols: 
     """vals[k] = <U[rows[k]], V[cols[k]]>: entries of U V^T at (rows, cols) (SDDMM), differentiable
     in U and V.
 
-    U (m, r), V (n, r): float32/float64 tensors of one dtype and device; rows, cols (nnz,) integer
-    tensors on that device (int32/int64 used as they are, other integer dtypes widened to int64).
+    U (m, r), V (n, r): float32/float64 (or float16/bfloat16, summed in float32) tensors of one
+    dtype and device; rows, cols (nnz,) integer tensors on that device (int32/int64 used as they
+    are, other integer dtypes widened to int64).
     Returns (nnz,). IndexError for an index out of range.
     """
     return sampled_product_fn(U, V, _index("sampled_product", "rows", rows), _index("sampled_product", "cols", cols))
@@ -71,8 +87,8 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     """S @ B (S^T @ B with ``transpose``) for S with entries vals[k] at (rows[k], cols[k])
     (repeated positions add up), differentiable in vals and B.
 
-    vals (nnz,), B (k, r) float32/float64 of one dtype and device; rows, cols (nnz,) integer
-    tensors (as in ``sampled_product``);
+    vals (nnz,), B (k, r) float32/float64 (or float16/bfloat16, summed in float32) of one dtype
+    and device; rows, cols (nnz,) integer tensors (as in ``sampled_product``);
     n_rows: rows of the result. Returns (n_rows, r).
     """
     n_rows = _checks.positive_int("sparse_times_dense", "n_rows", n_rows)  # 2.9 is an error, never 2
@@ -81,7 +97,9 @@ def sparse_times_dense(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
 
 
 def lowrank_product(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """U @ V^T for U (..., m, r), V (..., n, r) (2-D, or 3-D batched), differentiable."""
+    """U @ V^T for U (..., m, r), V (..., n, r) (2-D, or 3-D batched), differentiable. The
+    product is torch's GEMM (the vendor's): NaN/inf in U or V propagate as in ``U @ V.mT``,
+    unlike ``kernel_product(U, V)``, whose f counts them and raises."""
     return lowrank_product_fn(U, V)
 
 
@@ -101,11 +119,14 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     as ``ops.kernel_product`` does, where the sparse operators here return what they compute.
     """
     kernel = kernel_name("kernel_product", kernel)
+    # Checked with top_k None too, as ops.kernel_product does: a misspelt mode is never ignored.
+    if top_k_mode not in ("row", "global"):
+        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    if top_k_order not in TOP_K_ORDERS:
+        raise ValueError(f"kernel_product: top_k_order must be one of {TOP_K_ORDERS}, got {top_k_order!r}")
     if top_k is None:
         return kernel_product_fn(U, V, kernel)
     top_k = _checks.integer("kernel_product", "top_k", top_k)  # numpy integers too, as ops.kernel_product
     if top_k_mode == "row":
         return TopK(*kernel_top_k_rows_fn(U, V, kernel, top_k, top_k_order))
-    if top_k_mode == "global":
-        return GlobalTopK(*kernel_top_k_global_fn(U, V, kernel, top_k, top_k_order))
-    raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
+    return GlobalTopK(*kernel_top_k_global_fn(U, V, kernel, top_k, top_k_order))

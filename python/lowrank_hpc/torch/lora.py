@@ -73,7 +73,10 @@ class KernelizedLoRA(nn.Module):
             raise ValueError(f"{name}: top_k_mode must be 'global' or 'row', got {top_k_mode!r}")
         self.kernel = kernel_name(name, kernel)
         self.base, self.rank, self.keep, self.top_k_mode = base, rank, keep, top_k_mode
-        self.scale = float(scale)
+        self.scale = _checks.real(name, "scale", scale)  # "2" or NaN were taken: NaN outputs, no error
+        if not math.isfinite(self.scale):
+            raise ValueError(f"{name}: scale must be a finite number, got {self.scale!r}")
+        init_scale = _checks.nonnegative_float(name, "init_scale", init_scale)
         out_features, in_features = base.weight.shape
         per = out_features * in_features if top_k_mode == "global" else in_features
         self.top_k = max(1, min(per, round(keep * per)))
