@@ -23,8 +23,11 @@ float32 results, f in float32 and one rounding; their backward GEMMs summed in f
 rounded once too). As in jax.numpy, NaN/inf in the inputs propagate to the products, and a
 dense ``kernel_product`` whose f overflows (exponential, or a 16-bit result beyond the format's
 range) returns inf there (``jax_debug_infs`` finds them; ``lowrank_hpc.ops.kernel_product``
-raises FloatingPointError instead); top-k cannot rank NaN/inf and raises (the callback's
-FloatingPointError, inside a JaxRuntimeError under ``jit``).
+raises FloatingPointError instead); top-k cannot rank NaN/inf and raises. Errors found while
+XLA runs a handler or a callback (top-k's NaN/inf, an index out of range) reach the caller as
+jax wraps them, with the core's message: a JaxRuntimeError under ``jit`` and, outside it,
+usually too (jax runs even eager calls through XLA; a repeated eager call may surface the
+handler's ValueError itself).
 
 Not done: the CUDA handlers are compiled but have not run on a GPU yet (tests/test_jax_ffi.py's
 gpu test runs them where the machine's jax has a GPU backend); top-k has no handler (a GPU
