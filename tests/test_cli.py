@@ -343,11 +343,14 @@ def test_implicit_feedback_usage_errors(ratings):
 @pytest.mark.parametrize("numbers", [1 << 24, 140, 20, 1])
 def test_mean_percentile_rank_against_a_loop(numbers, monkeypatch):
     """Hu-Koren-Volinsky's expected percentile ranking, blocked over rows and pairs, against the
-    definition looped pair by pair (trained columns are not candidates)."""
+    definition looped pair by pair (trained columns are not candidates, a tie counts half: rows
+    0-4 have zero factors, as a row with no training entry gets, and V two equal rows)."""
     from lowrank_hpc.cli import report
     monkeypatch.setattr(report, "_RANK_NUMBERS", numbers)
     rng = np.random.default_rng(0)
     U, V = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
+    U[:5] = 0
+    V[7] = V[3]
     keys = rng.permutation(600)[:140]
     rows, cols = keys // 20, keys % 20
     scores = U @ V.T
@@ -355,10 +358,13 @@ def test_mean_percentile_rank_against_a_loop(numbers, monkeypatch):
     expected = 0.0
     for u, i in zip(rows[100:], cols[100:]):
         candidates = [j for j in range(20) if (u, j) not in trained and j != i]
-        expected += sum(scores[u, j] > scores[u, i] for j in candidates) / max(len(candidates), 1)
+        expected += sum((scores[u, j] > scores[u, i]) + 0.5 * (scores[u, j] == scores[u, i])
+                        for j in candidates) / max(len(candidates), 1)
     got = report.mean_percentile_rank(U, V, rows[:100], cols[:100], rows[100:], cols[100:])
     assert got == pytest.approx(expected / 40, rel=1e-12)
     assert report.mean_percentile_rank(U, V, rows, cols, rows[:0], cols[:0]) is None
+    # All scores equal (zero factors: a diverged fit's, or no training entry): 0.5, not a perfect 0.
+    assert report.mean_percentile_rank(0 * U, V, rows[:100], cols[:100], rows[100:], cols[100:]) == 0.5
 
 
 def test_reg_with_a_method_that_takes_no_penalty_is_a_usage_error(tmp_path, capsys):

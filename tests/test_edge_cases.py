@@ -358,7 +358,7 @@ def test_sizes_too_large_for_the_row_pointers_name_the_argument(backend):
             sparse_times_dense(r, c, vals, B, n_rows)
     # Past int64 itself: the bindings' "incompatible function arguments" before; now named.
     for n_rows in (2**63, 2**64 + 5):
-        with pytest.raises(ValueError, match=rf"sparse_times_dense: n_rows must be below 2\*\*63 \(a 64-bit size\), got {n_rows}"):
+        with pytest.raises(ValueError, match=rf"sparse_times_dense: n_rows must be below 2\*\*63 \(int64\), got {n_rows}"):
             sparse_times_dense(r, c, vals, B, n_rows)
     with pytest.raises(ValueError, match=r"GaussianSensing: m must be below 2\*\*63"):
         lr.sensing.GaussianSensing(2**63, (3, 4), seed=1)
@@ -654,3 +654,13 @@ def test_run_fingerprint_is_the_hash_of_the_data_bytes(backend):
         Fingerprint.CHUNK_BYTES = old
     outer = hashlib.sha256(repr(expected.hexdigest()).encode()).hexdigest()
     assert str(fingerprint(digest)) == outer
+
+
+@pytest.mark.parametrize("seed, error, match", [("a", TypeError, "split: seed must be an int, got str 'a'"),
+                                                (None, TypeError, "split: seed must be an int, got NoneType"),
+                                                (-1, ValueError, "split: seed must be >= 0, got -1")])
+def test_dataset_split_names_a_bad_seed(seed, error, match):
+    # numpy's "SeedSequence expects int" named nothing; None gave another split at every call.
+    from lowrank_hpc import datasets
+    with pytest.raises(error, match=match):
+        datasets.split("movielens_sample", seed=seed)

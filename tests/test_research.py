@@ -478,3 +478,16 @@ def test_ebmf_keeps_the_factor_of_exactly_low_rank_data():
         result = ebmf(Y, seed=0)
         assert result.n_factors == 1, s
         assert np.linalg.norm(result.fitted() - Y) / np.linalg.norm(Y) < 1e-12
+
+
+@pytest.mark.parametrize("args, match", [
+    (([1.0], [-1.0], 0.5, 1.0), "s2 must be finite and > 0"),
+    (([1.0], [1.0], 1.5, 1.0), r"pi must lie in \[0, 1\]"),
+    (([1.0], [1.0], 0.5, -1.0), "variance must be a finite number > 0"),
+    (([np.nan], [1.0], 0.5, 1.0), "x contains NaN/inf"),
+    (([1.0, 2.0], [1.0, 1.0, 1.0], 0.5, 1.0), r"s2 must be a scalar or of x's shape \(2,\)"),
+])
+def test_point_normal_posterior_names_a_bad_argument(args, match):
+    # They returned NaN arrays (s2 < 0, pi outside [0, 1], variance < 0) or numpy's broadcast error.
+    with pytest.raises(ValueError, match=match):
+        research.point_normal_posterior(*args)

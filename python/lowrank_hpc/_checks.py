@@ -61,7 +61,7 @@ def nonnegative_int(function: str, name: str, value: Any) -> int:
 
 def _int64(function: str, name: str, value: int) -> int:
     if value > _INT64_MAX:
-        raise ValueError(f"{function}: {name} must be below 2**63 (a 64-bit size), got {value}")
+        raise ValueError(f"{function}: {name} must be below 2**63 (int64), got {value}")
     return value
 
 

@@ -55,6 +55,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import _checks
+
 NAMES = ("movielens_sample", "camera", "digits", "china")
 
 #: Fraction of an image's entries observed as train by :func:`split`.
@@ -173,9 +175,11 @@ def split(name: str, seed: int = 0) -> tuple[Entries, Entries]:
     ``movielens_sample``: ``default_rng(seed)`` permutes the ratings; the first 20% (rounded) are
     test, the rest train. Images: ``default_rng(seed).choice`` draws, without replacement,
     30% of the entries (rounded) as train and then min(50,000, the rest) as test. Both halves
-    are sorted row-major; they are disjoint and the same for the same seed.
+    are sorted row-major; they are disjoint and the same for the same seed (an int >= 0; None,
+    fresh entropy elsewhere in the library, is refused: this split is the reproducible one).
     """
     _check_name(name)
+    seed = _checks.nonnegative_int("split", "seed", seed)  # None is refused too: the split is seeded
     rng = np.random.default_rng(seed)
     if name == "movielens_sample":
         entries = load_movielens_sample()

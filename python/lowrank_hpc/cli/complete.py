@@ -5,7 +5,8 @@ created (and removed) first, so an unwritable one fails at once; matplotlib is l
 --predict file is parsed. The model is fitted on the training split (``--test-fraction 0``
 fits on every entry). Choices made here:
 
-- repeated (row, col) pairs are averaged (readers.py), so no entry is both trained on and held out;
+- repeated (row, col) pairs are averaged (readers.py; summed with --feedback implicit), so no entry
+  is both trained on and held out;
 - ``--max-iter 0`` is a usage error (it would return the untrained start);
 - ``--rank`` above min(distinct rows, distinct columns) is a usage error naming the bound;
 - ``--predict`` pairs with ids the data did not have get the bias-only prediction (the mean,
@@ -91,6 +92,10 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
     check_rank_fits(estimator, data.shape, f"{n1} distinct row ids x {n2} distinct column ids")
     implicit = estimator.feedback == "implicit"
     vals = data.summed_vals() if implicit else data.vals  # an interaction log's repeats add up
+    if implicit and data.nnz and float(vals.min()) < 0:  # every entry, before the split holds some out
+        first = int(np.argmax(vals < 0))
+        raise DataError(f"{path}: implicit feedback needs counts >= 0 (0: no interaction); entry (row "
+                        f"{data.row_ids[data.rows[first]]}, col {data.col_ids[data.cols[first]]}) is {vals[first]:g}")
     train, test = split(data.nnz, args.test_fraction, args.seed)
     if not train.size:
         raise DataError(f"too few entries to fit: {path} holds {data.nnz} entr{'y' if data.nnz == 1 else 'ies'} and "

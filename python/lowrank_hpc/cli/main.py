@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "saved with the model.",
         epilog="Formats: CSV/TSV/';'/'::'/whitespace text (header optional; extra columns ignored), .mtx "
                "(Matrix Market coordinate), .npz (rows, cols, vals[, shape]), .parquet (needs pandas, pyarrow), "
-               "text .gz. Repeated (row, col) pairs are averaged. Exit status: 1 data error, 2 usage error, "
-               "130 interrupted.")
+               "text .gz. Repeated (row, col) pairs are averaged (summed with --feedback implicit). Exit status: "
+               "1 data error, 2 usage error, 130 interrupted.")
     complete.add_argument("input", nargs="?", metavar="INPUT", help="file of observed entries")
     complete.add_argument("--input", dest="input_option", metavar="INPUT", help=argparse.SUPPRESS)
     complete.add_argument("--format", choices=("auto", "text", "mtx", "npz", "parquet"), default="auto",

@@ -41,9 +41,11 @@ _RANK_NUMBERS = 1 << 24
 def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, train_cols: np.ndarray,
                          test_rows: np.ndarray, test_cols: np.ndarray) -> Optional[float]:
     """Hu, Koren and Volinsky's expected percentile ranking of held-out pairs: for each (u, i),
-    the share of row u's columns not trained on (i excluded) that score above i, averaged; 0 is
-    every held-out column ranked first, about 0.5 random scores. None for no held-out pair.
-    U (n1, r), V (n2, r) host factors; the pairs are index arrays."""
+    the share of row u's columns not trained on (i excluded) that score above i, a column that
+    ties with i counting half, averaged; 0 is every held-out column ranked first, 0.5 random (or
+    all-equal) scores. None for no held-out pair. U (n1, r), V (n2, r) host factors; the pairs
+    are index arrays. (Ties counted as below once made a row with no training entry, whose zero
+    factors score every column 0, a perfect 0, and a diverged fit's zero factors too.)"""
     if test_rows.size == 0:
         return None
     n2 = V.shape[0]
@@ -66,6 +68,8 @@ def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, t
         pair_rows, pair_cols = slot[mine], test_cols[mine]
         for first in range(0, pair_rows.shape[0], per_batch):
             rows_here, cols_here = pair_rows[first:first + per_batch], pair_cols[first:first + per_batch]
-            above = np.sum(scores[rows_here] > scores[rows_here, cols_here][:, None], axis=1)
-            total += float(np.sum(above / np.maximum(candidates[rows_here] - 1, 1)))
+            own = scores[rows_here, cols_here][:, None]
+            above = np.sum(scores[rows_here] > own, axis=1)
+            tied = np.sum(scores[rows_here] == own, axis=1) - 1  # the held-out column itself excluded
+            total += float(np.sum((above + 0.5 * tied) / np.maximum(candidates[rows_here] - 1, 1)))
     return total / test_rows.shape[0]

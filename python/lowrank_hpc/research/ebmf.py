@@ -60,7 +60,37 @@ def point_normal_posterior(x: Any, s2: Any, pi: Any, variance: float) -> tuple[n
                                                                              np.ndarray]:
     """The normal-means model x_i = theta_i + N(0, s2_i), theta_i ~ (1 - pi_i) delta_0 + pi_i
     N(0, variance): (log marginal density of each x_i, posterior mean E[theta_i], posterior
-    second moment E[theta_i^2], posterior probability of theta_i != 0), all (n,) float64."""
+    second moment E[theta_i^2], posterior probability of theta_i != 0), all (n,) float64.
+
+    x (n,) finite; s2 (n,) or a scalar, finite > 0; pi (n,) or a scalar in [0, 1]; variance a
+    finite number > 0. ValueError naming the argument otherwise (they gave NaN results).
+    """
+    function = "point_normal_posterior"
+    x = _finite_vector(function, "x", x)
+    for name, value in (("s2", s2), ("pi", pi)):
+        array = np.asarray(value, dtype=np.float64)
+        if array.ndim > 1 or (array.ndim == 1 and array.shape != x.shape):
+            raise ValueError(f"{function}: {name} must be a scalar or of x's shape {x.shape}, got shape {array.shape}")
+    s2, pi = np.asarray(s2, dtype=np.float64), np.asarray(pi, dtype=np.float64)
+    if not (np.all(np.isfinite(s2)) and np.all(s2 > 0)):
+        raise ValueError(f"{function}: s2 must be finite and > 0")
+    if not np.all((pi >= 0) & (pi <= 1)):
+        raise ValueError(f"{function}: pi must lie in [0, 1]")
+    variance = _checks.positive_float(function, "variance", variance)
+    return _posterior(x, np.broadcast_to(s2, x.shape), pi, variance)
+
+
+def _finite_vector(function: str, name: str, value: Any) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{function}: {name} must be 1-D, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{function}: {name} contains NaN/inf")
+    return array
+
+
+def _posterior(x: Any, s2: Any, pi: Any, variance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """point_normal_posterior without the checks: the fit's inner loop, on values it made."""
     x, s2 = np.asarray(x, dtype=np.float64), np.asarray(s2, dtype=np.float64)
     pi = np.broadcast_to(np.asarray(pi, dtype=np.float64), x.shape)
     total = s2 + variance
@@ -90,7 +120,7 @@ def _fit_prior(x: np.ndarray, s2: np.ndarray, design: np.ndarray, previous: Opti
         coef, log_var = theta[:-1], theta[-1]
         variance = float(np.exp(log_var))
         pi = _sigmoid(design @ coef)
-        marginal, _, _, w = point_normal_posterior(x, s2, pi, variance)
+        marginal, _, _, w = _posterior(x, s2, pi, variance)
         total = s2 + variance
         d_log_var = variance * 0.5 * (x * x / (total * total) - 1.0 / total)
         gradient = np.concatenate([design.T @ (w - pi), [float(np.sum(w * d_log_var))]])
@@ -119,7 +149,7 @@ def _fit_prior(x: np.ndarray, s2: np.ndarray, design: np.ndarray, previous: Opti
             candidates.append((-value, PointNormalPrior(theta[:-1].copy(), float(np.exp(theta[-1])))))
     if previous is not None:  # the previous prior itself: the update never loses likelihood
         pi = previous.weights(design)
-        value = null_value if previous.null else float(np.sum(point_normal_posterior(x, s2, pi, previous.variance)[0]))
+        value = null_value if previous.null else float(np.sum(_posterior(x, s2, pi, previous.variance)[0]))
         candidates.append((value, previous))
     value, prior = max(candidates, key=lambda c: c[0])
     return prior, value
@@ -244,7 +274,7 @@ class _Model:
         if prior.null:
             mean = second = prob = np.zeros_like(x)
         else:
-            _, mean, second, prob = point_normal_posterior(x, s2, prior.weights(self.design[side]), prior.variance)
+            _, mean, second, prob = _posterior(x, s2, prior.weights(self.design[side]), prior.variance)
         expected_log_normal = float(np.sum(-0.5 * (_LOG_2PI + np.log(s2)) - ((x - mean) ** 2 + second - mean * mean)
                                            / (2.0 * s2)))
         mine[k] = _Side(mean=mean, second=second, prob=prob, prior=prior, kl=expected_log_normal - loglik)
