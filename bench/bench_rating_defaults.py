@@ -7,9 +7,8 @@ structure to find.
     PYTHONPATH=python python bench/bench_rating_defaults.py            # both families, all seeds
     PYTHONPATH=python python bench/bench_rating_defaults.py --seeds 3  # fewer seeds
 
-Ratings: round(3.5 + a_i + b_j + (U V^T)_ij + noise 0.5), clipped to 1..5, with U, V of rank 5
-(entries N(0, 0.4^2)), a ~ N(0, 0.4^2), b ~ N(0, 0.5^2); the first 10% of the drawn entries are
-held out. "power law": 100,000 distinct pairs of 1,000 x 800 drawn by Pareto(1.2) row activity
+Ratings: ``lowrank_hpc.datasets.synthetic_ratings`` (round(3.5 + a_i + b_j + (U V^T)_ij + noise
+0.5), clipped to 1..5, U, V of rank 5; the first 10% of the drawn entries held out). "power law": 100,000 distinct pairs of 1,000 x 800 drawn by Pareto(1.2) row activity
 and Pareto(1.0) column popularity. "sparse": 2,000 uniform pairs of 800 x 600 (2.5 a row).
 Prints held-out RMSE of ours, method="als", the offsets and the mean, per seed, and how often
 ours is worse than the offsets.
@@ -27,28 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine_line  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
+from lowrank_hpc import datasets  # noqa: E402
 
 OFFSET_RIDGE = 10.0  # MatrixCompletion's bias_reg default
 
 
 def ratings(seed: int, shape: tuple[int, int], nnz: int, power_law: bool):
-    rng = np.random.default_rng(seed)
-    n1, n2 = shape
-    U, V = rng.normal(0, 0.4, (n1, 5)), rng.normal(0, 0.4, (n2, 5))
-    a, b = rng.normal(0, 0.4, n1), rng.normal(0, 0.5, n2)
-    if power_law:
-        activity, popularity = rng.pareto(1.2, n1) + 1, rng.pareto(1.0, n2) + 1
-        drawn = np.unique(rng.choice(n1, 2 * nnz, p=activity / activity.sum()) * n2
-                          + rng.choice(n2, 2 * nnz, p=popularity / popularity.sum()))
-        rng.shuffle(drawn)
-        flat = drawn[:nnz]
-    else:
-        flat = rng.choice(n1 * n2, nnz, replace=False)
-    rows, cols = flat // n2, flat % n2
-    vals = np.clip(np.round(3.5 + a[rows] + b[cols] + np.sum(U[rows] * V[cols], 1) + rng.normal(0, 0.5, rows.size)),
-                   1, 5)
-    held = rows.size // 10
-    return (rows[held:], cols[held:], vals[held:]), (rows[:held], cols[:held], vals[:held])
+    train, test = datasets.synthetic_ratings(seed, shape, nnz, power_law=power_law)
+    return (train.rows, train.cols, train.vals), (test.rows, test.cols, test.vals)
 
 
 def offsets_predictor(rows, cols, vals, shape, sweeps: int = 100):

@@ -306,25 +306,10 @@ def test_auto_reg_on_small_noisy_data_beats_the_mean_and_offsets_only_predictors
 
 
 def rounded_ratings(seed, shape, nnz, power_law):
-    """1-5 ratings: round(3.5 + row and column effects + rank 5 + noise 0.5), clipped; entries
-    drawn uniformly or by power-law row activity and column popularity (distinct pairs). Returns
-    (rows, cols, vals) of the training 90% and of the held-out first 10%."""
-    rng = np.random.default_rng(seed)
-    n1, n2 = shape
-    U, V = rng.normal(0, 0.4, (n1, 5)), rng.normal(0, 0.4, (n2, 5))
-    a, b = rng.normal(0, 0.4, n1), rng.normal(0, 0.5, n2)
-    if power_law:
-        activity, popularity = rng.pareto(1.2, n1) + 1, rng.pareto(1.0, n2) + 1
-        drawn = np.unique(rng.choice(n1, 2 * nnz, p=activity / activity.sum()) * n2
-                          + rng.choice(n2, 2 * nnz, p=popularity / popularity.sum()))
-        rng.shuffle(drawn)
-        flat = drawn[:nnz]
-    else:
-        flat = rng.choice(n1 * n2, nnz, replace=False)
-    rows, cols = flat // n2, flat % n2
-    vals = np.clip(np.round(3.5 + a[rows] + b[cols] + np.sum(U[rows] * V[cols], 1) + rng.normal(0, 0.5, rows.size)), 1, 5)
-    held = rows.size // 10
-    return (rows[held:], cols[held:], vals[held:]), (rows[:held], cols[:held], vals[:held])
+    """datasets.synthetic_ratings as (rows, cols, vals) of the training 90% and the held-out 10%."""
+    from lowrank_hpc import datasets
+    train, test = datasets.synthetic_ratings(seed, shape, nnz, power_law=power_law)
+    return (train.rows, train.cols, train.vals), (test.rows, test.cols, test.vals)
 
 
 def offsets_only_rmse(train, test, shape, bias_reg=10.0):

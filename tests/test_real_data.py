@@ -49,3 +49,19 @@ def test_default_matches_softimpute_defaults(name):
     target = SOFTIMPUTE_DEFAULT_RMSE[name]
     assert test_rmse <= target, (f"{name}: MatrixCompletion() held-out RMSE {test_rmse:.6f} is worse than "
                                  f"fancyimpute SoftImpute()'s {target:.6f} (ratio {test_rmse / target:.3f})")
+
+
+def test_synthetic_ratings_are_seeded_distinct_rounded_and_split_a_tenth():
+    train, test = datasets.synthetic_ratings(3, (300, 200), 5000, power_law=False)
+    again, _ = datasets.synthetic_ratings(3, (300, 200), 5000, power_law=False)
+    assert np.array_equal(train.rows, again.rows) and np.array_equal(train.vals, again.vals)
+    assert (train.nnz, test.nnz) == (4500, 500) and train.shape == (300, 200)
+    keys = np.concatenate([train.rows * 200 + train.cols, test.rows * 200 + test.cols])
+    assert np.unique(keys).size == 5000  # distinct pairs: a repeat would count twice in ALS
+    values = np.concatenate([train.vals, test.vals])
+    assert set(np.unique(values)) <= {1.0, 2.0, 3.0, 4.0, 5.0} and 3.0 < values.mean() < 4.0
+    power, _ = datasets.synthetic_ratings(3, (300, 200), 5000)
+    counts = np.bincount(power.rows, minlength=300)
+    assert counts.max() > 10 * np.median(counts)  # power-law activity: a few rows hold many entries
+    with pytest.raises(ValueError, match="nnz = 60001 exceeds the 60000 entries"):
+        datasets.synthetic_ratings(0, (300, 200), 60_001)

@@ -197,3 +197,39 @@ def split(name: str, seed: int = 0) -> tuple[Entries, Entries]:
     chosen = rng.choice(image.size, n_train + n_test, replace=False)
     return (_image_entries(image, np.sort(chosen[:n_train]), f"{name}/train"),
             _image_entries(image, np.sort(chosen[n_train:]), f"{name}/test"))
+
+
+def synthetic_ratings(seed: int, shape: tuple[int, int] = (1000, 800), nnz: int = 100_000, *,
+                      power_law: bool = True) -> tuple[Entries, Entries]:
+    """(train, test): generated 1-5 ratings that look like real ones, the first 10% of the drawn
+    entries held out as test (unsorted, in draw order).
+
+    round(3.5 + a_i + b_j + (U V^T)_ij + noise) clipped to 1..5, with U (n1, 5), V (n2, 5) of
+    N(0, 0.4^2) entries, row effects a ~ N(0, 0.4^2), column effects b ~ N(0, 0.5^2), noise
+    N(0, 0.5^2): not exactly low rank, not centered, rounded. ``power_law``: distinct pairs drawn
+    by Pareto(1.2) row activity and Pareto(1.0) column popularity (up to ``nnz``: repeats are
+    dropped); otherwise ``nnz`` uniform distinct pairs. The same seed gives the same entries.
+    """
+    seed = _checks.nonnegative_int("synthetic_ratings", "seed", seed)
+    n1, n2 = _checks.shape_2d("synthetic_ratings", "shape", shape)
+    nnz = _checks.positive_int("synthetic_ratings", "nnz", nnz)
+    if nnz > n1 * n2:
+        raise ValueError(f"synthetic_ratings: nnz = {nnz} exceeds the {n1 * n2} entries of shape {(n1, n2)}")
+    rng = np.random.default_rng(seed)
+    U, V = rng.normal(0, 0.4, (n1, 5)), rng.normal(0, 0.4, (n2, 5))
+    a, b = rng.normal(0, 0.4, n1), rng.normal(0, 0.5, n2)
+    if power_law:
+        activity, popularity = rng.pareto(1.2, n1) + 1, rng.pareto(1.0, n2) + 1
+        drawn = np.unique(rng.choice(n1, 2 * nnz, p=activity / activity.sum()) * n2
+                          + rng.choice(n2, 2 * nnz, p=popularity / popularity.sum()))
+        rng.shuffle(drawn)
+        flat = drawn[:nnz]
+    else:
+        flat = rng.choice(n1 * n2, nnz, replace=False)
+    rows, cols = flat // n2, flat % n2
+    vals = np.clip(np.round(3.5 + a[rows] + b[cols] + np.sum(U[rows] * V[cols], 1) + rng.normal(0, 0.5, rows.size)),
+                   1, 5)
+    held = rows.size // 10
+    name = f"synthetic_ratings(seed={seed})"
+    return (Entries(rows[held:], cols[held:], vals[held:], (n1, n2), f"{name}/train"),
+            Entries(rows[:held], cols[:held], vals[:held], (n1, n2), f"{name}/test"))
