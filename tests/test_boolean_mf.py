@@ -483,3 +483,11 @@ def test_gpu_matches_cpu():
     assert gpu.backend == "cuda"
     np.testing.assert_allclose(gpu.U.get(), cpu.U, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(gpu.info["W"].get(), cpu.info["W"])
+
+
+def test_a_batch_member_without_ones_is_named():
+    """Only a batch whose every member was empty was refused: an empty member fitted silently."""
+    A = np.zeros((2, 6, 5))
+    A[0, :3, :2] = 1
+    with pytest.raises(ValueError, match=r"A\[1\] has no nonzero entry; there is nothing to factor"):
+        batched_boolean_mf(A, 2)

@@ -365,6 +365,7 @@ def test_mean_percentile_rank_against_a_loop(numbers, monkeypatch):
     assert report.mean_percentile_rank(U, V, rows, cols, rows[:0], cols[:0]) is None
     # All scores equal (zero factors: a diverged fit's, or no training entry): 0.5, not a perfect 0.
     assert report.mean_percentile_rank(0 * U, V, rows[:100], cols[:100], rows[100:], cols[100:]) == 0.5
+    assert report.mean_percentile_rank(np.nan * U, V, rows[:100], cols[:100], rows[100:], cols[100:]) == 0.5
 
 
 def test_reg_with_a_method_that_takes_no_penalty_is_a_usage_error(tmp_path, capsys):

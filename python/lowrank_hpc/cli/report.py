@@ -71,5 +71,7 @@ def mean_percentile_rank(U: np.ndarray, V: np.ndarray, train_rows: np.ndarray, t
             own = scores[rows_here, cols_here][:, None]
             above = np.sum(scores[rows_here] > own, axis=1)
             tied = np.sum(scores[rows_here] == own, axis=1) - 1  # the held-out column itself excluded
-            total += float(np.sum((above + 0.5 * tied) / np.maximum(candidates[rows_here] - 1, 1)))
+            percentile = (above + 0.5 * tied) / np.maximum(candidates[rows_here] - 1, 1)
+            # A NaN score (a diverged fit's factors) ranks nothing: the random 0.5, never a perfect 0.
+            total += float(np.sum(np.where(np.isnan(own[:, 0]), 0.5, percentile)))
     return total / test_rows.shape[0]

@@ -183,6 +183,12 @@ def _nuclear(call, op: ColumnSketch, y, rank: int, reg: Optional[float], max_ite
     kept: dict[str, Any] = {"sigma": xp.zeros(0, dtype=dtype), "left": None, "right": None}
 
     def advance(state: LoopState):
+        try:
+            return _advance(state)
+        except FloatingPointError:  # the operator's result overflowed the dtype: "diverged", as inf did
+            return np.inf, np.inf
+
+    def _advance(state: LoopState):
         X, Z, b, t = state.arrays["X"], state.arrays["Z"], state.arrays["b"], state.scalars["t"]
         gradient = op.adjoint(op.forward(Z) - b)
         left, sigma, right_t = singular_value_threshold(xp, Z - step * gradient, step * reg)

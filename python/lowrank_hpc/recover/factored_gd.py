@@ -156,6 +156,13 @@ def _finite(xp: Any, *arrays: Any) -> bool:
 def _take_step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any, float]:
     """(U', V', residual at them, loss at them); the residual is None and the loss infinite
     when a step overflowed the factors (the caller then halves the step)."""
+    try:
+        return _step(problem, U, V, z, step)
+    except FloatingPointError:  # an operator's public method found its result overflowed: as above
+        return U, V, None, np.inf
+
+
+def _step(problem: _Problem, U: Any, V: Any, z: Any, step: float) -> tuple[Any, Any, Any, float]:
     xp = problem.xp
     if problem.method == "alternating":
         grad_u = adjoint_times(problem.op, z, V)
