@@ -11,7 +11,7 @@ The matrix: rows and columns drawn with power-law (Zipf 1.1) weights, DISTINCT (
 (implicit's default). Both solvers of each side: our CG against its CG and our exact row solves
 against its Cholesky, each row the median of ``--repeats`` runs (``--exact-repeats`` for the
 exact solvers) with the two sides interleaved. Both run ``--iterations`` iterations from their own random start (ours:
-0.01 N(0, 1) seeded; implicit: its random_state 0); the table gives seconds per iteration and
+0.1 N(0, 1) seeded, 0.01 before session 27; implicit: its random_state 0); the table gives seconds per iteration and
 each side's objective after them, computed here in float64 by the same formula, so "at equal
 loss" can be read off. implicit runs with its OpenMP threads on every core and BLAS on one
 thread (what it asks for); ours with its OpenMP kernels and BLAS on one thread.

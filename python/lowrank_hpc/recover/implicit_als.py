@@ -149,7 +149,7 @@ def implicit_als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: 
         ``implicit``), or stop once the relative change of X Y^T is below tol (default 0: run
         all iterations).
     seed : None (fresh entropy, in ``info["seed"]``) or an int in [0, 2**64): the start's Y is
-        0.01 times standard normal draws of the counter-based generator (the same on CPU and
+        0.1 times standard normal draws of the counter-based generator (the same on CPU and
         GPU); X starts at 0, so the first half-step solves for it.
     callback, progress, checkpoint, checkpoint_every, time_limit : as for
         :func:`lowrank_hpc.recover.als`.
