@@ -26,33 +26,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine_line  # noqa: E402
+from bench_real_data import biased_baseline, rmse  # noqa: E402
 
 import lowrank_hpc as lr  # noqa: E402
 from lowrank_hpc import datasets  # noqa: E402
 
 OFFSET_RIDGE = 10.0  # MatrixCompletion's bias_reg default
-
-
-def ratings(seed: int, shape: tuple[int, int], nnz: int, power_law: bool):
-    train, test = datasets.synthetic_ratings(seed, shape, nnz, power_law=power_law)
-    return (train.rows, train.cols, train.vals), (test.rows, test.cols, test.vals)
-
-
-def offsets_predictor(rows, cols, vals, shape, sweeps: int = 100):
-    """mu + a_i + b_j by alternating ridge solves (mu refitted each sweep)."""
-    n1, n2 = shape
-    mu, a, b = float(vals.mean()), np.zeros(n1), np.zeros(n2)
-    row_count = np.bincount(rows, minlength=n1) + OFFSET_RIDGE
-    col_count = np.bincount(cols, minlength=n2) + OFFSET_RIDGE
-    for _ in range(sweeps):
-        a = np.bincount(rows, vals - mu - b[cols], minlength=n1) / row_count
-        b = np.bincount(cols, vals - mu - a[rows], minlength=n2) / col_count
-        mu = float(np.mean(vals - a[rows] - b[cols]))
-    return lambda r, c: mu + a[r] + b[c]
-
-
-def rmse(predicted, vals) -> float:
-    return float(np.sqrt(np.mean((predicted - vals) ** 2)))
 
 
 def main() -> None:
@@ -66,17 +45,18 @@ def main() -> None:
                                                  ("sparse", (800, 600), 2000, False, 24)):
         ratios = []
         for seed in range(args.seeds or seeds):
-            (rows, cols, vals), (test_rows, test_cols, test_vals) = ratings(seed, shape, nnz, power_law)
+            train, test = datasets.synthetic_ratings(seed, shape, nnz, power_law=power_law)
+            fit = (train.rows, train.cols, train.vals)
             started = time.perf_counter()
-            ours = lr.MatrixCompletion(random_state=0).fit(rows, cols, vals, shape=shape)
-            predicted = ours.predict(test_rows, test_cols)
+            predicted = lr.MatrixCompletion(random_state=0).fit(*fit, shape=shape).predict(test.rows, test.cols)
             seconds = time.perf_counter() - started
-            als = lr.MatrixCompletion(method="als", random_state=0).fit(rows, cols, vals, shape=shape)
-            offsets = rmse(offsets_predictor(rows, cols, vals, shape)(test_rows, test_cols), test_vals)
-            ratios.append(rmse(predicted, test_vals) / offsets)
-            print(f"| {family} | {seed} | {rmse(predicted, test_vals):.4f} | "
-                  f"{rmse(als.predict(test_rows, test_cols), test_vals):.4f} | {offsets:.4f} | "
-                  f"{rmse(np.full(test_vals.size, vals.mean()), test_vals):.4f} | {ratios[-1]:.3f} | "
+            als = lr.MatrixCompletion(method="als", random_state=0).fit(*fit, shape=shape)
+            offsets_model = biased_baseline(train, ridge=OFFSET_RIDGE, sweeps=100, refit_mean=True)
+            offsets = rmse(offsets_model(test.rows, test.cols), test.vals)
+            ratios.append(rmse(predicted, test.vals) / offsets)
+            print(f"| {family} | {seed} | {rmse(predicted, test.vals):.4f} | "
+                  f"{rmse(als.predict(test.rows, test.cols), test.vals):.4f} | {offsets:.4f} | "
+                  f"{rmse(np.full(test.nnz, train.vals.mean()), test.vals):.4f} | {ratios[-1]:.3f} | "
                   f"{predicted.min():.1f} to {predicted.max():.1f} | {seconds:.2f} |", flush=True)
         worse = sum(ratio > 1.001 for ratio in ratios)
         print(f"| {family}: worse than the offsets (> 1.001x) on {worse} of {len(ratios)} seeds, "

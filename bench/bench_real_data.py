@@ -65,10 +65,12 @@ def save_problem(train: datasets.Entries, test: datasets.Entries, path: Path) ->
     return path
 
 
-def biased_baseline(train: datasets.Entries, ridge: float = BASELINE_RIDGE, sweeps: int = 20):
+def biased_baseline(train: datasets.Entries, ridge: float = BASELINE_RIDGE, sweeps: int = 20,
+                    refit_mean: bool = False):
     """mu + a_i + b_j fitted to the train entries by alternating ridge solves
-    (a_i = sum over row i of (x - mu - b_j) / (count_i + ridge), then b likewise); returns a
-    function (rows, cols) -> predictions."""
+    (a_i = sum over row i of (x - mu - b_j) / (count_i + ridge), then b likewise; with
+    ``refit_mean`` mu then the mean of x - a_i - b_j, as MatrixCompletion's unpenalized mu);
+    returns a function (rows, cols) -> predictions."""
     n1, n2 = train.shape
     mu = float(train.vals.mean())
     a, b = np.zeros(n1), np.zeros(n2)
@@ -77,6 +79,8 @@ def biased_baseline(train: datasets.Entries, ridge: float = BASELINE_RIDGE, swee
     for _ in range(sweeps):
         a = np.bincount(train.rows, train.vals - mu - b[train.cols], minlength=n1) / row_count
         b = np.bincount(train.cols, train.vals - mu - a[train.rows], minlength=n2) / col_count
+        if refit_mean:
+            mu = float(np.mean(train.vals - a[train.rows] - b[train.cols]))
     return lambda rows, cols: mu + a[rows] + b[cols]
 
 

@@ -580,15 +580,18 @@ def test_scaled_gd_with_rows_the_data_never_reach_fits_the_observed_entries():
     assert np.linalg.norm((result.U @ result.V.T)[rows, cols] - M[rows, cols]) < 1e-5 * np.linalg.norm(M[rows, cols])
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["library operator", "public methods only"])
 @pytest.mark.parametrize("step", [1e30, 1e36])
-def test_alternating_steps_whose_products_overflow_are_halved(step):
-    """The alternating method calls the operator's public products, which raise FloatingPointError
-    on an overflowed float32 result: a step that overflows is halved (as when the factors' own
-    update overflows), never an exception out of the solver."""
+def test_alternating_steps_whose_products_overflow_are_halved(step, public):
+    """A step whose products overflow float32 is halved (as when the factors' own update
+    overflows), never an exception out of the solver: an operator seen through its public
+    methods raises FloatingPointError there (it escaped the solver), the library's own
+    operator gives inf through its solver methods."""
     rng = np.random.default_rng(0)
     M = (rng.standard_normal((40, 2)) @ rng.standard_normal((30, 2)).T).astype(np.float32)
     rows, cols = np.nonzero(rng.random((40, 30)) < 0.5)
     op = lr.sensing.EntrySampling(rows, cols, (40, 30))
+    op = _PublicOnly(op) if public else op
     ones = (np.ones((40, 2), np.float32), np.ones((30, 2), np.float32))
     result = lr.recover.factored_gd(op, M[rows, cols], 2, method="alternating", init=ones, step=step, max_iter=5,
                                     seed=0)

@@ -114,14 +114,16 @@ def _below_one(function: str, name: str, value: Any, *, zero: bool) -> float:
     return value
 
 
-def seed(function: str, value: Any, *, name: str = "seed") -> Optional[int]:
-    """None or an int in [0, 2**64). None means fresh entropy: see :func:`draw_seed`."""
-    if value is None:
+def seed(function: str, value: Any, *, name: str = "seed", optional: bool = True) -> Optional[int]:
+    """None or an int in [0, 2**64). None means fresh entropy: see :func:`draw_seed`; where the
+    result must be reproducible (``optional=False``) it is refused."""
+    wanted = "None or an integer >= 0" if optional else "an integer >= 0"
+    if value is None and optional:
         return None
-    if not _is_int(value):
-        raise TypeError(f"{function}: {name} must be None or an integer >= 0, got {_shown(value)}")
+    if value is None or not _is_int(value):
+        raise TypeError(f"{function}: {name} must be {wanted}, got {_shown(value)}")
     if not 0 <= int(value) < SEED_LIMIT:
-        raise ValueError(f"{function}: {name} must be None or an integer >= 0 (below 2**64), got {value}")
+        raise ValueError(f"{function}: {name} must be {wanted} (below 2**64), got {value}")
     return int(value)
 
 

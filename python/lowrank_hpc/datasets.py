@@ -179,7 +179,7 @@ def split(name: str, seed: int = 0) -> tuple[Entries, Entries]:
     fresh entropy elsewhere in the library, is refused: this split is the reproducible one).
     """
     _check_name(name)
-    rng = np.random.default_rng(_required_seed("split", seed))
+    rng = np.random.default_rng(_checks.seed("split", seed, optional=False))  # None: not reproducible
     if name == "movielens_sample":
         entries = load_movielens_sample()
         order = rng.permutation(entries.nnz)
@@ -198,16 +198,6 @@ def split(name: str, seed: int = 0) -> tuple[Entries, Entries]:
             _image_entries(image, np.sort(chosen[n_train:]), f"{name}/test"))
 
 
-def _required_seed(function: str, seed: object) -> int:
-    """An int in [0, 2**64). None (fresh entropy elsewhere in the library) is refused: these
-    data are the reproducible ones."""
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{function}: seed must be an integer >= 0 (below 2**64), got {seed!r}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"{function}: seed must be an integer >= 0 (below 2**64), got {seed}")
-    return int(seed)
-
-
 def synthetic_ratings(seed: int, shape: tuple[int, int] = (1000, 800), nnz: int = 100_000, *,
                       power_law: bool = True) -> tuple[Entries, Entries]:
     """(train, test): generated 1-5 ratings that look like real ones, the first 10% of the drawn
@@ -219,7 +209,7 @@ def synthetic_ratings(seed: int, shape: tuple[int, int] = (1000, 800), nnz: int 
     by Pareto(1.2) row activity and Pareto(1.0) column popularity (up to ``nnz``: repeats are
     dropped); otherwise ``nnz`` uniform distinct pairs. The same seed gives the same entries.
     """
-    seed = _required_seed("synthetic_ratings", seed)
+    seed = _checks.seed("synthetic_ratings", seed, optional=False)
     n1, n2 = _checks.shape_2d("synthetic_ratings", "shape", shape)
     nnz = _checks.positive_int("synthetic_ratings", "nnz", nnz)
     if nnz > n1 * n2:

@@ -196,13 +196,13 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
     best = _rmse(xp, offsets.at(held_rows, held_cols) - held_vals)
     path: list[PathPoint] = [PathPoint(1.0, lambda_max * scale, best, 0, rank, 0)]
     best_result, best_rank, warm = None, rank, None
+    sweeps, tol = min(settings.max_iter, PATH_MAX_ITER), max(settings.tol, PATH_TOL)
     while True:
         walked: list[PathPoint] = []
         walk_best, holds_best = np.inf, False
         for k in range(1, PATH_LENGTH + 1):
             fraction = PATH_RATIO ** k
             reg = fraction * lambda_max * scale
-            sweeps, tol = min(settings.max_iter, PATH_MAX_ITER), max(settings.tol, PATH_TOL)
             if joint:  # the offsets start where the previous point left them
                 start = offsets if warm is None else _result_offsets(warm, offsets)
                 warm = _solve(settings, fit_rows, fit_cols, fit_vals, shape, rank, reg, warm, sweeps, tol, offsets=start)

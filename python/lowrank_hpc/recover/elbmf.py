@@ -109,9 +109,10 @@ def _check_init(matrix: BinaryMatrix, init: Any, k: int, batched: bool) -> tuple
 def check_has_ones(matrix: BinaryMatrix, name: str) -> None:
     """A matrix to factor must hold a one, dense or sparse alike, and so must each of a batch's
     (a fold-in of new rows may hold none)."""
-    empty = np.flatnonzero(np.asarray(matrix.ones) == 0)
+    ones = np.asarray(matrix.ones)
+    empty = np.flatnonzero(ones == 0)
     if empty.size:
-        which = f"{name}[{int(empty[0])}]" if np.asarray(matrix.ones).size > 1 else name
+        which = f"{name}[{int(empty[0])}]" if ones.size > 1 else name
         raise ValueError(f"{matrix.function}: {which} has no nonzero entry; there is nothing to factor")
 
 

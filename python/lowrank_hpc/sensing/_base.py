@@ -67,22 +67,21 @@ def check_flag(function: str, name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _overflow_counted():
-    """numpy's overflow warnings off: _finite counts the entries and raises instead."""
-    return np.errstate(over="ignore", invalid="ignore")
-
-
-def _finite(call: Call, out: Any) -> Any:
-    """out, once its entries are found finite: the inputs were checked finite, so a NaN/inf
-    entry is an overflow of the dtype (float32 ends at 3.4e38), raised, never returned."""
-    return checked_result(call, out if out.flags.c_contiguous else call.xp.ascontiguousarray(out), True)
+def _finite_result(call: Call, compute: Callable[[], Any]) -> Any:
+    """compute()'s result, wrapped for the caller once its entries are found finite: the inputs
+    were checked finite, so a NaN/inf entry is an overflow of the dtype (float32 ends at
+    3.4e38), raised as FloatingPointError, never returned (numpy's warnings are off for it)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = compute()
+    return call.wrap(checked_result(call, out if out.flags.c_contiguous else call.xp.ascontiguousarray(out), True))
 
 
 class SensingOperator(ABC):
     """Base class of the measurement operators A: (n1, n2) matrices -> m measurements.
 
     Subclasses implement ``_forward(call, X3) -> (batch, m)``, ``_adjoint(call, y2) -> (batch, n1, n2)``
-    and ``_dense(dtype) -> (m, n1 * n2)`` numpy matrix; the base validates and batches.
+    and ``_dense(dtype) -> (m, n1 * n2)`` numpy matrix; the base validates and batches. A result
+    that overflows its dtype from finite inputs raises FloatingPointError.
     """
 
     _name = "SensingOperator"
@@ -134,9 +133,9 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: X has shape {tuple(X.shape)}, expected {self._shape} or "
                              f"(batch, {self._shape[0]}, {self._shape[1]})")
         batched = X.ndim == 3
-        with _overflow_counted():
-            out = self._forward(call, X if batched else X.reshape(1, *self._shape))
-        return call.wrap(_finite(call, out if batched else out[0]))
+        if batched:
+            return _finite_result(call, lambda: self._forward(call, X))
+        return _finite_result(call, lambda: self._forward(call, X.reshape(1, *self._shape))[0])
 
     def adjoint(self, y: Any) -> Any:
         """A*(y) = sum_i y_i A_i: y (m,) or (batch, m), float32/float64, C-contiguous.
@@ -150,9 +149,9 @@ class SensingOperator(ABC):
         if y.shape[-1] != self._m:
             raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},) or (batch, {self._m})")
         batched = y.ndim == 2
-        with _overflow_counted():
-            out = self._adjoint(call, y if batched else y.reshape(1, self._m))
-        return call.wrap(_finite(call, out if batched else out[0]))
+        if batched:
+            return _finite_result(call, lambda: self._adjoint(call, y))
+        return _finite_result(call, lambda: self._adjoint(call, y.reshape(1, self._m))[0])
 
     def forward_factored(self, U: Any, V: Any = None) -> Any:
         """A(U V^T) for U (n1, r) and V (n2, r), or A(U U^T) when V is None (square shape).
@@ -177,12 +176,10 @@ class SensingOperator(ABC):
             lead = "(batch, " if batched else "("
             raise ValueError(f"{function}: U has shape {tuple(U.shape)} and V has shape {tuple(V.shape)}, "
                              f"expected {lead}{n1}, r) and {lead}{n2}, r)")
-        with _overflow_counted():
-            if not batched:
-                out = self._forward_factored(call, U, V)
-            else:
-                out = call.xp.stack([self._forward_factored(call, U[b], V[b]) for b in range(U.shape[0])])
-        return call.wrap(_finite(call, out))
+        if not batched:
+            return _finite_result(call, lambda: self._forward_factored(call, U, V))
+        return _finite_result(call, lambda: call.xp.stack([self._forward_factored(call, U[b], V[b])
+                                                           for b in range(U.shape[0])]))
 
     def adjoint_times(self, y: Any, B: Any) -> Any:
         """A*(y) @ B for y (m,) and B (n2, k): the gradient product of factored solvers.
@@ -207,9 +204,7 @@ class SensingOperator(ABC):
             raise ValueError(f"{function}: y has shape {tuple(y.shape)}, expected ({self._m},)")
         if B.shape[0] != rows_expected:
             raise ValueError(f"{function}: B has shape {tuple(B.shape)}, expected ({rows_expected}, k)")
-        with _overflow_counted():
-            out = self._adjoint_times(call, y, B, transpose)
-        return call.wrap(_finite(call, out))
+        return _finite_result(call, lambda: self._adjoint_times(call, y, B, transpose))
 
     def spectral_correction(self, y: Any) -> Optional[tuple[float, float]]:
         """How a spectral start reads M off A*(y), for measurements y = A(M) (m,).
