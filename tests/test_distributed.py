@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -147,6 +148,20 @@ def test_a_failing_problem_returns_its_error_in_its_slot(client):
     (dict(problems=[(np.zeros(3, int), np.zeros(2, int), np.zeros(3), (4, 4))]), ValueError, "one length"),
     (dict(problems=[(lr.sensing.GaussianSensing(10, (4, 4), seed=0), np.zeros(10))]), ValueError, "ALS completes"),
     (dict(init=np.zeros((120, 9, 2))), ValueError, "init[0]"),
+    # max_iter: the dry run sets its own, the user's value is checked before it (it failed in every slot)
+    (dict(max_iter=-1), ValueError, "max_iter must be >= 0, got -1"),
+    (dict(max_iter=1.5), TypeError, "max_iter must be an int, got float 1.5"),
+    (dict(max_iter="x"), TypeError, "max_iter must be an int, got str 'x'"),
+    (dict(max_iter=None), TypeError, "max_iter must be an int, got NoneType None"),
+    # sensing y against its operator (it failed in its slot, unlike malformed entries)
+    (dict(problems=[(lr.sensing.GaussianSensing(10, (4, 4), seed=0), np.zeros(9))], method="gd"), ValueError,
+     "problem 0's y has length 9 but the operator makes 10 measurements"),
+    (dict(problems=[(lr.sensing.GaussianSensing(10, (4, 4), seed=0), np.zeros((10, 1)))], method="gd"), ValueError,
+     "problem 0's y must be 1-D, got shape (10, 1)"),
+    # only a tuple is an entries problem: a list in the list is a stack's matrix
+    (dict(problems=[(np.array([0]), np.array([0]), np.array([1.0]), (2, 2)), [[0, 1], [1, 0], [5, 6], [2, 2]]]),
+     TypeError, "problem 1 must be a tuple (rows, cols, vals, shape) or (operator, y)"),
+    (dict(problems=[[[0.0, 1.0], [1.0]]]), ValueError, "ragged stack: problem 0 is a nested list"),
 ])
 def test_bad_input_raises_before_any_task_is_sent(client, bad, error, fragment):
     arguments = dict(problems=stack(), rank=2, client=client, seed=0)
@@ -188,6 +203,38 @@ def test_batch_of_a_stack_one_at_a_time_and_seeds_that_wrap():
                                           method=method, seed=(seed + b) % 2**64, max_iter=50)
             np.testing.assert_allclose(got[b].U, want.U, rtol=1e-6, atol=1e-9)
             assert got[b].info["seed"] == (seed + b) % 2**64
+
+
+def test_a_nested_list_is_a_matrix_of_a_stack_not_an_entries_problem():
+    """[[0, 1], [1, 0], [5, 6], [2, 2]] is a 4 x 2 matrix (it was read as entries: rows [0, 1],
+    cols [1, 0], vals [5, 6] of a 2 x 2 problem); floats alike (they were a TypeError)."""
+    for nested in ([[0, 1], [1, 0], [5, 6], [2, 2]], [[1.0, 2.0], [3.0, np.nan], [5.0, 6.0], [7.0, 8.0]]):
+        got = solve_batch([nested, nested], 1, seed=3, max_iter=5)
+        want = solve_batch(np.array([nested, nested], dtype=np.float64), 1, seed=3, max_iter=5)
+        for result, reference in zip(got, want):
+            assert result.U.shape == (4, 1) and result.V.shape == (2, 1)
+            same_results(result, reference.U, reference.V, reference.n_iter, reference.stop_reason)
+
+
+def test_sensing_measurements_with_nan_fail_in_their_slot_as_entries_do():
+    op = lr.sensing.GaussianSensing(40, (5, 4), seed=0)
+    y = op.forward(np.ones((5, 4)))
+    bad = y.copy()
+    bad[3] = np.nan
+    got = solve_batch([(op, bad), (op, y)], 1, method="gd", seed=0, max_iter=5)
+    assert isinstance(got[0], ProblemFailure) and isinstance(got[0].error, ValueError)
+    assert "NaN/inf" in str(got[0].error)
+    assert isinstance(got[1], lr.recover.RecoveryResult) and got[1].n_iter == 5
+
+
+def test_a_closed_client_is_named_not_a_key_error(client):
+    distributed = pytest.importorskip("distributed")
+    closed = distributed.Client(client.scheduler.address)
+    closed.close()
+    with pytest.raises(ValueError, match=r"^solve_batch: client is closed \(status 'closed'\)"):
+        solve_batch(stack(B=3), 2, client=closed, seed=0)
+    with pytest.raises(ValueError, match=r"^DistributedALS: client is closed \(status 'closed'\)"):
+        DistributedALS(2, client=closed).fit(np.array([0, 1]), np.array([1, 0]), np.array([1.0, 2.0]), shape=(2, 2))
 
 
 # ---------------------------------------------------------------------- DistributedALS
@@ -263,6 +310,93 @@ def test_distributed_als_bad_input_raises_before_any_task_is_sent(client, change
             rows, cols, vals, shape=(300, 200), init=change.get("init"))
     assert fragment in str(raised.value)
     assert transitions(client) == before
+
+
+def _frame_input(kind, client, rows, cols, vals):
+    """(the frame, the client) for a DataFrame path of fit: pandas (with or without a client),
+    or Dask (workers with a client, computed here without)."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"row": rows, "col": cols, "value": vals})
+    if kind.startswith("dask"):
+        frame = pytest.importorskip("dask.dataframe").from_pandas(frame, npartitions=2)
+    return frame, (client if kind.endswith("client") else None)
+
+
+FRAME_KINDS = ["pandas", "pandas+client", "dask", "dask+client"]
+
+
+@pytest.mark.parametrize("kind", FRAME_KINDS)
+def test_distributed_als_takes_the_shape_of_any_dataframe_from_its_indices(client, kind):
+    """shape=None is (max row + 1, max col + 1) for every DataFrame (pandas, and Dask without a
+    client, said "shape=(m, n) is required with array input")."""
+    rows, cols, vals = completion(seed=4, shape=(60, 40), rank=2, nnz=900)
+    keep = (rows < 57) & (cols < 38)  # the largest indices below the generating shape
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    shape = (int(rows.max()) + 1, int(cols.max()) + 1)
+    assert shape == (57, 38)
+    want = lr.recover.als(rows, cols, vals, shape, 2, 0.1, seed=1, max_iter=3)
+    frame, chosen = _frame_input(kind, client, rows, cols, vals)
+    got = DistributedALS(2, 0.1, client=chosen, seed=1, max_iter=3).fit(frame).result_
+    assert got.U.shape == (57, 2) and got.V.shape == (38, 2)
+    np.testing.assert_allclose(got.U, want.U, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(got.history["loss"], want.history["loss"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["arrays"] + FRAME_KINDS)
+def test_distributed_als_checks_init_alike_on_every_path(client, kind):
+    """init's check is recover.als's on every path (the Dask DataFrame path took NaN, and refused
+    float32 in its own words)."""
+    rows, cols, vals = completion(seed=5, shape=(30, 20), rank=2, nnz=300)
+    rows[0], cols[0] = 29, 19  # shape None on the frame paths infers (30, 20)
+    if kind == "arrays":
+        data, chosen, extra = (rows, cols, vals), client, dict(shape=(30, 20))
+    else:
+        frame, chosen = _frame_input(kind, client, rows, cols, vals)
+        data, extra = (frame,), {}
+    init = np.random.default_rng(0).standard_normal((20, 2))
+    model = DistributedALS(2, client=chosen, max_iter=2)
+    nan = init.copy()
+    nan[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^DistributedALS: init contains 1 NaN/inf value\(s\)"):
+        model.fit(*data, init=nan, **extra)
+    with pytest.raises(TypeError, match=r"^DistributedALS: init is float32 but vals is float64"):
+        model.fit(*data, init=init.astype(np.float32), **extra)
+    with pytest.raises(ValueError, match=r"^DistributedALS: init \(the initial V\) has shape \(19, 2\), "
+                                         r"expected \(20, 2\)"):
+        model.fit(*data, init=init[:19], **extra)
+    want = lr.recover.als(rows, cols, vals, (30, 20), 2, init=init, max_iter=2)
+    got = model.fit(*data, init=init.tolist(), **extra).result_  # a list, as recover.als takes it
+    np.testing.assert_allclose(got.U, want.U, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", FRAME_KINDS)
+@pytest.mark.parametrize("columns", [("row", "col"), "row", ("row", "col", 2)])
+def test_distributed_als_checks_the_columns_of_any_dataframe(client, kind, columns):
+    frame, chosen = _frame_input(kind, client, np.array([0, 1]), np.array([1, 0]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"^DistributedALS: columns must name three columns \(row, col, value\), "
+                                         rf"got {re.escape(repr(columns))}$"):
+        DistributedALS(1, client=chosen).fit(frame, shape=(2, 2), columns=columns)
+
+
+def test_dask_sees_the_bytes_of_shards_and_blocks():
+    """Dask sizes a task's result with dask.sizeof (sys.getsizeof for these classes): the arrays
+    count, or memory limits and spilling miss the data (a 12 MB shard was 56 bytes)."""
+    sizeof = pytest.importorskip("dask.sizeof").sizeof
+    from lowrank_hpc.distributed import _shards
+
+    rows, cols, vals = completion(seed=6, shape=(300, 200), rank=3, nnz=20000)
+    pieces = _shards.split_entries(rows, cols, vals, np.array([0, 150, 300]), np.array([0, 100, 200]))
+    shard = _shards.build_shard(0, 150, "cpu", "rows", "<i8", "<f8", pieces.rows[0])
+    start = _shards.starting_block(0, 200, 3, "cpu", "<f8", 1)
+    block = _shards.half_step(shard, _shards.starting_block(0, 150, 3, "cpu", "<f8"), start, reg=0.1,
+                              count_scaling=False, cg_steps=0, columns=False)
+    arrays = {"pieces": [a for piece in pieces.rows + pieces.cols for a in piece],
+              "shard": [shard.indptr, shard.others, shard.vals, shard.keys, shard.weights],
+              "start": [start.factor], "block": [block.factor, block.stats]}
+    for name, value in (("pieces", pieces), ("shard", shard), ("start", start), ("block", block)):
+        data = sum(a.nbytes for a in arrays[name])
+        assert data > 3000  # the arrays dominate: each held ~56 bytes in Dask's eyes before
+        assert data <= sizeof(value) <= data + 200, name
 
 
 # ---------------------------------------------------------------------- lowrank-hpc complete --scheduler

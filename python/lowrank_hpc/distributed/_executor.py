@@ -116,13 +116,18 @@ def _takes_n_workers(client: Any) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def executor(client: Any, retries: int = 0) -> Any:
-    """DaskExecutor for a Client, LocalExecutor for None; TypeError for anything else."""
+def executor(client: Any, retries: int = 0, *, function: str) -> Any:
+    """DaskExecutor for a Client, LocalExecutor for None; TypeError for anything else, ValueError
+    for a closed Client (both naming ``function``)."""
     if client is None:
         return LocalExecutor()
     if not is_client(client):
-        raise TypeError(f"client must be a dask.distributed Client or None, got {type(client).__module__}."
-                        f"{type(client).__name__}")
+        raise TypeError(f"{function}: client must be a dask.distributed Client or None, got "
+                        f"{type(client).__module__}.{type(client).__name__}")
+    # A closed client's scheduler_info() is {}: it would fail as a bare KeyError 'workers'.
+    if client.status in ("closing", "closed"):
+        raise ValueError(f"{function}: client is closed (status {client.status!r}); pass an open "
+                         "dask.distributed Client, or None to run in this process")
     return DaskExecutor(client, retries)
 
 

@@ -105,7 +105,7 @@ def _index_array(what: str, x: Any) -> np.ndarray:
 def read_stack(problems: Any) -> np.ndarray:
     """A (B, m, n) float32/float64 stack, NaN for missing; ValueError for a ragged one."""
     if isinstance(problems, (list, tuple)):
-        shapes = [np.shape(p) for p in problems]
+        shapes = [_matrix_shape(b, p) for b, p in enumerate(problems)]
         if any(shape != shapes[0] for shape in shapes):
             first = next(b for b, shape in enumerate(shapes) if shape != shapes[0])
             raise ValueError(f"{FUNCTION}: ragged stack: problem {first} has shape {shapes[first]} but problem 0 has "
@@ -124,19 +124,41 @@ def read_stack(problems: Any) -> np.ndarray:
     return stack.astype(_float_dtype("the stack", stack), copy=False)
 
 
+def _matrix_shape(b: int, problem: Any) -> tuple[int, ...]:
+    """The shape of a stack's problem b (an array or a nested list); ValueError for a ragged list."""
+    try:
+        return np.shape(problem)
+    except ValueError:  # numpy's "inhomogeneous shape" names neither the problem nor the fix
+        raise ValueError(f"{FUNCTION}: ragged stack: problem {b} is a nested list of rows of different lengths; "
+                         "a list in a list of problems is an (m, n) matrix of a stack (give a problem's entries as a "
+                         "tuple (rows, cols, vals, shape))") from None
+
+
+def _is_sensing(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], SensingOperator)
+
+
 def _read_item(b: int, item: Any) -> _Item:
-    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], SensingOperator):
+    if _is_sensing(item):
         operator, y = item
         y = to_numpy(y)
         if isinstance(operator, EntrySampling):  # completion: solved as entries by the batched solvers
             rows, cols = operator._host_rows, operator._host_cols
             return _entries(b, rows, cols, y, operator.shape)
+        # factored_gd's check of y's shape, here before any task; NaN/inf fail in the slot, as in vals
+        if y.ndim != 1:
+            raise ValueError(f"{FUNCTION}: problem {b}'s y must be 1-D, got shape {y.shape}")
+        if y.shape[0] != operator.num_measurements:
+            raise ValueError(f"{FUNCTION}: problem {b}'s y has length {y.shape[0]} but the operator makes "
+                             f"{operator.num_measurements} measurements")
         return _Item(shape=tuple(operator.shape), dtype=_float_dtype(f"problem {b}'s y", y), operator=operator, y=y)
-    if isinstance(item, (tuple, list)) and len(item) == 4:
+    if isinstance(item, tuple) and len(item) == 4:
         return _entries(b, *item)
-    raise TypeError(f"{FUNCTION}: problem {b} must be (rows, cols, vals, shape) or (operator, y) with a "
+    raise TypeError(f"{FUNCTION}: problem {b} must be a tuple (rows, cols, vals, shape) or (operator, y) with a "
                     f"lowrank_hpc.sensing operator, got {type(item).__name__}"
-                    + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+                    + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+                    + (" (a list is a matrix of a stack; a stack holds matrices only)" if isinstance(item, list)
+                       else ""))
 
 
 def _entries(b: int, rows: Any, cols: Any, vals: Any, shape: Any) -> _Item:
@@ -159,11 +181,14 @@ def read_items(problems: Any) -> list[_Item]:
 
 
 def is_stack(problems: Any) -> bool:
-    """A stack: an array (or array-like with a shape), or a list whose items are all 2-D arrays."""
+    """A stack: an array (or array-like with a shape), or a list whose items are all matrices: 2-D
+    arrays or lists (nested lists of rows). A tuple is one problem, (rows, cols, vals, shape) or
+    (operator, y), never a matrix: [[0, 1], [1, 0], [5, 6], [2, 2]] is a 4 x 2 matrix."""
     if hasattr(problems, "shape") and hasattr(problems, "dtype"):
         return True
     if isinstance(problems, (list, tuple)) and problems:
-        return all(hasattr(p, "shape") and hasattr(p, "dtype") and len(p.shape) == 2 for p in problems)
+        return all(len(p.shape) == 2 if hasattr(p, "shape") and hasattr(p, "dtype")
+                   else isinstance(p, list) and not _is_sensing(p) for p in problems)
     if isinstance(problems, (list, tuple)):
         return False
     raise TypeError(f"{FUNCTION}: problems must be a (B, m, n) array with NaN for missing entries, or a list of "

@@ -45,6 +45,11 @@ def balanced_bounds(weights: np.ndarray, edges: np.ndarray, parts: int) -> np.nd
     return bounds
 
 
+def _nbytes(*arrays: Any) -> int:
+    """The bytes of the arrays (numpy or CuPy; None counts 0)."""
+    return sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+
+
 @dataclass
 class Pieces:
     """One set of entries split by shard: for each row shard (keys = global rows, others =
@@ -53,6 +58,10 @@ class Pieces:
 
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    # dask.sizeof falls back to sys.getsizeof (this __sizeof__): the arrays, so workers count what they hold.
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + _nbytes(*(a for piece in self.rows + self.cols for a in piece))
 
 
 def split_entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, row_bounds: np.ndarray,
@@ -94,7 +103,11 @@ def frame_arrays(frame: Any, columns: Sequence[str]):
 
 def describe_partition(frame: Any, columns: Sequence[str]) -> dict[str, Any]:
     """What the client needs of a partition before splitting it: entries, index ranges, dtype."""
-    rows, cols, vals = frame_arrays(frame, columns)
+    return describe_entries(columns, *frame_arrays(frame, columns))
+
+
+def describe_entries(columns: Sequence[str], rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> dict[str, Any]:
+    """:func:`describe_partition` of a partition's arrays (from :func:`frame_arrays`)."""
     if vals.dtype.kind == "f" and not np.isfinite(vals).all():
         raise ValueError(f"{FUNCTION}: column {columns[2]!r} contains {int((~np.isfinite(vals)).sum())} NaN/inf "
                          "value(s); clean or drop them first")
@@ -135,6 +148,9 @@ class Shard:
     def call(self) -> Call:
         return for_backend(FUNCTION, self.backend)
 
+    def __sizeof__(self) -> int:  # as Pieces': Dask's memory limits and spilling count the arrays
+        return object.__sizeof__(self) + _nbytes(self.indptr, self.others, self.vals, self.keys, self.weights)
+
 
 def build_shard(lo: int, hi: int, backend: str, side: str, index_dtype: str, dtype: str, *pieces) -> Shard:
     """The shard of keys [lo, hi) from its pieces (one per input part, in input order)."""
@@ -165,6 +181,9 @@ class Block:
 
     factor: Any
     stats: Optional[np.ndarray] = None
+
+    def __sizeof__(self) -> int:  # as Pieces': Dask's memory limits and spilling count the arrays
+        return object.__sizeof__(self) + _nbytes(self.factor, self.stats)
 
 
 def starting_block(lo: int, hi: int, rank: int, backend: str, dtype: str, key: Optional[int] = None,

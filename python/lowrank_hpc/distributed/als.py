@@ -8,12 +8,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .. import _checks
-from .._arrays import resolve
+from .._arrays import Call, resolve
 from .._backend import CONSTANTS, cpu_module
 from ..recover._driver import LoopSettings, LoopState, resolve_seed, run_loop
 from ..recover._result import RecoveryResult
-from ..recover.als import (_ALS_CONSTRAINTS, CG_STEPS, uses_cg, _check_coordinates, _check_rank, _check_seed,
-                           _key_stream)
+from ..recover.als import (_ALS_CONSTRAINTS, CG_STEPS, uses_cg, _check_coordinates, _check_init, _check_rank,
+                           _check_seed, _key_stream)
 from . import _shards
 from ._executor import executor, worker_backend
 from ._shards import FUNCTION
@@ -86,10 +86,12 @@ class DistributedALS:
         rows, cols, vals : the entries as for :func:`recover.als` (numpy arrays; shape required),
             or ``rows`` a Dask DataFrame (e.g. ``dask.dataframe.read_parquet(...)``) or a pandas
             one with the columns ``columns`` = (row, col, value) and cols, vals None: integer
-            indices from 0 and real values; shape None takes (max row + 1, max col + 1). A Dask
-            DataFrame is read, checked and split by the workers, partition by partition; it
-            never passes through the client.
-        init : (n, rank) initial V (replaces the seed).
+            indices from 0 and real values; shape None takes (max row + 1, max col + 1). With a
+            client, a Dask DataFrame is read, checked and split by the workers, partition by
+            partition; it never passes through the client. Without one (and for a pandas
+            DataFrame) the entries are read here and split as arrays are.
+        init : (n, rank) initial V of the values' dtype, finite (replaces the seed); the same
+            check as :func:`recover.als`'s for every kind of input.
         callback : called as callback(iteration, {"loss", "relative_change"}) after every
             iteration (the factors stay on the workers).
         progress, time_limit : as for :func:`recover.als`.
@@ -129,14 +131,13 @@ class DistributedALS:
         loop = LoopSettings(max_iter=settings["max_iter"], tol=settings["tol"], callback=callback, progress=progress,
                             time_limit=time_limit, description=FUNCTION)
         loop.validate(FUNCTION)
-        run = executor(self.client)
-        if _is_dask_frame(rows) and cols is None and vals is None:
-            if hasattr(run, "client"):
+        run = executor(self.client, function=FUNCTION)
+        if (_is_dask_frame(rows) or _is_pandas_frame(rows)) and cols is None and vals is None:
+            columns = _checked_columns(columns)
+            if _is_dask_frame(rows) and hasattr(run, "client"):
                 data = _FrameData(run, rows, columns, shape)
-            else:  # no cluster: the frame's entries, computed here
-                data = _ArrayData(*_frame_columns(rows.compute(), columns), shape)
-        elif _is_pandas_frame(rows) and cols is None and vals is None:
-            data = _ArrayData(*_frame_columns(rows, columns), shape)
+            else:  # a pandas frame, or a Dask one without a cluster (computed here): its entries as arrays
+                data = _frame_here(rows.compute() if _is_dask_frame(rows) else rows, columns, shape)
         else:
             data = _ArrayData(rows, cols, vals, shape)
         m, n = data.shape
@@ -254,8 +255,46 @@ def _is_pandas_frame(x: Any) -> bool:
     return type(x).__name__ == "DataFrame" and type(x).__module__.split(".")[0] == "pandas"
 
 
-def _frame_columns(frame: Any, columns: Sequence[str]):
-    return _shards.frame_arrays(frame, columns)
+def _checked_columns(columns: Any) -> tuple[str, str, str]:
+    """The names (row, col, value) of a DataFrame's entry columns; ValueError for anything else."""
+    names = (columns,) if isinstance(columns, str) else tuple(columns)  # a str is one name, not three
+    if len(names) != 3 or not all(isinstance(c, str) for c in names):
+        raise ValueError(f"{FUNCTION}: columns must name three columns (row, col, value), got {columns!r}")
+    return names
+
+
+def _frame_shape(described: Sequence[dict[str, Any]], columns: Sequence[str], shape: Any) -> tuple[int, int]:
+    """The shape of a DataFrame's entries from its partitions' descriptions
+    (:func:`_shards.describe_partition`): ``shape`` checked against the indices, or for None
+    (max row + 1, max col + 1)."""
+    found = [d for d in described if d["nnz"]]
+    if not found:
+        raise ValueError(f"{FUNCTION}: the DataFrame has no rows; there is no entry")
+    lows = (min(d["row_min"] for d in found), min(d["col_min"] for d in found))
+    highs = (max(d["row_max"] for d in found), max(d["col_max"] for d in found))
+    for name, low in zip(columns, lows):
+        if low < 0:
+            raise IndexError(f"{FUNCTION}: column {name!r} holds {low}; indices start at 0")
+    if shape is None:
+        return highs[0] + 1, highs[1] + 1
+    shape = _checks.shape_2d(FUNCTION, "shape", shape)
+    for name, high, bound in zip(columns, highs, shape):
+        if high >= bound:
+            raise IndexError(f"{FUNCTION}: column {name!r} holds {high}, out of range [0, {bound}) of shape {shape}")
+    return shape
+
+
+def _frame_here(frame: Any, columns: Sequence[str], shape: Any) -> "_ArrayData":
+    """A pandas DataFrame's entries as _ArrayData, checked and shaped as _FrameData checks a Dask one."""
+    rows, cols, vals = _shards.frame_arrays(frame, columns)
+    return _ArrayData(rows, cols, vals, _frame_shape([_shards.describe_entries(columns, rows, cols, vals)],
+                                                     columns, shape))
+
+
+def _checked_init(call: Call, init: Any, n: int, rank: int) -> Optional[np.ndarray]:
+    """The (n, rank) initial V on the host, by recover.als's own check of init (the call's float
+    dtype, finite, its shape), or None."""
+    return None if init is None else call.to_host(_check_init(call, init, (n, rank))[0])
 
 
 class _ArrayData:
@@ -296,23 +335,14 @@ class _ArrayData:
         return built("rows", row_bounds), built("cols", col_bounds)
 
     def initial_V(self, init: Any, rank: int) -> Optional[np.ndarray]:
-        if init is None:
-            return None
-        V0 = self.call.float_array("init", init, (2,))
-        if tuple(V0.shape) != (self.shape[1], rank):
-            raise ValueError(f"{FUNCTION}: init (the initial V) has shape {tuple(V0.shape)}, expected "
-                             f"{(self.shape[1], rank)}")
-        return self.call.to_host(V0)
+        return _checked_init(self.call, init, self.shape[1], rank)
 
 
 class _FrameData:
     """Entries in a Dask DataFrame: each partition is checked, counted and split by shard on the
     worker that holds it; the pieces of a shard are fetched by the worker that builds it."""
 
-    def __init__(self, run: Any, frame: Any, columns: Sequence[str], shape: Any):
-        columns = tuple(columns)
-        if len(columns) != 3 or not all(isinstance(c, str) for c in columns):
-            raise ValueError(f"{FUNCTION}: columns must name three columns (row, col, value), got {columns!r}")
+    def __init__(self, run: Any, frame: Any, columns: tuple[str, str, str], shape: Any):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise KeyError(f"{FUNCTION}: the DataFrame has no column {missing[0]!r} (columns: {list(frame.columns)});"
@@ -321,24 +351,8 @@ class _FrameData:
         self.parts = run.client.compute(frame[list(columns)].to_delayed())
         described = run.gather([run.submit(_shards.describe_partition, part, columns, name="describe")
                                 for part in self.parts])
-        nnz = sum(d["nnz"] for d in described)
-        if nnz == 0:
-            raise ValueError(f"{FUNCTION}: the DataFrame has no rows; there is no entry")
-        found = [d for d in described if d["nnz"]]
-        lows = (min(d["row_min"] for d in found), min(d["col_min"] for d in found))
-        highs = (max(d["row_max"] for d in found), max(d["col_max"] for d in found))
-        for name, low in zip(columns, lows):
-            if low < 0:
-                raise IndexError(f"{FUNCTION}: column {name!r} holds {low}; indices start at 0")
-        if shape is None:
-            self.shape = (highs[0] + 1, highs[1] + 1)
-        else:
-            self.shape = _checks.shape_2d(FUNCTION, "shape", shape)
-            for name, high, bound in zip(columns, highs, self.shape):
-                if high >= bound:
-                    raise IndexError(f"{FUNCTION}: column {name!r} holds {high}, out of range [0, {bound}) of shape "
-                                     f"{self.shape}")
-        dtype = np.result_type(*[np.dtype(d["dtype"]) for d in found])
+        self.shape = _frame_shape(described, columns, shape)
+        dtype = np.result_type(*[np.dtype(d["dtype"]) for d in described if d["nnz"]])
         self.dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
     def bounds(self, shards: int, rank: int):
@@ -368,13 +382,9 @@ class _FrameData:
         return shards
 
     def initial_V(self, init: Any, rank: int) -> Optional[np.ndarray]:
-        if init is None:
-            return None
-        V0 = np.ascontiguousarray(np.asarray(init))
-        if V0.shape != (self.shape[1], rank) or V0.dtype != self.dtype:
-            raise ValueError(f"{FUNCTION}: init (the initial V) must be {self.dtype} of shape {(self.shape[1], rank)}, "
-                             f"got {V0.dtype} {V0.shape}")
-        return V0
+        # The values stay on the workers: a host call that knows their dtype checks init as the array path does.
+        call = Call(function=FUNCTION, backend="cpu", _float_dtype=self.dtype, _float_owner="vals")
+        return _checked_init(call, init, self.shape[1], rank)
 
 
 def _system_bytes_limit(run: Any, workers: Sequence[Any], backend: str) -> Optional[int]:

@@ -11,6 +11,7 @@ import numpy as np
 from .. import _backend, _checks
 from .._arrays import for_backend, to_numpy
 from ..recover import batched_als, batched_factored_gd, factored_gd
+from ..recover._driver import LOOP_CONSTRAINTS
 from ..recover._result import RecoveryResult
 from ..recover.als import _initial_V
 from ..recover.batched_gd import problem_seed, small_init
@@ -38,10 +39,11 @@ def solve_batch(problems: Any, rank: int, *, client: Any = None, chunk_size: Opt
     Parameters
     ----------
     problems : one of
-        - a stack: a (B, m, n) float array (or a list of B equal-shape 2-D arrays), NaN for a
-          missing entry;
-        - a list of (rows, cols, vals, shape): each problem's observed entries and its (m, n)
-          (shapes may differ: problems of one shape and value dtype are chunked together);
+        - a stack: a (B, m, n) float array (or a list of B equal-shape 2-D arrays or nested
+          lists of rows), NaN for a missing entry;
+        - a list of tuples (rows, cols, vals, shape): each problem's observed entries and its
+          (m, n) (shapes may differ: problems of one shape and value dtype are chunked
+          together). Only a tuple is read as entries: a list in the list is a matrix of a stack;
         - a list of (operator, y) with :mod:`lowrank_hpc.sensing` operators: EntrySampling ones
           are completion problems (as entries); the others are solved by
           :func:`lowrank_hpc.recover.factored_gd`, one at a time within their chunk.
@@ -75,8 +77,9 @@ def solve_batch(problems: Any, rank: int, *, client: Any = None, chunk_size: Opt
     stop_reason, the chunk's seconds and backend; info["seed"], info["chunk"] and, for ALS,
     info["kernel"], or for the gradient methods ``step``, ``step_halvings`` and
     info["damping"]), or a :class:`ProblemFailure` (falsy; ``.error`` is the exception) where
-    that problem's solve raised: NaN/inf values, an index out of range, no observed entry. A
-    failing problem never sinks its chunk: the chunk's problems are then solved one at a time.
+    that problem's solve raised: NaN/inf values (in the stack, vals or y), an index out of
+    range, no observed entry. A failing problem never sinks its chunk: the chunk's problems are
+    then solved one at a time.
     With the batched ALS every problem gets the bits ``batched_als`` over the whole batch would
     give it. With the gradient methods the default ``step`` and ``damping`` come from a power
     iteration over the chunk's problems, so they depend on the chunk in their last digits; pass
@@ -85,9 +88,11 @@ def solve_batch(problems: Any, rank: int, *, client: Any = None, chunk_size: Opt
     Raises (before any task is sent)
     ------
     ValueError for a ragged stack, an unknown method, a rank out of range for some problem's
-    shape, a malformed problem or per-problem option, a bad setting (the solver's own check);
-    TypeError for an unknown option or a bad client. Errors of the cluster (a chunk that keeps
-    failing, KilledWorker) propagate from Dask.
+    shape, a malformed problem (a bad shape; rows, cols and vals not 1-D of one length; y not
+    1-D with one value per measurement of its operator) or per-problem option, a bad setting
+    (the solver's own check, max_iter included; a TypeError for one of the wrong type), a
+    closed client; TypeError for an unknown option, a problem that is neither kind, or a bad
+    client. Errors of the cluster (a chunk that keeps failing, KilledWorker) propagate from Dask.
     """
     rank = _checks.integer(FUNCTION, "rank", rank)
     if rank < 1:
@@ -138,7 +143,7 @@ def solve_batch(problems: Any, rank: int, *, client: Any = None, chunk_size: Opt
 
     seed = _checks.draw_seed() if seed is None else seed
     settings = {"method": method, "rank": rank, "seed": seed, "backend": backend, "options": scalar}
-    run = executor(client, retries)
+    run = executor(client, retries, function=FUNCTION)
     futures = [run.submit(_solve_chunk, chunk, settings, name=f"solve_batch-chunk{chunk.number}")
                for chunk in chunks]
     results: list[Any] = [None] * count
@@ -210,6 +215,8 @@ def _dry_run(kind: tuple, method: str, rank: int, scalar: dict[str, Any]) -> Non
     """Check the rank and settings against one (path, shape, dtype) by the solver itself, on a
     one-entry problem with max_iter=0, so a bad setting raises here and not in every chunk."""
     path, shape, dtype = kind
+    if "max_iter" in scalar:  # overridden below: the user's value gets the solvers' own check here
+        LOOP_CONSTRAINTS["max_iter"](FUNCTION, "max_iter", scalar["max_iter"])
     options = dict(scalar, max_iter=0)
     rows, cols, vals = np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.dtype(dtype))
     offsets = np.array([0, 1], dtype=np.int64)
