@@ -87,3 +87,10 @@ def test_init_scale_below_the_dtype_range_is_refused(mirror):
     assert runs[np.float32].stop_reason == "max_iter"
     assert _relative(runs[np.float32].X, runs[np.float64].X) < 1e-4
     assert _relative(runs[np.float64].X, M) < 0.05  # measured 0.022
+
+
+@pytest.mark.parametrize("bad, error", [(None, TypeError), (1.0, TypeError), (-1, ValueError), (2**64, ValueError)])
+def test_operator_seed_errors_say_what_is_wanted(bad, error):
+    # An operator is its seed: None is refused, and every refusal says so (no "None or ..." here).
+    with pytest.raises(error, match=r"GaussianSensing: seed must be an integer >= 0"):
+        GaussianSensing(3, (3, 3), seed=bad)

@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run the ALS solves on a Dask cluster: its scheduler's address (tcp://host:8786) or "
                                "scheduler file (needs lowrank_hpc[dask]; implies --method als; --backend is then the "
                                "workers')")
-    complete.add_argument("--json", action="store_true", help="print the report as JSON")
+    complete.add_argument("--json", action="store_true",
+                          help="print the report as JSON (on stderr when --predict or --recommend writes its CSV "
+                               "to stdout)")
 
     from . import bmf
 

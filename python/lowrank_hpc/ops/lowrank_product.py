@@ -18,7 +18,7 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
 
     Parameters
     ----------
-    U : (m, r) or (batch, m, r) float32/float64 array, C-contiguous. float16/bfloat16 factors
+    U : (m, r) or (batch, m, r) float32/float64 array, any layout. float16/bfloat16 factors
         (``ml_dtypes.bfloat16`` in numpy) are upcast once to float32 (a copy of the factors),
         multiplied by the float32 GEMM and the product rounded once to their format (under
         lowrank_hpc.torch, torch's 16-bit GEMM does the same: float32 sums, rounded once).
@@ -27,7 +27,10 @@ def lowrank_product(U: Any, V: Any, *, check_finite: bool = True) -> Any:
 
     Returns
     -------
-    (m, n) or (batch, m, n) array of the inputs' dtype and array type (numpy or CUDA).
+    (m, n) or (batch, m, n) array of the inputs' dtype and array type (numpy or CUDA). A product
+    beyond the dtype's range is inf there, as the BLAS gives it (numpy warns); ``kernel_product(U,
+    V)`` (the identity kernel) raises FloatingPointError instead, at the cost of a pass over the
+    result.
     """
     call = resolve("lowrank_product", U=U, V=V)
     U3, V3, batched = factor_pair(call, U, V, check_finite=check_finite, halves=True)

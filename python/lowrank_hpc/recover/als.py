@@ -437,7 +437,7 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
 
     Parameters
     ----------
-    rows, cols : (nnz,) int32/int64 arrays of one dtype, 0 <= rows < m, 0 <= cols < n (numpy,
+    rows, cols : (nnz,) integer arrays (any integer dtype), 0 <= rows < m, 0 <= cols < n (numpy,
         or CUDA arrays to solve on the GPU). Repeated coordinates count as separate observations:
         c entries (i, j) with values v_1..v_c add sum_k (v_k - x_ij)^2 = c (mean(v) - x_ij)^2 +
         const to the objective, so the fit is the one of a single entry holding their mean with

@@ -89,7 +89,7 @@ def batched_factored_gd(rows: Any, cols: Any, vals: Any, offsets: Any, shape: tu
 
     Parameters
     ----------
-    rows, cols : (nnz,) int32/int64 indices, 0 <= rows < m, 0 <= cols < n.
+    rows, cols : (nnz,) integer indices (any integer dtype), 0 <= rows < m, 0 <= cols < n.
     vals : (nnz,) float32/float64 observed values; every problem needs a nonzero one.
     offsets : (B + 1,) int array (host or the data's device), non-decreasing from 0 to nnz: problem
         b's entry range.

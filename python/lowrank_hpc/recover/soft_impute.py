@@ -336,8 +336,8 @@ def _start_seed(function: str, name: str, value: Any) -> int:
 @_checks.constrained(shape=_checks.shape_2d, seed=_start_seed)
 def observed_spectral_norm(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], *, seed: int = 0) -> float:
     """The largest singular value of P_Omega(X): the n1 x n2 matrix holding vals at (rows, cols)
-    and zeros elsewhere (never formed), i.e. reg_max of :func:`soft_impute` (any reg at or above
-    it gives the zero solution).
+    and zeros elsewhere (never formed), i.e. reg_max of :func:`soft_impute` (at any reg at or
+    above it the optimum is the zero matrix; the solver's iterate only decays towards it).
 
     Computed by Golub-Kahan-Lanczos bidiagonalization with full reorthogonalisation through
     sparse products (a SparsePattern), in float64, until the top Ritz value is exact to about
@@ -381,9 +381,10 @@ def soft_impute(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: i
     rank : the rank bound r, an int in [1, min(shape)].
     reg : lambda >= 0 (finite), or None for fancyimpute's default
         ``observed_spectral_norm(rows, cols, vals, shape) / 50``. reg = 0 is the plain rank-r
-        fit; reg >= observed_spectral_norm(...) (lambda_max) gives the zero matrix (there the
-        iterate decays to zero and the relative change does not fall: a path of reg should start
-        below lambda_max, or take the zero solution for granted there).
+        fit; at reg >= observed_spectral_norm(...) (lambda_max) the optimum is the zero matrix,
+        but the iterate only decays towards it (at lambda_max itself, after 100 sweeps, entries
+        of about 1e-2 of the data remain) and the relative change does not fall: a path of reg
+        should start below lambda_max, or take the zero solution for granted there.
     max_iter, tol : stop after max_iter sweeps ("max_iter"; 0 only finishes the start), or once
         the relative change of the estimate, ||Z_t - Z_{t-1}||_F / ||Z_{t-1}||_F, is below tol
         ("converged"; computed from r x r Gram products; the paper's ratio is its square).

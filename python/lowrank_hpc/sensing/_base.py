@@ -48,9 +48,7 @@ def check_count(function: str, name: str, value: Any) -> int:
 def check_seed(function: str, seed: Any) -> int:
     """A non-negative int below 2**64: the Philox key. Required: an operator is its seed, so
     None (fresh entropy in the solvers) is refused here."""
-    if seed is None:
-        raise TypeError(f"{function}: seed must be an int in [0, 2**64) (the operator's Philox key), got None")
-    return _checks.seed(function, seed)
+    return _checks.seed(function, seed, optional=False)
 
 
 def check_shape(function: str, shape: Any, *, square: bool = False) -> tuple[int, int]:
@@ -121,7 +119,7 @@ class SensingOperator(ABC):
 
     # ------------------------------------------------------------------ public API
     def forward(self, X: Any) -> Any:
-        """A(X): X (n1, n2) or (batch, n1, n2), float32/float64, C-contiguous, numpy or CUDA.
+        """A(X): X (n1, n2) or (batch, n1, n2), float32/float64, any layout, numpy or CUDA.
 
         Returns (m,) or (batch, m) of X's dtype and array type.
         """
@@ -138,7 +136,7 @@ class SensingOperator(ABC):
         return _finite_result(call, lambda: self._forward(call, X.reshape(1, *self._shape))[0])
 
     def adjoint(self, y: Any) -> Any:
-        """A*(y) = sum_i y_i A_i: y (m,) or (batch, m), float32/float64, C-contiguous.
+        """A*(y) = sum_i y_i A_i: y (m,) or (batch, m), float32/float64, any layout.
 
         Returns (n1, n2) or (batch, n1, n2) of y's dtype and array type.
         """
@@ -157,7 +155,7 @@ class SensingOperator(ABC):
         """A(U V^T) for U (n1, r) and V (n2, r), or A(U U^T) when V is None (square shape).
 
         A leading batch axis is optional: U (batch, n1, r), V (batch, n2, r) give (batch, m).
-        float32/float64 C-contiguous arrays of one dtype; returns (m,) or (batch, m) of that dtype.
+        float32/float64 arrays of one dtype, any layout; returns (m,) or (batch, m) of that dtype.
         """
         function = f"{self._name}.forward_factored"
         _checks.required(function, U=U)
