@@ -89,6 +89,18 @@ def test_complete_string_ids_json_model_and_predictions(ratings, tmp_path):
     assert float(lines[1].split(",")[2]) == pytest.approx(loaded.predict_ids(["u1"], ["item2"])[0], rel=1e-12)
 
 
+@pytest.mark.parametrize("debias, refit_rank", [("yes", 2), ("no", None)])
+def test_debias_refits_the_fixed_penalty_fit_and_reports_its_rank(ratings, debias, refit_rank):
+    # 1,500 entries hold too few out for "auto" to offer the refit; "yes" refits the rank-2 fit.
+    run = cli("complete", ratings, "--rank", "2", "--reg", "1.0", "--debias", debias, "--json")
+    assert run.returncode == 0, run.stderr
+    report = strict_json(run.stdout)
+    assert report["refit_rank"] == refit_rank
+    plain = strict_json(cli("complete", ratings, "--rank", "2", "--reg", "1.0", "--debias", "no", "--json").stdout)
+    if refit_rank:  # least squares on the penalty's directions: closer to the training entries
+        assert report["train_rmse"] < plain["train_rmse"]
+
+
 def test_human_report_and_recommendations_to_stdout(ratings):
     run = cli("complete", ratings, *FAST, "--recommend", "3")
     assert run.returncode == 0, run.stderr
@@ -198,6 +210,8 @@ def test_usage_errors(ratings):
     fails(cli("complete", ratings, "--frobnicate"), 2, "unrecognized arguments: --frobnicate")
     fails(cli("complete", ratings, "--rank", "auto", "--method", "als"), 2,
           "--rank auto needs --method soft_impute")
+    fails(cli("complete", ratings, "--debias", "yes", "--method", "gd"), 2, "--debias yes")
+    fails(cli("complete", ratings, "--debias", "maybe"), 2, "--debias")
     fails(cli("complete"), 2, "lowrank-hpc demo")
     fails(cli(), 2, "choose a command")
 

@@ -126,6 +126,7 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
         "duplicates_summed": data.duplicates if implicit else 0, "shape": [n1, n2], "rows": n1, "cols": n2,
         "train_entries": int(train.size), "test_entries": int(test.size), "method": estimator.method,
         "rank": model.rank, "reg": model.reg, "reg_chosen_on_path": bool(estimator.path_),
+        "refit_rank": result.info.get("refit_rank"),
         "center": center, "backend": result.backend, "iterations": int(estimator.n_iter_),
         "converged": bool(estimator.converged_), "stop_reason": result.stop_reason,
         "seconds": round(time.perf_counter() - started, 3), "read_seconds": round(read_seconds, 3),
@@ -210,6 +211,11 @@ def _estimator(args: argparse.Namespace) -> Any:
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    if getattr(args, "debias", None) is not None:
+        params["debias"] = {"auto": "auto", "yes": True, "no": False}[args.debias]
+        if args.debias == "yes" and (args.method not in (None, "als", "soft_impute") or args.feedback == "implicit"):
+            raise UsageError("--debias yes refits what a penalty shrank: it takes --method als or soft_impute with "
+                             "explicit feedback")
     if args.reg is not None and args.method not in (None, "als", "soft_impute"):
         raise UsageError(f"--reg is the penalty of --method als and soft_impute; --method {args.method} fits "
                          "without one: drop --reg")

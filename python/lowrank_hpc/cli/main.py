@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="model a global mean (global) and row/column biases (both) (default: "
                                f"{_estimator_default('center')})")
     complete.add_argument("--reg-scaling", choices=("none", "count"), default=None, help=argparse.SUPPRESS)
+    complete.add_argument("--debias", choices=("auto", "yes", "no"), default=None,
+                          help="refit the singular values the penalty shrank (soft-impute+), the leading directions "
+                               "kept chosen on the held-out tenth: auto offers it to the penalty path from 1,000 "
+                               "held-out entries and keeps it where it predicts them better (default: auto)")
     complete.add_argument("--feedback", choices=("explicit", "implicit"), default="explicit",
                           help="explicit: the values are the matrix's entries (ratings); implicit: they are "
                                "interaction counts or strengths (plays, clicks), repeated pairs add up, and the "

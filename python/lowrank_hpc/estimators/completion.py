@@ -37,7 +37,7 @@ class MatrixCompletion(_Estimator):
     bounds it) with its penalty chosen on a seeded tenth of the observed entries held out
     (``reg="auto"``), and an intercept plus row and column offsets. ALS at the same rank and
     penalty solves the same problem (its ridge on the factors is the nuclear norm) but stops at
-    another point: at the defaults its held-out RMSE was 0.2% lower to 1.0% higher than
+    another point: at the defaults its held-out RMSE was 0.02% to 1.1% higher than
     soft-impute's on the four bundled real data sets, and 3.2-3.7% higher on planted rank-4
     matrices with row offsets and noise (200 x 120, 30% observed, 3 seeds).
     BENCHMARKS.md has the figures and times on real data sets.
@@ -54,10 +54,12 @@ class MatrixCompletion(_Estimator):
         "scaled_damped", "gd_rebalanced" (these fit without a penalty).
     reg : "auto" or a float >= 0, the penalty lambda of 1/2 ||P_Omega(X - model)||^2 +
         lambda/2 (||U||^2 + ||V||^2) (ALS: per ``reg_scaling``). "auto" walks lambda_max * 2^-k,
-        k = 1..12, warm-started (20 sweeps a point; soft-impute fits the offsets with the
-        factors there as in its final fit), on 90% of the entries, keeps the lambda / lambda_max
+        k = 1..12, warm-started (up to 20 sweeps a point, fewer where the point meets the looser
+        of tol and 1e-4; soft-impute fits the offsets with the factors there as in its final
+        fit), on 90% of the entries, and stops after two points whose held-out RMSE is worse
+        than the best so far; it keeps the lambda / lambda_max (and, see ``debias``, the refit)
         of least RMSE on the other 10% (seeded by ``random_state``) and refits on all entries;
-        ``path_`` lists the points. k = 0 (lambda_max, where U V^T is zero) is a candidate too:
+        ``path_`` lists the points walked. k = 0 (lambda_max, where U V^T is zero) is a candidate too:
         the offsets alone, so data without low-rank structure get the offsets-only model
         (U_, V_ zeros, ``rank_`` 0, ``n_iter_`` 0: no solve runs). With fewer than 195 observed
         entries (a tenth is under 20) there is no path and lambda = lambda_max / 2. Folding in
@@ -97,6 +99,18 @@ class MatrixCompletion(_Estimator):
         interactions in by its exact row solve, and score is the negative RMSE of the scores
         against the preferences.
     alpha : implicit feedback's confidence slope, a float >= 0 (default 1.0).
+    debias : "auto" (default), True or False. The penalty shrinks the directions it keeps, the
+        signal's with the noise's; the refit of Mazumder, Hastie and Tibshirani (2010,
+        "soft-impute+") keeps the fit's leading k directions and refits their singular values by
+        least squares on the observed entries. "auto": with reg="auto" and at least 1,000
+        held-out entries (10,000 observed), each path point also offers that refit, k chosen on
+        the held-out entries, and the held-out RMSE decides between it and the penalized fit
+        (``path_[i].refit_rank`` says which won); the final fit is refitted at the chosen k
+        when the refit won. True: the path ranks the refits alone, and with a fixed ``reg`` every
+        direction is refitted; False: never (the penalized optimum itself). Explicit feedback
+        with "soft_impute" or "als" only. It costs a pass over the entries of about 2 k^2
+        flops each per path point. The final solve's callback and checkpoint see the penalized
+        factors; ``result_.info["refit_rank"]`` is set when the refit was applied.
 
     Attributes
     ----------
@@ -124,7 +138,7 @@ class MatrixCompletion(_Estimator):
                  center: str = "both", bias_reg: float = 10.0, max_iter: int = 100, tol: float = 1e-3,
                  init: Any = None, backend: str = "auto", random_state: Any = None, verbose: bool = False,
                  checkpoint: Optional[str] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
-                 feedback: str = "explicit", alpha: float = 1.0):
+                 feedback: str = "explicit", alpha: float = 1.0, debias: Any = "auto"):
         self.rank = rank
         self.method = method
         self.reg = reg
@@ -141,6 +155,7 @@ class MatrixCompletion(_Estimator):
         self.callback = callback
         self.feedback = feedback
         self.alpha = alpha
+        self.debias = debias
 
     def fit(self, X: Any, cols: Any = None, vals: Any = None, *, shape: Optional[tuple[int, int]] = None,
             y: Any = None) -> "MatrixCompletion":
@@ -191,7 +206,7 @@ class MatrixCompletion(_Estimator):
         settings = CompletionSettings(method=self.method, rank=rank, reg=self.reg, reg_scaling=self.reg_scaling,
                                       center=self.center, bias_reg=float(self.bias_reg), max_iter=self.max_iter,
                                       tol=float(self.tol), init=init, seed=seed, progress=bool(self.verbose),
-                                      checkpoint=self.checkpoint, callback=self.callback)
+                                      checkpoint=self.checkpoint, callback=self.callback, debias=self.debias)
         with _backend_scope(self.backend):
             fitted = fit_completion(settings, rows, cols, vals, shape)
             result, offsets = fitted.result, fitted.offsets
@@ -286,6 +301,12 @@ class MatrixCompletion(_Estimator):
                              f"method='als', an integer rank, init=None and reg_scaling='none' (got method="
                              f"{self.method!r}, rank={self.rank!r}, init={'an array' if self.init is not None else None},"
                              f" reg_scaling={self.reg_scaling!r})")
+        if not (isinstance(self.debias, (bool, np.bool_)) or (isinstance(self.debias, str) and self.debias == "auto")):
+            raise ValueError(f"{function}: debias must be 'auto', True or False, got {self.debias!r}")
+        if self.debias is True and (self.method not in ("als", "soft_impute") or self.feedback == "implicit"):
+            raise ValueError(f"{function}: debias=True refits the singular values that a penalty shrank: it takes "
+                             f"method 'soft_impute' or 'als' with explicit feedback (got method={self.method!r}, "
+                             f"feedback={self.feedback!r})")
         if self.callback is not None and not callable(self.callback):
             raise ValueError(f"{function}: callback must be callable or None, got {self.callback!r}")
         if self.checkpoint is not None:
