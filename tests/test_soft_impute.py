@@ -13,6 +13,7 @@ from lowrank_hpc.recover import CheckpointMismatchError, RecoveryResult, observe
 
 # The module (lowrank_hpc.recover.soft_impute is the function of that name).
 soft_impute_module = importlib.import_module("lowrank_hpc.recover.soft_impute")
+tall_svd_module = importlib.import_module("lowrank_hpc.recover._tall_svd")
 
 
 def planted(rng, m, n, rank, fraction, noise=0.0):
@@ -98,12 +99,16 @@ def estimate(result):
     return np.asarray(result.U) @ np.asarray(result.V).T
 
 
-@pytest.fixture(params=["jacobi", "lapack"])
+@pytest.fixture(params=["jacobi", "lapack", "tsqr"])
 def svd_path(request, monkeypatch):
     """On the CPU the half-steps' SVDs of short matrices are the core's one-sided Jacobi, of
-    taller ones LAPACK's: the tests that take it run on both."""
-    if request.param == "lapack":
+    taller ones LAPACK's, of tall ones (thousands of rows) a TSQR: the tests that take it run on
+    all three (the TSQR's blocks made small enough for these matrices)."""
+    if request.param != "jacobi":
         monkeypatch.setattr(soft_impute_module, "_JACOBI_MAX_ROWS", 0)
+    if request.param == "tsqr":
+        monkeypatch.setattr(tall_svd_module, "TSQR_BLOCK_ROWS", 20)  # ranks up to 5: a block of 20 rows and a rest
+        monkeypatch.setattr(tall_svd_module, "TSQR_MIN_ROWS", 20)
     return request.param
 
 
@@ -546,3 +551,41 @@ def test_centered_checkpoint_resume_is_bit_identical(tmp_path, rng):
     np.testing.assert_array_equal(resumed.U, reference.U)
     np.testing.assert_array_equal(resumed.info["offsets"].row, reference.info["offsets"].row)
     np.testing.assert_array_equal(resumed.history["loss"], reference.history["loss"])
+
+
+# ------------------------------------------------------------------ the tall SVD and the entries' order
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+@pytest.mark.parametrize("n", [4096, 10_000, 2048 * 5 + 7])  # whole blocks only, and a rest block
+def test_tall_svd_is_numpys_svd(n, dtype, tol):
+    """The TSQR route against numpy's SVD of the same matrix (in float64): singular values,
+    orthonormal left vectors, the product, on columns of scales from 1 to 1e-5."""
+    rng = np.random.default_rng(n)
+    M = (rng.standard_normal((n, 20)) * np.logspace(0, -5, 20)).astype(dtype)
+    left, s, q_t = tall_svd_module.tall_svd(M)
+    s_ref = np.linalg.svd(M.astype(np.float64), compute_uv=False)
+    assert left.dtype == dtype and left.flags.c_contiguous and left.shape == (n, 20)
+    np.testing.assert_allclose(s, s_ref, rtol=tol * 10, atol=0)
+    np.testing.assert_allclose(left.T @ left, np.eye(20), atol=tol * 10)
+    np.testing.assert_allclose(q_t @ q_t.T, np.eye(20), atol=tol * 10)
+    assert np.abs((left * s) @ q_t - M).max() <= tol * np.abs(M).max() * 10
+
+
+def test_tall_svd_raises_on_nan_as_numpy_does():
+    M = np.ones((5000, 4))
+    M[4321, 2] = np.nan
+    with pytest.raises(np.linalg.LinAlgError):
+        tall_svd_module.tall_svd(M)
+
+
+def test_entries_in_any_order_give_the_same_fit(rng):
+    """The solver holds the entries in row order: a shuffled input gives the row-major input's
+    fit (to the rounding of sums taken in another order), offsets included."""
+    X, mask, rows, cols, vals = planted(rng, 50, 40, 3, 0.5, noise=0.1)
+    vals = vals + 3.0 + rng.standard_normal(50)[rows]  # offsets to fit
+    order = rng.permutation(rows.shape[0])
+    settings = dict(max_iter=30, tol=0, seed=2, center="both", bias_reg=1.0)
+    ordered = soft_impute(rows, cols, vals, (50, 40), 5, 0.5, **settings)
+    shuffled = soft_impute(rows[order], cols[order], vals[order], (50, 40), 5, 0.5, **settings)
+    np.testing.assert_allclose(estimate(shuffled), estimate(ordered), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(shuffled.history["loss"], ordered.history["loss"], rtol=1e-12)
+    np.testing.assert_allclose(shuffled.info["offsets"].row, ordered.info["offsets"].row, rtol=1e-10, atol=1e-12)
