@@ -274,6 +274,22 @@ def test_not_fitted_errors():
         lr.MatrixSensing().predict(GaussianSensing(4, (3, 3), seed=0))
 
 
+def test_not_fitted_error_of_scikit_learns_kind_pickles():
+    """While scikit-learn is loaded the error raised is also sklearn's NotFittedError, a class made at
+    run time under the public name, which pickle refused ("not the same object as
+    lowrank_hpc.estimators.NotFittedError"): an error raised in a worker process never reached
+    the parent. It round-trips now, with its type, message and attributes."""
+    exceptions = pytest.importorskip("sklearn.exceptions")
+    with pytest.raises(lr.NotFittedError) as raised:
+        lr.MatrixCompletion().predict(np.array([0]), np.array([0]))
+    error = raised.value
+    error.add_note("raised in a worker")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and isinstance(copy, exceptions.NotFittedError)
+    assert str(copy) == "This MatrixCompletion instance is not fitted yet; call fit before predict"
+    assert copy.args == error.args and copy.__notes__ == ["raised in a worker"]
+
+
 @pytest.mark.parametrize("params, message", [
     ({"method": "svd"}, "method must be one of"),
     ({"rank": 0}, "rank must be an integer >= 1"),

@@ -5,6 +5,7 @@ completion, a dense numpy transcription of the weighted updates), alternating up
 decoding on planted factors, and the error paths."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -561,3 +562,25 @@ def test_gpu_matches_cpu(digits, solver, beta_loss):
     cpu = lr.NMF(n_components=4, init="nndsvdar", random_state=0, tol=0, max_iter=30).fit(S)
     gpu = lr.NMF(n_components=4, init="nndsvdar", random_state=0, tol=0, max_iter=30, backend="cuda").fit(S)
     np.testing.assert_allclose(gpu.components_.get(), cpu.components_, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("random_state", [-1, 2**32, 2**40, 1.5, "0", np.random.default_rng(0)])
+@pytest.mark.parametrize("init", ["random", "nndsvda", "custom"])
+def test_random_state_out_of_range_is_named(random_state, init):
+    """The values scikit-learn's NMF refuses: the error names NMF's method and random_state (an
+    int outside [0, 2**32) gave numpy's bare "Seed must be between 0 and 2**32 - 1"), at whichever
+    use of it comes first: the random start, the SVD's test matrix, the coordinate shuffle."""
+    rng = np.random.default_rng(5)
+    X, W, H = (np.abs(rng.standard_normal(shape)) for shape in ((30, 20), (30, 3), (3, 20)))
+    message = (r"^NMF\.fit_transform: random_state must be None, an integer in \[0, 2\*\*32\) or a numpy "
+               r"RandomState, got " + re.escape(repr(random_state)))
+    for shuffle in (True, False):  # without a shuffle (and init "custom") nothing draws: still checked
+        model = lr.NMF(n_components=3, init=init, shuffle=shuffle, max_iter=5, random_state=random_state)
+        with pytest.raises(ValueError, match=message):
+            model.fit_transform(X, W=W, H=H) if init == "custom" else model.fit_transform(X)
+
+
+def test_random_state_range_ends_are_accepted():
+    X = np.abs(np.random.default_rng(5).standard_normal((30, 20)))
+    for random_state in (0, np.uint32(2**32 - 1), np.random.RandomState(3), None):
+        lr.NMF(n_components=3, init="random", shuffle=True, max_iter=5, tol=0, random_state=random_state).fit(X)

@@ -10,6 +10,7 @@ import contextvars
 import functools
 import os
 import re
+import sys
 import threading
 import warnings
 from types import ModuleType
@@ -25,6 +26,25 @@ from . import _cpu_isa  # noqa: E402
 
 # The CPU backend at the widest instruction-set level this processor runs (see _cpu_isa).
 _cpu = _cpu_isa.load()
+
+
+def _after_fork_in_child() -> None:
+    """In a fork()ed child, run the kernels on one OpenMP thread (what PyTorch does): libgomp's
+    thread pool is not fork-safe, and a parallel region in the child of a parent that had run
+    one waited forever on threads that were not copied. ``info()["openmp_threads"]`` then says 1.
+    The BLAS scope's lock is made anew: a thread of the parent may have held it, and none came along."""
+    global _blas_scope_lock
+    for name in _cpu_isa.MODULES.values():  # every level module loaded (tests may load several)
+        module = sys.modules.get(f"{__package__}.{name}")
+        if module is not None:
+            module.set_num_threads(1)
+    _blas_scope_lock = threading.Lock()
+
+
+# Registered once per process: a reload of this module must not add a second handler.
+if not globals().get("_fork_handler_registered") and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _fork_handler_registered = True
 
 BACKENDS = ("auto", "cpu", "cuda")
 
@@ -298,6 +318,7 @@ def _single_threaded_scope() -> Iterator[None]:
     with _blas_scope_lock:
         if _blas_scope_depth == 0:
             _blas_scope_limit = _blas_controller().limit(limits=1, user_api="blas")
+            _release_openblas_control()
         _blas_scope_depth += 1
     try:
         yield
@@ -306,7 +327,24 @@ def _single_threaded_scope() -> Iterator[None]:
             _blas_scope_depth -= 1
             if _blas_scope_depth == 0:
                 _blas_scope_limit.restore_original_limits()
+                _release_openblas_control()
                 _blas_scope_limit = None
+
+
+def _release_openblas_control() -> None:
+    """Let the next thread that opens or closes the scope set OpenBLAS's limit.
+
+    threadpoolctl >= 3.8 lets only the thread that last set a (pthreads) OpenBLAS limit set
+    another while it lives, and ignores the others silently. The scope is opened by whichever
+    thread comes first and closed by whichever leaves last: without this the closing thread's
+    restore was ignored while the opening one lived, OpenBLAS stayed at 1 thread, and every later
+    scope took that 1 as the original to restore (for the rest of the process). Older
+    threadpoolctl has no such rule, nor this method."""
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear()  # only this thread's own control: another thread's limit in force stays its own
 
 
 @functools.lru_cache(maxsize=1)

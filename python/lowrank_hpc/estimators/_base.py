@@ -22,20 +22,37 @@ class NotFittedError(ValueError, AttributeError):
     """
 
 
+def _reduce_with_sklearn_base(error: NotFittedError) -> tuple:
+    # pickle finds a class by module and name, and those of the class made below are the public
+    # NotFittedError's: it is rebuilt by _unpickle_not_fitted instead.
+    return _unpickle_not_fitted, (error.args,), error.__dict__ or None
+
+
 @functools.lru_cache(maxsize=None)
 def _with_sklearn_base(sklearn_class: type) -> type:
     return type("NotFittedError", (NotFittedError, sklearn_class),
-                {"__module__": "lowrank_hpc.estimators", "__doc__": NotFittedError.__doc__})
+                {"__module__": "lowrank_hpc.estimators", "__doc__": NotFittedError.__doc__,
+                 "__reduce__": _reduce_with_sklearn_base})
 
 
-def _not_fitted(estimator: Any, method: str) -> NotFittedError:
-    message = (f"This {type(estimator).__name__} instance is not fitted yet; call fit before {method}")
+def _error_class() -> type:
+    """NotFittedError, or while scikit-learn is loaded its subclass that is also scikit-learn's."""
     # Code that catches scikit-learn's class has imported it by then, so looking in sys.modules
     # is enough and the library never imports scikit-learn itself.
     sklearn_exceptions = sys.modules.get("sklearn.exceptions")
     if sklearn_exceptions is None:
-        return NotFittedError(message)
-    return _with_sklearn_base(sklearn_exceptions.NotFittedError)(message)
+        return NotFittedError
+    return _with_sklearn_base(sklearn_exceptions.NotFittedError)
+
+
+def _unpickle_not_fitted(args: tuple) -> NotFittedError:
+    """A pickled NotFittedError of scikit-learn's kind, rebuilt by the rule of the process that
+    loads it (a plain NotFittedError where scikit-learn is not loaded)."""
+    return _error_class()(*args)
+
+
+def _not_fitted(estimator: Any, method: str) -> NotFittedError:
+    return _error_class()(f"This {type(estimator).__name__} instance is not fitted yet; call fit before {method}")
 
 
 # ---------------------------------------------------------------------- hyper-parameter checks

@@ -166,6 +166,8 @@ class NMF(_Estimator):
             fail("verbose", "an int or a bool")
         if not isinstance(self.shuffle, (bool, np.bool_)):
             fail("shuffle", "a bool")
+        # Checked here, as scikit-learn does, also where no draw reads it (init="custom", no shuffle).
+        _nmf.rng_of(self.random_state, function)
         if not (isinstance(self.backend, str) and self.backend in ("auto", "cpu", "cuda")):
             fail("backend", "one of ('auto', 'cpu', 'cuda')")
         if not ((isinstance(self.sweeps, str) and self.sweeps == "auto") or (

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _checks
 from .._arrays import Call
 from .._backend import single_threaded_blas
 from ..ops import SparsePattern
@@ -136,16 +137,19 @@ def host_blas(data: "NmfData"):
 
 
 # ---------------------------------------------------------------------- initialisation
-def rng_of(random_state: Any) -> np.random.RandomState:
-    """scikit-learn's check_random_state: None -> numpy's global RandomState, an int -> a new
-    RandomState(int), a RandomState -> itself."""
+def rng_of(random_state: Any, function: str) -> np.random.RandomState:
+    """scikit-learn's check_random_state: None -> numpy's global RandomState, an int in
+    [0, 2**32) -> a new RandomState(int), a RandomState -> itself. ValueError naming ``function``
+    and random_state for anything else."""
     if random_state is None or random_state is np.random:
         return np.random.mtrand._rand
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        return np.random.RandomState(int(random_state))
     if isinstance(random_state, np.random.RandomState):
         return random_state
-    raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {random_state!r}")
+    # RandomState's own error for a seed out of its range named neither NMF nor random_state.
+    if _checks._is_int(random_state) and 0 <= random_state < 2**32:
+        return np.random.RandomState(int(random_state))
+    raise ValueError(f"{function}: random_state must be None, an integer in [0, 2**32) or a numpy RandomState, "
+                     f"got {random_state!r}")
 
 
 def _lu_normalize(A):
@@ -184,7 +188,7 @@ def randomized_svd(data: NmfData, k: int, random_state: Any, fast: bool = False)
     transpose = n < m
     size = k + 10
     n_iter = 7 if k < 0.1 * min(n, m) else 4
-    rng = rng_of(random_state)
+    rng = rng_of(random_state, data.call.function)
     Q = rng.normal(size=(n if transpose else m, size))
     products = _Float32Products(data) if fast else data
     if products.dtype == np.float32:
@@ -314,7 +318,7 @@ def _initialize(data: NmfData, k: int, init: Optional[str], random_state: Any, e
     dtype = data.dtype
     if init == "random":
         scale = math.sqrt(data.mean / k)
-        rng = rng_of(random_state)
+        rng = rng_of(random_state, data.call.function)
         H = np.abs(scale * rng.standard_normal(size=(k, m)).astype(dtype, copy=False))
         W = np.abs(scale * rng.standard_normal(size=(n, k)).astype(dtype, copy=False))
         return W, H
@@ -343,7 +347,7 @@ def _initialize(data: NmfData, k: int, init: Optional[str], random_state: Any, e
         W[W == 0] = data.mean
         H[H == 0] = data.mean
     elif init == "nndsvdar":
-        rng = rng_of(random_state)
+        rng = rng_of(random_state, data.call.function)
         W[W == 0] = abs(data.mean * rng.standard_normal(size=int((W == 0).sum())) / 100)
         H[H == 0] = abs(data.mean * rng.standard_normal(size=int((H == 0).sum())) / 100)
     return W.astype(dtype, copy=False), H.astype(dtype, copy=False)
@@ -734,7 +738,7 @@ def fit(data: NmfData, W, Ht, *, solver: str, beta: float, tol: float, max_iter:
     state = LoopState(arrays={"W": W, "Ht": Ht})
     memory: dict[str, Any] = {}
     if solver == "cd":
-        rng = rng_of(random_state) if shuffle else None
+        rng = rng_of(random_state, description) if shuffle else None
         method = (_MaskedCD if data.masked else _CD)(data, k, penalty, update_H, shuffle, rng, sweeps)
 
         def step(state: LoopState):

@@ -83,6 +83,9 @@ class SensingOperator(ABC):
     """
 
     _name = "SensingOperator"
+    # What an operator derives from its definition (seed, shape, indices) and rebuilds on first
+    # use: the generated matrices (_cache) and EntrySampling's sorted SparsePatterns (_patterns).
+    _derived_state = ("_cache", "_patterns")
 
     def __init__(self, shape: tuple[int, int], num_measurements: int, seed: Optional[int],
                  memory_budget: Optional[int] = None):
@@ -116,6 +119,15 @@ class SensingOperator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(m={self._m}, shape={self._shape}, seed={self._seed})"
+
+    def __getstate__(self) -> dict:
+        """What pickle and copy keep: an operator is its seed, so not the derived state (a cached
+        GaussianSensing(2000, (100, 80)) matrix is 128 MB), which the copy rebuilds on first use."""
+        state = self.__dict__.copy()
+        for name in self._derived_state:
+            if name in state:
+                state[name] = {}
+        return state
 
     # ------------------------------------------------------------------ public API
     def forward(self, X: Any) -> Any:
