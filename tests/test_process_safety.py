@@ -209,3 +209,89 @@ def test_concurrent_scopes_with_blas_work_leave_the_original_counts(original_bla
     with _backend.single_threaded_blas():
         A @ A
     assert _blas_threads() == original_blas_threads
+
+
+NO_KERNEL_PARENT_SCRIPT = r"""
+import faulthandler, os
+import lowrank_hpc
+from lowrank_hpc import ops
+import numpy as np
+
+threads = lowrank_hpc.info()["openmp_threads"]  # asking info() starts no pool
+pid = os.fork()  # as a forkserver that preloaded lowrank_hpc forks its children
+if pid == 0:
+    faulthandler.dump_traceback_later(30, exit=True)
+    g = np.random.default_rng(0)
+    U, V, rows, cols = g.standard_normal((3000, 16)), g.standard_normal((2000, 16)), g.integers(0, 3000, 200000), \
+        g.integers(0, 2000, 200000)
+    same = np.allclose(ops.sampled_product(U, V, rows, cols), np.einsum("ij,ij->i", U[rows], V[cols]))
+    print("child threads:", lowrank_hpc.info()["openmp_threads"], same, flush=True)
+    os._exit(0)
+print("child exit:", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "parent threads:", threads)
+"""
+
+
+@needs_fork
+def test_a_child_of_a_parent_that_ran_no_kernel_keeps_its_threads():
+    """Only a parent that ran kernels has an OpenMP pool the child cannot use: a forkserver that
+    preloaded the library (and ran nothing) gives its children every thread, and they run."""
+    result = _run(NO_KERNEL_PARENT_SCRIPT)
+    threads = lowrank_hpc.info()["openmp_threads"]
+    assert result.stdout.splitlines() == [f"child threads: {threads} True",
+                                          f"child exit: 0 parent threads: {threads}"], result.stdout + result.stderr
+
+
+SCOPE_HELD_AT_FORK_SCRIPT = r"""
+import faulthandler, os, threading
+import threadpoolctl
+from lowrank_hpc import _backend
+
+def blas():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+original = blas()
+inside, leave = threading.Event(), threading.Event()
+
+def hold():
+    with _backend.single_threaded_blas():
+        inside.set()
+        leave.wait(60)
+
+thread = threading.Thread(target=hold)
+thread.start()
+inside.wait(60)
+pid = os.fork()  # another thread is inside a scope: BLAS is on one thread here
+if pid == 0:
+    faulthandler.dump_traceback_later(30, exit=True)
+    after_fork = blas()
+    with _backend.single_threaded_blas():
+        inside_scope = blas()
+    print("child:", after_fork == original, inside_scope == [1] * len(original), blas() == original, flush=True)
+    os._exit(0)
+leave.set()
+thread.join()
+print("child exit:", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "parent back:", blas() == original)
+"""
+
+
+@needs_fork
+def test_a_child_forked_while_another_thread_held_a_scope_gets_its_blas_threads_back():
+    """The scope a thread of the parent held is not the child's (that thread did not come along):
+    the child lifts its limit at once, and its own scopes limit and restore as usual."""
+    counts = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    if not counts or max(counts) < 2:
+        pytest.skip("needs a BLAS library on two or more threads")
+    result = _run(SCOPE_HELD_AT_FORK_SCRIPT)
+    assert result.stdout.splitlines() == ["child: True True True", "child exit: 0 parent back: True"], \
+        result.stdout + result.stderr
+
+
+def test_a_callers_own_blas_limit_in_the_same_thread_survives_our_scope(original_blas_threads):
+    """threadpoolctl (>= 3.8) gives OpenBLAS control to the thread that set a limit: a caller's own
+    limit around our scope stays the caller's, so another thread cannot lift it meanwhile."""
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        with _backend.single_threaded_blas():
+            pass
+        _in_threads(lambda: threadpoolctl.threadpool_limits(limits=2, user_api="blas"))  # ignored: not in control
+        assert _blas_threads() == [1] * len(original_blas_threads)
+    assert _blas_threads() == original_blas_threads

@@ -152,7 +152,7 @@ class Call:
     def __post_init__(self) -> None:
         self.on_device = self.backend == "cuda"
         self.xp = _backend.cupy_module() if self.on_device else np
-        self.module = _backend.cuda_module() if self.on_device else _backend.cpu_module()
+        self.module = _backend.cuda_module() if self.on_device else _backend.cpu_kernels()
 
     # ------------------------------------------------------------------ conversion
     def _as_backend_array(self, name: str, x: Any, indices: bool = False):

@@ -28,17 +28,37 @@ from . import _cpu_isa  # noqa: E402
 _cpu = _cpu_isa.load()
 
 
+# Whether this process may have started OpenMP's thread pool: set where kernels are dispatched
+# (cpu_kernels(), and the JAX handlers' registration), not by importing or asking info().
+_openmp_used = False
+
+
+def cpu_kernels() -> ModuleType:
+    """The CPU module, to run its kernels (what cpu_module() gives, noted for fork: see below)."""
+    global _openmp_used
+    _openmp_used = True
+    return _cpu
+
+
 def _after_fork_in_child() -> None:
-    """In a fork()ed child, run the kernels on one OpenMP thread (what PyTorch does): libgomp's
-    thread pool is not fork-safe, and a parallel region in the child of a parent that had run
-    one waited forever on threads that were not copied. ``info()["openmp_threads"]`` then says 1.
-    The BLAS scope's lock is made anew: a thread of the parent may have held it, and none came along."""
+    """In a fork()ed child of a process that ran kernels, run them on one OpenMP thread (what
+    PyTorch does): libgomp's pool is not fork-safe, and a parallel region in such a child waited
+    forever on threads that were not copied. ``info()["openmp_threads"]`` then says 1. A child
+    of a process that never ran one (a forkserver that preloaded lowrank_hpc) keeps its threads.
+    The BLAS scope keeps only the forking thread's open scopes, under a new lock (another thread
+    of the parent may have held it, or a scope, and none came along)."""
     global _blas_scope_lock
-    for name in _cpu_isa.MODULES.values():  # every level module loaded (tests may load several)
-        module = sys.modules.get(f"{__package__}.{name}")
-        if module is not None:
-            module.set_num_threads(1)
+    if _openmp_used:
+        for name in _cpu_isa.MODULES.values():  # every level module loaded (tests may load several)
+            module = sys.modules.get(f"{__package__}.{name}")
+            if module is not None:
+                module.set_num_threads(1)
     _blas_scope_lock = threading.Lock()
+    survivor = threading.get_ident()  # the forking thread keeps its ident in the child
+    for ident in [ident for ident in _blas_scope_depths if ident != survivor]:
+        del _blas_scope_depths[ident]
+    if not _blas_scope_depths and _blas_scope_limit is not None:  # scopes the other threads held: lifted
+        _lift_blas_limit()
 
 
 # Registered once per process: a reload of this module must not add a second handler.
@@ -308,27 +328,51 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
 
 
 _blas_scope_lock = threading.Lock()
-_blas_scope_depth = 0
+_blas_scope_depths: dict[int, int] = {}  # open scopes by thread (a forked child keeps its own thread's)
 _blas_scope_limit: Any = None
 
 
 @contextlib.contextmanager
 def _single_threaded_scope() -> Iterator[None]:
-    global _blas_scope_depth, _blas_scope_limit
+    global _blas_scope_limit
+    me = threading.get_ident()
     with _blas_scope_lock:
-        if _blas_scope_depth == 0:
+        if not _blas_scope_depths:
+            controlling = _controls_openblas()
             _blas_scope_limit = _blas_controller().limit(limits=1, user_api="blas")
-            _release_openblas_control()
-        _blas_scope_depth += 1
+            if not controlling:
+                _release_openblas_control()
+        _blas_scope_depths[me] = _blas_scope_depths.get(me, 0) + 1
     try:
         yield
     finally:
         with _blas_scope_lock:
-            _blas_scope_depth -= 1
-            if _blas_scope_depth == 0:
-                _blas_scope_limit.restore_original_limits()
-                _release_openblas_control()
-                _blas_scope_limit = None
+            depth = _blas_scope_depths.get(me, 0) - 1
+            if depth > 0:
+                _blas_scope_depths[me] = depth
+            else:
+                _blas_scope_depths.pop(me, None)
+            if not _blas_scope_depths and _blas_scope_limit is not None:
+                _lift_blas_limit()
+
+
+def _lift_blas_limit() -> None:
+    """Restore the BLAS thread counts the outermost scope found (under the scope's lock)."""
+    global _blas_scope_limit
+    controlling = _controls_openblas()
+    _blas_scope_limit.restore_original_limits()
+    if not controlling:
+        _release_openblas_control()
+    _blas_scope_limit = None
+
+
+def _controls_openblas() -> bool:
+    """Whether this thread holds threadpoolctl's OpenBLAS control (a limit of the caller's own,
+    in force around our scope: it must stay the caller's)."""
+    from threadpoolctl import OpenBLASController
+
+    shared = getattr(OpenBLASController, "_SHARED_STATE", None)
+    return getattr(shared, "controlling_thread", None) is threading.current_thread()
 
 
 def _release_openblas_control() -> None:
@@ -338,13 +382,13 @@ def _release_openblas_control() -> None:
     another while it lives, and ignores the others silently. The scope is opened by whichever
     thread comes first and closed by whichever leaves last: without this the closing thread's
     restore was ignored while the opening one lived, OpenBLAS stayed at 1 thread, and every later
-    scope took that 1 as the original to restore (for the rest of the process). Older
-    threadpoolctl has no such rule, nor this method."""
+    scope took that 1 as the original to restore (for the rest of the process). Called only where
+    this thread took control for the scope itself. Older threadpoolctl has no such rule, nor this method."""
     from threadpoolctl import OpenBLASController
 
     clear = getattr(OpenBLASController, "clear_controlling_thread", None)
     if clear is not None:
-        clear()  # only this thread's own control: another thread's limit in force stays its own
+        clear()
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import Call, resolve
-from .._backend import CONSTANTS, cpu_module
+from .._backend import CONSTANTS, cpu_kernels
 from ..recover._driver import LoopSettings, LoopState, resolve_seed, run_loop
 from ..recover._result import RecoveryResult
 from ..recover.als import (_ALS_CONSTRAINTS, CG_STEPS, uses_cg, _check_coordinates, _check_init, _check_rank,
@@ -194,7 +194,7 @@ class DistributedALS:
             residuals = sum(s[4 * k * k + 1] for s in stats[shards:])
             singular = sum(s[-1] for s in stats)
             change = np.empty(1, dtype=np.float64)
-            cpu_module().relative_change(np.ascontiguousarray(left), np.ascontiguousarray(right), change, 0)
+            cpu_kernels().relative_change(np.ascontiguousarray(left), np.ascontiguousarray(right), change, 0)
             loss = 0.5 * (float(residuals) + reg * float(penalty))
             state.scalars["singular_rows"] = float(singular)
             flags["diverged"] = not np.isfinite(loss)

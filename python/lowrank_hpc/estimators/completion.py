@@ -63,7 +63,8 @@ class MatrixCompletion(_Estimator):
         the offsets alone, so data without low-rank structure get the offsets-only model
         (U_, V_ zeros, ``rank_`` 0, ``n_iter_`` 0: no solve runs). With fewer than 195 observed
         entries (a tenth is under 20) there is no path and lambda = lambda_max / 2. Folding in
-        rows uses ``reg_`` as its ridge (0.1 for the gradient methods).
+        rows uses ``reg_`` as its ridge (0.1 for the gradient methods); after a refit (``debias``)
+        against the penalized V, the row then mapped onto the refitted directions.
     reg_scaling : ALS only: "none", or "count" (each row's and column's ridge times its number
         of observations, ALS-WR).
     center : "both" (mu + row and column offsets, default), "global" (mu only) or "none". The
@@ -106,8 +107,9 @@ class MatrixCompletion(_Estimator):
         held-out entries (10,000 observed), each path point also offers that refit, k chosen on
         the held-out entries, and the held-out RMSE decides between it and the penalized fit
         (``path_[i].refit_rank`` says which won); the final fit is refitted at the chosen k
-        when the refit won. True: the path ranks the refits alone, and with a fixed ``reg`` every
-        direction is refitted; False: never (the penalized optimum itself). Explicit feedback
+        when the refit won. True: the path ranks the refits alone, and without a path (a fixed
+        ``reg``, or under 195 entries) every direction the entries see is refitted; False: never
+        (the penalized optimum itself). Explicit feedback
         with "soft_impute" or "als" only. It costs a pass over the entries of about 2 k^2
         flops each per path point. The final solve's callback and checkpoint see the penalized
         factors; ``result_.info["refit_rank"]`` is set when the refit was applied.
@@ -119,14 +121,18 @@ class MatrixCompletion(_Estimator):
     intercept_ : float mu. row_bias_ : (n1,) a, col_bias_ : (n2,) b, of U_'s dtype and side
         (zeros where ``center`` leaves them out).
     reg_ : the penalty of the final fit (absolute, the solver's ``reg``). rank_ : the rank of
-        U_ V_^T (soft-impute: nonzero singular values; others: ``rank``; 0 for the offsets-only
-        model that reg="auto" may choose).
+        U_ V_^T (soft-impute: nonzero singular values; others: ``rank``; after a refit: the
+        directions refitted with a nonzero weight; 0 for the offsets-only model that reg="auto"
+        may choose).
     path_ : list of :class:`lowrank_hpc.recover.completion_fit.PathPoint` (empty unless reg="auto").
     shape_ : (n1, n2). n_features_in_ : n2.
     n_iter_, converged_ : iterations of the final fit (every round of factors between offset
         updates) and whether it met ``tol`` with the offsets settled.
     train_rmse_ : float, RMSE of the model on the training entries.
-    result_ : the :class:`lowrank_hpc.recover.RecoveryResult` of the final solve.
+    result_ : the :class:`lowrank_hpc.recover.RecoveryResult` of the final solve; after a refit
+        its U, V are the refitted factors and its info adds refit_rank, singular_values (the
+        refitted |weights|), effective_rank, penalized_V and refit_map (the solve's own U is
+        ``U_pen`` with ``U_pen @ refit_map == U``, its history the penalized fit's).
     feature_names_in_ : (n2,) object array of X's column names, only when fit was given a
         DataFrame with str column names; predict(X), transform and score(X) then refuse a
         DataFrame whose columns differ, instead of taking them by position.
@@ -206,7 +212,8 @@ class MatrixCompletion(_Estimator):
         settings = CompletionSettings(method=self.method, rank=rank, reg=self.reg, reg_scaling=self.reg_scaling,
                                       center=self.center, bias_reg=float(self.bias_reg), max_iter=self.max_iter,
                                       tol=float(self.tol), init=init, seed=seed, progress=bool(self.verbose),
-                                      checkpoint=self.checkpoint, callback=self.callback, debias=self.debias)
+                                      checkpoint=self.checkpoint, callback=self.callback,
+                                      debias=self._debias(function))
         with _backend_scope(self.backend):
             fitted = fit_completion(settings, rows, cols, vals, shape)
             result, offsets = fitted.result, fitted.offsets
@@ -267,6 +274,14 @@ class MatrixCompletion(_Estimator):
         preferences, 1 where a value is > 0 and 0 elsewhere."""
         return (vals > 0).astype(vals.dtype) if self.feedback_ == "implicit" else vals
 
+    def _debias(self, function: str) -> Any:
+        """``debias`` as "auto", True or False (numpy's bools become Python's: the fit tests `is True`)."""
+        if isinstance(self.debias, str) and self.debias == "auto":
+            return "auto"
+        if isinstance(self.debias, (bool, np.bool_)):
+            return bool(self.debias)
+        raise ValueError(f"{function}: debias must be 'auto', True or False, got {self.debias!r}")
+
     def _check_params(self, function: str) -> int:
         _check_choice(function, "method", self.method, COMPLETION_METHODS)
         if isinstance(self.rank, str) and self.rank == "auto":
@@ -301,9 +316,8 @@ class MatrixCompletion(_Estimator):
                              f"method='als', an integer rank, init=None and reg_scaling='none' (got method="
                              f"{self.method!r}, rank={self.rank!r}, init={'an array' if self.init is not None else None},"
                              f" reg_scaling={self.reg_scaling!r})")
-        if not (isinstance(self.debias, (bool, np.bool_)) or (isinstance(self.debias, str) and self.debias == "auto")):
-            raise ValueError(f"{function}: debias must be 'auto', True or False, got {self.debias!r}")
-        if self.debias is True and (self.method not in ("als", "soft_impute") or self.feedback == "implicit"):
+        debias = self._debias(function)
+        if debias is True and (self.method not in ("als", "soft_impute") or self.feedback == "implicit"):
             raise ValueError(f"{function}: debias=True refits the singular values that a penalty shrank: it takes "
                              f"method 'soft_impute' or 'als' with explicit feedback (got method={self.method!r}, "
                              f"feedback={self.feedback!r})")
@@ -339,7 +353,11 @@ class MatrixCompletion(_Estimator):
         xp = self._xp()
         dtype = np.result_type(X.dtype, self.V_.dtype)
         with_offset = self.center_ == "both"
-        V = self.V_.astype(dtype, copy=False)
+        # A refitted model folds a row in against the penalized V, with the fit's penalty, and
+        # maps it onto the refitted directions (recover.completion_fit._refitted: U_ = U_pen @ map).
+        refit_map = self.result_.info.get("refit_map")
+        V = self.result_.info["penalized_V"] if refit_map is not None else self.V_
+        V = V.astype(dtype, copy=False)
         if with_offset:  # the row offset is one more coefficient, on a column of ones
             V = xp.concatenate([V, xp.ones((V.shape[0], 1), dtype)], axis=1)
         X = (X - self.intercept_ - self.col_bias_.astype(dtype, copy=False)).astype(dtype, copy=False)
@@ -363,9 +381,11 @@ class MatrixCompletion(_Estimator):
         inverse = xp.where(keep, 1 / xp.where(keep, eigenvalues, 1), 0)
         projected = xp.einsum("nji,nj->ni", vectors, rhs) * inverse
         solution = xp.einsum("nij,nj->ni", vectors, projected)
-        if with_offset:
-            return solution[:, :-1], solution[:, -1]
-        return solution, xp.zeros(X.shape[0], dtype)
+        factors, row_offsets = (solution[:, :-1], solution[:, -1]) if with_offset else \
+            (solution, xp.zeros(X.shape[0], dtype))
+        if refit_map is not None:
+            factors = factors @ refit_map.astype(dtype, copy=False)
+        return factors, row_offsets
 
     def _fold_in_implicit(self, X: Any) -> tuple[Any, Any]:
         """Each row x of interaction strengths (NaN as 0) solved against V_ by implicit ALS's

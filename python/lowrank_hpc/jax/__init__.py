@@ -104,7 +104,7 @@ def _register_ffi_targets() -> tuple[str, ...]:
     if not hasattr(getattr(jax, "ffi", None), "ffi_call"):  # jax < 0.5: jax.extend.ffi, another ffi_call
         return ()
     platforms = []
-    for platform, module in (("cpu", _backend.cpu_module()), ("CUDA", _backend.cuda_kernels_run_here())):
+    for platform, module in (("cpu", _backend.cpu_kernels()), ("CUDA", _backend.cuda_kernels_run_here())):
         handlers = getattr(module, "jax_ffi_handlers", None)
         if handlers is None:
             continue

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .._arrays import to_numpy
 from .._backend import array_module, single_threaded_blas
 from ..ops import sampled_product
 from ..sensing import EntrySampling
@@ -36,6 +37,7 @@ from ._result import RecoveryResult
 from .als import als
 from .factored_gd import factored_gd
 from .offsets import Offsets, fit_offsets, initial_offsets
+from ._thin_svd import product_svd
 from .soft_impute import observed_spectral_norm, soft_impute
 
 PENALIZED_METHODS = ("als", "soft_impute")
@@ -229,10 +231,10 @@ def _walk_path(settings: CompletionSettings, rows, cols, vals, shape) -> tuple[l
             error = _rmse(xp, predicted - held_vals)
             refit_rank = None
             if refits:
-                k, refit_error = _refit_candidates(xp, warm.U, warm.V, (fit_rows, fit_cols, fit_vals),
-                                                   (held_rows, held_cols, held_vals), point_offsets)
-                if refit_error < error or settings.debias is True:
-                    error, refit_rank = refit_error, k
+                refit_k, refit_error = _refit_candidates(xp, warm.U, warm.V, (fit_rows, fit_cols, fit_vals),
+                                                         (held_rows, held_cols, held_vals), point_offsets)
+                if refit_k is not None and (refit_error < error or settings.debias is True):
+                    error, refit_rank = refit_error, refit_k
             walked.append(PathPoint(fraction, reg, error, warm.n_iter, rank, warm.info.get("effective_rank"),
                                     refit_rank))
             walk_best = min(walk_best, error)
@@ -386,102 +388,122 @@ def _with_offsets(callback: Callable[[int, dict[str, Any]], Any], offsets: Offse
     return called
 
 
-def _directions(xp: Any, U: Any, V: Any) -> Optional[tuple[Any, Any, Any]]:
-    """U V^T = A diag(d) B^T (A, B orthonormal columns, float64, d descending, only d > 1e-6 d_1
-    kept), or None for U V^T = 0."""
-    Qu, Ru = xp.linalg.qr(U.astype(np.float64))
-    Qv, Rv = xp.linalg.qr(V.astype(np.float64))
-    left, d, right = xp.linalg.svd(Ru @ Rv.T)
+def _directions(U: Any, V: Any) -> Optional[tuple[Any, Any, Any]]:
+    """U V^T = A diag(d) B^T in float64 (A, B orthonormal columns, d descending), the directions
+    with d > 1e-6 d_1 only, or None for U V^T = 0."""
+    A, d, B = product_svd(array_module(U), U.astype(np.float64), V.astype(np.float64))
     if not float(d[0]) > 0:
         return None
-    keep = int(xp.count_nonzero(d > d[0] * 1e-6))
-    return Qu @ left[:, :keep], d[:keep], Qv @ right[:keep].T
+    keep = int((d > d[0] * 1e-6).sum())
+    return A[:, :keep], d[:keep], B[:, :keep]
+
+
+def _design(A: Any, B: Any, rows: Any, cols: Any, block: slice) -> Any:
+    """Rows ``block`` of the design X (nnz, k) = A[rows] * B[cols]: entry e's value of each direction."""
+    return A[rows[block]] * B[cols[block]]
+
+
+def _blocks(count: int):
+    return (slice(start, start + DEBIAS_CHUNK) for start in range(0, count, DEBIAS_CHUNK))
 
 
 def _normal_equations(xp: Any, A: Any, B: Any, rows: Any, cols: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
-    """X^T X and X^T target (host, float64) for X (nnz, k) = A[rows] * B[cols]: the least squares
-    of target by sum_l s_l A[:, l] B[:, l]^T at the entries, in blocks of entries."""
+    """X^T X and X^T target (host, float64) for the design X: the least squares of target by
+    sum_l w_l A[:, l] B[:, l]^T at the entries, in blocks of entries."""
     k = A.shape[1]
     gram, rhs = xp.zeros((k, k)), xp.zeros(k)
-    for start in range(0, rows.shape[0], DEBIAS_CHUNK):
-        block = slice(start, start + DEBIAS_CHUNK)
-        X = A[rows[block]] * B[cols[block]]
+    for block in _blocks(rows.shape[0]):
+        X = _design(A, B, rows, cols, block)
         gram += X.T @ X
         rhs += X.T @ target[block].astype(np.float64)
-    return _host(gram), _host(rhs)
+    return to_numpy(gram), to_numpy(rhs)
 
 
-def _host(x: Any) -> np.ndarray:
-    return x.get() if hasattr(x, "get") else np.asarray(x)
+# A leading system whose Cholesky pivot falls below this fraction of the largest diagonal entry
+# of the Gram has a direction the entries barely see: its weight would be noise (or inf).
+REFIT_PIVOT_FLOOR = 1e-10
 
 
-def _leading_refits(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """(k, k) upper triangle: column j - 1 holds the least-squares weights of the leading j
-    directions (zeros below; a column whose system is singular stays zero, and those after it)."""
+def _leading_refits(gram: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(weights, solved): column j - 1 of the (k, k) weights holds the least-squares weights of
+    the leading j directions, for j = 1..solved; ``solved`` stops before the first direction the
+    entries barely see (REFIT_PIVOT_FLOOR), the columns after it are zero."""
     k = gram.shape[0]
     weights = np.zeros((k, k))
+    floor = REFIT_PIVOT_FLOOR * float(np.max(np.diag(gram), initial=0.0))
     for j in range(1, k + 1):
         try:
-            weights[:j, j - 1] = np.linalg.solve(gram[:j, :j], rhs[:j])
-        except np.linalg.LinAlgError:  # a direction without support on the entries: no larger refit
-            break
-    return weights
+            factor = np.linalg.cholesky(gram[:j, :j])
+        except np.linalg.LinAlgError:
+            return weights, j - 1
+        if not factor[j - 1, j - 1] ** 2 > floor:
+            return weights, j - 1
+        weights[:j, j - 1] = np.linalg.solve(factor.T, np.linalg.solve(factor, rhs[:j]))
+    return weights, k
 
 
 def _refit_candidates(xp: Any, U: Any, V: Any, fit: tuple[Any, Any, Any], held: tuple[Any, Any, Any],
                       offsets: Offsets) -> tuple[Optional[int], float]:
-    """(k, held-out RMSE) of the best refit of the leading k directions of U V^T, k = 1 to its
-    rank, the weights fitted to the ``fit`` entries minus ``offsets`` (one set of normal
-    equations serves every k); (None, inf) for U V^T = 0."""
-    found = _directions(xp, U, V)
+    """(k, held-out RMSE) of the best refit of the leading k directions of U V^T, k = 1 up to
+    those the entries see, the weights fitted to the ``fit`` entries minus ``offsets`` (one set of
+    normal equations serves every k); (None, inf) where there is none (U V^T = 0)."""
+    found = _directions(U, V)
     if found is None:
         return None, float("inf")
     A, _, B = found
     (fit_rows, fit_cols, fit_vals), (held_rows, held_cols, held_vals) = fit, held
-    gram, rhs = _normal_equations(xp, A, B, fit_rows, fit_cols, fit_vals - offsets.at(fit_rows, fit_cols))
-    weights = xp.asarray(_leading_refits(gram, rhs))
+    weights, solved = _leading_refits(*_normal_equations(xp, A, B, fit_rows, fit_cols,
+                                                         fit_vals - offsets.at(fit_rows, fit_cols)))
+    if solved == 0:
+        return None, float("inf")
+    weights = xp.asarray(weights[:, :solved])
     residual = (held_vals - offsets.at(held_rows, held_cols)).astype(np.float64)
-    squares = xp.zeros(weights.shape[1])
-    for start in range(0, held_rows.shape[0], DEBIAS_CHUNK):
-        block = slice(start, start + DEBIAS_CHUNK)
-        predicted = (A[held_rows[block]] * B[held_cols[block]]) @ weights  # column j - 1: the leading j directions
+    squares = xp.zeros(solved)
+    for block in _blocks(held_rows.shape[0]):
+        predicted = _design(A, B, held_rows, held_cols, block) @ weights  # column j - 1: the leading j
         squares += ((predicted - residual[block, None]) ** 2).sum(axis=0)
-    errors = np.sqrt(_host(squares) / held_rows.shape[0])
+    errors = np.sqrt(to_numpy(squares) / held_rows.shape[0])
     best = int(np.argmin(errors))
     return best + 1, float(errors[best])
 
 
 def _refitted(result: RecoveryResult, rows: Any, cols: Any, target: Any, k: int) -> RecoveryResult:
-    """The result with U V^T replaced by its leading k directions (fewer if it has fewer), their
-    singular values refitted by least squares to target at the entries: U = A_k S^1/2, V = B_k
-    S^1/2 (a negative weight's sign in U), zero columns up to the rank bound; info's
-    effective_rank, singular_values and soft-impute's factors follow, info["refit_rank"] is set."""
+    """The result with U V^T replaced by its leading k directions (fewer where it has fewer, or
+    the entries see fewer), their weights refitted by least squares to target at the entries:
+    U = A_k diag(sign(w) |w|^1/2), V = B_k diag(|w|^1/2), ordered by |w| descending, zero columns
+    up to the rank bound. info: effective_rank, singular_values (|w|) and soft-impute's factors
+    follow; refit_rank is set; penalized_V and refit_map (rank x rank) give the refitted row of
+    any row u of the penalized fit (u V_pen^T = its prediction) as u @ refit_map, which is how
+    rows are folded in (for the penalized U, exactly U)."""
     xp = array_module(target)
-    found = _directions(xp, result.U, result.V)
+    found = _directions(result.U, result.V)
     if found is None:
         return result
-    A, _, B = found
-    A, B = A[:, :k], B[:, :k]
-    gram, rhs = _normal_equations(xp, A, B, rows, cols, target)
-    columns = _leading_refits(gram, rhs)
-    last = A.shape[1] - 1
-    while last > 0 and not columns[:, last].any():  # a singular system: the largest refit that solved
-        last -= 1
-    weights = columns[:, last]
+    A, d, B = (x[..., :k] for x in found)
+    weights, solved = _leading_refits(*_normal_equations(xp, A, B, rows, cols, target))
+    if solved == 0:
+        return result
+    weights = weights[:solved, solved - 1]
     order = np.argsort(-np.abs(weights), kind="stable")  # singular values descending, as the solvers give them
-    weights = weights[order]
-    A, B = A[:, xp.asarray(order)] * xp.asarray(np.sign(weights) + (weights == 0)), B[:, xp.asarray(order)]
-    values = np.abs(weights)
+    weights, on_device = weights[order], xp.asarray(order)
+    A, d, B = A[:, on_device], d[on_device], B[:, on_device]
+    signs, values = np.where(weights < 0, -1.0, 1.0), np.abs(weights)
     rank, dtype = result.U.shape[1], result.U.dtype
-    U, V = xp.zeros((result.U.shape[0], rank), dtype), xp.zeros((result.V.shape[0], rank), dtype)
+
+    def padded(x: Any, rows: int) -> Any:  # (rows, solved) -> (rows, rank), zeros on the right
+        out = xp.zeros((rows, rank), dtype)
+        out[:, :solved] = x
+        return out
+
     root = xp.asarray(np.sqrt(values))
-    U[:, :A.shape[1]], V[:, :B.shape[1]] = A * root, B * root
-    info = dict(result.info, effective_rank=int(np.count_nonzero(values)), refit_rank=int(A.shape[1]))
+    U, V = padded(A * (root * xp.asarray(signs)), result.U.shape[0]), padded(B * root, result.V.shape[0])
+    # A_k = U_pen V_pen^T B_k diag(1/d_k), so the refitted U is U_pen times this map.
+    refit_map = padded(result.V.astype(np.float64).T @ (B * xp.asarray(signs * np.sqrt(values)) / d), rank)
     singular_values = np.zeros(rank)
-    singular_values[:values.shape[0]] = values
-    info["singular_values"] = singular_values
+    singular_values[:solved] = values
+    info = dict(result.info, effective_rank=int(np.count_nonzero(values)), refit_rank=solved,
+                singular_values=singular_values, penalized_V=result.V, refit_map=refit_map)
     if "factors" in info:  # soft-impute's SVD form U_s diag(d) V_s^T
-        left, right = xp.zeros((U.shape[0], rank), dtype), xp.zeros((V.shape[0], rank), dtype)
-        left[:, :A.shape[1]], right[:, :B.shape[1]] = A, B
-        info["factors"] = (left, xp.asarray(singular_values.astype(dtype)), right)
+        info["factors"] = (padded(A * xp.asarray(signs), U.shape[0]), xp.asarray(singular_values.astype(dtype)),
+                           padded(B, V.shape[0]))
     return dataclasses.replace(result, U=U, V=V, info=info)

@@ -36,7 +36,7 @@ from ..ops import SparsePattern
 from ._driver import LOOP_CONSTRAINTS, LoopSettings, LoopState, fingerprint, resolve_seed, resume_or_start, run_loop
 from ._measures import relative_change
 from ._result import RecoveryResult
-from ._tall_svd import tall_svd
+from ._thin_svd import product_svd, tall_svd
 from .als import _check_coordinates, _check_rank
 from .offsets import CENTERS, OffsetFit, Offsets, initial_offsets
 
@@ -80,9 +80,7 @@ class _Problem:
         if in_rows is not vals:
             # The entries in row order (each row's in input order), once: the sampled products then
             # read each U row once (4.5M shuffled entries, r = 20: 78 -> 28 ms a product).
-            indptr, cols = self.pattern.csr_arrays()
-            rows = call.xp.repeat(call.xp.arange(self.m, dtype=rows.dtype), call.xp.diff(indptr))
-            vals = in_rows
+            rows, cols, vals = self.pattern.in_csr_order(rows), self.pattern.in_csr_order(cols), in_rows
             self.pattern = SparsePattern(rows, cols, shape, copy=False)
         self.rows, self.cols, self.vals = rows, cols, vals
         self.dtype = vals.dtype
@@ -212,10 +210,7 @@ def _warm_start(call: Call, init: Any, problem: _Problem, key: int):
         # point needs no QR and SVD of its predecessor.
         s, U_basis, V_basis = d, U, V
     else:
-        q_u, r_u = xp.linalg.qr(U)
-        q_v, r_v = xp.linalg.qr(V)
-        a, s, b_t = xp.linalg.svd((r_u * d) @ r_v.T, full_matrices=False)
-        U_basis, V_basis = q_u @ a, q_v @ b_t.T
+        U_basis, s, V_basis = product_svd(xp, U, V, d)
     # Directions below the rounding of the largest are zero (a d = 0 of the previous solve).
     floor = float(s[0]) * max(s.shape[0], 1) * float(np.finfo(dtype).eps)
     kept = min(int(call.to_host((s > floor).sum())), problem.rank)
