@@ -109,9 +109,8 @@ class MatrixCompletion(_Estimator):
         (``path_[i].refit_rank`` says which won); the final fit is refitted at the chosen k
         when the refit won. True: the path ranks the refits alone, and without a path (a fixed
         ``reg``, or under 195 entries) every direction the entries see is refitted; False: never
-        (the penalized optimum itself). Explicit feedback
-        with "soft_impute" or "als" only. It costs a pass over the entries of about 2 k^2
-        flops each per path point. The final solve's callback and checkpoint see the penalized
+        (the penalized optimum itself). Explicit feedback with "soft_impute" or "als" only. It
+        costs a pass over the entries of about 2 k^2 flops each per path point. The final solve's callback and checkpoint see the penalized
         factors; ``result_.info["refit_rank"]`` is set when the refit was applied.
 
     Attributes
