@@ -872,3 +872,22 @@ def test_products_over_no_entry_are_empty_and_zero(backend, rng):
         bad = V.copy()
         bad[0, 0] = np.nan
         lr.ops.sampled_product(backend.put(U), backend.put(bad), none, none)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_keys_in_csr_order_expand_the_indptr(transpose, shuffled):
+    """SparsePattern.keys_in_csr_order is each entry's row (column) in that orientation's CSR
+    order: numpy's repeat of the indptr's counts, and the keys gathered by the sort's order."""
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 40, 500).astype(np.int32), rng.integers(0, 30, 500).astype(np.int32)
+    if not shuffled:
+        order = np.lexsort((cols, rows) if not transpose else (rows, cols))
+        rows, cols = rows[order], cols[order]
+    pattern = lr.ops.SparsePattern(rows, cols, (40, 30))
+    indptr, _ = pattern.csr_arrays(transpose)
+    keys = pattern.keys_in_csr_order(transpose)
+    np.testing.assert_array_equal(keys, np.repeat(np.arange(30 if transpose else 40), np.diff(indptr)))
+    assert keys.dtype == np.int32
+    np.testing.assert_array_equal(keys, pattern.in_csr_order((cols if transpose else rows).astype(np.float64),
+                                                             transpose))

@@ -20,7 +20,9 @@ from lowrank_hpc import _backend
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 
 # The child imports the same lowrank_hpc as this test (the source tree under test, not an install).
-_ENV = {**os.environ, "PYTHONPATH": str(Path(lowrank_hpc.__file__).resolve().parents[1])}
+# Two OpenMP threads there whatever this run has (CI's second run has one): a child's clamp to one
+# thread can then be told from a child that kept its threads.
+_ENV = {**os.environ, "PYTHONPATH": str(Path(lowrank_hpc.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "2"}
 
 
 def _run(script: str) -> subprocess.CompletedProcess:

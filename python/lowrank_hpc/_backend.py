@@ -338,10 +338,8 @@ def _single_threaded_scope() -> Iterator[None]:
     me = threading.get_ident()
     with _blas_scope_lock:
         if not _blas_scope_depths:
-            controlling = _controls_openblas()
-            _blas_scope_limit = _blas_controller().limit(limits=1, user_api="blas")
-            if not controlling:
-                _release_openblas_control()
+            with _openblas_control_kept_as_found():
+                _blas_scope_limit = _blas_controller().limit(limits=1, user_api="blas")
         _blas_scope_depths[me] = _blas_scope_depths.get(me, 0) + 1
     try:
         yield
@@ -359,35 +357,29 @@ def _single_threaded_scope() -> Iterator[None]:
 def _lift_blas_limit() -> None:
     """Restore the BLAS thread counts the outermost scope found (under the scope's lock)."""
     global _blas_scope_limit
-    controlling = _controls_openblas()
-    _blas_scope_limit.restore_original_limits()
-    if not controlling:
-        _release_openblas_control()
+    with _openblas_control_kept_as_found():
+        _blas_scope_limit.restore_original_limits()
     _blas_scope_limit = None
 
 
-def _controls_openblas() -> bool:
-    """Whether this thread holds threadpoolctl's OpenBLAS control (a limit of the caller's own,
-    in force around our scope: it must stay the caller's)."""
-    from threadpoolctl import OpenBLASController
-
-    shared = getattr(OpenBLASController, "_SHARED_STATE", None)
-    return getattr(shared, "controlling_thread", None) is threading.current_thread()
-
-
-def _release_openblas_control() -> None:
-    """Let the next thread that opens or closes the scope set OpenBLAS's limit.
+@contextlib.contextmanager
+def _openblas_control_kept_as_found() -> Iterator[None]:
+    """Around a limit set or restored for the scope: afterwards this thread holds threadpoolctl's
+    OpenBLAS control only if it held it before (a limit of the caller's own must stay the caller's).
 
     threadpoolctl >= 3.8 lets only the thread that last set a (pthreads) OpenBLAS limit set
     another while it lives, and ignores the others silently. The scope is opened by whichever
-    thread comes first and closed by whichever leaves last: without this the closing thread's
-    restore was ignored while the opening one lived, OpenBLAS stayed at 1 thread, and every later
-    scope took that 1 as the original to restore (for the rest of the process). Called only where
-    this thread took control for the scope itself. Older threadpoolctl has no such rule, nor this method."""
+    thread comes first and closed by whichever leaves last: without the release the closing
+    thread's restore was ignored while the opening one lived, OpenBLAS stayed at 1 thread, and
+    every later scope took that 1 as the original to restore (for the rest of the process). Older
+    threadpoolctl has no such rule, nor these attributes."""
     from threadpoolctl import OpenBLASController
 
+    shared = getattr(OpenBLASController, "_SHARED_STATE", None)
+    held = getattr(shared, "controlling_thread", None) is threading.current_thread()
+    yield
     clear = getattr(OpenBLASController, "clear_controlling_thread", None)
-    if clear is not None:
+    if not held and clear is not None:
         clear()
 
 

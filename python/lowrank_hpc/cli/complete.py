@@ -204,6 +204,7 @@ def split(nnz: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.nda
 def _estimator(args: argparse.Namespace) -> Any:
     """MatrixCompletion with the options given, the estimator's defaults for the others."""
     from ..estimators import MatrixCompletion
+    from ..recover.completion_fit import PENALIZED_METHODS
 
     # With --scheduler, --backend is the workers' (DistributedALS's); the client's part runs on its CPU.
     params: dict[str, Any] = {"random_state": args.seed,
@@ -211,12 +212,13 @@ def _estimator(args: argparse.Namespace) -> Any:
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    penalized = args.method is None or args.method in PENALIZED_METHODS  # the default is soft_impute
     if getattr(args, "debias", None) is not None:
         params["debias"] = {"auto": "auto", "yes": True, "no": False}[args.debias]
-        if args.debias == "yes" and (args.method not in (None, "als", "soft_impute") or args.feedback == "implicit"):
+        if args.debias == "yes" and (not penalized or args.feedback == "implicit"):
             raise UsageError("--debias yes refits what a penalty shrank: it takes --method als or soft_impute with "
                              "explicit feedback")
-    if args.reg is not None and args.method not in (None, "als", "soft_impute"):
+    if args.reg is not None and not penalized:
         raise UsageError(f"--reg is the penalty of --method als and soft_impute; --method {args.method} fits "
                          "without one: drop --reg")
     if args.feedback == "implicit":

@@ -10,7 +10,7 @@ from ..ops import sampled_product
 from ..recover import METHODS, implicit_als
 from ..recover.als import FEEDBACKS, REG_SCALINGS
 from ..recover.implicit_als import implicit_fold_in
-from ..recover.completion_fit import FOLD_IN_REG, CompletionSettings, PathPoint, fit_completion
+from ..recover.completion_fit import FOLD_IN_REG, PENALIZED_METHODS, CompletionSettings, PathPoint, fit_completion
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS, zero_offsets
 from ..recover.soft_impute import check_distinct
@@ -219,7 +219,7 @@ class MatrixCompletion(_Estimator):
             model = sampled_product(result.U, result.V, rows, cols) + offsets.at(rows, cols)
         xp = np if side == "cpu" else _backend.cupy_module()
         # Folding in uses the ridge of this fit, even if set_params changes reg before the next fit.
-        fold_in_reg = fitted.reg if self.method in ("als", "soft_impute") else FOLD_IN_REG
+        fold_in_reg = fitted.reg if self.method in PENALIZED_METHODS else FOLD_IN_REG
         self._ridge = (fold_in_reg, self.method == "als" and self.reg_scaling == "count", float(self.bias_reg))
         self.U_, self.V_ = result.U, result.V
         self.center_ = self.center
@@ -316,7 +316,7 @@ class MatrixCompletion(_Estimator):
                              f"{self.method!r}, rank={self.rank!r}, init={'an array' if self.init is not None else None},"
                              f" reg_scaling={self.reg_scaling!r})")
         debias = self._debias(function)
-        if debias is True and (self.method not in ("als", "soft_impute") or self.feedback == "implicit"):
+        if debias is True and (self.method not in PENALIZED_METHODS or self.feedback == "implicit"):
             raise ValueError(f"{function}: debias=True refits the singular values that a penalty shrank: it takes "
                              f"method 'soft_impute' or 'als' with explicit feedback (got method={self.method!r}, "
                              f"feedback={self.feedback!r})")

@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import _backend, _checks, ops
 from ..ops import GlobalTopK, TopK, _factors
+from ..ops.kernel_product import TOP_K_MODES, TOP_K_ORDERS
 from ..ops.sampled_product import long_factor_rows
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
@@ -375,10 +376,8 @@ def kernel_product(U, V, kernel: str = "identity", top_k: Optional[int] = None, 
     kernel, top_k, top_k_mode and top_k_order ("magnitude": best first, or "position") are static."""
     kernel = _kernel_name(kernel)
     # Checked with top_k None too, as ops.kernel_product does: a misspelt mode is never ignored.
-    if top_k_mode not in ("row", "global"):
-        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
-    if top_k_order not in ops.TOP_K_ORDERS:
-        raise ValueError(f"kernel_product: top_k_order must be one of {ops.TOP_K_ORDERS}, got {top_k_order!r}")
+    _checks.one_of(*TOP_K_MODES)("kernel_product", "top_k_mode", top_k_mode)
+    _checks.one_of(*TOP_K_ORDERS)("kernel_product", "top_k_order", top_k_order)
     if top_k is None:
         _check_pair("kernel_product", U, V, (2, 3))
         return lowrank_product(U, V) if kernel == "identity" else _kernel_dense(U, V, kernel)

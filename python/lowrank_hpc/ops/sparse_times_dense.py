@@ -200,6 +200,14 @@ class SparsePattern:
         indptr, _, others = self._csr[_checks.flag("SparsePattern.csr_arrays", "transpose", transpose)]
         return indptr, others
 
+    def keys_in_csr_order(self, transpose: bool = False) -> Any:
+        """(nnz,) each entry's row (with ``transpose``: its column) in the CSR order of that
+        orientation: the index its indptr compresses, expanded (one gather, or the pattern's own
+        array when the entries are already in that order), in the indices' dtype."""
+        transpose = _checks.flag("SparsePattern.keys_in_csr_order", "transpose", transpose)
+        keys, perm = (self.cols if transpose else self.rows), self._csr[transpose][1]
+        return keys if perm is None else keys[perm]
+
     def in_csr_order(self, vals: Any, transpose: bool = False) -> Any:
         """vals (nnz,) moved into the CSR order of one orientation (vals itself when the entries
         are already in that order): a solver that multiplies by the same values many times keeps

@@ -28,16 +28,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
+import scipy.linalg
 
 from .._arrays import to_numpy
 from .._backend import array_module, single_threaded_blas
 from ..ops import sampled_product
 from ..sensing import EntrySampling
+from ._measures import row_blocks
 from ._result import RecoveryResult
+from ._thin_svd import product_svd
 from .als import als
 from .factored_gd import factored_gd
 from .offsets import Offsets, fit_offsets, initial_offsets
-from ._thin_svd import product_svd
 from .soft_impute import observed_spectral_norm, soft_impute
 
 PENALIZED_METHODS = ("als", "soft_impute")
@@ -58,7 +60,6 @@ VALIDATION_FRACTION = 0.1
 # choice fits their noise (2,000 ratings of 800 x 600, 200 held out: 2 of 24 seeds 1.015-1.041x
 # the offsets alone, none without them); from 1,000 they won or tied on every set measured.
 DEBIAS_MIN_VALIDATION = 1000
-DEBIAS_CHUNK = 1 << 16  # entries a block of the refit's normal equations: (chunk, k) float64 gathers
 MIN_VALIDATION = 20  # fewer held-out entries than this cannot rank penalties: no path
 TINY_DATA_FRACTION = 0.5  # lambda / lambda_max when there is no path (fewer than 195 entries)
 AUTO_RANK_START = 10  # rank="auto": the first rank bound, doubled while the penalty keeps every direction
@@ -403,16 +404,12 @@ def _design(A: Any, B: Any, rows: Any, cols: Any, block: slice) -> Any:
     return A[rows[block]] * B[cols[block]]
 
 
-def _blocks(count: int):
-    return (slice(start, start + DEBIAS_CHUNK) for start in range(0, count, DEBIAS_CHUNK))
-
-
 def _normal_equations(xp: Any, A: Any, B: Any, rows: Any, cols: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     """X^T X and X^T target (host, float64) for the design X: the least squares of target by
     sum_l w_l A[:, l] B[:, l]^T at the entries, in blocks of entries."""
     k = A.shape[1]
     gram, rhs = xp.zeros((k, k)), xp.zeros(k)
-    for block in _blocks(rows.shape[0]):
+    for block in row_blocks(rows.shape[0], k):  # (block, k) float64 gathers
         X = _design(A, B, rows, cols, block)
         gram += X.T @ X
         rhs += X.T @ target[block].astype(np.float64)
@@ -427,19 +424,21 @@ REFIT_PIVOT_FLOOR = 1e-10
 def _leading_refits(gram: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
     """(weights, solved): column j - 1 of the (k, k) weights holds the least-squares weights of
     the leading j directions, for j = 1..solved; ``solved`` stops before the first direction the
-    entries barely see (REFIT_PIVOT_FLOOR), the columns after it are zero."""
+    entries barely see (REFIT_PIVOT_FLOOR), the columns after it are zero. One Cholesky factor
+    serves every j: the leading j x j block of L factors the leading minor."""
     k = gram.shape[0]
     weights = np.zeros((k, k))
+    L, info = scipy.linalg.lapack.dpotrf(gram, lower=1, clean=1)
+    solved = k if info == 0 else info - 1  # info > 0: the minor of that order is not positive definite
     floor = REFIT_PIVOT_FLOOR * float(np.max(np.diag(gram), initial=0.0))
-    for j in range(1, k + 1):
-        try:
-            factor = np.linalg.cholesky(gram[:j, :j])
-        except np.linalg.LinAlgError:
-            return weights, j - 1
-        if not factor[j - 1, j - 1] ** 2 > floor:
-            return weights, j - 1
-        weights[:j, j - 1] = np.linalg.solve(factor.T, np.linalg.solve(factor, rhs[:j]))
-    return weights, k
+    below = np.flatnonzero(np.diag(L)[:solved] ** 2 <= floor)
+    solved = int(below[0]) if below.size else solved
+    if solved == 0:
+        return weights, 0
+    y = scipy.linalg.solve_triangular(L[:solved, :solved], rhs[:solved], lower=True)
+    for j in range(1, solved + 1):
+        weights[:j, j - 1] = scipy.linalg.solve_triangular(L[:j, :j].T, y[:j], lower=False)
+    return weights, solved
 
 
 def _refit_candidates(xp: Any, U: Any, V: Any, fit: tuple[Any, Any, Any], held: tuple[Any, Any, Any],
@@ -459,7 +458,7 @@ def _refit_candidates(xp: Any, U: Any, V: Any, fit: tuple[Any, Any, Any], held: 
     weights = xp.asarray(weights[:, :solved])
     residual = (held_vals - offsets.at(held_rows, held_cols)).astype(np.float64)
     squares = xp.zeros(solved)
-    for block in _blocks(held_rows.shape[0]):
+    for block in row_blocks(held_rows.shape[0], solved):
         predicted = _design(A, B, held_rows, held_cols, block) @ weights  # column j - 1: the leading j
         squares += ((predicted - residual[block, None]) ** 2).sum(axis=0)
     errors = np.sqrt(to_numpy(squares) / held_rows.shape[0])

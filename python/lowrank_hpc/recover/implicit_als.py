@@ -55,6 +55,7 @@ class _Side:
         xp = call.xp
         self.call, self.n_rows = call, n_rows
         self.indptr, self.cols = pattern.csr_arrays(transpose)
+        self.pattern, self.transpose = pattern, transpose
         ordered = pattern.in_csr_order(vals, transpose)
         self.weights = (alpha * ordered).astype(vals.dtype)
         # v = 0 is no interaction: preference 0 at confidence 1, as if unobserved (target 0, weight 0).
@@ -65,7 +66,7 @@ class _Side:
         """(rows, offsets, status) for the sampled product at the entries: only the loss's side
         needs them."""
         xp, nnz = self.call.xp, int(self.cols.shape[0])
-        rows = xp.repeat(xp.arange(self.n_rows, dtype=self.cols.dtype), xp.diff(self.indptr).astype(np.int64))
+        rows = self.pattern.keys_in_csr_order(self.transpose).astype(self.cols.dtype, copy=False)
         return rows, xp.asarray(np.array([0, nnz], dtype=np.int64)), self.call.status(nnz)
 
     def at_entries(self, X, Y):

@@ -80,7 +80,7 @@ class _Problem:
         if in_rows is not vals:
             # The entries in row order (each row's in input order), once: the sampled products then
             # read each U row once (4.5M shuffled entries, r = 20: 78 -> 28 ms a product).
-            rows, cols, vals = self.pattern.in_csr_order(rows), self.pattern.in_csr_order(cols), in_rows
+            rows, cols, vals = self.pattern.keys_in_csr_order(), self.pattern.csr_arrays()[1], in_rows
             self.pattern = SparsePattern(rows, cols, shape, copy=False)
         self.rows, self.cols, self.vals = rows, cols, vals
         self.dtype = vals.dtype

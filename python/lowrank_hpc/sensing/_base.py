@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .. import _backend, _checks
+from .. import _checks
 from .._arrays import Call, resolve, sum_of_squares
 from ..ops._factors import checked_result
 

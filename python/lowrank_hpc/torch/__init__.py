@@ -26,6 +26,7 @@ import torch
 from .. import _checks
 from .._arrays import INDEX_LIMIT
 from ..ops import TOP_K_ORDERS, GlobalTopK, TopK
+from ..ops.kernel_product import TOP_K_MODES
 from ._ops import (kernel_name, kernel_product_fn, kernel_top_k_global_fn, kernel_top_k_rows_fn, lowrank_product_fn,
                    sampled_product_fn, sparse_times_dense_fn)
 from .lora import KernelizedLoRA
@@ -120,10 +121,8 @@ def kernel_product(U: torch.Tensor, V: torch.Tensor, kernel: str = "identity", t
     """
     kernel = kernel_name("kernel_product", kernel)
     # Checked with top_k None too, as ops.kernel_product does: a misspelt mode is never ignored.
-    if top_k_mode not in ("row", "global"):
-        raise ValueError(f"kernel_product: top_k_mode must be 'row' or 'global', got {top_k_mode!r}")
-    if top_k_order not in TOP_K_ORDERS:
-        raise ValueError(f"kernel_product: top_k_order must be one of {TOP_K_ORDERS}, got {top_k_order!r}")
+    _checks.one_of(*TOP_K_MODES)("kernel_product", "top_k_mode", top_k_mode)
+    _checks.one_of(*TOP_K_ORDERS)("kernel_product", "top_k_order", top_k_order)
     if top_k is None:
         return kernel_product_fn(U, V, kernel)
     top_k = _checks.integer("kernel_product", "top_k", top_k)  # numpy integers too, as ops.kernel_product
