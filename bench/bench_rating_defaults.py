@@ -7,10 +7,15 @@ structure to find.
     PYTHONPATH=python python bench/bench_rating_defaults.py            # both families, all seeds
     PYTHONPATH=python python bench/bench_rating_defaults.py --seeds 3  # fewer seeds
     PYTHONPATH=python python bench/bench_rating_defaults.py --large    # 900,000 ratings: the refit's gain
+    PYTHONPATH=python python bench/bench_rating_defaults.py --sparse   # 4.5M and 9M: method="auto"'s choice
 
 ``--large``: 1,000,000 drawn ratings of 20,000 x 5,000 (uniform: 900,000 training ones; power
 law: its distinct pairs), each method at the defaults against ``debias=False`` (the penalized
 fit alone), held-out RMSE, the refit's rank and the fit's seconds.
+
+``--sparse``: 5,000,000 and 10,000,000 drawn uniform ratings of 138,000 x 27,000 (MovieLens-20M's
+shape; 0.12% and 0.24% observed), soft-impute against ALS at the defaults (the solver
+``method="auto"`` picks is marked), held-out RMSE, the penalty fraction chosen, rank_ and seconds.
 
 Ratings: ``lowrank_hpc.datasets.synthetic_ratings`` (round(3.5 + a_i + b_j + (U V^T)_ij + noise
 0.5), clipped to 1..5, U, V of rank 5; the first 10% of the drawn entries held out). "power law":
@@ -43,10 +48,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=0, help="seeds per family (default: 3 power law, 24 sparse)")
     parser.add_argument("--large", action="store_true", help="the refit's gain on 900,000 ratings instead")
+    parser.add_argument("--sparse", action="store_true", help="method='auto''s choice on 4.5M and 9M ratings instead")
     args = parser.parse_args()
     print(f"Machine: {machine_line(lr.info()['openmp_threads'])}. lowrank_hpc {lr.__version__}.")
     if args.large:
         large()
+        return
+    if args.sparse:
+        sparse()
         return
     print("| family | seed | ours | als | offsets | mean | ours / offsets | ours range | ours (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -89,6 +98,29 @@ def large() -> None:
                 print(f"| {family} | {train.nnz:,} | {method} | {debias} | "
                       f"{rmse(model.predict(test.rows, test.cols), test.vals):.4f} | {chosen.refit_rank or '-'} | "
                       f"{model.rank_} | {seconds:.1f} |", flush=True)
+
+
+def sparse() -> None:
+    """Soft-impute against ALS at the defaults on MovieLens-20M-shaped sparse ratings."""
+    from lowrank_hpc.recover.completion_fit import auto_method
+
+    print("| training ratings | observed | method | auto picks it | held-out RMSE | lambda / lambda_max | rank_ "
+          "| fit (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    shape = (138_000, 27_000)
+    for drawn in (5_000_000, 10_000_000):
+        train, test = datasets.synthetic_ratings(0, shape, drawn, power_law=False)
+        picked = auto_method(train.nnz, shape)
+        for method in ("soft_impute", "als"):
+            started = time.perf_counter()
+            model = lr.MatrixCompletion(method=method, random_state=0).fit(train.rows, train.cols, train.vals,
+                                                                             shape=shape)
+            seconds = time.perf_counter() - started
+            chosen = min(model.path_, key=lambda point: point.validation_rmse)
+            error = rmse(model.predict(test.rows, test.cols), test.vals)
+            print(f"| {train.nnz:,} | {train.nnz / (shape[0] * shape[1]):.2%} | {method} | "
+                  f"{'yes' if method == picked else 'no'} | {error:.4f} | {chosen.fraction:g} | {model.rank_} | "
+                  f"{seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -81,11 +81,13 @@ def test_complete_string_ids_json_model_and_predictions(ratings, tmp_path):
     report = strict_json(run.stdout)
     assert report["rows"] == 60 and report["cols"] == 50 and report["header"] is True
     assert report["test_rmse"] < 0.5 * report["mean_predictor_rmse"]
+    assert report["method"] == "soft_impute"  # what the default "auto" ran on 60 x 50 entries
     assert "1 id(s) of the --predict pairs are not in the data (row newcomer)" in run.stderr
     lines = predictions.read_text().splitlines()
     assert lines[0] == "row,col,prediction" and [line.split(",")[:2] for line in lines[1:]] == [
         ["u1", "item2"], ["u3", "item4"], ["newcomer", "item2"]]
     loaded = load_model(str(model))
+    assert loaded.method == "soft_impute"  # the solver that ran, not "auto"
     assert float(lines[1].split(",")[2]) == pytest.approx(loaded.predict_ids(["u1"], ["item2"])[0], rel=1e-12)
 
 
@@ -209,7 +211,7 @@ def test_usage_errors(ratings):
     fails(cli("complete", ratings, "--test-fraction", "1.5"), 2, "--test-fraction must be in [0, 1)")
     fails(cli("complete", ratings, "--frobnicate"), 2, "unrecognized arguments: --frobnicate")
     fails(cli("complete", ratings, "--rank", "auto", "--method", "als"), 2,
-          "--rank auto needs --method soft_impute")
+          "--rank auto needs --method auto or soft_impute")
     fails(cli("complete", ratings, "--debias", "yes", "--method", "gd"), 2, "--debias yes")
     fails(cli("complete", ratings, "--debias", "maybe"), 2, "--debias")
     fails(cli("complete"), 2, "lowrank-hpc demo")
@@ -390,5 +392,5 @@ def test_reg_with_a_method_that_takes_no_penalty_is_a_usage_error(tmp_path, caps
     source = tmp_path / "r.csv"
     source.write_text("".join(f"{i},{j},{(i * j) % 5 + 1}\n" for i in range(8) for j in range(6) if (i + j) % 3))
     assert cli_main(["complete", str(source), "--method", "gd", "--reg", "0.01", "--rank", "2"]) == 2
-    assert "--reg is the penalty of --method als and soft_impute; --method gd fits without one" in \
+    assert "--reg is the penalty of --method auto, als and soft_impute; --method gd fits without one" in \
         capsys.readouterr().err

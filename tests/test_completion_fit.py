@@ -389,7 +389,7 @@ def test_auto_rank_with_soft_impute_grows_the_bound_and_is_rejected_for_als():
     # The fixed bound 10 cannot hold rank 14: rank="auto" is several times more accurate.
     narrow = lr.MatrixCompletion(rank=10, method="soft_impute", random_state=0).fit(rows, cols, vals, shape=M.shape)
     assert narrow.rank_ <= 10 and held_out_rmse(narrow, M, mask) > 3 * error
-    with pytest.raises(ValueError, match="rank='auto' needs method 'soft_impute'"):
+    with pytest.raises(ValueError, match="rank='auto' needs method 'auto' or 'soft_impute'"):
         lr.MatrixCompletion(rank="auto", method="als").fit(rows, cols, vals, shape=M.shape)
     with pytest.raises(ValueError, match="rank"):
         lr.MatrixCompletion(rank="big", method="soft_impute").fit(rows, cols, vals, shape=M.shape)

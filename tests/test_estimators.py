@@ -379,7 +379,7 @@ def test_completion_defaults_and_an_explicit_reg():
     defaults = {name: parameters[name].default for name in
                 ("rank", "method", "reg", "reg_scaling", "center", "bias_reg", "tol", "verbose", "checkpoint",
                  "callback")}
-    assert defaults == {"rank": 20, "method": "soft_impute", "reg": "auto", "reg_scaling": "none", "center": "both",
+    assert defaults == {"rank": 20, "method": "auto", "reg": "auto", "reg_scaling": "none", "center": "both",
                         "bias_reg": 10.0, "tol": 1e-3, "verbose": False, "checkpoint": None, "callback": None}
     M, mask, X = completion_problem((12, 9), rank=3, fraction=0.6, seed=3)
     rows, cols, vals = _entries_of(M, mask)

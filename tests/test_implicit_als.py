@@ -307,7 +307,7 @@ def test_matrix_completion_with_implicit_feedback():
 
 
 @pytest.mark.parametrize("params,match", [(dict(feedback="binary"), "feedback"),
-                                          (dict(feedback="implicit", method="soft_impute"), "method='als'"),
+                                          (dict(feedback="implicit", method="soft_impute"), "method 'auto' or 'als'"),
                                           (dict(feedback="implicit", reg_scaling="count"), "reg_scaling"),
                                           (dict(feedback="implicit", alpha=-1.0), "alpha")])
 def test_matrix_completion_feedback_settings_are_checked(params, match):

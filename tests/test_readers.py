@@ -218,7 +218,7 @@ def test_model_round_trip_keeps_ids_and_predictions(tmp_path, row_ids, col_ids):
     np.testing.assert_allclose(loaded.predict_indices(r, c), expected, rtol=1e-12, atol=1e-12)
     ids_r, ids_c = np.asarray(row_ids)[r], np.asarray(col_ids)[c]
     np.testing.assert_allclose(loaded.predict_ids(ids_r, ids_c), expected, rtol=1e-12, atol=1e-12)
-    assert (loaded.method, loaded.rank) == (estimator.method, model.rank)
+    assert (loaded.method, loaded.rank) == (estimator.method_, model.rank) == ("soft_impute", model.rank)
     np.testing.assert_array_equal(loaded.seen_indptr, model.seen_indptr)
 
 

@@ -18,10 +18,10 @@ CONNECT_TIMEOUT = "10s"
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Usage errors of --scheduler, before any work; sets --method als when it was not given."""
+    """Usage errors of --scheduler, before any work; sets --method als when it was not given or auto."""
     if not args.scheduler:
         return
-    if args.method is None:
+    if args.method in (None, "auto"):
         args.method = "als"
     elif args.method != "als":
         raise UsageError(f"--scheduler runs ALS on the cluster (DistributedALS); --method {args.method} runs on one "

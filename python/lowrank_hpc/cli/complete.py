@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace, path: str, estimator: Any, to_stdout: list[st
         "input": path, "format": data.format, "header": data.header, "entries": data.nnz,
         "feedback": estimator.feedback, "duplicates_averaged": 0 if implicit else data.duplicates,
         "duplicates_summed": data.duplicates if implicit else 0, "shape": [n1, n2], "rows": n1, "cols": n2,
-        "train_entries": int(train.size), "test_entries": int(test.size), "method": estimator.method,
+        "train_entries": int(train.size), "test_entries": int(test.size), "method": estimator.method_,
         "rank": model.rank, "reg": model.reg, "reg_chosen_on_path": bool(estimator.path_),
         "refit_rank": result.info.get("refit_rank"),
         "center": center, "backend": result.backend, "iterations": int(estimator.n_iter_),
@@ -212,17 +212,17 @@ def _estimator(args: argparse.Namespace) -> Any:
     for name in ("rank", "method", "reg", "center", "max_iter", "tol", "reg_scaling"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    penalized = args.method is None or args.method in PENALIZED_METHODS  # the default is soft_impute
+    penalized = args.method in (None, "auto") + PENALIZED_METHODS  # the default is auto: ALS or soft-impute
     if getattr(args, "debias", None) is not None:
         params["debias"] = {"auto": "auto", "yes": True, "no": False}[args.debias]
         if args.debias == "yes" and (not penalized or args.feedback == "implicit"):
-            raise UsageError("--debias yes refits what a penalty shrank: it takes --method als or soft_impute with "
-                             "explicit feedback")
+            raise UsageError("--debias yes refits what a penalty shrank: it takes --method auto, als or soft_impute "
+                             "with explicit feedback")
     if args.reg is not None and not penalized:
-        raise UsageError(f"--reg is the penalty of --method als and soft_impute; --method {args.method} fits "
+        raise UsageError(f"--reg is the penalty of --method auto, als and soft_impute; --method {args.method} fits "
                          "without one: drop --reg")
     if args.feedback == "implicit":
-        if args.method not in (None, "als") or getattr(args, "scheduler", None) or args.center is not None:
+        if args.method not in (None, "auto", "als") or getattr(args, "scheduler", None) or args.center is not None:
             raise UsageError("--feedback implicit fits implicit ALS on this machine, with no offsets: drop --method, "
                              "--center and --scheduler")
         params.update(feedback="implicit", alpha=args.alpha, method="als")
@@ -242,8 +242,8 @@ def check_rank_fits(estimator: Any, shape: tuple[int, int], sizes: str) -> None:
 
 def check_rank(estimator: Any) -> None:
     """UsageError for --rank auto with a method whose rank is not set by a penalty."""
-    if estimator.rank == "auto" and estimator.method != "soft_impute":
-        raise UsageError(f"--rank auto needs --method soft_impute (its penalty sets the rank); method "
+    if estimator.rank == "auto" and estimator.method not in ("auto", "soft_impute"):
+        raise UsageError(f"--rank auto needs --method auto or soft_impute (its penalty sets the rank); method "
                          f"{estimator.method} takes an integer --rank")
 
 
@@ -409,7 +409,7 @@ class _Trace:
                 twin = axis.twinx()
                 twin.plot(x, test, color="C1", label="test RMSE")
                 twin.set_ylabel("test RMSE (offsets + U V^T)", color="C1")
-        figure.suptitle(f"{estimator.method}, rank {estimator.U_.shape[1]}, center {estimator.center_}: "
+        figure.suptitle(f"{estimator.method_}, rank {estimator.U_.shape[1]}, center {estimator.center_}: "
                         f"final solve, {loss.shape[0]} iterations")
         figure.tight_layout()
         figure.savefig(path, dpi=100)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     hidden = ~shown
     result = estimator.result_
     report = {"image": name, "shape": [n1, n2], "observed_fraction": args.observed,
-              "observed_pixels": int(shown.sum()), "method": estimator.method, "rank": int(estimator.U_.shape[1]),
+              "observed_pixels": int(shown.sum()), "method": estimator.method_, "rank": int(estimator.U_.shape[1]),
               "backend": result.backend, "iterations": int(estimator.n_iter_), "stop_reason": result.stop_reason,
               "seconds": round(seconds, 3),
               "rmse_hidden": rmse(completed[hidden], truth[hidden]),

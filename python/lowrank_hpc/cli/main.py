@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
                           help="text input: is the first line a header (default: auto-detect)")
     complete.add_argument("--rank", type=_rank, default=None,
-                          help="rank of the model, an integer, or 'auto' with --method soft_impute (default: "
+                          help="rank of the model, an integer, or 'auto' with --method auto or soft_impute (default: "
                                f"{_estimator_default('rank')})")
     complete.add_argument("--method", choices=_methods(), default=None,
                           help=f"solver (default: {_estimator_default('method')})")
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the hidden pixels and the solver (default: 0)")
     demo.add_argument("--observed", type=_observed, default=0.3, help="share of pixels shown (default: 0.3)")
     demo.add_argument("--rank", type=_rank, default=None,
-                      help="rank, an integer, or 'auto' with --method soft_impute (default: "
+                      help="rank, an integer, or 'auto' with --method auto or soft_impute (default: "
                            f"{_estimator_default('rank')})")
     demo.add_argument("--method", choices=_methods(), default=None, help=f"solver (default: {_estimator_default('method')})")
     demo.add_argument("--picture", default="lowrank_hpc_demo.png", metavar="PNG",

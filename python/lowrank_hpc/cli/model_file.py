@@ -82,7 +82,7 @@ class CompletionModel:
                    row_bias=np.zeros(n1) if row_bias is None else _host(row_bias).reshape(n1),
                    col_bias=np.zeros(n2) if col_bias is None else _host(col_bias).reshape(n2),
                    row_ids=row_ids, col_ids=col_ids, seen_indptr=indptr,
-                   seen_indices=indices, method=str(estimator.method),
+                   seen_indices=indices, method=str(getattr(estimator, "method_", estimator.method)),
                    rank=int(getattr(estimator, "rank_", U.shape[1])),
                    reg=float(getattr(estimator, "reg_", estimator.reg if not isinstance(estimator.reg, str)
                                      else float("nan"))),

@@ -10,18 +10,19 @@ from ..ops import sampled_product
 from ..recover import METHODS, implicit_als
 from ..recover.als import FEEDBACKS, REG_SCALINGS
 from ..recover.implicit_als import implicit_fold_in
-from ..recover.completion_fit import FOLD_IN_REG, PENALIZED_METHODS, CompletionSettings, PathPoint, fit_completion
+from ..recover.completion_fit import (FOLD_IN_REG, PENALIZED_METHODS, CompletionSettings, PathPoint, auto_method,
+                                      fit_completion)
 from ..recover._driver import checkpoint_path
 from ..recover.offsets import CENTERS, zero_offsets
 from ..recover.soft_impute import check_distinct
 from ._base import _backend_scope, _check_choice, _check_int, _check_nonnegative, _Estimator, _seed
 from ._convert import _as_float, _check_index_range, _completion_entries, _coordinates, _entries, _rmse, _side
 
-COMPLETION_METHODS = ("soft_impute", "als") + METHODS
+COMPLETION_METHODS = ("auto", "soft_impute", "als") + METHODS
 # reg="auto" with feedback="implicit": implicit's default penalty (no held-out RMSE to choose by).
 IMPLICIT_REG = 0.01
 _SCALED_METHODS = ("scaled", "scaled_damped")
-_AUTO_RANK_METHODS = ("soft_impute",)
+_AUTO_RANK_METHODS = ("auto", "soft_impute")
 
 
 class MatrixCompletion(_Estimator):
@@ -33,14 +34,16 @@ class MatrixCompletion(_Estimator):
     against ``V_`` (and a row offset), row by row, so each row's result does not depend on the others.
 
     The defaults are chosen for real data, which is neither exactly low rank nor centered:
-    soft-impute (nuclear-norm regularized completion, which needs no exact rank: ``rank`` only
-    bounds it) with its penalty chosen on a seeded tenth of the observed entries held out
-    (``reg="auto"``), and an intercept plus row and column offsets. ALS at the same rank and
-    penalty solves the same problem (its ridge on the factors is the nuclear norm) but stops at
-    another point: at the defaults its held-out RMSE was 0.02% to 1.1% higher than
-    soft-impute's on the four bundled real data sets, and 3.2-3.7% higher on planted rank-4
-    matrices with row offsets and noise (200 x 120, 30% observed, 3 seeds).
-    BENCHMARKS.md has the figures and times on real data sets.
+    nuclear-norm regularized completion (which needs no exact rank: ``rank`` only bounds it)
+    with its penalty chosen on a seeded tenth of the observed entries held out (``reg="auto"``),
+    and an intercept plus row and column offsets. Soft-impute and ALS minimise that same
+    objective (ALS's ridge on the factors is the nuclear norm); ``method="auto"`` solves it by
+    ALS on large sparse matrices (1,000,000 observed entries or more, under 1% of the matrix),
+    where soft-impute's steps creep (ratings of 138,000 x 27,000, 0.12% observed: held-out RMSE
+    0.6411 against 0.6737, in 0.65x the time), and by soft-impute otherwise (on the four bundled
+    real data sets ALS's held-out RMSE was 0.02% to 1.1% higher, on planted rank-4 matrices with
+    row offsets and noise, 200 x 120, 30% observed, 3.2-3.7% higher). BENCHMARKS.md has the
+    figures and times on real data sets.
 
     Parameters
     ----------
@@ -48,7 +51,9 @@ class MatrixCompletion(_Estimator):
         the penalty zeroes the weakest directions, so the fitted rank ``rank_`` may be lower;
         "auto" (soft-impute only) starts the bound at 10 and doubles it while the chosen penalty
         keeps every direction.
-    method : "soft_impute" (:func:`lowrank_hpc.recover.soft_impute`, the default), "als"
+    method : "auto" (default): "als" from 1,000,000 observed entries when they are under 1% of
+        the n1 x n2 matrix, else "soft_impute" (always with rank="auto"; feedback="implicit":
+        "als"); ``method_`` says which ran. "soft_impute" (:func:`lowrank_hpc.recover.soft_impute`), "als"
         (:func:`lowrank_hpc.recover.als`) or a :func:`lowrank_hpc.recover.factored_gd` method on
         :class:`lowrank_hpc.sensing.EntrySampling`: "gd", "alternating", "scaled",
         "scaled_damped", "gd_rebalanced" (these fit without a penalty).
@@ -66,7 +71,7 @@ class MatrixCompletion(_Estimator):
         rows uses ``reg_`` as its ridge (0.1 for the gradient methods); after a refit (``debias``)
         against the penalized V, the row then mapped onto the refitted directions.
     reg_scaling : ALS only: "none", or "count" (each row's and column's ridge times its number
-        of observations, ALS-WR).
+        of observations, ALS-WR); with method "auto", "count" runs ALS.
     center : "both" (mu + row and column offsets, default), "global" (mu only) or "none". The
         offsets are ridge regressions of vals minus the low-rank part, fitted jointly with the
         factors: soft-impute updates them after every sweep (the fit is the joint minimiser),
@@ -79,7 +84,7 @@ class MatrixCompletion(_Estimator):
     init : None picks the method's default start (ALS draws V from ``random_state``, soft-impute
         a random orthonormal V, "scaled" and "scaled_damped" start from "spectral", the other
         gradient methods from "small"); else an (n2, rank) array (ALS's initial V), or "small",
-        "spectral" or (U0, V0) arrays for the gradient methods.
+        "spectral" or (U0, V0) arrays for the gradient methods (method "auto" takes None only).
     backend : "auto" (numpy -> CPU, CUDA arrays -> GPU), "cpu" or "cuda" (inputs are moved there
         and the solver runs under :func:`lowrank_hpc.use_backend`).
     random_state : None, an int >= 0, or a numpy RandomState/Generator: seeds the held-out
@@ -94,7 +99,7 @@ class MatrixCompletion(_Estimator):
         values are interaction counts or strengths >= 0 (a dense X: 0 or NaN for none) and every
         pair is a preference, 1 where the value is > 0, at confidence 1 + alpha * value (Hu,
         Koren and Volinsky 2008; what ``implicit`` and Spark's ``implicitPrefs`` fit). It needs
-        method="als" (:func:`lowrank_hpc.recover.implicit_als`, CG row solves) and fits no
+        method "auto" or "als" (:func:`lowrank_hpc.recover.implicit_als`, CG row solves) and fits no
         offsets (``center`` and ``bias_reg`` are not used; intercept_ and the biases are zeros);
         reg="auto" is implicit's 0.01. predict gives the scores, transform folds a row's
         interactions in by its exact row solve, and score is the negative RMSE of the scores
@@ -109,7 +114,7 @@ class MatrixCompletion(_Estimator):
         (``path_[i].refit_rank`` says which won); the final fit is refitted at the chosen k
         when the refit won. True: the path ranks the refits alone, and without a path (a fixed
         ``reg``, or under 195 entries) every direction the entries see is refitted; False: never
-        (the penalized optimum itself). Explicit feedback with "soft_impute" or "als" only. It
+        (the penalized optimum itself). Explicit feedback with "auto", "soft_impute" or "als" only. It
         costs a pass over the entries of about 2 k^2 flops each per path point. The final solve's callback and checkpoint see the penalized
         factors; ``result_.info["refit_rank"]`` is set when the refit was applied.
 
@@ -119,6 +124,7 @@ class MatrixCompletion(_Estimator):
         (the backend of the fit), of the dtype of the observed values.
     intercept_ : float mu. row_bias_ : (n1,) a, col_bias_ : (n2,) b, of U_'s dtype and side
         (zeros where ``center`` leaves them out).
+    method_ : the solver that ran ("soft_impute", "als", ...: ``method`` with "auto" resolved).
     reg_ : the penalty of the final fit (absolute, the solver's ``reg``). rank_ : the rank of
         U_ V_^T (soft-impute: nonzero singular values; others: ``rank``; after a refit: the
         directions refitted with a nonzero weight; 0 for the offsets-only model that reg="auto"
@@ -139,7 +145,7 @@ class MatrixCompletion(_Estimator):
     Every method also accepts ``y=None`` by keyword and ignores it, as scikit-learn passes it.
     """
 
-    def __init__(self, rank: Any = 20, method: str = "soft_impute", reg: Any = "auto", reg_scaling: str = "none",
+    def __init__(self, rank: Any = 20, method: str = "auto", reg: Any = "auto", reg_scaling: str = "none",
                  center: str = "both", bias_reg: float = 10.0, max_iter: int = 100, tol: float = 1e-3,
                  init: Any = None, backend: str = "auto", random_state: Any = None, verbose: bool = False,
                  checkpoint: Optional[str] = None, callback: Optional[Callable[[int, dict[str, Any]], Any]] = None,
@@ -178,13 +184,13 @@ class MatrixCompletion(_Estimator):
 
         Returns
         -------
-        self, with U_, V_, intercept_, row_bias_, col_bias_, reg_, rank_, path_, shape_,
+        self, with U_, V_, intercept_, row_bias_, col_bias_, method_, reg_, rank_, path_, shape_,
         n_features_in_, n_iter_, converged_, train_rmse_, result_.
 
         Raises
         ------
         ValueError for a bad hyper-parameter (named), shapes, NaN in vals, inf in X, no observed
-        entry, or (method "soft_impute") a repeated (row, col) pair, counted in the entries given;
+        entry, or (method "auto" or "soft_impute") a repeated (row, col) pair, counted in the entries given;
         IndexError for an index outside ``shape``; TypeError for non-numeric input.
         """
         function = f"{type(self).__name__}.fit"
@@ -201,14 +207,19 @@ class MatrixCompletion(_Estimator):
             self._fit_implicit(rows, cols, vals, shape, rank, seed, side)
             self._set_feature_names(X)  # with the fit's other attributes: a failed refit keeps the last fit's
             return self
-        if self.method == "soft_impute":  # counted here: reg="auto" would report the repeats of its 90% split
+        # Counted here: reg="auto" would report the repeats of its 90% split. "auto" checks whichever
+        # solver it picks, so that the same entries are taken or refused at any density.
+        if self.method in ("auto", "soft_impute"):
             check_distinct(function, rows, cols, shape)
+        method = self.method
+        if method == "auto":  # reg_scaling="count" is ALS-WR's penalty: ALS
+            method = "als" if self.reg_scaling == "count" else auto_method(int(rows.shape[0]), shape, rank)
         init = self.init
-        if init is None and self.method in METHODS:
-            init = "spectral" if self.method in _SCALED_METHODS else "small"
-        elif self.method == "als" and init is not None:
+        if init is None and method in METHODS:
+            init = "spectral" if method in _SCALED_METHODS else "small"
+        elif method == "als" and init is not None:
             init = _as_float(function, "init", init, side, 2)
-        settings = CompletionSettings(method=self.method, rank=rank, reg=self.reg, reg_scaling=self.reg_scaling,
+        settings = CompletionSettings(method=method, rank=rank, reg=self.reg, reg_scaling=self.reg_scaling,
                                       center=self.center, bias_reg=float(self.bias_reg), max_iter=self.max_iter,
                                       tol=float(self.tol), init=init, seed=seed, progress=bool(self.verbose),
                                       checkpoint=self.checkpoint, callback=self.callback,
@@ -219,8 +230,9 @@ class MatrixCompletion(_Estimator):
             model = sampled_product(result.U, result.V, rows, cols) + offsets.at(rows, cols)
         xp = np if side == "cpu" else _backend.cupy_module()
         # Folding in uses the ridge of this fit, even if set_params changes reg before the next fit.
-        fold_in_reg = fitted.reg if self.method in PENALIZED_METHODS else FOLD_IN_REG
-        self._ridge = (fold_in_reg, self.method == "als" and self.reg_scaling == "count", float(self.bias_reg))
+        fold_in_reg = fitted.reg if method in PENALIZED_METHODS else FOLD_IN_REG
+        self._ridge = (fold_in_reg, method == "als" and self.reg_scaling == "count", float(self.bias_reg))
+        self.method_ = method
         self.U_, self.V_ = result.U, result.V
         self.center_ = self.center
         self.intercept_ = float(offsets.intercept)
@@ -260,7 +272,7 @@ class MatrixCompletion(_Estimator):
         self.center_ = "none"
         self.intercept_ = 0.0
         self.row_bias_, self.col_bias_ = offsets.row, offsets.col
-        self.reg_, self.rank_, self.path_ = reg, rank, []
+        self.method_, self.reg_, self.rank_, self.path_ = "als", reg, rank, []
         self.shape_, self.n_features_in_ = shape, shape[1]
         self.n_iter_, self.converged_ = result.n_iter, result.converged
         self.feedback_, self.alpha_ = "implicit", float(self.alpha)
@@ -285,20 +297,26 @@ class MatrixCompletion(_Estimator):
         _check_choice(function, "method", self.method, COMPLETION_METHODS)
         if isinstance(self.rank, str) and self.rank == "auto":
             if self.method not in _AUTO_RANK_METHODS:
-                raise ValueError(f"{function}: rank='auto' needs method 'soft_impute' (whose penalty sets the "
-                                 f"rank); method {self.method!r} takes an integer rank >= 1")
+                raise ValueError(f"{function}: rank='auto' needs method 'auto' or 'soft_impute' (whose penalty "
+                                 f"sets the rank); method {self.method!r} takes an integer rank >= 1")
             rank = "auto"
         else:
             rank = _check_int(function, "rank", self.rank)
         if not (isinstance(self.reg, str) and self.reg == "auto"):
             _check_nonnegative(function, "reg", self.reg)
         _check_choice(function, "reg_scaling", self.reg_scaling, REG_SCALINGS)
+        if self.reg_scaling != "none" and rank == "auto":
+            raise ValueError(f"{function}: rank='auto' is set by soft-impute's penalty; reg_scaling="
+                             f"{self.reg_scaling!r} runs ALS, which takes an integer rank >= 1")
         _check_choice(function, "center", self.center, CENTERS)
         _check_nonnegative(function, "bias_reg", self.bias_reg)
         _check_int(function, "max_iter", self.max_iter)
         _check_nonnegative(function, "tol", self.tol)
         if not isinstance(self.verbose, (bool, np.bool_)):
             raise ValueError(f"{function}: verbose must be a bool, got {self.verbose!r}")
+        if self.method == "auto" and self.init is not None:
+            raise ValueError(f"{function}: method 'auto' takes init=None (its solver depends on the data); pass "
+                             "method='als' with an (n2, rank) init, or a gradient method")
         if isinstance(self.init, str) and (self.method not in METHODS or self.init not in ("small", "spectral")):
             raise ValueError(f"{function}: init {self.init!r} is not valid for method {self.method!r}; "
                              "ALS takes None or an (n2, rank) array, soft-impute None, the gradient methods None, "
@@ -309,17 +327,17 @@ class MatrixCompletion(_Estimator):
         _check_choice(function, "backend", self.backend, _backend.BACKENDS)
         _check_choice(function, "feedback", self.feedback, FEEDBACKS)
         _check_nonnegative(function, "alpha", self.alpha)
-        if self.feedback == "implicit" and (self.method != "als" or self.init is not None
+        if self.feedback == "implicit" and (self.method not in ("auto", "als") or self.init is not None
                                             or self.reg_scaling != "none" or rank == "auto"):
             raise ValueError(f"{function}: feedback='implicit' fits by implicit ALS from a seeded start: it takes "
-                             f"method='als', an integer rank, init=None and reg_scaling='none' (got method="
+                             f"method 'auto' or 'als', an integer rank, init=None and reg_scaling='none' (got method="
                              f"{self.method!r}, rank={self.rank!r}, init={'an array' if self.init is not None else None},"
                              f" reg_scaling={self.reg_scaling!r})")
         debias = self._debias(function)
-        if debias is True and (self.method not in PENALIZED_METHODS or self.feedback == "implicit"):
+        if debias is True and (self.method not in ("auto",) + PENALIZED_METHODS or self.feedback == "implicit"):
             raise ValueError(f"{function}: debias=True refits the singular values that a penalty shrank: it takes "
-                             f"method 'soft_impute' or 'als' with explicit feedback (got method={self.method!r}, "
-                             f"feedback={self.feedback!r})")
+                             f"method 'auto', 'soft_impute' or 'als' with explicit feedback (got "
+                             f"method={self.method!r}, feedback={self.feedback!r})")
         if self.callback is not None and not callable(self.callback):
             raise ValueError(f"{function}: callback must be callable or None, got {self.callback!r}")
         if self.checkpoint is not None:
