@@ -1,8 +1,8 @@
-"""The README's code and the examples run as written (```py blocks, which need a cluster, compile)."""
+"""The README's code runs as written (```py blocks, which need a cluster, compile); the examples
+run as scripts in tests/test_examples.py."""
 from __future__ import annotations
 
 import re
-import runpy
 import sys
 from pathlib import Path
 
@@ -18,7 +18,7 @@ README = (ROOT / "README.md").read_text()
 
 @pytest.fixture(autouse=True)
 def threads_put_back():
-    """The README's code and the examples may set the process's threads (torch.set_num_threads(1)
+    """The README's code may set the process's threads (torch.set_num_threads(1)
     sets OpenMP's, which our kernels share; torch's autograd did so too under pytest): put them
     back, or every later test runs on one thread."""
     openmp_threads = _backend.cpu_module().max_threads()
@@ -42,11 +42,3 @@ def test_readme_python_blocks_run(block, capsys):
 def test_readme_py_blocks_compile(block):
     """```py blocks need what no test machine has (a Slurm cluster, GPUs): they are compiled, not run."""
     compile(block, "README.md", "exec")
-
-
-@pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
-def test_examples_run(script, monkeypatch, capsys):
-    quick = ["--quick"] if "--quick" in script.read_text() else []  # examples at a paper's size
-    monkeypatch.setattr(sys, "argv", [str(script), *quick])
-    runpy.run_path(str(script), run_name="__main__")
-    assert capsys.readouterr().out
