@@ -260,30 +260,32 @@ def _lanczos_top(xp: Any, times: Callable[[Any], Any], times_t: Callable[[Any], 
     Stops once the top Ritz value sigma's residual bound beta_k |x_k| (A^T u~ - sigma v~ has that
     norm; A v~ = sigma u~ exactly) is below _LANCZOS_RTOL sigma."""
     n = int(start.shape[0])
-    Us = xp.zeros((m, steps), dtype=start.dtype)
-    Vs = xp.zeros((n, steps + 1), dtype=start.dtype)
-    Vs[:, :1] = start / xp.linalg.norm(start)
+    # The bases as rows: each reorthogonalisation reads one contiguous block (column slices of
+    # (m, steps) bases had numpy copy the block at every step: 6.7 of a 4.5M-entry fit's 52 s).
+    Us = xp.zeros((steps, m), dtype=start.dtype)
+    Vs = xp.zeros((steps + 1, n), dtype=start.dtype)
+    Vs[0] = start.reshape(n) / xp.linalg.norm(start)
     alphas: list[float] = []
     betas: list[float] = []
-    u = times(Vs[:, :1])
+    u = times(Vs[0][:, None]).reshape(m)
     for j in range(steps):
         for _ in range(2):
-            u = u - Us[:, :j] @ (Us[:, :j].T @ u)
+            u = u - Us[:j].T @ (Us[:j] @ u)
         alpha = float(xp.linalg.norm(u))
         if alpha == 0.0:  # A v_j lies in span(u_1..u_{j-1}): the Krylov space is exhausted
             break
-        Us[:, j:j + 1] = u / alpha
+        Us[j] = u / alpha
         alphas.append(alpha)
-        v = times_t(Us[:, j:j + 1]) - alpha * Vs[:, j:j + 1]
+        v = times_t(Us[j][:, None]).reshape(n) - alpha * Vs[j]
         for _ in range(2):
-            v = v - Vs[:, :j + 1] @ (Vs[:, :j + 1].T @ v)
+            v = v - Vs[:j + 1].T @ (Vs[:j + 1] @ v)
         beta = float(xp.linalg.norm(v))
         x, sigma, _ = np.linalg.svd(np.diag(alphas) + np.diag(betas, 1))
         if beta * abs(x[-1, 0]) <= _LANCZOS_RTOL * sigma[0] or j == steps - 1:
             return float(sigma[0])
         betas.append(beta)
-        Vs[:, j + 1:j + 2] = v / beta
-        u = times(Vs[:, j + 1:j + 2]) - beta * Us[:, j:j + 1]
+        Vs[j + 1] = v / beta
+        u = times(Vs[j + 1][:, None]).reshape(m) - beta * Us[j]
     if not alphas:
         return 0.0
     # Exhausted at step k (A v_{k+1} in span(u_1..u_k)): A's singular values are those of the
