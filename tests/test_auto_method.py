@@ -128,3 +128,31 @@ def test_reg_scaling_count_is_als_s_penalty():
     np.testing.assert_array_equal(model.U_, reference.U_)
     with pytest.raises(ValueError, match="rank='auto' is set by soft-impute's penalty"):
         lr.MatrixCompletion(rank="auto", reg_scaling="count").fit(rows, cols, vals, shape=(3000, 1000))
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.005, "als"), (0.02, "soft_impute")])
+def test_the_callback_sees_the_same_factors_from_either_solver(monkeypatch, fraction, expected):
+    """A callback cannot know which solver "auto" picks: "U" (n1, rank) and "V" (n2, rank) with
+    U V^T the iterate's low-rank part from both (ALS passed batches of one, soft-impute left out
+    its d). Without offsets (whose later rounds ALS's callback does not see) the last iterate's
+    predictions are the fit's, to within soft-impute's final plain step."""
+    monkeypatch.setattr(completion_fit, "AUTO_METHOD_ALS_MIN_ENTRIES", 1000)
+    rows, cols, vals = sparse_ratings(fraction=fraction)
+    seen = []
+    model = lr.MatrixCompletion(rank=5, random_state=0, debias=False, tol=1e-6, center="none",
+                                callback=lambda it, info: seen.append(info)).fit(rows, cols, vals, shape=(3000, 1000))
+    assert model.method_ == expected and seen
+    last = seen[-1]
+    assert last["U"].shape == (3000, 5) and last["V"].shape == (1000, 5) and "d" not in last
+    offsets = last["offsets"]
+    predicted = (np.einsum("ij,ij->i", last["U"][rows], last["V"][cols]) + offsets.intercept
+                 + offsets.row[rows] + offsets.col[cols])
+    fitted = model.predict(rows, cols)
+    assert np.linalg.norm(predicted - fitted) < 1e-3 * np.linalg.norm(fitted)
+
+
+def test_rank_auto_with_count_scaling_only_refused_where_it_would_run_als():
+    rows, cols, vals = sparse_ratings(fraction=0.02)
+    model = lr.MatrixCompletion(method="soft_impute", rank="auto", reg_scaling="count", random_state=0,
+                                max_iter=3).fit(rows, cols, vals, shape=(3000, 1000))
+    assert model.method_ == "soft_impute"  # "ALS only": ignored, as before

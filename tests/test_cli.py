@@ -212,6 +212,11 @@ def test_usage_errors(ratings):
     fails(cli("complete", ratings, "--frobnicate"), 2, "unrecognized arguments: --frobnicate")
     fails(cli("complete", ratings, "--rank", "auto", "--method", "als"), 2,
           "--rank auto needs --method auto or soft_impute")
+    # Options that make the default method ALS say so, instead of suggesting --method auto.
+    fails(cli("complete", ratings, "--rank", "auto", "--feedback", "implicit"), 2,
+          "--rank auto is set by soft-impute's penalty; --feedback implicit runs implicit ALS")
+    fails(cli("complete", ratings, "--rank", "auto", "--reg-scaling", "count"), 2,
+          "--reg-scaling count runs ALS, which takes an integer --rank")
     fails(cli("complete", ratings, "--debias", "yes", "--method", "gd"), 2, "--debias yes")
     fails(cli("complete", ratings, "--debias", "maybe"), 2, "--debias")
     fails(cli("complete"), 2, "lowrank-hpc demo")

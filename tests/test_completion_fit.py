@@ -410,9 +410,9 @@ def test_checkpoint_rerun_is_identical_and_callback_sees_the_offsets(method, tmp
     assert isinstance(offsets, Offsets)
     if method == "als":  # the first round's offsets (center="global"): the mean of the observed values
         assert offsets.intercept == pytest.approx(float(vals.mean()), rel=1e-12)
-    else:  # soft-impute refits them after every sweep: the mean of vals minus that sweep's U diag(d) V^T
+    else:  # soft-impute refits them after every sweep: the mean of vals minus that sweep's U V^T
         for _, info in calls[:3]:
-            lowrank = np.einsum("kr,r,kr->k", info["U"][rows], info["d"], info["V"][cols])
+            lowrank = np.einsum("kr,kr->k", info["U"][rows], info["V"][cols])
             assert info["offsets"].intercept == pytest.approx(float(np.mean(vals - lowrank)), rel=1e-10)
     assert {"U", "V", "loss", "relative_change"} <= set(calls[0][1])
     again = lr.MatrixCompletion(checkpoint=str(path), **settings).fit(rows, cols, vals, shape=M.shape)

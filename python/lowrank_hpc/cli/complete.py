@@ -227,7 +227,8 @@ def _estimator(args: argparse.Namespace) -> Any:
                              "--center and --scheduler")
         params.update(feedback="implicit", alpha=args.alpha, method="als")
     estimator = MatrixCompletion(**params)
-    check_rank(estimator)
+    check_rank(estimator, "--scheduler runs ALS on the cluster" if getattr(args, "scheduler", None) else
+               "--feedback implicit runs implicit ALS" if args.feedback == "implicit" else "")
     return estimator
 
 
@@ -240,11 +241,19 @@ def check_rank_fits(estimator: Any, shape: tuple[int, int], sizes: str) -> None:
                          f"pass --rank {bound} or less")
 
 
-def check_rank(estimator: Any) -> None:
-    """UsageError for --rank auto with a method whose rank is not set by a penalty."""
-    if estimator.rank == "auto" and estimator.method not in ("auto", "soft_impute"):
-        raise UsageError(f"--rank auto needs --method auto or soft_impute (its penalty sets the rank); method "
-                         f"{estimator.method} takes an integer --rank")
+def check_rank(estimator: Any, runs_als: str = "") -> None:
+    """UsageError for --rank auto with a method whose rank is not set by a penalty; ``runs_als``
+    names the option that made the method ALS (--scheduler, --feedback implicit), if one did."""
+    if estimator.rank != "auto":
+        return
+    if estimator.method == "auto" and estimator.reg_scaling != "none":
+        runs_als = f"--reg-scaling {estimator.reg_scaling} runs ALS"
+    elif estimator.method in ("auto", "soft_impute"):
+        return
+    if runs_als:
+        raise UsageError(f"--rank auto is set by soft-impute's penalty; {runs_als}, which takes an integer --rank")
+    raise UsageError(f"--rank auto needs --method auto or soft_impute (its penalty sets the rank); method "
+                     f"{estimator.method} takes an integer --rank")
 
 
 def _progress_bar() -> bool:
@@ -368,11 +377,7 @@ class _Trace:
     def _predicted(self, info: dict) -> np.ndarray:
         from .model_file import _host
 
-        U, V = _host(info["U"]), _host(info["V"])
-        U = U[0] if U.ndim == 3 else U  # ALS passes (1, n, rank) views
-        V = V[0] if V.ndim == 3 else V
-        if "d" in info:  # soft-impute: U diag(d) V^T
-            U = U * _host(info["d"])[None, :]
+        U, V = _host(info["U"]), _host(info["V"])  # (n, rank) from every solver: U V^T
         offsets = info["offsets"]
         at = offsets.intercept + _host(offsets.row)[self.rows] + _host(offsets.col)[self.cols]
         return at + np.einsum("ij,ij->i", U[self.rows], V[self.cols])

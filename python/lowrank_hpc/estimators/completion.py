@@ -93,7 +93,8 @@ class MatrixCompletion(_Estimator):
     checkpoint : None or a .npz path: the final solve saves its state there and a rerun with the
         same data and settings resumes it (the penalty path, being seeded, is walked again).
     callback : None or callback(iteration, info) called after each iteration of the final
-        solve; info holds "loss", "relative_change", the factors "U", "V" and the
+        solve; info holds "loss", "relative_change", the factors "U" (n1, rank) and "V" (n2,
+        rank) of the iterate's low-rank part U V^T (the same from every method) and the
         "offsets" (an :class:`lowrank_hpc.recover.offsets.Offsets`) in force.
     feedback : "explicit" (default: the values are the matrix's entries) or "implicit": the
         values are interaction counts or strengths >= 0 (a dense X: 0 or NaN for none) and every
@@ -305,7 +306,7 @@ class MatrixCompletion(_Estimator):
         if not (isinstance(self.reg, str) and self.reg == "auto"):
             _check_nonnegative(function, "reg", self.reg)
         _check_choice(function, "reg_scaling", self.reg_scaling, REG_SCALINGS)
-        if self.reg_scaling != "none" and rank == "auto":
+        if self.method == "auto" and self.reg_scaling != "none" and rank == "auto":
             raise ValueError(f"{function}: rank='auto' is set by soft-impute's penalty; reg_scaling="
                              f"{self.reg_scaling!r} runs ALS, which takes an integer rank >= 1")
         _check_choice(function, "center", self.center, CENTERS)

@@ -79,11 +79,12 @@ OFFSET_ONLY_MAX_SWEEPS = 1000
 # direction through its observed share only, so on large sparse matrices it creeps: 138,000 x
 # 27,000 with 0.12% observed, lambda_max / 2, its objective after 300 sweeps was 2.0% above ALS's
 # after 20 (2.4% above its 100), and the default fit's held-out RMSE 0.6737 against ALS's 0.6411
-# (0.24% observed: 0.6115 against 0.6024 at 2.1x the time; 0.53%, MovieLens-20M's density: 0.5832
-# against 0.5818 at 1.6x). On smaller or denser ones soft-impute won or they were within 0.6%
-# (20,000 x 5,000: 340,000 power-law ratings, 0.31%, 0.6844 against 0.6883; 0.9% and 2.25%
-# observed, ALS 0.06-0.6% lower; 2,000 of 800 x 600, seed 4: ALS's fit 1.008x the offsets alone;
-# the bundled sets, 2.3% observed or more: ALS 0.02-1.1% higher).
+# (0.24% observed: 0.6115 against 0.6024 at 2.1x the time; 0.53%, MovieLens-20M's density:
+# 0.5832 against 0.5818 at 1.6x; power-law ratings, 0.19%: 0.6315 against 0.6167 at 1.7x). On
+# smaller or denser ones soft-impute won or they were within 0.6% (20,000 x 5,000: 340,000 drawn
+# power-law ratings, 0.6844 against 0.6883; 0.9% and 2.25% observed, ALS 0.06-0.6% lower; 2,000
+# of 800 x 600, seed 4: ALS's fit 1.008x the offsets alone; the bundled sets, 30% observed or
+# more: ALS 0.02-1.1% higher).
 AUTO_METHOD_ALS_BELOW = 0.01
 AUTO_METHOD_ALS_MIN_ENTRIES = 1_000_000
 
@@ -402,11 +403,20 @@ def _relative_difference(xp: Any, new: Any, old: Any) -> float:
 def _with_offsets(callback: Callable[[int, dict[str, Any]], Any], offsets: Offsets) -> Callable:
     """The solver's callback with the offsets in force added to its dict (key "offsets"): those
     of the iterate for a solver that fits them (its state's "intercept", "row_offsets",
-    "col_offsets"), else the fixed ``offsets`` of the round."""
+    "col_offsets"), else the fixed ``offsets`` of the round. "U" (n1, rank) and "V" (n2, rank)
+    are given alike by every solver, U V^T the low-rank part: method="auto" picks the solver by
+    the data, so a callback cannot know it (ALS passes batches of one, soft-impute U diag(d) V^T)."""
     def called(iteration: int, info: dict[str, Any]) -> Any:
         live = (Offsets(float(info["intercept"][0]), info["row_offsets"], info["col_offsets"])
                 if "intercept" in info else offsets)
-        return callback(iteration, {**info, "offsets": live})
+        info = dict(info, offsets=live)
+        if "U" in info:  # (a cluster's ALS reports the loss alone)
+            U, V = info["U"], info["V"]
+            if U.ndim == 3:
+                U, V = U[0], V[0]
+            d = info.pop("d", None)
+            info.update(U=U if d is None else U * d[None, :], V=V)
+        return callback(iteration, info)
 
     return called
 

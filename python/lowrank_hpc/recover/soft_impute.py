@@ -281,16 +281,20 @@ def _lanczos_top(xp: Any, times: Callable[[Any], Any], times_t: Callable[[Any], 
             v = v - Vs[:j + 1].T @ (Vs[:j + 1] @ v)
         beta = float(xp.linalg.norm(v))
         x, sigma, _ = np.linalg.svd(np.diag(alphas) + np.diag(betas, 1))
-        if beta * abs(x[-1, 0]) <= _LANCZOS_RTOL * sigma[0] or j == steps - 1:
+        if beta * abs(x[-1, 0]) <= _LANCZOS_RTOL * sigma[0]:
             return float(sigma[0])
         betas.append(beta)
+        if j == steps - 1:  # out of steps: the k x (k + 1) bidiagonal below sees beta_k too
+            break
         Vs[j + 1] = v / beta
         u = times(Vs[j + 1][:, None]).reshape(m) - beta * Us[j]
     if not alphas:
         return 0.0
-    # Exhausted at step k (A v_{k+1} in span(u_1..u_k)): A's singular values are those of the
-    # k x (k + 1) bidiagonal [B_k, beta_k e_k]; its last beta counts (one observed row: A v_1 is
-    # its direction, so B_1 alone gave |A v_1|, a fraction of ||A||_2).
+    # Exhausted at step k (A v_{k+1} in span(u_1..u_k)), or out of steps: the k x (k + 1)
+    # bidiagonal [B_k, beta_k e_k] is U_k^T A V_{k+1}, whose singular values are A's when the space
+    # is exhausted and never further from them than B_k's; its last beta counts (one observed row:
+    # A v_1 is its direction, so B_1 alone gave |A v_1|, a fraction of ||A||_2; 2 x 2,200,000 with
+    # steps = 2: 8.78 for 9.05).
     k = len(alphas)
     bidiagonal = np.zeros((k, k + 1))
     bidiagonal[np.arange(k), np.arange(k)] = alphas
