@@ -233,7 +233,8 @@ def test_plot(ratings, tmp_path):
 
 
 def test_plot_trace_predicts_with_the_offsets(ratings):
-    """--plot's test RMSE per iteration is the model then: offsets + U V^T (soft-impute: U diag(d) V^T)."""
+    """--plot's test RMSE per iteration is the model then: offsets + U V^T (the completion fit gives
+    every solver's U, V alike: tests/test_auto_method.py)."""
     from lowrank_hpc import MatrixCompletion
     from lowrank_hpc.cli import complete, readers
     from lowrank_hpc.recover.offsets import Offsets
@@ -248,10 +249,7 @@ def test_plot_trace_predicts_with_the_offsets(ratings):
         assert len(trace.test_rmse) == len(trace.loss) == len(trace.iterations) > 1
         U, V = estimator.U_, estimator.V_
         offsets = Offsets(estimator.intercept_, estimator.row_bias_, estimator.col_bias_)
-        info = {"U": U[None], "V": V[None], "offsets": offsets}
-        if method == "soft_impute":  # the same product, split as U diag(d) V^T
-            d = np.linalg.norm(U, axis=0) + 1.0
-            info = {"U": U / d, "d": d, "V": V, "offsets": offsets}
+        info = {"U": U, "V": V, "offsets": offsets}
         expected = estimator.predict(data.rows[test], data.cols[test])
         np.testing.assert_allclose(trace._predicted(info), expected, rtol=1e-12, atol=1e-12)
 
