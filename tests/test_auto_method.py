@@ -17,7 +17,7 @@ from lowrank_hpc.recover.completion_fit import AUTO_METHOD_ALS_BELOW, AUTO_METHO
     (1_000_000, (10_000, 10_000), 20, "soft_impute"),                     # exactly 1%
     (999_999 + 1, (10_000, 10_001), 20, "als"),                           # just under 1%
     (20_000_000, (200_000, 5_000), 20, "soft_impute"),                    # 2%
-    (10**12 // 200, (10**6, 10**6), 20, "als"),                           # products past int32 and float32
+    (10**12 // 200, (np.int32(10**6), np.int32(10**6)), 20, "als"),       # numpy ints, n1 n2 past int32
 ])
 def test_the_rule(nnz, shape, rank, expected):
     assert auto_method(nnz, shape, rank) == expected
