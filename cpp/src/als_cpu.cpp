@@ -13,13 +13,12 @@ namespace lowrank_hpc::cpu {
 namespace {
 
 // Whether the exact row solve runs in register tiles (ops/register_tiles.hpp; the same numbers):
-// where the padding to whole vectors costs little, and for compiled ranks from 16 on (one
-// thread, r = 32: 2.4x faster than the per-entry form; below 16 the per-entry form keeps the
-// whole system in registers).
-template <class T, int R>
-bool use_tiles(int64_t r) {
-  return ops::RegisterTiles<T>::worthwhile(r) && (R == 0 || R >= 16);
-}
+// every rank above 4, padded to whole vectors. The compiled ranks 1-4 keep the per-entry form
+// (the whole system in registers). Padding costs less than the per-entry form's one multiply-add
+// per load and store of G: ALS on 4.5M entries of 138,000 x 27,000 with AVX-512 floats, s an
+// iteration, r = 5 0.070 -> 0.059, r = 12 0.209 -> 0.087, r = 20 (padded to 32) 0.407 -> 0.139.
+constexpr int64_t kPerEntryMaxRank = 4;
+inline bool use_tiles(int64_t r) { return r > kPerEntryMaxRank; }
 
 // Whether the tiled solves factor a group of rows' systems together, one per vector lane
 // (ldlt_lanes.hpp; the same numbers): where the group's copies of its systems and their lanes
@@ -60,7 +59,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
     T* g = G + r * r;
     std::vector<T> misfits(cg_misfits ? static_cast<size_t>(2 * longest) : 0);
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
-    if (cg_steps == 0 && use_tiles<T, R>(r)) tiles.emplace(r, weights != nullptr, shared != nullptr);
+    if (cg_steps == 0 && use_tiles(r)) tiles.emplace(r, weights != nullptr, shared != nullptr);
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
     if (tiles && use_lanes<T>(r)) group.emplace(r);
     int64_t group_rows[ops::LaneSystems<T>::kWidth] = {}, group_problems[ops::LaneSystems<T>::kWidth] = {};
@@ -147,7 +146,7 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
     T* U0 = g + r;
     T* V0 = U0 + m * r;
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
-    if (use_tiles<T, R>(r)) tiles.emplace(r, false, false);
+    if (use_tiles(r)) tiles.emplace(r, false, false);
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
     if (tiles && use_lanes<T>(r)) group.emplace(r);
     const auto solve_group = [&]() { group->solve([&](int, bool solved) { singular += solved ? 0 : 1; }); };
@@ -236,9 +235,7 @@ void als_squared_residuals(const int64_t* indptr, const I* others, const T* vals
 
 template <class T>
 int als_row_solve_form(int64_t r) {
-  return dispatch_rank(r, [&](auto rank) {
-    return !use_tiles<T, decltype(rank)::value>(r) ? 0 : ops::RegisterTiles<T>::kFusedGram ? 2 : 1;
-  });
+  return !use_tiles(r) ? 0 : ops::RegisterTiles<T>::kFusedGram ? 2 : 1;
 }
 template int als_row_solve_form<float>(int64_t);
 template int als_row_solve_form<double>(int64_t);

@@ -461,8 +461,8 @@ def als(rows: Any, cols: Any, vals: Any, shape: tuple[int, int], rank: int, reg:
         number of observations).
     solver : how each row's r x r system is solved. "cholesky": exactly (square-root-free
         Cholesky of the assembled normal equations, O(entries r^2 + r^3) per row; on the CPU,
-        at ranks where padding r to whole SIMD vectors costs little (most ranks from 16 on), they
-        are assembled and factored in register tiles as a BLAS-3 kernel does, in the same order;
+        at every rank above 4, they are assembled and factored in register tiles as a BLAS-3
+        kernel does (r padded to whole SIMD vectors), in the same order;
         on processors with FMA (the avx2 and avx512 levels of ``lowrank_hpc.info()``) the
         assembly's multiply-adds are fused, one rounding instead of two, so there U and V differ
         from the GPU's and the baseline level's by rounding only); "cg":

@@ -1,5 +1,5 @@
 // Host-only: one row's r x r normal equations formed and factored in register tiles, the way a
-// BLAS-3 kernel does (ALS's exact solve where als_cpu.cpp's use_tiles says: most ranks from 16 on).
+// BLAS-3 kernel does (ALS's exact solve where als_cpu.cpp's use_tiles says: every rank above 4).
 //
 // The per-entry form (normal_equations.hpp) adds each entry's outer product into G in memory:
 // one multiply-add per load and store of G, 3-7% of the GEMM rate. Here a tile of kRows x kCols
@@ -65,8 +65,6 @@ struct RegisterTiles {
   static int64_t stride(int64_t r) {
     return padded(r) * static_cast<int64_t>(sizeof(T)) % 256 == 0 ? padded(r) + kLanes : padded(r);
   }
-  // Whether the tiles pay for their padding (r = 17 pads to 32 with AVX-512 floats: 3.5x the work).
-  static bool worthwhile(int64_t r) { return r >= 2 * kLanes || padded(r) * 4 <= r * 5; }
 
   // Lane numbers 0, 1, ... as integers of T's size (vector selects by lane).
   using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
