@@ -7,6 +7,10 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "lowrank_hpc/core/half.hpp"
 #include "lowrank_hpc/core/numbers.hpp"
 
@@ -57,6 +61,46 @@ template <class T, int Bytes>
 struct Vector {
   typedef T type __attribute__((vector_size(Bytes)));
 };
+
+// V (a GCC vector of float or double) holding the first count numbers at p (0 <= count <=
+// its lanes) in its low lanes, +0 above; nothing past them is read (a row's last numbers may end
+// a page). Masked loads where the ISA has them, else number by number.
+template <class V, class A>
+inline __attribute__((always_inline)) V load_first(const A* p, int count) {
+  static_assert(std::is_same_v<A, float> || std::is_same_v<A, double>, "float or double");
+  constexpr int kCount = static_cast<int>(sizeof(V) / sizeof(A));
+  V out;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    const unsigned mask = (1u << count) - 1u;
+    if constexpr (std::is_same_v<A, float>) {
+      const __m512 x = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), p);
+      __builtin_memcpy(&out, &x, sizeof out);
+    } else {
+      const __m512d x = _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p);
+      __builtin_memcpy(&out, &x, sizeof out);
+    }
+    return out;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (sizeof(V) == 32) {
+    if constexpr (std::is_same_v<A, float>) {
+      const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256 x = _mm256_maskload_ps(p, keep);
+      __builtin_memcpy(&out, &x, sizeof out);
+    } else {
+      const __m256i keep = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+      const __m256d x = _mm256_maskload_pd(p, keep);
+      __builtin_memcpy(&out, &x, sizeof out);
+    }
+    return out;
+  }
+#endif
+  out = V{};
+  for (int l = 0; l < kCount && l < count; ++l) out[l] = p[l];
+  return out;
+}
 
 // V (a GCC vector of float) from as many 16-bit numbers at p, exactly (every float16 and
 // bfloat16 is a float): bfloat16 by widening its bits, float16 by F16C where the build has it.

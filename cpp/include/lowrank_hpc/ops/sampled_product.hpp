@@ -88,11 +88,16 @@ inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b,
     }
     c += kChunk / 2;
   }
+  if (c < r) {  // the rest, zero-padded to 64 bytes, into the lower half
+    for (int j = 0; j < kCount / 2; ++j) {
+      const int64_t left = r - c - j * kPer;
+      const int count = static_cast<int>(left < 0 ? 0 : left < kPer ? left : kPer);
+      p[j] += lanes::load_first<V>(a + c + j * kPer, count) * lanes::load_first<V>(b + c + j * kPer, count);
+    }
+  }
   for (int live = kCount; live > 1; live /= 2)
     for (int j = 0; j < live / 2; ++j) p[j] += p[j + live / 2];
-  A acc = fold_lanes<A, kVector>(p[0]);
-  for (; c < r; ++c) acc += a[c] * b[c];
-  return acc;
+  return fold_lanes<A, kVector>(p[0]);
 }
 
 // Host: the dot of two rows of 16-bit storage in float: vectors of floats widened from them
@@ -166,9 +171,10 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
     acc = fold_halving(p);
   } else if (width == 1) {
     // A run-time rank: 128-byte blocks summed lane by lane into two registers' worth of partial
-    // sums (two independent chains), one 64-byte block more into the lower half, the lanes
-    // folded by the halving tree, then the rest in order (a run-time simd loop took 2.3x as long
-    // at r = 20).
+    // sums (two independent chains), one 64-byte block more into the lower half, the rest
+    // zero-padded to a 64-byte block into the lower half too, the lanes folded by the halving
+    // tree (a run-time simd loop took 2.3x as long at r = 20; the rest summed in order after the
+    // fold, a chain of dependent adds, made r = 10 floats cost 4x r = 8's).
 #if !defined(__CUDACC__)
     if constexpr (std::is_same_v<T, A>) return host_runtime_dot<A>(a, b, r);
 #endif
@@ -184,10 +190,13 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
       for (int l = 0; l < kBlock; ++l) part[l] += load_as<A>(a[c + l]) * load_as<A>(b[c + l]);
       c += kBlock;
     }
+    if (c < r) {
+      for (int l = 0; l < kBlock; ++l)
+        part[l] += c + l < r ? load_as<A>(a[c + l]) * load_as<A>(b[c + l]) : A(0);
+    }
     for (int live = 2 * kBlock; live > 1; live /= 2)
       for (int l = 0; l < live / 2; ++l) part[l] += part[l + live / 2];
     acc = part[0];
-    for (; c < r; ++c) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   } else {
     for (int64_t c = lane; c < r; c += width) acc += load_as<A>(a[c]) * load_as<A>(b[c]);
   }
