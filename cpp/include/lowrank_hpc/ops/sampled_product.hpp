@@ -91,7 +91,11 @@ inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b,
   if (c < r) {  // the rest, zero-padded to 64 bytes, into the lower half
     for (int j = 0; j < kCount / 2; ++j) {
       const int64_t left = r - c - j * kPer;
-      const int count = static_cast<int>(left < 0 ? 0 : left < kPer ? left : kPer);
+      if (left <= 0) {
+        p[j] += V{};  // +0, as the array form adds to every lane (no pointer past the row)
+        continue;
+      }
+      const int count = static_cast<int>(left < kPer ? left : kPer);
       p[j] += lanes::load_first<V>(a + c + j * kPer, count) * lanes::load_first<V>(b + c + j * kPer, count);
     }
   }
