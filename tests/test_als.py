@@ -559,16 +559,17 @@ def _with_threads(threads: int, solve):
         lr_cpu.set_num_threads(before)
 
 
-# Rank 6: each row's system per entry; 24: in register tiles, factored 16 (AVX-512) rows at a time.
-@pytest.mark.parametrize("rank", [6, 24])
-def test_sparse_kernels_give_the_same_bits_whatever_the_thread_count(rng, rank):
+# Rank 4: each row's system per entry (70 x 70: past the dense kernel's cells); 6 (padded to a
+# whole vector) and 24: in register tiles, factored 16 (AVX-512) rows at a time.
+@pytest.mark.parametrize("rank, size", [(4, 70), (6, 30), (24, 30)])
+def test_sparse_kernels_give_the_same_bits_whatever_the_thread_count(rng, rank, size):
     """20 problems with enough work each: "fused" while 20 >= 8 threads, "rows" from 3 threads on.
     Both give each problem the same U, V bit for bit (als's docstring), so the thread count,
     which picks the kernel, changes no factor; the measures (loss, relative change) are summed
     in another order by each kernel: equal to 1e-12 relative, not bitwise."""
-    rows, cols, vals, offsets = batch_of_problems(rng, 20, 30, 30, 6)
-    assert rows.shape[0] * 36 >= 1 << 18  # too much work for the serial shortcut
-    runs = {threads: _with_threads(threads, lambda: batched_als(rows, cols, vals, offsets, (30, 30), rank, reg=0.1,
+    rows, cols, vals, offsets = batch_of_problems(rng, 20, size, size, 6)
+    assert rows.shape[0] * rank * rank >= 1 << 18  # too much work for the serial shortcut
+    runs = {threads: _with_threads(threads, lambda: batched_als(rows, cols, vals, offsets, (size, size), rank, reg=0.1,
                                                                  seed=2, max_iter=8, tol=1e-3))
             for threads in (1, 2, 3)}
     assert runs[1].info["kernel"] == "fused" and runs[3].info["kernel"] == "rows"

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import lowrank_hpc as lr
+from lowrank_hpc import _backend, _cpu_isa
 from conftest import RTOL, rel_error
 import reference
 
@@ -41,9 +45,10 @@ def test_sampled_product_matches_gather_einsum(backend, dtype, rng, m, n, r, nnz
 
 @pytest.mark.parametrize("r", [5, 7, 9, 15, 17, 20, 23, 31, 33, 40, 63, 65, 100, 129, 300])
 def test_sampled_product_at_run_time_ranks_matches_float64(backend, dtype, rng, r):
-    """Ranks without a compiled width take the run-time dot (on the host 64-byte blocks of partial
-    sums, then the remainder; on the GPU 16-byte chunks per lane where r allows, several per lane
-    above 32 floats): every block count and remainder against float64 einsum, per entry."""
+    """Ranks without a compiled width take the run-time dot (on the host 128- and 64-byte blocks of
+    partial sums, the remainder zero-padded into a last one; on the GPU 16-byte chunks per lane
+    where r allows, several per lane above 32 floats): every block count and remainder against
+    float64 einsum, per entry."""
     U, V = _factors(rng, dtype, 23, 19, r)
     rows, cols = _coords(rng, 23, 19, 200)
     got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
@@ -96,7 +101,7 @@ def test_sampled_product_at_run_time_ranks_is_the_host_order(dtype, rng, r):
     """Run-time ranks on the host: the products summed lane by lane into 128 bytes of partial
     sums (then one 64-byte block more into the lower half, then the rest zero-padded to 64
     bytes into the lower half), the lanes folded by the halving tree; the host's vector form
-    (masked loads for the rest) must give exactly these sums."""
+    (masked loads for the rest where the level has them) must give exactly these sums."""
     U, V = _factors(rng, dtype, 23, 19, r)
     rows, cols = _coords(rng, 23, 19, 300)
     got = lr.ops.sampled_product(U, V, rows, cols)
@@ -119,6 +124,22 @@ def test_sampled_product_at_run_time_ranks_is_the_host_order(dtype, rng, r):
         live //= 2
         part[:, :live] = part[:, :live] + part[:, live:2 * live]
     np.testing.assert_array_equal(got, part[:, 0])
+
+
+@pytest.mark.parametrize("level", ["baseline", "avx2"])
+def test_the_host_order_holds_at_the_lower_levels(level):
+    """The host-order test again at each lower level this processor runs (16- and 32-byte vectors:
+    the rest spans several, some empty; avx2 loads it by mask, the baseline number by number);
+    this process runs only the widest level."""
+    if (_backend.cpu_module().CPU_LEVEL == level or level not in _cpu_isa.built_levels()
+            or level not in _cpu_isa.processor_levels()):
+        pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
+    env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "run_time_ranks_is_the_host_order"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "22 passed" in done.stdout, done.stdout[-3000:]  # 11 ranks, 2 dtypes
 
 
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):

@@ -10,6 +10,7 @@ avx512 levels): its multiply-adds are fused, one rounding each, transcribed here
 emulation of the fused multiply-add."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -135,8 +136,8 @@ def row_problem(rank, dtype, seed):
 
 
 # Per-entry form: ranks 1-4 (compiled: 1, 4); register tiles above, padded to whole vectors
-# (5 and 12: one vector or less at AVX-512; 8, 16 and 32 compiled; 20 padded to 32 with AVX-512
-# floats), with a remainder vector (40, 70, 100) and the padded row stride (64).
+# (5 and 12: one AVX-512 vector of floats or less; 8, 16 and 32 compiled; 20 padded to 32 with
+# AVX-512 floats), with a remainder vector (40, 70, 100) and the padded row stride (64).
 @pytest.mark.parametrize("rank", [1, 4, 5, 8, 12, 16, 20, 32, 40, 64, 70, 100])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "weights+shared"])
@@ -227,16 +228,58 @@ def test_the_tiles_fuse_the_gram_exactly_where_the_level_has_fma():
         assert [module.als_row_solve_form(r, dtype) for r in (5, 7, 8, 12, 17, 20, 24, 33)] == [tiled] * 8
 
 
-def test_the_baseline_level_solves_in_unfused_tiles():
-    """The transcription test again at the baseline level (its tiles round every multiply and add):
-    the wider levels run the fused form in this process."""
+@pytest.mark.parametrize("level", ["baseline", "avx2"])
+def test_the_lower_levels_solve_in_their_own_tiles(level):
+    """The transcription tests again at each lower level this processor runs: the baseline's tiles
+    round every multiply and add, avx2's are fused but half as wide (8 floats, 4 rows a tile);
+    this process runs only the widest level."""
     module = _backend.cpu_module()
-    if module.CPU_LEVEL == "baseline" or "baseline" not in _cpu_isa.built_levels():
-        pytest.skip("this process already runs the baseline level")
-    env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: "baseline"}
+    if (module.CPU_LEVEL == level or level not in _cpu_isa.built_levels()
+            or level not in _cpu_isa.processor_levels()):
+        pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
+    env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "transcribed_arithmetic or exactly_where or in_groups"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # 48 transcriptions, the form test, 14 grouped solves
     assert "63 passed" in done.stdout, done.stdout[-3000:]
+
+
+# Every level this processor runs, the widest first.
+LEVEL_MODULES = [importlib.import_module(f"lowrank_hpc.{_cpu_isa.MODULES[level]}")
+                 for level in reversed(_cpu_isa.built_levels()) if level in _cpu_isa.processor_levels()]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "weights+shared"])
+def test_cg_row_solves_give_the_same_bits_at_every_level(dtype, implicit):
+    """CG's steps at run-time ranks split each row into whole tiles, single vectors and a masked
+    rest at different points per level (64, 16 and 4 floats wide): every number must still add the
+    same products in the same order, so every level gives the same bits (the compiled ranks 8, 16
+    and 32 beside them)."""
+    if len(LEVEL_MODULES) < 2:
+        pytest.skip("one level runs here")
+    for rank in [5, 8, 12, 16, 17, 20, 24, 32, 33, 40, 63, 65, 70, 100]:
+        rng = np.random.default_rng(rank)
+        n_key, n_other = 12, 60
+        degrees = rng.integers(1, 30, n_key)
+        degrees[2] = 0  # an empty row
+        others = np.concatenate([rng.choice(n_other, d, replace=False) for d in degrees]).astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(degrees)]).astype(np.int64)
+        vals = rng.uniform(1.0, 4.0, others.size).astype(dtype)
+        F = rng.standard_normal((1, n_other, rank)).astype(dtype)
+        extra = {}
+        if implicit:
+            extra = dict(weights=rng.uniform(0.5, 3.0, others.size).astype(dtype),
+                         shared=np.einsum("bkr,bks->brs", F, F).astype(dtype))
+        start = rng.standard_normal((1, n_key, rank)).astype(dtype)
+        outs = []
+        for module in LEVEL_MODULES:
+            x = start.copy()
+            module.als_update_rows(indptr, others, vals, F, n_key, 0.1, False, None, 3, x, np.zeros(1, np.int64),
+                                   0, **extra)
+            outs.append(x)
+        assert np.all(np.isfinite(outs[0])) and not np.array_equal(outs[0], start)
+        for module, out in zip(LEVEL_MODULES[1:], outs[1:]):
+            np.testing.assert_array_equal(out, outs[0], err_msg=f"rank {rank} at {module.CPU_LEVEL}")

@@ -17,7 +17,7 @@ namespace {
 // (the whole system in registers). Padding costs less than the per-entry form's one multiply-add
 // per load and store of G: ALS on 4.5M entries of 138,000 x 27,000 with AVX-512 floats, s an
 // iteration, r = 5 0.070 -> 0.059, r = 12 0.209 -> 0.087, r = 20 (padded to 32) 0.407 -> 0.139.
-constexpr int64_t kPerEntryMaxRank = 4;
+constexpr int64_t kPerEntryMaxRank = 4;  // = als.py's _DENSE_MAX_RANK: the dense kernel gives these ranks' bits
 inline bool use_tiles(int64_t r) { return r > kPerEntryMaxRank; }
 
 // Whether the tiled solves factor a group of rows' systems together, one per vector lane

@@ -66,7 +66,7 @@ _FUSED_MAX_SERIAL_WORK = 1 << 18
 # The dense kernel (a SIMD register of problems per group, every lane on the same m x n grid)
 # pays for unobserved cells too: worth it for small, densely observed problems of small rank,
 # with a group for every thread. It gives each problem the same bits as the sparse kernels.
-_DENSE_MAX_RANK = 4
+_DENSE_MAX_RANK = 4  # = als_cpu.cpp's kPerEntryMaxRank: the ranks whose sparse solves are per entry, as dense's
 _DENSE_MAX_CELLS = 4096
 _DENSE_MIN_DENSITY = 0.2
 
