@@ -96,12 +96,14 @@ def test_sampled_product_of_misaligned_factor_views(backend, dtype, rng, r):
         np.testing.assert_array_equal(misaligned, aligned)
 
 
-@pytest.mark.parametrize("r", [5, 10, 15, 17, 20, 33, 40, 48, 63, 64, 100])
+@pytest.mark.parametrize("r", [5, 6, 10, 11, 12, 15, 17, 20, 21, 24, 33, 40, 48, 63, 64, 100])
 def test_sampled_product_at_run_time_ranks_is_the_host_order(dtype, rng, r):
     """Run-time ranks on the host: the products summed lane by lane into 128 bytes of partial
     sums (then one 64-byte block more into the lower half, then the rest zero-padded to 64
     bytes into the lower half), the lanes folded by the halving tree; the host's vector form
-    (masked loads for the rest where the level has them) must give exactly these sums."""
+    (masked loads for the rest where the level has them) must give exactly these sums. The
+    common ranks the host compiles for dots (5, 6, 10, 12, 20, 24, 64, 100: cpu_backend.hpp's
+    dispatch_dot_rank) keep this order: the same bits as their run-time neighbours' form."""
     U, V = _factors(rng, dtype, 23, 19, r)
     rows, cols = _coords(rng, 23, 19, 300)
     got = lr.ops.sampled_product(U, V, rows, cols)
@@ -126,6 +128,24 @@ def test_sampled_product_at_run_time_ranks_is_the_host_order(dtype, rng, r):
     np.testing.assert_array_equal(got, part[:, 0])
 
 
+@pytest.mark.parametrize("r", [3, 16, 20, 21])
+def test_squared_residuals_square_the_sampled_products_residuals(backend, dtype, rng, r):
+    """The solvers' fused loss terms (the distributed shards' loss): (vals - product)^2 in float64
+    of the residual rounded in the factors' dtype, the product's bits those of sampled_product
+    at compiled (3, 16, 20) and run-time (21) ranks, over two problems."""
+    from lowrank_hpc._arrays import resolve
+    from lowrank_hpc.ops.sampled_product import squared_residuals
+
+    U, V = _factors(rng, dtype, 11, 9, r, batch=2)
+    rows, cols, offsets = _batched_coords(rng, 11, 9, [40, 25])
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    put = [backend.put(np.ascontiguousarray(x)) for x in (U, V, rows, cols, vals, offsets)]
+    terms, _ = squared_residuals(resolve("test", U=put[0]), *put)
+    product = backend.get(lr.ops.sampled_product(put[0], put[1], put[2], put[3], offsets=put[5]))
+    residual = (vals - product).astype(np.float64)
+    np.testing.assert_array_equal(backend.get(terms), residual * residual)
+
+
 @pytest.mark.parametrize("level", ["baseline", "avx2"])
 def test_the_host_order_holds_at_the_lower_levels(level):
     """The host-order test again at each lower level this processor runs (16- and 32-byte vectors:
@@ -139,7 +159,7 @@ def test_the_host_order_holds_at_the_lower_levels(level):
                            "-k", "run_time_ranks_is_the_host_order"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "22 passed" in done.stdout, done.stdout[-3000:]  # 11 ranks, 2 dtypes
+    assert "32 passed" in done.stdout, done.stdout[-3000:]  # 16 ranks, 2 dtypes
 
 
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
@@ -721,7 +741,7 @@ def _skewed_coords(rng, m, n, nnz, order):
 
 
 @pytest.mark.parametrize("order", ["sorted", "random", "random, row order at every rank"])
-@pytest.mark.parametrize("r", [1, 2, 3, 4, 5, 8, 16, 17, 32, 33, 64, 100, 129, 300])
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 5, 8, 16, 17, 20, 32, 33, 64, 100, 129, 300])
 def test_sparse_pattern_sampled_product_is_sampled_product(backend, dtype, rng, order, r, monkeypatch):
     """The pattern's product (on the CPU taken in row order, each result written to its entry's
     place; shuffled entries with short factor rows by the coordinate kernel unless the threshold
@@ -802,7 +822,7 @@ def test_sparse_pattern_sampled_product_bad_inputs(backend, rng):
 
 
 @pytest.mark.parametrize("order", ["sorted", "random", "random, row order at every rank"])
-@pytest.mark.parametrize("r", [3, 16, 64])
+@pytest.mark.parametrize("r", [3, 16, 20, 64])
 def test_sparse_pattern_solver_residual_is_the_product_minus_y(backend, dtype, rng, order, r, monkeypatch):
     """The solvers' fused residual: z = sampled_product(U, V) - y bit for bit (in the factors'
     dtype), and the float64 sum of its squares, on every path the pattern takes."""

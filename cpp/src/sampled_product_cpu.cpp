@@ -172,7 +172,7 @@ template <class T, class I>
 int64_t csr_sampled_product(const int64_t* indptr, const int64_t* perm, const I* others, const T* U, const T* V,
                             const T* y, int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out,
                             double* sum_of_squares) {
-  return dispatch_rank(r, [&](auto rank) {
+  return dispatch_dot_rank(r, [&](auto rank) {
     constexpr int R = decltype(rank)::value;
     return y ? csr_sampled_product_rank<T, I, R, true>(indptr, perm, others, U, V, y, batch, m, n, r, nnz, out,
                                                        sum_of_squares)
@@ -185,7 +185,7 @@ template <class T, class I>
 int64_t sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
                                   const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
                                   int64_t nnz, double* out) {
-  return dispatch_rank(r, [&](auto rank) {
+  return dispatch_dot_rank(r, [&](auto rank) {
     return squared_residuals_rank<T, I, decltype(rank)::value>(U, V, rows, cols, vals, offsets, batch, m, n, r,
                                                                nnz, out);
   });
@@ -198,7 +198,7 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
   if constexpr (is_half_v<T>) {  // 16-bit storage: the general-rank loop only (compile time)
     return sampled_product_rank<T, I, 0>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
   } else {
-    return dispatch_rank(r, [&](auto rank) {
+    return dispatch_dot_rank(r, [&](auto rank) {
       return sampled_product_rank<T, I, decltype(rank)::value>(U, V, rows, cols, offsets, batch, m, n, r, nnz, out);
     });
   }

@@ -167,6 +167,9 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   if constexpr (std::is_same_v<T, A> && kHostDot<A, R>) {
     if (width == 1) return host_dot<A, R>(a, b);
   }
+  if constexpr (std::is_same_v<T, A> && R > 4 && !kHostDot<A, R>) {
+    if (width == 1) return host_runtime_dot<A>(a, b, R);
+  }
 #endif
   if (width == 1 && R > 0) {
     // A compiled rank: the R products summed by fold_halving's fixed tree.
