@@ -148,18 +148,19 @@ def test_squared_residuals_square_the_sampled_products_residuals(backend, dtype,
 
 @pytest.mark.parametrize("level", ["baseline", "avx2"])
 def test_the_host_order_holds_at_the_lower_levels(level):
-    """The host-order test again at each lower level this processor runs (16- and 32-byte vectors:
-    the rest spans several, some empty; avx2 loads it by mask, the baseline number by number);
-    this process runs only the widest level."""
+    """The host-order and row-sorted input-order tests again at each lower level this processor
+    runs (16- and 32-byte vectors: the rest spans several, some empty; avx2 loads it by mask, the
+    baseline number by number); this process runs only the widest level."""
     if (_backend.cpu_module().CPU_LEVEL == level or level not in _cpu_isa.built_levels()
             or level not in _cpu_isa.processor_levels()):
         pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "run_time_ranks_is_the_host_order"], env=env, capture_output=True, text=True,
+                           "-k", "run_time_ranks_is_the_host_order or row_sorted_product_is_the_input_order_sum"],
+                          env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "32 passed" in done.stdout, done.stdout[-3000:]  # 16 ranks, 2 dtypes
+    assert "76 passed" in done.stdout, done.stdout[-3000:]  # 16 ranks x 2 dtypes; 11 x 2 x 2 index dtypes
 
 
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):
@@ -601,12 +602,13 @@ def _row_sorted_problem(rng, dtype, m: int, n: int, r: int):
     return rows, cols, vals, B, expected
 
 
-@pytest.mark.parametrize("r", [1, 3, 8, 16, 17, 32, 40, 300])
+@pytest.mark.parametrize("r", [1, 3, 8, 16, 17, 20, 32, 40, 63, 70, 300])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_cpu_row_sorted_product_is_the_input_order_sum(dtype, rng, r, index_dtype):
     """Entries already sorted by output row (their row pointers read off without a sort): the
     sequential sum bit for bit with a heavy row, empty rows and a repeated position, on 1 to 3
-    threads, and by columns with transpose."""
+    threads, and by columns with transpose. The run-time ranks' rests after whole tiles fill one
+    to four vectors, the last by mask (17-63, 70, 300 at every level's width)."""
     rows, cols, vals, B, expected = _row_sorted_problem(rng, dtype, 400, 150, r)
     rows, cols = rows.astype(index_dtype), cols.astype(index_dtype)
     from lowrank_hpc import _backend
@@ -652,7 +654,7 @@ def test_cpu_row_order_broken_near_sorted_rows(rng, case):
     np.testing.assert_array_equal(lr.ops.sparse_times_dense(rows, cols, vals, B, 400), reference)
 
 
-@pytest.mark.parametrize("r", [1, 2, 3, 8, 16, 17])
+@pytest.mark.parametrize("r", [1, 2, 3, 8, 16, 17, 20, 40])
 def test_sparse_pattern_sums_each_row_in_input_order(backend, dtype, rng, r):
     """Rows of uneven length (0 to 9 entries) summed bit for bit as a sequential loop in the
     dtype sums them: product, then add, entry by entry, in the entries' order."""

@@ -260,15 +260,16 @@ constexpr int64_t kPrefetchDistance = 16;
 // B up to this size stays in the caches: no prefetch (it only costs issue slots then).
 constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
 
-// Columns [c0, c0 + W) of one output row: the sum over the row's entries, in their order, of
-// v * B[other], held in registers and stored once (summing into the output row in memory made
-// every entry wait on the previous one's store). 16-bit storage: read as float and summed in
-// float, each sum rounded once when stored.
-template <int W, class T, class I>
-inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others, const T* vals,
-                     const T* B_problem, int64_t r, int64_t c0, bool prefetch, T* out_row) {
+// Columns [c0, c0 + width) of one output row into acc (a register row of that width): the sum
+// over the row's entries, in their order, of v * B[other], held in registers and stored once
+// (summing into the output row in memory made every entry wait on the previous one's store).
+// 16-bit storage: read as float and summed in float, each sum rounded once when stored.
+template <class Row, class T, class I>
+inline __attribute__((always_inline)) void row_pass(Row& acc, int64_t width, int64_t begin, int64_t end, int64_t nnz,
+                                                    const int64_t* perm, const I* others, const T* vals,
+                                                    const T* B_problem, int64_t r, int64_t c0, bool prefetch,
+                                                    T* out_row) {
   using A = accumulate_t<T>;
-  lanes::RegisterRow<A, W> acc;
   acc.zero();
   for (int64_t j = begin; j < end; ++j) {
     // Ahead within this row: the same columns (the next pass); past it, the next rows' first tile.
@@ -277,7 +278,7 @@ inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* per
       if (perm) __builtin_prefetch(vals + perm[ahead]);
       const T* line = B_problem + static_cast<int64_t>(others[ahead]) * r + (ahead < end ? c0 : 0);
       __builtin_prefetch(line);
-      if constexpr (W * sizeof(T) > 64) __builtin_prefetch(line + W - 1);
+      if (width * static_cast<int64_t>(sizeof(T)) > 64) __builtin_prefetch(line + width - 1);
     }
     const T v = vals[perm ? perm[j] : j];
     const T* b_row = B_problem + static_cast<int64_t>(others[j]) * r + c0;
@@ -287,12 +288,19 @@ inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* per
       acc.add_scaled(v, b_row);
   }
   if constexpr (is_half_v<T>) {
-    A sums[W];
+    A sums[Row::kWidth];
     acc.store(sums);
-    for (int c = 0; c < W; ++c) out_row[c0 + c] = store_as<T>(sums[c]);
+    for (int c = 0; c < Row::kWidth; ++c) out_row[c0 + c] = store_as<T>(sums[c]);
   } else {
     acc.store(out_row + c0);
   }
+}
+
+template <int W, class T, class I>
+inline void row_tile(int64_t begin, int64_t end, int64_t nnz, const int64_t* perm, const I* others, const T* vals,
+                     const T* B_problem, int64_t r, int64_t c0, bool prefetch, T* out_row) {
+  lanes::RegisterRow<accumulate_t<T>, W> acc;
+  row_pass(acc, W, begin, end, nnz, perm, others, vals, B_problem, r, c0, prefetch, out_row);
 }
 
 // Columns [c0, c0 + width) for a run-time width < 16: the compiled tile of that width.
@@ -308,6 +316,13 @@ inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nn
     default: return;
   }
 }
+
+// A run-time width's rest under a full tile: one pass over the row's entries in as many vectors
+// as it needs, the last loaded by mask (float and double where the level loads by mask; whole 32-
+// and 16-column tiles and a compiled remainder took two or three passes, and r = 20 floats cost
+// more than r = 32). Else those tiles.
+template <class T>
+constexpr bool kMaskedRest = lanes::kMaskedLoads && !is_half_v<T>;
 
 // Full tiles: four vector registers of accumulators (AVX-512: 256 bytes; narrower ISAs 128
 // bytes, their 16 registers also hold the loads). Wider tiles mean fewer passes over a row's
@@ -352,9 +367,10 @@ const T* lined_rows(const T* B, int64_t rows_of_B, int64_t r, int64_t nnz, std::
 }
 
 // Each output row is built tile by tile in registers. R > 0 (ranks up to 16, and 32): one tile
-// of width R. R = 0: full tiles of kTileBytes, then halving tiles down to 16 columns, then a
-// compiled remainder tile. Every coordinate sums its row's entries in input order, as the GPU
-// kernel does: the result does not depend on the thread count.
+// of width R. R = 0: full tiles of kTileBytes, then the rest in one masked pass (kMaskedRest) or
+// halving tiles down to 16 columns and a compiled remainder tile. Every coordinate sums its
+// row's entries in input order, as the GPU kernel does: the result does not depend on the
+// thread count.
 template <class T, class I, int R>
 int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                               const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
@@ -404,20 +420,27 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
         int64_t c0 = 0;
         for (; c0 + kTile <= width; c0 += kTile)
           row_tile<kTile>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
-        if constexpr (kTile > 32) {
-          if (c0 + 32 <= width) {
-            row_tile<32>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
-            c0 += 32;
+        if constexpr (kMaskedRest<T>) {
+          if (c0 < width)
+            lanes::with_masked_row<T>(width - c0, [&](auto& acc) {
+              row_pass(acc, width - c0, begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
+            });
+        } else {
+          if constexpr (kTile > 32) {
+            if (c0 + 32 <= width) {
+              row_tile<32>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
+              c0 += 32;
+            }
           }
-        }
-        if constexpr (kTile > 16) {
-          if (c0 + 16 <= width) {
-            row_tile<16>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
-            c0 += 16;
+          if constexpr (kTile > 16) {
+            if (c0 + 16 <= width) {
+              row_tile<16>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
+              c0 += 16;
+            }
           }
+          if (c0 < width)
+            remainder_tile(width - c0, begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
         }
-        if (c0 < width)
-          remainder_tile(width - c0, begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
       }
     }
   }

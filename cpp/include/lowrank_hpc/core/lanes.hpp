@@ -151,6 +151,7 @@ template <class T, int W>
 struct RegisterRow {
   static constexpr int kHalfBytes = kNativeBytes >= 32 ? kNativeBytes / 2 : 0;
   static constexpr int kSmallBytes = kNativeBytes >= 64 ? 16 : 0;
+  static constexpr int kWidth = W;
   static constexpr int kPer = kNativeBytes / static_cast<int>(sizeof(T));
   static constexpr int kFull = W / kPer;
   static constexpr int kHalfAt = kFull * kPer;
@@ -217,6 +218,70 @@ struct RegisterRow {
     for (int e = 0; e < kTail; ++e) p[kTailAt + e] = tail[e];
   }
 };
+
+// Whether load_first reads by mask (AVX2, AVX-512); without, it reads number by number, too slow
+// for a kernel's inner loop.
+#if defined(__AVX2__) || defined(__AVX512F__)
+inline constexpr bool kMaskedLoads = true;
+#else
+inline constexpr bool kMaskedLoads = false;
+#endif
+
+// A row of a run-time width in registers, kVectors native vectors whose last holds its last
+// `last` numbers (1 <= last <= kPer; the rest of that vector +0): RegisterRow's operations for a
+// width known only at run time, in one pass. Loads read nothing past the row; the same products
+// and sums, number by number, as RegisterRow's (multiply, then add).
+template <class T, int kVectors>
+struct MaskedRow {
+  static constexpr int kPer = kNativeBytes / static_cast<int>(sizeof(T));
+  using full_t = typename Vector<T, kNativeBytes>::type;
+  full_t v[kVectors];
+  int last;
+
+  // width: the row's numbers, in ((kVectors - 1) kPer, kVectors kPer].
+  explicit inline __attribute__((always_inline)) MaskedRow(int64_t width)
+      : last(static_cast<int>(width - (kVectors - 1) * kPer)) {}
+  static inline __attribute__((always_inline)) full_t whole(const T* p) {
+    full_t x;
+    __builtin_memcpy(&x, p, sizeof x);
+    return x;
+  }
+  inline __attribute__((always_inline)) void zero() {
+    for (int f = 0; f < kVectors; ++f) v[f] = full_t{};
+  }
+  inline __attribute__((always_inline)) void add(const T* p) {
+    for (int f = 0; f + 1 < kVectors; ++f) v[f] += whole(p + f * kPer);
+    v[kVectors - 1] += load_first<full_t>(p + (kVectors - 1) * kPer, last);
+  }
+  inline __attribute__((always_inline)) void add_scaled(T x, const T* p) {
+    for (int f = 0; f + 1 < kVectors; ++f) v[f] += x * whole(p + f * kPer);
+    v[kVectors - 1] += x * load_first<full_t>(p + (kVectors - 1) * kPer, last);
+  }
+  inline __attribute__((always_inline)) void store(T* p) const {
+    for (int f = 0; f + 1 < kVectors; ++f) __builtin_memcpy(p + f * kPer, &v[f], sizeof(full_t));
+    T numbers[kPer];
+    __builtin_memcpy(numbers, &v[kVectors - 1], sizeof numbers);
+    for (int l = 0; l < last; ++l) p[(kVectors - 1) * kPer + l] = numbers[l];
+  }
+};
+
+// Calls body(row) with a MaskedRow<T, K> of width numbers, K the vectors they fill: 1 to 4 (the
+// rest of a run-time width under a tile of four vectors; the callers never pass more).
+template <class T, class Body>
+inline __attribute__((always_inline)) void with_masked_row(int64_t width, Body&& body) {
+  constexpr int64_t kPer = kNativeBytes / static_cast<int64_t>(sizeof(T));
+  switch ((width + kPer - 1) / kPer) {
+#define LRH_MASKED_ROW(K)       \
+  case K: {                     \
+    MaskedRow<T, K> row(width); \
+    body(row);                  \
+    return;                     \
+  }
+    LRH_MASKED_ROW(1) LRH_MASKED_ROW(2) LRH_MASKED_ROW(3) LRH_MASKED_ROW(4)
+#undef LRH_MASKED_ROW
+    default: return;
+  }
+}
 
 }  // namespace lowrank_hpc::lanes
 

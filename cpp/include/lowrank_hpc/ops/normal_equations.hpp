@@ -208,12 +208,11 @@ struct NormalEquations {
 #endif
 
 #if !defined(__CUDACC__)
-  // out_tile (kW numbers, columns c0..) += coefs[t] times entry j0 + t's factor row's same columns
-  // for t < n, summed in registers in t's order.
-  template <int kW>
-  inline __attribute__((always_inline)) void add_rows_tile(const T* block, int64_t j0, int n, const T* coefs,
-                                                           T* out_tile, int64_t c0) const {
-    lanes::RegisterRow<T, kW> acc;
+  // out_tile (acc's width, columns c0..) += coefs[t] times entry j0 + t's factor row's same
+  // columns for t < n, summed in registers (acc: a RegisterRow or MaskedRow) in t's order.
+  template <class Row>
+  inline __attribute__((always_inline)) void add_rows_tile(Row& acc, const T* block, int64_t j0, int n,
+                                                           const T* coefs, T* out_tile, int64_t c0) const {
     acc.zero();
     acc.add(out_tile);
     for (int t = 0; t < n; ++t) acc.add_scaled(coefs[t], factor_row(block, j0 + t) + c0);
@@ -229,15 +228,13 @@ struct NormalEquations {
 #if !defined(__CUDACC__)
     // Host: the coefficients of up to 32 entries first, then out in registers over them, a tile
     // of four native vectors (or the whole row of a compiled rank) at a time; a run-time rank's
-    // rest a vector at a time, its last numbers in one vector of masked loads (a compiled rank
-    // leaves no rest). Summed in memory, each entry's add waited on the previous entry's store
-    // (CG at r = 20 floats took 5.5x r = 16's time). Each number of out adds the same products
-    // in the same order either way.
+    // rest in one more pass, its last numbers by masked loads (a compiled rank leaves no rest).
+    // Summed in memory, each entry's add waited on the previous entry's store (CG at r = 20
+    // floats took 5.5x r = 16's time). Each number of out adds the same products in the same
+    // order either way.
     constexpr int kTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
     constexpr int kWidth = R > 0 && R <= kTile ? R : kTile;
     constexpr int kChunk = 32;
-    constexpr int kPer = lanes::kNativeBytes / static_cast<int>(sizeof(T));
-    using vec = typename lanes::Vector<T, lanes::kNativeBytes>::type;
     T coefs[kChunk];
     for (int64_t j0 = begin; j0 < end; j0 += kChunk) {
       const int n = static_cast<int>(end - j0 < kChunk ? end - j0 : kChunk);
@@ -246,16 +243,12 @@ struct NormalEquations {
         coefs[t] = coef(j0 + t);
       }
       int64_t c0 = 0;
-      for (; c0 + kWidth <= r; c0 += kWidth) add_rows_tile<kWidth>(block, j0, n, coefs, out + c0, c0);
-      for (; c0 + kPer <= r; c0 += kPer) add_rows_tile<kPer>(block, j0, n, coefs, out + c0, c0);
-      if (c0 < r) {
-        const int count = static_cast<int>(r - c0);
-        vec acc = lanes::load_first<vec>(out + c0, count);
-        for (int t = 0; t < n; ++t) acc += coefs[t] * lanes::load_first<vec>(factor_row(block, j0 + t) + c0, count);
-        T sums[kPer];
-        __builtin_memcpy(sums, &acc, sizeof acc);
-        for (int l = 0; l < count; ++l) out[c0 + l] = sums[l];
+      for (; c0 + kWidth <= r; c0 += kWidth) {
+        lanes::RegisterRow<T, kWidth> acc;
+        add_rows_tile(acc, block, j0, n, coefs, out + c0, c0);
       }
+      if (c0 < r)  // the rest, under a tile
+        lanes::with_masked_row<T>(r - c0, [&](auto& acc) { add_rows_tile(acc, block, j0, n, coefs, out + c0, c0); });
     }
     return;
 #endif
