@@ -387,6 +387,79 @@ def test_batched_equals_per_problem(method):
         assert batched.converged[b] == single.converged and batched.stop_reason[b] == single.stop_reason
 
 
+def _sequential_loss(U, V, rows, cols, vals):
+    """1/2 sum (U_i . V_j - v)^2 as the fused step sums it: each dot over c in order in the
+    dtype, the residual rounded in the dtype, its squares in float64 over the entries in order."""
+    dot = np.zeros(rows.shape[0], U.dtype)
+    for c in range(U.shape[1]):
+        dot = dot + U[rows, c] * V[cols, c]
+    z = (dot - vals).astype(np.float64)
+    return 0.5 * np.cumsum(z * z)[-1], dot - vals
+
+
+def _sequential_change(U0, V0, U1, V1):
+    """||U1 V1^T - U0 V0^T||_F / ||U0 V0^T||_F from the Gram products' (a, c) entries, each summed
+    over the rows in order in float64 (solvers/completion_step.hpp's LeftGram, RightGram), then
+    combined in (a, c) order (ChangeSums)."""
+    U0, V0, U1, V1 = (X.astype(np.float64) for X in (U0, V0, U1, V1))
+    k = U0.shape[1]
+    du_du, du_u0, u0_u0 = (np.zeros((k, k)) for _ in range(3))
+    for u0, u1 in zip(U0, U1):
+        du = u1 - u0
+        du_du, du_u0, u0_u0 = du_du + np.multiply.outer(du, du), du_u0 + np.multiply.outer(du, u0), \
+            u0_u0 + np.multiply.outer(u0, u0)
+    v1_v1, v1_dv, dv_dv, v0_v0 = (np.zeros((k, k)) for _ in range(4))
+    for v0, v1 in zip(V0, V1):
+        dv = v1 - v0
+        v1_v1, v1_dv = v1_v1 + np.multiply.outer(v1, v1), v1_dv + np.multiply.outer(v1, dv)
+        dv_dv, v0_v0 = dv_dv + np.multiply.outer(dv, dv), v0_v0 + np.multiply.outer(v0, v0)
+    squared = before = 0.0
+    for a in range(k):
+        for c in range(k):
+            squared += du_du[a, c] * v1_v1[a, c] + 2.0 * du_u0[a, c] * v1_dv[a, c] + u0_u0[a, c] * dv_dv[a, c]
+            before += u0_u0[a, c] * v0_v0[a, c]
+    return np.sqrt(squared / before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [4, 8, 13, 32])
+def test_fused_gradient_step_is_its_sequential_transcription(dtype, k):
+    """One gd step of the fused per-problem kernel on the CPU, bit for bit: the loss before and
+    after, both gradients (in the entries' order), the new factors and the relative change (the
+    entry-at-a-time Gram sums below k = 8, a row at a time from 8: the same order)."""
+    from lowrank_hpc import _backend
+
+    rng = np.random.default_rng(k)
+    m, n, sizes = 9, 7, [30, 41]
+    offsets = np.array([0, sizes[0], sum(sizes)], dtype=np.int64)
+    rows = rng.integers(0, m, sum(sizes)).astype(np.int32)
+    cols = rng.integers(0, n, sum(sizes)).astype(np.int32)
+    vals = rng.standard_normal(sum(sizes)).astype(dtype)
+    U = rng.standard_normal((2, m, k)).astype(dtype)
+    V = rng.standard_normal((2, n, k)).astype(dtype)
+    U1, V1 = np.empty_like(U), np.empty_like(V)
+    steps = np.full(2, 1e-3)
+    loss, change = np.zeros(2), np.zeros(2)
+    halvings, stuck = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.uint8)
+    scratch = np.empty(2 * ((m + n) * k + 2 * k * k), dtype=dtype)
+    _backend.cpu_module().completion_steps(rows, cols, vals, offsets, 0, np.ones(2, np.uint8), U, V, U1, V1, steps,
+                                           np.zeros(2), scratch, loss, change, halvings, stuck, 0)
+    for b in range(2):
+        part = slice(offsets[b], offsets[b + 1])
+        r, c, y = rows[part], cols[part], vals[part]
+        before, z = _sequential_loss(U[b], V[b], r, c, y)
+        grad_u, grad_v = np.zeros((m, k), dtype), np.zeros((n, k), dtype)
+        np.add.at(grad_u, r, z[:, None] * V[b][c])  # unbuffered: in the entries' order
+        np.add.at(grad_v, c, z[:, None] * U[b][r])
+        step = dtype(1e-3)
+        np.testing.assert_array_equal(U1[b], U[b] - step * grad_u)
+        np.testing.assert_array_equal(V1[b], V[b] - step * grad_v)
+        after, _ = _sequential_loss(U1[b], V1[b], r, c, y)
+        assert after < before and halvings[b] == 0 and not stuck[b]
+        assert loss[b] == after
+        assert change[b] == _sequential_change(U[b], V[b], U1[b], V1[b])
+
+
 def test_batched_flags_are_per_problem():
     M, rows, cols, vals, offsets = _batched_problems(batch=6)
     vals = vals.copy()
