@@ -486,10 +486,12 @@ void scatter_entries(const I* keys, const I* others, const T* vals, const T* B, 
 }  // namespace
 
 // Where the in-place product beats the sort (float32, 2 threads, 1e6 shuffled entries of
-// 10,000 x 10,000: r = 1 4.7 -> 1.6 ms, r = 8 4.3 -> 2.4; 4e6 of 100,000 x 100,000: r = 8
-// 40 -> 9.5): narrow rows into a result that stays in cache, on few threads (the sort and the
-// CSR product use them all). From r = 16, results of 6 MiB or sorted keys, the sort is ahead.
-constexpr int64_t kInPlaceMaxRowBytes = 32;
+// 10,000 x 10,000: r = 1 4.7 -> 1.6 ms, r = 8 4.3 -> 2.4, r = 10-16 5.1-5.7 -> 3.6-4.3; 4e6 of
+// 100,000 x 100,000: r = 8 40 -> 9.5; 4e6 of 50,000 x 50,000: r = 12 28-32 -> 18, r = 16 24-28
+// -> 22, float64 r = 8 36-43 -> 16-23): rows of up to 64 bytes into a result that stays in
+// cache, on few threads (the sort and the CSR product use them all). Results of 6 MiB or sorted
+// keys: the sort is ahead.
+constexpr int64_t kInPlaceMaxRowBytes = 64;
 constexpr int64_t kInPlaceMaxResultBytes = int64_t(4) << 20;
 constexpr int kInPlaceMaxThreads = 4;
 
