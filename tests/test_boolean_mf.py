@@ -146,11 +146,12 @@ def test_half_step_batched_is_each_problem(dtype):
                                    rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
 
 
-@pytest.mark.parametrize("k", [1, 5, 10, 16, 17, 32, 33])
+@pytest.mark.parametrize("k", [1, 5, 10, 16, 17, 32, 33, 129])
 def test_half_step_sums_the_new_factors_gram_in_the_same_pass(backend, dtype, k):
-    # Ranks 1-16 and 32 run rows unrolled at compile time, 17 and 33 read k at run time (33 past
-    # the rows kept in registers); 2,500 rows are three blocks of partial Grams, the last short;
-    # problem 1 is inactive (its rows are copied, its Gram is of the copy).
+    # Ranks 1-16 and 32 run rows unrolled at compile time, 17, 33 and 129 read k at run time (33
+    # past the rows kept on the GPU's threads, 129 past the host's); 2,500 rows are three blocks
+    # of partial Grams, the last short; problem 1 is inactive (its rows are copied, its Gram is
+    # of the copy).
     from lowrank_hpc.ops.elastic_binary import half_step
 
     rng = np.random.default_rng(k)
@@ -223,6 +224,26 @@ def test_products_match_numpy(products, dtype, shape, k):
         expected = stack[:batch].transpose(0, 2, 1) @ G[:batch].astype(np.float64)
         np.testing.assert_allclose(A.transpose_times(G[:batch]), expected, rtol=tol,
                                    atol=tol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("k", [17, 40, 70])
+def test_gathered_products_at_run_time_ranks_are_the_ordered_sums(monkeypatch, dtype, k):
+    """The gather form at ranks without a compiled width (register tiles and a masked rest): each
+    output row the sum, in the dtype and in increasing column order, of the factor rows of its
+    ones, bit for bit, for packed (dense) and index-listed (sparse) A."""
+    for limit in ("_GATHER_MAX_BYTES", "_INDEXED_GATHER_MAX_BYTES"):
+        monkeypatch.setattr(binary_matrix, limit, 1 << 40)
+    rng = np.random.default_rng(k)
+    dense = (rng.random((90, 150)) < 0.3).astype(np.float64)
+    F = rng.standard_normal((150, k)).astype(dtype)
+    expected = np.zeros((90, k), dtype)
+    for j in range(150):  # each row's ones in increasing j: one rounding per add
+        ones = dense[:, j] == 1
+        expected[ones] = expected[ones] + F[j]
+    for A in (binary_matrix.BinaryMatrix("t", "A", dense, dtype=dtype),
+              binary_matrix.BinaryMatrix("t", "A", scipy.sparse.csr_matrix(dense), dtype=dtype)):
+        assert A.packed is not None or A.indexed is not None
+        np.testing.assert_array_equal(A.times(F[None])[0], expected)
 
 
 def test_tall_scatter_products_split_in_blocks_match_numpy_for_any_thread_count(monkeypatch):

@@ -72,9 +72,15 @@ LRH_HD double palm_step_size(const T* gram, int64_t k, double inertia) {
 // with G = V V^T (k x k) and C = A V^T (n x k) formed by the vendor GEMM.
 template <class T>
 struct ElasticBinaryHalfStep {
-  // Ranks up to this keep the row of Y and of the gradient in registers (or the GPU's local
-  // memory); larger ones recompute Y per output column instead of needing scratch.
+  // Ranks up to this keep the row of Y and of the gradient in registers or on the stack (the
+  // GPU's local memory: 32 there, 2 x 32 numbers a thread); larger ones recompute Y per output
+  // column instead of needing scratch. The same sums either way. (On the host, 32 made k = 33-64
+  // cost 7x k = 32's Boolean MF iteration: those rows ran one at a time, Y recomputed k times.)
+#if defined(__CUDACC__)
   static constexpr int64_t kStackRank = 32;
+#else
+  static constexpr int64_t kStackRank = 128;
+#endif
 
   double kappa;    // l1 weight (fixed)
   double lambda;   // l2 weight at this iteration (lambda * growth^t)
