@@ -60,8 +60,9 @@ def test_sampled_product_at_run_time_ranks_matches_float64(backend, dtype, rng, 
 @pytest.mark.parametrize("r", [1, 2, 3, 4, 8, 16, 32])
 def test_sampled_product_at_compiled_ranks_is_the_halving_tree(backend, dtype, rng, r):
     """Compiled ranks sum the r products by a fixed tree (the upper half of the live lanes added
-    onto the lower, ceil(live / 2) apart): the host's vector form and the shared functor's
-    array form must both give exactly these sums."""
+    onto the lower, ceil(live / 2) apart): the host's vector forms (host_dot, or at a level too
+    narrow for it the run-time rank's form, the same tree for a power of two) and the shared
+    functor's array form must all give exactly these sums."""
     U, V = _factors(rng, dtype, 23, 19, r)
     rows, cols = _coords(rng, 23, 19, 300)
     got = backend.get(lr.ops.sampled_product(*map(backend.put, (U, V, rows, cols))))
@@ -148,19 +149,22 @@ def test_squared_residuals_square_the_sampled_products_residuals(backend, dtype,
 
 @pytest.mark.parametrize("level", ["baseline", "avx2"])
 def test_the_host_order_holds_at_the_lower_levels(level):
-    """The host-order and row-sorted input-order tests again at each lower level this processor
-    runs (16- and 32-byte vectors: the rest spans several, some empty; avx2 loads it by mask, the
-    baseline number by number); this process runs only the widest level."""
+    """The host-order, compiled-rank tree and row-sorted input-order tests again at each lower
+    level this processor runs (16- and 32-byte vectors: the rest spans several, some empty; avx2
+    loads it by mask, the baseline number by number; r = 16 and 32 take the run-time form where
+    host_dot does not fit); this process runs only the widest level."""
     if (_backend.cpu_module().CPU_LEVEL == level or level not in _cpu_isa.built_levels()
             or level not in _cpu_isa.processor_levels()):
         pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "run_time_ranks_is_the_host_order or row_sorted_product_is_the_input_order_sum"],
+                           "-k", "run_time_ranks_is_the_host_order or row_sorted_product_is_the_input_order_sum"
+                           " or (compiled_ranks_is_the_halving_tree and cpu)"],
                           env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "76 passed" in done.stdout, done.stdout[-3000:]  # 16 ranks x 2 dtypes; 11 x 2 x 2 index dtypes
+    # 16 ranks x 2 dtypes; 11 x 2 x 2 index dtypes; 7 compiled ranks x 2 dtypes
+    assert "90 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_sampled_product_batched_equals_each_problem(backend, dtype, rng):

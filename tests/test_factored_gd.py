@@ -424,30 +424,38 @@ def _sequential_change(U0, V0, U1, V1):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [4, 8, 13, 32])
 def test_fused_gradient_step_is_its_sequential_transcription(dtype, k):
-    """One gd step of the fused per-problem kernel on the CPU, bit for bit: the loss before and
-    after, both gradients (in the entries' order), the new factors and the relative change (the
-    entry-at-a-time Gram sums below k = 8, a row at a time from 8: the same order)."""
+    """One gd step of the fused per-problem kernel on the CPU, bit for bit: both gradients (in
+    the entries' order), the new factors, the loss after and the relative change (the
+    entry-at-a-time Gram sums below k = 8, a row at a time from 8: the same order); a third
+    problem whose step cannot descend (halved 50 times from 1e30) keeps its factors and reports
+    the loss before, the fused pass's."""
     from lowrank_hpc import _backend
 
     rng = np.random.default_rng(k)
-    m, n, sizes = 9, 7, [30, 41]
-    offsets = np.array([0, sizes[0], sum(sizes)], dtype=np.int64)
+    m, n, sizes = 9, 7, [30, 41, 25]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     rows = rng.integers(0, m, sum(sizes)).astype(np.int32)
     cols = rng.integers(0, n, sum(sizes)).astype(np.int32)
     vals = rng.standard_normal(sum(sizes)).astype(dtype)
-    U = rng.standard_normal((2, m, k)).astype(dtype)
-    V = rng.standard_normal((2, n, k)).astype(dtype)
+    U = rng.standard_normal((3, m, k)).astype(dtype)
+    V = rng.standard_normal((3, n, k)).astype(dtype)
     U1, V1 = np.empty_like(U), np.empty_like(V)
-    steps = np.full(2, 1e-3)
-    loss, change = np.zeros(2), np.zeros(2)
-    halvings, stuck = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.uint8)
-    scratch = np.empty(2 * ((m + n) * k + 2 * k * k), dtype=dtype)
-    _backend.cpu_module().completion_steps(rows, cols, vals, offsets, 0, np.ones(2, np.uint8), U, V, U1, V1, steps,
-                                           np.zeros(2), scratch, loss, change, halvings, stuck, 0)
-    for b in range(2):
+    steps = np.array([1e-3, 1e-3, 1e30])
+    loss, change = np.zeros(3), np.zeros(3)
+    halvings, stuck = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.uint8)
+    scratch = np.empty(3 * ((m + n) * k + 2 * k * k), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _backend.cpu_module().completion_steps(rows, cols, vals, offsets, 0, np.ones(3, np.uint8), U, V, U1, V1,
+                                               steps, np.zeros(3), scratch, loss, change, halvings, stuck, 0)
+    for b in range(3):
         part = slice(offsets[b], offsets[b + 1])
         r, c, y = rows[part], cols[part], vals[part]
         before, z = _sequential_loss(U[b], V[b], r, c, y)
+        if b == 2:
+            assert stuck[b] and halvings[b] == 50 and loss[b] == before and change[b] == 0.0
+            np.testing.assert_array_equal(U1[b], U[b])
+            np.testing.assert_array_equal(V1[b], V[b])
+            continue
         grad_u, grad_v = np.zeros((m, k), dtype), np.zeros((n, k), dtype)
         np.add.at(grad_u, r, z[:, None] * V[b][c])  # unbuffered: in the entries' order
         np.add.at(grad_v, c, z[:, None] * U[b][r])

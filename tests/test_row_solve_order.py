@@ -254,8 +254,8 @@ LEVEL_MODULES = [importlib.import_module(f"lowrank_hpc.{_cpu_isa.MODULES[level]}
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "weights+shared"])
 def test_cg_row_solves_give_the_same_bits_at_every_level(dtype, implicit):
-    """CG's steps at run-time ranks split each row into whole tiles, single vectors and a masked
-    rest at different points per level (64, 16 and 4 floats wide): every number must still add the
+    """CG's steps at run-time ranks split each row into whole tiles and a rest of masked vectors
+    at different points per level (64, 32 and 16 floats wide): every number must still add the
     same products in the same order, so every level gives the same bits (the compiled ranks 8, 16
     and 32 beside them)."""
     if len(LEVEL_MODULES) < 2:

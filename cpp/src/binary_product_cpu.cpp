@@ -41,28 +41,6 @@ inline void add_row(T* target, const T* src, int64_t r) {
   for (int64_t c = 0; c < static_or<R>(r); ++c) target[c] += src[c];
 }
 
-// target (rank numbers) = what sum(acc, c0) adds into a zeroed register row acc for columns
-// [c0, c0 + acc's width): tiles of four native vectors, the rest in one of masked loads. Each
-// number is summed in the order sum visits the rows, as the row in memory was (there each add
-// waited on the previous one's store: k = 40 cost 7x k = 32's compiled rows).
-template <class T, class Sum>
-inline void run_time_tiles(int64_t rank, T* target, Sum&& sum) {
-  constexpr int64_t kTile = 4 * lanes::kNativeBytes / static_cast<int64_t>(sizeof(T));
-  int64_t c0 = 0;
-  for (; c0 + kTile <= rank; c0 += kTile) {
-    lanes::RegisterRow<T, kTile> acc;
-    acc.zero();
-    sum(acc, c0);
-    acc.store(target + c0);
-  }
-  if (c0 < rank)
-    lanes::with_masked_row<T>(rank - c0, [&](auto& acc) {
-      acc.zero();
-      sum(acc, c0);
-      acc.store(target + c0);
-    });
-}
-
 // Gather form: out row i = the sum of F's rows j over the ones of row i (F read at random: for
 // an F that stays in cache).
 template <class T, int R>
@@ -93,7 +71,7 @@ void gather_rows(const uint64_t* words, const T* F, int64_t batch, int64_t n, in
       even.store(target);
     } else {
       const uint64_t* bits = words + row * per_row;
-      run_time_tiles<T>(rank, target, [&](auto& acc, int64_t c0) {
+      lanes::row_tiles<T>(rank, target, [&](auto& acc, int64_t c0) {
         for_each_one(bits, per_row, [&](int64_t j) { acc.add(factor + j * rank + c0); });
       });
     }
@@ -168,7 +146,7 @@ void gather_indexed(const int64_t* indptr, const int32_t* indices, const T* F, i
       even.add(odd);
       even.store(target);
     } else {
-      run_time_tiles<T>(rank, target, [&](auto& acc, int64_t c0) {
+      lanes::row_tiles<T>(rank, target, [&](auto& acc, int64_t c0) {
         for (int64_t f = e; f < end; ++f) acc.add(F + static_cast<int64_t>(indices[f]) * rank + c0);
       });
     }

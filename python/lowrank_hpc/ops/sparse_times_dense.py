@@ -296,7 +296,7 @@ def sparse_times_dense(rows: Any, cols: Any, vals: Any, B: Any, n_rows: int, *, 
     Each output row sums its entries in input order: bit-reproducible whatever the thread count.
     The entries are sorted by output row for that (stable: a counting sort on the CPU, a radix
     sort on the GPU), except on the CPU where they come sorted already (CSR order,
-    ``np.nonzero``) or where shuffled entries of rank r <= 8 (float32; 4 in float64) add into a
+    ``np.nonzero``) or where shuffled entries of rank r <= 16 (float32; 8 in float64) add into a
     result of at most 4 MiB in place, on one thread, on machines running at most 4 OpenMP
     threads (the same numbers, bit for bit). For many products with one pattern, build a
     :class:`SparsePattern` once.

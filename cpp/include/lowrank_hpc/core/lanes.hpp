@@ -283,6 +283,28 @@ inline __attribute__((always_inline)) void with_masked_row(int64_t width, Body&&
   }
 }
 
+// out (width numbers) = what sum(acc, c0) adds into a register row acc for columns [c0, c0 +
+// acc's width), acc zeroed first: register rows of kTile numbers (by default four native
+// vectors; a compiled width passes itself), the rest in one MaskedRow. Each number holds its own
+// sum in sum's order (in memory, each add waited on the previous one's store). sum reads out
+// itself where out's old numbers are to be added (acc.add(out + c0) first).
+template <class T, int kTile = 4 * kNativeBytes / static_cast<int>(sizeof(T)), class Sum>
+inline __attribute__((always_inline)) void row_tiles(int64_t width, T* out, Sum&& sum) {
+  int64_t c0 = 0;
+  for (; c0 + kTile <= width; c0 += kTile) {
+    RegisterRow<T, kTile> acc;
+    acc.zero();
+    sum(acc, c0);
+    acc.store(out + c0);
+  }
+  if (c0 < width)  // under a tile of four vectors: with_masked_row's reach
+    with_masked_row<T>(width - c0, [&](auto& acc) {
+      acc.zero();
+      sum(acc, c0);
+      acc.store(out + c0);
+    });
+}
+
 }  // namespace lowrank_hpc::lanes
 
 namespace lowrank_hpc {

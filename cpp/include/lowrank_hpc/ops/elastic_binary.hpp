@@ -74,12 +74,13 @@ template <class T>
 struct ElasticBinaryHalfStep {
   // Ranks up to this keep the row of Y and of the gradient in registers or on the stack (the
   // GPU's local memory: 32 there, 2 x 32 numbers a thread); larger ones recompute Y per output
-  // column instead of needing scratch. The same sums either way. (On the host, 32 made k = 33-64
-  // cost 7x k = 32's Boolean MF iteration: those rows ran one at a time, Y recomputed k times.)
+  // column instead of needing scratch. The same rows either way. (On the host, 32 made k = 33-64
+  // cost 7x k = 32's Boolean MF iteration: those rows ran one at a time, Y recomputed k times.
+  // 64 there: the CPU driver's per-lane Gram sums, k^2 vectors of doubles, fit in L2 up to it.)
 #if defined(__CUDACC__)
   static constexpr int64_t kStackRank = 32;
 #else
-  static constexpr int64_t kStackRank = 128;
+  static constexpr int64_t kStackRank = 64;
 #endif
 
   double kappa;    // l1 weight (fixed)

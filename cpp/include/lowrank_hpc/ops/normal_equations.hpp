@@ -207,19 +207,6 @@ struct NormalEquations {
   }
 #endif
 
-#if !defined(__CUDACC__)
-  // out_tile (acc's width, columns c0..) += coefs[t] times entry j0 + t's factor row's same
-  // columns for t < n, summed in registers (acc: a RegisterRow or MaskedRow) in t's order.
-  template <class Row>
-  inline __attribute__((always_inline)) void add_rows_tile(Row& acc, const T* block, int64_t j0, int n,
-                                                           const T* coefs, T* out_tile, int64_t c0) const {
-    acc.zero();
-    acc.add(out_tile);
-    for (int t = 0; t < n; ++t) acc.add_scaled(coefs[t], factor_row(block, j0 + t) + c0);
-    acc.store(out_tile);
-  }
-#endif
-
   // out (r) += sum over the entries j in [begin, end) of coef(j) f_j, each out[c] summed over j
   // in order (coef must not read out).
   template <class Coef>
@@ -242,13 +229,10 @@ struct NormalEquations {
         prefetch_row(block, j0 + t + kAhead, end);
         coefs[t] = coef(j0 + t);
       }
-      int64_t c0 = 0;
-      for (; c0 + kWidth <= r; c0 += kWidth) {
-        lanes::RegisterRow<T, kWidth> acc;
-        add_rows_tile(acc, block, j0, n, coefs, out + c0, c0);
-      }
-      if (c0 < r)  // the rest, under a tile
-        lanes::with_masked_row<T>(r - c0, [&](auto& acc) { add_rows_tile(acc, block, j0, n, coefs, out + c0, c0); });
+      lanes::row_tiles<T, kWidth>(r, out, [&](auto& acc, int64_t c0) {
+        acc.add(out + c0);
+        for (int t = 0; t < n; ++t) acc.add_scaled(coefs[t], factor_row(block, j0 + t) + c0);
+      });
     }
     return;
 #endif

@@ -143,7 +143,8 @@ inline float host_half_dot(const S* a, const S* b, int64_t r) {
 // The compiled ranks' summation tree over N partial sums: the upper half added onto the lower,
 // ceil(live / 2) apart, until one is left (log2 N adds a vector unit can do side by side; a chain
 // of N dependent adds made rank 8 cost as much as rank 32). The host's, the device's chunked
-// and the array forms all sum in this order.
+// and the array forms all sum in this order; for a power of two it is also the run-time rank's
+// order (host_runtime_dot), which the host's other compiled ranks above 4 take.
 template <int N, class A>
 LRH_HD A fold_halving(A (&p)[N]) {
   for (int live = N; live > 1; live = (live + 1) / 2)
@@ -172,7 +173,8 @@ LRH_HD accumulate_t<T> strided_dot(const T* a, const T* b, int64_t r, int lane, 
   }
 #endif
   if (width == 1 && R > 0) {
-    // A compiled rank: the R products summed by fold_halving's fixed tree.
+    // A compiled rank (the device's; the host's up to 4): the R products summed by fold_halving's
+    // fixed tree.
     A p[R > 0 ? R : 1];
     for (int c = 0; c < R; ++c) p[c] = load_as<A>(a[c]) * load_as<A>(b[c]);
     acc = fold_halving(p);
