@@ -334,7 +334,7 @@ constexpr int64_t kTileBytes = 256;
 constexpr int64_t kTileBytes = 128;
 #endif
 // A masked rest is under one tile: at most four vectors, with_masked_row's reach.
-static_assert(!lanes::kMaskedLoads || kTileBytes == 4 * lanes::kNativeBytes, "a tile of four native vectors");
+static_assert(!lanes::kMaskedLoads || kTileBytes == lanes::kTileNumbers<char>, "a tile of four native vectors");
 
 // Products whose B outgrows the last-level cache run a block of columns at a time over every
 // row, the block's columns of B first copied together (read in place, a block's pieces of B's

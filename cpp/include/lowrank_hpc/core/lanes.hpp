@@ -56,6 +56,11 @@ inline constexpr int kNativeBytes = 32;
 inline constexpr int kNativeBytes = 16;
 #endif
 
+// The numbers of T in a register tile of a row: four native vectors (wider tiles left too few
+// registers for the loads).
+template <class T>
+inline constexpr int kTileNumbers = 4 * kNativeBytes / static_cast<int>(sizeof(T));
+
 // A GCC vector of Bytes bytes of T.
 template <class T, int Bytes>
 struct Vector {
@@ -284,11 +289,11 @@ inline __attribute__((always_inline)) void with_masked_row(int64_t width, Body&&
 }
 
 // out (width numbers) = what sum(acc, c0) adds into a register row acc for columns [c0, c0 +
-// acc's width), acc zeroed first: register rows of kTile numbers (by default four native
-// vectors; a compiled width passes itself), the rest in one MaskedRow. Each number holds its own
+// acc's width), acc zeroed first: register rows of kTile numbers (kTileNumbers; a compiled
+// width up to it passes itself), the rest in one MaskedRow. Each number holds its own
 // sum in sum's order (in memory, each add waited on the previous one's store). sum reads out
 // itself where out's old numbers are to be added (acc.add(out + c0) first).
-template <class T, int kTile = 4 * kNativeBytes / static_cast<int>(sizeof(T)), class Sum>
+template <class T, int kTile = kTileNumbers<T>, class Sum>
 inline __attribute__((always_inline)) void row_tiles(int64_t width, T* out, Sum&& sum) {
   int64_t c0 = 0;
   for (; c0 + kTile <= width; c0 += kTile) {

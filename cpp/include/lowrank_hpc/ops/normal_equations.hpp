@@ -169,7 +169,7 @@ struct NormalEquations {
     }
   }
 #if !defined(__CUDACC__)
-  static constexpr int kSharedTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
+  static constexpr int kSharedTile = lanes::kTileNumbers<T>;
   static constexpr int kSharedRows = lanes::kNativeBytes == 64 ? 4 : 2;  // 16 (AVX-512) or 8 accumulators
   template <int kRows>
   inline __attribute__((always_inline)) void shared_tile(const T* S, const T* const* ps, T sign, T* const* outs,
@@ -219,8 +219,7 @@ struct NormalEquations {
     // Summed in memory, each entry's add waited on the previous entry's store (CG at r = 20
     // floats took 5.5x r = 16's time). Each number of out adds the same products in the same
     // order either way.
-    constexpr int kTile = 4 * lanes::kNativeBytes / static_cast<int>(sizeof(T));
-    constexpr int kWidth = R > 0 && R <= kTile ? R : kTile;
+    constexpr int kWidth = R > 0 && R <= lanes::kTileNumbers<T> ? R : lanes::kTileNumbers<T>;
     constexpr int kChunk = 32;
     T coefs[kChunk];
     for (int64_t j0 = begin; j0 < end; j0 += kChunk) {
