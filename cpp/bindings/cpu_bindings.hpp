@@ -17,5 +17,6 @@ void bind_coo_times_dense(py::module_& m);
 void bind_thin_svd(py::module_& m);
 void bind_binary_product(py::module_& m);
 void bind_change_grams(py::module_& m);
+void bind_offsets(py::module_& m);
 
 }  // namespace lowrank_hpc::bindings

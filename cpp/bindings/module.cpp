@@ -42,6 +42,7 @@ PYBIND11_MODULE(LRH_CPU_MODULE, m) {
   bindings::bind_thin_svd(m);
   bindings::bind_binary_product(m);
   bindings::bind_change_grams(m);
+  bindings::bind_offsets(m);
 #ifdef LRH_JAX_FFI
   bindings::bind_jax_ffi(m);  // built where jaxlib's FFI headers were found (CMakeLists.txt)
 #endif

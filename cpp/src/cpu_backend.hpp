@@ -152,6 +152,20 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
                     int64_t n_key, int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted,
                     T* vals_sorted);
 
+// out (n_out,) = numpy's bincount(index, weights, minlength=n_out) with weights values (nnz,) or,
+// with gather, values[gather] (values of n_values): float64 sums, each bin in entry order (the
+// same bits). sorted_index (non-decreasing): threads take runs of whole bins. Returns the first
+// entry whose index or gathered position is out of range (out then incomplete), or -1.
+template <class T, class I>
+int64_t sums_by_index(const I* index, const T* values, const I* gather, int64_t n_values, int64_t nnz,
+                      bool sorted_index, double* out, int64_t n_out);
+
+// out (nnz,) = mu + a[rows] + b[cols] in numpy's arithmetic (ops::OffsetAt); a (n1,), b (n2,).
+// Returns the first entry with an index out of range (its out is 0), or -1.
+template <class T, class I>
+int64_t offsets_at(const I* rows, const I* cols, double mu, const T* a, const T* b, int64_t n1, int64_t n2,
+                   int64_t nnz, T* out);
+
 // Whether coo_times_dense_in_place would take a product of this shape (before its look at the
 // keys' order): n_key rows of r numbers of item_bytes each, on this many OpenMP threads (the
 // rule and its measurements: sparse_times_dense_cpu.cpp).

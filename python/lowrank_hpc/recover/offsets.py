@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import array_module
+from .._backend import array_module, cpu_module
 
 CENTERS = ("none", "global", "both")
 START_OFFSET_SWEEPS = 10  # Gauss-Seidel sweeps of the offsets alone, before any factor exists
@@ -31,8 +31,29 @@ class Offsets:
     col: Any
 
     def at(self, rows: Any, cols: Any) -> Any:
-        """(nnz,) mu + a[rows] + b[cols]."""
+        """(nnz,) mu + a[rows] + b[cols] (numpy's arithmetic: mu rounded to the offsets' dtype)."""
+        if (type(self.intercept) is float and _host_kernel_takes(rows, cols) and self.row.dtype == self.col.dtype
+                and _host_kernel_takes(self.row, self.col)):  # one pass instead of two gathers and two adds
+            out = np.empty(rows.shape[0], dtype=self.row.dtype)
+            _raise_if_bad(cpu_module().offsets_at(rows, cols, self.intercept, self.row, self.col, out), "Offsets.at")
+            return out
         return self.intercept + self.row[rows] + self.col[cols]
+
+
+_HOST_TYPES = (np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _host_kernel_takes(*arrays: Any) -> bool:
+    """Whether the CPU module's offset kernels take these arrays as they are: 1-D C-contiguous
+    numpy arrays of one index type (int32/int64) or float type, none of them empty."""
+    first = arrays[0]
+    return all(isinstance(x, np.ndarray) and x.ndim == 1 and x.flags.c_contiguous and x.dtype == first.dtype
+               and x.dtype in _HOST_TYPES and x.shape[0] > 0 for x in arrays)
+
+
+def _raise_if_bad(first_bad: int, where: str) -> None:
+    if first_bad >= 0:  # the callers pass range-checked indices: a bad one is a defect, never a silent sum
+        raise IndexError(f"{where}: entry {first_bad} indexes outside the offsets")
 
 
 def zero_offsets(xp: Any, shape: tuple[int, int], dtype: Any) -> Offsets:
@@ -46,6 +67,10 @@ class OffsetFit:
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], center: str, bias_reg: float):
         xp = array_module(rows)
         self.rows, self.cols, self.shape, self.center, self.xp = rows, cols, shape, center, xp
+        # The CPU's sums (cpu::sums_by_index): bincount's bits in one pass, the row-sorted rows of
+        # soft-impute's entries on every thread.
+        self.host = center == "both" and _host_kernel_takes(rows, cols)
+        self.rows_sorted = self.host and bool(np.all(rows[1:] >= rows[:-1]))
         if center == "both":
             # float64, as bincount's weighted sums are: mu's sums are taken in it whatever the dtype.
             self.row_count = xp.bincount(rows, minlength=shape[0]).astype(np.float64)
@@ -69,17 +94,25 @@ class OffsetFit:
             return zero_offsets(xp, self.shape, dtype)
         if self.center == "global":
             return Offsets(float(residual.mean()), xp.zeros(n1, dtype), xp.zeros(n2, dtype))
-        row_sums = xp.bincount(rows, weights=residual, minlength=n1)
-        col_sums = xp.bincount(cols, weights=residual, minlength=n2)
+        row_sums = self._sums(rows, residual, n1, sorted_index=self.rows_sorted)
+        col_sums = self._sums(cols, residual, n2)
         total, nnz = float(row_sums.sum()), residual.shape[0]
         a, b = start.row, start.col
         for _ in range(sweeps):
             mu = (total - float(self.row_count @ a) - float(self.col_count @ b)) / nnz
-            a = ((row_sums - mu * self.row_count - xp.bincount(rows, weights=b[cols], minlength=n1))
+            a = ((row_sums - mu * self.row_count - self._sums(rows, b, n1, gather=cols, sorted_index=self.rows_sorted))
                  / self.row_scale).astype(dtype)
-            b = ((col_sums - mu * self.col_count - xp.bincount(cols, weights=a[rows], minlength=n2))
-                 / self.col_scale).astype(dtype)
+            b = ((col_sums - mu * self.col_count - self._sums(cols, a, n2, gather=rows)) / self.col_scale).astype(dtype)
         return Offsets(mu, a, b)
+
+    def _sums(self, index: Any, values: Any, n_out: int, gather: Any = None, sorted_index: bool = False) -> Any:
+        """bincount(index, weights=values[gather] or values, minlength=n_out): float64, the same bits
+        from the CPU's one pass where it takes the arrays."""
+        if self.host and _host_kernel_takes(values):
+            out = np.empty(n_out, dtype=np.float64)
+            _raise_if_bad(cpu_module().sums_by_index(index, values, gather, sorted_index, out), "OffsetFit")
+            return out
+        return self.xp.bincount(index, weights=values if gather is None else values[gather], minlength=n_out)
 
 
 def fit_offsets(rows: Any, cols: Any, residual: Any, shape: tuple[int, int], center: str, bias_reg: float,
