@@ -6,7 +6,8 @@ namespace lowrank_hpc::bindings {
 
 namespace {
 
-// out (n_out,) float64 = bincount(index, weights=values or values[gather], minlength=n_out).
+// out (n_out,) float64 = bincount(index, weights=values or values[gather], minlength=n_out), an
+// index outside [0, n_out) a bad entry; sorted_index is trusted (a false one races on the sums).
 int64_t sums_by_index(const ArrayView& index, const ArrayView& values, const ArrayView& gather, bool sorted_index,
                       const ArrayView& out) {
   expect().shape(index, "index", {-1});
@@ -48,7 +49,8 @@ int64_t offsets_at(const ArrayView& rows, const ArrayView& cols, double mu, cons
 void bind_offsets(py::module_& m) {
   m.def("sums_by_index", &sums_by_index, py::arg("index"), py::arg("values"), py::arg("gather"),
         py::arg("sorted_index"), py::arg("out"),
-        "out = bincount(index, values or values[gather]) in float64; the first bad entry, or -1");
+        "out = bincount(index, values or values[gather]) in float64 (sorted_index: the caller checked); the "
+        "first bad entry, or -1");
   m.def("offsets_at", &offsets_at, py::arg("rows"), py::arg("cols"), py::arg("mu"), py::arg("a"), py::arg("b"),
         py::arg("out"), "out = mu + a[rows] + b[cols]; the first bad entry, or -1");
 }

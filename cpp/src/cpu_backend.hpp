@@ -154,8 +154,9 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
 
 // out (n_out,) = numpy's bincount(index, weights, minlength=n_out) with weights values (nnz,) or,
 // with gather, values[gather] (values of n_values): float64 sums, each bin in entry order (the
-// same bits). sorted_index (non-decreasing): threads take runs of whole bins. Returns the first
-// entry whose index or gathered position is out of range (out then incomplete), or -1.
+// same bits). sorted_index (non-decreasing, trusted: the caller checks): threads take runs of whole
+// bins. Returns the first entry whose index (outside [0, n_out): no growth, unlike bincount) or
+// gathered position is out of range (out then incomplete), or -1.
 template <class T, class I>
 int64_t sums_by_index(const I* index, const T* values, const I* gather, int64_t n_values, int64_t nnz,
                       bool sorted_index, double* out, int64_t n_out);

@@ -56,10 +56,10 @@ int64_t sums_by_index(const I* index, const T* values, const I* gather, int64_t 
 #pragma omp parallel num_threads(threads) reduction(min : first_bad)
   {
     const int64_t t = omp_get_thread_num(), n_threads = omp_get_num_threads();
+    // The first entry of a bin at or after this thread's share: a binary search of the sorted index.
     const auto boundary = [&](int64_t part) {
-      int64_t k = nnz * part / n_threads;
-      while (k > 0 && k < nnz && index[k] == index[k - 1]) ++k;
-      return k;
+      const int64_t k = nnz * part / n_threads;
+      return k == 0 || k == nnz ? k : std::upper_bound(index + k, index + nnz, index[k - 1]) - index;
     };
     const int64_t begin = boundary(t), end = std::max(begin, boundary(t + 1));
     const int64_t bad = add_by_index(index, n_out, begin, end, out, weight);

@@ -31,28 +31,33 @@ class Offsets:
     col: Any
 
     def at(self, rows: Any, cols: Any) -> Any:
-        """(nnz,) mu + a[rows] + b[cols] (numpy's arithmetic: mu rounded to the offsets' dtype)."""
-        if (type(self.intercept) is float and _host_kernel_takes(rows, cols) and self.row.dtype == self.col.dtype
-                and _host_kernel_takes(self.row, self.col)):  # one pass instead of two gathers and two adds
-            out = np.empty(rows.shape[0], dtype=self.row.dtype)
+        """(nnz,) mu + a[rows] + b[cols] in numpy's arithmetic (mu rounded to the offsets' dtype);
+        rows in [0, n1) and cols in [0, n2), as the solvers pass them (the CPU kernel refuses a
+        negative index with IndexError where numpy's gather would wrap it)."""
+        if (type(self.intercept) is float and _cpu_kernels_take(_INDEX_TYPES, rows, cols)
+                and _cpu_kernels_take(_FLOAT_TYPES, self.row, self.col)
+                and not abs(self.intercept) > np.finfo(self.row.dtype).max):  # numpy warns of that cast
+            out = np.empty(rows.shape[0], dtype=self.row.dtype)  # one pass, not two gathers and two adds
             _raise_if_bad(cpu_module().offsets_at(rows, cols, self.intercept, self.row, self.col, out), "Offsets.at")
             return out
         return self.intercept + self.row[rows] + self.col[cols]
 
 
-_HOST_TYPES = (np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32), np.dtype(np.float64))
+_INDEX_TYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _host_kernel_takes(*arrays: Any) -> bool:
-    """Whether the CPU module's offset kernels take these arrays as they are: 1-D C-contiguous
-    numpy arrays of one index type (int32/int64) or float type, none of them empty."""
+def _cpu_kernels_take(types: tuple, *arrays: Any) -> bool:
+    """Whether the CPU module's offset kernels take these arrays as they are: plain 1-D
+    C-contiguous numpy arrays of one dtype among ``types``, none of them empty."""
     first = arrays[0]
-    return all(isinstance(x, np.ndarray) and x.ndim == 1 and x.flags.c_contiguous and x.dtype == first.dtype
-               and x.dtype in _HOST_TYPES and x.shape[0] > 0 for x in arrays)
+    return all(type(x) is np.ndarray and x.ndim == 1 and x.flags.c_contiguous and x.dtype == first.dtype
+               and x.dtype in types and x.shape[0] > 0 for x in arrays)
 
 
 def _raise_if_bad(first_bad: int, where: str) -> None:
-    if first_bad >= 0:  # the callers pass range-checked indices: a bad one is a defect, never a silent sum
+    """IndexError for the first entry a CPU offset kernel found out of range (-1: none)."""
+    if first_bad >= 0:  # the solvers pass range-checked indices: a bad one is a defect, never a silent sum
         raise IndexError(f"{where}: entry {first_bad} indexes outside the offsets")
 
 
@@ -62,15 +67,16 @@ def zero_offsets(xp: Any, shape: tuple[int, int], dtype: Any) -> Offsets:
 
 class OffsetFit:
     """The ridge regression of the offsets on one set of observed entries: rows, cols (nnz,)
-    int64 on one side (numpy or CuPy), counted once, then :meth:`sweep` as often as needed."""
+    integer arrays in range on one side (numpy or CuPy), counted once, then :meth:`sweep` as
+    often as needed."""
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int], center: str, bias_reg: float):
         xp = array_module(rows)
         self.rows, self.cols, self.shape, self.center, self.xp = rows, cols, shape, center, xp
         # The CPU's sums (cpu::sums_by_index): bincount's bits in one pass, the row-sorted rows of
         # soft-impute's entries on every thread.
-        self.host = center == "both" and _host_kernel_takes(rows, cols)
-        self.rows_sorted = self.host and bool(np.all(rows[1:] >= rows[:-1]))
+        self.uses_cpu_kernels = center == "both" and _cpu_kernels_take(_INDEX_TYPES, rows, cols)
+        self.rows_sorted = self.uses_cpu_kernels and bool(np.all(rows[1:] >= rows[:-1]))
         if center == "both":
             # float64, as bincount's weighted sums are: mu's sums are taken in it whatever the dtype.
             self.row_count = xp.bincount(rows, minlength=shape[0]).astype(np.float64)
@@ -85,8 +91,8 @@ class OffsetFit:
         from ``start``: mu, then each a_i, then each b_j, exactly given the others.
 
         ``residual`` (nnz,) is vals minus the low-rank part at the observed entries. The row and
-        column sums of the residual are taken once; a sweep then costs two gathers and two
-        bincounts over the entries (mu comes from the sums: sum_k a_rows[k] = counts . a).
+        column sums of the residual are taken once; a sweep then costs two gathered sums over the
+        entries (mu comes from the sums: sum_k a_rows[k] = counts . a).
         With center="global", a and b stay zero and mu is the mean residual; "none" returns zeros.
         """
         xp, rows, cols, (n1, n2), dtype = self.xp, self.rows, self.cols, self.shape, residual.dtype
@@ -106,9 +112,10 @@ class OffsetFit:
         return Offsets(mu, a, b)
 
     def _sums(self, index: Any, values: Any, n_out: int, gather: Any = None, sorted_index: bool = False) -> Any:
-        """bincount(index, weights=values[gather] or values, minlength=n_out): float64, the same bits
-        from the CPU's one pass where it takes the arrays."""
-        if self.host and _host_kernel_takes(values):
+        """(n_out,) float64 bincount(index, weights=values[gather] or values, minlength=n_out) for
+        index, gather (nnz,) (this fit's rows or cols) and values of the residual's dtype ((nnz,),
+        or the offsets gathered): the same bits from the CPU's one pass where it takes them."""
+        if self.uses_cpu_kernels and _cpu_kernels_take(_FLOAT_TYPES, values):
             out = np.empty(n_out, dtype=np.float64)
             _raise_if_bad(cpu_module().sums_by_index(index, values, gather, sorted_index, out), "OffsetFit")
             return out
