@@ -78,9 +78,12 @@ def test_sums_by_index_reports_the_first_bad_entry_and_never_writes_outside(sort
     for bad_at, bad in ((70_001, n_out), (10, -1), (99_999, 2 ** 40)):
         broken = index.copy()
         broken[bad_at] = bad
-        if sort and bad < 0:
-            broken[:bad_at + 1] = bad  # still sorted: every entry up to it bad
-            bad_at = 0
+        if sort:  # kept sorted, as the flag promises: the bad value repeated to the end, or from the start
+            if bad < 0:
+                broken[:bad_at + 1], bad_at = bad, 0
+            else:
+                broken[bad_at:] = bad
+            assert np.all(broken[1:] >= broken[:-1])
         guarded = np.full(n_out + 2, np.nan)  # a number on each side of out
         assert MODULE.sums_by_index(broken, np.ones(nnz), None, sort, guarded[1:-1]) == bad_at
         assert np.isnan(guarded[0]) and np.isnan(guarded[-1])

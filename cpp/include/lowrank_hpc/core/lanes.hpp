@@ -33,15 +33,21 @@ using vec = typename Lanes<T>::type;
 template <class T>
 using wide = typename Lanes<T>::wide;
 
-// Lane vectors stored in memory aligned only to T (numpy's arrays): element k is the W numbers
-// at k * W, read without assuming the vector's 64-byte alignment.
+// The vector V of numbers starting at p, which is aligned only to its numbers (numpy's arrays),
+// not to the vector.
+template <class V, class T>
+inline __attribute__((always_inline)) V load_vector(const T* p) {
+  V x;
+  __builtin_memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// Lane vectors stored in memory aligned only to T: element k is the W numbers at k * W.
 template <class T>
 struct LaneArray {
   const T* data;
   inline __attribute__((always_inline)) vec<T> operator[](int64_t k) const {
-    vec<T> x;
-    __builtin_memcpy(&x, data + k * Lanes<T>::width, sizeof x);
-    return x;
+    return load_vector<vec<T>>(data + k * Lanes<T>::width);
   }
   LaneArray operator+(int64_t k) const { return {data + k * Lanes<T>::width}; }
 };
@@ -174,12 +180,6 @@ struct RegisterRow {
   small_t small;
   T tail[kTail > 0 ? kTail : 1];
 
-  template <class V>
-  static inline __attribute__((always_inline)) V load(const T* p) {
-    V x;
-    __builtin_memcpy(&x, p, sizeof x);
-    return x;
-  }
   inline __attribute__((always_inline)) void zero() {
     for (int f = 0; f < kFull; ++f) full[f] = full_t{};
     half = half_t{};
@@ -188,16 +188,16 @@ struct RegisterRow {
   }
   // row += p[0, W)
   inline __attribute__((always_inline)) void add(const T* p) {
-    for (int f = 0; f < kFull; ++f) full[f] += load<full_t>(p + f * kPer);
-    if constexpr (kHasHalf) half += load<half_t>(p + kHalfAt);
-    if constexpr (kHasSmall) small += load<small_t>(p + kSmallAt);
+    for (int f = 0; f < kFull; ++f) full[f] += load_vector<full_t>(p + f * kPer);
+    if constexpr (kHasHalf) half += load_vector<half_t>(p + kHalfAt);
+    if constexpr (kHasSmall) small += load_vector<small_t>(p + kSmallAt);
     for (int e = 0; e < kTail; ++e) tail[e] += p[kTailAt + e];
   }
   // row += x p[0, W) (multiply, then add: no fused rounding)
   inline __attribute__((always_inline)) void add_scaled(T x, const T* p) {
-    for (int f = 0; f < kFull; ++f) full[f] += x * load<full_t>(p + f * kPer);
-    if constexpr (kHasHalf) half += x * load<half_t>(p + kHalfAt);
-    if constexpr (kHasSmall) small += x * load<small_t>(p + kSmallAt);
+    for (int f = 0; f < kFull; ++f) full[f] += x * load_vector<full_t>(p + f * kPer);
+    if constexpr (kHasHalf) half += x * load_vector<half_t>(p + kHalfAt);
+    if constexpr (kHasSmall) small += x * load_vector<small_t>(p + kSmallAt);
     for (int e = 0; e < kTail; ++e) tail[e] += x * p[kTailAt + e];
   }
   // row += x p[0, W) for 16-bit storage (core/half.hpp), each number read as T first: the
@@ -246,20 +246,15 @@ struct MaskedRow {
   // width: the row's numbers, in ((kVectors - 1) kPer, kVectors kPer].
   explicit inline __attribute__((always_inline)) MaskedRow(int64_t width)
       : last(static_cast<int>(width - (kVectors - 1) * kPer)) {}
-  static inline __attribute__((always_inline)) full_t whole(const T* p) {
-    full_t x;
-    __builtin_memcpy(&x, p, sizeof x);
-    return x;
-  }
   inline __attribute__((always_inline)) void zero() {
     for (int f = 0; f < kVectors; ++f) v[f] = full_t{};
   }
   inline __attribute__((always_inline)) void add(const T* p) {
-    for (int f = 0; f + 1 < kVectors; ++f) v[f] += whole(p + f * kPer);
+    for (int f = 0; f + 1 < kVectors; ++f) v[f] += load_vector<full_t>(p + f * kPer);
     v[kVectors - 1] += load_first<full_t>(p + (kVectors - 1) * kPer, last);
   }
   inline __attribute__((always_inline)) void add_scaled(T x, const T* p) {
-    for (int f = 0; f + 1 < kVectors; ++f) v[f] += x * whole(p + f * kPer);
+    for (int f = 0; f + 1 < kVectors; ++f) v[f] += x * load_vector<full_t>(p + f * kPer);
     v[kVectors - 1] += x * load_first<full_t>(p + (kVectors - 1) * kPer, last);
   }
   inline __attribute__((always_inline)) void store(T* p) const {
