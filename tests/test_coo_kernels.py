@@ -876,6 +876,41 @@ def test_cpu_solver_residual_sum_is_fixed_for_a_thread_count(rng):
 
 
 @pytest.mark.parametrize("order", ["sorted", "random"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residual):
+    """The row-ordered kernel called on CSR arrays with two columns out of range (a pattern
+    checks them when built; the kernel still must not read past V): those entries are 0 and
+    outside the residual's sum, the first bad one in the given order is reported, the others
+    equal the coordinate kernel's, across its chunks of 1,024 entries and two threads."""
+    from lowrank_hpc._arrays import resolve
+    from lowrank_hpc.ops._csr_order import csr_order
+
+    m, n, nnz, r = 300, 200, 5000, 64
+    rows, cols = _skewed_coords(rng, m, n, nnz, order)
+    U, V = _factors(rng, np.float32, m, n, r)
+    y = rng.standard_normal(nnz).astype(np.float32)
+    call = resolve("test", U=U)
+    indptr, perm, others, _ = csr_order(call, rows, cols, None, np.array([0, nnz]), m, "rows")
+    assert (perm is None) == (order == "sorted")
+    others = others.copy()
+    at = [1500, 4100]  # CSR positions in two chunks, the later one first in the given order when shuffled
+    others[at] = [n, -1]
+    given = at if perm is None else [int(perm[j]) for j in at]
+    out, first_bad, total = np.full(nnz, np.nan, np.float32), call.status(nnz), np.zeros(1)
+    call.module.csr_sampled_product(indptr, perm, others, U[None], V[None], out, first_bad,
+                                    y if residual else None, total if residual else None)
+    assert call.read(first_bad)[0] == min(given)
+    good = np.ones(nnz, bool)
+    good[given] = False
+    expected = lr.ops.sampled_product(U, V, rows, cols) - (y if residual else 0)
+    np.testing.assert_array_equal(out[good], expected[good])
+    np.testing.assert_array_equal(out[~good], 0)
+    if residual:
+        exact = float(np.sum(expected[good].astype(np.float64) ** 2))
+        assert abs(total[0] - exact) <= 1e-12 * exact
+
+
+@pytest.mark.parametrize("order", ["sorted", "random"])
 @pytest.mark.parametrize("r", [64, 128, 129, 300])
 def test_sampled_product_of_long_rows_sorts_first_with_the_same_values(dtype, rng, order, r):
     """From factor rows of 512 bytes the CPU call sorts its entries by row and takes the
