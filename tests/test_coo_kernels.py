@@ -152,10 +152,13 @@ def test_the_host_order_holds_at_the_lower_levels(level):
     """The host-order, compiled-rank tree and row-sorted input-order tests again at each lower
     level this processor runs (16- and 32-byte vectors: the rest spans several, some empty; avx2
     loads it by mask, the baseline number by number; r = 16 and 32 take the run-time form where
-    host_dot does not fit); this process runs only the widest level."""
-    if (_backend.cpu_module().CPU_LEVEL == level or level not in _cpu_isa.built_levels()
-            or level not in _cpu_isa.processor_levels()):
+    host_dot does not fit); this process runs only the widest level (a process forced lower
+    leaves the levels above it to the unforced run)."""
+    current = _backend.cpu_module().CPU_LEVEL
+    if current == level or level not in _cpu_isa.built_levels() or level not in _cpu_isa.processor_levels():
         pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
+    if _cpu_isa.LEVELS.index(level) > _cpu_isa.LEVELS.index(current):
+        pytest.skip(f"{level} is above this process's forced {current}: the unforced run covers it")
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "run_time_ranks_is_the_host_order or row_sorted_product_is_the_input_order_sum"
@@ -881,7 +884,9 @@ def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residua
     """The row-ordered kernel called on CSR arrays with two columns out of range (a pattern
     checks them when built; the kernel still must not read past V): those entries are 0 and
     outside the residual's sum, the first bad one in the given order is reported, the others
-    equal the coordinate kernel's, across its chunks of 1,024 entries and two threads."""
+    equal the coordinate kernel's, across its chunks of 1,024 entries on one and two threads
+    (each thread's squares summed in CSR order, the shares in thread order)."""
+    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops._csr_order import csr_order
 
@@ -896,18 +901,26 @@ def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residua
     at = [1500, 4100]  # CSR positions in two chunks, the later one first in the given order when shuffled
     others[at] = [n, -1]
     given = at if perm is None else [int(perm[j]) for j in at]
-    out, first_bad, total = np.full(nnz, np.nan, np.float32), call.status(nnz), np.zeros(1)
-    call.module.csr_sampled_product(indptr, perm, others, U[None], V[None], out, first_bad,
-                                    y if residual else None, total if residual else None)
-    assert call.read(first_bad)[0] == min(given)
     good = np.ones(nnz, bool)
     good[given] = False
     expected = lr.ops.sampled_product(U, V, rows, cols) - (y if residual else 0)
-    np.testing.assert_array_equal(out[good], expected[good])
-    np.testing.assert_array_equal(out[~good], 0)
-    if residual:
-        exact = float(np.sum(expected[good].astype(np.float64) ** 2))
-        assert abs(total[0] - exact) <= 1e-12 * exact
+    squares = np.where(good, expected.astype(np.float64) ** 2, 0.0)[np.arange(nnz) if perm is None else perm]
+    before = _cpu.max_threads()
+    try:
+        for threads in (1, 2):
+            _cpu.set_num_threads(threads)
+            out, first_bad, total = np.full(nnz, np.nan, np.float32), call.status(nnz), np.zeros(1)
+            call.module.csr_sampled_product(indptr, perm, others, U[None], V[None], out, first_bad,
+                                            y if residual else None, total if residual else None)
+            assert call.read(first_bad)[0] == min(given)
+            np.testing.assert_array_equal(out[good], expected[good])
+            np.testing.assert_array_equal(out[~good], 0)
+            if residual:  # each thread's share in CSR order, added in thread order: these bits
+                shares = [sum(squares[nnz * t // threads:nnz * (t + 1) // threads].tolist(), 0.0)
+                          for t in range(threads)]
+                assert total[0] == sum(shares, 0.0)
+    finally:
+        _cpu.set_num_threads(before)
 
 
 @pytest.mark.parametrize("order", ["sorted", "random"])

@@ -232,14 +232,13 @@ def test_the_tiles_fuse_the_gram_exactly_where_the_level_has_fma():
 def test_the_lower_levels_solve_in_their_own_tiles(level):
     """The transcription tests again at each lower level this processor runs: the baseline's tiles
     round every multiply and add, avx2's are fused but half as wide (8 floats, 4 rows a tile);
-    this process runs only the widest level (or, forced lower, a level whose own run covers the
-    ones above it)."""
+    this process runs only the widest level (a process forced lower leaves the levels above it to
+    the unforced run)."""
     module = _backend.cpu_module()
     if (module.CPU_LEVEL == level or level not in _cpu_isa.built_levels()
             or level not in _cpu_isa.processor_levels()):
         pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
-    levels = _cpu_isa.built_levels()
-    if levels.index(level) > levels.index(module.CPU_LEVEL):
+    if _cpu_isa.LEVELS.index(level) > _cpu_isa.LEVELS.index(module.CPU_LEVEL):
         pytest.skip(f"{level} is above this process's forced {module.CPU_LEVEL}: the unforced run covers it")
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,

@@ -10,7 +10,8 @@ namespace {
 // out[perm[j]] (out[j] without perm) = <U[row of j], V[b, others[j]]> for the CSR arrays of
 // coo_to_csr, trusted as in csr_times_dense; lowers first_bad[0] to the first entry (the
 // caller's order) whose other index is out of range. With y (nnz,) the residual product - y
-// instead, and sum_of_squares (1,) float64 receives the sum of its squares.
+// instead, and sum_of_squares (1,) float64 receives the sum of its squares; out must not be y
+// (in row order the kernel writes a chunk's products into out before it reads y there).
 void csr_sampled_product(const ArrayView& indptr, const ArrayView& perm, const ArrayView& others, const ArrayView& U,
                          const ArrayView& V, const ArrayView& out, const ArrayView& first_bad, const ArrayView& y,
                          const ArrayView& sum_of_squares) {
