@@ -100,6 +100,19 @@ def _restore_backend():
     lowrank_hpc.set_backend(before)
 
 
+def skip_unless_a_lower_level(level: str) -> None:
+    """Skip a test that reruns tests in a subprocess at CPU level ``level`` unless that level is
+    built, runs here and is below this process's: the process runs its own level, and one forced
+    lower (LOWRANK_HPC_CPU_LEVEL) leaves the levels above it to the unforced run."""
+    from lowrank_hpc import _cpu_isa
+
+    current = _backend.cpu_module().CPU_LEVEL
+    if current == level or level not in _cpu_isa.built_levels() or level not in _cpu_isa.processor_levels():
+        pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
+    if _cpu_isa.LEVELS.index(level) > _cpu_isa.LEVELS.index(current):
+        pytest.skip(f"{level} is above this process's forced {current}: the unforced run covers it")
+
+
 def run_until_checkpoint_then_kill(script: Path, args: list[str], checkpoint: Path, timeout: float = 60) -> None:
     """Start ``python script *args`` and kill it as soon as it has written ``checkpoint``: a run
     that dies mid-way, as a node failure would end it."""

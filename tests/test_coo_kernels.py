@@ -11,7 +11,7 @@ import pytest
 
 import lowrank_hpc as lr
 from lowrank_hpc import _backend, _cpu_isa
-from conftest import RTOL, rel_error
+from conftest import RTOL, rel_error, skip_unless_a_lower_level
 import reference
 
 # (m, n, r, nnz): odd sizes, rank 1, a rank above 64, and a problem with many repeats.
@@ -154,11 +154,7 @@ def test_the_host_order_holds_at_the_lower_levels(level):
     loads it by mask, the baseline number by number; r = 16 and 32 take the run-time form where
     host_dot does not fit); this process runs only the widest level (a process forced lower
     leaves the levels above it to the unforced run)."""
-    current = _backend.cpu_module().CPU_LEVEL
-    if current == level or level not in _cpu_isa.built_levels() or level not in _cpu_isa.processor_levels():
-        pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
-    if _cpu_isa.LEVELS.index(level) > _cpu_isa.LEVELS.index(current):
-        pytest.skip(f"{level} is above this process's forced {current}: the unforced run covers it")
+    skip_unless_a_lower_level(level)
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "run_time_ranks_is_the_host_order or row_sorted_product_is_the_input_order_sum"

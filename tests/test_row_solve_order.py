@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from lowrank_hpc import _backend, _cpu_isa
+from conftest import skip_unless_a_lower_level
 
 _INTEGER_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 # Veltkamp's splitting constants, 2^ceil(p / 2) + 1 for p-bit significands.
@@ -234,12 +235,7 @@ def test_the_lower_levels_solve_in_their_own_tiles(level):
     round every multiply and add, avx2's are fused but half as wide (8 floats, 4 rows a tile);
     this process runs only the widest level (a process forced lower leaves the levels above it to
     the unforced run)."""
-    module = _backend.cpu_module()
-    if (module.CPU_LEVEL == level or level not in _cpu_isa.built_levels()
-            or level not in _cpu_isa.processor_levels()):
-        pytest.skip(f"this process already runs {level}, or it is not built or not runnable here")
-    if _cpu_isa.LEVELS.index(level) > _cpu_isa.LEVELS.index(module.CPU_LEVEL):
-        pytest.skip(f"{level} is above this process's forced {module.CPU_LEVEL}: the unforced run covers it")
+    skip_unless_a_lower_level(level)
     env = {**os.environ, _cpu_isa.ENVIRONMENT_VARIABLE: level}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "transcribed_arithmetic or exactly_where or in_groups"], env=env, capture_output=True,
