@@ -19,6 +19,12 @@ namespace {
 // iteration, r = 5 0.070 -> 0.059, r = 12 0.209 -> 0.087, r = 20 (padded to 32) 0.407 -> 0.139.
 constexpr int64_t kPerEntryMaxRank = 4;  // = als.py's _DENSE_MAX_RANK: the dense kernel gives these ranks' bits
 inline bool use_tiles(int64_t r) { return r > kPerEntryMaxRank; }
+// The same for a driver compiled for rank R (0: read at run time): a constant where R says, so
+// that the compiled ranks 1-4 drop the tiled code they never run (7% of the unit's compile time).
+template <int R>
+bool use_tiles(int64_t r) {
+  return (R == 0 || R > kPerEntryMaxRank) && use_tiles(r);
+}
 
 // Whether the tiled solves factor a group of rows' systems together, one per vector lane
 // (ldlt_lanes.hpp; the same numbers): where the group's copies of its systems and their lanes
@@ -58,10 +64,11 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
     T* G = scratch.data();
     T* g = G + r * r;
     std::vector<T> misfits(cg_misfits ? static_cast<size_t>(2 * longest) : 0);
+    const bool tiled = cg_steps == 0 && use_tiles<R>(r), grouped = tiled && use_lanes<T>(r);
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
-    if (cg_steps == 0 && use_tiles(r)) tiles.emplace(r, weights != nullptr, shared != nullptr);
+    if (tiled) tiles.emplace(r, weights != nullptr, shared != nullptr);
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
-    if (tiles && use_lanes<T>(r)) group.emplace(r);
+    if (grouped) group.emplace(r);
     int64_t group_rows[ops::LaneSystems<T>::kWidth] = {}, group_problems[ops::LaneSystems<T>::kWidth] = {};
     // CG with a shared term (implicit ALS): kCgRows rows of a problem step together, so that each
     // pass over S serves them all (cg_solve_rows; the same numbers as one row at a time).
@@ -104,7 +111,7 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
           if (cg_count == kCgRows) solve_cg_rows();
           continue;
         }
-        if (group && equations.count(row) > 0) {  // solved with the group, once it is whole
+        if (grouped && equations.count(row) > 0) {  // solved with the group, once it is whole
           group_rows[group->count] = row;
           group_problems[group->count] = b;
           equations.assemble_tiled(row, b, *tiles, group->G(), group->g());
@@ -114,12 +121,12 @@ int64_t als_update_rows_rank(const int64_t* indptr, const I* others, const T* va
         // cg_steps > 0: conjugate gradients from out's row (its previous value), G as scratch.
         const bool failed = cg_steps > 0 ? equations.cg_solve(row, b, cg_steps, G, out + row * r,
                                                               cg_misfits ? misfits.data() : nullptr)
-                            : tiles       ? equations.solve_tiled(row, b, *tiles, out + row * r)
+                            : tiled       ? equations.solve_tiled(row, b, *tiles, out + row * r)
                                           : equations.solve(row, b, G, g, out + row * r);
         finish(row, b, failed);
       }
     }
-    if (group && group->count > 0) solve_group();  // the thread's last rows
+    if (grouped && group->count > 0) solve_group();  // the thread's last rows
     if (cg_count > 0) solve_cg_rows();
   }
   return singular;
@@ -145,25 +152,26 @@ int64_t als_iterations_rank(const AlsBatch<T, I>& data, int64_t r, T reg, bool c
     T* g = G + r * r;
     T* U0 = g + r;
     T* V0 = U0 + m * r;
+    const bool tiled = use_tiles<R>(r), grouped = tiled && use_lanes<T>(r);
     std::optional<ops::RowSystemWorkspace<T>> tiles;  // the exact solve in register tiles
-    if (use_tiles(r)) tiles.emplace(r, false, false);
+    if (tiled) tiles.emplace(r, false, false);
     std::optional<ops::LaneSystems<T>> group;  // and the rows' systems factored a group at a time
-    if (tiles && use_lanes<T>(r)) group.emplace(r);
+    if (grouped) group.emplace(r);
     const auto solve_group = [&]() { group->solve([&](int, bool solved) { singular += solved ? 0 : 1; }); };
     // One half-step of problem b: its n_key rows' solutions into x (n_key x r).
     const auto half_step = [&](const ops::NormalEquations<T, I, R>& equations, int64_t n_key, int64_t b, T* x) {
       for (int64_t i = 0; i < n_key; ++i) {
         const int64_t row = b * n_key + i;
-        if (group && equations.count(row) > 0) {
+        if (grouped && equations.count(row) > 0) {
           equations.assemble_tiled(row, b, *tiles, group->G(), group->g());
           if (group->add(x + i * r)) solve_group();
         } else {
-          const bool failed = tiles ? equations.solve_tiled(row, b, *tiles, x + i * r)
+          const bool failed = tiled ? equations.solve_tiled(row, b, *tiles, x + i * r)
                                     : equations.solve(row, b, G, g, x + i * r);
           singular += failed ? 1 : 0;
         }
       }
-      if (group && group->count > 0) solve_group();  // before the other half-step reads x
+      if (grouped && group->count > 0) solve_group();  // before the other half-step reads x
     };
 #pragma omp for schedule(dynamic, 8)
     for (int64_t b = 0; b < batch; ++b) {
