@@ -324,17 +324,23 @@ inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nn
 template <class T>
 constexpr bool kMaskedRest = lanes::kMaskedLoads && !is_half_v<T>;
 
-// Full tiles: four vector registers of accumulators (AVX-512: 256 bytes; narrower ISAs 128
-// bytes, their 16 registers also hold the loads). Wider tiles mean fewer passes over a row's
-// entries, each gathering a longer piece of every B row. (16-bit storage: as many numbers as
-// float accumulators.)
-#if defined(__AVX512F__)
+// Full tiles of accumulators in vector registers: 256 bytes with AVX-512 (four registers of 32)
+// and AVX2 (eight of 16: with the broadcast number and a product, 10 of them), 128 bytes below.
+// Wider tiles mean fewer passes over a row's entries, each gathering a longer piece of every B
+// row. AVX2's tile was four vectors until 128-byte tiles took r = 256 in four passes: 1e6 entries,
+// 10,000 x r B, 2 threads, float32 r = 256 24.2-27.6 -> 18.8-23.0 ms (through a pattern 36-71 ->
+// 27-43), r = 128 1.0-1.15x, float64 r = 128 22.9 -> 18.1 (the same numbers). (16-bit storage: as
+// many numbers as float accumulators.)
+#if defined(__AVX512F__) || defined(__AVX2__)
 constexpr int64_t kTileBytes = 256;
 #else
 constexpr int64_t kTileBytes = 128;
 #endif
-// A masked rest is under one tile: at most four vectors, with_masked_row's reach.
-static_assert(!lanes::kMaskedLoads || kTileBytes == lanes::kTileNumbers<char>, "a tile of four native vectors");
+// Column blocks (below) and a masked rest take tiles of four native vectors, with_masked_row's
+// reach (AVX2: a block of 100,000 B rows eight vectors wide outgrew the cache, r = 128 float32
+// 75.5 -> 90.9 ms); without masked loads, the full tile.
+constexpr int64_t kBlockTileBytes = lanes::kMaskedLoads ? lanes::kTileNumbers<char> : kTileBytes;
+static_assert(kTileBytes % kBlockTileBytes == 0, "whole block tiles in a tile");
 
 // Products whose B outgrows the last-level cache run a block of columns at a time over every
 // row, the block's columns of B first copied together (read in place, a block's pieces of B's
@@ -369,14 +375,16 @@ const T* lined_rows(const T* B, int64_t rows_of_B, int64_t r, int64_t nnz, std::
 }
 
 // Each output row is built tile by tile in registers. R > 0 (ranks up to 16, and 32): one tile
-// of width R. R = 0: full tiles of kTileBytes, then the rest in one masked pass (kMaskedRest) or
-// halving tiles down to 16 columns and a compiled remainder tile. Every coordinate sums its
+// of width R. R = 0: full tiles of kTileBytes (of kBlockTileBytes in a column block), tiles of
+// kBlockTileBytes, then the rest in one masked pass (kMaskedRest) or halving tiles down to 16
+// columns and a compiled remainder tile. Every coordinate sums its
 // row's entries in input order, as the GPU kernel does: the result does not depend on the
 // thread count.
 template <class T, class I, int R>
 int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                               const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
   constexpr int kTile = kTileBytes / sizeof(accumulate_t<T>);
+  constexpr int kBlockTile = kBlockTileBytes / sizeof(accumulate_t<T>);
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   const int64_t B_bytes = batch * n_other * r * int64_t(sizeof(T));
   // Columns a block: all of them, or whole tiles (at least one) whose rows of B (every
@@ -384,8 +392,8 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
   // number is written before it is read).
   int64_t block = r;
   if (R == 0 && B_bytes >= kColumnBlockThresholdBytes) {
-    const int64_t tiles = kColumnBlockBytes / (batch * n_other * kTile * int64_t(sizeof(T)));
-    block = std::min(r, std::max<int64_t>(1, tiles) * kTile);
+    const int64_t tiles = kColumnBlockBytes / (batch * n_other * kBlockTile * int64_t(sizeof(T)));
+    block = std::min(r, std::max<int64_t>(1, tiles) * kBlockTile);
   }
   const bool blocked = block < r;
   const bool prefetch = !blocked && B_bytes > kPrefetchMinBytes;  // a block is in cache
@@ -420,21 +428,24 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
         row_tile<R>(begin, end, nnz, perm, others, vals, B_rows, stride, 0, prefetch, out_row);
       } else {
         int64_t c0 = 0;
-        for (; c0 + kTile <= width; c0 += kTile)
-          row_tile<kTile>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
+        if (!blocked)
+          for (; c0 + kTile <= width; c0 += kTile)
+            row_tile<kTile>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
+        for (; c0 + kBlockTile <= width; c0 += kBlockTile)
+          row_tile<kBlockTile>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
         if constexpr (kMaskedRest<T>) {
           if (c0 < width)
             lanes::with_masked_row<T>(width - c0, [&](auto& acc) {
               row_pass(acc, width - c0, begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
             });
         } else {
-          if constexpr (kTile > 32) {
+          if constexpr (kBlockTile > 32) {
             if (c0 + 32 <= width) {
               row_tile<32>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
               c0 += 32;
             }
           }
-          if constexpr (kTile > 16) {
+          if constexpr (kBlockTile > 16) {
             if (c0 + 16 <= width) {
               row_tile<16>(begin, end, nnz, perm, others, vals, B_rows, stride, c0, prefetch, out_row);
               c0 += 16;
