@@ -317,20 +317,20 @@ inline void remainder_tile(int64_t width, int64_t begin, int64_t end, int64_t nn
   }
 }
 
-// A run-time width's rest under a full tile: one pass over the row's entries in as many vectors
-// as it needs, the last loaded by mask (float and double where the level loads by mask; whole 32-
-// and 16-column tiles and a compiled remainder took two or three passes, and r = 20 floats cost
-// more than r = 32). Else those tiles.
+// A run-time width's rest under a block tile (four native vectors; kBlockTileBytes below): one
+// pass over the row's entries in as many vectors as it needs, the last loaded by mask (float and
+// double where the level loads by mask; whole 32- and 16-column tiles and a compiled remainder
+// took two or three passes, and r = 20 floats cost more than r = 32). Else those tiles.
 template <class T>
 constexpr bool kMaskedRest = lanes::kMaskedLoads && !is_half_v<T>;
 
 // Full tiles of accumulators in vector registers: 256 bytes with AVX-512 (four registers of 32)
 // and AVX2 (eight of 16: with the broadcast number and a product, 10 of them), 128 bytes below.
 // Wider tiles mean fewer passes over a row's entries, each gathering a longer piece of every B
-// row. AVX2's tile was four vectors until 128-byte tiles took r = 256 in four passes: 1e6 entries,
-// 10,000 x r B, 2 threads, float32 r = 256 24.2-27.6 -> 18.8-23.0 ms (through a pattern 36-71 ->
-// 27-43), r = 128 1.0-1.15x, float64 r = 128 22.9 -> 18.1 (the same numbers). (16-bit storage: as
-// many numbers as float accumulators.)
+// row. AVX2's tile was four vectors (128 bytes: float32 r = 256 in eight passes, now four): 1e6
+// entries, 10,000 x r B, 2 threads, float32 r = 256 22.9-25.1 -> 17.8-21.2 ms (through a pattern
+// 28.8-38.2 -> 22.3-28.0), r = 128 1.1-1.2x, float64 r = 128 21.8 -> 18.0 (the same numbers;
+// BENCHMARKS.md session 34). (16-bit storage: as many numbers as float accumulators.)
 #if defined(__AVX512F__) || defined(__AVX2__)
 constexpr int64_t kTileBytes = 256;
 #else
@@ -345,7 +345,7 @@ static_assert(kTileBytes % kBlockTileBytes == 0, "whole block tiles in a tile");
 // Products whose B outgrows the last-level cache run a block of columns at a time over every
 // row, the block's columns of B first copied together (read in place, a block's pieces of B's
 // rows lie a whole row apart and fell in a few of the cache's sets): at most kColumnBlockBytes
-// (or one tile), whole tiles wide, gathered from cache instead of memory. Each coordinate still
+// (or one block tile), whole block tiles wide, gathered from cache instead of memory. Each coordinate still
 // sums its entries in order: the same numbers. Measured on a 2-core Zen 4 VM (32 MiB L3 a CCD;
 // sysconf reports the socket's 320 MiB, so the threshold is fixed), in separate processes: B of
 // 16 MiB (4,096 x 1,024 float32, 1.7M entries) 125-140 -> 49-62 ms, 49 and 98 MiB (100,000 rows,
@@ -387,7 +387,7 @@ int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const 
   constexpr int kBlockTile = kBlockTileBytes / sizeof(accumulate_t<T>);
   const int64_t n_rows = batch * n_key, nnz = indptr[n_rows];
   const int64_t B_bytes = batch * n_other * r * int64_t(sizeof(T));
-  // Columns a block: all of them, or whole tiles (at least one) whose rows of B (every
+  // Columns a block: all of them, or whole block tiles (at least one) whose rows of B (every
   // problem's) fit kColumnBlockBytes, copied into `packed` (left uninitialised: every
   // number is written before it is read).
   int64_t block = r;
