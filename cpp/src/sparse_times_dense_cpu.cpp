@@ -345,11 +345,11 @@ static_assert(kTileBytes % kBlockTileBytes == 0, "whole block tiles in a tile");
 // Products whose B outgrows the last-level cache run a block of columns at a time over every
 // row, the block's columns of B first copied together (read in place, a block's pieces of B's
 // rows lie a whole row apart and fell in a few of the cache's sets): at most kColumnBlockBytes
-// (or one block tile), whole block tiles wide, gathered from cache instead of memory. Each coordinate still
-// sums its entries in order: the same numbers. Measured on a 2-core Zen 4 VM (32 MiB L3 a CCD;
-// sysconf reports the socket's 320 MiB, so the threshold is fixed), in separate processes: B of
-// 16 MiB (4,096 x 1,024 float32, 1.7M entries) 125-140 -> 49-62 ms, 49 and 98 MiB (100,000 rows,
-// r = 128, 256) 1.3-1.5x; B of 2-10 MiB, still in L3, 0.74-0.81x.
+// (or one block tile), whole block tiles wide, gathered from cache instead of memory. Each
+// coordinate still sums its entries in order: the same numbers. Measured on a 2-core Zen 4 VM
+// (32 MiB L3 a CCD; sysconf reports the socket's 320 MiB, so the threshold is fixed), in separate
+// processes: B of 16 MiB (4,096 x 1,024 float32, 1.7M entries) 125-140 -> 49-62 ms, 49 and 98 MiB
+// (100,000 rows, r = 128, 256) 1.3-1.5x; B of 2-10 MiB, still in L3, 0.74-0.81x.
 constexpr int64_t kColumnBlockBytes = int64_t(1) << 20;
 constexpr int64_t kColumnBlockThresholdBytes = int64_t(16) << 20;
 
@@ -377,9 +377,8 @@ const T* lined_rows(const T* B, int64_t rows_of_B, int64_t r, int64_t nnz, std::
 // Each output row is built tile by tile in registers. R > 0 (ranks up to 16, and 32): one tile
 // of width R. R = 0: full tiles of kTileBytes (of kBlockTileBytes in a column block), tiles of
 // kBlockTileBytes, then the rest in one masked pass (kMaskedRest) or halving tiles down to 16
-// columns and a compiled remainder tile. Every coordinate sums its
-// row's entries in input order, as the GPU kernel does: the result does not depend on the
-// thread count.
+// columns and a compiled remainder tile. Every coordinate sums its row's entries in input order,
+// as the GPU kernel does: the result does not depend on the thread count.
 template <class T, class I, int R>
 int64_t csr_times_dense_tiled(const int64_t* indptr, const int64_t* perm, const I* others, const T* vals,
                               const T* B, int64_t batch, int64_t n_key, int64_t n_other, int64_t r, T* out) {
