@@ -5,6 +5,7 @@ which turns that skip into a failure so a GPU run cannot pass by skipping everyt
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,6 +99,19 @@ def _restore_backend():
     before = lowrank_hpc.get_backend()
     yield
     lowrank_hpc.set_backend(before)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """The CPU kernels on ``threads`` OpenMP threads inside the block, the count before put back
+    after it (a failing assertion included)."""
+    module = _backend.cpu_module()
+    before = module.max_threads()
+    module.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        module.set_num_threads(before)
 
 
 def skip_unless_a_lower_level(level: str) -> None:

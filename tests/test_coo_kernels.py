@@ -11,7 +11,7 @@ import pytest
 
 import lowrank_hpc as lr
 from lowrank_hpc import _backend, _cpu_isa
-from conftest import RTOL, rel_error, skip_unless_a_lower_level
+from conftest import RTOL, cpu_threads, rel_error, skip_unless_a_lower_level
 import reference
 
 # (m, n, r, nnz): odd sizes, rank 1, a rank above 64, and a problem with many repeats.
@@ -265,19 +265,14 @@ def test_sparse_pattern_reuse(backend, dtype, rng):
 
 def test_cpu_sparse_times_dense_is_reproducible_across_thread_counts(rng):
     """Each output row sums its entries in input order, whatever the number of threads."""
-    from lowrank_hpc import _cpu
 
     rows, cols = _coords(rng, 300, 200, 20000)
     vals = rng.standard_normal(20000).astype(np.float32)
     B = rng.standard_normal((200, 16)).astype(np.float32)
-    before = _cpu.max_threads()
-    try:
-        results = []
-        for threads in (1, 2, 3):
-            _cpu.set_num_threads(threads)
+    results = []
+    for threads in (1, 2, 3):
+        with cpu_threads(threads):
             results.append(lr.ops.sparse_times_dense(rows, cols, vals, B, 300))
-    finally:
-        _cpu.set_num_threads(before)
     # Serial sum in input order, row by row, in float32: what every thread count must reproduce.
     expected = np.zeros((300, 16), dtype=np.float32)
     for k in range(20000):
@@ -526,7 +521,6 @@ def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
     direct scatter kept a write stream per row and waited on memory). Same stable order as the
     direct scatter, numpy's stable argsort by (problem, key), on 1, 2 and 3 threads. A run of
     more than 2^20 entries (one row holding most of them) keeps the direct scatter."""
-    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops.sparse_times_dense import csr_order
 
@@ -555,10 +549,8 @@ def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
     call = resolve("test", rows=keys, cols=others, vals=vals)
     flat = np.repeat(np.arange(len(sizes)), sizes) * n_key + keys
     order = np.argsort(flat, kind="stable")
-    before = _cpu.max_threads()
-    try:
-        for threads in (1, 2, 3):
-            _cpu.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with cpu_threads(threads):
             indptr, perm, others_sorted, vals_sorted = csr_order(call, keys, others, vals, offsets, n_key, "rows",
                                                                  keep_perm=keep_perm)
             np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(flat, minlength=len(sizes) * n_key))])
@@ -571,8 +563,6 @@ def test_csr_order_of_many_shuffled_entries_in_many_rows(case):
                 np.testing.assert_array_equal(perm, order)
             else:
                 assert perm is None
-    finally:
-        _cpu.set_num_threads(before)
 
 
 def test_sparse_times_dense_names_the_first_bad_column_in_input_order(backend, rng):
@@ -616,18 +606,11 @@ def test_cpu_row_sorted_product_is_the_input_order_sum(dtype, rng, r, index_dtyp
     116 = 64 + 32 + 20; float64 63 = 32 + 16 + 15, 116 = 96 + 16 + 4)."""
     rows, cols, vals, B, expected = _row_sorted_problem(rng, dtype, 400, 150, r)
     rows, cols = rows.astype(index_dtype), cols.astype(index_dtype)
-    from lowrank_hpc import _backend
-
-    cpu = _backend.cpu_module()
-    before = cpu.max_threads()
-    try:
-        for threads in (1, 2, 3):
-            cpu.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with cpu_threads(threads):
             np.testing.assert_array_equal(lr.ops.sparse_times_dense(rows, cols, vals, B, 400), expected)
             np.testing.assert_array_equal(lr.ops.sparse_times_dense(cols, rows, vals, B, 400, transpose=True),
                                           expected)
-    finally:
-        cpu.set_num_threads(before)
 
 
 def test_cpu_row_sorted_product_names_the_first_bad_column(rng):
@@ -786,7 +769,6 @@ def test_sparse_pattern_sampled_product_batched(backend, dtype, rng):
 def test_cpu_sparse_pattern_sampled_product_across_thread_counts(rng, order, r):
     """The row-ordered kernel shares the entries out evenly, so thread shares split rows (the
     long one above all): the same values for 1-3 threads as the coordinate kernel."""
-    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
 
     rows, cols = _skewed_coords(rng, 300, 200, 30000, order)
@@ -795,13 +777,9 @@ def test_cpu_sparse_pattern_sampled_product_across_thread_counts(rng, order, r):
     expected = np.empty(30000, dtype=np.float32)  # the coordinate kernel, called directly
     call.module.sampled_product(U[None], V[None], rows, cols, np.array([0, 30000]), expected, call.status(30000))
     pattern = lr.ops.SparsePattern(rows, cols, (300, 200))
-    before = _cpu.max_threads()
-    try:
-        for threads in (1, 2, 3):
-            _cpu.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with cpu_threads(threads):
             np.testing.assert_array_equal(pattern.sampled_product(U, V), expected)
-    finally:
-        _cpu.set_num_threads(before)
 
 
 def test_sparse_pattern_sampled_product_bad_inputs(backend, rng):
@@ -853,7 +831,6 @@ def test_sparse_pattern_solver_residual_is_the_product_minus_y(backend, dtype, r
 def test_cpu_solver_residual_sum_is_fixed_for_a_thread_count(rng):
     """Each thread sums its share, the shares are added in thread order: the same bits on every
     run with one thread count (3 threads, run three times), and within rounding across counts."""
-    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
 
     rows, cols = _skewed_coords(rng, 300, 200, 30000, "sorted")
@@ -861,16 +838,12 @@ def test_cpu_solver_residual_sum_is_fixed_for_a_thread_count(rng):
     y = rng.standard_normal(30000).astype(np.float32)
     pattern = lr.ops.SparsePattern(rows, cols, (300, 200))
     call = resolve("test", U=U)
-    before = _cpu.max_threads()
     sums = {}
-    try:
-        for threads in (1, 2, 3, 3, 3):
-            _cpu.set_num_threads(threads)
+    for threads in (1, 2, 3, 3, 3):
+        with cpu_threads(threads):
             z, total = pattern.solver_residual(call, U, V, y)
             np.testing.assert_array_equal(z, lr.ops.sampled_product(U, V, rows, cols) - y)
             sums.setdefault(threads, set()).add(total)
-    finally:
-        _cpu.set_num_threads(before)
     assert len(sums[3]) == 1
     values = [next(iter(s)) for s in sums.values()]
     assert max(values) - min(values) <= 1e-12 * max(values)
@@ -884,7 +857,6 @@ def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residua
     outside the residual's sum, the first bad one in the given order is reported, the others
     equal the coordinate kernel's, across its chunks of 1,024 entries on one and two threads
     (each thread's squares summed in CSR order, the shares in thread order)."""
-    from lowrank_hpc import _cpu
     from lowrank_hpc._arrays import resolve
     from lowrank_hpc.ops._csr_order import csr_order
 
@@ -903,10 +875,8 @@ def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residua
     good[given] = False
     expected = lr.ops.sampled_product(U, V, rows, cols) - (y if residual else 0)
     squares = np.where(good, expected.astype(np.float64) ** 2, 0.0)[np.arange(nnz) if perm is None else perm]
-    before = _cpu.max_threads()
-    try:
-        for threads in (1, 2):
-            _cpu.set_num_threads(threads)
+    for threads in (1, 2):
+        with cpu_threads(threads):
             out, first_bad, total = np.full(nnz, np.nan, np.float32), call.status(nnz), np.zeros(1)
             call.module.csr_sampled_product(indptr, perm, others, U[None], V[None], out, first_bad,
                                             y if residual else None, total if residual else None)
@@ -917,8 +887,6 @@ def test_cpu_row_ordered_kernel_reports_the_first_bad_column(rng, order, residua
                 shares = [sum(squares[nnz * t // threads:nnz * (t + 1) // threads].tolist(), 0.0)
                           for t in range(threads)]
                 assert total[0] == sum(shares, 0.0)
-    finally:
-        _cpu.set_num_threads(before)
 
 
 @pytest.mark.parametrize("order", ["sorted", "random"])

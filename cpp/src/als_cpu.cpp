@@ -18,12 +18,11 @@ namespace {
 // per load and store of G: ALS on 4.5M entries of 138,000 x 27,000 with AVX-512 floats, s an
 // iteration, r = 5 0.070 -> 0.059, r = 12 0.209 -> 0.087, r = 20 (padded to 32) 0.407 -> 0.139.
 constexpr int64_t kPerEntryMaxRank = 4;  // = als.py's _DENSE_MAX_RANK: the dense kernel gives these ranks' bits
-inline bool use_tiles(int64_t r) { return r > kPerEntryMaxRank; }
-// The same for a driver compiled for rank R (0: read at run time): a constant where R says, so
-// that the compiled ranks 1-4 drop the tiled code they never run (7% of the unit's compile time).
-template <int R>
+// R: the rank a driver is compiled for (0: read at run time), false at once where R says, so that
+// the compiled ranks 1-4 drop the tiled code they never run (7% of the unit's compile time).
+template <int R = 0>
 bool use_tiles(int64_t r) {
-  return (R == 0 || R > kPerEntryMaxRank) && use_tiles(r);
+  return (R == 0 || R > kPerEntryMaxRank) && r > kPerEntryMaxRank;
 }
 
 // Whether the tiled solves factor a group of rows' systems together, one per vector lane

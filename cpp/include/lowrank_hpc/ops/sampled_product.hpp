@@ -66,7 +66,7 @@ inline __attribute__((always_inline)) A host_dot(const A* a, const A* b) {
 // of dependent adds and its lanes were then summed one by one: the CG row solves spent most of
 // their time there. Every loop over p is unrolled: with one left rolled, g++ kept p in memory,
 // zeroed by a rep stos each call (ALS's CG at r = 24 took 3.2x the compiled r = 32's time, now
-// 1.7x; the SDDMM at r = 40 2x its time now; the same numbers: BENCHMARKS.md session 34).
+// 1.7x; the SDDMM at r = 40 took twice today's; the same numbers: BENCHMARKS.md session 34).
 template <class A>
 inline __attribute__((always_inline)) A host_runtime_dot(const A* a, const A* b, int64_t r) {
   constexpr int kVector = lanes::kNativeBytes, kCount = 128 / kVector, kPer = kVector / static_cast<int>(sizeof(A));
