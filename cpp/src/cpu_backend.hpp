@@ -1,7 +1,9 @@
 // The CPU backend's drivers: OpenMP loops over the shared functors in lowrank_hpc/ops.
 // Each returns the position of the first entry with an out-of-range index, or -1.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "lowrank_hpc/ops/gaussian_sensing.hpp"
@@ -10,16 +12,23 @@
 namespace lowrank_hpc::cpu {
 
 // Whether every index in [begin, end) is in [0, bound): the greatest of them read as unsigned
-// 64-bit numbers (a negative one is then above any bound), a max reduction that vectorises (a
-// bool &= of compares did not: a quarter of the rank-1 SpMM's time).
+// numbers of the index's width (a negative one is then above any bound the width can hold), a
+// max reduction that vectorises (a bool &= of compares did not: a quarter of the rank-1 SpMM's
+// time). At the index's own width: int32 read as 64-bit numbers needed a widening and an
+// emulated unsigned compare per lane (AVX2 has none for 64 bits), 11% of that SpMM's samples.
 template <class I>
 inline bool all_in_range(const I* index, int64_t begin, int64_t end, int64_t bound) {
-  uint64_t greatest = 0;
+  static_assert(std::is_signed_v<I>, "signed indices: a negative one reads as a large unsigned number");
+  using U = std::make_unsigned_t<I>;
+  U greatest = 0;
   for (int64_t j = begin; j < end; ++j) {
-    const uint64_t x = static_cast<uint64_t>(static_cast<int64_t>(index[j]));
+    const U x = static_cast<U>(index[j]);
     greatest = x > greatest ? x : greatest;
   }
-  return greatest < static_cast<uint64_t>(bound) || begin >= end;
+  // A bound past the width's greatest index is the width's limit: every non-negative index is
+  // below it and every negative one, read unsigned, at or above it.
+  const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<I>::max()) + 1;
+  return static_cast<uint64_t>(greatest) < std::min(static_cast<uint64_t>(bound), limit) || begin >= end;
 }
 
 // Calls body(std::integral_constant<int, R>) with R = r for the small ranks that many tiny
@@ -320,6 +329,18 @@ int64_t kernel_product_tiles(HostGemm<T> gemm, const T* U, const T* V, int64_t b
 template <class T>
 int64_t kernel_topk_rows_of_products(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m, int64_t n,
                                      int64_t r, ops::KernelFunction f, int64_t k, T* values, int64_t* indices);
+
+// Each problem's k largest |f| of f(U V^T) (ties to the smaller flat index i * n + j) into
+// values and flat (batch, k): in flat order, or best first (ties in flat order) with
+// by_magnitude. Blocks of block_rows (1 to m) rows formed in `block` (block_rows x n) by the
+// tiled products (kernel_product_tiles), each block's top k merged with the running best. Returns
+// the NaN/inf count of the entries f was applied to (all of them; nothing selected once one is
+// seen). The caller's block: a fresh 64 MiB one for each call took longer than the selection
+// (its pages faulted in on every call).
+template <class T>
+int64_t kernel_topk_global_of_products(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m,
+                                       int64_t n, int64_t r, ops::KernelFunction f, int64_t k, int64_t block_rows,
+                                       T* block, bool by_magnitude, T* values, int64_t* flat);
 
 // order (n) = the positions of values (n) by descending |value|, ties and NaN (last) in position
 // order: a stable argsort of -|values| by radix sort (the global top-k's final order).
