@@ -309,6 +309,22 @@ def test_top_k_in_position_order(backend, dtype, rng, kernel, batch, k, block_ro
                                rtol=RTOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("batch", [None, 3])
+def test_global_top_k_overflow_counts_every_block(backend, dtype, rng, batch, product_path):
+    # exp overflows in the first block of rows and in the last problem's last one: the error counts
+    # every inf entry, not only those of the block where the first was seen (problems of more
+    # entries than the grouped small problems take: each one's blocks merged in turn).
+    m, n, r = 300, 230, 3
+    U, V = _gaussian(rng, batch, m, n, r, dtype)
+    U3, V3 = U.reshape(-1, m, r), V.reshape(-1, n, r)
+    U3[0, 1, 0] = U3[-1, m - 1, 0] = V3[0, 2, 0] = V3[-1, 5, 0] = 100.0
+    products = np.einsum("bir,bjr->bij", U3.astype(np.float64), V3.astype(np.float64))
+    overflowed = int(np.sum(products > np.log(np.finfo(dtype).max)))
+    assert overflowed >= 2
+    with pytest.raises(FloatingPointError, match=f"exponential kernel overflowed: {overflowed} entries"):
+        kernel_product(backend.put(U), backend.put(V), "exp", 10, top_k_mode="global", block_rows=64)
+
+
 @pytest.mark.parametrize("kernel", ["relu", "tanh"])
 @pytest.mark.parametrize("k", [1_000, 30_000, 80_000])
 def test_global_top_k_of_a_large_matrix(backend, dtype, rng, kernel, k, product_path):

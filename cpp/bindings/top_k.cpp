@@ -131,9 +131,40 @@ void kernel_topk_rows_of_products(const ArrayView& U, const ArrayView& V, int ke
   });
 }
 
+// Each problem's top-k entries by |f| of f(U V^T) into values and flat (batch, k) (flat index
+// i * n + j; flat order, or best first with by_magnitude), blocks of rows formed in `block`
+// (block_rows, n) a tile at a time by the host GEMM at `gemm`; nonfinite[0] += the NaN/inf count
+// (then nothing is selected: the caller raises).
+void kernel_topk_global_of_products(const ArrayView& U, const ArrayView& V, int kernel, const ArrayView& block,
+                                    bool by_magnitude, const ArrayView& values, const ArrayView& flat,
+                                    const ArrayView& nonfinite, uintptr_t gemm) {
+  const ops::KernelFunction f = kernel_function(kernel);
+  const auto [batch, m, n, r] = expect_tiled(U, V, nonfinite);
+  expect().shape(values, "values", {batch, -1});
+  const int64_t k = values.shape[1];
+  LRH_EXPECTS(k >= 1 && k <= m * n, "values: k = ", k, " must be in [1, m * n = ", m * n, "]");
+  expect().shape(block, "block", {-1, n});
+  const int64_t block_rows = block.shape[0];
+  LRH_EXPECTS(block_rows >= 1 && block_rows <= m, "block: ", block_rows, " rows, expected 1 to m = ", m);
+  expect().output(flat, "flat", DType::int64, {batch, k});
+  dispatch_float(U, "U", [&](auto t) {
+    using T = decltype(t);
+    expect().output(values, "values", dtype_of<T>(), {batch, k});
+    expect().output(block, "block", dtype_of<T>(), {block_rows, n});
+    const cpu::HostGemm<T> product = host_gemm<T>(gemm, {m, n, r});
+    py::gil_scoped_release release;
+    *nonfinite.data<int64_t>() += cpu::kernel_topk_global_of_products<T>(
+        product, U.data<T>(), V.data<T>(), batch, m, n, r, f, k, block_rows, block.data<T>(), by_magnitude,
+        values.data<T>(), flat.data<int64_t>());
+  });
+}
+
 }  // namespace
 
 void bind_top_k(py::module_& m) {
+  m.def("kernel_topk_global_of_products", &kernel_topk_global_of_products, py::arg("U"), py::arg("V"),
+        py::arg("kernel"), py::arg("block"), py::arg("by_magnitude"), py::arg("values"), py::arg("flat"),
+        py::arg("nonfinite"), py::arg("gemm"));
   m.def("kernel_product_tiles", &kernel_product_tiles, py::arg("U"), py::arg("V"), py::arg("kernel"), py::arg("out"),
         py::arg("nonfinite"), py::arg("gemm"));
   m.def("kernel_topk_rows_of_products", &kernel_topk_rows_of_products, py::arg("U"), py::arg("V"), py::arg("kernel"),

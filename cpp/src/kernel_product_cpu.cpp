@@ -578,7 +578,119 @@ int64_t kernel_topk_rows_of_products(HostGemm<T> gemm, const T* U, const T* V, i
   });
 }
 
+namespace {
+
+// Where a selection from `size` magnitudes reads the keys bounding its k-th: one position in each
+// of kSample equal stretches, at an offset from a Fibonacci hash of the stretch's number (as
+// lowrank_hpc.ops.kernel_product's _sample_positions; a plain stride dividing the row length
+// read a few columns only). None below 8 kSample magnitudes.
+constexpr int64_t kSample = 16384;
+
+std::vector<int64_t> sample_positions(int64_t size) {
+  if (size < 8 * kSample) return {};
+  const uint64_t step = static_cast<uint64_t>(size / kSample);
+  std::vector<int64_t> positions(static_cast<size_t>(kSample));
+  for (uint64_t s = 0; s < static_cast<uint64_t>(kSample); ++s)
+    positions[s] = static_cast<int64_t>(s * step + (((s + 1) * 0x9E3779B97F4A7C15ull) >> 32) % step);
+  return positions;
+}
+
+// The running best of a global top-k: at most k candidates (values and flat indices) in flat
+// order, to which each block offers its own best k.
+template <class T>
+class GlobalSelection {
+ public:
+  explicit GlobalSelection(int64_t k) : k_(k), positions_(static_cast<size_t>(k)) {
+    values_.reserve(static_cast<size_t>(2 * k));
+    flat_.reserve(static_cast<size_t>(2 * k));
+  }
+
+  void clear() {
+    values_.clear();
+    flat_.clear();
+  }
+
+  // The block `candidates` (size values, the first at flat index `first`) offers its best k.
+  void offer(const T* candidates, int64_t size, int64_t first) {
+    if (size <= k_) {
+      for (int64_t i = 0; i < size; ++i) keep(candidates[i], first + i);
+    } else {
+      const std::vector<int64_t>& sample = sample_for(size);
+      select_top_magnitudes<T>(candidates, size, k_, sample.data(), static_cast<int64_t>(sample.size()),
+                               positions_.data());
+      for (int64_t i = 0; i < k_; ++i) keep(candidates[positions_[i]], first + positions_[i]);
+    }
+    const int64_t held = static_cast<int64_t>(values_.size());
+    if (held <= k_) return;
+    // The earlier blocks' best come first: ties still go to the smaller flat index.
+    select_top_magnitudes<T>(values_.data(), held, k_, nullptr, 0, positions_.data());
+    for (int64_t i = 0; i < k_; ++i) {
+      values_[i] = values_[positions_[i]];
+      flat_[i] = flat_[positions_[i]];
+    }
+    values_.resize(static_cast<size_t>(k_));
+    flat_.resize(static_cast<size_t>(k_));
+  }
+
+  // The k kept into values and flat (k each), best first with by_magnitude.
+  void write(bool by_magnitude, T* values, int64_t* flat) {
+    if (!by_magnitude) {
+      std::copy(values_.begin(), values_.end(), values);
+      std::copy(flat_.begin(), flat_.end(), flat);
+      return;
+    }
+    order_by_magnitude<T>(values_.data(), k_, positions_.data());
+    for (int64_t i = 0; i < k_; ++i) {
+      values[i] = values_[positions_[i]];
+      flat[i] = flat_[positions_[i]];
+    }
+  }
+
+ private:
+  void keep(T value, int64_t flat) {
+    values_.push_back(value);
+    flat_.push_back(flat);
+  }
+  const std::vector<int64_t>& sample_for(int64_t size) {
+    if (size != sampled_size_) {
+      sample_ = sample_positions(size);
+      sampled_size_ = size;
+    }
+    return sample_;
+  }
+
+  int64_t k_;
+  std::vector<T> values_;
+  std::vector<int64_t> flat_;
+  std::vector<int64_t> positions_;
+  std::vector<int64_t> sample_;
+  int64_t sampled_size_ = -1;
+};
+
+}  // namespace
+
+template <class T>
+int64_t kernel_topk_global_of_products(HostGemm<T> gemm, const T* U, const T* V, int64_t batch, int64_t m,
+                                       int64_t n, int64_t r, ops::KernelFunction f, int64_t k, int64_t block_rows,
+                                       T* block, bool by_magnitude, T* values, int64_t* flat) {
+  GlobalSelection<T> selection(k);
+  int64_t bad = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    selection.clear();
+    for (int64_t first = 0; first < m; first += block_rows) {
+      const int64_t rows = std::min(block_rows, m - first);
+      bad += kernel_product_tiles<T>(gemm, U + (b * m + first) * r, V + b * n * r, 1, rows, n, r, f, block);
+      if (bad == 0) selection.offer(block, rows * n, first * n);  // NaN cannot be ranked: the caller raises
+    }
+    if (bad == 0) selection.write(by_magnitude, values + b * k, flat + b * k);
+  }
+  return bad;
+}
+
 #define LRH_INSTANTIATE(T)                                                                                          \
+  template int64_t kernel_topk_global_of_products<T>(HostGemm<T>, const T*, const T*, int64_t, int64_t, int64_t,     \
+                                                     int64_t, ops::KernelFunction, int64_t, int64_t, T*, bool, T*,   \
+                                                     int64_t*);                                                      \
   template int64_t kernel_product_tiles<T>(HostGemm<T>, const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
                                            ops::KernelFunction, T*);                                                 \
   template int64_t kernel_topk_rows_of_products<T>(HostGemm<T>, const T*, const T*, int64_t, int64_t, int64_t,       \

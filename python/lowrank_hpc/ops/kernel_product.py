@@ -172,17 +172,11 @@ class _Selection:
     def dense_blocks(self, b: int):
         """Yield (first row, block) of f(U V^T) for problem b, f applied in place (no selection)."""
         xp, m = self.call.xp, self.U3.shape[1]
-        V_b = np.ascontiguousarray(self.V3[b:b + 1]) if self.tile_gemm else None  # once, not per block
         for start in range(0, m, self.block_rows):
             stop = min(start + self.block_rows, m)
             block = self.buffer[:stop - start]
-            if self.tile_gemm:  # the block's row tiles formed and mapped in cache, no BLAS pool left spinning
-                _tiled_product(self.call, self.U3[b:b + 1, start:stop], V_b, self.code, block[None], self.nonfinite,
-                               self.tile_gemm)
-            else:
-                _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
-                self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite,
-                                     self.call.stream())
+            _gemm(xp, self.U3[b, start:stop], self.V3[b].T, out=block)
+            self.call.module.map(f"kernel_{KERNELS[self.code]}", block, block, [], self.nonfinite, self.call.stream())
             yield start, block
 
     def _select(self, block):
@@ -238,7 +232,24 @@ def _top_k_global_grouped(selection: _Selection, batch: int, n: int, problems_pe
     return values, flat // n, flat % n
 
 
+def _top_k_global_tiled(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
+    """The CPU module's global top-k over its tiled products: _top_k_global's loop, whole blocks
+    competing, in one call (each block of rows formed tile by tile in the selection's buffer, its
+    best k merged with the running best). With the tiled product (no BLAS pool spinning beside the
+    selection) whole blocks won every case measured against the rows' offers (float32; float64
+    lost 4-27% in 5 of 6). The same entries as the loop's, as fast (BENCHMARKS.md, session 35)."""
+    values = np.empty((batch, k), dtype=selection.U3.dtype)
+    flat = np.empty((batch, k), dtype=np.int64)
+    with single_threaded_blas():
+        selection.call.module.kernel_topk_global_of_products(
+            np.ascontiguousarray(selection.U3), np.ascontiguousarray(selection.V3), selection.code,
+            selection.buffer, by_magnitude, values, flat, selection.nonfinite, selection.tile_gemm)
+    return values, flat // n, flat % n
+
+
 def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
+    if selection.tile_gemm:
+        return _top_k_global_tiled(selection, batch, n, k, by_magnitude)
     # Any entry of the global top-k is in its row's top-min(k, n), and in its block's top-k, so
     # each block offers only those, merged with the running best k: memory O(block + k). On the
     # blocked path that paid only where the rows offer a small part of themselves (k <= n / 512:
@@ -252,10 +263,7 @@ def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitud
     xp = selection.call.xp
     values = xp.empty((batch, k), dtype=selection.U3.dtype)
     flat = xp.empty((batch, k), dtype=xp.int64)
-    # With the tiled product (no BLAS pool spinning beside the selection), whole blocks won every
-    # case measured, the rows' offers included (float32; float64 lost 4-27% in 5 of 6): the rule
-    # above is the blocked path's (device arrays, lowrank_hpc.torch's GEMM).
-    whole_rows = bool(selection.tile_gemm) or 512 * min(k, n) > n
+    whole_rows = 512 * min(k, n) > n
     for b in range(batch):
         best_values = best_flat = None
         if whole_rows:  # a block's flat indices are a range: only its first is passed
