@@ -295,3 +295,85 @@ def test_vmap_reads_shared_operands_in_place(monkeypatch):
     for function, args in cases:
         by_ffi, by_callback = both_paths(monkeypatch, function, *args)
         np.testing.assert_array_equal(by_ffi, by_callback)
+
+
+TOP_K_CASES = [("row", 4), ("global", 37)]
+
+
+@needs_ffi
+@pytest.mark.parametrize("mode, k", TOP_K_CASES)
+def test_xla_calls_the_top_k_handler_on_the_cpu(mode, k):
+    """float32/float64 top-k runs the CPU module's handler (no host callback); 16-bit factors the
+    callback (the handler takes what the host BLAS multiplies)."""
+    U, V = jnp.ones((6, 3)), jnp.ones((8, 3))
+    select = jax.jit(lambda U, V: lj.kernel_product(U, V, "tanh", k, top_k_mode=mode))
+    text = select.lower(U, V).as_text()
+    assert f"lowrank_hpc_top_k_{'rows' if mode == 'row' else 'global'}" in text and "callback" not in text
+    text = select.lower(U.astype(jnp.bfloat16), V.astype(jnp.bfloat16)).as_text()
+    assert "lowrank_hpc_top_k" not in text and "callback" in text
+
+
+@needs_ffi
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("kernel", ["identity", "relu", "exp", "tanh"])
+@pytest.mark.parametrize("mode, k", TOP_K_CASES + [("row", 150), ("global", 20_000)])
+@pytest.mark.parametrize("order", ["magnitude", "position"])
+def test_top_k_matches_callback_and_numpy(monkeypatch, dtype, kernel, mode, k, order):
+    """The handler's entries and values are the callback's bit for bit (both the tiled products
+    on one BLAS thread), and in float64 with few kept the entries are numpy's float64 ranking
+    (Gaussian factors: no two of the best within rounding; relu's exact zeros left to the
+    callback comparison)."""
+    rng = np.random.default_rng(k)
+    m, n, r = 190, 151, 7  # 190 rows: several tiles and, with block_rows, several blocks
+    U = jnp.asarray(rng.standard_normal((m, r)) * 0.3, dtype)
+    V = jnp.asarray(rng.standard_normal((n, r)) * 0.3, dtype)
+    select = lambda U, V: tuple(lj.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order))
+    by_ffi, by_callback = both_paths(monkeypatch, select, U, V)
+    for got, expected in zip(by_ffi, by_callback):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    if dtype != jnp.float64 or k > 40 or kernel == "relu":
+        return
+    K = np.asarray(U, np.float64) @ np.asarray(V, np.float64).T
+    K = {"identity": K, "relu": np.maximum(K, 0), "exp": np.exp(K), "tanh": np.tanh(K)}[kernel]
+    if mode == "row":
+        expected = np.argsort(-np.abs(K), axis=1, kind="stable")[:, :k]
+        got = np.asarray(by_ffi[1])
+        if order == "position":
+            expected = np.sort(expected, axis=1)
+        np.testing.assert_array_equal(got, expected)
+    else:
+        flat = np.argsort(-np.abs(K).reshape(-1), kind="stable")[:k]
+        got = np.asarray(by_ffi[1]).astype(np.int64) * n + np.asarray(by_ffi[2])
+        np.testing.assert_array_equal(got, flat if order == "magnitude" else np.sort(flat))
+
+
+@needs_ffi
+@pytest.mark.parametrize("mode", ["row", "global"])
+def test_top_k_overflow_through_the_handler(monkeypatch, mode):
+    """exp overflowing float32 is ops.kernel_product's FloatingPointError text, its count filled
+    in, in XLA's error: the same as the callback's."""
+    rng = np.random.default_rng(5)
+    U = jnp.asarray(rng.standard_normal((50, 4)), jnp.float32).at[3, 0].set(100.0)
+    V = jnp.asarray(rng.standard_normal((40, 4)), jnp.float32).at[2, 0].set(100.0)
+    overflowed = int(np.sum(np.asarray(U, np.float64) @ np.asarray(V, np.float64).T > np.log(np.finfo(np.float32).max)))
+    message = rf"kernel_product: exponential kernel overflowed: {overflowed} entries of exp\(U V\^T\) are inf in float32"
+    for ffi in (True, False):
+        monkeypatch.setattr(lj, "_FFI", ffi)
+        with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+            jax.block_until_ready(jax.jit(lambda U, V: lj.kernel_product(U, V, "exp", 3, top_k_mode=mode))(U, V))
+
+
+@needs_ffi
+@pytest.mark.parametrize("mode, k", TOP_K_CASES)
+def test_top_k_handler_without_blas_thread_controls(monkeypatch, mode, k):
+    """Where threadpoolctl finds no OpenBLAS the handler gets no thread controls and still runs
+    (exact GEMMs here: half-integer factors, the same entries whatever the BLAS threads do)."""
+    monkeypatch.setattr(lj._backend, "openblas_thread_controls", lambda: ())
+    rng = np.random.default_rng(6)
+    U = jnp.asarray(rng.integers(-3, 4, (30, 3)) * 0.5, jnp.float64)
+    V = jnp.asarray(rng.integers(-3, 4, (20, 3)) * 0.5, jnp.float64)
+    select = lambda U, V: tuple(lj.kernel_product(U, V, "tanh", k, top_k_mode=mode))
+    by_ffi, by_callback = both_paths(monkeypatch, select, U, V)
+    for got, expected in zip(by_ffi, by_callback):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

@@ -127,7 +127,8 @@ def test_dense_kernel_product_is_one_xla_computation_and_propagates_nan():
                                rtol=1e-14)
     sampled = np.asarray(lj.sampled_product(U, V, rows, cols))
     np.testing.assert_array_equal(np.isnan(sampled), np.asarray(rows) == 1)
-    with pytest.raises((FloatingPointError, jax.errors.JaxRuntimeError), match="NaN/inf"):
+    # (eagerly, the FFI handler's error may come as the ValueError jax makes of it: lowrank_hpc.jax's docstring)
+    with pytest.raises((FloatingPointError, jax.errors.JaxRuntimeError, ValueError), match="NaN/inf"):
         jax.block_until_ready(lj.kernel_product(U, V, "tanh", 2))
     # f overflowing the format is inf, as jnp.exp gives (float16: exp(x) > 65504 from x = 11.1)
     ones = jnp.ones((2, 1), jnp.float16)

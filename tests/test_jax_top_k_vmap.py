@@ -1,6 +1,7 @@
-"""lowrank_hpc.jax's top-k under vmap: every element in one host call (the callback's
-"expand_dims" method), equal to the elements' own calls, for every mix of batched and shared
-factors, both modes and orders, nested vmap and per-element gradients. Skipped without jax."""
+"""lowrank_hpc.jax's top-k under vmap, by its XLA FFI handlers and by the host callback: every
+element in one call (the "expand_dims" method), equal to the elements' own calls, for every mix
+of batched and shared factors, both modes and orders, nested vmap and per-element gradients.
+Skipped without jax."""
 from __future__ import annotations
 
 import itertools
@@ -17,6 +18,16 @@ import lowrank_hpc.jax as lj  # noqa: E402
 from lowrank_hpc import ops  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("jax_x64")
+
+
+@pytest.fixture(autouse=True, params=["ffi", "callback"])
+def path(request, monkeypatch):
+    """Each test on both paths: the CPU module's top-k handlers (float32/float64 on XLA's CPU), and
+    the host callback around lowrank_hpc.ops that other dtypes and devices take."""
+    if request.param == "ffi" and not lj._FFI:
+        pytest.skip("this build has no JAX FFI handlers")
+    monkeypatch.setattr(lj, "_FFI", lj._FFI and request.param == "ffi")
+    return request.param
 
 MODES = (("row", 3), ("global", 7))
 
@@ -54,9 +65,11 @@ def test_vmap_equals_each_elements_own_call(mode, k, order, axes):
                                        rtol=1e-14)
 
 
-def test_vmap_is_one_host_call(monkeypatch):
+def test_vmap_is_one_host_call(monkeypatch, path):
     """The fallback ran one callback per element; removing vmap_method="expand_dims" fails this.
     Inside it one ops call, a small shared U broadcast (ops' rule; a large one: the test below)."""
+    if path == "ffi":
+        pytest.skip("counts the callback's calls into lowrank_hpc.ops")
     calls = []
     real = ops.kernel_product
 

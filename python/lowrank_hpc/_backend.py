@@ -408,6 +408,26 @@ def tile_gemm_address(dtype: Any) -> int:
     return capsule_gemm_address(capsule)
 
 
+@functools.lru_cache(maxsize=1)
+def openblas_thread_controls() -> tuple[int, ...]:
+    """The addresses of ``openblas_set_num_threads`` and ``openblas_get_num_threads`` (each
+    library's prefixed names) of every OpenBLAS threadpoolctl finds in the process, in pairs
+    (set, get): code running without the GIL (lowrank_hpc.jax's top-k handlers) sets them to one
+    thread around its tiles and back after, as :func:`single_threaded_blas` does for the same
+    numbers. Empty where threadpoolctl finds none (another BLAS: the handlers then leave its
+    threads as they are)."""
+    import ctypes
+
+    addresses: list[int] = []
+    for controller in _blas_controller().select(internal_api="openblas").lib_controllers:
+        get_symbol = getattr(controller, "_get_symbol", None)  # threadpoolctl >= 3.2
+        functions = [get_symbol(name) if get_symbol else None
+                     for name in ("openblas_set_num_threads", "openblas_get_num_threads")]
+        if all(f is not None for f in functions):
+            addresses += [ctypes.cast(f, ctypes.c_void_p).value or 0 for f in functions]
+    return tuple(addresses)
+
+
 def capsule_gemm_address(capsule: Any) -> int:
     """The function address in a Cython capsule whose declared signature (its name) is a GEMM's
     with 32-bit integers (transa, transb, then m, n, k as ``int *``); 0 for any other capsule."""

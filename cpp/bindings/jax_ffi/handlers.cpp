@@ -9,15 +9,22 @@
 // error lowrank_hpc.ops raises (on a GPU that needs the status words: a wait for the stream or two).
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#ifndef LRH_BACKEND_CUDA
+#include <sys/mman.h>
+#endif
 
 #include "../common/backend.hpp"
 #ifdef LRH_BACKEND_CUDA
@@ -98,8 +105,8 @@ class Workspace {
     if (!allocated.has_value() || *allocated == nullptr) throw std::bad_alloc();
     void* data = *allocated;
 #else
-    host_.emplace_back(new unsigned char[bytes]);  // throws std::bad_alloc
-    void* data = host_.back().get();
+    void* data = host_allocate(bytes);
+    host_.emplace_back(data);
 #endif
     if (cursor_ < blocks_.size())
       blocks_[cursor_] = {data, bytes};  // a larger request than last time (the smaller block stays owned)
@@ -177,7 +184,25 @@ class Workspace {
 #ifdef LRH_BACKEND_CUDA
   int previous_device_ = 0;
 #else
-  std::vector<std::unique_ptr<unsigned char[]>> host_;
+  // Blocks of 4 MiB or more on whole 2 MiB pages, advised to be huge ones as numpy's arrays
+  // are: their first touch (top-k's 64 MiB block, every call) took 60 ms in 4 KiB pages on a
+  // 2-core VM, 11 ms in huge ones.
+  static void* host_allocate(size_t bytes) {
+    constexpr size_t kHugePage = size_t(2) << 20;
+    void* data = nullptr;
+    if (bytes >= 2 * kHugePage) {
+      data = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
+      if (data != nullptr) madvise(data, bytes, MADV_HUGEPAGE);  // a hint: refused, the pages stay small
+    } else {
+      data = std::malloc(bytes);
+    }
+    if (data == nullptr) throw std::bad_alloc();
+    return data;
+  }
+  struct Free {
+    void operator()(void* data) const { std::free(data); }
+  };
+  std::vector<std::unique_ptr<void, Free>> host_;
 #endif
 };
 
@@ -523,6 +548,160 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 #define LRH_FFI_PLACEMENT
 #define LRH_FFI_SAMPLED sampled_product_on_host
 #define LRH_FFI_SPMM sparse_times_dense_on_host
+
+// The top-k of kernel_product on the host: f(U V^T) for U (..., m, r), V (..., n, r) of float32
+// or float64, its row tiles formed by the host GEMM at `gemm` (lowrank_hpc._backend's
+// tile_gemm_address) in each OpenMP thread; leading dimensions are vmap's (Stacking). One kernel
+// call where both factors are stacked (the elements as the kernels' batch), else one per element
+// on its factors in place. int32 indices (JAX without x64 has none wider; m * n < 2^31, checked
+// by lowrank_hpc.jax). NaN/inf among the f values: the error `overflow` with its "{count}" filled
+// in (ops.kernel_product's FloatingPointError text, written there once).
+struct TopKCall {
+  ops::KernelFunction f;
+  std::string_view overflow;
+};
+
+// One BLAS thread while it lives, each OpenBLAS's count put back after: `controls` holds the
+// addresses of (openblas_set_num_threads, openblas_get_num_threads) pairs
+// (lowrank_hpc._backend.openblas_thread_controls), the scope lowrank_hpc.ops opens around the
+// same tiles (single_threaded_blas): the BLAS's own threads split a tile's GEMM otherwise, in
+// numbers an ulp from ops' (and beside the OpenMP threads that call it).
+class SingleThreadedBlas {
+ public:
+  explicit SingleThreadedBlas(ffi::Span<const int64_t> controls) {
+    for (size_t i = 0; i + 1 < controls.size(); i += 2) {
+      const auto set = reinterpret_cast<void (*)(int)>(static_cast<uintptr_t>(controls[i]));
+      const auto get = reinterpret_cast<int (*)()>(static_cast<uintptr_t>(controls[i + 1]));
+      restore_.push_back({set, get()});
+      set(1);
+    }
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+  ~SingleThreadedBlas() {
+    for (const auto& [set, threads] : restore_) set(threads);
+  }
+
+ private:
+  std::vector<std::pair<void (*)(int), int>> restore_;
+};
+
+template <class Body>
+ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stacking, int64_t kernel, int64_t gemm,
+                 Body&& body) {
+  if (kernel < 0 || kernel > static_cast<int64_t>(ops::KernelFunction::piecewise_linear))
+    return ffi::Error::InvalidArgument(std::string(function) + ": unknown kernel function code " +
+                                       std::to_string(kernel));
+  if (gemm == 0) return ffi::Error::InvalidArgument(std::string(function) + ": no host GEMM address");
+  if (stacking.elements() == 0) return ffi::Error::Success();
+  return guarded(function, Placement{}, [&](Workspace& workspace) -> ffi::Error {
+    switch (U.element_type()) {
+      case ffi::DataType::F32: return body(workspace, float{});
+      case ffi::DataType::F64: return body(workspace, double{});
+      default: return ffi::Error::InvalidArgument(std::string(function) + ": U must be float32 or float64");
+    }
+  });
+}
+
+ffi::Error overflowed(const TopKCall& call, int64_t count) {
+  std::string message(call.overflow);
+  const std::string marker = "{count}";
+  const size_t at = message.find(marker);
+  if (at != std::string::npos) message.replace(at, marker.size(), std::to_string(count));
+  return ffi::Error::InvalidArgument(message);
+}
+
+// values, indices (..., m, k): each row's k largest |f| (ties to the smaller column), best first
+// or by ascending column.
+ffi::Error top_k_rows_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ffi::AnyBuffer> values,
+                              ffi::Result<ffi::AnyBuffer> indices, int64_t kernel, bool by_magnitude, int64_t gemm,
+                              ffi::Span<const int64_t> blas_threads, std::string_view overflow) {
+  const Stacking stacking(*values, 2);
+  const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
+  const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
+  return top_k("kernel_product", U, stacking, kernel, gemm, [&](Workspace& workspace, auto t) -> ffi::Error {
+    using T = decltype(t);
+    const TopKCall call{static_cast<ops::KernelFunction>(kernel), overflow};
+    const auto product = reinterpret_cast<cpu::HostGemm<T>>(static_cast<uintptr_t>(gemm));
+    const T* U0 = U.reinterpret_data<T>();
+    const T* V0 = V.reinterpret_data<T>();
+    T* values0 = values->reinterpret_data<T>();
+    int64_t* selected = workspace.allocate<int64_t>(elements * m * k);
+    int64_t bad = 0;
+    const SingleThreadedBlas single_threaded(blas_threads);
+    if (stacking.stacked(U) && stacking.stacked(V)) {
+      bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, values0, selected);
+    } else if (stacking.stacked(U) && stacking.shared(V)) {  // the elements' rows are one matrix's rows
+      bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, 1, elements * m, n, r, call.f, k, values0, selected);
+    } else {
+      for (int64_t e = 0; e < elements && bad == 0; ++e)  // the first element that overflows: its count
+        bad = cpu::kernel_topk_rows_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
+                                                   V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
+                                                   values0 + e * m * k, selected + e * m * k);
+    }
+    if (bad > 0) return overflowed(call, bad);
+    int32_t* indices0 = indices->reinterpret_data<int32_t>();
+    std::vector<int64_t> order(static_cast<size_t>(k));
+    std::vector<T> row_values(static_cast<size_t>(k));
+    for (int64_t row = 0; row < elements * m; ++row) {
+      T* row_values_out = values0 + row * k;
+      const int64_t* row_selected = selected + row * k;
+      if (!by_magnitude) {  // by ascending column (distinct within a row: no tie to break)
+        for (int64_t i = 0; i < k; ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return row_selected[a] < row_selected[b]; });
+        std::copy(row_values_out, row_values_out + k, row_values.begin());
+        for (int64_t i = 0; i < k; ++i) {
+          row_values_out[i] = row_values[order[i]];
+          indices0[row * k + i] = static_cast<int32_t>(row_selected[order[i]]);
+        }
+      } else {
+        for (int64_t i = 0; i < k; ++i) indices0[row * k + i] = static_cast<int32_t>(row_selected[i]);
+      }
+    }
+    return ffi::Error::Success();
+  });
+}
+
+// values, rows, cols (..., k): each element's k largest |f| over all of f(U V^T) (ties to the
+// smaller flat index), best first or in row-major order, in blocks of block_rows rows.
+ffi::Error top_k_global_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ffi::AnyBuffer> values,
+                                ffi::Result<ffi::AnyBuffer> rows, ffi::Result<ffi::AnyBuffer> cols, int64_t kernel,
+                                bool by_magnitude, int64_t block_rows, int64_t gemm,
+                                ffi::Span<const int64_t> blas_threads, std::string_view overflow) {
+  const Stacking stacking(*values, 1);
+  const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
+  const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
+  block_rows = std::clamp<int64_t>(block_rows, 1, std::max<int64_t>(m, 1));
+  return top_k("kernel_product", U, stacking, kernel, gemm, [&](Workspace& workspace, auto t) -> ffi::Error {
+    using T = decltype(t);
+    const TopKCall call{static_cast<ops::KernelFunction>(kernel), overflow};
+    const auto product = reinterpret_cast<cpu::HostGemm<T>>(static_cast<uintptr_t>(gemm));
+    const T* U0 = U.reinterpret_data<T>();
+    const T* V0 = V.reinterpret_data<T>();
+    T* values0 = values->reinterpret_data<T>();
+    T* block = workspace.allocate<T>(block_rows * n);
+    int64_t* flat = workspace.allocate<int64_t>(elements * k);
+    int64_t bad = 0;
+    const SingleThreadedBlas single_threaded(blas_threads);
+    if (stacking.stacked(U) && stacking.stacked(V)) {
+      bad = cpu::kernel_topk_global_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, block_rows, block,
+                                                   by_magnitude, values0, flat);
+    } else {
+      for (int64_t e = 0; e < elements && bad == 0; ++e)  // the first element that overflows: its count
+        bad = cpu::kernel_topk_global_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
+                                                      V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
+                                                      block_rows, block, by_magnitude, values0 + e * k, flat + e * k);
+    }
+    if (bad > 0) return overflowed(call, bad);
+    int32_t* rows0 = rows->reinterpret_data<int32_t>();
+    int32_t* cols0 = cols->reinterpret_data<int32_t>();
+    for (int64_t i = 0; i < elements * k; ++i) {
+      rows0[i] = static_cast<int32_t>(flat[i] / n);
+      cols0[i] = static_cast<int32_t>(flat[i] % n);
+    }
+    return ffi::Error::Success();
+  });
+}
 #endif
 
 }  // namespace
@@ -534,12 +713,42 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 
 XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED, LRH_FFI_BINDING("row_order"));
 XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM, LRH_FFI_BINDING("transpose"));
+#ifndef LRH_BACKEND_CUDA
+XLA_FFI_DEFINE_HANDLER(top_k_rows_handler, top_k_rows_on_host,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<int64_t>("kernel")
+                           .Attr<bool>("by_magnitude")
+                           .Attr<int64_t>("gemm")
+                           .Attr<ffi::Span<const int64_t>>("blas_threads")
+                           .Attr<std::string_view>("overflow"));
+XLA_FFI_DEFINE_HANDLER(top_k_global_handler, top_k_global_on_host,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<int64_t>("kernel")
+                           .Attr<bool>("by_magnitude")
+                           .Attr<int64_t>("block_rows")
+                           .Attr<int64_t>("gemm")
+                           .Attr<ffi::Span<const int64_t>>("blas_threads")
+                           .Attr<std::string_view>("overflow"));
+#endif
 
 void bind_jax_ffi(py::module_& m) {
   m.def("jax_ffi_handlers", [] {
     py::dict handlers;
     handlers["sampled_product"] = py::capsule(reinterpret_cast<void*>(sampled_product_handler));
     handlers["sparse_times_dense"] = py::capsule(reinterpret_cast<void*>(sparse_times_dense_handler));
+#ifndef LRH_BACKEND_CUDA
+    handlers["top_k_rows"] = py::capsule(reinterpret_cast<void*>(top_k_rows_handler));
+    handlers["top_k_global"] = py::capsule(reinterpret_cast<void*>(top_k_global_handler));
+#endif
     return handlers;
   }, "XLA FFI handlers (PyCapsules) of this module's sparse products, for jax.ffi.register_ffi_target on this "
      "module's platform");

@@ -5,10 +5,19 @@ rest of lowrank_hpc never does. The sparse products run the core's kernels as XL
 called by XLA on its own buffers, where this build has them (``lowrank_hpc.info()["jax_ffi"]``:
 built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the
 CPU, the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (a wait
-for the stream or two a call, to read the kernels' out-of-range words). Otherwise, and for
-top-k, they go through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU
+for the stream or two a call, to read the kernels' out-of-range words). ``kernel_product``'s
+top-k has CPU handlers too, for float32/float64 factors where SciPy's BLAS GEMM is found: the
+row tiles of U V^T formed by that GEMM in each OpenMP thread, as lowrank_hpc.ops forms them,
+with every OpenBLAS threadpoolctl finds set to one thread while they run and put back after
+(the process-wide setting lowrank_hpc.ops' single_threaded_blas scope changes: such a scope
+opened in another thread while a handler runs finds 1 and puts 1 back, leaving OpenBLAS on one
+thread). Otherwise
+they go through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU
 kernels as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6
-entries on the CPU). Both work under ``jit`` and ``vmap`` and give the same values; under
+entries on the CPU). Both work under ``jit`` and ``vmap`` and give the same values (except
+top-k where lowrank_hpc.ops forms U V^T by numpy's threaded GEMM instead of its tiles, for
+problems of fewer than 8 rows an OpenMP thread: there the last bit may differ, 1 of 120 small
+random problems measured, and entries tied within it may swap); under
 ``vmap`` a handler takes the vmapped elements in one call (operands vmap does not batch are read
 in place), the sparse products' callback one element at a time, top-k's callback all of them in
 one host call. The dense products are XLA's alone:
@@ -30,7 +39,7 @@ usually too (jax runs even eager calls through XLA; a repeated eager call may su
 handler's ValueError itself).
 
 Not done: the CUDA handlers are compiled but have not run on a GPU yet (tests/test_jax_ffi.py's
-gpu test runs them where the machine's jax has a GPU backend); top-k has no handler (a GPU
+gpu test runs them where the machine's jax has a GPU backend); top-k has no GPU handler (a GPU
 array goes through the host callback; the dense products are XLA's on any device); and
 forward-mode derivatives (``custom_vjp`` defines reverse mode only).
 """
@@ -45,7 +54,7 @@ import numpy as np
 
 from .. import _backend, _checks, ops
 from ..ops import GlobalTopK, TopK, _factors
-from ..ops.kernel_product import TOP_K_MODES, TOP_K_ORDERS
+from ..ops.kernel_product import KERNELS, TOP_K_MODES, TOP_K_ORDERS, default_block_rows, overflow_message
 from ..ops.sampled_product import long_factor_rows
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
@@ -306,8 +315,23 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
         shapes = (jax.ShapeDtypeStruct((k,), U.dtype), jax.ShapeDtypeStruct((k,), jnp.int32),
                   jax.ShapeDtypeStruct((k,), jnp.int32))
     # vmap: every element in one host call (a call per element cost about 0.2 ms each).
-    return _callback(functools.partial(_top_k_host, kernel=kernel, k=k, mode=mode, order=order), shapes, U, V,
-                     vmap_method="expand_dims")
+    def callback(U, V):
+        return _callback(functools.partial(_top_k_host, kernel=kernel, k=k, mode=mode, order=order), shapes, U, V,
+                         vmap_method="expand_dims")
+
+    gemm = _backend.tile_gemm_address(U.dtype) if U.dtype in (jnp.float32, jnp.float64) else 0
+    if not _FFI or not gemm or "cpu" not in _FFI_PLATFORMS:
+        return callback(U, V)
+    code = KERNELS.index(kernel)
+    attributes = dict(kernel=code, by_magnitude=order == "magnitude", gemm=gemm,
+                      blas_threads=np.array(_backend.openblas_thread_controls(), dtype=np.int64),
+                      overflow=overflow_message("kernel_product", code, "{count}", np.dtype(U.dtype)))
+    if mode == "global":  # ops.kernel_product's blocks of rows
+        attributes["block_rows"] = min(U.shape[0], default_block_rows(V.shape[0], np.dtype(U.dtype).itemsize))
+    # The CPU module's handler on XLA's CPU (the elements of a vmap in one call); elsewhere the callback.
+    ffi = jax.ffi.ffi_call(f"lowrank_hpc_top_k_{'rows' if mode == 'row' else 'global'}", shapes,
+                           vmap_method="expand_dims")
+    return jax.lax.platform_dependent(U, V, default=callback, cpu=lambda U, V: ffi(U, V, **attributes))
 
 
 def _broadcast_is_small(U: np.ndarray, V: np.ndarray, lead: tuple) -> bool:

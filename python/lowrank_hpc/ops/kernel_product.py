@@ -8,7 +8,7 @@ top-k selection so that mode never forms the dense m x n matrix.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -63,18 +63,28 @@ def _finfo_max(dtype) -> float:
     return float(np.finfo(dtype).max)
 
 
-def _raise_overflow(call: Call, code: int, bad: int, dtype: Any = None) -> None:
-    dtype = call.float_dtype if dtype is None else dtype
-    on_K = call.function == "apply_kernel"  # given K itself: its words, not U and V it never saw
+def default_block_rows(n: int, itemsize: int) -> int:
+    """Rows of U V^T a top-k forms at a time unless told: a block of at most _BLOCK_BYTES."""
+    return max(1, _BLOCK_BYTES // (n * itemsize))
+
+
+def overflow_message(function: str, code: int, bad: Union[int, str], dtype: Any) -> str:
+    """The FloatingPointError text for ``bad`` NaN/inf values of kernel ``code`` (a KERNELS index)
+    in ``dtype`` (lowrank_hpc.jax's top-k handlers fill in a count given here as "{count}")."""
+    on_K = function == "apply_kernel"  # given K itself: its words, not U and V it never saw
     x, above, scale = ("K", "entries of K", "K") if on_K else ("U V^T", "inner products", "U or V")
     fix = f"scale {scale} down" + ("" if np.dtype(dtype) == np.float64 else " or use float64")
     if KERNELS[code] == "exponential":
         limit = float(np.log(_finfo_max(dtype)))
-        raise FloatingPointError(f"{call.function}: exponential kernel overflowed: {bad} entries of exp({x}) are inf "
-                                 f"in {dtype} ({above} above {limit:.1f}); {fix}")
+        return (f"{function}: exponential kernel overflowed: {bad} entries of exp({x}) are inf in {dtype} ({above} "
+                f"above {limit:.1f}); {fix}")
     product, f = ("f(K)", KERNELS[code]) if on_K else ("U @ V^T", "f")
-    raise FloatingPointError(f"{call.function}: {product} overflowed: {bad} entries of {f}({x}) are NaN/inf in {dtype}; "
-                             f"{fix}" + ("" if on_K else " (with check_finite=False, NaN/inf in U or V also end up here)"))
+    return (f"{function}: {product} overflowed: {bad} entries of {f}({x}) are NaN/inf in {dtype}; {fix}"
+            + ("" if on_K else " (with check_finite=False, NaN/inf in U or V also end up here)"))
+
+
+def _raise_overflow(call: Call, code: int, bad: int, dtype: Any = None) -> None:
+    raise FloatingPointError(overflow_message(call.function, code, bad, call.float_dtype if dtype is None else dtype))
 
 
 def _gemm(xp, a, b, out=None):
@@ -499,7 +509,7 @@ def kernel_product(U: Any, V: Any, kernel: str = "identity", top_k: Optional[int
         bound = f"n = {n}" if top_k_mode == "row" else f"m * n = {m} * {n} = {m * n}"
         raise ValueError(f"kernel_product: top_k must satisfy 1 <= top_k <= {bound} in {top_k_mode} mode, got {top_k}")
     if block_rows is None:
-        block_rows = max(1, _BLOCK_BYTES // (n * U3.dtype.itemsize))
+        block_rows = default_block_rows(n, U3.dtype.itemsize)
     # Problems smaller than a block share one (a GEMM and a selection for many of them, where
     # 1,000 problems of 30 x 30 made 1,000 of each): in row mode, and in global mode for a batch
     # of small problems (each one's whole m x n a row of the block).
