@@ -4,6 +4,8 @@ order and index dtype, the same errors for out-of-range indices, under jit, vmap
 Skipped without jax; the handler tests where this build has none (``info()["jax_ffi"]``)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -324,7 +326,9 @@ def test_top_k_matches_callback_and_numpy(monkeypatch, dtype, kernel, mode, k, o
     (Gaussian factors: no two of the best within rounding; relu's exact zeros left to the
     callback comparison)."""
     rng = np.random.default_rng(k)
-    m, n, r = 190, 151, 7  # 190 rows: several tiles and, with block_rows, several blocks
+    # Several tiles and blocks, and rows enough that ops takes its tiles (8 an OpenMP thread) on
+    # any machine: its numpy GEMM for fewer may differ in the last bit (the module's docstring).
+    m, n, r = max(190, 8 * (os.cpu_count() or 1) + 3), 151, 7
     U = jnp.asarray(rng.standard_normal((m, r)) * 0.3, dtype)
     V = jnp.asarray(rng.standard_normal((n, r)) * 0.3, dtype)
     select = lambda U, V: tuple(lj.kernel_product(U, V, kernel, k, top_k_mode=mode, top_k_order=order))
@@ -364,16 +368,50 @@ def test_top_k_overflow_through_the_handler(monkeypatch, mode):
             jax.block_until_ready(jax.jit(lambda U, V: lj.kernel_product(U, V, "exp", 3, top_k_mode=mode))(U, V))
 
 
+@pytest.fixture
+def top_k_configuration():
+    """The CPU module's top-k configuration, put back as lowrank_hpc.jax set it after the test."""
+    module = lowrank_hpc._backend.cpu_kernels()
+    yield module
+    module.jax_ffi_configure_top_k(lowrank_hpc._backend.tile_gemm_address(np.float32),
+                                   lowrank_hpc._backend.tile_gemm_address(np.float64),
+                                   list(lowrank_hpc._backend.openblas_thread_controls()))
+
+
 @needs_ffi
 @pytest.mark.parametrize("mode, k", TOP_K_CASES)
-def test_top_k_handler_without_blas_thread_controls(monkeypatch, mode, k):
+def test_top_k_handler_without_blas_thread_controls_or_gemm(monkeypatch, top_k_configuration, mode, k):
     """Where threadpoolctl finds no OpenBLAS the handler gets no thread controls and still runs
-    (exact GEMMs here: half-integer factors, the same entries whatever the BLAS threads do)."""
-    monkeypatch.setattr(lj._backend, "openblas_thread_controls", lambda: ())
+    (exact GEMMs here: half-integer factors, the same entries whatever the BLAS threads do);
+    without a GEMM it refuses with a message, never a call through a null address."""
     rng = np.random.default_rng(6)
     U = jnp.asarray(rng.integers(-3, 4, (30, 3)) * 0.5, jnp.float64)
     V = jnp.asarray(rng.integers(-3, 4, (20, 3)) * 0.5, jnp.float64)
     select = lambda U, V: tuple(lj.kernel_product(U, V, "tanh", k, top_k_mode=mode))
+    top_k_configuration.jax_ffi_configure_top_k(lowrank_hpc._backend.tile_gemm_address(np.float32),
+                                                lowrank_hpc._backend.tile_gemm_address(np.float64), [])
     by_ffi, by_callback = both_paths(monkeypatch, select, U, V)
     for got, expected in zip(by_ffi, by_callback):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    top_k_configuration.jax_ffi_configure_top_k(0, 0, [])
+    with pytest.raises(jax.errors.JaxRuntimeError, match="kernel_product: no host GEMM"):
+        jax.block_until_ready(jax.jit(lambda U, V: select(U, V))(U, V))
+
+
+@needs_ffi
+def test_top_k_handlers_put_the_blas_threads_back():
+    """OpenBLAS runs on one thread inside the handlers (as in ops' scope) and on as many as before
+    once they end, after a single call and after a vmap of many."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()
+              if info["user_api"] == "blas"]
+    rng = np.random.default_rng(7)
+    U = jnp.asarray(rng.standard_normal((4, 60, 5)), jnp.float32)
+    V = jnp.asarray(rng.standard_normal((4, 50, 5)), jnp.float32)
+    for mode, k in TOP_K_CASES:
+        jax.block_until_ready(jax.jit(lambda U, V: lj.kernel_product(U, V, "tanh", k, top_k_mode=mode))(U[0], V[0]))
+        jax.block_until_ready(jax.jit(jax.vmap(lambda U, V: lj.kernel_product(U, V, "tanh", k, top_k_mode=mode),
+                                               in_axes=(0, None)))(U, V[0]))
+    after = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()
+             if info["user_api"] == "blas"]
+    assert after == before

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 #include <omp.h>
 #include <type_traits>
@@ -610,20 +611,19 @@ class GlobalSelection {
     flat_.clear();
   }
 
-  // The block `candidates` (size values, the first at flat index `first`) offers its best k.
+  // The block `candidates` (size values, the first at flat index `first`; no NaN: the caller
+  // stops selecting at the first NaN/inf) offers its best k.
   void offer(const T* candidates, int64_t size, int64_t first) {
     if (size <= k_) {
       for (int64_t i = 0; i < size; ++i) keep(candidates[i], first + i);
     } else {
-      const std::vector<int64_t>& sample = sample_for(size);
-      select_top_magnitudes<T>(candidates, size, k_, sample.data(), static_cast<int64_t>(sample.size()),
-                               positions_.data());
+      select(candidates, size, block_sample_);
       for (int64_t i = 0; i < k_; ++i) keep(candidates[positions_[i]], first + positions_[i]);
     }
     const int64_t held = static_cast<int64_t>(values_.size());
     if (held <= k_) return;
     // The earlier blocks' best come first: ties still go to the smaller flat index.
-    select_top_magnitudes<T>(values_.data(), held, k_, nullptr, 0, positions_.data());
+    select(values_.data(), held, merge_sample_);
     for (int64_t i = 0; i < k_; ++i) {
       values_[i] = values_[positions_[i]];
       flat_[i] = flat_[positions_[i]];
@@ -647,24 +647,30 @@ class GlobalSelection {
   }
 
  private:
+  // A sample of positions for selections from one size (a block's, or the merge's k to 2k).
+  struct Sample {
+    int64_t size = -1;
+    std::vector<int64_t> positions;
+  };
+
   void keep(T value, int64_t flat) {
     values_.push_back(value);
     flat_.push_back(flat);
   }
-  const std::vector<int64_t>& sample_for(int64_t size) {
-    if (size != sampled_size_) {
-      sample_ = sample_positions(size);
-      sampled_size_ = size;
-    }
-    return sample_;
+
+  // positions_ = the k best of values (size of them), ascending.
+  void select(const T* values, int64_t size, Sample& sample) {
+    if (sample.size != size) sample = {size, sample_positions(size)};
+    const int64_t kept = select_top_magnitudes<T>(values, size, k_, sample.positions.data(),
+                                                  static_cast<int64_t>(sample.positions.size()), positions_.data());
+    if (kept != k_) throw std::logic_error("global top-k: a NaN reached the selection");  // the caller's count missed it
   }
 
   int64_t k_;
   std::vector<T> values_;
   std::vector<int64_t> flat_;
   std::vector<int64_t> positions_;
-  std::vector<int64_t> sample_;
-  int64_t sampled_size_ = -1;
+  Sample block_sample_, merge_sample_;
 };
 
 }  // namespace

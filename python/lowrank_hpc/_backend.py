@@ -415,11 +415,15 @@ def openblas_thread_controls() -> tuple[int, ...]:
     (set, get): code running without the GIL (lowrank_hpc.jax's top-k handlers) sets them to one
     thread around its tiles and back after, as :func:`single_threaded_blas` does for the same
     numbers. Empty where threadpoolctl finds none (another BLAS: the handlers then leave its
-    threads as they are)."""
+    threads as they are). An OpenBLAS on OpenMP threads is left out: its count is the calling
+    thread's OpenMP one (1 would leave the handler's own loop one thread), and called inside an
+    OpenMP parallel region it runs on one thread anyway."""
     import ctypes
 
     addresses: list[int] = []
     for controller in _blas_controller().select(internal_api="openblas").lib_controllers:
+        if getattr(controller, "threading_layer", None) == "openmp":
+            continue
         get_symbol = getattr(controller, "_get_symbol", None)  # threadpoolctl >= 3.2
         functions = [get_symbol(name) if get_symbol else None
                      for name in ("openblas_set_num_threads", "openblas_get_num_threads")]

@@ -3,7 +3,8 @@
 // and a Python call (about 2 ms a call at 1e6 entries on the CPU, as much as the kernel; on a GPU
 // the arrays went to the host and back). One source for both modules, as the shared bindings:
 // in _cpu (each ISA level's) over the OpenMP drivers, in _cuda (LRH_BACKEND_CUDA) over the CUDA
-// launchers on XLA's stream. Compiled only where the build found jaxlib's FFI headers
+// launchers on XLA's stream. The CPU modules add kernel_product's top-k (row and global) over the
+// host BLAS's tiles. Compiled only where the build found jaxlib's FFI headers
 // (CMakeLists.txt: LOWRANK_HPC_JAX_FFI). Shapes, dtypes and flags are checked by lowrank_hpc.jax
 // before the call; each index is range-checked by the kernels and a bad one comes back as the
 // error lowrank_hpc.ops raises (on a GPU that needs the status words: a wait for the stream or two).
@@ -12,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <string>
@@ -22,9 +24,11 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#ifndef LRH_BACKEND_CUDA
+#if !defined(LRH_BACKEND_CUDA) && defined(__linux__)
 #include <sys/mman.h>
 #endif
+
+#include <pybind11/stl.h>
 
 #include "../common/backend.hpp"
 #ifdef LRH_BACKEND_CUDA
@@ -105,8 +109,9 @@ class Workspace {
     if (!allocated.has_value() || *allocated == nullptr) throw std::bad_alloc();
     void* data = *allocated;
 #else
-    void* data = host_allocate(bytes);
-    host_.emplace_back(data);
+    std::unique_ptr<void, Free> owned(host_allocate(bytes));
+    void* data = owned.get();
+    host_.push_back(std::move(owned));
 #endif
     if (cursor_ < blocks_.size())
       blocks_[cursor_] = {data, bytes};  // a larger request than last time (the smaller block stays owned)
@@ -192,7 +197,9 @@ class Workspace {
     void* data = nullptr;
     if (bytes >= 2 * kHugePage) {
       data = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
+#ifdef MADV_HUGEPAGE
       if (data != nullptr) madvise(data, bytes, MADV_HUGEPAGE);  // a hint: refused, the pages stay small
+#endif
     } else {
       data = std::malloc(bytes);
     }
@@ -550,54 +557,86 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 #define LRH_FFI_SPMM sparse_times_dense_on_host
 
 // The top-k of kernel_product on the host: f(U V^T) for U (..., m, r), V (..., n, r) of float32
-// or float64, its row tiles formed by the host GEMM at `gemm` (lowrank_hpc._backend's
-// tile_gemm_address) in each OpenMP thread; leading dimensions are vmap's (Stacking). One kernel
-// call where both factors are stacked (the elements as the kernels' batch), else one per element
-// on its factors in place. int32 indices (JAX without x64 has none wider; m * n < 2^31, checked
-// by lowrank_hpc.jax). NaN/inf among the f values: the error `overflow` with its "{count}" filled
-// in (ops.kernel_product's FloatingPointError text, written there once).
+// or float64, its row tiles formed in each OpenMP thread by the host GEMM (SciPy's, whose address
+// lowrank_hpc.jax hands over once through configure_top_k: no address in the program XLA
+// compiles, so an exported one runs in another process); leading dimensions are vmap's
+// (Stacking). One kernel call where both factors are stacked (the elements as the kernels'
+// batch) or, in row mode, U stacked and V shared (the elements' rows as one matrix's), else one
+// per element on its factors in place. int32 indices (JAX without x64 has none wider; m * n <
+// 2^31, checked by lowrank_hpc.jax). NaN/inf among the f values: the error `overflow` with its
+// "{count}" filled in (ops.kernel_product's FloatingPointError text, written there once).
 struct TopKCall {
   ops::KernelFunction f;
   std::string_view overflow;
 };
 
-// One BLAS thread while it lives, each OpenBLAS's count put back after: `controls` holds the
-// addresses of (openblas_set_num_threads, openblas_get_num_threads) pairs
-// (lowrank_hpc._backend.openblas_thread_controls), the scope lowrank_hpc.ops opens around the
-// same tiles (single_threaded_blas): the BLAS's own threads split a tile's GEMM otherwise, in
-// numbers an ulp from ops' (and beside the OpenMP threads that call it).
+// What configure_top_k set: the GEMMs' addresses and the OpenBLAS thread controls.
+struct TopKHost {
+  std::mutex lock;
+  uintptr_t sgemm = 0, dgemm = 0;
+  std::vector<std::pair<void (*)(int), int (*)()>> blas_threads;
+  // The single-threaded scope's depth over the handlers running now, and the counts to put back.
+  int depth = 0;
+  std::vector<int> saved;
+};
+
+TopKHost& top_k_host() {
+  static TopKHost host;
+  return host;
+}
+
+template <class T>
+cpu::HostGemm<T> configured_gemm() {
+  TopKHost& host = top_k_host();
+  const std::lock_guard<std::mutex> guard(host.lock);
+  return reinterpret_cast<cpu::HostGemm<T>>(std::is_same_v<T, float> ? host.sgemm : host.dgemm);
+}
+
+// One BLAS thread while any top-k handler runs, each OpenBLAS's count put back when the last one
+// ends (a count shared by the handlers: each saving and restoring its own left it at 1 where two
+// overlapped): the scope lowrank_hpc.ops opens around the same tiles (single_threaded_blas). With
+// the BLAS's own threads splitting a tile's GEMM, the numbers came an ulp from ops' (and ran beside
+// the OpenMP threads that call it).
 class SingleThreadedBlas {
  public:
-  explicit SingleThreadedBlas(ffi::Span<const int64_t> controls) {
-    for (size_t i = 0; i + 1 < controls.size(); i += 2) {
-      const auto set = reinterpret_cast<void (*)(int)>(static_cast<uintptr_t>(controls[i]));
-      const auto get = reinterpret_cast<int (*)()>(static_cast<uintptr_t>(controls[i + 1]));
-      restore_.push_back({set, get()});
-      set(1);
-    }
+  SingleThreadedBlas() {
+    TopKHost& host = top_k_host();
+    const std::lock_guard<std::mutex> guard(host.lock);
+    if (host.depth++ > 0) return;
+    host.saved.clear();
+    for (const auto& [set, get] : host.blas_threads) host.saved.push_back(get());
+    for (const auto& [set, get] : host.blas_threads) set(1);
   }
   SingleThreadedBlas(const SingleThreadedBlas&) = delete;
   SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
   ~SingleThreadedBlas() {
-    for (const auto& [set, threads] : restore_) set(threads);
+    TopKHost& host = top_k_host();
+    const std::lock_guard<std::mutex> guard(host.lock);
+    if (--host.depth > 0) return;
+    for (size_t i = 0; i < host.saved.size(); ++i) host.blas_threads[i].first(host.saved[i]);
   }
-
- private:
-  std::vector<std::pair<void (*)(int), int>> restore_;
 };
 
 template <class Body>
-ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stacking, int64_t kernel, int64_t gemm,
-                 Body&& body) {
+ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stacking, int64_t kernel,
+                 std::string_view overflow, Body&& body) {
   if (kernel < 0 || kernel > static_cast<int64_t>(ops::KernelFunction::piecewise_linear))
     return ffi::Error::InvalidArgument(std::string(function) + ": unknown kernel function code " +
                                        std::to_string(kernel));
-  if (gemm == 0) return ffi::Error::InvalidArgument(std::string(function) + ": no host GEMM address");
   if (stacking.elements() == 0) return ffi::Error::Success();
   return guarded(function, Placement{}, [&](Workspace& workspace) -> ffi::Error {
+    auto run = [&](auto t) -> ffi::Error {
+      using T = decltype(t);
+      const cpu::HostGemm<T> gemm = configured_gemm<T>();
+      if (gemm == nullptr)
+        return ffi::Error::InvalidArgument(std::string(function) + ": no host GEMM (lowrank_hpc.jax configures it "
+                                           "where SciPy's BLAS is found)");
+      const SingleThreadedBlas single_threaded;
+      return body(workspace, t, gemm, TopKCall{static_cast<ops::KernelFunction>(kernel), overflow});
+    };
     switch (U.element_type()) {
-      case ffi::DataType::F32: return body(workspace, float{});
-      case ffi::DataType::F64: return body(workspace, double{});
+      case ffi::DataType::F32: return run(float{});
+      case ffi::DataType::F64: return run(double{});
       default: return ffi::Error::InvalidArgument(std::string(function) + ": U must be float32 or float64");
     }
   });
@@ -614,28 +653,26 @@ ffi::Error overflowed(const TopKCall& call, int64_t count) {
 // values, indices (..., m, k): each row's k largest |f| (ties to the smaller column), best first
 // or by ascending column.
 ffi::Error top_k_rows_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ffi::AnyBuffer> values,
-                              ffi::Result<ffi::AnyBuffer> indices, int64_t kernel, bool by_magnitude, int64_t gemm,
-                              ffi::Span<const int64_t> blas_threads, std::string_view overflow) {
+                              ffi::Result<ffi::AnyBuffer> indices, int64_t kernel, bool by_magnitude,
+                              std::string_view overflow) {
   const Stacking stacking(*values, 2);
   const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
   const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
-  return top_k("kernel_product", U, stacking, kernel, gemm, [&](Workspace& workspace, auto t) -> ffi::Error {
+  return top_k("kernel_product", U, stacking, kernel, overflow,
+               [&](Workspace& workspace, auto t, auto product, const TopKCall& call) -> ffi::Error {
     using T = decltype(t);
-    const TopKCall call{static_cast<ops::KernelFunction>(kernel), overflow};
-    const auto product = reinterpret_cast<cpu::HostGemm<T>>(static_cast<uintptr_t>(gemm));
     const T* U0 = U.reinterpret_data<T>();
     const T* V0 = V.reinterpret_data<T>();
     T* values0 = values->reinterpret_data<T>();
     int64_t* selected = workspace.allocate<int64_t>(elements * m * k);
     int64_t bad = 0;
-    const SingleThreadedBlas single_threaded(blas_threads);
     if (stacking.stacked(U) && stacking.stacked(V)) {
       bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, values0, selected);
     } else if (stacking.stacked(U) && stacking.shared(V)) {  // the elements' rows are one matrix's rows
       bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, 1, elements * m, n, r, call.f, k, values0, selected);
     } else {
-      for (int64_t e = 0; e < elements && bad == 0; ++e)  // the first element that overflows: its count
-        bad = cpu::kernel_topk_rows_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
+      for (int64_t e = 0; e < elements; ++e)  // every element's count, as a batched call gives it
+        bad += cpu::kernel_topk_rows_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
                                                    V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
                                                    values0 + e * m * k, selected + e * m * k);
     }
@@ -666,29 +703,26 @@ ffi::Error top_k_rows_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ff
 // smaller flat index), best first or in row-major order, in blocks of block_rows rows.
 ffi::Error top_k_global_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ffi::AnyBuffer> values,
                                 ffi::Result<ffi::AnyBuffer> rows, ffi::Result<ffi::AnyBuffer> cols, int64_t kernel,
-                                bool by_magnitude, int64_t block_rows, int64_t gemm,
-                                ffi::Span<const int64_t> blas_threads, std::string_view overflow) {
+                                bool by_magnitude, std::string_view overflow, int64_t block_rows) {
   const Stacking stacking(*values, 1);
   const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
   const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
   block_rows = std::clamp<int64_t>(block_rows, 1, std::max<int64_t>(m, 1));
-  return top_k("kernel_product", U, stacking, kernel, gemm, [&](Workspace& workspace, auto t) -> ffi::Error {
+  return top_k("kernel_product", U, stacking, kernel, overflow,
+               [&](Workspace& workspace, auto t, auto product, const TopKCall& call) -> ffi::Error {
     using T = decltype(t);
-    const TopKCall call{static_cast<ops::KernelFunction>(kernel), overflow};
-    const auto product = reinterpret_cast<cpu::HostGemm<T>>(static_cast<uintptr_t>(gemm));
     const T* U0 = U.reinterpret_data<T>();
     const T* V0 = V.reinterpret_data<T>();
     T* values0 = values->reinterpret_data<T>();
     T* block = workspace.allocate<T>(block_rows * n);
     int64_t* flat = workspace.allocate<int64_t>(elements * k);
     int64_t bad = 0;
-    const SingleThreadedBlas single_threaded(blas_threads);
     if (stacking.stacked(U) && stacking.stacked(V)) {
       bad = cpu::kernel_topk_global_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, block_rows, block,
                                                    by_magnitude, values0, flat);
     } else {
-      for (int64_t e = 0; e < elements && bad == 0; ++e)  // the first element that overflows: its count
-        bad = cpu::kernel_topk_global_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
+      for (int64_t e = 0; e < elements; ++e)  // every element's count, as a batched call gives it
+        bad += cpu::kernel_topk_global_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
                                                       V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
                                                       block_rows, block, by_magnitude, values0 + e * k, flat + e * k);
     }
@@ -714,30 +748,16 @@ ffi::Error top_k_global_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<
 XLA_FFI_DEFINE_HANDLER(sampled_product_handler, LRH_FFI_SAMPLED, LRH_FFI_BINDING("row_order"));
 XLA_FFI_DEFINE_HANDLER(sparse_times_dense_handler, LRH_FFI_SPMM, LRH_FFI_BINDING("transpose"));
 #ifndef LRH_BACKEND_CUDA
+// The top-k handlers' attributes after their buffers (the global one adds block_rows last).
+#define LRH_FFI_TOP_K_ATTRIBUTES \
+  .Attr<int64_t>("kernel").Attr<bool>("by_magnitude").Attr<std::string_view>("overflow")
 XLA_FFI_DEFINE_HANDLER(top_k_rows_handler, top_k_rows_on_host,
-                       ffi::Ffi::Bind()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Attr<int64_t>("kernel")
-                           .Attr<bool>("by_magnitude")
-                           .Attr<int64_t>("gemm")
-                           .Attr<ffi::Span<const int64_t>>("blas_threads")
-                           .Attr<std::string_view>("overflow"));
+                       ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>() LRH_FFI_TOP_K_ATTRIBUTES);
 XLA_FFI_DEFINE_HANDLER(top_k_global_handler, top_k_global_on_host,
-                       ffi::Ffi::Bind()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()
-                           .Attr<int64_t>("kernel")
-                           .Attr<bool>("by_magnitude")
-                           .Attr<int64_t>("block_rows")
-                           .Attr<int64_t>("gemm")
-                           .Attr<ffi::Span<const int64_t>>("blas_threads")
-                           .Attr<std::string_view>("overflow"));
+                       ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() LRH_FFI_TOP_K_ATTRIBUTES
+                           .Attr<int64_t>("block_rows"));
 #endif
 
 void bind_jax_ffi(py::module_& m) {
@@ -750,8 +770,26 @@ void bind_jax_ffi(py::module_& m) {
     handlers["top_k_global"] = py::capsule(reinterpret_cast<void*>(top_k_global_handler));
 #endif
     return handlers;
-  }, "XLA FFI handlers (PyCapsules) of this module's sparse products, for jax.ffi.register_ffi_target on this "
-     "module's platform");
+  }, "XLA FFI handlers (PyCapsules) of this module's sparse products (and, on the CPU, kernel_product's top-k), "
+     "for jax.ffi.register_ffi_target on this module's platform");
+#ifndef LRH_BACKEND_CUDA
+  m.def("jax_ffi_configure_top_k", [](uintptr_t sgemm, uintptr_t dgemm, const std::vector<uintptr_t>& blas_threads) {
+    LRH_EXPECTS(blas_threads.size() % 2 == 0, "blas_threads: (set, get) address pairs, got ", blas_threads.size(),
+                " addresses");
+    TopKHost& host = top_k_host();
+    const std::lock_guard<std::mutex> guard(host.lock);
+    LRH_EXPECTS(host.depth == 0, "jax_ffi_configure_top_k: a top-k handler is running");
+    host.sgemm = sgemm;
+    host.dgemm = dgemm;
+    host.blas_threads.clear();
+    for (size_t i = 0; i < blas_threads.size(); i += 2)
+      host.blas_threads.push_back({reinterpret_cast<void (*)(int)>(blas_threads[i]),
+                                   reinterpret_cast<int (*)()>(blas_threads[i + 1])});
+  }, py::arg("sgemm"), py::arg("dgemm"), py::arg("blas_threads"),
+     "The top-k handlers' host GEMMs (Fortran sgemm/dgemm with 32-bit integers; 0: none, the handler then "
+     "refuses) and OpenBLAS thread controls ((openblas_set_num_threads, openblas_get_num_threads) address pairs, "
+     "set to one thread while the handlers run).");
+#endif
 }
 
 }  // namespace lowrank_hpc::bindings

@@ -6,12 +6,13 @@ called by XLA on its own buffers, where this build has them (``lowrank_hpc.info(
 built when the building Python had jaxlib, see README): the CPU module's where XLA runs on the
 CPU, the CUDA module's on XLA's stream where it runs on a GPU the module has kernels for (a wait
 for the stream or two a call, to read the kernels' out-of-range words). ``kernel_product``'s
-top-k has CPU handlers too, for float32/float64 factors where SciPy's BLAS GEMM is found: the
-row tiles of U V^T formed by that GEMM in each OpenMP thread, as lowrank_hpc.ops forms them,
-with every OpenBLAS threadpoolctl finds set to one thread while they run and put back after
-(the process-wide setting lowrank_hpc.ops' single_threaded_blas scope changes: such a scope
-opened in another thread while a handler runs finds 1 and puts 1 back, leaving OpenBLAS on one
-thread). Otherwise
+top-k has CPU handlers too, for float32/float64 factors where SciPy's BLAS GEMM is found (its
+address handed to the CPU module at import, none in the compiled program): the row tiles of
+U V^T formed by that GEMM in each OpenMP thread, as lowrank_hpc.ops forms them, with every
+pthreads OpenBLAS threadpoolctl finds set to one thread while any handler runs and put back
+when the last one ends (the process-wide setting lowrank_hpc.ops' single_threaded_blas scope
+changes: such a scope opened in another thread while a handler runs finds 1 and puts 1 back,
+leaving OpenBLAS on one thread). Otherwise
 they go through ``jax.pure_callback`` (the host arrays XLA hands over go to the CPU
 kernels as numpy arrays, the results come back the same way; about 2 ms more a call at 1e6
 entries on the CPU). Both work under ``jit`` and ``vmap`` and give the same values (except
@@ -120,6 +121,9 @@ def _register_ffi_targets() -> tuple[str, ...]:
             continue
         for name, capsule in handlers().items():
             jax.ffi.register_ffi_target(f"lowrank_hpc_{name}", capsule, platform=platform)
+        if hasattr(module, "jax_ffi_configure_top_k"):  # SciPy's GEMMs first: they load its OpenBLAS
+            sgemm, dgemm = _backend.tile_gemm_address(np.float32), _backend.tile_gemm_address(np.float64)
+            module.jax_ffi_configure_top_k(sgemm, dgemm, list(_backend.openblas_thread_controls()))
         platforms.append(platform.lower())
     return tuple(platforms)
 
@@ -319,12 +323,12 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
         return _callback(functools.partial(_top_k_host, kernel=kernel, k=k, mode=mode, order=order), shapes, U, V,
                          vmap_method="expand_dims")
 
+    # The handlers' GEMM (configured at registration) is SciPy's for float32/float64 factors.
     gemm = _backend.tile_gemm_address(U.dtype) if U.dtype in (jnp.float32, jnp.float64) else 0
     if not _FFI or not gemm or "cpu" not in _FFI_PLATFORMS:
         return callback(U, V)
     code = KERNELS.index(kernel)
-    attributes = dict(kernel=code, by_magnitude=order == "magnitude", gemm=gemm,
-                      blas_threads=np.array(_backend.openblas_thread_controls(), dtype=np.int64),
+    attributes = dict(kernel=code, by_magnitude=order == "magnitude",
                       overflow=overflow_message("kernel_product", code, "{count}", np.dtype(U.dtype)))
     if mode == "global":  # ops.kernel_product's blocks of rows
         attributes["block_rows"] = min(U.shape[0], default_block_rows(V.shape[0], np.dtype(U.dtype).itemsize))
