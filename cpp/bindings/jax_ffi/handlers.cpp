@@ -570,7 +570,7 @@ struct TopKCall {
   std::string_view overflow;
 };
 
-// What configure_top_k set: the GEMMs' addresses and the OpenBLAS thread controls.
+// What jax_ffi_configure_top_k set: the GEMMs' addresses and the OpenBLAS thread controls.
 struct TopKHost {
   std::mutex lock;
   uintptr_t sgemm = 0, dgemm = 0;
@@ -602,10 +602,12 @@ class SingleThreadedBlas {
   SingleThreadedBlas() {
     TopKHost& host = top_k_host();
     const std::lock_guard<std::mutex> guard(host.lock);
-    if (host.depth++ > 0) return;
-    host.saved.clear();
-    for (const auto& [set, get] : host.blas_threads) host.saved.push_back(get());
-    for (const auto& [set, get] : host.blas_threads) set(1);
+    if (host.depth == 0) {
+      host.saved.assign(host.blas_threads.size(), 0);  // the only step that may throw: nothing set yet
+      for (size_t i = 0; i < host.blas_threads.size(); ++i) host.saved[i] = host.blas_threads[i].second();
+      for (const auto& [set, get] : host.blas_threads) set(1);
+    }
+    ++host.depth;
   }
   SingleThreadedBlas(const SingleThreadedBlas&) = delete;
   SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
