@@ -565,9 +565,16 @@ ffi::Error sparse_times_dense_on_host(ffi::AnyBuffer rows, ffi::AnyBuffer cols, 
 // per element on its factors in place. int32 indices (JAX without x64 has none wider; m * n <
 // 2^31, checked by lowrank_hpc.jax). NaN/inf among the f values: the error `overflow` with its
 // "{count}" filled in (ops.kernel_product's FloatingPointError text, written there once).
+// One handler call's GEMM, kernel function, overflow text and its factors' and values' data.
+template <class T>
 struct TopKCall {
+  using Value = T;
+  cpu::HostGemm<T> gemm;
   ops::KernelFunction f;
   std::string_view overflow;
+  const T* U;
+  const T* V;
+  T* values;
 };
 
 // What jax_ffi_configure_top_k set: the GEMMs' addresses and the OpenBLAS thread controls.
@@ -620,8 +627,8 @@ class SingleThreadedBlas {
 };
 
 template <class Body>
-ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stacking, int64_t kernel,
-                 std::string_view overflow, Body&& body) {
+ffi::Error top_k(const char* function, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer& values,
+                 const Stacking& stacking, int64_t kernel, std::string_view overflow, Body&& body) {
   if (kernel < 0 || kernel > static_cast<int64_t>(ops::KernelFunction::piecewise_linear))
     return ffi::Error::InvalidArgument(std::string(function) + ": unknown kernel function code " +
                                        std::to_string(kernel));
@@ -634,7 +641,9 @@ ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stackin
         return ffi::Error::InvalidArgument(std::string(function) + ": no host GEMM (lowrank_hpc.jax configures it "
                                            "where SciPy's BLAS is found)");
       const SingleThreadedBlas single_threaded;
-      return body(workspace, t, gemm, TopKCall{static_cast<ops::KernelFunction>(kernel), overflow});
+      return body(workspace, TopKCall<T>{gemm, static_cast<ops::KernelFunction>(kernel), overflow,
+                                         U.reinterpret_data<T>(), V.reinterpret_data<T>(),
+                                         values.reinterpret_data<T>()});
     };
     switch (U.element_type()) {
       case ffi::DataType::F32: return run(float{});
@@ -644,8 +653,8 @@ ffi::Error top_k(const char* function, ffi::AnyBuffer U, const Stacking& stackin
   });
 }
 
-ffi::Error overflowed(const TopKCall& call, int64_t count) {
-  std::string message(call.overflow);
+ffi::Error overflowed(std::string_view overflow, int64_t count) {
+  std::string message(overflow);
   const std::string marker = "{count}";
   const size_t at = message.find(marker);
   if (at != std::string::npos) message.replace(at, marker.size(), std::to_string(count));
@@ -660,30 +669,29 @@ ffi::Error top_k_rows_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<ff
   const Stacking stacking(*values, 2);
   const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
   const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
-  return top_k("kernel_product", U, stacking, kernel, overflow,
-               [&](Workspace& workspace, auto t, auto product, const TopKCall& call) -> ffi::Error {
-    using T = decltype(t);
-    const T* U0 = U.reinterpret_data<T>();
-    const T* V0 = V.reinterpret_data<T>();
-    T* values0 = values->reinterpret_data<T>();
+  return top_k("kernel_product", U, V, *values, stacking, kernel, overflow,
+               [&](Workspace& workspace, const auto& call) -> ffi::Error {
+    using T = typename std::decay_t<decltype(call)>::Value;
     int64_t* selected = workspace.allocate<int64_t>(elements * m * k);
     int64_t bad = 0;
     if (stacking.stacked(U) && stacking.stacked(V)) {
-      bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, values0, selected);
+      bad = cpu::kernel_topk_rows_of_products<T>(call.gemm, call.U, call.V, elements, m, n, r, call.f, k,
+                                                 call.values, selected);
     } else if (stacking.stacked(U) && stacking.shared(V)) {  // the elements' rows are one matrix's rows
-      bad = cpu::kernel_topk_rows_of_products<T>(product, U0, V0, 1, elements * m, n, r, call.f, k, values0, selected);
+      bad = cpu::kernel_topk_rows_of_products<T>(call.gemm, call.U, call.V, 1, elements * m, n, r, call.f, k,
+                                                 call.values, selected);
     } else {
       for (int64_t e = 0; e < elements; ++e)  // every element's count, as a batched call gives it
-        bad += cpu::kernel_topk_rows_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
-                                                   V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
-                                                   values0 + e * m * k, selected + e * m * k);
+        bad += cpu::kernel_topk_rows_of_products<T>(call.gemm, call.U + stacking.operand(U, e) * m * r,
+                                                   call.V + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
+                                                   call.values + e * m * k, selected + e * m * k);
     }
-    if (bad > 0) return overflowed(call, bad);
+    if (bad > 0) return overflowed(call.overflow, bad);
     int32_t* indices0 = indices->reinterpret_data<int32_t>();
     std::vector<int64_t> order(static_cast<size_t>(k));
     std::vector<T> row_values(static_cast<size_t>(k));
     for (int64_t row = 0; row < elements * m; ++row) {
-      T* row_values_out = values0 + row * k;
+      T* row_values_out = call.values + row * k;
       const int64_t* row_selected = selected + row * k;
       if (!by_magnitude) {  // by ascending column (distinct within a row: no tie to break)
         for (int64_t i = 0; i < k; ++i) order[i] = i;
@@ -710,25 +718,23 @@ ffi::Error top_k_global_on_host(ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::Result<
   const int64_t m = dimension_from_end(U, 2), r = dimension_from_end(U, 1), n = dimension_from_end(V, 2);
   const int64_t k = dimension_from_end(*values, 1), elements = stacking.elements();
   block_rows = std::clamp<int64_t>(block_rows, 1, std::max<int64_t>(m, 1));
-  return top_k("kernel_product", U, stacking, kernel, overflow,
-               [&](Workspace& workspace, auto t, auto product, const TopKCall& call) -> ffi::Error {
-    using T = decltype(t);
-    const T* U0 = U.reinterpret_data<T>();
-    const T* V0 = V.reinterpret_data<T>();
-    T* values0 = values->reinterpret_data<T>();
+  return top_k("kernel_product", U, V, *values, stacking, kernel, overflow,
+               [&](Workspace& workspace, const auto& call) -> ffi::Error {
+    using T = typename std::decay_t<decltype(call)>::Value;
     T* block = workspace.allocate<T>(block_rows * n);
     int64_t* flat = workspace.allocate<int64_t>(elements * k);
     int64_t bad = 0;
     if (stacking.stacked(U) && stacking.stacked(V)) {
-      bad = cpu::kernel_topk_global_of_products<T>(product, U0, V0, elements, m, n, r, call.f, k, block_rows, block,
-                                                   by_magnitude, values0, flat);
+      bad = cpu::kernel_topk_global_of_products<T>(call.gemm, call.U, call.V, elements, m, n, r, call.f, k,
+                                                   block_rows, block, by_magnitude, call.values, flat);
     } else {
       for (int64_t e = 0; e < elements; ++e)  // every element's count, as a batched call gives it
-        bad += cpu::kernel_topk_global_of_products<T>(product, U0 + stacking.operand(U, e) * m * r,
-                                                      V0 + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
-                                                      block_rows, block, by_magnitude, values0 + e * k, flat + e * k);
+        bad += cpu::kernel_topk_global_of_products<T>(call.gemm, call.U + stacking.operand(U, e) * m * r,
+                                                      call.V + stacking.operand(V, e) * n * r, 1, m, n, r, call.f, k,
+                                                      block_rows, block, by_magnitude, call.values + e * k,
+                                                      flat + e * k);
     }
-    if (bad > 0) return overflowed(call, bad);
+    if (bad > 0) return overflowed(call.overflow, bad);
     int32_t* rows0 = rows->reinterpret_data<int32_t>();
     int32_t* cols0 = cols->reinterpret_data<int32_t>();
     for (int64_t i = 0; i < elements * k; ++i) {

@@ -330,8 +330,8 @@ def _top_k(U, V, kernel: str, k: int, mode: str, order: str):
     code = KERNELS.index(kernel)
     attributes = dict(kernel=code, by_magnitude=order == "magnitude",
                       overflow=overflow_message("kernel_product", code, "{count}", np.dtype(U.dtype)))
-    if mode == "global":  # ops.kernel_product's blocks of rows
-        attributes["block_rows"] = min(U.shape[0], default_block_rows(V.shape[0], np.dtype(U.dtype).itemsize))
+    if mode == "global":  # ops.kernel_product's blocks of rows (the handler keeps them within m)
+        attributes["block_rows"] = default_block_rows(V.shape[0], np.dtype(U.dtype).itemsize)
     # The CPU module's handler on XLA's CPU (the elements of a vmap in one call); elsewhere the callback.
     ffi = jax.ffi.ffi_call(f"lowrank_hpc_top_k_{'rows' if mode == 'row' else 'global'}", shapes,
                            vmap_method="expand_dims")
