@@ -80,7 +80,7 @@ def _declared_jax_floor() -> tuple[int, ...]:
 
 @needs_ffi
 def test_import_works_on_the_declared_oldest_jax():
-    """pyproject.toml allows jax>=0.4.34, whose top level has no ``jax.ffi`` (added in jax 0.5.0;
+    """pyproject.toml allows jax>=0.4.35, whose top level has no ``jax.ffi`` (added in jax 0.5.0;
     0.4.x has jax.extend.ffi with another ffi_call signature). With the handlers built,
     ``import lowrank_hpc.jax`` then raises AttributeError where it used to fall back on the host
     callback. Simulated by hiding jax.ffi; moot once the floor is >= 0.5."""
@@ -88,7 +88,7 @@ def test_import_works_on_the_declared_oldest_jax():
         pytest.skip("the declared jax floor has jax.ffi")
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp
-        del jax.ffi  # as in jax 0.4.34-0.4.38
+        del jax.ffi  # as in jax 0.4.35-0.4.38
         import lowrank_hpc.jax as lj
         U = jnp.ones((4, 2))
         rows = jnp.arange(3)
