@@ -9,6 +9,8 @@ Each timed call is one forward and one backward: loss = sum(out * W) for a fixed
 gradients of every float input. Peers: SDDMM as (U[rows] * V[cols]).sum(1); SpMM as
 index_add of vals[:, None] * B[cols]; U @ V.T; f(U @ V.T); top-k as torch.topk of the dense
 f(U V^T) then a gather; the SNELL adapter as the dense masked update of its definition.
+The last rows time forward mode: a jvp of the sparse products (value and tangent) against the
+same jvp of the peer's transcription.
 Each row: medians of 9 alternated runs of each side (5 with --quick), the ranges in the note.
 """
 from __future__ import annotations
@@ -188,8 +190,8 @@ def jax_rows(quick: bool) -> list[Row]:
     case = f"{size}x{size}, {nnz:,} entries, r={r} f32"
 
     out = []
-    callback = "pure_callback + custom_vjp"
-    host = "XLA FFI handler + custom_vjp" if lj._FFI else callback
+    callback = "pure_callback"
+    host = "XLA FFI handler" if lj._FFI else callback
     pairs = [("sampled_product (SDDMM), JAX", lambda U, V: jnp.sum(lj.sampled_product(U, V, rows, cols) * W1),
               "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: jnp.sum((U[rows] * V[cols]).sum(1) * W1), (U, V),
               host),
@@ -249,6 +251,53 @@ def jax_rows(quick: bool) -> list[Row]:
     return out
 
 
+def forward_mode_rows(quick: bool, with_jax: bool) -> list[Row]:
+    """Forward mode (a jvp: the value and its tangent along (dU, dV)) of the sparse products,
+    against the same jvp of the plain-torch (jax.numpy) transcription, same run."""
+    nnz, size, r = (100_000, 2_000, 32) if quick else (1_000_000, 20_000, 32)
+    repeats = 5 if quick else 9
+    generator = torch.Generator().manual_seed(4)
+    U, V, dU, dV = (torch.randn(size, r, generator=generator) for _ in range(4))
+    rows = torch.randint(0, size, (nnz,), generator=generator)
+    cols = torch.randint(0, size, (nnz,), generator=generator)
+    vals, dvals = torch.randn(nnz, generator=generator), torch.randn(nnz, generator=generator)
+    case = f"{size}x{size}, {nnz:,} entries, r={r} f32, jvp"
+    pairs = [("sampled_product (SDDMM), torch.func.jvp", lambda U, V: lt.sampled_product(U, V, rows, cols),
+              "(U[rows] * V[cols]).sum(1)", lambda U, V: (U[rows] * V[cols]).sum(1), (U, V), (dU, dV)),
+             ("sparse_times_dense (SpMM), torch.func.jvp", lambda v, B: lt.sparse_times_dense(rows, cols, v, B, size),
+              "zeros.index_add(0, rows, v[:, None] * B[cols])",
+              lambda v, B: torch.zeros(size, r).index_add(0, rows, v[:, None] * B[cols]), (vals, V), (dvals, dV))]
+    out = []
+    for name, ours, peer_name, peer, primals, tangents in pairs:
+        got, expected = torch.func.jvp(ours, primals, tangents)[1], torch.func.jvp(peer, primals, tangents)[1]
+        _check_gradients(name, [got], [expected])
+        out.append(_row(name, case, lambda f=ours, p=primals, t=tangents: torch.func.jvp(f, p, t), peer_name,
+                        lambda f=peer, p=primals, t=tangents: torch.func.jvp(f, p, t), repeats,
+                        "tangent: two SDDMMs" if "SDDMM" in name else "tangent: two SpMMs"))
+    if not with_jax:
+        return out
+    import jax
+    import jax.numpy as jnp
+
+    import lowrank_hpc.jax as lj
+
+    U, V, dU, dV, vals, dvals = (jnp.asarray(x.numpy()) for x in (U, V, dU, dV, vals, dvals))
+    rows, cols = jnp.asarray(rows.numpy().astype(np.int32)), jnp.asarray(cols.numpy().astype(np.int32))
+    pairs = [("sampled_product (SDDMM), JAX jvp", lambda U, V: lj.sampled_product(U, V, rows, cols),
+              "jnp (U[rows] * V[cols]).sum(1), jit", lambda U, V: (U[rows] * V[cols]).sum(1), (U, V), (dU, dV)),
+             ("sparse_times_dense (SpMM), JAX jvp", lambda v, B: lj.sparse_times_dense(rows, cols, v, B, size),
+              "jnp .at[rows].add(v[:, None] * B[cols]), jit",
+              lambda v, B: jnp.zeros((size, r), jnp.float32).at[rows].add(v[:, None] * B[cols]), (vals, V),
+              (dvals, dV))]
+    for name, ours, peer_name, peer, primals, tangents in pairs:
+        ours_jvp, peer_jvp = (jax.jit(lambda p, t, f=f: jax.jvp(f, p, t)) for f in (ours, peer))
+        _check_gradients(name, [ours_jvp(primals, tangents)[1]], [peer_jvp(primals, tangents)[1]])
+        out.append(_row(name, case, lambda f=ours_jvp, p=primals, t=tangents: jax.block_until_ready(f(p, t)),
+                        peer_name, lambda f=peer_jvp, p=primals, t=tangents: jax.block_until_ready(f(p, t)), repeats,
+                        "tangent: two SDDMMs" if "SDDMM" in name else "tangent: two SpMMs"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -261,6 +310,8 @@ def main() -> None:
     if args.jax:
         for row in jax_rows(args.quick):
             print(row.markdown(), flush=True)
+    for row in forward_mode_rows(args.quick, args.jax):
+        print(row.markdown(), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,18 @@ the rest of lowrank_hpc never does. The kernels are registered as torch custom o
 traces them, and autograd formulas made of the same operators. float32/float64 tensors (and
 float16/bfloat16: summed in float32, each output rounded once to their dtype) on the
 CPU or a CUDA device (with lowrank_hpc's CUDA backend) go to the kernels without copies.
-Gradients through ``torch.autograd`` and ``torch.func``'s reverse mode (grad, jacrev, vmap of a
-grad): under a transform each operator runs in an ``autograd.Function`` with the same backward,
-as torch's ``register_autograd`` alone does not support them (pytorch issue 168393). Under
+Derivatives through ``torch.autograd`` and ``torch.func`` in both modes (grad, jacrev, vmap of a
+grad; jvp, jacfwd, hessian, ``torch.autograd.forward_ad``): under a transform or a forward-mode
+level each operator runs in an ``autograd.Function`` with the same backward and a jvp made of the
+same operators (SDDMM's tangent is two SDDMMs, SpMM's two SpMMs, the dense products' torch's
+GEMMs, top-k's f' times the SDDMMs at the kept entries), as torch's ``register_autograd`` alone
+supports neither (pytorch issue 168393). Under
 ``vmap`` the sparse and dense products and both top-k take the stacked elements in one call
 (shared factors read in place; the stacked rows' GEMM may round an entry an ulp apart from an
 element's own call). The one exception, a factor that top-k shares and no stacking reads in place
 (row top-k's U, global top-k's U or V): broadcast to the elements in the one call, which copies
 it once per element, or run once per element where that copy would pass both 64 MiB and the
 batched factor's own size.
-Forward mode (jvp, jacfwd) is not supported.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from .. import _backend, ops
 from ..ops import _factors
@@ -413,14 +414,19 @@ kernel_top_k_rows_op.register_autograd(_top_k_rows_backward, setup_context=_top_
 kernel_top_k_global_op.register_autograd(_top_k_global_backward, setup_context=_top_k_setup)
 
 
-# -- the same operators for torch.func --------------------------------------------------------------
+# -- the same operators for torch.func and forward mode ----------------------------------------------
 # torch.func's transforms (grad, jacrev, vmap of a grad) take an autograd.Function with a
 # setup_context staticmethod, which the Function torch's register_autograd generates for a custom
-# operator lacks (pytorch issue 168393). Under a transform each operator runs inside such a
-# Function, with its own setup and backward formula (which call these in turn); elsewhere the
-# operator itself, which torch.compile traces (dynamo warns on an autograd.Function in torch 2.13).
+# operator lacks (pytorch issue 168393), and forward mode (torch.func.jvp, jacfwd, hessian,
+# torch.autograd.forward_ad) needs a jvp formula, which register_autograd cannot take. Under a
+# transform or a forward-mode level each operator runs inside such a Function, with its own setup,
+# backward and jvp formulas (which call these in turn); elsewhere the operator itself, which
+# torch.compile traces (dynamo warns on an autograd.Function in torch 2.13).
 
-def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[Callable] = None) -> Callable:
+def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[Callable],
+                   tangent: Callable) -> Callable:
+    """op as a torch.func-ready autograd.Function: ``tangent(inputs, outputs, tangents)`` gives
+    the outputs' tangents (None: none) from the inputs' (None where an input has none)."""
     class Function(torch.autograd.Function):
         @staticmethod
         def forward(*args):
@@ -429,10 +435,21 @@ def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[C
         @staticmethod
         def setup_context(ctx, inputs, output):
             setup(ctx, inputs, output)
+            outputs = output if isinstance(output, tuple) else (output,)
+            everything = tuple(inputs) + outputs
+            ctx.forward_layout = [None if isinstance(x, torch.Tensor) else x for x in everything]
+            ctx.forward_inputs = len(inputs)
+            ctx.save_for_forward(*(x for x in everything if isinstance(x, torch.Tensor)))
 
         @staticmethod
         def backward(ctx, *grads):
             return formula(ctx, *grads)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            saved = iter(ctx.saved_tensors)
+            everything = [next(saved) if x is None else x for x in ctx.forward_layout]
+            return tangent(everything[:ctx.forward_inputs], everything[ctx.forward_inputs:], tangents)
 
     if vmap_rule is None:
         Function.generate_vmap_rule = True  # vmap of the forward: torch's per-element fallback over the operator
@@ -441,11 +458,79 @@ def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[C
     Function.__name__ = Function.__qualname__ = op._name.split("::")[-1] + "_function"
 
     def call(*args):
-        if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
+        if not torch.compiler.is_compiling() and (torch._C._functorch.peek_interpreter_stack() is not None
+                                                  or _forward_ad._current_level >= 0):
             return Function.apply(*args)
         return op(*args)
 
     return call
+
+
+def _bilinear_tangent(product: Callable, a, b, da, db):
+    """d product(a, b) = product(da, b) + product(a, db), None for a missing tangent."""
+    terms = [t for t in (None if da is None else product(da, b), None if db is None else product(a, db))
+             if t is not None]
+    return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _sampled_tangent(inputs, outputs, tangents):
+    U, V, rows, cols = inputs
+    return _bilinear_tangent(lambda U_, V_: sampled_product_fn(U_, V_, rows, cols), U, V, *tangents[:2])
+
+
+def _spmm_tangent(inputs, outputs, tangents):
+    rows, cols, vals, B, n_rows, transpose = inputs
+    return _bilinear_tangent(lambda v, B_: sparse_times_dense_fn(rows, cols, v, B_, n_rows, transpose), vals, B,
+                             *tangents[2:4])
+
+
+def _gemm_tangent(U, V, dU, dV):
+    """d (U V^T) = dU V^T + U dV^T, by torch's GEMM."""
+    return _bilinear_tangent(lambda a, b: torch.matmul(a, b.transpose(-1, -2)), U, V, dU, dV)
+
+
+def _lowrank_tangent(inputs, outputs, tangents):
+    return _gemm_tangent(*inputs, *tangents[:2])
+
+
+def _kernel_tangent(inputs, outputs, tangents):
+    U, V, kernel = inputs
+    moved = _gemm_tangent(U, V, *tangents[:2])
+    if moved is None:
+        return None
+    return kernel_backward(kernel_name("kernel_product", kernel), moved, outputs[0],
+                           lambda: torch.matmul(U.float(), V.float().transpose(-1, -2)))  # the forward's x
+
+
+def _selected_tangent(kernel: str, U, V, dU, dV, values, rows, cols):
+    """The selected values' tangent: f'(x) (dU[rows] . V[cols] + U[rows] . dV[cols]), the
+    selection held fixed (as in _selected_backward; a batch as one block-diagonal problem)."""
+    if U.dim() == 3:  # problem p's rows and columns moved by p m and p n
+        batch, (m, r), n = U.shape[0], U.shape[1:], V.shape[1]
+        rows = _moved(rows.reshape(batch, -1), 0, batch, m, True)
+        cols = _moved(cols.reshape(batch, -1), 0, batch, n, True)
+        U, V = U.reshape(batch * m, r), V.reshape(batch * n, r)
+        dU, dV = (None if d is None else d.reshape(x.shape) for d, x in ((dU, U), (dV, V)))
+    moved = _bilinear_tangent(lambda U_, V_: sampled_product_fn(U_, V_, rows, cols), U, V, dU, dV)
+    if moved is None:
+        return None
+    flat = values.reshape(-1)
+    return kernel_backward(kernel_name("kernel_product", kernel), moved, flat,
+                           lambda: sampled_product_fn(U.float(), V.float(), rows, cols)).reshape(values.shape)
+
+
+def _top_k_rows_tangent(inputs, outputs, tangents):
+    U, V, kernel = inputs[:3]
+    values, indices = outputs
+    m, k = indices.shape[-2:]
+    rows = torch.arange(m, device=U.device).repeat_interleave(k).expand(*indices.shape[:-2], m * k)
+    return _selected_tangent(kernel, U, V, *tangents[:2], values, rows.reshape(-1), indices.reshape(-1)), None
+
+
+def _top_k_global_tangent(inputs, outputs, tangents):
+    U, V, kernel = inputs[:3]
+    values, rows, cols = outputs
+    return _selected_tangent(kernel, U, V, *tangents[:2], values, rows.reshape(-1), cols.reshape(-1)), None, None
 
 
 # vmap of the sparse products: the elements as one problem with block-diagonal structure, one
@@ -640,10 +725,13 @@ def _vmap_top_k_global(info, in_dims, U, V, kernel, k, order):
     return tuple(x.reshape(shape) for x in parts), (0, 0, 0)
 
 
-sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward, _vmap_sampled)
-sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward, _vmap_spmm)
-lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward, _vmap_lowrank)
-kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward, _vmap_kernel)
-kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward, _vmap_top_k_rows)
+sampled_product_fn = _transformable(sampled_product_op, _sampled_setup, _sampled_backward, _vmap_sampled,
+                                    _sampled_tangent)
+sparse_times_dense_fn = _transformable(sparse_times_dense_op, _spmm_setup, _spmm_backward, _vmap_spmm, _spmm_tangent)
+lowrank_product_fn = _transformable(lowrank_product_op, _pair_setup, _lowrank_backward, _vmap_lowrank,
+                                    _lowrank_tangent)
+kernel_product_fn = _transformable(kernel_product_op, _kernel_setup, _kernel_backward, _vmap_kernel, _kernel_tangent)
+kernel_top_k_rows_fn = _transformable(kernel_top_k_rows_op, _top_k_setup, _top_k_rows_backward, _vmap_top_k_rows,
+                                      _top_k_rows_tangent)
 kernel_top_k_global_fn = _transformable(kernel_top_k_global_op, _top_k_setup, _top_k_global_backward,
-                                        _vmap_top_k_global)
+                                        _vmap_top_k_global, _top_k_global_tangent)
