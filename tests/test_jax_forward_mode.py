@@ -199,3 +199,45 @@ def test_16_bit_tangents_within_the_formats_rounding(dtype):
         slope = 1 - np.tanh(x) ** 2 if kernel == "tanh" else (x > 0).astype(float)
         size = np.abs(dU64) @ np.abs(V64).T + np.abs(U64) @ np.abs(dV64).T
         assert np.all(np.abs(np.asarray(got, np.float64) - slope * dx) <= 4 * unit * size + 1e-7)
+
+
+def test_vmap_over_no_elements():
+    """vmap over 0 elements (the shared operands' count 1): empty results, zero gradients and
+    empty tangents, as jax.numpy gives."""
+    _, V, rows, cols, vals, _ = problem(6)
+    none = jnp.zeros((0, 7, 3))
+    assert jax.vmap(lambda U: lj.sampled_product(U, V, rows, cols))(none).shape == (0, rows.shape[0])
+    assert jax.jit(jax.vmap(lambda v: lj.sparse_times_dense(rows, cols, v, V, 7)))(
+        jnp.zeros((0,) + vals.shape)).shape == (0, 7, 3)
+    grad = jax.grad(lambda V: jax.vmap(lambda U: lj.kernel_product(U, V, "tanh", 2).values)(none).sum())(V)
+    np.testing.assert_array_equal(grad, np.zeros(V.shape))
+    _, tangent = jax.jvp(jax.vmap(lambda U: lj.sampled_product(U, V, rows, cols)), (none,), (none,))
+    assert tangent.shape == (0, rows.shape[0])
+    nested = jax.vmap(jax.vmap(lambda U: lj.sampled_product(U, V, rows, cols)))(jnp.zeros((1, 0, 7, 3)))
+    assert nested.shape == (1, 0, rows.shape[0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kernel", ["tanh", "relu", "exponential"])
+def test_a_held_pullback_of_the_dense_product_keeps_only_its_output(dtype, kernel):
+    """jax.vjp of the dense kernel_product holds the m x n output and no m x n f' beside it (f' is
+    formed again from the output when the pullback runs)."""
+    import gc
+
+    rng = np.random.default_rng(7)
+    U = jnp.asarray(0.3 * rng.standard_normal((600, 4)), dtype)
+    V = jnp.asarray(0.3 * rng.standard_normal((500, 4)), dtype)
+    gc.collect()
+    before = sum(x.nbytes for x in jax.live_arrays())
+    out, pullback = jax.vjp(lambda U, V: lj.kernel_product(U, V, kernel), U, V)
+    jax.block_until_ready(out)
+    gc.collect()
+    held = sum(x.nbytes for x in jax.live_arrays()) - before
+    assert held < out.nbytes + 4 * (U.nbytes + V.nbytes), (held, out.nbytes)
+    grad_U, _ = pullback(jnp.ones_like(out))
+    y = np.asarray(out, np.float64)  # f' read from y, as the pullback reads it
+    slope = {"tanh": 1 - y ** 2, "relu": (y > 0) * 1.0, "exponential": y}[kernel]
+    V64 = np.asarray(V, np.float64)
+    # the weighted gradient and the GEMM's result rounded once each, its float32 sum of 500 terms
+    bound = 3 * float(jnp.finfo(dtype).eps) / 2 + 500 * 2.0 ** -24
+    assert np.all(np.abs(np.asarray(grad_U, np.float64) - slope @ V64) <= bound * (np.abs(slope) @ np.abs(V64)))

@@ -126,3 +126,29 @@ def test_outside_forward_mode_the_operators_run_directly(monkeypatch):
         lt.sampled_product(forward_ad.make_dual(U, U), V, rows, cols)
     assert called and set(called) == {"sampled_product_function"}  # the call and its tangent's product
     assert set(TORCH_KERNELS) == set(ops.KERNELS)
+
+
+def test_forward_mode_through_torch_compile():
+    """Under torch.compile a forward-mode level runs the operators eagerly (a graph break): the
+    tangent of plain torch's compiled function, never a missing tangent; fullgraph=True refuses."""
+    U, V, rows, cols, _ = problem()
+
+    def loss(U, V):
+        return (lt.sampled_product(U, V, rows, cols) ** 2).sum()
+
+    def plain(U, V):
+        return (((U[rows] * V[cols]).sum(1)) ** 2).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager")
+    dU = torch.ones_like(U)
+    with forward_ad.dual_level():
+        got = forward_ad.unpack_dual(compiled(forward_ad.make_dual(U, dU), V)).tangent
+    torch.testing.assert_close(got, torch.func.jvp(plain, (U, V), (dU, torch.zeros_like(V)))[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled(U, V), plain(U, V), rtol=1e-12, atol=1e-12)  # no level: the operator, traced
+
+    def same_loss(U, V):  # a code object of its own: dynamo's cache holds loss's graph-broken frames
+        return (lt.sampled_product(U, V, rows, cols) ** 2).sum()
+
+    strict = torch.compile(same_loss, backend="aot_eager", fullgraph=True)
+    with forward_ad.dual_level(), pytest.raises(Exception, match="forward mode|disable"):
+        strict(forward_ad.make_dual(U, dU), V)

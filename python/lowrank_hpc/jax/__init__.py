@@ -30,8 +30,10 @@ bilinear, whose tangent is the same product of one tangent and one primal and wh
 (reverse mode) is the other product (SDDMM's the SpMMs G V and G^T U, SpMM's an SDDMM and the
 transposed SpMM); top-k holds its selection fixed and moves the kept values by f' times the
 sampled products of the tangents there, and the dense kernel_product by f' times XLA's GEMMs
-(``jax.custom_jvp``: JAX transposes them into reverse mode). 16-bit tangents: each product
-rounded once to the format, the sum of the two products once more.
+(``jax.custom_jvp``: JAX transposes them into reverse mode). 16-bit tangents: the sparse
+products' two terms each rounded once to the format and their sum once more; top-k's two kernel
+terms summed in float32 and rounded once after f'; the dense kernel_product's two GEMMs (float32
+results) likewise rounded once.
 Static arguments (sizes, flags, kernel names, k) are Python values.
 float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
 in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
@@ -183,7 +185,7 @@ def _over_elements(body, arrays, trailing: tuple[int, ...]):
     elements, each the count or 1: nested jax.vmap, a shared operand unmapped (read in place)."""
     if arrays[0].ndim == trailing[0]:
         return body(*arrays)
-    size = max(a.shape[0] for a in arrays)
+    size = np.broadcast_shapes(*((a.shape[0],) for a in arrays))[0]  # 0 elements: 0, shared operands 1
     axes = [0 if a.shape[0] == size else None for a in arrays]  # a count of 1 everywhere maps all
     inner = [a if axis == 0 else a[0] for a, axis in zip(arrays, axes)]
     return jax.vmap(lambda *x: _over_elements(body, x, trailing), in_axes=axes)(*inner)
@@ -368,16 +370,67 @@ def _gemm(a, b):
     return a @ b
 
 
-def _weighted(kernel: str, grad, values, inner):
-    """grad * f'(x) from y = f(x); for 16-bit values in float32, rounded once. ``inner()`` gives
-    x (float32) for the one case y cannot tell: piecewise_linear in 16 bits, whose rounding takes
-    an x just inside (-1, 1) to y = +-1. (relu in float16 gives an x in (0, 3e-8), rounded to
-    y = +0, the slope 0, as jax.nn.relu of the rounded float16 product does.)"""
-    if values.dtype in _HALVES:
-        slope = (jnp.abs(inner()) < 1).astype(jnp.float32) if kernel == "piecewise_linear" else \
-            _derivative(kernel, values.astype(jnp.float32))
-        return (grad.astype(jnp.float32) * slope).astype(values.dtype)
-    return grad * _derivative(kernel, values)
+def _slope(kernel: str, source, from_x: bool):
+    """f'(x) from y = f(x) (source y), or from x itself (from_x: piecewise_linear in 16 bits,
+    whose rounding takes an x just inside (-1, 1) to y = +-1); in float32 for 16-bit sources.
+    (relu in float16 gives an x in (0, 3e-8), rounded to y = +0, the slope 0, as jax.nn.relu of
+    the rounded float16 product does.)"""
+    wide = source.astype(jnp.float32) if source.dtype in _HALVES else source
+    return (jnp.abs(wide) < 1).astype(wide.dtype) if from_x else _derivative(kernel, wide)
+
+
+def _slope_times_impl(grad, source, *, kernel: str, from_x: bool, dtype):
+    """grad * f'(x) in dtype (16-bit: in float32, rounded once)."""
+    slope = _slope(kernel, source, from_x)
+    return (grad.astype(slope.dtype) * slope).astype(dtype)
+
+
+def _slope_times_jvp(primals, tangents, **params):
+    """Linear in grad; in the source (second derivatives), d f'/dy: -2y for tanh, 1 for the
+    exponential (whose f' is y), 0 for the piecewise-constant slopes."""
+    (grad, source), (dgrad, dsource) = primals, tangents
+    out = _slope_times_p.bind(grad, source, **params)
+    terms = [] if type(dgrad) is ad.Zero else [_slope_times_p.bind(dgrad, source, **params)]
+    if type(dsource) is not ad.Zero and params["kernel"] in ("tanh", "exponential") and not params["from_x"]:
+        wide = jnp.float32 if source.dtype in _HALVES else source.dtype
+        change = grad.astype(wide) * dsource.astype(wide)
+        terms.append((change * (-2 * source.astype(wide)) if params["kernel"] == "tanh" else change).astype(out.dtype))
+    if not terms:
+        return out, jnp.zeros_like(out)
+    return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _slope_times_transpose(cotangent, grad, source, **params):
+    if ad.is_undefined_primal(source):
+        raise NotImplementedError("lowrank_hpc.jax: the kernel's slope is transposed in the gradient only")
+    if type(cotangent) is ad.Zero:
+        return ad.Zero(grad.aval), None
+    return _slope_times_p.bind(cotangent, source, **{**params, "dtype": grad.aval.dtype}), None
+
+
+def _slope_times_batch(args, dims, **params):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (size,) + a.shape)
+             for a, d in zip(args, dims)]
+    return _slope_times_p.bind(*moved, **params), 0
+
+
+# grad * f'(x) as a primitive of its own: elementwise, self-adjoint, so a pullback keeps y (the
+# output, or x where y cannot tell the slope) and forms f' again, not an m x n f' beside y.
+_slope_times_p = Primitive("lowrank_hpc_kernel_slope_times")
+_slope_times_p.def_impl(_slope_times_impl)
+_slope_times_p.def_abstract_eval(lambda grad, source, *, kernel, from_x, dtype: ShapedArray(grad.shape, dtype))
+mlir.register_lowering(_slope_times_p, mlir.lower_fun(_slope_times_impl, multiple_results=False))
+ad.primitive_jvps[_slope_times_p] = _slope_times_jvp
+ad.primitive_transposes[_slope_times_p] = _slope_times_transpose
+batching.primitive_batchers[_slope_times_p] = _slope_times_batch
+
+
+def _weighted(kernel: str, moved, values, inner):
+    """moved * f'(x) in values' dtype for y = f(x) = values; inner() gives x where y cannot tell."""
+    from_x = values.dtype in _HALVES and kernel == "piecewise_linear"
+    return _slope_times_p.bind(moved, inner() if from_x else values, kernel=kernel, from_x=from_x,
+                               dtype=values.dtype)
 
 
 # kernel_product's f (lowrank_hpc/ops/kernel_functions.hpp) for the dense product, which is XLA's
@@ -397,13 +450,14 @@ def _kernel_dense(U, V, kernel: str):
 
 
 def _kernel_dense_jvp(kernel, primals, tangents):
-    """d f(U V^T) = f'(x) (dU V^T + U dV^T), f' read from y = f(x) (both GEMMs XLA's; JAX
-    transposes them into reverse mode's G' V and G'^T U)."""
+    """d f(U V^T) = f'(x) (dU V^T + U dV^T), f' read from y = f(x): XLA's GEMMs in the factors'
+    format, which JAX transposes into reverse mode's G' V and G'^T U (16-bit: G' rounded once to
+    the format, as the GEMMs take it)."""
     (U, V), (dU, dV) = primals, tangents
     inner = _gemm(U, _swap(V))
     out = _FUNCTIONS[kernel](inner).astype(U.dtype)
-    terms = [_gemm(dU, _swap(V))] if not _is_zero(dU) else []
-    terms += [_gemm(U, _swap(dV))] if not _is_zero(dV) else []
+    terms = [dU @ _swap(V)] if not _is_zero(dU) else []
+    terms += [U @ _swap(dV)] if not _is_zero(dV) else []
     if not terms:
         return out, jnp.zeros_like(out)
     return out, _weighted(kernel, sum(terms[1:], terms[0]), out, lambda: inner)

@@ -11,7 +11,8 @@ grad; jvp, jacfwd, hessian, ``torch.autograd.forward_ad``): under a transform or
 level each operator runs in an ``autograd.Function`` with the same backward and a jvp made of the
 same operators (SDDMM's tangent is two SDDMMs, SpMM's two SpMMs, the dense products' torch's
 GEMMs, top-k's f' times the SDDMMs at the kept entries), as torch's ``register_autograd`` alone
-supports neither (pytorch issue 168393). Under
+supports neither (pytorch issue 168393); inside a ``torch.compile``d function a forward-mode
+level runs them eagerly (a graph break, which ``fullgraph=True`` refuses). Under
 ``vmap`` the sparse and dense products and both top-k take the stacked elements in one call
 (shared factors read in place; the stacked rows' GEMM may round an entry an ulp apart from an
 element's own call). The one exception, a factor that top-k shares and no stacking reads in place

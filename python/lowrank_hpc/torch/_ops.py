@@ -458,12 +458,25 @@ def _transformable(op, setup: Callable, formula: Callable, vmap_rule: Optional[C
     Function.__name__ = Function.__qualname__ = op._name.split("::")[-1] + "_function"
 
     def call(*args):
-        if not torch.compiler.is_compiling() and (torch._C._functorch.peek_interpreter_stack() is not None
-                                                  or _forward_ad._current_level >= 0):
+        if _forward_ad._current_level >= 0:  # forward mode, which the operator alone lacks
+            # Under torch.compile, run eagerly (a graph break): dynamo cannot trace the Function.
+            return _eager_apply(Function, *args) if torch.compiler.is_compiling() else Function.apply(*args)
+        if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
             return Function.apply(*args)
         return op(*args)
 
     return call
+
+
+def _eager_apply(function, *args):
+    return function.apply(*args)
+
+
+try:  # torch.compile calls it eagerly (a graph break; fullgraph=True refuses, naming the reason)
+    _eager_apply = torch.compiler.disable(_eager_apply, reason="lowrank_hpc.torch's forward mode runs its operators' "
+                                          "autograd.Function eagerly (dynamo cannot trace it)")
+except TypeError:  # a torch whose disable takes no reason
+    _eager_apply = torch.compiler.disable(_eager_apply)
 
 
 def _bilinear_tangent(product: Callable, a, b, da, db):
