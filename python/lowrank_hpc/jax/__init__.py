@@ -32,8 +32,9 @@ transposed SpMM); top-k holds its selection fixed and moves the kept values by f
 sampled products of the tangents there, and the dense kernel_product by f' times XLA's GEMMs
 (``jax.custom_jvp``: JAX transposes them into reverse mode). 16-bit tangents: the sparse
 products' two terms each rounded once to the format and their sum once more; top-k's two kernel
-terms summed in float32 and rounded once after f'; the dense kernel_product's two GEMMs (float32
-results) likewise rounded once.
+terms summed in float32 and rounded once after f'; the dense kernel_product's two GEMMs each
+rounded to the format, their sum once more and its product with f' once more (so that reverse
+mode's GEMMs take the weighted gradient in the format, rounded once, as before forward mode).
 Static arguments (sizes, flags, kernel names, k) are Python values.
 float32/float64 arrays (float64 needs ``jax_enable_x64``), or float16/bfloat16: read and summed
 in float32, each output rounded once to the input's format (the dense products: XLA's GEMM with
