@@ -2,7 +2,8 @@
 handlers and the host callback): tangents against jax.numpy transcriptions, jacfwd equal to
 jacrev, Hessians against jnp's, check_grads in both modes to order 2, forward mode under vmap
 with shared operands, reverse mode of a vmapped call with a shared factor (its cotangent summed
-over the elements), and 16-bit tangents within the format's rounding. Skipped without jax."""
+over the elements), vmap over no elements, 16-bit tangents within the format's rounding, and
+the memory a held pullback of the dense product keeps. Skipped without jax."""
 from __future__ import annotations
 
 import numpy as np
