@@ -258,7 +258,7 @@ def _top_k_global_tiled(selection: _Selection, batch: int, n: int, k: int, by_ma
 
 
 def _top_k_global(selection: _Selection, batch: int, n: int, k: int, by_magnitude: bool):
-    if selection.tile_gemm and hasattr(selection.call.module, "kernel_topk_global_of_products"):
+    if selection.tile_gemm:
         return _top_k_global_tiled(selection, batch, n, k, by_magnitude)
     # Any entry of the global top-k is in its row's top-min(k, n), and in its block's top-k, so
     # each block offers only those, merged with the running best k: memory O(block + k). On the
