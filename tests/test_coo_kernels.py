@@ -913,6 +913,32 @@ def test_sampled_product_of_long_rows_sorts_first_with_the_same_values(dtype, rn
         lr.ops.sampled_product(U, V, rows, bad, offsets=offsets)
 
 
+@pytest.mark.parametrize("r", [128, 200])
+def test_sampled_product_in_row_order_gathers_back_on_any_thread_count(rng, r):
+    """The one-shot row-ordered product of shuffled entries (its sort writes each entry's CSR
+    place; products formed by rows, then gathered back to the given order, in parallel from 65,536
+    multiply-adds): the coordinate kernel's bits on 1 to 3 threads with a row holding half the
+    entries; a bad row is named before an earlier bad column (rows are sorted on first)."""
+    from lowrank_hpc._arrays import resolve
+
+    m, n, nnz = 300, 250, 70_000
+    U, V = _factors(rng, np.float32, m, n, r)
+    rows, cols = _skewed_coords(rng, m, n, nnz, "random")
+    call = resolve("test", U=U)
+    direct = np.empty(nnz, dtype=np.float32)
+    call.module.sampled_product(U[None], V[None], rows, cols, np.array([0, nnz]), direct, call.status(nnz))
+    assert rel_error(direct, np.einsum("kc,kc->k", U[rows].astype(np.float64), V[cols].astype(np.float64))) < 1e-5
+    for threads in (1, 2, 3):
+        with cpu_threads(threads):
+            np.testing.assert_array_equal(lr.ops.sampled_product(U, V, rows, cols), direct)
+    bad_rows, bad_cols = rows.copy(), cols.copy()
+    bad_cols[5], bad_rows[60_000] = n, m
+    with pytest.raises(IndexError, match=rf"rows\[60000\] = {m} is out of range \[0, {m}\)"):
+        lr.ops.sampled_product(U, V, bad_rows, bad_cols)
+    with pytest.raises(IndexError, match=rf"cols\[5\] = {n} is out of range \[0, {n}\)"):
+        lr.ops.sampled_product(U, V, rows, bad_cols)
+
+
 def test_products_over_no_entry_are_empty_and_zero(backend, rng):
     """Empty rows and cols: the sampled product is empty and S @ B the zero matrix (of the
     factors' dtype and batching), with U, V and B checked as ever; what the torch and JAX

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <memory>
 #include <vector>
 #include <omp.h>
 
@@ -203,6 +204,33 @@ int64_t csr_sampled_product(const int64_t* indptr, const int64_t* perm, const I*
 }
 
 template <class T, class I>
+int64_t sampled_product_in_row_order(const T* U, const T* V, const I* rows, const I* cols, const int64_t* offsets,
+                                     int64_t batch, int64_t m, int64_t n, int64_t r, int64_t nnz, T* out) {
+  // Not value-initialised: every place is written before it is read.
+  std::unique_ptr<int64_t[]> indptr(new int64_t[static_cast<size_t>(batch * m + 1)]);
+  std::unique_ptr<int64_t[]> inverse(new int64_t[static_cast<size_t>(nnz)]);
+  std::unique_ptr<I[]> others(new I[static_cast<size_t>(nnz)]);
+  const CsrBuild build = coo_to_csr<T, I>(rows, cols, nullptr, offsets, batch, m, nnz, indptr.get(), nullptr,
+                                          others.get(), nullptr, inverse.get());
+  if (build.first_bad >= 0) return build.first_bad;
+  // In row order already: the products are written in place (and a bad place is the caller's).
+  if (build.sorted) return csr_sampled_product<T, I>(indptr.get(), nullptr, cols, U, V, nullptr, batch, m, n, r, nnz,
+                                                     out, nullptr);
+  std::unique_ptr<T[]> products(new T[static_cast<size_t>(nnz)]);
+  const int64_t bad = csr_sampled_product<T, I>(indptr.get(), nullptr, others.get(), U, V, nullptr, batch, m, n, r,
+                                                nnz, products.get(), nullptr);
+  if (bad >= 0) {  // a CSR place: the caller's first bad column is found in the caller's order
+    for (int64_t k = 0; k < nnz; ++k)
+      if (!ops::index_in_range(cols[k], n)) return k;
+  }
+  const T* sorted_products = products.get();
+  const int64_t* place = inverse.get();
+#pragma omp parallel for schedule(static) if (nnz > kParallelMinWork)
+  for (int64_t k = 0; k < nnz; ++k) out[k] = sorted_products[place[k]];
+  return -1;
+}
+
+template <class T, class I>
 int64_t sampled_squared_residuals(const T* U, const T* V, const I* rows, const I* cols, const T* vals,
                                   const int64_t* offsets, int64_t batch, int64_t m, int64_t n, int64_t r,
                                   int64_t nnz, double* out) {
@@ -234,7 +262,9 @@ int64_t sampled_product(const T* U, const T* V, const I* rows, const I* cols,
                                                    int64_t, double*);                                   \
   template int64_t csr_sampled_product<T, I>(const int64_t*, const int64_t*, const I*, const T*, const T*, \
                                              const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T*,   \
-                                             double*);
+                                             double*);                                                    \
+  template int64_t sampled_product_in_row_order<T, I>(const T*, const T*, const I*, const I*, const int64_t*,  \
+                                                      int64_t, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)
 #undef LRH_INSTANTIATE
 #define LRH_INSTANTIATE(T, I)                                                              \

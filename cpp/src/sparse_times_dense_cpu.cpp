@@ -135,7 +135,7 @@ bool sorted_keys_indptr(const I* keys, int64_t n_key, int64_t nnz, int64_t* indp
 template <class T, class I>
 CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t* offsets, int64_t batch,
                     int64_t n_key, int64_t nnz, int64_t* indptr, int64_t* perm, I* others_sorted,
-                    T* vals_sorted) {
+                    T* vals_sorted, int64_t* inverse) {
   const int64_t n_rows = batch * n_key;
   if (batch == 1 && sorted_keys_indptr(keys, n_key, nnz, indptr)) return {-1, true};
   int64_t threads = omp_get_max_threads();
@@ -151,7 +151,7 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
   // grouping), allocated before the parallel region, where a bad_alloc would end the process;
   // without the memory the sort scatters directly.
   std::unique_ptr<uint16_t[]> row_in_group(
-      n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes && shift <= kMaxGroupShift
+      !inverse && n_rows >= kGroupedMinRows && nnz * entry_bytes >= kGroupedMinBytes && shift <= kMaxGroupShift
           ? new (std::nothrow) uint16_t[static_cast<size_t>(nnz)]
           : nullptr);
   const bool may_group = row_in_group != nullptr;
@@ -242,6 +242,7 @@ CsrBuild coo_to_csr(const I* keys, const I* others, const T* vals, const int64_t
         while (k >= offsets[b + 1]) ++b;
         const int64_t position = mine[b * n_key + static_cast<int64_t>(keys[k])]++;
         if (perm) perm[position] = k;  // null: the caller keeps no permutation (ALS's memory)
+        if (inverse) inverse[k] = position;
         others_sorted[position] = others[k];
         if (vals) vals_sorted[position] = vals[k];
       }
@@ -539,7 +540,7 @@ int64_t count_nonfinite(const T* x, int64_t size) {
 
 #define LRH_INSTANTIATE(T, I)                                                                  \
   template CsrBuild coo_to_csr<T, I>(const I*, const I*, const T*, const int64_t*, int64_t, int64_t, \
-                                     int64_t, int64_t*, int64_t*, I*, T*);                      \
+                                     int64_t, int64_t*, int64_t*, I*, T*, int64_t*);            \
   template int64_t csr_times_dense<T, I>(const int64_t*, const int64_t*, const I*, const T*,   \
                                          const T*, int64_t, int64_t, int64_t, int64_t, T*);
 LRH_FOR_FLOAT_INDEX(LRH_INSTANTIATE)

@@ -384,18 +384,10 @@ ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::An
 #else
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
           if (row_order) {
-            int64_t* indptr = workspace.allocate<int64_t>(batch * m + 1);
-            int64_t* perm = workspace.allocate<int64_t>(nnz);
-            I* others = workspace.allocate<I>(nnz);
-            int64_t status[2] = {nnz, 0};
-            launch::coo_to_csr<T, I>(rows_, cols_, nullptr, offsets, batch, m, nnz, indptr, perm, others, nullptr,
-                                     status, nullptr);
-            if (status[0] < nnz) return index_error<I>(workspace, function, problems, status[0], {{"rows", rows_, m}});
-            const bool sorted = status[1] != 0;  // then perm and others were not written
-            const int64_t bad = cpu::csr_sampled_product<T, I>(indptr, sorted ? nullptr : perm,
-                                                               sorted ? cols_ : others, U_, V_, nullptr, batch, m, n,
-                                                               r, nnz, out_, nullptr);
-            if (bad >= 0) return index_error<I>(workspace, function, problems, bad, {{"cols", cols_, n}});
+            const int64_t bad =
+                cpu::sampled_product_in_row_order<T, I>(U_, V_, rows_, cols_, offsets, batch, m, n, r, nnz, out_);
+            if (bad >= 0)
+              return index_error<I>(workspace, function, problems, bad, {{"rows", rows_, m}, {"cols", cols_, n}});
             return ffi::Error::Success();
           }
         }

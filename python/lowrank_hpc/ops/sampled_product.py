@@ -7,7 +7,6 @@ import numpy as np
 
 from .. import _checks
 from .._arrays import Call, offsets_array, resolve
-from ._csr_order import csr_order
 from ._factors import checked_result, factor_pair, raise_index_error
 
 # From factor rows this long (float32 r >= 128) a call on the CPU sorts its entries by row first
@@ -42,8 +41,9 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     (float16/bfloat16 factors: the float32 sum rounded to nearest even in their format).
     Each entry's sum is the same code whatever the path: on the CPU, float32/float64 factor rows
     of 512 bytes or more (float32 r >= 128) take the entries sorted by row (a stable counting
-    sort, 16 bytes an entry of scratch for the call) so that each U row is read once per row;
-    shorter rows take the entries in the given order. For many products over one set of
+    sort; scratch for the call: 8 bytes an entry, plus one index and one result) so that each U
+    row is read once per row, and the results are gathered back to the given order; shorter rows
+    take the entries in the given order. For many products over one set of
     positions, :class:`SparsePattern` keeps that order.
 
     Raises
@@ -59,11 +59,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     if rows.shape[0] == 0:  # no entry: the empty result, with no kernel to launch
         return call.wrap(call.xp.empty(0, dtype=U3.dtype))
-    if row_order_pays(call, U3, SORT_MIN_ROW_BYTES):
-        indptr, perm, others, _ = csr_order(call, rows, cols, None, offsets, U3.shape[1], "rows")
-        out = csr_sampled(call, indptr, perm, others, U3, V3, cols)
-    else:
-        out = _sampled(call, U3, V3, rows, cols, offsets)
+    kernel = call.module.sampled_product_in_row_order if row_order_pays(call, U3, SORT_MIN_ROW_BYTES) else None
+    out = _sampled(call, U3, V3, rows, cols, offsets, kernel)
     return call.wrap(checked_result(call, out, check_finite))
 
 
@@ -94,11 +91,15 @@ def csr_sampled(call: Call, indptr, perm, others, U3, V3, cols, y=None):
     return out if y is None else (out, float(total[0]))
 
 
-def _sampled(call, U3, V3, rows, cols, offsets):
-    """The kernel on validated arrays: (nnz,) values, IndexError for an out-of-range index."""
+def _sampled(call, U3, V3, rows, cols, offsets, row_order_kernel=None):
+    """The kernel on validated arrays: (nnz,) values, IndexError for an out-of-range index.
+    row_order_kernel: the CPU module's sampled_product_in_row_order, or None for the entry kernel."""
     out = call.xp.empty(rows.shape[0], dtype=U3.dtype)
     first_bad = call.status(rows.shape[0])
-    call.module.sampled_product(U3, V3, rows, cols, offsets, out, first_bad, call.stream())
+    if row_order_kernel is not None:
+        row_order_kernel(U3, V3, rows, cols, offsets, out, first_bad)
+    else:
+        call.module.sampled_product(U3, V3, rows, cols, offsets, out, first_bad, call.stream())
     _raise_if_bad(call, first_bad, U3, V3, rows, cols)
     return out
 
