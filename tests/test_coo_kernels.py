@@ -913,6 +913,30 @@ def test_sampled_product_of_long_rows_sorts_first_with_the_same_values(dtype, rn
         lr.ops.sampled_product(U, V, rows, bad, offsets=offsets)
 
 
+@pytest.mark.parametrize("dtype, r, m, takes_row_order", [
+    (np.float32, 128, 50, True),       # 512-byte rows: sorted at any size
+    (np.float32, 64, 8_000, False),    # 256-byte rows in 4 MiB of factors: the given order
+    (np.float32, 64, 17_000, True),    # ... in 8.3 MiB: sorted
+    (np.float64, 32, 17_000, True),
+    (np.float32, 48, 60_000, False),   # 192-byte rows: the given order at any size
+    (np.float16, 256, 50, False),      # 16-bit storage: never
+])
+def test_one_shot_sampled_product_sorts_from_long_rows_or_large_factors(monkeypatch, rng, dtype, r, m,
+                                                                        takes_row_order):
+    """ops.sampled_product sorts by row from rows of 512 bytes, or of 256 bytes in factors of more
+    than 8 MiB (U and V of m rows each here); the value is the coordinate kernel's either way."""
+    sampled = importlib.import_module("lowrank_hpc.ops.sampled_product")
+    taken = []
+    original = sampled._sampled
+    monkeypatch.setattr(sampled, "_sampled", lambda *a: taken.append(a[-1] is not None) or original(*a))
+    U, V = (rng.standard_normal((m, r)).astype(dtype) for _ in range(2))
+    rows, cols = rng.integers(0, m, 500), rng.integers(0, m, 500)
+    got = lr.ops.sampled_product(U, V, rows, cols)
+    assert taken == [takes_row_order]
+    expected = np.einsum("kc,kc->k", U[rows].astype(np.float64), V[cols].astype(np.float64))
+    assert rel_error(got.astype(np.float64), expected) < (1e-2 if dtype == np.float16 else RTOL[dtype])
+
+
 @pytest.mark.parametrize("r", [128, 200])
 def test_sampled_product_in_row_order_gathers_back_on_any_thread_count(rng, r):
     """The one-shot row-ordered product of shuffled entries (its sort writes each entry's CSR

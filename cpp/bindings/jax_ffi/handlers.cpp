@@ -359,7 +359,7 @@ ffi::Error guarded(const char* function, const Placement& placement, Body&& body
 // (..., nnz); leading dimensions are vmap's (Stacking). One kernel call where every operand is
 // stacked (the elements as the kernels' batch) or the factors are shared (the elements' entries as
 // one problem), else one call per element on its operands in place. row_order (float32/float64
-// on the CPU, decided by lowrank_hpc.ops' rule for long factor rows): sort by row first and read
+// on the CPU, decided by lowrank_hpc.ops' sort_pays): sort by row first and read
 // each U row once per row, as ops.sampled_product does; the GPU runs the coordinate kernel.
 ffi::Error sampled_product(const Placement& placement, ffi::AnyBuffer U, ffi::AnyBuffer V, ffi::AnyBuffer rows,
                            ffi::AnyBuffer cols, ffi::Result<ffi::AnyBuffer> out, bool row_order) {

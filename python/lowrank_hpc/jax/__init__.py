@@ -68,7 +68,7 @@ from jax.interpreters import ad, batching, mlir
 from .. import _backend, _checks, ops
 from ..ops import GlobalTopK, TopK, _factors
 from ..ops.kernel_product import KERNELS, TOP_K_MODES, TOP_K_ORDERS, default_block_rows, overflow_message
-from ..ops.sampled_product import long_factor_rows
+from ..ops.sampled_product import sort_pays
 
 __all__ = ["GlobalTopK", "TopK", "kernel_product", "lowrank_product", "sampled_product", "sparse_times_dense"]
 
@@ -246,7 +246,8 @@ def _sampled_impl(U, V, rows, cols, *, ffi: bool):
         return _host_kernel("sampled_product", shape,
                             lambda *a: _callback(lambda U, V, r, c: ops.sampled_product(U, V, r, c, check_finite=False),
                                                  shape, *a),
-                            (U, V, rows, cols), (2, 3), ffi, row_order=long_factor_rows(U.dtype, U.shape[1]))
+                            (U, V, rows, cols), (2, 3), ffi,
+                            row_order=sort_pays(U.dtype, U.shape[1], U.shape[0] + V.shape[0]))
     return _over_elements(one, (U, V, rows, cols), (2, 2, 1, 1))
 
 

@@ -11,8 +11,13 @@ from ._factors import checked_result, factor_pair, raise_index_error
 
 # From factor rows this long (float32 r >= 128) a call on the CPU sorts its entries by row first
 # and reads each U row once per row: 1e6 shuffled entries of 10,000 x 10,000, r = 256, 3 ms to
-# sort against 15 ms saved.
+# sort against 15 ms saved. From half that once a problem's two factors outgrow 8 MiB (a V row
+# then comes from the last-level cache or memory; float32, 2 threads, Zen 3, r = 64: 2e6 entries
+# of 20,000 x 20,000 41 against 50 ms, 1e7 of 100,000 x 100,000 414 against 501; factors of
+# 5 MiB, 1e6 of 10,000 x 10,000, keep the given order: 12 against 9 ms).
 SORT_MIN_ROW_BYTES = 512
+SORT_MIN_ROW_BYTES_LARGE_FACTORS = 256
+LARGE_FACTOR_BYTES = 8 << 20
 
 
 @_checks.constrained(check_finite=_checks.flag)
@@ -40,7 +45,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     (nnz,) array of the factors' dtype: vals[k] = sum_c U[b, rows[k], c] * V[b, cols[k], c]
     (float16/bfloat16 factors: the float32 sum rounded to nearest even in their format).
     Each entry's sum is the same code whatever the path: on the CPU, float32/float64 factor rows
-    of 512 bytes or more (float32 r >= 128) take the entries sorted by row (a stable counting
+    of 512 bytes or more (float32 r >= 128), or of 256 bytes in factors of more than 8 MiB
+    together (U's and V's rows of one problem), take the entries sorted by row (a stable counting
     sort; scratch for the call: 8 bytes an entry, plus one index and one result) so that each U
     row is read once per row, and the results are gathered back to the given order; shorter rows
     take the entries in the given order. For many products over one set of
@@ -59,7 +65,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     if rows.shape[0] == 0:  # no entry: the empty result, with no kernel to launch
         return call.wrap(call.xp.empty(0, dtype=U3.dtype))
-    kernel = call.module.sampled_product_in_row_order if row_order_pays(call, U3, SORT_MIN_ROW_BYTES) else None
+    sort = hasattr(call.module, "csr_sampled_product") and sort_pays(U3.dtype, U3.shape[-1], U3.shape[1] + V3.shape[1])
+    kernel = call.module.sampled_product_in_row_order if sort else None
     out = _sampled(call, U3, V3, rows, cols, offsets, kernel)
     return call.wrap(checked_result(call, out, check_finite))
 
@@ -69,11 +76,20 @@ def row_order_pays(call: Call, U3, min_row_bytes: int) -> bool:
     return hasattr(call.module, "csr_sampled_product") and long_factor_rows(U3.dtype, U3.shape[-1], min_row_bytes)
 
 
-def long_factor_rows(dtype, rank: int, min_row_bytes: int = SORT_MIN_ROW_BYTES) -> bool:
+def long_factor_rows(dtype, rank: int, min_row_bytes: int) -> bool:
     """Whether float32/float64 factor rows of this rank hold min_row_bytes or more: the row-ordered
-    kernel's rule (lowrank_hpc.jax's FFI handler applies it too); 16-bit storage never takes it."""
+    kernel's rule; 16-bit storage never takes it."""
     dtype = np.dtype(dtype)
     return dtype in (np.float32, np.float64) and rank * dtype.itemsize >= min_row_bytes
+
+
+def sort_pays(dtype, rank: int, factor_rows: int) -> bool:
+    """Whether a one-shot sampled product on the CPU sorts its entries by row first, for factors of
+    this dtype and rank with factor_rows rows in one problem's U and V together (lowrank_hpc.jax's
+    FFI handler applies the same rule)."""
+    row_bytes = rank * np.dtype(dtype).itemsize
+    return long_factor_rows(dtype, rank, SORT_MIN_ROW_BYTES) or (
+        long_factor_rows(dtype, rank, SORT_MIN_ROW_BYTES_LARGE_FACTORS) and factor_rows * row_bytes > LARGE_FACTOR_BYTES)
 
 
 def csr_sampled(call: Call, indptr, perm, others, U3, V3, cols, y=None):
