@@ -1,7 +1,6 @@
-// The sampled product read by rows, over a prepared CSR pattern (SparsePattern.sampled_product)
-// or entries in any order (ops.sampled_product's long rows): on the CPU a row's U row is read
-// once for all its entries; the GPU runs the coordinate kernel instead (a thread group per entry
-// gains nothing from the row order).
+// The sampled product over a prepared CSR pattern (SparsePattern.sampled_product): on the CPU a
+// row's U row is read once for all its entries; the GPU runs the coordinate kernel instead (a
+// thread group per entry gains nothing from the row order).
 #include "cpu_bindings.hpp"
 
 namespace lowrank_hpc::bindings {
@@ -40,37 +39,9 @@ void csr_sampled_product(const ArrayView& indptr, const ArrayView& perm, const A
   });
 }
 
-// out (nnz,) = <U[b, rows[k]], V[b, cols[k]]> for entries in any order, read by rows
-// (cpu::sampled_product_in_row_order); lowers first_bad[0] to the first bad entry.
-void sampled_product_in_row_order(const ArrayView& U, const ArrayView& V, const ArrayView& rows,
-                                  const ArrayView& cols, const ArrayView& offsets, const ArrayView& out,
-                                  const ArrayView& first_bad) {
-  expect().shape(U, "U", {-1, -1, -1});
-  expect().shape(rows, "rows", {-1});
-  const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], nnz = rows.shape[0];
-  expect().shape(V, "V", {batch, -1, r});
-  const int64_t n = V.shape[1];
-  dispatch_float_index(U, "U", rows, "rows", [&](auto t, auto i) {
-    using T = decltype(t);
-    using I = decltype(i);
-    expect().typed(V, "V", dtype_of<T>(), {batch, n, r});
-    expect().typed(cols, "cols", dtype_of<I>(), {nnz});
-    expect().typed(offsets, "offsets", DType::int64, {batch + 1});
-    expect().output(out, "out", dtype_of<T>(), {nnz});
-    expect().output(first_bad, "first_bad", DType::int64, {1});
-    py::gil_scoped_release release;
-    const int64_t bad = cpu::sampled_product_in_row_order<T, I>(U.data<T>(), V.data<T>(), rows.data<I>(),
-                                                                cols.data<I>(), offsets.data<int64_t>(), batch, m, n,
-                                                                r, nnz, out.data<T>());
-    if (bad >= 0) *first_bad.data<int64_t>() = std::min(*first_bad.data<int64_t>(), bad);
-  });
-}
-
 }  // namespace
 
 void bind_csr_sampled_product(py::module_& m) {
-  m.def("sampled_product_in_row_order", &sampled_product_in_row_order, py::arg("U"), py::arg("V"), py::arg("rows"),
-        py::arg("cols"), py::arg("offsets"), py::arg("out"), py::arg("first_bad"));
   m.def("csr_sampled_product", &csr_sampled_product, py::arg("indptr"), py::arg("perm"), py::arg("others"),
         py::arg("U"), py::arg("V"), py::arg("out"), py::arg("first_bad"), py::arg("y") = py::none(),
         py::arg("sum_of_squares") = py::none());

@@ -4,6 +4,9 @@
 // bfloat16): read as float, summed in float, each output rounded once to the input's format.
 // Status words (first bad entry, counts) are int64 arrays on the module's device, so neither
 // module reads device memory here; the Python layer reads them when it needs the answer.
+#include <algorithm>
+#include <type_traits>
+
 #include "backend.hpp"
 
 namespace lowrank_hpc::bindings {
@@ -25,9 +28,12 @@ void expect_sampled_operands(const ArrayView& V, const ArrayView& rows, const Ar
   expect().output(first_bad, "first_bad", DType::int64, {1});
 }
 
+// row_order (float32/float64 on the CPU; lowrank_hpc.ops' sort_pays decides): the entries sorted
+// by row first and each U row read once per row (cpu::sampled_product_in_row_order); the GPU
+// runs the coordinate kernel (a thread group per entry gains nothing from the row order).
 void sampled_product(const ArrayView& U, const ArrayView& V, const ArrayView& rows, const ArrayView& cols,
                      const ArrayView& offsets, const ArrayView& out, const ArrayView& first_bad,
-                     std::uintptr_t stream) {
+                     std::uintptr_t stream, bool row_order) {
   expect().shape(U, "U", {-1, -1, -1});
   const int64_t batch = U.shape[0], m = U.shape[1], r = U.shape[2], n = V.shape[1], nnz = rows.shape[0];
   dispatch_storage_index(U, "U", rows, "rows", [&](auto t, auto i) {
@@ -36,6 +42,18 @@ void sampled_product(const ArrayView& U, const ArrayView& V, const ArrayView& ro
     expect_sampled_operands<T, I>(V, rows, cols, offsets, first_bad, batch, r, nnz);
     expect().output(out, "out", dtype_of<T>(), {nnz});
     py::gil_scoped_release release;
+#ifndef LRH_BACKEND_CUDA
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      if (row_order) {
+        const int64_t bad = cpu::sampled_product_in_row_order<T, I>(U.data<T>(), V.data<T>(), rows.data<I>(),
+                                                                    cols.data<I>(), offsets.data<int64_t>(), batch,
+                                                                    m, n, r, nnz, out.data<T>());
+        if (bad >= 0) *first_bad.data<int64_t>() = std::min(*first_bad.data<int64_t>(), bad);
+        return;
+      }
+    }
+#endif
+    (void)row_order;
     check_launch(launch::sampled_product<T, I>(U.data<T>(), V.data<T>(), rows.data<I>(), cols.data<I>(),
                                                offsets.data<int64_t>(), batch, m, n, r, nnz, out.data<T>(),
                                                first_bad.data<int64_t>(), stream_of(stream)),
@@ -135,8 +153,9 @@ void count_nonfinite(const ArrayView& x, const ArrayView& count, std::uintptr_t 
 
 void bind_coo_kernels(py::module_& m) {
   m.def("sampled_product", &sampled_product, arg("U"), arg("V"), arg("rows"), arg("cols"), arg("offsets"),
-        arg("out"), arg("first_bad"), arg("stream") = 0,
-        "out[k] = <U[b, rows[k]], V[b, cols[k]]>; lowers first_bad[0] to the first out-of-range entry");
+        arg("out"), arg("first_bad"), arg("stream") = 0, arg("row_order") = false,
+        "out[k] = <U[b, rows[k]], V[b, cols[k]]>; lowers first_bad[0] to the first out-of-range entry "
+        "(row_order: sorted by row first, on the CPU for float32/float64)");
   m.def("sampled_squared_residuals", &sampled_squared_residuals, arg("U"), arg("V"), arg("rows"), arg("cols"),
         arg("vals"), arg("offsets"), arg("out"), arg("first_bad"), arg("stream") = 0,
         "out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in float64");

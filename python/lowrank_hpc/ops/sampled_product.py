@@ -65,9 +65,9 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     offsets = offsets_array(call, "offsets", offsets, U3.shape[0], rows.shape[0])
     if rows.shape[0] == 0:  # no entry: the empty result, with no kernel to launch
         return call.wrap(call.xp.empty(0, dtype=U3.dtype))
-    sort = hasattr(call.module, "csr_sampled_product") and sort_pays(U3.dtype, U3.shape[-1], U3.shape[1] + V3.shape[1])
-    kernel = call.module.sampled_product_in_row_order if sort else None
-    out = _sampled(call, U3, V3, rows, cols, offsets, kernel)
+    row_order = hasattr(call.module, "csr_sampled_product") and sort_pays(U3.dtype, U3.shape[-1],
+                                                                          U3.shape[1] + V3.shape[1])
+    out = _sampled(call, U3, V3, rows, cols, offsets, row_order)
     return call.wrap(checked_result(call, out, check_finite))
 
 
@@ -107,15 +107,12 @@ def csr_sampled(call: Call, indptr, perm, others, U3, V3, cols, y=None):
     return out if y is None else (out, float(total[0]))
 
 
-def _sampled(call, U3, V3, rows, cols, offsets, row_order_kernel=None):
+def _sampled(call, U3, V3, rows, cols, offsets, row_order: bool = False):
     """The kernel on validated arrays: (nnz,) values, IndexError for an out-of-range index.
-    row_order_kernel: the CPU module's sampled_product_in_row_order, or None for the entry kernel."""
+    row_order: sort by row first (the CPU's float32/float64 kernel; sort_pays decides)."""
     out = call.xp.empty(rows.shape[0], dtype=U3.dtype)
     first_bad = call.status(rows.shape[0])
-    if row_order_kernel is not None:
-        row_order_kernel(U3, V3, rows, cols, offsets, out, first_bad)
-    else:
-        call.module.sampled_product(U3, V3, rows, cols, offsets, out, first_bad, call.stream())
+    call.module.sampled_product(U3, V3, rows, cols, offsets, out, first_bad, call.stream(), row_order)
     _raise_if_bad(call, first_bad, U3, V3, rows, cols)
     return out
 
