@@ -937,17 +937,20 @@ def test_one_shot_sampled_product_sorts_from_long_rows_or_large_factors(monkeypa
     assert rel_error(got.astype(np.float64), expected) < (1e-2 if dtype == np.float16 else RTOL[dtype])
 
 
-@pytest.mark.parametrize("r", [128, 200])
-def test_sampled_product_in_row_order_gathers_back_on_any_thread_count(rng, r):
+@pytest.mark.parametrize("r, m, n, nnz, index_dtype", [
+    (128, 300, 250, 70_000, np.int64),
+    (200, 300, 250, 70_000, np.int32),
+    (128, 5_000, 400, 1_600_000, np.int64),  # rows and bytes enough for the sort's runs of rows (not taken here)
+])
+def test_sampled_product_in_row_order_gathers_back_on_any_thread_count(rng, r, m, n, nnz, index_dtype):
     """The one-shot row-ordered product of shuffled entries (its sort writes each entry's CSR
     place; products formed by rows, then gathered back to the given order, in parallel from 65,536
     multiply-adds): the coordinate kernel's bits on 1 to 3 threads with a row holding half the
     entries; a bad row is named before an earlier bad column (rows are sorted on first)."""
     from lowrank_hpc._arrays import resolve
 
-    m, n, nnz = 300, 250, 70_000
     U, V = _factors(rng, np.float32, m, n, r)
-    rows, cols = _skewed_coords(rng, m, n, nnz, "random")
+    rows, cols = (a.astype(index_dtype) for a in _skewed_coords(rng, m, n, nnz, "random"))
     call = resolve("test", U=U)
     direct = np.empty(nnz, dtype=np.float32)
     call.module.sampled_product(U[None], V[None], rows, cols, np.array([0, nnz]), direct, call.status(nnz))
@@ -961,6 +964,11 @@ def test_sampled_product_in_row_order_gathers_back_on_any_thread_count(rng, r):
         lr.ops.sampled_product(U, V, bad_rows, bad_cols)
     with pytest.raises(IndexError, match=rf"cols\[5\] = {n} is out of range \[0, {n}\)"):
         lr.ops.sampled_product(U, V, rows, bad_cols)
+    # The kernel itself: every product gathered back even so, the bad entry's 0.
+    out, first_bad = np.full(nnz, np.nan, np.float32), call.status(nnz)
+    call.module.sampled_product(U[None], V[None], rows, bad_cols, np.array([0, nnz]), out, first_bad, 0, True)
+    assert call.read(first_bad)[0] == 5 and out[5] == 0
+    np.testing.assert_array_equal(np.delete(out, 5), np.delete(direct, 5))
 
 
 def test_products_over_no_entry_are_empty_and_zero(backend, rng):

@@ -219,15 +219,15 @@ int64_t sampled_product_in_row_order(const T* U, const T* V, const I* rows, cons
   std::unique_ptr<T[]> products(new T[static_cast<size_t>(nnz)]);
   const int64_t bad = csr_sampled_product<T, I>(indptr.get(), nullptr, others.get(), U, V, nullptr, batch, m, n, r,
                                                 nnz, products.get(), nullptr);
-  if (bad >= 0) {  // a CSR place: the caller's first bad column is found in the caller's order
-    for (int64_t k = 0; k < nnz; ++k)
-      if (!ops::index_in_range(cols[k], n)) return k;
-  }
+  int64_t first_bad = -1;  // bad is a CSR place: the caller's first bad column is found in the caller's order
+  for (int64_t k = 0; bad >= 0 && k < nnz && first_bad < 0; ++k)
+    if (!ops::index_in_range(cols[k], n)) first_bad = k;
+  // Gathered even then: out holds every product and a bad entry's 0, as the other paths leave it.
   const T* sorted_products = products.get();
   const int64_t* place = inverse.get();
 #pragma omp parallel for schedule(static) if (nnz > kParallelMinWork)
   for (int64_t k = 0; k < nnz; ++k) out[k] = sorted_products[place[k]];
-  return -1;
+  return first_bad;
 }
 
 template <class T, class I>

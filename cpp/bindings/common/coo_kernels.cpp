@@ -155,7 +155,8 @@ void bind_coo_kernels(py::module_& m) {
   m.def("sampled_product", &sampled_product, arg("U"), arg("V"), arg("rows"), arg("cols"), arg("offsets"),
         arg("out"), arg("first_bad"), arg("stream") = 0, arg("row_order") = false,
         "out[k] = <U[b, rows[k]], V[b, cols[k]]>; lowers first_bad[0] to the first out-of-range entry "
-        "(row_order: sorted by row first, on the CPU for float32/float64)");
+        "(row_order: sorted by row first, on the CPU for float32/float64; then the first entry with a bad row, "
+        "else with a bad column)");
   m.def("sampled_squared_residuals", &sampled_squared_residuals, arg("U"), arg("V"), arg("rows"), arg("cols"),
         arg("vals"), arg("offsets"), arg("out"), arg("first_bad"), arg("stream") = 0,
         "out[k] = (vals[k] - <U[b, rows[k]], V[b, cols[k]]>)^2 in float64");

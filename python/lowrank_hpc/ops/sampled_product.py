@@ -54,8 +54,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
 
     Raises
     ------
-    IndexError for an index out of range (naming the first such entry; from 512-byte rows on the
-    CPU, rows are checked before cols), TypeError for dtypes or mixed host/device arrays,
+    IndexError for an index out of range (naming the first such entry; where the CPU sorts by
+    row, see above, rows are checked before cols), TypeError for dtypes or mixed host/device arrays,
     ValueError for shapes, layout, empty factors or NaN/inf. No entry (empty rows and cols)
     gives an empty array.
     """
