@@ -562,7 +562,8 @@ class _PublicOnly:
 def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, method):
     """The library's operators give factored_gd their residual and loss in one pass (entry
     sampling: one kernel) and skip the public methods' checks: the same iterates and losses as
-    the same operator seen through its public methods."""
+    the same operator seen through its public methods (shuffled entries: up to the order of the
+    sums, the solver iterating on them sorted by row)."""
     rng = np.random.default_rng(5)
     n1, n2, r = 40, 30, 3
     M = rng.standard_normal((n1, r)) @ rng.standard_normal((r, n2))
@@ -576,11 +577,38 @@ def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, me
     init = "spectral" if method == "scaled" else "small"  # ScaledGD's start (from small: slow, as the theory says)
     fused = lr.recover.factored_gd(op, y, r, method=method, init=init, max_iter=40, tol=0, seed=1)
     generic = lr.recover.factored_gd(_PublicOnly(op), y, r, method=method, init=init, max_iter=40, tol=0, seed=1)
-    assert fused.n_iter == generic.n_iter == 40 and fused.step == generic.step
+    assert fused.n_iter == generic.n_iter == 40
+    assert fused.step == generic.step if kind != "entries shuffled" else fused.step == pytest.approx(generic.step,
+                                                                                                      rel=1e-14)
     np.testing.assert_allclose(fused.history["loss"], generic.history["loss"], rtol=1e-12)
     np.testing.assert_allclose(fused.U, generic.U, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(fused.V, generic.V, rtol=1e-10, atol=1e-13)
     assert fused.history["loss"][-1] < 1e-1 * fused.history["loss"][0]  # the iterates moved
+
+
+@pytest.mark.parametrize("method, init", [("gd", "small"), ("alternating", "small"), ("scaled", "spectral")])
+def test_shuffled_entries_iterate_in_row_order_bit_for_bit(method, init):
+    """factored_gd on entry sampling in any order iterates on the entries stably sorted by row (the
+    row-ordered kernels need no permutation): the iterates, losses and step of the same entries
+    given in that order, bit for bit; the caller's operator and y are left as they were."""
+    rng = np.random.default_rng(11)
+    n1, n2, r = 60, 45, 3
+    M = rng.standard_normal((n1, r)) @ rng.standard_normal((r, n2)) + 2.0
+    flat = rng.choice(n1 * n2, 1500, replace=False)
+    rows, cols = flat // n2, flat % n2
+    y = M[rows, cols] + 0.01 * rng.standard_normal(rows.shape[0])
+    order = np.argsort(rows, kind="stable")
+    shuffled_op, y_given = EntrySampling(rows, cols, (n1, n2)), y.copy()
+    shuffled = lr.recover.factored_gd(shuffled_op, y, r, method=method, init=init, max_iter=30, tol=0, seed=2)
+    in_order = lr.recover.factored_gd(EntrySampling(rows[order], cols[order], (n1, n2)), y[order], r, method=method,
+                                      init=init, max_iter=30, tol=0, seed=2)
+    assert shuffled.step == in_order.step and shuffled.n_iter == in_order.n_iter == 30
+    np.testing.assert_array_equal(shuffled.history["loss"], in_order.history["loss"])
+    np.testing.assert_array_equal(shuffled.U, in_order.U)
+    np.testing.assert_array_equal(shuffled.V, in_order.V)
+    assert shuffled.history["loss"][-1] < 0.8 * shuffled.history["loss"][0]  # the iterates moved
+    np.testing.assert_array_equal(y, y_given)
+    np.testing.assert_array_equal(shuffled_op.forward(M), M[rows, cols])  # still the caller's order
 
 
 def test_an_operator_overriding_its_public_methods_is_called_through_them():

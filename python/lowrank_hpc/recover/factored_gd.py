@@ -90,10 +90,7 @@ class _Problem:
         """Whether the operator is one of the library's, its public methods not overridden: then
         the loop calls its solver methods (no per-call checks: the solver validated its operands
         once; entry sampling fuses the residual and the loss into one kernel)."""
-        kind = type(self.op)
-        return isinstance(self.op, SensingOperator) and all(
-            getattr(kind, name) is getattr(SensingOperator, name)
-            for name in ("forward_factored", "adjoint_times", "adjoint_transpose_times"))
+        return library_operator(self.op)
 
     def evaluate(self, U: Any, V: Any) -> tuple[Any, float]:
         """(residual, loss) at (U, V), in one pass where the operator can."""
@@ -130,6 +127,15 @@ class _Problem:
             # those columns zero: ScaledGD at the rank the start found, not a LinAlgError.
             solved = grad @ self.xp.linalg.pinv(gram)
         return solved
+
+
+def library_operator(op: Any) -> bool:
+    """Whether op is one of the library's sensing operators with its public methods as the
+    library wrote them (a subclass overriding them keeps its own order and calls)."""
+    kind = type(op)
+    return isinstance(op, SensingOperator) and all(
+        getattr(kind, name) is getattr(SensingOperator, name)
+        for name in ("forward_factored", "adjoint_times", "adjoint_transpose_times"))
 
 
 def _rebalance(xp: Any, U: Any, V: Any) -> tuple[Any, Any]:
@@ -383,6 +389,10 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     step_given, damping_given = step, damping
 
     xp, dtype = call.xp, y.dtype
+    # The digest below reads the caller's y; everything else may take the operator's solver order.
+    given_y = y
+    if library_operator(op):
+        op, y = op._solver_order(call, y)
     y_norm = robust_norm(xp, y)
     if y_norm == 0:
         raise ValueError("factored_gd: y is all zeros; the solution is U V^T = 0")
@@ -413,7 +423,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     given = () if isinstance(init, str) else (U, V)
     digest = fingerprint("factored_gd", method, symmetric, rank, init if isinstance(init, str) else "arrays",
                          init_scale, step_given, damping_given, tol, seed_key, rebalance_at, op.shape,
-                         type(op).__name__, getattr(op, "seed", None), y, *given)
+                         type(op).__name__, getattr(op, "seed", None), given_y, *given)
     fresh = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0},
                       seed=seed_value)
     state = resume_or_start(settings, digest, xp, fresh)

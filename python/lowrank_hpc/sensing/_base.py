@@ -240,6 +240,12 @@ class SensingOperator(ABC):
     # What the factored solvers call in their loops, once they have validated U, V and y at
     # entry (U (n1, r), V (n2, r) C-contiguous of y's dtype, on the call's backend; V is U for
     # U U^T): no per-call checks, and an operator may fuse the steps.
+    def _solver_order(self, call: Call, y: Any) -> tuple["SensingOperator", Any]:
+        """(operator, y) the factored solvers iterate on: these measurements, in an order the
+        operator's kernels prefer (the loss and its gradients do not depend on the order; y (m,)
+        validated, on the call's backend). Default: this operator and y as they are."""
+        return self, y
+
     def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         """(z, sum of z^2 in float64) for z = A(U V^T) - y (m,)."""
         z = self._forward_factored(call, U, V) - y

@@ -1,7 +1,7 @@
 """Entry sampling, the matrix-completion operator: A(X) = X[rows, cols]."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -16,7 +16,9 @@ class EntrySampling(SensingOperator):
     forward gathers X[rows, cols]; adjoint scatter-adds y into an (n1, n2) zero matrix (repeated
     positions add up); forward_factored samples U V^T without forming it (``ops.sampled_product``,
     or ``SparsePattern.sampled_product`` once the adjoint products have built the pattern: the
-    same values).
+    same values). Entries given out of row order are kept a second time, stably sorted by row,
+    for ``recover.factored_gd``, which iterates on them (and y gathered into that order, per
+    fit): its iterates are those of the sorted entries, bit for bit.
 
     Parameters
     ----------
@@ -41,6 +43,7 @@ class EntrySampling(SensingOperator):
         self._host_rows, self._host_cols = host_rows.copy(), host_cols.copy()
         self._host_flat = host_rows.astype(np.int64) * shape[1] + host_cols
         self._patterns: dict[str, SparsePattern] = {}
+        self._row_sorted: Optional[tuple["EntrySampling", dict[str, Any]]] = None
 
     def indices(self, call: Call) -> tuple[Any, Any, Any]:
         """(rows, cols, rows * n2 + cols) on the call's backend."""
@@ -67,6 +70,22 @@ class EntrySampling(SensingOperator):
             return pattern.sampled_product(U, V, check_finite=False)
         rows, cols, _ = self.indices(call)
         return sampled_product(U, V, rows, cols, check_finite=False)
+
+    def _solver_order(self, call: Call, y: Any) -> tuple["EntrySampling", Any]:
+        # Entries out of row order: the solvers iterate on the same entries stably sorted by row
+        # (y gathered once), where the residual and the row products need no permutation (20,000 x
+        # 20,000, 8e6 shuffled entries, r = 20, factored_gd: 267-276 against 124-126 ms an
+        # iteration in row order). The iterates are those of the sorted entries, bit for bit.
+        rows = self._host_rows
+        if rows.shape[0] < 2 or bool((rows[1:] >= rows[:-1]).all()):
+            return self, y
+        if self._row_sorted is None:
+            order = np.argsort(rows, kind="stable")
+            self._row_sorted = (EntrySampling(rows[order], self._host_cols[order], self._shape), {"cpu": order})
+        sorted_op, orders = self._row_sorted
+        if call.backend not in orders:  # the order on the call's device, moved once
+            orders[call.backend] = call.xp.asarray(orders["cpu"])
+        return sorted_op, y[orders[call.backend]]
 
     def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         # One pass: the sampled product, minus y, its squares summed (on the CPU).
