@@ -587,17 +587,19 @@ def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, me
 
 
 @pytest.mark.parametrize("method, init", [("gd", "small"), ("alternating", "small"), ("scaled", "spectral")])
-def test_shuffled_entries_iterate_in_row_order_bit_for_bit(method, init):
-    """factored_gd on entry sampling in any order iterates on the entries stably sorted by row (the
-    row-ordered kernels need no permutation): the iterates, losses and step of the same entries
-    given in that order, bit for bit; the caller's operator and y are left as they were."""
+def test_shuffled_entries_iterate_in_row_and_column_order_bit_for_bit(method, init):
+    """factored_gd on entry sampling in any order iterates on the entries sorted by (row, col)
+    (the row-ordered kernels need no permutation): the iterates, losses and step of the same
+    entries given in that order, bit for bit; the caller's operator and y are left as they were."""
     rng = np.random.default_rng(11)
     n1, n2, r = 60, 45, 3
     M = rng.standard_normal((n1, r)) @ rng.standard_normal((r, n2)) + 2.0
     flat = rng.choice(n1 * n2, 1500, replace=False)
+    flat = rng.permutation(np.concatenate([flat, flat[:100]]))  # 100 positions observed twice
     rows, cols = flat // n2, flat % n2
     y = M[rows, cols] + 0.01 * rng.standard_normal(rows.shape[0])
-    order = np.argsort(rows, kind="stable")
+    order = np.lexsort((cols, rows))  # stable: a repeated position's two values in the given order
+    np.testing.assert_array_equal(EntrySampling(rows, cols, (n1, n2))._row_column_order(), order)
     shuffled_op, y_given = EntrySampling(rows, cols, (n1, n2)), y.copy()
     shuffled = lr.recover.factored_gd(shuffled_op, y, r, method=method, init=init, max_iter=30, tol=0, seed=2)
     in_order = lr.recover.factored_gd(EntrySampling(rows[order], cols[order], (n1, n2)), y[order], r, method=method,
