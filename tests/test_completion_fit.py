@@ -117,6 +117,26 @@ def test_fit_offsets_without_ridge_leaves_unobserved_rows_at_zero():
     np.testing.assert_allclose(offsets.at(rows, cols), mu + a[rows] + b[cols], rtol=1e-6, atol=1e-8)
 
 
+def test_a_fit_sorts_shuffled_entries_once_for_all_its_gradient_solves(monkeypatch):
+    """MatrixCompletion with a gradient method alternates whole solves with the offsets' fit: the
+    solves share one operator, so shuffled entries are sorted once, not once per solve; the model
+    is the one fitted to the entries given in order."""
+    from lowrank_hpc.sensing import EntrySampling
+
+    M, mask, (rows, cols, vals) = planted((60, 50), rank=3, fraction=0.5, noise=0.05)
+    order = np.random.default_rng(3).permutation(rows.shape[0])
+    sorts = []
+    original = EntrySampling._row_column_order
+    monkeypatch.setattr(EntrySampling, "_row_column_order", lambda self: sorts.append(self) or original(self))
+    settings = dict(rank=3, method="gd", center="both", max_iter=300, random_state=0)
+    shuffled = lr.MatrixCompletion(**settings).fit(rows[order], cols[order], vals[order], shape=M.shape)
+    assert len(sorts) == 1 and sorts[0].num_measurements == rows.shape[0]
+    in_order = lr.MatrixCompletion(**settings).fit(rows, cols, vals, shape=M.shape)  # np.nonzero's: no sort
+    assert len(sorts) == 1
+    r, c = np.nonzero(~mask)  # the same model up to the offsets' sums in another order
+    np.testing.assert_allclose(shuffled.predict(r, c), in_order.predict(r, c), rtol=1e-7, atol=1e-9)
+
+
 # ---------------------------------------------------------------------- the offsets in the estimator
 @pytest.mark.parametrize("method", ["als", "soft_impute"])
 def test_centering_recovers_an_offset_matrix_better_and_predict_adds_the_offsets(method):

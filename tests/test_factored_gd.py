@@ -563,7 +563,7 @@ def test_library_operators_fused_solver_path_gives_the_generic_iterates(kind, me
     """The library's operators give factored_gd their residual and loss in one pass (entry
     sampling: one kernel) and skip the public methods' checks: the same iterates and losses as
     the same operator seen through its public methods (shuffled entries: up to the order of the
-    sums, the solver iterating on them sorted by row)."""
+    sums, the solver iterating on them sorted by (row, col))."""
     rng = np.random.default_rng(5)
     n1, n2, r = 40, 30, 3
     M = rng.standard_normal((n1, r)) @ rng.standard_normal((r, n2))
@@ -611,6 +611,57 @@ def test_shuffled_entries_iterate_in_row_and_column_order_bit_for_bit(method, in
     assert shuffled.history["loss"][-1] < 0.8 * shuffled.history["loss"][0]  # the iterates moved
     np.testing.assert_array_equal(y, y_given)
     np.testing.assert_array_equal(shuffled_op.forward(M), M[rows, cols])  # still the caller's order
+
+
+def _shuffled_completion(seed=11, n1=60, n2=45, nnz=1500):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n1, 3)) @ rng.standard_normal((3, n2)) + 2.0
+    flat = rng.choice(n1 * n2, nnz, replace=False)
+    return M, flat // n2, flat % n2
+
+
+def test_the_sorted_copy_is_left_out_of_pickles_and_subclasses_iterate_on_themselves():
+    """The sorted copy a fit builds is not pickled (an old pickle without it works too), and an
+    EntrySampling subclass, whatever it overrides, iterates on itself in the given order."""
+    import pickle
+
+    M, rows, cols = _shuffled_completion()
+    op = EntrySampling(rows, cols, M.shape)
+    y = op.forward(M)
+    first = lr.recover.factored_gd(op, y, 3, max_iter=20, tol=0, seed=2)
+    assert op._sorted_copy is not None
+    copy = pickle.loads(pickle.dumps(op))
+    assert "_sorted_copy" not in copy.__dict__ and copy._sorted_copy is None
+    again = lr.recover.factored_gd(copy, y, 3, max_iter=20, tol=0, seed=2)
+    np.testing.assert_array_equal(again.U, first.U)
+    calls = []
+
+    class Residuals(EntrySampling):  # overrides a private method only: still a library operator
+        def _solver_residual(self, call, U, V, y):
+            calls.append(self)
+            return super()._solver_residual(call, U, V, y)
+
+    sub = Residuals(rows, cols, M.shape)
+    assert sub._solver_order(None, y) == (sub, y)
+    lr.recover.factored_gd(sub, y, 3, max_iter=3, tol=0, seed=2)
+    assert calls and all(c is sub for c in calls) and sub._sorted_copy is None
+
+
+@pytest.mark.gpu
+def test_shuffled_entries_under_a_forced_cuda_backend_iterate_in_order():
+    """With the CUDA backend forced (as the estimators' backend= does) the sorted copy is built
+    from the host indices on the CPU and iterated on the device: the CPU run's iterates."""
+    import cupy
+
+    M, rows, cols = _shuffled_completion()
+    cpu_op = EntrySampling(rows, cols, M.shape)
+    y = cpu_op.forward(M)
+    cpu = lr.recover.factored_gd(cpu_op, y, 3, max_iter=20, tol=0, seed=2)
+    with lr.use_backend("cuda"):
+        op = EntrySampling(cupy.asarray(rows), cupy.asarray(cols), M.shape)
+        gpu = lr.recover.factored_gd(op, cupy.asarray(y), 3, max_iter=20, tol=0, seed=2)
+    assert gpu.backend == "cuda" and op._sorted_copy is not None
+    np.testing.assert_allclose(cupy.asnumpy(gpu.U), cpu.U, rtol=1e-9, atol=1e-12)
 
 
 def test_an_operator_overriding_its_public_methods_is_called_through_them():

@@ -132,6 +132,9 @@ class CompletionSettings:
     checkpoint: Optional[str] = None
     callback: Optional[Callable[[int, dict[str, Any]], Any]] = None
     debias: Any = "auto"  # "auto", True or False: see MatrixCompletion
+    # The last entries' EntrySampling, (rows, cols, operator): a fit's path points and rounds
+    # solve on the same entries, and its pattern and sorted copy are built once for them.
+    operator: list = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -187,8 +190,17 @@ def _solve(settings: CompletionSettings, rows, cols, vals, shape, rank: int, reg
         return soft_impute(rows, cols, vals, shape, rank, reg, max_iter=max_iter, tol=tol, seed=settings.seed,
                            init=warm, center=settings.center, bias_reg=settings.bias_reg, **loop)
     init = (warm.U, warm.V) if warm is not None else settings.init
-    return factored_gd(EntrySampling(rows, cols, shape), vals, rank, method=method, init=init, max_iter=max_iter,
-                       tol=tol, seed=settings.seed, **loop)
+    return factored_gd(_entry_sampling(settings, rows, cols, shape), vals, rank, method=method, init=init,
+                       max_iter=max_iter, tol=tol, seed=settings.seed, **loop)
+
+
+def _entry_sampling(settings: CompletionSettings, rows, cols, shape) -> EntrySampling:
+    """The fit's operator for these entries: the last one made when rows and cols are the same
+    arrays, else a new one, which replaces it (the path's entries are not needed again)."""
+    held = settings.operator
+    if not held or held[0] is not rows or held[1] is not cols:
+        held[:] = [rows, cols, EntrySampling(rows, cols, shape)]
+    return held[2]
 
 
 def _initial_offsets(settings: CompletionSettings, rows, cols, vals, shape) -> Offsets:

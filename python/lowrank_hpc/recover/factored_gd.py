@@ -389,8 +389,9 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     step_given, damping_given = step, damping
 
     xp, dtype = call.xp, y.dtype
-    # The digest below reads the caller's y; everything else may take the operator's solver order.
-    given_y = y
+    # The digest below reads the caller's operator and y; everything else may take the operator's
+    # solver order.
+    given_op, given_y = op, y
     if library_operator(op):
         op, y = op._solver_order(call, y)
     y_norm = robust_norm(xp, y)
@@ -423,7 +424,7 @@ def factored_gd(op: Any, y: Any, rank: int, *, symmetric: bool = False, method: 
     given = () if isinstance(init, str) else (U, V)
     digest = fingerprint("factored_gd", method, symmetric, rank, init if isinstance(init, str) else "arrays",
                          init_scale, step_given, damping_given, tol, seed_key, rebalance_at, op.shape,
-                         type(op).__name__, getattr(op, "seed", None), given_y, *given)
+                         type(given_op).__name__, getattr(given_op, "seed", None), given_y, *given)
     fresh = LoopState(arrays={"U": U, "V": V}, scalars={"step": problem.step, "halvings": 0.0, "rebalanced": 0.0},
                       seed=seed_value)
     state = resume_or_start(settings, digest, xp, fresh)

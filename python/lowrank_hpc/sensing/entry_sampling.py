@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._arrays import Call, resolve
+from .._arrays import Call, for_backend, resolve
 from ..ops import SparsePattern, sampled_product
 from ..ops._csr_order import csr_order
 from ._base import SensingOperator, check_shape
@@ -29,6 +29,8 @@ class EntrySampling(SensingOperator):
     """
 
     _name = "EntrySampling"
+    # (the sorted copy factored_gd iterates on, its order per backend): built on first need.
+    _sorted_copy: Optional[tuple["EntrySampling", dict[str, Any]]] = None
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int]):
         call = resolve(self._name, rows=rows, cols=cols)
@@ -39,12 +41,21 @@ class EntrySampling(SensingOperator):
             bad = np.flatnonzero((index < 0) | (index >= bound))
             if bad.size:
                 raise IndexError(f"{self._name}: {name}[{bad[0]}] = {int(index[bad[0]])} is out of range [0, {bound})")
-        super().__init__(shape, int(rows.shape[0]), None)
         # Copies: later changes to the caller's arrays must not change the operator.
-        self._host_rows, self._host_cols = host_rows.copy(), host_cols.copy()
+        self._set_entries(shape, host_rows.copy(), host_cols.copy())
+
+    def _set_entries(self, shape: tuple[int, int], host_rows: np.ndarray, host_cols: np.ndarray) -> None:
+        """The operator of these validated host indices (its own arrays)."""
+        SensingOperator.__init__(self, shape, int(host_rows.shape[0]), None)
+        self._host_rows, self._host_cols = host_rows, host_cols
         self._host_flat = host_rows.astype(np.int64) * shape[1] + host_cols
         self._patterns: dict[str, SparsePattern] = {}
-        self._sorted_copy: Optional[tuple["EntrySampling", dict[str, Any]]] = None
+
+    def __getstate__(self) -> dict:
+        """As every operator's, without the sorted copy either (rebuilt on first need)."""
+        state = super().__getstate__()
+        state.pop("_sorted_copy", None)
+        return state
 
     def indices(self, call: Call) -> tuple[Any, Any, Any]:
         """(rows, cols, rows * n2 + cols) on the call's backend."""
@@ -78,13 +89,15 @@ class EntrySampling(SensingOperator):
         # row reads V's rows in increasing order (20,000 x 20,000, 8e6 shuffled entries, r = 20,
         # factored_gd: 267-276 ms an iteration in the given order, 139-141 sorted by row only,
         # 92-119 by row and column). The iterates are those of the sorted entries, bit for bit.
+        # A subclass keeps its own methods: it iterates on itself.
         flat = self._host_flat
-        if flat.shape[0] < 2 or bool((flat[1:] >= flat[:-1]).all()):
+        if type(self) is not EntrySampling or flat.shape[0] < 2 or bool((flat[1:] >= flat[:-1]).all()):
             return self, y
         if self._sorted_copy is None:
             order = self._row_column_order()
-            self._sorted_copy = (EntrySampling(self._host_rows[order], self._host_cols[order], self._shape),
-                                {"cpu": order})
+            copy = EntrySampling.__new__(EntrySampling)  # the indices are checked: no resolve (a forced backend)
+            copy._set_entries(self._shape, self._host_rows[order], self._host_cols[order])
+            self._sorted_copy = (copy, {"cpu": order})
         sorted_op, orders = self._sorted_copy
         if call.backend not in orders:  # the order on the call's device, moved once
             orders[call.backend] = call.xp.asarray(orders["cpu"])
@@ -96,7 +109,7 @@ class EntrySampling(SensingOperator):
         (8e6 entries in 20,000 x 20,000: 0.24-0.49 s; numpy's stable argsort of the flat keys 1.7
         s, the two sorts with numpy's gathers between them 0.67-0.76 s)."""
         rows, cols = self._host_rows, self._host_cols
-        call = resolve(self._name, rows=rows, cols=cols)
+        call = for_backend(self._name, "cpu")  # host arrays, whatever backend is in force
         offsets = np.array([0, rows.shape[0]], dtype=np.int64)
         _, by_col, rows_by_col, _ = csr_order(call, cols, rows, None, offsets, self._shape[1], "cols")
         by_col = np.arange(rows.shape[0], dtype=np.int64) if by_col is None else by_col
