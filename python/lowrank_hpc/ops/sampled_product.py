@@ -49,8 +49,8 @@ def sampled_product(U: Any, V: Any, rows: Any, cols: Any, *, offsets: Optional[A
     together (U's and V's rows of one problem), take the entries sorted by row (a stable counting
     sort; scratch for the call: 8 bytes an entry, plus one index and one result) so that each U
     row is read once per row, and the results are gathered back to the given order; shorter rows
-    take the entries in the given order. For many products over one set of
-    positions, :class:`SparsePattern` keeps that order.
+    take the entries in the given order. For many products over one set of positions,
+    :class:`SparsePattern` keeps that order.
 
     Raises
     ------
