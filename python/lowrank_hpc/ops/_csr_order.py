@@ -35,3 +35,18 @@ def csr_order(call: Call, keys, others, vals, offsets, n_key: int, key_name: str
     if already_sorted:
         return indptr, None, others, vals
     return indptr, perm, others_sorted, vals_sorted
+
+
+def row_column_order(call: Call, rows, cols, shape: tuple[int, int]):
+    """(nnz,) int64 order of one problem's entries by (row, col), ties in the given order, on the
+    call's backend: a stable sort by column, then one by row carrying the first's order along
+    (8e6 entries in 20,000 x 20,000 on the CPU: 0.13-0.49 s over two runs; numpy's stable argsort
+    of the flat keys 1.7 s, the two sorts with numpy's gathers between them 0.67-0.76 s). rows and
+    cols: one integer dtype, range-checked by the caller."""
+    xp, nnz = call.xp, int(rows.shape[0])
+    offsets = xp.asarray(np.array([0, nnz], dtype=np.int64))
+    _, by_col, rows_by_col, _ = csr_order(call, cols, rows, None, offsets, shape[1], "cols")
+    by_col = xp.arange(nnz, dtype=np.int64) if by_col is None else by_col
+    _, _, order, _ = csr_order(call, rows_by_col.astype(np.int64), by_col, None, offsets, shape[0], "rows",
+                               keep_perm=False)
+    return order

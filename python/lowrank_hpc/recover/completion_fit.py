@@ -134,7 +134,7 @@ class CompletionSettings:
     debias: Any = "auto"  # "auto", True or False: see MatrixCompletion
     # The last entries' EntrySampling, (rows, cols, operator): a fit's path points and rounds
     # solve on the same entries, and its pattern and sorted copy are built once for them.
-    operator: list = field(default_factory=list, repr=False, compare=False)
+    operator: Optional[tuple[Any, Any, EntrySampling]] = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -198,8 +198,8 @@ def _entry_sampling(settings: CompletionSettings, rows, cols, shape) -> EntrySam
     """The fit's operator for these entries: the last one made when rows and cols are the same
     arrays, else a new one, which replaces it (the path's entries are not needed again)."""
     held = settings.operator
-    if not held or held[0] is not rows or held[1] is not cols:
-        held[:] = [rows, cols, EntrySampling(rows, cols, shape)]
+    if held is None or held[0] is not rows or held[1] is not cols:
+        held = settings.operator = (rows, cols, EntrySampling(rows, cols, shape))
     return held[2]
 
 

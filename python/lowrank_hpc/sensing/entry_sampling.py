@@ -7,7 +7,7 @@ import numpy as np
 
 from .._arrays import Call, for_backend, resolve
 from ..ops import SparsePattern, sampled_product
-from ..ops._csr_order import csr_order
+from ..ops._csr_order import row_column_order
 from ._base import SensingOperator, check_shape
 
 
@@ -29,8 +29,9 @@ class EntrySampling(SensingOperator):
     """
 
     _name = "EntrySampling"
-    # (the sorted copy factored_gd iterates on, its order per backend): built on first need.
-    _sorted_copy: Optional[tuple["EntrySampling", dict[str, Any]]] = None
+    # (the sorted copy factored_gd iterates on, its order per backend), (None, {}) where the
+    # entries are in order already: found on first need.
+    _sorted_copy: Optional[tuple[Optional["EntrySampling"], dict[str, Any]]] = None
 
     def __init__(self, rows: Any, cols: Any, shape: tuple[int, int]):
         call = resolve(self._name, rows=rows, cols=cols)
@@ -90,32 +91,23 @@ class EntrySampling(SensingOperator):
         # factored_gd: 72-76 against 182-183 ms an iteration in the given order; sorted by row
         # only, 139-141 against 92-119 by row and column in another run). The iterates are those
         # of the sorted entries, bit for bit. A subclass keeps its own methods: it iterates on itself.
-        flat = self._host_flat
-        if type(self) is not EntrySampling or flat.shape[0] < 2 or bool((flat[1:] >= flat[:-1]).all()):
-            return self, y
         if self._sorted_copy is None:
-            order = self._row_column_order()
-            copy = EntrySampling.__new__(EntrySampling)  # the indices are checked: no resolve (a forced backend)
-            copy._set_entries(self._shape, self._host_rows[order], self._host_cols[order])
-            self._sorted_copy = (copy, {"cpu": order})
+            flat = self._host_flat
+            if type(self) is not EntrySampling or flat.shape[0] < 2 or bool((flat[1:] >= flat[:-1]).all()):
+                self._sorted_copy = (None, {})  # in order already (or a subclass): itself, y as given
+            else:
+                # On the host whatever backend is in force (the indices are checked: no resolve).
+                order = row_column_order(for_backend(self._name, "cpu"), self._host_rows, self._host_cols,
+                                         self._shape)
+                copy = EntrySampling.__new__(EntrySampling)
+                copy._set_entries(self._shape, self._host_rows[order], self._host_cols[order])
+                self._sorted_copy = (copy, {"cpu": order})
         sorted_op, orders = self._sorted_copy
+        if sorted_op is None:
+            return self, y
         if call.backend not in orders:  # the order on the call's device, moved once
             orders[call.backend] = call.xp.asarray(orders["cpu"])
         return sorted_op, y[orders[call.backend]]
-
-    def _row_column_order(self) -> np.ndarray:
-        """(m,) int64 order of the entries by (row, col), ties in the given order: the library's
-        stable counting sort by column, then by row, the second moving the first's order along
-        (8e6 entries in 20,000 x 20,000: 0.24-0.49 s; numpy's stable argsort of the flat keys 1.7
-        s, the two sorts with numpy's gathers between them 0.67-0.76 s)."""
-        rows, cols = self._host_rows, self._host_cols
-        call = for_backend(self._name, "cpu")  # host arrays, whatever backend is in force
-        offsets = np.array([0, rows.shape[0]], dtype=np.int64)
-        _, by_col, rows_by_col, _ = csr_order(call, cols, rows, None, offsets, self._shape[1], "cols")
-        by_col = np.arange(rows.shape[0], dtype=np.int64) if by_col is None else by_col
-        _, _, order, _ = csr_order(call, rows_by_col.astype(np.int64), by_col, None, offsets, self._shape[0], "rows",
-                                   keep_perm=False)
-        return order
 
     def _solver_residual(self, call: Call, U: Any, V: Any, y: Any) -> tuple[Any, float]:
         # One pass: the sampled product, minus y, its squares summed (on the CPU).
